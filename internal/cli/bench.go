@@ -1,0 +1,5 @@
+package cli
+
+func benchCommand() command {
+	return command{name: "bench", summary: "(not implemented yet)", run: notImplemented("bench")}
+}

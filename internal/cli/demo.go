@@ -1,0 +1,5 @@
+package cli
+
+func demoCommand() command {
+	return command{name: "demo", summary: "(not implemented yet)", run: notImplemented("demo")}
+}

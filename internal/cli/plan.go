@@ -1,0 +1,5 @@
+package cli
+
+func planCommand() command {
+	return command{name: "plan", summary: "(not implemented yet)", run: notImplemented("plan")}
+}

@@ -1,0 +1,5 @@
+package cli
+
+func upCommand() command {
+	return command{name: "up", summary: "(not implemented yet)", run: notImplemented("up")}
+}
