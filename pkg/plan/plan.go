@@ -1,0 +1,589 @@
+package plan
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// FormatVersion is the version of the plan file format this build reads and
+// writes. A file with another version is rejected with a clear error.
+const FormatVersion = 1
+
+// ErrInvalidPlan marks a plan that fails validation. Load wraps it together
+// with every problem found, so a user sees all mistakes in one run.
+var ErrInvalidPlan = errors.New("invalid plan")
+
+// Plan is the gear plan: everything the online system needs to serve one
+// pipeline. The planner writes it; the controller serves it; workers read
+// thresholds, batching and runner shares of the current gear from it.
+type Plan struct {
+	// Version is FormatVersion.
+	Version int `json:"version"`
+	// Pipeline names the pipeline; it appears in every subject and stream
+	// name, so it is lower-case letters, digits and '-' or '_'.
+	Pipeline string `json:"pipeline"`
+	// Description is free text for humans.
+	Description string `json:"description,omitempty"`
+	// SLO is the latency objective the gears were planned for.
+	SLO SLO `json:"slo"`
+	// Capacity is the number of runners (CPU inference slots or GPUs) the
+	// plan was made for.
+	Capacity int `json:"capacity"`
+	// Confidence names the confidence metric: "margin" (top-2 margin, the
+	// default), "max_prob" or "entropy".
+	Confidence string `json:"confidence"`
+	// Input describes one item of the pipeline's input; every model of the
+	// ladder takes the same input.
+	Input Input `json:"input"`
+	// HopOverheadMs is the measured per-hop cost of the NATS path (publish,
+	// fetch, ack) in milliseconds, used by the simulator.
+	HopOverheadMs float64 `json:"hop_overhead_ms,omitempty"`
+	// Models lists every model a gear may use, with its profile.
+	Models []Model `json:"models"`
+	// Ladder orders the models from cheapest to most accurate.
+	Ladder []string `json:"ladder"`
+	// Gears are ordered by MaxQPS ascending: the first is the most accurate,
+	// for the lowest load; the last is the cheapest and also serves any load
+	// above its MaxQPS.
+	Gears []Gear `json:"gears"`
+	// Hysteresis tunes how the controller moves between gears.
+	Hysteresis Hysteresis `json:"hysteresis"`
+	// Planner records how the plan was made (free-form, for humans).
+	Planner map[string]any `json:"planner,omitempty"`
+
+	// models resolves Model.File; set by Load/LoadFile/SetModelSource.
+	models fs.FS
+}
+
+// SLO is a latency objective.
+type SLO struct {
+	// P95Ms is the 95th-percentile end-to-end latency objective in ms.
+	P95Ms float64 `json:"p95_ms"`
+}
+
+// Input describes one item of a pipeline's input tensor (without the batch
+// axis). It is what ingress validates requests against.
+type Input struct {
+	// Name is the tensor name in Open Inference Protocol requests.
+	Name string `json:"name"`
+	// Datatype is the OIP datatype models consume; "FP32". Ingress also
+	// accepts UINT8 for FP32 inputs and scales it by InputScale.
+	Datatype string `json:"datatype"`
+	// Shape is the item shape, e.g. [1, 28, 28].
+	Shape []int64 `json:"shape"`
+	// Classes is the number of output classes.
+	Classes int `json:"classes"`
+	// UINT8Scale multiplies UINT8 inputs to turn them into FP32 (1/255 for
+	// images that models expect in [0,1]). 0 means UINT8 is not accepted.
+	UINT8Scale float64 `json:"uint8_scale,omitempty"`
+}
+
+// Elements returns the number of scalars in one item.
+func (in Input) Elements() int {
+	n := int64(1)
+	for _, d := range in.Shape {
+		n *= d
+	}
+	return int(n)
+}
+
+// Model is one model of the ladder.
+type Model struct {
+	// Name identifies the model in gears, subjects and metrics.
+	Name string `json:"name"`
+	// File is the ONNX file, relative to the plan file's folder.
+	File string `json:"file"`
+	// Temperature, when not 0 or 1, calibrates the model's probabilities by
+	// temperature scaling before confidence is computed (see Calibrate).
+	Temperature float64 `json:"temperature,omitempty"`
+	// Profile is the model's measured latency per batch size.
+	Profile Profile `json:"profile"`
+	// Accuracy is the model's accuracy alone on the validation replay.
+	Accuracy float64 `json:"accuracy,omitempty"`
+}
+
+// Profile is a model's latency per batch size on the target hardware.
+type Profile struct {
+	// Threads is the intra-op thread count the profile was measured with.
+	Threads int `json:"threads,omitempty"`
+	// Points are (batch size, median latency) pairs, batch ascending.
+	Points []ProfilePoint `json:"points"`
+}
+
+// ProfilePoint is one measured batch size.
+type ProfilePoint struct {
+	Batch     int     `json:"batch"`
+	LatencyMs float64 `json:"latency_ms"`
+}
+
+// LatencyMs returns the predicted latency of one run at batch size b, linearly
+// interpolated between measured points and extrapolated from the last two.
+func (p Profile) LatencyMs(b int) float64 {
+	pts := p.Points
+	switch {
+	case len(pts) == 0 || b <= 0:
+		return 0
+	case len(pts) == 1:
+		return pts[0].LatencyMs * float64(b) / float64(pts[0].Batch)
+	}
+	i := sort.Search(len(pts), func(i int) bool { return pts[i].Batch >= b })
+	if i < len(pts) && pts[i].Batch == b {
+		return pts[i].LatencyMs
+	}
+	if i == 0 {
+		// Below the smallest measured batch: scale down, never below zero.
+		return pts[0].LatencyMs * float64(b) / float64(pts[0].Batch)
+	}
+	if i == len(pts) {
+		i = len(pts) - 1
+	}
+	a, c := pts[i-1], pts[i]
+	slope := (c.LatencyMs - a.LatencyMs) / float64(c.Batch-a.Batch)
+	return max(a.LatencyMs+slope*float64(b-a.Batch), 0)
+}
+
+// Gear is one operating point: a cascade with its thresholds, the batching
+// settings, and how runners are shared among models.
+type Gear struct {
+	// ID names the gear in logs, metrics and the KV `gear` key.
+	ID string `json:"id"`
+	// MaxQPS is the highest intake rate (requests/s) this gear serves within
+	// the SLO on the plan's capacity.
+	MaxQPS float64 `json:"max_qps"`
+	// Cascade lists the stages in order. An item is answered by the first
+	// stage whose confidence reaches its threshold; the last stage always
+	// answers (its threshold is ignored and written as 0).
+	Cascade []Stage `json:"cascade"`
+	// Batching is how workers pull batches in this gear.
+	Batching Batching `json:"batching"`
+	// Runners maps a model to its share of the plan's capacity (0..1); the
+	// shares of one gear sum to at most 1.
+	Runners map[string]float64 `json:"runners"`
+	// Predicted is what the planner expects of this gear.
+	Predicted Prediction `json:"predicted"`
+}
+
+// Stage is one step of a cascade.
+type Stage struct {
+	Model string `json:"model"`
+	// Threshold is the confidence at or above which this stage answers.
+	Threshold float64 `json:"threshold"`
+	// MaxBatch, when set, overrides the gear's max batch for this stage.
+	MaxBatch int `json:"max_batch,omitempty"`
+}
+
+// Batching are the settings of a worker's pull: at most MaxBatch items,
+// waiting at most MaxDelayMs for the batch to fill.
+type Batching struct {
+	MaxBatch   int     `json:"max_batch"`
+	MaxDelayMs float64 `json:"max_delay_ms"`
+}
+
+// MaxDelay returns MaxDelayMs as a duration.
+func (b Batching) MaxDelay() time.Duration {
+	return time.Duration(b.MaxDelayMs * float64(time.Millisecond))
+}
+
+// Prediction is the planner's expectation for a gear, from the validation
+// replay and the simulator.
+type Prediction struct {
+	Accuracy float64 `json:"accuracy"`
+	P95Ms    float64 `json:"p95_ms"`
+	// CostMsPerItem is the expected compute per request, summed over the
+	// stages it reaches, in runner-milliseconds.
+	CostMsPerItem float64 `json:"cost_ms_per_item"`
+	// Reach is the fraction of requests that reach each stage.
+	Reach []float64 `json:"reach,omitempty"`
+}
+
+// Hysteresis tunes the controller's gear choice. Moving to a cheaper gear
+// happens at once when load rises; moving back to a more accurate gear waits
+// until load is below DownshiftFactor of that gear's MaxQPS, the backlog has
+// drained, and the current gear has been held for MinDwellMs.
+type Hysteresis struct {
+	// DownshiftFactor is the fraction (0..1] of a more accurate gear's MaxQPS
+	// that load must be under before the controller moves back to it.
+	DownshiftFactor float64 `json:"downshift_factor"`
+	// DrainedBacklogSeconds: the backlog (queued items over all models) must
+	// be at most this many seconds of the target gear's MaxQPS.
+	DrainedBacklogSeconds float64 `json:"drained_backlog_seconds"`
+	// MinDwellMs is the least time spent in a gear before moving to a more
+	// accurate one.
+	MinDwellMs float64 `json:"min_dwell_ms"`
+	// SampleIntervalMs is how often the controller measures load (200–500).
+	SampleIntervalMs float64 `json:"sample_interval_ms"`
+	// RateWindowMs is the window over which the intake rate is averaged.
+	RateWindowMs float64 `json:"rate_window_ms"`
+}
+
+// DefaultHysteresis returns the settings used when a plan leaves them zero.
+func DefaultHysteresis() Hysteresis {
+	return Hysteresis{DownshiftFactor: 0.8, DrainedBacklogSeconds: 0.05, MinDwellMs: 1000, SampleIntervalMs: 250, RateWindowMs: 1000}
+}
+
+// Model returns the named model.
+func (p *Plan) Model(name string) (Model, bool) {
+	for _, m := range p.Models {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Model{}, false
+}
+
+// GearByID returns the index of the gear with the given id, or -1.
+func (p *Plan) GearByID(id string) int {
+	for i, g := range p.Gears {
+		if g.ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// GearFor returns the index of the most accurate gear that covers qps: the
+// first gear whose MaxQPS is at least qps, or the last gear.
+func (p *Plan) GearFor(qps float64) int {
+	for i, g := range p.Gears {
+		if qps <= g.MaxQPS {
+			return i
+		}
+	}
+	return len(p.Gears) - 1
+}
+
+// UsedModels returns every model some gear uses, in ladder order. This is
+// the placement: workers load all of them at start so a gear switch never
+// loads anything.
+func (p *Plan) UsedModels() []string {
+	used := map[string]bool{}
+	for _, g := range p.Gears {
+		for _, s := range g.Cascade {
+			used[s.Model] = true
+		}
+	}
+	var out []string
+	for _, m := range p.Ladder {
+		if used[m] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// NextStage returns the index of the stage after the one serving model in
+// gear g, whether model is in g at all, and whether it is g's last stage.
+func (g Gear) StageOf(model string) (index int, ok bool) {
+	for i, s := range g.Cascade {
+		if s.Model == model {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+// SetModelSource sets where Model.File paths are resolved.
+func (p *Plan) SetModelSource(fsys fs.FS) { p.models = fsys }
+
+// ReadModel returns the ONNX bytes of the named model, resolving its File
+// against the folder the plan was loaded from.
+func (p *Plan) ReadModel(name string) ([]byte, error) {
+	m, ok := p.Model(name)
+	if !ok {
+		return nil, fmt.Errorf("model %q is not in plan %q", name, p.Pipeline)
+	}
+	if p.models == nil {
+		return nil, fmt.Errorf("read model %q: plan has no model source (load it with LoadFile or call SetModelSource)", name)
+	}
+	b, err := fs.ReadFile(p.models, path.Clean(filepath.ToSlash(m.File)))
+	if err != nil {
+		return nil, fmt.Errorf("read model %q: %w", name, err)
+	}
+	return b, nil
+}
+
+// LoadFile reads and validates a plan file; model files are resolved
+// relative to the file's folder.
+func LoadFile(file string) (*Plan, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("load plan: %w", err)
+	}
+	p, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("load plan %s: %w", file, err)
+	}
+	p.models = os.DirFS(filepath.Dir(file))
+	return p, nil
+}
+
+// Load reads and validates the plan file name in fsys; model files are
+// resolved relative to its folder in fsys.
+func Load(fsys fs.FS, name string) (*Plan, error) {
+	b, err := fs.ReadFile(fsys, name)
+	if err != nil {
+		return nil, fmt.Errorf("load plan: %w", err)
+	}
+	p, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("load plan %s: %w", name, err)
+	}
+	if dir := path.Dir(name); dir != "." {
+		sub, err := fs.Sub(fsys, dir)
+		if err != nil {
+			return nil, fmt.Errorf("load plan %s: %w", name, err)
+		}
+		fsys = sub
+	}
+	p.models = fsys
+	return p, nil
+}
+
+// Parse decodes and validates a plan. Unknown fields are errors, so a typo
+// in a hand-written plan is caught instead of silently ignored. Zero
+// hysteresis settings get their defaults.
+func Parse(b []byte) (*Plan, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var p Plan
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("%w: decode json: %w", ErrInvalidPlan, err)
+	}
+	p.applyDefaults()
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// Marshal encodes the plan as indented JSON.
+func (p *Plan) Marshal() ([]byte, error) {
+	b, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+func (p *Plan) applyDefaults() {
+	d := DefaultHysteresis()
+	h := &p.Hysteresis
+	if h.DownshiftFactor == 0 {
+		h.DownshiftFactor = d.DownshiftFactor
+	}
+	if h.DrainedBacklogSeconds == 0 {
+		h.DrainedBacklogSeconds = d.DrainedBacklogSeconds
+	}
+	if h.MinDwellMs == 0 {
+		h.MinDwellMs = d.MinDwellMs
+	}
+	if h.SampleIntervalMs == 0 {
+		h.SampleIntervalMs = d.SampleIntervalMs
+	}
+	if h.RateWindowMs == 0 {
+		h.RateWindowMs = d.RateWindowMs
+	}
+	if p.Confidence == "" {
+		p.Confidence = MetricMargin
+	}
+	if p.Input.Datatype == "" {
+		p.Input.Datatype = "FP32"
+	}
+}
+
+// Validate reports every problem of the plan, joined, wrapped in
+// ErrInvalidPlan.
+func (p *Plan) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if p.Version != FormatVersion {
+		bad("version is %d, this build reads version %d", p.Version, FormatVersion)
+	}
+	if !validName(p.Pipeline) {
+		bad("pipeline %q must be 1-32 characters of a-z, 0-9, '-' or '_'", p.Pipeline)
+	}
+	if !(p.SLO.P95Ms > 0) {
+		bad("slo.p95_ms must be > 0, got %v", p.SLO.P95Ms)
+	}
+	if p.Capacity < 1 {
+		bad("capacity must be >= 1 runner, got %d", p.Capacity)
+	}
+	if !slices.Contains(Metrics(), p.Confidence) {
+		bad("confidence %q is not one of %v", p.Confidence, Metrics())
+	}
+	if p.Input.Datatype != "FP32" {
+		bad("input.datatype %q: only FP32 model inputs are supported", p.Input.Datatype)
+	}
+	if len(p.Input.Shape) == 0 {
+		bad("input.shape is empty")
+	}
+	for _, d := range p.Input.Shape {
+		if d < 1 {
+			bad("input.shape %v has a dimension < 1", p.Input.Shape)
+			break
+		}
+	}
+	if p.Input.Classes < 2 {
+		bad("input.classes must be >= 2, got %d", p.Input.Classes)
+	}
+	if p.Input.UINT8Scale < 0 {
+		bad("input.uint8_scale must be >= 0")
+	}
+
+	models := map[string]bool{}
+	for i, m := range p.Models {
+		if !validName(m.Name) {
+			bad("models[%d].name %q must be 1-32 characters of a-z, 0-9, '-' or '_'", i, m.Name)
+		}
+		if models[m.Name] {
+			bad("model %q is listed twice", m.Name)
+		}
+		models[m.Name] = true
+		if m.File == "" {
+			bad("model %q has no file", m.Name)
+		}
+		if m.Temperature < 0 || math.IsNaN(m.Temperature) {
+			bad("model %q: temperature must be >= 0", m.Name)
+		}
+		if len(m.Profile.Points) == 0 {
+			bad("model %q has no profile points", m.Name)
+		}
+		for j, pt := range m.Profile.Points {
+			if pt.Batch < 1 || !(pt.LatencyMs > 0) {
+				bad("model %q profile point %d: batch %d latency %vms (need batch >= 1, latency > 0)", m.Name, j, pt.Batch, pt.LatencyMs)
+			}
+			if j > 0 && pt.Batch <= m.Profile.Points[j-1].Batch {
+				bad("model %q profile points must have strictly ascending batch sizes", m.Name)
+			}
+		}
+	}
+	if len(p.Models) == 0 {
+		bad("no models")
+	}
+	if len(p.Ladder) == 0 {
+		bad("ladder is empty")
+	}
+	inLadder := map[string]bool{}
+	for _, name := range p.Ladder {
+		if !models[name] {
+			bad("ladder names unknown model %q", name)
+		}
+		if inLadder[name] {
+			bad("ladder lists %q twice", name)
+		}
+		inLadder[name] = true
+	}
+
+	if len(p.Gears) == 0 {
+		bad("no gears")
+	}
+	ids := map[string]bool{}
+	for i, g := range p.Gears {
+		where := fmt.Sprintf("gear %d (%q)", i, g.ID)
+		if !validName(g.ID) {
+			bad("%s: id must be 1-32 characters of a-z, 0-9, '-' or '_'", where)
+		}
+		if ids[g.ID] {
+			bad("%s: duplicate id", where)
+		}
+		ids[g.ID] = true
+		if !(g.MaxQPS > 0) {
+			bad("%s: max_qps must be > 0", where)
+		}
+		if i > 0 && g.MaxQPS <= p.Gears[i-1].MaxQPS {
+			bad("%s: gears must be ordered by strictly ascending max_qps", where)
+		}
+		if len(g.Cascade) == 0 {
+			bad("%s: empty cascade", where)
+		}
+		seen := map[string]bool{}
+		lastPos := -1
+		for j, s := range g.Cascade {
+			if !inLadder[s.Model] {
+				bad("%s stage %d: model %q is not in the ladder", where, j, s.Model)
+			}
+			if seen[s.Model] {
+				bad("%s: model %q appears twice in the cascade", where, s.Model)
+			}
+			seen[s.Model] = true
+			if pos := slices.Index(p.Ladder, s.Model); pos >= 0 {
+				if pos < lastPos {
+					bad("%s: cascade must follow ladder order (cheap to accurate)", where)
+				}
+				lastPos = pos
+			}
+			last := j == len(g.Cascade)-1
+			if !last && (s.Threshold < 0 || s.Threshold > 1 || math.IsNaN(s.Threshold)) {
+				bad("%s stage %d: threshold %v outside [0,1]", where, j, s.Threshold)
+			}
+			if last && s.Threshold != 0 {
+				bad("%s: the last stage always answers; its threshold must be 0, got %v", where, s.Threshold)
+			}
+			if s.MaxBatch < 0 {
+				bad("%s stage %d: max_batch must be >= 0", where, j)
+			}
+		}
+		if g.Batching.MaxBatch < 1 || g.Batching.MaxBatch > 4096 {
+			bad("%s: batching.max_batch must be in [1,4096], got %d", where, g.Batching.MaxBatch)
+		}
+		if g.Batching.MaxDelayMs < 0 || g.Batching.MaxDelayMs > 60000 {
+			bad("%s: batching.max_delay_ms must be in [0,60000], got %v", where, g.Batching.MaxDelayMs)
+		}
+		sum := 0.0
+		for m, share := range g.Runners {
+			if !seen[m] {
+				bad("%s: runner share for %q, which is not in its cascade", where, m)
+			}
+			if !(share > 0) || share > 1 {
+				bad("%s: runner share of %q must be in (0,1], got %v", where, m, share)
+			}
+			sum += share
+		}
+		if sum > 1+1e-9 {
+			bad("%s: runner shares sum to %.3f > 1", where, sum)
+		}
+	}
+
+	h := p.Hysteresis
+	if !(h.DownshiftFactor > 0 && h.DownshiftFactor <= 1) {
+		bad("hysteresis.downshift_factor must be in (0,1], got %v", h.DownshiftFactor)
+	}
+	if h.DrainedBacklogSeconds < 0 {
+		bad("hysteresis.drained_backlog_seconds must be >= 0")
+	}
+	if h.MinDwellMs < 0 {
+		bad("hysteresis.min_dwell_ms must be >= 0")
+	}
+	if h.SampleIntervalMs < 50 || h.SampleIntervalMs > 5000 {
+		bad("hysteresis.sample_interval_ms must be in [50,5000], got %v", h.SampleIntervalMs)
+	}
+	if h.RateWindowMs < h.SampleIntervalMs {
+		bad("hysteresis.rate_window_ms must be >= sample_interval_ms")
+	}
+
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w:\n%w", ErrInvalidPlan, err)
+	}
+	return nil
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 32 {
+		return false
+	}
+	return strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}) < 0
+}
