@@ -1,0 +1,97 @@
+package wire
+
+import "strings"
+
+// Header keys.
+const (
+	// HeaderContentType selects the body encoding of requests:
+	// "application/json" for the Open Inference Protocol v2 JSON body,
+	// anything else (or absent) for msgpack.
+	HeaderContentType  = "Content-Type"
+	ContentTypeJSON    = "application/json"
+	ContentTypeMsgpack = "application/msgpack"
+	// HeaderMsgID is JetStream's deduplication header.
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderError carries the error code on an error reply.
+	HeaderError = "Cascade-Error"
+)
+
+// Subjects and names. Every name is derived here and nowhere else.
+
+// InferSubject is where request-reply producers send (core NATS, queue group
+// IngressQueue).
+func InferSubject(pipeline string) string { return "cascade." + pipeline + ".infer" }
+
+// IngressQueue is the queue group of ingress instances on InferSubject.
+const IngressQueue = "ingress"
+
+// JobsSubject is where durable-job producers publish (JetStream).
+func JobsSubject(pipeline, client string) string {
+	return "cascade." + pipeline + ".jobs." + client
+}
+
+// JobsStream is the stream holding accepted jobs until an ingress routes them.
+func JobsStream(pipeline string) string { return "CASCADE_" + upper(pipeline) + "_JOBS" }
+
+// JobsConsumer is the durable consumer ingress instances share on JobsStream.
+const JobsConsumer = "ingress"
+
+// ModelSubject is the work queue subject of one model of a pipeline.
+func ModelSubject(pipeline, model string) string {
+	return "cascade." + pipeline + ".model." + model
+}
+
+// ModelStream is the work-queue stream of one model.
+func ModelStream(pipeline, model string) string {
+	return "CASCADE_" + upper(pipeline) + "_" + upper(model)
+}
+
+// ModelConsumer is the durable pull consumer of a model's stream, shared by
+// every worker replica that serves the model (and what KEDA watches).
+func ModelConsumer(model string) string { return model }
+
+// ResultSubject is where results of durable jobs go.
+func ResultSubject(pipeline, client string) string {
+	return "cascade." + pipeline + ".result." + client
+}
+
+// ResultsStream holds results of all pipelines, bounded by age.
+const ResultsStream = "CASCADE_RESULTS"
+
+// ResultsWildcard matches every result subject.
+const ResultsWildcard = "cascade.*.result.>"
+
+// DLQSubject receives items a model failed on MaxDeliver times.
+func DLQSubject(pipeline, model string) string {
+	return "cascade." + pipeline + ".dlq." + model
+}
+
+// DLQStream holds a pipeline's dead letters.
+func DLQStream(pipeline string) string { return "CASCADE_" + upper(pipeline) + "_DLQ" }
+
+// KVBucket is the control bucket of a pipeline, holding KeyPlan and KeyGear.
+func KVBucket(pipeline string) string { return "cascade_" + pipeline }
+
+// Keys of the control bucket.
+const (
+	KeyPlan = "plan"
+	KeyGear = "gear"
+)
+
+// DefaultClient is the client token when a request names none.
+const DefaultClient = "default"
+
+// ValidToken reports whether s can be a subject token (client tokens, ids in
+// headers): 1-64 characters of letters, digits, '-' and '_'.
+func ValidToken(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	return strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}) < 0
+}
+
+func upper(s string) string {
+	return strings.ToUpper(strings.ReplaceAll(s, "-", "_"))
+}
