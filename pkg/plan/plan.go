@@ -282,8 +282,8 @@ func (p *Plan) UsedModels() []string {
 	return out
 }
 
-// NextStage returns the index of the stage after the one serving model in
-// gear g, whether model is in g at all, and whether it is g's last stage.
+// StageOf returns the index of model's stage in gear g, and whether g uses
+// the model at all.
 func (g Gear) StageOf(model string) (index int, ok bool) {
 	for i, s := range g.Cascade {
 		if s.Model == model {

@@ -1,0 +1,268 @@
+// Package natsbus owns CascadeServe's NATS plumbing: connecting with
+// production-safe options, the JetStream topology derived from a plan
+// (applied idempotently by the controller), waiting for it (other services),
+// and starting an embedded nats-server for the all-in-one binary and tests.
+//
+// Names of subjects, streams, consumers and keys come from package wire;
+// this package decides their configuration.
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// TopologyConfig sets the limits of the streams and consumers. Zero values
+// take the defaults documented on each field.
+type TopologyConfig struct {
+	// Storage is file (default) or memory.
+	Storage jetstream.StorageType
+	// Replicas of every stream (default 1; 3 in a cluster).
+	Replicas int
+	// MaxQueue bounds each model's work queue in messages (default 20000).
+	// A full queue rejects new publishes (DiscardNew): ingress answers
+	// `overloaded`.
+	MaxQueue int64
+	// MaxQueueBytes bounds each model's work queue in bytes (default 256 MiB).
+	MaxQueueBytes int64
+	// MaxJobs bounds the jobs stream in messages (default 100000).
+	MaxJobs int64
+	// ResultsMaxAge is how long results are kept (default 1h).
+	ResultsMaxAge time.Duration
+	// DLQMaxAge is how long dead letters are kept (default 7 days).
+	DLQMaxAge time.Duration
+	// Duplicates is the deduplication window of every stream (default 2m).
+	Duplicates time.Duration
+	// AckWait is how long a delivered, unacked message waits before
+	// redelivery (default 30s, far above any batch's compute time).
+	AckWait time.Duration
+	// MaxDeliver is how often a message is delivered before it goes to the
+	// dead-letter subject (default 5).
+	MaxDeliver int
+	// MaxAckPending caps un-acked messages per consumer over all replicas
+	// (default 4096; must be ≥ replicas × max batch × 2).
+	MaxAckPending int
+}
+
+// WithDefaults returns c with zero fields set to their defaults.
+func (c TopologyConfig) WithDefaults() TopologyConfig {
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.MaxQueue == 0 {
+		c.MaxQueue = 20000
+	}
+	if c.MaxQueueBytes == 0 {
+		c.MaxQueueBytes = 256 << 20
+	}
+	if c.MaxJobs == 0 {
+		c.MaxJobs = 100000
+	}
+	if c.ResultsMaxAge == 0 {
+		c.ResultsMaxAge = time.Hour
+	}
+	if c.DLQMaxAge == 0 {
+		c.DLQMaxAge = 7 * 24 * time.Hour
+	}
+	if c.Duplicates == 0 {
+		c.Duplicates = 2 * time.Minute
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = 5
+	}
+	if c.MaxAckPending == 0 {
+		c.MaxAckPending = 4096
+	}
+	return c
+}
+
+// ModelStreamConfig is the work-queue stream of one model.
+func ModelStreamConfig(pipeline, model string, c TopologyConfig) jetstream.StreamConfig {
+	c = c.WithDefaults()
+	return jetstream.StreamConfig{
+		Name:        wire.ModelStream(pipeline, model),
+		Description: fmt.Sprintf("CascadeServe work queue of model %q in pipeline %q", model, pipeline),
+		Subjects:    []string{wire.ModelSubject(pipeline, model)},
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     c.MaxQueue,
+		MaxBytes:    c.MaxQueueBytes,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.Duplicates,
+	}
+}
+
+// ModelConsumerConfig is the durable pull consumer of one model's stream.
+func ModelConsumerConfig(model string, c TopologyConfig) jetstream.ConsumerConfig {
+	c = c.WithDefaults()
+	return jetstream.ConsumerConfig{
+		Durable:       wire.ModelConsumer(model),
+		Description:   fmt.Sprintf("CascadeServe workers of model %q", model),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		MaxAckPending: c.MaxAckPending,
+		MaxWaiting:    512,
+	}
+}
+
+// JobsStreamConfig is the durable jobs intake of a pipeline.
+func JobsStreamConfig(pipeline string, c TopologyConfig) jetstream.StreamConfig {
+	c = c.WithDefaults()
+	return jetstream.StreamConfig{
+		Name:        wire.JobsStream(pipeline),
+		Description: fmt.Sprintf("CascadeServe durable jobs of pipeline %q", pipeline),
+		Subjects:    []string{wire.JobsSubject(pipeline, ">")},
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     c.MaxJobs,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.Duplicates,
+	}
+}
+
+// JobsConsumerConfig is the durable consumer ingress instances share.
+func JobsConsumerConfig(c TopologyConfig) jetstream.ConsumerConfig {
+	c = c.WithDefaults()
+	return jetstream.ConsumerConfig{
+		Durable:       wire.JobsConsumer,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		MaxAckPending: c.MaxAckPending,
+	}
+}
+
+// ResultsStreamConfig is the results stream shared by all pipelines.
+func ResultsStreamConfig(c TopologyConfig) jetstream.StreamConfig {
+	c = c.WithDefaults()
+	return jetstream.StreamConfig{
+		Name:        wire.ResultsStream,
+		Description: "CascadeServe results of durable jobs, bounded by age",
+		Subjects:    []string{wire.ResultsWildcard},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      c.ResultsMaxAge,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.Duplicates,
+	}
+}
+
+// DLQStreamConfig holds a pipeline's dead letters.
+func DLQStreamConfig(pipeline string, c TopologyConfig) jetstream.StreamConfig {
+	c = c.WithDefaults()
+	return jetstream.StreamConfig{
+		Name:        wire.DLQStream(pipeline),
+		Description: fmt.Sprintf("CascadeServe dead letters of pipeline %q", pipeline),
+		Subjects:    []string{wire.DLQSubject(pipeline, "*")},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      c.DLQMaxAge,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.Duplicates,
+	}
+}
+
+// KVConfig is the control bucket of a pipeline (keys plan and gear).
+func KVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
+	c = c.WithDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:      wire.KVBucket(pipeline),
+		Description: fmt.Sprintf("CascadeServe control state of pipeline %q", pipeline),
+		History:     10,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+	}
+}
+
+// EnsureTopology creates or updates every stream, consumer and bucket the
+// plan needs. It is idempotent: running it again with the same plan changes
+// nothing. Only the controller calls it.
+func EnsureTopology(ctx context.Context, js jetstream.JetStream, p *plan.Plan, c TopologyConfig) (jetstream.KeyValue, error) {
+	c = c.WithDefaults()
+	for _, m := range p.UsedModels() {
+		s, err := js.CreateOrUpdateStream(ctx, ModelStreamConfig(p.Pipeline, m, c))
+		if err != nil {
+			return nil, fmt.Errorf("ensure stream of model %q: %w", m, err)
+		}
+		if _, err := s.CreateOrUpdateConsumer(ctx, ModelConsumerConfig(m, c)); err != nil {
+			return nil, fmt.Errorf("ensure consumer of model %q: %w", m, err)
+		}
+	}
+	jobs, err := js.CreateOrUpdateStream(ctx, JobsStreamConfig(p.Pipeline, c))
+	if err != nil {
+		return nil, fmt.Errorf("ensure jobs stream: %w", err)
+	}
+	if _, err := jobs.CreateOrUpdateConsumer(ctx, JobsConsumerConfig(c)); err != nil {
+		return nil, fmt.Errorf("ensure jobs consumer: %w", err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, ResultsStreamConfig(c)); err != nil {
+		return nil, fmt.Errorf("ensure results stream: %w", err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, DLQStreamConfig(p.Pipeline, c)); err != nil {
+		return nil, fmt.Errorf("ensure dead-letter stream: %w", err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, KVConfig(p.Pipeline, c))
+	if err != nil {
+		return nil, fmt.Errorf("ensure control bucket: %w", err)
+	}
+	return kv, nil
+}
+
+// ErrNotReady means the topology (or the plan in the control bucket) does
+// not exist yet.
+var ErrNotReady = errors.New("topology not ready")
+
+// CheckTopology returns nil when every stream and consumer for the given
+// models exists, else an error wrapping ErrNotReady naming what is missing.
+func CheckTopology(ctx context.Context, js jetstream.JetStream, pipeline string, models []string) error {
+	for _, m := range models {
+		s, err := js.Stream(ctx, wire.ModelStream(pipeline, m))
+		if err != nil {
+			return fmt.Errorf("%w: stream of model %q: %w", ErrNotReady, m, err)
+		}
+		if _, err := s.Consumer(ctx, wire.ModelConsumer(m)); err != nil {
+			return fmt.Errorf("%w: consumer of model %q: %w", ErrNotReady, m, err)
+		}
+	}
+	if _, err := js.Stream(ctx, wire.JobsStream(pipeline)); err != nil {
+		return fmt.Errorf("%w: jobs stream: %w", ErrNotReady, err)
+	}
+	if _, err := js.Stream(ctx, wire.ResultsStream); err != nil {
+		return fmt.Errorf("%w: results stream: %w", ErrNotReady, err)
+	}
+	if _, err := js.KeyValue(ctx, wire.KVBucket(pipeline)); err != nil {
+		return fmt.Errorf("%w: control bucket: %w", ErrNotReady, err)
+	}
+	return nil
+}
+
+// WaitTopology polls CheckTopology every interval until it succeeds or ctx
+// ends; services call it before they report ready.
+func WaitTopology(ctx context.Context, js jetstream.JetStream, pipeline string, models []string, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		err := CheckTopology(ctx, js, pipeline, models)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for topology: %w (last: %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,78 @@
+package natsbus_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+func testPlan(t *testing.T) *plan.Plan {
+	t.Helper()
+	p, err := plan.Parse([]byte(`{
+  "version": 1, "pipeline": "tiny", "slo": {"p95_ms": 50}, "capacity": 2, "confidence": "margin",
+  "input": {"name": "x", "datatype": "FP32", "shape": [4], "classes": 3},
+  "models": [
+    {"name": "small", "file": "small.onnx", "profile": {"points": [{"batch": 1, "latency_ms": 0.1}]}},
+    {"name": "big", "file": "big.onnx", "profile": {"points": [{"batch": 1, "latency_ms": 1}]}}
+  ],
+  "ladder": ["small", "big"],
+  "gears": [
+    {"id": "accurate", "max_qps": 100, "cascade": [{"model": "small", "threshold": 0.9}, {"model": "big", "threshold": 0}],
+     "batching": {"max_batch": 8, "max_delay_ms": 2}, "runners": {"small": 0.5, "big": 0.5}},
+    {"id": "cheap", "max_qps": 1000, "cascade": [{"model": "small", "threshold": 0}],
+     "batching": {"max_batch": 32, "max_delay_ms": 2}, "runners": {"small": 1}}
+  ]
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestEnsureTopologyIsIdempotent(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p := testPlan(t)
+
+	err := natsbus.CheckTopology(ctx, srv.JS, p.Pipeline, p.UsedModels())
+	if !errors.Is(err, natsbus.ErrNotReady) {
+		t.Fatalf("CheckTopology before ensure = %v, want ErrNotReady", err)
+	}
+	for range 2 {
+		if _, err := natsbus.EnsureTopology(ctx, srv.JS, p, natsbus.TopologyConfig{MaxQueue: 10}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := natsbus.CheckTopology(ctx, srv.JS, p.Pipeline, p.UsedModels()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := srv.JS.Stream(ctx, wire.ModelStream("tiny", "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Retention != jetstream.WorkQueuePolicy || info.Config.Discard != jetstream.DiscardNew || info.Config.MaxMsgs != 10 {
+		t.Fatalf("model stream config = %+v", info.Config)
+	}
+	// A full queue rejects publishes instead of dropping old work.
+	for i := range 10 {
+		if _, err := srv.JS.Publish(ctx, wire.ModelSubject("tiny", "big"), []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := srv.JS.Publish(ctx, wire.ModelSubject("tiny", "big"), []byte("overflow")); err == nil {
+		t.Fatal("publish to a full queue succeeded, want an error")
+	}
+}
