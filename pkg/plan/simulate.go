@@ -1,0 +1,592 @@
+package plan
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+)
+
+// ErrBadSimulation marks a simulator configuration that cannot run.
+var ErrBadSimulation = errors.New("bad simulation config")
+
+// SimStage is one stage of a simulated cascade.
+type SimStage struct {
+	Model string
+	// Profile gives the service time of a batch: Profile.LatencyMs(size).
+	Profile Profile
+	// Runners is how many batches of this model may run at once (>= 1).
+	Runners int
+	// MaxBatch and MaxDelayMs are the fetch settings (see Simulate).
+	MaxBatch   int
+	MaxDelayMs float64
+	// MaxQueue bounds the items waiting in the stage's stream; an item that
+	// finds it full is dropped (the live system answers `overloaded`).
+	// 0 means unbounded.
+	MaxQueue int
+}
+
+// SimConfig configures one simulation run.
+type SimConfig struct {
+	// QPS is the mean rate of the Poisson arrivals (requests/s).
+	QPS float64
+	// Requests is how many requests arrive (default 3000).
+	Requests int
+	// Seed makes the run deterministic: arrivals and escalations depend on
+	// it alone, so two configs run with one seed see the same requests.
+	Seed uint64
+	// HopOverheadMs is added to every hop an item makes: ingress to the
+	// first stage, stage to stage, and last stage to the result.
+	HopOverheadMs float64
+	Stages        []SimStage
+	// AnsweredBy[j] is the probability that stage j answers a request (the
+	// replay's answered-by distribution; the last stage takes the rest).
+	// Drawing the answering stage from it is, in law, drawing a replay item
+	// uniformly and replaying its escalation decisions.
+	AnsweredBy []float64
+	// WarmupFraction of the first requests is left out of the latency
+	// statistics (default 0.1; negative means none).
+	WarmupFraction float64
+	// AbortAboveP95Ms, when > 0, stops the run as soon as more than 5% of
+	// the measured requests are known to take longer: the p95 misses it.
+	// The planner uses it to reject overloaded configurations quickly.
+	AbortAboveP95Ms float64
+}
+
+// SimStageResult is what one stage did in a simulation.
+type SimStageResult struct {
+	Model   string `json:"model"`
+	Runners int    `json:"runners"`
+	Items   int    `json:"items"`
+	Batches int    `json:"batches"`
+	// MeanBatch is Items/Batches.
+	MeanBatch float64 `json:"mean_batch"`
+	// Utilisation is busy time / (runners × duration).
+	Utilisation float64 `json:"utilisation"`
+	// MeanWaitMs is the mean time from an item's arrival at the stage to the
+	// start of the batch it runs in.
+	MeanWaitMs float64 `json:"mean_wait_ms"`
+	// MaxQueue is the most items that waited in the stream at once.
+	MaxQueue int `json:"max_queue"`
+	Dropped  int `json:"dropped"`
+}
+
+// SimResult summarises a simulation run. Latencies are end to end, from
+// arrival at ingress to the result, over the measured (post-warmup)
+// requests that completed.
+type SimResult struct {
+	Requests  int `json:"requests"`
+	Completed int `json:"completed"`
+	Dropped   int `json:"dropped"`
+	Measured  int `json:"measured"`
+	// Aborted is set when AbortAboveP95Ms stopped the run; the statistics
+	// then cover the requests finished so far.
+	Aborted bool    `json:"aborted,omitempty"`
+	P50Ms   float64 `json:"p50_ms"`
+	P95Ms   float64 `json:"p95_ms"`
+	P99Ms   float64 `json:"p99_ms"`
+	MeanMs  float64 `json:"mean_ms"`
+	MaxMs   float64 `json:"max_ms"`
+	// ThroughputQPS is completed requests over DurationMs.
+	ThroughputQPS float64 `json:"throughput_qps"`
+	// DurationMs runs from the first arrival to the last completion.
+	DurationMs float64          `json:"duration_ms"`
+	Stages     []SimStageResult `json:"stages"`
+}
+
+// MaxUtilisation returns the highest stage utilisation.
+func (r SimResult) MaxUtilisation() float64 {
+	u := 0.0
+	for _, s := range r.Stages {
+		u = max(u, s.Utilisation)
+	}
+	return u
+}
+
+func (c SimConfig) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if !(c.QPS > 0) || math.IsInf(c.QPS, 0) {
+		bad("qps must be > 0, got %v", c.QPS)
+	}
+	if c.Requests < 0 {
+		bad("requests must be >= 0")
+	}
+	if c.HopOverheadMs < 0 {
+		bad("hop overhead must be >= 0")
+	}
+	if len(c.Stages) == 0 {
+		bad("no stages")
+	}
+	if len(c.AnsweredBy) != len(c.Stages) {
+		bad("answered-by has %d entries for %d stages", len(c.AnsweredBy), len(c.Stages))
+	}
+	for _, p := range c.AnsweredBy {
+		if p < 0 || math.IsNaN(p) {
+			bad("answered-by fractions must be >= 0")
+			break
+		}
+	}
+	for j, s := range c.Stages {
+		if s.Runners < 1 {
+			bad("stage %d (%s): runners must be >= 1, got %d", j, s.Model, s.Runners)
+		}
+		if s.MaxBatch < 1 {
+			bad("stage %d (%s): max batch must be >= 1, got %d", j, s.Model, s.MaxBatch)
+		}
+		if s.MaxDelayMs < 0 {
+			bad("stage %d (%s): max delay must be >= 0", j, s.Model)
+		}
+		if err := s.Profile.validate(); err != nil {
+			bad("stage %d (%s): profile: %w", j, s.Model, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadSimulation, err)
+	}
+	return nil
+}
+
+// Simulate runs a discrete-event simulation of the pipeline and returns its
+// latency, throughput and per-stage utilisation. It is deterministic given
+// the config.
+//
+// Requests arrive as a Poisson process. Every stage has a stream (FIFO
+// queue) and Runners runners. A free runner issues a fetch for at most
+// MaxBatch items, as workers call Fetch(maxBatch, FetchMaxWait(maxDelay)):
+// the fetch returns as soon as it holds MaxBatch items, or when MaxDelayMs
+// has passed since it was issued and it holds at least one; an empty fetch
+// is re-issued. As on the NATS server, pending fetches are served in order:
+// arriving items fill one fetch before the next gets any. A MaxDelayMs of 0
+// returns as soon as one item (or all that arrived together) is there.
+// The runner then runs the batch for Profile.LatencyMs(size); afterwards
+// each item is answered or escalated to the next stage, one hop later.
+func Simulate(cfg SimConfig) (SimResult, error) {
+	if cfg.Requests == 0 {
+		cfg.Requests = 3000
+	}
+	if cfg.WarmupFraction == 0 {
+		cfg.WarmupFraction = 0.1
+	}
+	if err := cfg.validate(); err != nil {
+		return SimResult{}, err
+	}
+	s := newSim(cfg)
+	s.run()
+	return s.result(), nil
+}
+
+const (
+	evArrival  = iota // a request reaches ingress
+	evStage           // a group of items reaches a stage's stream
+	evDeadline        // a filling fetch's max delay has passed
+	evDone            // a runner finished its batch
+)
+
+type simEvent struct {
+	t     float64
+	seq   uint64
+	kind  uint8
+	stage int32
+	// runner (evDeadline, evDone) or group id (evStage).
+	ref int32
+	gen uint32
+}
+
+type simRunner struct {
+	busy bool
+	// waitSince is when an idle runner's first (empty) fetch was issued;
+	// its fetches are re-issued every MaxDelay from then.
+	waitSince float64
+	deadline  float64
+	gen       uint32
+	items     []int32
+}
+
+type simStageState struct {
+	cfg     SimStage
+	runners []simRunner
+	// idle lists runners with an empty pending fetch, in order.
+	idle    []int32
+	filling int32
+	queue   []int32
+	qhead   int
+	// statistics
+	busyMs   float64
+	items    int
+	batches  int
+	waitMs   float64
+	maxQueue int
+	dropped  int
+}
+
+type sim struct {
+	cfg       SimConfig
+	events    []simEvent
+	seq       uint64
+	stages    []simStageState
+	arrival   []float64 // per request: ingress time
+	stageAt   []float64 // per request: arrival at its current stage
+	exit      []int8    // per request: answering stage
+	latency   []float64 // measured latencies
+	groups    [][]int32
+	freeGroup []int32
+	next      int // next request to arrive
+	warmup    int
+	completed int
+	dropped   int
+	over      int
+	aborted   bool
+	firstT    float64
+	lastT     float64
+	cum       []float64 // cumulative answered-by
+}
+
+func newSim(cfg SimConfig) *sim {
+	s := &sim{
+		cfg:     cfg,
+		arrival: make([]float64, cfg.Requests),
+		stageAt: make([]float64, cfg.Requests),
+		exit:    make([]int8, cfg.Requests),
+		latency: make([]float64, 0, cfg.Requests),
+	}
+	if cfg.WarmupFraction > 0 {
+		s.warmup = int(cfg.WarmupFraction * float64(cfg.Requests))
+	}
+	total := 0.0
+	for _, p := range cfg.AnsweredBy {
+		total += p
+	}
+	acc := 0.0
+	for j, p := range cfg.AnsweredBy {
+		acc += p
+		if j == len(cfg.AnsweredBy)-1 || total <= 0 {
+			s.cum = append(s.cum, math.Inf(1))
+		} else {
+			s.cum = append(s.cum, acc/total)
+		}
+	}
+	for _, st := range cfg.Stages {
+		ss := simStageState{cfg: st, runners: make([]simRunner, st.Runners), filling: -1}
+		for r := range ss.runners {
+			ss.runners[r].items = make([]int32, 0, st.MaxBatch)
+			ss.idle = append(ss.idle, int32(r))
+		}
+		s.stages = append(s.stages, ss)
+	}
+	return s
+}
+
+func (s *sim) push(e simEvent) {
+	s.seq++
+	e.seq = s.seq
+	s.events = append(s.events, e)
+	h := s.events
+	i := len(h) - 1
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h[i].before(&h[p]) {
+			break
+		}
+		h[i], h[p] = h[p], h[i]
+		i = p
+	}
+}
+
+func (a *simEvent) before(b *simEvent) bool {
+	if a.t != b.t {
+		return a.t < b.t
+	}
+	return a.seq < b.seq
+}
+
+func (s *sim) pop() simEvent {
+	h := s.events
+	top := h[0]
+	last := len(h) - 1
+	h[0] = h[last]
+	h = h[:last]
+	i := 0
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			break
+		}
+		m := l
+		if r := l + 1; r < len(h) && h[r].before(&h[l]) {
+			m = r
+		}
+		if !h[m].before(&h[i]) {
+			break
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+	s.events = h
+	return top
+}
+
+func (s *sim) run() {
+	if s.cfg.Requests == 0 {
+		return
+	}
+	// Each stream has its own generator so that a config change in one part
+	// (for example the batching) does not shift arrivals or escalations.
+	arrivals := rand.New(rand.NewPCG(s.cfg.Seed, 1))
+	exits := rand.New(rand.NewPCG(s.cfg.Seed, 2))
+	for i := range s.exit {
+		u := exits.Float64()
+		j := 0
+		for u >= s.cum[j] {
+			j++
+		}
+		s.exit[i] = int8(j)
+	}
+	ratePerMs := s.cfg.QPS / 1000
+	t := 0.0
+	for i := range s.arrival {
+		t += arrivals.ExpFloat64() / ratePerMs
+		s.arrival[i] = t
+	}
+	s.firstT = s.arrival[0]
+	s.push(simEvent{t: s.arrival[0], kind: evArrival})
+	hop := s.cfg.HopOverheadMs
+	for len(s.events) > 0 && !s.aborted {
+		e := s.pop()
+		switch e.kind {
+		case evArrival:
+			i := int32(s.next)
+			s.next++
+			if s.next < len(s.arrival) {
+				s.push(simEvent{t: s.arrival[s.next], kind: evArrival})
+			}
+			g := s.group()
+			s.groups[g] = append(s.groups[g], i)
+			s.push(simEvent{t: e.t + hop, kind: evStage, stage: 0, ref: g})
+		case evStage:
+			items := s.groups[e.ref]
+			for _, i := range items {
+				s.stageAt[i] = e.t
+			}
+			s.deliver(int(e.stage), e.t, items)
+			s.groups[e.ref] = items[:0]
+			s.freeGroup = append(s.freeGroup, e.ref)
+		case evDeadline:
+			st := &s.stages[e.stage]
+			r := &st.runners[e.ref]
+			if st.filling == e.ref && r.gen == e.gen {
+				st.filling = -1
+				s.start(int(e.stage), e.ref, e.t)
+			}
+		case evDone:
+			s.done(int(e.stage), e.ref, e.t)
+		}
+	}
+}
+
+// group returns a free item group.
+func (s *sim) group() int32 {
+	if n := len(s.freeGroup); n > 0 {
+		g := s.freeGroup[n-1]
+		s.freeGroup = s.freeGroup[:n-1]
+		return g
+	}
+	s.groups = append(s.groups, nil)
+	return int32(len(s.groups) - 1)
+}
+
+// deliver hands items arriving together at stage j to the pending fetches,
+// in order, and queues what they do not take.
+func (s *sim) deliver(j int, t float64, items []int32) {
+	st := &s.stages[j]
+	B, D := st.cfg.MaxBatch, st.cfg.MaxDelayMs
+	for len(items) > 0 {
+		if st.filling < 0 {
+			if len(st.idle) == 0 {
+				for _, i := range items {
+					if st.cfg.MaxQueue > 0 && len(st.queue)-st.qhead >= st.cfg.MaxQueue {
+						st.dropped++
+						s.dropped++
+						continue
+					}
+					st.queue = append(st.queue, i)
+				}
+				st.maxQueue = max(st.maxQueue, len(st.queue)-st.qhead)
+				return
+			}
+			// The pending fetch that is served first is the one issued
+			// earliest in its current re-issue cycle: the earliest deadline.
+			best, bestDeadline := 0, math.Inf(1)
+			for k, r := range st.idle {
+				d := t
+				if D > 0 {
+					since := st.runners[r].waitSince
+					d = since + (math.Floor((t-since)/D)+1)*D
+				}
+				if d < bestDeadline {
+					best, bestDeadline = k, d
+				}
+			}
+			r := st.idle[best]
+			st.idle = slices.Delete(st.idle, best, best+1)
+			st.filling = r
+			run := &st.runners[r]
+			run.items = run.items[:0]
+			run.deadline = bestDeadline
+			run.gen++
+			if bestDeadline > t {
+				s.push(simEvent{t: bestDeadline, kind: evDeadline, stage: int32(j), ref: r, gen: run.gen})
+			}
+		}
+		r := st.filling
+		run := &st.runners[r]
+		take := min(B-len(run.items), len(items))
+		run.items = append(run.items, items[:take]...)
+		items = items[take:]
+		if len(run.items) == B || run.deadline <= t {
+			st.filling = -1
+			s.start(j, r, t)
+		}
+	}
+}
+
+// start runs runner r's fetched items as one batch.
+func (s *sim) start(j int, r int32, t float64) {
+	st := &s.stages[j]
+	run := &st.runners[r]
+	run.busy = true
+	run.gen++
+	n := len(run.items)
+	service := st.cfg.Profile.LatencyMs(n)
+	st.busyMs += service
+	st.items += n
+	st.batches++
+	for _, i := range run.items {
+		st.waitMs += t - s.stageAt[i]
+	}
+	s.push(simEvent{t: t + service, kind: evDone, stage: int32(j), ref: r})
+}
+
+// done finishes runner r's batch: every item is answered or escalated, and
+// the runner fetches again.
+func (s *sim) done(j int, r int32, t float64) {
+	st := &s.stages[j]
+	run := &st.runners[r]
+	hop := s.cfg.HopOverheadMs
+	g := int32(-1)
+	for _, i := range run.items {
+		if int(s.exit[i]) <= j || j == len(s.stages)-1 {
+			s.finish(i, t+hop)
+			continue
+		}
+		if g < 0 {
+			g = s.group()
+		}
+		s.groups[g] = append(s.groups[g], i)
+	}
+	if g >= 0 {
+		s.push(simEvent{t: t + hop, kind: evStage, stage: int32(j + 1), ref: g})
+	}
+	run.items = run.items[:0]
+	run.busy = false
+	// Fetch again: take queued items at once, else wait.
+	B, D := st.cfg.MaxBatch, st.cfg.MaxDelayMs
+	if q := len(st.queue) - st.qhead; q > 0 {
+		take := min(B, q)
+		run.items = append(run.items, st.queue[st.qhead:st.qhead+take]...)
+		st.qhead += take
+		if st.qhead == len(st.queue) {
+			st.queue, st.qhead = st.queue[:0], 0
+		} else if st.qhead > 1024 && st.qhead*2 > len(st.queue) {
+			st.queue = append(st.queue[:0], st.queue[st.qhead:]...)
+			st.qhead = 0
+		}
+		if take == B || D == 0 {
+			s.start(j, r, t)
+			return
+		}
+		st.filling = r
+		run.gen++
+		run.deadline = t + D
+		s.push(simEvent{t: t + D, kind: evDeadline, stage: int32(j), ref: r, gen: run.gen})
+		return
+	}
+	run.waitSince = t
+	st.idle = append(st.idle, r)
+}
+
+// finish records request i as completed at time t.
+func (s *sim) finish(i int32, t float64) {
+	s.completed++
+	s.lastT = max(s.lastT, t)
+	if int(i) < s.warmup {
+		return
+	}
+	lat := t - s.arrival[i]
+	s.latency = append(s.latency, lat)
+	if s.cfg.AbortAboveP95Ms > 0 && lat > s.cfg.AbortAboveP95Ms {
+		s.over++
+		if float64(s.over) > 0.05*float64(s.cfg.Requests-s.warmup) {
+			s.aborted = true
+		}
+	}
+}
+
+func (s *sim) result() SimResult {
+	res := SimResult{
+		Requests:  s.cfg.Requests,
+		Completed: s.completed,
+		Dropped:   s.dropped,
+		Measured:  len(s.latency),
+		Aborted:   s.aborted,
+	}
+	dur := max(s.lastT-s.firstT, 0)
+	res.DurationMs = dur
+	if dur > 0 {
+		res.ThroughputQPS = float64(s.completed) / dur * 1000
+	}
+	if n := len(s.latency); n > 0 {
+		lat := s.latency
+		slices.Sort(lat)
+		sum := 0.0
+		for _, v := range lat {
+			sum += v
+		}
+		res.MeanMs = sum / float64(n)
+		res.P50Ms = percentile(lat, 0.50)
+		res.P95Ms = percentile(lat, 0.95)
+		res.P99Ms = percentile(lat, 0.99)
+		res.MaxMs = lat[n-1]
+	}
+	for _, st := range s.stages {
+		sr := SimStageResult{
+			Model:    st.cfg.Model,
+			Runners:  st.cfg.Runners,
+			Items:    st.items,
+			Batches:  st.batches,
+			MaxQueue: st.maxQueue,
+			Dropped:  st.dropped,
+		}
+		if st.batches > 0 {
+			sr.MeanBatch = float64(st.items) / float64(st.batches)
+		}
+		if st.items > 0 {
+			sr.MeanWaitMs = st.waitMs / float64(st.items)
+		}
+		if dur > 0 {
+			sr.Utilisation = st.busyMs / (float64(st.cfg.Runners) * dur)
+		}
+		res.Stages = append(res.Stages, sr)
+	}
+	return res
+}
+
+// percentile returns the nearest-rank q-quantile of sorted values.
+func percentile(sorted []float64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	k := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[min(max(k, 0), len(sorted)-1)]
+}
