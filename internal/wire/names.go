@@ -95,3 +95,23 @@ func ValidToken(s string) bool {
 func upper(s string) string {
 	return strings.ToUpper(strings.ReplaceAll(s, "-", "_"))
 }
+
+// StatsSubject is where each ingress instance publishes its cumulative
+// admission counters (several times a second, never per request); the
+// controller derives the intake rate from them.
+func StatsSubject(pipeline, instance string) string {
+	return "cascade." + pipeline + ".stats.ingress." + instance
+}
+
+// StatsWildcard matches every ingress's stats subject of a pipeline.
+func StatsWildcard(pipeline string) string { return "cascade." + pipeline + ".stats.ingress.*" }
+
+// IngressStats is the body (JSON) published on StatsSubject.
+type IngressStats struct {
+	Instance string `json:"instance"`
+	// Admitted counts requests published to a first stage since the
+	// instance started; Rejected counts typed-error answers at intake.
+	Admitted   uint64 `json:"admitted"`
+	Rejected   uint64 `json:"rejected"`
+	AtUnixNano int64  `json:"at_ns"`
+}
