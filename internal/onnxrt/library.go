@@ -33,6 +33,14 @@ var cachedLibrary = filepath.Join(".cache", "onnxruntime", ORTVersion, "libonnxr
 // path next to the running executable. Otherwise the error wraps
 // ErrLibraryNotFound, whose message says how to install the library.
 func FindLibrary(getenv func(string) string) (string, error) {
+	wd, _ := os.Getwd()
+	exe, _ := os.Executable()
+	return findLibrary(getenv, wd, exe)
+}
+
+// findLibrary is FindLibrary with the working directory and executable path
+// given ("" skips that step).
+func findLibrary(getenv func(string) string, wd, exe string) (string, error) {
 	if p := getenv(LibraryEnv); p != "" {
 		if err := isFile(p); err != nil {
 			return "", fmt.Errorf("%s=%s: %w: %w", LibraryEnv, p, err, ErrLibraryNotFound)
@@ -40,7 +48,7 @@ func FindLibrary(getenv func(string) string) (string, error) {
 		return p, nil
 	}
 	var searched []string
-	if wd, err := os.Getwd(); err == nil {
+	if wd != "" {
 		for dir := wd; ; dir = filepath.Dir(dir) {
 			p := filepath.Join(dir, cachedLibrary)
 			if isFile(p) == nil {
@@ -52,7 +60,7 @@ func FindLibrary(getenv func(string) string) (string, error) {
 		}
 		searched = append(searched, filepath.Join(wd, cachedLibrary)+" and parents")
 	}
-	if exe, err := os.Executable(); err == nil {
+	if exe != "" {
 		p := filepath.Join(filepath.Dir(exe), cachedLibrary)
 		if isFile(p) == nil {
 			return p, nil

@@ -496,8 +496,8 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 }
 
-// TestFindLibrary uses t.Chdir, so it is not parallel.
 func TestFindLibrary(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	installed := filepath.Join(root, ".cache", "onnxruntime", ORTVersion, "libonnxruntime.so.1")
 	if err := os.MkdirAll(filepath.Dir(installed), 0o755); err != nil {
@@ -517,25 +517,26 @@ func TestFindLibrary(t *testing.T) {
 
 	tests := []struct {
 		name    string
-		dir     string
+		wd      string
+		exe     string
 		env     map[string]string
 		want    string
 		wantErr string
 	}{
-		{"override", elsewhere, map[string]string{LibraryEnv: installed}, installed, ""},
-		{"override missing", root, map[string]string{LibraryEnv: filepath.Join(elsewhere, "missing.so")}, "", "missing.so"},
-		{"override is a directory", root, map[string]string{LibraryEnv: elsewhere}, "", "is a directory"},
-		{"repo root", root, nil, installed, ""},
-		{"package dir", deep, nil, installed, ""},
-		{"not installed", elsewhere, nil, "", "scripts/install-onnxruntime.sh"},
+		{"override", elsewhere, "", map[string]string{LibraryEnv: installed}, installed, ""},
+		{"override missing", root, "", map[string]string{LibraryEnv: filepath.Join(elsewhere, "missing.so")}, "", "missing.so"},
+		{"override is a directory", root, "", map[string]string{LibraryEnv: elsewhere}, "", "is a directory"},
+		{"repo root", root, "", nil, installed, ""},
+		{"package dir", deep, "", nil, installed, ""},
+		{"next to executable", elsewhere, filepath.Join(root, "cascadeserve"), nil, installed, ""},
+		{"not installed", elsewhere, filepath.Join(elsewhere, "cascadeserve"), nil, "", "scripts/install-onnxruntime.sh"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Chdir(tt.dir)
-			got, err := FindLibrary(env(tt.env))
+			got, err := findLibrary(env(tt.env), tt.wd, tt.exe)
 			if tt.wantErr != "" {
 				if !errors.Is(err, ErrLibraryNotFound) || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("FindLibrary = %q, %v; want ErrLibraryNotFound mentioning %q", got, err, tt.wantErr)
+					t.Fatalf("findLibrary = %q, %v; want ErrLibraryNotFound mentioning %q", got, err, tt.wantErr)
 				}
 				if strings.Contains(err.Error(), "\n") {
 					t.Fatalf("error spans lines: %q", err)
@@ -543,12 +544,17 @@ func TestFindLibrary(t *testing.T) {
 				return
 			}
 			if err != nil {
-				t.Fatalf("FindLibrary: %v", err)
+				t.Fatalf("findLibrary: %v", err)
 			}
 			if got != tt.want {
-				t.Fatalf("FindLibrary = %q, want %q", got, tt.want)
+				t.Fatalf("findLibrary = %q, want %q", got, tt.want)
 			}
 		})
+	}
+	// The exported wrapper finds the repository's library from this package
+	// directory whenever it is installed.
+	if _, err := FindLibrary(func(string) string { return "" }); err != nil && !errors.Is(err, ErrLibraryNotFound) {
+		t.Fatalf("FindLibrary: %v", err)
 	}
 }
 

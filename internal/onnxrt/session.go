@@ -526,8 +526,9 @@ func softmax(dst, logits []float32) {
 		dst[i] = float32(e)
 		sum += e
 	}
+	inv := 1 / sum
 	for i := range dst {
-		dst[i] = float32(float64(dst[i]) / sum)
+		dst[i] = float32(float64(dst[i]) * inv)
 	}
 }
 
