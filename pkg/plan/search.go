@@ -117,21 +117,46 @@ type searchRecord struct {
 	cost    float64 // Σ reached_j × cost_j (not yet divided by n)
 }
 
-// ParetoFront evaluates every cascade of the ladder — every ordered subset
-// (in ladder order) of up to MaxStages models, with every grid threshold at
-// every non-last stage — and returns the accuracy-versus-cost Pareto front,
-// most accurate first, and how many cascades were evaluated.
+// ParetoFront evaluates every cascade of the ladder (see Search) and
+// returns the accuracy-versus-cost Pareto front, most accurate first, and
+// how many cascades were evaluated.
+func (e *Evaluator) ParetoFront(ctx context.Context, opts SearchOptions) ([]Candidate, int, error) {
+	sr, err := e.Search(ctx, opts)
+	if err != nil {
+		return nil, 0, err
+	}
+	front, err := sr.Front(0)
+	if err != nil {
+		return nil, 0, err
+	}
+	return front, sr.Evaluated(), nil
+}
+
+// SearchResult holds every cascade a search evaluated, compactly, so that
+// fronts under different stage limits can be taken from one search.
+type SearchResult struct {
+	e         *Evaluator
+	maxStages int
+	nodes     []searchNode
+	records   []searchRecord
+}
+
+// Evaluated returns how many cascades the search evaluated.
+func (sr *SearchResult) Evaluated() int { return len(sr.records) }
+
+// Search evaluates every cascade of the ladder: every ordered subset (in
+// ladder order) of up to MaxStages models, with every grid threshold at
+// every non-last stage.
 //
-// The search walks prefixes depth first. At each prefix it sorts the items
-// that reach the next model by that model's confidence; every threshold then
+// It walks prefixes depth first. At each prefix it sorts the items that
+// reach the next model by that model's confidence; every threshold then
 // splits them at one position, the answered part's correct count is a prefix
 // sum, and the escalated part is a prefix of the sorted items that becomes
 // the next prefix's reach set. Thresholds that split identically are
-// evaluated once, a threshold that escalates nothing is the shorter cascade
-// (dead later stages), and one that answers nothing is dominated by the
-// cascade without that stage; both are skipped. On the front, equal points
-// keep the shortest cascade.
-func (e *Evaluator) ParetoFront(ctx context.Context, opts SearchOptions) ([]Candidate, int, error) {
+// evaluated once; a threshold that escalates nothing is the shorter cascade
+// (its later stages would be dead), and one that answers nothing is
+// dominated by the cascade without that stage: both are skipped.
+func (e *Evaluator) Search(ctx context.Context, opts SearchOptions) (*SearchResult, error) {
 	opts = opts.withDefaults()
 	L := len(e.ladder)
 	maxStages := opts.MaxStages
@@ -142,12 +167,12 @@ func (e *Evaluator) ParetoFront(ctx context.Context, opts SearchOptions) ([]Cand
 	for m, name := range e.ladder {
 		g, err := e.Thresholds(name, opts)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		grids[m] = g
 	}
 	if est := estimateCandidates(L, maxStages, opts.GridPoints); est > float64(opts.MaxCandidates) {
-		return nil, 0, fmt.Errorf("%w: about %.3g cascades for %d models, %d stages and %d thresholds (limit %d); lower the grid or the number of stages",
+		return nil, fmt.Errorf("%w: about %.3g cascades for %d models, %d stages and %d thresholds (limit %d); lower the grid or the number of stages",
 			ErrSearchTooLarge, est, L, maxStages, opts.GridPoints, opts.MaxCandidates)
 	}
 
@@ -189,13 +214,109 @@ func (e *Evaluator) ParetoFront(ctx context.Context, opts SearchOptions) ([]Cand
 		all[i] = int32(i)
 	}
 	if err := s.expand(0, -1, -1, all, 0, 0); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	front, err := s.front()
-	if err != nil {
-		return nil, 0, err
+	return &SearchResult{e: e, maxStages: maxStages, nodes: s.nodes, records: s.records}, nil
+}
+
+// Front returns the accuracy-versus-cost Pareto front among the cascades of
+// at most maxStages stages (0: any), most accurate first. Equal points keep
+// the shortest cascade.
+func (sr *SearchResult) Front(maxStages int) ([]Candidate, error) {
+	return sr.candidates(sr.frontIDs(maxStages))
+}
+
+// FrontByDepth returns the union of the fronts for every stage limit from 1
+// to maxStages (0: the search's): the cascades no other cascade beats on
+// accuracy, cost and length together. Sorted most accurate first, then
+// cheapest, then shortest. A planner walking it can fall back to a shorter
+// cascade when a longer one fails on latency or on runners.
+func (sr *SearchResult) FrontByDepth(maxStages int) ([]Candidate, error) {
+	if maxStages <= 0 || maxStages > sr.maxStages {
+		maxStages = sr.maxStages
 	}
-	return front, len(s.records), nil
+	seen := map[int32]bool{}
+	var ids []int32
+	for d := 1; d <= maxStages; d++ {
+		for _, id := range sr.frontIDs(d) {
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+	}
+	recs := sr.records
+	slices.SortFunc(ids, func(a, b int32) int {
+		ra, rb := &recs[a], &recs[b]
+		if c := cmp.Compare(rb.correct, ra.correct); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(ra.cost, rb.cost); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(ra.stages, rb.stages); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
+	return sr.candidates(ids)
+}
+
+// frontIDs sorts the records of at most maxStages stages by cost and keeps
+// those that beat every cheaper one, most accurate first.
+func (sr *SearchResult) frontIDs(maxStages int) []int32 {
+	recs := sr.records
+	var ids []int32
+	for i := range recs {
+		if maxStages <= 0 || int(recs[i].stages) <= maxStages {
+			ids = append(ids, int32(i))
+		}
+	}
+	slices.SortFunc(ids, func(a, b int32) int {
+		ra, rb := &recs[a], &recs[b]
+		if c := cmp.Compare(ra.cost, rb.cost); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(rb.correct, ra.correct); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(ra.stages, rb.stages); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
+	best := int32(-1)
+	var keep []int32
+	for _, id := range ids {
+		if recs[id].correct > best {
+			best = recs[id].correct
+			keep = append(keep, id)
+		}
+	}
+	slices.Reverse(keep)
+	return keep
+}
+
+// candidates rebuilds and re-evaluates the cascades of records ids.
+func (sr *SearchResult) candidates(ids []int32) ([]Candidate, error) {
+	out := make([]Candidate, 0, len(ids))
+	for _, id := range ids {
+		rec := sr.records[id]
+		stages := []Stage{{Model: sr.e.ladder[rec.last]}}
+		for nd := rec.node; nd >= 0; nd = sr.nodes[nd].parent {
+			stages = append(stages, Stage{Model: sr.e.ladder[sr.nodes[nd].model], Threshold: sr.nodes[nd].threshold})
+		}
+		slices.Reverse(stages)
+		ev, err := sr.e.Evaluate(stages)
+		if err != nil {
+			return nil, err
+		}
+		if ev.Correct != int(rec.correct) {
+			return nil, fmt.Errorf("internal error: search counted %d correct for %s, evaluation %d", rec.correct, CascadeString(stages), ev.Correct)
+		}
+		out = append(out, Candidate{Stages: stages, Evaluation: ev})
+	}
+	return out, nil
 }
 
 // estimateCandidates is the number of cascades before deduplication.
@@ -328,53 +449,4 @@ func (s *searcher) sortBy(m int, reach, dst []int32) []int32 {
 	rank := s.rank[m]
 	slices.SortFunc(dst, func(a, b int32) int { return cmp.Compare(rank[a], rank[b]) })
 	return dst
-}
-
-// front sorts the records by cost and keeps those that beat every cheaper
-// one, then rebuilds and re-evaluates their cascades.
-func (s *searcher) front() ([]Candidate, error) {
-	recs := s.records
-	ids := make([]int32, len(recs))
-	for i := range ids {
-		ids[i] = int32(i)
-	}
-	slices.SortFunc(ids, func(a, b int32) int {
-		ra, rb := &recs[a], &recs[b]
-		if c := cmp.Compare(ra.cost, rb.cost); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(rb.correct, ra.correct); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ra.stages, rb.stages); c != 0 {
-			return c
-		}
-		return cmp.Compare(a, b)
-	})
-	best := int32(-1)
-	var keep []int32
-	for _, id := range ids {
-		if recs[id].correct > best {
-			best = recs[id].correct
-			keep = append(keep, id)
-		}
-	}
-	out := make([]Candidate, 0, len(keep))
-	for k := len(keep) - 1; k >= 0; k-- {
-		rec := recs[keep[k]]
-		stages := []Stage{{Model: s.e.ladder[rec.last]}}
-		for nd := rec.node; nd >= 0; nd = s.nodes[nd].parent {
-			stages = append(stages, Stage{Model: s.e.ladder[s.nodes[nd].model], Threshold: s.nodes[nd].threshold})
-		}
-		slices.Reverse(stages)
-		ev, err := s.e.Evaluate(stages)
-		if err != nil {
-			return nil, err
-		}
-		if ev.Correct != int(rec.correct) {
-			return nil, fmt.Errorf("internal error: search counted %d correct for %s, evaluation %d", rec.correct, CascadeString(stages), ev.Correct)
-		}
-		out = append(out, Candidate{Stages: stages, Evaluation: ev})
-	}
-	return out, nil
 }
