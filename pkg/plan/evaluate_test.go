@@ -1,0 +1,321 @@
+package plan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// workerAnswer decides one item the way a stage worker does: calibrate the
+// model's probabilities, compute the confidence, answer or escalate.
+func workerAnswer(r *Replay, stages []Stage, metric string, temps map[string]float64, i int) (stage, label int) {
+	for j, s := range stages {
+		probs := append([]float32(nil), r.Row(s.Model, i)...)
+		Calibrate(probs, temps[s.Model])
+		conf, l := Confidence(metric, probs)
+		if Answers(conf, s.Threshold, j == len(stages)-1) {
+			return j, l
+		}
+	}
+	panic("unreachable: the last stage answers")
+}
+
+func costsFor(models []SyntheticModel, batch int) map[string]float64 {
+	prof := SyntheticProfile(models, 0)
+	out := map[string]float64{}
+	for _, m := range models {
+		out[m.Name] = prof.Models[m.Name].ItemCostMs(batch)
+	}
+	return out
+}
+
+func TestEvaluatorMatchesWorkerDecisions(t *testing.T) {
+	ladder := SyntheticLadder()
+	r, err := SyntheticReplay(5, 600, 10, ladder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	temps := map[string]float64{"tiny": 0.7, "medium": 2.5}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, metric := range Metrics() {
+		ev, err := NewEvaluator(r, EvaluatorConfig{Metric: metric, Temperatures: temps, CostMs: costsFor(ladder, 8)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for trial := range 30 {
+			// A random ordered subset with random thresholds.
+			var stages []Stage
+			for _, m := range ladder {
+				if rng.IntN(2) == 0 {
+					stages = append(stages, Stage{Model: m.Name, Threshold: rng.Float64()})
+				}
+			}
+			if len(stages) == 0 {
+				stages = []Stage{{Model: "xlarge"}}
+			}
+			t.Run(fmt.Sprintf("%s/%d", metric, trial), func(t *testing.T) {
+				got, err := ev.Evaluate(stages)
+				if err != nil {
+					t.Fatal(err)
+				}
+				at, err := ev.AnsweredAt(stages)
+				if err != nil {
+					t.Fatal(err)
+				}
+				correct := 0
+				reached := make([]int, len(stages))
+				for i := range r.Len() {
+					stage, label := workerAnswer(r, stages, metric, temps, i)
+					if at[i] != stage {
+						t.Fatalf("item %d: evaluator answers at stage %d, worker at %d", i, at[i], stage)
+					}
+					for j := 0; j <= stage; j++ {
+						reached[j]++
+					}
+					if label == int(r.Labels[i]) {
+						correct++
+					}
+				}
+				if got.Correct != correct || got.Accuracy != float64(correct)/float64(r.Len()) {
+					t.Errorf("correct %d (accuracy %v), worker path %d", got.Correct, got.Accuracy, correct)
+				}
+				wantCost, sum := 0.0, 0.0
+				for j, s := range stages {
+					if want := float64(reached[j]) / float64(r.Len()); got.Reach[j] != want {
+						t.Errorf("reach[%d] = %v, want %v", j, got.Reach[j], want)
+					}
+					wantCost += got.Reach[j] * ev.CostMs(s.Model)
+					sum += got.AnsweredBy[j]
+				}
+				if math.Abs(got.CostMsPerItem-wantCost) > 1e-12 || math.Abs(sum-1) > 1e-12 {
+					t.Errorf("cost %v want %v; answered-by sums to %v", got.CostMsPerItem, wantCost, sum)
+				}
+			})
+		}
+	}
+}
+
+func TestEvaluatorRejectsBadCascades(t *testing.T) {
+	r := smallReplay(t)
+	ev, err := NewEvaluator(r, EvaluatorConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stages := range [][]Stage{
+		nil,
+		{{Model: "ghost"}},
+		{{Model: "small", Threshold: 0.5}, {Model: "tiny"}},
+		{{Model: "tiny", Threshold: 0.5}, {Model: "tiny"}},
+	} {
+		if _, err := ev.Evaluate(stages); !errors.Is(err, ErrBadCascade) {
+			t.Errorf("Evaluate(%v) = %v, want ErrBadCascade", stages, err)
+		}
+	}
+	if _, err := NewEvaluator(r, EvaluatorConfig{Ladder: []string{"tiny", "ghost"}}); !errors.Is(err, ErrBadReplay) {
+		t.Errorf("NewEvaluator with a model missing from the replay = %v, want ErrBadReplay", err)
+	}
+	if _, err := NewEvaluator(r, EvaluatorConfig{Metric: "vibes"}); err == nil {
+		t.Error("NewEvaluator accepted an unknown metric")
+	}
+	if _, err := NewEvaluator(&Replay{Classes: 3}, EvaluatorConfig{}); !errors.Is(err, ErrBadReplay) {
+		t.Errorf("NewEvaluator of an empty replay = %v, want ErrBadReplay", err)
+	}
+}
+
+// bruteForceFront evaluates every cascade with Evaluate and returns the
+// (correct, cost) points of its Pareto front, most accurate first.
+func bruteForceFront(t *testing.T, ev *Evaluator, opts SearchOptions) [][2]float64 {
+	t.Helper()
+	ladder := ev.Ladder()
+	var points [][2]float64
+	var rec func(stages []Stage, next int)
+	rec = func(stages []Stage, next int) {
+		for m := next; m < len(ladder); m++ {
+			last := append(slices.Clone(stages), Stage{Model: ladder[m]})
+			e, err := ev.Evaluate(last)
+			if err != nil {
+				t.Fatal(err)
+			}
+			points = append(points, [2]float64{float64(e.Correct), e.CostMsPerItem})
+			grid, err := ev.Thresholds(ladder[m], opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, thr := range grid {
+				rec(append(slices.Clone(stages), Stage{Model: ladder[m], Threshold: thr}), m+1)
+			}
+		}
+	}
+	rec(nil, 0)
+	slices.SortFunc(points, func(a, b [2]float64) int {
+		if a[1] != b[1] {
+			return cmpFloat(a[1], b[1])
+		}
+		return cmpFloat(b[0], a[0])
+	})
+	var front [][2]float64
+	best := -1.0
+	for _, p := range points {
+		if p[0] > best {
+			best = p[0]
+			front = append(front, p)
+		}
+	}
+	slices.Reverse(front)
+	return front
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func TestParetoFrontMatchesBruteForce(t *testing.T) {
+	ladder := SyntheticLadder()[:4]
+	r, err := SyntheticReplay(9, 400, 10, ladder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opts := range []SearchOptions{
+		{GridPoints: 6},
+		{GridPoints: 5, GridSpacing: GridUniform},
+		{GridPoints: 9},
+	} {
+		t.Run(fmt.Sprintf("%d-%s", opts.GridPoints, opts.GridSpacing), func(t *testing.T) {
+			ev, err := NewEvaluator(r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			front, evaluated, err := ev.ParetoFront(context.Background(), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := bruteForceFront(t, ev, opts)
+			if len(front) != len(want) {
+				t.Fatalf("front has %d points, brute force %d", len(front), len(want))
+			}
+			for i, c := range front {
+				if float64(c.Correct) != want[i][0] || math.Abs(c.CostMsPerItem-want[i][1]) > 1e-12 {
+					t.Errorf("point %d: %s = (%d, %v), brute force (%v, %v)", i, c, c.Correct, c.CostMsPerItem, want[i][0], want[i][1])
+				}
+			}
+			if evaluated <= len(front) {
+				t.Errorf("evaluated %d cascades for a front of %d", evaluated, len(front))
+			}
+		})
+	}
+}
+
+func TestParetoFrontHasNoDeadStages(t *testing.T) {
+	ladder := SyntheticLadder()
+	r, err := SyntheticReplay(4, 1500, 10, ladder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := NewEvaluator(r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	front, _, err := ev.ParetoFront(context.Background(), SearchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(front) < 10 {
+		t.Fatalf("front of %d points", len(front))
+	}
+	for i, c := range front {
+		if i > 0 && !(c.Correct < front[i-1].Correct && c.CostMsPerItem < front[i-1].CostMsPerItem) {
+			t.Errorf("point %d (%s) does not trade accuracy for cost against point %d", i, c, i-1)
+		}
+		for j := range c.Stages {
+			if c.Reach[j] == 0 {
+				t.Errorf("%s: stage %d is reached by no item", c, j)
+			}
+			if j < len(c.Stages)-1 && (c.AnsweredBy[j] == 0 || c.Reach[j+1] == 0) {
+				t.Errorf("%s: stage %d answers nothing or sends nothing on", c, j)
+			}
+		}
+		if c.Stages[len(c.Stages)-1].Threshold != 0 {
+			t.Errorf("%s: last stage has threshold %v", c, c.Stages[len(c.Stages)-1].Threshold)
+		}
+	}
+	// The most accurate cascade beats the best single model here: cascades
+	// are worth it on this ladder.
+	if best := ev.ModelAccuracy("xlarge"); front[0].Accuracy <= best {
+		t.Errorf("best cascade %v, best model alone %v", front[0].Accuracy, best)
+	}
+}
+
+func TestThresholdGrid(t *testing.T) {
+	r := smallReplay(t)
+	ev, err := NewEvaluator(r, EvaluatorConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uni, err := ev.Thresholds("tiny", SearchOptions{GridPoints: 4, GridSpacing: GridUniform})
+	if err != nil || !slices.Equal(uni, []float64{0.2, 0.4, 0.6, 0.8}) {
+		t.Errorf("uniform grid = %v, %v", uni, err)
+	}
+	q, err := ev.Thresholds("tiny", SearchOptions{GridPoints: 21})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.IsSorted(q) || len(q) < 10 {
+		t.Errorf("quantile grid = %v", q)
+	}
+	conf := ev.Confidences("tiny")
+	// The lowest grid point escalates about (1/22)² of the items.
+	below := 0
+	for _, c := range conf {
+		if c < q[0] {
+			below++
+		}
+	}
+	if below > 2 {
+		t.Errorf("lowest threshold escalates %d of %d items", below, len(conf))
+	}
+	if _, err := ev.Thresholds("tiny", SearchOptions{GridSpacing: "fancy"}); err == nil {
+		t.Error("unknown spacing accepted")
+	}
+	if _, err := ev.Thresholds("ghost", SearchOptions{}); !errors.Is(err, ErrBadCascade) {
+		t.Errorf("Thresholds(ghost) = %v", err)
+	}
+}
+
+func TestSearchTooLarge(t *testing.T) {
+	r := smallReplay(t)
+	ev, err := NewEvaluator(r, EvaluatorConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = ev.ParetoFront(context.Background(), SearchOptions{GridPoints: 50, MaxCandidates: 20})
+	if !errors.Is(err, ErrSearchTooLarge) {
+		t.Errorf("ParetoFront = %v, want ErrSearchTooLarge", err)
+	}
+}
+
+func TestSearchHonoursCancellation(t *testing.T) {
+	ladder := SyntheticLadder()
+	r, err := SyntheticReplay(4, 2000, 10, ladder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := NewEvaluator(r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := ev.ParetoFront(ctx, SearchOptions{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("ParetoFront on a cancelled context = %v", err)
+	}
+}

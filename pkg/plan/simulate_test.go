@@ -1,0 +1,226 @@
+package plan
+
+import (
+	"errors"
+	"math"
+	"reflect"
+	"testing"
+)
+
+func linearProfile(fixed, perItem float64) Profile {
+	var p Profile
+	for b := 1; b <= 128; b *= 2 {
+		p.Points = append(p.Points, ProfilePoint{Batch: b, LatencyMs: fixed + perItem*float64(b)})
+	}
+	return p
+}
+
+func oneStage(qps float64, prof Profile, runners, batch int, delay float64) SimConfig {
+	return SimConfig{
+		QPS:           qps,
+		Seed:          7,
+		HopOverheadMs: 0.25,
+		Stages:        []SimStage{{Model: "m", Profile: prof, Runners: runners, MaxBatch: batch, MaxDelayMs: delay}},
+		AnsweredBy:    []float64{1},
+	}
+}
+
+func simulate(t *testing.T, cfg SimConfig) SimResult {
+	t.Helper()
+	r, err := Simulate(cfg)
+	if err != nil {
+		t.Fatalf("Simulate: %v", err)
+	}
+	return r
+}
+
+func TestSimulateTinyLoad(t *testing.T) {
+	prof := linearProfile(1, 0.5) // 1.5 ms at batch 1
+	base := prof.LatencyMs(1) + 2*0.25
+	// Batch of one: no queueing at 1 qps, every request takes exactly the
+	// service time plus two hops.
+	r := simulate(t, oneStage(1, prof, 1, 1, 0))
+	if math.Abs(r.P95Ms-base) > 1e-9 || math.Abs(r.P50Ms-base) > 1e-9 {
+		t.Errorf("batch 1: p50 %v p95 %v, want %v", r.P50Ms, r.P95Ms, base)
+	}
+	// Max batch 8 with a 10 ms delay: a lone item waits for its fetch to
+	// expire, up to the delay (uniformly, as fetches are re-issued).
+	const delay = 10
+	r = simulate(t, oneStage(1, prof, 1, 8, delay))
+	if r.P95Ms < base+0.8*delay || r.P95Ms > base+delay+1e-9 {
+		t.Errorf("batch 8, delay %v: p95 %v, want in [%v, %v]", delay, r.P95Ms, base+0.8*delay, base+delay)
+	}
+	if r.P50Ms < base+0.3*delay || r.P50Ms > base+0.7*delay {
+		t.Errorf("batch 8, delay %v: p50 %v, want about %v", delay, r.P50Ms, base+delay/2)
+	}
+	if r.Stages[0].MeanBatch > 1.01 {
+		t.Errorf("mean batch %v at 1 qps", r.Stages[0].MeanBatch)
+	}
+	// Delay 0 takes what is there: no waiting.
+	r = simulate(t, oneStage(1, prof, 1, 8, 0))
+	if math.Abs(r.P95Ms-base) > 1e-9 {
+		t.Errorf("batch 8, delay 0: p95 %v, want %v", r.P95Ms, base)
+	}
+}
+
+func TestSimulateMD1(t *testing.T) {
+	// One runner, batch 1: an M/D/1 queue. Mean sojourn = s + ρs/(2(1−ρ)).
+	const s = 2.0
+	prof := Profile{Points: []ProfilePoint{{Batch: 1, LatencyMs: s}, {Batch: 2, LatencyMs: 2 * s}}}
+	for _, rho := range []float64{0.3, 0.6, 0.8} {
+		cfg := oneStage(rho/s*1000, prof, 1, 1, 0)
+		cfg.Requests = 40000
+		r := simulate(t, cfg)
+		want := s + rho*s/(2*(1-rho)) + 2*cfg.HopOverheadMs
+		if math.Abs(r.MeanMs-want)/want > 0.1 {
+			t.Errorf("ρ=%v: mean latency %v, M/D/1 predicts %v", rho, r.MeanMs, want)
+		}
+		if u := r.Stages[0].Utilisation; math.Abs(u-rho) > 0.05 {
+			t.Errorf("ρ=%v: utilisation %v", rho, u)
+		}
+		if math.Abs(r.ThroughputQPS-cfg.QPS)/cfg.QPS > 0.05 {
+			t.Errorf("ρ=%v: throughput %v, offered %v", rho, r.ThroughputQPS, cfg.QPS)
+		}
+	}
+}
+
+func TestSimulateDeterministic(t *testing.T) {
+	cfg := SimConfig{
+		QPS: 800, Seed: 42, HopOverheadMs: 0.3,
+		Stages: []SimStage{
+			{Model: "a", Profile: linearProfile(0.3, 0.05), Runners: 1, MaxBatch: 16, MaxDelayMs: 1},
+			{Model: "b", Profile: linearProfile(1, 0.5), Runners: 2, MaxBatch: 8, MaxDelayMs: 2},
+		},
+		AnsweredBy: []float64{0.7, 0.3},
+	}
+	a, b := simulate(t, cfg), simulate(t, cfg)
+	if !reflect.DeepEqual(a, b) {
+		t.Fatal("two runs with one seed differ")
+	}
+	cfg.Seed = 43
+	if c := simulate(t, cfg); reflect.DeepEqual(a, c) {
+		t.Error("another seed gave the very same run")
+	}
+	// Escalations follow the answered-by distribution.
+	if a.Stages[0].Items != a.Requests {
+		t.Errorf("first stage ran %d items of %d", a.Stages[0].Items, a.Requests)
+	}
+	if f := float64(a.Stages[1].Items) / float64(a.Requests); math.Abs(f-0.3) > 0.03 {
+		t.Errorf("second stage reached by %v, want about 0.3", f)
+	}
+}
+
+func TestSimulateBatchesUnderLoad(t *testing.T) {
+	prof := linearProfile(1, 0.1) // batching pays: 1.1 ms for one, 1.8 for 8
+	// 1500 qps: 1.65 runner-s/s at batch 1, so one runner needs batches.
+	r := simulate(t, oneStage(1500, prof, 1, 8, 0))
+	st := r.Stages[0]
+	if st.MeanBatch <= 1.5 || st.MeanBatch > 8 {
+		t.Errorf("mean batch %v", st.MeanBatch)
+	}
+	if r.Dropped != 0 || r.Completed != r.Requests || r.P95Ms > 20 {
+		t.Errorf("batching should keep up: %+v", r)
+	}
+	// Without batching the queue grows without bound.
+	r1 := simulate(t, oneStage(1500, prof, 1, 1, 0))
+	if r1.P95Ms < 10*r.P95Ms {
+		t.Errorf("batch 1 p95 %v, batch 8 p95 %v: expected an overloaded queue", r1.P95Ms, r.P95Ms)
+	}
+	// More runners, less waiting.
+	r2 := simulate(t, oneStage(1500, prof, 2, 1, 0))
+	if r2.P95Ms >= r1.P95Ms {
+		t.Errorf("two runners p95 %v, one runner %v", r2.P95Ms, r1.P95Ms)
+	}
+}
+
+func TestSimulateFetchWaitsAtMostDelay(t *testing.T) {
+	// Enough runners that nothing queues: every item waits at most the
+	// delay and runs in a batch of at most MaxBatch.
+	prof := linearProfile(0.5, 0.1)
+	const delay, batch = 3.0, 4
+	r := simulate(t, oneStage(300, prof, 16, batch, delay))
+	bound := prof.LatencyMs(batch) + delay + 2*0.25
+	if r.MaxMs > bound+1e-9 {
+		t.Errorf("max latency %v above service + delay + hops %v", r.MaxMs, bound)
+	}
+	if r.Stages[0].MeanBatch <= 1 || r.Stages[0].MeanBatch > batch {
+		t.Errorf("mean batch %v", r.Stages[0].MeanBatch)
+	}
+	if r.Stages[0].MeanWaitMs > delay {
+		t.Errorf("mean wait %v > delay %v", r.Stages[0].MeanWaitMs, delay)
+	}
+}
+
+func TestSimulateOverload(t *testing.T) {
+	prof := Profile{Points: []ProfilePoint{{Batch: 1, LatencyMs: 1}}}
+	cfg := oneStage(3000, prof, 1, 1, 0) // three times what one runner does
+	cfg.Stages[0].MaxQueue = 50
+	r := simulate(t, cfg)
+	if r.Dropped == 0 || r.Stages[0].Dropped != r.Dropped || r.Completed+r.Dropped != r.Requests {
+		t.Errorf("dropped %d, completed %d of %d", r.Dropped, r.Completed, r.Requests)
+	}
+	if r.Stages[0].MaxQueue != 50 {
+		t.Errorf("max queue %d, bound 50", r.Stages[0].MaxQueue)
+	}
+	if math.Abs(r.ThroughputQPS-1000) > 100 {
+		t.Errorf("throughput %v, one runner does 1000/s", r.ThroughputQPS)
+	}
+	cfg = oneStage(3000, prof, 1, 1, 0)
+	cfg.AbortAboveP95Ms = 20
+	if r := simulate(t, cfg); !r.Aborted || r.Completed >= r.Requests {
+		t.Errorf("overloaded run with an abort bound: aborted %v, completed %d", r.Aborted, r.Completed)
+	}
+}
+
+func TestSimulateRejectsBadConfig(t *testing.T) {
+	good := oneStage(10, linearProfile(1, 1), 1, 1, 0)
+	tests := []struct {
+		name   string
+		mutate func(c *SimConfig)
+	}{
+		{"qps", func(c *SimConfig) { c.QPS = 0 }},
+		{"stages", func(c *SimConfig) { c.Stages = nil }},
+		{"answered-by", func(c *SimConfig) { c.AnsweredBy = []float64{0.5, 0.5} }},
+		{"runners", func(c *SimConfig) { c.Stages[0].Runners = 0 }},
+		{"batch", func(c *SimConfig) { c.Stages[0].MaxBatch = 0 }},
+		{"profile", func(c *SimConfig) { c.Stages[0].Profile = Profile{} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := good
+			c.Stages = append([]SimStage(nil), good.Stages...)
+			tt.mutate(&c)
+			if _, err := Simulate(c); !errors.Is(err, ErrBadSimulation) {
+				t.Errorf("Simulate = %v, want ErrBadSimulation", err)
+			}
+		})
+	}
+}
+
+func TestGearSimConfig(t *testing.T) {
+	p := validPlan(t)
+	sc, err := p.GearSimConfig(0, 100, GearSimOptions{RunnerScale: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.Stages[0].Runners != 10 || sc.Stages[1].Runners != 30 {
+		t.Errorf("runners %d, %d; want 10, 30", sc.Stages[0].Runners, sc.Stages[1].Runners)
+	}
+	if math.Abs(sc.AnsweredBy[0]-0.8) > 1e-12 || math.Abs(sc.AnsweredBy[1]-0.2) > 1e-12 {
+		t.Errorf("answered-by %v, want [0.8 0.2]", sc.AnsweredBy)
+	}
+	if sc.Stages[1].MaxBatch != 8 || sc.Stages[1].MaxDelayMs != 2 {
+		t.Errorf("batching %+v", sc.Stages[1])
+	}
+	p95, err := p.PredictP95(0, 100)
+	if err != nil || !(p95 > 0) {
+		t.Errorf("PredictP95 = %v, %v", p95, err)
+	}
+	p.Gears[0].Predicted.Reach = nil
+	if _, err := p.GearSimConfig(0, 100, GearSimOptions{}); !errors.Is(err, ErrBadSimulation) {
+		t.Errorf("gear without reach: %v", err)
+	}
+	if _, err := p.GearSimConfig(5, 100, GearSimOptions{}); !errors.Is(err, ErrBadSimulation) {
+		t.Errorf("gear out of range: %v", err)
+	}
+}
