@@ -1,0 +1,88 @@
+package loadgen_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/loadgen"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// respond stands in for a pipeline: it answers every request with the
+// first input value as the label, and an overloaded error for value 9.
+func respond(t *testing.T, srv *natstest.Server) {
+	t.Helper()
+	nc := srv.Connect(t)
+	codec := wire.NewCodec()
+	_, err := nc.QueueSubscribe(wire.InferSubject("p"), wire.IngressQueue, func(m *nats.Msg) {
+		var req wire.Request
+		if err := wire.DecodeRequest(m.Data, &req); err != nil {
+			t.Error(err)
+			return
+		}
+		vals, _ := req.Input.AppendFloat32s(nil, 1)
+		res := wire.Result{ID: "x", Label: int(vals[0]), Gear: "g", AnsweredBy: "m"}
+		if vals[0] == 9 {
+			res.Error = wire.Errorf(wire.CodeOverloaded, "full")
+		}
+		b, _ := codec.EncodeResult(&res)
+		m.Respond(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+}
+
+func items() *dataset.Set {
+	s := &dataset.Set{ItemShape: []int64{2}}
+	for i := range 10 {
+		s.Data = append(s.Data, float32(i), 0)
+		s.Labels = append(s.Labels, int32(i%5)) // right for 0..4, wrong for 5..8
+	}
+	return s
+}
+
+func TestRunCountsEveryOutcome(t *testing.T) {
+	srv := natstest.Start(t)
+	respond(t, srv)
+	for _, tc := range []struct {
+		name string
+		cfg  loadgen.Config
+	}{
+		{"open loop", loadgen.Config{Schedule: loadgen.Constant(2000), MaxRequests: 200, Duration: 10 * time.Second}},
+		{"closed loop", loadgen.Config{Concurrency: 8, MaxRequests: 200, Duration: 10 * time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			cfg.Pipeline, cfg.Items, cfg.Timeout = "p", items(), 2*time.Second
+			ticks := 0
+			cfg.Tick, cfg.TickEvery = func(loadgen.Snapshot) { ticks++ }, 10*time.Millisecond
+			rep, err := loadgen.Run(context.Background(), srv.Conn, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Sent != 200 || rep.Lost != 0 || len(rep.Outcomes) != 200 {
+				t.Fatalf("sent %d lost %d outcomes %d, want 200/0/200", rep.Sent, rep.Lost, len(rep.Outcomes))
+			}
+			if got := rep.ErrorCounts()[wire.CodeOverloaded]; got != 20 {
+				t.Errorf("overloaded = %d, want 20", got)
+			}
+			if rep.Answered != 180 {
+				t.Errorf("answered = %d, want 180", rep.Answered)
+			}
+			// Items 0..4 are right, 5..8 wrong: 100 of 180 answers.
+			if acc := rep.Accuracy(); acc < 100.0/180-1e-9 || acc > 100.0/180+1e-9 {
+				t.Errorf("accuracy = %v, want %v", acc, 100.0/180)
+			}
+			if rep.ByGear()["g"] != 180 || rep.Percentile(0.95) <= 0 || ticks == 0 {
+				t.Errorf("by gear %v, p95 %v, ticks %d", rep.ByGear(), rep.Percentile(0.95), ticks)
+			}
+		})
+	}
+}
