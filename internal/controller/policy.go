@@ -1,0 +1,271 @@
+package controller
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// Direction names which way a gear switch goes. Gears are ordered by MaxQPS,
+// so "up" is towards cheaper gears that serve more load and "down" towards
+// more accurate gears (the same sense as the plan's DownshiftFactor).
+type Direction string
+
+// Directions of a Decision.
+const (
+	Hold Direction = "hold"
+	Up   Direction = "up"
+	Down Direction = "down"
+)
+
+// Backlog is one model's queue as its durable consumer reports it.
+type Backlog struct {
+	// Pending are messages not yet delivered to any worker: the queue proper.
+	Pending int64
+	// AckPending are messages delivered to a worker and not yet acked: the
+	// batches being formed and computed.
+	AckPending int64
+}
+
+// Total is Pending + AckPending.
+func (b Backlog) Total() int64 { return b.Pending + b.AckPending }
+
+// Observation is what the controller measured at one tick.
+type Observation struct {
+	// Now is the time of the measurement.
+	Now time.Time
+	// QPS is the intake rate: requests admitted per second over the plan's
+	// rate window, summed over every ingress instance.
+	QPS float64
+	// Backlog is per model; models that are missing count as empty.
+	Backlog map[string]Backlog
+	// Warm reports that the rate window has been observed in full since the
+	// controller started. Until then QPS may be an underestimate, so the
+	// policy does not move to a more accurate gear.
+	Warm bool
+}
+
+// State is the gear in force and since when.
+type State struct {
+	// Gear is the index of the current gear in the plan.
+	Gear int
+	// Since is when the current gear was entered (written to the KV bucket).
+	Since time.Time
+}
+
+// Decision is the policy's answer for one observation.
+type Decision struct {
+	// Gear is the index of the gear to be in; equal to State.Gear on Hold.
+	Gear int
+	// Direction is Hold, Up or Down.
+	Direction Direction
+	// Reason explains the decision in one line for logs and the KV value.
+	Reason string
+}
+
+// ErrUnknownGear is returned for a pinned gear id the plan does not have.
+var ErrUnknownGear = errors.New("unknown gear")
+
+// Policy chooses gears. It is a pure value: Decide depends only on its
+// arguments, so it is tested with a fake clock and no NATS.
+//
+// Rules, for the current gear c with capacity MaxQPS(c) and load q:
+//
+//   - Up at once on load: if q > MaxQPS(c), switch straight to
+//     plan.GearFor(q), however many gears that skips.
+//   - Up at once on backlog: let W be the items waiting (Backlog.Pending) at
+//     the models of c's cascade. The spare capacity MaxQPS(c) - q drains them
+//     in W / (MaxQPS(c) - q) seconds; if that exceeds UpshiftBacklog, c cannot
+//     keep up. Equivalently the required rate R = q + W/UpshiftBacklog exceeds
+//     MaxQPS(c); the policy then switches to plan.GearFor(R). Only undelivered
+//     messages count here: items already delivered to workers are the batches
+//     in hand, which at high load are up to max batch per worker even when the
+//     gear keeps up, and counting them would upshift on full batches alone.
+//     Items count as one request each at any stage (a later stage sees only
+//     the escalated fraction, so this errs on the side of going cheaper).
+//   - Down only with hysteresis: the policy moves to the most accurate gear
+//     t < c for which (1) q < DownshiftFactor × MaxQPS(t), (2) the whole
+//     backlog (Pending + AckPending over every model, including models of
+//     older gears that still drain) is at most DrainedBacklogSeconds ×
+//     MaxQPS(t), and (3) the current gear has been held for MinDwellMs. It may
+//     jump several gears in one step, as the paper's controller does: the
+//     margin of (1) already keeps the target gear below its capacity. No move
+//     down happens before the rate window has been observed once (Warm).
+//
+// A pinned policy always answers the pinned gear.
+type Policy struct {
+	gears          []plan.Gear
+	h              plan.Hysteresis
+	upshiftBacklog time.Duration
+	pinned         int // -1: not pinned
+}
+
+// NewPolicy returns the policy for p. upshiftBacklog is the longest
+// acceptable drain time of the waiting items (see Policy). pin, if not
+// empty, is a gear id the policy always answers.
+func NewPolicy(p *plan.Plan, upshiftBacklog time.Duration, pin string) (Policy, error) {
+	if len(p.Gears) == 0 {
+		return Policy{}, fmt.Errorf("policy: plan %q has no gears", p.Pipeline)
+	}
+	if upshiftBacklog <= 0 {
+		return Policy{}, fmt.Errorf("policy: upshift backlog %v must be > 0", upshiftBacklog)
+	}
+	pol := Policy{gears: p.Gears, h: p.Hysteresis, upshiftBacklog: upshiftBacklog, pinned: -1}
+	if pin != "" {
+		pol.pinned = p.GearByID(pin)
+		if pol.pinned < 0 {
+			return Policy{}, fmt.Errorf("policy: pin gear %q: %w (plan %q has %s)", pin, ErrUnknownGear, p.Pipeline, gearIDs(p.Gears))
+		}
+	}
+	return pol, nil
+}
+
+// Pinned returns the pinned gear's index, or -1.
+func (p Policy) Pinned() int { return p.pinned }
+
+// Initial is the gear to start in when the KV bucket holds none: the pinned
+// gear, or the most accurate one (no load has been measured yet; the first
+// tick with load moves up at once).
+func (p Policy) Initial() Decision {
+	if p.pinned >= 0 {
+		return Decision{Gear: p.pinned, Direction: Hold, Reason: "pinned"}
+	}
+	return Decision{Gear: 0, Direction: Hold, Reason: "initial: no load measured yet"}
+}
+
+// Decide returns the gear to be in after observation o, given the current
+// state s. A state whose gear is out of range is treated as the most
+// accurate gear entered at o.Now.
+func (p Policy) Decide(s State, o Observation) Decision {
+	if p.pinned >= 0 {
+		d := Decision{Gear: p.pinned, Direction: Hold, Reason: "pinned"}
+		if s.Gear != p.pinned {
+			d.Direction = direction(s.Gear, p.pinned)
+		}
+		return d
+	}
+	if s.Gear < 0 || s.Gear >= len(p.gears) {
+		s = State{Gear: 0, Since: o.Now}
+	}
+	cur := p.gears[s.Gear]
+	last := len(p.gears) - 1
+
+	// Up on load.
+	if o.QPS > cur.MaxQPS {
+		if s.Gear == last {
+			return Decision{Gear: s.Gear, Direction: Hold,
+				Reason: fmt.Sprintf("overloaded: load %.1f qps > max %.1f of %s, the cheapest gear", o.QPS, cur.MaxQPS, cur.ID)}
+		}
+		t := gearFor(p.gears, o.QPS)
+		return Decision{Gear: t, Direction: Up,
+			Reason: fmt.Sprintf("load %.1f qps > max %.1f of %s", o.QPS, cur.MaxQPS, cur.ID)}
+	}
+
+	// Up on backlog.
+	waiting := p.waiting(cur, o.Backlog)
+	required := o.QPS + float64(waiting)/p.upshiftBacklog.Seconds()
+	if required > cur.MaxQPS {
+		drain := "never (no spare capacity)"
+		if spare := cur.MaxQPS - o.QPS; spare > 0 {
+			drain = fmt.Sprintf("%.2fs", float64(waiting)/spare)
+		}
+		why := fmt.Sprintf("backlog %d waiting at %s drains in %s > %v at load %.1f qps (max %.1f)",
+			waiting, cur.ID, drain, p.upshiftBacklog, o.QPS, cur.MaxQPS)
+		if s.Gear == last {
+			return Decision{Gear: s.Gear, Direction: Hold, Reason: "overloaded: " + why + ", the cheapest gear"}
+		}
+		return Decision{Gear: gearFor(p.gears, required), Direction: Up, Reason: why}
+	}
+
+	// Down with hysteresis.
+	if s.Gear == 0 {
+		return Decision{Gear: 0, Direction: Hold, Reason: "most accurate gear"}
+	}
+	// The most accurate gear the load allows with margin.
+	t := -1
+	for i := 0; i < s.Gear; i++ {
+		if o.QPS < p.h.DownshiftFactor*p.gears[i].MaxQPS {
+			t = i
+			break
+		}
+	}
+	if t < 0 {
+		below := p.gears[s.Gear-1]
+		return Decision{Gear: s.Gear, Direction: Hold,
+			Reason: fmt.Sprintf("load %.1f qps not below %.2f × %.1f of %s", o.QPS, p.h.DownshiftFactor, below.MaxQPS, below.ID)}
+	}
+	if !o.Warm {
+		return Decision{Gear: s.Gear, Direction: Hold, Reason: "warming up: rate window not yet observed"}
+	}
+	dwell := time.Duration(p.h.MinDwellMs * float64(time.Millisecond))
+	if held := o.Now.Sub(s.Since); held < dwell {
+		return Decision{Gear: s.Gear, Direction: Hold,
+			Reason: fmt.Sprintf("dwell: held %s for %v < %v", cur.ID, held.Round(time.Millisecond), dwell)}
+	}
+	total := totalBacklog(o.Backlog)
+	// A smaller target capacity needs a more thoroughly drained backlog, so
+	// try t first, then the gears between t and the current one.
+	for ; t < s.Gear; t++ {
+		tg := p.gears[t]
+		limit := p.h.DrainedBacklogSeconds * tg.MaxQPS
+		if o.QPS < p.h.DownshiftFactor*tg.MaxQPS && float64(total) <= limit {
+			return Decision{Gear: t, Direction: Down,
+				Reason: fmt.Sprintf("load %.1f qps < %.2f × %.1f of %s, backlog %d ≤ %.0f, held %s for %v",
+					o.QPS, p.h.DownshiftFactor, tg.MaxQPS, tg.ID, total, limit, cur.ID, o.Now.Sub(s.Since).Round(time.Millisecond))}
+		}
+	}
+	below := p.gears[s.Gear-1]
+	return Decision{Gear: s.Gear, Direction: Hold,
+		Reason: fmt.Sprintf("backlog %d not drained: > %.0f for %s", total, p.h.DrainedBacklogSeconds*below.MaxQPS, below.ID)}
+}
+
+// waiting sums the undelivered items at the models of g's cascade.
+func (p Policy) waiting(g plan.Gear, b map[string]Backlog) int64 {
+	var n int64
+	for _, s := range g.Cascade {
+		n += b[s.Model].Pending
+	}
+	return n
+}
+
+// totalBacklog sums Pending + AckPending over every model.
+func totalBacklog(b map[string]Backlog) int64 {
+	var n int64
+	for _, v := range b {
+		n += v.Total()
+	}
+	return n
+}
+
+// gearFor is plan.GearFor over a gear slice.
+func gearFor(gears []plan.Gear, qps float64) int {
+	for i, g := range gears {
+		if qps <= g.MaxQPS {
+			return i
+		}
+	}
+	return len(gears) - 1
+}
+
+func direction(from, to int) Direction {
+	switch {
+	case to > from:
+		return Up
+	case to < from:
+		return Down
+	}
+	return Hold
+}
+
+func gearIDs(gears []plan.Gear) string {
+	s := ""
+	for i, g := range gears {
+		if i > 0 {
+			s += ", "
+		}
+		s += g.ID
+	}
+	return s
+}

@@ -1,0 +1,295 @@
+package controller
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// loadTestPlan loads testdata/three-gears.json: gears accurate (max 100 qps,
+// medium → large), balanced (200, small → medium) and cheap (400, small);
+// downshift factor 0.8, drained backlog 0.05 s, dwell 1 s, window 1 s.
+func loadTestPlan(t *testing.T) *plan.Plan {
+	t.Helper()
+	p, err := plan.LoadFile("testdata/three-gears.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// step is one observation of a scenario, at a time relative to its start.
+type step struct {
+	at      time.Duration
+	qps     float64
+	backlog map[string]Backlog
+	cold    bool // Warm = false
+	// want is the gear id after the step; dir the decision's direction.
+	want string
+	dir  Direction
+	// reason, if set, must appear in the decision's reason.
+	reason string
+}
+
+func TestPolicyScenarios(t *testing.T) {
+	pending := func(model string, n int64) map[string]Backlog { return map[string]Backlog{model: {Pending: n}} }
+	inFlight := func(model string, n int64) map[string]Backlog { return map[string]Backlog{model: {AckPending: n}} }
+	s := time.Second
+	ms := time.Millisecond
+	tests := []struct {
+		name  string
+		start string // gear at time 0
+		steps []step
+	}{
+		{
+			name:  "spike up jumps straight to the gear for the load",
+			start: "accurate",
+			steps: []step{
+				{at: 0, qps: 50, want: "accurate", dir: Hold},
+				{at: 250 * ms, qps: 350, want: "cheap", dir: Up, reason: "load 350.0 qps > max 100.0 of accurate"},
+				{at: 500 * ms, qps: 390, want: "cheap", dir: Hold},
+			},
+		},
+		{
+			name:  "spike up one gear",
+			start: "accurate",
+			steps: []step{{at: 0, qps: 150, want: "balanced", dir: Up}},
+		},
+		{
+			name:  "load beyond the cheapest gear holds it",
+			start: "cheap",
+			steps: []step{{at: 0, qps: 1000, want: "cheap", dir: Hold, reason: "overloaded"}},
+		},
+		{
+			name:  "up at once even right after a switch (no dwell upwards)",
+			start: "accurate",
+			steps: []step{
+				{at: 0, qps: 150, want: "balanced", dir: Up},
+				{at: 10 * ms, qps: 300, want: "cheap", dir: Up},
+			},
+		},
+		{
+			name:  "waiting backlog that drains too slowly moves up",
+			start: "accurate",
+			steps: []step{
+				// 60 qps + 100 waiting / 1 s = 160 required > 100: balanced
+				// covers 160.
+				{at: 0, qps: 60, backlog: pending("medium", 100), want: "balanced", dir: Up, reason: "drains in 2.50s > 1s"},
+			},
+		},
+		{
+			name:  "large waiting backlog jumps to the gear that drains it",
+			start: "accurate",
+			steps: []step{{at: 0, qps: 60, backlog: pending("large", 300), want: "cheap", dir: Up}},
+		},
+		{
+			name:  "waiting backlog that drains in time holds",
+			start: "accurate",
+			steps: []step{{at: 0, qps: 60, backlog: pending("medium", 30), want: "accurate", dir: Hold}},
+		},
+		{
+			name:  "items in flight are not a reason to go up",
+			start: "accurate",
+			steps: []step{{at: 0, qps: 60, backlog: inFlight("medium", 500), want: "accurate", dir: Hold}},
+		},
+		{
+			name:  "waiting items of models outside the gear are not a reason to go up",
+			start: "accurate",
+			steps: []step{{at: 0, qps: 60, backlog: pending("small", 500), want: "accurate", dir: Hold}},
+		},
+		{
+			name:  "plateau holds the gear",
+			start: "accurate",
+			steps: []step{
+				{at: 0, qps: 150, want: "balanced", dir: Up},
+				{at: 1 * s, qps: 160, want: "balanced", dir: Hold},
+				{at: 2 * s, qps: 155, want: "balanced", dir: Hold},
+				{at: 5 * s, qps: 150, want: "balanced", dir: Hold},
+				// Below accurate's max but not below 0.8 of it.
+				{at: 10 * s, qps: 90, want: "balanced", dir: Hold, reason: "not below 0.80 × 100.0 of accurate"},
+			},
+		},
+		{
+			name:  "slow decay steps down gear by gear",
+			start: "cheap",
+			steps: []step{
+				{at: 0, qps: 380, want: "cheap", dir: Hold},
+				{at: 2 * s, qps: 300, want: "cheap", dir: Hold},
+				{at: 4 * s, qps: 200, want: "cheap", dir: Hold},
+				{at: 6 * s, qps: 159, want: "balanced", dir: Down, reason: "load 159.0 qps < 0.80 × 200.0 of balanced"},
+				{at: 6*s + 500*ms, qps: 120, want: "balanced", dir: Hold},
+				{at: 8 * s, qps: 90, want: "balanced", dir: Hold},
+				{at: 10 * s, qps: 79, want: "accurate", dir: Down},
+				{at: 12 * s, qps: 10, want: "accurate", dir: Hold, reason: "most accurate"},
+			},
+		},
+		{
+			name:  "a quick drop jumps down several gears",
+			start: "cheap",
+			steps: []step{{at: 5 * s, qps: 20, want: "accurate", dir: Down}},
+		},
+		{
+			name:  "noise around a gear's capacity switches once and stays",
+			start: "accurate",
+			steps: []step{
+				{at: 0, qps: 95, want: "accurate", dir: Hold},
+				{at: 250 * ms, qps: 105, want: "balanced", dir: Up},
+				{at: 500 * ms, qps: 95, want: "balanced", dir: Hold},
+				{at: 1500 * ms, qps: 98, want: "balanced", dir: Hold},
+				{at: 2500 * ms, qps: 103, want: "balanced", dir: Hold},
+				{at: 3500 * ms, qps: 85, want: "balanced", dir: Hold},
+				{at: 4500 * ms, qps: 101, want: "balanced", dir: Hold},
+			},
+		},
+		{
+			name:  "dwell delays the way down",
+			start: "accurate",
+			steps: []step{
+				{at: 0, qps: 150, want: "balanced", dir: Up},
+				{at: 250 * ms, qps: 10, want: "balanced", dir: Hold, reason: "dwell"},
+				{at: 999 * ms, qps: 10, want: "balanced", dir: Hold, reason: "dwell"},
+				{at: 1000 * ms, qps: 10, want: "accurate", dir: Down},
+			},
+		},
+		{
+			name:  "oscillating load cannot switch faster than the dwell",
+			start: "accurate",
+			steps: []step{
+				{at: 0, qps: 150, want: "balanced", dir: Up},
+				{at: 250 * ms, qps: 10, want: "balanced", dir: Hold},
+				{at: 500 * ms, qps: 150, want: "balanced", dir: Hold},
+				{at: 750 * ms, qps: 10, want: "balanced", dir: Hold},
+				{at: 1000 * ms, qps: 10, want: "accurate", dir: Down},
+				{at: 1250 * ms, qps: 150, want: "balanced", dir: Up},
+				{at: 1500 * ms, qps: 10, want: "balanced", dir: Hold, reason: "dwell"},
+			},
+		},
+		{
+			name:  "an undrained backlog holds the accurate gear back",
+			start: "balanced",
+			steps: []step{
+				// accurate needs total backlog ≤ 0.05 × 100 = 5.
+				{at: 2 * s, qps: 10, backlog: inFlight("small", 20), want: "balanced", dir: Hold, reason: "not drained"},
+				{at: 3 * s, qps: 10, backlog: map[string]Backlog{"small": {Pending: 3, AckPending: 3}}, want: "balanced", dir: Hold},
+				{at: 4 * s, qps: 10, backlog: map[string]Backlog{"small": {Pending: 2, AckPending: 3}}, want: "accurate", dir: Down},
+			},
+		},
+		{
+			name:  "backlog drained enough for an intermediate gear",
+			start: "cheap",
+			steps: []step{
+				// accurate needs ≤ 5, balanced ≤ 10.
+				{at: 2 * s, qps: 10, backlog: inFlight("large", 8), want: "balanced", dir: Down, reason: "backlog 8 ≤ 10"},
+			},
+		},
+		{
+			name:  "no way down before the rate window was observed",
+			start: "cheap",
+			steps: []step{
+				{at: 2 * s, qps: 0, cold: true, want: "cheap", dir: Hold, reason: "warming up"},
+				{at: 2*s + 250*ms, qps: 0, want: "accurate", dir: Down},
+			},
+		},
+		{
+			name:  "up is allowed while cold",
+			start: "accurate",
+			steps: []step{{at: 0, qps: 500, cold: true, want: "cheap", dir: Up}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := loadTestPlan(t)
+			pol, err := NewPolicy(p, time.Second, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Unix(1_700_000_000, 0)
+			st := State{Gear: p.GearByID(tt.start), Since: t0}
+			if st.Gear < 0 {
+				t.Fatalf("no gear %q", tt.start)
+			}
+			for i, sp := range tt.steps {
+				now := t0.Add(sp.at)
+				d := pol.Decide(st, Observation{Now: now, QPS: sp.qps, Backlog: sp.backlog, Warm: !sp.cold})
+				got := p.Gears[d.Gear].ID
+				if got != sp.want || d.Direction != sp.dir {
+					t.Fatalf("step %d (t=%v qps=%v): got %s/%s, want %s/%s (reason %q)", i, sp.at, sp.qps, got, d.Direction, sp.want, sp.dir, d.Reason)
+				}
+				if d.Direction != direction(st.Gear, d.Gear) {
+					t.Fatalf("step %d: direction %s does not match %d → %d", i, d.Direction, st.Gear, d.Gear)
+				}
+				if sp.reason != "" && !strings.Contains(d.Reason, sp.reason) {
+					t.Fatalf("step %d: reason %q does not contain %q", i, d.Reason, sp.reason)
+				}
+				if d.Reason == "" {
+					t.Fatalf("step %d: empty reason", i)
+				}
+				if d.Gear != st.Gear {
+					st = State{Gear: d.Gear, Since: now}
+				}
+			}
+		})
+	}
+}
+
+func TestPolicyPinned(t *testing.T) {
+	p := loadTestPlan(t)
+	pol, err := NewPolicy(p, time.Second, "balanced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pol.Initial(); got.Gear != 1 || got.Reason != "pinned" {
+		t.Fatalf("Initial = %+v, want balanced, pinned", got)
+	}
+	now := time.Unix(100, 0)
+	for _, tt := range []struct {
+		from int
+		qps  float64
+		dir  Direction
+	}{
+		{from: 1, qps: 10_000, dir: Hold},
+		{from: 1, qps: 0, dir: Hold},
+		{from: 0, qps: 0, dir: Up},
+		{from: 2, qps: 10_000, dir: Down},
+	} {
+		d := pol.Decide(State{Gear: tt.from, Since: now.Add(-time.Hour)}, Observation{Now: now, QPS: tt.qps, Warm: true,
+			Backlog: map[string]Backlog{"small": {Pending: 100_000}}})
+		if d.Gear != 1 || d.Direction != tt.dir {
+			t.Errorf("from %d at %v qps: got gear %d %s, want 1 %s", tt.from, tt.qps, d.Gear, d.Direction, tt.dir)
+		}
+	}
+}
+
+func TestPolicyUnknownState(t *testing.T) {
+	p := loadTestPlan(t)
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(100, 0)
+	if d := pol.Decide(State{Gear: -1}, Observation{Now: now, QPS: 10, Warm: true}); d.Gear != 0 {
+		t.Errorf("unknown gear at low load: got %d, want 0", d.Gear)
+	}
+	if d := pol.Decide(State{Gear: 7}, Observation{Now: now, QPS: 300, Warm: true}); d.Gear != 2 {
+		t.Errorf("unknown gear at high load: got %d, want 2", d.Gear)
+	}
+	if d := pol.Initial(); d.Gear != 0 {
+		t.Errorf("Initial gear %d, want 0", d.Gear)
+	}
+}
+
+func TestNewPolicyErrors(t *testing.T) {
+	p := loadTestPlan(t)
+	if _, err := NewPolicy(p, time.Second, "turbo"); !errors.Is(err, ErrUnknownGear) {
+		t.Errorf("pin unknown gear: err %v, want ErrUnknownGear", err)
+	}
+	if _, err := NewPolicy(p, 0, ""); err == nil {
+		t.Error("zero upshift backlog accepted")
+	}
+	if _, err := NewPolicy(&plan.Plan{}, time.Second, ""); err == nil {
+		t.Error("plan without gears accepted")
+	}
+}

@@ -1,0 +1,97 @@
+package controller
+
+import (
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// RateMeter turns the cumulative admission counters that ingress instances
+// publish (wire.IngressStats) into one intake rate. It is a plain value with
+// no clock or lock of its own: the caller passes receive times and guards
+// concurrent use.
+//
+// Per instance it keeps the samples of the last window, measured on the
+// instance's own clock (IngressStats.AtUnixNano), so clock skew between
+// machines does not matter. The instance's rate is the counter's increase
+// over the span of those samples (at least two); the intake rate is the sum
+// over instances. A counter that goes backwards means the instance restarted:
+// the meter keeps the series monotonic by adding the count before the restart
+// as an offset, so a restart neither loses the window nor counts as a burst.
+// An instance whose last message arrived more than 2 × window ago (on the
+// controller's clock) is gone: it counts as zero and is forgotten.
+type RateMeter struct {
+	window    time.Duration
+	instances map[string]*instanceSeries
+}
+
+type instanceSeries struct {
+	samples  []rateSample // ascending at; adjusted counts are monotonic
+	lastRaw  uint64
+	offset   uint64
+	received time.Time // controller clock of the last message
+}
+
+type rateSample struct {
+	at    int64 // instance clock, unix ns
+	count uint64
+}
+
+// NewRateMeter returns a meter averaging over window.
+func NewRateMeter(window time.Duration) *RateMeter {
+	return &RateMeter{window: window, instances: map[string]*instanceSeries{}}
+}
+
+// Observe records one stats message received at now (controller clock).
+// Messages older than the instance's newest sample are ignored.
+func (m *RateMeter) Observe(s wire.IngressStats, now time.Time) {
+	in := m.instances[s.Instance]
+	if in == nil {
+		in = &instanceSeries{}
+		m.instances[s.Instance] = in
+	}
+	in.received = now
+	if n := len(in.samples); n > 0 && s.AtUnixNano <= in.samples[n-1].at {
+		if s.AtUnixNano < in.samples[n-1].at && s.Admitted < in.lastRaw {
+			// Restart with a clock that went backwards too: start over.
+			in.samples, in.offset = nil, 0
+		} else {
+			return
+		}
+	}
+	if len(in.samples) > 0 && s.Admitted < in.lastRaw {
+		in.offset = in.samples[len(in.samples)-1].count
+	}
+	in.lastRaw = s.Admitted
+	in.samples = append(in.samples, rateSample{at: s.AtUnixNano, count: in.offset + s.Admitted})
+	// Keep the samples within the window of the newest one, plus the newest
+	// sample before it, so the rate spans the whole window.
+	cut := s.AtUnixNano - m.window.Nanoseconds()
+	i := 0
+	for i+1 < len(in.samples) && in.samples[i+1].at <= cut {
+		i++
+	}
+	in.samples = in.samples[i:]
+}
+
+// Rate returns the summed intake rate (requests/s) at now and the number of
+// live instances, forgetting instances that have gone quiet.
+func (m *RateMeter) Rate(now time.Time) (qps float64, instances int) {
+	for id, in := range m.instances {
+		if now.Sub(in.received) > 2*m.window {
+			delete(m.instances, id)
+			continue
+		}
+		instances++
+		if len(in.samples) < 2 {
+			continue
+		}
+		first, last := in.samples[0], in.samples[len(in.samples)-1]
+		span := time.Duration(last.at - first.at).Seconds()
+		if span <= 0 {
+			continue
+		}
+		qps += float64(last.count-first.count) / span
+	}
+	return qps, instances
+}
