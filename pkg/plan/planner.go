@@ -609,7 +609,7 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 		pl.checked[key] = check{}
 		return nil, nil
 	}
-	if sticky != nil {
+	if sticky != nil && pl.canKeepUp(cand, q, sticky.batching.MaxBatch, runners) {
 		rs, err := pl.simulate(cand, q, []Batching{sticky.batching}, runners)
 		if err != nil {
 			return nil, err

@@ -62,7 +62,10 @@ type SimStageResult struct {
 	Batches int    `json:"batches"`
 	// MeanBatch is Items/Batches.
 	MeanBatch float64 `json:"mean_batch"`
-	// Utilisation is busy time / (runners × duration).
+	// Utilisation is the stage's busy time while measured requests arrive
+	// (from the first measured arrival to the last arrival) over its runners
+	// × that window: the load the stage carries in steady state, without
+	// the empty start and the drain at the end.
 	Utilisation float64 `json:"utilisation"`
 	// MeanWaitMs is the mean time from an item's arrival at the stage to the
 	// start of the batch it runs in.
@@ -213,7 +216,7 @@ type simStageState struct {
 	queue   []int32
 	qhead   int
 	// statistics
-	busyMs   float64
+	busyMs   float64 // busy time inside the measurement window
 	items    int
 	batches  int
 	waitMs   float64
@@ -240,7 +243,9 @@ type sim struct {
 	aborted   bool
 	firstT    float64
 	lastT     float64
-	cum       []float64 // cumulative answered-by
+	// winStart and winEnd bound the utilisation window.
+	winStart, winEnd float64
+	cum              []float64 // cumulative answered-by
 }
 
 func newSim(cfg SimConfig) *sim {
@@ -350,6 +355,10 @@ func (s *sim) run() {
 		s.arrival[i] = t
 	}
 	s.firstT = s.arrival[0]
+	s.winStart, s.winEnd = s.arrival[min(s.warmup, len(s.arrival)-1)], s.arrival[len(s.arrival)-1]
+	if s.winEnd <= s.winStart {
+		s.winStart, s.winEnd = s.arrival[0], math.Inf(1)
+	}
 	s.push(simEvent{t: s.arrival[0], kind: evArrival})
 	hop := s.cfg.HopOverheadMs
 	for len(s.events) > 0 && !s.aborted {
@@ -459,7 +468,7 @@ func (s *sim) start(j int, r int32, t float64) {
 	run.gen++
 	n := len(run.items)
 	service := st.cfg.Profile.LatencyMs(n)
-	st.busyMs += service
+	st.busyMs += max(0, min(t+service, s.winEnd)-max(t, s.winStart))
 	st.items += n
 	st.batches++
 	for _, i := range run.items {
@@ -574,8 +583,9 @@ func (s *sim) result() SimResult {
 		if st.items > 0 {
 			sr.MeanWaitMs = st.waitMs / float64(st.items)
 		}
-		if dur > 0 {
-			sr.Utilisation = st.busyMs / (float64(st.cfg.Runners) * dur)
+		win := min(s.winEnd, s.lastT) - s.winStart
+		if win > 0 {
+			sr.Utilisation = st.busyMs / (float64(st.cfg.Runners) * win)
 		}
 		res.Stages = append(res.Stages, sr)
 	}

@@ -1,0 +1,416 @@
+package plan
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+// smallPlannerConfig is a small, fast, deterministic planning problem: four
+// synthetic models, 800 replay items, a 9-point grid.
+func smallPlannerConfig(t testing.TB) PlannerConfig {
+	t.Helper()
+	ladder := SyntheticLadder()[1:]
+	r, err := SyntheticReplay(21, 800, 10, ladder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixed := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	return PlannerConfig{
+		Pipeline:    "synthetic",
+		Description: "golden plan of a synthetic four-model ladder",
+		Input:       Input{Name: "input", Shape: []int64{1, 28, 28}, UINT8Scale: 1.0 / 255},
+		Replay:      r,
+		Profile:     SyntheticProfile(ladder, 0.3),
+		SLOP95Ms:    12,
+		Capacity:    4,
+		Load:        LoadRange{MinQPS: 200, MaxQPS: 40000, Buckets: 12},
+		Search:      SearchOptions{GridPoints: 9},
+		SimRequests: 1000,
+		Now:         func() time.Time { return fixed },
+	}
+}
+
+func makePlan(t *testing.T, cfg PlannerConfig) *PlanResult {
+	t.Helper()
+	res, err := MakePlan(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("MakePlan: %v", err)
+	}
+	return res
+}
+
+func TestPlanGolden(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		mutate func(c *PlannerConfig)
+	}{
+		{"max-accuracy", func(c *PlannerConfig) {}},
+		{"min-cost", func(c *PlannerConfig) { c.Mode = ModeMinCost; c.TargetAccuracy = 0.97 }},
+		{"calibrated", func(c *PlannerConfig) { c.Calibrate = true; c.Load.Spacing = SpacingLog }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := smallPlannerConfig(t)
+			tt.mutate(&cfg)
+			res := makePlan(t, cfg)
+			got, err := res.Plan.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join("testdata", "plan-"+tt.name+".golden.json")
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test ./pkg/plan -run TestPlanGolden -update to create it)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("plan differs from %s (run with -update to accept):\n%s", path, firstDiff(string(want), string(got)))
+			}
+			if _, err := Parse(want); err != nil {
+				t.Errorf("golden plan does not parse: %v", err)
+			}
+		})
+	}
+}
+
+// firstDiff shows the first differing line of two texts.
+func firstDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	for i := range max(len(w), len(g)) {
+		var a, b string
+		if i < len(w) {
+			a = w[i]
+		}
+		if i < len(g) {
+			b = g[i]
+		}
+		if a != b {
+			return fmt.Sprintf("line %d:\n want %s\n got  %s", i+1, a, b)
+		}
+	}
+	return "(no line differs)"
+}
+
+// checkPlanInvariants checks what every plan must satisfy.
+func checkPlanInvariants(t *testing.T, cfg PlannerConfig, res *PlanResult) {
+	t.Helper()
+	p := res.Plan
+	if err := p.Validate(); err != nil {
+		t.Fatalf("plan does not validate: %v", err)
+	}
+	b, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(b)
+	if err != nil {
+		t.Fatalf("plan does not parse back: %v", err)
+	}
+	if !reflect.DeepEqual(back.Gears, p.Gears) {
+		t.Error("gears change in a JSON round trip")
+	}
+	temps := map[string]float64{}
+	for _, m := range p.Models {
+		temps[m.Name] = m.Temperature
+	}
+	for i, g := range p.Gears {
+		// The plan's thresholds reproduce the predicted accuracy exactly,
+		// decided item by item the way workers decide.
+		correct := 0
+		reached := make([]int, len(g.Cascade))
+		for item := range cfg.Replay.Len() {
+			stage, label := workerAnswer(cfg.Replay, g.Cascade, p.Confidence, temps, item)
+			if label == int(cfg.Replay.Labels[item]) {
+				correct++
+			}
+			for j := 0; j <= stage; j++ {
+				reached[j]++
+			}
+		}
+		if acc := float64(correct) / float64(cfg.Replay.Len()); acc != g.Predicted.Accuracy {
+			t.Errorf("gear %s: replayed accuracy %v, predicted %v", g.ID, acc, g.Predicted.Accuracy)
+		}
+		for j := range reached {
+			if r := float64(reached[j]) / float64(cfg.Replay.Len()); r != g.Predicted.Reach[j] {
+				t.Errorf("gear %s stage %d: replayed reach %v, predicted %v", g.ID, j, r, g.Predicted.Reach[j])
+			}
+		}
+		if g.Predicted.P95Ms > p.SLO.P95Ms {
+			t.Errorf("gear %s: predicted p95 %v above the SLO %v", g.ID, g.Predicted.P95Ms, p.SLO.P95Ms)
+		}
+		// More load never gets a more expensive or more accurate gear.
+		if i > 0 {
+			prev := p.Gears[i-1]
+			if g.Predicted.CostMsPerItem > prev.Predicted.CostMsPerItem {
+				t.Errorf("gear %s (up to %v qps) costs %v, more than gear %s for less load (%v)", g.ID, g.MaxQPS, g.Predicted.CostMsPerItem, prev.ID, prev.Predicted.CostMsPerItem)
+			}
+			if cfg.Mode != ModeMinCost && g.Predicted.Accuracy > prev.Predicted.Accuracy {
+				t.Errorf("gear %s is more accurate than gear %s for less load", g.ID, prev.ID)
+			}
+		}
+		// The plan's own simulation helper agrees the gear fits at its
+		// highest load.
+		if cfg.SimRequests == 3000 {
+			p95, err := p.PredictP95(i, g.MaxQPS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p95 > p.SLO.P95Ms {
+				t.Errorf("gear %s: PredictP95 at %v qps = %v, above the SLO", g.ID, g.MaxQPS, p95)
+			}
+		}
+	}
+	prevCost := res.Candidates[0].CostMsPerItem + 1
+	for _, b := range res.Buckets {
+		if !b.Feasible() {
+			continue
+		}
+		c := res.Candidates[b.Candidate]
+		if c.CostMsPerItem > prevCost {
+			t.Errorf("bucket %v qps: cost %v after %v", b.QPS, c.CostMsPerItem, prevCost)
+		}
+		prevCost = c.CostMsPerItem
+		if b.Sim.P95Ms > cfg.SLOP95Ms || b.Sim.MaxUtilisation() > 0.8 {
+			t.Errorf("bucket %v qps: chosen gear has p95 %v, utilisation %v", b.QPS, b.Sim.P95Ms, b.Sim.MaxUtilisation())
+		}
+	}
+}
+
+func TestPlanInvariants(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		mutate func(c *PlannerConfig)
+	}{
+		{"default", func(c *PlannerConfig) {}},
+		{"full simulations", func(c *PlannerConfig) { c.SimRequests = 3000 }},
+		{"calibrated", func(c *PlannerConfig) { c.Calibrate = true }},
+		{"max prob", func(c *PlannerConfig) { c.Metric = MetricMaxProb; c.Search.GridSpacing = GridUniform }},
+		{"entropy, two stages", func(c *PlannerConfig) { c.Metric = MetricEntropy; c.Search.MaxStages = 2 }},
+		{"min-cost", func(c *PlannerConfig) { c.Mode = ModeMinCost; c.TargetAccuracy = 0.95 }},
+		{"bounded queues", func(c *PlannerConfig) { c.MaxQueue = 200 }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := smallPlannerConfig(t)
+			tt.mutate(&cfg)
+			res := makePlan(t, cfg)
+			checkPlanInvariants(t, cfg, res)
+			if cfg.Calibrate {
+				for _, m := range res.Plan.Models {
+					if m.Temperature < MinTemperature || m.Temperature > MaxTemperature {
+						t.Errorf("model %s: temperature %v", m.Name, m.Temperature)
+					}
+				}
+			}
+			if cfg.Search.MaxStages == 2 {
+				for _, g := range res.Plan.Gears {
+					if len(g.Cascade) > 2 {
+						t.Errorf("gear %s has %d stages", g.ID, len(g.Cascade))
+					}
+				}
+			}
+		})
+	}
+}
+
+// bucketAccuracy returns the accuracy planned for each bucket (0 where no
+// gear fits).
+func bucketAccuracy(res *PlanResult) []float64 {
+	out := make([]float64, len(res.Buckets))
+	for i, b := range res.Buckets {
+		if b.Feasible() {
+			out[i] = res.Candidates[b.Candidate].Accuracy
+		}
+	}
+	return out
+}
+
+func TestPlanMonotoneInCapacityAndSLO(t *testing.T) {
+	check := func(t *testing.T, what string, looser, tighter []float64, a, b any) {
+		t.Helper()
+		for i := range looser {
+			if looser[i] < tighter[i] {
+				t.Errorf("bucket %d: %s %v plans accuracy %v, less than %v with %v", i, what, b, looser[i], tighter[i], a)
+			}
+		}
+	}
+	t.Run("capacity", func(t *testing.T) {
+		var prev []float64
+		prevCap := 0
+		for _, capacity := range []int{2, 3, 4, 6, 9} {
+			cfg := smallPlannerConfig(t)
+			cfg.Capacity = capacity
+			acc := bucketAccuracy(makePlan(t, cfg))
+			if prev != nil {
+				check(t, "capacity", acc, prev, prevCap, capacity)
+			}
+			prev, prevCap = acc, capacity
+		}
+		if prev[len(prev)-1] == 0 {
+			t.Error("even 9 runners do not serve the highest load: the test does not exercise capacity")
+		}
+	})
+	t.Run("slo", func(t *testing.T) {
+		var prev []float64
+		prevSLO := 0.0
+		for _, slo := range []float64{4, 6, 12, 30} {
+			cfg := smallPlannerConfig(t)
+			cfg.SLOP95Ms = slo
+			cfg.DelaysMs = []float64{0, 0.5, 1, 2} // one grid for all SLOs
+			acc := bucketAccuracy(makePlan(t, cfg))
+			if prev != nil {
+				check(t, "SLO", acc, prev, prevSLO, slo)
+			}
+			prev, prevSLO = acc, slo
+		}
+	})
+}
+
+func TestPlanUsesMoreAccurateGearsAtLowLoad(t *testing.T) {
+	cfg := smallPlannerConfig(t)
+	res := makePlan(t, cfg)
+	p := res.Plan
+	if len(p.Gears) < 2 {
+		t.Fatalf("plan has %d gears; the load range should need several", len(p.Gears))
+	}
+	first, last := p.Gears[0], p.Gears[len(p.Gears)-1]
+	if !(first.Predicted.Accuracy > last.Predicted.Accuracy) || !(first.Predicted.CostMsPerItem > last.Predicted.CostMsPerItem) {
+		t.Errorf("first gear %v/%v, last %v/%v: expected accuracy traded for cost", first.Predicted.Accuracy, first.Predicted.CostMsPerItem, last.Predicted.Accuracy, last.Predicted.CostMsPerItem)
+	}
+	if first.Predicted.Accuracy != res.Front[0].Accuracy {
+		t.Errorf("at the lowest load the plan uses accuracy %v, the best cascade has %v", first.Predicted.Accuracy, res.Front[0].Accuracy)
+	}
+	for _, key := range []string{"mode", "grid_points", "candidates_evaluated", "simulations", "elapsed_ms", "pareto"} {
+		if _, ok := p.Planner[key]; !ok {
+			t.Errorf("planner metadata lacks %q", key)
+		}
+	}
+}
+
+func TestPlanMinCostMeetsTarget(t *testing.T) {
+	const target = 0.96
+	cfg := smallPlannerConfig(t)
+	cfg.Mode, cfg.TargetAccuracy = ModeMinCost, target
+	minCost := makePlan(t, cfg)
+	maxAcc := makePlan(t, smallPlannerConfig(t))
+	met := 0
+	for i, b := range minCost.Buckets {
+		if !b.Feasible() {
+			continue
+		}
+		c := minCost.Candidates[b.Candidate]
+		if c.Accuracy >= target {
+			met++
+		}
+		if ma := maxAcc.Buckets[i]; ma.Feasible() {
+			m := maxAcc.Candidates[ma.Candidate]
+			if c.Accuracy >= target && c.CostMsPerItem > m.CostMsPerItem {
+				t.Errorf("bucket %v qps: min-cost gear costs %v, max-accuracy %v", b.QPS, c.CostMsPerItem, m.CostMsPerItem)
+			}
+			if m.Accuracy >= target && c.Accuracy < target {
+				t.Errorf("bucket %v qps: min-cost misses the target that max-accuracy reaches", b.QPS)
+			}
+		}
+	}
+	if met == 0 {
+		t.Error("no bucket meets the target")
+	}
+}
+
+func TestPlanErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(c *PlannerConfig)
+		want   error
+		text   string
+	}{
+		{"model missing from profile", func(c *PlannerConfig) { delete(c.Profile.Models, "large") }, ErrModelNotProfiled, `"large"`},
+		{"empty replay", func(c *PlannerConfig) { c.Replay = &Replay{Classes: 10} }, ErrBadReplay, "no items"},
+		{"no replay", func(c *PlannerConfig) { c.Replay = nil }, ErrBadReplay, "no replay"},
+		{"ladder model not in replay", func(c *PlannerConfig) { c.Ladder = []LadderModel{{Name: "small"}, {Name: "ghost"}} }, ErrBadReplay, `"ghost"`},
+		{"impossible SLO", func(c *PlannerConfig) { c.SLOP95Ms = 0.5 }, ErrInfeasible, "not even"},
+		{"unreachable target", func(c *PlannerConfig) { c.Mode = ModeMinCost; c.TargetAccuracy = 1 }, ErrAccuracyUnreachable, "target"},
+		{"bad profile", func(c *PlannerConfig) { c.Profile.HopOverheadMs = -1 }, ErrBadProfile, "hop_overhead_ms"},
+		{"capacity", func(c *PlannerConfig) { c.Capacity = 0 }, ErrPlannerConfig, "capacity"},
+		{"load range", func(c *PlannerConfig) { c.Load = LoadRange{MinQPS: 100, MaxQPS: 10} }, ErrPlannerConfig, "load range"},
+		{"mode", func(c *PlannerConfig) { c.Mode = "fastest" }, ErrPlannerConfig, `mode "fastest"`},
+		{"several problems", func(c *PlannerConfig) {
+			c.Capacity = -2
+			c.SLOP95Ms = -1
+			c.Headroom = 3
+		}, ErrPlannerConfig, "headroom"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := smallPlannerConfig(t)
+			cfg.Profile.Models = maps(cfg.Profile.Models)
+			tt.mutate(&cfg)
+			_, err := MakePlan(context.Background(), cfg)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("MakePlan = %v, want %v", err, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.text) {
+				t.Errorf("error %q does not mention %q", err, tt.text)
+			}
+		})
+	}
+	t.Run("several problems are reported together", func(t *testing.T) {
+		cfg := smallPlannerConfig(t)
+		cfg.Capacity, cfg.SLOP95Ms = 0, 0
+		_, err := MakePlan(context.Background(), cfg)
+		if err == nil || !strings.Contains(err.Error(), "capacity") || !strings.Contains(err.Error(), "slo") {
+			t.Errorf("MakePlan = %v, want both problems", err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := MakePlan(ctx, smallPlannerConfig(t)); !errors.Is(err, context.Canceled) {
+			t.Errorf("MakePlan = %v, want context.Canceled", err)
+		}
+	})
+}
+
+func maps[V any](m map[string]V) map[string]V {
+	out := make(map[string]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func TestLoadRangeEdges(t *testing.T) {
+	tests := []struct {
+		l    LoadRange
+		want []float64
+	}{
+		{LoadRange{MinQPS: 10, MaxQPS: 40, Buckets: 4}, []float64{10, 20, 30, 40}},
+		{LoadRange{MinQPS: 10, MaxQPS: 1000, Buckets: 3, Spacing: SpacingLog}, []float64{10, 100, 1000}},
+		{LoadRange{MinQPS: 10, MaxQPS: 35, StepQPS: 10}, []float64{10, 20, 30, 35}},
+		{LoadRange{MinQPS: 5, MaxQPS: 5}, []float64{5}},
+	}
+	for _, tt := range tests {
+		got, err := tt.l.Edges()
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%+v.Edges() = %v, %v; want %v", tt.l, got, err, tt.want)
+		}
+	}
+	for _, l := range []LoadRange{{MinQPS: 0, MaxQPS: 10}, {MinQPS: 10, MaxQPS: 5}, {MinQPS: 1, MaxQPS: 2, Spacing: "cubic"}, {MinQPS: 1, MaxQPS: 1e9, StepQPS: 1}} {
+		if _, err := l.Edges(); !errors.Is(err, ErrPlannerConfig) {
+			t.Errorf("%+v.Edges() = %v, want ErrPlannerConfig", l, err)
+		}
+	}
+}
