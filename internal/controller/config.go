@@ -1,0 +1,173 @@
+package controller
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	env "github.com/caarlos0/env/v10"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// Config configures the controller. Every field is read from the environment
+// variable named in its tag with the prefix CASCADE_ (e.g. CASCADE_PLAN).
+type Config struct {
+	// NATSURL is the NATS server to connect to (used by the main, not by Run).
+	NATSURL string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	// Pipeline is the pipeline served; it must equal the plan's pipeline.
+	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
+	// MetricsAddr is where /metrics is served (used by the main); empty
+	// disables it.
+	MetricsAddr string `env:"METRICS_ADDR" envDefault:":9091"`
+	// LogLevel is debug, info, warn or error; LogFormat text or json.
+	LogLevel  string `env:"LOG_LEVEL" envDefault:"info"`
+	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
+
+	// Plan is the path of the gear plan file. Empty means the built-in plan
+	// of the pipeline (see Deps.DefaultPlan).
+	Plan string `env:"PLAN"`
+	// Gear, if set, pins a gear id: the controller writes it and never
+	// switches (benchmarks and tests).
+	Gear string `env:"GEAR"`
+	// UpshiftBacklog is the longest acceptable time for the current gear's
+	// spare capacity to drain the items waiting at its models; beyond it the
+	// controller moves to a cheaper gear at once (see Policy). Default 1s.
+	UpshiftBacklog time.Duration `env:"UPSHIFT_BACKLOG" envDefault:"1s"`
+
+	// QueueMaxMsgs bounds each model's work queue in messages; a full queue
+	// makes ingress answer `overloaded`. Default 20000.
+	QueueMaxMsgs int64 `env:"QUEUE_MAX_MSGS" envDefault:"20000"`
+	// QueueMaxBytes bounds each model's work queue in bytes. Default 256 MiB.
+	QueueMaxBytes int64 `env:"QUEUE_MAX_BYTES" envDefault:"268435456"`
+	// Storage of every stream and the control bucket: file or memory.
+	Storage string `env:"STORAGE" envDefault:"file"`
+	// Replicas of every stream (1 on a single server, 3 in a cluster).
+	Replicas int `env:"REPLICAS" envDefault:"1"`
+	// AckWait is how long a delivered, unacked item waits before redelivery.
+	AckWait time.Duration `env:"ACK_WAIT" envDefault:"30s"`
+	// MaxDeliver is how often an item is delivered before it is dead-lettered.
+	MaxDeliver int `env:"MAX_DELIVER" envDefault:"5"`
+	// MaxAckPending caps un-acked items per model consumer over all workers
+	// (must be ≥ workers × max batch × 2).
+	MaxAckPending int `env:"MAX_ACK_PENDING" envDefault:"4096"`
+}
+
+// ConfigFromEnv parses the configuration from environ (names with the
+// CASCADE_ prefix) and validates it.
+func ConfigFromEnv(environ map[string]string) (Config, error) {
+	var cfg Config
+	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: "CASCADE_", Environment: environ}); err != nil {
+		return Config{}, fmt.Errorf("controller config: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate reports every problem of the configuration together.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Pipeline == "" {
+		errs = append(errs, errors.New("CASCADE_PIPELINE is empty"))
+	}
+	if c.UpshiftBacklog <= 0 {
+		errs = append(errs, fmt.Errorf("CASCADE_UPSHIFT_BACKLOG must be > 0, got %v", c.UpshiftBacklog))
+	}
+	if c.QueueMaxMsgs < 1 {
+		errs = append(errs, fmt.Errorf("CASCADE_QUEUE_MAX_MSGS must be >= 1, got %d", c.QueueMaxMsgs))
+	}
+	if c.QueueMaxBytes < 1 {
+		errs = append(errs, fmt.Errorf("CASCADE_QUEUE_MAX_BYTES must be >= 1, got %d", c.QueueMaxBytes))
+	}
+	if _, err := storageType(c.Storage); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("CASCADE_REPLICAS must be in [1,5], got %d", c.Replicas))
+	}
+	if c.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("CASCADE_ACK_WAIT must be >= 1s, got %v", c.AckWait))
+	}
+	if c.MaxDeliver < 1 {
+		errs = append(errs, fmt.Errorf("CASCADE_MAX_DELIVER must be >= 1, got %d", c.MaxDeliver))
+	}
+	if c.MaxAckPending < 1 {
+		errs = append(errs, fmt.Errorf("CASCADE_MAX_ACK_PENDING must be >= 1, got %d", c.MaxAckPending))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("controller config: %w", err)
+	}
+	return nil
+}
+
+// Topology returns the stream and consumer limits of the configuration.
+func (c Config) Topology() (natsbus.TopologyConfig, error) {
+	st, err := storageType(c.Storage)
+	if err != nil {
+		return natsbus.TopologyConfig{}, err
+	}
+	return natsbus.TopologyConfig{
+		Storage:       st,
+		Replicas:      c.Replicas,
+		MaxQueue:      c.QueueMaxMsgs,
+		MaxQueueBytes: c.QueueMaxBytes,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		MaxAckPending: c.MaxAckPending,
+	}, nil
+}
+
+func storageType(s string) (jetstream.StorageType, error) {
+	switch s {
+	case "file", "":
+		return jetstream.FileStorage, nil
+	case "memory":
+		return jetstream.MemoryStorage, nil
+	}
+	return 0, fmt.Errorf("CASCADE_STORAGE %q: want file or memory", s)
+}
+
+// Deps are the controller's dependencies.
+type Deps struct {
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Conn       *nats.Conn
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// DefaultPlan returns the built-in plan of a pipeline, used when
+	// Config.Plan is empty. Nil means there is none and CASCADE_PLAN is
+	// required.
+	DefaultPlan func(pipeline string) (*plan.Plan, error)
+}
+
+// LoadPlan returns the plan the configuration names: the file Config.Plan,
+// or the default plan of the pipeline. The plan's pipeline must match
+// Config.Pipeline.
+func LoadPlan(cfg Config, defaultPlan func(pipeline string) (*plan.Plan, error)) (*plan.Plan, error) {
+	var (
+		p   *plan.Plan
+		err error
+	)
+	switch {
+	case cfg.Plan != "":
+		p, err = plan.LoadFile(cfg.Plan)
+	case defaultPlan != nil:
+		p, err = defaultPlan(cfg.Pipeline)
+	default:
+		return nil, fmt.Errorf("no plan: set CASCADE_PLAN to a plan file (pipeline %q has no built-in plan)", cfg.Pipeline)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if p.Pipeline != cfg.Pipeline {
+		return nil, fmt.Errorf("plan is for pipeline %q, but CASCADE_PIPELINE is %q", p.Pipeline, cfg.Pipeline)
+	}
+	return p, nil
+}

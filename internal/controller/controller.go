@@ -1,0 +1,361 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// maxCASAttempts bounds the re-read-and-retry of one tick's gear write.
+const maxCASAttempts = 3
+
+// Run serves cfg's pipeline until ctx ends: it loads the plan, applies the
+// topology, puts the plan into the control bucket, writes the initial gear
+// and then runs the decision loop at the plan's sample interval. It returns
+// nil on a clean shutdown and an error if the start fails.
+func Run(ctx context.Context, cfg Config, deps Deps) error {
+	if deps.Conn == nil {
+		return errors.New("controller: no NATS connection")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	p, err := LoadPlan(cfg, deps.DefaultPlan)
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	pol, err := NewPolicy(p, cfg.UpshiftBacklog, cfg.Gear)
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	topo, err := cfg.Topology()
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	js, err := jetstream.New(deps.Conn)
+	if err != nil {
+		return fmt.Errorf("controller: jetstream: %w", err)
+	}
+	c := &controller{
+		plan:    p,
+		policy:  pol,
+		topo:    topo,
+		js:      js,
+		log:     deps.Logger.With("pipeline", p.Pipeline),
+		now:     deps.Now,
+		m:       newMetrics(deps.Registerer),
+		meter:   NewRateMeter(time.Duration(p.Hysteresis.RateWindowMs * float64(time.Millisecond))),
+		backlog: map[string]Backlog{},
+		cons:    map[string]jetstream.Consumer{},
+		latches: map[string]string{},
+	}
+	if err := c.ensure(ctx); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	sub, err := deps.Conn.Subscribe(wire.StatsWildcard(p.Pipeline), c.onStats)
+	if err != nil {
+		return fmt.Errorf("controller: subscribe to ingress stats: %w", err)
+	}
+	defer sub.Unsubscribe()
+	if err := c.start(ctx); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	c.log.Info("controller started", "gears", gearIDs(p.Gears), "pinned", cfg.Gear,
+		"sample_interval_ms", p.Hysteresis.SampleIntervalMs, "rate_window_ms", p.Hysteresis.RateWindowMs)
+
+	tick := time.NewTicker(time.Duration(p.Hysteresis.SampleIntervalMs * float64(time.Millisecond)))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.log.Info("controller stopped")
+			return nil
+		case <-tick.C:
+			c.tick(ctx)
+		}
+	}
+}
+
+// controller is the state of one Run.
+type controller struct {
+	plan   *plan.Plan
+	policy Policy
+	topo   natsbus.TopologyConfig
+	js     jetstream.JetStream
+	log    *slog.Logger
+	now    func() time.Time
+	m      *metrics
+
+	mu    sync.Mutex // guards meter (fed by the stats subscription)
+	meter *RateMeter
+
+	gears   *GearStore
+	state   State
+	started time.Time
+	backlog map[string]Backlog
+	cons    map[string]jetstream.Consumer
+	reapply bool              // the topology vanished (e.g. memory streams after a server restart)
+	latches map[string]string // op → last error logged, so a lasting failure logs once
+}
+
+// ensure applies the topology and puts the plan.
+func (c *controller) ensure(ctx context.Context) error {
+	kv, err := natsbus.EnsureTopology(ctx, c.js, c.plan, c.topo)
+	if err != nil {
+		return fmt.Errorf("apply topology: %w", err)
+	}
+	rev, changed, err := PutPlan(ctx, kv, c.plan)
+	if err != nil {
+		return err
+	}
+	c.m.planRevision.Set(float64(rev))
+	c.log.Info("topology applied", "models", strings.Join(c.plan.UsedModels(), ","), "plan_revision", rev, "plan_written", changed)
+	if c.gears == nil {
+		c.gears = NewGearStore(kv)
+	} else {
+		c.gears.kv = kv // the next Refresh finds out what the key holds now
+	}
+	clear(c.cons)
+	c.reapply = false
+	return nil
+}
+
+// start reads the gear key: a value left by an earlier controller is adopted
+// (a restart keeps the gear in force); without one, the initial gear is
+// written at once so workers need not wait for the first tick.
+func (c *controller) start(ctx context.Context) error {
+	c.started = c.now()
+	for attempt := 0; ; attempt++ {
+		if _, err := c.gears.Refresh(ctx); err != nil {
+			return err
+		}
+		st, rev := c.gears.Current()
+		if rev != 0 {
+			c.adopt(st)
+			if c.policy.Pinned() < 0 || c.state.Gear == c.policy.Pinned() {
+				return nil
+			}
+		}
+		d := c.policy.Initial()
+		err := c.write(ctx, d, 0, 0)
+		if errors.Is(err, ErrConflict) && attempt < maxCASAttempts {
+			continue
+		}
+		return err
+	}
+}
+
+// adopt makes a value someone else wrote the current state.
+func (c *controller) adopt(st wire.GearState) {
+	now := c.now()
+	since := now
+	if st.AtUnixNano > 0 && st.AtUnixNano <= now.UnixNano() {
+		since = time.Unix(0, st.AtUnixNano)
+	}
+	idx := c.plan.GearByID(st.Gear)
+	c.state = State{Gear: idx, Since: since}
+	if idx >= 0 {
+		c.m.gearIndex.Set(float64(idx))
+	}
+	c.log.Info("adopted gear from control bucket", "gear", st.Gear, "known", idx >= 0, "reason", st.Reason)
+}
+
+// onStats feeds one ingress stats message to the rate meter.
+func (c *controller) onStats(msg *nats.Msg) {
+	var s wire.IngressStats
+	if err := json.Unmarshal(msg.Data, &s); err != nil {
+		c.m.errors.WithLabelValues("decode_stats").Inc()
+		c.log.Debug("bad ingress stats", "subject", msg.Subject, "err", err)
+		return
+	}
+	if s.Instance == "" {
+		s.Instance = msg.Subject[strings.LastIndexByte(msg.Subject, '.')+1:]
+	}
+	now := c.now()
+	if s.AtUnixNano == 0 {
+		s.AtUnixNano = now.UnixNano()
+	}
+	c.mu.Lock()
+	c.meter.Observe(s, now)
+	c.mu.Unlock()
+}
+
+// tick is one turn of the decision loop.
+func (c *controller) tick(ctx context.Context) {
+	begin := time.Now()
+	defer func() { c.m.decisionLoop.Observe(time.Since(begin).Seconds()) }()
+	interval := time.Duration(c.plan.Hysteresis.SampleIntervalMs * float64(time.Millisecond))
+	ctx, cancel := context.WithTimeout(ctx, max(interval, 2*time.Second))
+	defer cancel()
+
+	if c.reapply {
+		if err := c.ensure(ctx); err != nil {
+			c.fail("apply_topology", err)
+			return
+		}
+		c.ok("apply_topology")
+	}
+	now := c.now()
+	c.mu.Lock()
+	qps, instances := c.meter.Rate(now)
+	c.mu.Unlock()
+	c.m.intakeQPS.Set(qps)
+	c.m.ingresses.Set(float64(instances))
+	c.pollBacklog(ctx)
+	obs := Observation{
+		Now:     now,
+		QPS:     qps,
+		Backlog: c.backlog,
+		Warm:    now.Sub(c.started) >= time.Duration(c.plan.Hysteresis.RateWindowMs*float64(time.Millisecond)),
+	}
+	total := totalBacklog(c.backlog)
+
+	for attempt := 1; ; attempt++ {
+		changed, err := c.gears.Refresh(ctx)
+		if err != nil {
+			c.noteMissing(err)
+			c.fail("read_gear", err)
+			return
+		}
+		c.ok("read_gear")
+		st, rev := c.gears.Current()
+		if changed && rev != 0 {
+			c.adopt(st)
+		}
+		valid := rev != 0 && c.state.Gear >= 0
+		d := c.policy.Decide(c.state, obs)
+		if valid && d.Gear == c.state.Gear {
+			c.log.Debug("hold", "gear", c.plan.Gears[d.Gear].ID, "qps", qps, "backlog", total, "reason", d.Reason)
+			return
+		}
+		switch {
+		case rev == 0:
+			d.Reason = "gear key was missing; " + d.Reason
+		case c.state.Gear < 0:
+			d.Reason = fmt.Sprintf("gear %q is not in the plan; %s", st.Gear, d.Reason)
+		}
+		err = c.write(ctx, d, qps, total)
+		if errors.Is(err, ErrConflict) && attempt < maxCASAttempts {
+			continue
+		}
+		if err != nil {
+			c.noteMissing(err)
+			c.fail("write_gear", err)
+			return
+		}
+		c.ok("write_gear")
+		return
+	}
+}
+
+// write stores decision d with compare-and-set and, on success, makes it the
+// current state. AtUnixNano is taken right before the write, so workers that
+// measure now − AtUnixNano measure the switch from the moment it was sent.
+func (c *controller) write(ctx context.Context, d Decision, qps float64, backlog int64) error {
+	from, _ := c.gears.Current()
+	g := c.plan.Gears[d.Gear]
+	st := wire.GearState{Gear: g.ID, Index: d.Gear, Reason: d.Reason, QPS: qps, Backlog: backlog}
+	at := c.now()
+	st.AtUnixNano = at.UnixNano()
+	if err := c.gears.Write(ctx, st); err != nil {
+		if errors.Is(err, ErrConflict) {
+			c.m.casConflicts.Inc()
+			c.log.Info("gear write lost a compare-and-set; re-reading", "gear", g.ID, "err", err)
+		}
+		return err
+	}
+	c.m.gearWriteDelay.Observe(c.now().Sub(at).Seconds())
+	dir := direction(c.state.Gear, d.Gear)
+	if from.Gear == "" || c.state.Gear < 0 {
+		dir = Hold // the first value, or replacing an unknown gear: not a switch
+	}
+	if dir != Hold {
+		c.m.switches.WithLabelValues(string(dir)).Inc()
+	}
+	c.state = State{Gear: d.Gear, Since: at}
+	c.m.gearIndex.Set(float64(d.Gear))
+	msg := "gear switch"
+	if dir == Hold {
+		msg = "gear written"
+	}
+	c.log.Info(msg, "from", from.Gear, "to", g.ID, "direction", string(dir),
+		"qps", round1(qps), "backlog", backlog, "reason", d.Reason)
+	return nil
+}
+
+// pollBacklog reads every used model's consumer info. A failure keeps the
+// model's last known backlog.
+func (c *controller) pollBacklog(ctx context.Context) {
+	for _, m := range c.plan.UsedModels() {
+		cons := c.cons[m]
+		if cons == nil {
+			var err error
+			cons, err = c.js.Consumer(ctx, wire.ModelStream(c.plan.Pipeline, m), wire.ModelConsumer(m))
+			if err != nil {
+				c.noteMissing(err)
+				c.fail("consumer_info", fmt.Errorf("consumer of model %q: %w", m, err))
+				continue
+			}
+			c.cons[m] = cons
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			delete(c.cons, m)
+			c.noteMissing(err)
+			c.fail("consumer_info", fmt.Errorf("consumer info of model %q: %w", m, err))
+			continue
+		}
+		c.ok("consumer_info")
+		b := Backlog{Pending: int64(info.NumPending), AckPending: int64(info.NumAckPending)}
+		c.backlog[m] = b
+		c.m.backlog.WithLabelValues(m, "pending").Set(float64(b.Pending))
+		c.m.backlog.WithLabelValues(m, "ack_pending").Set(float64(b.AckPending))
+	}
+}
+
+// noteMissing schedules a re-apply of the topology when err says a stream,
+// consumer or the bucket no longer exists.
+func (c *controller) noteMissing(err error) {
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrBucketNotFound) {
+		c.reapply = true
+	}
+}
+
+// fail counts a failed operation and logs it once until it recovers or the
+// error changes, so a lasting outage does not log at every tick.
+func (c *controller) fail(op string, err error) {
+	c.m.errors.WithLabelValues(op).Inc()
+	if msg := err.Error(); c.latches[op] != msg {
+		c.latches[op] = msg
+		c.log.Warn("controller operation failed", "op", op, "err", err)
+	}
+}
+
+// ok logs the recovery of an operation that failed before.
+func (c *controller) ok(op string) {
+	if _, failed := c.latches[op]; failed {
+		delete(c.latches, op)
+		c.log.Info("controller operation recovered", "op", op)
+	}
+}
+
+func round1(x float64) float64 { return float64(int64(x*10+0.5)) / 10 }

@@ -1,0 +1,626 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// fastPlanFile writes testdata/three-gears.json with a fast control loop
+// (sample 50 ms, rate window 250 ms, dwell 300 ms) to a temporary file.
+func fastPlanFile(t *testing.T) (string, *plan.Plan) {
+	t.Helper()
+	p := loadTestPlan(t)
+	p.Hysteresis.SampleIntervalMs = 50
+	p.Hysteresis.RateWindowMs = 250
+	p.Hysteresis.MinDwellMs = 300
+	b, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err = plan.LoadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return file, p
+}
+
+func testConfig(t *testing.T, planFile string, extra map[string]string) Config {
+	t.Helper()
+	environ := map[string]string{
+		"CASCADE_PLAN":     planFile,
+		"CASCADE_PIPELINE": "ctltest",
+		"CASCADE_STORAGE":  "memory",
+	}
+	for k, v := range extra {
+		environ[k] = v
+	}
+	cfg, err := ConfigFromEnv(environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// running is a controller started by startController.
+type running struct {
+	reg  *prometheus.Registry
+	stop func() error // cancels Run and returns its error
+}
+
+func startController(t *testing.T, srv *natstest.Server, cfg Config) *running {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	go func() {
+		done <- Run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: srv.Connect(t)})
+	}()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				runErr = errors.New("Run did not return 30s after cancel")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return &running{reg: reg, stop: stop}
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(b))
+	return len(b), nil
+}
+
+// fakeIngress publishes wire.IngressStats every 50 ms with an admitted
+// counter growing at the rate it starts with or is set to with setRate.
+type fakeIngress struct {
+	rate atomic.Uint64 // float64 bits
+}
+
+func startFakeIngress(t *testing.T, nc *nats.Conn, pipeline, instance string, qps float64) *fakeIngress {
+	t.Helper()
+	f := &fakeIngress{}
+	f.setRate(qps)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		var admitted float64
+		last := time.Now()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				admitted += math.Float64frombits(f.rate.Load()) * now.Sub(last).Seconds()
+				last = now
+				b, _ := json.Marshal(wire.IngressStats{Instance: instance, Admitted: uint64(admitted), AtUnixNano: now.UnixNano()})
+				if err := nc.Publish(wire.StatsSubject(pipeline, instance), b); err != nil {
+					t.Errorf("publish stats: %v", err)
+					return
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return f
+}
+
+func (f *fakeIngress) setRate(qps float64) { f.rate.Store(math.Float64bits(qps)) }
+
+// waitFor polls cond every 20 ms until it holds or 20 s pass.
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; last: %s", what, state)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func controlBucket(t *testing.T, srv *natstest.Server, pipeline string) jetstream.KeyValue {
+	t.Helper()
+	var kv jetstream.KeyValue
+	waitFor(t, "control bucket", func() (bool, string) {
+		var err error
+		kv, err = srv.JS.KeyValue(context.Background(), wire.KVBucket(pipeline))
+		return err == nil, fmt.Sprint(err)
+	})
+	return kv
+}
+
+func readGear(t *testing.T, kv jetstream.KeyValue) (wire.GearState, uint64, error) {
+	t.Helper()
+	e, err := kv.Get(context.Background(), wire.KeyGear)
+	if err != nil {
+		return wire.GearState{}, 0, err
+	}
+	var st wire.GearState
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		t.Fatalf("gear value %q: %v", e.Value(), err)
+	}
+	return st, e.Revision(), nil
+}
+
+// waitGear waits until the gear key holds gear id.
+func waitGear(t *testing.T, kv jetstream.KeyValue, id string) wire.GearState {
+	t.Helper()
+	var st wire.GearState
+	waitFor(t, "gear "+id, func() (bool, string) {
+		var err error
+		st, _, err = readGear(t, kv)
+		return err == nil && st.Gear == id, fmt.Sprintf("%+v err=%v", st, err)
+	})
+	return st
+}
+
+// metricValue sums the samples of a counter, gauge or histogram count
+// named name whose labels include want.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, w := range want {
+				if labels[k] != w {
+					continue metric
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				v += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				v += m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				v += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return v
+}
+
+// waitTicks waits until the controller has run n more decision loops.
+func waitTicks(t *testing.T, reg *prometheus.Registry, n int) {
+	t.Helper()
+	start := metricValue(t, reg, "cascade_controller_decision_duration_seconds", nil)
+	waitFor(t, fmt.Sprintf("%d decision loops", n), func() (bool, string) {
+		got := metricValue(t, reg, "cascade_controller_decision_duration_seconds", nil) - start
+		return got >= float64(n), fmt.Sprintf("%v loops", got)
+	})
+}
+
+func TestRunAppliesTopologyIdempotently(t *testing.T) {
+	srv := natstest.Start(t)
+	file, p := fastPlanFile(t)
+	cfg := testConfig(t, file, nil)
+	ctx := context.Background()
+
+	first := startController(t, srv, cfg)
+	kv := controlBucket(t, srv, p.Pipeline)
+	st := waitGear(t, kv, "accurate")
+	if st.Reason != "initial: no load measured yet" || st.Index != 0 || st.AtUnixNano == 0 {
+		t.Errorf("initial gear state %+v", st)
+	}
+	planEntry, err := kv.Get(ctx, wire.KeyPlan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := plan.Parse(planEntry.Value())
+	if err != nil {
+		t.Fatalf("stored plan does not parse: %v", err)
+	}
+	if stored.Pipeline != p.Pipeline || len(stored.Gears) != len(p.Gears) || stored.Hysteresis != p.Hysteresis {
+		t.Errorf("stored plan differs from the file: %+v", stored)
+	}
+	infos := map[string]*jetstream.StreamInfo{}
+	for _, m := range p.UsedModels() {
+		s, err := srv.JS.Stream(ctx, wire.ModelStream(p.Pipeline, m))
+		if err != nil {
+			t.Fatalf("stream of %s: %v", m, err)
+		}
+		if s.CachedInfo().Config.Storage != jetstream.MemoryStorage || s.CachedInfo().Config.MaxMsgs != 20000 {
+			t.Errorf("stream of %s: storage %v max msgs %d", m, s.CachedInfo().Config.Storage, s.CachedInfo().Config.MaxMsgs)
+		}
+		if _, err := s.Consumer(ctx, wire.ModelConsumer(m)); err != nil {
+			t.Fatalf("consumer of %s: %v", m, err)
+		}
+		infos[m] = s.CachedInfo()
+	}
+	if err := first.stop(); err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+
+	// A second start changes nothing: same streams, same plan revision, and
+	// the gear in force is adopted rather than rewritten.
+	_, gearRev, err := readGear(t, kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := startController(t, srv, cfg)
+	waitTicks(t, second.reg, 3)
+	if err := second.stop(); err != nil {
+		t.Fatalf("second Run: %v", err)
+	}
+	again, err := kv.Get(ctx, wire.KeyPlan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Revision() != planEntry.Revision() {
+		t.Errorf("plan key rewritten: revision %d → %d", planEntry.Revision(), again.Revision())
+	}
+	if _, rev, _ := readGear(t, kv); rev != gearRev {
+		t.Errorf("gear key rewritten without a switch: revision %d → %d", gearRev, rev)
+	}
+	for m, before := range infos {
+		s, err := srv.JS.Stream(ctx, wire.ModelStream(p.Pipeline, m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after := s.CachedInfo(); !after.Created.Equal(before.Created) {
+			t.Errorf("stream of %s recreated", m)
+		}
+	}
+}
+
+func TestRunSwitchesUpAtOnceAndDownAfterDrain(t *testing.T) {
+	srv := natstest.Start(t)
+	file, p := fastPlanFile(t)
+	c := startController(t, srv, testConfig(t, file, nil))
+	kv := controlBucket(t, srv, p.Pipeline)
+	waitGear(t, kv, "accurate")
+	// Load beyond balanced's 200 qps from the first stats message: straight
+	// to cheap, skipping balanced.
+	ing := startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 320)
+	st := waitGear(t, kv, "cheap")
+	if st.QPS <= 200 || st.Index != 2 {
+		t.Errorf("switch to cheap recorded %+v", st)
+	}
+	if got := metricValue(t, c.reg, "cascade_controller_gear_switches_total", map[string]string{"direction": "up"}); got != 1 {
+		t.Errorf("up switches = %v, want 1 (no stop at balanced)", got)
+	}
+
+	// Items wait at small (cheap's model), nobody serves them. Load drops to
+	// zero, but the backlog (50 > 0.05 s × 200 qps) keeps the gear.
+	ctx := context.Background()
+	for i := range 50 {
+		if _, err := srv.JS.Publish(ctx, wire.ModelSubject(p.Pipeline, "small"), []byte("x"), jetstream.WithMsgID(fmt.Sprint("item-", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ing.setRate(0)
+	waitFor(t, "backlog gauge", func() (bool, string) {
+		v := metricValue(t, c.reg, "cascade_controller_backlog_messages", map[string]string{"model": "small", "state": "pending"})
+		return v == 50, fmt.Sprint(v)
+	})
+	waitFor(t, "rate to drop", func() (bool, string) {
+		v := metricValue(t, c.reg, "cascade_controller_intake_requests_per_second", nil)
+		return v == 0, fmt.Sprint(v)
+	})
+	// Well past the dwell time (300 ms = 6 loops) at zero load.
+	waitTicks(t, c.reg, 20)
+	if st, _, err := readGear(t, kv); err != nil || st.Gear != "cheap" {
+		t.Fatalf("gear moved down with 50 items queued: %+v %v", st, err)
+	}
+
+	// Drain the queue: back to the most accurate gear in one step.
+	s, err := srv.JS.Stream(ctx, wire.ModelStream(p.Pipeline, "small"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st = waitGear(t, kv, "accurate")
+	if st.Backlog != 0 {
+		t.Errorf("moved down with backlog %d", st.Backlog)
+	}
+	if got := metricValue(t, c.reg, "cascade_controller_gear_switches_total", map[string]string{"direction": "down"}); got != 1 {
+		t.Errorf("down switches = %v, want 1", got)
+	}
+	if got := metricValue(t, c.reg, "cascade_controller_gear_index", nil); got != 0 {
+		t.Errorf("gear index gauge = %v, want 0", got)
+	}
+}
+
+func TestRunUpOnBacklog(t *testing.T) {
+	srv := natstest.Start(t)
+	file, p := fastPlanFile(t)
+	startController(t, srv, testConfig(t, file, nil))
+	kv := controlBucket(t, srv, p.Pipeline)
+	waitGear(t, kv, "accurate")
+	startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 20)
+	// 20 qps + 150 waiting at medium / 1 s = 170 qps required: balanced.
+	ctx := context.Background()
+	for i := range 150 {
+		if _, err := srv.JS.Publish(ctx, wire.ModelSubject(p.Pipeline, "medium"), []byte("x"), jetstream.WithMsgID(fmt.Sprint("item-", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := waitGear(t, kv, "balanced")
+	if st.QPS > 100 {
+		t.Errorf("switched on load %v, not on backlog", st.QPS)
+	}
+}
+
+func TestRunRecoversFromForeignWrites(t *testing.T) {
+	srv := natstest.Start(t)
+	file, p := fastPlanFile(t)
+	c := startController(t, srv, testConfig(t, file, nil))
+	kv := controlBucket(t, srv, p.Pipeline)
+	waitGear(t, kv, "accurate")
+	startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 320)
+	waitGear(t, kv, "cheap")
+
+	// Another writer forces the accurate gear, several times; the load
+	// still needs cheap, so the controller writes cheap again on top of the
+	// newest revision each time.
+	ctx := context.Background()
+	for round := range 3 {
+		b, _ := json.Marshal(wire.GearState{Gear: "accurate", Index: 0, Reason: "operator", AtUnixNano: time.Now().UnixNano()})
+		bumped, err := kv.Put(ctx, wire.KeyGear, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("round %d: controller to write over revision %d", round, bumped), func() (bool, string) {
+			st, rev, err := readGear(t, kv)
+			return err == nil && rev > bumped && st.Gear == "cheap", fmt.Sprintf("%+v rev %d err %v", st, rev, err)
+		})
+	}
+	// A deleted key is recreated.
+	if err := kv.Delete(ctx, wire.KeyGear); err != nil {
+		t.Fatal(err)
+	}
+	waitGear(t, kv, "cheap")
+	if got := metricValue(t, c.reg, "cascade_controller_errors_total", map[string]string{"op": "write_gear"}); got != 0 {
+		t.Errorf("write_gear errors = %v", got)
+	}
+}
+
+func TestRunPinnedGear(t *testing.T) {
+	srv := natstest.Start(t)
+	file, p := fastPlanFile(t)
+	c := startController(t, srv, testConfig(t, file, map[string]string{"CASCADE_GEAR": "balanced"}))
+	kv := controlBucket(t, srv, p.Pipeline)
+	st := waitGear(t, kv, "balanced")
+	if st.Reason != "pinned" {
+		t.Errorf("pinned gear reason %q", st.Reason)
+	}
+	startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 500)
+	waitFor(t, "rate to be measured", func() (bool, string) {
+		v := metricValue(t, c.reg, "cascade_controller_intake_requests_per_second", nil)
+		return v > 400, fmt.Sprint(v)
+	})
+	waitTicks(t, c.reg, 5)
+	_, rev, err := readGear(t, kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _, _ := readGear(t, kv); st.Gear != "balanced" {
+		t.Fatalf("pinned controller switched to %s", st.Gear)
+	}
+	// A foreign write is undone.
+	b, _ := json.Marshal(wire.GearState{Gear: "cheap", Index: 2, Reason: "operator"})
+	bumped, err := kv.Update(context.Background(), wire.KeyGear, b, rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "pinned gear restored", func() (bool, string) {
+		st, rev, err := readGear(t, kv)
+		return err == nil && rev > bumped && st.Gear == "balanced", fmt.Sprintf("%+v %v", st, err)
+	})
+	if got := metricValue(t, c.reg, "cascade_controller_gear_switches_total", nil); got != 1 {
+		// Restoring the pin after the foreign write is the only switch.
+		t.Errorf("switches = %v, want 1", got)
+	}
+}
+
+func TestGearStoreCompareAndSet(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	kv, err := srv.JS.CreateKeyValue(ctx, natsbus.KVConfig("cas", natsbus.TopologyConfig{Storage: jetstream.MemoryStorage}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := NewGearStore(kv), NewGearStore(kv)
+	for _, s := range []*GearStore{a, b} {
+		if changed, err := s.Refresh(ctx); err != nil || changed {
+			t.Fatalf("Refresh of empty key: changed %v err %v", changed, err)
+		}
+	}
+	if err := a.Write(ctx, wire.GearState{Gear: "accurate"}); err != nil {
+		t.Fatal(err)
+	}
+	// b has not seen a's write: its Create loses.
+	if err := b.Write(ctx, wire.GearState{Gear: "cheap"}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("create over an existing key: err %v, want ErrConflict", err)
+	}
+	if changed, err := b.Refresh(ctx); err != nil || !changed {
+		t.Fatalf("b.Refresh: changed %v err %v", changed, err)
+	}
+	if st, _ := b.Current(); st.Gear != "accurate" {
+		t.Fatalf("b read %+v", st)
+	}
+	if err := b.Write(ctx, wire.GearState{Gear: "cheap"}); err != nil {
+		t.Fatalf("write after re-read: %v", err)
+	}
+	// Now a is stale: its Update loses, and it learns b's value.
+	if err := a.Write(ctx, wire.GearState{Gear: "balanced"}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("update at a stale revision: err %v, want ErrConflict", err)
+	}
+	if changed, err := a.Refresh(ctx); err != nil || !changed {
+		t.Fatalf("a.Refresh: changed %v err %v", changed, err)
+	}
+	if st, _ := a.Current(); st.Gear != "cheap" {
+		t.Fatalf("a read %+v", st)
+	}
+	if changed, err := a.Refresh(ctx); err != nil || changed {
+		t.Fatalf("second Refresh: changed %v err %v", changed, err)
+	}
+	if err := a.Write(ctx, wire.GearState{Gear: "balanced"}); err != nil {
+		t.Fatal(err)
+	}
+	// A deleted key is created again.
+	if err := kv.Delete(ctx, wire.KeyGear); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := a.Refresh(ctx); err != nil || !changed {
+		t.Fatalf("Refresh after delete: changed %v err %v", changed, err)
+	}
+	if err := a.Write(ctx, wire.GearState{Gear: "accurate"}); err != nil {
+		t.Fatalf("write after delete: %v", err)
+	}
+}
+
+func TestPutPlanWritesOnlyChanges(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	kv, err := srv.JS.CreateKeyValue(ctx, natsbus.KVConfig("putplan", natsbus.TopologyConfig{Storage: jetstream.MemoryStorage}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := loadTestPlan(t)
+	rev1, changed, err := PutPlan(ctx, kv, p)
+	if err != nil || !changed {
+		t.Fatalf("first put: changed %v err %v", changed, err)
+	}
+	rev2, changed, err := PutPlan(ctx, kv, p)
+	if err != nil || changed || rev2 != rev1 {
+		t.Fatalf("same plan again: rev %d→%d changed %v err %v", rev1, rev2, changed, err)
+	}
+	p.Gears[0].MaxQPS = 99
+	rev3, changed, err := PutPlan(ctx, kv, p)
+	if err != nil || !changed || rev3 <= rev2 {
+		t.Fatalf("changed plan: rev %d→%d changed %v err %v", rev2, rev3, changed, err)
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	cfg, err := ConfigFromEnv(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo, err := cfg.Topology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := natsbus.TopologyConfig{Storage: jetstream.FileStorage, Replicas: 1, MaxQueue: 20000, MaxQueueBytes: 256 << 20,
+		AckWait: 30 * time.Second, MaxDeliver: 5, MaxAckPending: 4096}
+	if topo != want {
+		t.Errorf("default topology %+v, want %+v", topo, want)
+	}
+	if cfg.Pipeline != "mnist" || cfg.MetricsAddr != ":9091" || cfg.UpshiftBacklog != time.Second || cfg.NATSURL != "nats://127.0.0.1:4222" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+
+	cfg, err = ConfigFromEnv(map[string]string{"CASCADE_STORAGE": "memory", "CASCADE_REPLICAS": "3", "CASCADE_QUEUE_MAX_MSGS": "7",
+		"CASCADE_ACK_WAIT": "1m", "CASCADE_MAX_DELIVER": "2", "CASCADE_GEAR": "cheap", "CASCADE_PLAN": "/p.json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if topo, _ := cfg.Topology(); topo.Storage != jetstream.MemoryStorage || topo.Replicas != 3 || topo.MaxQueue != 7 ||
+		topo.AckWait != time.Minute || topo.MaxDeliver != 2 || cfg.Gear != "cheap" || cfg.Plan != "/p.json" {
+		t.Errorf("parsed %+v / %+v", cfg, topo)
+	}
+
+	_, err = ConfigFromEnv(map[string]string{"CASCADE_STORAGE": "tape", "CASCADE_REPLICAS": "0", "CASCADE_UPSHIFT_BACKLOG": "0s"})
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, want := range []string{"CASCADE_STORAGE", "CASCADE_REPLICAS", "CASCADE_UPSHIFT_BACKLOG"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestLoadPlan(t *testing.T) {
+	cfg := Config{Plan: "testdata/three-gears.json", Pipeline: "ctltest"}
+	if _, err := LoadPlan(cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Pipeline = "mnist"
+	if _, err := LoadPlan(cfg, nil); err == nil {
+		t.Error("plan of another pipeline accepted")
+	}
+	if _, err := LoadPlan(Config{Pipeline: "mnist"}, nil); err == nil {
+		t.Error("no plan and no default accepted")
+	}
+	def := func(pipeline string) (*plan.Plan, error) {
+		p := loadTestPlan(t)
+		p.Pipeline = pipeline
+		return p, nil
+	}
+	if p, err := LoadPlan(Config{Pipeline: "mnist"}, def); err != nil || p.Pipeline != "mnist" {
+		t.Errorf("default plan: %v %v", p, err)
+	}
+}
+
+func TestRunRejectsUnknownPinnedGear(t *testing.T) {
+	srv := natstest.Start(t)
+	file, _ := fastPlanFile(t)
+	err := Run(context.Background(), testConfig(t, file, map[string]string{"CASCADE_GEAR": "turbo"}),
+		Deps{Registerer: prometheus.NewRegistry(), Conn: srv.Conn})
+	if !errors.Is(err, ErrUnknownGear) {
+		t.Fatalf("err %v, want ErrUnknownGear", err)
+	}
+}
