@@ -1,0 +1,96 @@
+package controller
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+const mnistPlanFile = "../../models/mnist/plan.json"
+
+// TestMNISTPlan checks the hand-written MNIST plan against the mnist
+// package: it parses, its ladder is the package's ladder, every model file
+// exists where the plan says, gears run from accurate to cheap, and the
+// policy accepts it.
+func TestMNISTPlan(t *testing.T) {
+	p, err := plan.LoadFile(mnistPlanFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Pipeline != "mnist" {
+		t.Errorf("pipeline %q", p.Pipeline)
+	}
+	if !slices.Equal(p.Ladder, mnist.Ladder()) {
+		t.Errorf("ladder %v, mnist.Ladder() %v", p.Ladder, mnist.Ladder())
+	}
+	if !slices.Equal(p.Input.Shape, mnist.ItemShape()) || p.Input.Classes != mnist.Classes {
+		t.Errorf("input %+v does not match the mnist package", p.Input)
+	}
+	for _, m := range p.Models {
+		b, err := p.ReadModel(m.Name)
+		if err != nil {
+			// The training helper may still be producing a model.
+			if _, merr := mnist.Model(m.Name); merr != nil {
+				t.Logf("model %q not there yet: %v", m.Name, err)
+				continue
+			}
+			t.Errorf("model %q: %v", m.Name, err)
+			continue
+		}
+		if want, err := mnist.Model(m.Name); err == nil && !slices.Equal(b, want) {
+			t.Errorf("model %q: file %s is not the embedded model", m.Name, m.File)
+		}
+	}
+	if len(p.Gears) < 3 {
+		t.Errorf("%d gears, want at least 3", len(p.Gears))
+	}
+	for i, g := range p.Gears {
+		if len(g.Predicted.Reach) != len(g.Cascade) {
+			t.Errorf("gear %s: reach has %d entries for %d stages", g.ID, len(g.Predicted.Reach), len(g.Cascade))
+		}
+		if i > 0 && g.Predicted.Accuracy > p.Gears[i-1].Predicted.Accuracy {
+			t.Errorf("gear %s predicts more accuracy than the gear before it", g.ID)
+		}
+	}
+	if _, err := NewPolicy(p, time.Second, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunMNISTPlan runs the controller on the MNIST plan: a stream and a
+// consumer for every model any gear uses, the plan in the bucket, and the
+// most accurate gear first.
+func TestRunMNISTPlan(t *testing.T) {
+	srv := natstest.Start(t)
+	cfg := testConfig(t, mnistPlanFile, map[string]string{"CASCADE_PIPELINE": "mnist"})
+	startController(t, srv, cfg)
+	kv := controlBucket(t, srv, "mnist")
+	waitGear(t, kv, "accurate")
+	p, err := plan.LoadFile(mnistPlanFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, m := range p.UsedModels() {
+		s, err := srv.JS.Stream(ctx, wire.ModelStream("mnist", m))
+		if err != nil {
+			t.Fatalf("stream of %s: %v", m, err)
+		}
+		if _, err := s.Consumer(ctx, wire.ModelConsumer(m)); err != nil {
+			t.Fatalf("consumer of %s: %v", m, err)
+		}
+	}
+	e, err := kv.Get(ctx, wire.KeyPlan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plan.Parse(e.Value()); err != nil {
+		t.Fatalf("stored plan: %v", err)
+	}
+}
