@@ -1,5 +1,428 @@
 package cli
 
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planplot"
+)
+
+const planUsage = `plan --profile FILE --slo 50ms --capacity N --qps MIN:MAX --out plan.json [flags]
+       cascadeserve plan show FILE [--plot out.svg|out.png]
+
+Plans the gears of a pipeline: replays every cascade of the model ladder on
+the validation replay (exact accuracy and reach per stage), keeps the
+accuracy-versus-cost Pareto front, and for every load bucket picks the gear
+(cascade, thresholds, max batch, max delay, runner shares) whose simulated
+p95 latency meets the SLO on the capacity:
+
+  max-accuracy  the most accurate gear at each load (default)
+  min-cost      the cheapest gear reaching --target-accuracy at each load
+
+More load never gets a more expensive gear. Adjacent buckets with the same
+gear are merged. The replay defaults to the embedded MNIST validation replay
+when --pipeline is mnist; the profile comes from 'cascadeserve profile'.
+
+'plan show' prints a plan's gears and can plot its Pareto front and its
+accuracy and cost against load (format from the file extension: svg, png,
+pdf, ...).`
+
 func planCommand() command {
-	return command{name: "plan", summary: "(not implemented yet)", run: notImplemented("plan")}
+	return command{
+		name:    "plan",
+		summary: "plan gears from replay data and a profile (plan show: inspect a plan)",
+		run:     runPlan,
+	}
+}
+
+// planFlags is the parsed command line of cascadeserve plan.
+type planFlags struct {
+	replay, profile, out  string
+	pipeline, description string
+	slo                   time.Duration
+	capacity              int
+	qps                   string
+	buckets               int
+	step                  float64
+	spacing               string
+	mode                  string
+	target                float64
+	grid                  int
+	gridSpacing           string
+	maxStages             int
+	calibrate             bool
+	metric                string
+	models, modelsDir     string
+	headroom              float64
+	costBatch             int
+	batches, delays       string
+	simRequests, maxQueue int
+	seed                  uint64
+	inputName, inputShape string
+	uint8Scale            float64
+}
+
+func runPlan(ctx context.Context, env Env, args []string) error {
+	if len(args) > 0 && args[0] == "show" {
+		return runPlanShow(env, args[1:])
+	}
+	var f planFlags
+	fs := newFlagSet(env, "plan", planUsage)
+	fs.StringVar(&f.replay, "replay", "", "replay file (default for --pipeline mnist: the embedded validation replay)")
+	fs.StringVar(&f.profile, "profile", "", "profile file written by 'cascadeserve profile' (required)")
+	fs.StringVar(&f.out, "out", "", "plan file to write (required)")
+	fs.StringVar(&f.pipeline, "pipeline", "mnist", "pipeline name")
+	fs.StringVar(&f.description, "description", "", "free text stored in the plan")
+	fs.DurationVar(&f.slo, "slo", 50*time.Millisecond, "p95 end-to-end latency objective")
+	fs.IntVar(&f.capacity, "capacity", 0, "runners (inference slots) to plan for (required)")
+	fs.StringVar(&f.qps, "qps", "", "load range MIN:MAX in requests/s (required)")
+	fs.IntVar(&f.buckets, "buckets", 40, "load buckets from MIN to MAX")
+	fs.Float64Var(&f.step, "step", 0, "bucket width in requests/s (replaces --buckets)")
+	fs.StringVar(&f.spacing, "spacing", plan.SpacingLinear, "bucket spacing: linear or log")
+	fs.StringVar(&f.mode, "mode", plan.ModeMaxAccuracy, "max-accuracy or min-cost")
+	fs.Float64Var(&f.target, "target-accuracy", 0, "accuracy target of --mode min-cost, in (0,1]")
+	fs.IntVar(&f.grid, "grid", 21, "thresholds tried per non-last stage")
+	fs.StringVar(&f.gridSpacing, "grid-spacing", plan.GridQuantile, "threshold grid: quantile (of each model's confidence) or uniform")
+	fs.IntVar(&f.maxStages, "max-stages", 0, "longest cascade (0: the whole ladder, capped by the capacity)")
+	fs.BoolVar(&f.calibrate, "calibrate", false, "fit each model's temperature on the replay and plan on calibrated confidences")
+	fs.StringVar(&f.metric, "confidence", plan.MetricMargin, "confidence metric: margin, max_prob or entropy")
+	fs.StringVar(&f.models, "models", "", "comma-separated ladder, cheapest first (default: the replay's models)")
+	fs.StringVar(&f.modelsDir, "models-dir", "", "folder of <model>.onnx files; plan model files are written relative to the plan's folder")
+	fs.Float64Var(&f.headroom, "headroom", 0.8, "highest utilisation of a model's runners in a feasible gear")
+	fs.IntVar(&f.costBatch, "cost-batch", 8, "reference batch size of the per-item cost")
+	fs.StringVar(&f.batches, "batches", "", "max batch sizes to search (default 1,2,4,...,128)")
+	fs.StringVar(&f.delays, "delays", "", "max delays to search, e.g. 0,1ms,5ms (default 0 and 2%,5%,10%,20% of the SLO)")
+	fs.IntVar(&f.simRequests, "sim-requests", 3000, "requests per simulation")
+	fs.IntVar(&f.maxQueue, "max-queue", 0, "stream bound per model in simulations (0: unbounded)")
+	fs.Uint64Var(&f.seed, "seed", 1, "simulation seed")
+	fs.StringVar(&f.inputName, "input-name", "input", "input tensor name")
+	fs.StringVar(&f.inputShape, "input-shape", "", "item shape without the batch axis, e.g. 1,28,28 (default for mnist)")
+	fs.Float64Var(&f.uint8Scale, "uint8-scale", -1, "scale of UINT8 inputs (default for mnist 1/255; 0 refuses UINT8)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: plan: unexpected arguments %q", ErrUsage, fs.Args())
+	}
+	cfg, err := f.config()
+	if err != nil {
+		return fmt.Errorf("%w: plan: %w", ErrUsage, err)
+	}
+	if cfg.Replay, err = f.loadReplay(); err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	if cfg.Profile, err = plan.LoadProfileFile(f.profile); err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	if err := f.resolveLadder(&cfg); err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+
+	fmt.Fprintf(env.Stderr, "plan: %d models, %d replay items, loads %s, SLO p95 %v on %d runners\n",
+		len(cfg.Replay.Models), cfg.Replay.Len(), f.qps, f.slo, cfg.Capacity)
+	res, err := plan.MakePlan(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	b, err := res.Plan.Marshal()
+	if err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	if err := writeFileAtomic(f.out, b); err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	fmt.Fprintf(env.Stdout, "planned %d gears in %v: %d cascades replayed, Pareto front of %d, %d candidates walked, %d simulations\n",
+		len(res.Plan.Gears), res.Elapsed.Round(time.Millisecond), res.Evaluated, len(res.Front), len(res.Candidates), res.Simulations)
+	if len(res.Temperatures) > 0 {
+		fmt.Fprintf(env.Stdout, "temperatures: %s\n", formatTemperatures(res.Plan))
+	}
+	printGears(env.Stdout, res.Plan)
+	if maxOK, _ := res.Plan.Planner["max_feasible_qps"].(float64); maxOK < res.Buckets[len(res.Buckets)-1].QPS {
+		fmt.Fprintf(env.Stdout, "no gear meets the SLO above %.6g qps: the last gear serves that load, beyond what was planned\n", maxOK)
+	}
+	fmt.Fprintf(env.Stdout, "wrote %s\n", f.out)
+	return nil
+}
+
+// config turns the flags into a planner config (without replay and profile).
+func (f *planFlags) config() (plan.PlannerConfig, error) {
+	var errs []error
+	if f.profile == "" {
+		errs = append(errs, errors.New("--profile is required"))
+	}
+	if f.out == "" {
+		errs = append(errs, errors.New("--out is required"))
+	}
+	if f.capacity < 1 {
+		errs = append(errs, errors.New("--capacity N (runners, >= 1) is required"))
+	}
+	if f.slo <= 0 {
+		errs = append(errs, fmt.Errorf("--slo %v must be > 0", f.slo))
+	}
+	minQ, maxQ, err := parseQPSRange(f.qps)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if f.mode == plan.ModeMinCost && f.target == 0 {
+		errs = append(errs, errors.New("--mode min-cost needs --target-accuracy"))
+	}
+	batches, err := parseIntList(f.batches)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--batches: %w", err))
+	}
+	delays, err := parseDelayList(f.delays)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--delays: %w", err))
+	}
+	input := plan.Input{Name: f.inputName, Datatype: "FP32", UINT8Scale: max(f.uint8Scale, 0)}
+	switch {
+	case f.inputShape != "":
+		shape, err := parseIntList(f.inputShape)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--input-shape: %w", err))
+		}
+		for _, d := range shape {
+			input.Shape = append(input.Shape, int64(d))
+		}
+	case f.pipeline == "mnist":
+		input.Shape = mnist.ItemShape()
+		if f.uint8Scale < 0 {
+			input.UINT8Scale = 1.0 / 255
+		}
+	default:
+		errs = append(errs, errors.New("--input-shape is required for a pipeline other than mnist"))
+	}
+	if f.replay == "" && f.pipeline != "mnist" {
+		errs = append(errs, errors.New("--replay is required for a pipeline other than mnist"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return plan.PlannerConfig{}, err
+	}
+	return plan.PlannerConfig{
+		Pipeline:       f.pipeline,
+		Description:    f.description,
+		Input:          input,
+		SLOP95Ms:       float64(f.slo) / float64(time.Millisecond),
+		Capacity:       f.capacity,
+		Load:           plan.LoadRange{MinQPS: minQ, MaxQPS: maxQ, Buckets: f.buckets, StepQPS: f.step, Spacing: f.spacing},
+		Mode:           f.mode,
+		TargetAccuracy: f.target,
+		Metric:         f.metric,
+		Calibrate:      f.calibrate,
+		Search:         plan.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
+		CostBatch:      f.costBatch,
+		Headroom:       f.headroom,
+		BatchSizes:     batches,
+		DelaysMs:       delays,
+		SimRequests:    f.simRequests,
+		Seed:           f.seed,
+		MaxQueue:       f.maxQueue,
+	}, nil
+}
+
+func (f *planFlags) loadReplay() (*plan.Replay, error) {
+	if f.replay != "" {
+		return plan.ReadReplayFile(f.replay)
+	}
+	r, err := mnist.ValidationReplay()
+	if err != nil {
+		return nil, fmt.Errorf("embedded MNIST validation replay: %w", err)
+	}
+	return r, nil
+}
+
+// resolveLadder sets the ladder and each model's file relative to the plan.
+func (f *planFlags) resolveLadder(cfg *plan.PlannerConfig) error {
+	names := cfg.Replay.Models
+	if f.models != "" {
+		names = splitList(f.models)
+	}
+	for _, name := range names {
+		file := name + ".onnx"
+		if f.modelsDir != "" {
+			outDir, err := filepath.Abs(filepath.Dir(f.out))
+			if err != nil {
+				return err
+			}
+			dir, err := filepath.Abs(f.modelsDir)
+			if err != nil {
+				return err
+			}
+			rel, err := filepath.Rel(outDir, filepath.Join(dir, file))
+			if err != nil {
+				return fmt.Errorf("model %q: %w", name, err)
+			}
+			file = filepath.ToSlash(rel)
+		}
+		cfg.Ladder = append(cfg.Ladder, plan.LadderModel{Name: name, File: file})
+	}
+	return nil
+}
+
+func runPlanShow(env Env, args []string) error {
+	fs := newFlagSet(env, "plan show", "plan show FILE [--plot out.svg|out.png]")
+	plotFile := fs.String("plot", "", "write a plot of the Pareto front and of accuracy and cost against load (svg, png, pdf, ...)")
+	// Accept the file before or after the flags.
+	var file string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		file, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if file == "" && fs.NArg() > 0 {
+		file = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return fmt.Errorf("%w: plan show: unexpected arguments %q", ErrUsage, fs.Args())
+	}
+	if file == "" {
+		return fmt.Errorf("%w: plan show: a plan file is required", ErrUsage)
+	}
+	p, err := plan.LoadFile(file)
+	if err != nil {
+		return fmt.Errorf("plan show: %w", err)
+	}
+	fmt.Fprintf(env.Stdout, "plan %s: pipeline %s, SLO p95 %gms, %d runners, confidence %s, hop %.3gms\n",
+		file, p.Pipeline, p.SLO.P95Ms, p.Capacity, p.Confidence, p.HopOverheadMs)
+	if p.Description != "" {
+		fmt.Fprintln(env.Stdout, p.Description)
+	}
+	if mode, ok := p.Planner["mode"].(string); ok {
+		fmt.Fprintf(env.Stdout, "planner: %s, grid %v (%v), %v cascades, %v simulations, %vms\n",
+			mode, p.Planner["grid_points"], p.Planner["grid_spacing"], p.Planner["candidates_evaluated"], p.Planner["simulations"], p.Planner["elapsed_ms"])
+	}
+	if t := formatTemperatures(p); t != "" {
+		fmt.Fprintf(env.Stdout, "temperatures: %s\n", t)
+	}
+	printGears(env.Stdout, p)
+	if *plotFile != "" {
+		if err := planplot.WriteFile(p, *plotFile); err != nil {
+			return fmt.Errorf("plan show: %w", err)
+		}
+		fmt.Fprintf(env.Stdout, "wrote %s\n", *plotFile)
+	}
+	return nil
+}
+
+// printGears writes the table of a plan's gears.
+func printGears(w io.Writer, p *plan.Plan) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "gear\tload qps\tcascade (model@threshold)\tbatch\tdelay ms\trunners\taccuracy %\tp95 ms\tcost ms/item")
+	lo := 0.0
+	for i, g := range p.Gears {
+		hi := fmt.Sprintf("%.6g", g.MaxQPS)
+		if i == len(p.Gears)-1 {
+			hi += "+"
+		}
+		var runners []string
+		for _, s := range g.Cascade {
+			runners = append(runners, strconv.Itoa(g.RunnerCount(s.Model, p.Capacity)))
+		}
+		fmt.Fprintf(tw, "%s\t%.6g-%s\t%s\t%d\t%g\t%s\t%.2f\t%.3g\t%.4g\n",
+			g.ID, lo, hi, plan.CascadeString(g.Cascade), g.Batching.MaxBatch, g.Batching.MaxDelayMs,
+			strings.Join(runners, "/"), 100*g.Predicted.Accuracy, g.Predicted.P95Ms, g.Predicted.CostMsPerItem)
+		lo = g.MaxQPS
+	}
+	tw.Flush()
+}
+
+func formatTemperatures(p *plan.Plan) string {
+	var parts []string
+	for _, m := range p.Models {
+		if m.Temperature != 0 && m.Temperature != 1 {
+			parts = append(parts, fmt.Sprintf("%s=%g", m.Name, m.Temperature))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// parseQPSRange parses "MIN:MAX" (or a single value).
+func parseQPSRange(s string) (lo, hi float64, err error) {
+	if s == "" {
+		return 0, 0, errors.New("--qps MIN:MAX is required")
+	}
+	a, b, found := strings.Cut(s, ":")
+	if !found {
+		b = a
+	}
+	lo, err1 := strconv.ParseFloat(strings.TrimSpace(a), 64)
+	hi, err2 := strconv.ParseFloat(strings.TrimSpace(b), 64)
+	if err1 != nil || err2 != nil || !(lo > 0) || hi < lo || math.IsInf(hi, 0) {
+		return 0, 0, fmt.Errorf("--qps %q: want MIN:MAX with 0 < MIN <= MAX", s)
+	}
+	return lo, hi, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+func parseIntList(s string) ([]int, error) {
+	var out []int
+	for _, part := range splitList(s) {
+		v, err := strconv.Atoi(part)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an integer", part)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// parseDelayList parses durations ("2ms", "500us"); a bare number is ms.
+func parseDelayList(s string) ([]float64, error) {
+	var out []float64
+	for _, part := range splitList(s) {
+		if v, err := strconv.ParseFloat(part, 64); err == nil {
+			out = append(out, v)
+			continue
+		}
+		d, err := time.ParseDuration(part)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a duration", part)
+		}
+		out = append(out, float64(d)/float64(time.Millisecond))
+	}
+	return out, nil
+}
+
+// writeFileAtomic writes b to path through a temporary file in its folder.
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
