@@ -1,0 +1,168 @@
+package stageworker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/caarlos0/env/v10"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// Config configures a stage worker. Every field is read from the
+// environment with the prefix CASCADE_ (see ConfigFromEnv).
+type Config struct {
+	// NATSURL is the NATS server to connect to (CASCADE_NATS_URL).
+	NATSURL string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	// Pipeline names the served pipeline (CASCADE_PIPELINE).
+	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
+	// MetricsAddr is where /metrics and /healthz are served
+	// (CASCADE_METRICS_ADDR, default :9090; set it to the empty string to
+	// serve nothing).
+	MetricsAddr string `env:"METRICS_ADDR" envDefault:":9090"`
+	// LogLevel is debug, info, warn or error (CASCADE_LOG_LEVEL).
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// LogFormat is text or json (CASCADE_LOG_FORMAT).
+	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
+
+	// Models lists the models this worker hosts, comma-separated
+	// (CASCADE_WORKER_MODELS). Empty: every model some gear of the plan
+	// uses. All of them are loaded at start, so a gear switch never loads
+	// anything.
+	Models []string `env:"WORKER_MODELS" envSeparator:","`
+	// Runners is the number of inference runners (goroutines, each with its
+	// own ONNX Runtime session of every hosted model) (CASCADE_WORKER_RUNNERS,
+	// default 2).
+	Runners int `env:"WORKER_RUNNERS" envDefault:"2"`
+	// Threads is the number of intra-op threads per session
+	// (CASCADE_WORKER_THREADS, default 1).
+	Threads int `env:"WORKER_THREADS" envDefault:"1"`
+	// Provider is the ONNX Runtime execution provider, cpu or cuda
+	// (CASCADE_WORKER_PROVIDER, default cpu).
+	Provider string `env:"WORKER_PROVIDER" envDefault:"cpu"`
+	// ModelDir is the folder model files (Model.File of the plan) are read
+	// from (CASCADE_MODEL_DIR). Empty with pipeline mnist: the MNIST ladder
+	// embedded in the binary.
+	ModelDir string `env:"MODEL_DIR"`
+	// ONNXRuntimeLib is the ONNX Runtime shared library
+	// (CASCADE_ONNXRUNTIME_LIB). Empty: onnxrt.FindLibrary's search.
+	ONNXRuntimeLib string `env:"ONNXRUNTIME_LIB"`
+
+	// IdleWait is how long one pull for a first item blocks when a runner
+	// has nothing to do, and how stale a model's backlog estimate may get
+	// before a busy runner probes it (CASCADE_WORKER_IDLE_WAIT, default
+	// 100ms). It bounds shutdown time, never an item's wait.
+	IdleWait time.Duration `env:"WORKER_IDLE_WAIT" envDefault:"100ms"`
+	// NakDelay is how long a message that failed transiently waits before it
+	// is redelivered (CASCADE_WORKER_NAK_DELAY, default 1s).
+	NakDelay time.Duration `env:"WORKER_NAK_DELAY" envDefault:"1s"`
+	// PublishTimeout bounds the wait for the PubAcks of one batch
+	// (CASCADE_WORKER_PUBLISH_TIMEOUT, default 5s). A timeout is a
+	// transient failure: the inputs are redelivered after NakDelay.
+	PublishTimeout time.Duration `env:"WORKER_PUBLISH_TIMEOUT" envDefault:"5s"`
+}
+
+// ConfigFromEnv reads a Config from environ (keys with the CASCADE_
+// prefix; the process environment in main, a map in tests) and validates
+// it. An explicitly empty CASCADE_METRICS_ADDR disables the metrics server.
+func ConfigFromEnv(environ map[string]string) (Config, error) {
+	var cfg Config
+	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: "CASCADE_", Environment: environ}); err != nil {
+		return Config{}, fmt.Errorf("stage worker config: %w", err)
+	}
+	// envDefault also replaces an empty value; empty means "off" here.
+	if v, ok := environ["CASCADE_METRICS_ADDR"]; ok && v == "" {
+		cfg.MetricsAddr = ""
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// ErrInvalidConfig marks a configuration that fails Validate.
+var ErrInvalidConfig = errors.New("invalid stage worker config")
+
+// Validate reports every problem of the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.NATSURL == "" {
+		bad("CASCADE_NATS_URL is empty")
+	}
+	if !wire.ValidToken(c.Pipeline) {
+		bad("CASCADE_PIPELINE %q is not a valid pipeline name", c.Pipeline)
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
+		bad("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("CASCADE_LOG_FORMAT %q: want text or json", c.LogFormat)
+	}
+	seen := map[string]bool{}
+	for _, m := range c.Models {
+		if !wire.ValidToken(m) {
+			bad("CASCADE_WORKER_MODELS: %q is not a valid model name", m)
+		}
+		if seen[m] {
+			bad("CASCADE_WORKER_MODELS lists %q twice", m)
+		}
+		seen[m] = true
+	}
+	if c.Runners < 1 || c.Runners > 256 {
+		bad("CASCADE_WORKER_RUNNERS must be in [1,256], got %d", c.Runners)
+	}
+	if c.Threads < 1 || c.Threads > 256 {
+		bad("CASCADE_WORKER_THREADS must be in [1,256], got %d", c.Threads)
+	}
+	if c.Provider != onnxrt.ProviderCPU && c.Provider != onnxrt.ProviderCUDA {
+		bad("CASCADE_WORKER_PROVIDER %q: want %s or %s", c.Provider, onnxrt.ProviderCPU, onnxrt.ProviderCUDA)
+	}
+	if c.IdleWait < time.Millisecond || c.IdleWait > time.Minute {
+		bad("CASCADE_WORKER_IDLE_WAIT must be in [1ms,1m], got %v", c.IdleWait)
+	}
+	if c.NakDelay < 0 {
+		bad("CASCADE_WORKER_NAK_DELAY must be >= 0, got %v", c.NakDelay)
+	}
+	if c.PublishTimeout <= 0 {
+		bad("CASCADE_WORKER_PUBLISH_TIMEOUT must be > 0, got %v", c.PublishTimeout)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w:\n%w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// Deps are what Run needs from its process.
+type Deps struct {
+	// Logger receives the worker's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer registers the worker's metrics; nil uses a private
+	// registry (metrics are then not exported).
+	Registerer prometheus.Registerer
+	// Conn is the NATS connection; required. Run does not close it.
+	Conn *nats.Conn
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	// hooks let tests in this package interpose at fixed points.
+	hooks hooks
+}
+
+// hooks are test seams; every field may be nil.
+type hooks struct {
+	// gearApplied is called by the watcher after it applies a gear.
+	gearApplied func(st wire.GearState, latency time.Duration)
+	// beforePublish is called after a batch is computed, before anything of
+	// it is published.
+	beforePublish func(model string, n int)
+	// beforeSettle is called after a batch's publishes are acknowledged,
+	// before its inputs are acked.
+	beforeSettle func(model string, n int)
+}

@@ -1,0 +1,101 @@
+package stageworker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Outcomes of an item at one stage (label outcome of
+// cascade_worker_items_total).
+const (
+	outcomeAnswered  = "answered"
+	outcomeEscalated = "escalated"
+	outcomeExpired   = "expired"
+	outcomeDegraded  = "degraded"
+	outcomeFailed    = "failed"
+)
+
+// Reasons of a degraded answer (label reason of
+// cascade_worker_degraded_total).
+const (
+	degradedDeadline  = "deadline"
+	degradedQueueFull = "queue_full"
+)
+
+// metrics are one worker's Prometheus metrics, registered per instance.
+type metrics struct {
+	items        *prometheus.CounterVec
+	degraded     *prometheus.CounterVec
+	batchSize    *prometheus.HistogramVec
+	queue        *prometheus.HistogramVec
+	compute      *prometheus.HistogramVec
+	gearApply    prometheus.Histogram
+	gear         prometheus.Gauge
+	redeliveries *prometheus.CounterVec
+	acks         *prometheus.CounterVec
+	deadLetters  *prometheus.CounterVec
+	backlog      *prometheus.GaugeVec
+	pulls        *prometheus.CounterVec
+}
+
+// durationBuckets go from 50µs to ~13s, doubling: sub-millisecond hops of
+// small models are resolved.
+var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 19)
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promauto.With(reg)
+	return &metrics{
+		items: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_items_total",
+			Help: "Items handled per model, by outcome: answered, escalated, expired (deadline passed before compute), degraded (answered early: deadline or full next queue), failed (invalid, undecodable or dead-lettered).",
+		}, []string{"model", "outcome"}),
+		degraded: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_degraded_total",
+			Help: "Degraded answers per model, by reason: deadline (no time for the next stage) or queue_full (the next stage rejected the escalation).",
+		}, []string{"model", "reason"}),
+		batchSize: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cascade_worker_batch_size_items",
+			Help:    "Items per inference batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 13),
+		}, []string{"model"}),
+		queue: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cascade_worker_queue_duration_seconds",
+			Help:    "Time from an item's enqueue to the start of its batch's compute.",
+			Buckets: durationBuckets,
+		}, []string{"model"}),
+		compute: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cascade_worker_compute_duration_seconds",
+			Help:    "Inference time of one batch.",
+			Buckets: durationBuckets,
+		}, []string{"model"}),
+		gearApply: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cascade_worker_gear_apply_seconds",
+			Help:    "Time from the controller's gear write (GearState.AtUnixNano) to this worker applying it.",
+			Buckets: durationBuckets,
+		}),
+		gear: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_worker_gear_index",
+			Help: "Index in the plan of the gear this worker applies.",
+		}),
+		redeliveries: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_redeliveries_total",
+			Help: "Messages received more than once (NumDelivered > 1).",
+		}, []string{"model"}),
+		acks: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_acks_total",
+			Help: "Acknowledgements sent per model, by action: ack, nak (redeliver after a delay), term.",
+		}, []string{"model", "action"}),
+		deadLetters: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_dead_letters_total",
+			Help: "Messages published to the dead-letter subject (undecodable, or failed on their last allowed delivery).",
+		}, []string{"model"}),
+		backlog: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cascade_worker_backlog_items",
+			Help: "Items waiting in a model's queue as of the last message pulled (Metadata().NumPending).",
+		}, []string{"model"}),
+		pulls: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_pulls_total",
+			Help: "Pull requests per model, by kind: watch (idle wait for a first item), fill (wait for a batch to fill), nowait (take what is queued).",
+		}, []string{"model", "kind"}),
+	}
+}

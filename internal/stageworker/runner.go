@@ -1,0 +1,318 @@
+package stageworker
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/pkg/batching"
+)
+
+// runner is one inference slot: a goroutine with its own session of every
+// hosted model. It chooses a model, pulls a batch for it as the batching
+// policy of the current gear says, runs it, publishes and acks.
+type runner struct {
+	w        *worker
+	id       int
+	sessions []*onnxrt.Session // parallel to w.models
+
+	// pending[i] holds items of model i delivered by an idle watch and not
+	// yet batched; watching[i] is set while a watch on model i is open.
+	pending  [][]*task
+	watching []bool
+	// deliveries carries what open watches receive. Its capacity (two per
+	// model: at most one item and one end per watch) means forwarders never
+	// block.
+	deliveries chan delivery
+	forwarders sync.WaitGroup
+
+	// in and out are the batch's input and output buffers, reused.
+	in  []float32
+	out []float32
+}
+
+// delivery is an event of an idle watch: an item, or the watch's end.
+type delivery struct {
+	model int
+	msg   jetstream.Msg
+	done  bool
+	err   error
+}
+
+func newRunner(w *worker, id int, sessions []*onnxrt.Session) *runner {
+	return &runner{
+		w:          w,
+		id:         id,
+		sessions:   sessions,
+		pending:    make([][]*task, len(w.models)),
+		watching:   make([]bool, len(w.models)),
+		deliveries: make(chan delivery, 2*len(w.models)),
+	}
+}
+
+// run serves until ctx ends, then drains: it stops pulling, finishes the
+// items in hand (including those that watches still open deliver),
+// publishes, acks and returns.
+func (r *runner) run(ctx context.Context) error {
+	defer r.forwarders.Wait()
+	for {
+		r.reap()
+		if ctx.Err() != nil {
+			r.drain()
+			return nil
+		}
+		i, ok := r.choose()
+		if !ok {
+			r.armWatches()
+			r.await(ctx)
+			continue
+		}
+		if !r.serve(ctx, i) {
+			// Pulling failed (connection trouble): do not spin.
+			sleep(ctx, r.w.cfg.IdleWait)
+		}
+	}
+}
+
+// choose picks the model to serve next: first a model whose backlog
+// estimate is stale (nobody of this worker pulled from it for IdleWait),
+// to probe it; else the model with the largest backlog per runner share,
+// counting items in hand. Ties go to the later stage (older requests).
+// It reports false when there is nothing to do.
+func (r *runner) choose() (int, bool) {
+	c := r.w.ctl.load()
+	now := r.w.now()
+	best, bestPrio := -1, 0.0
+	for i, h := range r.w.models {
+		n := float64(len(r.pending[i])) + float64(max(h.backlog.Load(), 0))
+		var prio float64
+		switch {
+		case !r.watching[i] && len(r.pending[i]) == 0 && now.Sub(time.Unix(0, h.seen.Load())) > r.w.cfg.IdleWait:
+			prio = math.Inf(1)
+		case n > 0:
+			prio = n / c.weight(h.name)
+		default:
+			continue
+		}
+		if prio >= bestPrio {
+			best, bestPrio = i, prio
+		}
+	}
+	return best, best >= 0
+}
+
+// serve forms one batch of model i and processes it. It reports false if
+// pulling failed.
+func (r *runner) serve(ctx context.Context, i int) bool {
+	h := r.w.models[i]
+	c := r.w.ctl.load()
+	pol := c.policy(h.name, r.w.cfg.IdleWait)
+	st := batching.State{Compute: c.stageTime(h.name, pol.MaxBatch)}
+	tasks := r.pending[i]
+	r.pending[i] = nil
+	for _, t := range tasks {
+		st.InHand++
+		if st.Since.IsZero() || t.received.Before(st.Since) {
+			st.Since = t.received
+		}
+		st.EarliestDeadline = earliest(st.EarliestDeadline, t.deadline())
+	}
+	ok := true
+	probe := len(tasks) == 0 && h.backlog.Load() <= 0
+	for ctx.Err() == nil {
+		st.Backlog = int(h.backlog.Load())
+		d := pol.Next(r.w.now(), st)
+		if d.Run() {
+			break
+		}
+		if d.Reason == batching.ReasonIdle {
+			if !probe {
+				break
+			}
+			// Chosen to refresh a stale estimate: take what is queued.
+			d = batching.Decision{Count: pol.MaxBatch, Reason: batching.ReasonBacklog}
+		}
+		probe = false
+		var got []*task
+		got, ok = r.fetch(h, d.Count, d.Wait)
+		for _, t := range got {
+			if st.InHand == 0 {
+				st.Since = t.received
+			}
+			st.InHand++
+			st.EarliestDeadline = earliest(st.EarliestDeadline, t.deadline())
+		}
+		tasks = append(tasks, got...)
+		if !ok || (len(got) == 0 && d.Wait == 0 && st.InHand == 0) {
+			break
+		}
+	}
+	if len(tasks) > 0 {
+		r.process(i, tasks)
+	}
+	return ok
+}
+
+// fetch pulls up to count items of model h, waiting at most wait (0: only
+// what is queued now), and updates h's backlog estimate.
+func (r *runner) fetch(h *hosted, count int, wait time.Duration) ([]*task, bool) {
+	h.seen.Store(r.w.now().UnixNano())
+	var (
+		b   jetstream.MessageBatch
+		err error
+	)
+	if wait > 0 {
+		r.w.metrics.pulls.WithLabelValues(h.name, "fill").Inc()
+		b, err = h.consumer.Fetch(count, jetstream.FetchMaxWait(wait))
+	} else {
+		r.w.metrics.pulls.WithLabelValues(h.name, "nowait").Inc()
+		b, err = h.consumer.FetchNoWait(count)
+	}
+	if err != nil {
+		r.w.logger.Warn("pull failed", "model", h.name, "err", err)
+		return nil, false
+	}
+	var tasks []*task
+	for msg := range b.Messages() {
+		tasks = append(tasks, r.w.newTask(h, msg))
+	}
+	if err := b.Error(); err != nil {
+		r.w.logger.Debug("pull ended with an error", "model", h.name, "err", err)
+	}
+	h.seen.Store(r.w.now().UnixNano())
+	// A pull that got everything it asked for leaves the backlog its last
+	// message saw; one that got less found the queue empty.
+	var backlog int64
+	if n := len(tasks); n == count && tasks[n-1].meta != nil {
+		backlog = int64(tasks[n-1].meta.NumPending)
+	}
+	h.setBacklog(backlog)
+	return tasks, true
+}
+
+// armWatches opens an idle watch, a pull of one item lasting IdleWait, on
+// every hosted model without one, so an idle runner wakes as soon as any
+// of its models gets an item.
+func (r *runner) armWatches() {
+	for i, h := range r.w.models {
+		if r.watching[i] || len(r.pending[i]) > 0 {
+			continue
+		}
+		r.w.metrics.pulls.WithLabelValues(h.name, "watch").Inc()
+		b, err := h.consumer.Fetch(1, jetstream.FetchMaxWait(r.w.cfg.IdleWait))
+		if err != nil {
+			r.w.logger.Warn("pull failed", "model", h.name, "err", err)
+			continue
+		}
+		r.watching[i] = true
+		r.forwarders.Add(1)
+		go func() {
+			defer r.forwarders.Done()
+			for msg := range b.Messages() {
+				r.deliveries <- delivery{model: i, msg: msg}
+			}
+			r.deliveries <- delivery{model: i, done: true, err: b.Error()}
+		}()
+	}
+}
+
+// await blocks until a watch delivers or ends, or ctx ends.
+func (r *runner) await(ctx context.Context) {
+	open := false
+	for _, w := range r.watching {
+		open = open || w
+	}
+	if !open {
+		// Nothing could be armed (connection trouble).
+		sleep(ctx, r.w.cfg.IdleWait)
+		return
+	}
+	select {
+	case d := <-r.deliveries:
+		r.handle(d)
+	case <-ctx.Done():
+	}
+}
+
+// reap takes every delivery already waiting, without blocking.
+func (r *runner) reap() {
+	for {
+		select {
+		case d := <-r.deliveries:
+			r.handle(d)
+		default:
+			return
+		}
+	}
+}
+
+func (r *runner) handle(d delivery) {
+	h := r.w.models[d.model]
+	if d.done {
+		r.watching[d.model] = false
+		h.seen.Store(r.w.now().UnixNano())
+		if d.err != nil {
+			r.w.logger.Debug("watch ended with an error", "model", h.name, "err", d.err)
+		}
+		return
+	}
+	t := r.w.newTask(h, d.msg)
+	if t.meta != nil {
+		h.setBacklog(int64(t.meta.NumPending))
+	}
+	r.pending[d.model] = append(r.pending[d.model], t)
+}
+
+// drain finishes what is in hand at shutdown: items already delivered and
+// those that open watches still deliver (they end within IdleWait).
+func (r *runner) drain() {
+	for {
+		for i, tasks := range r.pending {
+			if len(tasks) > 0 {
+				r.pending[i] = nil
+				r.process(i, tasks)
+			}
+		}
+		open := false
+		for _, w := range r.watching {
+			open = open || w
+		}
+		if !open {
+			return
+		}
+		r.handle(<-r.deliveries)
+	}
+}
+
+func earliest(a, b time.Time) time.Time {
+	switch {
+	case a.IsZero():
+		return b
+	case b.IsZero() || a.Before(b):
+		return a
+	}
+	return b
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// deadline returns the item's deadline, zero if it has none or is not
+// decoded.
+func (t *task) deadline() time.Time {
+	if t.decodeErr != nil || t.item.DeadlineUnixNano <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, t.item.DeadlineUnixNano)
+}

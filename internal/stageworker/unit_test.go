@@ -1,0 +1,238 @@
+package stageworker
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/batching"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+func TestAckAction(t *testing.T) {
+	transient := errors.New("publish timed out")
+	tests := []struct {
+		name       string
+		err        error
+		delivered  uint64
+		maxDeliver int
+		want       action
+	}{
+		{"success acks", nil, 1, 5, actAck},
+		{"success on the last delivery still acks", nil, 5, 5, actAck},
+		{"permanent terms", permanent("bad input"), 1, 5, actTerm},
+		{"wrapped permanent terms", fmt.Errorf("handle: %w", permanent("x")), 1, 5, actTerm},
+		{"permanent on the last delivery terms", permanent("x"), 5, 5, actTerm},
+		{"transient naks", transient, 1, 5, actNak},
+		{"transient before the last delivery naks", transient, 4, 5, actNak},
+		{"transient on the last delivery dead-letters", transient, 5, 5, actDeadLetter},
+		{"transient past the last delivery dead-letters", transient, 7, 5, actDeadLetter},
+		{"unlimited deliveries never dead-letter", transient, 1000, -1, actNak},
+		{"max deliver 0 means unlimited", transient, 1000, 0, actNak},
+		{"max deliver 1: the first delivery is the last", transient, 1, 1, actDeadLetter},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ackAction(tt.err, tt.delivered, tt.maxDeliver); got != tt.want {
+				t.Errorf("ackAction = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestQueueFull(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{&jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum messages exceeded"}, true},
+		{fmt.Errorf("publish: %w", &jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum bytes exceeded"}), true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "disk I/O error"}, false},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10076, Description: "maximum"}, false},
+		{errors.New("maximum messages exceeded"), false},
+		{nil, false},
+	}
+	for _, tt := range tests {
+		if got := queueFull(tt.err); got != tt.want {
+			t.Errorf("queueFull(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+// routePlan is a plan over a four-model ladder for routing tests. Profiles
+// are 1 ms per item; hop overhead 1 ms.
+func routePlan(t *testing.T) *plan.Plan {
+	t.Helper()
+	prof := plan.Profile{Points: []plan.ProfilePoint{{Batch: 1, LatencyMs: 1}, {Batch: 64, LatencyMs: 64}}}
+	p := &plan.Plan{
+		Version: plan.FormatVersion, Pipeline: "route", SLO: plan.SLO{P95Ms: 100}, Capacity: 2, Confidence: plan.MetricMargin,
+		Input:         plan.Input{Name: "x", Datatype: "FP32", Shape: []int64{4}, Classes: 3},
+		HopOverheadMs: 1,
+		Models: []plan.Model{
+			{Name: "a", File: "a.onnx", Profile: prof}, {Name: "b", File: "b.onnx", Profile: prof},
+			{Name: "c", File: "c.onnx", Profile: prof}, {Name: "d", File: "d.onnx", Profile: prof},
+		},
+		Ladder: []string{"a", "b", "c", "d"},
+		Gears: []plan.Gear{
+			{ID: "acc", MaxQPS: 10, Cascade: []plan.Stage{{Model: "b", Threshold: 0.8}, {Model: "d"}},
+				Batching: plan.Batching{MaxBatch: 8, MaxDelayMs: 2}, Runners: map[string]float64{"b": 0.25, "d": 0.75}},
+			{ID: "mid", MaxQPS: 20, Cascade: []plan.Stage{{Model: "a", Threshold: 0.9}, {Model: "b", Threshold: 0.7}, {Model: "c"}},
+				Batching: plan.Batching{MaxBatch: 16, MaxDelayMs: 4}, Runners: map[string]float64{"a": 0.2, "b": 0.3}},
+			{ID: "fast", MaxQPS: 40, Cascade: []plan.Stage{{Model: "a", Threshold: 0.6, MaxBatch: 32}, {Model: "c"}},
+				Batching: plan.Batching{MaxBatch: 64, MaxDelayMs: 1}},
+		},
+		Hysteresis: plan.DefaultHysteresis(),
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDecide(t *testing.T) {
+	p := routePlan(t)
+	now := time.Unix(1000, 0)
+	far := now.Add(time.Hour).UnixNano()
+	item := func(admitted string, deadline int64, visits ...wire.Visit) *wire.Item {
+		return &wire.Item{ID: "x", AdmittedGear: admitted, DeadlineUnixNano: deadline, Visits: visits}
+	}
+	visit := func(model, gear string) wire.Visit { return wire.Visit{Model: model, Gear: gear} }
+	tests := []struct {
+		name  string
+		gear  string
+		item  *wire.Item
+		model string
+		conf  float64
+		batch int
+		want  route
+	}{
+		// The model is in the current gear.
+		{"confident first stage answers", "mid", item("mid", far), "a", 0.9, 1, route{kind: routeAnswer}},
+		{"uncertain first stage escalates to the next stage", "mid", item("mid", far), "a", 0.89, 1, route{kind: routeEscalate, next: "b"}},
+		{"middle stage escalates to the last", "mid", item("mid", far, visit("a", "mid")), "b", 0.5, 1, route{kind: routeEscalate, next: "c"}},
+		{"last stage always answers", "mid", item("mid", far, visit("a", "mid"), visit("b", "mid")), "c", 0, 1, route{kind: routeAnswer}},
+		{"the current gear's threshold wins over the admission gear's", "fast", item("mid", far), "a", 0.7, 1, route{kind: routeAnswer}},
+		{"the current gear's next stage wins", "fast", item("mid", far), "a", 0.5, 1, route{kind: routeEscalate, next: "c"}},
+		{"no deadline: never degraded", "mid", item("mid", 0), "a", 0, 1, route{kind: routeEscalate, next: "b"}},
+
+		// The model is not in the current gear.
+		{"not in gear: answers by its admission gear's threshold", "acc", item("mid", far), "a", 0.95, 1, route{kind: routeAnswer}},
+		{"not in gear: escalates to the first later model of the current gear", "acc", item("mid", far), "a", 0.5, 1, route{kind: routeEscalate, next: "b"}},
+		{"not in gear: the sending gear (previous visit) decides, not admission", "fast", item("acc", far, visit("a", "mid")), "b", 0.75, 1, route{kind: routeAnswer}},
+		{"not in gear: below the sending gear's threshold escalates", "fast", item("acc", far, visit("a", "mid")), "b", 0.65, 1, route{kind: routeEscalate, next: "c"}},
+		{"not in gear: last in the sending gear answers", "fast", item("acc", far, visit("b", "acc")), "d", 0, 1, route{kind: routeAnswer}},
+		{"not in gear: nothing later in the current gear answers", "mid", item("acc", far, visit("b", "acc")), "d", 0.1, 1, route{kind: routeAnswer}},
+		{"not in gear: unknown sending gear answers", "mid", item("gone", far), "d", 0.1, 1, route{kind: routeAnswer}},
+		{"not in gear: skips models already visited", "mid", &wire.Item{ID: "x", AdmittedGear: "acc", DeadlineUnixNano: far, Visits: []wire.Visit{visit("c", "fast")}}, "b", 0.1, 1, route{kind: routeAnswer}},
+
+		// Deadline-aware escalation: next stage needs profile(batch) + 1 ms hop.
+		{"deadline leaves room for the next stage", "mid", item("mid", now.Add(3*time.Millisecond).UnixNano()), "a", 0.5, 2, route{kind: routeEscalate, next: "b"}},
+		{"deadline too close: degraded", "mid", item("mid", now.Add(3*time.Millisecond).UnixNano()), "a", 0.5, 3, route{kind: routeDegraded, next: "b", reason: degradedDeadline}},
+		{"next stage latency is taken at its own max batch at most", "mid", item("mid", now.Add(17*time.Millisecond+time.Microsecond).UnixNano()), "a", 0.5, 64, route{kind: routeEscalate, next: "b"}},
+		{"a confident item is answered, not degraded, even with no time left", "mid", item("mid", now.UnixNano()), "a", 0.95, 1, route{kind: routeAnswer}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newControl(p, wire.GearState{Gear: tt.gear})
+			if c.gear.ID != tt.gear {
+				t.Fatalf("gear %q not applied", tt.gear)
+			}
+			if got := c.decide(tt.item, tt.model, tt.conf, now, tt.batch); got != tt.want {
+				t.Errorf("decide = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNewControlResolvesGear(t *testing.T) {
+	p := routePlan(t)
+	tests := []struct {
+		st   wire.GearState
+		want string
+	}{
+		{wire.GearState{Gear: "fast", Index: 0}, "fast"},
+		{wire.GearState{Gear: "unknown", Index: 1}, "mid"},
+		{wire.GearState{Gear: "unknown", Index: 9}, "acc"},
+		{wire.GearState{}, "acc"},
+	}
+	for _, tt := range tests {
+		c := newControl(p, tt.st)
+		if c.gear.ID != tt.want || c.state.Gear != tt.want || c.index != p.GearByID(tt.want) {
+			t.Errorf("%+v: gear %q (state %q, index %d), want %q", tt.st, c.gear.ID, c.state.Gear, c.index, tt.want)
+		}
+	}
+}
+
+func TestPolicyAndWeight(t *testing.T) {
+	p := routePlan(t)
+	idle := 100 * time.Millisecond
+	tests := []struct {
+		gear, model string
+		policy      batching.Policy
+		weight      float64
+	}{
+		{"mid", "a", batching.Policy{MaxBatch: 16, MaxDelay: 4 * time.Millisecond, IdleWait: idle}, 0.2},
+		{"mid", "c", batching.Policy{MaxBatch: 16, MaxDelay: 4 * time.Millisecond, IdleWait: idle}, 1.0 / 3},
+		{"mid", "d", batching.Policy{MaxBatch: 16, IdleWait: idle}, 0.2}, // draining: no delay, least share
+		{"fast", "a", batching.Policy{MaxBatch: 32, MaxDelay: time.Millisecond, IdleWait: idle}, 0.5},
+		{"fast", "c", batching.Policy{MaxBatch: 64, MaxDelay: time.Millisecond, IdleWait: idle}, 0.5},
+		{"acc", "d", batching.Policy{MaxBatch: 8, MaxDelay: 2 * time.Millisecond, IdleWait: idle}, 0.75},
+		{"acc", "a", batching.Policy{MaxBatch: 8, IdleWait: idle}, 0.25},
+	}
+	for _, tt := range tests {
+		c := newControl(p, wire.GearState{Gear: tt.gear})
+		if got := c.policy(tt.model, idle); got != tt.policy {
+			t.Errorf("%s/%s: policy %+v, want %+v", tt.gear, tt.model, got, tt.policy)
+		}
+		if got := c.weight(tt.model); got < tt.weight-1e-9 || got > tt.weight+1e-9 {
+			t.Errorf("%s/%s: weight %v, want %v", tt.gear, tt.model, got, tt.weight)
+		}
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	cfg, err := ConfigFromEnv(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		NATSURL: "nats://127.0.0.1:4222", Pipeline: "mnist", MetricsAddr: ":9090", LogLevel: "info", LogFormat: "text",
+		Runners: 2, Threads: 1, Provider: "cpu", IdleWait: 100 * time.Millisecond, NakDelay: time.Second, PublishTimeout: 5 * time.Second,
+	}
+	if fmt.Sprint(cfg) != fmt.Sprint(want) {
+		t.Errorf("defaults\n got %+v\nwant %+v", cfg, want)
+	}
+
+	cfg, err = ConfigFromEnv(map[string]string{
+		"CASCADE_METRICS_ADDR": "", "CASCADE_WORKER_MODELS": "linear,mlp", "CASCADE_WORKER_RUNNERS": "4",
+		"CASCADE_WORKER_THREADS": "2", "CASCADE_WORKER_IDLE_WAIT": "20ms", "CASCADE_MODEL_DIR": "/models",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MetricsAddr != "" || strings.Join(cfg.Models, "|") != "linear|mlp" || cfg.Runners != 4 || cfg.Threads != 2 ||
+		cfg.IdleWait != 20*time.Millisecond || cfg.ModelDir != "/models" {
+		t.Errorf("parsed %+v", cfg)
+	}
+
+	_, err = ConfigFromEnv(map[string]string{
+		"CASCADE_WORKER_RUNNERS": "0", "CASCADE_WORKER_THREADS": "-1", "CASCADE_WORKER_PROVIDER": "tpu",
+		"CASCADE_WORKER_MODELS": "a,a", "CASCADE_LOG_FORMAT": "xml",
+	})
+	if !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("err = %v, want ErrInvalidConfig", err)
+	}
+	for _, want := range []string{"RUNNERS", "THREADS", "PROVIDER", "twice", "LOG_FORMAT"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not report %s:\n%v", want, err)
+		}
+	}
+	if _, err := ConfigFromEnv(map[string]string{"CASCADE_WORKER_RUNNERS": "many"}); err == nil {
+		t.Error("unparsable runners accepted")
+	}
+}

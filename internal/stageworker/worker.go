@@ -1,0 +1,290 @@
+package stageworker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// pollInterval is how often Run checks for the control bucket, the plan
+// and the topology while it waits for the controller.
+const pollInterval = 250 * time.Millisecond
+
+// worker is one running stage worker.
+type worker struct {
+	cfg     Config
+	logger  *slog.Logger
+	metrics *metrics
+	now     func() time.Time
+	hooks   hooks
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	codec   *wire.Codec
+	ctl     *watcher
+	// models are the hosted models in ladder order.
+	models []*hosted
+	// itemSize and classes are the plan's input elements and classes;
+	// every hosted model matches them.
+	itemSize   int
+	classes    int
+	uint8Scale float32
+}
+
+// hosted is one model this worker serves, shared by its runners.
+type hosted struct {
+	name       string
+	consumer   jetstream.Consumer
+	maxDeliver int
+	// backlog is the last NumPending seen on the model's queue (0 after a
+	// pull that found it empty); seen is when this worker last pulled from
+	// it (unix ns).
+	backlog     atomic.Int64
+	seen        atomic.Int64
+	backlogGage prometheus.Gauge
+}
+
+func (h *hosted) setBacklog(n int64) {
+	h.backlog.Store(n)
+	h.backlogGage.Set(float64(n))
+}
+
+// Run serves as a stage worker until ctx ends, then shuts down cleanly: it
+// stops pulling, finishes the batches in hand, publishes, acks and returns
+// nil. It waits for the controller's control bucket, plan and topology
+// first, then loads every hosted model once per runner.
+func Run(ctx context.Context, cfg Config, deps Deps) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if deps.Conn == nil {
+		return errors.New("stage worker: no NATS connection")
+	}
+	w := &worker{cfg: cfg, logger: deps.Logger, now: deps.Now, hooks: deps.hooks, nc: deps.Conn, codec: wire.NewCodec()}
+	if w.logger == nil {
+		w.logger = slog.New(slog.DiscardHandler)
+	}
+	if w.now == nil {
+		w.now = time.Now
+	}
+	reg := deps.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	w.metrics = newMetrics(reg)
+	js, err := jetstream.New(deps.Conn)
+	if err != nil {
+		return fmt.Errorf("stage worker: jetstream: %w", err)
+	}
+	w.js = js
+
+	w.logger.Info("waiting for the control bucket", "bucket", wire.KVBucket(cfg.Pipeline))
+	kv := waitBucket(ctx, js, cfg.Pipeline)
+	if kv == nil {
+		return nil // ctx ended while waiting
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w.ctl = newWatcher(w.logger, w.metrics, w.now, w.hooks.gearApplied)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.ctl.run(gctx, kv) })
+	fail := func(err error) error {
+		cancel()
+		_ = g.Wait()
+		return fmt.Errorf("stage worker: %w", err)
+	}
+
+	w.logger.Info("waiting for the plan", "bucket", wire.KVBucket(cfg.Pipeline))
+	select {
+	case <-w.ctl.ready:
+	case <-gctx.Done():
+		return g.Wait()
+	}
+	c := w.ctl.load()
+	if c.plan.Pipeline != cfg.Pipeline {
+		return fail(fmt.Errorf("the plan in bucket %s is for pipeline %q, not %q", wire.KVBucket(cfg.Pipeline), c.plan.Pipeline, cfg.Pipeline))
+	}
+	names := cfg.Models
+	if len(names) == 0 {
+		names = c.plan.UsedModels()
+	}
+	names, err = ladderOrder(c.plan, names)
+	if err != nil {
+		return fail(err)
+	}
+	if err := natsbus.WaitTopology(gctx, js, cfg.Pipeline, names, pollInterval); err != nil {
+		if gctx.Err() != nil {
+			cancel()
+			return g.Wait()
+		}
+		return fail(err)
+	}
+
+	w.itemSize, w.classes = c.plan.Input.Elements(), c.plan.Input.Classes
+	w.uint8Scale = float32(c.plan.Input.UINT8Scale)
+	for _, name := range names {
+		cons, err := js.Consumer(gctx, wire.ModelStream(cfg.Pipeline, name), wire.ModelConsumer(name))
+		if err != nil {
+			return fail(fmt.Errorf("consumer of model %q: %w", name, err))
+		}
+		h := &hosted{name: name, consumer: cons, backlogGage: w.metrics.backlog.WithLabelValues(name)}
+		if info := cons.CachedInfo(); info != nil {
+			h.maxDeliver = info.Config.MaxDeliver
+		}
+		w.models = append(w.models, h)
+	}
+
+	rt, sessions, err := w.load(c.plan)
+	if err != nil {
+		return fail(err)
+	}
+	defer func() {
+		for _, ss := range sessions {
+			for _, s := range ss {
+				_ = s.Close()
+			}
+		}
+		_ = rt.Close()
+	}()
+
+	w.logger.Info("stage worker ready", "pipeline", cfg.Pipeline, "models", names, "runners", cfg.Runners,
+		"threads", cfg.Threads, "gear", c.state.Gear)
+	for i := range cfg.Runners {
+		r := newRunner(w, i, sessions[i])
+		g.Go(func() error { return r.run(gctx) })
+	}
+	err = g.Wait()
+	w.logger.Info("stage worker stopped")
+	return err
+}
+
+// waitBucket returns the pipeline's control bucket once the controller has
+// created it, or nil when ctx ends first.
+func waitBucket(ctx context.Context, js jetstream.JetStream, pipeline string) jetstream.KeyValue {
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		// Any error (bucket missing, NATS restarting) means "not yet".
+		if kv, err := js.KeyValue(ctx, wire.KVBucket(pipeline)); err == nil {
+			return kv
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// ladderOrder checks that every name is a model of the plan and returns
+// them in ladder order.
+func ladderOrder(p *plan.Plan, names []string) ([]string, error) {
+	want := map[string]bool{}
+	for _, n := range names {
+		if _, ok := p.Model(n); !ok {
+			return nil, fmt.Errorf("model %q is not in the plan (models: %s)", n, strings.Join(p.UsedModels(), ", "))
+		}
+		want[n] = true
+	}
+	var out []string
+	for _, m := range p.Ladder {
+		if want[m] {
+			out = append(out, m)
+			delete(want, m)
+		}
+	}
+	for _, m := range p.Models { // models outside the ladder, in plan order
+		if want[m.Name] {
+			out = append(out, m.Name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no models to host")
+	}
+	return out, nil
+}
+
+// load opens one session of every hosted model per runner.
+func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error) {
+	lib := w.cfg.ONNXRuntimeLib
+	if lib == "" {
+		var err error
+		if lib, err = onnxrt.FindLibrary(os.Getenv); err != nil {
+			return nil, nil, err
+		}
+	}
+	rt, err := onnxrt.NewRuntime(lib)
+	if err != nil {
+		return nil, nil, err
+	}
+	sessions := make([][]*onnxrt.Session, w.cfg.Runners)
+	closeAll := func() {
+		for _, ss := range sessions {
+			for _, s := range ss {
+				_ = s.Close()
+			}
+		}
+		_ = rt.Close()
+	}
+	opts := onnxrt.SessionOptions{IntraOpThreads: w.cfg.Threads, Provider: w.cfg.Provider}
+	for _, h := range w.models {
+		data, err := w.readModel(p, h.name)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		for r := range sessions {
+			s, err := rt.Open(h.name, data, opts)
+			if err != nil {
+				closeAll()
+				return nil, nil, fmt.Errorf("load model %q: %w", h.name, err)
+			}
+			sessions[r] = append(sessions[r], s)
+			info := s.Info()
+			if info.ItemSize() != w.itemSize || info.NumClasses != w.classes {
+				closeAll()
+				return nil, nil, fmt.Errorf("load model %q: it takes %v items with %d classes; the plan's input is %v with %d classes",
+					h.name, info.ItemShape, info.NumClasses, p.Input.Shape, p.Input.Classes)
+			}
+		}
+	}
+	return rt, sessions, nil
+}
+
+// readModel returns a model's ONNX bytes: <ModelDir>/<Model.File>, or the
+// embedded MNIST ladder for pipeline mnist when ModelDir is unset.
+func (w *worker) readModel(p *plan.Plan, name string) ([]byte, error) {
+	m, _ := p.Model(name)
+	switch {
+	case w.cfg.ModelDir != "":
+		b, err := os.ReadFile(filepath.Join(w.cfg.ModelDir, filepath.FromSlash(m.File)))
+		if err != nil {
+			return nil, fmt.Errorf("read model %q: %w", name, err)
+		}
+		return b, nil
+	case w.cfg.Pipeline == "mnist":
+		b, err := mnist.Model(name)
+		if err != nil {
+			return nil, fmt.Errorf("read model %q: %w", name, err)
+		}
+		return b, nil
+	}
+	return nil, fmt.Errorf("read model %q: set CASCADE_MODEL_DIR (only pipeline mnist has embedded models)", name)
+}
