@@ -148,13 +148,16 @@ func (c *controller) start(ctx context.Context) error {
 			return err
 		}
 		st, rev := c.gears.Current()
+		d := c.policy.Initial()
 		if rev != 0 {
 			c.adopt(st)
-			if c.policy.Pinned() < 0 || c.state.Gear == c.policy.Pinned() {
+			if c.state.Gear >= 0 && (c.policy.Pinned() < 0 || c.state.Gear == c.policy.Pinned()) {
 				return nil
 			}
+			if c.state.Gear < 0 {
+				d.Reason = fmt.Sprintf("gear %q is not in the plan; %s", st.Gear, d.Reason)
+			}
 		}
-		d := c.policy.Initial()
 		err := c.write(ctx, d, 0, 0)
 		if errors.Is(err, ErrConflict) && attempt < maxCASAttempts {
 			continue

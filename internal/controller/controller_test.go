@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -622,5 +623,68 @@ func TestRunRejectsUnknownPinnedGear(t *testing.T) {
 		Deps{Registerer: prometheus.NewRegistry(), Conn: srv.Conn})
 	if !errors.Is(err, ErrUnknownGear) {
 		t.Fatalf("err %v, want ErrUnknownGear", err)
+	}
+}
+
+func TestRunAdoptsStoredGear(t *testing.T) {
+	tests := []struct {
+		name   string
+		stored string
+		// want is the gear after start; rewritten whether the controller
+		// had to write it.
+		want      string
+		rewritten bool
+		reason    string
+	}{
+		{name: "gear in force is kept", stored: "cheap", want: "cheap"},
+		{name: "unknown gear is replaced", stored: "turbo", want: "cheap", rewritten: true, reason: `gear "turbo" is not in the plan`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := natstest.Start(t)
+			file, p := fastPlanFile(t)
+			ctx := context.Background()
+			kv, err := srv.JS.CreateKeyValue(ctx, natsbus.KVConfig(p.Pipeline, natsbus.TopologyConfig{Storage: jetstream.MemoryStorage}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := json.Marshal(wire.GearState{Gear: tt.stored, Reason: "earlier controller", AtUnixNano: time.Now().UnixNano()})
+			rev, err := kv.Put(ctx, wire.KeyGear, b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Load that needs the cheap gear is already running.
+			startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 320)
+			c := startController(t, srv, testConfig(t, file, nil))
+			waitFor(t, "rate to be measured", func() (bool, string) {
+				v := metricValue(t, c.reg, "cascade_controller_intake_requests_per_second", nil)
+				return v > 200, fmt.Sprint(v)
+			})
+			waitTicks(t, c.reg, 5)
+			st, after, err := readGear(t, kv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Gear != tt.want || (after != rev) != tt.rewritten {
+				t.Errorf("gear %+v at revision %d (stored at %d), want %s rewritten=%v", st, after, rev, tt.want, tt.rewritten)
+			}
+			if tt.reason == "" {
+				return
+			}
+			hist, err := kv.History(ctx, wire.KeyGear)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var reasons []string
+			for _, e := range hist {
+				var st wire.GearState
+				if err := json.Unmarshal(e.Value(), &st); err == nil {
+					reasons = append(reasons, st.Reason)
+				}
+			}
+			if !slices.ContainsFunc(reasons, func(r string) bool { return strings.Contains(r, tt.reason) }) {
+				t.Errorf("no gear value with reason %q in %q", tt.reason, reasons)
+			}
+		})
 	}
 }
