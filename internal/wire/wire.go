@@ -124,8 +124,11 @@ func (t Tensor) AppendFloat32s(dst []float32, uint8Scale float32) ([]float32, er
 			return dst, fmt.Errorf("FP32 data has %d bytes, not a multiple of 4", len(t.Data))
 		}
 		n := len(t.Data) / 4
-		if nativeLittleEndian {
-			return append(dst, unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(t.Data))), n)...), nil
+		// Reinterpret in place only when the bytes are 4-aligned: a
+		// misaligned *float32 is undefined (and trips checkptr under -race)
+		// when Data is a sub-slice of a larger buffer.
+		if p := unsafe.Pointer(unsafe.SliceData(t.Data)); nativeLittleEndian && n > 0 && uintptr(p)%4 == 0 {
+			return append(dst, unsafe.Slice((*float32)(p), n)...), nil
 		}
 		for i := range n {
 			dst = append(dst, math.Float32frombits(binary.LittleEndian.Uint32(t.Data[4*i:])))
