@@ -293,3 +293,25 @@ func TestNewPolicyErrors(t *testing.T) {
 		t.Error("plan without gears accepted")
 	}
 }
+
+// BenchmarkPolicyDecide measures one decision on the test plan (the
+// controller makes 2-5 a second; this shows the policy is not the cost).
+//
+//	go test -run '^$' -bench PolicyDecide ./internal/controller
+func BenchmarkPolicyDecide(b *testing.B) {
+	p, err := plan.LoadFile("testdata/three-gears.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Unix(1_700_000_000, 0)
+	st := State{Gear: 2, Since: now.Add(-time.Minute)}
+	obs := Observation{Now: now, QPS: 250, Warm: true, Backlog: map[string]Backlog{"small": {Pending: 3, AckPending: 30}, "medium": {}, "large": {}}}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = pol.Decide(st, obs)
+	}
+}
