@@ -139,7 +139,8 @@ type Deps struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Conn       *nats.Conn
-	// Now is the clock; nil means time.Now.
+	// Now is the clock (AtUnixNano of gear writes, dwell times, stats receive
+	// times); nil means time.Now. It is called from two goroutines.
 	Now func() time.Time
 	// DefaultPlan returns the built-in plan of a pipeline, used when
 	// Config.Plan is empty. Nil means there is none and CASCADE_PLAN is

@@ -24,7 +24,10 @@ const maxCASAttempts = 3
 // Run serves cfg's pipeline until ctx ends: it loads the plan, applies the
 // topology, puts the plan into the control bucket, writes the initial gear
 // and then runs the decision loop at the plan's sample interval. It returns
-// nil on a clean shutdown and an error if the start fails.
+// nil on a clean shutdown (also when ctx ends during the start) and an
+// error if the start fails. After the start, NATS failures are logged and
+// counted (cascade_controller_errors_total) and the loop keeps going; a
+// stream, consumer or bucket that vanished is re-created.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if deps.Conn == nil {
 		return errors.New("controller: no NATS connection")
@@ -68,6 +71,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		latches: map[string]string{},
 	}
 	if err := c.ensure(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return fmt.Errorf("controller: %w", err)
 	}
 	sub, err := deps.Conn.Subscribe(wire.StatsWildcard(p.Pipeline), c.onStats)
@@ -76,6 +82,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	defer sub.Unsubscribe()
 	if err := c.start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("controller: %w", err)
 	}
 	c.log.Info("controller started", "gears", gearIDs(p.Gears), "pinned", cfg.Gear,
