@@ -1,5 +1,156 @@
 package cli
 
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+const simulateUsage = `simulate --plan FILE [--scale K] [--duration 10s] [--qps LOADS] [flags]
+
+Runs the plan's discrete-event simulator (the one the planner used) for every
+gear at the load it was planned for, or at the given loads with the gear the
+plan assigns to each. --scale K simulates K times the load on K times the
+runners of every model, to check how a plan scales out. Prints per gear the
+latency percentiles, throughput, utilisation and predicted accuracy.
+
+LOADS (unscaled requests/s) is a comma-separated list (100,500,900) or a
+range MIN:MAX:N of N evenly spaced loads.`
+
 func simulateCommand() command {
-	return command{name: "simulate", summary: "(not implemented yet)", run: notImplemented("simulate")}
+	return command{
+		name:    "simulate",
+		summary: "simulate a plan's gears at scale",
+		run:     runSimulate,
+	}
+}
+
+// maxSimRequests bounds one simulation (about a second of CPU).
+const maxSimRequests = 2_000_000
+
+func runSimulate(ctx context.Context, env Env, args []string) error {
+	fs := newFlagSet(env, "simulate", simulateUsage)
+	planFile := fs.String("plan", "", "plan file (required)")
+	scale := fs.Float64("scale", 1, "multiply load and runners by this factor")
+	duration := fs.Duration("duration", 10*time.Second, "simulated time per load (sets the number of requests)")
+	loads := fs.String("qps", "", "loads to simulate, unscaled: a list or MIN:MAX:N (default: every gear's max qps)")
+	seed := fs.Uint64("seed", 1, "simulation seed")
+	maxQueue := fs.Int("max-queue", 0, "stream bound per model (0: unbounded)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	var errs []error
+	if *planFile == "" {
+		errs = append(errs, errors.New("--plan is required"))
+	}
+	if !(*scale > 0) {
+		errs = append(errs, fmt.Errorf("--scale %v must be > 0", *scale))
+	}
+	if *duration <= 0 {
+		errs = append(errs, fmt.Errorf("--duration %v must be > 0", *duration))
+	}
+	qps, err := parseLoads(*loads)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if fs.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: simulate: %w", ErrUsage, err)
+	}
+	p, err := plan.LoadFile(*planFile)
+	if err != nil {
+		return fmt.Errorf("simulate: %w", err)
+	}
+	type run struct {
+		gear int
+		qps  float64
+	}
+	var runs []run
+	if len(qps) == 0 {
+		for i, g := range p.Gears {
+			runs = append(runs, run{i, g.MaxQPS})
+		}
+	} else {
+		for _, q := range qps {
+			runs = append(runs, run{p.GearFor(q), q})
+		}
+	}
+
+	fmt.Fprintf(env.Stdout, "plan %s: SLO p95 %gms, %d runners × %g, %v per load\n", *planFile, p.SLO.P95Ms, p.Capacity, *scale, *duration)
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "gear\tqps\trunners\tp50 ms\tp95 ms\tp99 ms\tthroughput/s\tutilisation %\tmean batch\tdropped\taccuracy %\tSLO")
+	start := time.Now()
+	for _, r := range runs {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("simulate: %w", err)
+		}
+		load := r.qps * *scale
+		requests := int(math.Min(math.Max(load*duration.Seconds(), 1000), maxSimRequests))
+		res, err := p.SimulateGear(r.gear, load, plan.GearSimOptions{Requests: requests, Seed: *seed, RunnerScale: *scale, MaxQueue: *maxQueue})
+		if err != nil {
+			return fmt.Errorf("simulate gear %s at %v qps: %w", p.Gears[r.gear].ID, load, err)
+		}
+		g := p.Gears[r.gear]
+		var runners, utils, batches []string
+		for _, s := range res.Stages {
+			runners = append(runners, strconv.Itoa(s.Runners))
+			utils = append(utils, fmt.Sprintf("%.0f", 100*s.Utilisation))
+			batches = append(batches, fmt.Sprintf("%.1f", s.MeanBatch))
+		}
+		verdict := "ok"
+		if res.P95Ms > p.SLO.P95Ms || res.Dropped > 0 {
+			verdict = "MISS"
+		}
+		fmt.Fprintf(tw, "%s\t%.6g\t%s\t%.3g\t%.3g\t%.3g\t%.6g\t%s\t%s\t%d\t%.2f\t%s\n",
+			g.ID, load, strings.Join(runners, "/"), res.P50Ms, res.P95Ms, res.P99Ms, res.ThroughputQPS,
+			strings.Join(utils, "/"), strings.Join(batches, "/"), res.Dropped, 100*g.Predicted.Accuracy, verdict)
+	}
+	tw.Flush()
+	fmt.Fprintf(env.Stderr, "simulated %d loads in %v\n", len(runs), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// parseLoads parses "a,b,c" or "MIN:MAX:N".
+func parseLoads(s string) ([]float64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if parts := strings.Split(s, ":"); len(parts) == 3 {
+		lo, err1 := strconv.ParseFloat(parts[0], 64)
+		hi, err2 := strconv.ParseFloat(parts[1], 64)
+		n, err3 := strconv.Atoi(parts[2])
+		if err1 != nil || err2 != nil || err3 != nil || !(lo > 0) || hi < lo || n < 1 || n > 10000 {
+			return nil, fmt.Errorf("--qps %q: want MIN:MAX:N with 0 < MIN <= MAX and 1 <= N <= 10000", s)
+		}
+		if n == 1 {
+			return []float64{hi}, nil
+		}
+		out := make([]float64, n)
+		for i := range out {
+			out[i] = lo + float64(i)*(hi-lo)/float64(n-1)
+		}
+		return out, nil
+	}
+	var out []float64
+	for _, part := range splitList(s) {
+		v, err := strconv.ParseFloat(part, 64)
+		if err != nil || !(v > 0) {
+			return nil, fmt.Errorf("--qps: %q is not a load > 0", part)
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }

@@ -149,8 +149,15 @@ type PlannerConfig struct {
 	// DelaysMs are the max delays searched (default 0 and 2%, 5%, 10%, 20%
 	// of the SLO).
 	DelaysMs []float64
-	// SimRequests is the number of requests per simulation (default 3000).
+	// SimRequests is the least number of requests per simulation (default
+	// 3000).
 	SimRequests int
+	// SimSeconds is the least simulated time per simulation (default 0.5 s;
+	// negative: none): at high loads a few thousand requests cover only
+	// milliseconds, too short for queues to settle, and the p95 comes out
+	// optimistic. Requests = max(SimRequests, QPS × SimSeconds), at most
+	// 50000.
+	SimSeconds float64
 	// Seed seeds every simulation (default 1).
 	Seed uint64
 	// MaxQueue bounds every stream in the simulations (0: unbounded); a
@@ -218,6 +225,9 @@ func (cfg *PlannerConfig) defaults() {
 	}
 	if cfg.SimRequests == 0 {
 		cfg.SimRequests = 3000
+	}
+	if cfg.SimSeconds == 0 {
+		cfg.SimSeconds = 0.5
 	}
 	if cfg.Seed == 0 {
 		cfg.Seed = 1
@@ -545,7 +555,7 @@ func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) Sim
 	c := pl.cands[cand]
 	sc := SimConfig{
 		QPS:             q,
-		Requests:        pl.cfg.SimRequests,
+		Requests:        pl.simRequests(q),
 		Seed:            pl.cfg.Seed,
 		HopOverheadMs:   pl.cfg.Profile.HopOverheadMs,
 		AnsweredBy:      c.AnsweredBy,
@@ -562,6 +572,18 @@ func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) Sim
 		})
 	}
 	return sc
+}
+
+// maxSimRequests bounds the requests of one planner simulation.
+const maxSimRequests = 50_000
+
+// simRequests is the number of requests simulated at load q.
+func (pl *planner) simRequests(q float64) int {
+	n := pl.cfg.SimRequests
+	if pl.cfg.SimSeconds > 0 {
+		n = max(n, min(int(q*pl.cfg.SimSeconds), maxSimRequests))
+	}
+	return n
 }
 
 // ok reports whether a simulation meets the SLO within the headroom.
@@ -821,6 +843,7 @@ func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *P
 		"batch_sizes":          cfg.BatchSizes,
 		"delays_ms":            cfg.DelaysMs,
 		"sim_requests":         cfg.SimRequests,
+		"sim_seconds":          cfg.SimSeconds,
 		"seed":                 cfg.Seed,
 		"load_min_qps":         edges[0],
 		"load_max_qps":         edges[len(edges)-1],

@@ -37,6 +37,7 @@ func smallPlannerConfig(t testing.TB) PlannerConfig {
 		Load:        LoadRange{MinQPS: 200, MaxQPS: 40000, Buckets: 12},
 		Search:      SearchOptions{GridPoints: 9},
 		SimRequests: 1000,
+		SimSeconds:  -1,
 		Now:         func() time.Time { return fixed },
 	}
 }
@@ -164,7 +165,7 @@ func checkPlanInvariants(t *testing.T, cfg PlannerConfig, res *PlanResult) {
 		}
 		// The plan's own simulation helper agrees the gear fits at its
 		// highest load.
-		if cfg.SimRequests == 3000 {
+		if cfg.SimRequests == 0 && cfg.SimSeconds == 0 { // the defaults PredictP95 uses
 			p95, err := p.PredictP95(i, g.MaxQPS)
 			if err != nil {
 				t.Fatal(err)
@@ -196,7 +197,7 @@ func TestPlanInvariants(t *testing.T) {
 		mutate func(c *PlannerConfig)
 	}{
 		{"default", func(c *PlannerConfig) {}},
-		{"full simulations", func(c *PlannerConfig) { c.SimRequests = 3000 }},
+		{"default simulations", func(c *PlannerConfig) { c.SimRequests, c.SimSeconds = 0, 0 }},
 		{"calibrated", func(c *PlannerConfig) { c.Calibrate = true }},
 		{"max prob", func(c *PlannerConfig) { c.Metric = MetricMaxProb; c.Search.GridSpacing = GridUniform }},
 		{"entropy, two stages", func(c *PlannerConfig) { c.Metric = MetricEntropy; c.Search.MaxStages = 2 }},

@@ -17,8 +17,8 @@ func (g Gear) RunnerCount(model string, capacity int) int {
 
 // GearSimOptions tune a simulation made from a plan's gear.
 type GearSimOptions struct {
-	// Requests per simulation (default 3000) and Seed (default 1), as in
-	// SimConfig.
+	// Requests per simulation (default DefaultSimRequests(qps)) and Seed
+	// (default 1), as in SimConfig.
 	Requests int
 	Seed     uint64
 	// RunnerScale multiplies every model's runner count (default 1):
@@ -47,6 +47,9 @@ func (p *Plan) GearSimConfig(i int, qps float64, opts GearSimOptions) (SimConfig
 	}
 	if opts.Seed == 0 {
 		opts.Seed = 1
+	}
+	if opts.Requests == 0 {
+		opts.Requests = DefaultSimRequests(qps)
 	}
 	sc := SimConfig{
 		QPS:            qps,
@@ -88,6 +91,13 @@ func (p *Plan) SimulateGear(i int, qps float64, opts GearSimOptions) (SimResult,
 		return SimResult{}, err
 	}
 	return Simulate(sc)
+}
+
+// DefaultSimRequests is the number of requests the planner simulates at a
+// load with its default settings: 3000, or half a second of arrivals, at
+// most 50000.
+func DefaultSimRequests(qps float64) int {
+	return max(3000, min(int(qps*0.5), maxSimRequests))
 }
 
 // PredictP95 returns the simulator's p95 latency in ms for gear i at the
