@@ -1,0 +1,328 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// CeilingConfig configures MeasureCeiling. Zero values take the defaults in
+// the field comments.
+type CeilingConfig struct {
+	// Batches are the fetch sizes tried, one run each (default 64 and 128,
+	// the max batches the pipeline's gears use); the best run is the
+	// ceiling.
+	Batches []int
+	// Fetchers is the number of goroutines that fetch and ack (default 2,
+	// the worker's default runner count). They share one connection, as the
+	// runners of one worker do; the publisher has its own, as ingress does.
+	Fetchers int
+	// Messages is how many messages each run publishes (default 20000).
+	Messages int
+	// Backlog bounds the messages published and not yet acked (default
+	// 4096), so the bounded work queue never rejects a publish.
+	Backlog int
+	// Payload is each message's body (default: PayloadLike(784), an
+	// encoded in-flight item of one MNIST image, about 3.2 KB).
+	Payload []byte
+	// FetchWait is the fetch's max wait for a batch to fill (default 5ms,
+	// the order of the gears' max delays).
+	FetchWait time.Duration
+}
+
+func (c CeilingConfig) withDefaults() CeilingConfig {
+	if len(c.Batches) == 0 {
+		c.Batches = []int{64, 128}
+	}
+	if c.Fetchers <= 0 {
+		c.Fetchers = 2
+	}
+	if c.Messages <= 0 {
+		c.Messages = 20000
+	}
+	if c.Backlog <= 0 {
+		c.Backlog = 4096
+	}
+	if c.Payload == nil {
+		c.Payload = PayloadLike(784)
+	}
+	if c.FetchWait <= 0 {
+		c.FetchWait = 5 * time.Millisecond
+	}
+	return c
+}
+
+// CeilingRun is one run of the ceiling measurement at one fetch size.
+type CeilingRun struct {
+	Batch    int `json:"batch"`
+	Fetchers int `json:"fetchers"`
+	// Messages were published; Received counts deliveries (duplicates
+	// included), Missing those never delivered and Duplicates those
+	// delivered more than once. A correct run has Received = Messages and
+	// no missing or duplicate message.
+	Messages   int `json:"messages"`
+	Received   int `json:"received"`
+	Missing    int `json:"missing"`
+	Duplicates int `json:"duplicates"`
+	// Fetches is the number of non-empty fetches; MeanBatch the mean
+	// messages per fetch.
+	Fetches   int     `json:"fetches"`
+	MeanBatch float64 `json:"mean_batch"`
+	// Seconds runs from the first publish to the last ack.
+	Seconds float64 `json:"seconds"`
+	// HopsPerSec is Messages / Seconds: item-hops (publish with PubAck,
+	// fetch, ack) per second.
+	HopsPerSec float64 `json:"hops_per_sec"`
+}
+
+// Ceiling is the raw JetStream ceiling: the best of the runs.
+type Ceiling struct {
+	PayloadBytes int          `json:"payload_bytes"`
+	Runs         []CeilingRun `json:"runs"`
+	Best         CeilingRun   `json:"best"`
+}
+
+// PayloadLike returns an encoded in-flight item (wire.Item) holding one
+// FP32 tensor of the given number of values, as ingress publishes it to a
+// model's work queue: the message size of the pipeline's hops.
+func PayloadLike(values int) []byte {
+	it := wire.Item{
+		V:                1,
+		ID:               "0123456789abcdefghijkl",
+		Pipeline:         "mnist",
+		Client:           "loadgen",
+		Input:            wire.FP32Tensor([]int64{int64(values)}, make([]float32, values)),
+		DeadlineUnixNano: time.Now().UnixNano(),
+		ReplyTo:          "_INBOX.0123456789abcdefghijkl.12345",
+		AdmittedGear:     "cheap",
+		AdmittedUnixNano: time.Now().UnixNano(),
+		EnqueuedUnixNano: time.Now().UnixNano(),
+	}
+	b, err := wire.NewCodec().EncodeItem(&it)
+	if err != nil {
+		// Encoding a well-formed item cannot fail.
+		panic(fmt.Sprintf("bench: encode payload: %v", err))
+	}
+	return b
+}
+
+// MeasureCeiling measures the publish→fetch→ack ceiling of the JetStream
+// server at url: for each fetch size, a work-queue stream configured
+// exactly as a model's work queue (natsbus.ModelStreamConfig: file storage,
+// DiscardNew, dedup window) and its durable pull consumer; one publisher
+// sends Messages items asynchronously with a Nats-Msg-Id each, as ingress
+// and workers do, and Fetchers goroutines Fetch(batch) and Ack every
+// message. The stream and consumer are deleted after each run.
+func MeasureCeiling(ctx context.Context, url string, cfg CeilingConfig) (Ceiling, error) {
+	cfg = cfg.withDefaults()
+	pub, err := nats.Connect(url, nats.Name("cascadeserve-bench-publisher"))
+	if err != nil {
+		return Ceiling{}, fmt.Errorf("ceiling: connect: %w", err)
+	}
+	defer pub.Close()
+	sub, err := nats.Connect(url, nats.Name("cascadeserve-bench-fetcher"))
+	if err != nil {
+		return Ceiling{}, fmt.Errorf("ceiling: connect: %w", err)
+	}
+	defer sub.Close()
+	out := Ceiling{PayloadBytes: len(cfg.Payload)}
+	for i, b := range cfg.Batches {
+		if b < 1 {
+			return Ceiling{}, fmt.Errorf("ceiling: batch size %d < 1", b)
+		}
+		run, err := ceilingRun(ctx, pub, sub, cfg, fmt.Sprintf("ceiling%d_%d", i, b), b)
+		if err != nil {
+			return Ceiling{}, fmt.Errorf("ceiling: batch %d: %w", b, err)
+		}
+		out.Runs = append(out.Runs, run)
+		if run.HopsPerSec > out.Best.HopsPerSec {
+			out.Best = run
+		}
+	}
+	return out, nil
+}
+
+// ceilingPipeline names the ceiling's streams (CASCADE_BENCH_CEILING…):
+// run the measurement on a server of its own, not one serving a pipeline
+// called "bench".
+const ceilingPipeline = "bench"
+
+// stallTimeout fails a run that makes no progress for this long.
+const stallTimeout = 15 * time.Second
+
+func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingConfig, model string, batch int) (CeilingRun, error) {
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, cfg.Fetchers+2)
+	fail := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+		cancel()
+	}
+	pjs, err := jetstream.New(pubConn,
+		jetstream.WithPublishAsyncMaxPending(cfg.Backlog),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			fail(fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err))
+		}))
+	if err != nil {
+		return CeilingRun{}, err
+	}
+	sjs, err := jetstream.New(subConn)
+	if err != nil {
+		return CeilingRun{}, err
+	}
+	topo := natsbus.TopologyConfig{MaxAckPending: max(4096, 2*batch*cfg.Fetchers)}
+	scfg := natsbus.ModelStreamConfig(ceilingPipeline, model, topo)
+	stream, err := pjs.CreateOrUpdateStream(ctx, scfg)
+	if err != nil {
+		return CeilingRun{}, fmt.Errorf("create stream: %w", err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_ = pjs.DeleteStream(dctx, scfg.Name)
+	}()
+	if _, err := stream.CreateOrUpdateConsumer(ctx, natsbus.ModelConsumerConfig(model, topo)); err != nil {
+		return CeilingRun{}, fmt.Errorf("create consumer: %w", err)
+	}
+	cons, err := sjs.Consumer(ctx, scfg.Name, wire.ModelConsumer(model))
+	if err != nil {
+		return CeilingRun{}, fmt.Errorf("bind consumer: %w", err)
+	}
+
+	n := cfg.Messages
+	seen := make([]atomic.Int32, n)
+	var (
+		received atomic.Int64
+		fetches  atomic.Int64
+		lastAck  atomic.Int64 // unix nanos of the latest ack
+	)
+	// tokens bounds the backlog: the publisher takes one per message, a
+	// fetcher returns one per ack.
+	tokens := make(chan struct{}, cfg.Backlog)
+	done := make(chan struct{})
+	var doneOnce sync.Once
+	var wg sync.WaitGroup
+	subject := wire.ModelSubject(ceilingPipeline, model)
+
+	start := time.Now()
+	for range cfg.Fetchers {
+		wg.Go(func() {
+			for runCtx.Err() == nil {
+				mb, err := cons.Fetch(batch, jetstream.FetchMaxWait(cfg.FetchWait))
+				if err != nil {
+					fail(fmt.Errorf("fetch: %w", err))
+					return
+				}
+				got := 0
+				for m := range mb.Messages() {
+					got++
+					i, err := strconv.Atoi(m.Headers().Get(jetstream.MsgIDHeader))
+					if err != nil || i < 0 || i >= n {
+						fail(fmt.Errorf("message with id %q", m.Headers().Get(jetstream.MsgIDHeader)))
+						return
+					}
+					seen[i].Add(1)
+					if err := m.Ack(); err != nil {
+						fail(fmt.Errorf("ack: %w", err))
+						return
+					}
+					<-tokens
+					lastAck.Store(time.Now().UnixNano())
+					if received.Add(1) == int64(n) {
+						doneOnce.Do(func() { close(done) })
+					}
+				}
+				if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+					fail(fmt.Errorf("fetch: %w", err))
+					return
+				}
+				if got > 0 {
+					fetches.Add(1)
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		// PubAcks are awaited as they come back; the async window and the
+		// backlog tokens keep the publisher from running away.
+		for i := range n {
+			select {
+			case tokens <- struct{}{}:
+			case <-runCtx.Done():
+				return
+			}
+			m := &nats.Msg{Subject: subject, Data: cfg.Payload, Header: nats.Header{jetstream.MsgIDHeader: []string{strconv.Itoa(i)}}}
+			if _, err := pjs.PublishMsgAsync(m); err != nil {
+				fail(fmt.Errorf("publish %d: %w", i, err))
+				return
+			}
+		}
+	})
+
+	// Wait for the last ack; a run that stops making progress fails.
+	watch := time.NewTicker(time.Second)
+	defer watch.Stop()
+	progress, progressAt := int64(-1), time.Now()
+wait:
+	for {
+		select {
+		case <-done:
+			break wait
+		case <-runCtx.Done():
+			break wait
+		case now := <-watch.C:
+			if r := received.Load(); r != progress {
+				progress, progressAt = r, now
+			} else if now.Sub(progressAt) > stallTimeout {
+				fail(fmt.Errorf("stalled at %d of %d messages", r, n))
+			}
+		}
+	}
+	end := time.Unix(0, lastAck.Load())
+	cancel()
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return CeilingRun{}, err
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return CeilingRun{}, err
+	}
+	// Acks are asynchronous: a flush makes sure the server has them before
+	// the stream is deleted (and before the next run competes with them).
+	if err := subConn.Flush(); err != nil {
+		return CeilingRun{}, fmt.Errorf("flush acks: %w", err)
+	}
+
+	run := CeilingRun{Batch: batch, Fetchers: cfg.Fetchers, Messages: n, Received: int(received.Load()), Fetches: int(fetches.Load())}
+	for i := range seen {
+		switch c := seen[i].Load(); {
+		case c == 0:
+			run.Missing++
+		case c > 1:
+			run.Duplicates++
+		}
+	}
+	if run.Fetches > 0 {
+		run.MeanBatch = float64(run.Received) / float64(run.Fetches)
+	}
+	run.Seconds = end.Sub(start).Seconds()
+	if run.Seconds > 0 {
+		run.HopsPerSec = float64(n) / run.Seconds
+	}
+	return run, nil
+}
