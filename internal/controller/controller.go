@@ -355,6 +355,9 @@ func (c *controller) noteMissing(err error) {
 // fail counts a failed operation and logs it once until it recovers or the
 // error changes, so a lasting outage does not log at every tick.
 func (c *controller) fail(op string, err error) {
+	if errors.Is(err, context.Canceled) {
+		return // shutting down
+	}
 	c.m.errors.WithLabelValues(op).Inc()
 	if msg := err.Error(); c.latches[op] != msg {
 		c.latches[op] = msg

@@ -78,8 +78,9 @@ func startController(t *testing.T, srv *natstest.Server, cfg Config) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	nc := srv.Connect(t) // closed by a cleanup that runs after stop's
 	go func() {
-		done <- Run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: srv.Connect(t)})
+		done <- Run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc})
 	}()
 	var once sync.Once
 	var runErr error
@@ -687,4 +688,28 @@ func TestRunAdoptsStoredGear(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRunRecreatesVanishedTopology: memory streams vanish when the server
+// restarts; the controller notices at its next consumer poll and applies
+// the topology and the plan again.
+func TestRunRecreatesVanishedTopology(t *testing.T) {
+	srv := natstest.Start(t)
+	file, p := fastPlanFile(t)
+	startController(t, srv, testConfig(t, file, nil))
+	kv := controlBucket(t, srv, p.Pipeline)
+	waitGear(t, kv, "accurate")
+	ctx := context.Background()
+	name := wire.ModelStream(p.Pipeline, "small")
+	if err := srv.JS.DeleteStream(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "stream re-created", func() (bool, string) {
+		s, err := srv.JS.Stream(ctx, name)
+		if err != nil {
+			return false, err.Error()
+		}
+		_, err = s.Consumer(ctx, wire.ModelConsumer("small"))
+		return err == nil, fmt.Sprint(err)
+	})
 }
