@@ -1,0 +1,394 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// ModelSource returns the ONNX bytes of a model by name.
+type ModelSource func(name string) ([]byte, error)
+
+// ModelRunConfig configures ModelThroughput.
+type ModelRunConfig struct {
+	// Model names the model; ONNX is its file's bytes.
+	Model string
+	ONNX  []byte
+	// Items are run in order, cycling, Batch at a time.
+	Items *dataset.Set
+	Batch int
+	// Sessions is the number of goroutines, each with its own session (as
+	// the worker's runners); default 2. Threads is each session's intra-op
+	// thread count (default 1).
+	Sessions int
+	Threads  int
+	// Duration is how long to run (at least one batch per session).
+	Duration time.Duration
+}
+
+// ModelRun is the in-process throughput of one model.
+type ModelRun struct {
+	Model       string  `json:"model"`
+	Batch       int     `json:"batch"`
+	Sessions    int     `json:"sessions"`
+	Items       int     `json:"items"`
+	Seconds     float64 `json:"seconds"`
+	ItemsPerSec float64 `json:"items_per_sec"`
+}
+
+// ModelThroughput runs one model with ONNX Runtime in this process, with no
+// bus, at a fixed batch size on Sessions goroutines, and reports items per
+// second: the compute-only upper bound of a stage.
+func ModelThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg ModelRunConfig) (ModelRun, error) {
+	if cfg.Sessions <= 0 {
+		cfg.Sessions = 2
+	}
+	if cfg.Threads <= 0 {
+		cfg.Threads = 1
+	}
+	if cfg.Items == nil || cfg.Items.Len() == 0 {
+		return ModelRun{}, errors.New("model throughput: no items")
+	}
+	if cfg.Batch < 1 || cfg.Batch > cfg.Items.Len() {
+		return ModelRun{}, fmt.Errorf("model throughput: batch %d outside [1, %d items]", cfg.Batch, cfg.Items.Len())
+	}
+	sessions, closeAll, err := openSessions(rt, cfg.Sessions, []string{cfg.Model}, func(string) ([]byte, error) { return cfg.ONNX, nil }, cfg.Threads)
+	if err != nil {
+		return ModelRun{}, err
+	}
+	defer closeAll()
+	size := cfg.Items.ItemSize()
+	nClasses := sessions[0][0].Info().NumClasses
+	counts := make([]int, cfg.Sessions)
+	elapsed, err := runTimed(ctx, cfg.Sessions, func(g int, start time.Time) error {
+		s := sessions[g][0]
+		out := make([]float32, cfg.Batch*nClasses)
+		// Start each goroutine at a different place in the set.
+		at := g * cfg.Items.Len() / cfg.Sessions
+		for first := true; first || time.Since(start) < cfg.Duration; first = false {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if at+cfg.Batch > cfg.Items.Len() {
+				at = 0
+			}
+			if _, err := s.Run(cfg.Items.Data[at*size:(at+cfg.Batch)*size], cfg.Batch, out); err != nil {
+				return err
+			}
+			counts[g] += cfg.Batch
+			at += cfg.Batch
+		}
+		return nil
+	}, func(g int) error {
+		// Warm up: the first run of a batch size allocates its tensors.
+		out := make([]float32, cfg.Batch*nClasses)
+		_, err := sessions[g][0].Run(cfg.Items.Data[:cfg.Batch*size], cfg.Batch, out)
+		return err
+	})
+	if err != nil {
+		return ModelRun{}, fmt.Errorf("model throughput %s: %w", cfg.Model, err)
+	}
+	r := ModelRun{Model: cfg.Model, Batch: cfg.Batch, Sessions: cfg.Sessions, Seconds: elapsed.Seconds()}
+	for _, c := range counts {
+		r.Items += c
+	}
+	if r.Seconds > 0 {
+		r.ItemsPerSec = float64(r.Items) / r.Seconds
+	}
+	return r, nil
+}
+
+// CascadeRunConfig configures CascadeThroughput.
+type CascadeRunConfig struct {
+	// Plan and Gear (an index into Plan.Gears) give the cascade, its
+	// thresholds, the models' temperatures, the confidence metric and the
+	// batch sizes.
+	Plan *plan.Plan
+	Gear int
+	// Models reads the models' bytes.
+	Models ModelSource
+	// Items are the requests; Items.Labels score the answers.
+	Items *dataset.Set
+	// Sessions is the number of goroutines, each with its own session of
+	// every model of the cascade (default 2); Threads as in ModelRunConfig.
+	Sessions int
+	Threads  int
+	// Duration: the goroutines repeat passes over their share of the items
+	// until it has passed. Zero runs exactly one pass.
+	Duration time.Duration
+}
+
+// CascadeRun is the in-process throughput of one gear's cascade.
+type CascadeRun struct {
+	Gear     string `json:"gear"`
+	Cascade  string `json:"cascade"`
+	Sessions int    `json:"sessions"`
+	// Passes over the items were made; Items requests were answered in all.
+	Passes int `json:"passes"`
+	Items  int `json:"items"`
+	// Reached[j] counts the requests stage j ran; AnsweredBy[j] those it
+	// answered; Correct those answered with their label.
+	Reached    []int   `json:"reached"`
+	AnsweredBy []int   `json:"answered_by"`
+	Correct    int     `json:"correct"`
+	Accuracy   float64 `json:"accuracy"`
+	// MeanBatch[j] is the mean batch size stage j ran.
+	MeanBatch   []float64 `json:"mean_batch"`
+	Seconds     float64   `json:"seconds"`
+	ItemsPerSec float64   `json:"items_per_sec"`
+}
+
+// CascadeThroughput serves the items through a gear's cascade in this
+// process, with no bus: every goroutine runs stage 0 on full batches of its
+// share of the items, decides each item with plan.Calibrate,
+// plan.Confidence and plan.Answers exactly as workers do, queues the
+// uncertain ones for the next stage and runs a stage whenever a full batch
+// of it is waiting (the rest at the end of each pass). It reports requests
+// per second: the compute-only upper bound of the gear.
+func CascadeThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg CascadeRunConfig) (CascadeRun, error) {
+	if cfg.Sessions <= 0 {
+		cfg.Sessions = 2
+	}
+	if cfg.Threads <= 0 {
+		cfg.Threads = 1
+	}
+	if cfg.Plan == nil || cfg.Gear < 0 || cfg.Gear >= len(cfg.Plan.Gears) {
+		return CascadeRun{}, errors.New("cascade throughput: no such gear")
+	}
+	if cfg.Items == nil || cfg.Items.Len() < cfg.Sessions {
+		return CascadeRun{}, errors.New("cascade throughput: fewer items than sessions")
+	}
+	g := cfg.Plan.Gears[cfg.Gear]
+	k := len(g.Cascade)
+	models := make([]string, k)
+	batches := make([]int, k)
+	temps := make([]float64, k)
+	for j, s := range g.Cascade {
+		models[j] = s.Model
+		batches[j] = g.Batching.MaxBatch
+		if s.MaxBatch > 0 {
+			batches[j] = s.MaxBatch
+		}
+		m, ok := cfg.Plan.Model(s.Model)
+		if !ok {
+			return CascadeRun{}, fmt.Errorf("cascade throughput: gear %q uses unknown model %q", g.ID, s.Model)
+		}
+		temps[j] = m.Temperature
+	}
+	sessions, closeAll, err := openSessions(rt, cfg.Sessions, models, cfg.Models, cfg.Threads)
+	if err != nil {
+		return CascadeRun{}, err
+	}
+	defer closeAll()
+
+	type tally struct {
+		passes, items, correct int
+		reached, answered      []int
+		batches                []int
+	}
+	tallies := make([]tally, cfg.Sessions)
+	n := cfg.Items.Len()
+	size := cfg.Items.ItemSize()
+	metric := cfg.Plan.Confidence
+	elapsed, err := runTimed(ctx, cfg.Sessions, func(w int, start time.Time) error {
+		t := &tallies[w]
+		t.reached, t.answered, t.batches = make([]int, k), make([]int, k), make([]int, k)
+		from, to := w*n/cfg.Sessions, (w+1)*n/cfg.Sessions
+		maxB := 0
+		for _, b := range batches {
+			maxB = max(maxB, b)
+		}
+		in := make([]float32, maxB*size)
+		out := make([]float32, maxB*sessions[w][0].Info().NumClasses)
+		pending := make([][]int, k)
+		// run runs stage j on items and routes each to an answer or to
+		// the next stage's queue.
+		run := func(j int, items []int) error {
+			for i, item := range items {
+				copy(in[i*size:(i+1)*size], cfg.Items.Item(item))
+			}
+			probs, err := sessions[w][j].Run(in[:len(items)*size], len(items), out)
+			if err != nil {
+				return err
+			}
+			t.reached[j] += len(items)
+			t.batches[j]++
+			c := len(probs) / len(items)
+			for i, item := range items {
+				row := probs[i*c : (i+1)*c]
+				plan.Calibrate(row, temps[j])
+				conf, label := plan.Confidence(metric, row)
+				if plan.Answers(conf, g.Cascade[j].Threshold, j == k-1) {
+					t.answered[j]++
+					t.items++
+					if int32(label) == cfg.Items.Labels[item] {
+						t.correct++
+					}
+					continue
+				}
+				pending[j+1] = append(pending[j+1], item)
+			}
+			return nil
+		}
+		// drain runs every later stage with a full batch waiting, or with
+		// anything waiting when all is set.
+		drain := func(all bool) error {
+			for j := 1; j < k; j++ {
+				for len(pending[j]) >= batches[j] || (all && len(pending[j]) > 0) {
+					m := min(batches[j], len(pending[j]))
+					if err := run(j, pending[j][:m]); err != nil {
+						return err
+					}
+					pending[j] = append(pending[j][:0], pending[j][m:]...)
+				}
+			}
+			return nil
+		}
+		items := make([]int, 0, batches[0])
+		for first := true; first || time.Since(start) < cfg.Duration; first = false {
+			for at := from; at < to; at += batches[0] {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				items = items[:0]
+				for i := at; i < min(at+batches[0], to); i++ {
+					items = append(items, i)
+				}
+				if err := run(0, items); err != nil {
+					return err
+				}
+				if err := drain(false); err != nil {
+					return err
+				}
+			}
+			if err := drain(true); err != nil {
+				return err
+			}
+			t.passes++
+		}
+		return nil
+	}, func(w int) error {
+		// Warm up every session at its batch size.
+		for j, s := range sessions[w] {
+			b := min(batches[j], n)
+			if _, err := s.Run(cfg.Items.Data[:b*size], b, make([]float32, b*s.Info().NumClasses)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return CascadeRun{}, fmt.Errorf("cascade throughput of gear %q: %w", g.ID, err)
+	}
+	r := CascadeRun{
+		Gear: g.ID, Cascade: plan.CascadeString(g.Cascade), Sessions: cfg.Sessions,
+		Reached: make([]int, k), AnsweredBy: make([]int, k), MeanBatch: make([]float64, k),
+		Seconds: elapsed.Seconds(), Passes: tallies[0].passes,
+	}
+	nb := make([]int, k)
+	for _, t := range tallies {
+		r.Items += t.items
+		r.Correct += t.correct
+		r.Passes = min(r.Passes, t.passes)
+		for j := range k {
+			r.Reached[j] += t.reached[j]
+			r.AnsweredBy[j] += t.answered[j]
+			nb[j] += t.batches[j]
+		}
+	}
+	for j := range k {
+		if nb[j] > 0 {
+			r.MeanBatch[j] = float64(r.Reached[j]) / float64(nb[j])
+		}
+	}
+	if r.Items > 0 {
+		r.Accuracy = float64(r.Correct) / float64(r.Items)
+	}
+	if r.Seconds > 0 {
+		r.ItemsPerSec = float64(r.Items) / r.Seconds
+	}
+	return r, nil
+}
+
+// openSessions opens, for each of n goroutines, one session of every model.
+// closeAll closes them all.
+func openSessions(rt *onnxrt.Runtime, n int, models []string, src ModelSource, threads int) (sessions [][]*onnxrt.Session, closeAll func(), err error) {
+	closeAll = func() {
+		for _, ss := range sessions {
+			for _, s := range ss {
+				s.Close()
+			}
+		}
+	}
+	bytes := make([][]byte, len(models))
+	for j, m := range models {
+		if bytes[j], err = src(m); err != nil {
+			return nil, nil, fmt.Errorf("read model %q: %w", m, err)
+		}
+	}
+	for range n {
+		ss := make([]*onnxrt.Session, 0, len(models))
+		for j, m := range models {
+			s, err := rt.Open(m, bytes[j], onnxrt.SessionOptions{IntraOpThreads: threads})
+			if err != nil {
+				sessions = append(sessions, ss)
+				closeAll()
+				return nil, nil, err
+			}
+			ss = append(ss, s)
+		}
+		sessions = append(sessions, ss)
+	}
+	return sessions, closeAll, nil
+}
+
+// runTimed runs warm(g) on n goroutines, then, once all are warm, work(g,
+// start) on all of them from a common start, and returns the time from
+// start to the end of the last. The first error wins.
+func runTimed(ctx context.Context, n int, work func(g int, start time.Time) error, warm func(g int) error) (time.Duration, error) {
+	var (
+		wg, ready sync.WaitGroup
+		mu        sync.Mutex
+		first     error
+	)
+	record := func(err error) {
+		mu.Lock()
+		if first == nil {
+			first = err
+		}
+		mu.Unlock()
+	}
+	startCh := make(chan time.Time)
+	ready.Add(n)
+	for g := range n {
+		wg.Go(func() {
+			err := warm(g)
+			ready.Done()
+			start := <-startCh
+			if err != nil {
+				record(err)
+				return
+			}
+			if err := work(g, start); err != nil {
+				record(err)
+			}
+		})
+	}
+	ready.Wait()
+	start := time.Now()
+	for range n {
+		startCh <- start
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if first == nil {
+		first = ctx.Err()
+	}
+	return elapsed, first
+}
