@@ -1,0 +1,177 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/loadgen"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// LoadConfig configures a load run against a live pipeline.
+type LoadConfig struct {
+	// Pipeline to send to.
+	Pipeline string
+	// Items are sent in order, cycling; their labels score the answers.
+	Items *dataset.Set
+	// Concurrency > 0 runs a closed loop with this many requests in flight;
+	// otherwise QPS > 0 runs open-loop Poisson arrivals at that rate.
+	Concurrency int
+	QPS         float64
+	// Warmup is a first phase whose results are discarded entirely (not
+	// counted in throughput, latency or accuracy). Duration is the measured
+	// phase. MaxRequests, if > 0, ends the measured phase after that many
+	// requests (with Duration 0: exactly that many).
+	Warmup      time.Duration
+	Duration    time.Duration
+	MaxRequests int
+	// Timeout is each request's deadline (default 30s, far above any
+	// latency of a healthy run, so no answer is degraded by it).
+	Timeout time.Duration
+	// Seed makes Poisson arrivals reproducible (default 1).
+	Seed uint64
+	// Stages, when set, maps a model to its stage index (from 0) in the
+	// gear served, so the report can count JetStream hops per request.
+	Stages map[string]int
+}
+
+// LoadRun is what a load run measured.
+type LoadRun struct {
+	Concurrency int     `json:"concurrency,omitempty"`
+	OfferedQPS  float64 `json:"offered_qps,omitempty"`
+	Seconds     float64 `json:"seconds"`
+	Sent        int     `json:"sent"`
+	Answered    int     `json:"answered"`
+	// Errors counts error results by code; Lost counts requests with no
+	// result at all (there should be none: every accepted request ends with
+	// exactly one result).
+	Errors   map[string]int `json:"errors"`
+	Lost     int            `json:"lost"`
+	Degraded int            `json:"degraded"`
+	// Throughput is answered requests per second of the measured phase.
+	Throughput float64 `json:"throughput"`
+	P50Ms      float64 `json:"p50_ms"`
+	P95Ms      float64 `json:"p95_ms"`
+	P99Ms      float64 `json:"p99_ms"`
+	Correct    int     `json:"correct"`
+	Accuracy   float64 `json:"accuracy"`
+	// ByGear counts answers by the gear that made them; AnsweredBy by model.
+	ByGear     map[string]int `json:"by_gear"`
+	AnsweredBy map[string]int `json:"answered_by"`
+	// StagesPerRequest is the mean number of stages an answer went through
+	// (each one JetStream hop), when LoadConfig.Stages is set.
+	StagesPerRequest float64 `json:"stages_per_request,omitempty"`
+}
+
+// ErrorCount sums the error results.
+func (r LoadRun) ErrorCount() int {
+	n := 0
+	for _, c := range r.Errors {
+		n += c
+	}
+	return n
+}
+
+// Load sends load to the pipeline over nc with the load generator: a
+// warm-up phase (discarded), then the measured phase.
+func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.Seed == 0 {
+		cfg.Seed = 1
+	}
+	lc := loadgen.Config{
+		Pipeline:    cfg.Pipeline,
+		Items:       cfg.Items,
+		Concurrency: cfg.Concurrency,
+		Timeout:     cfg.Timeout,
+		Seed:        cfg.Seed,
+		Client:      "bench",
+	}
+	if cfg.Concurrency <= 0 {
+		if !(cfg.QPS > 0) {
+			return LoadRun{}, fmt.Errorf("load: need a concurrency or a rate")
+		}
+		lc.Schedule = loadgen.Constant(cfg.QPS)
+	}
+	if cfg.Warmup > 0 {
+		w := lc
+		w.Duration = cfg.Warmup
+		w.Seed = cfg.Seed + 1000
+		if _, err := loadgen.Run(ctx, nc, w); err != nil {
+			return LoadRun{}, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	lc.Duration, lc.MaxRequests = cfg.Duration, cfg.MaxRequests
+	rep, err := loadgen.Run(ctx, nc, lc)
+	if err != nil {
+		return LoadRun{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return LoadRun{}, err
+	}
+	run := LoadRun{
+		Concurrency: cfg.Concurrency,
+		Seconds:     rep.Duration.Seconds(),
+		Sent:        rep.Sent,
+		Answered:    rep.Answered,
+		Lost:        rep.Lost,
+		Throughput:  rep.Throughput(),
+		P50Ms:       ms(rep.Percentile(0.50)),
+		P95Ms:       ms(rep.Percentile(0.95)),
+		P99Ms:       ms(rep.Percentile(0.99)),
+		Accuracy:    rep.Accuracy(),
+		ByGear:      rep.ByGear(),
+		Errors:      map[string]int{},
+		AnsweredBy:  map[string]int{},
+	}
+	if cfg.Concurrency <= 0 {
+		run.OfferedQPS = cfg.QPS
+	}
+	for code, n := range rep.ErrorCounts() {
+		run.Errors[string(code)] = n
+	}
+	stages := 0
+	for _, o := range rep.Outcomes {
+		if o.Code != "" {
+			continue
+		}
+		run.AnsweredBy[o.AnsweredBy]++
+		if o.Correct {
+			run.Correct++
+		}
+		if o.Degraded {
+			run.Degraded++
+		}
+		if cfg.Stages != nil {
+			stages += cfg.Stages[o.AnsweredBy] + 1
+		}
+	}
+	if cfg.Stages != nil && run.Answered > 0 {
+		run.StagesPerRequest = float64(stages) / float64(run.Answered)
+	}
+	return run, nil
+}
+
+// StageIndex maps every model of a gear's cascade to its stage index.
+func StageIndex(g plan.Gear) map[string]int {
+	m := make(map[string]int, len(g.Cascade))
+	for j, s := range g.Cascade {
+		m[s.Model] = j
+	}
+	return m
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// sortedKeys returns a map's keys in order, for stable output.
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}

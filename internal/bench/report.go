@@ -1,0 +1,272 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Environment records where a report was measured.
+type Environment struct {
+	Started     time.Time `json:"started"`
+	GoVersion   string    `json:"go_version"`
+	OS          string    `json:"os"`
+	Arch        string    `json:"arch"`
+	CPUs        int       `json:"cpus"`
+	ORTVersion  string    `json:"onnxruntime_version,omitempty"`
+	Pipeline    string    `json:"pipeline"`
+	PlanFile    string    `json:"plan_file"`
+	Runners     int       `json:"runners"`
+	Description string    `json:"description,omitempty"`
+}
+
+// GearRun is the saturated pipeline run of one gear.
+type GearRun struct {
+	Gear    string  `json:"gear"`
+	Cascade string  `json:"cascade"`
+	Load    LoadRun `json:"load"`
+}
+
+// Ratio relates a gear's pipeline throughput to its baselines.
+type Ratio struct {
+	Gear string `json:"gear"`
+	// PipelineQPS is the saturated pipeline's requests/s; CascadeQPS the
+	// in-process cascade's; CeilingHops the raw JetStream item-hops/s.
+	PipelineQPS float64 `json:"pipeline_qps"`
+	CascadeQPS  float64 `json:"cascade_qps,omitempty"`
+	CeilingHops float64 `json:"ceiling_hops_per_sec,omitempty"`
+	// OverCascade is PipelineQPS/CascadeQPS; OverCeiling is
+	// PipelineQPS/CeilingHops; HopsOverCeiling counts every JetStream hop
+	// a request makes (one per stage it reaches).
+	OverCascade     float64 `json:"pipeline_over_cascade,omitempty"`
+	OverCeiling     float64 `json:"pipeline_over_ceiling,omitempty"`
+	HopsOverCeiling float64 `json:"hops_over_ceiling,omitempty"`
+}
+
+// Report is everything Run measured.
+type Report struct {
+	Environment Environment  `json:"environment"`
+	Ceiling     *Ceiling     `json:"ceiling,omitempty"`
+	Models      []ModelRun   `json:"models,omitempty"`
+	Cascades    []CascadeRun `json:"cascades,omitempty"`
+	Pipelines   []GearRun    `json:"pipelines,omitempty"`
+	Ratios      []Ratio      `json:"ratios,omitempty"`
+	// Settings echo what the run used.
+	Settings RunSettings `json:"settings"`
+}
+
+// RunSettings are the effective settings of a run.
+type RunSettings struct {
+	ComputeSeconds  float64 `json:"compute_seconds"`
+	WarmupSeconds   float64 `json:"warmup_seconds"`
+	DurationSeconds float64 `json:"duration_seconds"`
+	Concurrency     int     `json:"concurrency,omitempty"`
+}
+
+// PlanCheck is the result of CheckPlan: the plan's predictions for one gear
+// next to what the live pipeline did.
+type PlanCheck struct {
+	Environment Environment `json:"environment"`
+	Gear        string      `json:"gear"`
+	Cascade     string      `json:"cascade"`
+	// Capacity is the rate (requests/s) the latency fractions refer to.
+	Capacity float64        `json:"capacity_qps"`
+	Accuracy AccuracyCheck  `json:"accuracy"`
+	Latency  []LatencyCheck `json:"latency"`
+}
+
+// Pass reports whether every check met its target.
+func (c *PlanCheck) Pass() bool {
+	if !c.Accuracy.Pass {
+		return false
+	}
+	for _, l := range c.Latency {
+		if !l.Pass {
+			return false
+		}
+	}
+	return true
+}
+
+// AccuracyCheck compares the gear's predicted accuracy with the accuracy
+// served.
+type AccuracyCheck struct {
+	// Predicted is the plan's accuracy for the gear (made on validation
+	// data); Measured the live pipeline's over Items requests; Diff is
+	// Measured − Predicted; Pass: every item answered and |Diff| ≤
+	// Tolerance.
+	Predicted float64 `json:"predicted"`
+	Measured  float64 `json:"measured"`
+	Diff      float64 `json:"diff"`
+	Tolerance float64 `json:"tolerance"`
+	Pass      bool    `json:"pass"`
+	Items     int     `json:"items"`
+	// ValidationReplay and TestReplay are the cascade's exact accuracy on
+	// the replays, when available.
+	ValidationReplay *float64 `json:"validation_replay,omitempty"`
+	TestReplay       *float64 `json:"test_replay,omitempty"`
+	Run              LoadRun  `json:"run"`
+}
+
+// LatencyCheck compares the simulator's p95 with the measured p95 at one
+// rate.
+type LatencyCheck struct {
+	Fraction       float64 `json:"fraction"`
+	QPS            float64 `json:"qps"`
+	PredictedP95Ms float64 `json:"predicted_p95_ms"`
+	MeasuredP95Ms  float64 `json:"measured_p95_ms"`
+	// RelErr is (measured − predicted) / predicted; Pass: no errors or
+	// lost requests and |RelErr| ≤ Tolerance.
+	RelErr    float64 `json:"rel_err"`
+	Tolerance float64 `json:"tolerance"`
+	Pass      bool    `json:"pass"`
+	Run       LoadRun `json:"run"`
+}
+
+// WriteTable prints the report as tables.
+func (r *Report) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	writeEnvironment(&b, r.Environment)
+	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+	if c := r.Ceiling; c != nil {
+		fmt.Fprintf(&b, "\nRaw JetStream ceiling: publish (async, Nats-Msg-Id) → Fetch(batch) → Ack, file-backed work queue, %d-byte items, %d fetchers\n",
+			c.PayloadBytes, c.Best.Fetchers)
+		fmt.Fprintln(tw, "BATCH\tMESSAGES\tMEAN FETCH\tSECONDS\tITEM-HOPS/S\tCHECK")
+		for _, run := range c.Runs {
+			check := "each once"
+			if run.Missing > 0 || run.Duplicates > 0 {
+				check = fmt.Sprintf("%d missing, %d duplicated", run.Missing, run.Duplicates)
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%.1f\t%.2f\t%.0f\t%s\n", run.Batch, run.Messages, run.MeanBatch, run.Seconds, run.HopsPerSec, check)
+		}
+		tw.Flush()
+		fmt.Fprintf(&b, "ceiling: %.0f item-hops/s (batch %d)\n", c.Best.HopsPerSec, c.Best.Batch)
+	}
+	if len(r.Models) > 0 {
+		fmt.Fprintf(&b, "\nIn-process ONNX Runtime, no bus (1 intra-op thread per session, %.0fs each)\n", r.Settings.ComputeSeconds)
+		fmt.Fprintln(tw, "MODEL\tBATCH\tSESSIONS\tITEMS/S")
+		for _, m := range r.Models {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\n", m.Model, m.Batch, m.Sessions, m.ItemsPerSec)
+		}
+		tw.Flush()
+	}
+	if len(r.Cascades) > 0 {
+		fmt.Fprintln(&b)
+		fmt.Fprintln(tw, "GEAR\tCASCADE\tSESSIONS\tREQUESTS/S\tREACHED PER STAGE\tMEAN BATCH\tACCURACY")
+		for _, c := range r.Cascades {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%.2f%%\n", c.Gear, c.Cascade, c.Sessions, c.ItemsPerSec,
+				fractions(c.Reached, c.Reached[0]), floats(c.MeanBatch, 1), 100*c.Accuracy)
+		}
+		tw.Flush()
+	}
+	if len(r.Pipelines) > 0 {
+		fmt.Fprintf(&b, "\nWhole pipeline, saturated: all-in-one system per gear (gear pinned), closed loop, %.0fs warm-up discarded + %.0fs measured\n",
+			r.Settings.WarmupSeconds, r.Settings.DurationSeconds)
+		fmt.Fprintln(tw, "GEAR\tCASCADE\tIN FLIGHT\tREQUESTS/S\tP50 MS\tP95 MS\tP99 MS\tACCURACY\tSTAGES/REQ\tANSWERED\tERRORS\tLOST")
+		for _, p := range r.Pipelines {
+			l := p.Load
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.2f%%\t%.2f\t%d\t%s\t%d\n", p.Gear, p.Cascade, l.Concurrency, l.Throughput,
+				l.P50Ms, l.P95Ms, l.P99Ms, 100*l.Accuracy, l.StagesPerRequest, l.Answered, errorText(l.Errors), l.Lost)
+		}
+		tw.Flush()
+	}
+	if len(r.Ratios) > 0 {
+		fmt.Fprintln(&b, "\nRatios (same run, same machine)")
+		fmt.Fprintln(tw, "GEAR\tPIPELINE REQ/S\tIN-PROCESS REQ/S\tPIPELINE/IN-PROCESS\tCEILING HOPS/S\tPIPELINE/CEILING\tPIPELINE HOPS/CEILING")
+		for _, q := range r.Ratios {
+			fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\n", q.Gear, q.PipelineQPS, orDash(q.CascadeQPS, "%.0f"), orDash(q.OverCascade, "%.3f"),
+				orDash(q.CeilingHops, "%.0f"), orDash(q.OverCeiling, "%.3f"), orDash(q.HopsOverCeiling, "%.3f"))
+		}
+		tw.Flush()
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteTable prints the check with a verdict per target.
+func (c *PlanCheck) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	writeEnvironment(&b, c.Environment)
+	a := c.Accuracy
+	fmt.Fprintf(&b, "\nPredictions vs reality, gear %s (%s), pinned\n", c.Gear, c.Cascade)
+	fmt.Fprintf(&b, "\nAccuracy: %d items served once each (%d answered, %s errors, %d lost, %d degraded)\n",
+		a.Items, a.Run.Answered, errorText(a.Run.Errors), a.Run.Lost, a.Run.Degraded)
+	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tACCURACY")
+	fmt.Fprintf(tw, "plan prediction (validation)\t%.2f%%\n", 100*a.Predicted)
+	if a.ValidationReplay != nil {
+		fmt.Fprintf(tw, "cascade on validation replay\t%.2f%%\n", 100**a.ValidationReplay)
+	}
+	if a.TestReplay != nil {
+		fmt.Fprintf(tw, "cascade on test replay\t%.2f%%\n", 100**a.TestReplay)
+	}
+	fmt.Fprintf(tw, "live pipeline (measured)\t%.2f%%\n", 100*a.Measured)
+	tw.Flush()
+	fmt.Fprintf(&b, "difference: %+.2f points (target within ±%.2f): %s\n", 100*a.Diff, 100*a.Tolerance, verdict(a.Pass))
+
+	fmt.Fprintf(&b, "\nLatency: Poisson arrivals at fractions of the gear's capacity (%.0f requests/s)\n", c.Capacity)
+	fmt.Fprintln(tw, "LOAD\tREQ/S\tSERVED/S\tSIMULATED P95 MS\tMEASURED P95 MS\tMEASURED P50 MS\tERROR\tERRORS\tLOST\tVERDICT")
+	for _, l := range c.Latency {
+		fmt.Fprintf(tw, "%.0f%%\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%+.0f%%\t%s\t%d\t%s (±%.0f%%)\n", 100*l.Fraction, l.QPS, l.Run.Throughput,
+			l.PredictedP95Ms, l.MeasuredP95Ms, l.Run.P50Ms, 100*l.RelErr, errorText(l.Run.Errors), l.Run.Lost, verdict(l.Pass), 100*l.Tolerance)
+	}
+	tw.Flush()
+	overall := "every target met"
+	if !c.Pass() {
+		overall = "some targets missed"
+	}
+	fmt.Fprintf(&b, "\nverdict: %s\n", overall)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func writeEnvironment(b *strings.Builder, e Environment) {
+	fmt.Fprintf(b, "CascadeServe bench, %s: %s/%s, %d CPUs, %s", e.Started.Format(time.RFC3339), e.OS, e.Arch, e.CPUs, e.GoVersion)
+	if e.ORTVersion != "" {
+		fmt.Fprintf(b, ", ONNX Runtime %s", e.ORTVersion)
+	}
+	fmt.Fprintf(b, "\nplan: %s (pipeline %s), stage worker runners: %d\n", e.PlanFile, e.Pipeline, e.Runners)
+}
+
+func verdict(pass bool) string {
+	if pass {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+func errorText(m map[string]int) string {
+	if len(m) == 0 {
+		return "0"
+	}
+	var parts []string
+	for _, k := range sortedKeys(m) {
+		parts = append(parts, fmt.Sprintf("%d %s", m[k], k))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func orDash(v float64, format string) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+func fractions(counts []int, of int) string {
+	parts := make([]string, len(counts))
+	for i, c := range counts {
+		parts[i] = fmt.Sprintf("%.3f", float64(c)/float64(max(of, 1)))
+	}
+	return strings.Join(parts, " > ")
+}
+
+func floats(v []float64, prec int) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = fmt.Sprintf("%.*f", prec, x)
+	}
+	return strings.Join(parts, " > ")
+}
