@@ -615,7 +615,7 @@ func (pl *planner) minLatencyMs(cand int) float64 {
 // load of bucket b, or nil. It tries the sticky gear first (the previous
 // bucket's, so that a gear that still fits is kept and buckets merge), then
 // every batching of the grid. Among the batchings that fit, it keeps those
-// that also fit the most following buckets, so one gear covers as wide a
+// that also fit the highest following bucket, so one gear covers as wide a
 // load range as it can, and of these the one with the lowest p95.
 func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error) {
 	if err := pl.ctx.Err(); err != nil {
@@ -659,29 +659,21 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 		pl.checked[key] = check{}
 		return nil, nil
 	}
-	for next := b + 1; next < len(pl.edges) && len(alive) > 1; next++ {
-		var try []Batching
-		var idx []int
-		for _, i := range alive {
-			if pl.canKeepUp(cand, pl.edges[next], configs[i].MaxBatch, runners) {
-				try = append(try, configs[i])
-				idx = append(idx, i)
-			}
-		}
-		rs, err := pl.simulate(cand, pl.edges[next], try, runners)
+	// Find the highest bucket at which some of them still fit, by binary
+	// search (a batching that fits a load is taken to fit lower loads too;
+	// the walk re-checks every bucket anyway), and keep those.
+	lo, hi := b, len(pl.edges)-1
+	for lo < hi && len(alive) > 1 {
+		mid := (lo + hi + 1) / 2
+		survivors, err := pl.fitting(cand, mid, configs, alive, runners)
 		if err != nil {
 			return nil, err
 		}
-		var survivors []int
-		for k, r := range rs {
-			if pl.ok(r) {
-				survivors = append(survivors, idx[k])
-			}
-		}
 		if len(survivors) == 0 {
-			break
+			hi = mid - 1
+			continue
 		}
-		alive = survivors
+		lo, alive = mid, survivors
 	}
 	// Lowest p95 here; ties keep the earlier (smaller batch, shorter delay).
 	best := alive[0]
@@ -693,6 +685,31 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 	g := &gearChoice{cand: cand, batching: configs[best], runners: runners, sim: results[best], p95Max: results[best].P95Ms}
 	pl.checked[key] = check{g}
 	return g, nil
+}
+
+// fitting returns those of configs[alive] that fit candidate cand at the
+// load of bucket b.
+func (pl *planner) fitting(cand, b int, configs []Batching, alive []int, runners []int) ([]int, error) {
+	q := pl.edges[b]
+	var try []Batching
+	var idx []int
+	for _, i := range alive {
+		if pl.canKeepUp(cand, q, configs[i].MaxBatch, runners) {
+			try = append(try, configs[i])
+			idx = append(idx, i)
+		}
+	}
+	rs, err := pl.simulate(cand, q, try, runners)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for k, r := range rs {
+		if pl.ok(r) {
+			out = append(out, idx[k])
+		}
+	}
+	return out, nil
 }
 
 // batchings lists the batch settings of the grid that pass the compute
