@@ -1,5 +1,204 @@
 package cli
 
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/profile"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+)
+
+const profileUsage = `profile --out profile.json [--models a=a.onnx,b=b.onnx | --model-dir DIR --ladder a,b] [flags]
+
+Measures every model's latency per batch size (1, 2, 4, ... --max-batch)
+through the ONNX Runtime runner the stage workers use, with --threads
+intra-op threads (the median of --reps timed runs), and the cost of one hop
+through NATS JetStream (publish with PubAck, fetch, ack) on an embedded
+nats-server. Writes the profile file 'cascadeserve plan --profile' reads.
+Without models it profiles the embedded MNIST ladder. Run it on the machine
+(and with the threads) the workers will use.`
+
 func profileCommand() command {
-	return command{name: "profile", summary: "(not implemented yet)", run: notImplemented("profile")}
+	return command{
+		name:    "profile",
+		summary: "measure model latency per batch size and the NATS hop cost",
+		run:     runProfile,
+	}
+}
+
+func runProfile(ctx context.Context, env Env, args []string) error {
+	fs := newFlagSet(env, "profile", profileUsage)
+	out := fs.String("out", "", "profile file to write (required)")
+	models := fs.String("models", "", "comma-separated name=file.onnx (default: the embedded MNIST ladder)")
+	modelDir := fs.String("model-dir", "", "folder of <name>.onnx files (with --ladder, or every .onnx file)")
+	ladder := fs.String("ladder", "", "comma-separated model names in --model-dir")
+	threads := fs.Int("threads", 1, "ONNX Runtime intra-op threads per model")
+	provider := fs.String("provider", "cpu", "ONNX Runtime execution provider: cpu or cuda")
+	maxBatch := fs.Int("max-batch", 128, "largest batch size measured")
+	reps := fs.Int("reps", 15, "timed runs per batch size (the median is kept)")
+	warmup := fs.Int("warmup", 3, "untimed runs before them")
+	hops := fs.Int("hop-samples", 300, "timed NATS hops (0: skip, hop overhead 0)")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	var errs []error
+	if *out == "" {
+		errs = append(errs, errors.New("--out is required"))
+	}
+	if *models != "" && *modelDir != "" {
+		errs = append(errs, errors.New("--models and --model-dir are exclusive"))
+	}
+	if *ladder != "" && *modelDir == "" {
+		errs = append(errs, errors.New("--ladder needs --model-dir"))
+	}
+	if *threads < 1 || *maxBatch < 1 || *reps < 1 || *warmup < 0 || *hops < 0 {
+		errs = append(errs, errors.New("--threads, --max-batch and --reps must be >= 1, --warmup and --hop-samples >= 0"))
+	}
+	if fs.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: profile: %w", ErrUsage, err)
+	}
+	ms, err := profileModels(*models, *modelDir, *ladder)
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	lib, err := onnxrt.FindLibrary(env.Getenv)
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	rt, err := onnxrt.NewRuntime(lib)
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	defer rt.Close()
+
+	cfg := profile.Config{
+		Models:      ms,
+		Threads:     *threads,
+		Provider:    *provider,
+		MaxBatch:    *maxBatch,
+		Repetitions: *reps,
+		Warmup:      *warmup,
+		HopSamples:  *hops,
+	}
+	if *hops == 0 {
+		cfg.HopSamples = -1
+	}
+	if !*quiet {
+		total := len(ms) * len(profile.BatchSizes(*maxBatch))
+		if *hops > 0 {
+			total++
+		}
+		bar := progressbar.NewOptions(total,
+			progressbar.OptionSetWriter(env.Stderr),
+			progressbar.OptionSetDescription("profile"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionSetElapsedTime(true),
+			progressbar.OptionClearOnFinish(),
+		)
+		cfg.Progress = func(done, _ int, what string) {
+			bar.Describe(fmt.Sprintf("%-22s", what))
+			bar.Set(done)
+		}
+		defer bar.Finish()
+	}
+	f, err := profile.Measure(ctx, rt, cfg)
+	if err != nil {
+		return err
+	}
+	b, err := f.Marshal()
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	if err := writeFileAtomic(*out, b); err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+
+	fmt.Fprintf(env.Stdout, "%s, %s, %d intra-op threads\n", f.Host, f.Runtime, f.Threads)
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	header := "model\t"
+	for _, p := range f.Models[ms[0].Name].Points {
+		header += fmt.Sprintf("b=%d\t", p.Batch)
+	}
+	fmt.Fprintln(tw, header+"ms/item@max\t")
+	for _, m := range ms {
+		p := f.Models[m.Name]
+		line := m.Name + "\t"
+		for _, pt := range p.Points {
+			line += fmt.Sprintf("%.3g\t", pt.LatencyMs)
+		}
+		fmt.Fprintln(tw, line+fmt.Sprintf("%.3g\t", p.ItemCostMs(p.MaxBatch())))
+	}
+	tw.Flush()
+	fmt.Fprintf(env.Stdout, "latency in ms per batch (median of %d); NATS hop %.3g ms\nwrote %s\n", f.Repetitions, f.HopOverheadMs, *out)
+	return nil
+}
+
+// profileModels resolves the models to profile, in ladder order.
+func profileModels(models, dir, ladder string) ([]profile.Model, error) {
+	var out []profile.Model
+	read := func(name, file string) error {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("model %q: %w", name, err)
+		}
+		out = append(out, profile.Model{Name: name, ONNX: b})
+		return nil
+	}
+	switch {
+	case models != "":
+		for _, spec := range splitList(models) {
+			name, file, ok := strings.Cut(spec, "=")
+			if !ok || name == "" || file == "" {
+				return nil, fmt.Errorf("%w: --models entry %q is not name=file.onnx", ErrUsage, spec)
+			}
+			if err := read(name, file); err != nil {
+				return nil, err
+			}
+		}
+	case dir != "":
+		names := splitList(ladder)
+		if len(names) == 0 {
+			files, err := filepath.Glob(filepath.Join(dir, "*.onnx"))
+			if err != nil {
+				return nil, err
+			}
+			for _, f := range files {
+				names = append(names, strings.TrimSuffix(filepath.Base(f), ".onnx"))
+			}
+		}
+		if len(names) == 0 {
+			return nil, fmt.Errorf("no .onnx files in %s", dir)
+		}
+		for _, name := range names {
+			if err := read(name, filepath.Join(dir, name+".onnx")); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		for _, name := range mnist.Ladder() {
+			b, err := mnist.Model(name)
+			if err != nil {
+				return nil, fmt.Errorf("embedded MNIST ladder: %w", err)
+			}
+			out = append(out, profile.Model{Name: name, ONNX: b})
+		}
+	}
+	return out, nil
 }

@@ -1,0 +1,292 @@
+// Package profile measures what the planner needs to know about the target
+// hardware: each model's latency per batch size through the same ONNX
+// Runtime runner the stage workers use, and the cost of one hop through the
+// NATS JetStream path (publish with PubAck, fetch, ack) on an embedded
+// nats-server. The result is a plan.ProfileFile.
+package profile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// Model is one model to profile.
+type Model struct {
+	Name string
+	ONNX []byte
+}
+
+// Config configures Measure. Zero values take the documented defaults.
+type Config struct {
+	// Models are profiled in this order.
+	Models []Model
+	// Threads is the intra-op thread count of every session (default 1),
+	// as the workers will run them.
+	Threads int
+	// Provider is the ONNX Runtime execution provider ("cpu" by default).
+	Provider string
+	// MaxBatch is the largest batch size measured; sizes are 1, 2, 4, …
+	// up to it (default 128).
+	MaxBatch int
+	// Repetitions is the number of timed runs per batch size; the median is
+	// kept (default 15).
+	Repetitions int
+	// Warmup is the number of untimed runs before them (default 3).
+	Warmup int
+	// HopSamples is the number of timed hops through NATS (default 300);
+	// negative skips the hop measurement.
+	HopSamples int
+	// HopPayloadBytes is the size of each hop's message (default: one item
+	// of the first model as float32, plus 256 bytes of envelope).
+	HopPayloadBytes int
+	// Progress, when set, is called after each measured point with how many
+	// of total are done and what was measured.
+	Progress func(done, total int, what string)
+}
+
+func (c *Config) defaults() {
+	if c.Threads == 0 {
+		c.Threads = 1
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 128
+	}
+	if c.Repetitions == 0 {
+		c.Repetitions = 15
+	}
+	if c.Warmup == 0 {
+		c.Warmup = 3
+	}
+	if c.HopSamples == 0 {
+		c.HopSamples = 300
+	}
+	if c.Progress == nil {
+		c.Progress = func(int, int, string) {}
+	}
+}
+
+// BatchSizes returns the batch sizes measured up to max: 1, 2, 4, …, and
+// max itself when it is not a power of two.
+func BatchSizes(max int) []int {
+	var out []int
+	for b := 1; b <= max; b *= 2 {
+		out = append(out, b)
+	}
+	if len(out) > 0 && out[len(out)-1] != max && max > 0 {
+		out = append(out, max)
+	}
+	return out
+}
+
+// Measure profiles every model with rt and measures the hop overhead.
+func Measure(ctx context.Context, rt *onnxrt.Runtime, c Config) (*plan.ProfileFile, error) {
+	c.defaults()
+	var errs []error
+	if len(c.Models) == 0 {
+		errs = append(errs, errors.New("no models"))
+	}
+	if c.Threads < 1 || c.MaxBatch < 1 || c.Repetitions < 1 || c.Warmup < 0 {
+		errs = append(errs, fmt.Errorf("threads %d, max batch %d, repetitions %d must be >= 1 and warmup %d >= 0", c.Threads, c.MaxBatch, c.Repetitions, c.Warmup))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("profile: %w", err)
+	}
+	batches := BatchSizes(c.MaxBatch)
+	total := len(c.Models) * len(batches)
+	if c.HopSamples > 0 {
+		total++
+	}
+	f := &plan.ProfileFile{
+		Version:     plan.ProfileFormatVersion,
+		Threads:     c.Threads,
+		Host:        hostDescription(),
+		Runtime:     "onnxruntime " + rt.Version(),
+		MeasuredAt:  time.Now().UTC().Truncate(time.Second),
+		Repetitions: c.Repetitions,
+		Models:      map[string]plan.Profile{},
+	}
+	done := 0
+	itemBytes := 0
+	for _, m := range c.Models {
+		prof, item, err := measureModel(ctx, rt, m, c, batches, func(b int) {
+			done++
+			c.Progress(done, total, fmt.Sprintf("%s batch %d", m.Name, b))
+		})
+		if err != nil {
+			return nil, fmt.Errorf("profile model %q: %w", m.Name, err)
+		}
+		if itemBytes == 0 {
+			itemBytes = 4 * item
+		}
+		f.Models[m.Name] = prof
+	}
+	if c.HopSamples > 0 {
+		payload := c.HopPayloadBytes
+		if payload == 0 {
+			payload = itemBytes + 256
+		}
+		hop, err := MeasureHop(ctx, c.HopSamples, payload)
+		if err != nil {
+			return nil, fmt.Errorf("profile: %w", err)
+		}
+		f.HopOverheadMs = hop
+		done++
+		c.Progress(done, total, "NATS hop")
+	}
+	if err := f.Validate(); err != nil {
+		return nil, fmt.Errorf("profile: %w", err)
+	}
+	return f, nil
+}
+
+// measureModel times one model at every batch size and returns its profile
+// and its item size.
+func measureModel(ctx context.Context, rt *onnxrt.Runtime, m Model, c Config, batches []int, progress func(batch int)) (plan.Profile, int, error) {
+	sess, err := rt.Open(m.Name, m.ONNX, onnxrt.SessionOptions{IntraOpThreads: c.Threads, Provider: c.Provider})
+	if err != nil {
+		return plan.Profile{}, 0, err
+	}
+	defer sess.Close()
+	info := sess.Info()
+	item := info.ItemSize()
+	rng := rand.New(rand.NewPCG(1, 2))
+	input := make([]float32, batches[len(batches)-1]*item)
+	for i := range input {
+		input[i] = rng.Float32()
+	}
+	prof := plan.Profile{Threads: c.Threads}
+	dst := make([]float32, batches[len(batches)-1]*info.NumClasses)
+	times := make([]time.Duration, c.Repetitions)
+	for _, b := range batches {
+		in := input[:b*item]
+		for range c.Warmup {
+			if _, err := sess.Run(in, b, dst); err != nil {
+				return plan.Profile{}, 0, fmt.Errorf("batch %d: %w", b, err)
+			}
+		}
+		for r := range times {
+			if err := ctx.Err(); err != nil {
+				return plan.Profile{}, 0, err
+			}
+			start := time.Now()
+			if _, err := sess.Run(in, b, dst); err != nil {
+				return plan.Profile{}, 0, fmt.Errorf("batch %d: %w", b, err)
+			}
+			times[r] = time.Since(start)
+		}
+		ms := float64(median(times)) / float64(time.Millisecond)
+		prof.Points = append(prof.Points, plan.ProfilePoint{Batch: b, LatencyMs: max(ms, 1e-6)})
+		progress(b)
+	}
+	return prof, item, nil
+}
+
+// MeasureHop starts an embedded nats-server (loopback, free port, temporary
+// file store) with a work-queue stream and durable pull consumer configured
+// like a model's, and returns the median time in ms of one hop as a stage
+// worker sees it: with a fetch outstanding, publish a payloadBytes message
+// with a message id and await its PubAck, receive it from the fetch, and
+// ack it.
+func MeasureHop(ctx context.Context, samples, payloadBytes int) (float64, error) {
+	if samples < 1 {
+		return 0, fmt.Errorf("measure hop: samples %d < 1", samples)
+	}
+	dir, err := os.MkdirTemp("", "cascadeserve-profile-*")
+	if err != nil {
+		return 0, fmt.Errorf("measure hop: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: dir})
+	if err != nil {
+		return 0, fmt.Errorf("measure hop: %w", err)
+	}
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	nc, err := nats.Connect(srv.ClientURL(), nats.Name("cascadeserve-profile"))
+	if err != nil {
+		return 0, fmt.Errorf("measure hop: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, fmt.Errorf("measure hop: %w", err)
+	}
+	const pipeline, model = "profile", "hop"
+	stream, err := js.CreateOrUpdateStream(ctx, natsbus.ModelStreamConfig(pipeline, model, natsbus.TopologyConfig{}))
+	if err != nil {
+		return 0, fmt.Errorf("measure hop: create stream: %w", err)
+	}
+	cons, err := stream.CreateOrUpdateConsumer(ctx, natsbus.ModelConsumerConfig(model, natsbus.TopologyConfig{}))
+	if err != nil {
+		return 0, fmt.Errorf("measure hop: create consumer: %w", err)
+	}
+	subject := stream.CachedInfo().Config.Subjects[0]
+	payload := make([]byte, max(payloadBytes, 1))
+	warmup := min(20, samples)
+	times := make([]time.Duration, 0, samples)
+	for i := range warmup + samples {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return 0, fmt.Errorf("measure hop: fetch: %w", err)
+		}
+		start := time.Now()
+		if _, err := js.Publish(ctx, subject, payload, jetstream.WithMsgID(fmt.Sprintf("hop-%d", i))); err != nil {
+			return 0, fmt.Errorf("measure hop: publish: %w", err)
+		}
+		msg, ok := <-batch.Messages()
+		if !ok {
+			return 0, fmt.Errorf("measure hop: fetch returned no message: %w", batch.Error())
+		}
+		if err := msg.Ack(); err != nil {
+			return 0, fmt.Errorf("measure hop: ack: %w", err)
+		}
+		elapsed := time.Since(start)
+		for range batch.Messages() {
+			// Drain: the batch of one is complete.
+		}
+		if i >= warmup {
+			times = append(times, elapsed)
+		}
+	}
+	return float64(median(times)) / float64(time.Millisecond), nil
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// hostDescription names the machine: OS, architecture, CPUs and, on Linux,
+// the CPU model.
+func hostDescription() string {
+	desc := fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				return desc + ", " + strings.TrimSpace(v)
+			}
+		}
+	}
+	return desc
+}
