@@ -241,7 +241,9 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 	return v
 }
 
-// waitTicks waits until the controller has run n more decision loops.
+// waitTicks waits until the controller has completed n more decision loops;
+// with n = 1 it also waits for the loop in progress, whose metrics may lag
+// the KV write a test just saw.
 func waitTicks(t *testing.T, reg *prometheus.Registry, n int) {
 	t.Helper()
 	start := metricValue(t, reg, "cascade_controller_decision_duration_seconds", nil)
@@ -337,6 +339,8 @@ func TestRunSwitchesUpAtOnceAndDownAfterDrain(t *testing.T) {
 	if st.QPS <= 200 || st.Index != 2 {
 		t.Errorf("switch to cheap recorded %+v", st)
 	}
+	// The tick that wrote the gear updates its metrics after the write.
+	waitTicks(t, c.reg, 1)
 	if got := metricValue(t, c.reg, "cascade_controller_gear_switches_total", map[string]string{"direction": "up"}); got != 1 {
 		t.Errorf("up switches = %v, want 1 (no stop at balanced)", got)
 	}
@@ -376,6 +380,8 @@ func TestRunSwitchesUpAtOnceAndDownAfterDrain(t *testing.T) {
 	if st.Backlog != 0 {
 		t.Errorf("moved down with backlog %d", st.Backlog)
 	}
+	// The tick that wrote the gear updates its metrics after the write.
+	waitTicks(t, c.reg, 1)
 	if got := metricValue(t, c.reg, "cascade_controller_gear_switches_total", map[string]string{"direction": "down"}); got != 1 {
 		t.Errorf("down switches = %v, want 1", got)
 	}
@@ -433,6 +439,8 @@ func TestRunRecoversFromForeignWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGear(t, kv, "cheap")
+	// The tick that wrote the gear updates its metrics after the write.
+	waitTicks(t, c.reg, 1)
 	if got := metricValue(t, c.reg, "cascade_controller_errors_total", map[string]string{"op": "write_gear"}); got != 0 {
 		t.Errorf("write_gear errors = %v", got)
 	}
@@ -470,6 +478,8 @@ func TestRunPinnedGear(t *testing.T) {
 		st, rev, err := readGear(t, kv)
 		return err == nil && rev > bumped && st.Gear == "balanced", fmt.Sprintf("%+v %v", st, err)
 	})
+	// The tick that wrote the gear updates its metrics after the write.
+	waitTicks(t, c.reg, 1)
 	if got := metricValue(t, c.reg, "cascade_controller_gear_switches_total", nil); got != 1 {
 		// Restoring the pin after the foreign write is the only switch.
 		t.Errorf("switches = %v, want 1", got)
