@@ -42,6 +42,11 @@ const (
 	CodeDeadlineExceeded Code = "deadline_exceeded"
 	// CodeUnavailable: the pipeline is not ready (topology or plan missing).
 	CodeUnavailable Code = "unavailable"
+	// CodeDuplicate: a request with the same id was admitted within the
+	// deduplication window (Nats-Msg-Id `<id>.<first model>`); that
+	// admission gets the one result, this one is not admitted again. Do not
+	// retry with the same id (HTTP 409).
+	CodeDuplicate Code = "duplicate"
 	// CodeInternal: a server-side failure, e.g. a model failed repeatedly and
 	// the item went to the dead-letter subject.
 	CodeInternal Code = "internal"

@@ -1,0 +1,196 @@
+package ingress
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"time"
+
+	env "github.com/caarlos0/env/v10"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// Config configures an ingress instance. Every field is read from the
+// environment variable named in its tag with the prefix CASCADE_ (see
+// ConfigFromEnv).
+type Config struct {
+	// NATSURL is the NATS server to connect to (CASCADE_NATS_URL; used by
+	// the main, not by Run).
+	NATSURL string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	// Pipeline names the served pipeline (CASCADE_PIPELINE).
+	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
+	// MetricsAddr is where /metrics is served (CASCADE_METRICS_ADDR, default
+	// :9092; used by the main). Set it to the empty string to serve nothing.
+	MetricsAddr string `env:"METRICS_ADDR" envDefault:":9092"`
+	// LogLevel is debug, info, warn or error (CASCADE_LOG_LEVEL).
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// LogFormat is text or json (CASCADE_LOG_FORMAT).
+	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
+
+	// HTTPAddr is where the Open Inference Protocol v2 HTTP endpoint listens
+	// (CASCADE_HTTP_ADDR, default :8080). Set it to the empty string to
+	// serve no HTTP (Deps.HTTPListener, if set, is used instead).
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080"`
+	// Instance names this ingress in its stats subject and reply inbox
+	// (CASCADE_INGRESS_INSTANCE; a wire token). Empty: a random NUID.
+	Instance string `env:"INGRESS_INSTANCE"`
+
+	// DefaultTimeout is the deadline of a request that sets neither
+	// timeout_ms nor deadline_unix_ms (CASCADE_DEFAULT_TIMEOUT, default 5s).
+	DefaultTimeout time.Duration `env:"DEFAULT_TIMEOUT" envDefault:"5s"`
+	// MaxTimeout caps every request's deadline at admission + MaxTimeout
+	// (CASCADE_MAX_TIMEOUT, default 60s). Longer requests are capped, not
+	// refused.
+	MaxTimeout time.Duration `env:"MAX_TIMEOUT" envDefault:"60s"`
+	// MaxBodyBytes is the largest request body accepted over HTTP and NATS
+	// (CASCADE_INGRESS_MAX_BODY_BYTES, default 4 MiB); larger bodies are
+	// answered invalid_input (HTTP 413).
+	MaxBodyBytes int64 `env:"INGRESS_MAX_BODY_BYTES" envDefault:"4194304"`
+	// MaxInFlight bounds the NATS request-reply requests this instance
+	// handles at once (CASCADE_INGRESS_MAX_IN_FLIGHT, default 4096); beyond
+	// it requests are answered overloaded.
+	MaxInFlight int `env:"INGRESS_MAX_IN_FLIGHT" envDefault:"4096"`
+	// ReplyGrace is how long past a request's deadline a waiting caller
+	// (HTTP, JSON over NATS) waits for its result before it is answered
+	// deadline_exceeded (CASCADE_INGRESS_REPLY_GRACE, default 1s). Workers
+	// answer by the deadline; the grace covers the result's trip back.
+	ReplyGrace time.Duration `env:"INGRESS_REPLY_GRACE" envDefault:"1s"`
+	// PublishTimeout bounds the wait for the PubAck of one admission
+	// (CASCADE_INGRESS_PUBLISH_TIMEOUT, default 5s); a timeout is answered
+	// unavailable.
+	PublishTimeout time.Duration `env:"INGRESS_PUBLISH_TIMEOUT" envDefault:"5s"`
+	// StatsInterval is how often the cumulative admission counters are
+	// published on wire.StatsSubject (CASCADE_INGRESS_STATS_INTERVAL,
+	// default 100ms).
+	StatsInterval time.Duration `env:"INGRESS_STATS_INTERVAL" envDefault:"100ms"`
+	// JobsBatch is how many durable jobs one pull fetches
+	// (CASCADE_INGRESS_JOBS_BATCH, default 64); 0 disables the jobs door.
+	JobsBatch int `env:"INGRESS_JOBS_BATCH" envDefault:"64"`
+	// JobsMaxWait is how long one pull waits for jobs
+	// (CASCADE_INGRESS_JOBS_MAX_WAIT, default 500ms). It bounds shutdown
+	// time, never a job's wait.
+	JobsMaxWait time.Duration `env:"INGRESS_JOBS_MAX_WAIT" envDefault:"500ms"`
+	// JobsRetryDelay is the first redelivery delay of a job that could not
+	// be routed because the first stage's queue was full or NATS was
+	// unavailable (CASCADE_INGRESS_JOBS_RETRY_DELAY, default 1s); it doubles
+	// with every delivery, up to 30s.
+	JobsRetryDelay time.Duration `env:"INGRESS_JOBS_RETRY_DELAY" envDefault:"1s"`
+	// ShutdownTimeout bounds how long shutdown waits for in-flight requests
+	// (CASCADE_INGRESS_SHUTDOWN_TIMEOUT, default 10s); those still waiting
+	// are then answered unavailable.
+	ShutdownTimeout time.Duration `env:"INGRESS_SHUTDOWN_TIMEOUT" envDefault:"10s"`
+	// PollInterval is how often the ingress looks for the control bucket and
+	// the topology while it waits for them (CASCADE_INGRESS_POLL_INTERVAL,
+	// default 250ms).
+	PollInterval time.Duration `env:"INGRESS_POLL_INTERVAL" envDefault:"250ms"`
+}
+
+// ConfigFromEnv reads a Config from environ (keys with the CASCADE_ prefix;
+// the process environment in main, a map in tests) and validates it. An
+// explicitly empty CASCADE_METRICS_ADDR or CASCADE_HTTP_ADDR disables that
+// server.
+func ConfigFromEnv(environ map[string]string) (Config, error) {
+	var cfg Config
+	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: "CASCADE_", Environment: environ}); err != nil {
+		return Config{}, fmt.Errorf("ingress config: %w", err)
+	}
+	// envDefault also replaces an empty value; empty means "off" here.
+	if v, ok := environ["CASCADE_METRICS_ADDR"]; ok && v == "" {
+		cfg.MetricsAddr = ""
+	}
+	if v, ok := environ["CASCADE_HTTP_ADDR"]; ok && v == "" {
+		cfg.HTTPAddr = ""
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// ErrInvalidConfig marks a configuration that fails Validate.
+var ErrInvalidConfig = errors.New("invalid ingress config")
+
+// Validate reports every problem of the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.NATSURL == "" {
+		bad("CASCADE_NATS_URL is empty")
+	}
+	if !wire.ValidToken(c.Pipeline) {
+		bad("CASCADE_PIPELINE %q is not a valid pipeline name", c.Pipeline)
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
+		bad("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("CASCADE_LOG_FORMAT %q: want text or json", c.LogFormat)
+	}
+	if c.Instance != "" && !wire.ValidToken(c.Instance) {
+		bad("CASCADE_INGRESS_INSTANCE %q: want 1-64 letters, digits, '-' or '_'", c.Instance)
+	}
+	if c.DefaultTimeout <= 0 {
+		bad("CASCADE_DEFAULT_TIMEOUT must be > 0, got %v", c.DefaultTimeout)
+	}
+	if c.MaxTimeout < c.DefaultTimeout {
+		bad("CASCADE_MAX_TIMEOUT (%v) must be >= CASCADE_DEFAULT_TIMEOUT (%v)", c.MaxTimeout, c.DefaultTimeout)
+	}
+	if c.MaxTimeout > 24*time.Hour {
+		bad("CASCADE_MAX_TIMEOUT must be at most 24h, got %v", c.MaxTimeout)
+	}
+	if c.MaxBodyBytes < 1<<10 || c.MaxBodyBytes > 64<<20 {
+		bad("CASCADE_INGRESS_MAX_BODY_BYTES must be in [1KiB,64MiB], got %d", c.MaxBodyBytes)
+	}
+	if c.MaxInFlight < 1 {
+		bad("CASCADE_INGRESS_MAX_IN_FLIGHT must be >= 1, got %d", c.MaxInFlight)
+	}
+	if c.ReplyGrace < 0 {
+		bad("CASCADE_INGRESS_REPLY_GRACE must be >= 0, got %v", c.ReplyGrace)
+	}
+	if c.PublishTimeout <= 0 {
+		bad("CASCADE_INGRESS_PUBLISH_TIMEOUT must be > 0, got %v", c.PublishTimeout)
+	}
+	if c.StatsInterval < time.Millisecond {
+		bad("CASCADE_INGRESS_STATS_INTERVAL must be >= 1ms, got %v", c.StatsInterval)
+	}
+	if c.JobsBatch < 0 || c.JobsBatch > 4096 {
+		bad("CASCADE_INGRESS_JOBS_BATCH must be in [0,4096], got %d", c.JobsBatch)
+	}
+	if c.JobsMaxWait < time.Millisecond || c.JobsMaxWait > time.Minute {
+		bad("CASCADE_INGRESS_JOBS_MAX_WAIT must be in [1ms,1m], got %v", c.JobsMaxWait)
+	}
+	if c.JobsRetryDelay <= 0 {
+		bad("CASCADE_INGRESS_JOBS_RETRY_DELAY must be > 0, got %v", c.JobsRetryDelay)
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("CASCADE_INGRESS_SHUTDOWN_TIMEOUT must be >= 0, got %v", c.ShutdownTimeout)
+	}
+	if c.PollInterval < time.Millisecond {
+		bad("CASCADE_INGRESS_POLL_INTERVAL must be >= 1ms, got %v", c.PollInterval)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w:\n%w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// Deps are what Run needs from its process.
+type Deps struct {
+	// Logger receives the ingress's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer registers the ingress's metrics; nil uses a private
+	// registry (metrics are then not exported).
+	Registerer prometheus.Registerer
+	// Conn is the NATS connection; required. Run does not close it.
+	Conn *nats.Conn
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// HTTPListener, if set, serves the HTTP endpoint instead of listening on
+	// Config.HTTPAddr (tests listen on 127.0.0.1:0). Run closes it.
+	HTTPListener net.Listener
+}

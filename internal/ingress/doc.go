@@ -1,0 +1,96 @@
+// Package ingress is CascadeServe's front door. It takes requests through
+// three doors, validates them against the pipeline's input, stamps an id and
+// a deadline, and publishes the canonical FP32 item to the first model of
+// the gear in force, awaiting the PubAck. Every accepted request ends with
+// exactly one result (made by the stage workers); every refused one gets a
+// typed error at once (wire.Code), and nothing else is disturbed.
+//
+// # Doors
+//
+//   - NATS request-reply on wire.InferSubject (core NATS, queue group
+//     wire.IngressQueue). The body is msgpack (wire.Request), or the Open
+//     Inference Protocol v2 JSON body when the header Content-Type is
+//     application/json:
+//     nats req cascade.mnist.infer '<json>' -H Content-Type:application/json
+//     A msgpack request's result (a msgpack wire.Result) goes from the last
+//     stage straight to the caller's reply inbox. A JSON request is answered
+//     by the ingress itself with the OIP JSON response, so JSON callers read
+//     JSON. Errors come back at once in the request's encoding, with the
+//     header Cascade-Error: <code>. A message without a reply subject is
+//     dropped (counted as invalid_input): there is nobody to answer.
+//   - Durable jobs on the jobs stream (wire.JobsStream, subjects
+//     wire.JobsSubject(p, client), shared durable consumer
+//     wire.JobsConsumer). The producer's PubAck means accepted: the job gets
+//     exactly one result on wire.ResultSubject(p, client) (msg id
+//     `<id>.result`), even if no ingress runs when it is published. The
+//     client is the subject's last token. Invalid jobs get an error result;
+//     a full first queue defers the job with NakWithDelay (it stays in the
+//     jobs stream, durable, and is retried with a doubling delay; on the
+//     consumer's last allowed delivery the `overloaded` error becomes its
+//     result). See handleJob for every case. A job without an id gets one
+//     derived from its stream sequence, so a redelivery keeps it.
+//   - HTTP, Open Inference Protocol v2: POST /v2/models/{pipeline}/infer
+//     (FP32 or UINT8 tensors), GET /v2/health/live, /v2/health/ready,
+//     /v2/models/{pipeline} (metadata, with the ladder and the gear in
+//     force) and /v2/models/{pipeline}/ready. Errors are
+//     {"error": "...", "code": "..."} with HTTPStatus(code): 400
+//     invalid_input (413 for a body over MaxBodyBytes, 404 for another
+//     pipeline), 409 duplicate, 429 overloaded, 504 deadline_exceeded, 503
+//     unavailable, 500 internal.
+//
+// HTTP and JSON NATS callers are answered through one wildcard
+// subscription on `_INBOX.<instance>.>`: each request gets a fresh subject
+// under it and a channel in a map, never a subscription of its own.
+//
+// # Ids and duplicates
+//
+// A request without an id gets a NUID. A client-supplied id is the
+// idempotency key: the item is published with Nats-Msg-Id
+// `<id>.<first model>`, so a second request with the same id within the
+// stream's duplicate window (2 min by default) is not admitted again. A
+// request-reply or HTTP duplicate is answered at once with the error code
+// `duplicate` (HTTP 409): the result belongs to the first request's caller
+// and cannot be delivered twice; do not retry with the same id. A duplicate
+// job is simply acked: that is the redelivery of a job already routed (for
+// instance after an ingress crashed between the PubAck and its Ack), and
+// the first routing makes the one result. If the gear changes the first
+// model between two requests with the same id, the second lands in another
+// stream and is not recognised as a duplicate.
+//
+// # Deadlines
+//
+// deadline_unix_ms wins over timeout_ms, which wins over DefaultTimeout;
+// every deadline is capped at admission + MaxTimeout. A deadline already
+// past is answered deadline_exceeded. Callers the ingress answers itself
+// wait until the deadline plus ReplyGrace.
+//
+// # Readiness, plan and gear
+//
+// The ingress waits for the controller's control bucket, the `plan` key and
+// the topology of every model the plan uses; until then /v2/health/ready
+// answers 503 and the NATS doors are closed (request-reply callers see "no
+// responders"; jobs wait in their stream). It watches the `plan` and `gear`
+// keys; each request is admitted with one snapshot of both. Before any
+// `gear` key, and for a gear id the plan does not know, it admits to the
+// plan's first (most accurate) gear.
+//
+// # Stats and metrics
+//
+// Every StatsInterval (100 ms) the cumulative admitted and rejected counters
+// are published as wire.IngressStats on wire.StatsSubject(p, instance); the
+// controller derives the intake rate from them. Prometheus metrics (per
+// instance): cascade_ingress_requests_total{door,outcome},
+// cascade_ingress_admission_duration_seconds{door},
+// cascade_ingress_request_duration_seconds{door},
+// cascade_ingress_http_in_flight_requests, cascade_ingress_ready,
+// cascade_ingress_gear_index.
+//
+// # Shutdown
+//
+// When ctx ends: ready turns false; then, at once and concurrently, the
+// request subscription is drained (requests already delivered are still
+// handled), the jobs loop finishes the batch in hand and stops pulling, and
+// the HTTP server stops accepting and waits for the requests in flight. All
+// of this is bounded by ShutdownTimeout; callers still waiting then are
+// answered unavailable. Last, the reply inbox is unsubscribed.
+package ingress

@@ -1,0 +1,478 @@
+package ingress_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/cascadeserve/cascadeserve/internal/ingress"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+const pipeline = "tiny"
+
+// tinyPlan has a 2×2 FP32 input (UINT8 accepted, scaled by 0.5), three
+// classes, and two gears whose first models differ: "accurate" starts at
+// small, "fast" at big.
+func tinyPlan(t *testing.T) *plan.Plan {
+	t.Helper()
+	p, err := plan.Parse([]byte(`{
+  "version": 1, "pipeline": "tiny", "slo": {"p95_ms": 50}, "capacity": 2, "confidence": "margin",
+  "input": {"name": "x", "datatype": "FP32", "shape": [2, 2], "classes": 3, "uint8_scale": 0.5},
+  "models": [
+    {"name": "small", "file": "small.onnx", "profile": {"points": [{"batch": 1, "latency_ms": 0.1}]}},
+    {"name": "big", "file": "big.onnx", "profile": {"points": [{"batch": 1, "latency_ms": 1}]}}
+  ],
+  "ladder": ["small", "big"],
+  "gears": [
+    {"id": "accurate", "max_qps": 100, "cascade": [{"model": "small", "threshold": 0.9}, {"model": "big", "threshold": 0}],
+     "batching": {"max_batch": 8, "max_delay_ms": 2}, "runners": {"small": 0.5, "big": 0.5}},
+    {"id": "fast", "max_qps": 1000, "cascade": [{"model": "big", "threshold": 0}],
+     "batching": {"max_batch": 32, "max_delay_ms": 2}, "runners": {"big": 1}}
+  ]
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// testEnv is an embedded nats-server with the tiny pipeline's topology.
+type testEnv struct {
+	srv  *natstest.Server
+	plan *plan.Plan
+	kv   jetstream.KeyValue
+}
+
+// startEnv applies the topology; the plan key is written only by putPlan,
+// so tests can start an ingress before the pipeline is ready.
+func startEnv(t *testing.T, topo natsbus.TopologyConfig) *testEnv {
+	t.Helper()
+	srv := natstest.Start(t)
+	p := tinyPlan(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := natsbus.EnsureTopology(ctx, srv.JS, p, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testEnv{srv: srv, plan: p, kv: kv}
+}
+
+func (e *testEnv) putPlan(t *testing.T) {
+	t.Helper()
+	b, err := e.plan.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.kv.Put(context.Background(), wire.KeyPlan, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *testEnv) putGear(t *testing.T, id string) {
+	t.Helper()
+	b, err := json.Marshal(wire.GearState{Gear: id, Index: e.plan.GearByID(id), Reason: "test", AtUnixNano: time.Now().UnixNano()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.kv.Put(context.Background(), wire.KeyGear, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ready starts the pipeline (plan key) and an ingress, and waits until it
+// is ready.
+func (e *testEnv) ready(t *testing.T, edit func(*ingress.Config)) *testIngress {
+	t.Helper()
+	e.putPlan(t)
+	ti := e.startIngress(t, edit)
+	ti.waitReady(t)
+	return ti
+}
+
+// testIngress is a running ingress.Run with an HTTP listener on loopback.
+type testIngress struct {
+	url    string
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func testConfig(t *testing.T) ingress.Config {
+	t.Helper()
+	cfg, err := ingress.ConfigFromEnv(map[string]string{
+		"CASCADE_PIPELINE":                 pipeline,
+		"CASCADE_HTTP_ADDR":                "",
+		"CASCADE_METRICS_ADDR":             "",
+		"CASCADE_INGRESS_POLL_INTERVAL":    "20ms",
+		"CASCADE_INGRESS_JOBS_MAX_WAIT":    "100ms",
+		"CASCADE_INGRESS_JOBS_RETRY_DELAY": "20ms",
+		"CASCADE_INGRESS_STATS_INTERVAL":   "20ms",
+		"CASCADE_INGRESS_REPLY_GRACE":      "500ms",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func (e *testEnv) startIngress(t *testing.T, edit func(*ingress.Config)) *testIngress {
+	t.Helper()
+	return e.startIngressOn(t, e.srv.Connect(t), edit)
+}
+
+func (e *testEnv) startIngressOn(t *testing.T, nc *nats.Conn, edit func(*ingress.Config)) *testIngress {
+	t.Helper()
+	cfg := testConfig(t)
+	if edit != nil {
+		edit(&cfg)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ti := &testIngress{url: "http://" + ln.Addr().String(), reg: prometheus.NewRegistry(), cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		ti.done <- ingress.Run(ctx, cfg, ingress.Deps{Logger: testLogger(t), Registerer: ti.reg, Conn: nc, HTTPListener: ln})
+	}()
+	t.Cleanup(func() { ti.stop(t) })
+	return ti
+}
+
+// stop cancels Run and checks that it returns nil in bounded time.
+func (ti *testIngress) stop(t *testing.T) {
+	t.Helper()
+	ti.cancel()
+	select {
+	case err, ok := <-ti.done:
+		if ok && err != nil {
+			t.Errorf("ingress.Run returned %v", err)
+		}
+		if ok {
+			close(ti.done)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("ingress.Run did not return within 30s of cancel")
+	}
+}
+
+func (ti *testIngress) waitReady(t *testing.T) {
+	t.Helper()
+	waitFor(t, "ingress ready", 20*time.Second, func() bool {
+		resp, err := http.Get(ti.url + "/v2/health/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// counter returns the value of a counter with the given label pairs (0 if
+// absent).
+func (ti *testIngress) counter(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := ti.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if matchLabels(m, labels) {
+				switch {
+				case m.Counter != nil:
+					return m.Counter.GetValue()
+				case m.Gauge != nil:
+					return m.Gauge.GetValue()
+				case m.Histogram != nil:
+					return float64(m.Histogram.GetSampleCount())
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func matchLabels(m *dto.Metric, labels []string) bool {
+	for i := 0; i+1 < len(labels); i += 2 {
+		found := false
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// responder stands in for the stage workers: it serves one model's queue
+// and answers every item at once. The answer is computed from the item's
+// canonical input, so tests see what the ingress published: Label is the
+// rounded sum of the input values, Confidence the first value, and
+// Probabilities (when asked) the first three values.
+type responder struct {
+	mu    sync.Mutex
+	items []*wire.Item
+}
+
+func (e *testEnv) respond(t *testing.T, model string) *responder {
+	t.Helper()
+	nc := e.srv.Connect(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.Consumer(context.Background(), wire.ModelStream(pipeline, model), wire.ModelConsumer(model))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &responder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	codec := wire.NewCodec()
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			batch, err := cons.Fetch(16, jetstream.FetchMaxWait(50*time.Millisecond))
+			if err != nil {
+				continue
+			}
+			for msg := range batch.Messages() {
+				var it wire.Item
+				if err := wire.DecodeItem(msg.Data(), &it); err != nil {
+					t.Errorf("responder %s: %v", model, err)
+					_ = msg.Term()
+					continue
+				}
+				r.mu.Lock()
+				r.items = append(r.items, &it)
+				r.mu.Unlock()
+				vals, err := it.Input.AppendFloat32s(nil, 0)
+				if err != nil || len(vals) < 3 {
+					t.Errorf("responder %s: item %s input %v: %v", model, it.ID, it.Input, err)
+				}
+				sum := float32(0)
+				for _, v := range vals {
+					sum += v
+				}
+				now := time.Now()
+				res := &wire.Result{ID: it.ID, Pipeline: it.Pipeline, Client: it.Client,
+					Label: int(math.Round(float64(sum))), Confidence: float64(vals[0]), AnsweredBy: model,
+					Gear: it.AdmittedGear, AdmittedGear: it.AdmittedGear, Visits: []wire.Visit{{Model: model, Gear: it.AdmittedGear}},
+					TotalNs: now.UnixNano() - it.AdmittedUnixNano, AdmittedUnixNano: it.AdmittedUnixNano, CompletedUnixNano: now.UnixNano()}
+				if it.ReturnProbabilities {
+					res.Probabilities = vals[:3]
+				}
+				b, err := codec.EncodeResult(res)
+				if err != nil {
+					t.Error(err)
+					continue
+				}
+				if it.ReplyTo != "" {
+					if err := nc.Publish(it.ReplyTo, b); err != nil {
+						t.Error(err)
+					}
+				}
+				if it.Durable {
+					if _, err := js.Publish(ctx, wire.ResultSubject(pipeline, it.Client), b, jetstream.WithMsgID(it.ID+".result")); err != nil {
+						_ = msg.Nak()
+						continue
+					}
+				}
+				_ = msg.Ack()
+			}
+		}
+	}()
+	return r
+}
+
+func (r *responder) seen() []*wire.Item {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*wire.Item(nil), r.items...)
+}
+
+// httpInfer posts an OIP body and returns the status, the decoded result
+// (error bodies decode into Result.Error) and the raw body.
+func httpInfer(t *testing.T, url, model, body string) (int, *wire.Result, []byte) {
+	t.Helper()
+	resp, err := http.Post(url+"/v2/models/"+model+"/infer", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res wire.Result
+	if err := wire.DecodeOIPResponse(b, &res); err != nil {
+		t.Fatalf("status %d body %s: %v", resp.StatusCode, b, err)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != wire.ContentTypeJSON {
+		t.Errorf("Content-Type %q", ct)
+	}
+	return resp.StatusCode, &res, b
+}
+
+// oipBody builds an OIP request body for the tiny pipeline.
+func oipBody(id, datatype, shape, data, params string) string {
+	var b bytes.Buffer
+	b.WriteString(`{`)
+	if id != "" {
+		b.WriteString(`"id":"` + id + `",`)
+	}
+	b.WriteString(`"inputs":[{"name":"x","shape":` + shape + `,"datatype":"` + datatype + `","data":` + data + `}]`)
+	if params != "" {
+		b.WriteString(`,"parameters":` + params)
+	}
+	b.WriteString(`}`)
+	return b.String()
+}
+
+// natsRequest sends a request-reply request and decodes the answer by its
+// Content-Type; it returns the result and the Cascade-Error header.
+func natsRequest(t *testing.T, nc *nats.Conn, body []byte, asJSON bool) (*wire.Result, string) {
+	t.Helper()
+	msg := nats.NewMsg(wire.InferSubject(pipeline))
+	msg.Data = body
+	if asJSON {
+		msg.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
+	}
+	resp, err := nc.RequestMsg(msg, 20*time.Second)
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	var res wire.Result
+	if wire.IsJSON(resp.Header.Get(wire.HeaderContentType)) {
+		if !asJSON {
+			t.Errorf("JSON answer to a msgpack request")
+		}
+		if err := wire.DecodeOIPResponse(resp.Data, &res); err != nil {
+			t.Fatalf("decode JSON answer %s: %v", resp.Data, err)
+		}
+	} else {
+		if asJSON {
+			t.Errorf("msgpack answer to a JSON request")
+		}
+		if err := wire.DecodeResult(resp.Data, &res); err != nil {
+			t.Fatalf("decode msgpack answer: %v", err)
+		}
+	}
+	return &res, resp.Header.Get(wire.HeaderError)
+}
+
+func encodeRequest(t *testing.T, r *wire.Request) []byte {
+	t.Helper()
+	b, err := wire.NewCodec().EncodeRequest(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// validRequest is a msgpack request whose values sum to 2 (label 2).
+func validRequest(id string) *wire.Request {
+	return &wire.Request{ID: id, Input: wire.FP32Tensor([]int64{2, 2}, []float32{0.5, 0.5, 0.5, 0.5}), TimeoutMs: 10000}
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// streamMsgs returns the number of messages in a stream.
+func (e *testEnv) streamMsgs(t *testing.T, name string) uint64 {
+	t.Helper()
+	s, err := e.srv.JS.Stream(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// results reads every result of a client from the results stream.
+func (e *testEnv) results(t *testing.T, client string) []*wire.Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := e.srv.JS.Stream(ctx, wire.ResultsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.ResultSubject(pipeline, client)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*wire.Result
+	for {
+		batch, err := cons.FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			var r wire.Result
+			if err := wire.DecodeResult(msg.Data(), &r); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, &r)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}

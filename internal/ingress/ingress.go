@@ -1,0 +1,303 @@
+package ingress
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// ingress is one running instance.
+type ingress struct {
+	cfg      Config
+	instance string
+	logger   *slog.Logger
+	now      func() time.Time
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	codec    *wire.Codec
+	metrics  *metrics
+	ctl      *watcher
+	replies  *replyMux
+
+	// ready is true while intake is open: plan and topology known, not
+	// shutting down.
+	ready atomic.Bool
+	// admittedN and rejectedN are the cumulative counters of IngressStats.
+	admittedN, rejectedN atomic.Uint64
+
+	// slots bounds the NATS requests handled at once; handlers tracks
+	// their goroutines.
+	slots    chan struct{}
+	handlers sync.WaitGroup
+	// abort is closed when shutdown stops waiting for in-flight requests:
+	// callers still waiting for a result are answered unavailable.
+	abort     chan struct{}
+	abortOnce sync.Once
+}
+
+// Run serves as an ingress until ctx ends, then shuts down cleanly and
+// returns nil. See the package documentation for what it does and its
+// shutdown order.
+func Run(ctx context.Context, cfg Config, deps Deps) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if deps.Conn == nil {
+		return errors.New("ingress: no NATS connection")
+	}
+	in := &ingress{cfg: cfg, instance: cfg.Instance, logger: deps.Logger, now: deps.Now, nc: deps.Conn,
+		codec: wire.NewCodec(), slots: make(chan struct{}, cfg.MaxInFlight), abort: make(chan struct{})}
+	if in.instance == "" {
+		in.instance = nuid.Next()
+	}
+	if in.logger == nil {
+		in.logger = slog.New(slog.DiscardHandler)
+	}
+	in.logger = in.logger.With("instance", in.instance)
+	if in.now == nil {
+		in.now = time.Now
+	}
+	reg := deps.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	in.metrics = newMetrics(reg)
+	js, err := jetstream.New(deps.Conn)
+	if err != nil {
+		return fmt.Errorf("ingress: jetstream: %w", err)
+	}
+	in.js = js
+	in.ctl = newWatcher(cfg.Pipeline, in.logger, in.metrics)
+
+	if in.replies, err = newReplyMux(deps.Conn, in.instance); err != nil {
+		return fmt.Errorf("ingress: %w", err)
+	}
+	defer func() { _ = in.replies.close() }()
+
+	// The HTTP endpoint answers at once (live, and ready=false until the
+	// plan and topology are there).
+	ln := deps.HTTPListener
+	if ln == nil && cfg.HTTPAddr != "" {
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("ingress: http listener: %w", err)
+		}
+	}
+	var srv *http.Server
+	if ln != nil {
+		srv = &http.Server{
+			Handler:           in.handler(),
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      cfg.MaxTimeout + cfg.ReplyGrace + 10*time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
+		}
+		in.logger.Info("serving Open Inference Protocol v2 over HTTP", "addr", ln.Addr().String())
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	if srv != nil {
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("ingress: http: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { in.publishStats(gctx); return nil })
+	g.Go(func() error {
+		in.logger.Info("waiting for the control bucket", "bucket", wire.KVBucket(cfg.Pipeline))
+		kv := waitBucket(gctx, js, cfg.Pipeline, cfg.PollInterval)
+		if kv == nil {
+			return nil // ctx ended while waiting
+		}
+		return in.ctl.run(gctx, kv)
+	})
+	g.Go(func() error { return in.intake(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		in.logger.Info("ingress stopping")
+		in.ready.Store(false)
+		in.metrics.ready.Set(0)
+		if srv == nil {
+			return nil
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			in.logger.Warn("HTTP requests still in flight at the shutdown bound; answering them unavailable", "err", err)
+			in.abortWaiters()
+			_ = srv.Close()
+		}
+		return nil
+	})
+	err = g.Wait()
+	in.logger.Info("ingress stopped", "admitted", in.admittedN.Load(), "rejected", in.rejectedN.Load())
+	return err
+}
+
+// intake opens the NATS doors once the plan and topology are known, and
+// closes them when ctx ends: it drains the request subscription, lets the
+// jobs loop finish its batch, and waits (bounded) for requests in flight.
+func (in *ingress) intake(ctx context.Context) error {
+	select {
+	case <-in.ctl.havePlan:
+	case <-ctx.Done():
+		return nil
+	}
+	c := in.ctl.load()
+	in.logger.Info("plan received; waiting for the topology", "models", c.plan.UsedModels())
+	if err := natsbus.WaitTopology(ctx, in.js, in.cfg.Pipeline, c.plan.UsedModels(), in.cfg.PollInterval); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("ingress: %w", err)
+	}
+	var jobs jetstream.Consumer
+	if in.cfg.JobsBatch > 0 {
+		var err error
+		if jobs, err = in.js.Consumer(ctx, wire.JobsStream(in.cfg.Pipeline), wire.JobsConsumer); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("ingress: jobs consumer: %w", err)
+		}
+	}
+	sub, err := in.nc.QueueSubscribe(wire.InferSubject(in.cfg.Pipeline), wire.IngressQueue, in.onRequest)
+	if err != nil {
+		return fmt.Errorf("ingress: subscribe %s: %w", wire.InferSubject(in.cfg.Pipeline), err)
+	}
+	closed := sub.StatusChanged(nats.SubscriptionClosed)
+	in.ready.Store(true)
+	in.metrics.ready.Set(1)
+	in.logger.Info("ingress ready", "pipeline", in.cfg.Pipeline, "gear", c.state.Gear, "first_model", c.first(),
+		"subject", wire.InferSubject(in.cfg.Pipeline), "jobs", jobs != nil)
+
+	jobsDone := make(chan struct{})
+	go func() {
+		defer close(jobsDone)
+		if jobs != nil {
+			in.runJobs(ctx, jobs)
+		}
+	}()
+
+	<-ctx.Done()
+	in.ready.Store(false)
+	// Stop taking requests; those already delivered to us are still handled.
+	bound := time.NewTimer(in.cfg.ShutdownTimeout)
+	defer bound.Stop()
+	if err := sub.Drain(); err != nil {
+		in.logger.Warn("drain request subscription", "err", err)
+		_ = sub.Unsubscribe()
+	} else {
+		select {
+		case <-closed:
+		case <-bound.C:
+			in.logger.Warn("request subscription not drained at the shutdown bound")
+			_ = sub.Unsubscribe()
+		}
+	}
+	<-jobsDone
+	// No callback runs any more, so no handler is added: wait for them.
+	done := make(chan struct{})
+	go func() { in.handlers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-bound.C:
+		in.logger.Warn("NATS requests still in flight at the shutdown bound; answering them unavailable")
+		in.abortWaiters()
+		<-done
+	}
+	return nil
+}
+
+func (in *ingress) abortWaiters() { in.abortOnce.Do(func() { close(in.abort) }) }
+
+// publishStats publishes the cumulative admission counters every
+// StatsInterval, and once more when ctx ends.
+func (in *ingress) publishStats(ctx context.Context) {
+	subject := wire.StatsSubject(in.cfg.Pipeline, in.instance)
+	publish := func() {
+		b, _ := json.Marshal(wire.IngressStats{Instance: in.instance, Admitted: in.admittedN.Load(),
+			Rejected: in.rejectedN.Load(), AtUnixNano: in.now().UnixNano()})
+		if err := in.nc.Publish(subject, b); err != nil {
+			in.logger.Debug("publish ingress stats", "err", err)
+		}
+	}
+	t := time.NewTicker(in.cfg.StatsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			publish()
+			return
+		case <-t.C:
+			publish()
+		}
+	}
+}
+
+// countAdmitted records an admission.
+func (in *ingress) countAdmitted(door string) {
+	in.admittedN.Add(1)
+	in.metrics.requests.WithLabelValues(door, outcomeAdmitted).Inc()
+}
+
+// countRejected records a typed-error answer at intake. A duplicate is not
+// a rejection for the intake rate: its id was admitted once.
+func (in *ingress) countRejected(door string, err error) {
+	code := wire.CodeOf(err)
+	if code != wire.CodeDuplicate {
+		in.rejectedN.Add(1)
+	}
+	in.metrics.requests.WithLabelValues(door, string(code)).Inc()
+}
+
+// await waits for the result of an admitted item on ch until its deadline
+// plus ReplyGrace. It returns ctx's error when the caller went away, and a
+// *wire.Error when no result came (deadline_exceeded) or shutdown gave up
+// (unavailable).
+func (in *ingress) await(ctx context.Context, ch <-chan *nats.Msg, it *wire.Item) (*wire.Result, error) {
+	wait := time.Unix(0, it.DeadlineUnixNano).Sub(in.now()) + in.cfg.ReplyGrace
+	t := time.NewTimer(max(wait, 0))
+	defer t.Stop()
+	select {
+	case msg := <-ch:
+		var res wire.Result
+		if err := wire.DecodeResult(msg.Data, &res); err != nil {
+			return nil, wire.Errorf(wire.CodeInternal, "result of %s: %v", it.ID, err)
+		}
+		return &res, nil
+	case <-t.C:
+		return nil, wire.Errorf(wire.CodeDeadlineExceeded, "no result for %s by its deadline", it.ID)
+	case <-in.abort:
+		return nil, wire.Errorf(wire.CodeUnavailable, "ingress shutting down before the result of %s arrived", it.ID)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// wireError returns err as a *wire.Error (CodeInternal if it is none).
+func wireError(err error) *wire.Error {
+	var e *wire.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
+}

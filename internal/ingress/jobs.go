@@ -1,0 +1,160 @@
+package ingress
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// maxJobsRetryDelay caps the growing redelivery delay of deferred jobs.
+const maxJobsRetryDelay = 30 * time.Second
+
+// runJobs pulls durable jobs and routes them until ctx ends; the batch in
+// hand is always finished (its jobs are already delivered to us).
+func (in *ingress) runJobs(ctx context.Context, cons jetstream.Consumer) {
+	maxDeliver := 0
+	if info := cons.CachedInfo(); info != nil {
+		maxDeliver = info.Config.MaxDeliver
+	}
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(in.cfg.JobsBatch, jetstream.FetchMaxWait(in.cfg.JobsMaxWait))
+		if err != nil {
+			in.logger.Warn("fetch jobs", "err", err)
+			sleep(ctx, in.cfg.PollInterval)
+			continue
+		}
+		deferred := false
+		for msg := range batch.Messages() {
+			if in.handleJob(msg, maxDeliver) {
+				deferred = true
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			in.logger.Debug("fetch jobs", "err", err)
+		}
+		if deferred {
+			// The first stage is full or NATS is failing: stop pulling jobs
+			// we cannot place for a moment.
+			sleep(ctx, in.cfg.JobsRetryDelay)
+		}
+	}
+}
+
+// handleJob routes one durable job and settles it; it reports whether the
+// job was deferred (handed back for a later delivery).
+//
+// The job's producer already holds a PubAck, so the job must end with
+// exactly one result on the results stream:
+//   - admitted: Ack after the first stage's PubAck; the last stage publishes
+//     the result (msg id `<id>.result`).
+//   - duplicate (the same id was admitted within the dedup window, e.g. this
+//     is a redelivery after an ingress crashed between PubAck and Ack): Ack;
+//     the first admission makes the result.
+//   - invalid_input or deadline_exceeded: publish the error result, await
+//     its PubAck, Ack.
+//   - overloaded (first queue full), unavailable or internal: NakWithDelay,
+//     the delay doubling per delivery from JobsRetryDelay up to 30s; on the
+//     consumer's last allowed delivery (MaxDeliver) the error itself is
+//     published as the result instead, and the job Acked.
+func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) {
+	start := in.now()
+	var delivered uint64 = 1
+	fallbackID := ""
+	if meta, err := msg.Metadata(); err == nil {
+		delivered = meta.NumDelivered
+		// Stable across redeliveries, so a redelivered job without an id
+		// is deduplicated like one with an id.
+		fallbackID = "j" + strconv.FormatUint(meta.Sequence.Stream, 10) + "-" + strconv.FormatInt(meta.Timestamp.UnixNano(), 36)
+	}
+	client := strings.TrimPrefix(msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
+	var req wire.Request
+	err := func() error {
+		if !wire.ValidToken(client) {
+			return wire.Errorf(wire.CodeInvalidInput, "jobs subject %q: the client token after %q must be 1-64 letters, digits, '-' or '_'",
+				msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
+		}
+		if err := in.decode(msg.Headers().Get(wire.HeaderContentType), msg.Data(), &req); err != nil {
+			return err
+		}
+		_, err := in.admit(admission{door: doorJobs, req: &req, start: start, durable: true, client: client, id: fallbackID})
+		return err
+	}()
+	code := wire.CodeOf(err)
+	switch {
+	case err == nil:
+		in.ack(msg)
+		in.countAdmitted(doorJobs)
+		return false
+	case code == wire.CodeDuplicate:
+		in.ack(msg)
+		in.countRejected(doorJobs, err)
+		return false
+	case code == wire.CodeOverloaded || code == wire.CodeUnavailable || code == wire.CodeInternal:
+		if maxDeliver <= 0 || delivered < uint64(maxDeliver) {
+			delay := min(in.cfg.JobsRetryDelay<<min(delivered-1, 20), maxJobsRetryDelay)
+			if nerr := msg.NakWithDelay(delay); nerr != nil {
+				in.logger.Warn("nak job", "subject", msg.Subject(), "err", nerr)
+			}
+			in.metrics.requests.WithLabelValues(doorJobs, outcomeDeferred).Inc()
+			in.logger.Debug("job deferred", "subject", msg.Subject(), "delivered", delivered, "delay", delay, "err", err)
+			return true
+		}
+		in.logger.Warn("job failed on its last delivery; publishing the error as its result", "subject", msg.Subject(), "err", err)
+	}
+	// A permanent verdict (or the last try): the error is the job's result.
+	id := req.ID
+	if !wire.ValidToken(id) {
+		id = fallbackID
+	}
+	if perr := in.publishJobError(id, client, err); perr != nil {
+		in.logger.Warn("publish job error result; retrying the job later", "id", id, "err", perr)
+		if nerr := msg.NakWithDelay(in.cfg.JobsRetryDelay); nerr != nil {
+			in.logger.Warn("nak job", "subject", msg.Subject(), "err", nerr)
+		}
+		in.metrics.requests.WithLabelValues(doorJobs, outcomeDeferred).Inc()
+		return true
+	}
+	in.ack(msg)
+	in.countRejected(doorJobs, err)
+	return false
+}
+
+// publishJobError publishes an error result for a job on the results
+// stream (msg id `<id>.result`, so a retried publish is deduplicated) and
+// awaits its PubAck. The subject mirrors the job's: a job published on
+// JobsSubject(p, X) gets its result on ResultSubject(p, X), even when X is
+// not a valid client token.
+func (in *ingress) publishJobError(id, client string, err error) error {
+	res := &wire.Result{ID: id, Pipeline: in.cfg.Pipeline, Client: client, Error: wireError(err), CompletedUnixNano: in.now().UnixNano()}
+	b, encErr := in.codec.EncodeResult(res)
+	if encErr != nil {
+		return encErr
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.PublishTimeout)
+	defer cancel()
+	_, perr := in.js.Publish(ctx, wire.ResultSubject(in.cfg.Pipeline, client), b, jetstream.WithMsgID(id+".result"))
+	return perr
+}
+
+func (in *ingress) ack(msg jetstream.Msg) {
+	if err := msg.Ack(); err != nil {
+		in.logger.Warn("ack job", "subject", msg.Subject(), "err", err)
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

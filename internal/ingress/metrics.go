@@ -1,0 +1,76 @@
+package ingress
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// Doors through which requests arrive (label door).
+const (
+	doorNATS = "nats"
+	doorJobs = "jobs"
+	doorHTTP = "http"
+)
+
+// Outcomes of a request at intake besides the wire error codes (label
+// outcome): admitted (published to the first stage) and deferred (a job
+// handed back to its stream for a later try).
+const (
+	outcomeAdmitted = "admitted"
+	outcomeDeferred = "deferred"
+)
+
+// metrics are one ingress's Prometheus metrics, registered per instance.
+type metrics struct {
+	requests  *prometheus.CounterVec
+	admission *prometheus.HistogramVec
+	e2e       *prometheus.HistogramVec
+	inFlight  prometheus.Gauge
+	ready     prometheus.Gauge
+	gear      prometheus.Gauge
+}
+
+// durationBuckets go from 50µs to ~13s, doubling.
+var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 19)
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promauto.With(reg)
+	m := &metrics{
+		requests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_ingress_requests_total",
+			Help: "Requests by door (nats, jobs, http) and intake outcome: admitted, deferred (job retried later), or the error code answered (invalid_input, overloaded, duplicate, deadline_exceeded, unavailable, internal).",
+		}, []string{"door", "outcome"}),
+		admission: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cascade_ingress_admission_duration_seconds",
+			Help:    "Time from receiving a request to the first stage's PubAck, by door (admitted requests only).",
+			Buckets: durationBuckets,
+		}, []string{"door"}),
+		e2e: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cascade_ingress_request_duration_seconds",
+			Help:    "Time from receiving a request to answering it, for callers the ingress answers itself (http, nats with a JSON body).",
+			Buckets: durationBuckets,
+		}, []string{"door"}),
+		inFlight: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_ingress_http_in_flight_requests",
+			Help: "HTTP infer requests being handled.",
+		}),
+		ready: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_ingress_ready",
+			Help: "1 when the plan and topology are known and intake is open.",
+		}),
+		gear: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_ingress_gear_index",
+			Help: "Index in the plan of the gear new requests are admitted to.",
+		}),
+	}
+	// Pre-create the series dashboards expect.
+	for _, door := range []string{doorNATS, doorJobs, doorHTTP} {
+		m.requests.WithLabelValues(door, outcomeAdmitted)
+		for _, c := range []wire.Code{wire.CodeInvalidInput, wire.CodeOverloaded} {
+			m.requests.WithLabelValues(door, string(c))
+		}
+	}
+	return m
+}

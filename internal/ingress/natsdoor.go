@@ -1,0 +1,130 @@
+package ingress
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// onRequest is the callback of the request-reply subscription. It only
+// takes a slot and hands the request to a goroutine, so one slow admission
+// never holds up the subscription.
+func (in *ingress) onRequest(msg *nats.Msg) {
+	start := in.now()
+	isJSON := wire.IsJSON(msg.Header.Get(wire.HeaderContentType))
+	if msg.Reply == "" {
+		// Nobody to answer: a plain publish is not a request.
+		in.countRejected(doorNATS, wire.Errorf(wire.CodeInvalidInput, "no reply subject"))
+		in.logger.Debug("dropping a message without a reply subject", "subject", msg.Subject)
+		return
+	}
+	select {
+	case in.slots <- struct{}{}:
+	default:
+		err := wire.Errorf(wire.CodeOverloaded, "ingress %s has %d requests in flight", in.instance, cap(in.slots))
+		in.countRejected(doorNATS, err)
+		in.replyError(msg, isJSON, nil, err)
+		return
+	}
+	in.handlers.Add(1)
+	go func() {
+		defer in.handlers.Done()
+		defer func() { <-in.slots }()
+		in.handleRequest(msg, isJSON, start)
+	}()
+}
+
+// handleRequest admits one request-reply request. A msgpack request's item
+// carries the caller's reply subject, so the last stage answers the caller
+// directly (msgpack wire.Result). A JSON request's item carries one of the
+// ingress's own reply subjects: the ingress waits for the result and
+// answers the caller with the OIP v2 JSON response, so the JSON door speaks
+// JSON both ways.
+func (in *ingress) handleRequest(msg *nats.Msg, isJSON bool, start time.Time) {
+	var req wire.Request
+	if err := in.decode(msg.Header.Get(wire.HeaderContentType), msg.Data, &req); err != nil {
+		in.countRejected(doorNATS, err)
+		in.replyError(msg, isJSON, nil, err)
+		return
+	}
+	a := admission{door: doorNATS, req: &req, start: start, replyTo: msg.Reply}
+	if !isJSON {
+		if _, err := in.admit(a); err != nil {
+			in.countRejected(doorNATS, err)
+			in.replyError(msg, false, &req, err)
+			return
+		}
+		in.countAdmitted(doorNATS)
+		return
+	}
+	subject, ch, cancel := in.replies.register()
+	defer cancel()
+	a.replyTo = subject
+	ad, err := in.admit(a)
+	if err != nil {
+		in.countRejected(doorNATS, err)
+		in.replyError(msg, true, &req, err)
+		return
+	}
+	in.countAdmitted(doorNATS)
+	res, err := in.await(context.Background(), ch, ad.item)
+	if err != nil {
+		in.replyError(msg, true, &req, err)
+		return
+	}
+	body, err := wire.EncodeOIPResponse(res, in.cfg.Pipeline)
+	if err != nil {
+		in.replyError(msg, true, &req, wire.Errorf(wire.CodeInternal, "%v", err))
+		return
+	}
+	out := nats.NewMsg(msg.Reply)
+	out.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
+	if res.Error != nil {
+		out.Header.Set(wire.HeaderError, string(res.Error.Code))
+	}
+	out.Data = body
+	if err := in.nc.PublishMsg(out); err != nil {
+		in.logger.Debug("reply to request", "id", ad.item.ID, "err", err)
+	}
+	in.metrics.e2e.WithLabelValues(doorNATS).Observe(in.now().Sub(start).Seconds())
+}
+
+// decode checks the body size and decodes a request body by content type.
+func (in *ingress) decode(contentType string, body []byte, req *wire.Request) error {
+	if int64(len(body)) > in.cfg.MaxBodyBytes {
+		return wire.Errorf(wire.CodeInvalidInput, "body of %d bytes exceeds the limit of %d", len(body), in.cfg.MaxBodyBytes)
+	}
+	return wire.DecodeRequestBody(contentType, body, req)
+}
+
+// replyError answers a request-reply caller with a typed error, in the
+// encoding of its request: an OIP error body for JSON, else a msgpack
+// wire.Result whose Error is set. Either way the header Cascade-Error
+// carries the code.
+func (in *ingress) replyError(msg *nats.Msg, isJSON bool, req *wire.Request, err error) {
+	e := wireError(err)
+	out := nats.NewMsg(msg.Reply)
+	out.Header.Set(wire.HeaderError, string(e.Code))
+	if isJSON {
+		out.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
+		out.Data = wire.EncodeOIPError(e)
+	} else {
+		res := &wire.Result{Pipeline: in.cfg.Pipeline, Error: e, CompletedUnixNano: in.now().UnixNano()}
+		if req != nil {
+			res.ID, res.Client = req.ID, req.Client
+		}
+		b, encErr := in.codec.EncodeResult(res)
+		if encErr != nil {
+			in.logger.Error("encode error reply", "err", encErr)
+			return
+		}
+		out.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
+		out.Data = b
+	}
+	if err := in.nc.PublishMsg(out); err != nil {
+		in.logger.Debug("error reply", "code", e.Code, "err", err)
+	}
+}
