@@ -21,9 +21,10 @@ const profileUsage = `profile --out profile.json [--models a=a.onnx,b=b.onnx | -
 
 Measures every model's latency per batch size (1, 2, 4, ... --max-batch)
 through the ONNX Runtime runner the stage workers use, with --threads
-intra-op threads (the median of --reps timed runs), and the cost of one hop
-through NATS JetStream (publish with PubAck, fetch, ack) on an embedded
-nats-server. Writes the profile file 'cascadeserve plan --profile' reads.
+intra-op threads (the median of --reps timed runs), and what NATS JetStream
+costs on an embedded nats-server: the latency of one hop (publish with
+PubAck, fetch, ack) and the worker time per item when batches of 64 are
+moved as workers move them. Writes the profile file 'cascadeserve plan --profile' reads.
 Without models it profiles the embedded MNIST ladder. Run it on the machine
 (and with the threads) the workers will use.`
 
@@ -146,7 +147,7 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 		fmt.Fprintln(tw, line+fmt.Sprintf("%.3g\t", p.ItemCostMs(p.MaxBatch())))
 	}
 	tw.Flush()
-	fmt.Fprintf(env.Stdout, "latency in ms per batch (median of %d); NATS hop %.3g ms\nwrote %s\n", f.Repetitions, f.HopOverheadMs, *out)
+	fmt.Fprintf(env.Stdout, "latency in ms per batch (median of %d); NATS hop %.3g ms, messaging %.3g ms/item\nwrote %s\n", f.Repetitions, f.HopOverheadMs, f.ItemOverheadMs, *out)
 	return nil
 }
 

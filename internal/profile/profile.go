@@ -1,14 +1,20 @@
 // Package profile measures what the planner needs to know about the target
 // hardware: each model's latency per batch size through the same ONNX
-// Runtime runner the stage workers use, and the cost of one hop through the
-// NATS JetStream path (publish with PubAck, fetch, ack) on an embedded
-// nats-server. The result is a plan.ProfileFile.
+// Runtime runner the stage workers use, and what the NATS JetStream path
+// costs on an embedded nats-server: the latency of one hop (publish with
+// PubAck, fetch, ack) and the worker time per item spent on messaging. The
+// result is a plan.ProfileFile.
+//
+// Latencies are medians of repeated runs, rounded to 4 significant digits
+// and made non-decreasing in batch size (a larger batch measured faster is
+// noise on a busy machine).
 package profile
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -48,7 +54,7 @@ type Config struct {
 	// Warmup is the number of untimed runs before them (default 3).
 	Warmup int
 	// HopSamples is the number of timed hops through NATS (default 300);
-	// negative skips the hop measurement.
+	// negative skips the NATS measurements (hop and item overhead).
 	HopSamples int
 	// HopPayloadBytes is the size of each hop's message (default: one item
 	// of the first model as float32, plus 256 bytes of envelope).
@@ -139,11 +145,12 @@ func Measure(ctx context.Context, rt *onnxrt.Runtime, c Config) (*plan.ProfileFi
 		if payload == 0 {
 			payload = itemBytes + 256
 		}
-		hop, err := MeasureHop(ctx, c.HopSamples, payload)
+		cost, err := MeasureNATS(ctx, c.HopSamples, payload)
 		if err != nil {
 			return nil, fmt.Errorf("profile: %w", err)
 		}
-		f.HopOverheadMs = hop
+		f.HopOverheadMs = roundSig(cost.HopMs, 4)
+		f.ItemOverheadMs = roundSig(cost.ItemMs, 4)
 		done++
 		c.Progress(done, total, "NATS hop")
 	}
@@ -188,31 +195,49 @@ func measureModel(ctx context.Context, rt *onnxrt.Runtime, m Model, c Config, ba
 			}
 			times[r] = time.Since(start)
 		}
-		ms := float64(median(times)) / float64(time.Millisecond)
+		ms := roundSig(float64(median(times))/float64(time.Millisecond), 4)
+		// A larger batch never takes less time; a lower median is noise.
+		if n := len(prof.Points); n > 0 {
+			ms = max(ms, prof.Points[n-1].LatencyMs)
+		}
 		prof.Points = append(prof.Points, plan.ProfilePoint{Batch: b, LatencyMs: max(ms, 1e-6)})
 		progress(b)
 	}
 	return prof, item, nil
 }
 
-// MeasureHop starts an embedded nats-server (loopback, free port, temporary
-// file store) with a work-queue stream and durable pull consumer configured
-// like a model's, and returns the median time in ms of one hop as a stage
-// worker sees it: with a fetch outstanding, publish a payloadBytes message
-// with a message id and await its PubAck, receive it from the fetch, and
-// ack it.
-func MeasureHop(ctx context.Context, samples, payloadBytes int) (float64, error) {
+// NATSCost is what messaging costs a stage worker.
+type NATSCost struct {
+	// HopMs is the median latency of one hop in ms: with a fetch
+	// outstanding, publish a message with a message id, await its PubAck,
+	// receive it from the fetch and ack it.
+	HopMs float64
+	// ItemMs is the time per item in ms when batches of 64 move as workers
+	// move them: fetch a batch, publish one message per item
+	// asynchronously, await every PubAck, ack every input.
+	ItemMs float64
+}
+
+// natsBatch is the batch size of the item-overhead measurement.
+const natsBatch = 64
+
+// MeasureNATS starts an embedded nats-server (loopback, free port,
+// temporary file store) with work-queue streams and durable pull consumers
+// configured like a model's, and measures the hop latency (median of
+// samples) and the per-item messaging cost (the median over 20 batches of
+// 64) with payloadBytes messages.
+func MeasureNATS(ctx context.Context, samples, payloadBytes int) (NATSCost, error) {
 	if samples < 1 {
-		return 0, fmt.Errorf("measure hop: samples %d < 1", samples)
+		return NATSCost{}, fmt.Errorf("measure nats: samples %d < 1", samples)
 	}
 	dir, err := os.MkdirTemp("", "cascadeserve-profile-*")
 	if err != nil {
-		return 0, fmt.Errorf("measure hop: %w", err)
+		return NATSCost{}, fmt.Errorf("measure nats: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: dir})
 	if err != nil {
-		return 0, fmt.Errorf("measure hop: %w", err)
+		return NATSCost{}, fmt.Errorf("measure nats: %w", err)
 	}
 	defer func() {
 		srv.Shutdown()
@@ -220,41 +245,64 @@ func MeasureHop(ctx context.Context, samples, payloadBytes int) (float64, error)
 	}()
 	nc, err := nats.Connect(srv.ClientURL(), nats.Name("cascadeserve-profile"))
 	if err != nil {
-		return 0, fmt.Errorf("measure hop: %w", err)
+		return NATSCost{}, fmt.Errorf("measure nats: %w", err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return 0, fmt.Errorf("measure hop: %w", err)
+		return NATSCost{}, fmt.Errorf("measure nats: %w", err)
 	}
-	const pipeline, model = "profile", "hop"
-	stream, err := js.CreateOrUpdateStream(ctx, natsbus.ModelStreamConfig(pipeline, model, natsbus.TopologyConfig{}))
+	in, inSubject, err := workQueue(ctx, js, "in")
 	if err != nil {
-		return 0, fmt.Errorf("measure hop: create stream: %w", err)
+		return NATSCost{}, fmt.Errorf("measure nats: %w", err)
+	}
+	_, outSubject, err := workQueue(ctx, js, "out")
+	if err != nil {
+		return NATSCost{}, fmt.Errorf("measure nats: %w", err)
+	}
+	payload := make([]byte, max(payloadBytes, 1))
+	var cost NATSCost
+	if cost.HopMs, err = measureHop(ctx, js, in, inSubject, payload, samples); err != nil {
+		return NATSCost{}, fmt.Errorf("measure nats: hop: %w", err)
+	}
+	if cost.ItemMs, err = measureItems(ctx, js, in, inSubject, outSubject, payload, 20); err != nil {
+		return NATSCost{}, fmt.Errorf("measure nats: item overhead: %w", err)
+	}
+	return cost, nil
+}
+
+// workQueue creates the work-queue stream and consumer of a model named
+// model in pipeline "profile".
+func workQueue(ctx context.Context, js jetstream.JetStream, model string) (jetstream.Consumer, string, error) {
+	stream, err := js.CreateOrUpdateStream(ctx, natsbus.ModelStreamConfig("profile", model, natsbus.TopologyConfig{}))
+	if err != nil {
+		return nil, "", fmt.Errorf("create stream: %w", err)
 	}
 	cons, err := stream.CreateOrUpdateConsumer(ctx, natsbus.ModelConsumerConfig(model, natsbus.TopologyConfig{}))
 	if err != nil {
-		return 0, fmt.Errorf("measure hop: create consumer: %w", err)
+		return nil, "", fmt.Errorf("create consumer: %w", err)
 	}
-	subject := stream.CachedInfo().Config.Subjects[0]
-	payload := make([]byte, max(payloadBytes, 1))
+	return cons, stream.CachedInfo().Config.Subjects[0], nil
+}
+
+func measureHop(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, subject string, payload []byte, samples int) (float64, error) {
 	warmup := min(20, samples)
 	times := make([]time.Duration, 0, samples)
 	for i := range warmup + samples {
 		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			return 0, fmt.Errorf("measure hop: fetch: %w", err)
+			return 0, fmt.Errorf("fetch: %w", err)
 		}
 		start := time.Now()
 		if _, err := js.Publish(ctx, subject, payload, jetstream.WithMsgID(fmt.Sprintf("hop-%d", i))); err != nil {
-			return 0, fmt.Errorf("measure hop: publish: %w", err)
+			return 0, fmt.Errorf("publish: %w", err)
 		}
 		msg, ok := <-batch.Messages()
 		if !ok {
-			return 0, fmt.Errorf("measure hop: fetch returned no message: %w", batch.Error())
+			return 0, fmt.Errorf("fetch returned no message: %w", batch.Error())
 		}
 		if err := msg.Ack(); err != nil {
-			return 0, fmt.Errorf("measure hop: ack: %w", err)
+			return 0, fmt.Errorf("ack: %w", err)
 		}
 		elapsed := time.Since(start)
 		for range batch.Messages() {
@@ -265,6 +313,81 @@ func MeasureHop(ctx context.Context, samples, payloadBytes int) (float64, error)
 		}
 	}
 	return float64(median(times)) / float64(time.Millisecond), nil
+}
+
+// measureItems loads rounds+1 batches into the input stream, then moves
+// them as a worker does and returns the median over the timed rounds (the
+// first is a warm-up) of the time per item. The embedded server runs in this
+// process, so its work is in the time too, as it is on a machine that runs
+// nats-server next to the workers.
+func measureItems(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, in, out string, payload []byte, rounds int) (float64, error) {
+	total := (rounds + 1) * natsBatch
+	for i := range total {
+		if _, err := js.PublishAsync(in, payload, jetstream.WithMsgID(fmt.Sprintf("load-%d", i))); err != nil {
+			return 0, fmt.Errorf("load: %w", err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	var perItem []time.Duration
+	for round := range rounds + 1 {
+		start := time.Now()
+		batch, err := cons.Fetch(natsBatch, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return 0, fmt.Errorf("fetch: %w", err)
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		if err := batch.Error(); err != nil {
+			return 0, fmt.Errorf("fetch: %w", err)
+		}
+		futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+		for i, m := range msgs {
+			out := &nats.Msg{Subject: out, Data: m.Data(), Header: nats.Header{}}
+			out.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("out-%d-%d", round, i))
+			f, err := js.PublishMsgAsync(out)
+			if err != nil {
+				return 0, fmt.Errorf("publish: %w", err)
+			}
+			futures = append(futures, f)
+		}
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return 0, fmt.Errorf("publish: %w", err)
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
+		for _, m := range msgs {
+			if err := m.Ack(); err != nil {
+				return 0, fmt.Errorf("ack: %w", err)
+			}
+		}
+		if round > 0 && len(msgs) > 0 {
+			perItem = append(perItem, time.Since(start)/time.Duration(len(msgs)))
+		}
+	}
+	if len(perItem) == 0 {
+		return 0, errors.New("no messages moved")
+	}
+	return float64(median(perItem)) / float64(time.Millisecond), nil
+}
+
+// roundSig rounds x to d significant digits, so profile files stay
+// readable.
+func roundSig(x float64, d int) float64 {
+	if x == 0 || math.IsNaN(x) || math.IsInf(x, 0) {
+		return x
+	}
+	p := math.Pow(10, float64(d)-math.Ceil(math.Log10(math.Abs(x))))
+	return math.Round(x*p) / p
 }
 
 func median(d []time.Duration) time.Duration {

@@ -49,6 +49,11 @@ type Plan struct {
 	// HopOverheadMs is the measured per-hop cost of the NATS path (publish,
 	// fetch, ack) in milliseconds, used by the simulator.
 	HopOverheadMs float64 `json:"hop_overhead_ms,omitempty"`
+	// ItemOverheadMs is the runner time a worker spends on messaging per
+	// item (decode, publish with PubAck, ack), in milliseconds, measured at
+	// batch throughput. The simulator adds it per item to every batch's
+	// service time, and the planner adds it to every stage's cost.
+	ItemOverheadMs float64 `json:"item_overhead_ms,omitempty"`
 	// Models lists every model a gear may use, with its profile.
 	Models []Model `json:"models"`
 	// Ladder orders the models from cheapest to most accurate.
@@ -440,6 +445,12 @@ func (p *Plan) Validate() error {
 	}
 	if p.Input.UINT8Scale < 0 {
 		bad("input.uint8_scale must be >= 0")
+	}
+	if p.HopOverheadMs < 0 || math.IsNaN(p.HopOverheadMs) || math.IsInf(p.HopOverheadMs, 0) {
+		bad("hop_overhead_ms must be a finite number >= 0, got %v", p.HopOverheadMs)
+	}
+	if p.ItemOverheadMs < 0 || math.IsNaN(p.ItemOverheadMs) || math.IsInf(p.ItemOverheadMs, 0) {
+		bad("item_overhead_ms must be a finite number >= 0, got %v", p.ItemOverheadMs)
 	}
 
 	models := map[string]bool{}

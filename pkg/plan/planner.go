@@ -138,8 +138,9 @@ type PlannerConfig struct {
 	// Search configures the threshold grid and cascade length.
 	Search SearchOptions
 	// CostBatch is the reference batch size of the expected cost per item:
-	// a model's per-item cost is Profile.ItemCostMs(CostBatch) (default 8).
-	// It orders the Pareto front and splits runners among models.
+	// a model's per-item cost is Profile.ItemCostMs(CostBatch) plus the
+	// profile's ItemOverheadMs (default 8). It orders the Pareto front and
+	// splits runners among models.
 	CostBatch int
 	// Headroom is the highest utilisation a model's runners may have in a
 	// feasible gear (default 0.8).
@@ -375,11 +376,12 @@ func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
 	start := cfg.Now()
 	res := &PlanResult{}
 
+	pl0 := &planner{cfg: &cfg}
 	names := make([]string, len(cfg.Ladder))
 	costs := map[string]float64{}
 	for i, m := range cfg.Ladder {
 		names[i] = m.Name
-		costs[m.Name] = cfg.Profile.Models[m.Name].ItemCostMs(cfg.CostBatch)
+		costs[m.Name] = pl0.itemCost(m.Name, cfg.CostBatch)
 	}
 	if cfg.Calibrate {
 		res.Temperatures = map[string]float64{}
@@ -520,7 +522,7 @@ func (pl *planner) split(cand int) []int {
 	}
 	demand := make([]float64, k)
 	for j, s := range c.Stages {
-		demand[j] = c.Reach[j] * pl.cfg.Profile.Models[s.Model].ItemCostMs(pl.cfg.CostBatch)
+		demand[j] = c.Reach[j] * pl.itemCost(s.Model, pl.cfg.CostBatch)
 	}
 	r := make([]int, k)
 	for j := range r {
@@ -558,6 +560,7 @@ func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) Sim
 		Requests:        pl.simRequests(q),
 		Seed:            pl.cfg.Seed,
 		HopOverheadMs:   pl.cfg.Profile.HopOverheadMs,
+		ItemOverheadMs:  pl.cfg.Profile.ItemOverheadMs,
 		AnsweredBy:      c.AnsweredBy,
 		AbortAboveP95Ms: pl.cfg.SLOP95Ms,
 	}
@@ -603,7 +606,7 @@ func (pl *planner) minLatencyMs(cand int) float64 {
 	lat := hop
 	bound := 0.0
 	for j, s := range c.Stages {
-		lat += pl.cfg.Profile.Models[s.Model].LatencyMs(1) + hop
+		lat += pl.cfg.Profile.Models[s.Model].LatencyMs(1) + pl.cfg.Profile.ItemOverheadMs + hop
 		if c.Reach[j] > 0.05 {
 			bound = lat
 		}
@@ -772,12 +775,18 @@ func (pl *planner) simulate(cand int, q float64, configs []Batching, runners []i
 	return results, nil
 }
 
+// itemCost is the runner time per item of a model in batches of b: its
+// share of the batch latency plus the messaging overhead.
+func (pl *planner) itemCost(model string, b int) float64 {
+	return pl.cfg.Profile.Models[model].ItemCostMs(b) + pl.cfg.Profile.ItemOverheadMs
+}
+
 // canKeepUp is the compute check: even if every batch were full, would
 // each stage's utilisation stay within the headroom?
 func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	c := pl.cands[cand]
 	for j, s := range c.Stages {
-		util := q / 1000 * c.Reach[j] * pl.cfg.Profile.Models[s.Model].ItemCostMs(b) / float64(runners[j])
+		util := q / 1000 * c.Reach[j] * pl.itemCost(s.Model, b) / float64(runners[j])
 		if util > pl.cfg.Headroom {
 			return false
 		}
@@ -789,15 +798,16 @@ func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *Plan {
 	cfg := pl.cfg
 	p := &Plan{
-		Version:       FormatVersion,
-		Pipeline:      cfg.Pipeline,
-		Description:   cfg.Description,
-		SLO:           SLO{P95Ms: cfg.SLOP95Ms},
-		Capacity:      cfg.Capacity,
-		Confidence:    cfg.Metric,
-		Input:         cfg.Input,
-		HopOverheadMs: cfg.Profile.HopOverheadMs,
-		Hysteresis:    cfg.Hysteresis,
+		Version:        FormatVersion,
+		Pipeline:       cfg.Pipeline,
+		Description:    cfg.Description,
+		SLO:            SLO{P95Ms: cfg.SLOP95Ms},
+		Capacity:       cfg.Capacity,
+		Confidence:     cfg.Metric,
+		Input:          cfg.Input,
+		HopOverheadMs:  cfg.Profile.HopOverheadMs,
+		ItemOverheadMs: cfg.Profile.ItemOverheadMs,
+		Hysteresis:     cfg.Hysteresis,
 	}
 	for _, m := range cfg.Ladder {
 		prof := cfg.Profile.Models[m.Name]

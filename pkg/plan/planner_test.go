@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -298,6 +299,41 @@ func TestPlanUsesMoreAccurateGearsAtLowLoad(t *testing.T) {
 		if _, ok := p.Planner[key]; !ok {
 			t.Errorf("planner metadata lacks %q", key)
 		}
+	}
+}
+
+func TestPlanChargesMessagingOverhead(t *testing.T) {
+	plain := makePlan(t, smallPlannerConfig(t))
+	cfg := smallPlannerConfig(t)
+	prof := *cfg.Profile
+	prof.ItemOverheadMs = 0.05
+	cfg.Profile = &prof
+	res := makePlan(t, cfg)
+	checkPlanInvariants(t, cfg, res)
+	if res.Plan.ItemOverheadMs != 0.05 {
+		t.Errorf("plan item overhead %v", res.Plan.ItemOverheadMs)
+	}
+	// Every stage an item reaches costs the overhead.
+	for _, c := range res.Front {
+		want := 0.0
+		for j, s := range c.Stages {
+			want += c.Reach[j] * (prof.Models[s.Model].ItemCostMs(8) + 0.05)
+		}
+		if math.Abs(c.CostMsPerItem-want) > 1e-12 {
+			t.Fatalf("%s: cost %v, want %v", c, c.CostMsPerItem, want)
+		}
+	}
+	// Less capacity is left for models, so the top load gets a cheaper gear
+	// (or none).
+	top := func(r *PlanResult) float64 {
+		b := r.Buckets[len(r.Buckets)-1]
+		if !b.Feasible() {
+			return 0
+		}
+		return r.Candidates[b.Candidate].Accuracy
+	}
+	if top(res) > top(plain) {
+		t.Errorf("with messaging overhead the top load gets accuracy %v, without %v", top(res), top(plain))
 	}
 }
 

@@ -56,6 +56,7 @@ func (p *Plan) GearSimConfig(i int, qps float64, opts GearSimOptions) (SimConfig
 		Requests:       opts.Requests,
 		Seed:           opts.Seed,
 		HopOverheadMs:  p.HopOverheadMs,
+		ItemOverheadMs: p.ItemOverheadMs,
 		WarmupFraction: opts.WarmupFraction,
 	}
 	for j, s := range g.Cascade {

@@ -29,6 +29,10 @@ type ProfileFile struct {
 	// (publish with PubAck, fetch, ack) in ms. The simulator adds it to every
 	// hop an item makes: ingress → first model, model → model, model → result.
 	HopOverheadMs float64 `json:"hop_overhead_ms"`
+	// ItemOverheadMs is the runner time per item spent on messaging
+	// (decode, publish with PubAck, ack) at batch throughput, in ms; the
+	// simulator adds it per item to every batch's service time.
+	ItemOverheadMs float64 `json:"item_overhead_ms,omitempty"`
 	// Host describes the machine (free text: CPU model, cores, OS).
 	Host string `json:"host,omitempty"`
 	// Runtime describes the inference runtime (e.g. "onnxruntime 1.30.0").
@@ -54,6 +58,9 @@ func (f *ProfileFile) Validate() error {
 	}
 	if f.HopOverheadMs < 0 || math.IsNaN(f.HopOverheadMs) || math.IsInf(f.HopOverheadMs, 0) {
 		bad("hop_overhead_ms must be a finite number >= 0, got %v", f.HopOverheadMs)
+	}
+	if f.ItemOverheadMs < 0 || math.IsNaN(f.ItemOverheadMs) || math.IsInf(f.ItemOverheadMs, 0) {
+		bad("item_overhead_ms must be a finite number >= 0, got %v", f.ItemOverheadMs)
 	}
 	if len(f.Models) == 0 {
 		bad("no models")

@@ -39,7 +39,10 @@ type SimConfig struct {
 	// HopOverheadMs is added to every hop an item makes: ingress to the
 	// first stage, stage to stage, and last stage to the result.
 	HopOverheadMs float64
-	Stages        []SimStage
+	// ItemOverheadMs is runner time per item on top of the model's batch
+	// latency (messaging: decode, publish, ack).
+	ItemOverheadMs float64
+	Stages         []SimStage
 	// AnsweredBy[j] is the probability that stage j answers a request (the
 	// replay's answered-by distribution; the last stage takes the rest).
 	// Drawing the answering stage from it is, in law, drawing a replay item
@@ -116,8 +119,8 @@ func (c SimConfig) validate() error {
 	if c.Requests < 0 {
 		bad("requests must be >= 0")
 	}
-	if c.HopOverheadMs < 0 {
-		bad("hop overhead must be >= 0")
+	if c.HopOverheadMs < 0 || c.ItemOverheadMs < 0 {
+		bad("hop and item overheads must be >= 0")
 	}
 	if len(c.Stages) == 0 {
 		bad("no stages")
@@ -163,7 +166,8 @@ func (c SimConfig) validate() error {
 // is re-issued. As on the NATS server, pending fetches are served in order:
 // arriving items fill one fetch before the next gets any. A MaxDelayMs of 0
 // returns as soon as one item (or all that arrived together) is there.
-// The runner then runs the batch for Profile.LatencyMs(size); afterwards
+// The runner then runs the batch for Profile.LatencyMs(size) plus
+// ItemOverheadMs per item; afterwards
 // each item is answered or escalated to the next stage, one hop later.
 func Simulate(cfg SimConfig) (SimResult, error) {
 	if cfg.Requests == 0 {
@@ -467,7 +471,7 @@ func (s *sim) start(j int, r int32, t float64) {
 	run.busy = true
 	run.gen++
 	n := len(run.items)
-	service := st.cfg.Profile.LatencyMs(n)
+	service := st.cfg.Profile.LatencyMs(n) + float64(n)*s.cfg.ItemOverheadMs
 	st.busyMs += max(0, min(t+service, s.winEnd)-max(t, s.winStart))
 	st.items += n
 	st.batches++

@@ -56,6 +56,13 @@ func TestSimulateTinyLoad(t *testing.T) {
 	if r.Stages[0].MeanBatch > 1.01 {
 		t.Errorf("mean batch %v at 1 qps", r.Stages[0].MeanBatch)
 	}
+	// Messaging overhead is runner time per item.
+	cfg := oneStage(1, prof, 1, 1, 0)
+	cfg.ItemOverheadMs = 0.7
+	r = simulate(t, cfg)
+	if math.Abs(r.P95Ms-(base+0.7)) > 1e-9 {
+		t.Errorf("with item overhead: p95 %v, want %v", r.P95Ms, base+0.7)
+	}
 	// Delay 0 takes what is there: no waiting.
 	r = simulate(t, oneStage(1, prof, 1, 8, 0))
 	if math.Abs(r.P95Ms-base) > 1e-9 {
