@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
@@ -30,7 +31,7 @@ type Config struct {
 	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
 
 	// Plan is the path of the gear plan file. Empty means the built-in plan
-	// of the pipeline (see Deps.DefaultPlan).
+	// of the pipeline (mnist only; see LoadPlan).
 	Plan string `env:"PLAN"`
 	// Gear, if set, pins a gear id: the controller writes it and never
 	// switches (benchmarks and tests).
@@ -142,16 +143,17 @@ type Deps struct {
 	// Now is the clock (AtUnixNano of gear writes, dwell times, stats receive
 	// times); nil means time.Now. It is called from two goroutines.
 	Now func() time.Time
-	// DefaultPlan returns the built-in plan of a pipeline, used when
-	// Config.Plan is empty. Nil means there is none and CASCADE_PLAN is
-	// required.
-	DefaultPlan func(pipeline string) (*plan.Plan, error)
 }
 
+// ErrNoPlan means the configuration names no plan file and the pipeline has
+// no built-in plan.
+var ErrNoPlan = errors.New("no plan")
+
 // LoadPlan returns the plan the configuration names: the file Config.Plan,
-// or the default plan of the pipeline. The plan's pipeline must match
+// or, when it is empty and the pipeline is mnist, the built-in MNIST plan
+// (mnist.Plan, models/mnist/plan.json). The plan's pipeline must match
 // Config.Pipeline.
-func LoadPlan(cfg Config, defaultPlan func(pipeline string) (*plan.Plan, error)) (*plan.Plan, error) {
+func LoadPlan(cfg Config) (*plan.Plan, error) {
 	var (
 		p   *plan.Plan
 		err error
@@ -159,10 +161,10 @@ func LoadPlan(cfg Config, defaultPlan func(pipeline string) (*plan.Plan, error))
 	switch {
 	case cfg.Plan != "":
 		p, err = plan.LoadFile(cfg.Plan)
-	case defaultPlan != nil:
-		p, err = defaultPlan(cfg.Pipeline)
+	case cfg.Pipeline == "mnist":
+		p, err = mnist.Plan()
 	default:
-		return nil, fmt.Errorf("no plan: set CASCADE_PLAN to a plan file (pipeline %q has no built-in plan)", cfg.Pipeline)
+		return nil, fmt.Errorf("%w: set CASCADE_PLAN to a plan file (pipeline %q has no built-in plan)", ErrNoPlan, cfg.Pipeline)
 	}
 	if err != nil {
 		return nil, err

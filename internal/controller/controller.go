@@ -41,7 +41,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	p, err := LoadPlan(cfg, deps.DefaultPlan)
+	p, err := LoadPlan(cfg)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}

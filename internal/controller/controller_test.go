@@ -23,6 +23,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
@@ -606,24 +607,39 @@ func TestConfigFromEnv(t *testing.T) {
 }
 
 func TestLoadPlan(t *testing.T) {
-	cfg := Config{Plan: "testdata/three-gears.json", Pipeline: "ctltest"}
-	if _, err := LoadPlan(cfg, nil); err != nil {
+	builtin, err := mnist.Plan()
+	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Pipeline = "mnist"
-	if _, err := LoadPlan(cfg, nil); err == nil {
-		t.Error("plan of another pipeline accepted")
+	tests := []struct {
+		name    string
+		cfg     Config
+		want    string // pipeline of the plan; "" for an error
+		wantErr error
+	}{
+		{name: "file", cfg: Config{Plan: "testdata/three-gears.json", Pipeline: "ctltest"}, want: "ctltest"},
+		{name: "file of another pipeline", cfg: Config{Plan: "testdata/three-gears.json", Pipeline: "mnist"}},
+		{name: "missing file", cfg: Config{Plan: "testdata/none.json", Pipeline: "ctltest"}},
+		{name: "built-in mnist plan", cfg: Config{Pipeline: "mnist"}, want: "mnist"},
+		{name: "no built-in plan", cfg: Config{Pipeline: "other"}, wantErr: ErrNoPlan},
 	}
-	if _, err := LoadPlan(Config{Pipeline: "mnist"}, nil); err == nil {
-		t.Error("no plan and no default accepted")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := LoadPlan(tt.cfg)
+			switch {
+			case tt.want == "" && err == nil:
+				t.Fatalf("got plan %q, want an error", p.Pipeline)
+			case tt.want == "" && tt.wantErr != nil && !errors.Is(err, tt.wantErr):
+				t.Fatalf("err %v, want %v", err, tt.wantErr)
+			case tt.want != "" && err != nil:
+				t.Fatal(err)
+			case tt.want != "" && p.Pipeline != tt.want:
+				t.Fatalf("pipeline %q, want %q", p.Pipeline, tt.want)
+			}
+		})
 	}
-	def := func(pipeline string) (*plan.Plan, error) {
-		p := loadTestPlan(t)
-		p.Pipeline = pipeline
-		return p, nil
-	}
-	if p, err := LoadPlan(Config{Pipeline: "mnist"}, def); err != nil || p.Pipeline != "mnist" {
-		t.Errorf("default plan: %v %v", p, err)
+	if len(builtin.Gears) == 0 {
+		t.Error("built-in plan has no gears")
 	}
 }
 

@@ -63,12 +63,13 @@ func TestMNISTPlan(t *testing.T) {
 	}
 }
 
-// TestRunMNISTPlan runs the controller on the MNIST plan: a stream and a
-// consumer for every model any gear uses, the plan in the bucket, and the
-// most accurate gear first.
+// TestRunMNISTPlan runs the controller with no CASCADE_PLAN on the mnist
+// pipeline, i.e. on the built-in MNIST plan: a stream and a consumer for
+// every model any gear uses, the plan in the bucket, and the most accurate
+// gear first.
 func TestRunMNISTPlan(t *testing.T) {
 	srv := natstest.Start(t)
-	cfg := testConfig(t, mnistPlanFile, map[string]string{"CASCADE_PIPELINE": "mnist"})
+	cfg := testConfig(t, "", map[string]string{"CASCADE_PIPELINE": "mnist"})
 	startController(t, srv, cfg)
 	kv := controlBucket(t, srv, "mnist")
 	waitGear(t, kv, "accurate")
@@ -90,7 +91,11 @@ func TestRunMNISTPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := plan.Parse(e.Value()); err != nil {
+	stored, err := plan.Parse(e.Value())
+	if err != nil {
 		t.Fatalf("stored plan: %v", err)
+	}
+	if stored.Description != p.Description || len(stored.Gears) != len(p.Gears) {
+		t.Errorf("stored plan is not models/mnist/plan.json")
 	}
 }
