@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -161,20 +162,14 @@ const ceilingPipeline = "bench"
 const stallTimeout = 15 * time.Second
 
 func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingConfig, model string, batch int) (CeilingRun, error) {
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, cfg.Fetchers+2)
-	fail := func(err error) {
-		select {
-		case errs <- err:
-		default:
-		}
-		cancel()
-	}
+	// A rejected publish fails the pass in progress.
+	var pubErr atomic.Pointer[func(error)]
 	pjs, err := jetstream.New(pubConn,
 		jetstream.WithPublishAsyncMaxPending(cfg.Backlog),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-			fail(fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err))
+			if f := pubErr.Load(); f != nil {
+				(*f)(fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err))
+			}
 		}))
 	if err != nil {
 		return CeilingRun{}, err
@@ -202,12 +197,34 @@ func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingCon
 		return CeilingRun{}, fmt.Errorf("bind consumer: %w", err)
 	}
 
-	n := cfg.Messages
+	subject := wire.ModelSubject(ceilingPipeline, model)
+	// A first, shorter pass warms the server up (new message blocks, its
+	// buffers, the consumer) and is not measured.
+	if _, err := ceilingPass(ctx, pjs, &pubErr, subConn, cons, cfg, subject, batch, "w", max(cfg.Messages/5, batch*cfg.Fetchers)); err != nil {
+		return CeilingRun{}, fmt.Errorf("warm-up: %w", err)
+	}
+	return ceilingPass(ctx, pjs, &pubErr, subConn, cons, cfg, subject, batch, "", cfg.Messages)
+}
+
+// ceilingPass publishes n messages with ids prefix0 … prefix<n-1>, fetches
+// and acks them all, and reports the pass.
+func ceilingPass(ctx context.Context, pjs jetstream.JetStream, pubErr *atomic.Pointer[func(error)], subConn *nats.Conn, cons jetstream.Consumer, cfg CeilingConfig, subject string, batch int, prefix string, n int) (CeilingRun, error) {
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, cfg.Fetchers+2)
+	fail := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+		cancel()
+	}
+	pubErr.Store(&fail)
+	defer pubErr.Store(nil)
 	seen := make([]atomic.Int32, n)
 	var (
 		received atomic.Int64
 		fetches  atomic.Int64
-		lastAck  atomic.Int64 // unix nanos of the latest ack
 	)
 	// tokens bounds the backlog: the publisher takes one per message, a
 	// fetcher returns one per ack.
@@ -215,7 +232,6 @@ func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingCon
 	done := make(chan struct{})
 	var doneOnce sync.Once
 	var wg sync.WaitGroup
-	subject := wire.ModelSubject(ceilingPipeline, model)
 
 	start := time.Now()
 	for range cfg.Fetchers {
@@ -229,9 +245,10 @@ func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingCon
 				got := 0
 				for m := range mb.Messages() {
 					got++
-					i, err := strconv.Atoi(m.Headers().Get(jetstream.MsgIDHeader))
-					if err != nil || i < 0 || i >= n {
-						fail(fmt.Errorf("message with id %q", m.Headers().Get(jetstream.MsgIDHeader)))
+					id := m.Headers().Get(jetstream.MsgIDHeader)
+					i, err := strconv.Atoi(strings.TrimPrefix(id, prefix))
+					if err != nil || i < 0 || i >= n || !strings.HasPrefix(id, prefix) {
+						fail(fmt.Errorf("message with id %q", id))
 						return
 					}
 					seen[i].Add(1)
@@ -240,7 +257,6 @@ func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingCon
 						return
 					}
 					<-tokens
-					lastAck.Store(time.Now().UnixNano())
 					if received.Add(1) == int64(n) {
 						doneOnce.Do(func() { close(done) })
 					}
@@ -256,15 +272,16 @@ func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingCon
 		})
 	}
 	wg.Go(func() {
-		// PubAcks are awaited as they come back; the async window and the
-		// backlog tokens keep the publisher from running away.
+		// PubAcks are checked as they come back (the error handler); the
+		// async window and the backlog tokens keep the publisher from
+		// running away.
 		for i := range n {
 			select {
 			case tokens <- struct{}{}:
 			case <-runCtx.Done():
 				return
 			}
-			m := &nats.Msg{Subject: subject, Data: cfg.Payload, Header: nats.Header{jetstream.MsgIDHeader: []string{strconv.Itoa(i)}}}
+			m := &nats.Msg{Subject: subject, Data: cfg.Payload, Header: nats.Header{jetstream.MsgIDHeader: []string{prefix + strconv.Itoa(i)}}}
 			if _, err := pjs.PublishMsgAsync(m); err != nil {
 				fail(fmt.Errorf("publish %d: %w", i, err))
 				return
@@ -272,7 +289,7 @@ func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingCon
 		}
 	})
 
-	// Wait for the last ack; a run that stops making progress fails.
+	// Wait for the last ack; a pass that stops making progress fails.
 	watch := time.NewTicker(time.Second)
 	defer watch.Stop()
 	progress, progressAt := int64(-1), time.Now()
@@ -291,7 +308,10 @@ wait:
 			}
 		}
 	}
-	end := time.Unix(0, lastAck.Load())
+	// Acks are asynchronous: the pass ends when the server has them all,
+	// which a flush (a round trip behind them) guarantees.
+	flushErr := subConn.Flush()
+	end := time.Now()
 	cancel()
 	wg.Wait()
 	select {
@@ -302,12 +322,9 @@ wait:
 	if err := ctx.Err(); err != nil {
 		return CeilingRun{}, err
 	}
-	// Acks are asynchronous: a flush makes sure the server has them before
-	// the stream is deleted (and before the next run competes with them).
-	if err := subConn.Flush(); err != nil {
-		return CeilingRun{}, fmt.Errorf("flush acks: %w", err)
+	if flushErr != nil {
+		return CeilingRun{}, fmt.Errorf("flush acks: %w", flushErr)
 	}
-
 	run := CeilingRun{Batch: batch, Fetchers: cfg.Fetchers, Messages: n, Received: int(received.Load()), Fetches: int(fetches.Load())}
 	for i := range seen {
 		switch c := seen[i].Load(); {
