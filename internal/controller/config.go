@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	env "github.com/caarlos0/env/v10"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -23,8 +25,8 @@ type Config struct {
 	NATSURL string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
 	// Pipeline is the pipeline served; it must equal the plan's pipeline.
 	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
-	// MetricsAddr is where /metrics is served (used by the main); empty
-	// disables it.
+	// MetricsAddr is where /metrics is served (used by the main); set it to
+	// the empty string to serve nothing.
 	MetricsAddr string `env:"METRICS_ADDR" envDefault:":9091"`
 	// LogLevel is debug, info, warn or error; LogFormat text or json.
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info"`
@@ -64,7 +66,11 @@ type Config struct {
 func ConfigFromEnv(environ map[string]string) (Config, error) {
 	var cfg Config
 	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: "CASCADE_", Environment: environ}); err != nil {
-		return Config{}, fmt.Errorf("controller config: %w", err)
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	// envDefault also replaces an empty value; empty means "off" here.
+	if v, ok := environ["CASCADE_METRICS_ADDR"]; ok && v == "" {
+		cfg.MetricsAddr = ""
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
@@ -72,11 +78,23 @@ func ConfigFromEnv(environ map[string]string) (Config, error) {
 	return cfg, nil
 }
 
+// ErrInvalidConfig marks a configuration that fails Validate.
+var ErrInvalidConfig = errors.New("invalid controller config")
+
 // Validate reports every problem of the configuration together.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Pipeline == "" {
-		errs = append(errs, errors.New("CASCADE_PIPELINE is empty"))
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("CASCADE_NATS_URL is empty"))
+	}
+	if !wire.ValidToken(c.Pipeline) {
+		errs = append(errs, fmt.Errorf("CASCADE_PIPELINE %q is not a valid pipeline name", c.Pipeline))
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
+		errs = append(errs, fmt.Errorf("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("CASCADE_LOG_FORMAT %q: want text or json", c.LogFormat))
 	}
 	if c.UpshiftBacklog <= 0 {
 		errs = append(errs, fmt.Errorf("CASCADE_UPSHIFT_BACKLOG must be > 0, got %v", c.UpshiftBacklog))
@@ -103,7 +121,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("CASCADE_MAX_ACK_PENDING must be >= 1, got %d", c.MaxAckPending))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("controller config: %w", err)
+		return fmt.Errorf("%w:\n%w", ErrInvalidConfig, err)
 	}
 	return nil
 }

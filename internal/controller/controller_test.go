@@ -595,11 +595,17 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Errorf("parsed %+v / %+v", cfg, topo)
 	}
 
-	_, err = ConfigFromEnv(map[string]string{"CASCADE_STORAGE": "tape", "CASCADE_REPLICAS": "0", "CASCADE_UPSHIFT_BACKLOG": "0s"})
-	if err == nil {
-		t.Fatal("bad config accepted")
+	cfg, err = ConfigFromEnv(map[string]string{"CASCADE_METRICS_ADDR": ""})
+	if err != nil || cfg.MetricsAddr != "" {
+		t.Errorf("empty CASCADE_METRICS_ADDR: %q %v", cfg.MetricsAddr, err)
 	}
-	for _, want := range []string{"CASCADE_STORAGE", "CASCADE_REPLICAS", "CASCADE_UPSHIFT_BACKLOG"} {
+
+	_, err = ConfigFromEnv(map[string]string{"CASCADE_STORAGE": "tape", "CASCADE_REPLICAS": "0", "CASCADE_UPSHIFT_BACKLOG": "0s",
+		"CASCADE_LOG_LEVEL": "loud", "CASCADE_PIPELINE": "a.b"})
+	if !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("bad config: err %v, want ErrInvalidConfig", err)
+	}
+	for _, want := range []string{"CASCADE_STORAGE", "CASCADE_REPLICAS", "CASCADE_UPSHIFT_BACKLOG", "CASCADE_LOG_LEVEL", "CASCADE_PIPELINE"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
