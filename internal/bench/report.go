@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -123,6 +124,28 @@ type LatencyCheck struct {
 	Tolerance float64 `json:"tolerance"`
 	Pass      bool    `json:"pass"`
 	Run       LoadRun `json:"run"`
+}
+
+// ratios relates every saturated pipeline run to its in-process cascade
+// and to the JetStream ceiling of the same report.
+func ratios(rep *Report) []Ratio {
+	var out []Ratio
+	for _, pr := range rep.Pipelines {
+		r := Ratio{Gear: pr.Gear, PipelineQPS: pr.Load.Throughput}
+		if i := slices.IndexFunc(rep.Cascades, func(c CascadeRun) bool { return c.Gear == pr.Gear }); i >= 0 && rep.Cascades[i].ItemsPerSec > 0 {
+			r.CascadeQPS = rep.Cascades[i].ItemsPerSec
+			r.OverCascade = r.PipelineQPS / r.CascadeQPS
+		}
+		if rep.Ceiling != nil && rep.Ceiling.Best.HopsPerSec > 0 {
+			r.CeilingHops = rep.Ceiling.Best.HopsPerSec
+			r.OverCeiling = r.PipelineQPS / r.CeilingHops
+			if pr.Load.StagesPerRequest > 0 {
+				r.HopsOverCeiling = r.PipelineQPS * pr.Load.StagesPerRequest / r.CeilingHops
+			}
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // WriteTable prints the report as tables.
