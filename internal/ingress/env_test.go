@@ -111,10 +111,11 @@ func (e *testEnv) ready(t *testing.T, edit func(*ingress.Config)) *testIngress {
 
 // testIngress is a running ingress.Run with an HTTP listener on loopback.
 type testIngress struct {
-	url    string
-	reg    *prometheus.Registry
-	cancel context.CancelFunc
-	done   chan error
+	url     string
+	reg     *prometheus.Registry
+	cancel  context.CancelFunc
+	stopped chan struct{} // closed when Run returned
+	err     error         // what Run returned
 }
 
 func testConfig(t *testing.T) ingress.Config {
@@ -151,9 +152,10 @@ func (e *testEnv) startIngressOn(t *testing.T, nc *nats.Conn, edit func(*ingress
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ti := &testIngress{url: "http://" + ln.Addr().String(), reg: prometheus.NewRegistry(), cancel: cancel, done: make(chan error, 1)}
+	ti := &testIngress{url: "http://" + ln.Addr().String(), reg: prometheus.NewRegistry(), cancel: cancel, stopped: make(chan struct{})}
 	go func() {
-		ti.done <- ingress.Run(ctx, cfg, ingress.Deps{Logger: testLogger(t), Registerer: ti.reg, Conn: nc, HTTPListener: ln})
+		defer close(ti.stopped)
+		ti.err = ingress.Run(ctx, cfg, ingress.Deps{Logger: testLogger(t), Registerer: ti.reg, Conn: nc, HTTPListener: ln})
 	}()
 	t.Cleanup(func() { ti.stop(t) })
 	return ti
@@ -164,12 +166,9 @@ func (ti *testIngress) stop(t *testing.T) {
 	t.Helper()
 	ti.cancel()
 	select {
-	case err, ok := <-ti.done:
-		if ok && err != nil {
-			t.Errorf("ingress.Run returned %v", err)
-		}
-		if ok {
-			close(ti.done)
+	case <-ti.stopped:
+		if ti.err != nil {
+			t.Errorf("ingress.Run returned %v", ti.err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("ingress.Run did not return within 30s of cancel")
@@ -243,6 +242,13 @@ type responder struct {
 
 func (e *testEnv) respond(t *testing.T, model string) *responder {
 	t.Helper()
+	return e.respondAfter(t, model, nil)
+}
+
+// respondAfter is respond, holding every item until gate is closed (nil:
+// answer at once).
+func (e *testEnv) respondAfter(t *testing.T, model string, gate <-chan struct{}) *responder {
+	t.Helper()
 	nc := e.srv.Connect(t)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -274,6 +280,13 @@ func (e *testEnv) respond(t *testing.T, model string) *responder {
 				r.mu.Lock()
 				r.items = append(r.items, &it)
 				r.mu.Unlock()
+				if gate != nil {
+					select {
+					case <-gate:
+					case <-ctx.Done():
+						return
+					}
+				}
 				vals, err := it.Input.AppendFloat32s(nil, 0)
 				if err != nil || len(vals) < 3 {
 					t.Errorf("responder %s: item %s input %v: %v", model, it.ID, it.Input, err)

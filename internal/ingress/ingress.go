@@ -143,7 +143,12 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		if err := srv.Shutdown(sctx); err != nil {
 			in.logger.Warn("HTTP requests still in flight at the shutdown bound; answering them unavailable", "err", err)
 			in.abortWaiters()
-			_ = srv.Close()
+			// Give the woken handlers a moment to write their answers.
+			actx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if err := srv.Shutdown(actx); err != nil {
+				_ = srv.Close()
+			}
 		}
 		return nil
 	})

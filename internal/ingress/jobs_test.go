@@ -1,0 +1,224 @@
+package ingress_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// publishJob publishes a job and checks its PubAck (the producer's
+// "accepted").
+func (e *testEnv) publishJob(t *testing.T, client string, body []byte, asJSON bool, msgID string) {
+	t.Helper()
+	msg := nats.NewMsg(wire.JobsSubject(pipeline, client))
+	msg.Data = body
+	if asJSON {
+		msg.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
+	}
+	var opts []jetstream.PublishOpt
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	ack, err := e.srv.JS.PublishMsg(context.Background(), msg, opts...)
+	if err != nil {
+		t.Fatalf("publish job: %v", err)
+	}
+	if ack.Stream != wire.JobsStream(pipeline) {
+		t.Fatalf("job stored in %q", ack.Stream)
+	}
+}
+
+// TestJobs: jobs published before any ingress runs are accepted (PubAck)
+// and, once an ingress starts, each gets exactly one result on the results
+// stream: answers for valid jobs, typed errors for invalid ones.
+func TestJobs(t *testing.T) {
+	e := startEnv(t, natsbus.TopologyConfig{})
+	nan := validRequest("job-nan")
+	nan.Input = wire.FP32Tensor([]int64{2, 2}, []float32{1, float32(nanValue()), 1, 1})
+	badShape := validRequest("job-shape")
+	badShape.Input.Shape = []int64{1, 4}
+	withClient := validRequest("job-client")
+	withClient.Client = "ignored" // the subject names the client
+
+	type want struct {
+		code  wire.Code
+		label int
+	}
+	wants := map[string]want{}
+	e.publishJob(t, "batch", encodeRequest(t, validRequest("job-1")), false, "")
+	wants["job-1"] = want{label: 2}
+	e.publishJob(t, "batch", encodeRequest(t, withClient), false, "")
+	wants["job-client"] = want{label: 2}
+	e.publishJob(t, "batch", []byte(oipBody("job-json", "UINT8", "[2,2]", "[2,2,2,0]", `{"return_probabilities":true}`)), true, "")
+	wants["job-json"] = want{label: 3}
+	e.publishJob(t, "batch", encodeRequest(t, nan), false, "")
+	wants["job-nan"] = want{code: wire.CodeInvalidInput}
+	e.publishJob(t, "batch", encodeRequest(t, badShape), false, "")
+	wants["job-shape"] = want{code: wire.CodeInvalidInput}
+	past := validRequest("job-late")
+	past.DeadlineUnixMs = 1000
+	e.publishJob(t, "batch", encodeRequest(t, past), false, "")
+	wants["job-late"] = want{code: wire.CodeDeadlineExceeded}
+	// Without an id, and undecodable: ids are derived from the stream.
+	e.publishJob(t, "batch", encodeRequest(t, validRequest("")), false, "")
+	e.publishJob(t, "batch", []byte("garbage"), false, "")
+	// The producer deduplicates its own retries with Nats-Msg-Id.
+	e.publishJob(t, "batch", encodeRequest(t, validRequest("job-retried")), false, "p-1")
+	e.publishJob(t, "batch", encodeRequest(t, validRequest("job-retried")), false, "p-1")
+	wants["job-retried"] = want{label: 2}
+	// Another client's results go to its own subject.
+	e.publishJob(t, "other", encodeRequest(t, validRequest("job-other")), false, "")
+	if got := e.streamMsgs(t, wire.JobsStream(pipeline)); got != 10 {
+		t.Fatalf("jobs stream holds %d jobs, want 10", got)
+	}
+
+	ti := e.ready(t, nil)
+	small := e.respond(t, "small")
+	waitFor(t, "jobs routed", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+	waitFor(t, "queue drained", 20*time.Second, func() bool { return e.streamMsgs(t, wire.ModelStream(pipeline, "small")) == 0 })
+	waitFor(t, "10 results", 20*time.Second, func() bool {
+		return len(e.results(t, "batch"))+len(e.results(t, "other")) >= 10
+	})
+
+	results := e.results(t, "batch")
+	byID := map[string][]*wire.Result{}
+	var derived []string
+	for _, r := range results {
+		byID[r.ID] = append(byID[r.ID], r)
+		if _, ok := wants[r.ID]; !ok {
+			derived = append(derived, r.ID)
+		}
+		if r.Client != "batch" {
+			t.Errorf("result %s for client %q", r.ID, r.Client)
+		}
+	}
+	for id, w := range wants {
+		rs := byID[id]
+		if len(rs) != 1 {
+			t.Errorf("%s: %d results, want exactly 1", id, len(rs))
+			continue
+		}
+		r := rs[0]
+		switch {
+		case w.code != "" && (r.Error == nil || r.Error.Code != w.code):
+			t.Errorf("%s: error %+v, want %s", id, r.Error, w.code)
+		case w.code == "" && (r.Error != nil || r.Label != w.label || r.AnsweredBy != "small"):
+			t.Errorf("%s: result %+v, want label %d", id, r, w.label)
+		}
+	}
+	if byID["job-json"][0].Probabilities == nil {
+		t.Error("job-json: no probabilities")
+	}
+	sort.Strings(derived)
+	if len(derived) != 2 {
+		t.Fatalf("results with derived ids: %v, want 2 (the id-less job and the garbage)", derived)
+	}
+	var garbage int
+	for _, id := range derived {
+		r := byID[id]
+		if len(r) != 1 {
+			t.Errorf("%s: %d results", id, len(r))
+		}
+		if r[0].Error != nil && r[0].Error.Code == wire.CodeInvalidInput {
+			garbage++
+		}
+	}
+	if garbage != 1 {
+		t.Errorf("%d invalid_input results among the id-less jobs, want 1", garbage)
+	}
+	other := e.results(t, "other")
+	if len(other) != 1 || other[0].ID != "job-other" || other[0].Error != nil {
+		t.Errorf("results of client other: %+v", other)
+	}
+	if len(results) != 9 {
+		t.Errorf("%d results for client batch, want 9", len(results))
+	}
+	for _, it := range small.seen() {
+		if !it.Durable || it.ReplyTo != "" {
+			t.Errorf("item %s durable %v reply %q", it.ID, it.Durable, it.ReplyTo)
+		}
+	}
+	if got := ti.counter(t, "cascade_ingress_requests_total", "door", "jobs", "outcome", "admitted"); got != 6 {
+		t.Errorf("jobs admitted = %v, want 6", got)
+	}
+	// A job that is redelivered after it was routed (an ingress crashed
+	// before its Ack) is deduplicated at the first stage: no second result.
+	e.publishJob(t, "batch", encodeRequest(t, validRequest("job-1")), false, "")
+	waitFor(t, "redelivered job settled", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+	waitFor(t, "duplicate counted", 10*time.Second, func() bool {
+		return ti.counter(t, "cascade_ingress_requests_total", "door", "jobs", "outcome", "duplicate") == 1
+	})
+	if n := len(e.results(t, "batch")); n != 9 {
+		t.Errorf("%d results after a repeated job, want still 9", n)
+	}
+}
+
+// TestJobsOverloaded: a job that meets a full first queue stays durable
+// (NakWithDelay) and is routed once the queue drains; one that meets it on
+// every allowed delivery gets `overloaded` as its one result.
+func TestJobsOverloaded(t *testing.T) {
+	t.Run("retried until the queue drains", func(t *testing.T) {
+		e := startEnv(t, natsbus.TopologyConfig{MaxQueue: 1, MaxDeliver: 1000})
+		fill(t, e, 1)
+		ti := e.ready(t, nil)
+		e.publishJob(t, "c", encodeRequest(t, validRequest("job-wait")), false, "")
+		waitFor(t, "job deferred twice", 20*time.Second, func() bool {
+			return ti.counter(t, "cascade_ingress_requests_total", "door", "jobs", "outcome", "deferred") >= 2
+		})
+		if got := e.streamMsgs(t, wire.JobsStream(pipeline)); got != 1 {
+			t.Fatalf("jobs stream holds %d, want the deferred job", got)
+		}
+		if got := len(e.results(t, "c")); got != 0 {
+			t.Fatalf("%d results while deferred", got)
+		}
+		purge(t, e, "small")
+		e.respond(t, "small")
+		waitFor(t, "one result", 20*time.Second, func() bool { return len(e.results(t, "c")) == 1 })
+		if r := e.results(t, "c")[0]; r.ID != "job-wait" || r.Error != nil || r.Label != 2 {
+			t.Fatalf("result %+v", r)
+		}
+		waitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+	})
+	t.Run("last delivery answers overloaded", func(t *testing.T) {
+		e := startEnv(t, natsbus.TopologyConfig{MaxQueue: 1, MaxDeliver: 3})
+		fill(t, e, 1)
+		e.ready(t, nil)
+		e.publishJob(t, "c", encodeRequest(t, validRequest("job-full")), false, "")
+		waitFor(t, "one result", 20*time.Second, func() bool { return len(e.results(t, "c")) == 1 })
+		if r := e.results(t, "c")[0]; r.ID != "job-full" || r.Error == nil || r.Error.Code != wire.CodeOverloaded {
+			t.Fatalf("result %+v", r)
+		}
+		waitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+		if got := e.streamMsgs(t, wire.ModelStream(pipeline, "small")); got != 1 {
+			t.Fatalf("queue holds %d, want only the filler", got)
+		}
+	})
+}
+
+func fill(t *testing.T, e *testEnv, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := e.srv.JS.Publish(context.Background(), wire.ModelSubject(pipeline, "small"), []byte(fmt.Sprint("filler", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func purge(t *testing.T, e *testEnv, model string) {
+	t.Helper()
+	s, err := e.srv.JS.Stream(context.Background(), wire.ModelStream(pipeline, model))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
