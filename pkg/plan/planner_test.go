@@ -198,7 +198,10 @@ func TestPlanInvariants(t *testing.T) {
 		mutate func(c *PlannerConfig)
 	}{
 		{"default", func(c *PlannerConfig) {}},
-		{"default simulations", func(c *PlannerConfig) { c.SimRequests, c.SimSeconds = 0, 0 }},
+		{"default simulations", func(c *PlannerConfig) {
+			c.SimRequests, c.SimSeconds = 0, 0
+			c.Capacity, c.Load = 2, LoadRange{MinQPS: 200, MaxQPS: 12000, Buckets: 6}
+		}},
 		{"calibrated", func(c *PlannerConfig) { c.Calibrate = true }},
 		{"max prob", func(c *PlannerConfig) { c.Metric = MetricMaxProb; c.Search.GridSpacing = GridUniform }},
 		{"entropy, two stages", func(c *PlannerConfig) { c.Metric = MetricEntropy; c.Search.MaxStages = 2 }},
