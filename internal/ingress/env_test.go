@@ -374,6 +374,11 @@ func oipBody(id, datatype, shape, data, params string) string {
 // Content-Type; it returns the result and the Cascade-Error header.
 func natsRequest(t *testing.T, nc *nats.Conn, body []byte, asJSON bool) (*wire.Result, string) {
 	t.Helper()
+	return natsRequestTo(t, nc, pipeline, body, asJSON)
+}
+
+func natsRequestTo(t *testing.T, nc *nats.Conn, pipeline string, body []byte, asJSON bool) (*wire.Result, string) {
+	t.Helper()
 	msg := nats.NewMsg(wire.InferSubject(pipeline))
 	msg.Data = body
 	if asJSON {
@@ -450,7 +455,7 @@ func (e *testEnv) results(t *testing.T, client string) []*wire.Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.ResultSubject(pipeline, client)}})
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.ResultSubject(e.plan.Pipeline, client)}})
 	if err != nil {
 		t.Fatal(err)
 	}

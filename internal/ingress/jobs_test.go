@@ -18,7 +18,7 @@ import (
 // "accepted").
 func (e *testEnv) publishJob(t *testing.T, client string, body []byte, asJSON bool, msgID string) {
 	t.Helper()
-	msg := nats.NewMsg(wire.JobsSubject(pipeline, client))
+	msg := nats.NewMsg(wire.JobsSubject(e.plan.Pipeline, client))
 	msg.Data = body
 	if asJSON {
 		msg.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
@@ -31,7 +31,7 @@ func (e *testEnv) publishJob(t *testing.T, client string, body []byte, asJSON bo
 	if err != nil {
 		t.Fatalf("publish job: %v", err)
 	}
-	if ack.Stream != wire.JobsStream(pipeline) {
+	if ack.Stream != wire.JobsStream(e.plan.Pipeline) {
 		t.Fatalf("job stored in %q", ack.Stream)
 	}
 }
