@@ -117,7 +117,10 @@ type Report struct {
 	Sent     int
 	Answered int // results without error
 	Lost     int // no result within the wait at the end
-	Outcomes []Outcome
+	// Duplicates counts replies for requests already answered: the
+	// pipeline promises exactly one result, so this should be 0.
+	Duplicates int
+	Outcomes   []Outcome
 }
 
 // Accuracy is the fraction of answered requests whose label was right.
@@ -215,16 +218,18 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 	inbox := nats.NewInbox()
 
 	var (
-		mu       sync.Mutex
-		inflight = map[string]pending{}
-		outcomes []Outcome
-		window   []time.Duration
-		winAns   int
-		lastGear string
-		errCount = map[wire.Code]int{}
-		correct  int
-		answered int
-		errs     int
+		mu           sync.Mutex
+		inflight     = map[string]pending{}
+		outcomes     []Outcome
+		window       []time.Duration
+		winAns       int
+		lastGear     string
+		errCount     = map[wire.Code]int{}
+		dups         int
+		answeredKeys = map[string]bool{}
+		correct      int
+		answered     int
+		errs         int
 	)
 	slots := make(chan struct{}, max(cfg.Concurrency, 1))
 	start := time.Now()
@@ -237,10 +242,14 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 		mu.Lock()
 		p, ok := inflight[key]
 		if !ok {
+			if answeredKeys[key] {
+				dups++
+			}
 			mu.Unlock()
-			return // a duplicate or a reply after the end
+			return
 		}
 		delete(inflight, key)
+		answeredKeys[key] = true
 		o := Outcome{Index: p.index, Sent: p.sent, Latency: now.Sub(p.sent), Warmup: p.sent.Sub(start) < cfg.Warmup}
 		switch {
 		case decodeErr != nil:
@@ -394,7 +403,7 @@ sending:
 	tick(time.Now())
 	mu.Lock()
 	defer mu.Unlock()
-	rep := Report{Duration: sendEnd.Sub(start), Sent: sent, Answered: answered, Lost: len(inflight), Outcomes: slices.Clone(outcomes)}
+	rep := Report{Duration: sendEnd.Sub(start), Sent: sent, Answered: answered, Lost: len(inflight), Duplicates: dups, Outcomes: slices.Clone(outcomes)}
 	if answered > 0 {
 		// Served throughput counts until the last answer arrived.
 		last := start

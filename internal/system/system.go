@@ -1,0 +1,315 @@
+// Package system composes the whole of CascadeServe in one process: an
+// embedded nats-server (or an external one by URL), the controller, the
+// ingress and one or more stage workers, each running the same Run as its
+// own binary does. `cascadeserve up`, `demo`, `bench` and the end-to-end
+// tests use it, so the all-in-one path is the distributed path.
+//
+// Shutdown order: cancelling the context stops every service at once; the
+// ingress stops intake, workers finish and publish the batch in hand, the
+// controller stops measuring. Only after every Run has returned are the
+// NATS connections drained and the embedded server shut down.
+package system
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cascadeserve/cascadeserve/internal/controller"
+	"github.com/cascadeserve/cascadeserve/internal/ingress"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/stageworker"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// Config configures an all-in-one system. Zero values take the defaults in
+// the field comments.
+type Config struct {
+	// NATSURL selects an external server; empty starts an embedded one.
+	NATSURL string
+	// DataDir holds the embedded server's JetStream store (default
+	// ./data/nats). Tests pass t.TempDir().
+	DataDir string
+	// NATSPort is the embedded server's client port (default 4222; -1 picks
+	// a free one). MonitorPort is its monitoring port (/varz, /jsz; 0 off,
+	// -1 free).
+	NATSPort    int
+	MonitorPort int
+	// PlanFile is the gear plan to serve; empty serves the built-in MNIST
+	// plan with the embedded MNIST models.
+	PlanFile string
+	// Workers is the number of stage-worker instances (default 1; each runs
+	// CASCADE_WORKER_RUNNERS runners).
+	Workers int
+	// Env holds extra CASCADE_* settings given to every service, exactly as
+	// the separate binaries read them from the environment (for example
+	// CASCADE_GEAR to pin a gear, CASCADE_HTTP_ADDR, CASCADE_WORKER_RUNNERS).
+	Env map[string]string
+	// Logger receives every service's logs (with a component attribute).
+	Logger *slog.Logger
+	// Registerer receives every service's metrics (nil: a private registry).
+	Registerer prometheus.Registerer
+	// ReadyTimeout bounds Start's wait for the first answer (default 60s).
+	ReadyTimeout time.Duration
+}
+
+// System is a running all-in-one deployment.
+type System struct {
+	// URL is the NATS URL clients use.
+	URL string
+	// Plan is the plan being served.
+	Plan *plan.Plan
+	// Server is the embedded server, or nil with an external one.
+	Server *server.Server
+	// Conn is a client connection for callers (load generators, probes).
+	Conn *nats.Conn
+	JS   jetstream.JetStream
+
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+	conns  []*nats.Conn
+}
+
+// LoadPlan returns the plan a Config serves.
+func LoadPlan(file string) (*plan.Plan, error) {
+	if file == "" {
+		return mnist.Plan()
+	}
+	return plan.LoadFile(file)
+}
+
+// Start starts the system and returns once it has answered a probe
+// request, or with an error (after stopping what it started).
+func Start(ctx context.Context, cfg Config) (*System, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 60 * time.Second
+	}
+	p, err := LoadPlan(cfg.PlanFile)
+	if err != nil {
+		return nil, err
+	}
+	s := &System{Plan: p, done: make(chan struct{})}
+	if cfg.NATSURL == "" {
+		dir := cfg.DataDir
+		if dir == "" {
+			dir = filepath.Join("data", "nats")
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("data dir: %w", err)
+		}
+		port := cfg.NATSPort
+		if port == 0 {
+			port = 4222
+		}
+		srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: port, HTTPPort: cfg.MonitorPort, StoreDir: dir})
+		if err != nil {
+			return nil, err
+		}
+		s.Server = srv
+		s.URL = srv.ClientURL()
+	} else {
+		s.URL = cfg.NATSURL
+	}
+	fail := func(err error) (*System, error) {
+		s.closeConns()
+		if s.Server != nil {
+			s.Server.Shutdown()
+			s.Server.WaitForShutdown()
+		}
+		return nil, err
+	}
+	connect := func(name string) (*nats.Conn, error) {
+		nc, err := natsbus.Connect(s.URL, name, cfg.Logger.With("component", name))
+		if err == nil {
+			s.conns = append(s.conns, nc)
+		}
+		return nc, err
+	}
+	if s.Conn, err = connect("cascadeserve-client"); err != nil {
+		return fail(err)
+	}
+	if s.JS, err = jetstream.New(s.Conn); err != nil {
+		return fail(err)
+	}
+
+	environ := map[string]string{
+		"CASCADE_NATS_URL":     s.URL,
+		"CASCADE_PIPELINE":     p.Pipeline,
+		"CASCADE_METRICS_ADDR": "", // served once by the caller
+		"CASCADE_PLAN":         cfg.PlanFile,
+		// HTTP is opt-in (Env["CASCADE_HTTP_ADDR"]): tests run many systems.
+		"CASCADE_HTTP_ADDR": "",
+	}
+	if cfg.PlanFile != "" {
+		// Workers resolve model files relative to the plan's folder.
+		environ["CASCADE_MODEL_DIR"] = filepath.Dir(cfg.PlanFile)
+	}
+	maps.Copy(environ, cfg.Env)
+
+	ctlCfg, err := controller.ConfigFromEnv(environ)
+	if err != nil {
+		return fail(err)
+	}
+	ingCfg, err := ingress.ConfigFromEnv(environ)
+	if err != nil {
+		return fail(err)
+	}
+	wkCfg, err := stageworker.ConfigFromEnv(environ)
+	if err != nil {
+		return fail(err)
+	}
+	ctlConn, err := connect("cascadeserve-controller")
+	if err != nil {
+		return fail(err)
+	}
+	ingConn, err := connect("cascadeserve-ingress")
+	if err != nil {
+		return fail(err)
+	}
+	var wkConns []*nats.Conn
+	for i := range cfg.Workers {
+		nc, err := connect("cascadeserve-worker-" + strconv.Itoa(i))
+		if err != nil {
+			return fail(err)
+		}
+		wkConns = append(wkConns, nc)
+	}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error {
+		return named("controller", controller.Run(gctx, ctlCfg, controller.Deps{
+			Logger: cfg.Logger.With("component", "controller"), Registerer: cfg.Registerer, Conn: ctlConn,
+		}))
+	})
+	g.Go(func() error {
+		return named("ingress", ingress.Run(gctx, ingCfg, ingress.Deps{
+			Logger: cfg.Logger.With("component", "ingress"), Registerer: cfg.Registerer, Conn: ingConn,
+		}))
+	})
+	for i, nc := range wkConns {
+		reg := cfg.Registerer
+		if cfg.Workers > 1 {
+			reg = prometheus.WrapRegistererWith(prometheus.Labels{"worker": strconv.Itoa(i)}, reg)
+		}
+		g.Go(func() error {
+			return named("stage-worker", stageworker.Run(gctx, wkCfg, stageworker.Deps{
+				Logger: cfg.Logger.With("component", "stage-worker", "worker", i), Registerer: reg, Conn: nc,
+			}))
+		})
+	}
+	go func() {
+		s.err = g.Wait()
+		s.closeConns()
+		if s.Server != nil {
+			s.Server.Shutdown()
+			s.Server.WaitForShutdown()
+		}
+		close(s.done)
+	}()
+
+	if err := s.waitReady(ctx, cfg.ReadyTimeout); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func named(service string, err error) error {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", service, err)
+}
+
+// waitReady polls until a probe request through the real pipeline is
+// answered, or a service fails, or the timeout passes.
+func (s *System) waitReady(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	codec := wire.NewCodec()
+	probe := wire.Request{ID: "probe-" + nats.NewInbox()[7:], Input: wire.FP32Tensor(s.Plan.Input.Shape, make([]float32, s.Plan.Input.Elements())), TimeoutMs: 5000}
+	body, err := codec.EncodeRequest(&probe)
+	if err != nil {
+		return err
+	}
+	var last error
+	for {
+		select {
+		case <-s.done:
+			if s.err != nil {
+				return fmt.Errorf("system stopped while starting: %w", s.err)
+			}
+			return errors.New("system stopped while starting")
+		case <-ctx.Done():
+			return fmt.Errorf("system not ready after %v: %w", timeout, errors.Join(ctx.Err(), last))
+		default:
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		msg, err := s.Conn.RequestWithContext(rctx, wire.InferSubject(s.Plan.Pipeline), body)
+		rcancel()
+		if err == nil {
+			var res wire.Result
+			if err = wire.DecodeResult(msg.Data, &res); err == nil {
+				if res.Error == nil {
+					return nil
+				}
+				err = res.Error
+			}
+		}
+		last = err
+		probe.ID = "probe-" + nats.NewInbox()[7:]
+		if body, err = codec.EncodeRequest(&probe); err != nil {
+			return err
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+		case <-s.done:
+		}
+	}
+}
+
+// Done is closed once every service has stopped.
+func (s *System) Done() <-chan struct{} { return s.done }
+
+// Err is the first service error, valid after Done.
+func (s *System) Err() error { return s.err }
+
+// Stop stops every service, waits for them, and shuts the server down.
+func (s *System) Stop() error {
+	s.cancel()
+	<-s.done
+	return s.err
+}
+
+func (s *System) closeConns() {
+	for _, nc := range s.conns {
+		nc.Close()
+	}
+}

@@ -1,0 +1,230 @@
+package system_test
+
+import (
+	"context"
+	"math"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/cascadeserve/cascadeserve/internal/loadgen"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+func requireORT(t *testing.T) {
+	t.Helper()
+	if _, err := onnxrt.FindLibrary(os.Getenv); err != nil {
+		if os.Getenv("CASCADE_REQUIRE_ORT") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+}
+
+func start(t *testing.T, workers int, env map[string]string, reg prometheus.Registerer) *system.System {
+	t.Helper()
+	requireORT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sys, err := system.Start(ctx, system.Config{
+		DataDir: t.TempDir(), NATSPort: -1, Workers: workers, Env: env, Registerer: reg, ReadyTimeout: 90 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := sys.Stop(); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+	return sys
+}
+
+// expected replays gear g of plan p on the test replay, exactly as workers
+// decide: the label and answering model of every test image, and whether
+// the decision was a near-tie (confidence within 1e-4 of a threshold, where
+// float rounding differences between batch sizes may flip it).
+func expected(t *testing.T, p *plan.Plan, g plan.Gear) (labels []int, by []string, tie []bool) {
+	t.Helper()
+	r, err := mnist.TestReplay()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := r.Len()
+	labels, by, tie = make([]int, n), make([]string, n), make([]bool, n)
+	probs := make([]float32, r.Classes)
+	for i := range n {
+		for s, st := range g.Cascade {
+			m, _ := p.Model(st.Model)
+			copy(probs, r.Row(st.Model, i))
+			plan.Calibrate(probs, m.Temperature)
+			conf, label := plan.Confidence(p.Confidence, probs)
+			last := s == len(g.Cascade)-1
+			if !last && math.Abs(conf-st.Threshold) < 1e-4 {
+				tie[i] = true
+			}
+			if plan.Answers(conf, st.Threshold, last) {
+				labels[i], by[i] = label, st.Model
+				break
+			}
+		}
+	}
+	return labels, by, tie
+}
+
+// TestAllTestImagesAtFixedGear sends all 10,000 MNIST test images through the
+// ingress at a pinned two-stage gear: every request gets exactly one result,
+// and every prediction equals an in-process replay of that gear.
+func TestAllTestImagesAtFixedGear(t *testing.T) {
+	p, err := mnist.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gear plan.Gear
+	for _, g := range p.Gears {
+		if len(g.Cascade) >= 2 {
+			gear = g // the cheapest multi-stage gear keeps the test fast
+		}
+	}
+	if gear.ID == "" {
+		t.Fatal("built-in plan has no multi-stage gear")
+	}
+	sys := start(t, 1, map[string]string{"CASCADE_GEAR": gear.ID}, nil)
+	images, err := mnist.TestImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
+		Pipeline: p.Pipeline, Items: images, Concurrency: 64, MaxRequests: images.Len(),
+		Duration: 7 * time.Minute, Timeout: 2 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sent != images.Len() || len(rep.Outcomes) != images.Len() || rep.Lost != 0 || rep.Duplicates != 0 {
+		t.Fatalf("sent %d, results %d, lost %d, duplicates %d; want %d results, none lost or duplicated",
+			rep.Sent, len(rep.Outcomes), rep.Lost, rep.Duplicates, images.Len())
+	}
+	if errs := rep.ErrorCounts(); len(errs) != 0 {
+		t.Fatalf("error results: %v", errs)
+	}
+	wantLabel, wantBy, tie := expected(t, p, gear)
+	seen := make([]bool, images.Len())
+	mismatches, ties := 0, 0
+	for _, o := range rep.Outcomes {
+		if seen[o.Index] {
+			t.Fatalf("image %d answered twice", o.Index)
+		}
+		seen[o.Index] = true
+		if o.Gear != gear.ID {
+			t.Errorf("image %d answered in gear %q, want %q", o.Index, o.Gear, gear.ID)
+		}
+		if o.Label != wantLabel[o.Index] || o.AnsweredBy != wantBy[o.Index] {
+			if tie[o.Index] {
+				ties++
+				continue
+			}
+			mismatches++
+			if mismatches <= 5 {
+				t.Errorf("image %d: pipeline said %d by %s, replay says %d by %s", o.Index, o.Label, o.AnsweredBy, wantLabel[o.Index], wantBy[o.Index])
+			}
+		}
+	}
+	if mismatches > 0 {
+		t.Fatalf("%d of %d predictions differ from the replay (plus %d near-ties)", mismatches, images.Len(), ties)
+	}
+	t.Logf("10000 results, accuracy %.2f%%, %d near-tie differences, throughput %.0f req/s", 100*rep.Accuracy(), ties, rep.Throughput())
+}
+
+// TestGearSwitchUnderLoad drives load past the accurate gear's capacity with
+// two workers: the controller switches gears, both workers apply the switch,
+// and every request gets exactly one result.
+func TestGearSwitchUnderLoad(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	sys := start(t, 2, map[string]string{"CASCADE_WORKER_RUNNERS": "1"}, reg)
+	p := sys.Plan
+	images, err := mnist.TestImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// Offer twice the accurate gear's max_qps for 4 s, then a trickle, so
+	// the controller shifts to a cheaper gear and later back.
+	peak := 2 * p.Gears[0].MaxQPS
+	sched := func(d time.Duration) float64 {
+		if d < 4*time.Second {
+			return peak
+		}
+		return 0.2 * p.Gears[0].MaxQPS
+	}
+	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
+		Pipeline: p.Pipeline, Items: images, Schedule: sched, Duration: 8 * time.Second, Timeout: time.Minute, Seed: 7,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Lost != 0 || rep.Duplicates != 0 || len(rep.Outcomes) != rep.Sent {
+		t.Fatalf("sent %d, results %d, lost %d, duplicates %d", rep.Sent, len(rep.Outcomes), rep.Lost, rep.Duplicates)
+	}
+	if errs := rep.ErrorCounts(); len(errs) != 0 {
+		t.Fatalf("error results: %v", errs)
+	}
+	if gears := rep.ByGear(); len(gears) < 2 {
+		t.Fatalf("answers by gear %v: want at least two gears under a load of %.0f req/s", gears, peak)
+	}
+	// Both workers report the gear the controller wrote last.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctl, workers := gauges(t, reg)
+		ok := len(workers) == 2
+		for _, v := range workers {
+			ok = ok && v == ctl
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("controller gear index %v, worker gear indexes %v", ctl, workers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// gauges returns the controller's gear index and each worker's.
+func gauges(t *testing.T, reg *prometheus.Registry) (float64, []float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ctl float64
+	var workers []float64
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "cascade_controller_gear_index":
+			ctl = value(mf.GetMetric()[0])
+		case "cascade_worker_gear_index":
+			for _, m := range mf.GetMetric() {
+				workers = append(workers, value(m))
+			}
+		}
+	}
+	return ctl, workers
+}
+
+func value(m *dto.Metric) float64 {
+	if g := m.GetGauge(); g != nil {
+		return g.GetValue()
+	}
+	return math.NaN()
+}
+
