@@ -227,4 +227,3 @@ func value(m *dto.Metric) float64 {
 	}
 	return math.NaN()
 }
-
