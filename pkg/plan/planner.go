@@ -376,12 +376,11 @@ func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
 	start := cfg.Now()
 	res := &PlanResult{}
 
-	pl0 := &planner{cfg: &cfg}
 	names := make([]string, len(cfg.Ladder))
 	costs := map[string]float64{}
 	for i, m := range cfg.Ladder {
 		names[i] = m.Name
-		costs[m.Name] = pl0.itemCost(m.Name, cfg.CostBatch)
+		costs[m.Name] = cfg.itemCost(m.Name, cfg.CostBatch)
 	}
 	if cfg.Calibrate {
 		res.Temperatures = map[string]float64{}
@@ -423,7 +422,7 @@ func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
 	}
 
 	edges, _ := cfg.Load.Edges()
-	pl := &planner{cfg: &cfg, ctx: ctx, cands: cands, edges: edges, checked: map[checkKey]check{}, simCache: map[simKey]SimResult{}}
+	pl := &planner{cfg: &cfg, ctx: ctx, cands: cands, edges: edges, checked: map[checkKey]*gearChoice{}, simCache: map[simKey]SimResult{}}
 	// Walk the loads upwards. Each bucket takes the first feasible candidate
 	// in walk order at or after the previous bucket's, no more expensive
 	// than it: more load never gets a more expensive (or, in max-accuracy
@@ -474,11 +473,12 @@ func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
 }
 
 type planner struct {
-	cfg     *PlannerConfig
-	ctx     context.Context
-	cands   []Candidate
-	edges   []float64
-	checked map[checkKey]check
+	cfg   *PlannerConfig
+	ctx   context.Context
+	cands []Candidate
+	edges []float64
+	// checked keeps each feasibility answer: the gear, or nil.
+	checked map[checkKey]*gearChoice
 	// simCache keeps every simulation, so look-ahead runs are reused.
 	simCache map[simKey]SimResult
 	// runners[cand] caches the runner split of a candidate.
@@ -490,8 +490,6 @@ type checkKey struct {
 	cand int
 	qps  float64
 }
-
-type check struct{ g *gearChoice }
 
 // gearChoice is a cascade with batching and runners that met the SLO at a
 // load, with the simulation that showed it.
@@ -522,7 +520,7 @@ func (pl *planner) split(cand int) []int {
 	}
 	demand := make([]float64, k)
 	for j, s := range c.Stages {
-		demand[j] = c.Reach[j] * pl.itemCost(s.Model, pl.cfg.CostBatch)
+		demand[j] = c.Reach[j] * pl.cfg.itemCost(s.Model, pl.cfg.CostBatch)
 	}
 	r := make([]int, k)
 	for j := range r {
@@ -626,12 +624,12 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 	}
 	q := pl.edges[b]
 	key := checkKey{cand, q}
-	if c, ok := pl.checked[key]; ok {
-		return c.g, nil
+	if g, ok := pl.checked[key]; ok {
+		return g, nil
 	}
 	runners := pl.split(cand)
 	if runners == nil || pl.minLatencyMs(cand) > pl.cfg.SLOP95Ms {
-		pl.checked[key] = check{}
+		pl.checked[key] = nil
 		return nil, nil
 	}
 	if sticky != nil && pl.canKeepUp(cand, q, sticky.batching.MaxBatch, runners) {
@@ -643,7 +641,7 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 			g := *sticky
 			g.sim = rs[0]
 			g.p95Max = max(sticky.p95Max, rs[0].P95Ms)
-			pl.checked[key] = check{&g}
+			pl.checked[key] = &g
 			return &g, nil
 		}
 	}
@@ -659,7 +657,7 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 		}
 	}
 	if len(alive) == 0 {
-		pl.checked[key] = check{}
+		pl.checked[key] = nil
 		return nil, nil
 	}
 	// Find the highest bucket at which some of them still fit, by binary
@@ -686,7 +684,7 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 		}
 	}
 	g := &gearChoice{cand: cand, batching: configs[best], runners: runners, sim: results[best], p95Max: results[best].P95Ms}
-	pl.checked[key] = check{g}
+	pl.checked[key] = g
 	return g, nil
 }
 
@@ -777,8 +775,8 @@ func (pl *planner) simulate(cand int, q float64, configs []Batching, runners []i
 
 // itemCost is the runner time per item of a model in batches of b: its
 // share of the batch latency plus the messaging overhead.
-func (pl *planner) itemCost(model string, b int) float64 {
-	return pl.cfg.Profile.Models[model].ItemCostMs(b) + pl.cfg.Profile.ItemOverheadMs
+func (cfg *PlannerConfig) itemCost(model string, b int) float64 {
+	return cfg.Profile.Models[model].ItemCostMs(b) + cfg.Profile.ItemOverheadMs
 }
 
 // canKeepUp is the compute check: even if every batch were full, would
@@ -786,7 +784,7 @@ func (pl *planner) itemCost(model string, b int) float64 {
 func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	c := pl.cands[cand]
 	for j, s := range c.Stages {
-		util := q / 1000 * c.Reach[j] * pl.itemCost(s.Model, b) / float64(runners[j])
+		util := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b) / float64(runners[j])
 		if util > pl.cfg.Headroom {
 			return false
 		}
@@ -831,7 +829,7 @@ func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *P
 		if !b.Feasible() {
 			continue
 		}
-		g := pl.checked[checkKey{b.Candidate, b.QPS}].g
+		g := pl.checked[checkKey{b.Candidate, b.QPS}]
 		lastFeasible = b.QPS
 		if n := len(gears); n > 0 && gears[n-1].sameGear(g) {
 			gears[n-1] = &gearChoice{cand: g.cand, batching: g.batching, runners: g.runners, sim: g.sim, p95Max: max(gears[n-1].p95Max, g.p95Max)}
