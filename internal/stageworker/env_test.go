@@ -31,7 +31,7 @@ var testModels = []string{"linear", "mlp_small", "mlp"}
 
 // requireORT returns the ONNX Runtime library, or skips the test (fails it
 // when CASCADE_REQUIRE_ORT=1).
-func requireORT(t *testing.T) string {
+func requireORT(t testing.TB) string {
 	t.Helper()
 	lib, err := onnxrt.FindLibrary(os.Getenv)
 	if err != nil {
@@ -65,7 +65,7 @@ func withLatency(model string, ms float64) planOption {
 // testPlan is an MNIST plan over testModels with the given gears (at least
 // one). Profiles are rough CPU numbers; tests that depend on them set
 // their own.
-func testPlan(t *testing.T, gears []plan.Gear, opts ...planOption) *plan.Plan {
+func testPlan(t testing.TB, gears []plan.Gear, opts ...planOption) *plan.Plan {
 	t.Helper()
 	p := &plan.Plan{
 		Version: plan.FormatVersion, Pipeline: "mnist", SLO: plan.SLO{P95Ms: 50}, Capacity: 2,
@@ -111,7 +111,7 @@ type testEnv struct {
 	lib  string
 }
 
-func startEnv(t *testing.T, p *plan.Plan, topo natsbus.TopologyConfig) *testEnv {
+func startEnv(t testing.TB, p *plan.Plan, topo natsbus.TopologyConfig) *testEnv {
 	t.Helper()
 	lib := requireORT(t)
 	srv := natstest.Start(t)
@@ -131,7 +131,7 @@ func startEnv(t *testing.T, p *plan.Plan, topo natsbus.TopologyConfig) *testEnv 
 }
 
 // setGear writes the gear key as the controller does, stamped now.
-func (e *testEnv) setGear(t *testing.T, id string) wire.GearState {
+func (e *testEnv) setGear(t testing.TB, id string) wire.GearState {
 	t.Helper()
 	st := wire.GearState{Gear: id, Index: e.plan.GearByID(id), Reason: "test", AtUnixNano: time.Now().UnixNano()}
 	b, err := json.Marshal(st)
@@ -150,12 +150,25 @@ type testWorker struct {
 	conn   *nats.Conn
 	cancel context.CancelFunc
 	done   chan error
+	// crashed workers (connection closed under them) may return an error.
+	crashed bool
 }
 
 // startWorker runs a worker on its own connection with a small idle wait
 // and nak delay; edit adjusts the config. It is stopped by t.Cleanup (and
 // must then return nil).
-func (e *testEnv) startWorker(t *testing.T, edit func(*Config), h hooks) *testWorker {
+func (e *testEnv) startWorker(t testing.TB, edit func(*Config), h hooks) *testWorker {
+	t.Helper()
+	nc, err := nats.Connect(e.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.startWorkerOn(t, nc, edit, h)
+}
+
+// startWorkerOn is startWorker on a given connection, which it closes at
+// cleanup.
+func (e *testEnv) startWorkerOn(t testing.TB, nc *nats.Conn, edit func(*Config), h hooks) *testWorker {
 	t.Helper()
 	cfg, err := ConfigFromEnv(map[string]string{
 		"CASCADE_METRICS_ADDR":     "",
@@ -170,10 +183,6 @@ func (e *testEnv) startWorker(t *testing.T, edit func(*Config), h hooks) *testWo
 	if edit != nil {
 		edit(&cfg)
 	}
-	nc, err := nats.Connect(e.srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
 	tw := &testWorker{reg: prometheus.NewRegistry(), conn: nc, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	tw.cancel = cancel
@@ -185,7 +194,7 @@ func (e *testEnv) startWorker(t *testing.T, edit func(*Config), h hooks) *testWo
 }
 
 // stop cancels the worker and waits for Run to return; Run must return nil.
-func (tw *testWorker) stop(t *testing.T) {
+func (tw *testWorker) stop(t testing.TB) {
 	t.Helper()
 	if tw.cancel == nil {
 		return
@@ -194,7 +203,7 @@ func (tw *testWorker) stop(t *testing.T) {
 	tw.cancel = nil
 	select {
 	case err := <-tw.done:
-		if err != nil {
+		if err != nil && !tw.crashed {
 			t.Errorf("Run: %v", err)
 		}
 	case <-time.After(30 * time.Second):
@@ -202,13 +211,24 @@ func (tw *testWorker) stop(t *testing.T) {
 	}
 }
 
-// counter reads a counter of the worker's registry (0 if absent).
+// counter reads a metric of the worker's registry, summed over the series
+// matching labels (name, value pairs): a counter's or gauge's value, a
+// histogram's sample count (0 if absent).
 func (tw *testWorker) counter(name string, labels ...string) float64 {
+	return tw.metric(false, name, labels...)
+}
+
+// histSum is the sum of a histogram's samples over the matching series.
+func (tw *testWorker) histSum(name string, labels ...string) float64 {
+	return tw.metric(true, name, labels...)
+}
+
+func (tw *testWorker) metric(sum bool, name string, labels ...string) float64 {
 	mfs, err := tw.reg.Gather()
 	if err != nil {
 		return math.NaN()
 	}
-	sum := 0.0
+	total := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -228,21 +248,27 @@ func (tw *testWorker) counter(name string, labels ...string) float64 {
 			}
 			switch {
 			case m.GetCounter() != nil:
-				sum += m.GetCounter().GetValue()
+				total += m.GetCounter().GetValue()
 			case m.GetGauge() != nil:
-				sum += m.GetGauge().GetValue()
+				total += m.GetGauge().GetValue()
+			case m.GetHistogram() != nil && sum:
+				total += m.GetHistogram().GetSampleSum()
 			case m.GetHistogram() != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
+				total += float64(m.GetHistogram().GetSampleCount())
 			}
 		}
 	}
-	return sum
+	return total
 }
 
+// testImages decodes the MNIST test set once per test binary (decoding
+// dominates the tests' run time under -race).
+var testImages = sync.OnceValues(mnist.TestImages)
+
 // images returns the first n MNIST test images.
-func images(t *testing.T, n int) *dataset.Set {
+func images(t testing.TB, n int) *dataset.Set {
 	t.Helper()
-	set, err := mnist.TestImages()
+	set, err := testImages()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +295,7 @@ func newItem(p *plan.Plan, id, gear string, img []float32, deadline time.Time) *
 
 // admit publishes items to model's queue as ingress does (msg id
 // <id>.<model>, awaiting the PubAck).
-func (e *testEnv) admit(t *testing.T, model string, items ...*wire.Item) {
+func (e *testEnv) admit(t testing.TB, model string, items ...*wire.Item) {
 	t.Helper()
 	codec := wire.NewCodec()
 	for _, it := range items {
@@ -293,7 +319,7 @@ type replies struct {
 	n   int
 }
 
-func (e *testEnv) listen(t *testing.T, subject string) *replies {
+func (e *testEnv) listen(t testing.TB, subject string) *replies {
 	t.Helper()
 	r := &replies{got: map[string][]*wire.Result{}}
 	nc := e.srv.Connect(t)
@@ -329,7 +355,7 @@ func (r *replies) snapshot() (map[string][]*wire.Result, int) {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -342,7 +368,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 
 // durableResults reads every result stored for client on the results
 // stream, by id.
-func (e *testEnv) durableResults(t *testing.T, client string) (map[string][]*wire.Result, int) {
+func (e *testEnv) durableResults(t testing.TB, client string) (map[string][]*wire.Result, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -387,7 +413,7 @@ func (e *testEnv) durableResults(t *testing.T, client string) (map[string][]*wir
 }
 
 // streamMsgs returns the number of messages in a stream.
-func (e *testEnv) streamMsgs(t *testing.T, name string) uint64 {
+func (e *testEnv) streamMsgs(t testing.TB, name string) uint64 {
 	t.Helper()
 	s, err := e.js.Stream(context.Background(), name)
 	if err != nil {
@@ -402,7 +428,7 @@ func (e *testEnv) streamMsgs(t *testing.T, name string) uint64 {
 
 // queuesEmpty reports whether every model's work queue is empty and
 // nothing is awaiting an ack.
-func (e *testEnv) queuesEmpty(t *testing.T) bool {
+func (e *testEnv) queuesEmpty(t testing.TB) bool {
 	t.Helper()
 	for _, m := range e.plan.UsedModels() {
 		if e.streamMsgs(t, wire.ModelStream(e.plan.Pipeline, m)) != 0 {
@@ -420,7 +446,7 @@ type oracle struct {
 	label map[string][]int
 }
 
-func newOracle(t *testing.T, e *testEnv, set *dataset.Set) *oracle {
+func newOracle(t testing.TB, e *testEnv, set *dataset.Set) *oracle {
 	t.Helper()
 	rt, err := onnxrt.NewRuntime(e.lib)
 	if err != nil {
@@ -476,11 +502,11 @@ func (o *oracle) cascade(g plan.Gear, i int) (model string, ambiguous bool) {
 }
 
 // testLogger logs to t.Log (shown for failed tests and with -v).
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))

@@ -104,7 +104,7 @@ func (r *runner) process(i int, tasks []*task) {
 	var retry []*task
 	for _, t := range tasks {
 		if t.escalation >= 0 && t.err != nil && queueFull(t.err) {
-			w.logger.Warn("next stage's queue is full: answering degraded", "id", t.item.ID, "model", h.name)
+			w.logger.Debug("next stage's queue is full: answering degraded", "id", t.item.ID, "model", h.name)
 			t.js, t.core, t.escalation, t.err = nil, nil, -1, nil
 			t.err = t.answer(degradedQueueFull)
 			retry = append(retry, t)
@@ -419,9 +419,6 @@ func (w *worker) settle(h *hosted, c *control, t *task) {
 			w.metrics.degraded.WithLabelValues(h.name, t.degrade).Inc()
 		}
 	case actTerm:
-		if !errors.Is(t.err, errPermanent) {
-			panic("stageworker: term without a permanent error")
-		}
 		w.logger.Warn("terminating message", "model", h.name, "id", t.item.ID, "err", t.err)
 		err = t.msg.Term()
 		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Inc()
@@ -433,15 +430,16 @@ func (w *worker) settle(h *hosted, c *control, t *task) {
 			"delivery", t.delivered(), "err", t.err)
 		err = t.msg.NakWithDelay(w.cfg.NakDelay)
 	case actDeadLetter:
+		cause := t.err
 		if dlErr := w.deadLetter(h, c, t); dlErr != nil {
 			// Past MaxDeliver the server will not redeliver; the message
 			// stays in the stream for an operator.
 			w.logger.Error("could not dead-letter an item on its last delivery; it stays in the queue",
-				"model", h.name, "id", t.item.ID, "err", dlErr, "cause", t.err)
+				"model", h.name, "id", t.item.ID, "err", dlErr, "cause", cause)
 			return
 		}
 		w.logger.Error("item failed on its last delivery: dead-lettered with an internal error result",
-			"model", h.name, "id", t.item.ID, "delivery", t.delivered(), "err", t.err)
+			"model", h.name, "id", t.item.ID, "delivery", t.delivered(), "err", cause)
 		err = t.msg.Term()
 		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Inc()
 		w.metrics.deadLetters.WithLabelValues(h.name).Inc()
