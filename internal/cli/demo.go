@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -40,8 +42,23 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if cfg.NATSURL == "" && sf.dataDir == "data/nats" {
-		cfg.DataDir = "data/demo-nats"
+	// The demo is self-contained: a fresh store and free ports, so it never
+	// replays leftovers of an earlier run or collides with `cascadeserve up`.
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	if cfg.NATSURL == "" && !explicit["data"] {
+		dir, err := os.MkdirTemp("", "cascadeserve-demo-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		cfg.DataDir = dir
+	}
+	if !explicit["port"] {
+		cfg.NATSPort = -1
+	}
+	if !explicit["monitor-port"] {
+		cfg.MonitorPort = 0
 	}
 	images, err := mnist.TestImages()
 	if err != nil {
