@@ -60,10 +60,15 @@ func Canonicalize(t wire.Tensor, in plan.Input) (wire.Tensor, error) {
 		}
 		return wire.Tensor{Datatype: wire.FP32, Shape: shape, Data: t.Data}, nil
 	}
+	// 256 possible values: scale each once, then look them up.
+	var table [256]uint32
 	scale := float32(in.UINT8Scale)
+	for v := range table {
+		table[v] = math.Float32bits(float32(v) * scale)
+	}
 	data := make([]byte, 4*n)
 	for i, b := range t.Data {
-		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(float32(b)*scale))
+		binary.LittleEndian.PutUint32(data[4*i:], table[b])
 	}
 	return wire.Tensor{Datatype: wire.FP32, Shape: shape, Data: data}, nil
 }

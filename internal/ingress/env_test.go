@@ -32,7 +32,7 @@ const pipeline = "tiny"
 // tinyPlan has a 2×2 FP32 input (UINT8 accepted, scaled by 0.5), three
 // classes, and two gears whose first models differ: "accurate" starts at
 // small, "fast" at big.
-func tinyPlan(t *testing.T) *plan.Plan {
+func tinyPlan(t testing.TB) *plan.Plan {
 	t.Helper()
 	p, err := plan.Parse([]byte(`{
   "version": 1, "pipeline": "tiny", "slo": {"p95_ms": 50}, "capacity": 2, "confidence": "margin",
@@ -64,7 +64,7 @@ type testEnv struct {
 
 // startEnv applies the topology; the plan key is written only by putPlan,
 // so tests can start an ingress before the pipeline is ready.
-func startEnv(t *testing.T, topo natsbus.TopologyConfig) *testEnv {
+func startEnv(t testing.TB, topo natsbus.TopologyConfig) *testEnv {
 	t.Helper()
 	srv := natstest.Start(t)
 	p := tinyPlan(t)
@@ -77,7 +77,7 @@ func startEnv(t *testing.T, topo natsbus.TopologyConfig) *testEnv {
 	return &testEnv{srv: srv, plan: p, kv: kv}
 }
 
-func (e *testEnv) putPlan(t *testing.T) {
+func (e *testEnv) putPlan(t testing.TB) {
 	t.Helper()
 	b, err := e.plan.Marshal()
 	if err != nil {
@@ -88,7 +88,7 @@ func (e *testEnv) putPlan(t *testing.T) {
 	}
 }
 
-func (e *testEnv) putGear(t *testing.T, id string) {
+func (e *testEnv) putGear(t testing.TB, id string) {
 	t.Helper()
 	b, err := json.Marshal(wire.GearState{Gear: id, Index: e.plan.GearByID(id), Reason: "test", AtUnixNano: time.Now().UnixNano()})
 	if err != nil {
@@ -101,7 +101,7 @@ func (e *testEnv) putGear(t *testing.T, id string) {
 
 // ready starts the pipeline (plan key) and an ingress, and waits until it
 // is ready.
-func (e *testEnv) ready(t *testing.T, edit func(*ingress.Config)) *testIngress {
+func (e *testEnv) ready(t testing.TB, edit func(*ingress.Config)) *testIngress {
 	t.Helper()
 	e.putPlan(t)
 	ti := e.startIngress(t, edit)
@@ -118,7 +118,7 @@ type testIngress struct {
 	err     error         // what Run returned
 }
 
-func testConfig(t *testing.T) ingress.Config {
+func testConfig(t testing.TB) ingress.Config {
 	t.Helper()
 	cfg, err := ingress.ConfigFromEnv(map[string]string{
 		"CASCADE_PIPELINE":                 pipeline,
@@ -136,12 +136,12 @@ func testConfig(t *testing.T) ingress.Config {
 	return cfg
 }
 
-func (e *testEnv) startIngress(t *testing.T, edit func(*ingress.Config)) *testIngress {
+func (e *testEnv) startIngress(t testing.TB, edit func(*ingress.Config)) *testIngress {
 	t.Helper()
 	return e.startIngressOn(t, e.srv.Connect(t), edit)
 }
 
-func (e *testEnv) startIngressOn(t *testing.T, nc *nats.Conn, edit func(*ingress.Config)) *testIngress {
+func (e *testEnv) startIngressOn(t testing.TB, nc *nats.Conn, edit func(*ingress.Config)) *testIngress {
 	t.Helper()
 	cfg := testConfig(t)
 	if edit != nil {
@@ -162,7 +162,7 @@ func (e *testEnv) startIngressOn(t *testing.T, nc *nats.Conn, edit func(*ingress
 }
 
 // stop cancels Run and checks that it returns nil in bounded time.
-func (ti *testIngress) stop(t *testing.T) {
+func (ti *testIngress) stop(t testing.TB) {
 	t.Helper()
 	ti.cancel()
 	select {
@@ -175,7 +175,7 @@ func (ti *testIngress) stop(t *testing.T) {
 	}
 }
 
-func (ti *testIngress) waitReady(t *testing.T) {
+func (ti *testIngress) waitReady(t testing.TB) {
 	t.Helper()
 	waitFor(t, "ingress ready", 20*time.Second, func() bool {
 		resp, err := http.Get(ti.url + "/v2/health/ready")
@@ -189,7 +189,7 @@ func (ti *testIngress) waitReady(t *testing.T) {
 
 // counter returns the value of a counter with the given label pairs (0 if
 // absent).
-func (ti *testIngress) counter(t *testing.T, name string, labels ...string) float64 {
+func (ti *testIngress) counter(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := ti.reg.Gather()
 	if err != nil {
@@ -240,14 +240,14 @@ type responder struct {
 	items []*wire.Item
 }
 
-func (e *testEnv) respond(t *testing.T, model string) *responder {
+func (e *testEnv) respond(t testing.TB, model string) *responder {
 	t.Helper()
 	return e.respondAfter(t, model, nil)
 }
 
 // respondAfter is respond, holding every item until gate is closed (nil:
 // answer at once).
-func (e *testEnv) respondAfter(t *testing.T, model string, gate <-chan struct{}) *responder {
+func (e *testEnv) respondAfter(t testing.TB, model string, gate <-chan struct{}) *responder {
 	t.Helper()
 	nc := e.srv.Connect(t)
 	js, err := jetstream.New(nc)
@@ -334,7 +334,7 @@ func (r *responder) seen() []*wire.Item {
 
 // httpInfer posts an OIP body and returns the status, the decoded result
 // (error bodies decode into Result.Error) and the raw body.
-func httpInfer(t *testing.T, url, model, body string) (int, *wire.Result, []byte) {
+func httpInfer(t testing.TB, url, model, body string) (int, *wire.Result, []byte) {
 	t.Helper()
 	resp, err := http.Post(url+"/v2/models/"+model+"/infer", "application/json", strings.NewReader(body))
 	if err != nil {
@@ -372,12 +372,12 @@ func oipBody(id, datatype, shape, data, params string) string {
 
 // natsRequest sends a request-reply request and decodes the answer by its
 // Content-Type; it returns the result and the Cascade-Error header.
-func natsRequest(t *testing.T, nc *nats.Conn, body []byte, asJSON bool) (*wire.Result, string) {
+func natsRequest(t testing.TB, nc *nats.Conn, body []byte, asJSON bool) (*wire.Result, string) {
 	t.Helper()
 	return natsRequestTo(t, nc, pipeline, body, asJSON)
 }
 
-func natsRequestTo(t *testing.T, nc *nats.Conn, pipeline string, body []byte, asJSON bool) (*wire.Result, string) {
+func natsRequestTo(t testing.TB, nc *nats.Conn, pipeline string, body []byte, asJSON bool) (*wire.Result, string) {
 	t.Helper()
 	msg := nats.NewMsg(wire.InferSubject(pipeline))
 	msg.Data = body
@@ -407,7 +407,7 @@ func natsRequestTo(t *testing.T, nc *nats.Conn, pipeline string, body []byte, as
 	return &res, resp.Header.Get(wire.HeaderError)
 }
 
-func encodeRequest(t *testing.T, r *wire.Request) []byte {
+func encodeRequest(t testing.TB, r *wire.Request) []byte {
 	t.Helper()
 	b, err := wire.NewCodec().EncodeRequest(r)
 	if err != nil {
@@ -421,7 +421,7 @@ func validRequest(id string) *wire.Request {
 	return &wire.Request{ID: id, Input: wire.FP32Tensor([]int64{2, 2}, []float32{0.5, 0.5, 0.5, 0.5}), TimeoutMs: 10000}
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -433,7 +433,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 }
 
 // streamMsgs returns the number of messages in a stream.
-func (e *testEnv) streamMsgs(t *testing.T, name string) uint64 {
+func (e *testEnv) streamMsgs(t testing.TB, name string) uint64 {
 	t.Helper()
 	s, err := e.srv.JS.Stream(context.Background(), name)
 	if err != nil {
@@ -447,7 +447,7 @@ func (e *testEnv) streamMsgs(t *testing.T, name string) uint64 {
 }
 
 // results reads every result of a client from the results stream.
-func (e *testEnv) results(t *testing.T, client string) []*wire.Result {
+func (e *testEnv) results(t testing.TB, client string) []*wire.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -483,11 +483,11 @@ func (e *testEnv) results(t *testing.T, client string) []*wire.Result {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Helper()
