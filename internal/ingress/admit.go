@@ -119,7 +119,6 @@ type admission struct {
 // admitted describes a request published to its first stage.
 type admitted struct {
 	item *wire.Item
-	ctl  *control
 }
 
 // admit validates a request against the current plan, builds the item and
@@ -189,10 +188,10 @@ func (in *ingress) admit(a admission) (admitted, error) {
 		return admitted{}, publishError(err, first)
 	}
 	if ack.Duplicate {
-		return admitted{item: it, ctl: c}, wire.Errorf(wire.CodeDuplicate, "id %q was already admitted within the deduplication window; its result goes to that request", id)
+		return admitted{item: it}, wire.Errorf(wire.CodeDuplicate, "id %q was already admitted within the deduplication window; its result goes to that request", id)
 	}
 	in.metrics.admission.WithLabelValues(a.door).Observe(in.now().Sub(a.start).Seconds())
-	return admitted{item: it, ctl: c}, nil
+	return admitted{item: it}, nil
 }
 
 // publishError maps a failed publish to the first stage to a typed error.

@@ -23,7 +23,8 @@
 //     wire.JobsConsumer). The producer's PubAck means accepted: the job gets
 //     exactly one result on wire.ResultSubject(p, client) (msg id
 //     `<id>.result`), even if no ingress runs when it is published. The
-//     client is the subject's last token. Invalid jobs get an error result;
+//     client is the subject's last token (a client in the body is
+//     ignored). Invalid jobs get an error result;
 //     a full first queue defers the job with NakWithDelay (it stays in the
 //     jobs stream, durable, and is retried with a doubling delay; on the
 //     consumer's last allowed delivery the `overloaded` error becomes its

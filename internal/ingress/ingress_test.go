@@ -3,6 +3,7 @@ package ingress_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -455,5 +456,48 @@ func TestStats(t *testing.T) {
 	})
 	if last.Instance != "stats-test" || last.AtUnixNano == 0 {
 		t.Fatalf("stats = %+v", last)
+	}
+}
+
+// TestTwoInstances: instances share the request subject as a queue group
+// (each request is admitted once) and register metrics in their own
+// registries.
+func TestTwoInstances(t *testing.T) {
+	e := startEnv(t, natsbus.TopologyConfig{})
+	a := e.ready(t, func(c *ingress.Config) { c.Instance = "a" })
+	b := e.startIngress(t, func(c *ingress.Config) { c.Instance = "b" })
+	b.waitReady(t)
+	small := e.respond(t, "small")
+	nc := e.srv.Connect(t)
+	const n = 20
+	for i := range n {
+		if res, _ := natsRequest(t, nc, encodeRequest(t, validRequest(fmt.Sprint("two-", i))), false); res.Error != nil {
+			t.Fatal(res.Error)
+		}
+	}
+	admitted := func(ti *testIngress) float64 {
+		return ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "admitted")
+	}
+	if got := admitted(a) + admitted(b); got != n {
+		t.Fatalf("instances admitted %v + %v, want %d in all", admitted(a), admitted(b), n)
+	}
+	if len(small.seen()) != n {
+		t.Fatalf("first stage saw %d items, want %d", len(small.seen()), n)
+	}
+	for _, ti := range []*testIngress{a, b} {
+		if code, _, raw := httpInfer(t, ti.url, pipeline, oipBody("", "FP32", "[2,2]", "[1,1,1,1]", "")); code != 200 {
+			t.Fatalf("%d %s", code, raw)
+		}
+	}
+}
+
+func TestRunRejectsBadDeps(t *testing.T) {
+	cfg := testConfig(t)
+	if err := ingress.Run(context.Background(), cfg, ingress.Deps{}); err == nil {
+		t.Error("Run without a NATS connection succeeded")
+	}
+	cfg.MaxInFlight = 0
+	if err := ingress.Run(context.Background(), cfg, ingress.Deps{}); !errors.Is(err, ingress.ErrInvalidConfig) {
+		t.Errorf("Run with an invalid config = %v", err)
 	}
 }

@@ -63,11 +63,4 @@ func (m *replyMux) register() (subject string, result <-chan *nats.Msg, cancel f
 	}
 }
 
-// pending returns the number of callers waiting.
-func (m *replyMux) pending() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.waiting)
-}
-
 func (m *replyMux) close() error { return m.sub.Unsubscribe() }
