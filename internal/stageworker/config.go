@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
+	"strings"
 	"time"
 
 	"github.com/caarlos0/env/v10"
@@ -80,6 +80,13 @@ func ConfigFromEnv(environ map[string]string) (Config, error) {
 	if v, ok := environ["CASCADE_METRICS_ADDR"]; ok && v == "" {
 		cfg.MetricsAddr = ""
 	}
+	var models []string
+	for _, m := range cfg.Models {
+		if m = strings.TrimSpace(m); m != "" {
+			models = append(models, m)
+		}
+	}
+	cfg.Models = models
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}
@@ -99,7 +106,8 @@ func (c Config) Validate() error {
 	if !wire.ValidToken(c.Pipeline) {
 		bad("CASCADE_PIPELINE %q is not a valid pipeline name", c.Pipeline)
 	}
-	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		bad("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {

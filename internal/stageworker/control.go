@@ -63,22 +63,33 @@ func newWatcher(logger *slog.Logger, m *metrics, now func() time.Time, applied f
 // load returns the current snapshot; nil before the first plan.
 func (w *watcher) load() *control { return w.cur.Load() }
 
-// run applies every change of the plan and gear keys until ctx ends.
+// run applies every change of the plan and gear keys until ctx ends. If
+// the watch breaks (the bucket was recreated, NATS restarted without its
+// store), it is opened again: the current values come first, so nothing is
+// missed, and the worker keeps serving the last good snapshot meanwhile.
 func (w *watcher) run(ctx context.Context, kv jetstream.KeyValue) error {
+	for {
+		err := w.watch(ctx, kv)
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.logger.Warn("control bucket watch broke; watching again", "err", err)
+		sleep(ctx, pollInterval)
+	}
+}
+
+func (w *watcher) watch(ctx context.Context, kv jetstream.KeyValue) error {
 	kw, err := kv.WatchFiltered(ctx, []string{wire.KeyPlan, wire.KeyGear}, jetstream.IgnoreDeletes())
 	if err != nil {
 		return fmt.Errorf("watch control bucket: %w", err)
 	}
-	defer kw.Stop()
+	defer func() { _ = kw.Stop() }()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case e, ok := <-kw.Updates():
 			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
 				return fmt.Errorf("watch control bucket: updates closed")
 			}
 			if e == nil {

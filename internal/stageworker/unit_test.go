@@ -1,13 +1,17 @@
 package stageworker
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/batching"
@@ -209,7 +213,7 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 
 	cfg, err = ConfigFromEnv(map[string]string{
-		"CASCADE_METRICS_ADDR": "", "CASCADE_WORKER_MODELS": "linear,mlp", "CASCADE_WORKER_RUNNERS": "4",
+		"CASCADE_METRICS_ADDR": "", "CASCADE_WORKER_MODELS": "linear, mlp,", "CASCADE_WORKER_RUNNERS": "4",
 		"CASCADE_WORKER_THREADS": "2", "CASCADE_WORKER_IDLE_WAIT": "20ms", "CASCADE_MODEL_DIR": "/models",
 	})
 	if err != nil {
@@ -234,5 +238,132 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 	if _, err := ConfigFromEnv(map[string]string{"CASCADE_WORKER_RUNNERS": "many"}); err == nil {
 		t.Error("unparsable runners accepted")
+	}
+}
+
+func TestWatcherApply(t *testing.T) {
+	p := routePlan(t)
+	planJSON, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gearJSON := func(id string, index int, at time.Time) []byte {
+		b, err := json.Marshal(wire.GearState{Gear: id, Index: index, AtUnixNano: at.UnixNano()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	now := time.Unix(5000, 0)
+	var applied []time.Duration
+	m := newMetrics(prometheus.NewRegistry())
+	w := newWatcher(slog.New(slog.DiscardHandler), m, func() time.Time { return now },
+		func(_ wire.GearState, d time.Duration) { applied = append(applied, d) })
+
+	// A gear seen before any plan waits for the plan.
+	w.apply(wire.KeyGear, gearJSON("fast", 2, now.Add(-time.Second)))
+	if w.load() != nil {
+		t.Fatal("snapshot before any plan")
+	}
+	w.apply(wire.KeyPlan, []byte(`{"version": 99}`))
+	if w.load() != nil {
+		t.Fatal("invalid plan applied")
+	}
+	w.apply(wire.KeyPlan, planJSON)
+	select {
+	case <-w.ready:
+	default:
+		t.Fatal("not ready after a plan")
+	}
+	if c := w.load(); c.gear.ID != "fast" {
+		t.Fatalf("gear %q, want the pending fast", c.gear.ID)
+	}
+
+	w.apply(wire.KeyGear, gearJSON("mid", 1, now.Add(-3*time.Millisecond)))
+	if c := w.load(); c.gear.ID != "mid" || c.index != 1 {
+		t.Fatalf("gear %q/%d, want mid/1", c.gear.ID, c.index)
+	}
+	if len(applied) != 1 || applied[0] != 3*time.Millisecond {
+		t.Fatalf("apply latencies %v, want [3ms]", applied)
+	}
+	if got := testutil.ToFloat64(m.gear); got != 1 {
+		t.Errorf("gear gauge %v, want 1", got)
+	}
+	w.apply(wire.KeyGear, []byte("not json"))
+	if c := w.load(); c.gear.ID != "mid" {
+		t.Fatalf("undecodable gear changed the gear to %q", c.gear.ID)
+	}
+	// An id the plan lacks falls back to the index.
+	w.apply(wire.KeyGear, gearJSON("renamed", 0, now))
+	if c := w.load(); c.gear.ID != "acc" {
+		t.Fatalf("gear %q, want acc (by index)", c.gear.ID)
+	}
+	// A new plan keeps the current gear.
+	w.apply(wire.KeyGear, gearJSON("fast", 2, now))
+	w.apply(wire.KeyPlan, planJSON)
+	if c := w.load(); c.gear.ID != "fast" {
+		t.Fatalf("gear %q after a plan update, want fast", c.gear.ID)
+	}
+}
+
+func TestChoose(t *testing.T) {
+	p := routePlan(t)
+	now := time.Unix(7000, 0)
+	idle := 100 * time.Millisecond
+	type model struct {
+		backlog  int64
+		seenAgo  time.Duration
+		pending  int
+		watching bool
+	}
+	fresh := 10 * time.Millisecond
+	tests := []struct {
+		name   string
+		gear   string
+		models [4]model // a, b, c, d
+		want   string   // "" = nothing to do
+	}{
+		{"idle: nothing to do", "mid", [4]model{{seenAgo: fresh}, {seenAgo: fresh}, {seenAgo: fresh}, {seenAgo: fresh}}, ""},
+		{"a stale model is probed before any backlog", "mid",
+			[4]model{{backlog: 100, seenAgo: fresh}, {seenAgo: fresh}, {seenAgo: 2 * idle}, {seenAgo: fresh}}, "c"},
+		{"a watched model is not stale", "mid",
+			[4]model{{seenAgo: fresh}, {seenAgo: fresh}, {seenAgo: 2 * idle, watching: true}, {seenAgo: fresh}}, ""},
+		{"largest backlog per share: 10/0.2 beats 12/0.3", "mid",
+			[4]model{{backlog: 10, seenAgo: fresh}, {backlog: 12, seenAgo: fresh}, {seenAgo: fresh}, {seenAgo: fresh}}, "a"},
+		{"items in hand count", "mid",
+			[4]model{{backlog: 10, seenAgo: fresh}, {backlog: 12, seenAgo: fresh, pending: 4}, {seenAgo: fresh}, {seenAgo: fresh}}, "b"},
+		{"a model outside the gear drains at the least share; ties go to the later stage", "mid",
+			[4]model{{backlog: 10, seenAgo: fresh}, {seenAgo: fresh}, {seenAgo: fresh}, {backlog: 10, seenAgo: fresh}}, "d"},
+		{"a model outside the gear with a backlog is served when nothing else waits", "fast",
+			[4]model{{seenAgo: fresh}, {backlog: 1, seenAgo: fresh}, {seenAgo: fresh}, {seenAgo: fresh}}, "b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMetrics(prometheus.NewRegistry())
+			w := &worker{cfg: Config{IdleWait: idle}, now: func() time.Time { return now }, metrics: m,
+				ctl: newWatcher(slog.New(slog.DiscardHandler), m, time.Now, nil)}
+			w.ctl.cur.Store(newControl(p, wire.GearState{Gear: tt.gear}))
+			for i, name := range p.Ladder {
+				h := &hosted{name: name, backlogGage: m.backlog.WithLabelValues(name)}
+				h.setBacklog(tt.models[i].backlog)
+				h.seen.Store(now.Add(-tt.models[i].seenAgo).UnixNano())
+				w.models = append(w.models, h)
+			}
+			r := newRunner(w, 0, nil)
+			for i, md := range tt.models {
+				r.watching[i] = md.watching
+				for range md.pending {
+					r.pending[i] = append(r.pending[i], &task{})
+				}
+			}
+			i, ok := r.choose()
+			got := ""
+			if ok {
+				got = w.models[i].name
+			}
+			if got != tt.want {
+				t.Errorf("choose = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }
