@@ -171,6 +171,11 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		g.Go(func() error { return r.run(gctx) })
 	}
 	err = g.Wait()
+	// Acks and replies are buffered by the client: push them out before
+	// the process may exit.
+	if ferr := w.nc.FlushTimeout(cfg.PublishTimeout); ferr != nil && !errors.Is(ferr, nats.ErrConnectionClosed) {
+		w.logger.Warn("flushing acknowledgements at shutdown", "err", ferr)
+	}
 	w.logger.Info("stage worker stopped")
 	return err
 }
