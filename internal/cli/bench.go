@@ -1,5 +1,202 @@
 package cli
 
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/bench"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+)
+
+const benchUsage = `bench [flags]
+       cascadeserve bench --check-plan [--gear ID] [flags]
+
+Without --check-plan: the end-to-end benchmark. In one run, on this machine:
+  1. the raw JetStream ceiling: an embedded nats-server, a file-backed work
+     queue configured like a model's, MNIST-item-sized messages published
+     asynchronously, fetched in batches and acked by --fetchers goroutines
+     (item-hops/s, best of --batches);
+  2. in-process ONNX Runtime throughput, no bus: every model of the measured
+     gears at the gear's max batch on --runners sessions, and each gear's
+     cascade (the compute-only upper bound);
+  3. the whole pipeline saturated: a fresh all-in-one system per gear with
+     the gear pinned, closed-loop load of MNIST test images
+     (--warmup discarded, then --duration measured);
+  4. ratios: pipeline / in-process cascade, pipeline / JetStream ceiling.
+The measured gears are the most accurate and the cheapest (--gears).
+
+With --check-plan: predictions checked against reality for one gear
+(--gear, default the most accurate), pinned on a fresh all-in-one system:
+  - accuracy: all 10,000 MNIST test images (--items) served once; measured
+    accuracy vs the plan's predicted accuracy (target within 0.3 points);
+  - latency: Poisson arrivals at --fractions of the gear's capacity
+    (--capacity, default its max_qps in the plan), --warmup discarded then
+    --duration measured; measured p95 vs the simulator's p95 (target within
+    25%).
+The verdicts are a report: the command fails only if it cannot measure.`
+
 func benchCommand() command {
-	return command{name: "bench", summary: "(not implemented yet)", run: notImplemented("bench")}
+	return command{
+		name:    "bench",
+		summary: "benchmark the pipeline end to end (--check-plan: predictions vs reality)",
+		run:     runBench,
+	}
+}
+
+func runBench(ctx context.Context, env Env, args []string) error {
+	fs := newFlagSet(env, "bench", benchUsage)
+	checkPlan := fs.Bool("check-plan", false, "check the plan's predictions for one gear against the live pipeline instead")
+	planFile := fs.String("plan", envOr(env, "CASCADE_PLAN", ""), "gear plan file (default: the built-in MNIST plan)")
+	runners := fs.Int("runners", 2, "stage worker runners (and in-process sessions)")
+	concurrency := fs.Int("concurrency", 0, "closed-loop requests in flight (default 2 × max batch × runners)")
+	warmup := fs.Duration("warmup", 0, "warm-up before each measured load phase, discarded (default 3s; 2s with --check-plan)")
+	duration := fs.Duration("duration", 0, "measured phase of each load run (default 15s per gear; 10s per rate with --check-plan)")
+	jsonFile := fs.String("json", "", "also write the numbers as JSON to this file")
+	logLevel := fs.String("log-level", "warn", "log level of the services (debug, info, warn, error)")
+	// bench only
+	gears := fs.String("gears", "", "comma-separated gear ids to measure (default: the most accurate and the cheapest)")
+	compute := fs.Duration("compute", 2*time.Second, "length of each in-process ONNX Runtime measurement")
+	messages := fs.Int("messages", 20000, "messages per batch size in the JetStream ceiling")
+	batches := fs.String("batches", "64,128", "comma-separated fetch sizes of the JetStream ceiling")
+	fetchers := fs.Int("fetchers", 2, "fetching goroutines of the JetStream ceiling")
+	only := fs.String("only", "", "comma-separated parts to run: ceiling, compute, pipeline (default all)")
+	// --check-plan only
+	gear := fs.String("gear", "", "gear to check (default: the plan's most accurate gear)")
+	items := fs.Int("items", mnist.TestItems, "MNIST test images served in the accuracy check (the first N)")
+	capacity := fs.Float64("capacity", 0, "gear capacity in requests/s the fractions refer to (default: its max_qps in the plan)")
+	fractionsFlag := fs.String("fractions", "0.5,0.8", "comma-separated fractions of the capacity for the latency check")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", ErrUsage, fs.Args())
+	}
+	logger, err := telemetry.NewLogger(env.Stderr, *logLevel, "text")
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	var (
+		runCfg   bench.Config
+		checkCfg bench.CheckConfig
+	)
+	if *checkPlan {
+		fr, err := parseFloats(*fractionsFlag)
+		if err != nil {
+			return fmt.Errorf("%w: --fractions: %w", ErrUsage, err)
+		}
+		if *items < 1 || *items > mnist.TestItems {
+			return fmt.Errorf("%w: --items %d outside [1, %d]", ErrUsage, *items, mnist.TestItems)
+		}
+		checkCfg = bench.CheckConfig{
+			PlanFile: *planFile, Gear: *gear, Runners: *runners, Concurrency: *concurrency,
+			Capacity: *capacity, Fractions: fr, Warmup: *warmup, Duration: *duration,
+			Logger: logger, Progress: env.Stderr,
+		}
+	} else {
+		bs, err := parseInts(*batches)
+		if err != nil {
+			return fmt.Errorf("%w: --batches: %w", ErrUsage, err)
+		}
+		runCfg = bench.Config{
+			PlanFile: *planFile, Runners: *runners,
+			Ceiling:         bench.CeilingConfig{Batches: bs, Fetchers: *fetchers, Messages: *messages},
+			ComputeDuration: *compute, Concurrency: *concurrency, Warmup: *warmup, Duration: *duration,
+			Logger: logger, Progress: env.Stderr,
+		}
+		if *gears != "" {
+			runCfg.Gears = strings.Split(*gears, ",")
+		}
+		if *only != "" {
+			runCfg.SkipCeiling, runCfg.SkipCompute, runCfg.SkipPipeline = true, true, true
+			for _, part := range strings.Split(*only, ",") {
+				switch strings.TrimSpace(part) {
+				case "ceiling":
+					runCfg.SkipCeiling = false
+				case "compute":
+					runCfg.SkipCompute = false
+				case "pipeline":
+					runCfg.SkipPipeline = false
+				default:
+					return fmt.Errorf("%w: --only: unknown part %q (ceiling, compute, pipeline)", ErrUsage, part)
+				}
+			}
+		}
+	}
+
+	// The JetStream ceiling alone needs no ONNX Runtime.
+	lib := ""
+	if *checkPlan || !runCfg.SkipCompute || !runCfg.SkipPipeline {
+		getenv := env.Getenv
+		if getenv == nil {
+			getenv = func(string) string { return "" }
+		}
+		if lib, err = onnxrt.FindLibrary(getenv); err != nil {
+			return fmt.Errorf("bench needs ONNX Runtime (scripts/install-onnxruntime.sh, or set CASCADE_ONNXRUNTIME_LIB): %w", err)
+		}
+	}
+	set, err := mnist.TestImages()
+	if err != nil {
+		return err
+	}
+	var result interface{ WriteTable(io.Writer) error }
+	if *checkPlan {
+		checkCfg.ONNXRuntimeLib = lib
+		if checkCfg.Items, err = set.Slice(0, *items); err != nil {
+			return err
+		}
+		if result, err = bench.CheckPlan(ctx, checkCfg); err != nil {
+			return err
+		}
+	} else {
+		runCfg.ONNXRuntimeLib, runCfg.Items = lib, set
+		if result, err = bench.Run(ctx, runCfg); err != nil {
+			return err
+		}
+	}
+	if err := result.WriteTable(env.Stdout); err != nil {
+		return err
+	}
+	if *jsonFile != "" {
+		b, err := json.MarshalIndent(result, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*jsonFile, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write --json: %w", err)
+		}
+		fmt.Fprintf(env.Stderr, "bench: numbers written to %s\n", *jsonFile)
+	}
+	return nil
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func parseFloats(s string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || !(v > 0) {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }

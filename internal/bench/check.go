@@ -1,0 +1,218 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// CheckConfig configures CheckPlan. Zero values take the defaults in the
+// comments.
+type CheckConfig struct {
+	// PlanFile is the plan to check; empty: the built-in MNIST plan.
+	PlanFile string
+	// Gear is the id of the gear checked; empty: the most accurate (first)
+	// gear.
+	Gear string
+	// Runners is the stage worker's runner count (default 2).
+	Runners int
+	// ONNXRuntimeLib is the ONNX Runtime library of the stage worker
+	// (empty: its own search).
+	ONNXRuntimeLib string
+	// Items are served for the accuracy check (default: all 10,000 MNIST
+	// test images), each exactly once, Concurrency in flight (default 2 ×
+	// the gear's max batch × Runners).
+	Items       *dataset.Set
+	Concurrency int
+	// Capacity is the gear's capacity in requests/s (default: its MaxQPS in
+	// the plan); the latency check runs at Fractions of it (default 0.5
+	// and 0.8), each with Poisson arrivals for Warmup (default 2s,
+	// discarded) and then Duration (default 10s).
+	Capacity  float64
+	Fractions []float64
+	Warmup    time.Duration
+	Duration  time.Duration
+	// AccuracyTolerance is the largest acceptable |measured − predicted|
+	// accuracy (default 0.003, i.e. 0.3 points); P95Tolerance the largest
+	// acceptable |measured − predicted| / predicted p95 (default 0.25).
+	AccuracyTolerance float64
+	P95Tolerance      float64
+
+	TempDir  string
+	Logger   *slog.Logger
+	Progress io.Writer
+}
+
+func (c *CheckConfig) defaults() error {
+	if c.Runners <= 0 {
+		c.Runners = 2
+	}
+	if len(c.Fractions) == 0 {
+		c.Fractions = []float64{0.5, 0.8}
+	}
+	if c.Warmup < 0 {
+		c.Warmup = 0
+	} else if c.Warmup == 0 {
+		c.Warmup = 2 * time.Second
+	}
+	if c.Duration <= 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.AccuracyTolerance <= 0 {
+		c.AccuracyTolerance = 0.003
+	}
+	if c.P95Tolerance <= 0 {
+		c.P95Tolerance = 0.25
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.Items == nil {
+		set, err := mnist.TestImages()
+		if err != nil {
+			return err
+		}
+		c.Items = set
+	}
+	return nil
+}
+
+// CheckPlan serves a gear of the plan on a fresh all-in-one system with
+// the gear pinned and compares the plan's predictions with what the
+// pipeline does:
+//
+//   - accuracy: every item (by default the 10,000 MNIST test images) served
+//     once; the measured accuracy against the gear's predicted accuracy,
+//     which the planner made on the validation replay. For the MNIST
+//     pipeline the report also gives the cascade's exact accuracy on the
+//     validation and test replays, which separates what the pipeline does
+//     (live vs test replay) from how well validation predicts the test set
+//     (test replay vs validation replay).
+//   - latency: Poisson arrivals at fractions of the gear's capacity; the
+//     measured p95 against the simulator's p95 for the gear at that rate
+//     (plan.PredictP95: the plan's profiles, runner shares, hop overhead
+//     and the gear's predicted reach).
+//
+// Misses are reported, not returned as errors.
+func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	p, err := system.LoadPlan(cfg.PlanFile)
+	if err != nil {
+		return nil, err
+	}
+	gi := 0
+	if cfg.Gear != "" {
+		idx, err := pickGears(p, []string{cfg.Gear})
+		if err != nil {
+			return nil, err
+		}
+		gi = idx[0]
+	}
+	g := p.Gears[gi]
+	capacity := cfg.Capacity
+	if capacity <= 0 {
+		capacity = g.MaxQPS
+	}
+	conc := cfg.Concurrency
+	if conc <= 0 {
+		conc = 2 * maxBatch(g) * cfg.Runners
+	}
+	out := &PlanCheck{
+		Environment: environment(p, cfg.PlanFile, cfg.Runners),
+		Gear:        g.ID,
+		Cascade:     plan.CascadeString(g.Cascade),
+		Capacity:    capacity,
+	}
+	out.Accuracy = AccuracyCheck{
+		Predicted: g.Predicted.Accuracy, Tolerance: cfg.AccuracyTolerance, Items: cfg.Items.Len(),
+	}
+	if p.Pipeline == "mnist" {
+		out.Accuracy.ValidationReplay = replayAccuracy(p, g, mnist.ValidationReplay)
+		out.Accuracy.TestReplay = replayAccuracy(p, g, mnist.TestReplay)
+	}
+	// The predictions are made before anything runs.
+	for _, f := range cfg.Fractions {
+		qps := f * capacity
+		pred, err := p.PredictP95(gi, qps)
+		if err != nil {
+			return nil, fmt.Errorf("predict p95 of gear %s at %.0f/s: %w", g.ID, qps, err)
+		}
+		out.Latency = append(out.Latency, LatencyCheck{Fraction: f, QPS: qps, PredictedP95Ms: pred, Tolerance: cfg.P95Tolerance})
+	}
+
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
+	}
+	sc := Config{PlanFile: cfg.PlanFile, Runners: cfg.Runners, ONNXRuntimeLib: cfg.ONNXRuntimeLib, TempDir: cfg.TempDir, Logger: cfg.Logger}.systemConfig(g.ID)
+	_, err = withSystem(ctx, cfg.TempDir, sc, func(sys *system.System) (struct{}, error) {
+		progress("accuracy: %d items through gear %s (%s), %d in flight...", cfg.Items.Len(), g.ID, out.Cascade, conc)
+		run, err := Load(ctx, sys.Conn, LoadConfig{
+			Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: conc, MaxRequests: cfg.Items.Len(), Stages: StageIndex(g),
+		})
+		if err != nil {
+			return struct{}{}, fmt.Errorf("accuracy run: %w", err)
+		}
+		a := &out.Accuracy
+		a.Run = run
+		a.Measured = run.Accuracy
+		a.Diff = a.Measured - a.Predicted
+		a.Pass = run.Answered == cfg.Items.Len() && math.Abs(a.Diff) <= a.Tolerance
+		for i := range out.Latency {
+			l := &out.Latency[i]
+			progress("latency: Poisson %.0f/s (%.0f%% of %.0f/s), %v warm-up + %v...", l.QPS, 100*l.Fraction, capacity, cfg.Warmup, cfg.Duration)
+			run, err := Load(ctx, sys.Conn, LoadConfig{
+				Pipeline: p.Pipeline, Items: cfg.Items, QPS: l.QPS, Warmup: cfg.Warmup, Duration: cfg.Duration,
+				Seed: uint64(i + 1), Stages: StageIndex(g),
+			})
+			if err != nil {
+				return struct{}{}, fmt.Errorf("latency run at %.0f/s: %w", l.QPS, err)
+			}
+			l.Run = run
+			l.MeasuredP95Ms = run.P95Ms
+			if l.PredictedP95Ms > 0 {
+				l.RelErr = (l.MeasuredP95Ms - l.PredictedP95Ms) / l.PredictedP95Ms
+			}
+			l.Pass = run.ErrorCount() == 0 && run.Lost == 0 && l.PredictedP95Ms > 0 && math.Abs(l.RelErr) <= l.Tolerance
+		}
+		return struct{}{}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// replayAccuracy is the exact accuracy of the gear's cascade on a replay,
+// or nil when the replay is not available.
+func replayAccuracy(p *plan.Plan, g plan.Gear, load func() (*plan.Replay, error)) *float64 {
+	r, err := load()
+	if err != nil {
+		return nil
+	}
+	temps := map[string]float64{}
+	for _, m := range p.Models {
+		temps[m.Name] = m.Temperature
+	}
+	ev, err := plan.NewEvaluator(r, plan.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
+	if err != nil {
+		return nil
+	}
+	e, err := ev.Evaluate(g.Cascade)
+	if err != nil {
+		return nil
+	}
+	return &e.Accuracy
+}

@@ -1,0 +1,324 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// Config configures Run. Zero values take the defaults in the comments.
+type Config struct {
+	// PlanFile is the plan to serve; empty: the built-in MNIST plan.
+	PlanFile string
+	// Gears are the ids of the gears measured; empty: the most accurate
+	// (first) and the cheapest (last) gear of the plan.
+	Gears []string
+	// Runners is the stage worker's runner count (CASCADE_WORKER_RUNNERS)
+	// and the number of sessions of the in-process runs (default 2).
+	Runners int
+	// ONNXRuntimeLib is the ONNX Runtime library (required).
+	ONNXRuntimeLib string
+	// Items are the requests (default: the 10,000 MNIST test images).
+	Items *dataset.Set
+
+	// Ceiling configures the raw JetStream measurement.
+	Ceiling CeilingConfig
+	// ComputeDuration is the length of each in-process measurement
+	// (default 2s).
+	ComputeDuration time.Duration
+	// Concurrency is the closed loop's requests in flight; 0: 2 × the
+	// gear's max batch × Runners.
+	Concurrency int
+	// Warmup (default 3s) and Duration (default 15s) of each saturated
+	// pipeline run; the warm-up's results are discarded.
+	Warmup   time.Duration
+	Duration time.Duration
+
+	// SkipCeiling, SkipCompute and SkipPipeline leave a part out.
+	SkipCeiling, SkipCompute, SkipPipeline bool
+
+	// TempDir is where the JetStream stores go (default os.TempDir()); each
+	// system gets a fresh folder, removed afterwards.
+	TempDir string
+	// Logger receives the services' logs (default: discarded).
+	Logger *slog.Logger
+	// Progress receives a line as each measurement starts (nil: none).
+	Progress io.Writer
+}
+
+func (c *Config) defaults() error {
+	if c.Runners <= 0 {
+		c.Runners = 2
+	}
+	if c.ComputeDuration <= 0 {
+		c.ComputeDuration = 2 * time.Second
+	}
+	if c.Warmup < 0 {
+		c.Warmup = 0
+	} else if c.Warmup == 0 {
+		c.Warmup = 3 * time.Second
+	}
+	if c.Duration <= 0 {
+		c.Duration = 15 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.Items == nil {
+		set, err := mnist.TestImages()
+		if err != nil {
+			return err
+		}
+		c.Items = set
+	}
+	return nil
+}
+
+// Run measures, in this order and in this process: the raw JetStream
+// ceiling on an embedded server of its own, in-process ONNX Runtime
+// throughput of every model of the measured gears and of their cascades,
+// and the whole pipeline saturated at each measured gear (a fresh
+// all-in-one system per gear, gear pinned), then relates them.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	p, err := system.LoadPlan(cfg.PlanFile)
+	if err != nil {
+		return nil, err
+	}
+	gears, err := pickGears(p, cfg.Gears)
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{
+		Environment: environment(p, cfg.PlanFile, cfg.Runners),
+		Settings: RunSettings{
+			ComputeSeconds: cfg.ComputeDuration.Seconds(), WarmupSeconds: cfg.Warmup.Seconds(),
+			DurationSeconds: cfg.Duration.Seconds(), Concurrency: cfg.Concurrency,
+		},
+	}
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
+	}
+
+	if !cfg.SkipCeiling {
+		progress("raw JetStream ceiling (%d messages per batch size)...", cfg.Ceiling.withDefaults().Messages)
+		c, err := ceilingOnOwnServer(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		rep.Ceiling = &c
+	}
+
+	if !cfg.SkipCompute {
+		rt, err := onnxrt.NewRuntime(cfg.ONNXRuntimeLib)
+		if err != nil {
+			return nil, err
+		}
+		rep.Environment.ORTVersion = rt.Version()
+		err = compute(ctx, cfg, p, gears, rt, rep, progress)
+		rt.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	if !cfg.SkipPipeline {
+		for _, gi := range gears {
+			g := p.Gears[gi]
+			conc := cfg.Concurrency
+			if conc <= 0 {
+				conc = 2 * maxBatch(g) * cfg.Runners
+			}
+			progress("whole pipeline, gear %s (%s), %d in flight, %v warm-up + %v...", g.ID, plan.CascadeString(g.Cascade), conc, cfg.Warmup, cfg.Duration)
+			run, err := withSystem(ctx, cfg.TempDir, cfg.systemConfig(g.ID), func(sys *system.System) (LoadRun, error) {
+				return Load(ctx, sys.Conn, LoadConfig{
+					Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: conc,
+					Warmup: cfg.Warmup, Duration: cfg.Duration, Stages: StageIndex(g),
+				})
+			})
+			if err != nil {
+				return nil, fmt.Errorf("pipeline at gear %s: %w", g.ID, err)
+			}
+			rep.Pipelines = append(rep.Pipelines, GearRun{Gear: g.ID, Cascade: plan.CascadeString(g.Cascade), Load: run})
+		}
+	}
+	rep.Ratios = ratios(rep)
+	return rep, nil
+}
+
+// pickGears resolves gear ids to indices; none means the first and last.
+func pickGears(p *plan.Plan, ids []string) ([]int, error) {
+	if len(ids) == 0 {
+		if len(p.Gears) == 1 {
+			return []int{0}, nil
+		}
+		return []int{0, len(p.Gears) - 1}, nil
+	}
+	var out []int
+	for _, id := range ids {
+		i := p.GearByID(id)
+		if i < 0 {
+			var have []string
+			for _, g := range p.Gears {
+				have = append(have, g.ID)
+			}
+			return nil, fmt.Errorf("plan %s has no gear %q (gears: %v)", p.Pipeline, id, have)
+		}
+		out = append(out, i)
+	}
+	return out, nil
+}
+
+func environment(p *plan.Plan, file string, runners int) Environment {
+	if file == "" {
+		file = "built-in " + p.Pipeline + " plan"
+	}
+	return Environment{
+		Started: time.Now().UTC(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
+		CPUs: runtime.NumCPU(), Pipeline: p.Pipeline, PlanFile: file, Runners: runners,
+	}
+}
+
+// maxBatch is the largest batch any stage of the gear runs.
+func maxBatch(g plan.Gear) int {
+	b := g.Batching.MaxBatch
+	for _, s := range g.Cascade {
+		b = max(b, s.MaxBatch)
+	}
+	return b
+}
+
+// stageBatch is the batch size of stage j of the gear.
+func stageBatch(g plan.Gear, j int) int {
+	if b := g.Cascade[j].MaxBatch; b > 0 {
+		return b
+	}
+	return g.Batching.MaxBatch
+}
+
+func ceilingOnOwnServer(ctx context.Context, cfg Config) (Ceiling, error) {
+	dir, err := os.MkdirTemp(cfg.TempDir, "cascadeserve-bench-ceiling-")
+	if err != nil {
+		return Ceiling{}, err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: dir})
+	if err != nil {
+		return Ceiling{}, err
+	}
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	return MeasureCeiling(ctx, srv.ClientURL(), cfg.Ceiling)
+}
+
+// modelSource reads models from the plan's model source, falling back to
+// the embedded MNIST ladder for the mnist pipeline.
+func modelSource(p *plan.Plan) ModelSource {
+	return func(name string) ([]byte, error) {
+		b, err := p.ReadModel(name)
+		if err != nil && p.Pipeline == "mnist" {
+			if b2, err2 := mnist.Model(name); err2 == nil {
+				return b2, nil
+			}
+		}
+		return b, err
+	}
+}
+
+func compute(ctx context.Context, cfg Config, p *plan.Plan, gears []int, rt *onnxrt.Runtime, rep *Report, progress func(string, ...any)) error {
+	src := modelSource(p)
+	type key struct {
+		model string
+		batch int
+	}
+	done := map[key]bool{}
+	for _, gi := range gears {
+		g := p.Gears[gi]
+		for j, s := range g.Cascade {
+			k := key{s.Model, min(stageBatch(g, j), cfg.Items.Len())}
+			if done[k] {
+				continue
+			}
+			done[k] = true
+			onnx, err := src(s.Model)
+			if err != nil {
+				return err
+			}
+			progress("in-process %s, batch %d, %d sessions, %v...", k.model, k.batch, cfg.Runners, cfg.ComputeDuration)
+			r, err := ModelThroughput(ctx, rt, ModelRunConfig{
+				Model: s.Model, ONNX: onnx, Items: cfg.Items, Batch: k.batch, Sessions: cfg.Runners, Duration: cfg.ComputeDuration,
+			})
+			if err != nil {
+				return err
+			}
+			rep.Models = append(rep.Models, r)
+		}
+	}
+	for _, gi := range gears {
+		g := p.Gears[gi]
+		progress("in-process cascade of gear %s (%s), %v...", g.ID, plan.CascadeString(g.Cascade), cfg.ComputeDuration)
+		r, err := CascadeThroughput(ctx, rt, CascadeRunConfig{
+			Plan: p, Gear: gi, Models: src, Items: cfg.Items, Sessions: cfg.Runners, Duration: cfg.ComputeDuration,
+		})
+		if err != nil {
+			return err
+		}
+		rep.Cascades = append(rep.Cascades, r)
+	}
+	return nil
+}
+
+// systemConfig is an all-in-one system serving the plan pinned to a gear.
+func (c Config) systemConfig(gear string) system.Config {
+	env := map[string]string{
+		"CASCADE_GEAR":           gear,
+		"CASCADE_WORKER_RUNNERS": strconv.Itoa(c.Runners),
+	}
+	if c.ONNXRuntimeLib != "" {
+		env["CASCADE_ONNXRUNTIME_LIB"] = c.ONNXRuntimeLib
+	}
+	return system.Config{
+		PlanFile: c.PlanFile, NATSPort: -1, Workers: 1, Env: env, Logger: c.Logger, ReadyTimeout: 2 * time.Minute,
+	}
+}
+
+// withSystem starts a fresh system with its store in a new temporary
+// folder under parent (os.TempDir() when empty), calls f, and stops and removes everything.
+func withSystem[T any](ctx context.Context, parent string, sc system.Config, f func(*system.System) (T, error)) (T, error) {
+	var zero T
+	dir, err := os.MkdirTemp(parent, "cascadeserve-bench-")
+	if err != nil {
+		return zero, err
+	}
+	defer os.RemoveAll(dir)
+	sc.DataDir = dir
+	sys, err := system.Start(ctx, sc)
+	if err != nil {
+		return zero, err
+	}
+	out, err := f(sys)
+	if stopErr := sys.Stop(); stopErr != nil {
+		err = errors.Join(err, fmt.Errorf("stop system: %w", stopErr))
+	}
+	return out, err
+}
