@@ -60,6 +60,59 @@ func (c *Codec) EncodeResult(r *Result) ([]byte, error) {
 	return c.encode(r)
 }
 
+// Result formats, the values of Item.ResultFormat.
+const (
+	// ResultFormatMsgpack (the zero value): a msgpack Result, Content-Type
+	// ContentTypeMsgpack.
+	ResultFormatMsgpack = ""
+	// ResultFormatJSON: the OIP v2 JSON response body (EncodeOIPResponse;
+	// an error result is {"id", "error", "code"}), Content-Type
+	// ContentTypeJSON.
+	ResultFormatJSON = "json"
+)
+
+// ResultFormatFor returns the result format that answers a request sent
+// with the given Content-Type: JSON for a JSON request (IsJSON), else
+// msgpack.
+func ResultFormatFor(contentType string) string {
+	if IsJSON(contentType) {
+		return ResultFormatJSON
+	}
+	return ResultFormatMsgpack
+}
+
+// EncodeResultAs encodes a result in format (setting V) and returns the
+// body and its Content-Type: the OIP v2 JSON response body for model
+// r.Pipeline with ContentTypeJSON for ResultFormatJSON, else a msgpack
+// Result with ContentTypeMsgpack. A format this build does not know is
+// written as msgpack, so a result is never lost to it.
+func (c *Codec) EncodeResultAs(r *Result, format string) (body []byte, contentType string, err error) {
+	r.V = Version
+	if format == ResultFormatJSON {
+		b, err := EncodeOIPResponse(r, r.Pipeline)
+		if err != nil {
+			return nil, "", err
+		}
+		return b, ContentTypeJSON, nil
+	}
+	b, err := c.encode(r)
+	if err != nil {
+		return nil, "", err
+	}
+	return b, ContentTypeMsgpack, nil
+}
+
+// DecodeResultBody decodes a result by its Content-Type header: the OIP v2
+// JSON response (or error) body when contentType selects JSON (IsJSON),
+// else a msgpack Result. A JSON body carries less than a msgpack one: its
+// visits are model names only, without the latency breakdown.
+func DecodeResultBody(contentType string, b []byte, r *Result) error {
+	if IsJSON(contentType) {
+		return DecodeOIPResponse(b, r)
+	}
+	return DecodeResult(b, r)
+}
+
 // DecodeRequest decodes a msgpack request. A missing version (0) is taken
 // as the current one, so hand-written producers need not set it.
 func DecodeRequest(b []byte, r *Request) error {

@@ -339,8 +339,11 @@ type OIPResultParameters struct {
 	CompletedUnixNano int64   `json:"completed_ns,omitempty"`
 }
 
-// OIPError is the body of every error answer over HTTP or JSON NATS.
+// OIPError is the body of every error answer over HTTP or JSON NATS. ID is
+// the request's id when the error is a request's result (EncodeOIPResponse:
+// results read from the results stream must say which job they answer).
 type OIPError struct {
+	ID    string `json:"id,omitempty"`
 	Error string `json:"error"`
 	Code  Code   `json:"code"`
 }
@@ -358,11 +361,12 @@ func EncodeOIPError(err error) []byte {
 }
 
 // EncodeOIPResponse writes a successful result as an OIP v2 response for
-// model (the pipeline name). A result carrying an Error is written with
-// EncodeOIPError instead.
+// model (the pipeline name). A result carrying an Error is written as the
+// error body with the result's id: {"id", "error", "code"}.
 func EncodeOIPResponse(r *Result, model string) ([]byte, error) {
 	if r.Error != nil {
-		return EncodeOIPError(r.Error), nil
+		b, _ := json.Marshal(OIPError{ID: r.ID, Error: r.Error.Message, Code: r.Error.Code}) // cannot fail: strings
+		return b, nil
 	}
 	visits := make([]string, len(r.Visits))
 	for i, v := range r.Visits {
@@ -422,6 +426,7 @@ func EncodeOIPResponse(r *Result, model string) ([]byte, error) {
 // yields a Result whose Error is set.
 func DecodeOIPResponse(b []byte, r *Result) error {
 	var probe struct {
+		ID    string  `json:"id"`
 		Error *string `json:"error"`
 		Code  Code    `json:"code"`
 	}
@@ -433,7 +438,7 @@ func DecodeOIPResponse(b []byte, r *Result) error {
 		if code == "" {
 			code = CodeInternal
 		}
-		*r = Result{V: Version, Error: &Error{Code: code, Message: *probe.Error}}
+		*r = Result{V: Version, ID: probe.ID, Error: &Error{Code: code, Message: *probe.Error}}
 		return nil
 	}
 	var o OIPResponse

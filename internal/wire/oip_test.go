@@ -201,20 +201,76 @@ func TestOIPError(t *testing.T) {
 	if got, want := string(b), `{"error":"queue of \"small\" is full","code":"overloaded"}`; got != want {
 		t.Fatalf("error body = %s, want %s", got, want)
 	}
-	// An error result is written as the error body too.
-	b2, err := wire.EncodeOIPResponse(&wire.Result{ID: "x", Error: wire.Errorf(wire.CodeOverloaded, "queue of %q is full", "small")}, "mnist")
-	if err != nil || string(b2) != string(b) {
-		t.Fatalf("error result body = %s, %v", b2, err)
-	}
 	var r wire.Result
 	if err := wire.DecodeOIPResponse(b, &r); err != nil {
 		t.Fatal(err)
 	}
-	if r.Error == nil || r.Error.Code != wire.CodeOverloaded || r.Error.Message != `queue of "small" is full` {
-		t.Fatalf("decoded error = %+v", r.Error)
+	if r.ID != "" || r.Error == nil || r.Error.Code != wire.CodeOverloaded || r.Error.Message != `queue of "small" is full` {
+		t.Fatalf("decoded error = %q %+v", r.ID, r.Error)
+	}
+	// An error result is written as the error body with the result's id,
+	// so a reader of the results stream knows which job it answers.
+	b2, err := wire.EncodeOIPResponse(&wire.Result{ID: "x", Error: wire.Errorf(wire.CodeOverloaded, "queue of %q is full", "small")}, "mnist")
+	if want := `{"id":"x","error":"queue of \"small\" is full","code":"overloaded"}`; err != nil || string(b2) != want {
+		t.Fatalf("error result body = %s, %v; want %s", b2, err, want)
+	}
+	if err := wire.DecodeOIPResponse(b2, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.ID != "x" || r.Error == nil || r.Error.Code != wire.CodeOverloaded {
+		t.Fatalf("decoded error result = %q %+v", r.ID, r.Error)
 	}
 	if got := string(wire.EncodeOIPError(errTest("boom"))); got != `{"error":"boom","code":"internal"}` {
 		t.Fatalf("plain error body = %s", got)
+	}
+}
+
+// TestEncodeResultAs: each result format yields its body and Content-Type,
+// and DecodeResultBody reads it back by that Content-Type.
+func TestEncodeResultAs(t *testing.T) {
+	failed := sampleResult()
+	failed.Error = wire.Errorf(wire.CodeDeadlineExceeded, "too late")
+	c := wire.NewCodec()
+	for _, tc := range []struct {
+		name, format, wantCT string
+		in                   *wire.Result
+	}{
+		{"msgpack", wire.ResultFormatMsgpack, wire.ContentTypeMsgpack, sampleResult()},
+		{"json", wire.ResultFormatJSON, wire.ContentTypeJSON, sampleResult()},
+		{"json error", wire.ResultFormatJSON, wire.ContentTypeJSON, failed},
+		{"unknown format is msgpack", "yaml", wire.ContentTypeMsgpack, sampleResult()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, ct, err := c.EncodeResultAs(tc.in, tc.format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ct != tc.wantCT {
+				t.Fatalf("Content-Type %q, want %q", ct, tc.wantCT)
+			}
+			if isJSON := json.Valid(b); isJSON != (ct == wire.ContentTypeJSON) {
+				t.Fatalf("body is JSON: %v, Content-Type %q: %q", isJSON, ct, b)
+			}
+			var out wire.Result
+			if err := wire.DecodeResultBody(ct, b, &out); err != nil {
+				t.Fatal(err)
+			}
+			want := *tc.in
+			want.V = wire.Version
+			switch {
+			case ct == wire.ContentTypeJSON && want.Error != nil:
+				want = wire.Result{V: wire.Version, ID: want.ID, Error: want.Error} // the error body
+			case ct == wire.ContentTypeJSON:
+				want.Visits = []wire.Visit{{Model: "small"}, {Model: "big"}} // only names travel
+			}
+			if !reflect.DeepEqual(out, want) {
+				t.Fatalf("decoded:\n got %+v\nwant %+v", out, want)
+			}
+		})
+	}
+	if wire.ResultFormatFor("application/json; charset=utf-8") != wire.ResultFormatJSON ||
+		wire.ResultFormatFor("") != wire.ResultFormatMsgpack || wire.ResultFormatFor(wire.ContentTypeMsgpack) != wire.ResultFormatMsgpack {
+		t.Error("ResultFormatFor does not follow IsJSON")
 	}
 }
 

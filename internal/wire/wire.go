@@ -203,7 +203,14 @@ type Item struct {
 	// (request-reply and HTTP callers); empty for durable jobs.
 	ReplyTo string `msgpack:"reply_to,omitempty"`
 	// Durable asks for the result on the results stream (jobs).
-	Durable          bool   `msgpack:"durable,omitempty"`
+	Durable bool `msgpack:"durable,omitempty"`
+	// ResultFormat is the encoding of the item's results, wherever they
+	// go (Codec.EncodeResultAs): ResultFormatMsgpack (empty, a msgpack
+	// Result) or ResultFormatJSON (the OIP v2 JSON response body). The
+	// ingress sets JSON for durable jobs sent as JSON, so a human reading
+	// the results stream reads JSON; the result's Content-Type header says
+	// which.
+	ResultFormat     string `msgpack:"result_format,omitempty"`
 	AdmittedGear     string `msgpack:"admitted_gear"`
 	AdmittedUnixNano int64  `msgpack:"admitted_ns"`
 	EnqueuedUnixNano int64  `msgpack:"enqueued_ns"`

@@ -31,6 +31,7 @@ func sampleItem() *wire.Item {
 		DeadlineUnixNano:    1_700_000_000_123_456_789,
 		ReturnProbabilities: true,
 		ReplyTo:             "_INBOX.abc.def",
+		ResultFormat:        wire.ResultFormatJSON,
 		AdmittedGear:        "accurate",
 		AdmittedUnixNano:    1_700_000_000_000_000_000,
 		EnqueuedUnixNano:    1_700_000_000_000_100_000,
