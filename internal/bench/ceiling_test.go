@@ -17,10 +17,10 @@ func TestMeasureCeilingCountsEveryMessageOnce(t *testing.T) {
 		name string
 		cfg  CeilingConfig
 	}{
-		{"two batch sizes, two fetchers", CeilingConfig{Batches: []int{8, 32}, Fetchers: 2, Messages: 500}},
+		{"two batch sizes, two fetchers", CeilingConfig{Batches: []int{8, 32}, Rounds: 2, Fetchers: 2, Messages: 500}},
 		// A backlog smaller than a batch: fetches come back partly filled.
-		{"small backlog", CeilingConfig{Batches: []int{16}, Fetchers: 3, Messages: 300, Backlog: 5}},
-		{"one fetcher, tiny payload", CeilingConfig{Batches: []int{1}, Fetchers: 1, Messages: 50, Payload: []byte("x")}},
+		{"small backlog", CeilingConfig{Batches: []int{16}, Rounds: 1, Fetchers: 3, Messages: 300, Backlog: 5}},
+		{"one fetcher, tiny payload", CeilingConfig{Batches: []int{1}, Rounds: 1, Fetchers: 1, Messages: 50, Payload: []byte("x")}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -28,12 +28,13 @@ func TestMeasureCeilingCountsEveryMessageOnce(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(c.Runs) != len(tc.cfg.Batches) {
-				t.Fatalf("%d runs for %d batch sizes", len(c.Runs), len(tc.cfg.Batches))
+			nb := len(tc.cfg.Batches)
+			if len(c.Runs) != nb*tc.cfg.Rounds {
+				t.Fatalf("%d runs for %d batch sizes × %d rounds", len(c.Runs), nb, tc.cfg.Rounds)
 			}
 			for i, r := range c.Runs {
-				if r.Batch != tc.cfg.Batches[i] || r.Fetchers != tc.cfg.Fetchers {
-					t.Errorf("run %d: batch %d fetchers %d, want %d and %d", i, r.Batch, r.Fetchers, tc.cfg.Batches[i], tc.cfg.Fetchers)
+				if r.Batch != tc.cfg.Batches[i%nb] || r.Fetchers != tc.cfg.Fetchers {
+					t.Errorf("run %d: batch %d fetchers %d, want %d and %d", i, r.Batch, r.Fetchers, tc.cfg.Batches[i%nb], tc.cfg.Fetchers)
 				}
 				if r.Messages != tc.cfg.Messages || r.Received != tc.cfg.Messages || r.Missing != 0 || r.Duplicates != 0 {
 					t.Errorf("run %d: messages %d received %d missing %d duplicates %d, want each of %d exactly once",
@@ -93,7 +94,7 @@ func BenchmarkJetStreamHop(b *testing.B) {
 	b.ReportAllocs()
 	hops, secs := 0, 0.0
 	for b.Loop() {
-		c, err := MeasureCeiling(ctx, srv.URL, CeilingConfig{Batches: []int{64}, Messages: perRun})
+		c, err := MeasureCeiling(ctx, srv.URL, CeilingConfig{Batches: []int{64}, Rounds: 1, Messages: perRun})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -73,7 +73,7 @@ func TestRunMeasuresEveryPart(t *testing.T) {
 	defer cancel()
 	rep, err := Run(ctx, Config{
 		PlanFile: file, Gears: []string{"one"}, Runners: 2, ONNXRuntimeLib: lib, Items: testImages(t, 500),
-		Ceiling:         CeilingConfig{Batches: []int{32}, Messages: 300},
+		Ceiling:         CeilingConfig{Batches: []int{32}, Rounds: 1, Messages: 300},
 		ComputeDuration: time.Millisecond, Concurrency: 8, Warmup: -1, Duration: time.Second, TempDir: t.TempDir(),
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -23,7 +24,7 @@ Without --check-plan: the end-to-end benchmark. In one run, on this machine:
   1. the raw JetStream ceiling: an embedded nats-server, a file-backed work
      queue configured like a model's, MNIST-item-sized messages published
      asynchronously, fetched in batches and acked by --fetchers goroutines
-     (item-hops/s, best of --batches);
+     (item-hops/s, best of --rounds runs of each of --batches);
   2. in-process ONNX Runtime throughput, no bus: every model of the measured
      gears at the gear's max batch on --runners sessions, and each gear's
      cascade (the compute-only upper bound);
@@ -57,7 +58,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	planFile := fs.String("plan", envOr(env, "CASCADE_PLAN", ""), "gear plan file (default: the built-in MNIST plan)")
 	runners := fs.Int("runners", 2, "stage worker runners (and in-process sessions)")
 	concurrency := fs.Int("concurrency", 0, "closed-loop requests in flight (default 2 × max batch × runners)")
-	warmup := fs.Duration("warmup", 0, "warm-up before each measured load phase, discarded (default 3s; 2s with --check-plan)")
+	warmup := fs.Duration("warmup", 0, "warm-up before each measured load phase, discarded; 0: none (default 3s; 2s with --check-plan)")
 	duration := fs.Duration("duration", 0, "measured phase of each load run (default 15s per gear; 10s per rate with --check-plan)")
 	jsonFile := fs.String("json", "", "also write the numbers as JSON to this file")
 	logLevel := fs.String("log-level", "warn", "log level of the services (debug, info, warn, error)")
@@ -67,6 +68,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	messages := fs.Int("messages", 20000, "messages per batch size in the JetStream ceiling")
 	batches := fs.String("batches", "64,128", "comma-separated fetch sizes of the JetStream ceiling")
 	fetchers := fs.Int("fetchers", 2, "fetching goroutines of the JetStream ceiling")
+	rounds := fs.Int("rounds", 2, "times each fetch size of the JetStream ceiling is measured (the best run counts)")
 	only := fs.String("only", "", "comma-separated parts to run: ceiling, compute, pipeline (default all)")
 	// --check-plan only
 	gear := fs.String("gear", "", "gear to check (default: the plan's most accurate gear)")
@@ -79,6 +81,24 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", ErrUsage, fs.Args())
 	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"runners", *runners}, {"messages", *messages}, {"fetchers", *fetchers}, {"rounds", *rounds}} {
+		if f.v < 1 {
+			return fmt.Errorf("%w: --%s must be at least 1, got %d", ErrUsage, f.name, f.v)
+		}
+	}
+	if *concurrency < 0 || *warmup < 0 || *duration < 0 || *compute < 0 || *capacity < 0 {
+		return fmt.Errorf("%w: --concurrency, --warmup, --duration, --compute and --capacity cannot be negative", ErrUsage)
+	}
+	// --warmup 0 means no warm-up; left out, the mode's default.
+	warm := *warmup
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "warmup" && warm == 0 {
+			warm = -1
+		}
+	})
 	logger, err := telemetry.NewLogger(env.Stderr, *logLevel, "text")
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
@@ -97,7 +117,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		}
 		checkCfg = bench.CheckConfig{
 			PlanFile: *planFile, Gear: *gear, Runners: *runners, Concurrency: *concurrency,
-			Capacity: *capacity, Fractions: fr, Warmup: *warmup, Duration: *duration,
+			Capacity: *capacity, Fractions: fr, Warmup: warm, Duration: *duration,
 			Logger: logger, Progress: env.Stderr,
 		}
 	} else {
@@ -107,8 +127,8 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		}
 		runCfg = bench.Config{
 			PlanFile: *planFile, Runners: *runners,
-			Ceiling:         bench.CeilingConfig{Batches: bs, Fetchers: *fetchers, Messages: *messages},
-			ComputeDuration: *compute, Concurrency: *concurrency, Warmup: *warmup, Duration: *duration,
+			Ceiling:         bench.CeilingConfig{Batches: bs, Rounds: *rounds, Fetchers: *fetchers, Messages: *messages},
+			ComputeDuration: *compute, Concurrency: *concurrency, Warmup: warm, Duration: *duration,
 			Logger: logger, Progress: env.Stderr,
 		}
 		if *gears != "" {

@@ -35,6 +35,9 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"too many items", []string{"--check-plan", "--items", "10001"}},
 		{"no items", []string{"--check-plan", "--items", "0"}},
 		{"bad log level", []string{"--log-level", "loud"}},
+		{"zero rounds", []string{"--rounds", "0"}},
+		{"zero runners", []string{"--check-plan", "--runners", "0"}},
+		{"negative duration", []string{"--duration", "-1s"}},
 		{"extra argument", []string{"now"}},
 		{"unknown flag", []string{"--frobnicate"}},
 	}
@@ -51,7 +54,7 @@ func TestBenchUsageErrors(t *testing.T) {
 // and reads the numbers back from --json.
 func TestBenchCeilingOnly(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "bench.json")
-	out, err := runBenchCLI(t, "--only", "ceiling", "--messages", "200", "--batches", "16,32", "--json", file)
+	out, err := runBenchCLI(t, "--only", "ceiling", "--messages", "200", "--batches", "16,32", "--rounds", "1", "--json", file)
 	if err != nil {
 		t.Fatal(err)
 	}
