@@ -98,6 +98,15 @@
 // and the worker waits for every PubAck of the batch. Then results are sent
 // to Item.ReplyTo (core NATS) and only then are the inputs acked.
 //
+// A result, wherever it goes and whatever it is (answer, degraded answer,
+// error, or the `internal` error of a dead-lettered item), is encoded in
+// the item's ResultFormat (wire.Codec.EncodeResultAs): a msgpack
+// wire.Result with header Content-Type: application/msgpack, or, for items
+// of jobs the producer sent as JSON, the OIP v2 JSON response body
+// (wire.EncodeOIPResponse; an error as {"id", "error", "code"}) with
+// Content-Type: application/json, so a human reading the results stream
+// reads JSON. An error result also carries the header Cascade-Error: <code>.
+//
 // The handler of a message yields an error (nil, permanent or transient);
 // one function, ackAction, maps it to the acknowledgement: nil → Ack;
 // permanent → Term; transient (a failed publish, an inference error) →

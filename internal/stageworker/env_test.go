@@ -3,6 +3,7 @@ package stageworker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"math"
 	"os"
@@ -325,7 +326,7 @@ func (e *testEnv) listen(t testing.TB, subject string) *replies {
 	nc := e.srv.Connect(t)
 	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
 		var res wire.Result
-		if err := wire.DecodeResult(m.Data, &res); err != nil {
+		if err := decodeResultMsg(m.Header, m.Data, &res); err != nil {
 			t.Errorf("reply: %v", err)
 			return
 		}
@@ -367,8 +368,26 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 }
 
 // durableResults reads every result stored for client on the results
-// stream, by id.
+// stream, by id, decoded by its Content-Type header.
 func (e *testEnv) durableResults(t testing.TB, client string) (map[string][]*wire.Result, int) {
+	t.Helper()
+	out := map[string][]*wire.Result{}
+	msgs := e.durableMsgs(t, client)
+	for _, m := range msgs {
+		var res wire.Result
+		if err := decodeResultMsg(m.Header, m.Data, &res); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := m.Header.Get(wire.HeaderMsgID), res.ID+".result"; got != want {
+			t.Errorf("result %s: %s %q, want %q", res.ID, wire.HeaderMsgID, got, want)
+		}
+		out[res.ID] = append(out[res.ID], &res)
+	}
+	return out, len(msgs)
+}
+
+// durableMsgs reads every message stored for client on the results stream.
+func (e *testEnv) durableMsgs(t testing.TB, client string) []*nats.Msg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -382,34 +401,50 @@ func (e *testEnv) durableResults(t testing.TB, client string) (map[string][]*wir
 		t.Fatal(err)
 	}
 	total := int(info.State.Subjects[subject])
-	out := map[string][]*wire.Result{}
 	if total == 0 {
-		return out, 0
+		return nil
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for n := 0; n < total; {
-		b, err := cons.Fetch(total-n, jetstream.FetchMaxWait(2*time.Second))
+	var out []*nats.Msg
+	for len(out) < total {
+		b, err := cons.Fetch(total-len(out), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
 		got := 0
 		for m := range b.Messages() {
-			var res wire.Result
-			if err := wire.DecodeResult(m.Data(), &res); err != nil {
-				t.Fatal(err)
-			}
-			out[res.ID] = append(out[res.ID], &res)
+			out = append(out, &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
 			got++
 		}
 		if got == 0 {
-			t.Fatalf("read %d of %d results", n, total)
+			t.Fatalf("read %d of %d results", len(out), total)
 		}
-		n += got
 	}
-	return out, total
+	return out
+}
+
+// decodeResultMsg decodes a result message by its Content-Type header,
+// which every result must carry, and checks that an error result carries
+// the header Cascade-Error with its code.
+func decodeResultMsg(h nats.Header, data []byte, res *wire.Result) error {
+	ct := h.Get(wire.HeaderContentType)
+	if ct != wire.ContentTypeJSON && ct != wire.ContentTypeMsgpack {
+		return fmt.Errorf("result with Content-Type %q", ct)
+	}
+	if err := wire.DecodeResultBody(ct, data, res); err != nil {
+		return fmt.Errorf("decode %s result: %w", ct, err)
+	}
+	want := ""
+	if res.Error != nil {
+		want = string(res.Error.Code)
+	}
+	if got := h.Get(wire.HeaderError); got != want {
+		return fmt.Errorf("result %s: %s %q, want %q", res.ID, wire.HeaderError, got, want)
+	}
+	return nil
 }
 
 // streamMsgs returns the number of messages in a stream.

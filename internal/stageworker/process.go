@@ -277,28 +277,35 @@ func (w *worker) baseResult(c *control, it *wire.Item, now time.Time) *wire.Resu
 
 // addResult queues the result's publishes: to the results stream for a
 // durable item (deduplicated by `<id>.result`), and to the reply inbox.
+// Both carry the result in the item's ResultFormat (msgpack, or the OIP
+// JSON body for jobs sent as JSON) with its Content-Type header, and an
+// error result the header Cascade-Error.
 func (w *worker) addResult(t *task, res *wire.Result) error {
-	data, err := w.codec.EncodeResult(res)
+	it := &t.item
+	data, contentType, err := w.codec.EncodeResultAs(res, it.ResultFormat)
 	if err != nil {
 		return fmt.Errorf("encode result of %q: %w", res.ID, err)
 	}
-	it := &t.item
+	fill := func(m *nats.Msg) {
+		m.Data = data
+		m.Header.Set(wire.HeaderContentType, contentType)
+		if res.Error != nil {
+			m.Header.Set(wire.HeaderError, string(res.Error.Code))
+		}
+	}
 	if it.Durable {
 		client := it.Client
 		if client == "" {
 			client = wire.DefaultClient
 		}
 		m := nats.NewMsg(wire.ResultSubject(w.cfg.Pipeline, client))
-		m.Data = data
+		fill(m)
 		m.Header.Set(wire.HeaderMsgID, it.ID+".result")
 		t.js = append(t.js, m)
 	}
 	if it.ReplyTo != "" {
 		m := nats.NewMsg(it.ReplyTo)
-		m.Data = data
-		if res.Error != nil {
-			m.Header.Set(wire.HeaderError, string(res.Error.Code))
-		}
+		fill(m)
 		t.core = append(t.core, m)
 	}
 	return nil

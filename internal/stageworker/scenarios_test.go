@@ -302,6 +302,7 @@ func TestPoisonAndUndecodable(t *testing.T) {
 			}
 			it.ID = "poison"
 			it.Input = wire.FP32Tensor(p.Input.Shape, vals)
+			it.ResultFormat = wire.ResultFormatJSON // its dead-letter result is JSON
 		case 2:
 			it.ID = "invalid"
 			it.Input = wire.FP32Tensor([]int64{3}, []float32{1, 2, 3})
@@ -334,6 +335,19 @@ func TestPoisonAndUndecodable(t *testing.T) {
 			if r.Error != nil || r.AnsweredBy != "linear" {
 				t.Errorf("%s: error %v answered by %q", id, r.Error, r.AnsweredBy)
 			}
+		}
+	}
+
+	// The poison item's durable result is its JSON error.
+	for _, m := range e.durableMsgs(t, "test") {
+		if m.Header.Get(wire.HeaderMsgID) != "poison.result" {
+			continue
+		}
+		var r wire.Result
+		if ct := m.Header.Get(wire.HeaderContentType); ct != wire.ContentTypeJSON {
+			t.Errorf("poison: durable result Content-Type %q, want JSON", ct)
+		} else if err := wire.DecodeOIPResponse(m.Data, &r); err != nil || r.ID != "poison" || r.Error == nil || r.Error.Code != wire.CodeInternal {
+			t.Errorf("poison: durable result %s: %+v, %v", m.Data, r, err)
 		}
 	}
 

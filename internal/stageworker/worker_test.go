@@ -2,6 +2,8 @@ package stageworker
 
 import (
 	"fmt"
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +109,92 @@ func TestCascadeMatchesReplay(t *testing.T) {
 	}
 	if got := w.counter("cascade_worker_batch_size_items", "model", "linear"); got < 1 {
 		t.Errorf("no linear batches recorded")
+	}
+}
+
+// TestResultFormats: durable results, error results included, are written
+// in the item's ResultFormat with the matching Content-Type header: the OIP
+// JSON response body for items of JSON jobs, msgpack for the others.
+func TestResultFormats(t *testing.T) {
+	g := gear("solo", 100, 16, 1, "linear")
+	p := testPlan(t, []plan.Gear{g})
+	e := startEnv(t, p, natsbus.TopologyConfig{})
+	set := images(t, 1)
+	live, past := time.Now().Add(time.Minute), time.Now().Add(-time.Second)
+	type want struct {
+		format string
+		code   wire.Code
+	}
+	cases := map[string]want{
+		"msgpack":      {wire.ResultFormatMsgpack, ""},
+		"json":         {wire.ResultFormatJSON, ""},
+		"json-late":    {wire.ResultFormatJSON, wire.CodeDeadlineExceeded},
+		"json-invalid": {wire.ResultFormatJSON, wire.CodeInvalidInput},
+		"msgpack-late": {wire.ResultFormatMsgpack, wire.CodeDeadlineExceeded},
+	}
+	for id, c := range cases {
+		deadline := live
+		if c.code == wire.CodeDeadlineExceeded {
+			deadline = past
+		}
+		it := newItem(p, id, g.ID, set.Item(0), deadline)
+		it.Durable, it.ResultFormat, it.ReturnProbabilities = true, c.format, true
+		if c.code == wire.CodeInvalidInput {
+			it.Input = wire.FP32Tensor([]int64{3}, []float32{1, 2, 3})
+		}
+		e.admit(t, "linear", it)
+	}
+	e.startWorker(t, nil, hooks{})
+	waitFor(t, "durable results", 30*time.Second, func() bool { return len(e.durableMsgs(t, "test")) >= len(cases) })
+	waitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
+
+	msgs := e.durableMsgs(t, "test")
+	if len(msgs) != len(cases) {
+		t.Fatalf("%d durable results, want %d", len(msgs), len(cases))
+	}
+	got := map[string]*wire.Result{}
+	for _, m := range msgs {
+		id, ok := strings.CutSuffix(m.Header.Get(wire.HeaderMsgID), ".result")
+		c, known := cases[id]
+		if !ok || !known {
+			t.Errorf("result with %s %q", wire.HeaderMsgID, m.Header.Get(wire.HeaderMsgID))
+			continue
+		}
+		var res wire.Result
+		ct := m.Header.Get(wire.HeaderContentType)
+		switch c.format {
+		case wire.ResultFormatJSON:
+			if ct != wire.ContentTypeJSON {
+				t.Errorf("%s: Content-Type %q, want %q", id, ct, wire.ContentTypeJSON)
+			}
+			if err := wire.DecodeOIPResponse(m.Data, &res); err != nil {
+				t.Errorf("%s: not an OIP JSON body: %v: %q", id, err, m.Data)
+				continue
+			}
+		default:
+			if ct != wire.ContentTypeMsgpack {
+				t.Errorf("%s: Content-Type %q, want %q", id, ct, wire.ContentTypeMsgpack)
+			}
+			if err := wire.DecodeResult(m.Data, &res); err != nil {
+				t.Errorf("%s: not a msgpack result: %v", id, err)
+				continue
+			}
+		}
+		if res.ID != id {
+			t.Errorf("%s: result id %q", id, res.ID)
+		}
+		switch {
+		case c.code != "" && (res.Error == nil || res.Error.Code != c.code):
+			t.Errorf("%s: error %v, want %s", id, res.Error, c.code)
+		case c.code != "" && m.Header.Get(wire.HeaderError) != string(c.code):
+			t.Errorf("%s: %s %q, want %q", id, wire.HeaderError, m.Header.Get(wire.HeaderError), c.code)
+		case c.code == "" && (res.Error != nil || res.AnsweredBy != "linear" || len(res.Probabilities) != 10):
+			t.Errorf("%s: result %+v, want an answer by linear with probabilities", id, res)
+		}
+		got[id] = &res
+	}
+	// The same image gets the same answer in either encoding.
+	if a, b := got["msgpack"], got["json"]; a != nil && b != nil && (a.Label != b.Label || math.Abs(a.Confidence-b.Confidence) > 1e-6) {
+		t.Errorf("msgpack answer %d (%v), JSON answer %d (%v)", a.Label, a.Confidence, b.Label, b.Confidence)
 	}
 }
