@@ -109,6 +109,10 @@ type admission struct {
 	start   time.Time // when the request arrived
 	replyTo string    // core NATS subject for the result; empty for jobs
 	durable bool      // the result goes to the results stream
+	// resultFormat is the encoding the workers give the result
+	// (wire.Item.ResultFormat): JSON for jobs sent as JSON. Callers the
+	// ingress answers itself leave it empty (msgpack, which it decodes).
+	resultFormat string
 	// client overrides req.Client (jobs: the subject's last token).
 	client string
 	// id is used when the request carries none (jobs: derived from the
@@ -170,6 +174,7 @@ func (in *ingress) admit(a admission) (admitted, error) {
 		ReturnProbabilities: r.ReturnProbabilities,
 		ReplyTo:             a.replyTo,
 		Durable:             a.durable,
+		ResultFormat:        a.resultFormat,
 		AdmittedGear:        c.gear.ID,
 		AdmittedUnixNano:    now.UnixNano(),
 		EnqueuedUnixNano:    now.UnixNano(),

@@ -24,7 +24,14 @@
 //     exactly one result on wire.ResultSubject(p, client) (msg id
 //     `<id>.result`), even if no ingress runs when it is published. The
 //     client is the subject's last token (a client in the body is
-//     ignored). Invalid jobs get an error result;
+//     ignored). The result is in the job's encoding: a msgpack
+//     wire.Result, or, for a job sent as JSON, the OIP v2 JSON response
+//     body (an error as {"id", "error", "code"}), so a human reading the
+//     results stream with the nats CLI reads JSON; the header
+//     Content-Type (application/msgpack or application/json) says which,
+//     and an error result carries Cascade-Error: <code>. The ingress
+//     records the encoding in the item (wire.Item.ResultFormat) for the
+//     stage worker that answers. Invalid jobs get an error result;
 //     a full first queue defers the job with NakWithDelay (it stays in the
 //     jobs stream, durable, and is retried with a doubling delay; on the
 //     consumer's last allowed delivery the `overloaded` error becomes its

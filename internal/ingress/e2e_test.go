@@ -25,9 +25,10 @@ import (
 
 // TestEndToEndMNIST serves MNIST test images through the ingress and the
 // real stage worker (ONNX Runtime) over every door: HTTP FP32 and UINT8,
-// NATS msgpack and JSON, and durable jobs. Every request gets exactly one
-// answer, the same image gets the same label on every door, and the
-// answers are mostly right.
+// NATS msgpack and JSON, and durable jobs in msgpack and JSON (whose
+// results come back as JSON). Every request gets exactly one answer, the
+// same image gets the same label on every door, and the answers are
+// mostly right.
 func TestEndToEndMNIST(t *testing.T) {
 	if _, err := onnxrt.FindLibrary(os.Getenv); err != nil {
 		if os.Getenv("CASCADE_REQUIRE_ORT") == "1" {
@@ -150,6 +151,7 @@ func TestEndToEndMNIST(t *testing.T) {
 			record(i, "nats-json", res)
 		}()
 		e.publishJob(t, "e2e", encodeRequest(t, &wire.Request{ID: fmt.Sprintf("img-%d", i), Input: wire.Tensor{Datatype: wire.UINT8, Shape: mnist.ItemShape(), Data: pix}}), false, "")
+		e.publishJob(t, "e2e-json", []byte(oipBody(fmt.Sprintf("json-%d", i), "UINT8", shape, "["+strings.Join(u8, ",")+"]", "")), true, "")
 	}
 	wg.Wait()
 	waitFor(t, "job results", 60*time.Second, func() bool { return len(e.results(t, "e2e")) >= n })
@@ -165,10 +167,34 @@ func TestEndToEndMNIST(t *testing.T) {
 		}
 		record(i, "jobs", r)
 	}
+	// Jobs sent as JSON get the OIP JSON response on the results stream,
+	// written by the stage worker.
+	waitFor(t, "JSON job results", 60*time.Second, func() bool { return len(e.resultMsgs(t, "e2e-json")) >= n })
+	jsonJobs := e.resultMsgs(t, "e2e-json")
+	if len(jsonJobs) != n {
+		t.Errorf("%d JSON job results, want %d", len(jsonJobs), n)
+	}
+	for _, m := range jsonJobs {
+		if ct := m.Header.Get(wire.HeaderContentType); ct != wire.ContentTypeJSON {
+			t.Errorf("JSON job result with Content-Type %q", ct)
+			continue
+		}
+		var r wire.Result
+		if err := wire.DecodeOIPResponse(m.Data, &r); err != nil {
+			t.Errorf("JSON job result %s: %v", m.Data, err)
+			continue
+		}
+		var i int
+		if _, err := fmt.Sscanf(r.ID, "json-%d", &i); err != nil || i < 0 || i >= n || m.Header.Get(wire.HeaderMsgID) != r.ID+".result" {
+			t.Errorf("JSON job result id %q, %s %q", r.ID, wire.HeaderMsgID, m.Header.Get(wire.HeaderMsgID))
+			continue
+		}
+		record(i, "jobs-json", &r)
+	}
 	correct, total := 0, 0
 	for i, ls := range labels {
-		if len(ls) != 5 {
-			t.Errorf("image %d: %d answers, want 5", i, len(ls))
+		if len(ls) != 6 {
+			t.Errorf("image %d: %d answers, want 6", i, len(ls))
 		}
 		for _, l := range ls {
 			total++

@@ -303,18 +303,26 @@ func (e *testEnv) respondAfter(t testing.TB, model string, gate <-chan struct{})
 				if it.ReturnProbabilities {
 					res.Probabilities = vals[:3]
 				}
-				b, err := codec.EncodeResult(res)
+				// Encoded as the stage worker does: in the item's result
+				// format, with its Content-Type.
+				b, contentType, err := codec.EncodeResultAs(res, it.ResultFormat)
 				if err != nil {
 					t.Error(err)
 					continue
 				}
 				if it.ReplyTo != "" {
-					if err := nc.Publish(it.ReplyTo, b); err != nil {
+					out := nats.NewMsg(it.ReplyTo)
+					out.Data = b
+					out.Header.Set(wire.HeaderContentType, contentType)
+					if err := nc.PublishMsg(out); err != nil {
 						t.Error(err)
 					}
 				}
 				if it.Durable {
-					if _, err := js.Publish(ctx, wire.ResultSubject(pipeline, it.Client), b, jetstream.WithMsgID(it.ID+".result")); err != nil {
+					out := nats.NewMsg(wire.ResultSubject(pipeline, it.Client))
+					out.Data = b
+					out.Header.Set(wire.HeaderContentType, contentType)
+					if _, err := js.PublishMsg(ctx, out, jetstream.WithMsgID(it.ID+".result")); err != nil {
 						_ = msg.Nak()
 						continue
 					}
@@ -446,8 +454,27 @@ func (e *testEnv) streamMsgs(t testing.TB, name string) uint64 {
 	return info.State.Msgs
 }
 
-// results reads every result of a client from the results stream.
+// results reads every result of a client from the results stream, decoded
+// by its Content-Type header (which every result must carry).
 func (e *testEnv) results(t testing.TB, client string) []*wire.Result {
+	t.Helper()
+	var out []*wire.Result
+	for _, msg := range e.resultMsgs(t, client) {
+		ct := msg.Header.Get(wire.HeaderContentType)
+		if ct != wire.ContentTypeJSON && ct != wire.ContentTypeMsgpack {
+			t.Fatalf("result with Content-Type %q", ct)
+		}
+		var r wire.Result
+		if err := wire.DecodeResultBody(ct, msg.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, &r)
+	}
+	return out
+}
+
+// resultMsgs reads every message of a client from the results stream.
+func (e *testEnv) resultMsgs(t testing.TB, client string) []*nats.Msg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -459,7 +486,7 @@ func (e *testEnv) results(t testing.TB, client string) []*wire.Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*wire.Result
+	var out []*nats.Msg
 	for {
 		batch, err := cons.FetchNoWait(100)
 		if err != nil {
@@ -468,11 +495,7 @@ func (e *testEnv) results(t testing.TB, client string) []*wire.Result {
 		n := 0
 		for msg := range batch.Messages() {
 			n++
-			var r wire.Result
-			if err := wire.DecodeResult(msg.Data(), &r); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, &r)
+			out = append(out, &nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			t.Fatal(err)

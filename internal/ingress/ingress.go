@@ -285,7 +285,7 @@ func (in *ingress) await(ctx context.Context, ch <-chan *nats.Msg, it *wire.Item
 	select {
 	case msg := <-ch:
 		var res wire.Result
-		if err := wire.DecodeResult(msg.Data, &res); err != nil {
+		if err := wire.DecodeResultBody(msg.Header.Get(wire.HeaderContentType), msg.Data, &res); err != nil {
 			return nil, wire.Errorf(wire.CodeInternal, "result of %s: %v", it.ID, err)
 		}
 		return &res, nil

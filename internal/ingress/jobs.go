@@ -74,16 +74,19 @@ func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) 
 		fallbackID = "j" + strconv.FormatUint(meta.Sequence.Stream, 10) + "-" + strconv.FormatInt(meta.Timestamp.UnixNano(), 36)
 	}
 	client := strings.TrimPrefix(msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
+	contentType := msg.Headers().Get(wire.HeaderContentType)
+	// A job sent as JSON gets its result, error or answer, as JSON.
+	format := wire.ResultFormatFor(contentType)
 	var req wire.Request
 	err := func() error {
 		if !wire.ValidToken(client) {
 			return wire.Errorf(wire.CodeInvalidInput, "jobs subject %q: the client token after %q must be 1-64 letters, digits, '-' or '_'",
 				msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
 		}
-		if err := in.decode(msg.Headers().Get(wire.HeaderContentType), msg.Data(), &req); err != nil {
+		if err := in.decode(contentType, msg.Data(), &req); err != nil {
 			return err
 		}
-		_, err := in.admit(admission{door: doorJobs, req: &req, start: start, durable: true, client: client, id: fallbackID})
+		_, err := in.admit(admission{door: doorJobs, req: &req, start: start, durable: true, resultFormat: format, client: client, id: fallbackID})
 		return err
 	}()
 	code := wire.CodeOf(err)
@@ -113,7 +116,7 @@ func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) 
 	if !wire.ValidToken(id) {
 		id = fallbackID
 	}
-	if perr := in.publishJobError(id, client, err); perr != nil {
+	if perr := in.publishJobError(id, client, format, err); perr != nil {
 		in.logger.Warn("publish job error result; retrying the job later", "id", id, "err", perr)
 		if nerr := msg.NakWithDelay(in.cfg.JobsRetryDelay); nerr != nil {
 			in.logger.Warn("nak job", "subject", msg.Subject(), "err", nerr)
@@ -128,18 +131,25 @@ func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) 
 
 // publishJobError publishes an error result for a job on the results
 // stream (msg id `<id>.result`, so a retried publish is deduplicated) and
-// awaits its PubAck. The subject mirrors the job's: a job published on
-// JobsSubject(p, X) gets its result on ResultSubject(p, X), even when X is
-// not a valid client token.
-func (in *ingress) publishJobError(id, client string, err error) error {
+// awaits its PubAck. It is written in the job's result format, as the
+// workers write answers: the OIP JSON error body {"id", "error", "code"}
+// for a job sent as JSON, else a msgpack wire.Result; the headers
+// Content-Type and Cascade-Error say which and why. The subject mirrors the
+// job's: a job published on JobsSubject(p, X) gets its result on
+// ResultSubject(p, X), even when X is not a valid client token.
+func (in *ingress) publishJobError(id, client, format string, err error) error {
 	res := &wire.Result{ID: id, Pipeline: in.cfg.Pipeline, Client: client, Error: wireError(err), CompletedUnixNano: in.now().UnixNano()}
-	b, encErr := in.codec.EncodeResult(res)
+	b, contentType, encErr := in.codec.EncodeResultAs(res, format)
 	if encErr != nil {
 		return encErr
 	}
+	out := nats.NewMsg(wire.ResultSubject(in.cfg.Pipeline, client))
+	out.Data = b
+	out.Header.Set(wire.HeaderContentType, contentType)
+	out.Header.Set(wire.HeaderError, string(res.Error.Code))
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.PublishTimeout)
 	defer cancel()
-	_, perr := in.js.Publish(ctx, wire.ResultSubject(in.cfg.Pipeline, client), b, jetstream.WithMsgID(id+".result"))
+	_, perr := in.js.PublishMsg(ctx, out, jetstream.WithMsgID(id+".result"))
 	return perr
 }
 

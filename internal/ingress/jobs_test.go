@@ -3,6 +3,7 @@ package ingress_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"testing"
 	"time"
@@ -220,5 +221,83 @@ func purge(t *testing.T, e *testEnv, model string) {
 	}
 	if err := s.Purge(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestJobsResultFormat: a job gets its result in the encoding it was sent
+// in, with the header Content-Type saying which: a JSON job's item asks
+// the workers for a JSON result (the responder writes it as the stage
+// worker does), and the ingress's own error results for invalid jobs are
+// JSON for JSON jobs (the OIP error body with the job's id) and msgpack
+// for the others, with the header Cascade-Error.
+func TestJobsResultFormat(t *testing.T) {
+	e := startEnv(t, natsbus.TopologyConfig{})
+	e.ready(t, nil)
+	small := e.respond(t, "small")
+
+	type job struct {
+		client string
+		body   []byte
+		asJSON bool
+		id     string    // "" when the body has no readable id
+		code   wire.Code // "" for an answer
+	}
+	jobs := []job{
+		{"fmt-mp", encodeRequest(t, validRequest("fmt-mp")), false, "fmt-mp", ""},
+		{"fmt-json", []byte(oipBody("fmt-json", "FP32", "[2,2]", "[0.5,0.5,0.5,0.5]", `{"return_probabilities":true}`)), true, "fmt-json", ""},
+		{"fmt-json-shape", []byte(oipBody("fmt-json-shape", "FP32", "[4]", "[0.5,0.5,0.5,0.5]", "")), true, "fmt-json-shape", wire.CodeInvalidInput},
+		{"fmt-json-garbage", []byte(`{"inputs": [oops`), true, "", wire.CodeInvalidInput},
+		{"fmt-mp-garbage", []byte("garbage"), false, "", wire.CodeInvalidInput},
+	}
+	for _, j := range jobs {
+		e.publishJob(t, j.client, j.body, j.asJSON, "")
+	}
+	waitFor(t, "jobs settled", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+	for _, j := range jobs {
+		t.Run(j.client, func(t *testing.T) {
+			var msgs []*nats.Msg
+			waitFor(t, "result", 20*time.Second, func() bool { msgs = e.resultMsgs(t, j.client); return len(msgs) > 0 })
+			if len(msgs) != 1 {
+				t.Fatalf("%d results, want 1", len(msgs))
+			}
+			m := msgs[0]
+			var res wire.Result
+			ct := m.Header.Get(wire.HeaderContentType)
+			if j.asJSON {
+				if ct != wire.ContentTypeJSON {
+					t.Fatalf("Content-Type %q, want %q", ct, wire.ContentTypeJSON)
+				}
+				if err := wire.DecodeOIPResponse(m.Data, &res); err != nil {
+					t.Fatalf("not an OIP JSON body: %v: %s", err, m.Data)
+				}
+			} else {
+				if ct != wire.ContentTypeMsgpack {
+					t.Fatalf("Content-Type %q, want %q", ct, wire.ContentTypeMsgpack)
+				}
+				if err := wire.DecodeResult(m.Data, &res); err != nil {
+					t.Fatalf("not a msgpack result: %v", err)
+				}
+			}
+			if res.ID == "" || (j.id != "" && res.ID != j.id) || m.Header.Get(wire.HeaderMsgID) != res.ID+".result" {
+				t.Errorf("result id %q, %s %q; want %q", res.ID, wire.HeaderMsgID, m.Header.Get(wire.HeaderMsgID), j.id)
+			}
+			switch {
+			case j.code != "" && (res.Error == nil || res.Error.Code != j.code || m.Header.Get(wire.HeaderError) != string(j.code)):
+				t.Errorf("error %+v, %s %q; want %s", res.Error, wire.HeaderError, m.Header.Get(wire.HeaderError), j.code)
+			case j.code == "" && (res.Error != nil || res.Label != 2 || res.AnsweredBy != "small"):
+				t.Errorf("result %+v, want label 2 by small", res)
+			}
+		})
+	}
+	if r := e.results(t, "fmt-json"); len(r) == 1 && len(r[0].Probabilities) != 3 {
+		t.Errorf("JSON result probabilities %v, want 3", r[0].Probabilities)
+	}
+	// The items carry the format the workers must write.
+	formats := map[string]string{}
+	for _, it := range small.seen() {
+		formats[it.ID] = it.ResultFormat
+	}
+	if want := map[string]string{"fmt-mp": wire.ResultFormatMsgpack, "fmt-json": wire.ResultFormatJSON}; !maps.Equal(formats, want) {
+		t.Errorf("items' result formats %v, want %v", formats, want)
 	}
 }
