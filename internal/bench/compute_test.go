@@ -234,3 +234,26 @@ func TestCascadeThroughputMatchesTestReplay(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCascadePass measures one in-process pass of 1,000 MNIST test
+// images through a two-stage cascade (linear@0.8 > mlp, batch 32) on two
+// sessions (ns/op includes opening the sessions; items/s is the pass
+// alone): go test -run '^$' -bench CascadePass ./internal/bench
+func BenchmarkCascadePass(b *testing.B) {
+	rt := runtimeOrSkip(b)
+	items := testImages(b, 1000)
+	p := testPlan(b, plan.Gear{ID: "two", Cascade: []plan.Stage{{Model: "linear", Threshold: 0.8}, {Model: "mlp"}}, Batching: plan.Batching{MaxBatch: 32}})
+	b.ReportAllocs()
+	n, secs := 0, 0.0
+	for b.Loop() {
+		r, err := CascadeThroughput(context.Background(), rt, CascadeRunConfig{Plan: p, Models: mnist.Model, Items: items})
+		if err != nil {
+			b.Fatal(err)
+		}
+		n += r.Items
+		secs += r.Seconds
+	}
+	if secs > 0 {
+		b.ReportMetric(float64(n)/secs, "items/s")
+	}
+}
