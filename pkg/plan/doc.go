@@ -18,7 +18,7 @@
 //     per stage and answered-by distribution are those of the live pipeline.
 //     Expected cost per item = Σ reach_j × (per-item cost of model j at the
 //     reference batch size CostBatch, default 8, + the profile's per-item
-//     messaging overhead).
+//     messaging overhead + its per-batch messaging overhead / CostBatch).
 //  2. Search. Every ordered subset of the ladder (in ladder order) with a
 //     threshold grid at every non-last stage is evaluated; the grid sits on
 //     quantiles of each model's confidence over the replay, squared so that
@@ -32,13 +32,18 @@
 //     needs a runner) in the mode's order and takes the first cascade that
 //     fits: runners split by demand (reach × cost, highest averages), a max
 //     batch and max delay from a grid, every model's utilisation within the
-//     headroom (0.8) and a simulated p95 within the SLO (Simulate). It never
+//     headroom (0.8) and a simulated p95 within the SLO (Simulate). Where
+//     ingress, nats-server or producers share the runners' cores, the
+//     profile's per-request overhead takes a share of the cores that grows
+//     with load and slows the runners down (SimConfig.RequestOverheadMs). It never
 //     moves to a more expensive cascade as load grows. Adjacent buckets with
 //     the same gear merge into one Gear whose MaxQPS is their upper edge.
 //
 // Simulate models the pipeline the workers run: Poisson arrivals, one
 // stream and a set of runners per model, Fetch(maxBatch, maxDelay) batching,
-// batch service times from the profile, a hop overhead per hop, and
+// batch service times from the profile plus the messaging overheads per item
+// and per batch (slowed down by the per-request overhead's share of the
+// cores), a hop overhead per hop, and
 // escalations drawn from the replay. Plan.SimulateGear and Plan.PredictP95
 // run it for a gear of a plan file.
 package plan

@@ -54,6 +54,15 @@ type Plan struct {
 	// batch throughput. The simulator adds it per item to every batch's
 	// service time, and the planner adds it to every stage's cost.
 	ItemOverheadMs float64 `json:"item_overhead_ms,omitempty"`
+	// BatchOverheadMs is the runner time per batch spent on messaging
+	// whatever its size (fetch round trip, waiting for PubAcks), in ms; the
+	// simulator adds it to every batch's service time.
+	BatchOverheadMs float64 `json:"batch_overhead_ms,omitempty"`
+	// RequestOverheadMs is the CPU time per request spent outside the
+	// runners on the runners' cores (co-located ingress, nats-server,
+	// producer), in ms; the simulator slows the runners down by the share of
+	// the cores it takes (see SimConfig).
+	RequestOverheadMs float64 `json:"request_overhead_ms,omitempty"`
 	// Models lists every model a gear may use, with its profile.
 	Models []Model `json:"models"`
 	// Ladder orders the models from cheapest to most accurate.
@@ -451,6 +460,12 @@ func (p *Plan) Validate() error {
 	}
 	if p.ItemOverheadMs < 0 || math.IsNaN(p.ItemOverheadMs) || math.IsInf(p.ItemOverheadMs, 0) {
 		bad("item_overhead_ms must be a finite number >= 0, got %v", p.ItemOverheadMs)
+	}
+	if p.BatchOverheadMs < 0 || math.IsNaN(p.BatchOverheadMs) || math.IsInf(p.BatchOverheadMs, 0) {
+		bad("batch_overhead_ms must be a finite number >= 0, got %v", p.BatchOverheadMs)
+	}
+	if p.RequestOverheadMs < 0 || math.IsNaN(p.RequestOverheadMs) || math.IsInf(p.RequestOverheadMs, 0) {
+		bad("request_overhead_ms must be a finite number >= 0, got %v", p.RequestOverheadMs)
 	}
 
 	models := map[string]bool{}

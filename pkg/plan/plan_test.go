@@ -67,7 +67,9 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		{"batching", func(p *Plan) { p.Gears[0].Batching.MaxBatch = 0 }, []string{"batching.max_batch must be in [1,4096]"}},
 		{"profile", func(p *Plan) { p.Models[0].Profile.Points = nil }, []string{`model "small" has no profile points`}},
 		{"hysteresis", func(p *Plan) { p.Hysteresis.SampleIntervalMs = 10 }, []string{"sample_interval_ms must be in [50,5000]"}},
-		{"overheads", func(p *Plan) { p.HopOverheadMs, p.ItemOverheadMs = -1, math.NaN() }, []string{"hop_overhead_ms must be", "item_overhead_ms must be"}},
+		{"overheads", func(p *Plan) {
+			p.HopOverheadMs, p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs = -1, math.NaN(), -2, math.Inf(1)
+		}, []string{"hop_overhead_ms must be", "item_overhead_ms must be", "batch_overhead_ms must be", "request_overhead_ms must be"}},
 		{"several at once", func(p *Plan) {
 			p.Capacity = -1
 			p.Gears[1].ID = "g1"

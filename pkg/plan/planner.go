@@ -139,11 +139,12 @@ type PlannerConfig struct {
 	Search SearchOptions
 	// CostBatch is the reference batch size of the expected cost per item:
 	// a model's per-item cost is Profile.ItemCostMs(CostBatch) plus the
-	// profile's ItemOverheadMs (default 8). It orders the Pareto front and
-	// splits runners among models.
+	// profile's ItemOverheadMs and BatchOverheadMs/CostBatch (default 8). It
+	// orders the Pareto front and splits runners among models.
 	CostBatch int
 	// Headroom is the highest utilisation a model's runners may have in a
-	// feasible gear (default 0.8).
+	// feasible gear (default 0.8), counting the slowdown that the profile's
+	// RequestOverheadMs causes.
 	Headroom float64
 	// BatchSizes are the max batch sizes searched (default 1, 2, 4, …, 128).
 	BatchSizes []int
@@ -554,13 +555,15 @@ func (pl *planner) shares(g *gearChoice) map[string]float64 {
 func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) SimConfig {
 	c := pl.cands[cand]
 	sc := SimConfig{
-		QPS:             q,
-		Requests:        pl.simRequests(q),
-		Seed:            pl.cfg.Seed,
-		HopOverheadMs:   pl.cfg.Profile.HopOverheadMs,
-		ItemOverheadMs:  pl.cfg.Profile.ItemOverheadMs,
-		AnsweredBy:      c.AnsweredBy,
-		AbortAboveP95Ms: pl.cfg.SLOP95Ms,
+		QPS:               q,
+		Requests:          pl.simRequests(q),
+		Seed:              pl.cfg.Seed,
+		HopOverheadMs:     pl.cfg.Profile.HopOverheadMs,
+		ItemOverheadMs:    pl.cfg.Profile.ItemOverheadMs,
+		BatchOverheadMs:   pl.cfg.Profile.BatchOverheadMs,
+		RequestOverheadMs: pl.cfg.Profile.RequestOverheadMs,
+		AnsweredBy:        c.AnsweredBy,
+		AbortAboveP95Ms:   pl.cfg.SLOP95Ms,
 	}
 	for j, s := range c.Stages {
 		sc.Stages = append(sc.Stages, SimStage{
@@ -604,7 +607,7 @@ func (pl *planner) minLatencyMs(cand int) float64 {
 	lat := hop
 	bound := 0.0
 	for j, s := range c.Stages {
-		lat += pl.cfg.Profile.Models[s.Model].LatencyMs(1) + pl.cfg.Profile.ItemOverheadMs + hop
+		lat += pl.cfg.Profile.Models[s.Model].LatencyMs(1) + pl.cfg.Profile.ItemOverheadMs + pl.cfg.Profile.BatchOverheadMs + hop
 		if c.Reach[j] > 0.05 {
 			bound = lat
 		}
@@ -774,17 +777,30 @@ func (pl *planner) simulate(cand int, q float64, configs []Batching, runners []i
 }
 
 // itemCost is the runner time per item of a model in batches of b: its
-// share of the batch latency plus the messaging overhead.
+// share of the batch latency and of the per-batch messaging overhead, plus
+// the per-item messaging overhead.
 func (cfg *PlannerConfig) itemCost(model string, b int) float64 {
-	return cfg.Profile.Models[model].ItemCostMs(b) + cfg.Profile.ItemOverheadMs
+	b = max(b, 1)
+	return cfg.Profile.Models[model].ItemCostMs(b) + cfg.Profile.ItemOverheadMs + cfg.Profile.BatchOverheadMs/float64(b)
+}
+
+// requestShare is the share of the capacity's cores that the profile's
+// per-request overhead takes at load q (see SimConfig.RequestOverheadMs).
+func (cfg *PlannerConfig) requestShare(q float64) float64 {
+	return q / 1000 * cfg.Profile.RequestOverheadMs / float64(cfg.Capacity)
 }
 
 // canKeepUp is the compute check: even if every batch were full, would
-// each stage's utilisation stay within the headroom?
+// each stage's utilisation, slowed down by the per-request overhead's share
+// of the cores, stay within the headroom?
 func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	c := pl.cands[cand]
+	rho := pl.cfg.requestShare(q)
+	if rho >= 1 {
+		return false
+	}
 	for j, s := range c.Stages {
-		util := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b) / float64(runners[j])
+		util := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b) / float64(runners[j]) / (1 - rho)
 		if util > pl.cfg.Headroom {
 			return false
 		}
@@ -796,16 +812,18 @@ func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *Plan {
 	cfg := pl.cfg
 	p := &Plan{
-		Version:        FormatVersion,
-		Pipeline:       cfg.Pipeline,
-		Description:    cfg.Description,
-		SLO:            SLO{P95Ms: cfg.SLOP95Ms},
-		Capacity:       cfg.Capacity,
-		Confidence:     cfg.Metric,
-		Input:          cfg.Input,
-		HopOverheadMs:  cfg.Profile.HopOverheadMs,
-		ItemOverheadMs: cfg.Profile.ItemOverheadMs,
-		Hysteresis:     cfg.Hysteresis,
+		Version:           FormatVersion,
+		Pipeline:          cfg.Pipeline,
+		Description:       cfg.Description,
+		SLO:               SLO{P95Ms: cfg.SLOP95Ms},
+		Capacity:          cfg.Capacity,
+		Confidence:        cfg.Metric,
+		Input:             cfg.Input,
+		HopOverheadMs:     cfg.Profile.HopOverheadMs,
+		ItemOverheadMs:    cfg.Profile.ItemOverheadMs,
+		BatchOverheadMs:   cfg.Profile.BatchOverheadMs,
+		RequestOverheadMs: cfg.Profile.RequestOverheadMs,
+		Hysteresis:        cfg.Hysteresis,
 	}
 	for _, m := range cfg.Ladder {
 		prof := cfg.Profile.Models[m.Name]

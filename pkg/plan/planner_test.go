@@ -340,6 +340,66 @@ func TestPlanChargesMessagingOverhead(t *testing.T) {
 	}
 }
 
+func TestPlanChargesBatchAndRequestOverhead(t *testing.T) {
+	plain := makePlan(t, smallPlannerConfig(t))
+	cfg := smallPlannerConfig(t)
+	prof := *cfg.Profile
+	// At the top load (40000 qps) the request overhead takes half of the
+	// four runners' cores.
+	prof.BatchOverheadMs, prof.RequestOverheadMs = 0.2, 0.05
+	cfg.Profile = &prof
+	res := makePlan(t, cfg)
+	checkPlanInvariants(t, cfg, res)
+	if res.Plan.BatchOverheadMs != 0.2 || res.Plan.RequestOverheadMs != 0.05 {
+		t.Errorf("plan overheads: batch %v, request %v", res.Plan.BatchOverheadMs, res.Plan.RequestOverheadMs)
+	}
+	// Every stage an item reaches costs its share of a batch of CostBatch.
+	for _, c := range res.Front {
+		want := 0.0
+		for j, s := range c.Stages {
+			want += c.Reach[j] * (prof.Models[s.Model].ItemCostMs(8) + 0.2/8)
+		}
+		if math.Abs(c.CostMsPerItem-want) > 1e-12 {
+			t.Fatalf("%s: cost %v, want %v", c, c.CostMsPerItem, want)
+		}
+	}
+	// Every gear meets the SLO in the simulation the plan file describes,
+	// overheads included, at the top of its load range.
+	for i, g := range res.Plan.Gears {
+		r, err := res.Plan.SimulateGear(i, g.MaxQPS, GearSimOptions{Requests: cfg.SimRequests, Seed: cfg.Seed})
+		if err != nil {
+			t.Fatalf("gear %s: %v", g.ID, err)
+		}
+		if r.P95Ms > cfg.SLOP95Ms {
+			t.Errorf("gear %s at %v qps: simulated p95 %v above the SLO", g.ID, g.MaxQPS, r.P95Ms)
+		}
+	}
+	// Less capacity is left for models: no load gets a more accurate gear,
+	// and the planned loads end no later.
+	acc := func(r *PlanResult, i int) float64 {
+		if b := r.Buckets[i]; b.Feasible() {
+			return r.Candidates[b.Candidate].Accuracy
+		}
+		return 0
+	}
+	lower := 0
+	for i := range res.Buckets {
+		if acc(res, i) > acc(plain, i) {
+			t.Errorf("at %v qps: accuracy %v with the overheads, %v without", res.Buckets[i].QPS, acc(res, i), acc(plain, i))
+		}
+		if acc(res, i) < acc(plain, i) {
+			lower++
+		}
+	}
+	if lower == 0 {
+		t.Error("the overheads lowered the accuracy at no load")
+	}
+	last := func(r *PlanResult) float64 { f, _ := r.Plan.Planner["max_feasible_qps"].(float64); return f }
+	if last(res) > last(plain) {
+		t.Errorf("feasible up to %v qps with the overheads, %v without", last(res), last(plain))
+	}
+}
+
 func TestPlanMinCostMeetsTarget(t *testing.T) {
 	const target = 0.96
 	cfg := smallPlannerConfig(t)

@@ -52,12 +52,14 @@ func (p *Plan) GearSimConfig(i int, qps float64, opts GearSimOptions) (SimConfig
 		opts.Requests = DefaultSimRequests(qps)
 	}
 	sc := SimConfig{
-		QPS:            qps,
-		Requests:       opts.Requests,
-		Seed:           opts.Seed,
-		HopOverheadMs:  p.HopOverheadMs,
-		ItemOverheadMs: p.ItemOverheadMs,
-		WarmupFraction: opts.WarmupFraction,
+		QPS:               qps,
+		Requests:          opts.Requests,
+		Seed:              opts.Seed,
+		HopOverheadMs:     p.HopOverheadMs,
+		ItemOverheadMs:    p.ItemOverheadMs,
+		BatchOverheadMs:   p.BatchOverheadMs,
+		RequestOverheadMs: p.RequestOverheadMs,
+		WarmupFraction:    opts.WarmupFraction,
 	}
 	for j, s := range g.Cascade {
 		m, ok := p.Model(s.Model)

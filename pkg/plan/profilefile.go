@@ -33,6 +33,19 @@ type ProfileFile struct {
 	// (decode, publish with PubAck, ack) at batch throughput, in ms; the
 	// simulator adds it per item to every batch's service time.
 	ItemOverheadMs float64 `json:"item_overhead_ms,omitempty"`
+	// BatchOverheadMs is the runner time per batch spent on messaging
+	// whatever the batch's size (the fetch's round trip to the server, the
+	// wait for the batch's PubAcks), in ms; the simulator adds it to every
+	// batch's service time, so small batches at high load cost what they
+	// cost the workers.
+	BatchOverheadMs float64 `json:"batch_overhead_ms,omitempty"`
+	// RequestOverheadMs is the CPU time per request spent outside the
+	// runners but on the runners' cores, in ms: ingress, nats-server and a
+	// producer that share the machine with the workers (the all-in-one
+	// `cascadeserve up`). The simulator and the planner slow the runners
+	// down by the share of the cores it takes (see SimConfig). It is 0 when
+	// those processes run on other machines.
+	RequestOverheadMs float64 `json:"request_overhead_ms,omitempty"`
 	// Host describes the machine (free text: CPU model, cores, OS).
 	Host string `json:"host,omitempty"`
 	// Runtime describes the inference runtime (e.g. "onnxruntime 1.30.0").
@@ -61,6 +74,12 @@ func (f *ProfileFile) Validate() error {
 	}
 	if f.ItemOverheadMs < 0 || math.IsNaN(f.ItemOverheadMs) || math.IsInf(f.ItemOverheadMs, 0) {
 		bad("item_overhead_ms must be a finite number >= 0, got %v", f.ItemOverheadMs)
+	}
+	if f.BatchOverheadMs < 0 || math.IsNaN(f.BatchOverheadMs) || math.IsInf(f.BatchOverheadMs, 0) {
+		bad("batch_overhead_ms must be a finite number >= 0, got %v", f.BatchOverheadMs)
+	}
+	if f.RequestOverheadMs < 0 || math.IsNaN(f.RequestOverheadMs) || math.IsInf(f.RequestOverheadMs, 0) {
+		bad("request_overhead_ms must be a finite number >= 0, got %v", f.RequestOverheadMs)
 	}
 	if len(f.Models) == 0 {
 		bad("no models")

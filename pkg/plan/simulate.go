@@ -42,7 +42,17 @@ type SimConfig struct {
 	// ItemOverheadMs is runner time per item on top of the model's batch
 	// latency (messaging: decode, publish, ack).
 	ItemOverheadMs float64
-	Stages         []SimStage
+	// BatchOverheadMs is runner time per batch on top of that, whatever
+	// the batch's size (the fetch's round trip, the wait for PubAcks).
+	BatchOverheadMs float64
+	// RequestOverheadMs is CPU time per request spent outside the runners
+	// on the runners' cores (one core per runner): ingress, nats-server and
+	// a producer on the same machine. At QPS it keeps a share
+	// ρ = QPS × RequestOverheadMs / (1000 × total runners) of the cores
+	// busy, and the runners, sharing the cores, take 1/(1−ρ) times as long
+	// for every batch (processor sharing). ρ must stay below 1.
+	RequestOverheadMs float64
+	Stages            []SimStage
 	// AnsweredBy[j] is the probability that stage j answers a request (the
 	// replay's answered-by distribution; the last stage takes the rest).
 	// Drawing the answering stage from it is, in law, drawing a replay item
@@ -119,8 +129,11 @@ func (c SimConfig) validate() error {
 	if c.Requests < 0 {
 		bad("requests must be >= 0")
 	}
-	if c.HopOverheadMs < 0 || c.ItemOverheadMs < 0 {
-		bad("hop and item overheads must be >= 0")
+	if c.HopOverheadMs < 0 || c.ItemOverheadMs < 0 || c.BatchOverheadMs < 0 || c.RequestOverheadMs < 0 {
+		bad("hop, item, batch and request overheads must be >= 0")
+	}
+	if rho := c.requestShare(); rho >= 1 {
+		bad("request overhead %vms at %v qps needs %.3g of the %d runners' cores, more than all of them", c.RequestOverheadMs, c.QPS, rho, c.totalRunners())
 	}
 	if len(c.Stages) == 0 {
 		bad("no stages")
@@ -154,6 +167,25 @@ func (c SimConfig) validate() error {
 	return nil
 }
 
+// totalRunners is the number of runners of all stages.
+func (c SimConfig) totalRunners() int {
+	n := 0
+	for _, s := range c.Stages {
+		n += s.Runners
+	}
+	return n
+}
+
+// requestShare is ρ, the share of the runners' cores that the per-request
+// overhead takes at the config's load (0 without runners).
+func (c SimConfig) requestShare() float64 {
+	n := c.totalRunners()
+	if n < 1 || c.RequestOverheadMs == 0 {
+		return 0
+	}
+	return c.QPS / 1000 * c.RequestOverheadMs / float64(n)
+}
+
 // Simulate runs a discrete-event simulation of the pipeline and returns its
 // latency, throughput and per-stage utilisation. It is deterministic given
 // the config.
@@ -167,8 +199,9 @@ func (c SimConfig) validate() error {
 // arriving items fill one fetch before the next gets any. A MaxDelayMs of 0
 // returns as soon as one item (or all that arrived together) is there.
 // The runner then runs the batch for Profile.LatencyMs(size) plus
-// ItemOverheadMs per item; afterwards
-// each item is answered or escalated to the next stage, one hop later.
+// ItemOverheadMs per item plus BatchOverheadMs, all divided by 1−ρ when a
+// RequestOverheadMs takes a share ρ of the cores; afterwards each item is
+// answered or escalated to the next stage, one hop later.
 func Simulate(cfg SimConfig) (SimResult, error) {
 	if cfg.Requests == 0 {
 		cfg.Requests = 3000
@@ -250,15 +283,18 @@ type sim struct {
 	// winStart and winEnd bound the utilisation window.
 	winStart, winEnd float64
 	cum              []float64 // cumulative answered-by
+	// slowdown stretches every batch's service time: 1/(1−ρ).
+	slowdown float64
 }
 
 func newSim(cfg SimConfig) *sim {
 	s := &sim{
-		cfg:     cfg,
-		arrival: make([]float64, cfg.Requests),
-		stageAt: make([]float64, cfg.Requests),
-		exit:    make([]int8, cfg.Requests),
-		latency: make([]float64, 0, cfg.Requests),
+		cfg:      cfg,
+		arrival:  make([]float64, cfg.Requests),
+		stageAt:  make([]float64, cfg.Requests),
+		exit:     make([]int8, cfg.Requests),
+		latency:  make([]float64, 0, cfg.Requests),
+		slowdown: 1 / (1 - cfg.requestShare()),
 	}
 	if cfg.WarmupFraction > 0 {
 		s.warmup = int(cfg.WarmupFraction * float64(cfg.Requests))
@@ -471,7 +507,7 @@ func (s *sim) start(j int, r int32, t float64) {
 	run.busy = true
 	run.gen++
 	n := len(run.items)
-	service := st.cfg.Profile.LatencyMs(n) + float64(n)*s.cfg.ItemOverheadMs
+	service := (st.cfg.Profile.LatencyMs(n) + float64(n)*s.cfg.ItemOverheadMs + s.cfg.BatchOverheadMs) * s.slowdown
 	st.busyMs += max(0, min(t+service, s.winEnd)-max(t, s.winStart))
 	st.items += n
 	st.batches++

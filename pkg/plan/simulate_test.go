@@ -70,6 +70,51 @@ func TestSimulateTinyLoad(t *testing.T) {
 	}
 }
 
+func TestSimulateChargesBatchAndRequestOverhead(t *testing.T) {
+	prof := linearProfile(1, 0.5) // 1.5 ms at batch 1
+	const hops = 2 * 0.25
+	tests := []struct {
+		name           string
+		qps            float64
+		runners        int
+		item, batch, r float64
+		want           float64 // exact latency of every request
+	}{
+		{"none", 1, 1, 0, 0, 0, 1.5 + hops},
+		{"per batch", 1, 1, 0, 0.4, 0, 1.5 + 0.4 + hops},
+		{"per item and batch", 1, 1, 0.7, 0.4, 0, 1.5 + 0.7 + 0.4 + hops},
+		// 1 qps × 500 ms = half of one runner's core: service takes twice
+		// as long; hops are not slowed down.
+		{"per request, one runner", 1, 1, 0, 0, 500, 2*1.5 + hops},
+		// The same overhead over four runners' cores takes an eighth.
+		{"per request, four runners", 1, 4, 0, 0.4, 500, (1.5+0.4)/(1-0.125) + hops},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := oneStage(tt.qps, prof, tt.runners, 1, 0)
+			cfg.Requests = 200
+			cfg.ItemOverheadMs, cfg.BatchOverheadMs, cfg.RequestOverheadMs = tt.item, tt.batch, tt.r
+			r := simulate(t, cfg)
+			if math.Abs(r.P50Ms-tt.want) > 1e-9 || math.Abs(r.MaxMs-tt.want) > 1e-9 {
+				t.Errorf("p50 %v max %v, want %v", r.P50Ms, r.MaxMs, tt.want)
+			}
+		})
+	}
+	// Under load the per-batch overhead makes batching pay: at 3000 qps one
+	// runner spends 0.4 ms per fetch, which batches of one cannot afford
+	// (1.26 runner-s/s).
+	cheap := linearProfile(0.01, 0.01)
+	cfg := oneStage(3000, cheap, 1, 1, 0)
+	cfg.BatchOverheadMs = 0.4
+	if r := simulate(t, cfg); r.P95Ms < 100 {
+		t.Errorf("batch 1 with 0.4 ms per batch at 3000 qps: p95 %v, want an overloaded queue", r.P95Ms)
+	}
+	cfg.Stages[0].MaxBatch = 16
+	if r := simulate(t, cfg); r.P95Ms > 10 || r.Stages[0].MeanBatch < 1.3 {
+		t.Errorf("batch 16 with 0.4 ms per batch at 3000 qps: p95 %v, mean batch %v, want it to keep up", r.P95Ms, r.Stages[0].MeanBatch)
+	}
+}
+
 func TestSimulateMD1(t *testing.T) {
 	// One runner, batch 1: an M/D/1 queue. Mean sojourn = s + ρs/(2(1−ρ)).
 	const s = 2.0
@@ -191,6 +236,9 @@ func TestSimulateRejectsBadConfig(t *testing.T) {
 		{"runners", func(c *SimConfig) { c.Stages[0].Runners = 0 }},
 		{"batch", func(c *SimConfig) { c.Stages[0].MaxBatch = 0 }},
 		{"profile", func(c *SimConfig) { c.Stages[0].Profile = Profile{} }},
+		{"batch overhead", func(c *SimConfig) { c.BatchOverheadMs = -1 }},
+		// 10 qps × 100 ms is all of one runner's core.
+		{"request overhead", func(c *SimConfig) { c.RequestOverheadMs = 100 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
