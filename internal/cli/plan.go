@@ -100,7 +100,7 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.metric, "confidence", plan.MetricMargin, "confidence metric: margin, max_prob or entropy")
 	fs.StringVar(&f.models, "models", "", "comma-separated ladder, cheapest first (default: the replay's models)")
 	fs.StringVar(&f.modelsDir, "models-dir", "", "folder of <model>.onnx files; plan model files are written relative to the plan's folder")
-	fs.Float64Var(&f.headroom, "headroom", 0.8, "highest utilisation of a model's runners in a feasible gear")
+	fs.Float64Var(&f.headroom, "headroom", 0.8, "highest utilisation of a model's runners, and highest share of the cores the whole system's CPU demand may take, in a feasible gear")
 	fs.IntVar(&f.costBatch, "cost-batch", 8, "reference batch size of the per-item cost")
 	fs.StringVar(&f.batches, "batches", "", "max batch sizes to search (default 1,2,4,...,128)")
 	fs.StringVar(&f.delays, "delays", "", "max delays to search, e.g. 0,1ms,5ms (default 0 and 2%,5%,10%,20% of the SLO)")

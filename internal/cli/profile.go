@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/profile"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 const profileUsage = `profile --out profile.json [--models a=a.onnx,b=b.onnx | --model-dir DIR --ladder a,b] [flags]
@@ -24,9 +27,20 @@ through the ONNX Runtime runner the stage workers use, with --threads
 intra-op threads (the median of --reps timed runs), and what NATS JetStream
 costs on an embedded nats-server: the latency of one hop (publish with
 PubAck, fetch, ack) and the worker time per item when batches of 64 are
-moved as workers move them. Writes the profile file 'cascadeserve plan --profile' reads.
-Without models it profiles the embedded MNIST ladder. Run it on the machine
-(and with the threads) the workers will use.`
+moved as workers move them (split into a part per item and a part per
+batch, from batches of 1 and of 64). Writes the profile file
+'cascadeserve plan --profile' reads. Without models it profiles the embedded
+MNIST ladder. Run it on the machine (and with the threads) the workers will
+use.
+
+--system-qps Q (embedded MNIST ladder only) also runs the all-in-one system
+in this process (embedded nats-server, controller, ingress, one stage worker
+with --runners runners, and a producer) serving the cheapest model alone at
+Q requests/s, and records the CPU time per request that the model's compute
+does not explain as request_overhead_ms: the share of the cores that
+ingress, nats-server and producers take from runners on the same machine.
+Measure it where they will share the machine (cascadeserve up), at a load
+the system keeps up with; leave it out where they run elsewhere.`
 
 func profileCommand() command {
 	return command{
@@ -49,6 +63,11 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	warmup := fs.Int("warmup", 3, "untimed runs before them")
 	hops := fs.Int("hop-samples", 300, "timed NATS hops (0: skip, hop overhead 0)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	systemQPS := fs.Float64("system-qps", 0, "also measure the all-in-one system's CPU per request at this load (embedded MNIST ladder only; 0: skip)")
+	systemTime := fs.Duration("system-duration", 10*time.Second, "timed length of the --system-qps run (after a 3s warm-up)")
+	systemRunners := fs.Int("runners", 2, "runners of the stage worker in the --system-qps run")
+	systemBatch := fs.Int("system-batch", 32, "max batch of the --system-qps run's gear")
+	systemDelay := fs.Duration("system-delay", 2*time.Millisecond, "max delay of the --system-qps run's gear")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -67,6 +86,12 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	}
 	if *threads < 1 || *maxBatch < 1 || *reps < 1 || *warmup < 0 || *hops < 0 {
 		errs = append(errs, errors.New("--threads, --max-batch and --reps must be >= 1, --warmup and --hop-samples >= 0"))
+	}
+	if *systemQPS < 0 || (*systemQPS > 0 && (*models != "" || *modelDir != "")) {
+		errs = append(errs, errors.New("--system-qps must be >= 0 and needs the embedded MNIST ladder (no --models, --model-dir)"))
+	}
+	if *systemTime <= 0 || *systemRunners < 1 || *systemBatch < 1 || *systemDelay < 0 {
+		errs = append(errs, errors.New("--system-duration, --runners and --system-batch must be > 0, --system-delay >= 0"))
 	}
 	if fs.NArg() > 0 {
 		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
@@ -123,6 +148,20 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var sysRes systemResult
+	if *systemQPS > 0 {
+		m := ms[0]
+		sysRes, err = measureRequestOverhead(ctx, systemMeasurement{
+			Model: m, Profile: f.Models[m.Name], QPS: *systemQPS,
+			Warmup: 3 * time.Second, Duration: *systemTime,
+			Runners: *systemRunners, Threads: *threads,
+			Batching: plan.Batching{MaxBatch: *systemBatch, MaxDelayMs: float64(*systemDelay) / float64(time.Millisecond)},
+		})
+		if err != nil {
+			return fmt.Errorf("profile: system: %w", err)
+		}
+		f.RequestOverheadMs = roundSig4(sysRes.RequestOverheadMs)
+	}
 	b, err := f.Marshal()
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
@@ -147,7 +186,13 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 		fmt.Fprintln(tw, line+fmt.Sprintf("%.3g\t", p.ItemCostMs(p.MaxBatch())))
 	}
 	tw.Flush()
-	fmt.Fprintf(env.Stdout, "latency in ms per batch (median of %d); NATS hop %.3g ms, messaging %.3g ms/item\nwrote %s\n", f.Repetitions, f.HopOverheadMs, f.ItemOverheadMs, *out)
+	fmt.Fprintf(env.Stdout, "latency in ms per batch (median of %d); NATS hop %.3g ms, messaging %.3g ms/item + %.3g ms/batch\n",
+		f.Repetitions, f.HopOverheadMs, f.ItemOverheadMs, f.BatchOverheadMs)
+	if *systemQPS > 0 {
+		fmt.Fprintf(env.Stdout, "system at %g req/s (%s alone, %d runners): %.3g ms CPU per request, %.3g ms of it the model: request overhead %.3g ms (%d answered, p95 %v)\n",
+			*systemQPS, ms[0].Name, *systemRunners, sysRes.CPUMsPerRequest, sysRes.ModelMsPerRequest, f.RequestOverheadMs, sysRes.Answered, sysRes.P95.Round(100*time.Microsecond))
+	}
+	fmt.Fprintf(env.Stdout, "wrote %s\n", *out)
 	return nil
 }
 
@@ -202,4 +247,14 @@ func profileModels(models, dir, ladder string) ([]profile.Model, error) {
 		}
 	}
 	return out, nil
+}
+
+// roundSig4 rounds x to 4 significant digits, as the profile's other
+// numbers are.
+func roundSig4(x float64) float64 {
+	v, err := strconv.ParseFloat(strconv.FormatFloat(x, 'g', 4, 64), 64)
+	if err != nil {
+		return x
+	}
+	return v
 }

@@ -2,8 +2,8 @@
 // hardware: each model's latency per batch size through the same ONNX
 // Runtime runner the stage workers use, and what the NATS JetStream path
 // costs on an embedded nats-server: the latency of one hop (publish with
-// PubAck, fetch, ack) and the worker time per item spent on messaging. The
-// result is a plan.ProfileFile.
+// PubAck, fetch, ack) and the worker time spent on messaging, per item and
+// per batch. The result is a plan.ProfileFile.
 //
 // Latencies are medians of repeated runs, rounded to 4 significant digits
 // and made non-decreasing in batch size (a larger batch measured faster is
@@ -151,6 +151,7 @@ func Measure(ctx context.Context, rt *onnxrt.Runtime, c Config) (*plan.ProfileFi
 		}
 		f.HopOverheadMs = roundSig(cost.HopMs, 4)
 		f.ItemOverheadMs = roundSig(cost.ItemMs, 4)
+		f.BatchOverheadMs = roundSig(cost.BatchMs, 4)
 		done++
 		c.Progress(done, total, "NATS hop")
 	}
@@ -212,20 +213,23 @@ type NATSCost struct {
 	// outstanding, publish a message with a message id, await its PubAck,
 	// receive it from the fetch and ack it.
 	HopMs float64
-	// ItemMs is the time per item in ms when batches of 64 move as workers
-	// move them: fetch a batch, publish one message per item
-	// asynchronously, await every PubAck, ack every input.
-	ItemMs float64
+	// ItemMs and BatchMs split the time to move a batch as workers move
+	// them (fetch a batch, publish one message per item asynchronously,
+	// await every PubAck, ack every input) into a part per item and a part
+	// per batch, in ms: moving a batch of b takes BatchMs + b × ItemMs. They
+	// come from the median times of batches of 1 and of 64.
+	ItemMs  float64
+	BatchMs float64
 }
 
-// natsBatch is the batch size of the item-overhead measurement.
+// natsBatch is the large batch size of the messaging-overhead measurement.
 const natsBatch = 64
 
 // MeasureNATS starts an embedded nats-server (loopback, free port,
 // temporary file store) with work-queue streams and durable pull consumers
 // configured like a model's, and measures the hop latency (median of
-// samples) and the per-item messaging cost (the median over 20 batches of
-// 64) with payloadBytes messages.
+// samples) and the messaging cost per item and per batch (from the medians
+// over 20 batches of 1 and 20 batches of 64) with payloadBytes messages.
 func MeasureNATS(ctx context.Context, samples, payloadBytes int) (NATSCost, error) {
 	if samples < 1 {
 		return NATSCost{}, fmt.Errorf("measure nats: samples %d < 1", samples)
@@ -265,9 +269,14 @@ func MeasureNATS(ctx context.Context, samples, payloadBytes int) (NATSCost, erro
 	if cost.HopMs, err = measureHop(ctx, js, in, inSubject, payload, samples); err != nil {
 		return NATSCost{}, fmt.Errorf("measure nats: hop: %w", err)
 	}
-	if cost.ItemMs, err = measureItems(ctx, js, in, inSubject, outSubject, payload, 20); err != nil {
-		return NATSCost{}, fmt.Errorf("measure nats: item overhead: %w", err)
+	// Batches of 1 and of natsBatch, interleaved so that both see the same
+	// machine; 20 timed rounds each.
+	one, many, err := measureBatches(ctx, js, in, inSubject, outSubject, payload, 20)
+	if err != nil {
+		return NATSCost{}, fmt.Errorf("measure nats: messaging overhead: %w", err)
 	}
+	cost.ItemMs = max(many-one, 0) / (natsBatch - 1)
+	cost.BatchMs = max(one-cost.ItemMs, 0)
 	return cost, nil
 }
 
@@ -315,69 +324,89 @@ func measureHop(ctx context.Context, js jetstream.JetStream, cons jetstream.Cons
 	return float64(median(times)) / float64(time.Millisecond), nil
 }
 
-// measureItems loads rounds+1 batches into the input stream, then moves
-// them as a worker does and returns the median over the timed rounds (the
-// first is a warm-up) of the time per item. The embedded server runs in this
-// process, so its work is in the time too, as it is on a machine that runs
-// nats-server next to the workers.
-func measureItems(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, in, out string, payload []byte, rounds int) (float64, error) {
-	total := (rounds + 1) * natsBatch
+// measureBatches loads the input stream, then moves batches as a worker
+// does, alternating batches of 1 and of natsBatch, and returns the median
+// time of each size over the timed rounds (the first round of each is a
+// warm-up). The embedded server runs in this process, so its work is in the
+// time too, as it is on a machine that runs nats-server next to the
+// workers.
+func measureBatches(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, in, out string, payload []byte, rounds int) (one, many float64, err error) {
+	total := (rounds + 1) * (1 + natsBatch)
 	for i := range total {
 		if _, err := js.PublishAsync(in, payload, jetstream.WithMsgID(fmt.Sprintf("load-%d", i))); err != nil {
-			return 0, fmt.Errorf("load: %w", err)
+			return 0, 0, fmt.Errorf("load: %w", err)
 		}
 	}
 	select {
 	case <-js.PublishAsyncComplete():
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return 0, 0, ctx.Err()
 	}
-	var perItem []time.Duration
+	var ones, manys []time.Duration
 	for round := range rounds + 1 {
-		start := time.Now()
-		batch, err := cons.Fetch(natsBatch, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return 0, fmt.Errorf("fetch: %w", err)
-		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		if err := batch.Error(); err != nil {
-			return 0, fmt.Errorf("fetch: %w", err)
-		}
-		futures := make([]jetstream.PubAckFuture, 0, len(msgs))
-		for i, m := range msgs {
-			out := &nats.Msg{Subject: out, Data: m.Data(), Header: nats.Header{}}
-			out.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("out-%d-%d", round, i))
-			f, err := js.PublishMsgAsync(out)
+		for _, size := range []int{1, natsBatch} {
+			d, err := moveBatch(ctx, js, cons, out, size, fmt.Sprintf("out-%d-%d", round, size))
 			if err != nil {
-				return 0, fmt.Errorf("publish: %w", err)
+				return 0, 0, err
 			}
-			futures = append(futures, f)
-		}
-		for _, f := range futures {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return 0, fmt.Errorf("publish: %w", err)
-			case <-ctx.Done():
-				return 0, ctx.Err()
+			if round == 0 {
+				continue
 			}
-		}
-		for _, m := range msgs {
-			if err := m.Ack(); err != nil {
-				return 0, fmt.Errorf("ack: %w", err)
+			if size == 1 {
+				ones = append(ones, d)
+			} else {
+				manys = append(manys, d)
 			}
-		}
-		if round > 0 && len(msgs) > 0 {
-			perItem = append(perItem, time.Since(start)/time.Duration(len(msgs)))
 		}
 	}
-	if len(perItem) == 0 {
-		return 0, errors.New("no messages moved")
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return ms(median(ones)), ms(median(manys)), nil
+}
+
+// moveBatch fetches size messages, publishes one message per item
+// asynchronously, awaits every PubAck and acks every input, as a worker
+// handles a batch, and returns how long that took.
+func moveBatch(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, out string, size int, idPrefix string) (time.Duration, error) {
+	start := time.Now()
+	batch, err := cons.Fetch(size, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		return 0, fmt.Errorf("fetch: %w", err)
 	}
-	return float64(median(perItem)) / float64(time.Millisecond), nil
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := batch.Error(); err != nil {
+		return 0, fmt.Errorf("fetch: %w", err)
+	}
+	if len(msgs) != size {
+		return 0, fmt.Errorf("fetch of %d returned %d messages", size, len(msgs))
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for i, m := range msgs {
+		msg := &nats.Msg{Subject: out, Data: m.Data(), Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s-%d", idPrefix, i))
+		f, err := js.PublishMsgAsync(msg)
+		if err != nil {
+			return 0, fmt.Errorf("publish: %w", err)
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return 0, fmt.Errorf("publish: %w", err)
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	for _, m := range msgs {
+		if err := m.Ack(); err != nil {
+			return 0, fmt.Errorf("ack: %w", err)
+		}
+	}
+	return time.Since(start), nil
 }
 
 // roundSig rounds x to d significant digits, so profile files stay

@@ -85,8 +85,8 @@ func TestMeasure(t *testing.T) {
 			t.Errorf("%s: batches %v, threads %d", m.Name, batches, p.Threads)
 		}
 	}
-	if !(f.HopOverheadMs > 0) || !(f.ItemOverheadMs > 0) {
-		t.Errorf("hop %v ms, item overhead %v ms: want both measured", f.HopOverheadMs, f.ItemOverheadMs)
+	if !(f.HopOverheadMs > 0) || !(f.ItemOverheadMs > 0) || !(f.BatchOverheadMs > 0) {
+		t.Errorf("hop %v ms, item overhead %v ms, batch overhead %v ms: want all measured", f.HopOverheadMs, f.ItemOverheadMs, f.BatchOverheadMs)
 	}
 	if !strings.HasPrefix(f.Runtime, "onnxruntime ") || f.Host == "" || f.Version != plan.ProfileFormatVersion {
 		t.Errorf("metadata: %q, %q, version %d", f.Runtime, f.Host, f.Version)
@@ -115,8 +115,8 @@ func TestMeasureWithoutNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.HopOverheadMs != 0 || f.ItemOverheadMs != 0 {
-		t.Errorf("NATS costs %v, %v without measuring them", f.HopOverheadMs, f.ItemOverheadMs)
+	if f.HopOverheadMs != 0 || f.ItemOverheadMs != 0 || f.BatchOverheadMs != 0 {
+		t.Errorf("NATS costs %v, %v, %v without measuring them", f.HopOverheadMs, f.ItemOverheadMs, f.BatchOverheadMs)
 	}
 }
 

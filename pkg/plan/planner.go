@@ -144,7 +144,10 @@ type PlannerConfig struct {
 	CostBatch int
 	// Headroom is the highest utilisation a model's runners may have in a
 	// feasible gear (default 0.8), counting the slowdown that the profile's
-	// RequestOverheadMs causes.
+	// RequestOverheadMs causes, and the highest share of the capacity's
+	// cores (one per runner) that the per-request overhead and the runners'
+	// work may keep busy together. Lower it on a machine that other work
+	// shares.
 	Headroom float64
 	// BatchSizes are the max batch sizes searched (default 1, 2, 4, …, 128).
 	BatchSizes []int
@@ -792,20 +795,25 @@ func (cfg *PlannerConfig) requestShare(q float64) float64 {
 
 // canKeepUp is the compute check: even if every batch were full, would
 // each stage's utilisation, slowed down by the per-request overhead's share
-// of the cores, stay within the headroom?
+// of the cores, stay within the headroom, and would the whole CPU demand
+// (per-request overhead plus every stage's work) stay within the headroom's
+// share of the capacity's cores? Without a per-request overhead the second
+// check follows from the first.
 func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	c := pl.cands[cand]
 	rho := pl.cfg.requestShare(q)
 	if rho >= 1 {
 		return false
 	}
+	total := rho
 	for j, s := range c.Stages {
-		util := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b) / float64(runners[j]) / (1 - rho)
-		if util > pl.cfg.Headroom {
+		work := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b)
+		total += work / float64(pl.cfg.Capacity)
+		if work/float64(runners[j])/(1-rho) > pl.cfg.Headroom {
 			return false
 		}
 	}
-	return true
+	return total <= pl.cfg.Headroom
 }
 
 // buildPlan merges buckets into gears and writes the plan.

@@ -400,6 +400,30 @@ func TestPlanChargesBatchAndRequestOverhead(t *testing.T) {
 	}
 }
 
+func TestPlanKeepsWholeCPUDemandWithinHeadroom(t *testing.T) {
+	cfg := smallPlannerConfig(t)
+	prof := *cfg.Profile
+	// 0.1 ms per request on 4 cores: half of them at 20000 qps.
+	prof.RequestOverheadMs = 0.1
+	cfg.Profile = &prof
+	cfg.Headroom = 0.5
+	res := makePlan(t, cfg)
+	checkPlanInvariants(t, cfg, res)
+	if f, _ := res.Plan.Planner["max_feasible_qps"].(float64); !(f > 0) || f >= 20000 {
+		t.Errorf("feasible up to %v qps; the request overhead alone takes the headroom at 20000", f)
+	}
+	for _, g := range res.Plan.Gears {
+		b := g.Batching.MaxBatch
+		demand := prof.RequestOverheadMs
+		for j, s := range g.Cascade {
+			demand += g.Predicted.Reach[j] * (prof.Models[s.Model].ItemCostMs(b) + prof.ItemOverheadMs + prof.BatchOverheadMs/float64(b))
+		}
+		if share := g.MaxQPS / 1000 * demand / float64(cfg.Capacity); share > cfg.Headroom+1e-9 {
+			t.Errorf("gear %s at %v qps keeps %.3f of the cores busy, headroom %v", g.ID, g.MaxQPS, share, cfg.Headroom)
+		}
+	}
+}
+
 func TestPlanMinCostMeetsTarget(t *testing.T) {
 	const target = 0.96
 	cfg := smallPlannerConfig(t)
