@@ -14,7 +14,7 @@ import (
 
 const mnistPlanFile = "../../models/mnist/plan.json"
 
-// TestMNISTPlan checks the hand-written MNIST plan against the mnist
+// TestMNISTPlan checks the built-in MNIST plan against the mnist
 // package: it parses, its ladder is the package's ladder, every model file
 // exists where the plan says, gears run from accurate to cheap, and the
 // policy accepts it.
@@ -70,13 +70,13 @@ func TestMNISTPlan(t *testing.T) {
 func TestRunMNISTPlan(t *testing.T) {
 	srv := natstest.Start(t)
 	cfg := testConfig(t, "", map[string]string{"CASCADE_PIPELINE": "mnist"})
-	startController(t, srv, cfg)
-	kv := controlBucket(t, srv, "mnist")
-	waitGear(t, kv, "accurate")
 	p, err := plan.LoadFile(mnistPlanFile)
 	if err != nil {
 		t.Fatal(err)
 	}
+	startController(t, srv, cfg)
+	kv := controlBucket(t, srv, "mnist")
+	waitGear(t, kv, p.Gears[0].ID)
 	ctx := context.Background()
 	for _, m := range p.UsedModels() {
 		s, err := srv.JS.Stream(ctx, wire.ModelStream("mnist", m))

@@ -1,0 +1,124 @@
+package mnist
+
+import (
+	"math"
+	"reflect"
+	"slices"
+	"testing"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// TestPlanFiles checks both committed MNIST plans: each parses and
+// validates, describes this package's ladder and input, names model files
+// that are the embedded models, and has at least three gears ordered from
+// accurate to cheap.
+func TestPlanFiles(t *testing.T) {
+	for _, file := range []string{PlanFile, HandwrittenPlanFile} {
+		t.Run(file, func(t *testing.T) {
+			p, err := plan.LoadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Pipeline != "mnist" || !slices.Equal(p.Ladder, Ladder()) {
+				t.Errorf("pipeline %q, ladder %v; want mnist, %v", p.Pipeline, p.Ladder, Ladder())
+			}
+			if !slices.Equal(p.Input.Shape, ItemShape()) || p.Input.Classes != Classes {
+				t.Errorf("input %+v does not match the package", p.Input)
+			}
+			for _, m := range p.Models {
+				got, err := p.ReadModel(m.Name)
+				if err != nil {
+					t.Errorf("model %q: %v", m.Name, err)
+					continue
+				}
+				if want, err := Model(m.Name); err != nil || !slices.Equal(got, want) {
+					t.Errorf("model %q: file %s is not the embedded model (%v)", m.Name, m.File, err)
+				}
+			}
+			if len(p.Gears) < 3 {
+				t.Errorf("%d gears, want at least 3", len(p.Gears))
+			}
+			for i := 1; i < len(p.Gears); i++ {
+				if p.Gears[i].Predicted.Accuracy > p.Gears[i-1].Predicted.Accuracy {
+					t.Errorf("gear %s predicts more accuracy than gear %s before it", p.Gears[i].ID, p.Gears[i-1].ID)
+				}
+			}
+		})
+	}
+}
+
+// TestBuiltinPlanIsTheGeneratedOne checks that Plan serves plan.json, and
+// that plan.json is what `cascadeserve plan` makes of the committed inputs:
+// its profiles and overheads are profile.json's, and every gear's predicted
+// accuracy and reach, and every model's accuracy, are those of the embedded
+// validation replay. A retrained ladder, a new replay or a new profile
+// without a new plan fails here.
+func TestBuiltinPlanIsTheGeneratedOne(t *testing.T) {
+	builtin, err := Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.LoadFile(PlanFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if builtin.Description != p.Description || !reflect.DeepEqual(builtin.Gears, p.Gears) {
+		t.Error("Plan() is not plan.json")
+	}
+	if mode, _ := p.Planner["mode"].(string); mode != plan.ModeMaxAccuracy {
+		t.Errorf("planner metadata mode %q: plan.json is not a max-accuracy plan of cascadeserve plan", mode)
+	}
+
+	prof, err := plan.LoadProfileFile(ProfileFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.HopOverheadMs != prof.HopOverheadMs || p.ItemOverheadMs != prof.ItemOverheadMs ||
+		p.BatchOverheadMs != prof.BatchOverheadMs || p.RequestOverheadMs != prof.RequestOverheadMs {
+		t.Errorf("plan overheads (hop %v, item %v, batch %v, request %v) are not the profile's (%v, %v, %v, %v)",
+			p.HopOverheadMs, p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs,
+			prof.HopOverheadMs, prof.ItemOverheadMs, prof.BatchOverheadMs, prof.RequestOverheadMs)
+	}
+	if !(prof.RequestOverheadMs > 0) {
+		t.Error("profile.json has no request overhead: measure it with --system-qps on the machine cascadeserve up runs on")
+	}
+
+	replay, err := ValidationReplay()
+	if err != nil {
+		t.Fatal(err)
+	}
+	temps := map[string]float64{}
+	for _, m := range p.Models {
+		temps[m.Name] = m.Temperature
+		if !slices.Equal(m.Profile.Points, prof.Models[m.Name].Points) {
+			t.Errorf("model %q: plan profile is not profile.json's", m.Name)
+		}
+	}
+	ev, err := plan.NewEvaluator(replay, plan.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const eps = 1e-12
+	for _, m := range p.Models {
+		if got := ev.ModelAccuracy(m.Name); math.Abs(got-m.Accuracy) > eps {
+			t.Errorf("model %q: plan accuracy %v, replay %v", m.Name, m.Accuracy, got)
+		}
+	}
+	for _, g := range p.Gears {
+		e, err := ev.Evaluate(g.Cascade)
+		if err != nil {
+			t.Fatalf("gear %s: %v", g.ID, err)
+		}
+		if math.Abs(e.Accuracy-g.Predicted.Accuracy) > eps || len(e.Reach) != len(g.Predicted.Reach) {
+			t.Errorf("gear %s: predicted accuracy %v, replay %v", g.ID, g.Predicted.Accuracy, e.Accuracy)
+			continue
+		}
+		for j := range e.Reach {
+			if math.Abs(e.Reach[j]-g.Predicted.Reach[j]) > eps {
+				t.Errorf("gear %s: predicted reach %v, replay %v", g.ID, g.Predicted.Reach, e.Reach)
+				break
+			}
+		}
+	}
+}
