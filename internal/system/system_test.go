@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -29,11 +30,17 @@ func requireORT(t *testing.T) {
 
 func start(t *testing.T, workers int, env map[string]string, reg prometheus.Registerer) *system.System {
 	t.Helper()
+	return startPlan(t, "", workers, env, reg)
+}
+
+// startPlan is start serving the plan in planFile ("" for the built-in one).
+func startPlan(t *testing.T, planFile string, workers int, env map[string]string, reg prometheus.Registerer) *system.System {
+	t.Helper()
 	requireORT(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	sys, err := system.Start(ctx, system.Config{
-		DataDir: t.TempDir(), NATSPort: -1, Workers: workers, Env: env, Registerer: reg, ReadyTimeout: 90 * time.Second,
+		DataDir: t.TempDir(), NATSPort: -1, PlanFile: planFile, Workers: workers, Env: env, Registerer: reg, ReadyTimeout: 90 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -146,10 +153,13 @@ func TestAllTestImagesAtFixedGear(t *testing.T) {
 
 // TestGearSwitchUnderLoad drives load past the accurate gear's capacity with
 // two workers: the controller switches gears, both workers apply the switch,
-// and every request gets exactly one result.
+// and every request gets exactly one result. It serves the hand-written
+// MNIST plan, whose accurate gear ends far below what the system carries
+// (in the generated built-in plan it ends near the system's limit, and twice
+// that would be answered `overloaded`).
 func TestGearSwitchUnderLoad(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	sys := start(t, 2, map[string]string{"CASCADE_WORKER_RUNNERS": "1"}, reg)
+	sys := startPlan(t, filepath.Join("..", "..", "models", "mnist", mnist.HandwrittenPlanFile), 2, map[string]string{"CASCADE_WORKER_RUNNERS": "1"}, reg)
 	p := sys.Plan
 	images, err := mnist.TestImages()
 	if err != nil {
