@@ -302,6 +302,10 @@ func runPlanShow(env Env, args []string) error {
 	}
 	fmt.Fprintf(env.Stdout, "plan %s: pipeline %s, SLO p95 %gms, %d runners, confidence %s, hop %.3gms\n",
 		file, p.Pipeline, p.SLO.P95Ms, p.Capacity, p.Confidence, p.HopOverheadMs)
+	if p.ItemOverheadMs > 0 || p.BatchOverheadMs > 0 || p.RequestOverheadMs > 0 {
+		fmt.Fprintf(env.Stdout, "overheads: %.3gms per item, %.3gms per batch (runner time), %.3gms CPU per request on the runners' cores\n",
+			p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs)
+	}
 	if p.Description != "" {
 		fmt.Fprintln(env.Stdout, p.Description)
 	}
