@@ -84,6 +84,10 @@ func (w *watcher) watch(ctx context.Context, kv jetstream.KeyValue) error {
 		return fmt.Errorf("watch control bucket: %w", err)
 	}
 	defer func() { _ = kw.Stop() }()
+	// live turns true at the end of the initial values: only gear writes
+	// seen after it are switches, whose apply latency is measured. The gear
+	// in force when the worker starts may be hours old.
+	live := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -94,16 +98,18 @@ func (w *watcher) watch(ctx context.Context, kv jetstream.KeyValue) error {
 			}
 			if e == nil {
 				// End of the initial values.
+				live = true
 				continue
 			}
-			w.apply(e.Key(), e.Value())
+			w.apply(e.Key(), e.Value(), live)
 		}
 	}
 }
 
 // apply applies one KV value. Bad values are logged and ignored: the worker
-// keeps serving the last good plan and gear.
-func (w *watcher) apply(key string, value []byte) {
+// keeps serving the last good plan and gear. live is false for the values
+// the watch delivers first (the state at start), true for later changes.
+func (w *watcher) apply(key string, value []byte, live bool) {
 	old := w.cur.Load()
 	switch key {
 	case wire.KeyPlan:
@@ -145,7 +151,9 @@ func (w *watcher) apply(key string, value []byte) {
 		var latency time.Duration
 		if st.AtUnixNano > 0 {
 			latency = now.Sub(time.Unix(0, st.AtUnixNano))
-			w.metrics.gearApply.Observe(latency.Seconds())
+			if live {
+				w.metrics.gearApply.Observe(latency.Seconds())
+			}
 		}
 		w.metrics.gear.Set(float64(c.index))
 		w.logger.Debug("gear applied", "gear", c.state.Gear, "index", c.index, "reason", st.Reason, "latency", latency)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	dto "github.com/prometheus/client_model/go"
 	"log/slog"
 	"strings"
 	"testing"
@@ -261,15 +262,15 @@ func TestWatcherApply(t *testing.T) {
 		func(_ wire.GearState, d time.Duration) { applied = append(applied, d) })
 
 	// A gear seen before any plan waits for the plan.
-	w.apply(wire.KeyGear, gearJSON("fast", 2, now.Add(-time.Second)))
+	w.apply(wire.KeyGear, gearJSON("fast", 2, now.Add(-time.Second)), true)
 	if w.load() != nil {
 		t.Fatal("snapshot before any plan")
 	}
-	w.apply(wire.KeyPlan, []byte(`{"version": 99}`))
+	w.apply(wire.KeyPlan, []byte(`{"version": 99}`), true)
 	if w.load() != nil {
 		t.Fatal("invalid plan applied")
 	}
-	w.apply(wire.KeyPlan, planJSON)
+	w.apply(wire.KeyPlan, planJSON, true)
 	select {
 	case <-w.ready:
 	default:
@@ -279,7 +280,7 @@ func TestWatcherApply(t *testing.T) {
 		t.Fatalf("gear %q, want the pending fast", c.gear.ID)
 	}
 
-	w.apply(wire.KeyGear, gearJSON("mid", 1, now.Add(-3*time.Millisecond)))
+	w.apply(wire.KeyGear, gearJSON("mid", 1, now.Add(-3*time.Millisecond)), true)
 	if c := w.load(); c.gear.ID != "mid" || c.index != 1 {
 		t.Fatalf("gear %q/%d, want mid/1", c.gear.ID, c.index)
 	}
@@ -289,18 +290,32 @@ func TestWatcherApply(t *testing.T) {
 	if got := testutil.ToFloat64(m.gear); got != 1 {
 		t.Errorf("gear gauge %v, want 1", got)
 	}
-	w.apply(wire.KeyGear, []byte("not json"))
+	w.apply(wire.KeyGear, []byte("not json"), true)
 	if c := w.load(); c.gear.ID != "mid" {
 		t.Fatalf("undecodable gear changed the gear to %q", c.gear.ID)
 	}
 	// An id the plan lacks falls back to the index.
-	w.apply(wire.KeyGear, gearJSON("renamed", 0, now))
+	w.apply(wire.KeyGear, gearJSON("renamed", 0, now), true)
 	if c := w.load(); c.gear.ID != "acc" {
 		t.Fatalf("gear %q, want acc (by index)", c.gear.ID)
 	}
+	// A gear delivered with the watch's initial values is applied but is not
+	// a switch: its age is not an apply latency.
+	count := func() uint64 {
+		var d dto.Metric
+		if err := m.gearApply.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d.GetHistogram().GetSampleCount()
+	}
+	before := count()
+	w.apply(wire.KeyGear, gearJSON("mid", 1, now.Add(-time.Hour)), false)
+	if c := w.load(); c.gear.ID != "mid" || count() != before {
+		t.Fatalf("initial gear: gear %q, apply samples %d → %d; want mid and no new sample", c.gear.ID, before, count())
+	}
 	// A new plan keeps the current gear.
-	w.apply(wire.KeyGear, gearJSON("fast", 2, now))
-	w.apply(wire.KeyPlan, planJSON)
+	w.apply(wire.KeyGear, gearJSON("fast", 2, now), true)
+	w.apply(wire.KeyPlan, planJSON, true)
 	if c := w.load(); c.gear.ID != "fast" {
 		t.Fatalf("gear %q after a plan update, want fast", c.gear.ID)
 	}
