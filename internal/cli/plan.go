@@ -306,6 +306,13 @@ func runPlanShow(env Env, args []string) error {
 		fmt.Fprintf(env.Stdout, "overheads: %.3gms per item, %.3gms per batch (runner time), %.3gms CPU per request on the runners' cores\n",
 			p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs)
 	}
+	if p.IdleCPUMsPerS > 0 {
+		fmt.Fprintf(env.Stdout, "idle CPU: %.3gms per second on the runners' cores whatever the load\n", p.IdleCPUMsPerS)
+	}
+	if p.LatencyFloorMs > 0 {
+		fmt.Fprintf(env.Stdout, "latency floor: %.3gms median, %.3gms p95 per request (live path outside the model)\n",
+			p.LatencyFloorMs, p.LatencyFloorP95Ms)
+	}
 	if p.Description != "" {
 		fmt.Fprintln(env.Stdout, p.Description)
 	}

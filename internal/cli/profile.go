@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,14 +34,20 @@ batch, from batches of 1 and of 64). Writes the profile file
 MNIST ladder. Run it on the machine (and with the threads) the workers will
 use.
 
---system-qps Q (embedded MNIST ladder only) also runs the all-in-one system
-in this process (embedded nats-server, controller, ingress, one stage worker
-with --runners runners, and a producer) serving the cheapest model alone at
-Q requests/s, and records the CPU time per request that the model's compute
-does not explain as request_overhead_ms: the share of the cores that
+--system-qps Q1,Q2,... (embedded MNIST ladder only) also runs the all-in-one
+system in this process (embedded nats-server, controller, ingress, one stage
+worker with --runners runners, and a producer) serving the cheapest model
+alone at each load, and records the CPU time per request that the model's
+compute does not explain as request_overhead_ms: the share of the cores that
 ingress, nats-server and producers take from runners on the same machine.
-Measure it where they will share the machine (cascadeserve up), at a load
-the system keeps up with; leave it out where they run elsewhere.`
+It keeps the highest of the loads' values, or with --system-fit fits
+CPU = idle_cpu_ms_per_s + load × request_overhead_ms. Then it runs at
+--floor-qps and records what the live latency exceeds the simulated latency
+of the same run by (median and p95) as latency_floor_ms and
+latency_floor_p95_ms: client, ingress and JetStream round trips that the
+simulator charges every request on top of its model. Measure where they
+will share the machine (cascadeserve up), at loads the system keeps up
+with; leave it out where they run elsewhere.`
 
 func profileCommand() command {
 	return command{
@@ -63,7 +70,9 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	warmup := fs.Int("warmup", 3, "untimed runs before them")
 	hops := fs.Int("hop-samples", 300, "timed NATS hops (0: skip, hop overhead 0)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	systemQPS := fs.Float64("system-qps", 0, "also measure the all-in-one system's CPU per request at this load (embedded MNIST ladder only; 0: skip)")
+	systemQPSList := fs.String("system-qps", "", "also measure the all-in-one system's CPU per request at these loads, comma-separated; the highest is kept (embedded MNIST ladder only; empty: skip)")
+	fitCPU := fs.Bool("system-fit", false, "with several --system-qps loads, fit CPU = idle + load × per-request overhead instead of keeping the highest per-request overhead")
+	floorQPS := fs.Float64("floor-qps", 200, "with --system-qps, the low load at which the latency floor is measured (0: skip)")
 	systemTime := fs.Duration("system-duration", 10*time.Second, "timed length of the --system-qps run (after a 3s warm-up)")
 	systemRunners := fs.Int("runners", 2, "runners of the stage worker in the --system-qps run")
 	systemBatch := fs.Int("system-batch", 32, "max batch of the --system-qps run's gear")
@@ -75,6 +84,13 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	var errs []error
+	systemQPS, err := parseSystemLoads(*systemQPSList)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--system-qps: %w", err))
+	}
+	if *floorQPS < 0 {
+		errs = append(errs, errors.New("--floor-qps must be >= 0"))
+	}
 	if *out == "" {
 		errs = append(errs, errors.New("--out is required"))
 	}
@@ -87,8 +103,8 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	if *threads < 1 || *maxBatch < 1 || *reps < 1 || *warmup < 0 || *hops < 0 {
 		errs = append(errs, errors.New("--threads, --max-batch and --reps must be >= 1, --warmup and --hop-samples >= 0"))
 	}
-	if *systemQPS < 0 || (*systemQPS > 0 && (*models != "" || *modelDir != "")) {
-		errs = append(errs, errors.New("--system-qps must be >= 0 and needs the embedded MNIST ladder (no --models, --model-dir)"))
+	if len(systemQPS) > 0 && (*models != "" || *modelDir != "") {
+		errs = append(errs, errors.New("--system-qps needs the embedded MNIST ladder (no --models, --model-dir)"))
 	}
 	if *systemTime <= 0 || *systemRunners < 1 || *systemBatch < 1 || *systemDelay < 0 {
 		errs = append(errs, errors.New("--system-duration, --runners and --system-batch must be > 0, --system-delay >= 0"))
@@ -148,19 +164,25 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var sysRes systemResult
-	if *systemQPS > 0 {
+	var sysRes []systemResult
+	var floor floorResult
+	if len(systemQPS) > 0 {
 		m := ms[0]
-		sysRes, err = measureRequestOverhead(ctx, systemMeasurement{
-			Model: m, Profile: f.Models[m.Name], QPS: *systemQPS,
+		sysRes, floor, err = measureRequestOverhead(ctx, systemMeasurement{
+			Model: m, Profile: f.Models[m.Name], QPS: systemQPS, FloorQPS: *floorQPS,
 			Warmup: 3 * time.Second, Duration: *systemTime,
 			Runners: *systemRunners, Threads: *threads,
-			Batching: plan.Batching{MaxBatch: *systemBatch, MaxDelayMs: float64(*systemDelay) / float64(time.Millisecond)},
+			Batching:      plan.Batching{MaxBatch: *systemBatch, MaxDelayMs: float64(*systemDelay) / float64(time.Millisecond)},
+			HopOverheadMs: f.HopOverheadMs, ItemOverheadMs: f.ItemOverheadMs, BatchOverheadMs: f.BatchOverheadMs,
+			FitCPU: *fitCPU,
 		})
 		if err != nil {
 			return fmt.Errorf("profile: system: %w", err)
 		}
-		f.RequestOverheadMs = roundSig4(sysRes.RequestOverheadMs)
+		perRequest, idle := systemCPU(sysRes, *fitCPU)
+		f.RequestOverheadMs, f.IdleCPUMsPerS = roundSig4(perRequest), roundSig4(idle)
+		f.LatencyFloorMs = roundSig4(floor.FloorMs)
+		f.LatencyFloorP95Ms = roundSig4(floor.FloorP95Ms)
 	}
 	b, err := f.Marshal()
 	if err != nil {
@@ -188,12 +210,39 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	tw.Flush()
 	fmt.Fprintf(env.Stdout, "latency in ms per batch (median of %d); NATS hop %.3g ms, messaging %.3g ms/item + %.3g ms/batch\n",
 		f.Repetitions, f.HopOverheadMs, f.ItemOverheadMs, f.BatchOverheadMs)
-	if *systemQPS > 0 {
-		fmt.Fprintf(env.Stdout, "system at %g req/s (%s alone, %d runners): %.3g ms CPU per request, %.3g ms of it the model: request overhead %.3g ms (%d answered, p95 %v)\n",
-			*systemQPS, ms[0].Name, *systemRunners, sysRes.CPUMsPerRequest, sysRes.ModelMsPerRequest, f.RequestOverheadMs, sysRes.Answered, sysRes.P95.Round(100*time.Microsecond))
+	for _, r := range sysRes {
+		fmt.Fprintf(env.Stdout, "system at %g req/s (%s alone, %d runners): %.3g ms CPU per request, %.3g ms of it the model: overhead %.3g ms (%d answered, p50 %v, p95 %v)\n",
+			r.QPS, ms[0].Name, *systemRunners, r.CPUMsPerRequest, r.ModelMsPerRequest, r.RequestOverheadMs, r.Answered, r.P50.Round(100*time.Microsecond), r.P95.Round(100*time.Microsecond))
+	}
+	if len(sysRes) > 0 {
+		how := "the highest per request"
+		if *fitCPU {
+			how = "a line fitted over the loads"
+		}
+		fmt.Fprintf(env.Stdout, "request overhead %.3g ms per request + %.3g ms per second (%s)\n", f.RequestOverheadMs, f.IdleCPUMsPerS, how)
+	}
+	if floor.QPS > 0 {
+		fmt.Fprintf(env.Stdout, "latency floor at %g req/s: measured p50/p95 %.3g/%.3g ms, simulated %.3g/%.3g ms: floor %.3g/%.3g ms\n",
+			floor.QPS, floor.MeasuredP50Ms, floor.MeasuredP95Ms, floor.SimulatedP50Ms, floor.SimulatedP95Ms, f.LatencyFloorMs, f.LatencyFloorP95Ms)
 	}
 	fmt.Fprintf(env.Stdout, "wrote %s\n", *out)
 	return nil
+}
+
+// parseSystemLoads parses a comma-separated list of loads (req/s, each > 0).
+func parseSystemLoads(s string) ([]float64, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var loads []float64
+	for _, f := range strings.Split(s, ",") {
+		q, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || !(q > 0) || math.IsInf(q, 0) {
+			return nil, fmt.Errorf("load %q must be a number > 0", f)
+		}
+		loads = append(loads, q)
+	}
+	return loads, nil
 }
 
 // profileModels resolves the models to profile, in ladder order.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,6 +41,8 @@ func TestProfileUsageErrors(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "p.json")
 	for _, args := range [][]string{
 		{"--out", out, "--system-qps", "-1"},
+		{"--out", out, "--system-qps", "100,x"},
+		{"--out", out, "--system-qps", "100", "--floor-qps", "-1"},
 		{"--out", out, "--system-qps", "10", "--models", "a=a.onnx"},
 		{"--out", out, "--system-qps", "10", "--runners", "0"},
 		{"--out", out, "--system-duration", "0s"},
@@ -50,13 +53,14 @@ func TestProfileUsageErrors(t *testing.T) {
 	}
 }
 
-// TestProfileSystem measures a small profile with the NATS costs and the
-// all-in-one system's per-request overhead at a light load.
+// TestProfileSystem measures a small profile with the NATS costs, the
+// all-in-one system's per-request overhead at two light loads and its
+// latency floor at a lighter one.
 func TestProfileSystem(t *testing.T) {
 	profileNeedsORT(t)
 	out := filepath.Join(t.TempDir(), "profile.json")
 	stdout, err := runProfileCLI(t, "--out", out, "--quiet", "--max-batch", "2", "--reps", "1", "--warmup", "1",
-		"--hop-samples", "20", "--system-qps", "40", "--system-duration", "1s")
+		"--hop-samples", "20", "--system-qps", "40,60", "--floor-qps", "20", "--system-duration", "1s")
 	if err != nil {
 		t.Fatalf("profile: %v\n%s", err, stdout)
 	}
@@ -67,9 +71,40 @@ func TestProfileSystem(t *testing.T) {
 	if !(f.ItemOverheadMs > 0) || !(f.BatchOverheadMs > 0) || !(f.RequestOverheadMs > 0) {
 		t.Errorf("overheads: item %v, batch %v, request %v ms; want all measured", f.ItemOverheadMs, f.BatchOverheadMs, f.RequestOverheadMs)
 	}
-	for _, want := range []string{"linear alone", "request overhead", "wrote " + out} {
+	// The live path takes longer than the simulated one (client, ingress,
+	// JetStream round trips the hop overhead leaves out).
+	if !(f.LatencyFloorMs > 0) || f.LatencyFloorP95Ms < f.LatencyFloorMs {
+		t.Errorf("latency floor %v ms, p95 %v ms; want measured, p95 >= median", f.LatencyFloorMs, f.LatencyFloorP95Ms)
+	}
+	for _, want := range []string{"system at 40 req/s", "system at 60 req/s", "request overhead", "latency floor at 20 req/s", "wrote " + out} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)
 		}
+	}
+}
+
+func TestFitSystemCPU(t *testing.T) {
+	res := func(qps, overhead float64) systemResult { return systemResult{QPS: qps, RequestOverheadMs: overhead} }
+	tests := []struct {
+		name           string
+		results        []systemResult
+		perReq, idleMs float64
+	}{
+		{"one load", []systemResult{res(1500, 0.4)}, 0.4, 0},
+		// 200 + 0.2 q ms/s: 0.4 ms per request at 1000/s, 0.3 at 2000/s.
+		{"a line", []systemResult{res(1000, 0.4), res(2000, 0.3)}, 0.2, 200},
+		{"three points on it", []systemResult{res(1000, 0.4), res(2000, 0.3), res(4000, 0.25)}, 0.2, 200},
+		// CPU per second falling with load is no line to trust.
+		{"negative slope", []systemResult{res(1000, 0.4), res(2000, 0.1)}, 0.4, 0},
+		// A negative intercept neither.
+		{"negative intercept", []systemResult{res(1000, 0.1), res(2000, 0.3)}, 0.3, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			perReq, idle := fitSystemCPU(tt.results)
+			if math.Abs(perReq-tt.perReq) > 1e-9 || math.Abs(idle-tt.idleMs) > 1e-6 {
+				t.Errorf("fit = %v ms/request + %v ms/s, want %v + %v", perReq, idle, tt.perReq, tt.idleMs)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -23,10 +24,20 @@ type systemMeasurement struct {
 	// profile it was measured with.
 	Model   profile.Model
 	Profile plan.Profile
-	// QPS is the constant Poisson load; Warmup runs first, untimed, then
-	// Duration is timed.
-	QPS              float64
+	// QPS are the constant Poisson loads measured one after the other;
+	// before each, Warmup runs untimed, then Duration is timed.
+	QPS              []float64
 	Warmup, Duration time.Duration
+	// FloorQPS, when > 0, is the low load of a last timed run whose
+	// latency, less what the simulator predicts for it, is the latency
+	// floor (plan.ProfileFile.LatencyFloorMs).
+	FloorQPS float64
+	// Hop, item and batch overheads the simulator of the floor run uses
+	// (those profile measured).
+	HopOverheadMs, ItemOverheadMs, BatchOverheadMs float64
+	// FitCPU reads the CPU per request as a line fitted over the loads
+	// (fitSystemCPU); without it, as the highest measured (worstSystemCPU).
+	FitCPU bool
 	// Runners and Threads configure the one stage worker.
 	Runners, Threads int
 	// Batching of the gear.
@@ -43,8 +54,20 @@ type systemResult struct {
 	ModelMsPerRequest float64
 	// RequestOverheadMs = CPUMsPerRequest − ModelMsPerRequest.
 	RequestOverheadMs float64
+	QPS               float64
 	Sent, Answered    int
-	P95               time.Duration
+	P50, P95          time.Duration
+}
+
+// floorResult is the low-load run that measures the latency floor.
+type floorResult struct {
+	QPS float64
+	// Measured and simulated median and p95 latency of the run, in ms.
+	MeasuredP50Ms, MeasuredP95Ms   float64
+	SimulatedP50Ms, SimulatedP95Ms float64
+	// FloorMs and FloorP95Ms are measured minus simulated (>= 0, the p95
+	// at least the median).
+	FloorMs, FloorP95Ms float64
 }
 
 // errSystemBehind means the measured system did not keep up with the load.
@@ -53,20 +76,25 @@ var errSystemBehind = errors.New("the system did not keep up")
 // measureRequestOverhead runs the all-in-one system in this process
 // (embedded nats-server, controller, ingress, one stage worker) serving one
 // gear with the model alone, drives it with Poisson requests of MNIST test
-// images from an in-process producer, and measures the process's CPU time
-// per answered request. What the model's compute does not explain is the
-// per-request overhead that ingress, nats-server, the producer and the
-// worker's messaging put on the cores the runners share
-// (plan.ProfileFile.RequestOverheadMs).
-func measureRequestOverhead(ctx context.Context, m systemMeasurement) (systemResult, error) {
+// images from an in-process producer at each of m.QPS, and measures the
+// process's CPU time per answered request. What the model's compute does
+// not explain is the per-request overhead that ingress, nats-server, the
+// producer and the worker's messaging put on the cores the runners share
+// (plan.ProfileFile.RequestOverheadMs). With m.FloorQPS it then runs at that
+// low load and compares the latency with the simulator's prediction of the
+// same run, which charges the overheads measured so far (systemCPU): the
+// difference is the latency of the live path that
+// the simulator does not model (plan.ProfileFile.LatencyFloorMs).
+func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemResult, floorResult, error) {
+	var fl floorResult
 	dir, err := os.MkdirTemp("", "cascadeserve-profile-system-")
 	if err != nil {
-		return systemResult{}, err
+		return nil, fl, err
 	}
 	defer os.RemoveAll(dir)
 	planFile, err := writeMeasurementPlan(dir, m)
 	if err != nil {
-		return systemResult{}, err
+		return nil, fl, err
 	}
 	sys, err := system.Start(ctx, system.Config{
 		DataDir:     filepath.Join(dir, "nats"),
@@ -81,43 +109,136 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) (systemRes
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
-		return systemResult{}, fmt.Errorf("start system: %w", err)
+		return nil, fl, fmt.Errorf("start system: %w", err)
 	}
 	defer sys.Stop()
 	images, err := mnist.TestImages()
 	if err != nil {
-		return systemResult{}, err
+		return nil, fl, err
 	}
-	run := func(d time.Duration, seed uint64) (loadgen.Report, error) {
+	seed := uint64(0)
+	run := func(qps float64, d time.Duration) (loadgen.Report, error) {
+		seed++
 		return loadgen.Run(ctx, sys.Conn, loadgen.Config{
-			Pipeline: sys.Plan.Pipeline, Items: images, Schedule: loadgen.Constant(m.QPS),
+			Pipeline: sys.Plan.Pipeline, Items: images, Schedule: loadgen.Constant(qps),
 			Duration: d, Timeout: 2 * time.Second, Seed: seed, Client: "profile",
 		})
 	}
-	if _, err := run(m.Warmup, 1); err != nil {
-		return systemResult{}, fmt.Errorf("warm-up: %w", err)
+	var results []systemResult
+	for _, qps := range m.QPS {
+		if _, err := run(qps, m.Warmup); err != nil {
+			return nil, fl, fmt.Errorf("warm-up at %v requests/s: %w", qps, err)
+		}
+		before, err := processCPU()
+		if err != nil {
+			return nil, fl, err
+		}
+		rep, err := run(qps, m.Duration)
+		if err != nil {
+			return nil, fl, fmt.Errorf("load at %v requests/s: %w", qps, err)
+		}
+		after, err := processCPU()
+		if err != nil {
+			return nil, fl, err
+		}
+		res := systemResult{QPS: qps, Sent: rep.Sent, Answered: rep.Answered, P50: rep.Percentile(0.5), P95: rep.Percentile(0.95)}
+		if rep.Answered == 0 || float64(rep.Answered) < 0.99*float64(rep.Sent) {
+			return nil, fl, fmt.Errorf("%w at %v requests/s: %d of %d answered (p95 %v); measure at a lower load",
+				errSystemBehind, qps, rep.Answered, rep.Sent, rep.Percentile(0.95))
+		}
+		res.CPUMsPerRequest = float64(after-before) / float64(time.Millisecond) / float64(rep.Answered)
+		res.ModelMsPerRequest = m.Profile.ItemCostMs(m.Batching.MaxBatch)
+		res.RequestOverheadMs = max(res.CPUMsPerRequest-res.ModelMsPerRequest, 0)
+		results = append(results, res)
 	}
-	before, err := processCPU()
+	if m.FloorQPS <= 0 {
+		return results, fl, nil
+	}
+	if _, err := run(m.FloorQPS, m.Warmup); err != nil {
+		return nil, fl, fmt.Errorf("warm-up at %v requests/s: %w", m.FloorQPS, err)
+	}
+	rep, err := run(m.FloorQPS, m.Duration)
 	if err != nil {
-		return systemResult{}, err
+		return nil, fl, fmt.Errorf("load at %v requests/s: %w", m.FloorQPS, err)
 	}
-	rep, err := run(m.Duration, 2)
-	if err != nil {
-		return systemResult{}, fmt.Errorf("load: %w", err)
-	}
-	after, err := processCPU()
-	if err != nil {
-		return systemResult{}, err
-	}
-	res := systemResult{Sent: rep.Sent, Answered: rep.Answered, P95: rep.Percentile(0.95)}
 	if rep.Answered == 0 || float64(rep.Answered) < 0.99*float64(rep.Sent) {
-		return res, fmt.Errorf("%w at %v requests/s: %d of %d answered (p95 %v); measure at a lower load",
-			errSystemBehind, m.QPS, rep.Answered, rep.Sent, rep.Percentile(0.95))
+		return nil, fl, fmt.Errorf("%w at %v requests/s: %d of %d answered", errSystemBehind, m.FloorQPS, rep.Answered, rep.Sent)
 	}
-	res.CPUMsPerRequest = float64(after-before) / float64(time.Millisecond) / float64(rep.Answered)
-	res.ModelMsPerRequest = m.Profile.ItemCostMs(m.Batching.MaxBatch)
-	res.RequestOverheadMs = max(res.CPUMsPerRequest-res.ModelMsPerRequest, 0)
-	return res, nil
+	perRequest, idle := systemCPU(results, m.FitCPU)
+	sim, err := plan.Simulate(plan.SimConfig{
+		QPS:               m.FloorQPS,
+		Requests:          max(rep.Answered, 2000),
+		Seed:              1,
+		HopOverheadMs:     m.HopOverheadMs,
+		ItemOverheadMs:    m.ItemOverheadMs,
+		BatchOverheadMs:   m.BatchOverheadMs,
+		RequestOverheadMs: perRequest,
+		IdleCPUMsPerS:     idle,
+		Stages: []plan.SimStage{{
+			Model: m.Model.Name, Profile: m.Profile, Runners: m.Runners,
+			MaxBatch: m.Batching.MaxBatch, MaxDelayMs: m.Batching.MaxDelayMs,
+		}},
+		AnsweredBy: []float64{1},
+	})
+	if err != nil {
+		return nil, fl, fmt.Errorf("simulate the floor run: %w", err)
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	fl = floorResult{
+		QPS:           m.FloorQPS,
+		MeasuredP50Ms: ms(rep.Percentile(0.5)), MeasuredP95Ms: ms(rep.Percentile(0.95)),
+		SimulatedP50Ms: sim.P50Ms, SimulatedP95Ms: sim.P95Ms,
+	}
+	fl.FloorMs = max(fl.MeasuredP50Ms-fl.SimulatedP50Ms, 0)
+	fl.FloorP95Ms = max(fl.MeasuredP95Ms-fl.SimulatedP95Ms, fl.FloorMs)
+	return results, fl, nil
+}
+
+// systemCPU reads the request overhead and idle CPU from the results:
+// fitted (fitSystemCPU) or the highest per request (idle 0).
+func systemCPU(results []systemResult, fit bool) (perRequestMs, idleMsPerS float64) {
+	if fit {
+		return fitSystemCPU(results)
+	}
+	worst := 0.0
+	for _, r := range results {
+		worst = max(worst, r.RequestOverheadMs)
+	}
+	return worst, 0
+}
+
+// fitSystemCPU fits the line CPU(q) = idle + q × perRequest (ms of CPU per
+// second at q requests/s, the model's compute taken out) to the results by
+// least squares. With one load, or where the fit is not a line of positive
+// slope and intercept, it returns idle 0 and the highest overhead per
+// request measured: the conservative reading.
+func fitSystemCPU(results []systemResult) (perRequestMs, idleMsPerS float64) {
+	worst := 0.0
+	for _, r := range results {
+		worst = max(worst, r.RequestOverheadMs)
+	}
+	if len(results) < 2 {
+		return worst, 0
+	}
+	var sq, sr, sqq, sqr float64
+	for _, r := range results {
+		rate := r.QPS * r.RequestOverheadMs
+		sq += r.QPS
+		sr += rate
+		sqq += r.QPS * r.QPS
+		sqr += r.QPS * rate
+	}
+	n := float64(len(results))
+	den := n*sqq - sq*sq
+	if den <= 0 {
+		return worst, 0
+	}
+	slope := (n*sqr - sq*sr) / den
+	icept := (sr - slope*sq) / n
+	if !(slope > 0) || !(icept >= 0) {
+		return worst, 0
+	}
+	return slope, icept
 }
 
 // writeMeasurementPlan writes the model and a plan with one gear that runs
@@ -139,7 +260,7 @@ func writeMeasurementPlan(dir string, m systemMeasurement) (string, error) {
 		Ladder:      []string{m.Model.Name},
 		Gears: []plan.Gear{{
 			ID:        "measure",
-			MaxQPS:    m.QPS,
+			MaxQPS:    slices.Max(append([]float64{m.FloorQPS}, m.QPS...)),
 			Cascade:   []plan.Stage{{Model: m.Model.Name}},
 			Batching:  m.Batching,
 			Runners:   map[string]float64{m.Model.Name: 1},

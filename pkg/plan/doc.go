@@ -43,7 +43,10 @@
 // stream and a set of runners per model, Fetch(maxBatch, maxDelay) batching,
 // batch service times from the profile plus the messaging overheads per item
 // and per batch (slowed down by the per-request overhead's share of the
-// cores), a hop overhead per hop, and
-// escalations drawn from the replay. Plan.SimulateGear and Plan.PredictP95
+// cores and any idle CPU), a hop overhead per hop, a latency floor per
+// request drawn from a log-normal law (the live path's client, ingress and
+// JetStream round trips that the rest leaves out, measured by profile at
+// low load; SimConfig.LatencyFloorMs), and escalations drawn from the
+// replay. Plan.SimulateGear and Plan.PredictP95
 // run it for a gear of a plan file.
 package plan

@@ -63,6 +63,17 @@ type Plan struct {
 	// producer), in ms; the simulator slows the runners down by the share of
 	// the cores it takes (see SimConfig).
 	RequestOverheadMs float64 `json:"request_overhead_ms,omitempty"`
+	// IdleCPUMsPerS is the CPU time per second, in ms, that those
+	// co-located processes spend whatever the load (polling, timers); the
+	// simulator adds it to the per-request overhead's share (see SimConfig).
+	IdleCPUMsPerS float64 `json:"idle_cpu_ms_per_s,omitempty"`
+	// LatencyFloorMs and LatencyFloorP95Ms are the median and 95th
+	// percentile of the per-request latency of the live path that the
+	// simulator's model does not explain (client, ingress, JetStream
+	// publish and PubAck, scheduling), measured at low load; the simulator
+	// adds a draw of it to every request's latency (see SimConfig).
+	LatencyFloorMs    float64 `json:"latency_floor_ms,omitempty"`
+	LatencyFloorP95Ms float64 `json:"latency_floor_p95_ms,omitempty"`
 	// Models lists every model a gear may use, with its profile.
 	Models []Model `json:"models"`
 	// Ladder orders the models from cheapest to most accurate.
@@ -466,6 +477,12 @@ func (p *Plan) Validate() error {
 	}
 	if p.RequestOverheadMs < 0 || math.IsNaN(p.RequestOverheadMs) || math.IsInf(p.RequestOverheadMs, 0) {
 		bad("request_overhead_ms must be a finite number >= 0, got %v", p.RequestOverheadMs)
+	}
+	if p.IdleCPUMsPerS < 0 || math.IsNaN(p.IdleCPUMsPerS) || math.IsInf(p.IdleCPUMsPerS, 0) {
+		bad("idle_cpu_ms_per_s must be a finite number >= 0, got %v", p.IdleCPUMsPerS)
+	}
+	if err := validFloor(p.LatencyFloorMs, p.LatencyFloorP95Ms); err != nil {
+		bad("%v", err)
 	}
 
 	models := map[string]bool{}

@@ -70,6 +70,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		{"overheads", func(p *Plan) {
 			p.HopOverheadMs, p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs = -1, math.NaN(), -2, math.Inf(1)
 		}, []string{"hop_overhead_ms must be", "item_overhead_ms must be", "batch_overhead_ms must be", "request_overhead_ms must be"}},
+		{"latency floor", func(p *Plan) { p.LatencyFloorMs, p.LatencyFloorP95Ms = 3, 1 }, []string{"latency_floor_p95_ms 1 is below latency_floor_ms 3"}},
 		{"several at once", func(p *Plan) {
 			p.Capacity = -1
 			p.Gears[1].ID = "g1"

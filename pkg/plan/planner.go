@@ -565,6 +565,9 @@ func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) Sim
 		ItemOverheadMs:    pl.cfg.Profile.ItemOverheadMs,
 		BatchOverheadMs:   pl.cfg.Profile.BatchOverheadMs,
 		RequestOverheadMs: pl.cfg.Profile.RequestOverheadMs,
+		IdleCPUMsPerS:     pl.cfg.Profile.IdleCPUMsPerS,
+		LatencyFloorMs:    pl.cfg.Profile.LatencyFloorMs,
+		LatencyFloorP95Ms: pl.cfg.Profile.LatencyFloorP95Ms,
 		AnsweredBy:        c.AnsweredBy,
 		AbortAboveP95Ms:   pl.cfg.SLOP95Ms,
 	}
@@ -790,7 +793,7 @@ func (cfg *PlannerConfig) itemCost(model string, b int) float64 {
 // requestShare is the share of the capacity's cores that the profile's
 // per-request overhead takes at load q (see SimConfig.RequestOverheadMs).
 func (cfg *PlannerConfig) requestShare(q float64) float64 {
-	return q / 1000 * cfg.Profile.RequestOverheadMs / float64(cfg.Capacity)
+	return (q*cfg.Profile.RequestOverheadMs + cfg.Profile.IdleCPUMsPerS) / 1000 / float64(cfg.Capacity)
 }
 
 // canKeepUp is the compute check: even if every batch were full, would
@@ -831,6 +834,9 @@ func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *P
 		ItemOverheadMs:    cfg.Profile.ItemOverheadMs,
 		BatchOverheadMs:   cfg.Profile.BatchOverheadMs,
 		RequestOverheadMs: cfg.Profile.RequestOverheadMs,
+		IdleCPUMsPerS:     cfg.Profile.IdleCPUMsPerS,
+		LatencyFloorMs:    cfg.Profile.LatencyFloorMs,
+		LatencyFloorP95Ms: cfg.Profile.LatencyFloorP95Ms,
 		Hysteresis:        cfg.Hysteresis,
 	}
 	for _, m := range cfg.Ladder {

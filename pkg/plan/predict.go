@@ -59,6 +59,9 @@ func (p *Plan) GearSimConfig(i int, qps float64, opts GearSimOptions) (SimConfig
 		ItemOverheadMs:    p.ItemOverheadMs,
 		BatchOverheadMs:   p.BatchOverheadMs,
 		RequestOverheadMs: p.RequestOverheadMs,
+		IdleCPUMsPerS:     p.IdleCPUMsPerS,
+		LatencyFloorMs:    p.LatencyFloorMs,
+		LatencyFloorP95Ms: p.LatencyFloorP95Ms,
 		WarmupFraction:    opts.WarmupFraction,
 	}
 	for j, s := range g.Cascade {

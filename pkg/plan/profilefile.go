@@ -46,6 +46,20 @@ type ProfileFile struct {
 	// down by the share of the cores it takes (see SimConfig). It is 0 when
 	// those processes run on other machines.
 	RequestOverheadMs float64 `json:"request_overhead_ms,omitempty"`
+	// IdleCPUMsPerS is the CPU time per second, in ms, that the same
+	// processes spend whatever the load: with RequestOverheadMs, the line
+	// CPU(q) = IdleCPUMsPerS + q × RequestOverheadMs fitted to the system's
+	// CPU time at several loads (`profile --system-qps a,b`). 0 when one
+	// load was measured (RequestOverheadMs then carries all of it).
+	IdleCPUMsPerS float64 `json:"idle_cpu_ms_per_s,omitempty"`
+	// LatencyFloorMs and LatencyFloorP95Ms are the median and 95th
+	// percentile of the per-request latency of the live path that the
+	// simulator does not explain, in ms: the measured latency of the
+	// all-in-one system at low load minus the simulated latency of the same
+	// configuration (`profile --system-qps`). The simulator adds a draw of
+	// it to every request (see SimConfig.LatencyFloorMs).
+	LatencyFloorMs    float64 `json:"latency_floor_ms,omitempty"`
+	LatencyFloorP95Ms float64 `json:"latency_floor_p95_ms,omitempty"`
 	// Host describes the machine (free text: CPU model, cores, OS).
 	Host string `json:"host,omitempty"`
 	// Runtime describes the inference runtime (e.g. "onnxruntime 1.30.0").
@@ -80,6 +94,12 @@ func (f *ProfileFile) Validate() error {
 	}
 	if f.RequestOverheadMs < 0 || math.IsNaN(f.RequestOverheadMs) || math.IsInf(f.RequestOverheadMs, 0) {
 		bad("request_overhead_ms must be a finite number >= 0, got %v", f.RequestOverheadMs)
+	}
+	if f.IdleCPUMsPerS < 0 || math.IsNaN(f.IdleCPUMsPerS) || math.IsInf(f.IdleCPUMsPerS, 0) {
+		bad("idle_cpu_ms_per_s must be a finite number >= 0, got %v", f.IdleCPUMsPerS)
+	}
+	if err := validFloor(f.LatencyFloorMs, f.LatencyFloorP95Ms); err != nil {
+		bad("%v", err)
 	}
 	if len(f.Models) == 0 {
 		bad("no models")

@@ -52,6 +52,19 @@ type SimConfig struct {
 	// busy, and the runners, sharing the cores, take 1/(1−ρ) times as long
 	// for every batch (processor sharing). ρ must stay below 1.
 	RequestOverheadMs float64
+	// IdleCPUMsPerS is CPU time per second (ms) that the same processes
+	// take whatever the load; it adds IdleCPUMsPerS / (1000 × total
+	// runners) to ρ.
+	IdleCPUMsPerS float64
+	// LatencyFloorMs and LatencyFloorP95Ms describe a latency every request
+	// carries on top of the modelled path, in ms, without occupying any
+	// runner: the live system's client, ingress and JetStream round trips
+	// that the hops and runners leave out. Each request draws it from the
+	// log-normal law with median LatencyFloorMs and 95th percentile
+	// LatencyFloorP95Ms (a constant LatencyFloorMs when the two are equal
+	// or the p95 is 0).
+	LatencyFloorMs    float64
+	LatencyFloorP95Ms float64
 	Stages            []SimStage
 	// AnsweredBy[j] is the probability that stage j answers a request (the
 	// replay's answered-by distribution; the last stage takes the rest).
@@ -129,8 +142,11 @@ func (c SimConfig) validate() error {
 	if c.Requests < 0 {
 		bad("requests must be >= 0")
 	}
-	if c.HopOverheadMs < 0 || c.ItemOverheadMs < 0 || c.BatchOverheadMs < 0 || c.RequestOverheadMs < 0 {
-		bad("hop, item, batch and request overheads must be >= 0")
+	if c.HopOverheadMs < 0 || c.ItemOverheadMs < 0 || c.BatchOverheadMs < 0 || c.RequestOverheadMs < 0 || c.IdleCPUMsPerS < 0 {
+		bad("hop, item, batch, request and idle overheads must be >= 0")
+	}
+	if err := validFloor(c.LatencyFloorMs, c.LatencyFloorP95Ms); err != nil {
+		bad("%v", err)
 	}
 	if rho := c.requestShare(); rho >= 1 {
 		bad("request overhead %vms at %v qps needs %.3g of the %d runners' cores, more than all of them", c.RequestOverheadMs, c.QPS, rho, c.totalRunners())
@@ -176,14 +192,34 @@ func (c SimConfig) totalRunners() int {
 	return n
 }
 
+// validFloor checks a latency floor's median and p95.
+func validFloor(median, p95 float64) error {
+	if median < 0 || math.IsNaN(median) || math.IsInf(median, 0) || p95 < 0 || math.IsNaN(p95) || math.IsInf(p95, 0) {
+		return fmt.Errorf("latency_floor_ms and latency_floor_p95_ms must be finite numbers >= 0, got %v and %v", median, p95)
+	}
+	if p95 > 0 && p95 < median {
+		return fmt.Errorf("latency_floor_p95_ms %v is below latency_floor_ms %v", p95, median)
+	}
+	return nil
+}
+
+// floorSigma is the log-normal σ of a latency floor with this median and
+// p95 (0: constant).
+func floorSigma(median, p95 float64) float64 {
+	if median <= 0 || p95 <= median {
+		return 0
+	}
+	return math.Log(p95/median) / 1.6448536269514722
+}
+
 // requestShare is ρ, the share of the runners' cores that the per-request
 // overhead takes at the config's load (0 without runners).
 func (c SimConfig) requestShare() float64 {
 	n := c.totalRunners()
-	if n < 1 || c.RequestOverheadMs == 0 {
+	if n < 1 {
 		return 0
 	}
-	return c.QPS / 1000 * c.RequestOverheadMs / float64(n)
+	return (c.QPS*c.RequestOverheadMs + c.IdleCPUMsPerS) / 1000 / float64(n)
 }
 
 // Simulate runs a discrete-event simulation of the pipeline and returns its
@@ -285,6 +321,9 @@ type sim struct {
 	cum              []float64 // cumulative answered-by
 	// slowdown stretches every batch's service time: 1/(1−ρ).
 	slowdown float64
+	// floor draws each request's latency floor; floorSigma is its σ.
+	floor      *rand.Rand
+	floorSigma float64
 }
 
 func newSim(cfg SimConfig) *sim {
@@ -295,6 +334,10 @@ func newSim(cfg SimConfig) *sim {
 		exit:     make([]int8, cfg.Requests),
 		latency:  make([]float64, 0, cfg.Requests),
 		slowdown: 1 / (1 - cfg.requestShare()),
+		// A stream of its own, so that a floor leaves arrivals and
+		// escalations as they were.
+		floor:      rand.New(rand.NewPCG(cfg.Seed, 3)),
+		floorSigma: floorSigma(cfg.LatencyFloorMs, cfg.LatencyFloorP95Ms),
 	}
 	if cfg.WarmupFraction > 0 {
 		s.warmup = int(cfg.WarmupFraction * float64(cfg.Requests))
@@ -566,13 +609,21 @@ func (s *sim) done(j int, r int32, t float64) {
 }
 
 // finish records request i as completed at time t.
+// floorMs draws one request's latency floor.
+func (s *sim) floorMs() float64 {
+	if s.floorSigma == 0 {
+		return s.cfg.LatencyFloorMs
+	}
+	return s.cfg.LatencyFloorMs * math.Exp(s.floorSigma*s.floor.NormFloat64())
+}
+
 func (s *sim) finish(i int32, t float64) {
 	s.completed++
 	s.lastT = max(s.lastT, t)
 	if int(i) < s.warmup {
 		return
 	}
-	lat := t - s.arrival[i]
+	lat := t - s.arrival[i] + s.floorMs()
 	s.latency = append(s.latency, lat)
 	if s.cfg.AbortAboveP95Ms > 0 && lat > s.cfg.AbortAboveP95Ms {
 		s.over++

@@ -89,6 +89,16 @@ func TestSimulateChargesBatchAndRequestOverhead(t *testing.T) {
 		// The same overhead over four runners' cores takes an eighth.
 		{"per request, four runners", 1, 4, 0, 0.4, 500, (1.5+0.4)/(1-0.125) + hops},
 	}
+	// Idle CPU of 250 ms/s takes a quarter of one runner's core on top.
+	t.Run("idle CPU", func(t *testing.T) {
+		cfg := oneStage(1, prof, 1, 1, 0)
+		cfg.Requests = 200
+		cfg.RequestOverheadMs, cfg.IdleCPUMsPerS = 250, 250
+		r := simulate(t, cfg)
+		if want := 2*1.5 + hops; math.Abs(r.P50Ms-want) > 1e-9 || math.Abs(r.MaxMs-want) > 1e-9 {
+			t.Errorf("p50 %v max %v, want %v", r.P50Ms, r.MaxMs, want)
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := oneStage(tt.qps, prof, tt.runners, 1, 0)
@@ -224,6 +234,42 @@ func TestSimulateOverload(t *testing.T) {
 	}
 }
 
+func TestSimulateAddsLatencyFloor(t *testing.T) {
+	prof := linearProfile(1, 0.5) // 1.5 ms at batch 1
+	const base = 1.5 + 2*0.25
+	tests := []struct {
+		name        string
+		qps         float64
+		median, p95 float64
+		wantP50     float64
+		wantP95     float64
+		tolerance   float64
+	}{
+		{"none", 1, 0, 0, base, base, 1e-9},
+		{"constant", 1, 3, 0, base + 3, base + 3, 1e-9},
+		{"constant, p95 equal", 1, 3, 3, base + 3, base + 3, 1e-9},
+		// Log-normal with median 3 and p95 9: every request takes exactly
+		// base plus its draw, so the quantiles shift by the floor's.
+		{"log-normal", 1, 3, 9, base + 3, base + 9, 0.3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := oneStage(tt.qps, prof, 1, 1, 0)
+			cfg.Requests = 20000
+			plain := simulate(t, cfg)
+			cfg.LatencyFloorMs, cfg.LatencyFloorP95Ms = tt.median, tt.p95
+			r := simulate(t, cfg)
+			if math.Abs(r.P50Ms-tt.wantP50) > tt.tolerance || math.Abs(r.P95Ms-tt.wantP95) > tt.tolerance {
+				t.Errorf("p50 %v p95 %v, want %v and %v (±%v)", r.P50Ms, r.P95Ms, tt.wantP50, tt.wantP95, tt.tolerance)
+			}
+			// The floor occupies no runner: the stages do what they did.
+			if !reflect.DeepEqual(r.Stages, plain.Stages) {
+				t.Errorf("stages with the floor %+v, without %+v", r.Stages, plain.Stages)
+			}
+		})
+	}
+}
+
 func TestSimulateRejectsBadConfig(t *testing.T) {
 	good := oneStage(10, linearProfile(1, 1), 1, 1, 0)
 	tests := []struct {
@@ -239,6 +285,10 @@ func TestSimulateRejectsBadConfig(t *testing.T) {
 		{"batch overhead", func(c *SimConfig) { c.BatchOverheadMs = -1 }},
 		// 10 qps × 100 ms is all of one runner's core.
 		{"request overhead", func(c *SimConfig) { c.RequestOverheadMs = 100 }},
+		{"latency floor", func(c *SimConfig) { c.LatencyFloorMs = -1 }},
+		{"idle CPU", func(c *SimConfig) { c.IdleCPUMsPerS = 1000 }},
+		{"latency floor p95 below median", func(c *SimConfig) { c.LatencyFloorMs, c.LatencyFloorP95Ms = 2, 1 }},
+		{"latency floor p95", func(c *SimConfig) { c.LatencyFloorP95Ms = math.NaN() }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
