@@ -50,7 +50,7 @@ func TestPlanFiles(t *testing.T) {
 
 // TestBuiltinPlanIsTheGeneratedOne checks that Plan serves plan.json, and
 // that plan.json is what `cascadeserve plan` makes of the committed inputs:
-// its profiles and overheads are profile.json's, and every gear's predicted
+// its profiles, overheads and latency floor are profile.json's, and every gear's predicted
 // accuracy and reach, and every model's accuracy, are those of the embedded
 // validation replay. A retrained ladder, a new replay or a new profile
 // without a new plan fails here.
@@ -80,8 +80,12 @@ func TestBuiltinPlanIsTheGeneratedOne(t *testing.T) {
 			p.HopOverheadMs, p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs,
 			prof.HopOverheadMs, prof.ItemOverheadMs, prof.BatchOverheadMs, prof.RequestOverheadMs)
 	}
-	if !(prof.RequestOverheadMs > 0) {
-		t.Error("profile.json has no request overhead: measure it with --system-qps on the machine cascadeserve up runs on")
+	if p.IdleCPUMsPerS != prof.IdleCPUMsPerS || p.LatencyFloorMs != prof.LatencyFloorMs || p.LatencyFloorP95Ms != prof.LatencyFloorP95Ms {
+		t.Errorf("plan idle CPU %v, latency floor %v/%v are not the profile's (%v, %v/%v)",
+			p.IdleCPUMsPerS, p.LatencyFloorMs, p.LatencyFloorP95Ms, prof.IdleCPUMsPerS, prof.LatencyFloorMs, prof.LatencyFloorP95Ms)
+	}
+	if !(prof.RequestOverheadMs > 0) || !(prof.LatencyFloorMs > 0) {
+		t.Error("profile.json has no request overhead or latency floor: measure them with --system-qps on the machine cascadeserve up runs on")
 	}
 
 	replay, err := ValidationReplay()
