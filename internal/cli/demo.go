@@ -33,7 +33,7 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	sf.register(fs, env, "warn")
 	duration := fs.Duration("duration", 60*time.Second, "length of the load run")
 	low := fs.Float64("low", 0, "starting and ending load in requests/s (default: 30% of the most accurate gear's max_qps)")
-	peak := fs.Float64("peak", 0, "peak load in requests/s (default: 90% of the cheapest gear's max_qps)")
+	peak := fs.Float64("peak", 0, "peak load in requests/s (default: the cheapest gear's max_qps, the top of the planned range, so the load crosses every gear)")
 	timeout := fs.Duration("timeout", 2*time.Second, "per-request deadline")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
@@ -76,7 +76,7 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 		*low = 0.3 * p.Gears[0].MaxQPS
 	}
 	if *peak <= 0 {
-		*peak = 0.9 * p.Gears[len(p.Gears)-1].MaxQPS
+		*peak = p.Gears[len(p.Gears)-1].MaxQPS
 	}
 	fmt.Fprintf(env.Stdout, "Ready in %v. Plan %q: SLO p95 %.0f ms, gears %s.\n", time.Since(start).Round(time.Millisecond), p.Pipeline, p.SLO.P95Ms, gearNames(p.Gears))
 	fmt.Fprintf(env.Stdout, "Load: Poisson arrivals rising %.0f → %.0f req/s and back over %v, MNIST test images, deadline %v.\n\n", *low, *peak, *duration, *timeout)
