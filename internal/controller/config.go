@@ -7,11 +7,11 @@ import (
 	"slices"
 	"time"
 
-	env "github.com/caarlos0/env/v10"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
@@ -65,12 +65,8 @@ type Config struct {
 // CASCADE_ prefix) and validates it.
 func ConfigFromEnv(environ map[string]string) (Config, error) {
 	var cfg Config
-	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: "CASCADE_", Environment: environ}); err != nil {
+	if err := envconfig.Parse(&cfg, environ, map[string]*string{"CASCADE_METRICS_ADDR": &cfg.MetricsAddr}); err != nil {
 		return Config{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	// envDefault also replaces an empty value; empty means "off" here.
-	if v, ok := environ["CASCADE_METRICS_ADDR"]; ok && v == "" {
-		cfg.MetricsAddr = ""
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err

@@ -8,10 +8,10 @@ import (
 	"slices"
 	"time"
 
-	env "github.com/caarlos0/env/v10"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
 
@@ -96,15 +96,9 @@ type Config struct {
 // server.
 func ConfigFromEnv(environ map[string]string) (Config, error) {
 	var cfg Config
-	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: "CASCADE_", Environment: environ}); err != nil {
+	off := map[string]*string{"CASCADE_METRICS_ADDR": &cfg.MetricsAddr, "CASCADE_HTTP_ADDR": &cfg.HTTPAddr}
+	if err := envconfig.Parse(&cfg, environ, off); err != nil {
 		return Config{}, fmt.Errorf("ingress config: %w", err)
-	}
-	// envDefault also replaces an empty value; empty means "off" here.
-	if v, ok := environ["CASCADE_METRICS_ADDR"]; ok && v == "" {
-		cfg.MetricsAddr = ""
-	}
-	if v, ok := environ["CASCADE_HTTP_ADDR"]; ok && v == "" {
-		cfg.HTTPAddr = ""
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err

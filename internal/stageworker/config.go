@@ -7,10 +7,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caarlos0/env/v10"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
@@ -73,12 +73,8 @@ type Config struct {
 // it. An explicitly empty CASCADE_METRICS_ADDR disables the metrics server.
 func ConfigFromEnv(environ map[string]string) (Config, error) {
 	var cfg Config
-	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: "CASCADE_", Environment: environ}); err != nil {
+	if err := envconfig.Parse(&cfg, environ, map[string]*string{"CASCADE_METRICS_ADDR": &cfg.MetricsAddr}); err != nil {
 		return Config{}, fmt.Errorf("stage worker config: %w", err)
-	}
-	// envDefault also replaces an empty value; empty means "off" here.
-	if v, ok := environ["CASCADE_METRICS_ADDR"]; ok && v == "" {
-		cfg.MetricsAddr = ""
 	}
 	var models []string
 	for _, m := range cfg.Models {
