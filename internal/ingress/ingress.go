@@ -127,7 +127,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		if kv == nil {
 			return nil // ctx ended while waiting
 		}
-		return in.ctl.run(gctx, kv)
+		return in.ctl.run(gctx, kv, cfg.PollInterval)
 	})
 	g.Go(func() error { return in.intake(gctx) })
 	g.Go(func() error {
