@@ -71,10 +71,13 @@ func TestProfileSystem(t *testing.T) {
 	if !(f.ItemOverheadMs > 0) || !(f.BatchOverheadMs > 0) || !(f.RequestOverheadMs > 0) {
 		t.Errorf("overheads: item %v, batch %v, request %v ms; want all measured", f.ItemOverheadMs, f.BatchOverheadMs, f.RequestOverheadMs)
 	}
-	// The live path takes longer than the simulated one (client, ingress,
-	// JetStream round trips the hop overhead leaves out).
-	if !(f.LatencyFloorMs > 0) || f.LatencyFloorP95Ms < f.LatencyFloorMs {
-		t.Errorf("latency floor %v ms, p95 %v ms; want measured, p95 >= median", f.LatencyFloorMs, f.LatencyFloorP95Ms)
+	// The floor is what the live path takes beyond the simulated one
+	// (client, ingress, JetStream round trips), clamped at 0. At this tiny
+	// load and run length, under -race, the simulator's batching wait can
+	// match even the live p95, so a gap of 0 is a valid measurement; that
+	// the floor run happened is checked in the output below.
+	if f.LatencyFloorMs < 0 || f.LatencyFloorP95Ms < f.LatencyFloorMs {
+		t.Errorf("latency floor %v ms, p95 %v ms; want >= 0 and p95 >= median", f.LatencyFloorMs, f.LatencyFloorP95Ms)
 	}
 	for _, want := range []string{"system at 40 req/s", "system at 60 req/s", "request overhead", "latency floor at 20 req/s", "wrote " + out} {
 		if !strings.Contains(stdout, want) {
