@@ -87,10 +87,3 @@ func newFlagSet(env Env, name, usage string) *flag.FlagSet {
 	}
 	return fs
 }
-
-// notImplemented is the placeholder of a subcommand still being built.
-func notImplemented(name string) func(context.Context, Env, []string) error {
-	return func(context.Context, Env, []string) error {
-		return fmt.Errorf("cascadeserve %s: not implemented yet", name)
-	}
-}

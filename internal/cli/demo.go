@@ -6,9 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -125,10 +125,10 @@ func printSummary(w io.Writer, rep loadgen.Report, switches []string) {
 	fmt.Fprintf(tw, "  requests sent\t%d\n", rep.Sent)
 	fmt.Fprintf(tw, "  answered\t%d\n", rep.Answered)
 	errs := rep.ErrorCounts()
-	codes := slices.Sorted(mapKeys(errs))
+	codes := slices.Sorted(maps.Keys(errs))
 	var es []string
 	for _, c := range codes {
-		es = append(es, fmt.Sprintf("%s %d", c, errs[wire.Code(c)]))
+		es = append(es, fmt.Sprintf("%s %d", c, errs[c]))
 	}
 	fmt.Fprintf(tw, "  typed errors\t%d %v\n", rep.Sent-rep.Answered-rep.Lost, es)
 	fmt.Fprintf(tw, "  without any result\t%d\n", rep.Lost)
@@ -136,7 +136,7 @@ func printSummary(w io.Writer, rep loadgen.Report, switches []string) {
 	fmt.Fprintf(tw, "  served throughput\t%.0f req/s\n", rep.Throughput())
 	fmt.Fprintf(tw, "  latency p50 / p95 / p99\t%s / %s / %s ms\n", ms(rep.Percentile(0.5)), ms(rep.Percentile(0.95)), ms(rep.Percentile(0.99)))
 	byGear := rep.ByGear()
-	gears := slices.Sorted(mapKeys(byGear))
+	gears := slices.Sorted(maps.Keys(byGear))
 	var gs []string
 	for _, g := range gears {
 		gs = append(gs, fmt.Sprintf("%s %d", g, byGear[g]))
@@ -153,7 +153,7 @@ func printSummary(w io.Writer, rep loadgen.Report, switches []string) {
 		}
 	}
 	var bs []string
-	for _, m := range slices.Sorted(mapKeys(by)) {
+	for _, m := range slices.Sorted(maps.Keys(by)) {
 		bs = append(bs, fmt.Sprintf("%s %d", m, by[m]))
 	}
 	fmt.Fprintf(tw, "  answered by model\t%s (degraded %d)\n", strings.Join(bs, ", "), degraded)
@@ -207,18 +207,3 @@ func gearNames(gears []plan.Gear) string {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
-
-func mapKeys[K ~string, V any](m map[K]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, string(k))
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}

@@ -3,13 +3,13 @@ package ingress
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -54,46 +54,12 @@ func newWatcher(pipeline string, logger *slog.Logger, m *metrics) *watcher {
 // load returns the current snapshot; nil before the first plan.
 func (w *watcher) load() *control { return w.cur.Load() }
 
-// run applies every change of the plan and gear keys until ctx ends. If
-// the watch breaks (the controller recreated the bucket, NATS restarted
-// without its store), it is opened again after PollInterval: the current values
-// come first, so nothing is missed, and the ingress keeps admitting with
-// the last good snapshot meanwhile (as the stage worker does).
+// run applies every change of the plan and gear keys until ctx ends,
+// reopening a broken watch after every (natsbus.WatchControl).
 func (w *watcher) run(ctx context.Context, kv jetstream.KeyValue, every time.Duration) error {
-	for {
-		err := w.watch(ctx, kv)
-		if ctx.Err() != nil {
-			return nil
-		}
-		w.logger.Warn("control bucket watch broke; watching again", "err", err)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(every):
-		}
-	}
-}
-
-// watch follows the plan and gear keys until ctx ends or the watch breaks.
-func (w *watcher) watch(ctx context.Context, kv jetstream.KeyValue) error {
-	kw, err := kv.WatchFiltered(ctx, []string{wire.KeyPlan, wire.KeyGear}, jetstream.IgnoreDeletes())
-	if err != nil {
-		return fmt.Errorf("watch control bucket: %w", err)
-	}
-	defer func() { _ = kw.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-kw.Updates():
-			if !ok {
-				return fmt.Errorf("watch control bucket: updates closed")
-			}
-			if e != nil { // nil marks the end of the initial values
-				w.apply(e.Key(), e.Value())
-			}
-		}
-	}
+	return natsbus.WatchControl(ctx, kv, every, w.logger, func(key string, value []byte, _ bool) {
+		w.apply(key, value)
+	})
 }
 
 // apply applies one KV value. Bad values are logged and ignored: the

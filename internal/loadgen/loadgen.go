@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -323,7 +324,7 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 		s := Snapshot{
 			Elapsed: now.Sub(start), Sent: sent, Answered: answered, Errors: errs, Correct: correct,
 			LastGear: lastGear, ServedQPS: float64(winAns) / now.Sub(lastTick).Seconds(),
-			P50: percentile(window, 0.5), P95: percentile(window, 0.95), ErrorCounts: maps(errCount),
+			P50: percentile(window, 0.5), P95: percentile(window, 0.95), ErrorCounts: maps.Clone(errCount),
 		}
 		window, winAns = window[:0], 0
 		mu.Unlock()
@@ -415,12 +416,4 @@ sending:
 		rep.Duration = last.Sub(start)
 	}
 	return rep, nil
-}
-
-func maps(m map[wire.Code]int) map[wire.Code]int {
-	out := make(map[wire.Code]int, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }

@@ -3,13 +3,13 @@ package stageworker
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -63,47 +63,13 @@ func newWatcher(logger *slog.Logger, m *metrics, now func() time.Time, applied f
 // load returns the current snapshot; nil before the first plan.
 func (w *watcher) load() *control { return w.cur.Load() }
 
-// run applies every change of the plan and gear keys until ctx ends. If
-// the watch breaks (the bucket was recreated, NATS restarted without its
-// store), it is opened again: the current values come first, so nothing is
-// missed, and the worker keeps serving the last good snapshot meanwhile.
+// run applies every change of the plan and gear keys until ctx ends,
+// reopening a broken watch (natsbus.WatchControl); the worker keeps serving
+// the last good snapshot meanwhile. Only gear writes seen after a watch's
+// initial values are switches whose apply latency is measured: the gear in
+// force when the worker starts may be hours old.
 func (w *watcher) run(ctx context.Context, kv jetstream.KeyValue) error {
-	for {
-		err := w.watch(ctx, kv)
-		if ctx.Err() != nil {
-			return nil
-		}
-		w.logger.Warn("control bucket watch broke; watching again", "err", err)
-		sleep(ctx, pollInterval)
-	}
-}
-
-func (w *watcher) watch(ctx context.Context, kv jetstream.KeyValue) error {
-	kw, err := kv.WatchFiltered(ctx, []string{wire.KeyPlan, wire.KeyGear}, jetstream.IgnoreDeletes())
-	if err != nil {
-		return fmt.Errorf("watch control bucket: %w", err)
-	}
-	defer func() { _ = kw.Stop() }()
-	// live turns true at the end of the initial values: only gear writes
-	// seen after it are switches, whose apply latency is measured. The gear
-	// in force when the worker starts may be hours old.
-	live := false
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-kw.Updates():
-			if !ok {
-				return fmt.Errorf("watch control bucket: updates closed")
-			}
-			if e == nil {
-				// End of the initial values.
-				live = true
-				continue
-			}
-			w.apply(e.Key(), e.Value(), live)
-		}
-	}
+	return natsbus.WatchControl(ctx, kv, pollInterval, w.logger, w.apply)
 }
 
 // apply applies one KV value. Bad values are logged and ignored: the worker
