@@ -126,14 +126,20 @@ func PayloadLike(values int) []byte {
 }
 
 // MeasureCeiling measures the publish→fetch→ack ceiling of the JetStream
-// server at url: Rounds times for each fetch size, a work-queue stream configured
-// exactly as a model's work queue (natsbus.ModelStreamConfig: file storage,
-// DiscardNew, dedup window) and its durable pull consumer; one publisher
-// sends Messages items asynchronously with a Nats-Msg-Id each, as ingress
-// and workers do, and Fetchers goroutines Fetch(batch) and Ack every
-// message. The stream and consumer are deleted after each run.
+// server at url: Rounds times for each fetch size, on one work-queue stream
+// configured exactly as a model's work queue (natsbus.ModelStreamConfig:
+// file storage, DiscardNew, dedup window) and, per run, a durable pull
+// consumer of its own; one publisher sends Messages items asynchronously
+// with a Nats-Msg-Id each, as ingress and workers do, and Fetchers
+// goroutines Fetch(batch) and Ack every message. Each run's consumer is
+// deleted after it, the stream at the end.
 func MeasureCeiling(ctx context.Context, url string, cfg CeilingConfig) (Ceiling, error) {
 	cfg = cfg.withDefaults()
+	for _, b := range cfg.Batches {
+		if b < 1 {
+			return Ceiling{}, fmt.Errorf("ceiling: batch size %d < 1", b)
+		}
+	}
 	pub, err := nats.Connect(url, nats.Name("cascadeserve-bench-publisher"))
 	if err != nil {
 		return Ceiling{}, fmt.Errorf("ceiling: connect: %w", err)
@@ -144,15 +150,40 @@ func MeasureCeiling(ctx context.Context, url string, cfg CeilingConfig) (Ceiling
 		return Ceiling{}, fmt.Errorf("ceiling: connect: %w", err)
 	}
 	defer sub.Close()
-	out := Ceiling{PayloadBytes: len(cfg.Payload)}
-	for _, b := range cfg.Batches {
-		if b < 1 {
-			return Ceiling{}, fmt.Errorf("ceiling: batch size %d < 1", b)
-		}
+	// A rejected publish fails the pass in progress.
+	var pubErr atomic.Pointer[func(error)]
+	pjs, err := jetstream.New(pub,
+		jetstream.WithPublishAsyncMaxPending(cfg.Backlog),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			if f := pubErr.Load(); f != nil {
+				(*f)(fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err))
+			}
+		}))
+	if err != nil {
+		return Ceiling{}, fmt.Errorf("ceiling: %w", err)
 	}
+	sjs, err := jetstream.New(sub)
+	if err != nil {
+		return Ceiling{}, fmt.Errorf("ceiling: %w", err)
+	}
+	// One stream for every run: creating and deleting a file-backed
+	// stream per run is churn the measurement does not need.
+	scfg := natsbus.ModelStreamConfig(ceilingPipeline, ceilingModel, natsbus.TopologyConfig{})
+	stream, err := pjs.CreateOrUpdateStream(ctx, scfg)
+	if err != nil {
+		return Ceiling{}, fmt.Errorf("ceiling: create stream %s: %w", scfg.Name, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_ = pjs.DeleteStream(dctx, scfg.Name)
+	}()
+	r := ceilingRunner{cfg: cfg, pjs: pjs, sjs: sjs, pubErr: &pubErr, subConn: sub, stream: stream,
+		subject: wire.ModelSubject(ceilingPipeline, ceilingModel)}
+	out := Ceiling{PayloadBytes: len(cfg.Payload)}
 	for round := range cfg.Rounds {
 		for i, b := range cfg.Batches {
-			run, err := ceilingRun(ctx, pub, sub, cfg, fmt.Sprintf("ceiling%d_%d_%d", round, i, b), b)
+			run, err := r.run(ctx, fmt.Sprintf("ceiling%d_%d_%d", round, i, b), b)
 			if err != nil {
 				return Ceiling{}, fmt.Errorf("ceiling: batch %d: %w", b, err)
 			}
@@ -165,57 +196,50 @@ func MeasureCeiling(ctx context.Context, url string, cfg CeilingConfig) (Ceiling
 	return out, nil
 }
 
-// ceilingPipeline names the ceiling's streams (CASCADE_BENCH_CEILING…):
-// run the measurement on a server of its own, not one serving a pipeline
-// called "bench".
-const ceilingPipeline = "bench"
+// ceilingPipeline and ceilingModel name the ceiling's stream
+// (CASCADE_BENCH_CEILING): run the measurement on a server of its own, not
+// one serving a pipeline called "bench".
+const (
+	ceilingPipeline = "bench"
+	ceilingModel    = "ceiling"
+)
 
 // stallTimeout fails a run that makes no progress for this long.
 const stallTimeout = 15 * time.Second
 
-func ceilingRun(ctx context.Context, pubConn, subConn *nats.Conn, cfg CeilingConfig, model string, batch int) (CeilingRun, error) {
-	// A rejected publish fails the pass in progress.
-	var pubErr atomic.Pointer[func(error)]
-	pjs, err := jetstream.New(pubConn,
-		jetstream.WithPublishAsyncMaxPending(cfg.Backlog),
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-			if f := pubErr.Load(); f != nil {
-				(*f)(fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err))
-			}
-		}))
-	if err != nil {
-		return CeilingRun{}, err
-	}
-	sjs, err := jetstream.New(subConn)
-	if err != nil {
-		return CeilingRun{}, err
-	}
-	topo := natsbus.TopologyConfig{MaxAckPending: max(4096, 2*batch*cfg.Fetchers)}
-	scfg := natsbus.ModelStreamConfig(ceilingPipeline, model, topo)
-	stream, err := pjs.CreateOrUpdateStream(ctx, scfg)
-	if err != nil {
-		return CeilingRun{}, fmt.Errorf("create stream: %w", err)
+// ceilingRunner holds what the runs of one MeasureCeiling share.
+type ceilingRunner struct {
+	cfg      CeilingConfig
+	pjs, sjs jetstream.JetStream
+	pubErr   *atomic.Pointer[func(error)]
+	subConn  *nats.Conn
+	stream   jetstream.Stream
+	subject  string
+}
+
+// run measures one fetch size with a consumer called name, deleted after
+// the run. Message ids start with the run's name, so the stream's dedup
+// window never drops a later run's message as a repeat of an earlier one.
+func (r *ceilingRunner) run(ctx context.Context, name string, batch int) (CeilingRun, error) {
+	topo := natsbus.TopologyConfig{MaxAckPending: max(4096, 2*batch*r.cfg.Fetchers)}
+	if _, err := r.stream.CreateOrUpdateConsumer(ctx, natsbus.ModelConsumerConfig(name, topo)); err != nil {
+		return CeilingRun{}, fmt.Errorf("create consumer: %w", err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		_ = pjs.DeleteStream(dctx, scfg.Name)
+		_ = r.stream.DeleteConsumer(dctx, name)
 	}()
-	if _, err := stream.CreateOrUpdateConsumer(ctx, natsbus.ModelConsumerConfig(model, topo)); err != nil {
-		return CeilingRun{}, fmt.Errorf("create consumer: %w", err)
-	}
-	cons, err := sjs.Consumer(ctx, scfg.Name, wire.ModelConsumer(model))
+	cons, err := r.sjs.Consumer(ctx, r.stream.CachedInfo().Config.Name, name)
 	if err != nil {
 		return CeilingRun{}, fmt.Errorf("bind consumer: %w", err)
 	}
-
-	subject := wire.ModelSubject(ceilingPipeline, model)
 	// A first, shorter pass warms the server up (new message blocks, its
 	// buffers, the consumer) and is not measured.
-	if _, err := ceilingPass(ctx, pjs, &pubErr, subConn, cons, cfg, subject, batch, "w", max(cfg.Messages/5, batch*cfg.Fetchers)); err != nil {
+	if _, err := ceilingPass(ctx, r.pjs, r.pubErr, r.subConn, cons, r.cfg, r.subject, batch, name+"w", max(r.cfg.Messages/5, batch*r.cfg.Fetchers)); err != nil {
 		return CeilingRun{}, fmt.Errorf("warm-up: %w", err)
 	}
-	return ceilingPass(ctx, pjs, &pubErr, subConn, cons, cfg, subject, batch, "", cfg.Messages)
+	return ceilingPass(ctx, r.pjs, r.pubErr, r.subConn, cons, r.cfg, r.subject, batch, name+"m", r.cfg.Messages)
 }
 
 // ceilingPass publishes n messages with ids prefix0 … prefix<n-1>, fetches

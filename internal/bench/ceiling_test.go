@@ -59,7 +59,7 @@ func TestMeasureCeilingCountsEveryMessageOnce(t *testing.T) {
 			}
 		})
 	}
-	// Every run deletes its stream.
+	// MeasureCeiling deletes its stream (and every run its consumer).
 	names := srv.JS.StreamNames(ctx)
 	for name := range names.Name() {
 		t.Errorf("stream %s left behind", name)

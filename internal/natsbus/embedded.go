@@ -20,6 +20,11 @@ type ServerConfig struct {
 	StoreDir string
 	// Debug turns on the server's own logging to stderr.
 	Debug bool
+	// Logger, when set, receives the server's log (notices, warnings,
+	// errors; not debug or trace) instead of stderr. Tests pass one that
+	// writes warnings to the test log, so a failed JetStream call there
+	// shows the server's reason, not only the client's generic error.
+	Logger server.Logger
 }
 
 // StartServer starts an embedded nats-server with JetStream and waits until
@@ -40,7 +45,7 @@ func StartServer(c ServerConfig) (*server.Server, error) {
 		Port:       c.Port,
 		JetStream:  true,
 		StoreDir:   c.StoreDir,
-		NoLog:      !c.Debug,
+		NoLog:      !c.Debug && c.Logger == nil,
 		NoSigs:     true,
 		// Room for a batch of large tensors; the default is 1 MiB.
 		MaxPayload: 8 << 20,
@@ -53,7 +58,10 @@ func StartServer(c ServerConfig) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start nats-server: %w", err)
 	}
-	if c.Debug {
+	switch {
+	case c.Logger != nil:
+		s.SetLogger(c.Logger, false, false)
+	case c.Debug:
 		s.ConfigureLogger()
 	}
 	go s.Start()

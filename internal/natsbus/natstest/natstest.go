@@ -4,6 +4,8 @@
 package natstest
 
 import (
+	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -24,13 +26,15 @@ type Server struct {
 // Start starts the server and connects to it.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: t.TempDir()})
+	log := &testLogger{t: t}
+	s, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: t.TempDir(), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		s.Shutdown()
 		s.WaitForShutdown()
+		log.stop()
 	})
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
@@ -54,3 +58,35 @@ func (s *Server) Connect(t testing.TB) *nats.Conn {
 	t.Cleanup(nc.Close)
 	return nc
 }
+
+// testLogger writes the server's warnings and errors to the test log (a
+// JetStream API error such as "error creating store for stream" carries
+// its reason only there) and drops notices, debug and trace. After the
+// server has shut down it writes nothing: the testing package panics on a
+// log call after the test has ended.
+type testLogger struct {
+	t       testing.TB
+	mu      sync.Mutex
+	stopped bool
+}
+
+func (l *testLogger) logf(level, format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.stopped {
+		l.t.Logf("nats-server %s: %s", level, fmt.Sprintf(format, v...))
+	}
+}
+
+func (l *testLogger) stop() {
+	l.mu.Lock()
+	l.stopped = true
+	l.mu.Unlock()
+}
+
+func (l *testLogger) Noticef(string, ...any)         {}
+func (l *testLogger) Debugf(string, ...any)          {}
+func (l *testLogger) Tracef(string, ...any)          {}
+func (l *testLogger) Warnf(format string, v ...any)  { l.logf("warning", format, v...) }
+func (l *testLogger) Errorf(format string, v ...any) { l.logf("error", format, v...) }
+func (l *testLogger) Fatalf(format string, v ...any) { l.logf("fatal", format, v...) }
