@@ -10,7 +10,6 @@ import (
 )
 
 func TestMeasureCeilingCountsEveryMessageOnce(t *testing.T) {
-	srv := natstest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	tests := []struct {
@@ -24,6 +23,7 @@ func TestMeasureCeilingCountsEveryMessageOnce(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			srv := natstest.Start(t)
 			c, err := MeasureCeiling(ctx, srv.URL, tc.cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -57,15 +57,15 @@ func TestMeasureCeilingCountsEveryMessageOnce(t *testing.T) {
 			if c.PayloadBytes != wantPayload {
 				t.Errorf("payload %d bytes, want %d", c.PayloadBytes, wantPayload)
 			}
+			// MeasureCeiling deletes its stream (and every run its consumer).
+			names := srv.JS.StreamNames(ctx)
+			for name := range names.Name() {
+				t.Errorf("stream %s left behind", name)
+			}
+			if err := names.Err(); err != nil {
+				t.Fatal(err)
+			}
 		})
-	}
-	// MeasureCeiling deletes its stream (and every run its consumer).
-	names := srv.JS.StreamNames(ctx)
-	for name := range names.Name() {
-		t.Errorf("stream %s left behind", name)
-	}
-	if err := names.Err(); err != nil {
-		t.Fatal(err)
 	}
 }
 
