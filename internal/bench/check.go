@@ -154,11 +154,17 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 	// The predictions are made before anything runs.
 	for _, f := range cfg.Fractions {
 		qps := f * capacity
-		pred, err := p.PredictP95(gi, qps)
+		// The planner's default simulation settings (plan.PredictP95).
+		sim, err := p.SimulateGear(gi, qps, plan.GearSimOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("predict p95 of gear %s at %.0f/s: %w", g.ID, qps, err)
 		}
-		out.Latency = append(out.Latency, LatencyCheck{Fraction: f, QPS: qps, PredictedP95Ms: pred, Tolerance: cfg.P95Tolerance})
+		by := map[string]Percentiles{}
+		for _, st := range sim.Stages {
+			by[st.Model] = Percentiles{Count: st.Answered, P50Ms: st.AnsweredP50Ms, P95Ms: st.AnsweredP95Ms}
+		}
+		out.Latency = append(out.Latency, LatencyCheck{Fraction: f, QPS: qps, PredictedP95Ms: sim.P95Ms,
+			PredictedP50Ms: sim.P50Ms, PredictedBy: by, Tolerance: cfg.P95Tolerance})
 	}
 
 	progress := func(format string, args ...any) {

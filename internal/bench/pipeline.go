@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"time"
 
@@ -64,9 +65,19 @@ type LoadRun struct {
 	// ByGear counts answers by the gear that made them; AnsweredBy by model.
 	ByGear     map[string]int `json:"by_gear"`
 	AnsweredBy map[string]int `json:"answered_by"`
+	// LatencyBy gives the latency percentiles of the answers of each
+	// model: where in the cascade the time goes.
+	LatencyBy map[string]Percentiles `json:"latency_by,omitempty"`
 	// StagesPerRequest is the mean number of stages an answer went through
 	// (each one JetStream hop), when LoadConfig.Stages is set.
 	StagesPerRequest float64 `json:"stages_per_request,omitempty"`
+}
+
+// Percentiles summarise a set of latencies.
+type Percentiles struct {
+	Count int     `json:"count"`
+	P50Ms float64 `json:"p50_ms"`
+	P95Ms float64 `json:"p95_ms"`
 }
 
 // ErrorCount sums the error results.
@@ -139,6 +150,20 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 		run.Errors[string(code)] = n
 	}
 	stages := 0
+	byModel := map[string][]float64{}
+	for _, o := range rep.Outcomes {
+		if o.Code != "" || o.Warmup {
+			continue
+		}
+		byModel[o.AnsweredBy] = append(byModel[o.AnsweredBy], ms(o.Latency))
+	}
+	for m, lat := range byModel {
+		slices.Sort(lat)
+		if run.LatencyBy == nil {
+			run.LatencyBy = map[string]Percentiles{}
+		}
+		run.LatencyBy[m] = Percentiles{Count: len(lat), P50Ms: nearestRank(lat, 0.5), P95Ms: nearestRank(lat, 0.95)}
+	}
 	for _, o := range rep.Outcomes {
 		if o.Code != "" {
 			continue
@@ -158,6 +183,15 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 		run.StagesPerRequest = float64(stages) / float64(run.Answered)
 	}
 	return run, nil
+}
+
+// nearestRank returns the nearest-rank q-quantile of sorted values.
+func nearestRank(sorted []float64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	k := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[min(max(k, 0), len(sorted)-1)]
 }
 
 // StageIndex maps every model of a gear's cascade to its stage index.

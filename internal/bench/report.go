@@ -118,6 +118,11 @@ type LatencyCheck struct {
 	QPS            float64 `json:"qps"`
 	PredictedP95Ms float64 `json:"predicted_p95_ms"`
 	MeasuredP95Ms  float64 `json:"measured_p95_ms"`
+	// PredictedP50Ms is the simulator's median; PredictedBy its
+	// percentiles of the answers of each model, to set against
+	// Run.LatencyBy.
+	PredictedP50Ms float64                `json:"predicted_p50_ms"`
+	PredictedBy    map[string]Percentiles `json:"predicted_by,omitempty"`
 	// RelErr is (measured − predicted) / predicted; Pass: no errors or
 	// lost requests and |RelErr| ≤ Tolerance.
 	RelErr    float64 `json:"rel_err"`
@@ -236,6 +241,25 @@ func (c *PlanCheck) WriteTable(w io.Writer) error {
 			l.PredictedP95Ms, l.MeasuredP95Ms, l.Run.P50Ms, 100*l.RelErr, errorText(l.Run.Errors), l.Run.Lost, verdict(l.Pass), 100*l.Tolerance)
 	}
 	tw.Flush()
+	if len(c.Latency) > 0 && len(c.Latency[0].PredictedBy) > 0 {
+		fmt.Fprintf(&b, "\nWhere the time goes: latency of the answers of each model, simulated / measured (ms)\n")
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "LOAD\tMODEL\tSHARE SIM/LIVE\tP50 SIM/LIVE\tP95 SIM/LIVE\t")
+		for _, l := range c.Latency {
+			fmt.Fprintf(tw, "%.0f%%\tall\t\t%.1f / %.1f\t%.1f / %.1f\t\n", 100*l.Fraction, l.PredictedP50Ms, l.Run.P50Ms, l.PredictedP95Ms, l.MeasuredP95Ms)
+			simTotal, liveTotal := 0, 0
+			for _, m := range sortedKeys(l.PredictedBy) {
+				simTotal += l.PredictedBy[m].Count
+				liveTotal += l.Run.LatencyBy[m].Count
+			}
+			for _, m := range sortedKeys(l.PredictedBy) {
+				sim, live := l.PredictedBy[m], l.Run.LatencyBy[m]
+				fmt.Fprintf(tw, "\t%s\t%.1f%% / %.1f%%\t%.1f / %.1f\t%.1f / %.1f\t\n", m,
+					share(sim.Count, simTotal), share(live.Count, liveTotal), sim.P50Ms, live.P50Ms, sim.P95Ms, live.P95Ms)
+			}
+		}
+		tw.Flush()
+	}
 	overall := "every target met"
 	if !c.Pass() {
 		overall = "some targets missed"
@@ -251,6 +275,14 @@ func writeEnvironment(b *strings.Builder, e Environment) {
 		fmt.Fprintf(b, ", ONNX Runtime %s", e.ORTVersion)
 	}
 	fmt.Fprintf(b, "\nplan: %s (pipeline %s), stage worker runners: %d\n", e.PlanFile, e.Pipeline, e.Runners)
+}
+
+// share is 100 × n / total, 0 for no total.
+func share(n, total int) float64 {
+	if total == 0 {
+		return 0
+	}
+	return 100 * float64(n) / float64(total)
 }
 
 func verdict(pass bool) string {

@@ -53,6 +53,7 @@ type planFlags struct {
 	pipeline, description string
 	slo                   time.Duration
 	capacity              int
+	runnerPool            string
 	qps                   string
 	buckets               int
 	step                  float64
@@ -87,6 +88,7 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.description, "description", "", "free text stored in the plan")
 	fs.DurationVar(&f.slo, "slo", 50*time.Millisecond, "p95 end-to-end latency objective")
 	fs.IntVar(&f.capacity, "capacity", 0, "runners (inference slots) to plan for (required)")
+	fs.StringVar(&f.runnerPool, "runner-pool", plan.RunnerPoolShared, "how the runners serve the models: shared (every worker hosts every model, as 'cascadeserve up' runs) or per-model (workers deployed per model)")
 	fs.StringVar(&f.qps, "qps", "", "load range MIN:MAX in requests/s (required)")
 	fs.IntVar(&f.buckets, "buckets", 40, "load buckets from MIN to MAX")
 	fs.Float64Var(&f.step, "step", 0, "bucket width in requests/s (replaces --buckets)")
@@ -219,6 +221,7 @@ func (f *planFlags) config() (plan.PlannerConfig, error) {
 		Input:          input,
 		SLOP95Ms:       float64(f.slo) / float64(time.Millisecond),
 		Capacity:       f.capacity,
+		RunnerPool:     f.runnerPool,
 		Load:           plan.LoadRange{MinQPS: minQ, MaxQPS: maxQ, Buckets: f.buckets, StepQPS: f.step, Spacing: f.spacing},
 		Mode:           f.mode,
 		TargetAccuracy: f.target,

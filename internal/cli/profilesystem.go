@@ -174,6 +174,8 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 		BatchOverheadMs:   m.BatchOverheadMs,
 		RequestOverheadMs: perRequest,
 		IdleCPUMsPerS:     idle,
+		// One worker hosts the model on every runner, as in the run.
+		SharedRunners: true,
 		Stages: []plan.SimStage{{
 			Model: m.Model.Name, Profile: m.Profile, Runners: m.Runners,
 			MaxBatch: m.Batching.MaxBatch, MaxDelayMs: m.Batching.MaxDelayMs,

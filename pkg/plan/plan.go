@@ -40,6 +40,13 @@ type Plan struct {
 	// Capacity is the number of runners (CPU inference slots or GPUs) the
 	// plan was made for.
 	Capacity int `json:"capacity"`
+	// RunnerPool says how the capacity's runners are deployed, for the
+	// simulator: "shared" (the default when empty) — every stage worker
+	// hosts every model of the plan and its runners serve whichever model
+	// has the most queued items per runner share, as `cascadeserve up`
+	// runs it — or "per-model": workers deployed per model, each model's
+	// share of the runners serving it alone.
+	RunnerPool string `json:"runner_pool,omitempty"`
 	// Confidence names the confidence metric: "margin" (top-2 margin, the
 	// default), "max_prob" or "entropy".
 	Confidence string `json:"confidence"`
@@ -90,6 +97,19 @@ type Plan struct {
 	// models resolves Model.File; set by Load/LoadFile/SetModelSource.
 	models fs.FS
 }
+
+// Runner pools (Plan.RunnerPool).
+const (
+	RunnerPoolShared   = "shared"
+	RunnerPoolPerModel = "per-model"
+)
+
+// RunnerPools lists the valid Plan.RunnerPool values.
+func RunnerPools() []string { return []string{RunnerPoolShared, RunnerPoolPerModel} }
+
+// SharedRunners reports whether the plan's runners serve every model
+// (RunnerPool "shared" or empty).
+func (p *Plan) SharedRunners() bool { return p.RunnerPool != RunnerPoolPerModel }
 
 // SLO is a latency objective.
 type SLO struct {
@@ -444,6 +464,9 @@ func (p *Plan) Validate() error {
 	}
 	if p.Capacity < 1 {
 		bad("capacity must be >= 1 runner, got %d", p.Capacity)
+	}
+	if p.RunnerPool != "" && !slices.Contains(RunnerPools(), p.RunnerPool) {
+		bad("runner_pool %q is not one of %v", p.RunnerPool, RunnerPools())
 	}
 	if !slices.Contains(Metrics(), p.Confidence) {
 		bad("confidence %q is not one of %v", p.Confidence, Metrics())

@@ -124,6 +124,10 @@ type PlannerConfig struct {
 	SLOP95Ms float64
 	// Capacity is the number of runners.
 	Capacity int
+	// RunnerPool is how the runners are deployed (Plan.RunnerPool; default
+	// RunnerPoolShared): it goes into the plan and decides how the
+	// simulations schedule the runners.
+	RunnerPool string
 	// Load is the range of loads to plan for.
 	Load LoadRange
 	// Mode is ModeMaxAccuracy (default) or ModeMinCost.
@@ -211,6 +215,9 @@ func (cfg *PlannerConfig) defaults() {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeMaxAccuracy
 	}
+	if cfg.RunnerPool == "" {
+		cfg.RunnerPool = RunnerPoolShared
+	}
 	if cfg.Metric == "" {
 		cfg.Metric = MetricMargin
 	}
@@ -286,6 +293,9 @@ func (cfg *PlannerConfig) validate() error {
 	}
 	if !(cfg.SLOP95Ms > 0) || math.IsInf(cfg.SLOP95Ms, 0) {
 		bad("slo p95 must be > 0 ms, got %v", cfg.SLOP95Ms)
+	}
+	if !slices.Contains(RunnerPools(), cfg.RunnerPool) {
+		bad("runner pool %q is not one of %v", cfg.RunnerPool, RunnerPools())
 	}
 	if cfg.Capacity < 1 {
 		bad("capacity must be >= 1 runner, got %d", cfg.Capacity)
@@ -568,6 +578,7 @@ func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) Sim
 		IdleCPUMsPerS:     pl.cfg.Profile.IdleCPUMsPerS,
 		LatencyFloorMs:    pl.cfg.Profile.LatencyFloorMs,
 		LatencyFloorP95Ms: pl.cfg.Profile.LatencyFloorP95Ms,
+		SharedRunners:     pl.cfg.RunnerPool == RunnerPoolShared,
 		AnsweredBy:        c.AnsweredBy,
 		AbortAboveP95Ms:   pl.cfg.SLOP95Ms,
 	}
@@ -812,7 +823,8 @@ func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	for j, s := range c.Stages {
 		work := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b)
 		total += work / float64(pl.cfg.Capacity)
-		if work/float64(runners[j])/(1-rho) > pl.cfg.Headroom {
+		// Shared runners lend each other their time: only the total counts.
+		if pl.cfg.RunnerPool == RunnerPoolPerModel && work/float64(runners[j])/(1-rho) > pl.cfg.Headroom {
 			return false
 		}
 	}
@@ -828,6 +840,7 @@ func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *P
 		Description:       cfg.Description,
 		SLO:               SLO{P95Ms: cfg.SLOP95Ms},
 		Capacity:          cfg.Capacity,
+		RunnerPool:        cfg.RunnerPool,
 		Confidence:        cfg.Metric,
 		Input:             cfg.Input,
 		HopOverheadMs:     cfg.Profile.HopOverheadMs,

@@ -62,6 +62,7 @@ func (p *Plan) GearSimConfig(i int, qps float64, opts GearSimOptions) (SimConfig
 		IdleCPUMsPerS:     p.IdleCPUMsPerS,
 		LatencyFloorMs:    p.LatencyFloorMs,
 		LatencyFloorP95Ms: p.LatencyFloorP95Ms,
+		SharedRunners:     p.SharedRunners(),
 		WarmupFraction:    opts.WarmupFraction,
 	}
 	for j, s := range g.Cascade {

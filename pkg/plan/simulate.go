@@ -16,7 +16,10 @@ type SimStage struct {
 	Model string
 	// Profile gives the service time of a batch: Profile.LatencyMs(size).
 	Profile Profile
-	// Runners is how many batches of this model may run at once (>= 1).
+	// Runners is how many runners serve this model (>= 1): with
+	// SimConfig.SharedRunners its weight in the shared pool (runners pick
+	// the model with the most queued items per weight), otherwise a pool
+	// of its own.
 	Runners int
 	// MaxBatch and MaxDelayMs are the fetch settings (see Simulate).
 	MaxBatch   int
@@ -65,7 +68,12 @@ type SimConfig struct {
 	// or the p95 is 0).
 	LatencyFloorMs    float64
 	LatencyFloorP95Ms float64
-	Stages            []SimStage
+	// SharedRunners puts every stage's runners in one pool whose runners
+	// serve any stage, as one stage worker hosting every model of the
+	// cascade does (`cascadeserve up`, one worker per machine). Otherwise
+	// each stage has a pool of its own: workers deployed per model.
+	SharedRunners bool
+	Stages        []SimStage
 	// AnsweredBy[j] is the probability that stage j answers a request (the
 	// replay's answered-by distribution; the last stage takes the rest).
 	// Drawing the answering stage from it is, in law, drawing a replay item
@@ -89,9 +97,10 @@ type SimStageResult struct {
 	// MeanBatch is Items/Batches.
 	MeanBatch float64 `json:"mean_batch"`
 	// Utilisation is the stage's busy time while measured requests arrive
-	// (from the first measured arrival to the last arrival) over its runners
-	// × that window: the load the stage carries in steady state, without
-	// the empty start and the drain at the end.
+	// (from the first measured arrival to the last arrival) over its pool's
+	// runners × that window: the load the stage carries in steady state,
+	// without the empty start and the drain at the end. With shared runners
+	// it is the stage's part of the pool's utilisation.
 	Utilisation float64 `json:"utilisation"`
 	// MeanWaitMs is the mean time from an item's arrival at the stage to the
 	// start of the batch it runs in.
@@ -99,6 +108,12 @@ type SimStageResult struct {
 	// MaxQueue is the most items that waited in the stream at once.
 	MaxQueue int `json:"max_queue"`
 	Dropped  int `json:"dropped"`
+	// Answered counts the measured requests this stage answered, and
+	// AnsweredP50Ms and AnsweredP95Ms are their end-to-end latency
+	// percentiles: where in the cascade the time goes.
+	Answered      int     `json:"answered"`
+	AnsweredP50Ms float64 `json:"answered_p50_ms"`
+	AnsweredP95Ms float64 `json:"answered_p95_ms"`
 }
 
 // SimResult summarises a simulation run. Latencies are end to end, from
@@ -111,12 +126,14 @@ type SimResult struct {
 	Measured  int `json:"measured"`
 	// Aborted is set when AbortAboveP95Ms stopped the run; the statistics
 	// then cover the requests finished so far.
-	Aborted bool    `json:"aborted,omitempty"`
-	P50Ms   float64 `json:"p50_ms"`
-	P95Ms   float64 `json:"p95_ms"`
-	P99Ms   float64 `json:"p99_ms"`
-	MeanMs  float64 `json:"mean_ms"`
-	MaxMs   float64 `json:"max_ms"`
+	Aborted bool `json:"aborted,omitempty"`
+	// SharedRunners is SimConfig.SharedRunners.
+	SharedRunners bool    `json:"shared_runners,omitempty"`
+	P50Ms         float64 `json:"p50_ms"`
+	P95Ms         float64 `json:"p95_ms"`
+	P99Ms         float64 `json:"p99_ms"`
+	MeanMs        float64 `json:"mean_ms"`
+	MaxMs         float64 `json:"max_ms"`
 	// ThroughputQPS is completed requests over DurationMs.
 	ThroughputQPS float64 `json:"throughput_qps"`
 	// DurationMs runs from the first arrival to the last completion.
@@ -124,11 +141,16 @@ type SimResult struct {
 	Stages     []SimStageResult `json:"stages"`
 }
 
-// MaxUtilisation returns the highest stage utilisation.
+// MaxUtilisation returns the highest utilisation of a runner pool: the
+// sum of the stages' with shared runners, the highest stage's otherwise.
 func (r SimResult) MaxUtilisation() float64 {
-	u := 0.0
+	u, sum := 0.0, 0.0
 	for _, s := range r.Stages {
 		u = max(u, s.Utilisation)
+		sum += s.Utilisation
+	}
+	if r.SharedRunners {
+		return sum
 	}
 	return u
 }
@@ -227,17 +249,27 @@ func (c SimConfig) requestShare() float64 {
 // the config.
 //
 // Requests arrive as a Poisson process. Every stage has a stream (FIFO
-// queue) and Runners runners. A free runner issues a fetch for at most
-// MaxBatch items, as workers call Fetch(maxBatch, FetchMaxWait(maxDelay)):
-// the fetch returns as soon as it holds MaxBatch items, or when MaxDelayMs
-// has passed since it was issued and it holds at least one; an empty fetch
-// is re-issued. As on the NATS server, pending fetches are served in order:
-// arriving items fill one fetch before the next gets any. A MaxDelayMs of 0
-// returns as soon as one item (or all that arrived together) is there.
-// The runner then runs the batch for Profile.LatencyMs(size) plus
-// ItemOverheadMs per item plus BatchOverheadMs, all divided by 1−ρ when a
-// RequestOverheadMs takes a share ρ of the cores; afterwards each item is
-// answered or escalated to the next stage, one hop later.
+// queue); runners, in pools (one shared by every stage with SharedRunners,
+// one per stage otherwise), serve them as the stage worker's runners do:
+//
+//   - An idle runner has a pull for one item open on every stream of its
+//     pool. The first item to arrive wakes it: the runner then fills a
+//     batch of that stage, fetching up to MaxBatch items for MaxDelayMs
+//     from that item's arrival, and runs the batch when it is full or the
+//     time is up. A MaxDelayMs of 0 runs at once what arrived together.
+//   - A runner that finishes a batch picks the stage of its pool with the
+//     most queued items per weight (the stage's Runners; ties to the later
+//     stage), takes up to MaxBatch of them and, unless that fills the
+//     batch, waits up to MaxDelayMs for more; with nothing queued it goes
+//     idle.
+//   - As on the NATS server, pending pulls are served in the order they
+//     were issued: an arriving item goes to the idle runner or filling
+//     batch of its stage whose pull is oldest.
+//
+// A batch of n items takes Profile.LatencyMs(n) plus ItemOverheadMs per
+// item plus BatchOverheadMs, all divided by 1−ρ when a RequestOverheadMs
+// takes a share ρ of the cores; afterwards each item is answered or
+// escalated to the next stage, one hop later.
 func Simulate(cfg SimConfig) (SimResult, error) {
 	if cfg.Requests == 0 {
 		cfg.Requests = 3000
@@ -256,7 +288,7 @@ func Simulate(cfg SimConfig) (SimResult, error) {
 const (
 	evArrival  = iota // a request reaches ingress
 	evStage           // a group of items reaches a stage's stream
-	evDeadline        // a filling fetch's max delay has passed
+	evDeadline        // a filling batch's max delay has passed
 	evDone            // a runner finished its batch
 )
 
@@ -270,24 +302,37 @@ type simEvent struct {
 	gen uint32
 }
 
+// Runner states.
+const (
+	runnerIdle    = iota // pulls open on every stream of its pool
+	runnerFilling        // holding a batch of one stage, waiting for more
+	runnerBusy           // running a batch
+)
+
 type simRunner struct {
-	busy bool
-	// waitSince is when an idle runner's first (empty) fetch was issued;
-	// its fetches are re-issued every MaxDelay from then.
-	waitSince float64
-	deadline  float64
-	gen       uint32
-	items     []int32
+	pool  int
+	state uint8
+	stage int
+	// issued is when the runner's open pull (idle or filling) was issued:
+	// pulls are served oldest first.
+	issued   float64
+	deadline float64
+	gen      uint32
+	items    []int32
+}
+
+// simPool is a set of runners and the stages they serve.
+type simPool struct {
+	runners []int32
+	stages  []int
+	size    int
 }
 
 type simStageState struct {
-	cfg     SimStage
-	runners []simRunner
-	// idle lists runners with an empty pending fetch, in order.
-	idle    []int32
-	filling int32
-	queue   []int32
-	qhead   int
+	cfg   SimStage
+	pool  int
+	queue []int32
+	qhead int
 	// statistics
 	busyMs   float64 // busy time inside the measurement window
 	items    int
@@ -302,10 +347,13 @@ type sim struct {
 	events    []simEvent
 	seq       uint64
 	stages    []simStageState
+	runners   []simRunner
+	pools     []simPool
 	arrival   []float64 // per request: ingress time
 	stageAt   []float64 // per request: arrival at its current stage
 	exit      []int8    // per request: answering stage
 	latency   []float64 // measured latencies
+	byStage   [][]float64
 	groups    [][]int32
 	freeGroup []int32
 	next      int // next request to arrive
@@ -333,6 +381,7 @@ func newSim(cfg SimConfig) *sim {
 		stageAt:  make([]float64, cfg.Requests),
 		exit:     make([]int8, cfg.Requests),
 		latency:  make([]float64, 0, cfg.Requests),
+		byStage:  make([][]float64, len(cfg.Stages)),
 		slowdown: 1 / (1 - cfg.requestShare()),
 		// A stream of its own, so that a floor leaves arrivals and
 		// escalations as they were.
@@ -355,13 +404,22 @@ func newSim(cfg SimConfig) *sim {
 			s.cum = append(s.cum, acc/total)
 		}
 	}
-	for _, st := range cfg.Stages {
-		ss := simStageState{cfg: st, runners: make([]simRunner, st.Runners), filling: -1}
-		for r := range ss.runners {
-			ss.runners[r].items = make([]int32, 0, st.MaxBatch)
-			ss.idle = append(ss.idle, int32(r))
+	for j, st := range cfg.Stages {
+		pool := j
+		if cfg.SharedRunners {
+			pool = 0
 		}
-		s.stages = append(s.stages, ss)
+		if pool == len(s.pools) {
+			s.pools = append(s.pools, simPool{})
+		}
+		pl := &s.pools[pool]
+		pl.stages = append(pl.stages, j)
+		pl.size += st.Runners
+		for range st.Runners {
+			pl.runners = append(pl.runners, int32(len(s.runners)))
+			s.runners = append(s.runners, simRunner{pool: pool, items: make([]int32, 0, st.MaxBatch)})
+		}
+		s.stages = append(s.stages, simStageState{cfg: st, pool: pool})
 	}
 	return s
 }
@@ -465,14 +523,12 @@ func (s *sim) run() {
 			s.groups[e.ref] = items[:0]
 			s.freeGroup = append(s.freeGroup, e.ref)
 		case evDeadline:
-			st := &s.stages[e.stage]
-			r := &st.runners[e.ref]
-			if st.filling == e.ref && r.gen == e.gen {
-				st.filling = -1
-				s.start(int(e.stage), e.ref, e.t)
+			r := &s.runners[e.ref]
+			if r.state == runnerFilling && r.gen == e.gen {
+				s.start(e.ref, e.t)
 			}
 		case evDone:
-			s.done(int(e.stage), e.ref, e.t)
+			s.done(e.ref, e.t)
 		}
 	}
 }
@@ -488,66 +544,67 @@ func (s *sim) group() int32 {
 	return int32(len(s.groups) - 1)
 }
 
-// deliver hands items arriving together at stage j to the pending fetches,
-// in order, and queues what they do not take.
+// deliver hands items arriving together at stage j to the pulls open on
+// its stream, oldest first (idle runners of its pool and batches of j
+// being filled), and queues what they do not take.
 func (s *sim) deliver(j int, t float64, items []int32) {
 	st := &s.stages[j]
-	B, D := st.cfg.MaxBatch, st.cfg.MaxDelayMs
+	B := st.cfg.MaxBatch
 	for len(items) > 0 {
-		if st.filling < 0 {
-			if len(st.idle) == 0 {
-				for _, i := range items {
-					if st.cfg.MaxQueue > 0 && len(st.queue)-st.qhead >= st.cfg.MaxQueue {
-						st.dropped++
-						s.dropped++
-						continue
-					}
-					st.queue = append(st.queue, i)
+		best := int32(-1)
+		for _, r := range s.pools[st.pool].runners {
+			run := &s.runners[r]
+			if run.state == runnerIdle || (run.state == runnerFilling && run.stage == j) {
+				if best < 0 || run.issued < s.runners[best].issued {
+					best = r
 				}
-				st.maxQueue = max(st.maxQueue, len(st.queue)-st.qhead)
-				return
-			}
-			// The pending fetch that is served first is the one issued
-			// earliest in its current re-issue cycle: the earliest deadline.
-			best, bestDeadline := 0, math.Inf(1)
-			for k, r := range st.idle {
-				d := t
-				if D > 0 {
-					since := st.runners[r].waitSince
-					d = since + (math.Floor((t-since)/D)+1)*D
-				}
-				if d < bestDeadline {
-					best, bestDeadline = k, d
-				}
-			}
-			r := st.idle[best]
-			st.idle = slices.Delete(st.idle, best, best+1)
-			st.filling = r
-			run := &st.runners[r]
-			run.items = run.items[:0]
-			run.deadline = bestDeadline
-			run.gen++
-			if bestDeadline > t {
-				s.push(simEvent{t: bestDeadline, kind: evDeadline, stage: int32(j), ref: r, gen: run.gen})
 			}
 		}
-		r := st.filling
-		run := &st.runners[r]
+		if best < 0 {
+			for _, i := range items {
+				if st.cfg.MaxQueue > 0 && len(st.queue)-st.qhead >= st.cfg.MaxQueue {
+					st.dropped++
+					s.dropped++
+					continue
+				}
+				st.queue = append(st.queue, i)
+			}
+			st.maxQueue = max(st.maxQueue, len(st.queue)-st.qhead)
+			return
+		}
+		run := &s.runners[best]
+		if run.state == runnerIdle {
+			// The item wakes the runner, which fills a batch of stage j
+			// for MaxDelay from now.
+			s.fill(best, j, t)
+		}
 		take := min(B-len(run.items), len(items))
 		run.items = append(run.items, items[:take]...)
 		items = items[take:]
 		if len(run.items) == B || run.deadline <= t {
-			st.filling = -1
-			s.start(j, r, t)
+			s.start(best, t)
 		}
 	}
 }
 
-// start runs runner r's fetched items as one batch.
-func (s *sim) start(j int, r int32, t float64) {
+// fill makes runner r fill a batch of stage j from time t: its pull is
+// issued at t and runs until t + MaxDelay.
+func (s *sim) fill(r int32, j int, t float64) {
+	run := &s.runners[r]
+	run.state, run.stage, run.issued = runnerFilling, j, t
+	run.deadline = t + s.stages[j].cfg.MaxDelayMs
+	run.gen++
+	if run.deadline > t {
+		s.push(simEvent{t: run.deadline, kind: evDeadline, stage: int32(j), ref: r, gen: run.gen})
+	}
+}
+
+// start runs runner r's items as one batch.
+func (s *sim) start(r int32, t float64) {
+	run := &s.runners[r]
+	j := run.stage
 	st := &s.stages[j]
-	run := &st.runners[r]
-	run.busy = true
+	run.state = runnerBusy
 	run.gen++
 	n := len(run.items)
 	service := (st.cfg.Profile.LatencyMs(n) + float64(n)*s.cfg.ItemOverheadMs + s.cfg.BatchOverheadMs) * s.slowdown
@@ -561,10 +618,10 @@ func (s *sim) start(j int, r int32, t float64) {
 }
 
 // done finishes runner r's batch: every item is answered or escalated, and
-// the runner fetches again.
-func (s *sim) done(j int, r int32, t float64) {
-	st := &s.stages[j]
-	run := &st.runners[r]
+// the runner takes its next batch.
+func (s *sim) done(r int32, t float64) {
+	run := &s.runners[r]
+	j := run.stage
 	hop := s.cfg.HopOverheadMs
 	g := int32(-1)
 	for _, i := range run.items {
@@ -581,31 +638,41 @@ func (s *sim) done(j int, r int32, t float64) {
 		s.push(simEvent{t: t + hop, kind: evStage, stage: int32(j + 1), ref: g})
 	}
 	run.items = run.items[:0]
-	run.busy = false
-	// Fetch again: take queued items at once, else wait.
-	B, D := st.cfg.MaxBatch, st.cfg.MaxDelayMs
-	if q := len(st.queue) - st.qhead; q > 0 {
-		take := min(B, q)
-		run.items = append(run.items, st.queue[st.qhead:st.qhead+take]...)
-		st.qhead += take
-		if st.qhead == len(st.queue) {
-			st.queue, st.qhead = st.queue[:0], 0
-		} else if st.qhead > 1024 && st.qhead*2 > len(st.queue) {
-			st.queue = append(st.queue[:0], st.queue[st.qhead:]...)
-			st.qhead = 0
+	s.nextBatch(r, t)
+}
+
+// nextBatch gives runner r, free at t, its next batch: queued items of the
+// stage with the most per weight, else nothing (idle).
+func (s *sim) nextBatch(r int32, t float64) {
+	run := &s.runners[r]
+	best, bestPrio := -1, 0.0
+	for _, j := range s.pools[run.pool].stages {
+		st := &s.stages[j]
+		if q := len(st.queue) - st.qhead; q > 0 {
+			if prio := float64(q) / float64(st.cfg.Runners); prio >= bestPrio {
+				best, bestPrio = j, prio
+			}
 		}
-		if take == B || D == 0 {
-			s.start(j, r, t)
-			return
-		}
-		st.filling = r
-		run.gen++
-		run.deadline = t + D
-		s.push(simEvent{t: t + D, kind: evDeadline, stage: int32(j), ref: r, gen: run.gen})
+	}
+	if best < 0 {
+		run.state, run.issued = runnerIdle, t
 		return
 	}
-	run.waitSince = t
-	st.idle = append(st.idle, r)
+	st := &s.stages[best]
+	B := st.cfg.MaxBatch
+	take := min(B, len(st.queue)-st.qhead)
+	run.items = append(run.items, st.queue[st.qhead:st.qhead+take]...)
+	st.qhead += take
+	if st.qhead == len(st.queue) {
+		st.queue, st.qhead = st.queue[:0], 0
+	} else if st.qhead > 1024 && st.qhead*2 > len(st.queue) {
+		st.queue = append(st.queue[:0], st.queue[st.qhead:]...)
+		st.qhead = 0
+	}
+	s.fill(r, best, t)
+	if take == B || run.deadline <= t {
+		s.start(r, t)
+	}
 }
 
 // finish records request i as completed at time t.
@@ -625,6 +692,8 @@ func (s *sim) finish(i int32, t float64) {
 	}
 	lat := t - s.arrival[i] + s.floorMs()
 	s.latency = append(s.latency, lat)
+	j := min(int(s.exit[i]), len(s.stages)-1)
+	s.byStage[j] = append(s.byStage[j], lat)
 	if s.cfg.AbortAboveP95Ms > 0 && lat > s.cfg.AbortAboveP95Ms {
 		s.over++
 		if float64(s.over) > 0.05*float64(s.cfg.Requests-s.warmup) {
@@ -640,6 +709,8 @@ func (s *sim) result() SimResult {
 		Dropped:   s.dropped,
 		Measured:  len(s.latency),
 		Aborted:   s.aborted,
+
+		SharedRunners: s.cfg.SharedRunners,
 	}
 	dur := max(s.lastT-s.firstT, 0)
 	res.DurationMs = dur
@@ -674,9 +745,15 @@ func (s *sim) result() SimResult {
 		if st.items > 0 {
 			sr.MeanWaitMs = st.waitMs / float64(st.items)
 		}
+		if lat := s.byStage[len(res.Stages)]; len(lat) > 0 {
+			slices.Sort(lat)
+			sr.Answered = len(lat)
+			sr.AnsweredP50Ms = percentile(lat, 0.5)
+			sr.AnsweredP95Ms = percentile(lat, 0.95)
+		}
 		win := min(s.winEnd, s.lastT) - s.winStart
 		if win > 0 {
-			sr.Utilisation = st.busyMs / (float64(st.cfg.Runners) * win)
+			sr.Utilisation = st.busyMs / (float64(s.pools[st.pool].size) * win)
 		}
 		res.Stages = append(res.Stages, sr)
 	}
