@@ -131,7 +131,7 @@ type admitted struct {
 // (not ready, NATS down), overloaded (the first queue is full), duplicate
 // (the id was admitted within the dedup window) or internal.
 func (in *ingress) admit(a admission) (admitted, error) {
-	c := in.ctl.load()
+	c := in.ctl.Load()
 	if c == nil || !in.ready.Load() {
 		return admitted{}, wire.Errorf(wire.CodeUnavailable, "pipeline %q is not ready (waiting for the controller's plan and topology)", in.cfg.Pipeline)
 	}
@@ -160,11 +160,11 @@ func (in *ingress) admit(a admission) (admitted, error) {
 	if err != nil {
 		return admitted{}, err
 	}
-	input, err := Canonicalize(r.Input, c.plan.Input)
+	input, err := Canonicalize(r.Input, c.Plan.Input)
 	if err != nil {
 		return admitted{}, err
 	}
-	first := c.first()
+	first := firstModel(c)
 	it := &wire.Item{
 		ID:                  id,
 		Pipeline:            in.cfg.Pipeline,
@@ -175,7 +175,7 @@ func (in *ingress) admit(a admission) (admitted, error) {
 		ReplyTo:             a.replyTo,
 		Durable:             a.durable,
 		ResultFormat:        a.resultFormat,
-		AdmittedGear:        c.gear.ID,
+		AdmittedGear:        c.Gear.ID,
 		AdmittedUnixNano:    now.UnixNano(),
 		EnqueuedUnixNano:    now.UnixNano(),
 	}

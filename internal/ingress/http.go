@@ -97,12 +97,12 @@ func (in *ingress) httpMetadata(w http.ResponseWriter, r *http.Request) {
 	if !in.knownModel(w, r) {
 		return
 	}
-	c := in.ctl.load()
+	c := in.ctl.Load()
 	if c == nil {
 		writeError(w, http.StatusServiceUnavailable, wire.Errorf(wire.CodeUnavailable, "no plan yet"))
 		return
 	}
-	p := c.plan
+	p := c.Plan
 	input := tensorMetadata{Name: p.Input.Name, Datatype: wire.FP32, Shape: p.Input.Shape}
 	if p.Input.UINT8Scale > 0 {
 		input.Parameters = map[string]any{"accepted_datatypes": "FP32,UINT8", "uint8_scale": p.Input.UINT8Scale}
@@ -119,7 +119,7 @@ func (in *ingress) httpMetadata(w http.ResponseWriter, r *http.Request) {
 			{Name: wire.OutputConfidence, Datatype: wire.FP64, Shape: []int64{1}},
 			{Name: wire.OutputProbabilities, Datatype: wire.FP32, Shape: []int64{int64(p.Input.Classes)}, Parameters: map[string]any{"when": "return_probabilities"}},
 		},
-		Ladder: p.Ladder, Gears: gears, Gear: c.state, Cascade: c.gear.Cascade, SLOP95Ms: p.SLO.P95Ms,
+		Ladder: p.Ladder, Gears: gears, Gear: c.State, Cascade: c.Gear.Cascade, SLOP95Ms: p.SLO.P95Ms,
 	})
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cascadeserve/cascadeserve/internal/controlstate"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
@@ -32,7 +33,7 @@ type ingress struct {
 	js       jetstream.JetStream
 	codec    *wire.Codec
 	metrics  *metrics
-	ctl      *watcher
+	ctl      *controlstate.Follower
 	replies  *replyMux
 
 	// ready is true while intake is open: plan and topology known, not
@@ -127,7 +128,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		if kv == nil {
 			return nil // ctx ended while waiting
 		}
-		return in.ctl.run(gctx, kv, cfg.PollInterval)
+		return natsbus.WatchControl(gctx, kv, cfg.PollInterval, in.logger, in.ctl.Apply)
 	})
 	g.Go(func() error { return in.intake(gctx) })
 	g.Go(func() error {
@@ -162,13 +163,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 // jobs loop finish its batch, and waits (bounded) for requests in flight.
 func (in *ingress) intake(ctx context.Context) error {
 	select {
-	case <-in.ctl.havePlan:
+	case <-in.ctl.Ready():
 	case <-ctx.Done():
 		return nil
 	}
-	c := in.ctl.load()
-	in.logger.Info("plan received; waiting for the topology", "models", c.plan.UsedModels())
-	if err := natsbus.WaitTopology(ctx, in.js, in.cfg.Pipeline, c.plan.UsedModels(), in.cfg.PollInterval); err != nil {
+	c := in.ctl.Load()
+	in.logger.Info("plan received; waiting for the topology", "models", c.Plan.UsedModels())
+	if err := natsbus.WaitTopology(ctx, in.js, in.cfg.Pipeline, c.Plan.UsedModels(), in.cfg.PollInterval); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -191,7 +192,7 @@ func (in *ingress) intake(ctx context.Context) error {
 	closed := sub.StatusChanged(nats.SubscriptionClosed)
 	in.ready.Store(true)
 	in.metrics.ready.Set(1)
-	in.logger.Info("ingress ready", "pipeline", in.cfg.Pipeline, "gear", c.state.Gear, "first_model", c.first(),
+	in.logger.Info("ingress ready", "pipeline", in.cfg.Pipeline, "gear", c.State.Gear, "first_model", firstModel(c),
 		"subject", wire.InferSubject(in.cfg.Pipeline), "jobs", jobs != nil)
 
 	jobsDone := make(chan struct{})

@@ -175,9 +175,9 @@ func (r *runner) infer(i int, c *control, run []*task) {
 	w.metrics.compute.WithLabelValues(h.name).Observe(end.Sub(start).Seconds())
 	w.metrics.batchSize.WithLabelValues(h.name).Observe(float64(len(run)))
 
-	metric := c.plan.Confidence
+	metric := c.Plan.Confidence
 	var temperature float64
-	if m, ok := c.plan.Model(h.name); ok {
+	if m, ok := c.Plan.Model(h.name); ok {
 		temperature = m.Temperature
 	}
 	for k, t := range run {
@@ -197,7 +197,7 @@ func (r *runner) infer(i int, c *control, run []*task) {
 		queueNs := max(start.UnixNano()-enq, 0)
 		w.metrics.queue.WithLabelValues(h.name).Observe(float64(queueNs) / 1e9)
 		t.item.Visits = append(t.item.Visits, wire.Visit{
-			Model: h.name, Gear: c.gear.ID, Confidence: conf, Label: label,
+			Model: h.name, Gear: c.Gear.ID, Confidence: conf, Label: label,
 			QueueNs: queueNs, ComputeNs: computeNs, BatchSize: len(run),
 		})
 		w.route(c, h, t, probs, end, len(run))
@@ -265,7 +265,7 @@ func (w *worker) errorResult(c *control, it *wire.Item, now time.Time, e *wire.E
 func (w *worker) baseResult(c *control, it *wire.Item, now time.Time) *wire.Result {
 	res := &wire.Result{
 		ID: it.ID, Pipeline: w.cfg.Pipeline, Client: it.Client,
-		Gear: c.gear.ID, AdmittedGear: it.AdmittedGear,
+		Gear: c.Gear.ID, AdmittedGear: it.AdmittedGear,
 		Visits:           slices.Clone(it.Visits),
 		AdmittedUnixNano: it.AdmittedUnixNano, CompletedUnixNano: now.UnixNano(),
 	}

@@ -60,13 +60,13 @@ func (c *control) nextStage(it *wire.Item, model string, conf float64) (next str
 		}
 		return false
 	}
-	if i, ok := c.gear.StageOf(model); ok {
+	if i, ok := c.Gear.StageOf(model); ok {
 		// The model is in the current gear: its threshold and its next
 		// stage there.
-		if plan.Answers(conf, c.gear.Cascade[i].Threshold, i == len(c.gear.Cascade)-1) {
+		if plan.Answers(conf, c.Gear.Cascade[i].Threshold, i == len(c.Gear.Cascade)-1) {
 			return "", true
 		}
-		for _, s := range c.gear.Cascade[i+1:] {
+		for _, s := range c.Gear.Cascade[i+1:] {
 			if !visited(s.Model) {
 				return s.Model, false
 			}
@@ -90,7 +90,7 @@ func (c *control) nextStage(it *wire.Item, model string, conf float64) (next str
 	if !ok {
 		return "", true
 	}
-	for _, s := range c.gear.Cascade {
+	for _, s := range c.Gear.Cascade {
 		if p, ok := c.ladder[s.Model]; ok && p > pos && !visited(s.Model) {
 			return s.Model, false
 		}
@@ -109,9 +109,9 @@ func (c *control) sourceGear(it *wire.Item, model string) *plan.Gear {
 	}
 	ids = append(ids, it.AdmittedGear)
 	for _, id := range ids {
-		if i := c.plan.GearByID(id); i >= 0 {
-			if _, ok := c.plan.Gears[i].StageOf(model); ok {
-				return &c.plan.Gears[i]
+		if i := c.Plan.GearByID(id); i >= 0 {
+			if _, ok := c.Plan.Gears[i].StageOf(model); ok {
+				return &c.Plan.Gears[i]
 			}
 		}
 	}
@@ -121,18 +121,18 @@ func (c *control) sourceGear(it *wire.Item, model string) *plan.Gear {
 // maxBatch returns model's max batch in the current gear: its stage's
 // override, else the gear's.
 func (c *control) maxBatch(model string) int {
-	if i, ok := c.gear.StageOf(model); ok && c.gear.Cascade[i].MaxBatch > 0 {
-		return c.gear.Cascade[i].MaxBatch
+	if i, ok := c.Gear.StageOf(model); ok && c.Gear.Cascade[i].MaxBatch > 0 {
+		return c.Gear.Cascade[i].MaxBatch
 	}
-	return max(c.gear.Batching.MaxBatch, 1)
+	return max(c.Gear.Batching.MaxBatch, 1)
 }
 
 // stageTime is the expected time for an item to pass model at the given
 // batch size (clamped to the model's max batch): its profile latency plus
 // the plan's hop overhead.
 func (c *control) stageTime(model string, batch int) time.Duration {
-	ms := c.plan.HopOverheadMs
-	if m, ok := c.plan.Model(model); ok {
+	ms := c.Plan.HopOverheadMs
+	if m, ok := c.Plan.Model(model); ok {
 		ms += m.Profile.LatencyMs(min(max(batch, 1), c.maxBatch(model)))
 	}
 	return time.Duration(ms * float64(time.Millisecond))
@@ -142,8 +142,8 @@ func (c *control) stageTime(model string, batch int) time.Duration {
 // not in the gear is only being drained (nothing new is routed to it), so
 // its batches do not wait to fill.
 func (c *control) policy(model string, idle time.Duration) batching.Policy {
-	p := batching.Policy{MaxBatch: c.maxBatch(model), MaxDelay: c.gear.Batching.MaxDelay(), IdleWait: idle}
-	if _, ok := c.gear.StageOf(model); !ok {
+	p := batching.Policy{MaxBatch: c.maxBatch(model), MaxDelay: c.Gear.Batching.MaxDelay(), IdleWait: idle}
+	if _, ok := c.Gear.StageOf(model); !ok {
 		p.MaxDelay = 0
 	}
 	return p
@@ -155,15 +155,15 @@ func (c *control) policy(model string, idle time.Duration) batching.Policy {
 // smallest share of the gear, so its leftover items drain without
 // starving the gear's models or being starved by them.
 func (c *control) weight(model string) float64 {
-	if s := c.gear.Runners[model]; s > 0 {
+	if s := c.Gear.Runners[model]; s > 0 {
 		return s
 	}
-	n := float64(len(c.gear.Cascade))
-	if _, ok := c.gear.StageOf(model); ok {
+	n := float64(len(c.Gear.Cascade))
+	if _, ok := c.Gear.StageOf(model); ok {
 		return 1 / n
 	}
 	least := 1 / n
-	for _, s := range c.gear.Runners {
+	for _, s := range c.Gear.Runners {
 		if s > 0 && s < least {
 			least = s
 		}

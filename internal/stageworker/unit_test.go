@@ -144,7 +144,7 @@ func TestDecide(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newControl(p, wire.GearState{Gear: tt.gear})
-			if c.gear.ID != tt.gear {
+			if c.Gear.ID != tt.gear {
 				t.Fatalf("gear %q not applied", tt.gear)
 			}
 			if got := c.decide(tt.item, tt.model, tt.conf, now, tt.batch); got != tt.want {
@@ -167,8 +167,8 @@ func TestNewControlResolvesGear(t *testing.T) {
 	}
 	for _, tt := range tests {
 		c := newControl(p, tt.st)
-		if c.gear.ID != tt.want || c.state.Gear != tt.want || c.index != p.GearByID(tt.want) {
-			t.Errorf("%+v: gear %q (state %q, index %d), want %q", tt.st, c.gear.ID, c.state.Gear, c.index, tt.want)
+		if c.Gear.ID != tt.want || c.State.Gear != tt.want || c.Index != p.GearByID(tt.want) {
+			t.Errorf("%+v: gear %q (state %q, index %d), want %q", tt.st, c.Gear.ID, c.State.Gear, c.Index, tt.want)
 		}
 	}
 }
@@ -276,13 +276,13 @@ func TestWatcherApply(t *testing.T) {
 	default:
 		t.Fatal("not ready after a plan")
 	}
-	if c := w.load(); c.gear.ID != "fast" {
-		t.Fatalf("gear %q, want the pending fast", c.gear.ID)
+	if c := w.load(); c.Gear.ID != "fast" {
+		t.Fatalf("gear %q, want the pending fast", c.Gear.ID)
 	}
 
 	w.apply(wire.KeyGear, gearJSON("mid", 1, now.Add(-3*time.Millisecond)), true)
-	if c := w.load(); c.gear.ID != "mid" || c.index != 1 {
-		t.Fatalf("gear %q/%d, want mid/1", c.gear.ID, c.index)
+	if c := w.load(); c.Gear.ID != "mid" || c.Index != 1 {
+		t.Fatalf("gear %q/%d, want mid/1", c.Gear.ID, c.Index)
 	}
 	if len(applied) != 1 || applied[0] != 3*time.Millisecond {
 		t.Fatalf("apply latencies %v, want [3ms]", applied)
@@ -291,13 +291,13 @@ func TestWatcherApply(t *testing.T) {
 		t.Errorf("gear gauge %v, want 1", got)
 	}
 	w.apply(wire.KeyGear, []byte("not json"), true)
-	if c := w.load(); c.gear.ID != "mid" {
-		t.Fatalf("undecodable gear changed the gear to %q", c.gear.ID)
+	if c := w.load(); c.Gear.ID != "mid" {
+		t.Fatalf("undecodable gear changed the gear to %q", c.Gear.ID)
 	}
 	// An id the plan lacks falls back to the index.
 	w.apply(wire.KeyGear, gearJSON("renamed", 0, now), true)
-	if c := w.load(); c.gear.ID != "acc" {
-		t.Fatalf("gear %q, want acc (by index)", c.gear.ID)
+	if c := w.load(); c.Gear.ID != "acc" {
+		t.Fatalf("gear %q, want acc (by index)", c.Gear.ID)
 	}
 	// A gear delivered with the watch's initial values is applied but is not
 	// a switch: its age is not an apply latency.
@@ -310,14 +310,14 @@ func TestWatcherApply(t *testing.T) {
 	}
 	before := count()
 	w.apply(wire.KeyGear, gearJSON("mid", 1, now.Add(-time.Hour)), false)
-	if c := w.load(); c.gear.ID != "mid" || count() != before {
-		t.Fatalf("initial gear: gear %q, apply samples %d → %d; want mid and no new sample", c.gear.ID, before, count())
+	if c := w.load(); c.Gear.ID != "mid" || count() != before {
+		t.Fatalf("initial gear: gear %q, apply samples %d → %d; want mid and no new sample", c.Gear.ID, before, count())
 	}
 	// A new plan keeps the current gear.
 	w.apply(wire.KeyGear, gearJSON("fast", 2, now), true)
 	w.apply(wire.KeyPlan, planJSON, true)
-	if c := w.load(); c.gear.ID != "fast" {
-		t.Fatalf("gear %q after a plan update, want fast", c.gear.ID)
+	if c := w.load(); c.Gear.ID != "fast" {
+		t.Fatalf("gear %q after a plan update, want fast", c.Gear.ID)
 	}
 }
 

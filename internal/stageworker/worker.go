@@ -118,14 +118,14 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return g.Wait()
 	}
 	c := w.ctl.load()
-	if c.plan.Pipeline != cfg.Pipeline {
-		return fail(fmt.Errorf("the plan in bucket %s is for pipeline %q, not %q", wire.KVBucket(cfg.Pipeline), c.plan.Pipeline, cfg.Pipeline))
+	if c.Plan.Pipeline != cfg.Pipeline {
+		return fail(fmt.Errorf("the plan in bucket %s is for pipeline %q, not %q", wire.KVBucket(cfg.Pipeline), c.Plan.Pipeline, cfg.Pipeline))
 	}
 	names := cfg.Models
 	if len(names) == 0 {
-		names = c.plan.UsedModels()
+		names = c.Plan.UsedModels()
 	}
-	names, err = ladderOrder(c.plan, names)
+	names, err = ladderOrder(c.Plan, names)
 	if err != nil {
 		return fail(err)
 	}
@@ -137,8 +137,8 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fail(err)
 	}
 
-	w.itemSize, w.classes = c.plan.Input.Elements(), c.plan.Input.Classes
-	w.uint8Scale = float32(c.plan.Input.UINT8Scale)
+	w.itemSize, w.classes = c.Plan.Input.Elements(), c.Plan.Input.Classes
+	w.uint8Scale = float32(c.Plan.Input.UINT8Scale)
 	for _, name := range names {
 		cons, err := js.Consumer(gctx, wire.ModelStream(cfg.Pipeline, name), wire.ModelConsumer(name))
 		if err != nil {
@@ -151,7 +151,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		w.models = append(w.models, h)
 	}
 
-	rt, sessions, err := w.load(c.plan)
+	rt, sessions, err := w.load(c.Plan)
 	if err != nil {
 		return fail(err)
 	}
@@ -165,7 +165,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}()
 
 	w.logger.Info("stage worker ready", "pipeline", cfg.Pipeline, "models", names, "runners", cfg.Runners,
-		"threads", cfg.Threads, "gear", c.state.Gear)
+		"threads", cfg.Threads, "gear", c.State.Gear)
 	for i := range cfg.Runners {
 		r := newRunner(w, i, sessions[i])
 		g.Go(func() error { return r.run(gctx) })
