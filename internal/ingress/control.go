@@ -1,14 +1,9 @@
 package ingress
 
 import (
-	"context"
 	"log/slog"
-	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/controlstate"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
 
 // The ingress admits against the control snapshot (controlstate.Snapshot):
@@ -31,21 +26,3 @@ func newWatcher(pipeline string, logger *slog.Logger, m *metrics) *controlstate.
 
 // firstModel returns the model new requests of snapshot c are published to.
 func firstModel(c *controlstate.Snapshot) string { return c.Gear.Cascade[0].Model }
-
-// waitBucket returns the pipeline's control bucket once the controller has
-// created it, or nil when ctx ends first.
-func waitBucket(ctx context.Context, js jetstream.JetStream, pipeline string, every time.Duration) jetstream.KeyValue {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		// Any error (bucket missing, NATS restarting) means "not yet".
-		if kv, err := js.KeyValue(ctx, wire.KVBucket(pipeline)); err == nil {
-			return kv
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}

@@ -123,12 +123,8 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	g.Go(func() error { in.publishStats(gctx); return nil })
 	g.Go(func() error {
-		in.logger.Info("waiting for the control bucket", "bucket", wire.KVBucket(cfg.Pipeline))
-		kv := waitBucket(gctx, js, cfg.Pipeline, cfg.PollInterval)
-		if kv == nil {
-			return nil // ctx ended while waiting
-		}
-		return natsbus.WatchControl(gctx, kv, cfg.PollInterval, in.logger, in.ctl.Apply)
+		// Waits for the bucket, and binds it again if it is recreated.
+		return natsbus.WatchControl(gctx, js, wire.KVBucket(cfg.Pipeline), cfg.PollInterval, in.logger, in.ctl.Apply)
 	})
 	g.Go(func() error { return in.intake(gctx) })
 	g.Go(func() error {

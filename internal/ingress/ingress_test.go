@@ -410,6 +410,41 @@ func TestGearSwitch(t *testing.T) {
 	}
 }
 
+// TestGearSwitchAfterBucketRecreated: when the control bucket is deleted
+// and created again (the controller re-applying a vanished topology), the
+// ingress keeps admitting with its last gear meanwhile, and then follows
+// the gear written into the new bucket.
+func TestGearSwitchAfterBucketRecreated(t *testing.T) {
+	e := startEnv(t, natsbus.TopologyConfig{})
+	e.putGear(t, "accurate")
+	ti := e.ready(t, nil)
+	small, big := e.respond(t, "small"), e.respond(t, "big")
+	body := oipBody("", "FP32", "[2,2]", "[1,1,1,1]", "")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := e.srv.JS.DeleteKeyValue(ctx, wire.KVBucket(pipeline)); err != nil {
+		t.Fatal(err)
+	}
+	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "small" || res.AdmittedGear != "accurate" {
+		t.Fatalf("without a bucket: %+v, want the last gear accurate", res)
+	}
+	kv, err := natsbus.EnsureTopology(ctx, e.srv.JS, e.plan, natsbus.TopologyConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.kv = kv
+	e.putPlan(t)
+	e.putGear(t, "fast")
+	waitFor(t, "gear fast applied from the new bucket", 20*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })
+	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "big" || res.AdmittedGear != "fast" {
+		t.Fatalf("after the switch: %+v", res)
+	}
+	if len(small.seen()) != 1 || len(big.seen()) != 1 {
+		t.Fatalf("small saw %d, big %d; want 1 and 1", len(small.seen()), len(big.seen()))
+	}
+}
+
 // TestStats: the cumulative counters are published periodically on the
 // instance's stats subject.
 func TestStats(t *testing.T) {

@@ -72,10 +72,11 @@ func newWatcher(logger *slog.Logger, m *metrics, now func() time.Time, applied f
 func (w *watcher) load() *control { return w.cur.Load() }
 
 // run applies every change of the plan and gear keys until ctx ends,
-// reopening a broken watch (natsbus.WatchControl); the worker keeps serving
-// the last good snapshot meanwhile.
-func (w *watcher) run(ctx context.Context, kv jetstream.KeyValue) error {
-	return natsbus.WatchControl(ctx, kv, pollInterval, w.logger, w.apply)
+// waiting for the bucket and binding it again when it is recreated
+// (natsbus.WatchControl); the worker keeps serving the last good snapshot
+// meanwhile.
+func (w *watcher) run(ctx context.Context, js jetstream.JetStream, bucket string) error {
+	return natsbus.WatchControl(ctx, js, bucket, pollInterval, w.logger, w.apply)
 }
 
 // apply applies one KV value (controlstate.Follower.Apply). live is false

@@ -176,6 +176,67 @@ func TestGearSwitchTwoWorkers(t *testing.T) {
 	}
 }
 
+// TestGearSwitchAfterBucketRecreated: the control bucket is deleted and
+// created again (the controller re-applying a vanished topology); the
+// worker binds the new bucket, applies the gear written there, and items
+// follow it.
+func TestGearSwitchAfterBucketRecreated(t *testing.T) {
+	gears := []plan.Gear{
+		gear("acc", 100, 16, 2, "linear", 0.9, "mlp_small", 0.8, "mlp"),
+		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
+	}
+	p := testPlan(t, gears)
+	e := startEnv(t, p, natsbus.TopologyConfig{})
+	first := e.setGear(t, "acc")
+	events := make(chan wire.GearState, 64)
+	e.startWorker(t, func(c *Config) { c.Runners = 1 }, hooks{gearApplied: func(st wire.GearState, _ time.Duration) { events <- st }})
+	waitApplied := func(want wire.GearState) {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case st := <-events:
+				if st.AtUnixNano == want.AtUnixNano && st.Gear == want.Gear {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("gear %q (at %d) not applied", want.Gear, want.AtUnixNano)
+			}
+		}
+	}
+	waitApplied(first)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := e.js.DeleteKeyValue(ctx, wire.KVBucket(p.Pipeline)); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := natsbus.EnsureTopology(ctx, e.js, p, natsbus.TopologyConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.kv = kv
+	b, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, wire.KeyPlan, b); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(e.setGear(t, "fast"))
+
+	rep := e.listen(t, replySubject)
+	ids := admitImages(t, e, "linear", "fast", 10, time.Now().Add(time.Minute), nil)
+	waitFor(t, "replies", 30*time.Second, func() bool { _, n := rep.snapshot(); return n >= len(ids) })
+	got, n := rep.snapshot()
+	checkExactlyOnce(t, ids, got, n, "replies")
+	for _, id := range ids {
+		if r := got[id][0]; r.Gear != "fast" || r.Error != nil {
+			t.Errorf("%s: gear %q error %v, want gear fast", id, r.Gear, r.Error)
+		}
+	}
+}
+
 // TestCrashMidBatchRedelivers kills a worker's connection in the middle of
 // a batch (before publishing, or after publishing but before acking); a
 // second worker gets the redeliveries, and every request still ends with

@@ -24,7 +24,8 @@ import (
 )
 
 // pollInterval is how often Run checks for the control bucket, the plan
-// and the topology while it waits for the controller.
+// and the topology while it waits for the controller, and how often the
+// control watch checks that its bucket is still the same one.
 const pollInterval = 250 * time.Millisecond
 
 // worker is one running stage worker.
@@ -94,17 +95,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	w.js = js
 
-	w.logger.Info("waiting for the control bucket", "bucket", wire.KVBucket(cfg.Pipeline))
-	kv := waitBucket(ctx, js, cfg.Pipeline)
-	if kv == nil {
-		return nil // ctx ended while waiting
-	}
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w.ctl = newWatcher(w.logger, w.metrics, w.now, w.hooks.gearApplied)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return w.ctl.run(gctx, kv) })
+	// The watch waits for the control bucket, and binds it again if it is
+	// recreated.
+	g.Go(func() error { return w.ctl.run(gctx, js, wire.KVBucket(cfg.Pipeline)) })
 	fail := func(err error) error {
 		cancel()
 		_ = g.Wait()
@@ -178,24 +175,6 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	w.logger.Info("stage worker stopped")
 	return err
-}
-
-// waitBucket returns the pipeline's control bucket once the controller has
-// created it, or nil when ctx ends first.
-func waitBucket(ctx context.Context, js jetstream.JetStream, pipeline string) jetstream.KeyValue {
-	t := time.NewTicker(pollInterval)
-	defer t.Stop()
-	for {
-		// Any error (bucket missing, NATS restarting) means "not yet".
-		if kv, err := js.KeyValue(ctx, wire.KVBucket(pipeline)); err == nil {
-			return kv
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
 }
 
 // ladderOrder checks that every name is a model of the plan and returns
