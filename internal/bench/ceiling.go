@@ -218,7 +218,7 @@ type ceilingRunner struct {
 }
 
 // run measures one fetch size with a consumer called name, deleted after
-// the run. Message ids start with the run's name, so the stream's dedup
+// the run, which also purges the stream. Message ids start with the run's name, so the stream's dedup
 // window never drops a later run's message as a repeat of an earlier one.
 func (r *ceilingRunner) run(ctx context.Context, name string, batch int) (CeilingRun, error) {
 	topo := natsbus.TopologyConfig{MaxAckPending: max(4096, 2*batch*r.cfg.Fetchers)}
@@ -226,9 +226,13 @@ func (r *ceilingRunner) run(ctx context.Context, name string, batch int) (Ceilin
 		return CeilingRun{}, fmt.Errorf("create consumer: %w", err)
 	}
 	defer func() {
+		// Acks travel asynchronously: a message whose ack the server had
+		// not processed when the consumer went would reach the next run's
+		// consumer. The purge leaves the next run an empty queue.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_ = r.stream.DeleteConsumer(dctx, name)
+		_ = r.stream.Purge(dctx)
 	}()
 	cons, err := r.sjs.Consumer(ctx, r.stream.CachedInfo().Config.Name, name)
 	if err != nil {
