@@ -20,7 +20,10 @@ Runs the plan's discrete-event simulator (the one the planner used) for every
 gear at the load it was planned for, or at the given loads with the gear the
 plan assigns to each. --scale K simulates K times the load on K times the
 runners of every model, to check how a plan scales out. Prints per gear the
-latency percentiles, throughput, utilisation and predicted accuracy.
+latency percentiles, throughput, utilisation and predicted accuracy. With the
+plan's runners shared by every model (runner_pool "shared", the default), the
+utilisation column gives each stage's part of the pool and, after "=", the
+pool's; per model, each model's own runners.
 
 LOADS (unscaled requests/s) is a comma-separated list (100,500,900) or a
 range MIN:MAX:N of N evenly spaced loads.`
@@ -110,13 +113,18 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 			utils = append(utils, fmt.Sprintf("%.0f", 100*s.Utilisation))
 			batches = append(batches, fmt.Sprintf("%.1f", s.MeanBatch))
 		}
+		util := strings.Join(utils, "/")
+		if res.SharedRunners && len(res.Stages) > 1 {
+			// Shared runners: each stage's part of the pool, and the pool's.
+			util = fmt.Sprintf("%s=%.0f", util, 100*res.MaxUtilisation())
+		}
 		verdict := "ok"
 		if res.P95Ms > p.SLO.P95Ms || res.Dropped > 0 {
 			verdict = "MISS"
 		}
 		fmt.Fprintf(tw, "%s\t%.6g\t%s\t%.3g\t%.3g\t%.3g\t%.6g\t%s\t%s\t%d\t%.2f\t%s\n",
 			g.ID, load, strings.Join(runners, "/"), res.P50Ms, res.P95Ms, res.P99Ms, res.ThroughputQPS,
-			strings.Join(utils, "/"), strings.Join(batches, "/"), res.Dropped, 100*g.Predicted.Accuracy, verdict)
+			util, strings.Join(batches, "/"), res.Dropped, 100*g.Predicted.Accuracy, verdict)
 	}
 	tw.Flush()
 	fmt.Fprintf(env.Stderr, "simulated %d loads in %v\n", len(runs), time.Since(start).Round(time.Millisecond))
