@@ -303,8 +303,12 @@ func runPlanShow(env Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("plan show: %w", err)
 	}
-	fmt.Fprintf(env.Stdout, "plan %s: pipeline %s, SLO p95 %gms, %d runners, confidence %s, hop %.3gms\n",
-		file, p.Pipeline, p.SLO.P95Ms, p.Capacity, p.Confidence, p.HopOverheadMs)
+	pool := "shared by every model"
+	if !p.SharedRunners() {
+		pool = "per model"
+	}
+	fmt.Fprintf(env.Stdout, "plan %s: pipeline %s, SLO p95 %gms, %d runners (%s), confidence %s, hop %.3gms\n",
+		file, p.Pipeline, p.SLO.P95Ms, p.Capacity, pool, p.Confidence, p.HopOverheadMs)
 	if p.ItemOverheadMs > 0 || p.BatchOverheadMs > 0 || p.RequestOverheadMs > 0 {
 		fmt.Fprintf(env.Stdout, "overheads: %.3gms per item, %.3gms per batch (runner time), %.3gms CPU per request on the runners' cores\n",
 			p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs)

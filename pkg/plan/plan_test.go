@@ -55,6 +55,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		{"slo", func(p *Plan) { p.SLO.P95Ms = 0 }, []string{"slo.p95_ms must be > 0"}},
 		{"capacity", func(p *Plan) { p.Capacity = 0 }, []string{"capacity must be >= 1"}},
 		{"metric", func(p *Plan) { p.Confidence = "vibes" }, []string{`confidence "vibes"`}},
+		{"runner pool", func(p *Plan) { p.RunnerPool = "pooled" }, []string{`runner_pool "pooled" is not one of [shared per-model]`}},
 		{"unknown ladder model", func(p *Plan) { p.Ladder = append(p.Ladder, "ghost") }, []string{`ladder names unknown model "ghost"`}},
 		{"threshold range", func(p *Plan) { p.Gears[0].Cascade[0].Threshold = 1.5 }, []string{"threshold 1.5 outside [0,1]"}},
 		{"last threshold", func(p *Plan) { p.Gears[0].Cascade[1].Threshold = 0.3 }, []string{"the last stage always answers"}},

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -207,12 +208,23 @@ func TestPlanInvariants(t *testing.T) {
 		{"entropy, two stages", func(c *PlannerConfig) { c.Metric = MetricEntropy; c.Search.MaxStages = 2 }},
 		{"min-cost", func(c *PlannerConfig) { c.Mode = ModeMinCost; c.TargetAccuracy = 0.95 }},
 		{"bounded queues", func(c *PlannerConfig) { c.MaxQueue = 200 }},
+		{"runners per model", func(c *PlannerConfig) { c.RunnerPool = RunnerPoolPerModel }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := smallPlannerConfig(t)
 			tt.mutate(&cfg)
 			res := makePlan(t, cfg)
 			checkPlanInvariants(t, cfg, res)
+			wantPool := cmp.Or(cfg.RunnerPool, RunnerPoolShared)
+			if res.Plan.RunnerPool != wantPool {
+				t.Errorf("plan's runner pool %q, want %q", res.Plan.RunnerPool, wantPool)
+			}
+			// Every bucket was simulated with the pool the plan records.
+			for _, b := range res.Buckets {
+				if b.Feasible() && b.Sim.SharedRunners != (wantPool == RunnerPoolShared) {
+					t.Errorf("bucket %v qps simulated with shared runners %v, plan's pool %q", b.QPS, b.Sim.SharedRunners, wantPool)
+				}
+			}
 			if cfg.Calibrate {
 				for _, m := range res.Plan.Models {
 					if m.Temperature < MinTemperature || m.Temperature > MaxTemperature {
@@ -471,6 +483,7 @@ func TestPlanErrors(t *testing.T) {
 		{"capacity", func(c *PlannerConfig) { c.Capacity = 0 }, ErrPlannerConfig, "capacity"},
 		{"load range", func(c *PlannerConfig) { c.Load = LoadRange{MinQPS: 100, MaxQPS: 10} }, ErrPlannerConfig, "load range"},
 		{"mode", func(c *PlannerConfig) { c.Mode = "fastest" }, ErrPlannerConfig, `mode "fastest"`},
+		{"runner pool", func(c *PlannerConfig) { c.RunnerPool = "spare" }, ErrPlannerConfig, `runner pool "spare"`},
 		{"several problems", func(c *PlannerConfig) {
 			c.Capacity = -2
 			c.SLOP95Ms = -1

@@ -373,6 +373,13 @@ func TestGearSimConfig(t *testing.T) {
 	if err != nil || !(p95 > 0) {
 		t.Errorf("PredictP95 = %v, %v", p95, err)
 	}
+	// The plan's runner pool decides how the simulation pools runners.
+	for pool, shared := range map[string]bool{"": true, RunnerPoolShared: true, RunnerPoolPerModel: false} {
+		p.RunnerPool = pool
+		if sc, err := p.GearSimConfig(0, 100, GearSimOptions{}); err != nil || sc.SharedRunners != shared {
+			t.Errorf("runner pool %q: shared runners %v (%v), want %v", pool, sc.SharedRunners, err, shared)
+		}
+	}
 	p.Gears[0].Predicted.Reach = nil
 	if _, err := p.GearSimConfig(0, 100, GearSimOptions{}); !errors.Is(err, ErrBadSimulation) {
 		t.Errorf("gear without reach: %v", err)
