@@ -12,6 +12,10 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
 
+// minBucketCheck is the shortest interval between two checks of the
+// control bucket's backing stream.
+const minBucketCheck = time.Second
+
 // Why a watch of the control bucket ended; only logged.
 var (
 	errBucketVanished  = errors.New("the control bucket vanished")
@@ -27,9 +31,9 @@ var (
 // A watch does not notice by itself that its bucket was deleted (a server
 // restarted without its memory store, an operator deleted it) or deleted
 // and created again (the controller re-applies a vanished topology): it
-// stays open and sees nothing more. So every `every` WatchControl also
-// looks at the bucket's backing stream (one stream info request, never one
-// per served request). When the stream is gone or has another creation time
+// stays open and sees nothing more. So every `every` (at least a second)
+// WatchControl also looks at the bucket's backing stream (one stream info
+// request, never one per served request). When the stream is gone or has another creation time
 // than when the watch opened, or the watch broke, it stops the watch, waits
 // for the bucket, binds it anew and watches again: the current values come
 // first, so nothing is missed. The caller keeps its last good state
@@ -118,7 +122,9 @@ func watchBucket(ctx context.Context, kv jetstream.KeyValue, created time.Time, 
 		return fmt.Errorf("watch control bucket: %w", err)
 	}
 	defer func() { _ = kw.Stop() }()
-	check := time.NewTicker(every)
+	// The check is a JetStream API request per process; once a second
+	// at most keeps many replicas from loading the server with them.
+	check := time.NewTicker(max(every, minBucketCheck))
 	defer check.Stop()
 	live := false
 	for {
