@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -70,6 +71,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	fetchers := fs.Int("fetchers", 2, "fetching goroutines of the JetStream ceiling")
 	rounds := fs.Int("rounds", 2, "times each fetch size of the JetStream ceiling is measured (the best run counts)")
 	only := fs.String("only", "", "comma-separated parts to run: ceiling, compute, pipeline (default all)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (every part of the system runs in this process) to this file, for go tool pprof")
 	// --check-plan only
 	gear := fs.String("gear", "", "gear to check (default: the plan's most accurate gear)")
 	items := fs.Int("items", mnist.TestItems, "MNIST test images served in the accuracy check (the first N)")
@@ -165,6 +167,17 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	set, err := mnist.TestImages()
 	if err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	var result interface{ WriteTable(io.Writer) error }
 	if *checkPlan {
