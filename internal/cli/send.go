@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/image/draw"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 )
@@ -63,7 +64,7 @@ func runSend(ctx context.Context, env Env, args []string) error {
 	}
 	nc, err := nats.Connect(*natsURL, nats.Name("cascadeserve-send"))
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w (is `cascadeserve up` running?)", *natsURL, err)
+		return fmt.Errorf("connect to %s: %w (is `cascadeserve up` running?)", natsbus.RedactURL(*natsURL), err)
 	}
 	defer nc.Close()
 	codec := wire.NewCodec()

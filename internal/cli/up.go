@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
@@ -120,9 +121,9 @@ CascadeServe is up: pipeline %q, %d models, %d gears (%s).
   metrics       http://%s/metrics
   try           cascadeserve send -n 5 --nats %s
 Ctrl-C stops everything cleanly.
-`, p.Pipeline, len(p.UsedModels()), len(p.Gears), gearNames(p.Gears), sys.URL,
+`, p.Pipeline, len(p.UsedModels()), len(p.Gears), gearNames(p.Gears), natsbus.RedactURL(sys.URL),
 		wire.InferSubject(p.Pipeline), wire.JobsSubject(p.Pipeline, "<client>"), wire.ResultSubject(p.Pipeline, "<client>"),
-		*httpAddr, p.Pipeline, *metricsAddr, sys.URL)
+		*httpAddr, p.Pipeline, *metricsAddr, natsbus.RedactURL(sys.URL))
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return telemetry.ServeMetrics(gctx, *metricsAddr, reg, cfg.Logger) })

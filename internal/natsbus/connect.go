@@ -3,6 +3,8 @@ package natsbus
 import (
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -12,7 +14,7 @@ import (
 // reconnects (the default 60 × 2 s gives up after two minutes and leaves
 // consumers reporting "no heartbeat" forever), a reconnect buffer, and
 // errors logged once through logger.
-func Connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+func Connect(servers, name string, logger *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -35,9 +37,29 @@ func Connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats
 			logger.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
 		}),
 	}
-	nc, err := nats.Connect(url, append(opts, extra...)...)
+	nc, err := nats.Connect(servers, append(opts, extra...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
+		return nil, fmt.Errorf("connect to nats %s: %w", RedactURL(servers), err)
 	}
 	return nc, nil
+}
+
+// RedactURL returns a NATS server list (one URL or several, comma-separated)
+// with every password and token replaced by "xxxxx", for logs and errors.
+func RedactURL(servers string) string {
+	parts := strings.Split(servers, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, hasPassword := u.User.Password(); !hasPassword {
+			// A user without a password is a token: hide it.
+			u.User = url.User("xxxxx")
+			parts[i] = u.String()
+			continue
+		}
+		parts[i] = u.Redacted()
+	}
+	return strings.Join(parts, ",")
 }

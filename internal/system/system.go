@@ -59,6 +59,12 @@ type Config struct {
 	// the separate binaries read them from the environment (for example
 	// CASCADE_GEAR to pin a gear, CASCADE_HTTP_ADDR, CASCADE_WORKER_RUNNERS).
 	Env map[string]string
+	// ServiceEnv holds settings of one service ("controller", "ingress",
+	// "stage-worker") on top of Env, as a deployment gives each binary its
+	// own environment. A CASCADE_NATS_URL there is the URL, credentials
+	// included, that the service connects with (NATSURL is then what the
+	// caller's Conn uses).
+	ServiceEnv map[string]map[string]string
 	// Logger receives every service's logs (with a component attribute).
 	Logger *slog.Logger
 	// Registerer receives every service's metrics (nil: a private registry).
@@ -142,14 +148,14 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 		}
 		return nil, err
 	}
-	connect := func(name string) (*nats.Conn, error) {
-		nc, err := natsbus.Connect(s.URL, name, cfg.Logger.With("component", name))
+	connect := func(name, url string) (*nats.Conn, error) {
+		nc, err := natsbus.Connect(url, name, cfg.Logger.With("component", name))
 		if err == nil {
 			s.conns = append(s.conns, nc)
 		}
 		return nc, err
 	}
-	if s.Conn, err = connect("cascadeserve-client"); err != nil {
+	if s.Conn, err = connect("cascadeserve-client", s.URL); err != nil {
 		return fail(err)
 	}
 	if s.JS, err = jetstream.New(s.Conn); err != nil {
@@ -169,30 +175,36 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 		environ["CASCADE_MODEL_DIR"] = filepath.Dir(cfg.PlanFile)
 	}
 	maps.Copy(environ, cfg.Env)
+	envOf := func(service string) map[string]string {
+		e := maps.Clone(environ)
+		maps.Copy(e, cfg.ServiceEnv[service])
+		return e
+	}
+	ctlEnv, ingEnv, wkEnv := envOf("controller"), envOf("ingress"), envOf("stage-worker")
 
-	ctlCfg, err := controller.ConfigFromEnv(environ)
+	ctlCfg, err := controller.ConfigFromEnv(ctlEnv)
 	if err != nil {
 		return fail(err)
 	}
-	ingCfg, err := ingress.ConfigFromEnv(environ)
+	ingCfg, err := ingress.ConfigFromEnv(ingEnv)
 	if err != nil {
 		return fail(err)
 	}
-	wkCfg, err := stageworker.ConfigFromEnv(environ)
+	wkCfg, err := stageworker.ConfigFromEnv(wkEnv)
 	if err != nil {
 		return fail(err)
 	}
-	ctlConn, err := connect("cascadeserve-controller")
+	ctlConn, err := connect("cascadeserve-controller", ctlEnv["CASCADE_NATS_URL"])
 	if err != nil {
 		return fail(err)
 	}
-	ingConn, err := connect("cascadeserve-ingress")
+	ingConn, err := connect("cascadeserve-ingress", ingEnv["CASCADE_NATS_URL"])
 	if err != nil {
 		return fail(err)
 	}
 	var wkConns []*nats.Conn
 	for i := range cfg.Workers {
-		nc, err := connect("cascadeserve-worker-" + strconv.Itoa(i))
+		nc, err := connect("cascadeserve-worker-"+strconv.Itoa(i), wkEnv["CASCADE_NATS_URL"])
 		if err != nil {
 			return fail(err)
 		}
