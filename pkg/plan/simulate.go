@@ -326,13 +326,19 @@ type simPool struct {
 	runners []int32
 	stages  []int
 	size    int
+	// idle lists the idle runners in the order their pulls were issued
+	// (they go idle in time order), oldest first.
+	idle []int32
 }
 
 type simStageState struct {
-	cfg   SimStage
-	pool  int
-	queue []int32
-	qhead int
+	cfg  SimStage
+	pool int
+	// filling lists the runners filling a batch of this stage in the order
+	// their pulls were issued, oldest first.
+	filling []int32
+	queue   []int32
+	qhead   int
 	// statistics
 	busyMs   float64 // busy time inside the measurement window
 	items    int
@@ -416,7 +422,9 @@ func newSim(cfg SimConfig) *sim {
 		pl.stages = append(pl.stages, j)
 		pl.size += st.Runners
 		for range st.Runners {
-			pl.runners = append(pl.runners, int32(len(s.runners)))
+			r := int32(len(s.runners))
+			pl.runners = append(pl.runners, r)
+			pl.idle = append(pl.idle, r)
 			s.runners = append(s.runners, simRunner{pool: pool, items: make([]int32, 0, st.MaxBatch)})
 		}
 		s.stages = append(s.stages, simStageState{cfg: st, pool: pool})
@@ -550,14 +558,19 @@ func (s *sim) group() int32 {
 func (s *sim) deliver(j int, t float64, items []int32) {
 	st := &s.stages[j]
 	B := st.cfg.MaxBatch
+	pl := &s.pools[st.pool]
 	for len(items) > 0 {
-		best := int32(-1)
-		for _, r := range s.pools[st.pool].runners {
-			run := &s.runners[r]
-			if run.state == runnerIdle || (run.state == runnerFilling && run.stage == j) {
-				if best < 0 || run.issued < s.runners[best].issued {
-					best = r
-				}
+		// The oldest pull of each kind is the head of its list; of the two
+		// the older wins, the lower runner on a tie.
+		best, fromIdle := int32(-1), false
+		if len(st.filling) > 0 {
+			best = st.filling[0]
+		}
+		if len(pl.idle) > 0 {
+			r := pl.idle[0]
+			if best < 0 || s.runners[r].issued < s.runners[best].issued ||
+				(s.runners[r].issued == s.runners[best].issued && r < best) {
+				best, fromIdle = r, true
 			}
 		}
 		if best < 0 {
@@ -573,9 +586,10 @@ func (s *sim) deliver(j int, t float64, items []int32) {
 			return
 		}
 		run := &s.runners[best]
-		if run.state == runnerIdle {
+		if fromIdle {
 			// The item wakes the runner, which fills a batch of stage j
 			// for MaxDelay from now.
+			pl.idle = pl.idle[1:]
 			s.fill(best, j, t)
 		}
 		take := min(B-len(run.items), len(items))
@@ -592,6 +606,7 @@ func (s *sim) deliver(j int, t float64, items []int32) {
 func (s *sim) fill(r int32, j int, t float64) {
 	run := &s.runners[r]
 	run.state, run.stage, run.issued = runnerFilling, j, t
+	s.stages[j].filling = append(s.stages[j].filling, r)
 	run.deadline = t + s.stages[j].cfg.MaxDelayMs
 	run.gen++
 	if run.deadline > t {
@@ -604,6 +619,12 @@ func (s *sim) start(r int32, t float64) {
 	run := &s.runners[r]
 	j := run.stage
 	st := &s.stages[j]
+	if run.state == runnerFilling {
+		// Usually the head: batches start in the order they began filling.
+		if k := slices.Index(st.filling, r); k >= 0 {
+			st.filling = slices.Delete(st.filling, k, k+1)
+		}
+	}
 	run.state = runnerBusy
 	run.gen++
 	n := len(run.items)
@@ -656,6 +677,7 @@ func (s *sim) nextBatch(r int32, t float64) {
 	}
 	if best < 0 {
 		run.state, run.issued = runnerIdle, t
+		s.pools[run.pool].idle = append(s.pools[run.pool].idle, r)
 		return
 	}
 	st := &s.stages[best]
