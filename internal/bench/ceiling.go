@@ -169,7 +169,7 @@ func MeasureCeiling(ctx context.Context, url string, cfg CeilingConfig) (Ceiling
 	// One stream for every run: creating and deleting a file-backed
 	// stream per run is churn the measurement does not need.
 	scfg := natsbus.ModelStreamConfig(ceilingPipeline, ceilingModel, natsbus.TopologyConfig{})
-	stream, err := pjs.CreateOrUpdateStream(ctx, scfg)
+	stream, err := createStream(ctx, pjs, scfg)
 	if err != nil {
 		return Ceiling{}, fmt.Errorf("ceiling: create stream %s: %w", scfg.Name, err)
 	}
@@ -194,6 +194,30 @@ func MeasureCeiling(ctx context.Context, url string, cfg CeilingConfig) (Ceiling
 		}
 	}
 	return out, nil
+}
+
+// streamStoreFailed is the error code of a stream creation the server
+// failed for a reason it only logs ("error creating store for stream").
+const streamStoreFailed jetstream.ErrorCode = 10049
+
+// createStream creates the ceiling's stream, trying a second and third
+// time after a pause when the server failed to create its store: seen once,
+// on a CI machine, and not reproducible; a bench should not fail on a
+// hiccup of the server's disk. Any other error, or a third failure, is
+// returned.
+func createStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	for attempt := 1; ; attempt++ {
+		stream, err := js.CreateOrUpdateStream(ctx, cfg)
+		var apiErr *jetstream.APIError
+		if err == nil || attempt == 3 || !errors.As(err, &apiErr) || apiErr.ErrorCode != streamStoreFailed {
+			return stream, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+	}
 }
 
 // ceilingPipeline and ceilingModel name the ceiling's stream
