@@ -40,8 +40,11 @@
 //     the same gear merge into one Gear whose MaxQPS is their upper edge.
 //
 // Simulate models the pipeline the workers run: Poisson arrivals, one
-// stream and a set of runners per model, Fetch(maxBatch, maxDelay) batching,
-// batch service times from the profile plus the messaging overheads per item
+// stream per model, runners scheduled as the stage worker schedules them
+// (shared by every model of the gear, or a pool per model: Plan.RunnerPool;
+// an idle runner woken by an item fills a batch for the max delay, a free
+// one takes the model with the most queued items per runner share), batch
+// service times from the profile plus the messaging overheads per item
 // and per batch (slowed down by the per-request overhead's share of the
 // cores and any idle CPU), a hop overhead per hop, a latency floor per
 // request drawn from a log-normal law (the live path's client, ingress and
