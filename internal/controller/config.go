@@ -13,6 +13,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -187,4 +188,9 @@ func LoadPlan(cfg Config) (*plan.Plan, error) {
 		return nil, fmt.Errorf("plan is for pipeline %q, but CASCADE_PIPELINE is %q", p.Pipeline, cfg.Pipeline)
 	}
 	return p, nil
+}
+
+// Process returns the settings the service's binary uses.
+func (c Config) Process() servicemain.Process {
+	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
 }

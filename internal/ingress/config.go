@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
 
@@ -187,4 +188,9 @@ type Deps struct {
 	// HTTPListener, if set, serves the HTTP endpoint instead of listening on
 	// Config.HTTPAddr (tests listen on 127.0.0.1:0). Run closes it.
 	HTTPListener net.Listener
+}
+
+// Process returns the settings the service's binary uses.
+func (c Config) Process() servicemain.Process {
+	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
 
@@ -169,4 +170,9 @@ type hooks struct {
 	// beforeSettle is called after a batch's publishes are acknowledged,
 	// before its inputs are acked.
 	beforeSettle func(model string, n int)
+}
+
+// Process returns the settings the service's binary uses.
+func (c Config) Process() servicemain.Process {
+	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
 }
