@@ -697,7 +697,6 @@ func (s *sim) nextBatch(r int32, t float64) {
 	}
 }
 
-// finish records request i as completed at time t.
 // floorMs draws one request's latency floor.
 func (s *sim) floorMs() float64 {
 	if s.floorSigma == 0 {
@@ -706,6 +705,7 @@ func (s *sim) floorMs() float64 {
 	return s.cfg.LatencyFloorMs * math.Exp(s.floorSigma*s.floor.NormFloat64())
 }
 
+// finish records request i as completed at time t.
 func (s *sim) finish(i int32, t float64) {
 	s.completed++
 	s.lastT = max(s.lastT, t)
