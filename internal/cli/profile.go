@@ -172,9 +172,9 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 			Model: m, Profile: f.Models[m.Name], QPS: systemQPS, FloorQPS: *floorQPS,
 			Warmup: 3 * time.Second, Duration: *systemTime,
 			Runners: *systemRunners, Threads: *threads,
-			Batching:      plan.Batching{MaxBatch: *systemBatch, MaxDelayMs: float64(*systemDelay) / float64(time.Millisecond)},
-			HopOverheadMs: f.HopOverheadMs, ItemOverheadMs: f.ItemOverheadMs, BatchOverheadMs: f.BatchOverheadMs,
-			FitCPU: *fitCPU,
+			Batching:  plan.Batching{MaxBatch: *systemBatch, MaxDelayMs: float64(*systemDelay) / float64(time.Millisecond)},
+			Overheads: f.Overheads,
+			FitCPU:    *fitCPU,
 		})
 		if err != nil {
 			return fmt.Errorf("profile: system: %w", err)

@@ -32,9 +32,10 @@ type systemMeasurement struct {
 	// latency, less what the simulator predicts for it, is the latency
 	// floor (plan.ProfileFile.LatencyFloorMs).
 	FloorQPS float64
-	// Hop, item and batch overheads the simulator of the floor run uses
-	// (those profile measured).
-	HopOverheadMs, ItemOverheadMs, BatchOverheadMs float64
+	// Overheads are the profile's so far: the hop, item and batch overheads
+	// the simulator of the floor run charges. The per-request CPU comes from
+	// the runs here, and the floor is what the floor run measures.
+	Overheads plan.Overheads
 	// FitCPU reads the CPU per request as a line fitted over the loads
 	// (fitSystemCPU); without it, as the highest measured (worstSystemCPU).
 	FitCPU bool
@@ -164,16 +165,14 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 	if rep.Answered == 0 || float64(rep.Answered) < 0.99*float64(rep.Sent) {
 		return nil, fl, fmt.Errorf("%w at %v requests/s: %d of %d answered", errSystemBehind, m.FloorQPS, rep.Answered, rep.Sent)
 	}
-	perRequest, idle := systemCPU(results, m.FitCPU)
+	o := m.Overheads
+	o.RequestOverheadMs, o.IdleCPUMsPerS = systemCPU(results, m.FitCPU)
+	o.LatencyFloorMs, o.LatencyFloorP95Ms = 0, 0
 	sim, err := plan.Simulate(plan.SimConfig{
-		QPS:               m.FloorQPS,
-		Requests:          max(rep.Answered, 2000),
-		Seed:              1,
-		HopOverheadMs:     m.HopOverheadMs,
-		ItemOverheadMs:    m.ItemOverheadMs,
-		BatchOverheadMs:   m.BatchOverheadMs,
-		RequestOverheadMs: perRequest,
-		IdleCPUMsPerS:     idle,
+		QPS:       m.FloorQPS,
+		Requests:  max(rep.Answered, 2000),
+		Seed:      1,
+		Overheads: o,
 		// One worker hosts the model on every runner, as in the run.
 		SharedRunners: true,
 		Stages: []plan.SimStage{{

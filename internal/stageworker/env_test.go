@@ -72,7 +72,7 @@ func testPlan(t testing.TB, gears []plan.Gear, opts ...planOption) *plan.Plan {
 		Version: plan.FormatVersion, Pipeline: "mnist", SLO: plan.SLO{P95Ms: 50}, Capacity: 2,
 		Confidence: plan.MetricMargin,
 		Input:      plan.Input{Name: "input", Datatype: "FP32", Shape: mnist.ItemShape(), Classes: mnist.Classes},
-		Ladder:     testModels, HopOverheadMs: 0.3, Gears: gears, Hysteresis: plan.DefaultHysteresis(),
+		Ladder:     testModels, Overheads: plan.Overheads{HopOverheadMs: 0.3}, Gears: gears, Hysteresis: plan.DefaultHysteresis(),
 	}
 	for i, m := range testModels {
 		lat := 0.02 * float64(i+1)

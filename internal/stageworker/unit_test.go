@@ -76,8 +76,8 @@ func routePlan(t *testing.T) *plan.Plan {
 	prof := plan.Profile{Points: []plan.ProfilePoint{{Batch: 1, LatencyMs: 1}, {Batch: 64, LatencyMs: 64}}}
 	p := &plan.Plan{
 		Version: plan.FormatVersion, Pipeline: "route", SLO: plan.SLO{P95Ms: 100}, Capacity: 2, Confidence: plan.MetricMargin,
-		Input:         plan.Input{Name: "x", Datatype: "FP32", Shape: []int64{4}, Classes: 3},
-		HopOverheadMs: 1,
+		Input:     plan.Input{Name: "x", Datatype: "FP32", Shape: []int64{4}, Classes: 3},
+		Overheads: plan.Overheads{HopOverheadMs: 1},
 		Models: []plan.Model{
 			{Name: "a", File: "a.onnx", Profile: prof}, {Name: "b", File: "b.onnx", Profile: prof},
 			{Name: "c", File: "c.onnx", Profile: prof}, {Name: "d", File: "d.onnx", Profile: prof},

@@ -69,7 +69,7 @@ func BenchmarkParetoFront(b *testing.B) {
 // 3000 requests, the unit of the planner's gear search.
 func BenchmarkSimulate(b *testing.B) {
 	cfg := SimConfig{
-		QPS: 5000, Requests: 3000, Seed: 1, HopOverheadMs: 0.3,
+		QPS: 5000, Requests: 3000, Seed: 1, Overheads: Overheads{HopOverheadMs: 0.3},
 		Stages: []SimStage{
 			{Model: "a", Profile: linearProfile(0.1, 0.01), Runners: 2, MaxBatch: 32, MaxDelayMs: 1},
 			{Model: "b", Profile: linearProfile(0.3, 0.08), Runners: 2, MaxBatch: 32, MaxDelayMs: 1},

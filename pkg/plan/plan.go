@@ -53,34 +53,9 @@ type Plan struct {
 	// Input describes one item of the pipeline's input; every model of the
 	// ladder takes the same input.
 	Input Input `json:"input"`
-	// HopOverheadMs is the measured per-hop cost of the NATS path (publish,
-	// fetch, ack) in milliseconds, used by the simulator.
-	HopOverheadMs float64 `json:"hop_overhead_ms,omitempty"`
-	// ItemOverheadMs is the runner time a worker spends on messaging per
-	// item (decode, publish with PubAck, ack), in milliseconds, measured at
-	// batch throughput. The simulator adds it per item to every batch's
-	// service time, and the planner adds it to every stage's cost.
-	ItemOverheadMs float64 `json:"item_overhead_ms,omitempty"`
-	// BatchOverheadMs is the runner time per batch spent on messaging
-	// whatever its size (fetch round trip, waiting for PubAcks), in ms; the
-	// simulator adds it to every batch's service time.
-	BatchOverheadMs float64 `json:"batch_overhead_ms,omitempty"`
-	// RequestOverheadMs is the CPU time per request spent outside the
-	// runners on the runners' cores (co-located ingress, nats-server,
-	// producer), in ms; the simulator slows the runners down by the share of
-	// the cores it takes (see SimConfig).
-	RequestOverheadMs float64 `json:"request_overhead_ms,omitempty"`
-	// IdleCPUMsPerS is the CPU time per second, in ms, that those
-	// co-located processes spend whatever the load (polling, timers); the
-	// simulator adds it to the per-request overhead's share (see SimConfig).
-	IdleCPUMsPerS float64 `json:"idle_cpu_ms_per_s,omitempty"`
-	// LatencyFloorMs and LatencyFloorP95Ms are the median and 95th
-	// percentile of the per-request latency of the live path that the
-	// simulator's model does not explain (client, ingress, JetStream
-	// publish and PubAck, scheduling), measured at low load; the simulator
-	// adds a draw of it to every request's latency (see SimConfig).
-	LatencyFloorMs    float64 `json:"latency_floor_ms,omitempty"`
-	LatencyFloorP95Ms float64 `json:"latency_floor_p95_ms,omitempty"`
+	// Overheads are the live path's measured costs, copied from the
+	// profile the plan was made from; the simulator charges them.
+	Overheads
 	// Models lists every model a gear may use, with its profile.
 	Models []Model `json:"models"`
 	// Ladder orders the models from cheapest to most accurate.
@@ -489,24 +464,7 @@ func (p *Plan) Validate() error {
 	if p.Input.UINT8Scale < 0 {
 		bad("input.uint8_scale must be >= 0")
 	}
-	if p.HopOverheadMs < 0 || math.IsNaN(p.HopOverheadMs) || math.IsInf(p.HopOverheadMs, 0) {
-		bad("hop_overhead_ms must be a finite number >= 0, got %v", p.HopOverheadMs)
-	}
-	if p.ItemOverheadMs < 0 || math.IsNaN(p.ItemOverheadMs) || math.IsInf(p.ItemOverheadMs, 0) {
-		bad("item_overhead_ms must be a finite number >= 0, got %v", p.ItemOverheadMs)
-	}
-	if p.BatchOverheadMs < 0 || math.IsNaN(p.BatchOverheadMs) || math.IsInf(p.BatchOverheadMs, 0) {
-		bad("batch_overhead_ms must be a finite number >= 0, got %v", p.BatchOverheadMs)
-	}
-	if p.RequestOverheadMs < 0 || math.IsNaN(p.RequestOverheadMs) || math.IsInf(p.RequestOverheadMs, 0) {
-		bad("request_overhead_ms must be a finite number >= 0, got %v", p.RequestOverheadMs)
-	}
-	if p.IdleCPUMsPerS < 0 || math.IsNaN(p.IdleCPUMsPerS) || math.IsInf(p.IdleCPUMsPerS, 0) {
-		bad("idle_cpu_ms_per_s must be a finite number >= 0, got %v", p.IdleCPUMsPerS)
-	}
-	if err := validFloor(p.LatencyFloorMs, p.LatencyFloorP95Ms); err != nil {
-		bad("%v", err)
-	}
+	errs = append(errs, p.Overheads.problems()...)
 
 	models := map[string]bool{}
 	for i, m := range p.Models {

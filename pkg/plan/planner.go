@@ -568,19 +568,13 @@ func (pl *planner) shares(g *gearChoice) map[string]float64 {
 func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) SimConfig {
 	c := pl.cands[cand]
 	sc := SimConfig{
-		QPS:               q,
-		Requests:          pl.simRequests(q),
-		Seed:              pl.cfg.Seed,
-		HopOverheadMs:     pl.cfg.Profile.HopOverheadMs,
-		ItemOverheadMs:    pl.cfg.Profile.ItemOverheadMs,
-		BatchOverheadMs:   pl.cfg.Profile.BatchOverheadMs,
-		RequestOverheadMs: pl.cfg.Profile.RequestOverheadMs,
-		IdleCPUMsPerS:     pl.cfg.Profile.IdleCPUMsPerS,
-		LatencyFloorMs:    pl.cfg.Profile.LatencyFloorMs,
-		LatencyFloorP95Ms: pl.cfg.Profile.LatencyFloorP95Ms,
-		SharedRunners:     pl.cfg.RunnerPool == RunnerPoolShared,
-		AnsweredBy:        c.AnsweredBy,
-		AbortAboveP95Ms:   pl.cfg.SLOP95Ms,
+		QPS:             q,
+		Requests:        pl.simRequests(q),
+		Seed:            pl.cfg.Seed,
+		Overheads:       pl.cfg.Profile.Overheads,
+		SharedRunners:   pl.cfg.RunnerPool == RunnerPoolShared,
+		AnsweredBy:      c.AnsweredBy,
+		AbortAboveP95Ms: pl.cfg.SLOP95Ms,
 	}
 	for j, s := range c.Stages {
 		sc.Stages = append(sc.Stages, SimStage{
@@ -835,22 +829,16 @@ func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *Plan {
 	cfg := pl.cfg
 	p := &Plan{
-		Version:           FormatVersion,
-		Pipeline:          cfg.Pipeline,
-		Description:       cfg.Description,
-		SLO:               SLO{P95Ms: cfg.SLOP95Ms},
-		Capacity:          cfg.Capacity,
-		RunnerPool:        cfg.RunnerPool,
-		Confidence:        cfg.Metric,
-		Input:             cfg.Input,
-		HopOverheadMs:     cfg.Profile.HopOverheadMs,
-		ItemOverheadMs:    cfg.Profile.ItemOverheadMs,
-		BatchOverheadMs:   cfg.Profile.BatchOverheadMs,
-		RequestOverheadMs: cfg.Profile.RequestOverheadMs,
-		IdleCPUMsPerS:     cfg.Profile.IdleCPUMsPerS,
-		LatencyFloorMs:    cfg.Profile.LatencyFloorMs,
-		LatencyFloorP95Ms: cfg.Profile.LatencyFloorP95Ms,
-		Hysteresis:        cfg.Hysteresis,
+		Version:     FormatVersion,
+		Pipeline:    cfg.Pipeline,
+		Description: cfg.Description,
+		SLO:         SLO{P95Ms: cfg.SLOP95Ms},
+		Capacity:    cfg.Capacity,
+		RunnerPool:  cfg.RunnerPool,
+		Confidence:  cfg.Metric,
+		Input:       cfg.Input,
+		Overheads:   cfg.Profile.Overheads,
+		Hysteresis:  cfg.Hysteresis,
 	}
 	for _, m := range cfg.Ladder {
 		prof := cfg.Profile.Models[m.Name]

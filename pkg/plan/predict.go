@@ -52,18 +52,12 @@ func (p *Plan) GearSimConfig(i int, qps float64, opts GearSimOptions) (SimConfig
 		opts.Requests = DefaultSimRequests(qps)
 	}
 	sc := SimConfig{
-		QPS:               qps,
-		Requests:          opts.Requests,
-		Seed:              opts.Seed,
-		HopOverheadMs:     p.HopOverheadMs,
-		ItemOverheadMs:    p.ItemOverheadMs,
-		BatchOverheadMs:   p.BatchOverheadMs,
-		RequestOverheadMs: p.RequestOverheadMs,
-		IdleCPUMsPerS:     p.IdleCPUMsPerS,
-		LatencyFloorMs:    p.LatencyFloorMs,
-		LatencyFloorP95Ms: p.LatencyFloorP95Ms,
-		SharedRunners:     p.SharedRunners(),
-		WarmupFraction:    opts.WarmupFraction,
+		QPS:            qps,
+		Requests:       opts.Requests,
+		Seed:           opts.Seed,
+		Overheads:      p.Overheads,
+		SharedRunners:  p.SharedRunners(),
+		WarmupFraction: opts.WarmupFraction,
 	}
 	for j, s := range g.Cascade {
 		m, ok := p.Model(s.Model)

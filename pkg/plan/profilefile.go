@@ -25,41 +25,11 @@ type ProfileFile struct {
 	Version int `json:"version"`
 	// Threads is the intra-op thread count every model was measured with.
 	Threads int `json:"threads"`
-	// HopOverheadMs is the median time of one hop through the NATS path
-	// (publish with PubAck, fetch, ack) in ms. The simulator adds it to every
-	// hop an item makes: ingress → first model, model → model, model → result.
-	HopOverheadMs float64 `json:"hop_overhead_ms"`
-	// ItemOverheadMs is the runner time per item spent on messaging
-	// (decode, publish with PubAck, ack) at batch throughput, in ms; the
-	// simulator adds it per item to every batch's service time.
-	ItemOverheadMs float64 `json:"item_overhead_ms,omitempty"`
-	// BatchOverheadMs is the runner time per batch spent on messaging
-	// whatever the batch's size (the fetch's round trip to the server, the
-	// wait for the batch's PubAcks), in ms; the simulator adds it to every
-	// batch's service time, so small batches at high load cost what they
-	// cost the workers.
-	BatchOverheadMs float64 `json:"batch_overhead_ms,omitempty"`
-	// RequestOverheadMs is the CPU time per request spent outside the
-	// runners but on the runners' cores, in ms: ingress, nats-server and a
-	// producer that share the machine with the workers (the all-in-one
-	// `cascadeserve up`). The simulator and the planner slow the runners
-	// down by the share of the cores it takes (see SimConfig). It is 0 when
-	// those processes run on other machines.
-	RequestOverheadMs float64 `json:"request_overhead_ms,omitempty"`
-	// IdleCPUMsPerS is the CPU time per second, in ms, that the same
-	// processes spend whatever the load: with RequestOverheadMs, the line
-	// CPU(q) = IdleCPUMsPerS + q × RequestOverheadMs fitted to the system's
-	// CPU time at several loads (`profile --system-qps a,b`). 0 when one
-	// load was measured (RequestOverheadMs then carries all of it).
-	IdleCPUMsPerS float64 `json:"idle_cpu_ms_per_s,omitempty"`
-	// LatencyFloorMs and LatencyFloorP95Ms are the median and 95th
-	// percentile of the per-request latency of the live path that the
-	// simulator does not explain, in ms: the measured latency of the
-	// all-in-one system at low load minus the simulated latency of the same
-	// configuration (`profile --system-qps`). The simulator adds a draw of
-	// it to every request (see SimConfig.LatencyFloorMs).
-	LatencyFloorMs    float64 `json:"latency_floor_ms,omitempty"`
-	LatencyFloorP95Ms float64 `json:"latency_floor_p95_ms,omitempty"`
+	// Overheads are the costs of the live path outside the models: the
+	// NATS hop, messaging per item and per batch, and, with
+	// `profile --system-qps`, the co-located processes' CPU and the latency
+	// floor.
+	Overheads
 	// Host describes the machine (free text: CPU model, cores, OS).
 	Host string `json:"host,omitempty"`
 	// Runtime describes the inference runtime (e.g. "onnxruntime 1.30.0").
@@ -83,24 +53,7 @@ func (f *ProfileFile) Validate() error {
 	if f.Threads < 0 {
 		bad("threads must be >= 0, got %d", f.Threads)
 	}
-	if f.HopOverheadMs < 0 || math.IsNaN(f.HopOverheadMs) || math.IsInf(f.HopOverheadMs, 0) {
-		bad("hop_overhead_ms must be a finite number >= 0, got %v", f.HopOverheadMs)
-	}
-	if f.ItemOverheadMs < 0 || math.IsNaN(f.ItemOverheadMs) || math.IsInf(f.ItemOverheadMs, 0) {
-		bad("item_overhead_ms must be a finite number >= 0, got %v", f.ItemOverheadMs)
-	}
-	if f.BatchOverheadMs < 0 || math.IsNaN(f.BatchOverheadMs) || math.IsInf(f.BatchOverheadMs, 0) {
-		bad("batch_overhead_ms must be a finite number >= 0, got %v", f.BatchOverheadMs)
-	}
-	if f.RequestOverheadMs < 0 || math.IsNaN(f.RequestOverheadMs) || math.IsInf(f.RequestOverheadMs, 0) {
-		bad("request_overhead_ms must be a finite number >= 0, got %v", f.RequestOverheadMs)
-	}
-	if f.IdleCPUMsPerS < 0 || math.IsNaN(f.IdleCPUMsPerS) || math.IsInf(f.IdleCPUMsPerS, 0) {
-		bad("idle_cpu_ms_per_s must be a finite number >= 0, got %v", f.IdleCPUMsPerS)
-	}
-	if err := validFloor(f.LatencyFloorMs, f.LatencyFloorP95Ms); err != nil {
-		bad("%v", err)
-	}
+	errs = append(errs, f.Overheads.problems()...)
 	if len(f.Models) == 0 {
 		bad("no models")
 	}

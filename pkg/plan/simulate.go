@@ -39,35 +39,10 @@ type SimConfig struct {
 	// Seed makes the run deterministic: arrivals and escalations depend on
 	// it alone, so two configs run with one seed see the same requests.
 	Seed uint64
-	// HopOverheadMs is added to every hop an item makes: ingress to the
-	// first stage, stage to stage, and last stage to the result.
-	HopOverheadMs float64
-	// ItemOverheadMs is runner time per item on top of the model's batch
-	// latency (messaging: decode, publish, ack).
-	ItemOverheadMs float64
-	// BatchOverheadMs is runner time per batch on top of that, whatever
-	// the batch's size (the fetch's round trip, the wait for PubAcks).
-	BatchOverheadMs float64
-	// RequestOverheadMs is CPU time per request spent outside the runners
-	// on the runners' cores (one core per runner): ingress, nats-server and
-	// a producer on the same machine. At QPS it keeps a share
-	// ρ = QPS × RequestOverheadMs / (1000 × total runners) of the cores
-	// busy, and the runners, sharing the cores, take 1/(1−ρ) times as long
-	// for every batch (processor sharing). ρ must stay below 1.
-	RequestOverheadMs float64
-	// IdleCPUMsPerS is CPU time per second (ms) that the same processes
-	// take whatever the load; it adds IdleCPUMsPerS / (1000 × total
-	// runners) to ρ.
-	IdleCPUMsPerS float64
-	// LatencyFloorMs and LatencyFloorP95Ms describe a latency every request
-	// carries on top of the modelled path, in ms, without occupying any
-	// runner: the live system's client, ingress and JetStream round trips
-	// that the hops and runners leave out. Each request draws it from the
-	// log-normal law with median LatencyFloorMs and 95th percentile
-	// LatencyFloorP95Ms (a constant LatencyFloorMs when the two are equal
-	// or the p95 is 0).
-	LatencyFloorMs    float64
-	LatencyFloorP95Ms float64
+	// Overheads are the costs the simulator charges outside the models'
+	// batch latency: per hop, per item and per batch of runner time, the
+	// co-located processes' share of the cores, and the latency floor.
+	Overheads
 	// SharedRunners puts every stage's runners in one pool whose runners
 	// serve any stage, as one stage worker hosting every model of the
 	// cascade does (`cascadeserve up`, one worker per machine). Otherwise
@@ -164,12 +139,7 @@ func (c SimConfig) validate() error {
 	if c.Requests < 0 {
 		bad("requests must be >= 0")
 	}
-	if c.HopOverheadMs < 0 || c.ItemOverheadMs < 0 || c.BatchOverheadMs < 0 || c.RequestOverheadMs < 0 || c.IdleCPUMsPerS < 0 {
-		bad("hop, item, batch, request and idle overheads must be >= 0")
-	}
-	if err := validFloor(c.LatencyFloorMs, c.LatencyFloorP95Ms); err != nil {
-		bad("%v", err)
-	}
+	errs = append(errs, c.Overheads.problems()...)
 	if rho := c.requestShare(); rho >= 1 {
 		bad("request overhead %vms at %v qps needs %.3g of the %d runners' cores, more than all of them", c.RequestOverheadMs, c.QPS, rho, c.totalRunners())
 	}

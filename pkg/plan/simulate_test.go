@@ -18,11 +18,11 @@ func linearProfile(fixed, perItem float64) Profile {
 
 func oneStage(qps float64, prof Profile, runners, batch int, delay float64) SimConfig {
 	return SimConfig{
-		QPS:           qps,
-		Seed:          7,
-		HopOverheadMs: 0.25,
-		Stages:        []SimStage{{Model: "m", Profile: prof, Runners: runners, MaxBatch: batch, MaxDelayMs: delay}},
-		AnsweredBy:    []float64{1},
+		QPS:        qps,
+		Seed:       7,
+		Overheads:  Overheads{HopOverheadMs: 0.25},
+		Stages:     []SimStage{{Model: "m", Profile: prof, Runners: runners, MaxBatch: batch, MaxDelayMs: delay}},
+		AnsweredBy: []float64{1},
 	}
 }
 
@@ -146,7 +146,7 @@ func TestSimulateMD1(t *testing.T) {
 
 func TestSimulateDeterministic(t *testing.T) {
 	cfg := SimConfig{
-		QPS: 800, Seed: 42, HopOverheadMs: 0.3,
+		QPS: 800, Seed: 42, Overheads: Overheads{HopOverheadMs: 0.3},
 		Stages: []SimStage{
 			{Model: "a", Profile: linearProfile(0.3, 0.05), Runners: 1, MaxBatch: 16, MaxDelayMs: 1},
 			{Model: "b", Profile: linearProfile(1, 0.5), Runners: 2, MaxBatch: 8, MaxDelayMs: 2},

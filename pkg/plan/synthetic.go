@@ -67,7 +67,7 @@ func SyntheticReplay(seed uint64, items, classes int, models []SyntheticModel) (
 // SyntheticProfile returns the profile file of a synthetic ladder with
 // points at batch sizes 1, 2, 4, …, 128.
 func SyntheticProfile(models []SyntheticModel, hopOverheadMs float64) *ProfileFile {
-	f := &ProfileFile{Version: ProfileFormatVersion, Threads: 1, HopOverheadMs: hopOverheadMs, Models: map[string]Profile{}}
+	f := &ProfileFile{Version: ProfileFormatVersion, Threads: 1, Overheads: Overheads{HopOverheadMs: hopOverheadMs}, Models: map[string]Profile{}}
 	for _, m := range models {
 		var p Profile
 		p.Threads = 1

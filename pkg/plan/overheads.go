@@ -1,0 +1,81 @@
+package plan
+
+import (
+	"fmt"
+	"math"
+)
+
+// Overheads are the measured costs of the live path outside the models:
+// what `cascadeserve profile` writes into the profile file, what the
+// planner copies into the plan, and what the simulator charges. ProfileFile,
+// Plan and SimConfig embed it, so the three carry the same fields under the
+// same JSON names.
+type Overheads struct {
+	// HopOverheadMs is the time of one hop through the NATS path (publish
+	// with PubAck, fetch, ack) in ms. The simulator adds it to every hop an
+	// item makes: ingress → first model, model → model, model → result.
+	HopOverheadMs float64 `json:"hop_overhead_ms,omitempty"`
+	// ItemOverheadMs is the runner time per item spent on messaging
+	// (decode, publish with PubAck, ack) at batch throughput, in ms. The
+	// simulator adds it per item to every batch's service time, and the
+	// planner adds it to every stage's cost.
+	ItemOverheadMs float64 `json:"item_overhead_ms,omitempty"`
+	// BatchOverheadMs is the runner time per batch spent on messaging
+	// whatever the batch's size (the fetch's round trip to the server, the
+	// wait for the batch's PubAcks), in ms; the simulator adds it to every
+	// batch's service time, so small batches at high load cost what they
+	// cost the workers.
+	BatchOverheadMs float64 `json:"batch_overhead_ms,omitempty"`
+	// RequestOverheadMs is the CPU time per request spent outside the
+	// runners but on the runners' cores (one core per runner), in ms:
+	// ingress, nats-server and a producer that share the machine with the
+	// workers (the all-in-one `cascadeserve up`); 0 when those processes
+	// run on other machines. At a load of QPS it keeps a share
+	// ρ = QPS × RequestOverheadMs / (1000 × total runners) of the cores
+	// busy, and the simulated runners, sharing the cores, take 1/(1−ρ)
+	// times as long for every batch (processor sharing). ρ must stay below
+	// 1.
+	RequestOverheadMs float64 `json:"request_overhead_ms,omitempty"`
+	// IdleCPUMsPerS is the CPU time per second, in ms, that the same
+	// processes spend whatever the load (polling, timers); it adds
+	// IdleCPUMsPerS / (1000 × total runners) to ρ. `profile --system-qps
+	// a,b --system-fit` fits the line CPU(q) = IdleCPUMsPerS + q ×
+	// RequestOverheadMs to the system's CPU time at several loads; 0 when
+	// RequestOverheadMs carries all of it.
+	IdleCPUMsPerS float64 `json:"idle_cpu_ms_per_s,omitempty"`
+	// LatencyFloorMs and LatencyFloorP95Ms are the median and 95th
+	// percentile of a latency every request carries on top of the modelled
+	// path, in ms, without occupying any runner: the live system's client,
+	// ingress and JetStream round trips that the hops and runners leave
+	// out, measured by `profile --system-qps` as the live latency at low
+	// load minus the simulated latency of the same configuration. The
+	// simulator draws it for each request from the log-normal law with that
+	// median and 95th percentile (a constant LatencyFloorMs when the two
+	// are equal or the p95 is 0).
+	LatencyFloorMs    float64 `json:"latency_floor_ms,omitempty"`
+	LatencyFloorP95Ms float64 `json:"latency_floor_p95_ms,omitempty"`
+}
+
+// problems lists what is wrong with the overheads, one error each, named
+// by their JSON keys.
+func (o Overheads) problems() []error {
+	var errs []error
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{
+		{"hop_overhead_ms", o.HopOverheadMs},
+		{"item_overhead_ms", o.ItemOverheadMs},
+		{"batch_overhead_ms", o.BatchOverheadMs},
+		{"request_overhead_ms", o.RequestOverheadMs},
+		{"idle_cpu_ms_per_s", o.IdleCPUMsPerS},
+	} {
+		if f.v < 0 || math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			errs = append(errs, fmt.Errorf("%s must be a finite number >= 0, got %v", f.name, f.v))
+		}
+	}
+	if err := validFloor(o.LatencyFloorMs, o.LatencyFloorP95Ms); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
