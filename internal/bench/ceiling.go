@@ -264,15 +264,16 @@ func (r *ceilingRunner) run(ctx context.Context, name string, batch int) (Ceilin
 	}
 	// A first, shorter pass warms the server up (new message blocks, its
 	// buffers, the consumer) and is not measured.
-	if _, err := ceilingPass(ctx, r.pjs, r.pubErr, r.subConn, cons, r.cfg, r.subject, batch, name+"w", max(r.cfg.Messages/5, batch*r.cfg.Fetchers)); err != nil {
+	if _, err := r.pass(ctx, cons, batch, name+"w", max(r.cfg.Messages/5, batch*r.cfg.Fetchers)); err != nil {
 		return CeilingRun{}, fmt.Errorf("warm-up: %w", err)
 	}
-	return ceilingPass(ctx, r.pjs, r.pubErr, r.subConn, cons, r.cfg, r.subject, batch, name+"m", r.cfg.Messages)
+	return r.pass(ctx, cons, batch, name+"m", r.cfg.Messages)
 }
 
-// ceilingPass publishes n messages with ids prefix0 … prefix<n-1>, fetches
-// and acks them all, and reports the pass.
-func ceilingPass(ctx context.Context, pjs jetstream.JetStream, pubErr *atomic.Pointer[func(error)], subConn *nats.Conn, cons jetstream.Consumer, cfg CeilingConfig, subject string, batch int, prefix string, n int) (CeilingRun, error) {
+// pass publishes n messages with ids prefix0 … prefix<n-1>, fetches them
+// through cons in batches and acks them all, and reports the pass.
+func (r *ceilingRunner) pass(ctx context.Context, cons jetstream.Consumer, batch int, prefix string, n int) (CeilingRun, error) {
+	cfg, pjs, pubErr, subConn, subject := r.cfg, r.pjs, r.pubErr, r.subConn, r.subject
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, cfg.Fetchers+2)
