@@ -104,19 +104,9 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 	}
 	producerURL := fmt.Sprintf("nats://producer:%s@%s", os.Getenv("CASCADE_PRODUCER_PASSWORD"), hostPort)
 
+	sys := startConfig(t, system.Config{NATSURL: producerURL, ServiceEnv: serviceEnv, Workers: workers})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	sys, err := system.Start(ctx, system.Config{
-		NATSURL: producerURL, ServiceEnv: serviceEnv, Workers: workers, ReadyTimeout: 90 * time.Second,
-	})
-	if err != nil {
-		t.Fatalf("start the compose deployment: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := sys.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
 
 	// Request-reply as the producer.
 	images, err := mnist.TestImages()

@@ -36,17 +36,9 @@ func TestDurableJobsSurviveAServerRestart(t *testing.T) {
 		current.WaitForShutdown()
 	})
 
+	sys := startConfig(t, system.Config{NATSURL: url})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	sys, err := system.Start(ctx, system.Config{NATSURL: url, ReadyTimeout: 90 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := sys.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
 	images, err := mnist.TestImages()
 	if err != nil {
 		t.Fatal(err)

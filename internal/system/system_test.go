@@ -37,13 +37,23 @@ func start(t *testing.T, workers int, env map[string]string, reg prometheus.Regi
 func startPlan(t *testing.T, planFile string, workers int, env map[string]string, reg prometheus.Registerer) *system.System {
 	t.Helper()
 	requireORT(t)
+	return startConfig(t, system.Config{
+		DataDir: t.TempDir(), NATSPort: -1, PlanFile: planFile, Workers: workers, Env: env, Registerer: reg,
+	})
+}
+
+// startConfig starts a system with cfg (ReadyTimeout 90 s unless set),
+// stopped by t.Cleanup.
+func startConfig(t *testing.T, cfg system.Config) *system.System {
+	t.Helper()
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 90 * time.Second
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	sys, err := system.Start(ctx, system.Config{
-		DataDir: t.TempDir(), NATSPort: -1, PlanFile: planFile, Workers: workers, Env: env, Registerer: reg, ReadyTimeout: 90 * time.Second,
-	})
+	sys, err := system.Start(ctx, cfg)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("start the system: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := sys.Stop(); err != nil {
