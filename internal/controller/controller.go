@@ -125,6 +125,10 @@ type controller struct {
 	latches map[string]string // op → last error logged, so a lasting failure logs once
 }
 
+// jobsKey is the jobs consumer's key in controller.cons (model names are
+// wire tokens, so it cannot collide).
+const jobsKey = "$jobs"
+
 // ensure applies the topology and puts the plan.
 func (c *controller) ensure(ctx context.Context) error {
 	kv, err := natsbus.EnsureTopology(ctx, c.js, c.plan, c.topo)
@@ -313,9 +317,25 @@ func (c *controller) write(ctx context.Context, d Decision, qps float64, backlog
 	return nil
 }
 
-// pollBacklog reads every used model's consumer info. A failure keeps the
-// model's last known backlog.
+// pollBacklog reads every used model's consumer info, and checks that the
+// jobs consumer still exists (a missing one is re-created by the next
+// tick's topology repair). A failure keeps the model's last known backlog.
 func (c *controller) pollBacklog(ctx context.Context) {
+	if jobs := c.cons[jobsKey]; jobs != nil {
+		if _, err := jobs.Info(ctx); err != nil {
+			delete(c.cons, jobsKey)
+			c.noteMissing(err)
+			c.fail("jobs_consumer_info", fmt.Errorf("jobs consumer: %w", err))
+		} else {
+			c.ok("jobs_consumer_info")
+		}
+	} else if jobs, err := c.js.Consumer(ctx, wire.JobsStream(c.plan.Pipeline), wire.JobsConsumer); err != nil {
+		c.noteMissing(err)
+		c.fail("jobs_consumer_info", fmt.Errorf("jobs consumer: %w", err))
+	} else {
+		c.cons[jobsKey] = jobs
+		c.ok("jobs_consumer_info")
+	}
 	for _, m := range c.plan.UsedModels() {
 		cons := c.cons[m]
 		if cons == nil {

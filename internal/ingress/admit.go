@@ -115,9 +115,14 @@ type admission struct {
 	resultFormat string
 	// client overrides req.Client (jobs: the subject's last token).
 	client string
-	// id is used when the request carries none (jobs: derived from the
-	// stream sequence, so a redelivered job keeps its id); empty: a NUID.
-	id string
+	// key, when set, is the admission's key (wire.Item.Key) and the id of
+	// a request that carries none. Jobs derive it from the job's stream
+	// sequence, so a redelivered job is deduplicated at the first stage
+	// while two jobs that carry the same id are two admissions, each with
+	// its own result. Empty: a request with an id is keyed by client and
+	// id (its idempotency key on the synchronous doors), one without by a
+	// fresh NUID.
+	key string
 }
 
 // admitted describes a request published to its first stage.
@@ -136,12 +141,17 @@ func (in *ingress) admit(a admission) (admitted, error) {
 		return admitted{}, wire.Errorf(wire.CodeUnavailable, "pipeline %q is not ready (waiting for the controller's plan and topology)", in.cfg.Pipeline)
 	}
 	r := a.req
+	if a.replyTo != "" {
+		if err := wire.CheckReplySubject(in.cfg.InboxPrefix, a.replyTo); err != nil {
+			return admitted{}, wire.Errorf(wire.CodeInvalidInput, "%v", err)
+		}
+	}
 	id := r.ID
 	switch {
 	case id != "" && !wire.ValidToken(id):
 		return admitted{}, wire.Errorf(wire.CodeInvalidInput, "id %q: want 1-64 letters, digits, '-' or '_'", truncate(id, 80))
-	case id == "" && a.id != "":
-		id = a.id
+	case id == "" && a.key != "":
+		id = a.key
 	case id == "":
 		id = nuid.Next()
 	}
@@ -155,6 +165,14 @@ func (in *ingress) admit(a admission) (admitted, error) {
 	if !wire.ValidToken(client) {
 		return admitted{}, wire.Errorf(wire.CodeInvalidInput, "client %q: want 1-64 letters, digits, '-' or '_'", truncate(client, 80))
 	}
+	key := a.key
+	switch {
+	case key != "":
+	case r.ID != "":
+		key = client + "." + r.ID
+	default:
+		key = id
+	}
 	now := in.now()
 	deadline, err := Deadline(r, now, in.cfg.DefaultTimeout, in.cfg.MaxTimeout)
 	if err != nil {
@@ -167,6 +185,7 @@ func (in *ingress) admit(a admission) (admitted, error) {
 	first := firstModel(c)
 	it := &wire.Item{
 		ID:                  id,
+		Key:                 key,
 		Pipeline:            in.cfg.Pipeline,
 		Client:              client,
 		Input:               input,
@@ -187,7 +206,7 @@ func (in *ingress) admit(a admission) (admitted, error) {
 	defer cancel()
 	msg := &nats.Msg{Subject: wire.ModelSubject(in.cfg.Pipeline, first), Data: body}
 	ack, err := in.js.PublishMsg(ctx, msg,
-		jetstream.WithMsgID(id+"."+first),
+		jetstream.WithMsgID(wire.StageMsgID(key, first)),
 		jetstream.WithExpectStream(wire.ModelStream(in.cfg.Pipeline, first)))
 	if err != nil {
 		return admitted{}, publishError(err, first)

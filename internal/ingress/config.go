@@ -41,6 +41,21 @@ type Config struct {
 	// (CASCADE_INGRESS_INSTANCE; a wire token). Empty: a random NUID.
 	Instance string `env:"INGRESS_INSTANCE"`
 
+	// InboxPrefix is the prefix of every reply subject the ingress answers
+	// on (CASCADE_INBOX_PREFIX, default "_INBOX."; the stage workers must
+	// use the same). A request-reply message whose reply subject is not a
+	// literal subject under it, or lies under a subject space the services
+	// own (cascade.>, $KV.>, $JS.>, ...), is refused unread and counted; its
+	// own results are received under InboxPrefix + instance.
+	InboxPrefix string `env:"INBOX_PREFIX" envDefault:"_INBOX."`
+	// PendingMsgs and PendingBytes are the request subscription's pending
+	// limits in the NATS client (CASCADE_INGRESS_PENDING_MSGS, default
+	// 65536; CASCADE_INGRESS_PENDING_BYTES, default 256 MiB). Past half of
+	// either, requests are answered overloaded without being read, so the
+	// client library never reaches the limits and drops them unanswered.
+	PendingMsgs  int `env:"INGRESS_PENDING_MSGS" envDefault:"65536"`
+	PendingBytes int `env:"INGRESS_PENDING_BYTES" envDefault:"268435456"`
+
 	// DefaultTimeout is the deadline of a request that sets neither
 	// timeout_ms nor deadline_unix_ms (CASCADE_DEFAULT_TIMEOUT, default 5s).
 	DefaultTimeout time.Duration `env:"DEFAULT_TIMEOUT" envDefault:"5s"`
@@ -128,6 +143,15 @@ func (c Config) Validate() error {
 	}
 	if c.Instance != "" && !wire.ValidToken(c.Instance) {
 		bad("CASCADE_INGRESS_INSTANCE %q: want 1-64 letters, digits, '-' or '_'", c.Instance)
+	}
+	if err := wire.CheckInboxPrefix(c.InboxPrefix); err != nil {
+		bad("CASCADE_INBOX_PREFIX: %v", err)
+	}
+	if c.PendingMsgs < 16 {
+		bad("CASCADE_INGRESS_PENDING_MSGS must be >= 16, got %d", c.PendingMsgs)
+	}
+	if int64(c.PendingBytes) < 2*c.MaxBodyBytes {
+		bad("CASCADE_INGRESS_PENDING_BYTES (%d) must be at least twice CASCADE_INGRESS_MAX_BODY_BYTES (%d)", c.PendingBytes, c.MaxBodyBytes)
 	}
 	if c.DefaultTimeout <= 0 {
 		bad("CASCADE_DEFAULT_TIMEOUT must be > 0, got %v", c.DefaultTimeout)

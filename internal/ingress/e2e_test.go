@@ -185,7 +185,7 @@ func TestEndToEndMNIST(t *testing.T) {
 			continue
 		}
 		var i int
-		if _, err := fmt.Sscanf(r.ID, "json-%d", &i); err != nil || i < 0 || i >= n || m.Header.Get(wire.HeaderMsgID) != r.ID+".result" {
+		if _, err := fmt.Sscanf(r.ID, "json-%d", &i); err != nil || i < 0 || i >= n || !isJobResultMsgID("mnist", m.Header.Get(wire.HeaderMsgID)) {
 			t.Errorf("JSON job result id %q, %s %q", r.ID, wire.HeaderMsgID, m.Header.Get(wire.HeaderMsgID))
 			continue
 		}

@@ -322,7 +322,7 @@ func (e *testEnv) respondAfter(t testing.TB, model string, gate <-chan struct{})
 					out := nats.NewMsg(wire.ResultSubject(pipeline, it.Client))
 					out.Data = b
 					out.Header.Set(wire.HeaderContentType, contentType)
-					if _, err := js.PublishMsg(ctx, out, jetstream.WithMsgID(it.ID+".result")); err != nil {
+					if _, err := js.PublishMsg(ctx, out, jetstream.WithMsgID(wire.ResultMsgID(it.Pipeline, it.DedupKey()))); err != nil {
 						_ = msg.Nak()
 						continue
 					}
@@ -486,6 +486,13 @@ func (e *testEnv) resultMsgs(t testing.TB, client string) []*nats.Msg {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Polling callers read often: remove the consumer at once rather than
+	// leave it to expire, or the server's consumer limit is reached.
+	defer func() {
+		if info := cons.CachedInfo(); info != nil {
+			_ = s.DeleteConsumer(context.Background(), info.Name)
+		}
+	}()
 	var out []*nats.Msg
 	for {
 		batch, err := cons.FetchNoWait(100)

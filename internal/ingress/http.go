@@ -49,7 +49,7 @@ func (in *ingress) handler() http.Handler {
 
 func (in *ingress) httpReady(w http.ResponseWriter, _ *http.Request) {
 	status := http.StatusOK
-	if !in.ready.Load() {
+	if !in.serving() {
 		status = http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, map[string]bool{"ready": status == http.StatusOK})

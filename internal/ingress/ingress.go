@@ -37,10 +37,19 @@ type ingress struct {
 	replies  *replyMux
 
 	// ready is true while intake is open: plan and topology known, not
-	// shutting down.
-	ready atomic.Bool
+	// shutting down. jobsOK is true while the jobs consumer is bound (or
+	// the jobs door is off); the ingress reports ready only with both.
+	// jobsSeenDown is set once a loss of the consumer was reported.
+	ready        atomic.Bool
+	jobsOK       atomic.Bool
+	jobsSeenDown atomic.Bool
 	// admittedN and rejectedN are the cumulative counters of IngressStats.
 	admittedN, rejectedN atomic.Uint64
+
+	// overloaded is the prepared answer of requests shed at intake.
+	overloaded overloadedReply
+	// lastRefusalLog rate-limits the log of refused reply subjects (unix ns).
+	lastRefusalLog atomic.Int64
 
 	// slots bounds the NATS requests handled at once; handlers tracks
 	// their goroutines.
@@ -85,8 +94,11 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	in.js = js
 	in.ctl = newWatcher(cfg.Pipeline, in.logger, in.metrics)
+	if in.overloaded, err = newOverloadedReply(in.codec, cfg.Pipeline, in.instance); err != nil {
+		return fmt.Errorf("ingress: %w", err)
+	}
 
-	if in.replies, err = newReplyMux(deps.Conn, in.instance); err != nil {
+	if in.replies, err = newReplyMux(deps.Conn, cfg.InboxPrefix+in.instance+"."); err != nil {
 		return fmt.Errorf("ingress: %w", err)
 	}
 	defer func() { _ = in.replies.close() }()
@@ -131,7 +143,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		<-gctx.Done()
 		in.logger.Info("ingress stopping")
 		in.ready.Store(false)
-		in.metrics.ready.Set(0)
+		in.updateReady()
 		if srv == nil {
 			return nil
 		}
@@ -171,36 +183,33 @@ func (in *ingress) intake(ctx context.Context) error {
 		}
 		return fmt.Errorf("ingress: %w", err)
 	}
-	var jobs jetstream.Consumer
-	if in.cfg.JobsBatch > 0 {
-		var err error
-		if jobs, err = in.js.Consumer(ctx, wire.JobsStream(in.cfg.Pipeline), wire.JobsConsumer); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("ingress: jobs consumer: %w", err)
-		}
-	}
 	sub, err := in.nc.QueueSubscribe(wire.InferSubject(in.cfg.Pipeline), wire.IngressQueue, in.onRequest)
 	if err != nil {
 		return fmt.Errorf("ingress: subscribe %s: %w", wire.InferSubject(in.cfg.Pipeline), err)
 	}
 	closed := sub.StatusChanged(nats.SubscriptionClosed)
+	if err := sub.SetPendingLimits(in.cfg.PendingMsgs, in.cfg.PendingBytes); err != nil {
+		return fmt.Errorf("ingress: pending limits: %w", err)
+	}
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); in.watchPending(ctx, sub) }()
+	defer func() { <-watchDone }()
 	in.ready.Store(true)
-	in.metrics.ready.Set(1)
+	in.updateReady()
 	in.logger.Info("ingress ready", "pipeline", in.cfg.Pipeline, "gear", c.State.Gear, "first_model", firstModel(c),
-		"subject", wire.InferSubject(in.cfg.Pipeline), "jobs", jobs != nil)
+		"subject", wire.InferSubject(in.cfg.Pipeline), "jobs", in.cfg.JobsBatch > 0)
 
 	jobsDone := make(chan struct{})
 	go func() {
 		defer close(jobsDone)
-		if jobs != nil {
-			in.runJobs(ctx, jobs)
+		if in.cfg.JobsBatch > 0 {
+			in.runJobs(ctx)
 		}
 	}()
 
 	<-ctx.Done()
 	in.ready.Store(false)
+	in.updateReady()
 	// Stop taking requests; those already delivered to us are still handled.
 	bound := time.NewTimer(in.cfg.ShutdownTimeout)
 	defer bound.Stop()
@@ -227,6 +236,44 @@ func (in *ingress) intake(ctx context.Context) error {
 		<-done
 	}
 	return nil
+}
+
+// watchPending exports the request subscription's pending messages and
+// counts what the client library dropped (it should be nothing: intake
+// sheds at half the limits) until ctx ends.
+func (in *ingress) watchPending(ctx context.Context, sub *nats.Subscription) {
+	t := time.NewTicker(in.cfg.StatsInterval)
+	defer t.Stop()
+	var dropped int
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n, _, err := sub.Pending(); err == nil {
+			in.metrics.pending.Set(float64(n))
+		}
+		if d, err := sub.Dropped(); err == nil && d > dropped {
+			in.metrics.dropped.Add(float64(d - dropped))
+			in.logger.Error("the NATS client dropped requests: they get no answer", "dropped", d-dropped)
+			dropped = d
+		}
+	}
+}
+
+// serving reports whether every door is open: what /v2/health/ready and
+// cascade_ingress_ready say.
+func (in *ingress) serving() bool {
+	return in.ready.Load() && (in.cfg.JobsBatch == 0 || in.jobsOK.Load())
+}
+
+func (in *ingress) updateReady() {
+	if in.serving() {
+		in.metrics.ready.Set(1)
+	} else {
+		in.metrics.ready.Set(0)
+	}
 }
 
 func (in *ingress) abortWaiters() { in.abortOnce.Do(func() { close(in.abort) }) }

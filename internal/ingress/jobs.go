@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
@@ -16,16 +17,37 @@ import (
 // maxJobsRetryDelay caps the growing redelivery delay of deferred jobs.
 const maxJobsRetryDelay = 30 * time.Second
 
-// runJobs pulls durable jobs and routes them until ctx ends; the batch in
-// hand is always finished (its jobs are already delivered to us).
-func (in *ingress) runJobs(ctx context.Context, cons jetstream.Consumer) {
+// runJobs binds the jobs consumer, pulls durable jobs and routes them until
+// ctx ends; the batch in hand is always finished (its jobs are already
+// delivered to us). A missing consumer (deleted, or not created yet) makes
+// the ingress unready, is logged and counted, and is bound again as soon
+// as it exists (the controller's topology repair re-creates it); accepted
+// jobs wait in their stream meanwhile.
+func (in *ingress) runJobs(ctx context.Context) {
+	var cons jetstream.Consumer
 	maxDeliver := 0
-	if info := cons.CachedInfo(); info != nil {
-		maxDeliver = info.Config.MaxDeliver
-	}
 	for ctx.Err() == nil {
+		if cons == nil {
+			c, err := in.js.Consumer(ctx, wire.JobsStream(in.cfg.Pipeline), wire.JobsConsumer)
+			if err != nil {
+				if ctx.Err() == nil {
+					in.jobsLost(err)
+					sleep(ctx, in.cfg.PollInterval)
+				}
+				continue
+			}
+			cons, maxDeliver = c, 0
+			if info := c.CachedInfo(); info != nil {
+				maxDeliver = info.Config.MaxDeliver
+			}
+			in.jobsBound()
+		}
 		batch, err := cons.Fetch(in.cfg.JobsBatch, jetstream.FetchMaxWait(in.cfg.JobsMaxWait))
 		if err != nil {
+			if in.consumerGone(ctx, cons, err) {
+				cons = nil
+				continue
+			}
 			in.logger.Warn("fetch jobs", "err", err)
 			sleep(ctx, in.cfg.PollInterval)
 			continue
@@ -37,6 +59,10 @@ func (in *ingress) runJobs(ctx context.Context, cons jetstream.Consumer) {
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			if in.consumerGone(ctx, cons, err) {
+				cons = nil
+				continue
+			}
 			in.logger.Debug("fetch jobs", "err", err)
 		}
 		if deferred {
@@ -47,6 +73,47 @@ func (in *ingress) runJobs(ctx context.Context, cons jetstream.Consumer) {
 	}
 }
 
+// consumerGone reports whether the jobs consumer no longer exists, after a
+// pull failed with err; if so it records the loss.
+func (in *ingress) consumerGone(ctx context.Context, cons jetstream.Consumer, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if !errors.Is(err, jetstream.ErrConsumerDeleted) && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		ictx, cancel := context.WithTimeout(ctx, in.cfg.PublishTimeout)
+		_, err = cons.Info(ictx)
+		cancel()
+		if err == nil || !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return false
+		}
+	}
+	in.jobsLost(err)
+	return true
+}
+
+// jobsLost marks the jobs door down: the ingress reports unready until the
+// consumer is bound again. The first failure of an outage is logged at
+// error level and counted; repeats are not.
+func (in *ingress) jobsLost(err error) {
+	wasOK, reported := in.jobsOK.Swap(false), in.jobsSeenDown.Swap(true)
+	if wasOK || !reported {
+		in.metrics.jobsLost.Inc()
+		in.logger.Error("the jobs consumer is missing: durable jobs wait in their stream until it is back; reporting unready",
+			"stream", wire.JobsStream(in.cfg.Pipeline), "consumer", wire.JobsConsumer, "err", err)
+	}
+	in.metrics.jobsBound.Set(0)
+	in.updateReady()
+}
+
+// jobsBound marks the jobs door up.
+func (in *ingress) jobsBound() {
+	if !in.jobsOK.Swap(true) && in.jobsSeenDown.Swap(false) {
+		in.logger.Warn("the jobs consumer is back; routing durable jobs again")
+	}
+	in.metrics.jobsBound.Set(1)
+	in.updateReady()
+}
+
 // handleJob routes one durable job and settles it; it reports whether the
 // job was deferred (handed back for a later delivery).
 //
@@ -54,9 +121,9 @@ func (in *ingress) runJobs(ctx context.Context, cons jetstream.Consumer) {
 // exactly one result on the results stream:
 //   - admitted: Ack after the first stage's PubAck; the last stage publishes
 //     the result (msg id `<id>.result`).
-//   - duplicate (the same id was admitted within the dedup window, e.g. this
-//     is a redelivery after an ingress crashed between PubAck and Ack): Ack;
-//     the first admission makes the result.
+//   - duplicate (this job was admitted before: a redelivery after an ingress
+//     crashed between PubAck and Ack, since a job's key is derived from its
+//     stream sequence): Ack; the first admission makes the result.
 //   - invalid_input or deadline_exceeded: publish the error result, await
 //     its PubAck, Ack.
 //   - overloaded (first queue full), unavailable or internal: NakWithDelay,
@@ -66,12 +133,14 @@ func (in *ingress) runJobs(ctx context.Context, cons jetstream.Consumer) {
 func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) {
 	start := in.now()
 	var delivered uint64 = 1
-	fallbackID := ""
+	// The job's key is stable across its redeliveries and unique among
+	// jobs: a redelivered job is deduplicated at the first stage, and two
+	// jobs with the same id (of one client or of two) are two admissions,
+	// each answered on its own client's subject.
+	key := "j" + nuid.Next()
 	if meta, err := msg.Metadata(); err == nil {
 		delivered = meta.NumDelivered
-		// Stable across redeliveries, so a redelivered job without an id
-		// is deduplicated like one with an id.
-		fallbackID = "j" + strconv.FormatUint(meta.Sequence.Stream, 10) + "-" + strconv.FormatInt(meta.Timestamp.UnixNano(), 36)
+		key = "j" + strconv.FormatUint(meta.Sequence.Stream, 10) + "-" + strconv.FormatInt(meta.Timestamp.UnixNano(), 36)
 	}
 	client := strings.TrimPrefix(msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
 	contentType := msg.Headers().Get(wire.HeaderContentType)
@@ -86,7 +155,7 @@ func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) 
 		if err := in.decode(contentType, msg.Data(), &req); err != nil {
 			return err
 		}
-		_, err := in.admit(admission{door: doorJobs, req: &req, start: start, durable: true, resultFormat: format, client: client, id: fallbackID})
+		_, err := in.admit(admission{door: doorJobs, req: &req, start: start, durable: true, resultFormat: format, client: client, key: key})
 		return err
 	}()
 	code := wire.CodeOf(err)
@@ -114,9 +183,9 @@ func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) 
 	// A permanent verdict (or the last try): the error is the job's result.
 	id := req.ID
 	if !wire.ValidToken(id) {
-		id = fallbackID
+		id = key
 	}
-	if perr := in.publishJobError(id, client, format, err); perr != nil {
+	if perr := in.publishJobError(id, key, client, format, err); perr != nil {
 		in.logger.Warn("publish job error result; retrying the job later", "id", id, "err", perr)
 		if nerr := msg.NakWithDelay(in.cfg.JobsRetryDelay); nerr != nil {
 			in.logger.Warn("nak job", "subject", msg.Subject(), "err", nerr)
@@ -130,14 +199,15 @@ func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) 
 }
 
 // publishJobError publishes an error result for a job on the results
-// stream (msg id `<id>.result`, so a retried publish is deduplicated) and
+// stream (msg id wire.ResultMsgID of the job's key, so a retried publish is
+// deduplicated) and
 // awaits its PubAck. It is written in the job's result format, as the
 // workers write answers: the OIP JSON error body {"id", "error", "code"}
 // for a job sent as JSON, else a msgpack wire.Result; the headers
 // Content-Type and Cascade-Error say which and why. The subject mirrors the
 // job's: a job published on JobsSubject(p, X) gets its result on
 // ResultSubject(p, X), even when X is not a valid client token.
-func (in *ingress) publishJobError(id, client, format string, err error) error {
+func (in *ingress) publishJobError(id, key, client, format string, err error) error {
 	res := &wire.Result{ID: id, Pipeline: in.cfg.Pipeline, Client: client, Error: wireError(err), CompletedUnixNano: in.now().UnixNano()}
 	b, contentType, encErr := in.codec.EncodeResultAs(res, format)
 	if encErr != nil {
@@ -149,7 +219,7 @@ func (in *ingress) publishJobError(id, client, format string, err error) error {
 	out.Header.Set(wire.HeaderError, string(res.Error.Code))
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.PublishTimeout)
 	defer cancel()
-	_, perr := in.js.PublishMsg(ctx, out, jetstream.WithMsgID(id+".result"))
+	_, perr := in.js.PublishMsg(ctx, out, jetstream.WithMsgID(wire.ResultMsgID(in.cfg.Pipeline, key)))
 	return perr
 }
 

@@ -30,6 +30,15 @@ type metrics struct {
 	inFlight  prometheus.Gauge
 	ready     prometheus.Gauge
 	gear      prometheus.Gauge
+	// refusedReplies, shed, pending and dropped watch the request-reply
+	// door's trust and overload limits.
+	refusedReplies prometheus.Counter
+	shed           *prometheus.CounterVec
+	pending        prometheus.Gauge
+	dropped        prometheus.Counter
+	// jobsBound and jobsLost watch the jobs door's consumer.
+	jobsBound prometheus.Gauge
+	jobsLost  prometheus.Counter
 }
 
 // durationBuckets go from 50µs to ~13s, doubling.
@@ -56,9 +65,33 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cascade_ingress_http_in_flight_requests",
 			Help: "HTTP infer requests being handled.",
 		}),
+		refusedReplies: f.NewCounter(prometheus.CounterOpts{
+			Name: "cascade_ingress_refused_replies_total",
+			Help: "Request-reply messages not answered because their reply subject is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX).",
+		}),
+		shed: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_ingress_shed_requests_total",
+			Help: "Request-reply requests answered overloaded without being read, by reason: in_flight (CASCADE_INGRESS_MAX_IN_FLIGHT reached) or backlog (half of the subscription's pending limits).",
+		}, []string{"reason"}),
+		pending: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_ingress_pending_requests",
+			Help: "Request-reply messages received by the NATS client and not yet read by the ingress.",
+		}),
+		dropped: f.NewCounter(prometheus.CounterOpts{
+			Name: "cascade_ingress_dropped_requests_total",
+			Help: "Request-reply messages the NATS client dropped at its pending limits (never answered). Should stay 0: intake sheds first.",
+		}),
+		jobsBound: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_ingress_jobs_consumer_bound",
+			Help: "1 while the ingress is bound to the jobs consumer and routes durable jobs.",
+		}),
+		jobsLost: f.NewCounter(prometheus.CounterOpts{
+			Name: "cascade_ingress_jobs_consumer_lost_total",
+			Help: "Times the jobs consumer was found missing (deleted, or not yet created); the ingress is unready until it is back.",
+		}),
 		ready: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_ingress_ready",
-			Help: "1 when the plan and topology are known and intake is open.",
+			Help: "1 when the plan and topology are known, intake is open and (with the jobs door on) the jobs consumer is bound.",
 		}),
 		gear: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_ingress_gear_index",
@@ -71,6 +104,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		for _, c := range []wire.Code{wire.CodeInvalidInput, wire.CodeOverloaded} {
 			m.requests.WithLabelValues(door, string(c))
 		}
+	}
+	for _, why := range []string{"in_flight", "backlog"} {
+		m.shed.WithLabelValues(why)
 	}
 	return m
 }

@@ -14,19 +14,36 @@ import (
 // never holds up the subscription.
 func (in *ingress) onRequest(msg *nats.Msg) {
 	start := in.now()
-	isJSON := wire.IsJSON(msg.Header.Get(wire.HeaderContentType))
 	if msg.Reply == "" {
 		// Nobody to answer: a plain publish is not a request.
 		in.countRejected(doorNATS, wire.Errorf(wire.CodeInvalidInput, "no reply subject"))
 		in.logger.Debug("dropping a message without a reply subject", "subject", msg.Subject)
 		return
 	}
+	if err := wire.CheckReplySubject(in.cfg.InboxPrefix, msg.Reply); err != nil {
+		// Answering would publish where the producer says: into another
+		// client's results, the control bucket or a model's queue. Nothing
+		// is sent; the refusal is counted and logged (at most once a second).
+		in.metrics.refusedReplies.Inc()
+		in.countRejected(doorNATS, wire.Errorf(wire.CodeInvalidInput, "%v", err))
+		if last := in.lastRefusalLog.Load(); start.UnixNano()-last > int64(time.Second) && in.lastRefusalLog.CompareAndSwap(last, start.UnixNano()) {
+			in.logger.Warn("refusing a request whose reply subject is not an inbox", "err", err)
+		}
+		return
+	}
+	isJSON := wire.IsJSON(msg.Header.Get(wire.HeaderContentType))
+	// Shed before the client library's pending limits are reached: past
+	// them it drops requests without a word. Answering from a prepared
+	// body costs one buffered write, far less than handling a request, so
+	// the subscription drains faster than any overload fills it.
+	if pmsgs, pbytes, err := msg.Sub.Pending(); err == nil && (pmsgs > in.cfg.PendingMsgs/2 || pbytes > in.cfg.PendingBytes/2) {
+		in.shed(msg, isJSON, "backlog")
+		return
+	}
 	select {
 	case in.slots <- struct{}{}:
 	default:
-		err := wire.Errorf(wire.CodeOverloaded, "ingress %s has %d requests in flight", in.instance, cap(in.slots))
-		in.countRejected(doorNATS, err)
-		in.replyError(msg, isJSON, nil, err)
+		in.shed(msg, isJSON, "in_flight")
 		return
 	}
 	in.handlers.Add(1)
@@ -35,6 +52,41 @@ func (in *ingress) onRequest(msg *nats.Msg) {
 		defer func() { <-in.slots }()
 		in.handleRequest(msg, isJSON, start)
 	}()
+}
+
+// shed answers a request overloaded without reading its body, from a
+// prepared reply (it carries no id: the caller's inbox identifies the
+// request).
+func (in *ingress) shed(msg *nats.Msg, isJSON bool, why string) {
+	in.metrics.shed.WithLabelValues(why).Inc()
+	in.countRejected(doorNATS, in.overloaded.err)
+	out := nats.NewMsg(msg.Reply)
+	out.Header.Set(wire.HeaderError, string(wire.CodeOverloaded))
+	if isJSON {
+		out.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
+		out.Data = in.overloaded.json
+	} else {
+		out.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
+		out.Data = in.overloaded.msgpack
+	}
+	if err := in.nc.PublishMsg(out); err != nil {
+		in.logger.Debug("overloaded reply", "err", err)
+	}
+}
+
+// overloadedReply is the prepared answer of shed requests.
+type overloadedReply struct {
+	err           *wire.Error
+	msgpack, json []byte
+}
+
+func newOverloadedReply(codec *wire.Codec, pipeline, instance string) (overloadedReply, error) {
+	e := wire.Errorf(wire.CodeOverloaded, "ingress %s is at its intake limit; retry later", instance)
+	b, err := codec.EncodeResult(&wire.Result{Pipeline: pipeline, Error: e})
+	if err != nil {
+		return overloadedReply{}, err
+	}
+	return overloadedReply{err: e, msgpack: b, json: wire.EncodeOIPError(e)}, nil
 }
 
 // handleRequest admits one request-reply request. A msgpack request's item

@@ -10,7 +10,7 @@ import (
 
 // replyMux receives the results of requests the ingress answers itself
 // (HTTP, and NATS requests with a JSON body). It holds ONE wildcard
-// subscription on `_INBOX.<instance>.>`; each request gets its own subject
+// subscription on `<inbox prefix><instance>.>`; each request gets its own subject
 // under it (a fresh NUID token, never the request id, so a duplicate id
 // cannot steal another caller's result) and a channel in a map. No
 // subscription per request.
@@ -22,8 +22,10 @@ type replyMux struct {
 	waiting map[string]chan *nats.Msg
 }
 
-func newReplyMux(nc *nats.Conn, instance string) (*replyMux, error) {
-	m := &replyMux{prefix: "_INBOX." + instance + ".", waiting: map[string]chan *nats.Msg{}}
+// newReplyMux subscribes to prefix + ">" (the inbox prefix and the
+// instance, ending in '.').
+func newReplyMux(nc *nats.Conn, prefix string) (*replyMux, error) {
+	m := &replyMux{prefix: prefix, waiting: map[string]chan *nats.Msg{}}
 	sub, err := nc.Subscribe(m.prefix+">", m.deliver)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe reply inbox: %w", err)

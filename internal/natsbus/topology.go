@@ -32,8 +32,18 @@ type TopologyConfig struct {
 	MaxQueue int64
 	// MaxQueueBytes bounds each model's work queue in bytes (default 256 MiB).
 	MaxQueueBytes int64
-	// MaxJobs bounds the jobs stream in messages (default 100000).
-	MaxJobs int64
+	// MaxJobs and MaxJobsBytes bound the jobs stream (default 100000
+	// messages, 1 GiB). A full jobs stream refuses new jobs (DiscardNew):
+	// the producer's publish fails, nothing accepted is dropped.
+	MaxJobs      int64
+	MaxJobsBytes int64
+	// ResultsMaxBytes bounds the results stream besides its age (default
+	// 1 GiB; the oldest results go first).
+	ResultsMaxBytes int64
+	// DLQMaxMsgs and DLQMaxBytes bound a pipeline's dead letters besides
+	// their age (default 100000 messages, 1 GiB; the oldest go first).
+	DLQMaxMsgs  int64
+	DLQMaxBytes int64
 	// ResultsMaxAge is how long results are kept (default 1h).
 	ResultsMaxAge time.Duration
 	// DLQMaxAge is how long dead letters are kept (default 7 days).
@@ -64,6 +74,18 @@ func (c TopologyConfig) WithDefaults() TopologyConfig {
 	}
 	if c.MaxJobs == 0 {
 		c.MaxJobs = 100000
+	}
+	if c.MaxJobsBytes == 0 {
+		c.MaxJobsBytes = 1 << 30
+	}
+	if c.ResultsMaxBytes == 0 {
+		c.ResultsMaxBytes = 1 << 30
+	}
+	if c.DLQMaxMsgs == 0 {
+		c.DLQMaxMsgs = 100000
+	}
+	if c.DLQMaxBytes == 0 {
+		c.DLQMaxBytes = 1 << 30
 	}
 	if c.ResultsMaxAge == 0 {
 		c.ResultsMaxAge = time.Hour
@@ -127,6 +149,7 @@ func JobsStreamConfig(pipeline string, c TopologyConfig) jetstream.StreamConfig 
 		Retention:   jetstream.WorkQueuePolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxMsgs:     c.MaxJobs,
+		MaxBytes:    c.MaxJobsBytes,
 		Storage:     c.Storage,
 		Replicas:    c.Replicas,
 		Duplicates:  c.Duplicates,
@@ -154,6 +177,8 @@ func ResultsStreamConfig(c TopologyConfig) jetstream.StreamConfig {
 		Subjects:    []string{wire.ResultsWildcard},
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      c.ResultsMaxAge,
+		MaxBytes:    c.ResultsMaxBytes,
+		Discard:     jetstream.DiscardOld,
 		Storage:     c.Storage,
 		Replicas:    c.Replicas,
 		Duplicates:  c.Duplicates,
@@ -169,6 +194,9 @@ func DLQStreamConfig(pipeline string, c TopologyConfig) jetstream.StreamConfig {
 		Subjects:    []string{wire.DLQSubject(pipeline, "*")},
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      c.DLQMaxAge,
+		MaxMsgs:     c.DLQMaxMsgs,
+		MaxBytes:    c.DLQMaxBytes,
+		Discard:     jetstream.DiscardOld,
 		Storage:     c.Storage,
 		Replicas:    c.Replicas,
 		Duplicates:  c.Duplicates,

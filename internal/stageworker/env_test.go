@@ -378,7 +378,7 @@ func (e *testEnv) durableResults(t testing.TB, client string) (map[string][]*wir
 		if err := decodeResultMsg(m.Header, m.Data, &res); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := m.Header.Get(wire.HeaderMsgID), res.ID+".result"; got != want {
+		if got, want := m.Header.Get(wire.HeaderMsgID), wire.ResultMsgID(res.Pipeline, res.ID); got != want {
 			t.Errorf("result %s: %s %q, want %q", res.ID, wire.HeaderMsgID, got, want)
 		}
 		out[res.ID] = append(out[res.ID], &res)

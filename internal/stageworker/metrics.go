@@ -36,6 +36,11 @@ type metrics struct {
 	deadLetters  *prometheus.CounterVec
 	backlog      *prometheus.GaugeVec
 	pulls        *prometheus.CounterVec
+	// refusedReplies counts results not sent to a reply subject outside
+	// the inbox prefix (a forged or broken reply route).
+	refusedReplies *prometheus.CounterVec
+	// nonFinite counts items whose model output was NaN or infinite.
+	nonFinite *prometheus.CounterVec
 }
 
 // durationBuckets go from 50µs to ~13s, doubling: sub-millisecond hops of
@@ -45,6 +50,14 @@ var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 19)
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
 	return &metrics{
+		refusedReplies: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_refused_replies_total",
+			Help: "Results not published to an item's reply subject because it is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX), per model.",
+		}, []string{"model"}),
+		nonFinite: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_non_finite_outputs_total",
+			Help: "Items whose model output held NaN or infinite values; each is answered invalid_input, never retried.",
+		}, []string{"model"}),
 		items: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_items_total",
 			Help: "Items handled per model, by outcome: answered, escalated, expired (deadline passed before compute), degraded (answered early: deadline or full next queue), failed (invalid, undecodable or dead-lettered).",

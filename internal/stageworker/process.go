@@ -17,6 +17,7 @@ import (
 // task is one input message while its batch is handled.
 type task struct {
 	msg       jetstream.Msg
+	model     string                 // the model whose queue it came from
 	meta      *jetstream.MsgMetadata // nil if the reply subject did not parse
 	received  time.Time
 	item      wire.Item
@@ -40,7 +41,7 @@ type task struct {
 }
 
 func (w *worker) newTask(h *hosted, msg jetstream.Msg) *task {
-	t := &task{msg: msg, received: w.now(), escalation: -1}
+	t := &task{msg: msg, model: h.name, received: w.now(), escalation: -1}
 	if meta, err := msg.Metadata(); err == nil {
 		t.meta = meta
 		if meta.NumDelivered > 1 {
@@ -130,6 +131,10 @@ func (w *worker) invalid(t *task) error {
 		return errors.New("item has no id")
 	case it.Pipeline != w.cfg.Pipeline:
 		return fmt.Errorf("item of pipeline %q sent to pipeline %q", it.Pipeline, w.cfg.Pipeline)
+	case it.Client != "" && !wire.ValidToken(it.Client):
+		return fmt.Errorf("client %q is not a valid subject token", truncate(it.Client))
+	case it.ReplyTo != "" && w.replyRefused(it.ReplyTo) != nil:
+		return w.replyRefused(it.ReplyTo)
 	case wire.DatatypeSize(it.Input.Datatype) == 0:
 		return fmt.Errorf("input datatype %q", it.Input.Datatype)
 	case it.Input.Elements() != int64(w.itemSize) || len(it.Input.Data) != w.itemSize*wire.DatatypeSize(it.Input.Datatype):
@@ -188,6 +193,21 @@ func (r *runner) infer(i int, c *control, run []*task) {
 			continue
 		}
 		probs := r.out[k*classes : (k+1)*classes]
+		if !finite(probs) {
+			// The input is finite (the ingress checks) but drives the model
+			// out of range, e.g. values near the float32 maximum: the same
+			// input fails the same way on every delivery, so it is this
+			// item's permanent error, not a transient failure.
+			w.metrics.nonFinite.WithLabelValues(h.name).Inc()
+			w.logger.Warn("model output is not finite: answering invalid_input", "id", t.item.ID, "model", h.name)
+			t.outcome = outcomeFailed
+			t.err = permanent("model %q output for item %q is not finite", h.name, t.item.ID)
+			if err := w.addResult(t, w.errorResult(c, &t.item, end, wire.Errorf(wire.CodeInvalidInput,
+				"model %q produced a non-finite output for this input (values too large in magnitude?)", h.name))); err != nil {
+				t.err = err
+			}
+			continue
+		}
 		plan.Calibrate(probs, temperature)
 		conf, label := plan.Confidence(metric, probs)
 		enq := t.item.EnqueuedUnixNano
@@ -239,11 +259,21 @@ func (w *worker) route(c *control, h *hosted, t *task, probs []float32, now time
 		}
 		m := nats.NewMsg(wire.ModelSubject(w.cfg.Pipeline, rt.next))
 		m.Data = data
-		m.Header.Set(wire.HeaderMsgID, it.ID+"."+rt.next)
+		m.Header.Set(wire.HeaderMsgID, wire.StageMsgID(it.DedupKey(), rt.next))
 		t.outcome = outcomeEscalated
 		t.escalation = len(t.js)
 		t.js = append(t.js, m)
 	}
+}
+
+// finite reports whether every value is a number, not NaN or ±Inf.
+func finite(v []float32) bool {
+	for _, x := range v {
+		if x-x != 0 { // NaN or ±Inf
+			return false
+		}
+	}
+	return true
 }
 
 // answerResult is the result of an item answered by its last visit.
@@ -293,17 +323,25 @@ func (w *worker) addResult(t *task, res *wire.Result) error {
 			m.Header.Set(wire.HeaderError, string(res.Error.Code))
 		}
 	}
-	if it.Durable {
-		client := it.Client
-		if client == "" {
-			client = wire.DefaultClient
-		}
+	client := it.Client
+	if client == "" {
+		client = wire.DefaultClient
+	}
+	if it.Durable && wire.ValidToken(client) {
 		m := nats.NewMsg(wire.ResultSubject(w.cfg.Pipeline, client))
 		fill(m)
-		m.Header.Set(wire.HeaderMsgID, it.ID+".result")
+		m.Header.Set(wire.HeaderMsgID, wire.ResultMsgID(w.cfg.Pipeline, it.DedupKey()))
 		t.js = append(t.js, m)
 	}
 	if it.ReplyTo != "" {
+		// Never publish where a reply cannot legitimately go: only the
+		// ingress's check stands between a producer and a forged reply
+		// subject, and items can reach a queue by other ways.
+		if err := w.replyRefused(it.ReplyTo); err != nil {
+			w.metrics.refusedReplies.WithLabelValues(t.model).Inc()
+			w.logger.Warn("not answering on a refused reply subject", "id", it.ID, "err", err)
+			return nil
+		}
 		m := nats.NewMsg(it.ReplyTo)
 		fill(m)
 		t.core = append(t.core, m)
@@ -311,11 +349,23 @@ func (w *worker) addResult(t *task, res *wire.Result) error {
 	return nil
 }
 
+// replyRefused says why the worker must not answer on subject, or nil.
+func (w *worker) replyRefused(subject string) error {
+	return wire.CheckReplySubject(w.cfg.InboxPrefix, subject)
+}
+
+func truncate(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}
+
 // deadLetterMsg is the dead-letter copy of a task's input message.
 func (w *worker) deadLetterMsg(h *hosted, t *task, reason string) *nats.Msg {
 	m := nats.NewMsg(wire.DLQSubject(w.cfg.Pipeline, h.name))
 	m.Data = t.msg.Data()
-	id := t.item.ID
+	id := t.item.DedupKey()
 	if t.decodeErr != nil || id == "" {
 		id = "seq-" + fmt.Sprint(t.streamSeq())
 	}

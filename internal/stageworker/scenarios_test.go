@@ -401,7 +401,7 @@ func TestPoisonAndUndecodable(t *testing.T) {
 
 	// The poison item's durable result is its JSON error.
 	for _, m := range e.durableMsgs(t, "test") {
-		if m.Header.Get(wire.HeaderMsgID) != "poison.result" {
+		if m.Header.Get(wire.HeaderMsgID) != wire.ResultMsgID("mnist", "poison") {
 			continue
 		}
 		var r wire.Result

@@ -12,7 +12,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
-const replySubject = "test.replies"
+const replySubject = "_INBOX.test.replies"
 
 // checkExactlyOnce fails unless every id has exactly one reply and one
 // durable result, and nothing else arrived.
@@ -154,7 +154,7 @@ func TestResultFormats(t *testing.T) {
 	}
 	got := map[string]*wire.Result{}
 	for _, m := range msgs {
-		id, ok := strings.CutSuffix(m.Header.Get(wire.HeaderMsgID), ".result")
+		id, ok := strings.CutSuffix(strings.TrimPrefix(m.Header.Get(wire.HeaderMsgID), "mnist."), ".result")
 		c, known := cases[id]
 		if !ok || !known {
 			t.Errorf("result with %s %q", wire.HeaderMsgID, m.Header.Get(wire.HeaderMsgID))

@@ -1,6 +1,10 @@
 package wire
 
-import "strings"
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
 
 // Header keys.
 const (
@@ -114,4 +118,78 @@ type IngressStats struct {
 	Admitted   uint64 `json:"admitted"`
 	Rejected   uint64 `json:"rejected"`
 	AtUnixNano int64  `json:"at_ns"`
+}
+
+// DefaultInboxPrefix is the prefix every reply subject must have unless a
+// deployment configures another (CASCADE_INBOX_PREFIX): the services answer
+// only on inbox subjects, never on subjects they own.
+const DefaultInboxPrefix = "_INBOX."
+
+// ErrReplySubject marks a reply subject the services refuse to answer on.
+var ErrReplySubject = errors.New("reply subject refused")
+
+// ownedPrefixes are the subject spaces the services and the server own. No
+// reply is ever published under them, whatever the inbox prefix says.
+var ownedPrefixes = []string{"cascade.", "$KV.", "$JS.", "$SYS.", "$O.", "$NRG.", "$MQTT."}
+
+// CheckInboxPrefix validates a configured inbox prefix: literal subject
+// tokens ending in '.', outside every subject space the services own.
+func CheckInboxPrefix(prefix string) error {
+	if prefix == "" || !strings.HasSuffix(prefix, ".") || len(prefix) > 128 {
+		return fmt.Errorf("inbox prefix %q: want literal subject tokens ending in '.', like %q", prefix, DefaultInboxPrefix)
+	}
+	if err := checkTokens(strings.TrimSuffix(prefix, ".")); err != nil {
+		return fmt.Errorf("inbox prefix %q: %w", prefix, err)
+	}
+	for _, owned := range ownedPrefixes {
+		if strings.HasPrefix(prefix, owned) || strings.HasPrefix(owned, prefix) {
+			return fmt.Errorf("inbox prefix %q overlaps %q, which the services own", prefix, owned+">")
+		}
+	}
+	return nil
+}
+
+// CheckReplySubject reports whether the services may answer on subject: a
+// literal subject (no wildcards, no empty tokens or white space) of at most
+// 256 bytes under prefix (an inbox prefix that passed CheckInboxPrefix),
+// with at least one token after it. Errors wrap ErrReplySubject.
+func CheckReplySubject(prefix, subject string) error {
+	switch {
+	case len(subject) > 256:
+		return fmt.Errorf("%w: %d bytes, the limit is 256", ErrReplySubject, len(subject))
+	case !strings.HasPrefix(subject, prefix) || len(subject) == len(prefix):
+		return fmt.Errorf("%w: %q is not an inbox under %q", ErrReplySubject, truncateName(subject), prefix)
+	}
+	if err := checkTokens(subject); err != nil {
+		return fmt.Errorf("%w: %q: %v", ErrReplySubject, truncateName(subject), err)
+	}
+	for _, owned := range ownedPrefixes {
+		if strings.HasPrefix(subject, owned) {
+			return fmt.Errorf("%w: %q is under %q", ErrReplySubject, truncateName(subject), owned+">")
+		}
+	}
+	return nil
+}
+
+// checkTokens accepts a literal subject: non-empty '.'-separated tokens of
+// printable characters other than white space, '*' and '>'.
+func checkTokens(s string) error {
+	for tok := range strings.SplitSeq(s, ".") {
+		if tok == "" {
+			return errors.New("empty token")
+		}
+		for _, r := range tok {
+			if r <= ' ' || r == 0x7f || r == '*' || r == '>' {
+				return fmt.Errorf("token %q holds a wildcard, white space or a control character", tok)
+			}
+		}
+	}
+	return nil
+}
+
+func truncateName(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
 }

@@ -152,6 +152,10 @@ func (r *Request) setParam(key string, v json.RawMessage) error {
 		if f < 0 || f > maxParamMs {
 			return fmt.Errorf("%v is out of range", f)
 		}
+		if f != math.Trunc(f) {
+			// Truncating 0.5 would mean "no timeout given": the default.
+			return fmt.Errorf("%v is not a whole number of milliseconds", f)
+		}
 		if key == ParamTimeoutMs {
 			r.TimeoutMs = int64(f)
 		} else {

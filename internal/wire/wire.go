@@ -191,8 +191,13 @@ type Visit struct {
 
 // Item is a request in flight between stages.
 type Item struct {
-	V        int    `msgpack:"v"`
-	ID       string `msgpack:"id"`
+	V int `msgpack:"v"`
+	// ID is the request's id, echoed in its result.
+	ID string `msgpack:"id"`
+	// Key identifies the admission: every deduplication id of the item
+	// (first stage, escalations, result, dead letter) derives from it, so
+	// two admissions that carry the same ID never collide (see DedupKey).
+	Key      string `msgpack:"key,omitempty"`
 	Pipeline string `msgpack:"pipeline"`
 	Client   string `msgpack:"client"`
 	// Input is the canonical input: FP32, the pipeline's item shape.
@@ -220,6 +225,23 @@ type Item struct {
 	// (for a degraded answer with return_probabilities).
 	BestProbs []float32 `msgpack:"best_probs,omitempty"`
 }
+
+// DedupKey is the key the item's message ids derive from: Key, or ID for
+// items written before Key existed.
+func (it *Item) DedupKey() string {
+	if it.Key != "" {
+		return it.Key
+	}
+	return it.ID
+}
+
+// StageMsgID is the Nats-Msg-Id of an item queued for model: a redelivered
+// input republishing it is deduplicated by the model's stream.
+func StageMsgID(key, model string) string { return key + "." + model }
+
+// ResultMsgID is the Nats-Msg-Id of an item's result on the results stream
+// (shared by every pipeline, so the pipeline is part of it).
+func ResultMsgID(pipeline, key string) string { return pipeline + "." + key + ".result" }
 
 // Best returns the most recent visit (the best prediction so far, since
 // later stages are more accurate), or false if there is none.
