@@ -277,8 +277,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 		tw.Flush()
 	}
 	if slices.ContainsFunc(r.Pipelines, func(p GearRun) bool { return p.HalfLoad != nil || p.Idle != nil }) {
-		fmt.Fprintf(&b, "\nBelow saturation, same system: open-loop Poisson at half the saturated requests/s (%.0fs warm-up discarded + %.0fs measured), then %d requests one at a time (idle)\n",
-			r.Settings.WarmupSeconds, r.Settings.HalfLoadSeconds, r.Settings.IdleRequests)
+		var parts []string
+		if r.Settings.HalfLoadSeconds > 0 {
+			parts = append(parts, fmt.Sprintf("open-loop Poisson at half the saturated requests/s (%.0fs warm-up discarded + %.0fs measured)",
+				r.Settings.WarmupSeconds, r.Settings.HalfLoadSeconds))
+		}
+		if r.Settings.IdleRequests > 0 {
+			parts = append(parts, fmt.Sprintf("%d requests one at a time (idle)", r.Settings.IdleRequests))
+		}
+		fmt.Fprintf(&b, "\nBelow saturation, same system: %s\n", strings.Join(parts, ", then "))
 		fmt.Fprintln(tw, "GEAR\tHALF LOAD REQ/S\tSERVED/S\tP50 MS\tP95 MS\tP99 MS\tERRORS\tLOST\tIDLE P50 MS\tIDLE P95 MS\tIDLE ERRORS")
 		for _, p := range r.Pipelines {
 			half := []string{"-", "-", "-", "-", "-", "-", "-"}
