@@ -93,7 +93,7 @@ type CeilingRun struct {
 	HopsPerSec float64 `json:"hops_per_sec"`
 }
 
-// Ceiling is the raw JetStream ceiling: the best of the runs.
+// Ceiling is the item-hop ceiling: the best of the runs.
 type Ceiling struct {
 	PayloadBytes int `json:"payload_bytes"`
 	// Runs lists every run, round after round.

@@ -23,37 +23,50 @@ type Environment struct {
 	Description string    `json:"description,omitempty"`
 }
 
-// GearRun is the saturated pipeline run of one gear.
+// GearRun is the pipeline's runs at one gear: saturated (Load), at half
+// that load (HalfLoad) and one request at a time (Idle).
 type GearRun struct {
-	Gear    string  `json:"gear"`
-	Cascade string  `json:"cascade"`
-	Load    LoadRun `json:"load"`
+	Gear     string   `json:"gear"`
+	Cascade  string   `json:"cascade"`
+	Load     LoadRun  `json:"load"`
+	HalfLoad *LoadRun `json:"half_load,omitempty"`
+	Idle     *LoadRun `json:"idle,omitempty"`
 }
 
 // Ratio relates a gear's pipeline throughput to its baselines.
 type Ratio struct {
 	Gear string `json:"gear"`
-	// PipelineQPS is the saturated pipeline's requests/s; CascadeQPS the
-	// in-process cascade's; CeilingHops the raw JetStream item-hops/s.
+	// PipelineQPS is the saturated pipeline's requests/s, one item each;
+	// CascadeQPS the in-process cascade's; OverCascade their ratio.
 	PipelineQPS float64 `json:"pipeline_qps"`
 	CascadeQPS  float64 `json:"cascade_qps,omitempty"`
-	CeilingHops float64 `json:"ceiling_hops_per_sec,omitempty"`
-	// OverCascade is PipelineQPS/CascadeQPS; OverCeiling is
-	// PipelineQPS/CeilingHops; HopsOverCeiling counts every JetStream hop
-	// a request makes (one per stage it reaches).
-	OverCascade     float64 `json:"pipeline_over_cascade,omitempty"`
-	OverCeiling     float64 `json:"pipeline_over_ceiling,omitempty"`
-	HopsOverCeiling float64 `json:"hops_over_ceiling,omitempty"`
+	OverCascade float64 `json:"pipeline_over_cascade,omitempty"`
+	// FetchAckMsgs is the broker ceiling's fetch+ack msg/s on one stream;
+	// OverFetchAck is PipelineQPS / FetchAckMsgs: the pipeline's items/s
+	// against what one stream's consumer alone moves.
+	FetchAckMsgs float64 `json:"fetch_ack_msgs_per_sec,omitempty"`
+	OverFetchAck float64 `json:"pipeline_over_fetch_ack,omitempty"`
+	// HopCeiling is the item-hop ceiling's hops/s (when measured);
+	// OverHopCeiling is PipelineQPS / HopCeiling; HopsOverHopCeiling counts
+	// every JetStream hop a request makes (one per stage it reaches).
+	HopCeiling         float64 `json:"hop_ceiling_per_sec,omitempty"`
+	OverHopCeiling     float64 `json:"pipeline_over_hop_ceiling,omitempty"`
+	HopsOverHopCeiling float64 `json:"hops_over_hop_ceiling,omitempty"`
 }
 
 // Report is everything Run measured.
 type Report struct {
-	Environment Environment  `json:"environment"`
-	Ceiling     *Ceiling     `json:"ceiling,omitempty"`
-	Models      []ModelRun   `json:"models,omitempty"`
-	Cascades    []CascadeRun `json:"cascades,omitempty"`
-	Pipelines   []GearRun    `json:"pipelines,omitempty"`
-	Ratios      []Ratio      `json:"ratios,omitempty"`
+	Environment Environment `json:"environment"`
+	// Broker is the broker ceiling (MeasureBroker); HopCeiling the
+	// item-hop ceiling (MeasureCeiling), when measured.
+	Broker     *Broker      `json:"broker_ceiling,omitempty"`
+	HopCeiling *Ceiling     `json:"hop_ceiling,omitempty"`
+	Models     []ModelRun   `json:"models,omitempty"`
+	Cascades   []CascadeRun `json:"cascades,omitempty"`
+	Pipelines  []GearRun    `json:"pipelines,omitempty"`
+	Ratios     []Ratio      `json:"ratios,omitempty"`
+	// Baseline is the single-model gear and the gears against it.
+	Baseline *Baseline `json:"baseline,omitempty"`
 	// Settings echo what the run used.
 	Settings RunSettings `json:"settings"`
 }
@@ -64,6 +77,8 @@ type RunSettings struct {
 	WarmupSeconds   float64 `json:"warmup_seconds"`
 	DurationSeconds float64 `json:"duration_seconds"`
 	Concurrency     int     `json:"concurrency,omitempty"`
+	HalfLoadSeconds float64 `json:"half_load_seconds,omitempty"`
+	IdleRequests    int     `json:"idle_requests,omitempty"`
 }
 
 // PlanCheck is the result of CheckPlan: the plan's predictions for one gear
@@ -132,20 +147,24 @@ type LatencyCheck struct {
 }
 
 // ratios relates every saturated pipeline run to its in-process cascade
-// and to the JetStream ceiling of the same report.
+// and to the ceilings of the same report.
 func ratios(rep *Report) []Ratio {
 	var out []Ratio
 	for _, pr := range rep.Pipelines {
 		r := Ratio{Gear: pr.Gear, PipelineQPS: pr.Load.Throughput}
-		if i := slices.IndexFunc(rep.Cascades, func(c CascadeRun) bool { return c.Gear == pr.Gear }); i >= 0 && rep.Cascades[i].ItemsPerSec > 0 {
-			r.CascadeQPS = rep.Cascades[i].ItemsPerSec
+		if c := cascadeOf(rep, pr.Gear); c != nil && c.ItemsPerSec > 0 {
+			r.CascadeQPS = c.ItemsPerSec
 			r.OverCascade = r.PipelineQPS / r.CascadeQPS
 		}
-		if rep.Ceiling != nil && rep.Ceiling.Best.HopsPerSec > 0 {
-			r.CeilingHops = rep.Ceiling.Best.HopsPerSec
-			r.OverCeiling = r.PipelineQPS / r.CeilingHops
+		if rep.Broker != nil && rep.Broker.FetchAckMsgsPerSec > 0 {
+			r.FetchAckMsgs = rep.Broker.FetchAckMsgsPerSec
+			r.OverFetchAck = r.PipelineQPS / r.FetchAckMsgs
+		}
+		if rep.HopCeiling != nil && rep.HopCeiling.Best.HopsPerSec > 0 {
+			r.HopCeiling = rep.HopCeiling.Best.HopsPerSec
+			r.OverHopCeiling = r.PipelineQPS / r.HopCeiling
 			if pr.Load.StagesPerRequest > 0 {
-				r.HopsOverCeiling = r.PipelineQPS * pr.Load.StagesPerRequest / r.CeilingHops
+				r.HopsOverHopCeiling = r.PipelineQPS * pr.Load.StagesPerRequest / r.HopCeiling
 			}
 		}
 		out = append(out, r)
@@ -153,13 +172,70 @@ func ratios(rep *Report) []Ratio {
 	return out
 }
 
+// baselineRatios compares every measured gear but the baseline's with the
+// baseline, through the pipeline and in process, where both were measured.
+func baselineRatios(rep *Report) []BaselineRatio {
+	b := rep.Baseline
+	var out []BaselineRatio
+	single := pipelineOf(rep, b.Gear)
+	for _, pr := range rep.Pipelines {
+		if pr.Gear == b.Gear || single == nil || !(single.Load.Throughput > 0) {
+			continue
+		}
+		out = append(out, BaselineRatio{Gear: pr.Gear, Where: "pipeline",
+			GearQPS: pr.Load.Throughput, GearAccuracy: pr.Load.Accuracy,
+			SingleQPS: single.Load.Throughput, SingleAccuracy: single.Load.Accuracy,
+			Speedup: pr.Load.Throughput / single.Load.Throughput})
+	}
+	singleIn := cascadeOf(rep, b.Gear)
+	for _, c := range rep.Cascades {
+		if c.Gear == b.Gear || singleIn == nil || !(singleIn.ItemsPerSec > 0) {
+			continue
+		}
+		out = append(out, BaselineRatio{Gear: c.Gear, Where: "in-process",
+			GearQPS: c.ItemsPerSec, GearAccuracy: c.Accuracy,
+			SingleQPS: singleIn.ItemsPerSec, SingleAccuracy: singleIn.Accuracy,
+			Speedup: c.ItemsPerSec / singleIn.ItemsPerSec})
+	}
+	return out
+}
+
+func cascadeOf(rep *Report, gear string) *CascadeRun {
+	if i := slices.IndexFunc(rep.Cascades, func(c CascadeRun) bool { return c.Gear == gear }); i >= 0 {
+		return &rep.Cascades[i]
+	}
+	return nil
+}
+
+func pipelineOf(rep *Report, gear string) *GearRun {
+	if i := slices.IndexFunc(rep.Pipelines, func(g GearRun) bool { return g.Gear == gear }); i >= 0 {
+		return &rep.Pipelines[i]
+	}
+	return nil
+}
+
 // WriteTable prints the report as tables.
 func (r *Report) WriteTable(w io.Writer) error {
 	var b strings.Builder
 	writeEnvironment(&b, r.Environment)
 	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
-	if c := r.Ceiling; c != nil {
-		fmt.Fprintf(&b, "\nRaw JetStream ceiling: publish (async, Nats-Msg-Id) → Fetch(batch) → Ack, file-backed work queue, %d-byte items, %d fetchers\n",
+	if c := r.Broker; c != nil {
+		fmt.Fprintf(&b, "\nBroker ceiling, measured as nats bench does: one file-backed stream; async publish of %d-byte messages, %d PubAcks awaited per window; durable pull consumer, Fetch(%d), explicit Ack of each\n",
+			c.PayloadBytes, c.PubBatch, c.FetchBatch)
+		fmt.Fprintln(tw, "ROUND\tMESSAGES\tPUBLISH MSG/S\tFETCH+ACK MSG/S\tCHECK")
+		for i, run := range c.Runs {
+			check := "each once"
+			if !run.Correct() {
+				check = fmt.Sprintf("%d of %d pub-acked, %d missing, %d duplicated, %d redelivered, %d unacked",
+					run.PubAcked, run.Messages, run.Missing, run.Duplicates, run.Redelivered, run.Unacked)
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%.0f\t%.0f\t%s\n", i+1, run.Messages, run.PubMsgsPerSec, run.FetchMsgsPerSec, check)
+		}
+		tw.Flush()
+		fmt.Fprintf(&b, "ceiling: async publish %.0f msg/s, durable fetch + explicit ack %.0f msg/s (best rounds)\n", c.PubMsgsPerSec, c.FetchAckMsgsPerSec)
+	}
+	if c := r.HopCeiling; c != nil {
+		fmt.Fprintf(&b, "\nItem-hop ceiling: publish (async, Nats-Msg-Id) → Fetch(batch) → Ack, file-backed work queue, %d-byte items, %d fetchers\n",
 			c.PayloadBytes, c.Best.Fetchers)
 		fmt.Fprintln(tw, "BATCH\tMESSAGES\tMEAN FETCH\tSECONDS\tITEM-HOPS/S\tCHECK")
 		for _, run := range c.Runs {
@@ -170,7 +246,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(tw, "%d\t%d\t%.1f\t%.2f\t%.0f\t%s\n", run.Batch, run.Messages, run.MeanBatch, run.Seconds, run.HopsPerSec, check)
 		}
 		tw.Flush()
-		fmt.Fprintf(&b, "ceiling: %.0f item-hops/s (batch %d)\n", c.Best.HopsPerSec, c.Best.Batch)
+		fmt.Fprintf(&b, "item-hop ceiling: %.0f item-hops/s (batch %d)\n", c.Best.HopsPerSec, c.Best.Batch)
 	}
 	if len(r.Models) > 0 {
 		fmt.Fprintf(&b, "\nIn-process ONNX Runtime, no bus (1 intra-op thread per session, %.0fs each)\n", r.Settings.ComputeSeconds)
@@ -200,12 +276,55 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		tw.Flush()
 	}
+	if slices.ContainsFunc(r.Pipelines, func(p GearRun) bool { return p.HalfLoad != nil || p.Idle != nil }) {
+		var parts []string
+		if r.Settings.HalfLoadSeconds > 0 {
+			parts = append(parts, fmt.Sprintf("open-loop Poisson at half the saturated requests/s (%.0fs warm-up discarded + %.0fs measured)",
+				r.Settings.WarmupSeconds, r.Settings.HalfLoadSeconds))
+		}
+		if r.Settings.IdleRequests > 0 {
+			parts = append(parts, fmt.Sprintf("%d requests one at a time (idle)", r.Settings.IdleRequests))
+		}
+		fmt.Fprintf(&b, "\nBelow saturation, same system: %s\n", strings.Join(parts, ", then "))
+		fmt.Fprintln(tw, "GEAR\tHALF LOAD REQ/S\tSERVED/S\tP50 MS\tP95 MS\tP99 MS\tERRORS\tLOST\tIDLE P50 MS\tIDLE P95 MS\tIDLE ERRORS")
+		for _, p := range r.Pipelines {
+			half := []string{"-", "-", "-", "-", "-", "-", "-"}
+			if h := p.HalfLoad; h != nil {
+				half = []string{fmt.Sprintf("%.0f", h.OfferedQPS), fmt.Sprintf("%.0f", h.Throughput), fmt.Sprintf("%.1f", h.P50Ms),
+					fmt.Sprintf("%.1f", h.P95Ms), fmt.Sprintf("%.1f", h.P99Ms), errorText(h.Errors), fmt.Sprint(h.Lost)}
+			}
+			idle := []string{"-", "-", "-"}
+			if i := p.Idle; i != nil {
+				idle = []string{fmt.Sprintf("%.2f", i.P50Ms), fmt.Sprintf("%.2f", i.P95Ms), lostText(i)}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Gear, strings.Join(half, "\t"), strings.Join(idle, "\t"))
+		}
+		tw.Flush()
+	}
 	if len(r.Ratios) > 0 {
-		fmt.Fprintln(&b, "\nRatios (same run, same machine)")
-		fmt.Fprintln(tw, "GEAR\tPIPELINE REQ/S\tIN-PROCESS REQ/S\tPIPELINE/IN-PROCESS\tCEILING HOPS/S\tPIPELINE/CEILING\tPIPELINE HOPS/CEILING")
+		fmt.Fprintln(&b, "\nRatios (same run, same machine; one item per request)")
+		hops := r.HopCeiling != nil
+		head := "GEAR\tPIPELINE ITEMS/S\tFETCH+ACK MSG/S\tPIPELINE ITEMS/S ÷ FETCH+ACK MSG/S\tIN-PROCESS REQ/S\tPIPELINE/IN-PROCESS"
+		if hops {
+			head += "\tITEM-HOPS/S\tPIPELINE/ITEM-HOPS\tPIPELINE HOPS/ITEM-HOPS"
+		}
+		fmt.Fprintln(tw, head)
 		for _, q := range r.Ratios {
-			fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\n", q.Gear, q.PipelineQPS, orDash(q.CascadeQPS, "%.0f"), orDash(q.OverCascade, "%.3f"),
-				orDash(q.CeilingHops, "%.0f"), orDash(q.OverCeiling, "%.3f"), orDash(q.HopsOverCeiling, "%.3f"))
+			fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s", q.Gear, q.PipelineQPS, orDash(q.FetchAckMsgs, "%.0f"), orDash(q.OverFetchAck, "%.3f"),
+				orDash(q.CascadeQPS, "%.0f"), orDash(q.OverCascade, "%.3f"))
+			if hops {
+				fmt.Fprintf(tw, "\t%s\t%s\t%s", orDash(q.HopCeiling, "%.0f"), orDash(q.OverHopCeiling, "%.3f"), orDash(q.HopsOverHopCeiling, "%.3f"))
+			}
+			fmt.Fprintln(tw)
+		}
+		tw.Flush()
+	}
+	if bl := r.Baseline; bl != nil && len(bl.Versus) > 0 {
+		fmt.Fprintf(&b, "\nCascade vs single model: %s alone (gear %s, batching of %s), same run\n", bl.Model, bl.Gear, bl.BatchingOf)
+		fmt.Fprintln(tw, "GEAR\tMEASURED\tGEAR REQ/S\tSINGLE REQ/S\tGEAR/SINGLE\tGEAR ACCURACY\tSINGLE ACCURACY\tDIFF (POINTS)")
+		for _, v := range bl.Versus {
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f%%\t%.2f%%\t%+.2f\n", v.Gear, v.Where, v.GearQPS, v.SingleQPS, v.Speedup,
+				100*v.GearAccuracy, 100*v.SingleAccuracy, 100*(v.GearAccuracy-v.SingleAccuracy))
 		}
 		tw.Flush()
 	}
@@ -290,6 +409,14 @@ func verdict(pass bool) string {
 		return "PASS"
 	}
 	return "MISS"
+}
+
+// lostText sums a run's error results and lost requests.
+func lostText(l *LoadRun) string {
+	if l.Lost == 0 {
+		return errorText(l.Errors)
+	}
+	return fmt.Sprintf("%s, %d lost", errorText(l.Errors), l.Lost)
 }
 
 func errorText(m map[string]int) string {

@@ -34,8 +34,16 @@ type Config struct {
 	// Items are the requests (default: the 10,000 MNIST test images).
 	Items *dataset.Set
 
-	// Ceiling configures the raw JetStream measurement.
+	// Broker configures the broker ceiling (MeasureBroker); Ceiling the
+	// item-hop ceiling (MeasureCeiling), measured only with HopCeiling.
+	Broker  BrokerConfig
 	Ceiling CeilingConfig
+	// Baseline names the model of the single-model baseline: a gear running
+	// it alone, added to the plan for the run (withBaselineGear), measured
+	// in process and through the pipeline like the other gears. Empty: the
+	// plan's most accurate model (the last of its ladder); BaselineNone:
+	// no baseline.
+	Baseline string
 	// ComputeDuration is the length of each in-process measurement
 	// (default 2s).
 	ComputeDuration time.Duration
@@ -43,12 +51,22 @@ type Config struct {
 	// gear's max batch × Runners.
 	Concurrency int
 	// Warmup (default 3s) and Duration (default 15s) of each saturated
-	// pipeline run; the warm-up's results are discarded.
+	// pipeline run; the warm-up's results are discarded. The half-load run
+	// has the same warm-up.
 	Warmup   time.Duration
 	Duration time.Duration
+	// HalfLoad is the measured phase of each gear's open-loop Poisson run
+	// at half its saturated requests/s, on the same system right after the
+	// saturated run (default 10s; < 0: none). IdleRequests are then sent
+	// one at a time, each after the previous answer (default 200; < 0:
+	// none): a lone request's latency.
+	HalfLoad     time.Duration
+	IdleRequests int
 
-	// SkipCeiling, SkipCompute and SkipPipeline leave a part out.
+	// SkipCeiling, SkipCompute and SkipPipeline leave a part out;
+	// HopCeiling adds the item-hop ceiling.
 	SkipCeiling, SkipCompute, SkipPipeline bool
+	HopCeiling                             bool
 
 	// TempDir is where the JetStream stores go (default os.TempDir()); each
 	// system gets a fresh folder, removed afterwards.
@@ -74,6 +92,12 @@ func (c *Config) defaults() error {
 	if c.Duration <= 0 {
 		c.Duration = 15 * time.Second
 	}
+	if c.HalfLoad == 0 {
+		c.HalfLoad = 10 * time.Second
+	}
+	if c.IdleRequests == 0 {
+		c.IdleRequests = 200
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -90,11 +114,15 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-// Run measures, in this order and in this process: the raw JetStream
-// ceiling on an embedded server of its own, in-process ONNX Runtime
-// throughput of every model of the measured gears and of their cascades,
-// and the whole pipeline saturated at each measured gear (a fresh
-// all-in-one system per gear, gear pinned), then relates them.
+// Run measures, in this order and in this process: the broker ceiling
+// (and, with HopCeiling, the item-hop ceiling) on an embedded server of its
+// own, in-process ONNX Runtime throughput of every model of the measured
+// gears and of their cascades, and the whole pipeline at each measured
+// gear (a fresh all-in-one system per gear, gear pinned: saturated, then
+// at half that load, then one request at a time), then relates them. The
+// measured gears include the single-model baseline gear unless
+// Config.Baseline is BaselineNone; every system then serves the plan with
+// that gear added.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
@@ -103,7 +131,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	gears, err := pickGears(p, cfg.Gears)
+	picked, err := pickGears(p, cfg.Gears)
 	if err != nil {
 		return nil, err
 	}
@@ -112,19 +140,51 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Settings: RunSettings{
 			ComputeSeconds: cfg.ComputeDuration.Seconds(), WarmupSeconds: cfg.Warmup.Seconds(),
 			DurationSeconds: cfg.Duration.Seconds(), Concurrency: cfg.Concurrency,
+			HalfLoadSeconds: max(cfg.HalfLoad.Seconds(), 0), IdleRequests: max(cfg.IdleRequests, 0),
 		},
 	}
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
 	}
 
-	if !cfg.SkipCeiling {
-		progress("raw JetStream ceiling (%d messages per batch size)...", cfg.Ceiling.withDefaults().Messages)
-		c, err := ceilingOnOwnServer(ctx, cfg)
+	// The gears measured, by id: the picked ones, then the baseline's,
+	// served from a copy of the plan that has it.
+	ids := make([]string, len(picked))
+	for i, gi := range picked {
+		ids[i] = p.Gears[gi].ID
+	}
+	src := modelSource(p)
+	served := p
+	if cfg.Baseline != BaselineNone && (!cfg.SkipCompute || !cfg.SkipPipeline) {
+		model, err := baselineModel(p, cfg.Baseline)
 		if err != nil {
 			return nil, err
 		}
-		rep.Ceiling = &c
+		d, id, err := withBaselineGear(p, model)
+		if err != nil {
+			return nil, err
+		}
+		dir, err := os.MkdirTemp(cfg.TempDir, "cascadeserve-bench-plan-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		if cfg.PlanFile, err = writePlan(d, src, dir); err != nil {
+			return nil, err
+		}
+		served = d
+		ids = append(ids, id)
+		rep.Baseline = &Baseline{Model: model, Gear: id, BatchingOf: p.Gears[0].ID}
+	}
+	gears := make([]int, len(ids))
+	for i, id := range ids {
+		gears[i] = served.GearByID(id)
+	}
+
+	if !cfg.SkipCeiling || cfg.HopCeiling {
+		if err := ceilingsOnOwnServer(ctx, cfg, rep, progress); err != nil {
+			return nil, err
+		}
 	}
 
 	if !cfg.SkipCompute {
@@ -133,7 +193,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 		rep.Environment.ORTVersion = rt.Version()
-		err = compute(ctx, cfg, p, gears, rt, rep, progress)
+		err = compute(ctx, cfg, served, src, gears, rt, rep, progress)
 		rt.Close()
 		if err != nil {
 			return nil, err
@@ -142,26 +202,62 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	if !cfg.SkipPipeline {
 		for _, gi := range gears {
-			g := p.Gears[gi]
-			conc := cfg.Concurrency
-			if conc <= 0 {
-				conc = 2 * maxBatch(g) * cfg.Runners
-			}
-			progress("whole pipeline, gear %s (%s), %d in flight, %v warm-up + %v...", g.ID, plan.CascadeString(g.Cascade), conc, cfg.Warmup, cfg.Duration)
-			run, err := withSystem(ctx, cfg.TempDir, cfg.systemConfig(g.ID), func(sys *system.System) (LoadRun, error) {
-				return Load(ctx, sys.Conn, LoadConfig{
-					Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: conc,
-					Warmup: cfg.Warmup, Duration: cfg.Duration, Stages: StageIndex(g),
-				})
-			})
+			run, err := pipeline(ctx, cfg, served, served.Gears[gi], progress)
 			if err != nil {
-				return nil, fmt.Errorf("pipeline at gear %s: %w", g.ID, err)
+				return nil, fmt.Errorf("pipeline at gear %s: %w", served.Gears[gi].ID, err)
 			}
-			rep.Pipelines = append(rep.Pipelines, GearRun{Gear: g.ID, Cascade: plan.CascadeString(g.Cascade), Load: run})
+			rep.Pipelines = append(rep.Pipelines, run)
 		}
 	}
 	rep.Ratios = ratios(rep)
+	if rep.Baseline != nil {
+		rep.Baseline.Versus = baselineRatios(rep)
+	}
 	return rep, nil
+}
+
+// pipeline runs the gear pinned on a fresh system: saturated (closed
+// loop), then open-loop Poisson at half the saturated requests/s, then
+// IdleRequests one at a time.
+func pipeline(ctx context.Context, cfg Config, p *plan.Plan, g plan.Gear, progress func(string, ...any)) (GearRun, error) {
+	conc := cfg.Concurrency
+	if conc <= 0 {
+		conc = 2 * maxBatch(g) * cfg.Runners
+	}
+	stages := StageIndex(g)
+	progress("whole pipeline, gear %s (%s), %d in flight, %v warm-up + %v...", g.ID, plan.CascadeString(g.Cascade), conc, cfg.Warmup, cfg.Duration)
+	return withSystem(ctx, cfg.TempDir, cfg.systemConfig(g.ID), func(sys *system.System) (GearRun, error) {
+		out := GearRun{Gear: g.ID, Cascade: plan.CascadeString(g.Cascade)}
+		var err error
+		out.Load, err = Load(ctx, sys.Conn, LoadConfig{
+			Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: conc,
+			Warmup: cfg.Warmup, Duration: cfg.Duration, Stages: stages,
+		})
+		if err != nil {
+			return out, err
+		}
+		if half := out.Load.Throughput / 2; cfg.HalfLoad > 0 && half > 0 {
+			progress("  gear %s at half load: Poisson %.0f/s, %v warm-up + %v...", g.ID, half, cfg.Warmup, cfg.HalfLoad)
+			run, err := Load(ctx, sys.Conn, LoadConfig{
+				Pipeline: p.Pipeline, Items: cfg.Items, QPS: half, Warmup: cfg.Warmup, Duration: cfg.HalfLoad, Stages: stages,
+			})
+			if err != nil {
+				return out, fmt.Errorf("half load: %w", err)
+			}
+			out.HalfLoad = &run
+		}
+		if cfg.IdleRequests > 0 {
+			progress("  gear %s at idle: %d requests one at a time...", g.ID, cfg.IdleRequests)
+			run, err := Load(ctx, sys.Conn, LoadConfig{
+				Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: 1, MaxRequests: cfg.IdleRequests, Stages: stages,
+			})
+			if err != nil {
+				return out, fmt.Errorf("idle: %w", err)
+			}
+			out.Idle = &run
+		}
+		return out, nil
+	})
 }
 
 // pickGears resolves gear ids to indices; none means the first and last.
@@ -214,21 +310,41 @@ func stageBatch(g plan.Gear, j int) int {
 	return g.Batching.MaxBatch
 }
 
-func ceilingOnOwnServer(ctx context.Context, cfg Config) (Ceiling, error) {
+// ceilingsOnOwnServer measures the broker ceiling and, with HopCeiling,
+// the item-hop ceiling on an embedded server of their own, set up as the
+// systems' embedded servers are.
+func ceilingsOnOwnServer(ctx context.Context, cfg Config, rep *Report, progress func(string, ...any)) error {
 	dir, err := os.MkdirTemp(cfg.TempDir, "cascadeserve-bench-ceiling-")
 	if err != nil {
-		return Ceiling{}, err
+		return err
 	}
 	defer os.RemoveAll(dir)
 	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: dir})
 	if err != nil {
-		return Ceiling{}, err
+		return err
 	}
 	defer func() {
 		srv.Shutdown()
 		srv.WaitForShutdown()
 	}()
-	return MeasureCeiling(ctx, srv.ClientURL(), cfg.Ceiling)
+	if !cfg.SkipCeiling {
+		bc := cfg.Broker.withDefaults()
+		progress("broker ceiling as nats bench measures it (%d messages of %d bytes, %d rounds)...", bc.Messages, bc.Size, bc.Rounds)
+		b, err := MeasureBroker(ctx, srv.ClientURL(), bc)
+		if err != nil {
+			return err
+		}
+		rep.Broker = &b
+	}
+	if cfg.HopCeiling {
+		progress("item-hop ceiling (%d messages per batch size)...", cfg.Ceiling.withDefaults().Messages)
+		c, err := MeasureCeiling(ctx, srv.ClientURL(), cfg.Ceiling)
+		if err != nil {
+			return err
+		}
+		rep.HopCeiling = &c
+	}
+	return nil
 }
 
 // modelSource reads models from the plan's model source, falling back to
@@ -245,8 +361,7 @@ func modelSource(p *plan.Plan) ModelSource {
 	}
 }
 
-func compute(ctx context.Context, cfg Config, p *plan.Plan, gears []int, rt *onnxrt.Runtime, rep *Report, progress func(string, ...any)) error {
-	src := modelSource(p)
+func compute(ctx context.Context, cfg Config, p *plan.Plan, src ModelSource, gears []int, rt *onnxrt.Runtime, rep *Report, progress func(string, ...any)) error {
 	type key struct {
 		model string
 		batch int

@@ -71,32 +71,58 @@ func TestRunMeasuresEveryPart(t *testing.T) {
 	file := smallPlanFile(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	const idle = 20
 	rep, err := Run(ctx, Config{
 		PlanFile: file, Gears: []string{"one"}, Runners: 2, ONNXRuntimeLib: lib, Items: testImages(t, 500),
+		Broker:          BrokerConfig{Messages: 300, Rounds: 1},
 		Ceiling:         CeilingConfig{Batches: []int{32}, Rounds: 1, Messages: 300},
-		ComputeDuration: time.Millisecond, Concurrency: 8, Warmup: -1, Duration: time.Second, TempDir: t.TempDir(),
+		HopCeiling:      true,
+		ComputeDuration: time.Millisecond, Concurrency: 8, Warmup: -1, Duration: time.Second,
+		HalfLoad: time.Second, IdleRequests: idle, TempDir: t.TempDir(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := rep.Ceiling; c == nil || len(c.Runs) != 1 || c.Best.Received != 300 || c.Best.Missing+c.Best.Duplicates != 0 {
-		t.Fatalf("ceiling %+v", rep.Ceiling)
+	if b := rep.Broker; b == nil || len(b.Runs) != 1 || !b.Runs[0].Correct() || b.Runs[0].Received != 300 || !(b.FetchAckMsgsPerSec > 0) {
+		t.Fatalf("broker ceiling %+v", rep.Broker)
 	}
-	if len(rep.Models) != 1 || rep.Models[0].Model != "linear" || rep.Models[0].Batch != 32 || rep.Models[0].Items < 64 {
-		t.Errorf("models %+v, want linear at batch 32 on 2 sessions", rep.Models)
+	if c := rep.HopCeiling; c == nil || len(c.Runs) != 1 || c.Best.Received != 300 || c.Best.Missing+c.Best.Duplicates != 0 {
+		t.Fatalf("item-hop ceiling %+v", rep.HopCeiling)
 	}
-	if len(rep.Cascades) != 1 || rep.Cascades[0].Gear != "one" || rep.Cascades[0].Items < 500 {
-		t.Errorf("cascades %+v, want gear one over all 500 items", rep.Cascades)
+	// The baseline is the ladder's last model alone, with the batching of
+	// the plan's first gear ("two": batch 16).
+	if b := rep.Baseline; b == nil || b.Model != "mlp_small" || b.Gear != "single-mlp_small" || b.BatchingOf != "two" {
+		t.Fatalf("baseline %+v", rep.Baseline)
 	}
-	if len(rep.Pipelines) != 1 {
+	if len(rep.Models) != 2 || rep.Models[0].Model != "linear" || rep.Models[0].Batch != 32 || rep.Models[0].Items < 64 ||
+		rep.Models[1].Model != "mlp_small" || rep.Models[1].Batch != 16 {
+		t.Errorf("models %+v, want linear at batch 32 and mlp_small at batch 16 on 2 sessions", rep.Models)
+	}
+	if len(rep.Cascades) != 2 || rep.Cascades[0].Gear != "one" || rep.Cascades[0].Items < 500 ||
+		rep.Cascades[1].Gear != "single-mlp_small" || rep.Cascades[1].Items < 500 {
+		t.Errorf("cascades %+v, want gear one and the baseline over all 500 items", rep.Cascades)
+	}
+	if len(rep.Pipelines) != 2 {
 		t.Fatalf("pipelines %+v", rep.Pipelines)
 	}
-	l := rep.Pipelines[0].Load
-	if l.Answered == 0 || l.Answered+l.ErrorCount()+l.Lost != l.Sent || l.Lost != 0 || l.ByGear["one"] != l.Answered || l.StagesPerRequest != 1 {
-		t.Errorf("pipeline run %+v: want every request answered by gear one in one stage", l)
+	for _, pr := range rep.Pipelines {
+		l := pr.Load
+		if l.Answered == 0 || l.Answered+l.ErrorCount()+l.Lost != l.Sent || l.Lost != 0 || l.ByGear[pr.Gear] != l.Answered || l.StagesPerRequest != 1 {
+			t.Errorf("gear %s, saturated: %+v: want every request answered by the gear in one stage", pr.Gear, l)
+		}
+		if h := pr.HalfLoad; h == nil || h.OfferedQPS != l.Throughput/2 || h.Answered == 0 || h.Lost != 0 || h.ByGear[pr.Gear] != h.Answered {
+			t.Errorf("gear %s at half load: %+v, want Poisson at half of %v/s, answered by the gear", pr.Gear, h, l.Throughput)
+		}
+		if i := pr.Idle; i == nil || i.Concurrency != 1 || i.Sent != idle || i.Answered != idle || !(i.P95Ms > 0) {
+			t.Errorf("gear %s at idle: %+v, want %d requests answered one at a time", pr.Gear, i, idle)
+		}
 	}
-	if len(rep.Ratios) != 1 || !(rep.Ratios[0].OverCascade > 0) || !(rep.Ratios[0].OverCeiling > 0) {
+	if len(rep.Ratios) != 2 || !(rep.Ratios[0].OverCascade > 0) || !(rep.Ratios[0].OverFetchAck > 0) || !(rep.Ratios[0].OverHopCeiling > 0) {
 		t.Errorf("ratios %+v", rep.Ratios)
+	}
+	if v := rep.Baseline.Versus; len(v) != 2 || v[0].Gear != "one" || v[0].Where != "pipeline" || v[1].Where != "in-process" ||
+		!(v[0].Speedup > 0) || !(v[1].Speedup > 0) || !(v[1].SingleAccuracy > 0) {
+		t.Errorf("cascade vs single model %+v", v)
 	}
 }
 

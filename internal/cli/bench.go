@@ -22,18 +22,28 @@ const benchUsage = `bench [flags]
        cascadeserve bench --check-plan [--gear ID] [flags]
 
 Without --check-plan: the end-to-end benchmark. In one run, on this machine:
-  1. the raw JetStream ceiling: an embedded nats-server, a file-backed work
-     queue configured like a model's, MNIST-item-sized messages published
-     asynchronously, fetched in batches and acked by --fetchers goroutines
-     (item-hops/s, best of --rounds runs of each of --batches);
+  1. the broker ceiling, measured as the official tool (nats bench js pub
+     async, then js fetch) measures it: an embedded nats-server, one
+     file-backed stream, --messages messages of --size bytes published
+     asynchronously (--pub-batch PubAcks awaited per window), then fetched
+     by a durable pull consumer (Fetch(--fetch-batch), explicit acks); best
+     of --rounds rounds of each phase, in msg/s;
   2. in-process ONNX Runtime throughput, no bus: every model of the measured
      gears at the gear's max batch on --runners sessions, and each gear's
      cascade (the compute-only upper bound);
-  3. the whole pipeline saturated: a fresh all-in-one system per gear with
-     the gear pinned, closed-loop load of MNIST test images
-     (--warmup discarded, then --duration measured);
-  4. ratios: pipeline / in-process cascade, pipeline / JetStream ceiling.
-The measured gears are the most accurate and the cheapest (--gears).
+  3. the whole pipeline: a fresh all-in-one system per gear with the gear
+     pinned, MNIST test images as requests: saturated (closed loop,
+     --warmup discarded, then --duration measured), then open-loop Poisson
+     at half the saturated requests/s (--half-load measured), then --idle
+     requests one at a time;
+  4. ratios: pipeline items/s ÷ the broker's fetch+ack msg/s, pipeline /
+     in-process cascade, and every gear against the single-model baseline.
+The measured gears are the most accurate and the cheapest (--gears), plus
+the single-model baseline (--baseline): a gear running one model alone,
+with the most accurate gear's batching, added to the plan the run serves.
+--only hops adds the item-hop ceiling of earlier versions (publish with
+Nats-Msg-Id, Fetch, Ack on a work queue of MNIST-item-sized messages, per
+--hop-batches and --fetchers).
 
 With --check-plan: predictions checked against reality for one gear
 (--gear, default the most accurate), pinned on a fresh all-in-one system:
@@ -65,12 +75,19 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	logLevel := fs.String("log-level", "warn", "log level of the services (debug, info, warn, error)")
 	// bench only
 	gears := fs.String("gears", "", "comma-separated gear ids to measure (default: the most accurate and the cheapest)")
+	baseline := fs.String("baseline", "", `model run alone as the single-model baseline gear (default: the plan's most accurate model, the last of its ladder; "none": no baseline)`)
 	compute := fs.Duration("compute", 2*time.Second, "length of each in-process ONNX Runtime measurement")
-	messages := fs.Int("messages", 20000, "messages per batch size in the JetStream ceiling")
-	batches := fs.String("batches", "64,128", "comma-separated fetch sizes of the JetStream ceiling")
-	fetchers := fs.Int("fetchers", 2, "fetching goroutines of the JetStream ceiling")
-	rounds := fs.Int("rounds", 2, "times each fetch size of the JetStream ceiling is measured (the best run counts)")
-	only := fs.String("only", "", "comma-separated parts to run: ceiling, compute, pipeline (default all)")
+	halfLoad := fs.Duration("half-load", 10*time.Second, "measured phase of each gear's Poisson run at half its saturated requests/s; 0: none")
+	idle := fs.Int("idle", 200, "requests sent one at a time to each gear after its load runs; 0: none")
+	messages := fs.Int("messages", 100000, "messages per round of the broker ceiling")
+	size := fs.Int("size", 784, "message size in bytes of the broker ceiling")
+	pubBatch := fs.Int("pub-batch", 500, "asynchronous publishes per PubAck window of the broker ceiling (nats bench --batch)")
+	fetchBatch := fs.Int("fetch-batch", 500, "fetch size and max ack pending of the broker ceiling (nats bench --batch)")
+	rounds := fs.Int("rounds", 2, "rounds of the broker ceiling, and of each fetch size of the item-hop ceiling (the best counts)")
+	hopMessages := fs.Int("hop-messages", 20000, "messages per batch size in the item-hop ceiling (--only hops)")
+	batches := fs.String("hop-batches", "64,128", "comma-separated fetch sizes of the item-hop ceiling (--only hops)")
+	fetchers := fs.Int("fetchers", 2, "fetching goroutines of the item-hop ceiling (--only hops)")
+	only := fs.String("only", "", "comma-separated parts to run: ceiling, compute, pipeline, hops (default: all but hops)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (every part of the system runs in this process) to this file, for go tool pprof")
 	// --check-plan only
 	gear := fs.String("gear", "", "gear to check (default: the plan's most accurate gear)")
@@ -86,13 +103,17 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	for _, f := range []struct {
 		name string
 		v    int
-	}{{"runners", *runners}, {"messages", *messages}, {"fetchers", *fetchers}, {"rounds", *rounds}} {
+	}{{"runners", *runners}, {"messages", *messages}, {"fetchers", *fetchers}, {"rounds", *rounds},
+		{"pub-batch", *pubBatch}, {"fetch-batch", *fetchBatch}, {"hop-messages", *hopMessages}} {
 		if f.v < 1 {
 			return fmt.Errorf("%w: --%s must be at least 1, got %d", ErrUsage, f.name, f.v)
 		}
 	}
-	if *concurrency < 0 || *warmup < 0 || *duration < 0 || *compute < 0 || *capacity < 0 {
-		return fmt.Errorf("%w: --concurrency, --warmup, --duration, --compute and --capacity cannot be negative", ErrUsage)
+	if *size < 8 {
+		return fmt.Errorf("%w: --size must be at least 8 bytes (the message's index), got %d", ErrUsage, *size)
+	}
+	if *concurrency < 0 || *warmup < 0 || *duration < 0 || *compute < 0 || *capacity < 0 || *halfLoad < 0 || *idle < 0 {
+		return fmt.Errorf("%w: --concurrency, --warmup, --duration, --compute, --capacity, --half-load and --idle cannot be negative", ErrUsage)
 	}
 	// --warmup 0 means no warm-up; left out, the mode's default.
 	warm := *warmup
@@ -125,12 +146,14 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	} else {
 		bs, err := parseInts(*batches)
 		if err != nil {
-			return fmt.Errorf("%w: --batches: %w", ErrUsage, err)
+			return fmt.Errorf("%w: --hop-batches: %w", ErrUsage, err)
 		}
 		runCfg = bench.Config{
-			PlanFile: *planFile, Runners: *runners,
-			Ceiling:         bench.CeilingConfig{Batches: bs, Rounds: *rounds, Fetchers: *fetchers, Messages: *messages},
+			PlanFile: *planFile, Runners: *runners, Baseline: *baseline,
+			Broker:          bench.BrokerConfig{Messages: *messages, Size: *size, PubBatch: *pubBatch, FetchBatch: *fetchBatch, Rounds: *rounds},
+			Ceiling:         bench.CeilingConfig{Batches: bs, Rounds: *rounds, Fetchers: *fetchers, Messages: *hopMessages},
 			ComputeDuration: *compute, Concurrency: *concurrency, Warmup: warm, Duration: *duration,
+			HalfLoad: orNone(*halfLoad), IdleRequests: orNone(*idle),
 			Logger: logger, Progress: env.Stderr,
 		}
 		if *gears != "" {
@@ -146,14 +169,16 @@ func runBench(ctx context.Context, env Env, args []string) error {
 					runCfg.SkipCompute = false
 				case "pipeline":
 					runCfg.SkipPipeline = false
+				case "hops":
+					runCfg.HopCeiling = true
 				default:
-					return fmt.Errorf("%w: --only: unknown part %q (ceiling, compute, pipeline)", ErrUsage, part)
+					return fmt.Errorf("%w: --only: unknown part %q (ceiling, compute, pipeline, hops)", ErrUsage, part)
 				}
 			}
 		}
 	}
 
-	// The JetStream ceiling alone needs no ONNX Runtime.
+	// The ceilings alone need no ONNX Runtime.
 	lib := ""
 	if *checkPlan || !runCfg.SkipCompute || !runCfg.SkipPipeline {
 		getenv := env.Getenv
@@ -208,6 +233,15 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		fmt.Fprintf(env.Stderr, "bench: numbers written to %s\n", *jsonFile)
 	}
 	return nil
+}
+
+// orNone maps a flag's 0 ("none") to bench.Config's -1; bench.Config
+// reads 0 as its default.
+func orNone[T int | time.Duration](v T) T {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
 
 func parseInts(s string) ([]int, error) {

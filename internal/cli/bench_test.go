@@ -29,8 +29,13 @@ func TestBenchUsageErrors(t *testing.T) {
 		args []string
 	}{
 		{"unknown part", []string{"--only", "ceiling,gpu"}},
-		{"bad batches", []string{"--batches", "64,x"}},
-		{"zero batch", []string{"--batches", "0"}},
+		{"bad batches", []string{"--hop-batches", "64,x"}},
+		{"zero batch", []string{"--hop-batches", "0"}},
+		{"zero fetch batch", []string{"--fetch-batch", "0"}},
+		{"zero pub batch", []string{"--pub-batch", "0"}},
+		{"message too small for its index", []string{"--size", "7"}},
+		{"negative half load", []string{"--half-load", "-1s"}},
+		{"negative idle", []string{"--idle", "-1"}},
 		{"bad fractions", []string{"--check-plan", "--fractions", "0.5,-1"}},
 		{"too many items", []string{"--check-plan", "--items", "10001"}},
 		{"no items", []string{"--check-plan", "--items", "0"}},
@@ -50,15 +55,21 @@ func TestBenchUsageErrors(t *testing.T) {
 	}
 }
 
-// TestBenchCeilingOnly runs the one part that needs no ONNX Runtime, small,
+// TestBenchCeilingOnly runs the parts that need no ONNX Runtime, small,
 // and reads the numbers back from --json.
 func TestBenchCeilingOnly(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "bench.json")
-	out, err := runBenchCLI(t, "--only", "ceiling", "--messages", "200", "--batches", "16,32", "--rounds", "1", "--json", file)
+	out, err := runBenchCLI(t, "--only", "ceiling,hops", "--messages", "300", "--fetch-batch", "64", "--hop-messages", "200",
+		"--hop-batches", "16,32", "--rounds", "1", "--json", file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "Raw JetStream ceiling") || !strings.Contains(out, "item-hops/s") || strings.Contains(out, "Whole pipeline") {
+	for _, want := range []string{"Broker ceiling", "durable fetch + explicit ack", "Item-hop ceiling", "item-hops/s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "Whole pipeline") {
 		t.Errorf("output:\n%s", out)
 	}
 	b, err := os.ReadFile(file)
@@ -69,12 +80,16 @@ func TestBenchCeilingOnly(t *testing.T) {
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if rep.Ceiling == nil || len(rep.Ceiling.Runs) != 2 || len(rep.Pipelines) != 0 || len(rep.Models) != 0 {
-		t.Fatalf("report %+v, want two ceiling runs and nothing else", rep)
+	if rep.Broker == nil || len(rep.Broker.Runs) != 1 || rep.Broker.FetchBatch != 64 || rep.HopCeiling == nil || len(rep.HopCeiling.Runs) != 2 ||
+		len(rep.Pipelines) != 0 || len(rep.Models) != 0 || rep.Baseline != nil {
+		t.Fatalf("report %+v, want one broker round, two item-hop runs and nothing else", rep)
 	}
-	for _, r := range rep.Ceiling.Runs {
+	if r := rep.Broker.Runs[0]; !r.Correct() || r.Messages != 300 || !(r.FetchMsgsPerSec > 0) {
+		t.Errorf("broker round %+v", r)
+	}
+	for _, r := range rep.HopCeiling.Runs {
 		if r.Received != 200 || r.Missing != 0 || r.Duplicates != 0 || !(r.HopsPerSec > 0) {
-			t.Errorf("ceiling run %+v", r)
+			t.Errorf("item-hop run %+v", r)
 		}
 	}
 }
