@@ -216,7 +216,9 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 		cfg.TickEvery = time.Second
 	}
 	codec := wire.NewCodec()
-	inbox := nats.NewInbox()
+	// The connection's inbox prefix: a producer user may read only its own
+	// inboxes (nats.CustomInboxPrefix).
+	inbox := nc.NewInbox()
 
 	var (
 		mu           sync.Mutex

@@ -1,18 +1,33 @@
 package natsbus_test
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// TestDeployConfigsParse checks that every nats-server config under
-// deploy/nats is accepted by the server version we pin.
-func TestDeployConfigsParse(t *testing.T) {
-	for _, v := range []string{"CONTROLLER", "INGRESS", "WORKER", "PRODUCER", "SYS"} {
-		t.Setenv("CASCADE_"+v+"_PASSWORD", "test-"+v)
+// deployPasswords are the passwords tests give the users of
+// deploy/nats/accounts.conf, by the name in CASCADE_<NAME>_PASSWORD.
+var deployPasswords = map[string]string{
+	"CONTROLLER": "testController", "INGRESS": "testIngress", "WORKER": "testWorker",
+	"PRODUCER": "testProducer", "BILLING": "testBilling", "SYS": "testSys",
+}
+
+// setDeployPasswords sets the CASCADE_*_PASSWORD variables accounts.conf
+// reads (it has no defaults).
+func setDeployPasswords(t *testing.T) {
+	for v, pw := range deployPasswords {
+		t.Setenv("CASCADE_"+v+"_PASSWORD", pw)
 	}
+}
+
+// TestDeployConfigsParse checks that every nats-server config under
+// deploy/nats is accepted by the server version we pin, and that none
+// serves monitoring (which has no authentication) beyond loopback.
+func TestDeployConfigsParse(t *testing.T) {
+	setDeployPasswords(t)
 	files, err := filepath.Glob("../../deploy/nats/*.conf")
 	if err != nil {
 		t.Fatal(err)
@@ -34,6 +49,29 @@ func TestDeployConfigsParse(t *testing.T) {
 			}
 			if opts.MaxPayload < 8<<20 {
 				t.Errorf("max_payload = %d, want >= 8MB", opts.MaxPayload)
+			}
+			if opts.HTTPPort != 0 && opts.HTTPHost != "127.0.0.1" {
+				t.Errorf("monitoring listens on %s:%d, want loopback only", opts.HTTPHost, opts.HTTPPort)
+			}
+			if opts.Cluster.Port != 0 && opts.Cluster.Host != "127.0.0.1" && opts.Cluster.Username == "" {
+				t.Errorf("cluster port %s:%d is open without route authorization", opts.Cluster.Host, opts.Cluster.Port)
+			}
+		})
+	}
+}
+
+// TestDeployConfigRequiresPasswords checks that accounts.conf has no
+// default passwords: without the variables the server refuses the config.
+func TestDeployConfigRequiresPasswords(t *testing.T) {
+	setDeployPasswords(t)
+	for v := range deployPasswords {
+		t.Run(v, func(t *testing.T) {
+			t.Setenv("CASCADE_"+v+"_PASSWORD", "") // restored after the test
+			if err := os.Unsetenv("CASCADE_" + v + "_PASSWORD"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := server.ProcessConfigFile("../../deploy/nats/single.conf"); err == nil {
+				t.Errorf("single.conf parses without CASCADE_%s_PASSWORD", v)
 			}
 		})
 	}

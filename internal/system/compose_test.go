@@ -1,11 +1,15 @@
 package system_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,26 +28,68 @@ import (
 type composeFile struct {
 	Services map[string]struct {
 		Environment map[string]string `yaml:"environment"`
+		Ports       []string          `yaml:"ports"`
 		Deploy      struct {
 			Replicas int `yaml:"replicas"`
 		} `yaml:"deploy"`
 	} `yaml:"services"`
 }
 
-// composeDefault replaces ${VAR:-default} with its default, as compose does
-// when VAR is unset.
-var composeDefault = regexp.MustCompile(`\$\{[A-Z0-9_]+:-([^}]*)\}`)
+// composeVar matches a variable reference of compose: ${VAR}, ${VAR:-default},
+// ${VAR:?error} and the forms without the colon.
+var composeVar = regexp.MustCompile(`\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}`)
 
-// TestComposeDeploymentServesWithRolePermissions runs what deploy/compose.yaml
-// deploys, without Docker: nats-server with deploy/nats/single.conf (its
-// accounts and per-role permissions), and the controller, ingress and stage
-// workers with the environment, users and replicas compose gives them. A
-// producer (the producer user) then sends MNIST images by request-reply and
-// a durable job, and reads the job's result from the results stream; every
-// one is answered. A producer publishing into a model's work queue is
-// refused by the server.
-func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
-	requireORT(t)
+// composePasswords are what the test sets the NATS passwords to: compose has
+// no defaults for them (scripts/gen-nats-passwords.sh makes a set).
+var composePasswords = map[string]string{
+	"CASCADE_CONTROLLER_PASSWORD": "composeController", "CASCADE_INGRESS_PASSWORD": "composeIngress",
+	"CASCADE_WORKER_PASSWORD": "composeWorker", "CASCADE_PRODUCER_PASSWORD": "composeProducer",
+	"CASCADE_BILLING_PASSWORD": "composeBilling", "CASCADE_SYS_PASSWORD": "composeSys",
+}
+
+// interpolate replaces variable references as compose does, with the
+// test's passwords; any other variable fails t.
+func interpolate(t *testing.T, v string) string {
+	t.Helper()
+	return composeVar.ReplaceAllStringFunc(v, func(ref string) string {
+		name := composeVar.FindStringSubmatch(ref)[1]
+		pw, ok := composePasswords[name]
+		if !ok {
+			t.Fatalf("compose.yaml refers to %s, which the test does not set", name)
+		}
+		return pw
+	})
+}
+
+// violations counts log records that carry a NATS permissions violation.
+type violations struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (v *violations) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (v *violations) WithAttrs([]slog.Attr) slog.Handler           { return v }
+func (v *violations) WithGroup(string) slog.Handler                { return v }
+func (v *violations) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if s := a.Value.String(); strings.Contains(strings.ToLower(s), "permissions violation") {
+			v.mu.Lock()
+			v.seen = append(v.seen, r.Message+": "+s)
+			v.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+func (v *violations) list() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.seen)
+}
+
+func readCompose(t *testing.T) ([]byte, composeFile) {
+	t.Helper()
 	raw, err := os.ReadFile("../../deploy/compose.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -52,13 +98,60 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &cf); err != nil {
 		t.Fatalf("parse compose.yaml: %v", err)
 	}
+	return raw, cf
+}
+
+// TestComposeRequiresPasswordsAndPublishesOnLoopback checks
+// deploy/compose.yaml's defaults for a public network: no password has a
+// default (compose refuses to start without each one accounts.conf reads),
+// and every published port is bound to 127.0.0.1, monitoring not at all.
+func TestComposeRequiresPasswordsAndPublishesOnLoopback(t *testing.T) {
+	raw, cf := readCompose(t)
+	if m := regexp.MustCompile(`\$\{CASCADE_[A-Z0-9_]*PASSWORD(:?-[^}]*)?\}`).FindAll(raw, -1); m != nil {
+		t.Errorf("compose.yaml gives passwords a default or lets them be unset: %s", bytes.Join(m, []byte(", ")))
+	}
+	accounts, err := os.ReadFile("../../deploy/nats/accounts.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsEnv := cf.Services["nats"].Environment
+	for _, m := range regexp.MustCompile(`\$(CASCADE_[A-Z0-9_]+_PASSWORD)`).FindAllSubmatch(accounts, -1) {
+		name := string(m[1])
+		if want := "${" + name + ":?"; !strings.HasPrefix(natsEnv[name], want) {
+			t.Errorf("the nats service sets %s to %q, want it required (%s...})", name, natsEnv[name], want)
+		}
+	}
+	for name, svc := range cf.Services {
+		for _, port := range svc.Ports {
+			if !strings.HasPrefix(port, "127.0.0.1:") {
+				t.Errorf("service %s publishes port %q beyond loopback", name, port)
+			}
+			if strings.HasSuffix(port, ":8222") {
+				t.Errorf("service %s publishes nats-server monitoring (%q), which has no authentication", name, port)
+			}
+		}
+	}
+}
+
+// TestComposeDeploymentServesWithRolePermissions runs what deploy/compose.yaml
+// deploys, without Docker: nats-server with deploy/nats/single.conf (its
+// accounts and per-role permissions), and the controller, ingress and stage
+// workers with the environment, users and replicas compose gives them. A
+// producer (the producer user: client default, on its own inbox prefix)
+// then sends MNIST images by request-reply and a durable job, and reads the
+// job's result through its own results consumer; every one is answered,
+// and no service is refused anything. A producer publishing into a model's
+// work queue is refused by the server.
+func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
+	requireORT(t)
+	_, cf := readCompose(t)
 	natsSvc, ok := cf.Services["nats"]
 	if !ok {
 		t.Fatal("compose.yaml has no nats service")
 	}
 	// The server reads the role passwords from its environment.
 	for k, v := range natsSvc.Environment {
-		t.Setenv(k, composeDefault.ReplaceAllString(v, "$1"))
+		t.Setenv(k, interpolate(t, v))
 	}
 	opts, err := server.ProcessConfigFile("../../deploy/nats/single.conf")
 	if err != nil {
@@ -90,7 +183,7 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 		}
 		env := map[string]string{}
 		for k, v := range svc.Environment {
-			env[k] = strings.Replace(composeDefault.ReplaceAllString(v, "$1"), "@nats:4222", "@"+hostPort, 1)
+			env[k] = strings.Replace(interpolate(t, v), "@nats:4222", "@"+hostPort, 1)
 		}
 		if !strings.Contains(env["CASCADE_NATS_URL"], "@"+hostPort) {
 			t.Fatalf("%s: CASCADE_NATS_URL %q does not name the nats service with a user", name, env["CASCADE_NATS_URL"])
@@ -104,7 +197,18 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 	}
 	producerURL := fmt.Sprintf("nats://producer:%s@%s", os.Getenv("CASCADE_PRODUCER_PASSWORD"), hostPort)
 
-	sys := startConfig(t, system.Config{NATSURL: producerURL, ServiceEnv: serviceEnv, Workers: workers})
+	// The producer is client default: its inboxes are _INBOX.default.>.
+	inboxes := nats.CustomInboxPrefix("_INBOX." + wire.DefaultClient)
+	refusals := &violations{}
+	t.Cleanup(func() { // after the system stopped: shutting down is refused nothing either
+		if v := refusals.list(); len(v) > 0 {
+			t.Errorf("the server refused the services or the producer %d times: %q", len(v), v)
+		}
+	})
+	sys := startConfig(t, system.Config{
+		NATSURL: producerURL, ClientOptions: []nats.Option{inboxes}, ServiceEnv: serviceEnv, Workers: workers,
+		Logger: slog.New(refusals),
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -135,11 +239,13 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.Publish(ctx, wire.JobsSubject("mnist", "compose"), body, jetstream.WithMsgID("compose-job-1")); err != nil {
+	if _, err := js.Publish(ctx, wire.JobsSubject("mnist", wire.DefaultClient), body, jetstream.WithMsgID("compose-job-1")); err != nil {
 		t.Fatalf("publish a job as producer: %v", err)
 	}
-	cons, err := js.OrderedConsumer(ctx, wire.ResultsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{wire.ResultSubject("mnist", "compose")},
+	// Its own durable consumer: named after the client, filtered to its
+	// results subject (the only one its permissions allow).
+	cons, err := js.CreateOrUpdateConsumer(ctx, wire.ResultsStream, jetstream.ConsumerConfig{
+		Durable: wire.DefaultClient, FilterSubject: wire.ResultSubject("mnist", wire.DefaultClient), AckPolicy: jetstream.AckExplicitPolicy,
 	})
 	if err != nil {
 		t.Fatalf("read results as producer: %v", err)
@@ -155,10 +261,13 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 	if res.ID != "compose-job-1" || res.Error != nil || res.AnsweredBy == "" {
 		t.Fatalf("job result %+v", res)
 	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatalf("ack the job's result: %v", err)
+	}
 
 	// The producer may not write into a model's work queue.
 	refused := make(chan error, 1)
-	nc, err := nats.Connect(producerURL, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+	nc, err := nats.Connect(producerURL, inboxes, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		select {
 		case refused <- err:
 		default:

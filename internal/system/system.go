@@ -41,6 +41,10 @@ import (
 type Config struct {
 	// NATSURL selects an external server; empty starts an embedded one.
 	NATSURL string
+	// ClientOptions are extra options of Conn, the callers' connection:
+	// nats.CustomInboxPrefix("_INBOX.<client>") for a producer user of
+	// deploy/nats/accounts.conf, which may use only its own inboxes.
+	ClientOptions []nats.Option
 	// DataDir holds the embedded server's JetStream store (default
 	// ./data/nats). Tests pass t.TempDir().
 	DataDir string
@@ -148,14 +152,14 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 		}
 		return nil, err
 	}
-	connect := func(name, url string) (*nats.Conn, error) {
-		nc, err := natsbus.Connect(url, name, cfg.Logger.With("component", name))
+	connect := func(name, url string, opts ...nats.Option) (*nats.Conn, error) {
+		nc, err := natsbus.Connect(url, name, cfg.Logger.With("component", name), opts...)
 		if err == nil {
 			s.conns = append(s.conns, nc)
 		}
 		return nc, err
 	}
-	if s.Conn, err = connect("cascadeserve-client", s.URL); err != nil {
+	if s.Conn, err = connect("cascadeserve-client", s.URL, cfg.ClientOptions...); err != nil {
 		return fail(err)
 	}
 	if s.JS, err = jetstream.New(s.Conn); err != nil {
