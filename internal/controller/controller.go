@@ -64,7 +64,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		js:      js,
 		log:     deps.Logger.With("pipeline", p.Pipeline),
 		now:     deps.Now,
-		m:       newMetrics(deps.Registerer, p.UsedModels()),
+		m:       newMetrics(deps.Registerer, p),
 		meter:   NewRateMeter(time.Duration(p.Hysteresis.RateWindowMs * float64(time.Millisecond))),
 		backlog: map[string]Backlog{},
 		cons:    map[string]jetstream.Consumer{},

@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 // errorOps are the operations of the decision loop (label op of
@@ -32,9 +34,18 @@ type metrics struct {
 
 // newMetrics registers the controller's metrics with reg, every series an
 // alert or the dashboard reads created at zero (rate() sees nothing of a
-// series born with its first event); models are the plan's used models.
-func newMetrics(reg prometheus.Registerer, models []string) *metrics {
+// series born with its first event), and p's gear count and SLO exported
+// for the dashboard and the alert rules.
+func newMetrics(reg prometheus.Registerer, p *plan.Plan) *metrics {
 	f := promauto.With(reg)
+	f.NewGauge(prometheus.GaugeOpts{
+		Name: "cascade_controller_plan_gears",
+		Help: "Gears in the plan the controller serves (the last, cheapest, has index gears - 1).",
+	}).Set(float64(len(p.Gears)))
+	f.NewGauge(prometheus.GaugeOpts{
+		Name: "cascade_controller_plan_slo_p95_seconds",
+		Help: "The plan's p95 end-to-end latency objective.",
+	}).Set(p.SLO.P95Ms / 1000)
 	m := &metrics{
 		gearIndex: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_controller_gear_index",
@@ -93,7 +104,7 @@ func newMetrics(reg prometheus.Registerer, models []string) *metrics {
 	for _, op := range errorOps {
 		m.errors.WithLabelValues(op)
 	}
-	for _, model := range models {
+	for _, model := range p.UsedModels() {
 		m.backlog.WithLabelValues(model, "pending")
 		m.backlog.WithLabelValues(model, "ack_pending")
 	}

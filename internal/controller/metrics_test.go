@@ -60,6 +60,12 @@ func TestAlertedSeriesExistFromStart(t *testing.T) {
 			}
 		}
 	}
+	if got := metricValue(t, c.reg, "cascade_controller_plan_gears", nil); got != float64(len(p.Gears)) {
+		t.Errorf("cascade_controller_plan_gears = %v, want %d", got, len(p.Gears))
+	}
+	if got := metricValue(t, c.reg, "cascade_controller_plan_slo_p95_seconds", nil); got != p.SLO.P95Ms/1000 {
+		t.Errorf("cascade_controller_plan_slo_p95_seconds = %v, want %v", got, p.SLO.P95Ms/1000)
+	}
 	first := p.Gears[0].ID
 	if got := metricValue(t, c.reg, "cascade_controller_gear_info", map[string]string{"gear": first}); got != 1 {
 		t.Errorf("cascade_controller_gear_info{gear=%q} = %v, want 1", first, got)
