@@ -57,13 +57,13 @@ func TestAlertsCoverTheREADMEList(t *testing.T) {
 	}
 }
 
-// TestRulesAndDashboardUseDefinedMetrics: every cascade_* metric the rules
-// and the dashboard read is one the services define, so a renamed metric
-// cannot leave an alert silently empty.
+// TestRulesAndDashboardUseDefinedMetrics: every cascade_* metric the rules,
+// the dashboard and the README name is one the services define, so a
+// renamed metric cannot leave an alert silently empty.
 func TestRulesAndDashboardUseDefinedMetrics(t *testing.T) {
 	defined := definedMetrics(t)
 	name := regexp.MustCompile(`cascade_[a-z0-9_]+`)
-	for _, file := range []string{"prometheus/rules.yml", "prometheus/rules_test.yml", "grafana/cascadeserve.json"} {
+	for _, file := range []string{"prometheus/rules.yml", "prometheus/rules_test.yml", "grafana/cascadeserve.json", "../README.md"} {
 		b, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
