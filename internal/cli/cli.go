@@ -40,6 +40,7 @@ func commands() []command {
 		simulateCommand(),
 		benchCommand(),
 		demoCommand(),
+		healthCommand(),
 	}
 }
 

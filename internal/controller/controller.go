@@ -64,7 +64,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		js:      js,
 		log:     deps.Logger.With("pipeline", p.Pipeline),
 		now:     deps.Now,
-		m:       newMetrics(deps.Registerer),
+		m:       newMetrics(deps.Registerer, p),
 		meter:   NewRateMeter(time.Duration(p.Hysteresis.RateWindowMs * float64(time.Millisecond))),
 		backlog: map[string]Backlog{},
 		cons:    map[string]jetstream.Consumer{},
@@ -87,6 +87,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		}
 		return fmt.Errorf("controller: %w", err)
 	}
+	c.m.ready.Set(1)
 	c.log.Info("controller started", "gears", gearIDs(p.Gears), "pinned", cfg.Gear,
 		"sample_interval_ms", p.Hysteresis.SampleIntervalMs, "rate_window_ms", p.Hysteresis.RateWindowMs)
 
@@ -189,7 +190,7 @@ func (c *controller) adopt(st wire.GearState) {
 	idx := c.plan.GearByID(st.Gear)
 	c.state = State{Gear: idx, Since: since}
 	if idx >= 0 {
-		c.m.gearIndex.Set(float64(idx))
+		c.m.setGear(idx, st.Gear)
 	}
 	c.log.Info("adopted gear from control bucket", "gear", st.Gear, "known", idx >= 0, "reason", st.Reason)
 }
@@ -307,7 +308,7 @@ func (c *controller) write(ctx context.Context, d Decision, qps float64, backlog
 		c.m.switches.WithLabelValues(string(dir)).Inc()
 	}
 	c.state = State{Gear: d.Gear, Since: at}
-	c.m.gearIndex.Set(float64(d.Gear))
+	c.m.setGear(d.Gear, g.ID)
 	msg := "gear switch"
 	if dir == Hold {
 		msg = "gear written"

@@ -1,13 +1,23 @@
 package controller
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
+
+// errorOps are the operations of the decision loop (label op of
+// cascade_controller_errors_total).
+var errorOps = []string{"apply_topology", "read_gear", "write_gear", "consumer_info", "decode_stats"}
 
 // metrics are one controller instance's Prometheus metrics.
 type metrics struct {
 	gearIndex      prometheus.Gauge
+	gearInfo       *prometheus.GaugeVec
+	ready          prometheus.Gauge
 	intakeQPS      prometheus.Gauge
 	ingresses      prometheus.Gauge
 	backlog        *prometheus.GaugeVec
@@ -17,14 +27,37 @@ type metrics struct {
 	decisionLoop   prometheus.Histogram
 	planRevision   prometheus.Gauge
 	gearWriteDelay prometheus.Histogram
+
+	mu     sync.Mutex // guards gearID
+	gearID string
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the controller's metrics with reg, every series an
+// alert or the dashboard reads created at zero (rate() sees nothing of a
+// series born with its first event), and p's gear count and SLO exported
+// for the dashboard and the alert rules.
+func newMetrics(reg prometheus.Registerer, p *plan.Plan) *metrics {
 	f := promauto.With(reg)
-	return &metrics{
+	f.NewGauge(prometheus.GaugeOpts{
+		Name: "cascade_controller_plan_gears",
+		Help: "Gears in the plan the controller serves (the last, cheapest, has index gears - 1).",
+	}).Set(float64(len(p.Gears)))
+	f.NewGauge(prometheus.GaugeOpts{
+		Name: "cascade_controller_plan_slo_p95_seconds",
+		Help: "The plan's p95 end-to-end latency objective.",
+	}).Set(p.SLO.P95Ms / 1000)
+	m := &metrics{
 		gearIndex: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_controller_gear_index",
 			Help: "Index in the plan of the gear in force (0 = most accurate).",
+		}),
+		gearInfo: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cascade_controller_gear_info",
+			Help: "1 for the id of the gear in force (one series; joins cascade_controller_gear_index to the gear id).",
+		}, []string{"gear"}),
+		ready: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_controller_ready",
+			Help: "1 once the topology is applied and a gear is in force.",
 		}),
 		intakeQPS: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_controller_intake_requests_per_second",
@@ -65,4 +98,27 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
 		}),
 	}
+	for _, d := range []Direction{Up, Down} {
+		m.switches.WithLabelValues(string(d))
+	}
+	for _, op := range errorOps {
+		m.errors.WithLabelValues(op)
+	}
+	for _, model := range p.UsedModels() {
+		m.backlog.WithLabelValues(model, "pending")
+		m.backlog.WithLabelValues(model, "ack_pending")
+	}
+	return m
+}
+
+// setGear records the gear in force: its index and its id.
+func (m *metrics) setGear(index int, id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gearIndex.Set(float64(index))
+	if id != m.gearID {
+		m.gearInfo.DeleteLabelValues(m.gearID)
+		m.gearID = id
+	}
+	m.gearInfo.WithLabelValues(id).Set(1)
 }

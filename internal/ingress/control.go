@@ -19,7 +19,7 @@ func newWatcher(pipeline string, logger *slog.Logger, m *metrics) *controlstate.
 		Pipeline: pipeline,
 		Logger:   logger,
 		Applied: func(s *controlstate.Snapshot, _ string, _ bool) {
-			m.gear.Set(float64(s.Index))
+			m.setGear(s.Index, s.Gear.ID)
 		},
 	})
 }

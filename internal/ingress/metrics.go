@@ -1,6 +1,8 @@
 package ingress
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
@@ -39,7 +41,19 @@ type metrics struct {
 	// jobsBound and jobsLost watch the jobs door's consumer.
 	jobsBound prometheus.Gauge
 	jobsLost  prometheus.Counter
+	gearInfo  *prometheus.GaugeVec
+
+	mu     sync.Mutex // guards gearID
+	gearID string
 }
+
+// doors are every door, and codes every error code an intake may answer
+// (label values of cascade_ingress_requests_total).
+var (
+	doors = []string{doorNATS, doorJobs, doorHTTP}
+	codes = []wire.Code{wire.CodeInvalidInput, wire.CodeOverloaded, wire.CodeDeadlineExceeded,
+		wire.CodeUnavailable, wire.CodeDuplicate, wire.CodeInternal}
+)
 
 // durationBuckets go from 50µs to ~13s, doubling.
 var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 19)
@@ -97,16 +111,36 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cascade_ingress_gear_index",
 			Help: "Index in the plan of the gear new requests are admitted to.",
 		}),
+		gearInfo: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cascade_ingress_gear_info",
+			Help: "1 for the id of the gear new requests are admitted to (one series; joins cascade_ingress_gear_index to the gear id).",
+		}, []string{"gear"}),
 	}
-	// Pre-create the series dashboards expect.
-	for _, door := range []string{doorNATS, doorJobs, doorHTTP} {
+	// Every series an alert or the dashboard reads exists from the start,
+	// at zero: rate() sees nothing of a series born with its first event.
+	for _, door := range doors {
 		m.requests.WithLabelValues(door, outcomeAdmitted)
-		for _, c := range []wire.Code{wire.CodeInvalidInput, wire.CodeOverloaded} {
+		for _, c := range codes {
 			m.requests.WithLabelValues(door, string(c))
 		}
+		m.admission.WithLabelValues(door)
+		m.e2e.WithLabelValues(door)
 	}
 	for _, why := range []string{"in_flight", "backlog"} {
 		m.shed.WithLabelValues(why)
 	}
+	m.requests.WithLabelValues(doorJobs, outcomeDeferred)
 	return m
+}
+
+// setGear records the gear new requests go to: its index and its id.
+func (m *metrics) setGear(index int, id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gear.Set(float64(index))
+	if id != m.gearID {
+		m.gearInfo.DeleteLabelValues(m.gearID)
+		m.gearID = id
+	}
+	m.gearInfo.WithLabelValues(id).Set(1)
 }

@@ -1,6 +1,7 @@
 package natsbus
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -42,6 +43,37 @@ func Connect(servers, name string, logger *slog.Logger, extra ...nats.Option) (*
 		return nil, fmt.Errorf("connect to nats %s: %w", RedactURL(servers), err)
 	}
 	return nc, nil
+}
+
+// ConnectWait is Connect that waits for the server: a service started
+// before NATS (compose, Kubernetes) retries instead of exiting. Each failed
+// attempt is logged at warn with the password redacted; the wait between
+// attempts doubles from 250ms to at most 5s. It returns ctx's error when ctx
+// ends first. Once connected, Connect's options reconnect for good.
+//
+// nats.RetryOnFailedConnect would return at once with a connection still
+// dialling, and a service's first JetStream calls would fail on it; this
+// returns only a connected connection.
+func ConnectWait(ctx context.Context, servers, name string, logger *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	wait := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		nc, err := Connect(servers, name, logger, extra...)
+		if err == nil {
+			if attempt > 1 {
+				logger.Info("connected to nats", "url", nc.ConnectedUrlRedacted(), "attempts", attempt)
+			}
+			return nc, nil
+		}
+		logger.Warn("nats not reachable; retrying", "attempt", attempt, "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 // RedactURL returns a NATS server list (one URL or several, comma-separated)

@@ -1,9 +1,17 @@
 package natsbus
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 func TestRedactURLHidesPasswords(t *testing.T) {
@@ -30,3 +38,78 @@ func TestConnectErrorDoesNotLeakThePassword(t *testing.T) {
 		t.Errorf("error %q shows the password", err)
 	}
 }
+
+// TestConnectWaitRetriesUntilTheServerStarts starts the connect before any
+// server listens on the port, then starts the server there: the connect
+// logs its failed attempts at warn and returns a live connection.
+func TestConnectWaitRetriesUntilTheServerStarts(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+
+	var warns atomic.Int64
+	logger := slog.New(countingHandler{level: slog.LevelWarn, n: &warns})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type result struct {
+		nc  *nats.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		nc, err := ConnectWait(ctx, fmt.Sprintf("nats://worker:s3cret@127.0.0.1:%d", port), "test", logger)
+		done <- result{nc, err}
+	}()
+	for warns.Load() < 2 {
+		select {
+		case r := <-done:
+			t.Fatalf("ConnectWait returned before a server existed: %v", r.err)
+		case <-ctx.Done():
+			t.Fatal("no failed attempt logged")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	srv, err := StartServer(ServerConfig{Port: port, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		defer r.nc.Close()
+		if !r.nc.IsConnected() {
+			t.Fatalf("connection status %v", r.nc.Status())
+		}
+	case <-ctx.Done():
+		t.Fatal("not connected 30s after the server started")
+	}
+}
+
+func TestConnectWaitStopsWithItsContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := ConnectWait(ctx, "nats://127.0.0.1:1", "test", slog.New(slog.DiscardHandler))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want the context's deadline", err)
+	}
+}
+
+// countingHandler counts records at or above level.
+type countingHandler struct {
+	level slog.Level
+	n     *atomic.Int64
+}
+
+func (h countingHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level }
+func (h countingHandler) Handle(context.Context, slog.Record) error {
+	h.n.Add(1)
+	return nil
+}
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countingHandler) WithGroup(string) slog.Handler      { return h }

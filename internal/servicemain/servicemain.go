@@ -1,16 +1,20 @@
 // Package servicemain is the main function the three service binaries
 // (services/controller, services/ingress, services/stage-worker) share:
 // read the service's Config from the CASCADE_* environment, set up the
-// logger, the metrics registry and endpoint and the NATS connection, run
+// logger, the metrics registry and endpoint (/metrics, /healthz, /readyz)
+// and the NATS connection (waiting for the server if it is not up yet), run
 // the service until SIGINT or SIGTERM, and exit non-zero on an error.
 package servicemain
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	env "github.com/caarlos0/env/v10"
@@ -47,32 +51,66 @@ type Deps struct {
 // process environment, and exits with status 1 and the error on stderr when
 // it fails.
 func Main[C Config](name string, parse func(environ map[string]string) (C, error), run func(context.Context, C, Deps) error) {
-	if err := serve(name, parse, run); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := serve(ctx, name, env.ToMap(os.Environ()), os.Stderr, parse, run)
+	stop()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(1)
 	}
 }
 
-func serve[C Config](name string, parse func(map[string]string) (C, error), run func(context.Context, C, Deps) error) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	cfg, err := parse(env.ToMap(os.Environ()))
+// serve runs the service until ctx ends or it fails. The metrics endpoint
+// is up first, so probes get an answer (/healthz 200, /readyz 503) while
+// the service waits for NATS; a NATS server that is not up yet is waited
+// for (natsbus.ConnectWait), not a reason to exit.
+func serve[C Config](ctx context.Context, name string, environ map[string]string, stderr io.Writer, parse func(map[string]string) (C, error), run func(context.Context, C, Deps) error) error {
+	cfg, err := parse(environ)
 	if err != nil {
 		return err
 	}
 	p := cfg.Process()
-	logger, err := telemetry.NewLogger(os.Stderr, p.LogLevel, p.LogFormat)
+	logger, err := telemetry.NewLogger(stderr, p.LogLevel, p.LogFormat)
 	if err != nil {
 		return err
 	}
 	reg := telemetry.NewRegistry()
-	nc, err := natsbus.Connect(p.NATSURL, name, logger)
-	if err != nil {
-		return err
+	var conn atomic.Pointer[nats.Conn]
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "cascade_nats_connected",
+		Help: "1 while this process's NATS connection is up, 0 while it waits for or reconnects to the server.",
+	}, func() float64 {
+		if nc := conn.Load(); nc != nil && nc.IsConnected() {
+			return 1
+		}
+		return 0
+	}))
+	natsUp := func() error {
+		nc := conn.Load()
+		if nc == nil {
+			return errors.New("waiting for NATS")
+		}
+		if !nc.IsConnected() {
+			return fmt.Errorf("NATS connection %s", nc.Status())
+		}
+		return nil
 	}
-	defer nc.Drain()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc}) })
-	g.Go(func() error { return telemetry.ServeMetrics(ctx, p.MetricsAddr, reg, logger) })
+	g.Go(func() error { return telemetry.ServeMetrics(ctx, p.MetricsAddr, reg, logger, natsUp) })
+	g.Go(func() error {
+		nc, err := natsbus.ConnectWait(ctx, p.NATSURL, name, logger)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while waiting
+			}
+			return err
+		}
+		defer nc.Drain()
+		defer cancel() // the service ended: stop serving metrics too
+		conn.Store(nc)
+		return run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc})
+	})
 	return g.Wait()
 }

@@ -1,6 +1,8 @@
 package stageworker
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -31,6 +33,8 @@ type metrics struct {
 	compute      *prometheus.HistogramVec
 	gearApply    prometheus.Histogram
 	gear         prometheus.Gauge
+	gearInfo     *prometheus.GaugeVec
+	ready        prometheus.Gauge
 	redeliveries *prometheus.CounterVec
 	acks         *prometheus.CounterVec
 	deadLetters  *prometheus.CounterVec
@@ -41,7 +45,13 @@ type metrics struct {
 	refusedReplies *prometheus.CounterVec
 	// nonFinite counts items whose model output was NaN or infinite.
 	nonFinite *prometheus.CounterVec
+
+	mu     sync.Mutex // guards gearID
+	gearID string
 }
+
+// Pull kinds (label kind of cascade_worker_pulls_total).
+var pullKinds = []string{"watch", "fill", "nowait"}
 
 // durationBuckets go from 50µs to ~13s, doubling: sub-millisecond hops of
 // small models are resolved.
@@ -49,7 +59,7 @@ var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 19)
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
-	return &metrics{
+	m := &metrics{
 		refusedReplies: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_refused_replies_total",
 			Help: "Results not published to an item's reply subject because it is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX), per model.",
@@ -90,6 +100,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cascade_worker_gear_index",
 			Help: "Index in the plan of the gear this worker applies.",
 		}),
+		gearInfo: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cascade_worker_gear_info",
+			Help: "1 for the id of the gear this worker applies (one series; joins cascade_worker_gear_index to the gear id).",
+		}, []string{"gear"}),
+		ready: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_worker_ready",
+			Help: "1 once the worker has its plan and topology and has loaded its models.",
+		}),
 		redeliveries: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_redeliveries_total",
 			Help: "Messages received more than once (NumDelivered > 1).",
@@ -103,12 +121,51 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Messages published to the dead-letter subject (undecodable, or failed on their last allowed delivery).",
 		}, []string{"model"}),
 		backlog: f.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "cascade_worker_backlog_items",
-			Help: "Items waiting in a model's queue as of the last message pulled (Metadata().NumPending).",
+			Name: "cascade_worker_backlog_messages",
+			Help: "Messages (envelopes of items) waiting in a model's queue as of the last message pulled (Metadata().NumPending).",
 		}, []string{"model"}),
 		pulls: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_pulls_total",
 			Help: "Pull requests per model, by kind: watch (idle wait for a first item), fill (wait for a batch to fill), nowait (take what is queued).",
 		}, []string{"model", "kind"}),
 	}
+	return m
+}
+
+// host creates every per-model series of model at zero, so rate() and
+// increase() based alerts see them from the start, and returns the
+// model's backlog gauge.
+func (m *metrics) host(model string) prometheus.Gauge {
+	for _, o := range []string{outcomeAnswered, outcomeEscalated, outcomeExpired, outcomeDegraded, outcomeFailed} {
+		m.items.WithLabelValues(model, o)
+	}
+	for _, r := range []string{degradedDeadline, degradedQueueFull} {
+		m.degraded.WithLabelValues(model, r)
+	}
+	for _, a := range []action{actAck, actNak, actDeadLetter, actTerm} {
+		m.acks.WithLabelValues(model, a.String())
+	}
+	for _, k := range pullKinds {
+		m.pulls.WithLabelValues(model, k)
+	}
+	m.redeliveries.WithLabelValues(model)
+	m.deadLetters.WithLabelValues(model)
+	m.refusedReplies.WithLabelValues(model)
+	m.nonFinite.WithLabelValues(model)
+	m.batchSize.WithLabelValues(model)
+	m.queue.WithLabelValues(model)
+	m.compute.WithLabelValues(model)
+	return m.backlog.WithLabelValues(model)
+}
+
+// setGear records the gear in force: its index and its id.
+func (m *metrics) setGear(index int, id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gear.Set(float64(index))
+	if id != m.gearID {
+		m.gearInfo.DeleteLabelValues(m.gearID)
+		m.gearID = id
+	}
+	m.gearInfo.WithLabelValues(id).Set(1)
 }

@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		if err != nil {
 			return fail(fmt.Errorf("consumer of model %q: %w", name, err))
 		}
-		h := &hosted{name: name, consumer: cons, backlogGage: w.metrics.backlog.WithLabelValues(name)}
+		h := &hosted{name: name, consumer: cons, backlogGage: w.metrics.host(name)}
 		if info := cons.CachedInfo(); info != nil {
 			h.maxDeliver = info.Config.MaxDeliver
 		}
@@ -161,6 +161,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		_ = rt.Close()
 	}()
 
+	w.metrics.ready.Set(1)
 	w.logger.Info("stage worker ready", "pipeline", cfg.Pipeline, "models", names, "runners", cfg.Runners,
 		"threads", cfg.Threads, "gear", c.State.Gear)
 	for i := range cfg.Runners {

@@ -10,11 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // NewRegistry returns a registry with the Go and process collectors.
@@ -41,22 +43,18 @@ func NewLogger(w interface{ Write([]byte) (int, error) }, level, format string) 
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }
 
-// ServeMetrics serves /metrics from g and /healthz (always 200 while the
-// process runs) on addr until ctx ends. An empty addr serves nothing and
-// returns when ctx ends.
-func ServeMetrics(ctx context.Context, addr string, g prometheus.Gatherer, logger *slog.Logger) error {
+// ServeMetrics serves Handler(g, checks...) on addr until ctx ends. An
+// empty addr serves nothing and returns when ctx ends.
+func ServeMetrics(ctx context.Context, addr string, g prometheus.Gatherer, logger *slog.Logger, checks ...func() error) error {
 	if addr == "" {
 		<-ctx.Done()
 		return nil
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: Handler(g, checks...), ReadHeaderTimeout: 5 * time.Second}
 	logger.Info("serving metrics", "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -69,6 +67,62 @@ func ServeMetrics(ctx context.Context, addr string, g prometheus.Gatherer, logge
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
+	}
+	return nil
+}
+
+// Handler serves /metrics from g, /healthz (liveness: 200 while the process
+// runs) and /readyz (readiness: 200 when Ready(g, checks...) is nil, else
+// 503 with the reason). Probes (cascadeserve health, Kubernetes) read
+// /readyz.
+func Handler(g prometheus.Gatherer, checks ...func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := Ready(g, checks...); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// Ready reports whether the services whose metrics g gathers are ready:
+// every check passes, g has at least one readiness gauge (a gauge named
+// cascade_<service>_ready, which each service sets to 1 once it serves),
+// and every readiness gauge is 1. The all-in-one process is ready when all
+// its services are.
+func Ready(g prometheus.Gatherer, checks ...func() error) error {
+	for _, check := range checks {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	mfs, err := g.Gather()
+	if err != nil {
+		return fmt.Errorf("gather metrics: %w", err)
+	}
+	var notReady []string
+	found := false
+	for _, mf := range mfs {
+		name := mf.GetName()
+		if mf.GetType() != dto.MetricType_GAUGE || !strings.HasPrefix(name, "cascade_") || !strings.HasSuffix(name, "_ready") {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			found = true
+			if m.GetGauge().GetValue() != 1 {
+				notReady = append(notReady, name)
+			}
+		}
+	}
+	switch {
+	case len(notReady) > 0:
+		return fmt.Errorf("%s not 1 yet", strings.Join(notReady, ", "))
+	case !found:
+		return errors.New("no service has started yet")
 	}
 	return nil
 }

@@ -1,0 +1,118 @@
+package servicemain
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+)
+
+type fakeConfig struct{ p Process }
+
+func (c fakeConfig) Process() Process { return c.p }
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func get(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestServiceWaitsForNATS starts a service before its NATS server exists:
+// it keeps waiting (its probe answers not ready) instead of exiting, runs
+// once the server is started on that port, and is then ready.
+func TestServiceWaitsForNATS(t *testing.T) {
+	natsPort, metricsPort := freePort(t), freePort(t)
+	base := fmt.Sprintf("http://127.0.0.1:%d", metricsPort)
+	cfg := fakeConfig{Process{
+		NATSURL:     fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
+		MetricsAddr: fmt.Sprintf("127.0.0.1:%d", metricsPort),
+		LogLevel:    "warn",
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ran := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(ctx, "fake", nil, io.Discard, func(map[string]string) (fakeConfig, error) { return cfg, nil },
+			func(ctx context.Context, _ fakeConfig, d Deps) error {
+				if !d.Conn.IsConnected() {
+					return fmt.Errorf("run got a connection in state %v", d.Conn.Status())
+				}
+				ready := prometheus.NewGauge(prometheus.GaugeOpts{Name: "cascade_fake_ready", Help: "test"})
+				d.Registerer.MustRegister(ready)
+				ready.Set(1)
+				close(ran)
+				<-ctx.Done()
+				return nil
+			})
+	}()
+
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		for !cond() {
+			select {
+			case err := <-done:
+				t.Fatalf("service exited while waiting for %s: %v", what, err)
+			case <-ctx.Done():
+				t.Fatalf("no %s within the test's time", what)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	waitUntil("metrics endpoint", func() bool { code, _ := get(base + "/healthz"); return code == http.StatusOK })
+	time.Sleep(600 * time.Millisecond) // a few failed connects
+	if code, body := get(base + "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "NATS") {
+		t.Errorf("/readyz before NATS = %d %q, want 503 naming NATS", code, body)
+	}
+	if _, body := get(base + "/metrics"); !strings.Contains(body, "cascade_nats_connected 0") {
+		t.Error("cascade_nats_connected is not 0 before NATS is up")
+	}
+
+	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: natsPort, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	select {
+	case <-ran:
+	case err := <-done:
+		t.Fatalf("service exited: %v", err)
+	case <-ctx.Done():
+		t.Fatal("service did not run after NATS started")
+	}
+	waitUntil("readiness", func() bool { code, _ := get(base + "/readyz"); return code == http.StatusOK })
+	if _, body := get(base + "/metrics"); !strings.Contains(body, "cascade_nats_connected 1") {
+		t.Error("cascade_nats_connected is not 1 once connected")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not return after cancel")
+	}
+}
