@@ -312,7 +312,7 @@ func TestKubernetesNATSConfig(t *testing.T) {
 // loadK8sNATSConfig parses deploy/k8s/nats/nats.conf with test passwords.
 func loadK8sNATSConfig(t *testing.T) *server.Options {
 	t.Helper()
-	for _, v := range []string{"CONTROLLER", "INGRESS", "WORKER", "PRODUCER", "SYS"} {
+	for _, v := range []string{"CONTROLLER", "INGRESS", "WORKER", "PRODUCER", "BILLING", "SYS"} {
 		t.Setenv("CASCADE_"+v+"_PASSWORD", strings.ToLower(v)+"-test")
 	}
 	t.Setenv("POD_NAME", "nats-0")

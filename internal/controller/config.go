@@ -14,6 +14,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -28,7 +29,12 @@ type Config struct {
 	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
 	// MetricsAddr is where /metrics is served (used by the main); set it to
 	// the empty string to serve nothing.
-	MetricsAddr string `env:"METRICS_ADDR" envDefault:":9091"`
+	MetricsAddr string `env:"METRICS_ADDR" envDefault:"127.0.0.1:9091"`
+	// Metrics protects the metrics endpoint: CASCADE_METRICS_TLS_CERT and
+	// CASCADE_METRICS_TLS_KEY serve it over HTTPS, CASCADE_METRICS_BEARER_TOKEN
+	// requires "Authorization: Bearer <token>" (probes /healthz and /readyz
+	// excepted). All empty by default.
+	Metrics telemetry.HTTPSecurity `envPrefix:"METRICS_"`
 	// LogLevel is debug, info, warn or error; LogFormat text or json.
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info"`
 	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
@@ -81,6 +87,9 @@ var ErrInvalidConfig = errors.New("invalid controller config")
 // Validate reports every problem of the configuration together.
 func (c Config) Validate() error {
 	var errs []error
+	if err := c.Metrics.Validate("CASCADE_METRICS_"); err != nil {
+		errs = append(errs, err)
+	}
 	if c.NATSURL == "" {
 		errs = append(errs, errors.New("CASCADE_NATS_URL is empty"))
 	}
@@ -192,5 +201,5 @@ func LoadPlan(cfg Config) (*plan.Plan, error) {
 
 // Process returns the settings the service's binary uses.
 func (c Config) Process() servicemain.Process {
-	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
+	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, Metrics: c.Metrics, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
 }

@@ -230,6 +230,19 @@ func (c *controller) tick(ctx context.Context) {
 		}
 		c.ok("apply_topology")
 	}
+	// The plan key holds what this controller serves: anything else written
+	// there (e.g. a JetStream API response a client aimed at it with a
+	// reply subject, which no permission can forbid) is replaced at once.
+	if rev, changed, err := PutPlan(ctx, c.gears.kv, c.plan); err != nil {
+		c.noteMissing(err)
+		c.fail("put_plan", err)
+	} else {
+		c.ok("put_plan")
+		if changed {
+			c.m.planRevision.Set(float64(rev))
+			c.log.Warn("the plan key held something else; the plan was written again", "plan_revision", rev)
+		}
+	}
 	now := c.now()
 	c.mu.Lock()
 	qps, instances := c.meter.Rate(now)

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -581,7 +582,7 @@ func TestConfigFromEnv(t *testing.T) {
 	if topo != want {
 		t.Errorf("default topology %+v, want %+v", topo, want)
 	}
-	if cfg.Pipeline != "mnist" || cfg.MetricsAddr != ":9091" || cfg.UpshiftBacklog != time.Second || cfg.NATSURL != "nats://127.0.0.1:4222" {
+	if cfg.Pipeline != "mnist" || cfg.MetricsAddr != "127.0.0.1:9091" || cfg.UpshiftBacklog != time.Second || cfg.NATSURL != "nats://127.0.0.1:4222" {
 		t.Errorf("defaults: %+v", cfg)
 	}
 
@@ -743,5 +744,42 @@ func TestRunRecreatesVanishedTopology(t *testing.T) {
 		}
 		_, err = s.Consumer(ctx, wire.ModelConsumer("small"))
 		return err == nil, fmt.Sprint(err)
+	})
+}
+
+// TestRunRepairsJobsConsumerAndPlanKey: a deleted jobs consumer is
+// re-created, and a plan key overwritten with anything else (say a
+// JetStream API response aimed at it) is written again.
+func TestRunRepairsJobsConsumerAndPlanKey(t *testing.T) {
+	srv := natstest.Start(t)
+	file, p := fastPlanFile(t)
+	startController(t, srv, testConfig(t, file, nil))
+	kv := controlBucket(t, srv, p.Pipeline)
+	waitGear(t, kv, "accurate")
+	ctx := context.Background()
+	jobs, err := srv.JS.Stream(ctx, wire.JobsStream(p.Pipeline))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := jobs.DeleteConsumer(ctx, wire.JobsConsumer); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "jobs consumer re-created", func() (bool, string) {
+		_, err := jobs.Consumer(ctx, wire.JobsConsumer)
+		return err == nil, fmt.Sprint(err)
+	})
+	want, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, wire.KeyPlan, []byte(`{"stream":"CASCADE_TINY_JOBS","seq":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "plan key written again", func() (bool, string) {
+		e, err := kv.Get(ctx, wire.KeyPlan)
+		if err != nil {
+			return false, err.Error()
+		}
+		return bytes.Equal(e.Value(), want), string(e.Value())
 	})
 }

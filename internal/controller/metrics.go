@@ -11,7 +11,7 @@ import (
 
 // errorOps are the operations of the decision loop (label op of
 // cascade_controller_errors_total).
-var errorOps = []string{"apply_topology", "read_gear", "write_gear", "consumer_info", "decode_stats"}
+var errorOps = []string{"apply_topology", "put_plan", "read_gear", "write_gear", "consumer_info", "jobs_consumer_info", "decode_stats"}
 
 // metrics are one controller instance's Prometheus metrics.
 type metrics struct {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
 
@@ -27,7 +28,12 @@ type Config struct {
 	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
 	// MetricsAddr is where /metrics is served (CASCADE_METRICS_ADDR, default
 	// :9092; used by the main). Set it to the empty string to serve nothing.
-	MetricsAddr string `env:"METRICS_ADDR" envDefault:":9092"`
+	MetricsAddr string `env:"METRICS_ADDR" envDefault:"127.0.0.1:9092"`
+	// Metrics protects the metrics endpoint: CASCADE_METRICS_TLS_CERT and
+	// CASCADE_METRICS_TLS_KEY serve it over HTTPS, CASCADE_METRICS_BEARER_TOKEN
+	// requires "Authorization: Bearer <token>" (probes /healthz and /readyz
+	// excepted). All empty by default.
+	Metrics telemetry.HTTPSecurity `envPrefix:"METRICS_"`
 	// LogLevel is debug, info, warn or error (CASCADE_LOG_LEVEL).
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// LogFormat is text or json (CASCADE_LOG_FORMAT).
@@ -36,7 +42,12 @@ type Config struct {
 	// HTTPAddr is where the Open Inference Protocol v2 HTTP endpoint listens
 	// (CASCADE_HTTP_ADDR, default :8080). Set it to the empty string to
 	// serve no HTTP (Deps.HTTPListener, if set, is used instead).
-	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080"`
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:"127.0.0.1:8080"`
+	// HTTP protects the inference endpoint: CASCADE_HTTP_TLS_CERT and
+	// CASCADE_HTTP_TLS_KEY serve HTTPS, CASCADE_HTTP_BEARER_TOKEN requires
+	// "Authorization: Bearer <token>" on every request but the health
+	// probes. All empty by default.
+	HTTP telemetry.HTTPSecurity `envPrefix:"HTTP_"`
 	// Instance names this ingress in its stats subject and reply inbox
 	// (CASCADE_INGRESS_INSTANCE; a wire token). Empty: a random NUID.
 	Instance string `env:"INGRESS_INSTANCE"`
@@ -129,6 +140,12 @@ var ErrInvalidConfig = errors.New("invalid ingress config")
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if err := c.Metrics.Validate("CASCADE_METRICS_"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.HTTP.Validate("CASCADE_HTTP_"); err != nil {
+		errs = append(errs, err)
+	}
 	if c.NATSURL == "" {
 		bad("CASCADE_NATS_URL is empty")
 	}
@@ -216,5 +233,5 @@ type Deps struct {
 
 // Process returns the settings the service's binary uses.
 func (c Config) Process() servicemain.Process {
-	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
+	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, Metrics: c.Metrics, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
 }

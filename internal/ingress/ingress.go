@@ -114,20 +114,21 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	var srv *http.Server
 	if ln != nil {
 		srv = &http.Server{
-			Handler:           in.handler(),
+			Handler:           cfg.HTTP.Wrap(in.handler()),
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       30 * time.Second,
 			WriteTimeout:      cfg.MaxTimeout + cfg.ReplyGrace + 10*time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
 		}
-		in.logger.Info("serving Open Inference Protocol v2 over HTTP", "addr", ln.Addr().String())
+		in.logger.Info("serving Open Inference Protocol v2 over HTTP", "addr", ln.Addr().String(),
+			"tls", cfg.HTTP.TLS(), "bearer_token", cfg.HTTP.BearerToken != "")
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	if srv != nil {
 		g.Go(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			if err := cfg.HTTP.Serve(srv, ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("ingress: http: %w", err)
 			}
 			return nil

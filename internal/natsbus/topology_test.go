@@ -76,3 +76,33 @@ func TestEnsureTopologyIsIdempotent(t *testing.T) {
 		t.Fatal("publish to a full queue succeeded, want an error")
 	}
 }
+
+// TestTopologyBoundsEveryStream: no stream of the topology grows without a
+// bound: jobs (messages and bytes, refusing new jobs), dead letters and
+// results (bytes, and messages for dead letters, dropping the oldest).
+func TestTopologyBoundsEveryStream(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	p := testPlan(t)
+	if _, err := natsbus.EnsureTopology(ctx, srv.JS, p, natsbus.TopologyConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		stream  string
+		discard jetstream.DiscardPolicy
+		msgs    bool
+	}{
+		{wire.JobsStream(p.Pipeline), jetstream.DiscardNew, true},
+		{wire.DLQStream(p.Pipeline), jetstream.DiscardOld, true},
+		{wire.ResultsStream, jetstream.DiscardOld, false},
+	} {
+		s, err := srv.JS.Stream(ctx, c.stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		if cfg.MaxBytes <= 0 || (c.msgs && cfg.MaxMsgs <= 0) || cfg.Discard != c.discard {
+			t.Errorf("%s: max bytes %d, max msgs %d, discard %v; want bounded, discard %v", c.stream, cfg.MaxBytes, cfg.MaxMsgs, cfg.Discard, c.discard)
+		}
+	}
+}

@@ -31,8 +31,10 @@ import (
 type Process struct {
 	NATSURL     string
 	MetricsAddr string
-	LogLevel    string
-	LogFormat   string
+	// Metrics protects the metrics endpoint (TLS, bearer token).
+	Metrics   telemetry.HTTPSecurity
+	LogLevel  string
+	LogFormat string
 }
 
 // Config is what a service's Config offers its binary.
@@ -98,7 +100,7 @@ func serve[C Config](ctx context.Context, name string, environ map[string]string
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return telemetry.ServeMetrics(ctx, p.MetricsAddr, reg, logger, natsUp) })
+	g.Go(func() error { return telemetry.ServeMetrics(ctx, p.MetricsAddr, p.Metrics, reg, logger, natsUp) })
 	g.Go(func() error {
 		nc, err := natsbus.ConnectWait(ctx, p.NATSURL, name, logger)
 		if err != nil {

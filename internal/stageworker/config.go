@@ -13,6 +13,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
 
@@ -26,7 +27,12 @@ type Config struct {
 	// MetricsAddr is where /metrics and /healthz are served
 	// (CASCADE_METRICS_ADDR, default :9090; set it to the empty string to
 	// serve nothing).
-	MetricsAddr string `env:"METRICS_ADDR" envDefault:":9090"`
+	MetricsAddr string `env:"METRICS_ADDR" envDefault:"127.0.0.1:9090"`
+	// Metrics protects the metrics endpoint: CASCADE_METRICS_TLS_CERT and
+	// CASCADE_METRICS_TLS_KEY serve it over HTTPS, CASCADE_METRICS_BEARER_TOKEN
+	// requires "Authorization: Bearer <token>" (probes /healthz and /readyz
+	// excepted). All empty by default.
+	Metrics telemetry.HTTPSecurity `envPrefix:"METRICS_"`
 	// LogLevel is debug, info, warn or error (CASCADE_LOG_LEVEL).
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// LogFormat is text or json (CASCADE_LOG_FORMAT).
@@ -103,6 +109,9 @@ var ErrInvalidConfig = errors.New("invalid stage worker config")
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if err := c.Metrics.Validate("CASCADE_METRICS_"); err != nil {
+		errs = append(errs, err)
+	}
 	if c.NATSURL == "" {
 		bad("CASCADE_NATS_URL is empty")
 	}
@@ -179,9 +188,12 @@ type hooks struct {
 	// beforeSettle is called after a batch's publishes are acknowledged,
 	// before its inputs are acked.
 	beforeSettle func(model string, n int)
+	// runError, if set, makes the model's run fail for an item when it
+	// returns an error (tests: a model that fails on one input).
+	runError func(model, id string) error
 }
 
 // Process returns the settings the service's binary uses.
 func (c Config) Process() servicemain.Process {
-	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
+	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, Metrics: c.Metrics, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
 }

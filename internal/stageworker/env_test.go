@@ -378,7 +378,7 @@ func (e *testEnv) durableResults(t testing.TB, client string) (map[string][]*wir
 		if err := decodeResultMsg(m.Header, m.Data, &res); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := m.Header.Get(wire.HeaderMsgID), wire.ResultMsgID(res.Pipeline, res.ID); got != want {
+		if got, want := m.Header.Get(wire.HeaderMsgID), wire.ResultMsgID(e.plan.Pipeline, res.ID); got != want {
 			t.Errorf("result %s: %s %q, want %q", res.ID, wire.HeaderMsgID, got, want)
 		}
 		out[res.ID] = append(out[res.ID], &res)
@@ -546,4 +546,14 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// planRevision is the control bucket's plan key revision.
+func (e *testEnv) planRevision(t testing.TB) uint64 {
+	t.Helper()
+	en, err := e.kv.Get(context.Background(), wire.KeyPlan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return en.Revision()
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -165,12 +166,19 @@ func (r *runner) infer(i int, c *control, run []*task) {
 	}
 	start := w.now()
 	_, err := sess.Run(r.in, len(run), r.out[:len(run)*classes])
+	for k := 0; err == nil && w.hooks.runError != nil && k < len(run); k++ {
+		err = w.hooks.runError(h.name, run[k].item.ID)
+	}
 	failed := make([]error, len(run))
 	if err != nil {
 		w.logger.Warn("batch inference failed; running its items one by one", "model", h.name, "batch", len(run), "err", err)
 		for k := range run {
 			in := r.in[k*w.itemSize : (k+1)*w.itemSize]
-			if _, err := sess.Run(in, 1, r.out[k*classes:(k+1)*classes]); err != nil {
+			_, err := sess.Run(in, 1, r.out[k*classes:(k+1)*classes])
+			if err == nil && w.hooks.runError != nil {
+				err = w.hooks.runError(h.name, run[k].item.ID)
+			}
+			if err != nil {
 				failed[k] = fmt.Errorf("model %q: %w", h.name, err)
 			}
 		}
@@ -186,6 +194,14 @@ func (r *runner) infer(i int, c *control, run []*task) {
 		temperature = m.Temperature
 	}
 	for k, t := range run {
+		if errors.Is(failed[k], onnxrt.ErrInvalidOutput) {
+			// The input is finite (the ingress checks) but drives the model
+			// out of range, e.g. values near the float32 maximum: the same
+			// input fails the same way on every delivery, so it is this
+			// item's permanent error, not a transient failure.
+			w.nonFinite(c, h, t, end)
+			continue
+		}
 		if failed[k] != nil {
 			w.logger.Error("inference failed", "id", t.item.ID, "model", h.name, "delivery", t.delivered(), "err", failed[k])
 			t.outcome = outcomeFailed
@@ -194,18 +210,7 @@ func (r *runner) infer(i int, c *control, run []*task) {
 		}
 		probs := r.out[k*classes : (k+1)*classes]
 		if !finite(probs) {
-			// The input is finite (the ingress checks) but drives the model
-			// out of range, e.g. values near the float32 maximum: the same
-			// input fails the same way on every delivery, so it is this
-			// item's permanent error, not a transient failure.
-			w.metrics.nonFinite.WithLabelValues(h.name).Inc()
-			w.logger.Warn("model output is not finite: answering invalid_input", "id", t.item.ID, "model", h.name)
-			t.outcome = outcomeFailed
-			t.err = permanent("model %q output for item %q is not finite", h.name, t.item.ID)
-			if err := w.addResult(t, w.errorResult(c, &t.item, end, wire.Errorf(wire.CodeInvalidInput,
-				"model %q produced a non-finite output for this input (values too large in magnitude?)", h.name))); err != nil {
-				t.err = err
-			}
+			w.nonFinite(c, h, t, end)
 			continue
 		}
 		plan.Calibrate(probs, temperature)
@@ -263,6 +268,19 @@ func (w *worker) route(c *control, h *hosted, t *task, probs []float32, now time
 		t.outcome = outcomeEscalated
 		t.escalation = len(t.js)
 		t.js = append(t.js, m)
+	}
+}
+
+// nonFinite answers an item whose model output is NaN or infinite with
+// invalid_input: a permanent error of that item only.
+func (w *worker) nonFinite(c *control, h *hosted, t *task, now time.Time) {
+	w.metrics.nonFinite.WithLabelValues(h.name).Inc()
+	w.logger.Warn("model output is not finite: answering invalid_input", "id", t.item.ID, "model", h.name)
+	t.outcome = outcomeFailed
+	t.err = permanent("model %q output for item %q is not finite", h.name, t.item.ID)
+	if err := w.addResult(t, w.errorResult(c, &t.item, now, wire.Errorf(wire.CodeInvalidInput,
+		"model %q produced a non-finite output for this input (values too large in magnitude?)", h.name))); err != nil {
+		t.err = err
 	}
 }
 

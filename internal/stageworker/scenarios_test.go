@@ -2,6 +2,7 @@ package stageworker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -347,7 +348,10 @@ func TestExpiredDeadline(t *testing.T) {
 // TestPoisonAndUndecodable: an item the model fails on is retried until its
 // last delivery, then dead-lettered with an internal error result, without
 // failing its batch neighbours; an undecodable message is dead-lettered and
-// terminated at once; an invalid item gets invalid_input.
+// terminated at once; an invalid item gets invalid_input; an item whose
+// finite input makes the model's output non-finite gets invalid_input at
+// once, never retried; an item whose reply subject is not an inbox is
+// never answered there (its durable result says invalid_input).
 func TestPoisonAndUndecodable(t *testing.T) {
 	g := gear("solo", 100, 16, 20, "linear")
 	p := testPlan(t, []plan.Gear{g})
@@ -357,16 +361,24 @@ func TestPoisonAndUndecodable(t *testing.T) {
 	ids := admitImages(t, e, "linear", g.ID, 6, time.Now().Add(time.Minute), func(i int, it *wire.Item) {
 		switch i {
 		case 1: // NaN pixels: the model's output is NaN, which onnxrt rejects
-			vals := make([]float32, p.Input.Elements())
-			for j := range vals {
-				vals[j] = float32(math.NaN())
-			}
-			it.ID = "poison"
-			it.Input = wire.FP32Tensor(p.Input.Shape, vals)
+			it.ID = "poison"                        // the model fails on it (the runError hook)
 			it.ResultFormat = wire.ResultFormatJSON // its dead-letter result is JSON
 		case 2:
 			it.ID = "invalid"
 			it.Input = wire.FP32Tensor([]int64{3}, []float32{1, 2, 3})
+		case 3:
+			// Finite, but so large the model's output is not: a permanent
+			// error of this item, answered at once, never retried.
+			vals := make([]float32, p.Input.Elements())
+			for j := range vals {
+				vals[j] = math.MaxFloat32
+			}
+			it.ID = "huge"
+			it.Input = wire.FP32Tensor(p.Input.Shape, vals)
+		case 4:
+			// A forged route: the worker must not publish over the plan.
+			it.ID = "forged"
+			it.ReplyTo = "$KV." + wire.KVBucket(p.Pipeline) + "." + wire.KeyPlan
 		}
 	})
 	garbage := nats.NewMsg(wire.ModelSubject(p.Pipeline, "linear"))
@@ -375,15 +387,44 @@ func TestPoisonAndUndecodable(t *testing.T) {
 	if _, err := e.js.PublishMsg(context.Background(), garbage); err != nil {
 		t.Fatal(err)
 	}
-	w := e.startWorker(t, nil, hooks{})
+	planRev := e.planRevision(t)
+	w := e.startWorker(t, nil, hooks{runError: func(model, id string) error {
+		if id == "poison" {
+			return errors.New("the model fails on this input")
+		}
+		return nil
+	}})
 
-	waitFor(t, "replies", 30*time.Second, func() bool { got, _ := rep.snapshot(); return len(got) == len(ids) })
+	var replied []string
+	for _, id := range ids {
+		if id != "forged" {
+			replied = append(replied, id)
+		}
+	}
+	waitFor(t, "replies", 30*time.Second, func() bool { got, _ := rep.snapshot(); return len(got) == len(replied) })
 	waitFor(t, "empty queue", 30*time.Second, func() bool { return e.queuesEmpty(t) })
 	got, k := rep.snapshot()
-	checkExactlyOnce(t, ids, got, k, "replies")
+	checkExactlyOnce(t, replied, got, k, "replies")
+	durable, _ := e.durableResults(t, "test")
 	for _, id := range ids {
-		r := got[id][0]
+		var r *wire.Result
+		if id == "forged" {
+			// No reply (its route is refused), its durable result is an
+			// invalid_input error, and the plan is untouched.
+			if rs := durable[id]; len(rs) != 1 || rs[0].Error == nil || rs[0].Error.Code != wire.CodeInvalidInput {
+				t.Errorf("forged: durable results %+v, want one invalid_input", rs)
+			}
+			if got := e.planRevision(t); got != planRev {
+				t.Errorf("plan revision %d, want %d: the worker published over the plan", got, planRev)
+			}
+			continue
+		}
+		r = got[id][0]
 		switch id {
+		case "huge":
+			if r.Error == nil || r.Error.Code != wire.CodeInvalidInput {
+				t.Errorf("huge: error %v, want invalid_input", r.Error)
+			}
 		case "poison":
 			if r.Error == nil || r.Error.Code != wire.CodeInternal {
 				t.Errorf("poison: error %v, want internal", r.Error)
@@ -443,8 +484,11 @@ func TestPoisonAndUndecodable(t *testing.T) {
 	if got := w.counter("cascade_worker_acks_total", "model", "linear", "action", "nak"); got != maxDeliver-1 {
 		t.Errorf("naks %v, want %d", got, maxDeliver-1)
 	}
-	if got := w.counter("cascade_worker_items_total", "model", "linear", "outcome", "failed"); got != 3 {
-		t.Errorf("failed items %v, want 3 (poison, invalid, garbage)", got)
+	if got := w.counter("cascade_worker_items_total", "model", "linear", "outcome", "failed"); got != 5 {
+		t.Errorf("failed items %v, want 5 (poison, invalid, huge, forged, garbage)", got)
+	}
+	if got := w.counter("cascade_worker_non_finite_outputs_total", "model", "linear"); got != 1 {
+		t.Errorf("non-finite outputs %v, want 1 (huge, answered once, never retried)", got)
 	}
 }
 

@@ -206,7 +206,7 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		NATSURL: "nats://127.0.0.1:4222", Pipeline: "mnist", MetricsAddr: ":9090", LogLevel: "info", LogFormat: "text",
+		NATSURL: "nats://127.0.0.1:4222", Pipeline: "mnist", MetricsAddr: "127.0.0.1:9090", LogLevel: "info", LogFormat: "text",
 		Runners: 2, Threads: 1, Provider: "cpu", InboxPrefix: wire.DefaultInboxPrefix, IdleWait: 100 * time.Millisecond, NakDelay: time.Second, PublishTimeout: 5 * time.Second,
 	}
 	if fmt.Sprint(cfg) != fmt.Sprint(want) {

@@ -43,9 +43,10 @@ func NewLogger(w interface{ Write([]byte) (int, error) }, level, format string) 
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }
 
-// ServeMetrics serves Handler(g, checks...) on addr until ctx ends. An
+// ServeMetrics serves Handler(g, checks...) on addr until ctx ends, with
+// sec's TLS and bearer token if set. An
 // empty addr serves nothing and returns when ctx ends.
-func ServeMetrics(ctx context.Context, addr string, g prometheus.Gatherer, logger *slog.Logger, checks ...func() error) error {
+func ServeMetrics(ctx context.Context, addr string, sec HTTPSecurity, g prometheus.Gatherer, logger *slog.Logger, checks ...func() error) error {
 	if addr == "" {
 		<-ctx.Done()
 		return nil
@@ -54,10 +55,10 @@ func ServeMetrics(ctx context.Context, addr string, g prometheus.Gatherer, logge
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
-	srv := &http.Server{Handler: Handler(g, checks...), ReadHeaderTimeout: 5 * time.Second}
-	logger.Info("serving metrics", "addr", ln.Addr().String())
+	srv := &http.Server{Handler: sec.Wrap(Handler(g, checks...)), ReadHeaderTimeout: 5 * time.Second}
+	logger.Info("serving metrics", "addr", ln.Addr().String(), "tls", sec.TLS(), "bearer_token", sec.BearerToken != "")
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- sec.Serve(srv, ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("metrics server: %w", err)

@@ -67,6 +67,7 @@ func TestDecodeOIPRequestErrors(t *testing.T) {
 		{"UINT8 too big", `{"inputs": [{"name":"a","shape":[1],"datatype":"UINT8","data":[256]}]}`, "not a UINT8"},
 		{"UINT8 fraction", `{"inputs": [{"name":"a","shape":[1],"datatype":"UINT8","data":[1.5]}]}`, "not a UINT8"},
 		{"timeout string", `{"inputs": [{"name":"a","shape":[1],"datatype":"FP32","data":[1]}],"parameters":{"timeout_ms":"5"}}`, "timeout_ms"},
+		{"timeout fraction", `{"inputs": [{"name":"a","shape":[1],"datatype":"FP32","data":[1]}],"parameters":{"timeout_ms":0.5}}`, "whole number"},
 		{"timeout negative", `{"inputs": [{"name":"a","shape":[1],"datatype":"FP32","data":[1]}],"parameters":{"timeout_ms":-5}}`, "out of range"},
 		{"client number", `{"inputs": [{"name":"a","shape":[1],"datatype":"FP32","data":[1]}],"parameters":{"client":5}}`, "client"},
 		{"probabilities string", `{"inputs": [{"name":"a","shape":[1],"datatype":"FP32","data":[1]}],"parameters":{"return_probabilities":"yes"}}`, "return_probabilities"},

@@ -345,3 +345,43 @@ func TestDecodeRejectsHostileLengths(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckReplySubject(t *testing.T) {
+	for _, c := range []struct {
+		subject string
+		ok      bool
+	}{
+		{"_INBOX.abc", true},
+		{"_INBOX.billing.abc.1", true},
+		{"_INBOX.", false},
+		{"_INBOX", false},
+		{"_INBOX.>", false},
+		{"_INBOX.*.x", false},
+		{"_INBOX..x", false},
+		{"_INBOX.a b", false},
+		{"cascade.mnist.result.victim", false},
+		{"$KV.cascade_mnist.plan", false},
+		{"$JS.API.STREAM.DELETE.X", false},
+		{"other.subject", false},
+		{"_INBOX." + strings.Repeat("x", 300), false},
+	} {
+		err := wire.CheckReplySubject(wire.DefaultInboxPrefix, c.subject)
+		if (err == nil) != c.ok {
+			t.Errorf("CheckReplySubject(%q) = %v, want ok %v", c.subject, err, c.ok)
+		}
+		if err != nil && !errors.Is(err, wire.ErrReplySubject) {
+			t.Errorf("CheckReplySubject(%q) = %v, not ErrReplySubject", c.subject, err)
+		}
+	}
+	for _, c := range []struct {
+		prefix string
+		ok     bool
+	}{
+		{"_INBOX.", true}, {"_R_.", true}, {"replies.team-a.", true},
+		{"", false}, {"_INBOX", false}, {"cascade.", false}, {"$KV.", false}, {"$", false}, {"*.", false}, {"a..", false},
+	} {
+		if err := wire.CheckInboxPrefix(c.prefix); (err == nil) != c.ok {
+			t.Errorf("CheckInboxPrefix(%q) = %v, want ok %v", c.prefix, err, c.ok)
+		}
+	}
+}
