@@ -126,7 +126,9 @@ Ctrl-C stops everything cleanly.
 		*httpAddr, p.Pipeline, *metricsAddr, natsbus.RedactURL(sys.URL))
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return telemetry.ServeMetrics(gctx, *metricsAddr, telemetry.HTTPSecurity{}, reg, cfg.Logger) })
+	g.Go(func() error {
+		return telemetry.ServeMetrics(gctx, *metricsAddr, telemetry.HTTPSecurity{}, reg, cfg.Logger)
+	})
 	g.Go(func() error {
 		select {
 		case <-gctx.Done():

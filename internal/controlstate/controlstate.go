@@ -32,6 +32,9 @@ type Snapshot struct {
 	State wire.GearState
 }
 
+// MaxBatch is model's max batch in the gear in force.
+func (s *Snapshot) MaxBatch(model string) int { return s.Gear.MaxBatch(model) }
+
 // Fallback says how New chose a snapshot's gear from a gear state.
 type Fallback int
 

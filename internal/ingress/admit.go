@@ -18,16 +18,16 @@ import (
 )
 
 // Canonicalize checks a request's input tensor against the pipeline's
-// input and returns the canonical tensor workers consume: FP32 with the
-// item shape. It accepts
-//   - datatype FP32, or UINT8 when in.UINT8Scale > 0 (converted to FP32 and
-//     multiplied by the scale);
+// input and returns the tensor workers consume: its datatype, the item
+// shape. It accepts
+//   - datatype FP32, or UINT8 when in.UINT8Scale > 0 (the worker multiplies
+//     it by the scale);
 //   - the item shape, or the item shape with a leading batch axis of 1;
 //   - exactly elements × datatype size bytes of data;
 //   - for FP32, only finite values (no NaN or ±Inf).
 //
-// Errors are *wire.Error with wire.CodeInvalidInput. The FP32 result may
-// share t's data.
+// Errors are *wire.Error with wire.CodeInvalidInput. The result shares t's
+// data.
 func Canonicalize(t wire.Tensor, in plan.Input) (wire.Tensor, error) {
 	switch t.Datatype {
 	case wire.FP32:
@@ -58,19 +58,10 @@ func Canonicalize(t wire.Tensor, in plan.Input) (wire.Tensor, error) {
 				return wire.Tensor{}, wire.Errorf(wire.CodeInvalidInput, "value %d is %v: FP32 inputs must be finite", i/4, math.Float32frombits(bits))
 			}
 		}
-		return wire.Tensor{Datatype: wire.FP32, Shape: shape, Data: t.Data}, nil
 	}
-	// 256 possible values: scale each once, then look them up.
-	var table [256]uint32
-	scale := float32(in.UINT8Scale)
-	for v := range table {
-		table[v] = math.Float32bits(float32(v) * scale)
-	}
-	data := make([]byte, 4*n)
-	for i, b := range t.Data {
-		binary.LittleEndian.PutUint32(data[4*i:], table[b])
-	}
-	return wire.Tensor{Datatype: wire.FP32, Shape: shape, Data: data}, nil
+	// UINT8 travels as it came, a quarter of the bytes of FP32; the worker
+	// scales it by the plan's UINT8Scale when it builds the model's input.
+	return wire.Tensor{Datatype: t.Datatype, Shape: shape, Data: t.Data}, nil
 }
 
 // Deadline returns the deadline of a request admitted at now: its
@@ -131,25 +122,40 @@ type admitted struct {
 }
 
 // admit validates a request against the current plan, builds the item and
-// publishes it to the first model of the current gear, awaiting the PubAck.
-// Errors are *wire.Error: invalid_input, deadline_exceeded, unavailable
-// (not ready, NATS down), overloaded (the first queue is full), duplicate
-// (the id was admitted within the dedup window) or internal.
+// hands it to the envelope coalescer for the first model of the current
+// gear, waiting for its envelope's PubAck. Errors are *wire.Error:
+// invalid_input, deadline_exceeded, unavailable (not ready, NATS down),
+// overloaded (the first queue is full) or internal.
 func (in *ingress) admit(a admission) (admitted, error) {
+	it, first, err := in.prepare(a)
+	if err != nil {
+		return admitted{}, err
+	}
+	if err := in.envelopes.add(it, first).wait(); err != nil {
+		return admitted{item: it}, err
+	}
+	in.metrics.admission.WithLabelValues(a.door).Observe(in.now().Sub(a.start).Seconds())
+	return admitted{item: it}, nil
+}
+
+// prepare validates a request against the current plan and builds its item
+// and the model it goes to first. Errors are *wire.Error: invalid_input,
+// deadline_exceeded or unavailable (not ready).
+func (in *ingress) prepare(a admission) (*wire.Item, string, error) {
 	c := in.ctl.Load()
 	if c == nil || !in.ready.Load() {
-		return admitted{}, wire.Errorf(wire.CodeUnavailable, "pipeline %q is not ready (waiting for the controller's plan and topology)", in.cfg.Pipeline)
+		return nil, "", wire.Errorf(wire.CodeUnavailable, "pipeline %q is not ready (waiting for the controller's plan and topology)", in.cfg.Pipeline)
 	}
 	r := a.req
 	if a.replyTo != "" {
 		if err := wire.CheckReplySubject(in.cfg.InboxPrefix, a.replyTo); err != nil {
-			return admitted{}, wire.Errorf(wire.CodeInvalidInput, "%v", err)
+			return nil, "", wire.Errorf(wire.CodeInvalidInput, "%v", err)
 		}
 	}
 	id := r.ID
 	switch {
 	case id != "" && !wire.ValidToken(id):
-		return admitted{}, wire.Errorf(wire.CodeInvalidInput, "id %q: want 1-64 letters, digits, '-' or '_'", truncate(id, 80))
+		return nil, "", wire.Errorf(wire.CodeInvalidInput, "id %q: want 1-64 letters, digits, '-' or '_'", truncate(id, 80))
 	case id == "" && a.key != "":
 		id = a.key
 	case id == "":
@@ -163,27 +169,24 @@ func (in *ingress) admit(a admission) (admitted, error) {
 		client = wire.DefaultClient
 	}
 	if !wire.ValidToken(client) {
-		return admitted{}, wire.Errorf(wire.CodeInvalidInput, "client %q: want 1-64 letters, digits, '-' or '_'", truncate(client, 80))
+		return nil, "", wire.Errorf(wire.CodeInvalidInput, "client %q: want 1-64 letters, digits, '-' or '_'", truncate(client, 80))
 	}
 	key := a.key
-	switch {
-	case key != "":
-	case r.ID != "":
-		key = client + "." + r.ID
-	default:
-		key = id
+	if key == "" {
+		// The id is the caller's correlation id, echoed in the result, not
+		// a key: every admission gets its own.
+		key = nuid.Next()
 	}
 	now := in.now()
 	deadline, err := Deadline(r, now, in.cfg.DefaultTimeout, in.cfg.MaxTimeout)
 	if err != nil {
-		return admitted{}, err
+		return nil, "", err
 	}
 	input, err := Canonicalize(r.Input, c.Plan.Input)
 	if err != nil {
-		return admitted{}, err
+		return nil, "", err
 	}
-	first := firstModel(c)
-	it := &wire.Item{
+	return &wire.Item{
 		ID:                  id,
 		Key:                 key,
 		Pipeline:            in.cfg.Pipeline,
@@ -197,25 +200,7 @@ func (in *ingress) admit(a admission) (admitted, error) {
 		AdmittedGear:        c.Gear.ID,
 		AdmittedUnixNano:    now.UnixNano(),
 		EnqueuedUnixNano:    now.UnixNano(),
-	}
-	body, err := in.codec.EncodeItem(it)
-	if err != nil {
-		return admitted{}, wire.Errorf(wire.CodeInternal, "encode item %s: %v", id, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.PublishTimeout)
-	defer cancel()
-	msg := &nats.Msg{Subject: wire.ModelSubject(in.cfg.Pipeline, first), Data: body}
-	ack, err := in.js.PublishMsg(ctx, msg,
-		jetstream.WithMsgID(wire.StageMsgID(key, first)),
-		jetstream.WithExpectStream(wire.ModelStream(in.cfg.Pipeline, first)))
-	if err != nil {
-		return admitted{}, publishError(err, first)
-	}
-	if ack.Duplicate {
-		return admitted{item: it}, wire.Errorf(wire.CodeDuplicate, "id %q was already admitted within the deduplication window; its result goes to that request", id)
-	}
-	in.metrics.admission.WithLabelValues(a.door).Observe(in.now().Sub(a.start).Seconds())
-	return admitted{item: it}, nil
+	}, firstModel(c), nil
 }
 
 // publishError maps a failed publish to the first stage to a typed error.

@@ -67,6 +67,20 @@ type Config struct {
 	PendingMsgs  int `env:"INGRESS_PENDING_MSGS" envDefault:"65536"`
 	PendingBytes int `env:"INGRESS_PENDING_BYTES" envDefault:"268435456"`
 
+	// EnvelopeWait bounds how long an admitted item waits for others to
+	// share its envelope (CASCADE_INGRESS_ENVELOPE_WAIT, default 500µs).
+	// An envelope goes at once when no other is being stored, so a lone
+	// request at an idle ingress never waits.
+	EnvelopeWait time.Duration `env:"INGRESS_ENVELOPE_WAIT" envDefault:"500us"`
+	// EnvelopeMaxItems caps the items of one envelope
+	// (CASCADE_INGRESS_ENVELOPE_MAX_ITEMS, default 0: the first model's max
+	// batch in the gear in force).
+	EnvelopeMaxItems int `env:"INGRESS_ENVELOPE_MAX_ITEMS" envDefault:"0"`
+	// EnvelopeMaxBytes caps an envelope's size
+	// (CASCADE_INGRESS_ENVELOPE_MAX_BYTES, default 512 KiB; keep it under
+	// the server's max_payload, 1 MiB by default).
+	EnvelopeMaxBytes int `env:"INGRESS_ENVELOPE_MAX_BYTES" envDefault:"524288"`
+
 	// DefaultTimeout is the deadline of a request that sets neither
 	// timeout_ms nor deadline_unix_ms (CASCADE_DEFAULT_TIMEOUT, default 5s).
 	DefaultTimeout time.Duration `env:"DEFAULT_TIMEOUT" envDefault:"5s"`
@@ -163,6 +177,15 @@ func (c Config) Validate() error {
 	}
 	if err := wire.CheckInboxPrefix(c.InboxPrefix); err != nil {
 		bad("CASCADE_INBOX_PREFIX: %v", err)
+	}
+	if c.EnvelopeWait < 0 || c.EnvelopeWait > time.Second {
+		bad("CASCADE_INGRESS_ENVELOPE_WAIT must be in [0,1s], got %v", c.EnvelopeWait)
+	}
+	if c.EnvelopeMaxItems < 0 || c.EnvelopeMaxItems > 4096 {
+		bad("CASCADE_INGRESS_ENVELOPE_MAX_ITEMS must be in [0,4096], got %d", c.EnvelopeMaxItems)
+	}
+	if c.EnvelopeMaxBytes < 4<<10 || c.EnvelopeMaxBytes > 64<<20 {
+		bad("CASCADE_INGRESS_ENVELOPE_MAX_BYTES must be in [4KiB,64MiB], got %d", c.EnvelopeMaxBytes)
 	}
 	if c.PendingMsgs < 16 {
 		bad("CASCADE_INGRESS_PENDING_MSGS must be >= 16, got %d", c.PendingMsgs)

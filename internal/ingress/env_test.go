@@ -271,61 +271,68 @@ func (e *testEnv) respondAfter(t testing.TB, model string, gate <-chan struct{})
 				continue
 			}
 			for msg := range batch.Messages() {
-				var it wire.Item
-				if err := wire.DecodeItem(msg.Data(), &it); err != nil {
+				var env wire.Envelope
+				if err := wire.DecodeEnvelope(msg.Data(), &env); err != nil {
 					t.Errorf("responder %s: %v", model, err)
 					_ = msg.Term()
 					continue
 				}
-				r.mu.Lock()
-				r.items = append(r.items, &it)
-				r.mu.Unlock()
-				if gate != nil {
-					select {
-					case <-gate:
-					case <-ctx.Done():
-						return
+				failed := false
+				for k := range env.Items {
+					it := &env.Items[k]
+					r.mu.Lock()
+					r.items = append(r.items, it)
+					r.mu.Unlock()
+					if gate != nil {
+						select {
+						case <-gate:
+						case <-ctx.Done():
+							return
+						}
 					}
-				}
-				vals, err := it.Input.AppendFloat32s(nil, 0)
-				if err != nil || len(vals) < 3 {
-					t.Errorf("responder %s: item %s input %v: %v", model, it.ID, it.Input, err)
-				}
-				sum := float32(0)
-				for _, v := range vals {
-					sum += v
-				}
-				now := time.Now()
-				res := &wire.Result{ID: it.ID, Pipeline: it.Pipeline, Client: it.Client,
-					Label: int(math.Round(float64(sum))), Confidence: float64(vals[0]), AnsweredBy: model,
-					Gear: it.AdmittedGear, AdmittedGear: it.AdmittedGear, Visits: []wire.Visit{{Model: model, Gear: it.AdmittedGear}},
-					TotalNs: now.UnixNano() - it.AdmittedUnixNano, AdmittedUnixNano: it.AdmittedUnixNano, CompletedUnixNano: now.UnixNano()}
-				if it.ReturnProbabilities {
-					res.Probabilities = vals[:3]
-				}
-				// Encoded as the stage worker does: in the item's result
-				// format, with its Content-Type.
-				b, contentType, err := codec.EncodeResultAs(res, it.ResultFormat)
-				if err != nil {
-					t.Error(err)
-					continue
-				}
-				if it.ReplyTo != "" {
-					out := nats.NewMsg(it.ReplyTo)
-					out.Data = b
-					out.Header.Set(wire.HeaderContentType, contentType)
-					if err := nc.PublishMsg(out); err != nil {
+					vals, err := it.Input.AppendFloat32s(nil, float32(e.plan.Input.UINT8Scale))
+					if err != nil || len(vals) < 3 {
+						t.Errorf("responder %s: item %s input %v: %v", model, it.ID, it.Input, err)
+					}
+					sum := float32(0)
+					for _, v := range vals {
+						sum += v
+					}
+					now := time.Now()
+					res := &wire.Result{ID: it.ID, Pipeline: it.Pipeline, Client: it.Client,
+						Label: int(math.Round(float64(sum))), Confidence: float64(vals[0]), AnsweredBy: model,
+						Gear: it.AdmittedGear, AdmittedGear: it.AdmittedGear, Visits: []wire.Visit{{Model: model, Gear: it.AdmittedGear}},
+						TotalNs: now.UnixNano() - it.AdmittedUnixNano, AdmittedUnixNano: it.AdmittedUnixNano, CompletedUnixNano: now.UnixNano()}
+					if it.ReturnProbabilities {
+						res.Probabilities = vals[:3]
+					}
+					// Encoded as the stage worker does: in the item's result
+					// format, with its Content-Type.
+					b, contentType, err := codec.EncodeResultAs(res, it.ResultFormat)
+					if err != nil {
 						t.Error(err)
-					}
-				}
-				if it.Durable {
-					out := nats.NewMsg(wire.ResultSubject(pipeline, it.Client))
-					out.Data = b
-					out.Header.Set(wire.HeaderContentType, contentType)
-					if _, err := js.PublishMsg(ctx, out, jetstream.WithMsgID(wire.ResultMsgID(it.Pipeline, it.DedupKey()))); err != nil {
-						_ = msg.Nak()
 						continue
 					}
+					if it.ReplyTo != "" {
+						out := nats.NewMsg(it.ReplyTo)
+						out.Data = b
+						out.Header.Set(wire.HeaderContentType, contentType)
+						if err := nc.PublishMsg(out); err != nil {
+							t.Error(err)
+						}
+					}
+					if it.Durable {
+						out := nats.NewMsg(wire.ResultSubject(pipeline, it.Client))
+						out.Data = b
+						out.Header.Set(wire.HeaderContentType, contentType)
+						if _, err := js.PublishMsg(ctx, out, jetstream.WithMsgID(wire.ResultMsgID(it.Pipeline, it.DedupKey()))); err != nil {
+							failed = true
+						}
+					}
+				}
+				if failed {
+					_ = msg.Nak()
+					continue
 				}
 				_ = msg.Ack()
 			}

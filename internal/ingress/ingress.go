@@ -35,6 +35,8 @@ type ingress struct {
 	metrics  *metrics
 	ctl      *controlstate.Follower
 	replies  *replyMux
+	// envelopes coalesces admitted items into envelopes.
+	envelopes *coalescer
 
 	// ready is true while intake is open: plan and topology known, not
 	// shutting down. jobsOK is true while the jobs consumer is bound (or
@@ -125,7 +127,14 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 			"tls", cfg.HTTP.TLS(), "bearer_token", cfg.HTTP.BearerToken != "")
 	}
 
+	in.envelopes = newCoalescer(in)
 	g, gctx := errgroup.WithContext(ctx)
+	// The coalescer outlives intake: it stops after every door has closed,
+	// publishing what is queued (its callers wait for it).
+	envCtx, stopEnvelopes := context.WithCancel(context.Background())
+	envDone := make(chan struct{})
+	go func() { defer close(envDone); in.envelopes.run(envCtx) }()
+	defer func() { stopEnvelopes(); <-envDone }()
 	if srv != nil {
 		g.Go(func() error {
 			if err := cfg.HTTP.Serve(srv, ln); !errors.Is(err, http.ErrServerClosed) {

@@ -52,9 +52,15 @@ func (in *ingress) runJobs(ctx context.Context) {
 			sleep(ctx, in.cfg.PollInterval)
 			continue
 		}
-		deferred := false
+		// Every job of the batch joins the envelopes first; then each is
+		// settled as its envelope's PubAck says.
+		var started []*job
 		for msg := range batch.Messages() {
-			if in.handleJob(msg, maxDeliver) {
+			started = append(started, in.startJob(msg))
+		}
+		deferred := false
+		for _, j := range started {
+			if in.finishJob(j, maxDeliver) {
 				deferred = true
 			}
 		}
@@ -114,78 +120,100 @@ func (in *ingress) jobsBound() {
 	in.updateReady()
 }
 
-// handleJob routes one durable job and settles it; it reports whether the
-// job was deferred (handed back for a later delivery).
+// job is one durable job between its admission and its settling.
+type job struct {
+	msg       jetstream.Msg
+	start     time.Time
+	delivered uint64
+	key       string
+	client    string
+	format    string
+	req       wire.Request
+	ticket    *ticket // nil when the job failed before admission
+	err       error   // the failure before admission
+}
+
+// startJob decodes and validates one durable job and hands its item to the
+// envelope coalescer.
+//
+// The job's key is stable across its redeliveries and unique among jobs:
+// two jobs with the same id (of one client or of two) are two admissions,
+// each answered on its own client's subject, and a job redelivered after
+// an ingress crashed between its envelope's PubAck and its Ack is computed
+// again but keeps one result: results are deduplicated by their message id
+// (wire.ResultMsgID of the key) on the results stream.
+func (in *ingress) startJob(msg jetstream.Msg) *job {
+	j := &job{msg: msg, start: in.now(), delivered: 1, key: "j" + nuid.Next()}
+	if meta, err := msg.Metadata(); err == nil {
+		j.delivered = meta.NumDelivered
+		j.key = "j" + strconv.FormatUint(meta.Sequence.Stream, 10) + "-" + strconv.FormatInt(meta.Timestamp.UnixNano(), 36)
+	}
+	j.client = strings.TrimPrefix(msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
+	contentType := msg.Headers().Get(wire.HeaderContentType)
+	// A job sent as JSON gets its result, error or answer, as JSON.
+	j.format = wire.ResultFormatFor(contentType)
+	if !wire.ValidToken(j.client) {
+		j.err = wire.Errorf(wire.CodeInvalidInput, "jobs subject %q: the client token after %q must be 1-64 letters, digits, '-' or '_'",
+			msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
+		return j
+	}
+	if err := in.decode(contentType, msg.Data(), &j.req); err != nil {
+		j.err = err
+		return j
+	}
+	it, first, err := in.prepare(admission{door: doorJobs, req: &j.req, start: j.start, durable: true, resultFormat: j.format, client: j.client, key: j.key})
+	if err != nil {
+		j.err = err
+		return j
+	}
+	j.ticket = in.envelopes.add(it, first)
+	return j
+}
+
+// finishJob settles one job once its admission is decided; it reports
+// whether the job was deferred (handed back for a later delivery).
 //
 // The job's producer already holds a PubAck, so the job must end with
 // exactly one result on the results stream:
-//   - admitted: Ack after the first stage's PubAck; the last stage publishes
-//     the result (msg id `<id>.result`).
-//   - duplicate (this job was admitted before: a redelivery after an ingress
-//     crashed between PubAck and Ack, since a job's key is derived from its
-//     stream sequence): Ack; the first admission makes the result.
+//   - admitted: Ack after its envelope's PubAck; the last stage publishes
+//     the result.
 //   - invalid_input or deadline_exceeded: publish the error result, await
 //     its PubAck, Ack.
 //   - overloaded (first queue full), unavailable or internal: NakWithDelay,
 //     the delay doubling per delivery from JobsRetryDelay up to 30s; on the
 //     consumer's last allowed delivery (MaxDeliver) the error itself is
 //     published as the result instead, and the job Acked.
-func (in *ingress) handleJob(msg jetstream.Msg, maxDeliver int) (deferred bool) {
-	start := in.now()
-	var delivered uint64 = 1
-	// The job's key is stable across its redeliveries and unique among
-	// jobs: a redelivered job is deduplicated at the first stage, and two
-	// jobs with the same id (of one client or of two) are two admissions,
-	// each answered on its own client's subject.
-	key := "j" + nuid.Next()
-	if meta, err := msg.Metadata(); err == nil {
-		delivered = meta.NumDelivered
-		key = "j" + strconv.FormatUint(meta.Sequence.Stream, 10) + "-" + strconv.FormatInt(meta.Timestamp.UnixNano(), 36)
+func (in *ingress) finishJob(j *job, maxDeliver int) (deferred bool) {
+	err := j.err
+	if j.ticket != nil {
+		err = j.ticket.wait()
 	}
-	client := strings.TrimPrefix(msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
-	contentType := msg.Headers().Get(wire.HeaderContentType)
-	// A job sent as JSON gets its result, error or answer, as JSON.
-	format := wire.ResultFormatFor(contentType)
-	var req wire.Request
-	err := func() error {
-		if !wire.ValidToken(client) {
-			return wire.Errorf(wire.CodeInvalidInput, "jobs subject %q: the client token after %q must be 1-64 letters, digits, '-' or '_'",
-				msg.Subject(), wire.JobsSubject(in.cfg.Pipeline, ""))
-		}
-		if err := in.decode(contentType, msg.Data(), &req); err != nil {
-			return err
-		}
-		_, err := in.admit(admission{door: doorJobs, req: &req, start: start, durable: true, resultFormat: format, client: client, key: key})
-		return err
-	}()
+	msg := j.msg
 	code := wire.CodeOf(err)
 	switch {
 	case err == nil:
+		in.metrics.admission.WithLabelValues(doorJobs).Observe(in.now().Sub(j.start).Seconds())
 		in.ack(msg)
 		in.countAdmitted(doorJobs)
 		return false
-	case code == wire.CodeDuplicate:
-		in.ack(msg)
-		in.countRejected(doorJobs, err)
-		return false
 	case code == wire.CodeOverloaded || code == wire.CodeUnavailable || code == wire.CodeInternal:
-		if maxDeliver <= 0 || delivered < uint64(maxDeliver) {
-			delay := min(in.cfg.JobsRetryDelay<<min(delivered-1, 20), maxJobsRetryDelay)
+		if maxDeliver <= 0 || j.delivered < uint64(maxDeliver) {
+			delay := min(in.cfg.JobsRetryDelay<<min(j.delivered-1, 20), maxJobsRetryDelay)
 			if nerr := msg.NakWithDelay(delay); nerr != nil {
 				in.logger.Warn("nak job", "subject", msg.Subject(), "err", nerr)
 			}
 			in.metrics.requests.WithLabelValues(doorJobs, outcomeDeferred).Inc()
-			in.logger.Debug("job deferred", "subject", msg.Subject(), "delivered", delivered, "delay", delay, "err", err)
+			in.logger.Debug("job deferred", "subject", msg.Subject(), "delivered", j.delivered, "delay", delay, "err", err)
 			return true
 		}
 		in.logger.Warn("job failed on its last delivery; publishing the error as its result", "subject", msg.Subject(), "err", err)
 	}
 	// A permanent verdict (or the last try): the error is the job's result.
-	id := req.ID
+	id := j.req.ID
 	if !wire.ValidToken(id) {
-		id = key
+		id = j.key
 	}
-	if perr := in.publishJobError(id, key, client, format, err); perr != nil {
+	if perr := in.publishJobError(id, j.key, j.client, j.format, err); perr != nil {
 		in.logger.Warn("publish job error result; retrying the job later", "id", id, "err", perr)
 		if nerr := msg.NakWithDelay(in.cfg.JobsRetryDelay); nerr != nil {
 			in.logger.Warn("nak job", "subject", msg.Subject(), "err", nerr)

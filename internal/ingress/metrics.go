@@ -38,6 +38,8 @@ type metrics struct {
 	shed           *prometheus.CounterVec
 	pending        prometheus.Gauge
 	dropped        prometheus.Counter
+	// envelopeItems is the number of items per published envelope.
+	envelopeItems prometheus.Histogram
 	// jobsBound and jobsLost watch the jobs door's consumer.
 	jobsBound prometheus.Gauge
 	jobsLost  prometheus.Counter
@@ -94,6 +96,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		dropped: f.NewCounter(prometheus.CounterOpts{
 			Name: "cascade_ingress_dropped_requests_total",
 			Help: "Request-reply messages the NATS client dropped at its pending limits (never answered). Should stay 0: intake sheds first.",
+		}),
+		envelopeItems: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cascade_ingress_envelope_items",
+			Help:    "Items per envelope published to a first stage.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 		}),
 		jobsBound: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_ingress_jobs_consumer_bound",

@@ -85,10 +85,11 @@ func TestCanonicalize(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.Datatype != wire.FP32 || !reflect.DeepEqual(got.Shape, tc.in.Shape) {
-				t.Fatalf("tensor %s %v, want FP32 %v", got.Datatype, got.Shape, tc.in.Shape)
+			// The datatype travels as sent; the worker scales UINT8.
+			if got.Datatype != tc.t.Datatype || !reflect.DeepEqual(got.Shape, tc.in.Shape) {
+				t.Fatalf("tensor %s %v, want %s %v", got.Datatype, got.Shape, tc.t.Datatype, tc.in.Shape)
 			}
-			vals, err := got.AppendFloat32s(nil, 0)
+			vals, err := got.AppendFloat32s(nil, float32(tc.in.UINT8Scale))
 			if err != nil || !reflect.DeepEqual(vals, tc.want) {
 				t.Fatalf("values %v (%v), want %v", vals, err, tc.want)
 			}

@@ -15,6 +15,9 @@ const (
 	outcomeExpired   = "expired"
 	outcomeDegraded  = "degraded"
 	outcomeFailed    = "failed"
+	// outcomeRetried: the model failed on the item alone; it went back to
+	// the queue for another try.
+	outcomeRetried = "retried"
 )
 
 // Reasons of a degraded answer (label reason of
@@ -43,6 +46,9 @@ type metrics struct {
 	// refusedReplies counts results not sent to a reply subject outside
 	// the inbox prefix (a forged or broken reply route).
 	refusedReplies *prometheus.CounterVec
+	// itemRetries counts items a model failed on alone (each goes back to
+	// its queue, or to the dead letters on its last try).
+	itemRetries *prometheus.CounterVec
 	// nonFinite counts items whose model output was NaN or infinite.
 	nonFinite *prometheus.CounterVec
 
@@ -63,6 +69,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refusedReplies: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_refused_replies_total",
 			Help: "Results not published to an item's reply subject because it is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX), per model.",
+		}, []string{"model"}),
+		itemRetries: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_worker_item_retries_total",
+			Help: "Items a model failed on alone, per model; each goes back to its queue with one more attempt, or on its last one to the dead letters with an internal error result.",
 		}, []string{"model"}),
 		nonFinite: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_non_finite_outputs_total",
@@ -136,7 +146,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // increase() based alerts see them from the start, and returns the
 // model's backlog gauge.
 func (m *metrics) host(model string) prometheus.Gauge {
-	for _, o := range []string{outcomeAnswered, outcomeEscalated, outcomeExpired, outcomeDegraded, outcomeFailed} {
+	for _, o := range []string{outcomeAnswered, outcomeEscalated, outcomeExpired, outcomeDegraded, outcomeFailed, outcomeRetried} {
 		m.items.WithLabelValues(model, o)
 	}
 	for _, r := range []string{degradedDeadline, degradedQueueFull} {
@@ -152,6 +162,7 @@ func (m *metrics) host(model string) prometheus.Gauge {
 	m.deadLetters.WithLabelValues(model)
 	m.refusedReplies.WithLabelValues(model)
 	m.nonFinite.WithLabelValues(model)
+	m.itemRetries.WithLabelValues(model)
 	m.batchSize.WithLabelValues(model)
 	m.queue.WithLabelValues(model)
 	m.compute.WithLabelValues(model)

@@ -3,7 +3,9 @@ package stageworker
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,42 +17,85 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
-// task is one input message while its batch is handled.
+// task is one input message, an envelope of items, while its batch is
+// handled. The message is settled (acked, nak'd, terminated or
+// dead-lettered) as one; its items are decided one by one.
 type task struct {
-	msg       jetstream.Msg
-	model     string                 // the model whose queue it came from
-	meta      *jetstream.MsgMetadata // nil if the reply subject did not parse
-	received  time.Time
-	item      wire.Item
+	msg      jetstream.Msg
+	meta     *jetstream.MsgMetadata // nil if the reply subject did not parse
+	model    string                 // the model whose queue it came from
+	received time.Time
+	// id names the envelope: its ID, or for a version 1 single item
+	// "s<stream sequence>" of its model's stream.
+	id        string
+	items     []*itemTask
 	decodeErr error
 
-	// Set while the batch is handled.
-	outcome string
-	degrade string // reason, for a degraded answer
-	// js are the JetStream publishes (escalation, durable result, dead
-	// letter); core the core NATS publishes (reply inbox), sent once every
-	// js publish is acknowledged. escalation is the index in js of the
-	// escalation, -1 if none.
-	js         []*nats.Msg
-	core       []*nats.Msg
-	escalation int
-	// answer is what a degraded fallback needs if the escalation is
-	// rejected by a full queue.
-	answer func(reason string) error
-	// err is the handler's verdict, mapped to an ack by ackAction.
+	// js are the JetStream publishes (escalation envelopes, retries,
+	// durable results, dead letters); core the core NATS publishes (reply
+	// inboxes), sent once every js publish is acknowledged.
+	js   []*nats.Msg
+	core []*nats.Msg
+	// escalations are the escalation envelopes among js, to answer their
+	// items degraded if the next queue is full.
+	escalations []escalation
+	// err is the message's verdict, mapped to an ack by ackAction: nil,
+	// permanent (undecodable) or a transient failure (a publish failed).
 	err error
 }
 
+// escalation is one envelope of a task's items sent on to model next.
+type escalation struct {
+	index int // in task.js
+	next  string
+	items []*itemTask
+	// rejected is set when the next queue refused the envelope as full.
+	rejected bool
+}
+
+// itemTask is one item of a task.
+type itemTask struct {
+	t    *task
+	item *wire.Item
+
+	outcome string
+	degrade string // reason, for a degraded answer
+	// next is the model the item escalates to ("" if none); retry is set
+	// when its model failed on it alone (it goes back to the queue).
+	next  string
+	retry error
+	// answer is what a degraded fallback needs if the escalation is
+	// rejected by a full queue.
+	answer func(reason string) error
+}
+
 func (w *worker) newTask(h *hosted, msg jetstream.Msg) *task {
-	t := &task{msg: msg, model: h.name, received: w.now(), escalation: -1}
+	t := &task{msg: msg, model: h.name, received: w.now()}
 	if meta, err := msg.Metadata(); err == nil {
 		t.meta = meta
 		if meta.NumDelivered > 1 {
 			w.metrics.redeliveries.WithLabelValues(h.name).Inc()
 		}
 	}
-	t.decodeErr = wire.DecodeItem(msg.Data(), &t.item)
+	var env wire.Envelope
+	if t.decodeErr = wire.DecodeEnvelope(msg.Data(), &env); t.decodeErr != nil {
+		return t
+	}
+	t.id = env.ID
+	if t.id == "" || !validEnvelopeID(t.id) {
+		t.id = "s" + strconv.FormatUint(t.streamSeq(), 10) + "." + h.name
+	}
+	t.items = make([]*itemTask, len(env.Items))
+	for i := range env.Items {
+		t.items[i] = &itemTask{t: t, item: &env.Items[i]}
+	}
 	return t
+}
+
+// validEnvelopeID accepts the ids envelopes get from ingress and workers:
+// printable, without white space, at most 512 bytes.
+func validEnvelopeID(id string) bool {
+	return len(id) <= 512 && strings.IndexFunc(id, func(r rune) bool { return r <= ' ' || r == 0x7f }) < 0
 }
 
 func (t *task) delivered() uint64 {
@@ -60,60 +105,61 @@ func (t *task) delivered() uint64 {
 	return t.meta.NumDelivered
 }
 
-// process handles one batch of model i: checks, inference, the cascade
-// decision, publishing and acknowledging every message.
+// size is the number of items the task counts for in a batch (an
+// undecodable message counts as one).
+func (t *task) size() int { return max(len(t.items), 1) }
+
+// process handles one batch of model i, the items of tasks: checks,
+// inference, the cascade decision, publishing and settling every message.
 func (r *runner) process(i int, tasks []*task) {
 	w := r.w
 	h := w.models[i]
 	c := w.ctl.load()
 	now := w.now()
 
-	var run []*task
+	var run []*itemTask
 	for _, t := range tasks {
-		var bad error
-		if t.decodeErr == nil {
-			bad = w.invalid(t)
-		}
-		switch {
-		case t.decodeErr != nil:
-			w.logger.Error("undecodable item: dead-lettered and terminated, no result can be sent",
+		if t.decodeErr != nil {
+			w.logger.Error("undecodable message: dead-lettered and terminated, no result can be sent",
 				"model", h.name, "err", t.decodeErr)
-			t.outcome = outcomeFailed
 			t.js = append(t.js, w.deadLetterMsg(h, t, t.decodeErr.Error()))
-			t.err = permanent("undecodable item: %v", t.decodeErr)
-		case bad != nil:
-			t.outcome = outcomeFailed
-			t.err = permanent("invalid item %q: %v", t.item.ID, bad)
-			if err := w.addResult(t, w.errorResult(c, &t.item, now, wire.Errorf(wire.CodeInvalidInput, "%v", bad))); err != nil {
-				t.err = err
+			t.err = permanent("undecodable message: %v", t.decodeErr)
+			continue
+		}
+		for _, it := range t.items {
+			switch bad := w.invalid(it.item); {
+			case bad != nil:
+				it.outcome = outcomeFailed
+				w.logger.Warn("invalid item: answering invalid_input", "model", h.name, "id", it.item.ID, "err", bad)
+				w.addResult(it, w.errorResult(c, it.item, now, wire.Errorf(wire.CodeInvalidInput, "%v", bad)))
+			case it.item.DeadlineUnixNano > 0 && !now.Before(time.Unix(0, it.item.DeadlineUnixNano)):
+				it.outcome = outcomeExpired
+				w.addResult(it, w.errorResult(c, it.item, now, wire.Errorf(wire.CodeDeadlineExceeded,
+					"deadline passed before model %q could run", h.name)))
+			default:
+				run = append(run, it)
 			}
-		case !t.deadline().IsZero() && !now.Before(t.deadline()):
-			t.outcome = outcomeExpired
-			t.err = w.addResult(t, w.errorResult(c, &t.item, now, wire.Errorf(wire.CodeDeadlineExceeded,
-				"deadline passed before model %q could run", h.name)))
-		default:
-			run = append(run, t)
 		}
 	}
 	if len(run) > 0 {
 		r.infer(i, c, run)
+	}
+	for _, t := range tasks {
+		w.outputs(h, c, t)
 	}
 	if w.hooks.beforePublish != nil {
 		w.hooks.beforePublish(h.name, len(tasks))
 	}
 	w.publish(tasks)
 	// Escalations rejected by a full next queue are answered now, degraded.
-	var retry []*task
+	var again []*task
 	for _, t := range tasks {
-		if t.escalation >= 0 && t.err != nil && queueFull(t.err) {
-			w.logger.Debug("next stage's queue is full: answering degraded", "id", t.item.ID, "model", h.name)
-			t.js, t.core, t.escalation, t.err = nil, nil, -1, nil
-			t.err = t.answer(degradedQueueFull)
-			retry = append(retry, t)
+		if w.answerRejected(h, t) {
+			again = append(again, t)
 		}
 	}
-	if len(retry) > 0 {
-		w.publish(retry)
+	if len(again) > 0 {
+		w.publish(again)
 	}
 	if w.hooks.beforeSettle != nil {
 		w.hooks.beforeSettle(h.name, len(tasks))
@@ -124,9 +170,9 @@ func (r *runner) process(i int, tasks []*task) {
 }
 
 // invalid checks what the worker relies on: the item belongs to this
-// pipeline, has an id, and its input fits the models.
-func (w *worker) invalid(t *task) error {
-	it := &t.item
+// pipeline, has an id, routes its result only to legitimate places, and its
+// input fits the models.
+func (w *worker) invalid(it *wire.Item) error {
 	switch {
 	case it.ID == "":
 		return errors.New("item has no id")
@@ -136,7 +182,7 @@ func (w *worker) invalid(t *task) error {
 		return fmt.Errorf("client %q is not a valid subject token", truncate(it.Client))
 	case it.ReplyTo != "" && w.replyRefused(it.ReplyTo) != nil:
 		return w.replyRefused(it.ReplyTo)
-	case wire.DatatypeSize(it.Input.Datatype) == 0:
+	case it.Input.Datatype != wire.FP32 && !(it.Input.Datatype == wire.UINT8 && w.uint8Scale > 0):
 		return fmt.Errorf("input datatype %q", it.Input.Datatype)
 	case it.Input.Elements() != int64(w.itemSize) || len(it.Input.Data) != w.itemSize*wire.DatatypeSize(it.Input.Datatype):
 		return fmt.Errorf("input shape %v (%d bytes), want %d %s values", it.Input.Shape, len(it.Input.Data), w.itemSize, it.Input.Datatype)
@@ -144,19 +190,19 @@ func (w *worker) invalid(t *task) error {
 	return nil
 }
 
-// infer runs the batch through model i and decides every item's route.
-// If the batch fails, items are run one by one so a single bad item cannot
-// fail its neighbours; an item that fails alone gets a transient error
-// (redelivered, dead-lettered on its last delivery).
-func (r *runner) infer(i int, c *control, run []*task) {
+// infer runs the items through model i as one batch and decides every
+// item's route. If the batch fails, items are run one by one so a single
+// bad item cannot fail its neighbours; an item that fails alone goes back
+// to its queue for another try (dead-lettered at the queue's MaxDeliver).
+func (r *runner) infer(i int, c *control, run []*itemTask) {
 	w := r.w
 	h := w.models[i]
 	sess := r.sessions[i]
 	classes := w.classes
 	r.in = r.in[:0]
-	for _, t := range run {
+	for _, it := range run {
 		var err error
-		if r.in, err = t.item.Input.AppendFloat32s(r.in, w.uint8Scale); err != nil {
+		if r.in, err = it.item.Input.AppendFloat32s(r.in, w.uint8Scale); err != nil {
 			// invalid() checked the datatype; this cannot happen.
 			panic(fmt.Sprintf("stageworker: decode checked input: %v", err))
 		}
@@ -193,95 +239,45 @@ func (r *runner) infer(i int, c *control, run []*task) {
 	if m, ok := c.Plan.Model(h.name); ok {
 		temperature = m.Temperature
 	}
-	for k, t := range run {
-		if errors.Is(failed[k], onnxrt.ErrInvalidOutput) {
+	for k, it := range run {
+		probs := r.out[k*classes : (k+1)*classes]
+		switch {
+		case errors.Is(failed[k], onnxrt.ErrInvalidOutput) || failed[k] == nil && !finite(probs):
 			// The input is finite (the ingress checks) but drives the model
 			// out of range, e.g. values near the float32 maximum: the same
-			// input fails the same way on every delivery, so it is this
-			// item's permanent error, not a transient failure.
-			w.nonFinite(c, h, t, end)
+			// input fails the same way on every try, so it is this item's
+			// permanent error, not a transient failure.
+			w.nonFinite(c, h, it, end)
 			continue
-		}
-		if failed[k] != nil {
-			w.logger.Error("inference failed", "id", t.item.ID, "model", h.name, "delivery", t.delivered(), "err", failed[k])
-			t.outcome = outcomeFailed
-			t.err = failed[k]
-			continue
-		}
-		probs := r.out[k*classes : (k+1)*classes]
-		if !finite(probs) {
-			w.nonFinite(c, h, t, end)
+		case failed[k] != nil:
+			w.logger.Error("inference failed", "id", it.item.ID, "model", h.name, "attempt", it.item.Attempts+1, "err", failed[k])
+			it.retry = failed[k]
 			continue
 		}
 		plan.Calibrate(probs, temperature)
 		conf, label := plan.Confidence(metric, probs)
-		enq := t.item.EnqueuedUnixNano
-		if enq <= 0 && t.meta != nil {
-			enq = t.meta.Timestamp.UnixNano()
+		enq := it.item.EnqueuedUnixNano
+		if enq <= 0 && it.t.meta != nil {
+			enq = it.t.meta.Timestamp.UnixNano()
 		}
 		queueNs := max(start.UnixNano()-enq, 0)
 		w.metrics.queue.WithLabelValues(h.name).Observe(float64(queueNs) / 1e9)
-		t.item.Visits = append(t.item.Visits, wire.Visit{
+		it.item.Visits = append(it.item.Visits, wire.Visit{
 			Model: h.name, Gear: c.Gear.ID, Confidence: conf, Label: label,
 			QueueNs: queueNs, ComputeNs: computeNs, BatchSize: len(run),
 		})
-		w.route(c, h, t, probs, end, len(run))
-	}
-}
-
-// route applies the cascade decision to a computed item: it fills the
-// task's publishes.
-func (w *worker) route(c *control, h *hosted, t *task, probs []float32, now time.Time, batch int) {
-	it := &t.item
-	var keep []float32
-	if it.ReturnProbabilities {
-		keep = slices.Clone(probs)
-	}
-	t.answer = func(reason string) error {
-		t.outcome = outcomeAnswered
-		res := w.answerResult(c, it, now, keep)
-		if reason != "" {
-			t.outcome, t.degrade, res.Degraded = outcomeDegraded, reason, true
-		}
-		return w.addResult(t, res)
-	}
-	rt := c.decide(it, h.name, it.Visits[len(it.Visits)-1].Confidence, now, batch)
-	switch rt.kind {
-	case routeAnswer:
-		t.err = t.answer("")
-	case routeDegraded:
-		t.err = t.answer(rt.reason)
-	case routeEscalate:
-		next := *it
-		next.EnqueuedUnixNano = now.UnixNano()
-		if keep != nil {
-			next.BestProbs = keep
-		}
-		data, err := w.codec.EncodeItem(&next)
-		if err != nil {
-			t.err = fmt.Errorf("encode escalation of %q: %w", it.ID, err)
-			return
-		}
-		m := nats.NewMsg(wire.ModelSubject(w.cfg.Pipeline, rt.next))
-		m.Data = data
-		m.Header.Set(wire.HeaderMsgID, wire.StageMsgID(it.DedupKey(), rt.next))
-		t.outcome = outcomeEscalated
-		t.escalation = len(t.js)
-		t.js = append(t.js, m)
+		w.route(c, h, it, probs, end, len(run))
 	}
 }
 
 // nonFinite answers an item whose model output is NaN or infinite with
 // invalid_input: a permanent error of that item only.
-func (w *worker) nonFinite(c *control, h *hosted, t *task, now time.Time) {
+func (w *worker) nonFinite(c *control, h *hosted, it *itemTask, now time.Time) {
 	w.metrics.nonFinite.WithLabelValues(h.name).Inc()
-	w.logger.Warn("model output is not finite: answering invalid_input", "id", t.item.ID, "model", h.name)
-	t.outcome = outcomeFailed
-	t.err = permanent("model %q output for item %q is not finite", h.name, t.item.ID)
-	if err := w.addResult(t, w.errorResult(c, &t.item, now, wire.Errorf(wire.CodeInvalidInput,
-		"model %q produced a non-finite output for this input (values too large in magnitude?)", h.name))); err != nil {
-		t.err = err
-	}
+	w.logger.Warn("model output is not finite: answering invalid_input", "id", it.item.ID, "model", h.name)
+	it.outcome = outcomeFailed
+	w.addResult(it, w.errorResult(c, it.item, now, wire.Errorf(wire.CodeInvalidInput,
+		"model %q produced a non-finite output for this input (values too large in magnitude?)", h.name)))
 }
 
 // finite reports whether every value is a number, not NaN or ±Inf.
@@ -292,6 +288,159 @@ func finite(v []float32) bool {
 		}
 	}
 	return true
+}
+
+// route applies the cascade decision to a computed item: it answers it or
+// marks where it escalates to.
+func (w *worker) route(c *control, h *hosted, it *itemTask, probs []float32, now time.Time, batch int) {
+	item := it.item
+	var keep []float32
+	if item.ReturnProbabilities {
+		keep = slices.Clone(probs)
+	}
+	it.answer = func(reason string) error {
+		it.outcome = outcomeAnswered
+		res := w.answerResult(c, item, now, keep)
+		if reason != "" {
+			it.outcome, it.degrade, res.Degraded = outcomeDegraded, reason, true
+		}
+		w.addResult(it, res)
+		return nil
+	}
+	rt := c.decide(item, h.name, item.Visits[len(item.Visits)-1].Confidence, now, batch)
+	switch rt.kind {
+	case routeAnswer:
+		_ = it.answer("")
+	case routeDegraded:
+		_ = it.answer(rt.reason)
+	case routeEscalate:
+		item.EnqueuedUnixNano = now.UnixNano()
+		if keep != nil {
+			item.BestProbs = keep
+		}
+		it.outcome = outcomeEscalated
+		it.next = rt.next
+	}
+}
+
+// outputs adds a task's envelopes: one escalation envelope per next model
+// (ID wire.EscalationID of the input envelope, so a redelivered input
+// republishes the same envelope and the next stream deduplicates it), and
+// for each item its model failed on, either an envelope of that item back
+// to this model's queue or, on its last try, a dead letter and an internal
+// error result.
+func (w *worker) outputs(h *hosted, c *control, t *task) {
+	if t.decodeErr != nil {
+		return
+	}
+	var order []string
+	groups := map[string][]*itemTask{}
+	for _, it := range t.items {
+		switch {
+		case it.next != "":
+			if _, ok := groups[it.next]; !ok {
+				order = append(order, it.next)
+			}
+			groups[it.next] = append(groups[it.next], it)
+		case it.retry != nil:
+			w.retryItem(h, c, it)
+		}
+	}
+	for _, next := range order {
+		items := groups[next]
+		env := &wire.Envelope{ID: wire.EscalationID(t.id, next), Items: make([]wire.Item, len(items))}
+		for k, it := range items {
+			env.Items[k] = *it.item
+		}
+		m, err := w.envelopeMsg(c, next, env)
+		if err != nil {
+			t.fail(fmt.Errorf("encode escalation to %q: %w", next, err))
+			continue
+		}
+		t.escalations = append(t.escalations, escalation{index: len(t.js), next: next, items: items})
+		t.js = append(t.js, m)
+	}
+}
+
+// retryItem sends an item its model failed on back to the model's queue
+// (Attempts + 1), or dead-letters it with an internal error result when it
+// has had the queue's MaxDeliver tries.
+func (w *worker) retryItem(h *hosted, c *control, it *itemTask) {
+	t := it.t
+	attempt := it.item.Attempts + 1
+	w.metrics.itemRetries.WithLabelValues(h.name).Inc()
+	if h.maxDeliver > 0 && attempt >= h.maxDeliver {
+		w.logger.Error("item failed on its last try: dead-lettered with an internal error result",
+			"model", h.name, "id", it.item.ID, "tries", attempt, "err", it.retry)
+		it.outcome = outcomeFailed
+		w.metrics.deadLetters.WithLabelValues(h.name).Inc()
+		env := &wire.Envelope{ID: wire.RetryID(t.id, it.item.DedupKey(), attempt), Items: []wire.Item{*it.item}}
+		body, err := w.codec.EncodeEnvelope(env)
+		if err != nil {
+			t.fail(fmt.Errorf("encode dead letter of %q: %w", it.item.ID, err))
+			return
+		}
+		dl := nats.NewMsg(wire.DLQSubject(w.cfg.Pipeline, h.name))
+		dl.Data = body
+		dl.Header.Set(wire.HeaderMsgID, env.ID+".dlq")
+		dl.Header.Set(wire.HeaderError, it.retry.Error())
+		t.js = append(t.js, dl)
+		w.addResult(it, w.errorResult(c, it.item, w.now(), wire.Errorf(wire.CodeInternal,
+			"model %q failed on this item %d times: %v", h.name, attempt, it.retry)))
+		return
+	}
+	it.outcome = outcomeRetried
+	again := *it.item
+	again.Attempts = attempt
+	env := &wire.Envelope{ID: wire.RetryID(t.id, it.item.DedupKey(), attempt), Items: []wire.Item{again}}
+	m, err := w.envelopeMsg(c, h.name, env)
+	if err != nil {
+		t.fail(fmt.Errorf("encode retry of %q: %w", it.item.ID, err))
+		return
+	}
+	t.js = append(t.js, m)
+}
+
+// envelopeMsg is the message of an envelope to model's queue. Its partition
+// is a hash of the envelope's ID: a republished envelope goes to the same
+// stream, whose deduplication then drops it.
+func (w *worker) envelopeMsg(c *control, model string, env *wire.Envelope) (*nats.Msg, error) {
+	body, err := w.codec.EncodeEnvelope(env)
+	if err != nil {
+		return nil, err
+	}
+	parts := c.Plan.QueuePartitions()
+	hash := fnv.New32a()
+	_, _ = hash.Write([]byte(env.ID))
+	part := int(hash.Sum32() % uint32(parts))
+	m := nats.NewMsg(wire.ModelPartitionSubject(w.cfg.Pipeline, model, part, parts))
+	m.Data = body
+	m.Header.Set(wire.HeaderMsgID, env.ID)
+	return m, nil
+}
+
+// answerRejected answers, degraded, the items of every escalation of t
+// that the next queue rejected as full, and reports whether it queued new
+// publishes (only those: what was published stays published).
+func (w *worker) answerRejected(h *hosted, t *task) bool {
+	if t.err != nil {
+		return false // redelivered anyway
+	}
+	t.js, t.core = nil, nil
+	queued := false
+	for _, e := range t.escalations {
+		if !e.rejected {
+			continue
+		}
+		w.logger.Debug("next stage's queue is full: answering degraded", "model", h.name, "next", e.next, "items", len(e.items))
+		for _, it := range e.items {
+			it.next = ""
+			_ = it.answer(degradedQueueFull)
+			queued = true
+		}
+	}
+	t.escalations = nil
+	return queued
 }
 
 // answerResult is the result of an item answered by its last visit.
@@ -323,16 +472,22 @@ func (w *worker) baseResult(c *control, it *wire.Item, now time.Time) *wire.Resu
 	return res
 }
 
-// addResult queues the result's publishes: to the results stream for a
-// durable item (deduplicated by `<id>.result`), and to the reply inbox.
-// Both carry the result in the item's ResultFormat (msgpack, or the OIP
-// JSON body for jobs sent as JSON) with its Content-Type header, and an
-// error result the header Cascade-Error.
-func (w *worker) addResult(t *task, res *wire.Result) error {
-	it := &t.item
-	data, contentType, err := w.codec.EncodeResultAs(res, it.ResultFormat)
+// addResult queues the result's publishes on the item's task: to the
+// results stream for a durable item (deduplicated by wire.ResultMsgID of
+// its key), and to the reply inbox. Both carry the result in the item's
+// ResultFormat (msgpack, or the OIP JSON body for jobs sent as JSON) with
+// its Content-Type header, and an error result the header Cascade-Error.
+// A result that cannot be encoded becomes an internal error result.
+func (w *worker) addResult(it *itemTask, res *wire.Result) {
+	item, t := it.item, it.t
+	data, contentType, err := w.codec.EncodeResultAs(res, item.ResultFormat)
 	if err != nil {
-		return fmt.Errorf("encode result of %q: %w", res.ID, err)
+		w.logger.Error("encode result", "id", res.ID, "err", err)
+		res = &wire.Result{ID: res.ID, Pipeline: res.Pipeline, Client: res.Client, Error: wire.Errorf(wire.CodeInternal, "encode result: %v", err)}
+		if data, contentType, err = w.codec.EncodeResultAs(res, item.ResultFormat); err != nil {
+			t.fail(fmt.Errorf("encode result of %q: %w", res.ID, err))
+			return
+		}
 	}
 	fill := func(m *nats.Msg) {
 		m.Data = data
@@ -341,30 +496,29 @@ func (w *worker) addResult(t *task, res *wire.Result) error {
 			m.Header.Set(wire.HeaderError, string(res.Error.Code))
 		}
 	}
-	client := it.Client
+	client := item.Client
 	if client == "" {
 		client = wire.DefaultClient
 	}
-	if it.Durable && wire.ValidToken(client) {
+	if item.Durable && wire.ValidToken(client) {
 		m := nats.NewMsg(wire.ResultSubject(w.cfg.Pipeline, client))
 		fill(m)
-		m.Header.Set(wire.HeaderMsgID, wire.ResultMsgID(w.cfg.Pipeline, it.DedupKey()))
+		m.Header.Set(wire.HeaderMsgID, wire.ResultMsgID(w.cfg.Pipeline, item.DedupKey()))
 		t.js = append(t.js, m)
 	}
-	if it.ReplyTo != "" {
+	if item.ReplyTo != "" {
 		// Never publish where a reply cannot legitimately go: only the
 		// ingress's check stands between a producer and a forged reply
 		// subject, and items can reach a queue by other ways.
-		if err := w.replyRefused(it.ReplyTo); err != nil {
+		if err := w.replyRefused(item.ReplyTo); err != nil {
 			w.metrics.refusedReplies.WithLabelValues(t.model).Inc()
-			w.logger.Warn("not answering on a refused reply subject", "id", it.ID, "err", err)
-			return nil
+			w.logger.Warn("not answering on a refused reply subject", "id", item.ID, "err", err)
+			return
 		}
-		m := nats.NewMsg(it.ReplyTo)
+		m := nats.NewMsg(item.ReplyTo)
 		fill(m)
 		t.core = append(t.core, m)
 	}
-	return nil
 }
 
 // replyRefused says why the worker must not answer on subject, or nil.
@@ -383,9 +537,9 @@ func truncate(s string) string {
 func (w *worker) deadLetterMsg(h *hosted, t *task, reason string) *nats.Msg {
 	m := nats.NewMsg(wire.DLQSubject(w.cfg.Pipeline, h.name))
 	m.Data = t.msg.Data()
-	id := t.item.DedupKey()
-	if t.decodeErr != nil || id == "" {
-		id = "seq-" + fmt.Sprint(t.streamSeq())
+	id := t.id
+	if id == "" {
+		id = "seq-" + strconv.FormatUint(t.streamSeq(), 10)
 	}
 	m.Header.Set(wire.HeaderMsgID, id+".dlq."+h.name)
 	m.Header.Set(wire.HeaderError, reason)
@@ -405,21 +559,23 @@ var errPublishTimeout = errors.New("publish acknowledgement timed out")
 // publish sends every task's JetStream messages asynchronously, waits for
 // all their PubAcks, then sends the core messages of the tasks whose
 // JetStream messages all succeeded. A task's first failure becomes its
-// error (kept if it already has one).
+// error (kept if it already has one), except that a full next queue only
+// marks the escalation it rejected (answerRejected handles it).
 func (w *worker) publish(tasks []*task) {
 	type pending struct {
-		t *task
-		f jetstream.PubAckFuture
+		t   *task
+		idx int
+		f   jetstream.PubAckFuture
 	}
 	var futures []pending
 	for _, t := range tasks {
-		for _, m := range t.js {
+		for idx, m := range t.js {
 			f, err := w.js.PublishMsgAsync(m)
 			if err != nil {
-				t.fail(fmt.Errorf("publish to %s: %w", m.Subject, err))
+				t.failed(idx, fmt.Errorf("publish to %s: %w", m.Subject, err))
 				continue
 			}
-			futures = append(futures, pending{t, f})
+			futures = append(futures, pending{t, idx, f})
 		}
 	}
 	timer := time.NewTimer(w.cfg.PublishTimeout)
@@ -431,19 +587,19 @@ func (w *worker) publish(tasks []*task) {
 			select {
 			case <-p.f.Ok():
 			case err := <-p.f.Err():
-				p.t.fail(fmt.Errorf("publish to %s: %w", subject, err))
+				p.t.failed(p.idx, fmt.Errorf("publish to %s: %w", subject, err))
 			default:
-				p.t.fail(fmt.Errorf("publish to %s: %w", subject, errPublishTimeout))
+				p.t.failed(p.idx, fmt.Errorf("publish to %s: %w", subject, errPublishTimeout))
 			}
 			continue
 		}
 		select {
 		case <-p.f.Ok():
 		case err := <-p.f.Err():
-			p.t.fail(fmt.Errorf("publish to %s: %w", subject, err))
+			p.t.failed(p.idx, fmt.Errorf("publish to %s: %w", subject, err))
 		case <-timer.C:
 			expired = true
-			p.t.fail(fmt.Errorf("publish to %s: %w", subject, errPublishTimeout))
+			p.t.failed(p.idx, fmt.Errorf("publish to %s: %w", subject, errPublishTimeout))
 		}
 	}
 	for _, t := range tasks {
@@ -458,10 +614,26 @@ func (w *worker) publish(tasks []*task) {
 	}
 }
 
+// failed records the failure of the task's js message idx: an escalation
+// rejected by a full queue is marked for a degraded answer, anything else
+// fails the task.
+func (t *task) failed(idx int, err error) {
+	if queueFull(err) {
+		for k := range t.escalations {
+			if t.escalations[k].index == idx {
+				t.escalations[k].rejected = true
+				return
+			}
+		}
+	}
+	t.fail(err)
+}
+
 // fail records a transient failure; it takes precedence over a permanent
-// verdict, so an error result that could not be published is retried.
+// verdict, so a dead letter that could not be published is retried. A full
+// queue keeps precedence over other failures only while it is the first.
 func (t *task) fail(err error) {
-	if t.err == nil || errors.Is(t.err, errPermanent) && t.decodeErr == nil {
+	if t.err == nil || errors.Is(t.err, errPermanent) {
 		t.err = err
 	}
 }
@@ -481,61 +653,65 @@ func queueFull(err error) bool {
 // it means the stream is full.
 const jsErrStoreFailed jetstream.ErrorCode = 10077
 
-// settle acknowledges one message as ackAction decides, and records the
-// item's outcome.
+// settle acknowledges one message as ackAction decides, and records its
+// items' outcomes.
 func (w *worker) settle(h *hosted, c *control, t *task) {
 	act := ackAction(t.err, t.delivered(), h.maxDeliver)
 	var err error
 	switch act {
 	case actAck:
 		err = t.msg.Ack()
-		w.metrics.items.WithLabelValues(h.name, t.outcome).Inc()
-		if t.degrade != "" {
-			w.metrics.degraded.WithLabelValues(h.name, t.degrade).Inc()
+		for _, it := range t.items {
+			w.metrics.items.WithLabelValues(h.name, it.outcome).Inc()
+			if it.degrade != "" {
+				w.metrics.degraded.WithLabelValues(h.name, it.degrade).Inc()
+			}
 		}
 	case actTerm:
-		w.logger.Warn("terminating message", "model", h.name, "id", t.item.ID, "err", t.err)
+		w.logger.Warn("terminating message", "model", h.name, "envelope", t.id, "err", t.err)
 		err = t.msg.Term()
 		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Inc()
 		if t.decodeErr != nil {
 			w.metrics.deadLetters.WithLabelValues(h.name).Inc()
 		}
 	case actNak:
-		w.logger.Warn("transient failure; redelivering later", "model", h.name, "id", t.item.ID,
-			"delivery", t.delivered(), "err", t.err)
+		w.logger.Warn("transient failure; redelivering later", "model", h.name, "envelope", t.id,
+			"items", len(t.items), "delivery", t.delivered(), "err", t.err)
 		err = t.msg.NakWithDelay(w.cfg.NakDelay)
 	case actDeadLetter:
 		cause := t.err
 		if dlErr := w.deadLetter(h, c, t); dlErr != nil {
 			// Past MaxDeliver the server will not redeliver; the message
 			// stays in the stream for an operator.
-			w.logger.Error("could not dead-letter an item on its last delivery; it stays in the queue",
-				"model", h.name, "id", t.item.ID, "err", dlErr, "cause", cause)
+			w.logger.Error("could not dead-letter a message on its last delivery; it stays in the queue",
+				"model", h.name, "envelope", t.id, "err", dlErr, "cause", cause)
 			return
 		}
-		w.logger.Error("item failed on its last delivery: dead-lettered with an internal error result",
-			"model", h.name, "id", t.item.ID, "delivery", t.delivered(), "err", cause)
+		w.logger.Error("message failed on its last delivery: dead-lettered with an internal error result for each item",
+			"model", h.name, "envelope", t.id, "items", len(t.items), "delivery", t.delivered(), "err", cause)
 		err = t.msg.Term()
-		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Inc()
+		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Add(float64(len(t.items)))
 		w.metrics.deadLetters.WithLabelValues(h.name).Inc()
 		act = actTerm
 	}
 	w.metrics.acks.WithLabelValues(h.name, act.String()).Inc()
 	if err != nil {
-		w.logger.Warn("acknowledgement failed", "model", h.name, "id", t.item.ID, "action", act, "err", err)
+		w.logger.Warn("acknowledgement failed", "model", h.name, "envelope", t.id, "action", act, "err", err)
 	}
 }
 
-// deadLetter publishes the item to the dead-letter subject and its
-// `internal` error result, and waits for both.
+// deadLetter publishes the message to the dead-letter subject and an
+// `internal` error result for each of its items, and waits for them. An
+// item whose real result was published on an earlier delivery keeps it:
+// the error result has the same message id and is deduplicated (a reply
+// caller takes the first answer).
 func (w *worker) deadLetter(h *hosted, c *control, t *task) error {
 	cause := t.err
-	t.js, t.core, t.err = nil, nil, nil
+	t.js, t.core, t.err, t.escalations = nil, nil, nil, nil
 	t.js = append(t.js, w.deadLetterMsg(h, t, cause.Error()))
-	res := w.errorResult(c, &t.item, w.now(), wire.Errorf(wire.CodeInternal,
-		"model %q failed on delivery %d of %d: %v", h.name, t.delivered(), h.maxDeliver, cause))
-	if err := w.addResult(t, res); err != nil {
-		return err
+	for _, it := range t.items {
+		w.addResult(it, w.errorResult(c, it.item, w.now(), wire.Errorf(wire.CodeInternal,
+			"publishing the outputs of model %q failed on delivery %d of %d: %v", h.name, t.delivered(), h.maxDeliver, cause)))
 	}
 	w.publish([]*task{t})
 	return t.err

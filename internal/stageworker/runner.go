@@ -115,7 +115,7 @@ func (r *runner) serve(ctx context.Context, i int) bool {
 	tasks := r.pending[i]
 	r.pending[i] = nil
 	for _, t := range tasks {
-		st.InHand++
+		st.InHand += t.size()
 		if st.Since.IsZero() || t.received.Before(st.Since) {
 			st.Since = t.received
 		}
@@ -124,7 +124,9 @@ func (r *runner) serve(ctx context.Context, i int) bool {
 	ok := true
 	probe := len(tasks) == 0 && h.backlog.Load() <= 0
 	for ctx.Err() == nil {
-		st.Backlog = int(h.backlog.Load())
+		// The policy counts items; the queue holds envelopes.
+		perMsg := h.itemsPerMessage()
+		st.Backlog = int(float64(h.backlog.Load()) * perMsg)
 		d := pol.Next(r.w.now(), st)
 		if d.Run() {
 			break
@@ -138,12 +140,13 @@ func (r *runner) serve(ctx context.Context, i int) bool {
 		}
 		probe = false
 		var got []*task
-		got, ok = r.fetch(h, d.Count, d.Wait)
+		msgs := max(1, int(float64(d.Count)/perMsg))
+		got, ok = r.fetch(h, msgs, d.Wait)
 		for _, t := range got {
 			if st.InHand == 0 {
 				st.Since = t.received
 			}
-			st.InHand++
+			st.InHand += t.size()
 			st.EarliestDeadline = earliest(st.EarliestDeadline, t.deadline())
 		}
 		tasks = append(tasks, got...)
@@ -178,7 +181,9 @@ func (r *runner) fetch(h *hosted, count int, wait time.Duration) ([]*task, bool)
 	}
 	var tasks []*task
 	for msg := range b.Messages() {
-		tasks = append(tasks, r.w.newTask(h, msg))
+		t := r.w.newTask(h, msg)
+		h.observeItems(t.size())
+		tasks = append(tasks, t)
 	}
 	if err := b.Error(); err != nil {
 		r.w.logger.Debug("pull ended with an error", "model", h.name, "err", err)
@@ -261,6 +266,7 @@ func (r *runner) handle(d delivery) {
 		return
 	}
 	t := r.w.newTask(h, d.msg)
+	h.observeItems(t.size())
 	if t.meta != nil {
 		h.setBacklog(int64(t.meta.NumPending))
 	}
@@ -308,11 +314,14 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// deadline returns the item's deadline, zero if it has none or is not
-// decoded.
+// deadline returns the earliest deadline of the task's items, zero if none
+// has one or the message is not decoded.
 func (t *task) deadline() time.Time {
-	if t.decodeErr != nil || t.item.DeadlineUnixNano <= 0 {
-		return time.Time{}
+	var d time.Time
+	for _, it := range t.items {
+		if it.item.DeadlineUnixNano > 0 {
+			d = earliest(d, time.Unix(0, it.item.DeadlineUnixNano))
+		}
 	}
-	return time.Unix(0, t.item.DeadlineUnixNano)
+	return d
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,6 +60,33 @@ type hosted struct {
 	backlog     atomic.Int64
 	seen        atomic.Int64
 	backlogGage prometheus.Gauge
+	// perMsg holds itemsPerMessage as float64 bits.
+	perMsg atomic.Uint64
+}
+
+// itemsPerMessage is the running mean of items per envelope on the model's
+// queue (1 until the first message), to turn the batching policy's item
+// counts into message counts.
+func (h *hosted) itemsPerMessage() float64 {
+	if v := math.Float64frombits(h.perMsg.Load()); v >= 1 {
+		return v
+	}
+	return 1
+}
+
+// observeItems folds one message's item count into itemsPerMessage.
+func (h *hosted) observeItems(n int) {
+	for {
+		old := h.perMsg.Load()
+		v := math.Float64frombits(old)
+		next := float64(n)
+		if v >= 1 {
+			next = v + (float64(n)-v)/16
+		}
+		if h.perMsg.CompareAndSwap(old, math.Float64bits(next)) {
+			return
+		}
+	}
 }
 
 func (h *hosted) setBacklog(n int64) {

@@ -79,4 +79,3 @@ func (s HTTPSecurity) Serve(srv *http.Server, ln net.Listener) error {
 	}
 	return srv.Serve(ln)
 }
-

@@ -203,3 +203,45 @@ func equalRequest(a, b wire.Request) bool {
 	norm(&b)
 	return reflect.DeepEqual(a, b)
 }
+
+func FuzzDecodeEnvelope(f *testing.F) {
+	c := wire.NewCodec()
+	b, err := c.EncodeEnvelope(&wire.Envelope{ID: "e1", Items: []wire.Item{*sampleItem(), {ID: "x"}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	legacy, err := c.EncodeItem(sampleItem())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(legacy)
+	f.Add([]byte{0x82, 0xa1, 'v', 0x02, 0xa5, 'i', 't', 'e', 'm', 's', 0xdd, 0x7f, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var e wire.Envelope
+		if err := wire.DecodeEnvelope(b, &e); err != nil {
+			return
+		}
+		if e.V != wire.EnvelopeVersion {
+			t.Fatalf("accepted version %d", e.V)
+		}
+		b2, err := c.EncodeEnvelope(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e2 wire.Envelope
+		if err := wire.DecodeEnvelope(b2, &e2); err != nil {
+			t.Fatal(err)
+		}
+		b3, err := c.EncodeEnvelope(&e2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b2, b3) {
+			t.Fatal("re-encoding is not stable")
+		}
+		for i := range e.Items {
+			_, _ = e.Items[i].Input.AppendFloat32s(nil, 1)
+		}
+	})
+}

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -16,6 +17,9 @@ const (
 	ContentTypeMsgpack = "application/msgpack"
 	// HeaderMsgID is JetStream's deduplication header.
 	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderExpectedStream makes JetStream refuse a publish that another
+	// stream would store.
+	HeaderExpectedStream = "Nats-Expected-Stream"
 	// HeaderError carries the error code on an error reply.
 	HeaderError = "Cascade-Error"
 )
@@ -48,6 +52,26 @@ func ModelSubject(pipeline, model string) string {
 // ModelStream is the work-queue stream of one model.
 func ModelStream(pipeline, model string) string {
 	return "CASCADE_" + upper(pipeline) + "_" + upper(model)
+}
+
+// ModelPartitionSubject is the subject of partition part of a model's
+// queue split into partitions: ModelSubject with one partition, else
+// ModelSubject + ".p<part>".
+func ModelPartitionSubject(pipeline, model string, part, partitions int) string {
+	if partitions <= 1 {
+		return ModelSubject(pipeline, model)
+	}
+	return ModelSubject(pipeline, model) + ".p" + strconv.Itoa(part)
+}
+
+// ModelPartitionStream is the stream of partition part of a model's queue:
+// ModelStream with one partition, else ModelStream + "__P<part>" (so a
+// model name must not contain "__").
+func ModelPartitionStream(pipeline, model string, part, partitions int) string {
+	if partitions <= 1 {
+		return ModelStream(pipeline, model)
+	}
+	return ModelStream(pipeline, model) + "__P" + strconv.Itoa(part)
 }
 
 // ModelConsumer is the durable pull consumer of a model's stream, shared by

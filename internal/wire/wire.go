@@ -221,6 +221,10 @@ type Item struct {
 	EnqueuedUnixNano int64  `msgpack:"enqueued_ns"`
 	// Visits lists the stages already run, in order.
 	Visits []Visit `msgpack:"visits,omitempty"`
+	// Attempts counts the failed runs of the model the item is queued for
+	// (a model that failed on this item alone); at the queue's MaxDeliver
+	// the item is dead-lettered with an internal error result.
+	Attempts int `msgpack:"attempts,omitempty"`
 	// BestProbs are the probabilities of the most confident stage so far
 	// (for a degraded answer with return_probabilities).
 	BestProbs []float32 `msgpack:"best_probs,omitempty"`

@@ -385,3 +385,34 @@ func TestCheckReplySubject(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvelopeRoundTripAndLegacyItem: an envelope keeps every item as it
+// was; a version 1 single-item message decodes as an envelope of that item;
+// an unknown version is ErrVersion.
+func TestEnvelopeRoundTripAndLegacyItem(t *testing.T) {
+	c := wire.NewCodec()
+	a := wire.Item{ID: "a", Key: "k-a", Pipeline: "p", Client: "c1", ReplyTo: "_INBOX.x.1", Input: wire.FP32Tensor([]int64{2}, []float32{1, 2}), DeadlineUnixNano: 42}
+	b := wire.Item{ID: "b", Key: "k-b", Pipeline: "p", Durable: true, ResultFormat: wire.ResultFormatJSON, Input: wire.Tensor{Datatype: wire.UINT8, Shape: []int64{2}, Data: []byte{3, 4}}}
+	raw, err := c.EncodeEnvelope(&wire.Envelope{ID: "env-1", Items: []wire.Item{a, b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e wire.Envelope
+	if err := wire.DecodeEnvelope(raw, &e); err != nil {
+		t.Fatal(err)
+	}
+	a.V, b.V = wire.Version, wire.Version
+	if e.ID != "env-1" || len(e.Items) != 2 || !reflect.DeepEqual(e.Items[0], a) || !reflect.DeepEqual(e.Items[1], b) {
+		t.Fatalf("round trip: %+v", e)
+	}
+	legacy, err := c.EncodeItem(&wire.Item{ID: "old", Pipeline: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wire.DecodeEnvelope(legacy, &e); err != nil || len(e.Items) != 1 || e.Items[0].ID != "old" || e.ID != "" {
+		t.Fatalf("legacy item: %+v, %v", e, err)
+	}
+	if err := wire.DecodeEnvelope([]byte{0x81, 0xa1, 'v', 0x07}, &e); !errors.Is(err, wire.ErrVersion) {
+		t.Fatalf("version 7: %v, want ErrVersion", err)
+	}
+}

@@ -40,6 +40,11 @@ type Plan struct {
 	// Capacity is the number of runners (CPU inference slots or GPUs) the
 	// plan was made for.
 	Capacity int `json:"capacity"`
+	// Partitions is how many partitions each model's work queue has (a
+	// stream and subject per partition; 0 or 1: one). Producers of
+	// envelopes spread them over the partitions, workers consume all of
+	// them. The controller may override it for a deployment.
+	Partitions int `json:"partitions,omitempty"`
 	// RunnerPool says how the capacity's runners are deployed, for the
 	// simulator: "shared" (the default when empty) — every stage worker
 	// hosts every model of the plan and its runners serve whichever model
@@ -313,6 +318,22 @@ func (g Gear) StageOf(model string) (index int, ok bool) {
 	return -1, false
 }
 
+// QueuePartitions is the number of partitions of every model's queue (at
+// least 1).
+func (p *Plan) QueuePartitions() int { return max(p.Partitions, 1) }
+
+// MaxBatch is model's max batch in gear g: its stage's override, else the
+// gear's (at least 1).
+func (g Gear) MaxBatch(model string) int {
+	if i, ok := g.StageOf(model); ok && g.Cascade[i].MaxBatch > 0 {
+		return g.Cascade[i].MaxBatch
+	}
+	return max(g.Batching.MaxBatch, 1)
+}
+
+// MaxPartitions bounds Plan.Partitions.
+const MaxPartitions = 64
+
 // SetModelSource sets where Model.File paths are resolved.
 func (p *Plan) SetModelSource(fsys fs.FS) { p.models = fsys }
 
@@ -437,6 +458,9 @@ func (p *Plan) Validate() error {
 	if !(p.SLO.P95Ms > 0) {
 		bad("slo.p95_ms must be > 0, got %v", p.SLO.P95Ms)
 	}
+	if p.Partitions < 0 || p.Partitions > MaxPartitions {
+		bad("partitions must be in [0,%d], got %d", MaxPartitions, p.Partitions)
+	}
 	if p.Capacity < 1 {
 		bad("capacity must be >= 1 runner, got %d", p.Capacity)
 	}
@@ -468,8 +492,8 @@ func (p *Plan) Validate() error {
 
 	models := map[string]bool{}
 	for i, m := range p.Models {
-		if !validName(m.Name) {
-			bad("models[%d].name %q must be 1-32 characters of a-z, 0-9, '-' or '_'", i, m.Name)
+		if !validName(m.Name) || strings.Contains(m.Name, "__") {
+			bad("models[%d].name %q must be 1-32 characters of a-z, 0-9, '-' or '_', without \"__\" (it separates a queue's partitions)", i, m.Name)
 		}
 		if models[m.Name] {
 			bad("model %q is listed twice", m.Name)

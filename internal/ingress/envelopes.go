@@ -1,0 +1,203 @@
+package ingress
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
+)
+
+// coalescer fills envelopes with admitted items and publishes them to the
+// first model's queue: one JetStream message, one store write and one
+// PubAck for many items.
+//
+// An envelope is flushed when it holds the gear's first-stage max batch in
+// items (or EnvelopeMaxItems), when its bytes reach EnvelopeMaxBytes, when
+// its first item has waited EnvelopeWait, or at once when no envelope is
+// awaiting its PubAck and no item waits to join it. The last rule (Nagle's)
+// means an idle ingress adds no wait to a lone request, while under load
+// envelopes fill while the previous one is being stored.
+type coalescer struct {
+	in     *ingress
+	submit chan *ticket
+	// inflight counts envelopes published and not yet acknowledged; acked
+	// wakes the loop when one is.
+	inflight atomic.Int64
+	acked    chan struct{}
+	// next is the partition the next envelope of a model goes to.
+	next map[string]int
+	done chan struct{}
+}
+
+// ticket is one item waiting for its envelope's PubAck.
+type ticket struct {
+	item  *wire.Item
+	model string
+	size  int
+	err   chan error // buffered 1
+}
+
+// wait blocks until the item's envelope is stored (nil) or failed.
+func (t *ticket) wait() error { return <-t.err }
+
+// itemOverhead approximates an item's encoded bytes besides its input.
+const itemOverhead = 256
+
+func newCoalescer(in *ingress) *coalescer {
+	return &coalescer{in: in, submit: make(chan *ticket, 4096), acked: make(chan struct{}, 1),
+		next: map[string]int{}, done: make(chan struct{})}
+}
+
+// add queues an item for the first model's next envelope.
+func (c *coalescer) add(it *wire.Item, model string) *ticket {
+	t := &ticket{item: it, model: model, size: len(it.Input.Data) + itemOverhead, err: make(chan error, 1)}
+	select {
+	case c.submit <- t:
+	case <-c.done:
+		t.err <- wire.Errorf(wire.CodeUnavailable, "ingress shutting down")
+	}
+	return t
+}
+
+// run fills and publishes envelopes until ctx ends and every queued item
+// is published.
+func (c *coalescer) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var carry *ticket // first item of the next envelope (another model)
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case first = <-c.submit:
+			case <-ctx.Done():
+				close(c.done)
+				// Publish what is still queued: its callers are waiting.
+				for {
+					select {
+					case t := <-c.submit:
+						c.publish([]*ticket{t}, &wg)
+					default:
+						return
+					}
+				}
+			}
+		}
+		batch, bytes := []*ticket{first}, first.size
+		maxItems := c.maxItems(first.model)
+		var timer *time.Timer
+	fill:
+		for len(batch) < maxItems && bytes < c.in.cfg.EnvelopeMaxBytes {
+			select {
+			case t := <-c.submit:
+				if t.model != first.model {
+					carry = t
+					break fill
+				}
+				batch, bytes = append(batch, t), bytes+t.size
+				continue
+			default:
+			}
+			if c.inflight.Load() == 0 {
+				break // nothing being stored and nothing waiting: go now
+			}
+			if timer == nil {
+				timer = time.NewTimer(c.in.cfg.EnvelopeWait - c.in.now().Sub(time.Unix(0, first.item.AdmittedUnixNano)))
+			}
+			select {
+			case t := <-c.submit:
+				if t.model != first.model {
+					carry = t
+					break fill
+				}
+				batch, bytes = append(batch, t), bytes+t.size
+			case <-c.acked:
+			case <-timer.C:
+				break fill
+			case <-ctx.Done():
+				break fill
+			}
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		c.publish(batch, &wg)
+	}
+}
+
+// maxItems is the most items of an envelope to model: EnvelopeMaxItems, or
+// the model's max batch in the current gear.
+func (c *coalescer) maxItems(model string) int {
+	if n := c.in.cfg.EnvelopeMaxItems; n > 0 {
+		return n
+	}
+	if s := c.in.ctl.Load(); s != nil {
+		return max(s.MaxBatch(model), 1)
+	}
+	return 1
+}
+
+// publish sends one envelope asynchronously; a goroutine of wg waits for
+// its PubAck and answers every ticket.
+func (c *coalescer) publish(batch []*ticket, wg *sync.WaitGroup) {
+	in := c.in
+	model := batch[0].model
+	env := &wire.Envelope{ID: "e" + nuid.Next(), Items: make([]wire.Item, len(batch))}
+	for i, t := range batch {
+		env.Items[i] = *t.item
+	}
+	fail := func(err error) {
+		for _, t := range batch {
+			t.err <- err
+		}
+	}
+	body, err := in.codec.EncodeEnvelope(env)
+	if err != nil {
+		fail(wire.Errorf(wire.CodeInternal, "encode envelope: %v", err))
+		return
+	}
+	partitions := 1
+	if s := in.ctl.Load(); s != nil {
+		partitions = s.Plan.QueuePartitions()
+	}
+	part := c.next[model] % partitions
+	c.next[model] = part + 1
+	msg := &nats.Msg{Subject: wire.ModelPartitionSubject(in.cfg.Pipeline, model, part, partitions), Data: body, Header: nats.Header{}}
+	msg.Header.Set(wire.HeaderMsgID, env.ID)
+	msg.Header.Set(wire.HeaderExpectedStream, wire.ModelPartitionStream(in.cfg.Pipeline, model, part, partitions))
+	f, err := in.js.PublishMsgAsync(msg)
+	if err != nil {
+		fail(publishError(err, model))
+		return
+	}
+	in.metrics.envelopeItems.Observe(float64(len(batch)))
+	c.inflight.Add(1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTimer(in.cfg.PublishTimeout)
+		defer t.Stop()
+		var err error
+		select {
+		case <-f.Ok():
+		case err = <-f.Err():
+			err = publishError(err, model)
+		case <-t.C:
+			err = publishError(context.DeadlineExceeded, model)
+		}
+		c.inflight.Add(-1)
+		select {
+		case c.acked <- struct{}{}:
+		default:
+		}
+		for _, tk := range batch {
+			tk.err <- err
+		}
+	}()
+}
