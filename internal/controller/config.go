@@ -50,6 +50,12 @@ type Config struct {
 	// controller moves to a cheaper gear at once (see Policy). Default 1s.
 	UpshiftBacklog time.Duration `env:"UPSHIFT_BACKLOG" envDefault:"1s"`
 
+	// QueuePartitions splits each model's work queue into this many
+	// partitions, a stream each (CASCADE_QUEUE_PARTITIONS, default 0: the
+	// plan's `partitions`, 1 when it has none). Ingress and workers follow
+	// the plan the controller writes; change it only with every service
+	// restarted, on empty queues.
+	QueuePartitions int `env:"QUEUE_PARTITIONS" envDefault:"0"`
 	// QueueMaxMsgs bounds each model's work queue in messages; a full queue
 	// makes ingress answer `overloaded`. Default 20000.
 	QueueMaxMsgs int64 `env:"QUEUE_MAX_MSGS" envDefault:"20000"`
@@ -104,6 +110,9 @@ func (c Config) Validate() error {
 	}
 	if c.UpshiftBacklog <= 0 {
 		errs = append(errs, fmt.Errorf("CASCADE_UPSHIFT_BACKLOG must be > 0, got %v", c.UpshiftBacklog))
+	}
+	if c.QueuePartitions < 0 || c.QueuePartitions > plan.MaxPartitions {
+		errs = append(errs, fmt.Errorf("CASCADE_QUEUE_PARTITIONS must be in [0,%d], got %d", plan.MaxPartitions, c.QueuePartitions))
 	}
 	if c.QueueMaxMsgs < 1 {
 		errs = append(errs, fmt.Errorf("CASCADE_QUEUE_MAX_MSGS must be >= 1, got %d", c.QueueMaxMsgs))
@@ -195,6 +204,9 @@ func LoadPlan(cfg Config) (*plan.Plan, error) {
 	}
 	if p.Pipeline != cfg.Pipeline {
 		return nil, fmt.Errorf("plan is for pipeline %q, but CASCADE_PIPELINE is %q", p.Pipeline, cfg.Pipeline)
+	}
+	if cfg.QueuePartitions > 0 {
+		p.Partitions = cfg.QueuePartitions
 	}
 	return p, nil
 }

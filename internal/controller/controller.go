@@ -350,27 +350,40 @@ func (c *controller) pollBacklog(ctx context.Context) {
 		c.cons[jobsKey] = jobs
 		c.ok("jobs_consumer_info")
 	}
+	parts := c.plan.QueuePartitions()
 	for _, m := range c.plan.UsedModels() {
-		cons := c.cons[m]
-		if cons == nil {
-			var err error
-			cons, err = c.js.Consumer(ctx, wire.ModelStream(c.plan.Pipeline, m), wire.ModelConsumer(m))
+		// A model's backlog is the sum over its queue's partitions.
+		var b Backlog
+		complete := true
+		for part := range parts {
+			stream := wire.ModelPartitionStream(c.plan.Pipeline, m, part, parts)
+			cons := c.cons[stream]
+			if cons == nil {
+				var err error
+				cons, err = c.js.Consumer(ctx, stream, wire.ModelConsumer(m))
+				if err != nil {
+					c.noteMissing(err)
+					c.fail("consumer_info", fmt.Errorf("consumer of model %q on %s: %w", m, stream, err))
+					complete = false
+					continue
+				}
+				c.cons[stream] = cons
+			}
+			info, err := cons.Info(ctx)
 			if err != nil {
+				delete(c.cons, stream)
 				c.noteMissing(err)
-				c.fail("consumer_info", fmt.Errorf("consumer of model %q: %w", m, err))
+				c.fail("consumer_info", fmt.Errorf("consumer info of model %q on %s: %w", m, stream, err))
+				complete = false
 				continue
 			}
-			c.cons[m] = cons
+			b.Pending += int64(info.NumPending)
+			b.AckPending += int64(info.NumAckPending)
 		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			delete(c.cons, m)
-			c.noteMissing(err)
-			c.fail("consumer_info", fmt.Errorf("consumer info of model %q: %w", m, err))
+		if !complete {
 			continue
 		}
 		c.ok("consumer_info")
-		b := Backlog{Pending: int64(info.NumPending), AckPending: int64(info.NumAckPending)}
 		c.backlog[m] = b
 		c.m.backlog.WithLabelValues(m, "pending").Set(float64(b.Pending))
 		c.m.backlog.WithLabelValues(m, "ack_pending").Set(float64(b.AckPending))

@@ -187,7 +187,7 @@ func (in *ingress) intake(ctx context.Context) error {
 	}
 	c := in.ctl.Load()
 	in.logger.Info("plan received; waiting for the topology", "models", c.Plan.UsedModels())
-	if err := natsbus.WaitTopology(ctx, in.js, in.cfg.Pipeline, c.Plan.UsedModels(), in.cfg.PollInterval); err != nil {
+	if err := natsbus.WaitTopology(ctx, in.js, in.cfg.Pipeline, c.Plan.UsedModels(), c.Plan.QueuePartitions(), in.cfg.PollInterval); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -108,13 +108,25 @@ func (c TopologyConfig) WithDefaults() TopologyConfig {
 	return c
 }
 
-// ModelStreamConfig is the work-queue stream of one model.
+// ModelStreamConfig is the work-queue stream of one model whose queue is
+// not partitioned.
 func ModelStreamConfig(pipeline, model string, c TopologyConfig) jetstream.StreamConfig {
+	return ModelPartitionStreamConfig(pipeline, model, 0, 1, c)
+}
+
+// ModelPartitionStreamConfig is the work-queue stream of partition part of
+// a model's queue split into partitions (each with its own limits and, in
+// a cluster, its own leader).
+func ModelPartitionStreamConfig(pipeline, model string, part, partitions int, c TopologyConfig) jetstream.StreamConfig {
 	c = c.WithDefaults()
+	desc := fmt.Sprintf("CascadeServe work queue of model %q in pipeline %q", model, pipeline)
+	if partitions > 1 {
+		desc += fmt.Sprintf(", partition %d of %d", part, partitions)
+	}
 	return jetstream.StreamConfig{
-		Name:        wire.ModelStream(pipeline, model),
-		Description: fmt.Sprintf("CascadeServe work queue of model %q in pipeline %q", model, pipeline),
-		Subjects:    []string{wire.ModelSubject(pipeline, model)},
+		Name:        wire.ModelPartitionStream(pipeline, model, part, partitions),
+		Description: desc,
+		Subjects:    []string{wire.ModelPartitionSubject(pipeline, model, part, partitions)},
 		Retention:   jetstream.WorkQueuePolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxMsgs:     c.MaxQueue,
@@ -220,13 +232,16 @@ func KVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 // nothing. Only the controller calls it.
 func EnsureTopology(ctx context.Context, js jetstream.JetStream, p *plan.Plan, c TopologyConfig) (jetstream.KeyValue, error) {
 	c = c.WithDefaults()
+	parts := p.QueuePartitions()
 	for _, m := range p.UsedModels() {
-		s, err := js.CreateOrUpdateStream(ctx, ModelStreamConfig(p.Pipeline, m, c))
-		if err != nil {
-			return nil, fmt.Errorf("ensure stream of model %q: %w", m, err)
-		}
-		if _, err := s.CreateOrUpdateConsumer(ctx, ModelConsumerConfig(m, c)); err != nil {
-			return nil, fmt.Errorf("ensure consumer of model %q: %w", m, err)
+		for part := range parts {
+			s, err := js.CreateOrUpdateStream(ctx, ModelPartitionStreamConfig(p.Pipeline, m, part, parts, c))
+			if err != nil {
+				return nil, fmt.Errorf("ensure stream of model %q (partition %d): %w", m, part, err)
+			}
+			if _, err := s.CreateOrUpdateConsumer(ctx, ModelConsumerConfig(m, c)); err != nil {
+				return nil, fmt.Errorf("ensure consumer of model %q (partition %d): %w", m, part, err)
+			}
 		}
 	}
 	jobs, err := js.CreateOrUpdateStream(ctx, JobsStreamConfig(p.Pipeline, c))
@@ -255,14 +270,17 @@ var ErrNotReady = errors.New("topology not ready")
 
 // CheckTopology returns nil when every stream and consumer for the given
 // models exists, else an error wrapping ErrNotReady naming what is missing.
-func CheckTopology(ctx context.Context, js jetstream.JetStream, pipeline string, models []string) error {
+func CheckTopology(ctx context.Context, js jetstream.JetStream, pipeline string, models []string, partitions int) error {
 	for _, m := range models {
-		s, err := js.Stream(ctx, wire.ModelStream(pipeline, m))
-		if err != nil {
-			return fmt.Errorf("%w: stream of model %q: %w", ErrNotReady, m, err)
-		}
-		if _, err := s.Consumer(ctx, wire.ModelConsumer(m)); err != nil {
-			return fmt.Errorf("%w: consumer of model %q: %w", ErrNotReady, m, err)
+		for part := range max(partitions, 1) {
+			name := wire.ModelPartitionStream(pipeline, m, part, partitions)
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				return fmt.Errorf("%w: stream %s of model %q: %w", ErrNotReady, name, m, err)
+			}
+			if _, err := s.Consumer(ctx, wire.ModelConsumer(m)); err != nil {
+				return fmt.Errorf("%w: consumer of model %q on %s: %w", ErrNotReady, m, name, err)
+			}
 		}
 	}
 	if _, err := js.Stream(ctx, wire.JobsStream(pipeline)); err != nil {
@@ -279,11 +297,11 @@ func CheckTopology(ctx context.Context, js jetstream.JetStream, pipeline string,
 
 // WaitTopology polls CheckTopology every interval until it succeeds or ctx
 // ends; services call it before they report ready.
-func WaitTopology(ctx context.Context, js jetstream.JetStream, pipeline string, models []string, interval time.Duration) error {
+func WaitTopology(ctx context.Context, js jetstream.JetStream, pipeline string, models []string, partitions int, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		err := CheckTopology(ctx, js, pipeline, models)
+		err := CheckTopology(ctx, js, pipeline, models, partitions)
 		if err == nil {
 			return nil
 		}

@@ -43,7 +43,7 @@ func TestEnsureTopologyIsIdempotent(t *testing.T) {
 	defer cancel()
 	p := testPlan(t)
 
-	err := natsbus.CheckTopology(ctx, srv.JS, p.Pipeline, p.UsedModels())
+	err := natsbus.CheckTopology(ctx, srv.JS, p.Pipeline, p.UsedModels(), p.QueuePartitions())
 	if !errors.Is(err, natsbus.ErrNotReady) {
 		t.Fatalf("CheckTopology before ensure = %v, want ErrNotReady", err)
 	}
@@ -52,7 +52,7 @@ func TestEnsureTopologyIsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := natsbus.CheckTopology(ctx, srv.JS, p.Pipeline, p.UsedModels()); err != nil {
+	if err := natsbus.CheckTopology(ctx, srv.JS, p.Pipeline, p.UsedModels(), p.QueuePartitions()); err != nil {
 		t.Fatal(err)
 	}
 	s, err := srv.JS.Stream(ctx, wire.ModelStream("tiny", "big"))

@@ -21,9 +21,10 @@ type runner struct {
 	sessions []*onnxrt.Session // parallel to w.models
 
 	// pending[i] holds items of model i delivered by an idle watch and not
-	// yet batched; watching[i] is set while a watch on model i is open.
+	// yet batched; watching[i] counts the open watches on model i (one per
+	// partition of its queue).
 	pending  [][]*task
-	watching []bool
+	watching []int
 	// deliveries carries what open watches receive. Its capacity (two per
 	// model: at most one item and one end per watch) means forwarders never
 	// block.
@@ -49,8 +50,8 @@ func newRunner(w *worker, id int, sessions []*onnxrt.Session) *runner {
 		id:         id,
 		sessions:   sessions,
 		pending:    make([][]*task, len(w.models)),
-		watching:   make([]bool, len(w.models)),
-		deliveries: make(chan delivery, 2*len(w.models)),
+		watching:   make([]int, len(w.models)),
+		deliveries: make(chan delivery, 2*len(w.models)*max(w.partitions, 1)),
 	}
 }
 
@@ -91,7 +92,7 @@ func (r *runner) choose() (int, bool) {
 		n := float64(len(r.pending[i])) + float64(max(h.backlog.Load(), 0))
 		var prio float64
 		switch {
-		case !r.watching[i] && len(r.pending[i]) == 0 && now.Sub(time.Unix(0, h.seen.Load())) > r.w.cfg.IdleWait:
+		case r.watching[i] == 0 && len(r.pending[i]) == 0 && now.Sub(time.Unix(0, h.seen.Load())) > r.w.cfg.IdleWait:
 			prio = math.Inf(1)
 		case n > 0:
 			prio = n / c.weight(h.name)
@@ -170,10 +171,10 @@ func (r *runner) fetch(h *hosted, count int, wait time.Duration) ([]*task, bool)
 	)
 	if wait > 0 {
 		r.w.metrics.pulls.WithLabelValues(h.name, "fill").Inc()
-		b, err = h.consumer.Fetch(count, jetstream.FetchMaxWait(wait))
+		b, err = h.pick().Fetch(count, jetstream.FetchMaxWait(wait))
 	} else {
 		r.w.metrics.pulls.WithLabelValues(h.name, "nowait").Inc()
-		b, err = h.consumer.FetchNoWait(count)
+		b, err = h.pick().FetchNoWait(count)
 	}
 	if err != nil {
 		r.w.logger.Warn("pull failed", "model", h.name, "err", err)
@@ -193,7 +194,7 @@ func (r *runner) fetch(h *hosted, count int, wait time.Duration) ([]*task, bool)
 	// message saw; one that got less found the queue empty.
 	var backlog int64
 	if n := len(tasks); n == count && tasks[n-1].meta != nil {
-		backlog = int64(tasks[n-1].meta.NumPending)
+		backlog = int64(tasks[n-1].meta.NumPending) * int64(len(h.consumers))
 	}
 	h.setBacklog(backlog)
 	return tasks, true
@@ -204,24 +205,26 @@ func (r *runner) fetch(h *hosted, count int, wait time.Duration) ([]*task, bool)
 // of its models gets an item.
 func (r *runner) armWatches() {
 	for i, h := range r.w.models {
-		if r.watching[i] || len(r.pending[i]) > 0 {
+		if r.watching[i] > 0 || len(r.pending[i]) > 0 {
 			continue
 		}
-		r.w.metrics.pulls.WithLabelValues(h.name, "watch").Inc()
-		b, err := h.consumer.Fetch(1, jetstream.FetchMaxWait(r.w.cfg.IdleWait))
-		if err != nil {
-			r.w.logger.Warn("pull failed", "model", h.name, "err", err)
-			continue
-		}
-		r.watching[i] = true
-		r.forwarders.Add(1)
-		go func() {
-			defer r.forwarders.Done()
-			for msg := range b.Messages() {
-				r.deliveries <- delivery{model: i, msg: msg}
+		for _, cons := range h.consumers {
+			r.w.metrics.pulls.WithLabelValues(h.name, "watch").Inc()
+			b, err := cons.Fetch(1, jetstream.FetchMaxWait(r.w.cfg.IdleWait))
+			if err != nil {
+				r.w.logger.Warn("pull failed", "model", h.name, "err", err)
+				continue
 			}
-			r.deliveries <- delivery{model: i, done: true, err: b.Error()}
-		}()
+			r.watching[i]++
+			r.forwarders.Add(1)
+			go func() {
+				defer r.forwarders.Done()
+				for msg := range b.Messages() {
+					r.deliveries <- delivery{model: i, msg: msg}
+				}
+				r.deliveries <- delivery{model: i, done: true, err: b.Error()}
+			}()
+		}
 	}
 }
 
@@ -229,7 +232,7 @@ func (r *runner) armWatches() {
 func (r *runner) await(ctx context.Context) {
 	open := false
 	for _, w := range r.watching {
-		open = open || w
+		open = open || w > 0
 	}
 	if !open {
 		// Nothing could be armed (connection trouble).
@@ -258,7 +261,7 @@ func (r *runner) reap() {
 func (r *runner) handle(d delivery) {
 	h := r.w.models[d.model]
 	if d.done {
-		r.watching[d.model] = false
+		r.watching[d.model]--
 		h.seen.Store(r.w.now().UnixNano())
 		if d.err != nil {
 			r.w.logger.Debug("watch ended with an error", "model", h.name, "err", d.err)
@@ -268,7 +271,7 @@ func (r *runner) handle(d delivery) {
 	t := r.w.newTask(h, d.msg)
 	h.observeItems(t.size())
 	if t.meta != nil {
-		h.setBacklog(int64(t.meta.NumPending))
+		h.setBacklog(int64(t.meta.NumPending) * int64(len(h.consumers)))
 	}
 	r.pending[d.model] = append(r.pending[d.model], t)
 }
@@ -285,7 +288,7 @@ func (r *runner) drain() {
 		}
 		open := false
 		for _, w := range r.watching {
-			open = open || w
+			open = open || w > 0
 		}
 		if !open {
 			return

@@ -366,7 +366,9 @@ func TestChoose(t *testing.T) {
 			}
 			r := newRunner(w, 0, nil)
 			for i, md := range tt.models {
-				r.watching[i] = md.watching
+				if md.watching {
+					r.watching[i] = 1
+				}
 				for range md.pending {
 					r.pending[i] = append(r.pending[i], &task{})
 				}

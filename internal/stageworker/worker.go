@@ -47,12 +47,18 @@ type worker struct {
 	itemSize   int
 	classes    int
 	uint8Scale float32
+	// partitions is the number of partitions of every model's queue (the
+	// plan's, fixed for the worker's life).
+	partitions int
 }
 
 // hosted is one model this worker serves, shared by its runners.
 type hosted struct {
-	name       string
-	consumer   jetstream.Consumer
+	name string
+	// consumers are the model's queue's consumers, one per partition;
+	// pulls take turns over them.
+	consumers  []jetstream.Consumer
+	next       atomic.Uint32
 	maxDeliver int
 	// backlog is the last NumPending seen on the model's queue (0 after a
 	// pull that found it empty); seen is when this worker last pulled from
@@ -87,6 +93,11 @@ func (h *hosted) observeItems(n int) {
 			return
 		}
 	}
+}
+
+// pick returns the consumer of the partition to pull from next.
+func (h *hosted) pick() jetstream.Consumer {
+	return h.consumers[int(h.next.Add(1)-1)%len(h.consumers)]
 }
 
 func (h *hosted) setBacklog(n int64) {
@@ -154,7 +165,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err != nil {
 		return fail(err)
 	}
-	if err := natsbus.WaitTopology(gctx, js, cfg.Pipeline, names, pollInterval); err != nil {
+	if err := natsbus.WaitTopology(gctx, js, cfg.Pipeline, names, c.Plan.QueuePartitions(), pollInterval); err != nil {
 		if gctx.Err() != nil {
 			cancel()
 			return g.Wait()
@@ -164,14 +175,19 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 
 	w.itemSize, w.classes = c.Plan.Input.Elements(), c.Plan.Input.Classes
 	w.uint8Scale = float32(c.Plan.Input.UINT8Scale)
+	w.partitions = c.Plan.QueuePartitions()
 	for _, name := range names {
-		cons, err := js.Consumer(gctx, wire.ModelStream(cfg.Pipeline, name), wire.ModelConsumer(name))
-		if err != nil {
-			return fail(fmt.Errorf("consumer of model %q: %w", name, err))
-		}
-		h := &hosted{name: name, consumer: cons, backlogGage: w.metrics.host(name)}
-		if info := cons.CachedInfo(); info != nil {
-			h.maxDeliver = info.Config.MaxDeliver
+		h := &hosted{name: name, backlogGage: w.metrics.host(name)}
+		for part := range w.partitions {
+			stream := wire.ModelPartitionStream(cfg.Pipeline, name, part, w.partitions)
+			cons, err := js.Consumer(gctx, stream, wire.ModelConsumer(name))
+			if err != nil {
+				return fail(fmt.Errorf("consumer of model %q on %s: %w", name, stream, err))
+			}
+			if info := cons.CachedInfo(); info != nil && part == 0 {
+				h.maxDeliver = info.Config.MaxDeliver
+			}
+			h.consumers = append(h.consumers, cons)
 		}
 		w.models = append(w.models, h)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -246,4 +247,52 @@ func value(m *dto.Metric) float64 {
 		return g.GetValue()
 	}
 	return math.NaN()
+}
+
+// TestPartitionedQueues serves the hand-written MNIST plan with every
+// model's queue split into three partitions (CASCADE_QUEUE_PARTITIONS) and
+// two workers: the topology has a stream per partition, envelopes land in
+// all of them, and every request gets exactly one result.
+func TestPartitionedQueues(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	sys := startPlan(t, filepath.Join("..", "..", "models", "mnist", mnist.HandwrittenPlanFile), 2,
+		map[string]string{"CASCADE_WORKER_RUNNERS": "1", "CASCADE_QUEUE_PARTITIONS": "3"}, reg)
+	p := sys.Plan
+	images, err := mnist.TestImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
+		Pipeline: p.Pipeline, Items: images, Schedule: func(time.Duration) float64 { return 0.5 * p.Gears[0].MaxQPS },
+		Duration: 4 * time.Second, Timeout: time.Minute, Seed: 11,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sent == 0 || rep.Lost != 0 || rep.Duplicates != 0 || len(rep.Outcomes) != rep.Sent {
+		t.Fatalf("sent %d, results %d, lost %d, duplicates %d", rep.Sent, len(rep.Outcomes), rep.Lost, rep.Duplicates)
+	}
+	if errs := rep.ErrorCounts(); len(errs) != 0 {
+		t.Fatalf("error results: %v", errs)
+	}
+	first := p.Gears[0].Cascade[0].Model
+	for part := range 3 {
+		name := wire.ModelPartitionStream(p.Pipeline, first, part, 3)
+		s, err := sys.JS.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.LastSeq == 0 {
+			t.Errorf("partition stream %s never received an envelope", name)
+		}
+	}
+	if _, err := sys.JS.Stream(ctx, wire.ModelStream(p.Pipeline, first)); err == nil {
+		t.Errorf("the unpartitioned stream of %s exists beside its partitions", first)
+	}
 }
