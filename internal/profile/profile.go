@@ -27,6 +27,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
@@ -214,10 +215,11 @@ type NATSCost struct {
 	// receive it from the fetch and ack it.
 	HopMs float64
 	// ItemMs and BatchMs split the time to move a batch as workers move
-	// them (fetch a batch, publish one message per item asynchronously,
-	// await every PubAck, ack every input) into a part per item and a part
-	// per batch, in ms: moving a batch of b takes BatchMs + b × ItemMs. They
-	// come from the median times of batches of 1 and of 64.
+	// them (fetch an envelope of the batch's items, decode it, publish its
+	// items as one envelope, await the PubAck, ack the input) into a part
+	// per item and a part per batch (per envelope), in ms: moving a batch
+	// of b takes BatchMs + b × ItemMs. They come from the median times of
+	// batches of 1 and of 64.
 	ItemMs  float64
 	BatchMs float64
 }
@@ -324,28 +326,41 @@ func measureHop(ctx context.Context, js jetstream.JetStream, cons jetstream.Cons
 	return float64(median(times)) / float64(time.Millisecond), nil
 }
 
-// measureBatches loads the input stream, then moves batches as a worker
-// does, alternating batches of 1 and of natsBatch, and returns the median
-// time of each size over the timed rounds (the first round of each is a
-// warm-up). The embedded server runs in this process, so its work is in the
-// time too, as it is on a machine that runs nats-server next to the
-// workers.
+// measureBatches moves batches of items as the data plane does, in
+// envelopes: a batch of b items arrives as one envelope of b items (the
+// ingress's coalescing, or an escalation), is decoded, and leaves as one
+// envelope of b items, published with a message id, its PubAck awaited,
+// then the input acked. It alternates batches of 1 and of natsBatch items
+// and returns the median time of each size over the timed rounds (the
+// first round of each is a warm-up). The embedded server runs in this
+// process, so its work is in the time too, as it is on a machine that runs
+// nats-server next to the workers.
 func measureBatches(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, in, out string, payload []byte, rounds int) (one, many float64, err error) {
-	total := (rounds + 1) * (1 + natsBatch)
-	for i := range total {
-		if _, err := js.PublishAsync(in, payload, jetstream.WithMsgID(fmt.Sprintf("load-%d", i))); err != nil {
-			return 0, 0, fmt.Errorf("load: %w", err)
+	codec := wire.NewCodec()
+	envelope := func(id string, n int) ([]byte, error) {
+		env := &wire.Envelope{ID: id, Items: make([]wire.Item, n)}
+		for i := range env.Items {
+			env.Items[i] = wire.Item{ID: fmt.Sprintf("%s-%d", id, i), Key: fmt.Sprintf("k-%s-%d", id, i), Pipeline: "profile",
+				ReplyTo: "_INBOX.profile.0123456789abcdef", Input: wire.Tensor{Datatype: wire.FP32, Shape: []int64{int64(len(payload) / 4)}, Data: payload},
+				DeadlineUnixNano: time.Now().Add(time.Minute).UnixNano()}
 		}
+		return codec.EncodeEnvelope(env)
 	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-ctx.Done():
-		return 0, 0, ctx.Err()
+	for round := range rounds + 1 {
+		for _, size := range []int{1, natsBatch} {
+			body, err := envelope(fmt.Sprintf("load-%d-%d", round, size), size)
+			if err != nil {
+				return 0, 0, err
+			}
+			if _, err := js.Publish(ctx, in, body); err != nil {
+				return 0, 0, fmt.Errorf("load: %w", err)
+			}
+		}
 	}
 	var ones, manys []time.Duration
 	for round := range rounds + 1 {
 		for _, size := range []int{1, natsBatch} {
-			d, err := moveBatch(ctx, js, cons, out, size, fmt.Sprintf("out-%d-%d", round, size))
+			d, err := moveEnvelope(ctx, js, cons, out, codec, fmt.Sprintf("out-%d-%d", round, size))
 			if err != nil {
 				return 0, 0, err
 			}
@@ -363,48 +378,36 @@ func measureBatches(ctx context.Context, js jetstream.JetStream, cons jetstream.
 	return ms(median(ones)), ms(median(manys)), nil
 }
 
-// moveBatch fetches size messages, publishes one message per item
-// asynchronously, awaits every PubAck and acks every input, as a worker
-// handles a batch, and returns how long that took.
-func moveBatch(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, out string, size int, idPrefix string) (time.Duration, error) {
+// moveEnvelope fetches one envelope, decodes it, publishes its items as one
+// envelope with a message id, awaits the PubAck and acks the input, as a
+// worker handles a batch's escalation, and returns how long that took.
+func moveEnvelope(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, out string, codec *wire.Codec, id string) (time.Duration, error) {
 	start := time.Now()
-	batch, err := cons.Fetch(size, jetstream.FetchMaxWait(5*time.Second))
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		return 0, fmt.Errorf("fetch: %w", err)
 	}
-	var msgs []jetstream.Msg
+	var msg jetstream.Msg
 	for m := range batch.Messages() {
-		msgs = append(msgs, m)
+		msg = m
 	}
-	if err := batch.Error(); err != nil {
-		return 0, fmt.Errorf("fetch: %w", err)
+	if msg == nil {
+		return 0, fmt.Errorf("fetch returned no envelope: %v", batch.Error())
 	}
-	if len(msgs) != size {
-		return 0, fmt.Errorf("fetch of %d returned %d messages", size, len(msgs))
+	var env wire.Envelope
+	if err := wire.DecodeEnvelope(msg.Data(), &env); err != nil {
+		return 0, err
 	}
-	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
-	for i, m := range msgs {
-		msg := &nats.Msg{Subject: out, Data: m.Data(), Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s-%d", idPrefix, i))
-		f, err := js.PublishMsgAsync(msg)
-		if err != nil {
-			return 0, fmt.Errorf("publish: %w", err)
-		}
-		futures = append(futures, f)
+	env.ID = id
+	body, err := codec.EncodeEnvelope(&env)
+	if err != nil {
+		return 0, err
 	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return 0, fmt.Errorf("publish: %w", err)
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
+	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: out, Data: body, Header: nats.Header{jetstream.MsgIDHeader: []string{id}}}); err != nil {
+		return 0, fmt.Errorf("publish: %w", err)
 	}
-	for _, m := range msgs {
-		if err := m.Ack(); err != nil {
-			return 0, fmt.Errorf("ack: %w", err)
-		}
+	if err := msg.Ack(); err != nil {
+		return 0, fmt.Errorf("ack: %w", err)
 	}
 	return time.Since(start), nil
 }
