@@ -67,6 +67,10 @@ type Config struct {
 	PendingMsgs  int `env:"INGRESS_PENDING_MSGS" envDefault:"65536"`
 	PendingBytes int `env:"INGRESS_PENDING_BYTES" envDefault:"268435456"`
 
+	// MaxBatchItems bounds the items of one batched request (an input of
+	// shape [N, item shape...]; CASCADE_INGRESS_MAX_BATCH_ITEMS, default
+	// 1024).
+	MaxBatchItems int `env:"INGRESS_MAX_BATCH_ITEMS" envDefault:"1024"`
 	// EnvelopeWait bounds how long an admitted item waits for others to
 	// share its envelope (CASCADE_INGRESS_ENVELOPE_WAIT, default 500µs).
 	// An envelope goes at once when no other is being stored, so a lone
@@ -177,6 +181,9 @@ func (c Config) Validate() error {
 	}
 	if err := wire.CheckInboxPrefix(c.InboxPrefix); err != nil {
 		bad("CASCADE_INBOX_PREFIX: %v", err)
+	}
+	if c.MaxBatchItems < 1 || c.MaxBatchItems > 65536 {
+		bad("CASCADE_INGRESS_MAX_BATCH_ITEMS must be in [1,65536], got %d", c.MaxBatchItems)
 	}
 	if c.EnvelopeWait < 0 || c.EnvelopeWait > time.Second {
 		bad("CASCADE_INGRESS_ENVELOPE_WAIT must be in [0,1s], got %v", c.EnvelopeWait)

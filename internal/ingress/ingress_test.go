@@ -542,3 +542,36 @@ func TestRunRejectsBadDeps(t *testing.T) {
 		t.Errorf("Run with an invalid config = %v", err)
 	}
 }
+
+// TestBatchedRequest: an input of shape [N, item shape] is N items, each
+// cascaded on its own, answered in one result with Items in input order; a
+// bad row gets its own typed error and its neighbours are answered.
+func TestBatchedRequest(t *testing.T) {
+	e := startEnv(t, natsbus.TopologyConfig{})
+	e.ready(t, nil)
+	small := e.respond(t, "small")
+	nc := e.srv.Connect(t)
+	rows := []float32{1, 0, 0, 0, float32(nanValue()), 0, 0, 0, 1, 1, 1, 0}
+	req := &wire.Request{ID: "batch-7", Input: wire.FP32Tensor([]int64{3, 2, 2}, rows), Client: "web"}
+	res, hdr := natsRequest(t, nc, encodeRequest(t, req), false)
+	if res.Error != nil || hdr != "" || res.ID != "batch-7" || len(res.Items) != 3 {
+		t.Fatalf("batch result %+v %q", res, hdr)
+	}
+	if r := res.Items[0]; r.Error != nil || r.Label != 1 || r.ID != "batch-7" {
+		t.Errorf("item 0: %+v", r)
+	}
+	if r := res.Items[1]; r.Error == nil || r.Error.Code != wire.CodeInvalidInput {
+		t.Errorf("item 1 (NaN): %+v, want invalid_input", r)
+	}
+	if r := res.Items[2]; r.Error != nil || r.Label != 3 {
+		t.Errorf("item 2: %+v", r)
+	}
+	if n := len(small.seen()); n != 2 {
+		t.Errorf("first stage saw %d items, want the 2 valid rows", n)
+	}
+	// A wrong size for the claimed batch refuses the whole request.
+	bad := &wire.Request{Input: wire.FP32Tensor([]int64{3, 2, 2}, rows[:8])}
+	if res, _ := natsRequest(t, nc, encodeRequest(t, bad), false); res.Error == nil || res.Error.Code != wire.CodeInvalidInput {
+		t.Errorf("short batch: %+v", res)
+	}
+}

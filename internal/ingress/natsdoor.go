@@ -102,6 +102,12 @@ func (in *ingress) handleRequest(msg *nats.Msg, isJSON bool, start time.Time) {
 		in.replyError(msg, isJSON, nil, err)
 		return
 	}
+	if c := in.ctl.Load(); c != nil && !isJSON {
+		if n := batchSize(req.Input, c.Plan.Input); n > 0 {
+			in.handleBatch(msg, &req, n, start)
+			return
+		}
+	}
 	a := admission{door: doorNATS, req: &req, start: start, replyTo: msg.Reply}
 	if !isJSON {
 		if _, err := in.admit(a); err != nil {

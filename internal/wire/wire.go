@@ -162,7 +162,9 @@ type Request struct {
 	// assigns one.
 	ID string `msgpack:"id,omitempty"`
 	// Input is one item (shape = the pipeline's item shape, optionally with a
-	// leading batch axis of 1).
+	// leading batch axis of 1) or a batch of N items (shape [N, item
+	// shape...]), each cascaded on its own and answered in one Result with
+	// Items in input order.
 	Input Tensor `msgpack:"input"`
 	// TimeoutMs bounds the time from admission to result. 0: the ingress
 	// default. DeadlineUnixMs, if set, wins.
@@ -281,6 +283,11 @@ type Result struct {
 	AdmittedUnixNano  int64  `msgpack:"admitted_ns" json:"admitted_ns"`
 	CompletedUnixNano int64  `msgpack:"completed_ns" json:"completed_ns"`
 	Error             *Error `msgpack:"error,omitempty" json:"error,omitempty"`
+	// Items holds, for a batched request (an input of shape [N, item
+	// shape...] with N > 1), one result per item in input order; the
+	// fields above then carry only the request's id, pipeline, client and
+	// end-to-end times, or an Error that refused the whole request.
+	Items []Result `msgpack:"items,omitempty" json:"items,omitempty"`
 }
 
 // GearState is the value of the KV key `gear`, written by the controller
