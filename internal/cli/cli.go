@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/cascadeserve/cascadeserve/internal/buildinfo"
 )
 
 // Env is what a subcommand may touch of the outside world. Passing it in
@@ -41,18 +43,24 @@ func commands() []command {
 		benchCommand(),
 		demoCommand(),
 		healthCommand(),
+		versionCommand(),
 	}
 }
 
-// Run runs the subcommand named by args[0].
+// Run runs the subcommand named by args[0]. Help asked for goes to
+// env.Stdout; usage printed because of a mistake goes to env.Stderr.
 func Run(ctx context.Context, env Env, args []string) error {
 	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		printUsage(env.Stderr, cmds)
-		if len(args) == 0 {
-			return fmt.Errorf("%w: no command given", ErrUsage)
-		}
+		return fmt.Errorf("%w: no command given", ErrUsage)
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		printUsage(env.Stdout, cmds)
 		return nil
+	case "-version", "--version":
+		args = []string{"version"}
 	}
 	for _, c := range cmds {
 		if c.name == args[0] {
@@ -77,14 +85,54 @@ func printUsage(w io.Writer, cmds []command) {
 	io.WriteString(w, b.String())
 }
 
-// newFlagSet returns a flag set that reports errors instead of exiting and
-// prints its usage to env.Stderr.
+// newFlagSet returns a flag set that reports errors instead of exiting. Its
+// usage goes to env.Stdout when asked for (-h, --help) and to env.Stderr,
+// after the error, when the flags are wrong.
 func newFlagSet(env Env, name, usage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
+	// The flag package writes a parse error to the output before it calls
+	// Usage, and writes nothing before Usage when help was asked for.
+	out := &parseOutput{w: env.Stderr}
+	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(env.Stderr, "Usage: cascadeserve %s\n\nFlags:\n", usage)
+		w := env.Stdout
+		if out.wrote {
+			w = env.Stderr
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "Usage: cascadeserve %s\n\nFlags:\n", usage)
+		fs.SetOutput(&b)
 		fs.PrintDefaults()
+		fs.SetOutput(out)
+		io.WriteString(w, b.String())
 	}
 	return fs
+}
+
+// parseOutput is a flag set's output: it passes writes on to w and
+// remembers that there were some.
+type parseOutput struct {
+	w     io.Writer
+	wrote bool
+}
+
+func (o *parseOutput) Write(p []byte) (int, error) {
+	o.wrote = true
+	return o.w.Write(p)
+}
+
+func versionCommand() command {
+	return command{name: "version", summary: "print the build: module version, VCS revision, Go version (also --version)", run: runVersion}
+}
+
+func runVersion(_ context.Context, env Env, args []string) error {
+	fs := newFlagSet(env, "version", "version")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: version: unexpected arguments %q", ErrUsage, fs.Args())
+	}
+	fmt.Fprintf(env.Stdout, "cascadeserve %s\n", buildinfo.Read())
+	return nil
 }

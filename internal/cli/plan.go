@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,7 +21,7 @@ import (
 )
 
 const planUsage = `plan --profile FILE --slo 50ms --capacity N --qps MIN:MAX --out plan.json [flags]
-       cascadeserve plan show FILE [--plot out.svg|out.png]
+       cascadeserve plan show FILE [--plot out.svg|out.png] [--json]
 
 Plans the gears of a pipeline: replays every cascade of the model ladder on
 the validation replay (exact accuracy and reach per stage), keeps the
@@ -35,9 +36,9 @@ More load never gets a more expensive gear. Adjacent buckets with the same
 gear are merged. The replay defaults to the embedded MNIST validation replay
 when --pipeline is mnist; the profile comes from 'cascadeserve profile'.
 
-'plan show' prints a plan's gears and can plot its Pareto front and its
-accuracy and cost against load (format from the file extension: svg, png,
-pdf, ...).`
+'plan show' prints a plan's gears (--json: as JSON) and can plot its Pareto
+front and its accuracy and cost against load (format from the file
+extension: svg, png, pdf, ...).`
 
 func planCommand() command {
 	return command{
@@ -278,8 +279,9 @@ func (f *planFlags) resolveLadder(cfg *plan.PlannerConfig) error {
 }
 
 func runPlanShow(env Env, args []string) error {
-	fs := newFlagSet(env, "plan show", "plan show FILE [--plot out.svg|out.png]")
+	fs := newFlagSet(env, "plan show", "plan show FILE [--plot out.svg|out.png] [--json]")
 	plotFile := fs.String("plot", "", "write a plot of the Pareto front and of accuracy and cost against load (svg, png, pdf, ...)")
+	asJSON := fs.Bool("json", false, "print the plan's header and gear table as JSON")
 	// Accept the file before or after the flags.
 	var file string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -302,6 +304,20 @@ func runPlanShow(env Env, args []string) error {
 	p, err := plan.LoadFile(file)
 	if err != nil {
 		return fmt.Errorf("plan show: %w", err)
+	}
+	if *plotFile != "" {
+		if err := planplot.WriteFile(p, *plotFile); err != nil {
+			return fmt.Errorf("plan show: %w", err)
+		}
+	}
+	if *asJSON {
+		if err := writeJSON(env.Stdout, planShowJSON(file, p)); err != nil {
+			return fmt.Errorf("plan show: %w", err)
+		}
+		if *plotFile != "" {
+			fmt.Fprintf(env.Stderr, "wrote %s\n", *plotFile)
+		}
+		return nil
 	}
 	pool := "shared by every model"
 	if !p.SharedRunners() {
@@ -332,12 +348,82 @@ func runPlanShow(env Env, args []string) error {
 	}
 	printGears(env.Stdout, p)
 	if *plotFile != "" {
-		if err := planplot.WriteFile(p, *plotFile); err != nil {
-			return fmt.Errorf("plan show: %w", err)
-		}
 		fmt.Fprintf(env.Stdout, "wrote %s\n", *plotFile)
 	}
 	return nil
+}
+
+// planShow is what 'plan show --json' prints: the header and the gear
+// table of the text output, as numbers.
+type planShow struct {
+	File        string  `json:"file"`
+	Pipeline    string  `json:"pipeline"`
+	Description string  `json:"description,omitempty"`
+	SLOP95Ms    float64 `json:"slo_p95_ms"`
+	Capacity    int     `json:"capacity"`
+	// RunnerPool is "shared" or "per-model" (never empty).
+	RunnerPool string `json:"runner_pool"`
+	Confidence string `json:"confidence"`
+	plan.Overheads
+	Planner map[string]any `json:"planner,omitempty"`
+	// Temperatures of the calibrated models (those not 0 or 1).
+	Temperatures map[string]float64 `json:"temperatures,omitempty"`
+	Gears        []planShowGear     `json:"gears"`
+}
+
+// planShowGear is one row of the gear table.
+type planShowGear struct {
+	ID string `json:"id"`
+	// MinQPS and MaxQPS are the load range the gear serves; the last gear
+	// also serves any load above MaxQPS (OpenEnded).
+	MinQPS     float64      `json:"min_qps"`
+	MaxQPS     float64      `json:"max_qps"`
+	OpenEnded  bool         `json:"open_ended,omitempty"`
+	Cascade    []plan.Stage `json:"cascade"`
+	MaxBatch   int          `json:"max_batch"`
+	MaxDelayMs float64      `json:"max_delay_ms"`
+	// Runners is the number of runners of each stage's model.
+	Runners   []int           `json:"runners"`
+	Predicted plan.Prediction `json:"predicted"`
+}
+
+func planShowJSON(file string, p *plan.Plan) planShow {
+	out := planShow{
+		File: file, Pipeline: p.Pipeline, Description: p.Description, SLOP95Ms: p.SLO.P95Ms, Capacity: p.Capacity,
+		RunnerPool: plan.RunnerPoolShared, Confidence: p.Confidence, Overheads: p.Overheads, Planner: p.Planner,
+		Gears: []planShowGear{},
+	}
+	if !p.SharedRunners() {
+		out.RunnerPool = plan.RunnerPoolPerModel
+	}
+	for _, m := range p.Models {
+		if m.Temperature != 0 && m.Temperature != 1 {
+			if out.Temperatures == nil {
+				out.Temperatures = map[string]float64{}
+			}
+			out.Temperatures[m.Name] = m.Temperature
+		}
+	}
+	lo := 0.0
+	for i, g := range p.Gears {
+		row := planShowGear{
+			ID: g.ID, MinQPS: lo, MaxQPS: g.MaxQPS, OpenEnded: i == len(p.Gears)-1, Cascade: g.Cascade,
+			MaxBatch: g.Batching.MaxBatch, MaxDelayMs: g.Batching.MaxDelayMs, Runners: []int{}, Predicted: g.Predicted,
+		}
+		for _, s := range g.Cascade {
+			row.Runners = append(row.Runners, g.RunnerCount(s.Model, p.Capacity))
+		}
+		out.Gears = append(out.Gears, row)
+		lo = g.MaxQPS
+	}
+	return out
+}
+
+// writeJSON writes v as indented JSON and a newline.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // printGears writes the table of a plan's gears.

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -78,6 +79,43 @@ func TestPlanShowSimulate(t *testing.T) {
 	}
 	if b, err := os.ReadFile(svg); err != nil || !bytes.Contains(b, []byte("<svg")) {
 		t.Errorf("plot not written: %v", err)
+	}
+
+	stdout, _, err = runPlanCLI(t, "plan", "show", out, "--json")
+	if err != nil {
+		t.Fatalf("plan show --json: %v", err)
+	}
+	var shown planShow
+	if err := json.Unmarshal([]byte(stdout), &shown); err != nil {
+		t.Fatalf("plan show --json is not JSON: %v\n%s", err, stdout)
+	}
+	if shown.Pipeline != "syn" || shown.SLOP95Ms != 10 || shown.Capacity != 3 || shown.RunnerPool != plan.RunnerPoolShared || len(shown.Gears) != len(p.Gears) {
+		t.Errorf("plan show --json header: %+v", shown)
+	}
+	for i, g := range shown.Gears {
+		pg := p.Gears[i]
+		if g.ID != pg.ID || g.MaxQPS != pg.MaxQPS || len(g.Runners) != len(pg.Cascade) || g.Predicted.Accuracy != pg.Predicted.Accuracy ||
+			g.OpenEnded != (i == len(p.Gears)-1) || (i > 0 && g.MinQPS != p.Gears[i-1].MaxQPS) {
+			t.Errorf("plan show --json gear %d: %+v, plan has %+v", i, g, pg)
+		}
+	}
+
+	stdout, _, err = runPlanCLI(t, "simulate", "--plan", out, "--scale", "3", "--duration", "200ms", "--json")
+	if err != nil {
+		t.Fatalf("simulate --json: %v", err)
+	}
+	var sim simulateReport
+	if err := json.Unmarshal([]byte(stdout), &sim); err != nil {
+		t.Fatalf("simulate --json is not JSON: %v\n%s", err, stdout)
+	}
+	if sim.Scale != 3 || sim.DurationMs != 200 || len(sim.Runs) != len(p.Gears) {
+		t.Errorf("simulate --json: %+v", sim)
+	}
+	for i, r := range sim.Runs {
+		if r.Gear != p.Gears[i].ID || r.QPS != 3*p.Gears[i].MaxQPS || r.Result.P95Ms <= 0 || len(r.Result.Stages) != len(p.Gears[i].Cascade) ||
+			r.MeetsSLO != (r.Result.P95Ms <= p.SLO.P95Ms && r.Result.Dropped == 0) {
+			t.Errorf("simulate --json run %d: %+v", i, r)
+		}
 	}
 
 	stdout, _, err = runPlanCLI(t, "simulate", "--plan", out, "--scale", "3", "--duration", "200ms")

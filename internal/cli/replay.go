@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
+
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
@@ -70,6 +72,7 @@ type replayConfig struct {
 	batch      int
 	threads    int
 	outputKind string
+	quiet      bool
 }
 
 func replayCommand() command {
@@ -96,6 +99,7 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	fs.IntVar(&c.batch, "batch", 256, "items per ONNX Runtime call")
 	fs.IntVar(&c.threads, "threads", 1, "ONNX Runtime intra-op threads per model")
 	fs.StringVar(&c.outputKind, "output-kind", "", "override how outputs are read: auto, logits or probabilities (default: model metadata, else auto)")
+	fs.BoolVar(&c.quiet, "quiet", false, "no progress bar")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -129,7 +133,21 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 
 	fmt.Fprintf(env.Stderr, "replay: %d items of %s, %d models\n", set.Len(), desc, len(models))
 	opts := onnxrt.SessionOptions{IntraOpThreads: c.threads, OutputKind: c.outputKind}
-	r, stats, err := computeReplay(ctx, rt, models, set, c.batch, opts, env.Stderr)
+	progress := &replayProgress{w: env.Stderr}
+	if !c.quiet {
+		progress.bar = progressbar.NewOptions(len(models)*set.Len(),
+			progressbar.OptionSetWriter(env.Stderr),
+			progressbar.OptionSetDescription("replay"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionShowIts(),
+			progressbar.OptionSetItsString("items"),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionSetElapsedTime(true),
+			progressbar.OptionClearOnFinish(),
+		)
+		defer progress.bar.Finish()
+	}
+	r, stats, err := computeReplay(ctx, rt, models, set, c.batch, opts, progress)
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
@@ -332,14 +350,42 @@ type replayStat struct {
 	itemsPerSec float64
 }
 
+// replayProgress reports a replay's progress on w: a line per model done
+// and, when bar is set, a bar over the items of every model.
+type replayProgress struct {
+	w     io.Writer
+	bar   *progressbar.ProgressBar
+	model string // the model the bar's description names
+}
+
+// ran counts n more items run by model.
+func (p *replayProgress) ran(model string, n int) {
+	if p.bar == nil {
+		return
+	}
+	if model != p.model {
+		p.model = model
+		p.bar.Describe(fmt.Sprintf("replay %-12s", model))
+	}
+	p.bar.Add(n)
+}
+
+// printf writes a line above the bar.
+func (p *replayProgress) printf(format string, args ...any) {
+	if p.bar != nil {
+		p.bar.Clear()
+	}
+	fmt.Fprintf(p.w, format, args...)
+}
+
 // computeReplay runs every model over every item of set, batch items per
-// call, and returns the replay. Progress lines go to progress.
+// call, and returns the replay, reporting its progress.
 func computeReplay(ctx context.Context, rt *onnxrt.Runtime, models []replayModel, set *dataset.Set, batch int,
-	opts onnxrt.SessionOptions, progress io.Writer) (*plan.Replay, []replayStat, error) {
+	opts onnxrt.SessionOptions, progress *replayProgress) (*plan.Replay, []replayStat, error) {
 	r := &plan.Replay{Labels: set.Labels, Probs: map[string][]float32{}}
 	var stats []replayStat
 	for _, m := range models {
-		probs, classes, secs, err := runModel(ctx, rt, m, set, batch, opts)
+		probs, classes, secs, err := runModel(ctx, rt, m, set, batch, opts, progress)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -358,7 +404,7 @@ func computeReplay(ctx context.Context, rt *onnxrt.Runtime, models []replayModel
 		}
 		st := replayStat{name: m.name, accuracy: float64(correct) / float64(set.Len()), itemsPerSec: float64(set.Len()) / secs}
 		stats = append(stats, st)
-		fmt.Fprintf(progress, "replay: %-12s accuracy %6.2f%%  %8.0f items/s\n", m.name, 100*st.accuracy, st.itemsPerSec)
+		progress.printf("replay: %-12s accuracy %6.2f%%  %8.0f items/s\n", m.name, 100*st.accuracy, st.itemsPerSec)
 	}
 	for i, l := range r.Labels {
 		if int(l) >= r.Classes {
@@ -371,7 +417,7 @@ func computeReplay(ctx context.Context, rt *onnxrt.Runtime, models []replayModel
 // runModel returns the model's probabilities for every item of set, its number
 // of classes and the seconds spent in inference.
 func runModel(ctx context.Context, rt *onnxrt.Runtime, m replayModel, set *dataset.Set, batch int,
-	opts onnxrt.SessionOptions) ([]float32, int, float64, error) {
+	opts onnxrt.SessionOptions, progress *replayProgress) ([]float32, int, float64, error) {
 	sess, err := rt.Open(m.name, m.onnx, opts)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("open model %q: %w", m.name, err)
@@ -393,6 +439,7 @@ func runModel(ctx context.Context, rt *onnxrt.Runtime, m replayModel, set *datas
 		if _, err := sess.Run(set.Data[from*size:to*size], to-from, probs[from*k:to*k]); err != nil {
 			return nil, 0, 0, err
 		}
+		progress.ran(m.name, to-from)
 	}
 	return probs, k, time.Since(start).Seconds(), nil
 }

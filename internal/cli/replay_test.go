@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
@@ -219,5 +221,30 @@ func TestReplayRejectsMismatchedModel(t *testing.T) {
 	}
 	if _, statErr := os.Stat(out); !errors.Is(statErr, os.ErrNotExist) {
 		t.Fatalf("replay file written despite the error (%v)", statErr)
+	}
+}
+
+// TestReplayShowsProgress: replay draws a progress bar over the items of
+// every model on stderr, unless --quiet.
+func TestReplayShowsProgress(t *testing.T) {
+	requireORT(t)
+	for _, quiet := range []bool{false, true} {
+		var stdout, stderr bytes.Buffer
+		env := Env{Stdout: &stdout, Stderr: &stderr, Getenv: os.Getenv}
+		args := []string{"replay", "--split", "mnist-test", "--range", "0:64", "--batch", "16", "--out", filepath.Join(t.TempDir(), "r.csreplay.gz")}
+		if quiet {
+			args = append(args, "--quiet")
+		}
+		if err := Run(context.Background(), env, args); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, stderr.String())
+		}
+		total := fmt.Sprintf("/%d", 64*len(mnist.Ladder()))
+		bar := strings.Contains(stderr.String(), total) && strings.Contains(stderr.String(), "replay "+mnist.Ladder()[0])
+		if bar == quiet {
+			t.Errorf("quiet %v: progress bar shown %v:\n%q", quiet, bar, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), "replay: "+mnist.Ladder()[0]) || !strings.Contains(stdout.String(), "wrote ") {
+			t.Errorf("quiet %v: per-model lines or summary missing:\n%s\n%s", quiet, stderr.String(), stdout.String())
+		}
 	}
 }

@@ -23,7 +23,8 @@ runners of every model, to check how a plan scales out. Prints per gear the
 latency percentiles, throughput, utilisation and predicted accuracy. With the
 plan's runners shared by every model (runner_pool "shared", the default), the
 utilisation column gives each stage's part of the pool and, after "=", the
-pool's; per model, each model's own runners.
+pool's; per model, each model's own runners. --json prints the same as JSON,
+with every simulation's full result.
 
 LOADS (unscaled requests/s) is a comma-separated list (100,500,900) or a
 range MIN:MAX:N of N evenly spaced loads.`
@@ -47,6 +48,7 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 	loads := fs.String("qps", "", "loads to simulate, unscaled: a list or MIN:MAX:N (default: every gear's max qps)")
 	seed := fs.Uint64("seed", 1, "simulation seed")
 	maxQueue := fs.Int("max-queue", 0, "stream bound per model (0: unbounded)")
+	asJSON := fs.Bool("json", false, "print the results as JSON (every simulation's full result)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -92,9 +94,16 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 		}
 	}
 
-	fmt.Fprintf(env.Stdout, "plan %s: SLO p95 %gms, %d runners × %g, %v per load\n", *planFile, p.SLO.P95Ms, p.Capacity, *scale, *duration)
-	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "gear\tqps\trunners\tp50 ms\tp95 ms\tp99 ms\tthroughput/s\tutilisation %\tmean batch\tdropped\taccuracy %\tSLO")
+	report := simulateReport{
+		Plan: *planFile, SLOP95Ms: p.SLO.P95Ms, Capacity: p.Capacity, Scale: *scale,
+		DurationMs: float64(*duration) / float64(time.Millisecond), Runs: []simulateRun{},
+	}
+	var tw *tabwriter.Writer
+	if !*asJSON {
+		fmt.Fprintf(env.Stdout, "plan %s: SLO p95 %gms, %d runners × %g, %v per load\n", *planFile, p.SLO.P95Ms, p.Capacity, *scale, *duration)
+		tw = tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "gear\tqps\trunners\tp50 ms\tp95 ms\tp99 ms\tthroughput/s\tutilisation %\tmean batch\tdropped\taccuracy %\tSLO")
+	}
 	start := time.Now()
 	for _, r := range runs {
 		if err := ctx.Err(); err != nil {
@@ -107,6 +116,13 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 			return fmt.Errorf("simulate gear %s at %v qps: %w", p.Gears[r.gear].ID, load, err)
 		}
 		g := p.Gears[r.gear]
+		meets := res.P95Ms <= p.SLO.P95Ms && res.Dropped == 0
+		if *asJSON {
+			report.Runs = append(report.Runs, simulateRun{
+				Gear: g.ID, QPS: load, PoolUtilisation: res.MaxUtilisation(), Accuracy: g.Predicted.Accuracy, MeetsSLO: meets, Result: res,
+			})
+			continue
+		}
 		var runners, utils, batches []string
 		for _, s := range res.Stages {
 			runners = append(runners, strconv.Itoa(s.Runners))
@@ -119,16 +135,49 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 			util = fmt.Sprintf("%s=%.0f", util, 100*res.MaxUtilisation())
 		}
 		verdict := "ok"
-		if res.P95Ms > p.SLO.P95Ms || res.Dropped > 0 {
+		if !meets {
 			verdict = "MISS"
 		}
 		fmt.Fprintf(tw, "%s\t%.6g\t%s\t%.3g\t%.3g\t%.3g\t%.6g\t%s\t%s\t%d\t%.2f\t%s\n",
 			g.ID, load, strings.Join(runners, "/"), res.P50Ms, res.P95Ms, res.P99Ms, res.ThroughputQPS,
 			util, strings.Join(batches, "/"), res.Dropped, 100*g.Predicted.Accuracy, verdict)
 	}
-	tw.Flush()
+	if *asJSON {
+		if err := writeJSON(env.Stdout, report); err != nil {
+			return fmt.Errorf("simulate: %w", err)
+		}
+	} else {
+		tw.Flush()
+	}
 	fmt.Fprintf(env.Stderr, "simulated %d loads in %v\n", len(runs), time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// simulateReport is what 'simulate --json' prints.
+type simulateReport struct {
+	Plan       string  `json:"plan"`
+	SLOP95Ms   float64 `json:"slo_p95_ms"`
+	Capacity   int     `json:"capacity"`
+	Scale      float64 `json:"scale"`
+	DurationMs float64 `json:"duration_ms"`
+	// Runs are the simulations, one per load, in the text output's order.
+	Runs []simulateRun `json:"runs"`
+}
+
+// simulateRun is one row of the text output, with the simulator's whole
+// result (per stage: runners, utilisation, mean batch, queueing, ...).
+type simulateRun struct {
+	Gear string `json:"gear"`
+	// QPS is the simulated load, scaled.
+	QPS float64 `json:"qps"`
+	// PoolUtilisation is the busiest runner pool's utilisation (with shared
+	// runners, the pool's; per model, the busiest model's).
+	PoolUtilisation float64 `json:"pool_utilisation"`
+	// Accuracy is the gear's predicted accuracy (0..1).
+	Accuracy float64 `json:"accuracy"`
+	// MeetsSLO: p95 within the plan's SLO and nothing dropped.
+	MeetsSLO bool           `json:"meets_slo"`
+	Result   plan.SimResult `json:"result"`
 }
 
 // parseLoads parses "a,b,c" or "MIN:MAX:N".

@@ -99,6 +99,9 @@ func runUp(ctx context.Context, env Env, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
+	if err := checkListenAddrs(sf.listenAddrs(*httpAddr, *metricsAddr)); err != nil {
+		return err
+	}
 	cfg, err := sf.config(env)
 	if err != nil {
 		return err

@@ -3,7 +3,9 @@
 // read the service's Config from the CASCADE_* environment, set up the
 // logger, the metrics registry and endpoint (/metrics, /healthz, /readyz)
 // and the NATS connection (waiting for the server if it is not up yet), run
-// the service until SIGINT or SIGTERM, and exit non-zero on an error.
+// the service until SIGINT or SIGTERM, and exit non-zero on an error. It
+// also answers --help with the service's environment variables and
+// --version with the build.
 package servicemain
 
 import (
@@ -14,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"sync/atomic"
 	"syscall"
 
@@ -51,8 +54,13 @@ type Deps struct {
 
 // Main runs the service called name with the Config parse reads from the
 // process environment, and exits with status 1 and the error on stderr when
-// it fails.
-func Main[C Config](name string, parse func(environ map[string]string) (C, error), run func(context.Context, C, Deps) error) {
+// it fails. The binary takes no arguments but -h or --help, which print
+// summary and C's environment variables to stdout, and --version; any
+// other argument exits with status 2.
+func Main[C Config](name, summary string, parse func(environ map[string]string) (C, error), run func(context.Context, C, Deps) error) {
+	if done, code := handleArgs(name, summary, reflect.TypeFor[C](), os.Args[1:], os.Stdout, os.Stderr); done {
+		os.Exit(code)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := serve(ctx, name, env.ToMap(os.Environ()), os.Stderr, parse, run)
 	stop()

@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+func runWithOutput(args ...string) (stdout, stderr string, err error) {
+	return runWithOutputContext(context.Background(), args...)
+}
+
+func runWithOutputContext(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	var out, errOut bytes.Buffer
+	env := Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}
+	err = Run(ctx, env, args)
+	return out.String(), errOut.String(), err
+}
+
+// TestHelpGoesToStdout: help that was asked for is printed on stdout and
+// succeeds; a wrong flag is a usage error on stderr, with nothing on stdout.
+func TestHelpGoesToStdout(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"help"}} {
+		stdout, stderr, err := runWithOutput(args...)
+		if err != nil || !strings.Contains(stdout, "Commands:") || stderr != "" {
+			t.Errorf("%v: err %v, stdout %q, stderr %q; want the command list on stdout", args, err, stdout, stderr)
+		}
+	}
+	if stdout, stderr, err := runWithOutput(); !errors.Is(err, ErrUsage) || stdout != "" || !strings.Contains(stderr, "Commands:") {
+		t.Errorf("no command: err %v, stdout %q, stderr %q; want a usage error with the list on stderr", err, stdout, stderr)
+	}
+	cmds := [][]string{{"plan", "show"}}
+	for _, c := range commands() {
+		cmds = append(cmds, []string{c.name})
+	}
+	for _, cmd := range cmds {
+		name := strings.Join(cmd, " ")
+		t.Run(name, func(t *testing.T) {
+			for _, h := range []string{"-h", "--help"} {
+				stdout, stderr, err := runWithOutput(append(cmd, h)...)
+				if err != nil || !strings.HasPrefix(stdout, "Usage: cascadeserve "+name) || !strings.Contains(stdout, "Flags:") || stderr != "" {
+					t.Errorf("%s %s: err %v, stdout %q, stderr %q; want the usage on stdout", name, h, err, stdout, stderr)
+				}
+			}
+			stdout, stderr, err := runWithOutput(append(cmd, "--no-such-flag")...)
+			if !errors.Is(err, ErrUsage) || stdout != "" || !strings.HasPrefix(stderr, "flag provided but not defined: -no-such-flag\n") {
+				t.Errorf("unknown flag: err %v, stdout %q, stderr %q; want a usage error on stderr", err, stdout, stderr)
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"-version"}, {"version"}} {
+		stdout, stderr, err := runWithOutput(args...)
+		if err != nil || !strings.HasPrefix(stdout, "cascadeserve ") || !strings.Contains(stdout, runtime.Version()) || stderr != "" {
+			t.Errorf("%v: err %v, stdout %q, stderr %q; want the build with the Go version", args, err, stdout, stderr)
+		}
+	}
+	if _, _, err := runWithOutput("version", "extra"); !errors.Is(err, ErrUsage) {
+		t.Errorf("version extra: err %v, want a usage error", err)
+	}
+}

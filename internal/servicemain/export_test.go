@@ -1,0 +1,4 @@
+package servicemain
+
+// HandleArgs is handleArgs, for the external tests.
+var HandleArgs = handleArgs
