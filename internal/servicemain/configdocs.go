@@ -36,6 +36,7 @@ var configDocs = map[string]string{
 	"ingress.Config.JobsRetryDelay":      "JobsRetryDelay is the first redelivery delay of a job that could not be routed because the first stage's queue was full or NATS was unavailable (CASCADE_INGRESS_JOBS_RETRY_DELAY, default 1s); it doubles with every delivery, up to 30s.",
 	"ingress.Config.LogFormat":           "LogFormat is text or json (CASCADE_LOG_FORMAT).",
 	"ingress.Config.LogLevel":            "LogLevel is debug, info, warn or error (CASCADE_LOG_LEVEL).",
+	"ingress.Config.MaxBatchItems":       "MaxBatchItems bounds the items of one batched request (an input of shape [N, item shape...]; CASCADE_INGRESS_MAX_BATCH_ITEMS, default 1024).",
 	"ingress.Config.MaxBodyBytes":        "MaxBodyBytes is the largest request body accepted over HTTP and NATS (CASCADE_INGRESS_MAX_BODY_BYTES, default 4 MiB); larger bodies are answered invalid_input (HTTP 413).",
 	"ingress.Config.MaxInFlight":         "MaxInFlight bounds the NATS request-reply requests this instance handles at once (CASCADE_INGRESS_MAX_IN_FLIGHT, default 4096); beyond it requests are answered overloaded.",
 	"ingress.Config.MaxTimeout":          "MaxTimeout caps every request's deadline at admission + MaxTimeout (CASCADE_MAX_TIMEOUT, default 60s). Longer requests are capped, not refused.",
