@@ -32,6 +32,13 @@ type LoadConfig struct {
 	Warmup      time.Duration
 	Duration    time.Duration
 	MaxRequests int
+	// UINT8Scale > 0 sends items as 8-bit values when they are exactly
+	// such (the plan's uint8_scale), as an image producer would.
+	UINT8Scale float64
+	// RequestItems > 1 sends that many items per request, one batched
+	// input (the producer's side of the batch axis); rates, counts and
+	// throughput stay in items.
+	RequestItems int
 	// Timeout is each request's deadline (default 30s, far above any
 	// latency of a healthy run, so no answer is degraded by it).
 	Timeout time.Duration
@@ -105,6 +112,8 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 		Timeout:     cfg.Timeout,
 		Seed:        cfg.Seed,
 		Client:      "bench",
+		BatchItems:  cfg.RequestItems,
+		UINT8Scale:  cfg.UINT8Scale,
 	}
 	if cfg.Concurrency <= 0 {
 		if !(cfg.QPS > 0) {

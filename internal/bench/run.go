@@ -50,6 +50,10 @@ type Config struct {
 	// Concurrency is the closed loop's requests in flight; 0: 2 × the
 	// gear's max batch × Runners.
 	Concurrency int
+	// RequestItems > 1 sends that many items per request (a batched
+	// input) in the saturated and half-load runs; the idle run sends lone
+	// items. Default 1.
+	RequestItems int
 	// Warmup (default 3s) and Duration (default 15s) of each saturated
 	// pipeline run; the warm-up's results are discarded. The half-load run
 	// has the same warm-up.
@@ -222,7 +226,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 func pipeline(ctx context.Context, cfg Config, p *plan.Plan, g plan.Gear, progress func(string, ...any)) (GearRun, error) {
 	conc := cfg.Concurrency
 	if conc <= 0 {
-		conc = 2 * maxBatch(g) * cfg.Runners
+		// 2 × max batch × runners items in flight, in requests of
+		// RequestItems items.
+		conc = max(2*maxBatch(g)*cfg.Runners/max(cfg.RequestItems, 1), 2)
 	}
 	stages := StageIndex(g)
 	progress("whole pipeline, gear %s (%s), %d in flight, %v warm-up + %v...", g.ID, plan.CascadeString(g.Cascade), conc, cfg.Warmup, cfg.Duration)
@@ -230,7 +236,7 @@ func pipeline(ctx context.Context, cfg Config, p *plan.Plan, g plan.Gear, progre
 		out := GearRun{Gear: g.ID, Cascade: plan.CascadeString(g.Cascade)}
 		var err error
 		out.Load, err = Load(ctx, sys.Conn, LoadConfig{
-			Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: conc,
+			Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: conc, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale,
 			Warmup: cfg.Warmup, Duration: cfg.Duration, Stages: stages,
 		})
 		if err != nil {
@@ -239,7 +245,7 @@ func pipeline(ctx context.Context, cfg Config, p *plan.Plan, g plan.Gear, progre
 		if half := out.Load.Throughput / 2; cfg.HalfLoad > 0 && half > 0 {
 			progress("  gear %s at half load: Poisson %.0f/s, %v warm-up + %v...", g.ID, half, cfg.Warmup, cfg.HalfLoad)
 			run, err := Load(ctx, sys.Conn, LoadConfig{
-				Pipeline: p.Pipeline, Items: cfg.Items, QPS: half, Warmup: cfg.Warmup, Duration: cfg.HalfLoad, Stages: stages,
+				Pipeline: p.Pipeline, Items: cfg.Items, QPS: half, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale, Warmup: cfg.Warmup, Duration: cfg.HalfLoad, Stages: stages,
 			})
 			if err != nil {
 				return out, fmt.Errorf("half load: %w", err)
@@ -249,7 +255,7 @@ func pipeline(ctx context.Context, cfg Config, p *plan.Plan, g plan.Gear, progre
 		if cfg.IdleRequests > 0 {
 			progress("  gear %s at idle: %d requests one at a time...", g.ID, cfg.IdleRequests)
 			run, err := Load(ctx, sys.Conn, LoadConfig{
-				Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: 1, MaxRequests: cfg.IdleRequests, Stages: stages,
+				Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: 1, MaxRequests: cfg.IdleRequests, Stages: stages, UINT8Scale: p.Input.UINT8Scale,
 			})
 			if err != nil {
 				return out, fmt.Errorf("idle: %w", err)

@@ -68,7 +68,8 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	checkPlan := fs.Bool("check-plan", false, "check the plan's predictions for one gear against the live pipeline instead")
 	planFile := fs.String("plan", envOr(env, "CASCADE_PLAN", ""), "gear plan file (default: the built-in MNIST plan)")
 	runners := fs.Int("runners", 2, "stage worker runners (and in-process sessions)")
-	concurrency := fs.Int("concurrency", 0, "closed-loop requests in flight (default 2 × max batch × runners)")
+	concurrency := fs.Int("concurrency", 0, "closed-loop requests in flight (default 2 × max batch × runners items, in requests of --request-items)")
+	requestItems := fs.Int("request-items", 1, "items per request in the saturated and half-load runs: >1 sends batched inputs [N, item shape] (the producer's batch axis)")
 	warmup := fs.Duration("warmup", 0, "warm-up before each measured load phase, discarded; 0: none (default 3s; 2s with --check-plan)")
 	duration := fs.Duration("duration", 0, "measured phase of each load run (default 15s per gear; 10s per rate with --check-plan)")
 	jsonFile := fs.String("json", "", "also write the numbers as JSON to this file")
@@ -112,6 +113,9 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	if *size < 8 {
 		return fmt.Errorf("%w: --size must be at least 8 bytes (the message's index), got %d", ErrUsage, *size)
 	}
+	if *requestItems < 1 || *requestItems > 1024 {
+		return fmt.Errorf("%w: --request-items must be in [1,1024]", ErrUsage)
+	}
 	if *concurrency < 0 || *warmup < 0 || *duration < 0 || *compute < 0 || *capacity < 0 || *halfLoad < 0 || *idle < 0 {
 		return fmt.Errorf("%w: --concurrency, --warmup, --duration, --compute, --capacity, --half-load and --idle cannot be negative", ErrUsage)
 	}
@@ -152,7 +156,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 			PlanFile: *planFile, Runners: *runners, Baseline: *baseline,
 			Broker:          bench.BrokerConfig{Messages: *messages, Size: *size, PubBatch: *pubBatch, FetchBatch: *fetchBatch, Rounds: *rounds},
 			Ceiling:         bench.CeilingConfig{Batches: bs, Rounds: *rounds, Fetchers: *fetchers, Messages: *hopMessages},
-			ComputeDuration: *compute, Concurrency: *concurrency, Warmup: warm, Duration: *duration,
+			ComputeDuration: *compute, Concurrency: *concurrency, RequestItems: *requestItems, Warmup: warm, Duration: *duration,
 			HalfLoad: orNone(*halfLoad), IdleRequests: orNone(*idle),
 			Logger: logger, Progress: env.Stderr,
 		}

@@ -82,6 +82,15 @@ type Config struct {
 	// Warmup excludes results of requests sent in the first Warmup from the
 	// latency statistics.
 	Warmup time.Duration
+	// UINT8Scale > 0 sends items as UINT8 (value / UINT8Scale, a quarter of
+	// the bytes of FP32) when every value of the request is such a byte
+	// exactly, as a producer of 8-bit images does; the pipeline scales them
+	// back (its plan's uint8_scale must be the same).
+	UINT8Scale float64
+	// BatchItems > 1 sends that many consecutive items per request, as one
+	// batched input [BatchItems, item shape...]; rates, Sent and outcomes
+	// then count items, Concurrency counts requests.
+	BatchItems int
 }
 
 // Outcome is one request's result as seen by the load generator.
@@ -192,9 +201,30 @@ func percentile(l []time.Duration, q float64) time.Duration {
 	return l[min(max(i, 0), len(l)-1)]
 }
 
+// inputTensor is values as a UINT8 tensor when scale > 0 and every value
+// is a whole multiple of it in [0, 255], else as FP32.
+func inputTensor(shape []int64, values []float32, scale float64) wire.Tensor {
+	if scale > 0 {
+		b := make([]byte, len(values))
+		ok := true
+		for i, v := range values {
+			q := math.Round(float64(v) / scale)
+			if q < 0 || q > 255 || math.Abs(float64(v)-q*scale) > 1e-6 {
+				ok = false
+				break
+			}
+			b[i] = byte(q)
+		}
+		if ok {
+			return wire.Tensor{Datatype: wire.UINT8, Shape: shape, Data: b}
+		}
+	}
+	return wire.FP32Tensor(shape, values)
+}
+
 type pending struct {
-	index int
-	sent  time.Time
+	indexes []int
+	sent    time.Time
 }
 
 // Run sends load to the pipeline over nc until the duration or request
@@ -253,29 +283,44 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 		}
 		delete(inflight, key)
 		answeredKeys[key] = true
-		o := Outcome{Index: p.index, Sent: p.sent, Latency: now.Sub(p.sent), Warmup: p.sent.Sub(start) < cfg.Warmup}
-		switch {
-		case decodeErr != nil:
-			o.Code = wire.CodeInternal
-		case res.Error != nil:
-			o.Code = res.Error.Code
-		default:
-			o.Label, o.Gear, o.AnsweredBy, o.Degraded = res.Label, res.Gear, res.AnsweredBy, res.Degraded
-			o.Correct = int32(res.Label) == cfg.Items.Labels[p.index]
-		}
-		outcomes = append(outcomes, o)
-		if o.Code != "" {
-			errs++
-			errCount[o.Code]++
-		} else {
-			answered++
-			winAns++
-			lastGear = o.Gear
-			if o.Correct {
-				correct++
+		results := []wire.Result{res}
+		if len(p.indexes) > 1 {
+			results = res.Items
+			if decodeErr == nil && res.Error == nil && len(results) != len(p.indexes) {
+				decodeErr = fmt.Errorf("batch of %d answered with %d results", len(p.indexes), len(results))
 			}
-			if !o.Warmup {
-				window = append(window, o.Latency)
+		}
+		for k, index := range p.indexes {
+			o := Outcome{Index: index, Sent: p.sent, Latency: now.Sub(p.sent), Warmup: p.sent.Sub(start) < cfg.Warmup}
+			var r *wire.Result
+			if k < len(results) {
+				r = &results[k]
+			}
+			switch {
+			case decodeErr != nil || r == nil && res.Error == nil:
+				o.Code = wire.CodeInternal
+			case res.Error != nil:
+				o.Code = res.Error.Code
+			case r.Error != nil:
+				o.Code = r.Error.Code
+			default:
+				o.Label, o.Gear, o.AnsweredBy, o.Degraded = r.Label, r.Gear, r.AnsweredBy, r.Degraded
+				o.Correct = int32(r.Label) == cfg.Items.Labels[index]
+			}
+			outcomes = append(outcomes, o)
+			if o.Code != "" {
+				errs++
+				errCount[o.Code]++
+			} else {
+				answered++
+				winAns++
+				lastGear = o.Gear
+				if o.Correct {
+					correct++
+				}
+				if !o.Warmup {
+					window = append(window, o.Latency)
+				}
 			}
 		}
 		mu.Unlock()
@@ -293,9 +338,20 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 	sub.SetPendingLimits(-1, -1)
 
 	var seq atomic.Int64
+	batch := max(cfg.BatchItems, 1)
 	send := func(i int) error {
+		indexes := make([]int, batch)
+		var values []float32
+		for k := range indexes {
+			indexes[k] = (i + k) % cfg.Items.Len()
+			values = append(values, cfg.Items.Item(indexes[k])...)
+		}
+		shape := cfg.Items.ItemShape
+		if batch > 1 {
+			shape = append([]int64{int64(batch)}, shape...)
+		}
 		req := wire.Request{
-			Input:               wire.FP32Tensor(cfg.Items.ItemShape, cfg.Items.Item(i)),
+			Input:               inputTensor(shape, values, cfg.UINT8Scale),
 			TimeoutMs:           cfg.Timeout.Milliseconds(),
 			Client:              cfg.Client,
 			ReturnProbabilities: cfg.ReturnProbabilities,
@@ -306,7 +362,7 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 		}
 		key := fmt.Sprint(seq.Add(1))
 		mu.Lock()
-		inflight[key] = pending{index: i, sent: time.Now()}
+		inflight[key] = pending{indexes: indexes, sent: time.Now()}
 		mu.Unlock()
 		return nc.PublishMsg(&nats.Msg{Subject: wire.InferSubject(cfg.Pipeline), Reply: inbox + "." + key, Data: b})
 	}
@@ -361,7 +417,7 @@ sending:
 			if err := send(sent % cfg.Items.Len()); err != nil {
 				return Report{}, fmt.Errorf("loadgen: send: %w", err)
 			}
-			sent++
+			sent += batch
 			continue
 		}
 		// Open loop: send every arrival that is due, then sleep until the next.
@@ -369,8 +425,8 @@ sending:
 			if err := send(sent % cfg.Items.Len()); err != nil {
 				return Report{}, fmt.Errorf("loadgen: send: %w", err)
 			}
-			sent++
-			rate := cfg.Schedule(next.Sub(start))
+			sent += batch
+			rate := cfg.Schedule(next.Sub(start)) / float64(batch)
 			if rate <= 0 {
 				rate = 0.1
 			}
@@ -406,7 +462,11 @@ sending:
 	tick(time.Now())
 	mu.Lock()
 	defer mu.Unlock()
-	rep := Report{Duration: sendEnd.Sub(start), Sent: sent, Answered: answered, Lost: len(inflight), Duplicates: dups, Outcomes: slices.Clone(outcomes)}
+	lost := 0
+	for _, p := range inflight {
+		lost += len(p.indexes)
+	}
+	rep := Report{Duration: sendEnd.Sub(start), Sent: sent, Answered: answered, Lost: lost, Duplicates: dups, Outcomes: slices.Clone(outcomes)}
 	if answered > 0 {
 		// Served throughput counts until the last answer arrived.
 		last := start
