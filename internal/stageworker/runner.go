@@ -155,10 +155,29 @@ func (r *runner) serve(ctx context.Context, i int) bool {
 			break
 		}
 	}
+	// Envelopes come whole: when a pull brought more items than the batch
+	// holds, the envelopes past it wait in hand for the next batch.
+	if n := splitAt(tasks, pol.MaxBatch); n < len(tasks) {
+		r.pending[i] = append(r.pending[i], tasks[n:]...)
+		tasks = tasks[:n]
+	}
 	if len(tasks) > 0 {
 		r.process(i, tasks)
 	}
 	return ok
+}
+
+// splitAt returns how many of tasks, at least one, fit in a batch of
+// maxBatch items.
+func splitAt(tasks []*task, maxBatch int) int {
+	items := 0
+	for k, t := range tasks {
+		items += t.size()
+		if items > maxBatch && k > 0 {
+			return k
+		}
+	}
+	return len(tasks)
 }
 
 // fetch pulls up to count items of model h, waiting at most wait (0: only

@@ -37,6 +37,36 @@ func admitImages(t *testing.T, e *testEnv, model, admittedGear string, n int, de
 	return ids
 }
 
+// admitEnvelopes admits images [0,n) of set to model's queue as the ingress
+// does, in envelopes of size items each (Nats-Msg-Id the envelope's ID),
+// durable and with the test reply subject.
+func admitEnvelopes(t *testing.T, e *testEnv, model, admittedGear string, n, size int, deadline time.Time) []string {
+	t.Helper()
+	set := images(t, n)
+	codec := wire.NewCodec()
+	var ids []string
+	for start := 0; start < n; start += size {
+		env := &wire.Envelope{ID: fmt.Sprintf("env-%d", start/size)}
+		for i := start; i < min(start+size, n); i++ {
+			it := newItem(e.plan, fmt.Sprintf("img-%d", i), admittedGear, set.Item(i), deadline)
+			it.ReplyTo, it.Durable = replySubject, true
+			ids = append(ids, it.ID)
+			env.Items = append(env.Items, *it)
+		}
+		b, err := codec.EncodeEnvelope(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := nats.NewMsg(wire.ModelSubject(e.plan.Pipeline, model))
+		m.Data = b
+		m.Header.Set(wire.HeaderMsgID, env.ID)
+		if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
+			t.Fatalf("admit %s: %v", env.ID, err)
+		}
+	}
+	return ids
+}
+
 // TestGearSwitchTwoWorkers switches gears back and forth while two workers
 // watch, checks both apply every switch, and logs the apply latency
 // (controller write → worker applied) percentiles. There is no timed
@@ -247,17 +277,25 @@ func TestCrashMidBatchRedelivers(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		afterPublish bool
+		envelope     int // items per admitted envelope; 0: version 1 single items
 	}{
-		{"before publish", false},
-		{"after publish before ack", true},
+		{"before publish", false, 0},
+		{"after publish before ack", true, 0},
+		{"envelopes, before publish", false, 8},
+		{"envelopes, after publishing escalations before ack", true, 8},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := gear("g", 100, 16, 5, "linear", 0.9, "mlp_small", 0.8, "mlp")
 			p := testPlan(t, []plan.Gear{g})
 			e := startEnv(t, p, natsbus.TopologyConfig{AckWait: time.Second})
 			rep := e.listen(t, replySubject)
-			const n = 60
-			ids := admitImages(t, e, "linear", g.ID, n, time.Now().Add(2*time.Minute), nil)
+			const n = 64
+			var ids []string
+			if tc.envelope > 0 {
+				ids = admitEnvelopes(t, e, "linear", g.ID, n, tc.envelope, time.Now().Add(2*time.Minute))
+			} else {
+				ids = admitImages(t, e, "linear", g.ID, n, time.Now().Add(2*time.Minute), nil)
+			}
 
 			nc, err := nats.Connect(e.srv.URL)
 			if err != nil {
@@ -299,10 +337,27 @@ func TestCrashMidBatchRedelivers(t *testing.T) {
 				}
 			}
 			redelivered := b.counter("cascade_worker_redeliveries_total")
-			t.Logf("crashed with %d items in the batch; worker B saw %v redeliveries; %d replies (core NATS may repeat) for %d requests",
+			t.Logf("crashed with %d messages in the batch; worker B saw %v redeliveries; %d replies (core NATS may repeat) for %d requests",
 				inBatch, redelivered, k, n)
 			if redelivered < 1 {
 				t.Error("worker B saw no redelivery")
+			}
+			// No second escalation: every item that reached a later model
+			// was computed there once (worker A died before computing
+			// anything after the crash point).
+			for _, model := range []string{"mlp_small", "mlp"} {
+				visited := 0
+				for _, rs := range durable {
+					for _, v := range rs[0].Visits {
+						if v.Model == model {
+							visited++
+						}
+					}
+				}
+				computed := b.counter("cascade_worker_items_total", "model", model)
+				if int(computed) != visited {
+					t.Errorf("%s computed %v items, but %d results visited it: an escalation was repeated", model, computed, visited)
+				}
 			}
 		})
 	}
