@@ -148,7 +148,7 @@ func (in *ingress) prepare(a admission) (*wire.Item, string, error) {
 	}
 	r := a.req
 	if a.replyTo != "" {
-		if err := wire.CheckReplySubject(in.cfg.InboxPrefix, a.replyTo); err != nil {
+		if err := wire.CheckReplySubject(in.cfg.InboxPrefixes, a.replyTo); err != nil {
 			return nil, "", wire.Errorf(wire.CodeInvalidInput, "%v", err)
 		}
 	}

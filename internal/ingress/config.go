@@ -52,13 +52,15 @@ type Config struct {
 	// (CASCADE_INGRESS_INSTANCE; a wire token). Empty: a random NUID.
 	Instance string `env:"INGRESS_INSTANCE"`
 
-	// InboxPrefix is the prefix of every reply subject the ingress answers
-	// on (CASCADE_INBOX_PREFIX, default "_INBOX."; the stage workers must
-	// use the same). A request-reply message whose reply subject is not a
-	// literal subject under it, or lies under a subject space the services
-	// own (cascade.>, $KV.>, $JS.>, ...), is refused unread and counted; its
-	// own results are received under InboxPrefix + instance.
-	InboxPrefix string `env:"INBOX_PREFIX" envDefault:"_INBOX."`
+	// InboxPrefixes are the prefixes of every reply subject the ingress
+	// answers on (CASCADE_INBOX_PREFIX, comma-separated, default
+	// "_INBOX.,_R_.": clients' inboxes, and the replies of requests that came
+	// through a service import; the stage workers must use the same). A
+	// request-reply message whose reply subject is not a literal subject
+	// under one, or lies under a subject space the services own
+	// (cascade.>, $KV.>, $JS.>, ...), is refused unread and counted; the
+	// ingress's own results are received under the first prefix + instance.
+	InboxPrefixes []string `env:"INBOX_PREFIX" envSeparator:"," envDefault:"_INBOX.,_R_."`
 	// PendingMsgs and PendingBytes are the request subscription's pending
 	// limits in the NATS client (CASCADE_INGRESS_PENDING_MSGS, default
 	// 65536; CASCADE_INGRESS_PENDING_BYTES, default 256 MiB). Past half of
@@ -179,7 +181,7 @@ func (c Config) Validate() error {
 	if c.Instance != "" && !wire.ValidToken(c.Instance) {
 		bad("CASCADE_INGRESS_INSTANCE %q: want 1-64 letters, digits, '-' or '_'", c.Instance)
 	}
-	if err := wire.CheckInboxPrefix(c.InboxPrefix); err != nil {
+	if err := wire.CheckInboxPrefixes(c.InboxPrefixes); err != nil {
 		bad("CASCADE_INBOX_PREFIX: %v", err)
 	}
 	if c.MaxBatchItems < 1 || c.MaxBatchItems > 65536 {

@@ -100,7 +100,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("ingress: %w", err)
 	}
 
-	if in.replies, err = newReplyMux(deps.Conn, cfg.InboxPrefix+in.instance+"."); err != nil {
+	if in.replies, err = newReplyMux(deps.Conn, cfg.InboxPrefixes[0]+in.instance+"."); err != nil {
 		return fmt.Errorf("ingress: %w", err)
 	}
 	defer func() { _ = in.replies.close() }()

@@ -20,7 +20,7 @@ func (in *ingress) onRequest(msg *nats.Msg) {
 		in.logger.Debug("dropping a message without a reply subject", "subject", msg.Subject)
 		return
 	}
-	if err := wire.CheckReplySubject(in.cfg.InboxPrefix, msg.Reply); err != nil {
+	if err := wire.CheckReplySubject(in.cfg.InboxPrefixes, msg.Reply); err != nil {
 		// Answering would publish where the producer says: into another
 		// client's results, the control bucket or a model's queue. Nothing
 		// is sent; the refusal is counted and logged (at most once a second).

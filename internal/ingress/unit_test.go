@@ -18,7 +18,7 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Pipeline != "mnist" || cfg.HTTPAddr != "127.0.0.1:8080" || cfg.MetricsAddr != "127.0.0.1:9092" || cfg.InboxPrefix != wire.DefaultInboxPrefix || cfg.DefaultTimeout != 5*time.Second ||
+	if cfg.Pipeline != "mnist" || cfg.HTTPAddr != "127.0.0.1:8080" || cfg.MetricsAddr != "127.0.0.1:9092" || strings.Join(cfg.InboxPrefixes, ",") != "_INBOX.,_R_." || cfg.DefaultTimeout != 5*time.Second ||
 		cfg.MaxTimeout != time.Minute || cfg.MaxBodyBytes != 4<<20 || cfg.StatsInterval != 100*time.Millisecond || cfg.JobsBatch != 64 {
 		t.Fatalf("defaults = %+v", cfg)
 	}

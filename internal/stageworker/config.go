@@ -61,11 +61,12 @@ type Config struct {
 	// (CASCADE_ONNXRUNTIME_LIB). Empty: onnxrt.FindLibrary's search.
 	ONNXRuntimeLib string `env:"ONNXRUNTIME_LIB"`
 
-	// InboxPrefix is the prefix every reply subject of an item must have
-	// (CASCADE_INBOX_PREFIX, default "_INBOX."; the same as the ingress's).
-	// An item whose reply subject is not a literal subject under it is
-	// invalid: the worker never publishes there.
-	InboxPrefix string `env:"INBOX_PREFIX" envDefault:"_INBOX."`
+	// InboxPrefixes are the prefixes one of which every reply subject of an
+	// item must have (CASCADE_INBOX_PREFIX, comma-separated, default
+	// "_INBOX.,_R_."; the same as the ingress's). An item whose reply subject
+	// is not a literal subject under one is invalid: the worker never
+	// publishes there.
+	InboxPrefixes []string `env:"INBOX_PREFIX" envSeparator:"," envDefault:"_INBOX.,_R_."`
 
 	// IdleWait is how long one pull for a first item blocks when a runner
 	// has nothing to do, and how stale a model's backlog estimate may get
@@ -118,7 +119,7 @@ func (c Config) Validate() error {
 	if !wire.ValidToken(c.Pipeline) {
 		bad("CASCADE_PIPELINE %q is not a valid pipeline name", c.Pipeline)
 	}
-	if err := wire.CheckInboxPrefix(c.InboxPrefix); err != nil {
+	if err := wire.CheckInboxPrefixes(c.InboxPrefixes); err != nil {
 		bad("CASCADE_INBOX_PREFIX: %v", err)
 	}
 	var level slog.Level

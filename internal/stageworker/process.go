@@ -523,7 +523,7 @@ func (w *worker) addResult(it *itemTask, res *wire.Result) {
 
 // replyRefused says why the worker must not answer on subject, or nil.
 func (w *worker) replyRefused(subject string) error {
-	return wire.CheckReplySubject(w.cfg.InboxPrefix, subject)
+	return wire.CheckReplySubject(w.cfg.InboxPrefixes, subject)
 }
 
 func truncate(s string) string {

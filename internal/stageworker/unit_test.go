@@ -207,7 +207,7 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 	want := Config{
 		NATSURL: "nats://127.0.0.1:4222", Pipeline: "mnist", MetricsAddr: "127.0.0.1:9090", LogLevel: "info", LogFormat: "text",
-		Runners: 2, Threads: 1, Provider: "cpu", InboxPrefix: wire.DefaultInboxPrefix, IdleWait: 100 * time.Millisecond, NakDelay: time.Second, PublishTimeout: 5 * time.Second,
+		Runners: 2, Threads: 1, Provider: "cpu", InboxPrefixes: wire.DefaultInboxPrefixes, IdleWait: 100 * time.Millisecond, NakDelay: time.Second, PublishTimeout: 5 * time.Second,
 	}
 	if fmt.Sprint(cfg) != fmt.Sprint(want) {
 		t.Errorf("defaults\n got %+v\nwant %+v", cfg, want)

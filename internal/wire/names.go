@@ -144,10 +144,18 @@ type IngressStats struct {
 	AtUnixNano int64  `json:"at_ns"`
 }
 
-// DefaultInboxPrefix is the prefix every reply subject must have unless a
-// deployment configures another (CASCADE_INBOX_PREFIX): the services answer
-// only on inbox subjects, never on subjects they own.
+// DefaultInboxPrefix is the prefix of the clients' inboxes: the services
+// answer only on inbox subjects, never on subjects they own.
 const DefaultInboxPrefix = "_INBOX."
+
+// ServiceImportReplyPrefix is the prefix nats-server gives the reply
+// subject of a request that reached this account through a service import
+// (a producer account importing the intake): an inbox too.
+const ServiceImportReplyPrefix = "_R_."
+
+// DefaultInboxPrefixes are the reply prefixes the services accept unless a
+// deployment configures others (CASCADE_INBOX_PREFIX).
+var DefaultInboxPrefixes = []string{DefaultInboxPrefix, ServiceImportReplyPrefix}
 
 // ErrReplySubject marks a reply subject the services refuse to answer on.
 var ErrReplySubject = errors.New("reply subject refused")
@@ -175,14 +183,22 @@ func CheckInboxPrefix(prefix string) error {
 
 // CheckReplySubject reports whether the services may answer on subject: a
 // literal subject (no wildcards, no empty tokens or white space) of at most
-// 256 bytes under prefix (an inbox prefix that passed CheckInboxPrefix),
-// with at least one token after it. Errors wrap ErrReplySubject.
-func CheckReplySubject(prefix, subject string) error {
-	switch {
-	case len(subject) > 256:
+// 256 bytes under one of prefixes (inbox prefixes that passed
+// CheckInboxPrefix), with at least one token after it. Errors wrap
+// ErrReplySubject.
+func CheckReplySubject(prefixes []string, subject string) error {
+	if len(subject) > 256 {
 		return fmt.Errorf("%w: %d bytes, the limit is 256", ErrReplySubject, len(subject))
-	case !strings.HasPrefix(subject, prefix) || len(subject) == len(prefix):
-		return fmt.Errorf("%w: %q is not an inbox under %q", ErrReplySubject, truncateName(subject), prefix)
+	}
+	under := false
+	for _, p := range prefixes {
+		if strings.HasPrefix(subject, p) && len(subject) > len(p) {
+			under = true
+			break
+		}
+	}
+	if !under {
+		return fmt.Errorf("%w: %q is not an inbox under %s", ErrReplySubject, truncateName(subject), strings.Join(prefixes, " or "))
 	}
 	if err := checkTokens(subject); err != nil {
 		return fmt.Errorf("%w: %q: %v", ErrReplySubject, truncateName(subject), err)
@@ -190,6 +206,20 @@ func CheckReplySubject(prefix, subject string) error {
 	for _, owned := range ownedPrefixes {
 		if strings.HasPrefix(subject, owned) {
 			return fmt.Errorf("%w: %q is under %q", ErrReplySubject, truncateName(subject), owned+">")
+		}
+	}
+	return nil
+}
+
+// CheckInboxPrefixes validates a configured list of inbox prefixes: at
+// least one, each passing CheckInboxPrefix.
+func CheckInboxPrefixes(prefixes []string) error {
+	if len(prefixes) == 0 {
+		return errors.New("no inbox prefix")
+	}
+	for _, p := range prefixes {
+		if err := CheckInboxPrefix(p); err != nil {
+			return err
 		}
 	}
 	return nil

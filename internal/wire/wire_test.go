@@ -353,6 +353,8 @@ func TestCheckReplySubject(t *testing.T) {
 	}{
 		{"_INBOX.abc", true},
 		{"_INBOX.billing.abc.1", true},
+		{"_R_.abc.def", true},
+		{"_R_.", false},
 		{"_INBOX.", false},
 		{"_INBOX", false},
 		{"_INBOX.>", false},
@@ -365,7 +367,7 @@ func TestCheckReplySubject(t *testing.T) {
 		{"other.subject", false},
 		{"_INBOX." + strings.Repeat("x", 300), false},
 	} {
-		err := wire.CheckReplySubject(wire.DefaultInboxPrefix, c.subject)
+		err := wire.CheckReplySubject(wire.DefaultInboxPrefixes, c.subject)
 		if (err == nil) != c.ok {
 			t.Errorf("CheckReplySubject(%q) = %v, want ok %v", c.subject, err, c.ok)
 		}
