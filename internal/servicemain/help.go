@@ -12,7 +12,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 )
 
-//go:generate go test -run TestConfigDocsAreCurrent -update .
+//go:generate go test -run "TestConfigDocsAreCurrent|TestREADMEConfigTableIsCurrent" -update .
 
 // Var is one environment variable of a service's Config.
 type Var struct {
