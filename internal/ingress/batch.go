@@ -1,7 +1,6 @@
 package ingress
 
 import (
-	"context"
 	"slices"
 	"time"
 
@@ -62,56 +61,72 @@ func (in *ingress) handleBatch(msg *nats.Msg, req *wire.Request, n int, start ti
 		in.replyError(msg, false, req, err)
 		return
 	}
-	type slot struct {
-		item   *wire.Item
-		ticket *ticket
-		ch     <-chan *nats.Msg
-		cancel func()
-		res    *wire.Result
-	}
-	slots := make([]slot, n)
-	defer func() {
-		for _, s := range slots {
-			if s.cancel != nil {
-				s.cancel()
-			}
-		}
-	}()
+	// One reply subject for the whole batch: the workers send the results
+	// of its items that one batch of theirs answered as one message.
+	subject, replies, cancel := in.replies.registerMany(n)
+	defer cancel()
+	out := &wire.Result{ID: req.ID, Pipeline: in.cfg.Pipeline, Client: req.Client, Items: make([]wire.Result, n)}
+	done := make([]bool, n)
+	pending := 0
+	var tickets []*ticket
+	var indexes []int
+	deadline := time.Time{}
 	for i := range reqs {
-		subject, ch, cancel := in.replies.register()
-		slots[i].ch, slots[i].cancel = ch, cancel
 		it, first, err := in.prepare(admission{door: doorNATS, req: &reqs[i], start: start, replyTo: subject})
 		if err != nil {
 			in.countRejected(doorNATS, err)
-			slots[i].res = in.itemError(req, err)
+			out.Items[i], done[i] = *in.itemError(req, err), true
 			continue
 		}
-		slots[i].item, slots[i].ticket = it, in.envelopes.add(it, first)
+		it.ReplyBatched, it.BatchIndex = true, i
+		if d := time.Unix(0, it.DeadlineUnixNano); d.After(deadline) {
+			deadline = d
+		}
+		tickets = append(tickets, in.envelopes.add(it, first))
+		indexes = append(indexes, i)
 	}
-	for i := range slots {
-		if slots[i].ticket == nil {
-			continue
-		}
-		if err := slots[i].ticket.wait(); err != nil {
+	for k, tk := range tickets {
+		i := indexes[k]
+		if err := tk.wait(); err != nil {
 			in.countRejected(doorNATS, err)
-			slots[i].res = in.itemError(req, err)
-			slots[i].ticket = nil
+			out.Items[i], done[i] = *in.itemError(req, err), true
 			continue
 		}
+		pending++
 		in.countAdmitted(doorNATS)
 		in.metrics.admission.WithLabelValues(doorNATS).Observe(in.now().Sub(start).Seconds())
 	}
-	out := &wire.Result{ID: req.ID, Pipeline: in.cfg.Pipeline, Client: req.Client, Items: make([]wire.Result, n)}
-	for i := range slots {
-		s := &slots[i]
-		if s.ticket != nil {
-			res, err := in.await(context.Background(), s.ch, s.item)
-			if err != nil {
-				res = in.itemError(req, err)
+	timer := time.NewTimer(max(time.Until(deadline)+in.cfg.ReplyGrace, 0))
+	defer timer.Stop()
+collect:
+	for pending > 0 {
+		select {
+		case msg := <-replies:
+			var res wire.Result
+			if err := wire.DecodeResultBody(msg.Header.Get(wire.HeaderContentType), msg.Data, &res); err != nil {
+				in.logger.Warn("undecodable result of a batch item", "id", req.ID, "err", err)
+				continue
 			}
-			s.res = res
+			group := []wire.Result{res}
+			if msg.Header.Get(wire.HeaderResultBatch) != "" {
+				group = res.Items
+			}
+			for _, r := range group {
+				if r.Index >= 0 && r.Index < n && !done[r.Index] {
+					out.Items[r.Index], done[r.Index] = r, true
+					pending--
+				}
+			}
+		case <-timer.C:
+			break collect
+		case <-in.abort:
+			break collect
 		}
-		out.Items[i] = *s.res
+	}
+	for i := range done {
+		if !done[i] {
+			out.Items[i] = *in.itemError(req, wire.Errorf(wire.CodeDeadlineExceeded, "no result for item %d of %s by its deadline", i, req.ID))
+		}
 	}
 	now := in.now()
 	out.AdmittedUnixNano, out.CompletedUnixNano, out.TotalNs = start.UnixNano(), now.UnixNano(), now.Sub(start).Nanoseconds()

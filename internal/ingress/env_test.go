@@ -306,6 +306,9 @@ func (e *testEnv) respondAfter(t testing.TB, model string, gate <-chan struct{})
 					if it.ReturnProbabilities {
 						res.Probabilities = vals[:3]
 					}
+					if it.ReplyBatched {
+						res.Index = it.BatchIndex // as one result; workers may also group them
+					}
 					// Encoded as the stage worker does: in the item's result
 					// format, with its Content-Type.
 					b, contentType, err := codec.EncodeResultAs(res, it.ResultFormat)

@@ -20,12 +20,13 @@ type replyMux struct {
 
 	mu      sync.Mutex
 	waiting map[string]chan *nats.Msg
+	many    map[string]struct{} // tokens of batches: kept until cancelled
 }
 
 // newReplyMux subscribes to prefix + ">" (the inbox prefix and the
 // instance, ending in '.').
 func newReplyMux(nc *nats.Conn, prefix string) (*replyMux, error) {
-	m := &replyMux{prefix: prefix, waiting: map[string]chan *nats.Msg{}}
+	m := &replyMux{prefix: prefix, waiting: map[string]chan *nats.Msg{}, many: map[string]struct{}{}}
 	sub, err := nc.Subscribe(m.prefix+">", m.deliver)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe reply inbox: %w", err)
@@ -43,10 +44,34 @@ func (m *replyMux) deliver(msg *nats.Msg) {
 	token := msg.Subject[len(m.prefix):]
 	m.mu.Lock()
 	ch, ok := m.waiting[token]
-	delete(m.waiting, token)
+	if _, many := m.many[token]; !many {
+		delete(m.waiting, token)
+	}
 	m.mu.Unlock()
 	if ok {
-		ch <- msg // buffered 1, and the token is removed: never blocks
+		select {
+		case ch <- msg: // buffered: 1 for a single result, n for a batch
+		default: // more messages than results expected: a repeat
+		}
+	}
+}
+
+// registerMany returns a fresh reply subject for the results of a batch of
+// n items, which may arrive in up to n messages (workers send the results
+// of one batch's items together), and the channel they arrive on; cancel
+// forgets it.
+func (m *replyMux) registerMany(n int) (subject string, results <-chan *nats.Msg, cancel func()) {
+	token := nuid.Next()
+	ch := make(chan *nats.Msg, n)
+	m.mu.Lock()
+	m.waiting[token] = ch
+	m.many[token] = struct{}{}
+	m.mu.Unlock()
+	return m.prefix + token, ch, func() {
+		m.mu.Lock()
+		delete(m.waiting, token)
+		delete(m.many, token)
+		m.mu.Unlock()
 	}
 }
 

@@ -36,6 +36,9 @@ type task struct {
 	// inboxes), sent once every js publish is acknowledged.
 	js   []*nats.Msg
 	core []*nats.Msg
+	// grouped are the results of items of batched requests (ReplyBatched),
+	// by reply subject: sent as one message per subject after js.
+	grouped map[string][]wire.Result
 	// escalations are the escalation envelopes among js, to answer their
 	// items degraded if the next queue is full.
 	escalations []escalation
@@ -426,7 +429,7 @@ func (w *worker) answerRejected(h *hosted, t *task) bool {
 	if t.err != nil {
 		return false // redelivered anyway
 	}
-	t.js, t.core = nil, nil
+	t.js, t.core, t.grouped = nil, nil, nil
 	queued := false
 	for _, e := range t.escalations {
 		if !e.rejected {
@@ -515,10 +518,38 @@ func (w *worker) addResult(it *itemTask, res *wire.Result) {
 			w.logger.Warn("not answering on a refused reply subject", "id", item.ID, "err", err)
 			return
 		}
+		if item.ReplyBatched {
+			r := *res
+			r.Index = item.BatchIndex
+			if t.grouped == nil {
+				t.grouped = map[string][]wire.Result{}
+			}
+			t.grouped[item.ReplyTo] = append(t.grouped[item.ReplyTo], r)
+			return
+		}
 		m := nats.NewMsg(item.ReplyTo)
 		fill(m)
 		t.core = append(t.core, m)
 	}
+}
+
+// groupedReplies turns a task's grouped results into one message per reply
+// subject: a msgpack Result whose Items are the results (each with its
+// Index), Content-Type msgpack.
+func (w *worker) groupedReplies(t *task) {
+	for subject, results := range t.grouped {
+		b, err := w.codec.EncodeResult(&wire.Result{Pipeline: w.cfg.Pipeline, Items: results})
+		if err != nil {
+			t.fail(fmt.Errorf("encode grouped results for %s: %w", subject, err))
+			continue
+		}
+		m := nats.NewMsg(subject)
+		m.Data = b
+		m.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
+		m.Header.Set(wire.HeaderResultBatch, strconv.Itoa(len(results)))
+		t.core = append(t.core, m)
+	}
+	t.grouped = nil
 }
 
 // replyRefused says why the worker must not answer on subject, or nil.
@@ -606,6 +637,7 @@ func (w *worker) publish(tasks []*task) {
 		if t.err != nil && !errors.Is(t.err, errPermanent) {
 			continue
 		}
+		w.groupedReplies(t)
 		for _, m := range t.core {
 			if err := w.nc.PublishMsg(m); err != nil {
 				t.fail(fmt.Errorf("reply to %s: %w", m.Subject, err))
@@ -707,7 +739,7 @@ func (w *worker) settle(h *hosted, c *control, t *task) {
 // caller takes the first answer).
 func (w *worker) deadLetter(h *hosted, c *control, t *task) error {
 	cause := t.err
-	t.js, t.core, t.err, t.escalations = nil, nil, nil, nil
+	t.js, t.core, t.err, t.escalations, t.grouped = nil, nil, nil, nil, nil
 	t.js = append(t.js, w.deadLetterMsg(h, t, cause.Error()))
 	for _, it := range t.items {
 		w.addResult(it, w.errorResult(c, it.item, w.now(), wire.Errorf(wire.CodeInternal,

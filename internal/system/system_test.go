@@ -296,3 +296,42 @@ func TestPartitionedQueues(t *testing.T) {
 		t.Errorf("the unpartitioned stream of %s exists beside its partitions", first)
 	}
 }
+
+// TestBatchedRequestsThroughTheCascade sends MNIST images 16 to a request,
+// as 8-bit batched inputs, through the real cascade: every item gets
+// exactly one result, in its place, and the answers are as accurate as the
+// gear promises.
+func TestBatchedRequestsThroughTheCascade(t *testing.T) {
+	sys := startPlan(t, filepath.Join("..", "..", "models", "mnist", mnist.HandwrittenPlanFile), 1, nil, nil)
+	p := sys.Plan
+	images, err := mnist.TestImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
+		Pipeline: p.Pipeline, Items: images, Concurrency: 8, MaxRequests: 2048, BatchItems: 16,
+		UINT8Scale: p.Input.UINT8Scale, Timeout: time.Minute, Seed: 5,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sent != 2048 || rep.Lost != 0 || rep.Duplicates != 0 || len(rep.Outcomes) != rep.Sent {
+		t.Fatalf("sent %d items, results %d, lost %d, duplicates %d", rep.Sent, len(rep.Outcomes), rep.Lost, rep.Duplicates)
+	}
+	if errs := rep.ErrorCounts(); len(errs) != 0 {
+		t.Fatalf("error results: %v", errs)
+	}
+	seen := map[int]int{}
+	for _, o := range rep.Outcomes {
+		seen[o.Index]++
+	}
+	if len(seen) != 2048 {
+		t.Errorf("%d distinct images answered, want 2048", len(seen))
+	}
+	if acc := rep.Accuracy(); acc < 0.95 {
+		t.Errorf("accuracy %.4f, want at least 0.95", acc)
+	}
+	t.Logf("2048 items in 128 requests: accuracy %.2f%%, %.0f items/s", 100*rep.Accuracy(), rep.Throughput())
+}

@@ -20,6 +20,10 @@ const (
 	// HeaderExpectedStream makes JetStream refuse a publish that another
 	// stream would store.
 	HeaderExpectedStream = "Nats-Expected-Stream"
+	// HeaderResultBatch marks a reply that carries the results of several
+	// items of one batched request (their count): a Result whose Items
+	// hold them, each with its Index.
+	HeaderResultBatch = "Cascade-Result-Batch"
 	// HeaderError carries the error code on an error reply.
 	HeaderError = "Cascade-Error"
 )

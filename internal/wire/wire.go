@@ -211,6 +211,12 @@ type Item struct {
 	ReplyTo string `msgpack:"reply_to,omitempty"`
 	// Durable asks for the result on the results stream (jobs).
 	Durable bool `msgpack:"durable,omitempty"`
+	// BatchIndex, when ReplyBatched, is the item's position in its batched
+	// request. Every item of the batch has the same ReplyTo; the workers
+	// send the results for one reply subject together, as one Result whose
+	// Items carry their BatchIndex, instead of a message per item.
+	ReplyBatched bool `msgpack:"reply_batched,omitempty"`
+	BatchIndex   int  `msgpack:"batch_index,omitempty"`
 	// ResultFormat is the encoding of the item's results, wherever they
 	// go (Codec.EncodeResultAs): ResultFormatMsgpack (empty, a msgpack
 	// Result) or ResultFormatJSON (the OIP v2 JSON response body). The
@@ -288,6 +294,8 @@ type Result struct {
 	// fields above then carry only the request's id, pipeline, client and
 	// end-to-end times, or an Error that refused the whole request.
 	Items []Result `msgpack:"items,omitempty" json:"items,omitempty"`
+	// Index is the item's position in its batched request (in Items).
+	Index int `msgpack:"index,omitempty" json:"index,omitempty"`
 }
 
 // GearState is the value of the KV key `gear`, written by the controller
