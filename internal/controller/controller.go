@@ -70,6 +70,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		cons:    map[string]jetstream.Consumer{},
 		latches: map[string]string{},
 	}
+	c.topo.Logger = c.log
 	if err := c.ensure(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -59,6 +60,10 @@ type TopologyConfig struct {
 	// MaxAckPending caps un-acked messages per consumer over all replicas
 	// (default 4096; must be ≥ replicas × max batch × 2).
 	MaxAckPending int
+	// Logger receives what EnsureTopology does best effort: moving the
+	// leaders of a model's partition streams apart in a cluster (default
+	// slog.Default()).
+	Logger *slog.Logger
 }
 
 // WithDefaults returns c with zero fields set to their defaults.
@@ -229,20 +234,28 @@ func KVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 
 // EnsureTopology creates or updates every stream, consumer and bucket the
 // plan needs. It is idempotent: running it again with the same plan changes
-// nothing. Only the controller calls it.
+// nothing. In a cluster it also spreads the leaders of each model's
+// partition streams over the nodes (best effort: a leader it cannot move is
+// logged, not an error). Only the controller calls it.
 func EnsureTopology(ctx context.Context, js jetstream.JetStream, p *plan.Plan, c TopologyConfig) (jetstream.KeyValue, error) {
 	c = c.WithDefaults()
 	parts := p.QueuePartitions()
 	for _, m := range p.UsedModels() {
+		streams := make([]string, parts)
 		for part := range parts {
-			s, err := js.CreateOrUpdateStream(ctx, ModelPartitionStreamConfig(p.Pipeline, m, part, parts, c))
+			cfg := ModelPartitionStreamConfig(p.Pipeline, m, part, parts, c)
+			s, err := js.CreateOrUpdateStream(ctx, cfg)
 			if err != nil {
 				return nil, fmt.Errorf("ensure stream of model %q (partition %d): %w", m, part, err)
 			}
 			if _, err := s.CreateOrUpdateConsumer(ctx, ModelConsumerConfig(m, c)); err != nil {
 				return nil, fmt.Errorf("ensure consumer of model %q (partition %d): %w", m, part, err)
 			}
+			streams[part] = cfg.Name
 		}
+		// In a cluster, partition k's leader goes to the k-th node (best
+		// effort), so a model's queue is served by every node.
+		spreadLeaders(ctx, js, streams, c.Logger)
 	}
 	jobs, err := js.CreateOrUpdateStream(ctx, JobsStreamConfig(p.Pipeline, c))
 	if err != nil {
