@@ -47,6 +47,11 @@ type LoadConfig struct {
 	// Stages, when set, maps a model to its stage index (from 0) in the
 	// gear served, so the report can count JetStream hops per request.
 	Stages map[string]int
+	// Abort, when set, is shown a snapshot of each phase about every
+	// quarter second; true stops that phase's sending (its replies are
+	// still awaited) and marks the run aborted. An aborted warm-up skips
+	// the measured phase. It bounds a run that overloads the pipeline.
+	Abort func(loadgen.Snapshot) bool
 }
 
 // LoadRun is what a load run measured.
@@ -78,6 +83,8 @@ type LoadRun struct {
 	// StagesPerRequest is the mean number of stages an answer went through
 	// (each one JetStream hop), when LoadConfig.Stages is set.
 	StagesPerRequest float64 `json:"stages_per_request,omitempty"`
+	// Aborted: LoadConfig.Abort stopped the run early.
+	Aborted bool `json:"aborted,omitempty"`
 }
 
 // Percentiles summarise a set of latencies.
@@ -121,16 +128,43 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 		}
 		lc.Schedule = loadgen.Constant(cfg.QPS)
 	}
+	// phase runs one phase, stopped early when cfg.Abort says so.
+	aborted := false
+	phase := func(lc loadgen.Config) (loadgen.Report, error) {
+		if cfg.Abort == nil {
+			return loadgen.Run(ctx, nc, lc)
+		}
+		pctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		lc.TickEvery = 250 * time.Millisecond
+		lc.Tick = func(s loadgen.Snapshot) {
+			if !aborted && cfg.Abort(s) {
+				aborted = true
+				cancel()
+			}
+		}
+		return loadgen.Run(pctx, nc, lc)
+	}
 	if cfg.Warmup > 0 {
 		w := lc
 		w.Duration = cfg.Warmup
 		w.Seed = cfg.Seed + 1000
-		if _, err := loadgen.Run(ctx, nc, w); err != nil {
+		if _, err := phase(w); err != nil {
 			return LoadRun{}, fmt.Errorf("warm-up: %w", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return LoadRun{}, err
+		}
+		if aborted {
+			run := LoadRun{Concurrency: cfg.Concurrency, Aborted: true, Errors: map[string]int{}}
+			if cfg.Concurrency <= 0 {
+				run.OfferedQPS = cfg.QPS
+			}
+			return run, nil
 		}
 	}
 	lc.Duration, lc.MaxRequests = cfg.Duration, cfg.MaxRequests
-	rep, err := loadgen.Run(ctx, nc, lc)
+	rep, err := phase(lc)
 	if err != nil {
 		return LoadRun{}, err
 	}
@@ -138,6 +172,7 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 		return LoadRun{}, err
 	}
 	run := LoadRun{
+		Aborted:     aborted,
 		Concurrency: cfg.Concurrency,
 		Seconds:     rep.Duration.Seconds(),
 		Sent:        rep.Sent,

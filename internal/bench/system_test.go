@@ -4,10 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -179,5 +182,120 @@ func TestCheckPlanServesLikeTheInProcessCascade(t *testing.T) {
 	}
 	if want := (l.MeasuredP95Ms - l.PredictedP95Ms) / l.PredictedP95Ms; l.RelErr != want {
 		t.Errorf("relative error %v, want %v", l.RelErr, want)
+	}
+}
+
+// TestCheckKneesReportsEachGear runs a tiny knee search on the real
+// system: the report's shape and sanity only, no performance.
+func TestCheckKneesReportsEachGear(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a whole system")
+	}
+	lib := ortLibrary(t)
+	file := smallPlanFile(t)
+	p, err := plan.LoadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var progress strings.Builder
+	const budget = 4 * time.Second
+	k, err := CheckKnees(ctx, KneeConfig{
+		PlanFile: file, Gears: []string{"one"}, ONNXRuntimeLib: lib, Items: testImages(t, 500), RequestItems: 4,
+		Warmup: -1, Duration: time.Second, Budget: budget, TempDir: t.TempDir(), Progress: &progress,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := k.Settings
+	if s.SLOP95Ms != p.SLO.P95Ms || s.RequestItems != 4 || s.UINT8 != (p.Input.UINT8Scale > 0) || s.WarmupSeconds != 0 || s.DurationSeconds != 1 ||
+		s.Factor != 1.5 || s.Resolution != 0.05 || s.Tolerance != 0.15 || s.MaxErrorRate != 0.001 {
+		t.Errorf("settings %+v", s)
+	}
+	if len(k.Gears) != 1 {
+		t.Fatalf("gears %+v, want one", k.Gears)
+	}
+	g := k.Gears[0]
+	if g.Gear != "one" || g.PlannedQPS != 400 || g.PredictedAccuracy != 0.92 || len(g.Probes) == 0 || g.Probes[0].Load != 400 || g.Stopped == "" {
+		t.Fatalf("gear %+v, want probes from its max_qps 400", g)
+	}
+	// The budget bounds the search: probes start while they fit, and one
+	// overloaded is cut short.
+	if g.Seconds > (budget + 10*time.Second).Seconds() {
+		t.Errorf("search took %.1fs with a budget of %v", g.Seconds, budget)
+	}
+	for _, pr := range g.Probes {
+		r := pr.Run
+		if r.OfferedQPS != pr.Load || r.Sent%4 != 0 || !r.Aborted && (r.Answered == 0 || r.Answered+r.ErrorCount()+r.Lost != r.Sent) {
+			t.Errorf("probe %+v: want a Poisson run at its load in requests of 4 items, each item accounted for", pr)
+		}
+		if pr.OK != (probeVerdict(r, p.SLO.P95Ms, 0.001).OK) {
+			t.Errorf("probe %+v judged inconsistently", pr)
+		}
+		if r.Answered > 0 && r.ByGear["one"] != r.Answered {
+			t.Errorf("probe %+v answered by %v, want gear one", pr, r.ByGear)
+		}
+	}
+	if g.Ratio != g.KneeQPS/g.PlannedQPS {
+		t.Errorf("ratio %v, want %v / %v", g.Ratio, g.KneeQPS, g.PlannedQPS)
+	}
+	if g.KneeQPS > 0 && (!(g.P95Ms > 0) || g.P95Ms > p.SLO.P95Ms || !(g.Accuracy > 0.8) || !(g.ServedQPS > 0)) {
+		t.Errorf("at the knee %+v: want its probe's p95 within the SLO and its accuracy", g)
+	}
+	if g.FirstMissQPS > 0 && g.FirstMissQPS <= g.KneeQPS {
+		t.Errorf("first miss %v at or below the knee %v", g.FirstMissQPS, g.KneeQPS)
+	}
+	if g.Verdict != KneePass && g.Verdict != KneeMiss && g.Verdict != KneeUnresolved {
+		t.Errorf("verdict %q", g.Verdict)
+	}
+	if n := strings.Count(progress.String(), "gear one probe "); n != len(g.Probes) {
+		t.Errorf("progress has %d probe lines for %d probes:\n%s", n, len(g.Probes), progress.String())
+	}
+	var table strings.Builder
+	if err := k.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"MEASURED KNEE", "MEASURED/PLANNED", "\none ", "linear", g.Verdict} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	t.Logf("progress:\n%s\n%s", progress.String(), table.String())
+}
+
+// TestLoadAbortCutsARunShort: Abort stops a phase's sending early and
+// marks the run; an aborted warm-up skips the measured phase.
+func TestLoadAbortCutsARunShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a whole system")
+	}
+	lib := ortLibrary(t)
+	file := smallPlanFile(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	items := testImages(t, 100)
+	abort := func(s loadgen.Snapshot) bool { return s.Elapsed > 300*time.Millisecond }
+	sc := Config{PlanFile: file, Runners: 2, ONNXRuntimeLib: lib}.systemConfig("one")
+	_, err := withSystem(ctx, t.TempDir(), sc, func(sys *system.System) (struct{}, error) {
+		start := time.Now()
+		run, err := Load(ctx, sys.Conn, LoadConfig{Pipeline: "mnist", Items: items, QPS: 100, Duration: 20 * time.Second, Abort: abort})
+		if err != nil {
+			return struct{}{}, err
+		}
+		if !run.Aborted || run.Sent == 0 || run.Answered+run.ErrorCount()+run.Lost != run.Sent || time.Since(start) > 10*time.Second {
+			t.Errorf("aborted run %+v after %v, want it cut short with every item accounted for", run, time.Since(start))
+		}
+		run, err = Load(ctx, sys.Conn, LoadConfig{Pipeline: "mnist", Items: items, QPS: 100, Warmup: 20 * time.Second, Duration: 20 * time.Second, Abort: abort})
+		if err != nil {
+			return struct{}{}, err
+		}
+		if !run.Aborted || run.Sent != 0 || run.OfferedQPS != 100 || time.Since(start) > 20*time.Second {
+			t.Errorf("run %+v after %v, want the warm-up cut short and no measured phase", run, time.Since(start))
+		}
+		return struct{}{}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

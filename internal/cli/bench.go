@@ -14,12 +14,14 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/bench"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 )
 
 const benchUsage = `bench [flags]
        cascadeserve bench --check-plan [--gear ID] [flags]
+       cascadeserve bench --check-plan --knee [--gears g1,g6|all] [flags]
 
 Without --check-plan: the end-to-end benchmark. In one run, on this machine:
   1. the broker ceiling, measured as the official tool (nats bench js pub
@@ -53,6 +55,19 @@ With --check-plan: predictions checked against reality for one gear
     (--capacity, default its max_qps in the plan), --warmup discarded then
     --duration measured; measured p95 vs the simulator's p95 (target within
     25%).
+
+With --check-plan --knee: each gear's capacity instead, planned vs
+measured, for --gears (default: every gear of the plan), each pinned on a
+fresh all-in-one system: the highest open-loop Poisson load (items/s) at
+which the live p95 stays within the plan's SLO, nothing is lost and typed
+errors stay ≤ 0.1%. Probes of --warmup (default 2s, discarded) and then
+--knee-duration measured, on the same system, start at the gear's max_qps
+(or --knee-start), step up ×1.5 while within the SLO (down while not), then
+bisect between the last good and the first bad load to 5%; a probe with a
+second of its load in flight is cut short; --knee-budget bounds each gear's
+search. Verdict: measured knee within ±15% of max_qps. --request-items N
+sends N-item requests (loads stay in items/s); inputs go as UINT8 when the
+plan takes them.
 The verdicts are a report: the command fails only if it cannot measure.`
 
 func benchCommand() command {
@@ -75,7 +90,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	jsonFile := fs.String("json", "", "also write the numbers as JSON to this file")
 	logLevel := fs.String("log-level", "warn", "log level of the services (debug, info, warn, error)")
 	// bench only
-	gears := fs.String("gears", "", "comma-separated gear ids to measure (default: the most accurate and the cheapest)")
+	gears := fs.String("gears", "", `comma-separated gear ids to measure, or "all" (default: the most accurate and the cheapest; with --knee every gear)`)
 	baseline := fs.String("baseline", "", `model run alone as the single-model baseline gear (default: the plan's most accurate model, the last of its ladder; "none": no baseline)`)
 	compute := fs.Duration("compute", 2*time.Second, "length of each in-process ONNX Runtime measurement")
 	halfLoad := fs.Duration("half-load", 10*time.Second, "measured phase of each gear's Poisson run at half its saturated requests/s; 0: none")
@@ -95,6 +110,10 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	items := fs.Int("items", mnist.TestItems, "MNIST test images served in the accuracy check (the first N)")
 	capacity := fs.Float64("capacity", 0, "gear capacity in requests/s the fractions refer to (default: its max_qps in the plan)")
 	fractionsFlag := fs.String("fractions", "0.5,0.8", "comma-separated fractions of the capacity for the latency check")
+	knee := fs.Bool("knee", false, "with --check-plan: measure each gear's capacity (the highest Poisson load within the SLO) against its max_qps instead")
+	kneeDuration := fs.Duration("knee-duration", 5*time.Second, "measured phase of each --knee probe, after --warmup")
+	kneeBudget := fs.Duration("knee-budget", 90*time.Second, "time bound of each gear's --knee search")
+	kneeStart := fs.Float64("knee-start", 0, "first load of each --knee search, items/s (default: the gear's max_qps)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
@@ -116,6 +135,12 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	if *requestItems < 1 || *requestItems > 1024 {
 		return fmt.Errorf("%w: --request-items must be in [1,1024]", ErrUsage)
 	}
+	if *knee && !*checkPlan {
+		return fmt.Errorf("%w: --knee goes with --check-plan", ErrUsage)
+	}
+	if *kneeDuration <= 0 || *kneeBudget <= 0 || *kneeStart < 0 {
+		return fmt.Errorf("%w: --knee-duration and --knee-budget must be positive, --knee-start not negative", ErrUsage)
+	}
 	if *concurrency < 0 || *warmup < 0 || *duration < 0 || *compute < 0 || *capacity < 0 || *halfLoad < 0 || *idle < 0 {
 		return fmt.Errorf("%w: --concurrency, --warmup, --duration, --compute, --capacity, --half-load and --idle cannot be negative", ErrUsage)
 	}
@@ -133,8 +158,27 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	var (
 		runCfg   bench.Config
 		checkCfg bench.CheckConfig
+		kneeCfg  bench.KneeConfig
 	)
-	if *checkPlan {
+	gearList := func() []string {
+		if *gears == "" || strings.TrimSpace(*gears) == "all" {
+			return nil
+		}
+		var ids []string
+		for _, id := range strings.Split(*gears, ",") {
+			ids = append(ids, strings.TrimSpace(id))
+		}
+		return ids
+	}
+	if *knee {
+		kneeCfg = bench.KneeConfig{
+			PlanFile: *planFile, Gears: gearList(), Runners: *runners, RequestItems: *requestItems, Start: *kneeStart,
+			Warmup: warm, Duration: *kneeDuration, Budget: *kneeBudget, Logger: logger, Progress: env.Stderr,
+		}
+		if kneeCfg.Gears == nil && *gear != "" {
+			kneeCfg.Gears = []string{*gear}
+		}
+	} else if *checkPlan {
 		fr, err := parseFloats(*fractionsFlag)
 		if err != nil {
 			return fmt.Errorf("%w: --fractions: %w", ErrUsage, err)
@@ -160,8 +204,17 @@ func runBench(ctx context.Context, env Env, args []string) error {
 			HalfLoad: orNone(*halfLoad), IdleRequests: orNone(*idle),
 			Logger: logger, Progress: env.Stderr,
 		}
-		if *gears != "" {
-			runCfg.Gears = strings.Split(*gears, ",")
+		if *gears != "" && strings.TrimSpace(*gears) != "all" {
+			runCfg.Gears = gearList()
+		} else if *gears != "" {
+			// Every gear of the plan.
+			p, err := system.LoadPlan(*planFile)
+			if err != nil {
+				return err
+			}
+			for _, g := range p.Gears {
+				runCfg.Gears = append(runCfg.Gears, g.ID)
+			}
 		}
 		if *only != "" {
 			runCfg.SkipCeiling, runCfg.SkipCompute, runCfg.SkipPipeline = true, true, true
@@ -209,7 +262,12 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		defer pprof.StopCPUProfile()
 	}
 	var result interface{ WriteTable(io.Writer) error }
-	if *checkPlan {
+	if *knee {
+		kneeCfg.ONNXRuntimeLib, kneeCfg.Items = lib, set
+		if result, err = bench.CheckKnees(ctx, kneeCfg); err != nil {
+			return err
+		}
+	} else if *checkPlan {
 		checkCfg.ONNXRuntimeLib = lib
 		if checkCfg.Items, err = set.Slice(0, *items); err != nil {
 			return err

@@ -1,0 +1,383 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/loadgen"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+)
+
+// KneeConfig configures CheckKnees. Zero values take the defaults in the
+// comments.
+type KneeConfig struct {
+	// PlanFile is the plan to check; empty: the built-in MNIST plan.
+	PlanFile string
+	// Gears are the ids of the gears measured (default: every gear of the
+	// plan).
+	Gears []string
+	// Runners is the stage worker's runner count (default 2).
+	Runners int
+	// ONNXRuntimeLib is the ONNX Runtime library of the stage worker
+	// (empty: its own search).
+	ONNXRuntimeLib string
+	// Items are the requests, cycled (default: the 10,000 MNIST test
+	// images).
+	Items *dataset.Set
+	// RequestItems > 1 sends that many items per request (the producer's
+	// batch axis); loads stay in items/s.
+	RequestItems int
+	// Start is the first load probed, items/s (default: the gear's
+	// max_qps in the plan).
+	Start float64
+	// Each probe is open-loop Poisson at its load for Warmup (default 2s,
+	// discarded; < 0: none), then Duration (default 5s) measured. Budget
+	// bounds each gear's search (default 90s); Factor and Resolution are
+	// the search's step and resolution (KneeSearch's defaults).
+	Warmup     time.Duration
+	Duration   time.Duration
+	Budget     time.Duration
+	Factor     float64
+	Resolution float64
+	// MaxErrorRate is the largest fraction of items answered with a typed
+	// error that a probe may have and pass (default 0.001); none may be
+	// lost.
+	MaxErrorRate float64
+	// Tolerance is the largest acceptable |measured / planned − 1| (default
+	// 0.15).
+	Tolerance float64
+
+	TempDir  string
+	Logger   *slog.Logger
+	Progress io.Writer
+}
+
+func (c *KneeConfig) defaults() error {
+	if c.Runners <= 0 {
+		c.Runners = 2
+	}
+	if c.Warmup < 0 {
+		c.Warmup = 0
+	} else if c.Warmup == 0 {
+		c.Warmup = 2 * time.Second
+	}
+	if c.Duration <= 0 {
+		c.Duration = 5 * time.Second
+	}
+	if c.Budget <= 0 {
+		c.Budget = 90 * time.Second
+	}
+	if !(c.Factor > 1) {
+		c.Factor = 1.5
+	}
+	if !(c.Resolution > 0) {
+		c.Resolution = 0.05
+	}
+	if !(c.MaxErrorRate > 0) {
+		c.MaxErrorRate = 0.001
+	}
+	if !(c.Tolerance > 0) {
+		c.Tolerance = 0.15
+	}
+	if c.RequestItems < 1 {
+		c.RequestItems = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.Items == nil {
+		set, err := mnist.TestImages()
+		if err != nil {
+			return err
+		}
+		c.Items = set
+	}
+	return nil
+}
+
+// KneeCheck is the planned against the measured capacity of gears.
+type KneeCheck struct {
+	Environment Environment  `json:"environment"`
+	Settings    KneeSettings `json:"settings"`
+	Gears       []GearKnee   `json:"gears"`
+}
+
+// KneeSettings are the search's settings.
+type KneeSettings struct {
+	SLOP95Ms        float64 `json:"slo_p95_ms"`
+	MaxErrorRate    float64 `json:"max_error_rate"`
+	WarmupSeconds   float64 `json:"warmup_seconds"`
+	DurationSeconds float64 `json:"duration_seconds"`
+	BudgetSeconds   float64 `json:"budget_seconds"`
+	Factor          float64 `json:"factor"`
+	Resolution      float64 `json:"resolution"`
+	Tolerance       float64 `json:"tolerance"`
+	RequestItems    int     `json:"request_items"`
+	UINT8           bool    `json:"uint8_inputs"`
+}
+
+// Verdicts of a gear's capacity.
+const (
+	KneePass       = "PASS"       // measured knee within the tolerance of the plan
+	KneeMiss       = "MISS"       // outside it
+	KneeUnresolved = "UNRESOLVED" // the search's bracket straddles a bound of the tolerance
+)
+
+// GearKnee is one gear's planned and measured capacity.
+type GearKnee struct {
+	Gear    string `json:"gear"`
+	Cascade string `json:"cascade"`
+	// PlannedQPS is the gear's max_qps; KneeQPS the highest load (items/s)
+	// served within the SLO (0: none of the probes), FirstMissQPS the
+	// lowest load above it that was not (0: none, KneeQPS is a lower
+	// bound); Ratio is KneeQPS / PlannedQPS.
+	PlannedQPS   float64 `json:"planned_max_qps"`
+	KneeQPS      float64 `json:"knee_qps"`
+	FirstMissQPS float64 `json:"first_miss_qps,omitempty"`
+	Ratio        float64 `json:"ratio"`
+	// P95Ms, ServedQPS and Accuracy are the probe at the knee's.
+	P95Ms             float64 `json:"p95_ms"`
+	ServedQPS         float64 `json:"served_qps"`
+	Accuracy          float64 `json:"accuracy"`
+	PredictedAccuracy float64 `json:"predicted_accuracy"`
+	// Verdict is KneePass, KneeMiss or KneeUnresolved; Stopped why the
+	// search ended; Seconds its length.
+	Verdict string    `json:"verdict"`
+	Stopped string    `json:"stopped"`
+	Seconds float64   `json:"seconds"`
+	Probes  []KneeRun `json:"probes"`
+}
+
+// KneeRun is one probe: its verdict and the run.
+type KneeRun struct {
+	KneeProbe
+	Run LoadRun `json:"run"`
+}
+
+// Pass reports whether every gear's capacity met the target.
+func (k *KneeCheck) Pass() bool {
+	for _, g := range k.Gears {
+		if g.Verdict != KneePass {
+			return false
+		}
+	}
+	return len(k.Gears) > 0
+}
+
+// kneeVerdict judges a search's result against planned × (1 ± tol). The
+// knee lies in [Knee, Miss) (Miss 0: unbounded): a resolved search is
+// judged on its Knee, an unresolved one passes or misses only when the
+// whole bracket does.
+func kneeVerdict(r KneeResult, planned, tol float64) string {
+	lo, hi := planned*(1-tol), planned*(1+tol)
+	switch {
+	case r.Knee > hi || r.Miss > 0 && r.Miss <= lo:
+		return KneeMiss
+	case r.Knee == 0:
+		return KneeUnresolved
+	case r.Resolved():
+		if r.Knee >= lo {
+			return KneePass
+		}
+		return KneeMiss
+	case r.Knee >= lo && r.Miss > 0 && r.Miss <= hi:
+		return KneePass
+	}
+	return KneeUnresolved
+}
+
+// CheckKnees measures each gear's capacity: on a fresh all-in-one system
+// per gear with the gear pinned, SearchKnee finds the highest open-loop
+// Poisson load (items/s) at which the live p95 stays within the plan's SLO,
+// nothing is lost and at most MaxErrorRate of the items get typed errors,
+// starting from the gear's max_qps and able to go above it. Each probe is a
+// Load run on the same system; one that overloads the pipeline (a second
+// of its load in flight) is cut short. Misses are reported, not returned as
+// errors.
+func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	p, err := system.LoadPlan(cfg.PlanFile)
+	if err != nil {
+		return nil, err
+	}
+	var gears []int
+	if len(cfg.Gears) == 0 {
+		for i := range p.Gears {
+			gears = append(gears, i)
+		}
+	} else if gears, err = pickGears(p, cfg.Gears); err != nil {
+		return nil, err
+	}
+	out := &KneeCheck{
+		Environment: environment(p, cfg.PlanFile, cfg.Runners),
+		Settings: KneeSettings{
+			SLOP95Ms: p.SLO.P95Ms, MaxErrorRate: cfg.MaxErrorRate, WarmupSeconds: cfg.Warmup.Seconds(),
+			DurationSeconds: cfg.Duration.Seconds(), BudgetSeconds: cfg.Budget.Seconds(), Factor: cfg.Factor,
+			Resolution: cfg.Resolution, Tolerance: cfg.Tolerance, RequestItems: cfg.RequestItems, UINT8: p.Input.UINT8Scale > 0,
+		},
+	}
+	if cfg.ONNXRuntimeLib != "" {
+		if rt, err := onnxrt.NewRuntime(cfg.ONNXRuntimeLib); err == nil {
+			out.Environment.ORTVersion = rt.Version()
+			rt.Close()
+		}
+	}
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
+	}
+	sc := Config{PlanFile: cfg.PlanFile, Runners: cfg.Runners, ONNXRuntimeLib: cfg.ONNXRuntimeLib, TempDir: cfg.TempDir, Logger: cfg.Logger}
+	for _, gi := range gears {
+		g := p.Gears[gi]
+		gk, err := withSystem(ctx, cfg.TempDir, sc.systemConfig(g.ID), func(sys *system.System) (GearKnee, error) {
+			return gearKnee(ctx, cfg, p, g, sys, progress)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("capacity of gear %s: %w", g.ID, err)
+		}
+		out.Gears = append(out.Gears, gk)
+	}
+	return out, nil
+}
+
+// gearKnee searches one gear's knee on a system serving it.
+func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sys *system.System, progress func(string, ...any)) (GearKnee, error) {
+	out := GearKnee{Gear: g.ID, Cascade: plan.CascadeString(g.Cascade), PlannedQPS: g.MaxQPS, PredictedAccuracy: g.Predicted.Accuracy}
+	start := cfg.Start
+	if !(start > 0) {
+		start = g.MaxQPS
+	}
+	slo := p.SLO.P95Ms
+	stages := StageIndex(g)
+	progress("capacity of gear %s (%s), planned %.0f items/s: Poisson probes from %.0f/s, %v warm-up + %v each, budget %v...",
+		g.ID, out.Cascade, g.MaxQPS, start, cfg.Warmup, cfg.Duration, cfg.Budget)
+	runs := map[float64]LoadRun{}
+	probe := func(ctx context.Context, load float64) (KneeProbe, error) {
+		// Overloaded: more than a second of the load (at least 20 SLOs) in
+		// flight; the p95 is lost, and waiting longer only grows the
+		// backlog the next probe would inherit.
+		limit := load * max(1, 20*slo/1000)
+		run, err := Load(ctx, sys.Conn, LoadConfig{
+			Pipeline: p.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale,
+			Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: uint64(len(runs) + 1), Stages: stages,
+			Abort: func(s loadgen.Snapshot) bool { return float64(s.Sent-s.Answered-s.Errors) > limit },
+		})
+		if err != nil {
+			return KneeProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
+		}
+		runs[load] = run
+		pr := probeVerdict(run, slo, cfg.MaxErrorRate)
+		state := "within SLO"
+		if !pr.OK {
+			state = "MISS: " + pr.Reason
+		}
+		progress("  gear %s probe %d: %.0f items/s offered, %.0f/s served, p95 %.1f ms, %s errors, %d lost: %s",
+			g.ID, len(runs), load, run.Throughput, run.P95Ms, errorText(run.Errors), run.Lost, state)
+		return pr, nil
+	}
+	res, err := SearchKnee(ctx, KneeSearch{
+		Start: start, Factor: cfg.Factor, Resolution: cfg.Resolution, Budget: cfg.Budget,
+		ProbeTime: cfg.Warmup + cfg.Duration + time.Second,
+	}, probe)
+	if err != nil {
+		return out, err
+	}
+	out.KneeQPS, out.FirstMissQPS, out.Stopped, out.Seconds = res.Knee, res.Miss, res.Stopped, res.Seconds
+	if out.PlannedQPS > 0 {
+		out.Ratio = out.KneeQPS / out.PlannedQPS
+	}
+	if k, ok := runs[res.Knee]; ok && res.Knee > 0 {
+		out.P95Ms, out.ServedQPS, out.Accuracy = k.P95Ms, k.Throughput, k.Accuracy
+	}
+	for _, pr := range res.Probes {
+		out.Probes = append(out.Probes, KneeRun{KneeProbe: pr, Run: runs[pr.Load]})
+	}
+	out.Verdict = kneeVerdict(res, out.PlannedQPS, cfg.Tolerance)
+	progress("  gear %s: knee %.0f items/s (%.2f× planned %.0f), stopped: %s, %.0fs: %s",
+		g.ID, out.KneeQPS, out.Ratio, out.PlannedQPS, out.Stopped, out.Seconds, out.Verdict)
+	return out, nil
+}
+
+// probeVerdict: a probe passes when it was not cut short, nothing was
+// lost, at most maxErr of its items got typed errors, something was
+// answered and the p95 is within the SLO.
+func probeVerdict(run LoadRun, sloMs, maxErr float64) KneeProbe {
+	pr := KneeProbe{P95Ms: run.P95Ms}
+	var why []string
+	if run.Aborted {
+		why = append(why, "overloaded, cut short")
+	}
+	if run.Lost > 0 {
+		why = append(why, fmt.Sprintf("%d lost", run.Lost))
+	}
+	if n := run.ErrorCount(); n > 0 && float64(n) > maxErr*float64(max(run.Sent, 1)) {
+		why = append(why, fmt.Sprintf("errors %.2f%% > %.2f%%", 100*float64(n)/float64(max(run.Sent, 1)), 100*maxErr))
+	}
+	if run.Answered == 0 && !run.Aborted {
+		why = append(why, "nothing answered")
+	}
+	if run.P95Ms > sloMs {
+		why = append(why, fmt.Sprintf("p95 %.1f ms > %.0f ms", run.P95Ms, sloMs))
+	}
+	pr.OK = len(why) == 0
+	pr.Reason = strings.Join(why, ", ")
+	return pr
+}
+
+// WriteTable prints each gear's planned and measured capacity.
+func (k *KneeCheck) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	writeEnvironment(&b, k.Environment)
+	s := k.Settings
+	input := "FP32"
+	if s.UINT8 {
+		input = "UINT8"
+	}
+	fmt.Fprintf(&b, "\nCapacity: highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms, nothing lost, typed errors ≤ %.1f%%;\n",
+		s.SLOP95Ms, 100*s.MaxErrorRate)
+	fmt.Fprintf(&b, "gear pinned on a fresh system; probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per gear; %d %s item(s) per request\n",
+		s.WarmupSeconds, s.DurationSeconds, s.Factor, 100*s.Resolution, s.BudgetSeconds, s.RequestItems, input)
+	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+	fmt.Fprintln(tw, "GEAR\tCASCADE\tPLANNED MAX_QPS\tMEASURED KNEE\tMEASURED/PLANNED\tFIRST MISS\tP95 MS AT KNEE\tACCURACY\tPREDICTED\tPROBES\tSECONDS\tSTOPPED\tVERDICT")
+	for _, g := range k.Gears {
+		knee := fmt.Sprintf("%.0f", g.KneeQPS)
+		if g.FirstMissQPS == 0 && g.KneeQPS > 0 {
+			knee = "≥ " + knee
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.2f\t%s\t%s\t%s\t%.2f%%\t%d\t%.0f\t%s\t%s (±%.0f%%)\n", g.Gear, g.Cascade, g.PlannedQPS, knee, g.Ratio,
+			orDash(g.FirstMissQPS, "%.0f"), orDash(g.P95Ms, "%.1f"), orDash(100*g.Accuracy, "%.2f%%"), 100*g.PredictedAccuracy,
+			len(g.Probes), g.Seconds, g.Stopped, g.Verdict, 100*s.Tolerance)
+	}
+	tw.Flush()
+	fmt.Fprintln(&b, "\nProbes, in order (items/s offered: verdict)")
+	for _, g := range k.Gears {
+		parts := make([]string, len(g.Probes))
+		for i, p := range g.Probes {
+			parts[i] = fmt.Sprintf("%.0f: ok, p95 %.1f ms", p.Load, p.P95Ms)
+			if !p.OK {
+				parts[i] = fmt.Sprintf("%.0f: %s", p.Load, p.Reason)
+			}
+		}
+		fmt.Fprintf(&b, "%s: %s\n", g.Gear, strings.Join(parts, "; "))
+	}
+	overall := "every gear's capacity within the target"
+	if !k.Pass() {
+		overall = "some gears' capacity off the target"
+	}
+	fmt.Fprintf(&b, "\nverdict: %s\n", overall)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
