@@ -31,31 +31,48 @@ type coalescer struct {
 	acked    chan struct{}
 	// next is the partition the next envelope of a model goes to.
 	next map[string]int
-	done chan struct{}
+	// done is closed when the coalescer stops taking items, stopped once
+	// it has published (or answered) every item it took.
+	done    chan struct{}
+	stopped chan struct{}
 }
 
 // ticket is one item waiting for its envelope's PubAck.
 type ticket struct {
-	item  *wire.Item
-	model string
-	size  int
-	err   chan error // buffered 1
+	item    *wire.Item
+	model   string
+	size    int
+	err     chan error // buffered 1
+	stopped <-chan struct{}
 }
 
-// wait blocks until the item's envelope is stored (nil) or failed.
-func (t *ticket) wait() error { return <-t.err }
+// wait blocks until the item's envelope is stored (nil) or failed; an item
+// the coalescer never took, because it stopped, is unavailable.
+func (t *ticket) wait() error {
+	select {
+	case err := <-t.err:
+		return err
+	case <-t.stopped:
+		select {
+		case err := <-t.err:
+			return err
+		default:
+			return wire.Errorf(wire.CodeUnavailable, "ingress shutting down")
+		}
+	}
+}
 
 // itemOverhead approximates an item's encoded bytes besides its input.
 const itemOverhead = 256
 
 func newCoalescer(in *ingress) *coalescer {
 	return &coalescer{in: in, submit: make(chan *ticket, 4096), acked: make(chan struct{}, 1),
-		next: map[string]int{}, done: make(chan struct{})}
+		next: map[string]int{}, done: make(chan struct{}), stopped: make(chan struct{})}
 }
 
 // add queues an item for the first model's next envelope.
 func (c *coalescer) add(it *wire.Item, model string) *ticket {
-	t := &ticket{item: it, model: model, size: len(it.Input.Data) + itemOverhead, err: make(chan error, 1)}
+	t := &ticket{item: it, model: model, size: len(it.Input.Data) + itemOverhead, err: make(chan error, 1), stopped: c.stopped}
 	select {
 	case c.submit <- t:
 	case <-c.done:
@@ -68,6 +85,7 @@ func (c *coalescer) add(it *wire.Item, model string) *ticket {
 // is published.
 func (c *coalescer) run(ctx context.Context) {
 	var wg sync.WaitGroup
+	defer close(c.stopped) // after every PubAck is answered
 	defer wg.Wait()
 	var carry *ticket // first item of the next envelope (another model)
 	for {
