@@ -18,6 +18,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -35,6 +36,7 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	low := fs.Float64("low", 0, "starting and ending load in requests/s (default: 30% of the most accurate gear's max_qps)")
 	peak := fs.Float64("peak", 0, "peak load in requests/s (default: the cheapest gear's max_qps, the top of the planned range, so the load crosses every gear)")
 	timeout := fs.Duration("timeout", 2*time.Second, "per-request deadline")
+	dashAddr := fs.String("dashboard", "", "serve the live dashboard (and /metrics) here while the demo runs, e.g. 127.0.0.1:9090")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
@@ -63,6 +65,16 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	images, err := mnist.TestImages()
 	if err != nil {
 		return err
+	}
+	if *dashAddr != "" {
+		reg := telemetry.NewRegistry()
+		cfg.Registerer = reg
+		cfg.HTTP = telemetry.Handler(reg)
+		sctx, stop := context.WithCancel(ctx)
+		served := make(chan error, 1)
+		go func() { served <- telemetry.Serve(sctx, *dashAddr, telemetry.HTTPSecurity{}, cfg.HTTP, cfg.Logger) }()
+		defer func() { stop(); <-served }()
+		fmt.Fprintf(env.Stdout, "Dashboard: http://%s/dashboard\n", *dashAddr)
 	}
 	fmt.Fprintln(env.Stdout, "Starting CascadeServe: embedded nats-server, controller, ingress, stage worker (all MNIST models loaded)…")
 	start := time.Now()

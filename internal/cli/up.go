@@ -94,7 +94,7 @@ func runUp(ctx context.Context, env Env, args []string) error {
 	fs := newFlagSet(env, "up", "up [flags]")
 	var sf systemFlags
 	sf.register(fs, env, "info")
-	metricsAddr := fs.String("metrics", "127.0.0.1:9090", "serve /metrics of all services here (empty: off)")
+	metricsAddr := fs.String("metrics", "127.0.0.1:9090", "serve /metrics of all services and the live /dashboard here (empty: off)")
 	httpAddr := fs.String("http", envOr(env, "CASCADE_HTTP_ADDR", "127.0.0.1:8080"), "HTTP Open Inference Protocol address of the ingress")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
@@ -109,6 +109,10 @@ func runUp(ctx context.Context, env Env, args []string) error {
 	cfg.Env["CASCADE_HTTP_ADDR"] = *httpAddr
 	reg := telemetry.NewRegistry()
 	cfg.Registerer = reg
+	mux := telemetry.Handler(reg)
+	if *metricsAddr != "" {
+		cfg.HTTP = mux
+	}
 	fmt.Fprintln(env.Stderr, "starting CascadeServe (loading models, applying topology)…")
 	sys, err := system.Start(ctx, cfg)
 	if err != nil {
@@ -122,15 +126,16 @@ CascadeServe is up: pipeline %q, %d models, %d gears (%s).
   jobs          publish to %s, results on %s
   HTTP          POST http://%s/v2/models/%s/infer   (GET /v2/health/ready)
   metrics       http://%s/metrics
+  dashboard     http://%s/dashboard
   try           cascadeserve send -n 5 --nats %s
 Ctrl-C stops everything cleanly.
 `, p.Pipeline, len(p.UsedModels()), len(p.Gears), gearNames(p.Gears), natsbus.RedactURL(sys.URL),
 		wire.InferSubject(p.Pipeline), wire.JobsSubject(p.Pipeline, "<client>"), wire.ResultSubject(p.Pipeline, "<client>"),
-		*httpAddr, p.Pipeline, *metricsAddr, natsbus.RedactURL(sys.URL))
+		*httpAddr, p.Pipeline, *metricsAddr, *metricsAddr, natsbus.RedactURL(sys.URL))
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return telemetry.ServeMetrics(gctx, *metricsAddr, telemetry.HTTPSecurity{}, reg, cfg.Logger)
+		return telemetry.Serve(gctx, *metricsAddr, telemetry.HTTPSecurity{}, mux, cfg.Logger)
 	})
 	g.Go(func() error {
 		select {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
 	"time"
 
@@ -174,8 +175,12 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	Conn       *nats.Conn
 	// Now is the clock (AtUnixNano of gear writes, dwell times, stats receive
-	// times); nil means time.Now. It is called from two goroutines.
+	// times); nil means time.Now. It is called from several goroutines.
 	Now func() time.Time
+	// HTTP, if set, is the mux of the process's metrics listener: Run adds
+	// the live dashboard there (/dashboard, /dashboard/state,
+	// /dashboard/events; package dashboard).
+	HTTP *http.ServeMux
 }
 
 // ErrNoPlan means the configuration names no plan file and the pipeline has

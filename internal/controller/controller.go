@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cascadeserve/cascadeserve/internal/dashboard"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -69,6 +70,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		backlog: map[string]Backlog{},
 		cons:    map[string]jetstream.Consumer{},
 		latches: map[string]string{},
+		fleet:   NewFleet(statsWindow),
+		workers: map[string]int{},
+	}
+	if deps.HTTP != nil {
+		c.hub = dashboard.NewHub()
+		c.hub.Mount(deps.HTTP)
+		defer c.hub.Close()
 	}
 	c.topo.Logger = c.log
 	if err := c.ensure(ctx); err != nil {
@@ -82,6 +90,11 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("controller: subscribe to ingress stats: %w", err)
 	}
 	defer sub.Unsubscribe()
+	wsub, err := deps.Conn.Subscribe(wire.WorkerStatsWildcard(p.Pipeline), c.onWorker)
+	if err != nil {
+		return fmt.Errorf("controller: subscribe to worker heartbeats: %w", err)
+	}
+	defer wsub.Unsubscribe()
 	if err := c.start(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -101,6 +114,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 			return nil
 		case <-tick.C:
 			c.tick(ctx)
+			c.publishDashboard(c.now())
 		}
 	}
 }
@@ -115,8 +129,9 @@ type controller struct {
 	now    func() time.Time
 	m      *metrics
 
-	mu    sync.Mutex // guards meter (fed by the stats subscription)
+	mu    sync.Mutex // guards meter and fleet (fed by the stats subscriptions)
 	meter *RateMeter
+	fleet *Fleet
 
 	gears   *GearStore
 	state   State
@@ -125,6 +140,18 @@ type controller struct {
 	cons    map[string]jetstream.Consumer
 	reapply bool              // the topology vanished (e.g. memory streams after a server restart)
 	latches map[string]string // op → last error logged, so a lasting failure logs once
+
+	// Live capacity: the workers seen live at the last tick (instance →
+	// runners) and the capacity last logged.
+	workers     map[string]int
+	capRunners  int
+	capKnown    bool
+	lastWorkers []WorkerView
+	// The dashboard (nil without Deps.HTTP) and what the last tick saw.
+	hub        *dashboard.Hub
+	lastObs    Observation
+	lastReason string
+	ingresses  int
 }
 
 // jobsKey is the jobs consumer's key in controller.cons (model names are
@@ -250,13 +277,18 @@ func (c *controller) tick(ctx context.Context) {
 	c.mu.Unlock()
 	c.m.intakeQPS.Set(qps)
 	c.m.ingresses.Set(float64(instances))
+	c.ingresses = instances
 	c.pollBacklog(ctx)
+	workers, runners, known := c.capacity(now)
 	obs := Observation{
-		Now:     now,
-		QPS:     qps,
-		Backlog: c.backlog,
-		Warm:    now.Sub(c.started) >= time.Duration(c.plan.Hysteresis.RateWindowMs*float64(time.Millisecond)),
+		Now:          now,
+		QPS:          qps,
+		Backlog:      c.backlog,
+		Warm:         now.Sub(c.started) >= time.Duration(c.plan.Hysteresis.RateWindowMs*float64(time.Millisecond)),
+		Runners:      runners,
+		RunnersKnown: known,
 	}
+	c.lastObs, c.lastWorkers = obs, workers
 	total := totalBacklog(c.backlog)
 
 	for attempt := 1; ; attempt++ {
@@ -273,6 +305,7 @@ func (c *controller) tick(ctx context.Context) {
 		}
 		valid := rev != 0 && c.state.Gear >= 0
 		d := c.policy.Decide(c.state, obs)
+		c.lastReason = d.Reason
 		if valid && d.Gear == c.state.Gear {
 			c.log.Debug("hold", "gear", c.plan.Gears[d.Gear].ID, "qps", qps, "backlog", total, "reason", d.Reason)
 			return

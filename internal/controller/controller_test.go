@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -76,13 +77,20 @@ type running struct {
 
 func startController(t *testing.T, srv *natstest.Server, cfg Config) *running {
 	t.Helper()
+	return startControllerHTTP(t, srv, cfg, nil)
+}
+
+// startControllerHTTP is startController with the dashboard mounted on mux
+// (nil: none).
+func startControllerHTTP(t *testing.T, srv *natstest.Server, cfg Config, mux *http.ServeMux) *running {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	nc := srv.Connect(t) // closed by a cleanup that runs after stop's
 	go func() {
-		done <- Run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc})
+		done <- Run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc, HTTP: mux})
 	}()
 	var once sync.Once
 	var runErr error

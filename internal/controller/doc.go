@@ -25,9 +25,18 @@
 //     over instances, robust to instance restarts and clock skew;
 //   - reads NumPending and NumAckPending of every used model's durable
 //     consumer (one ConsumerInfo call per model);
+//   - reads the live capacity from a Fleet fed by the stage workers'
+//     heartbeats (wire.WorkerHeartbeat on wire.WorkerStatsWildcard): the
+//     runners of the workers that have neither left nor missed three beats.
+//     The Policy scales every gear's max_qps by live runners / the plan's
+//     capacity (see Policy);
 //   - re-reads the `gear` key, decides with the Policy and writes on a
 //     switch. GearState.AtUnixNano is taken right before the write, so the
 //     workers' apply latency (now − AtUnixNano) covers the whole broadcast.
+//
+// After each tick, when Deps.HTTP is set, the state of the tick goes to the
+// live dashboard (package dashboard): gear and reason, offered and served
+// load, latency, answering-model mix, backlog, capacity and workers.
 //
 // NATS errors after the start are logged once per distinct error, counted in
 // cascade_controller_errors_total{op}, and the loop carries on; a stream,

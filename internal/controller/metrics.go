@@ -11,7 +11,7 @@ import (
 
 // errorOps are the operations of the decision loop (label op of
 // cascade_controller_errors_total).
-var errorOps = []string{"apply_topology", "put_plan", "read_gear", "write_gear", "consumer_info", "jobs_consumer_info", "decode_stats"}
+var errorOps = []string{"apply_topology", "put_plan", "read_gear", "write_gear", "consumer_info", "jobs_consumer_info", "decode_stats", "decode_heartbeat"}
 
 // metrics are one controller instance's Prometheus metrics.
 type metrics struct {
@@ -20,6 +20,8 @@ type metrics struct {
 	ready          prometheus.Gauge
 	intakeQPS      prometheus.Gauge
 	ingresses      prometheus.Gauge
+	liveRunners    prometheus.Gauge
+	liveWorkers    prometheus.Gauge
 	backlog        *prometheus.GaugeVec
 	switches       *prometheus.CounterVec
 	casConflicts   prometheus.Counter
@@ -66,6 +68,14 @@ func newMetrics(reg prometheus.Registerer, p *plan.Plan) *metrics {
 		ingresses: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_controller_ingress_instances",
 			Help: "Ingress instances whose stats arrived recently.",
+		}),
+		liveRunners: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_controller_live_runners",
+			Help: "Runners of the stage workers whose heartbeats are current: the live capacity every gear's max_qps is scaled to (× live / plan capacity).",
+		}),
+		liveWorkers: f.NewGauge(prometheus.GaugeOpts{
+			Name: "cascade_controller_live_workers",
+			Help: "Stage workers whose heartbeats are current.",
 		}),
 		backlog: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "cascade_controller_backlog_messages",

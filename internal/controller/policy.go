@@ -45,6 +45,11 @@ type Observation struct {
 	// controller started. Until then QPS may be an underestimate, so the
 	// policy does not move to a more accurate gear.
 	Warm bool
+	// Runners is the live capacity: the runners of the stage workers whose
+	// heartbeats are current (see Fleet). It counts only when RunnersKnown;
+	// until the first heartbeat the plan's capacity is assumed.
+	Runners      int
+	RunnersKnown bool
 }
 
 // State is the gear in force and since when.
@@ -70,6 +75,16 @@ var ErrUnknownGear = errors.New("unknown gear")
 
 // Policy chooses gears. It is a pure value: Decide depends only on its
 // arguments, so it is tested with a fake clock and no NATS.
+//
+// Live capacity: the plan's gears are made for plan.Capacity runners. With
+// R live runners (Observation.Runners), every gear's MaxQPS below is the
+// plan's MaxQPS × R / plan.Capacity: the load a gear carries is taken to
+// grow and shrink in proportion to the runners serving it. The same scaled
+// figures drive every rule, so losing runners moves up to a cheaper gear at
+// once (the load now exceeds the scaled MaxQPS of the current gear), and
+// gaining them moves back down with the usual hysteresis. With no runner
+// left every scaled MaxQPS is 0 and any load selects the cheapest gear.
+// Until a heartbeat has been seen (RunnersKnown false) the factor is 1.
 //
 // Rules, for the current gear c with capacity MaxQPS(c) and load q:
 //
@@ -100,6 +115,7 @@ type Policy struct {
 	h              plan.Hysteresis
 	upshiftBacklog time.Duration
 	pinned         int // -1: not pinned
+	capacity       int // the plan's runners
 }
 
 // NewPolicy returns the policy for p. upshiftBacklog is the longest
@@ -112,7 +128,7 @@ func NewPolicy(p *plan.Plan, upshiftBacklog time.Duration, pin string) (Policy, 
 	if upshiftBacklog <= 0 {
 		return Policy{}, fmt.Errorf("policy: upshift backlog %v must be > 0", upshiftBacklog)
 	}
-	pol := Policy{gears: p.Gears, h: p.Hysteresis, upshiftBacklog: upshiftBacklog, pinned: -1}
+	pol := Policy{gears: p.Gears, h: p.Hysteresis, upshiftBacklog: upshiftBacklog, pinned: -1, capacity: max(p.Capacity, 1)}
 	if pin != "" {
 		pol.pinned = p.GearByID(pin)
 		if pol.pinned < 0 {
@@ -149,8 +165,50 @@ func (p Policy) Decide(s State, o Observation) Decision {
 	if s.Gear < 0 || s.Gear >= len(p.gears) {
 		s = State{Gear: 0, Since: o.Now}
 	}
-	cur := p.gears[s.Gear]
-	last := len(p.gears) - 1
+	d := p.decide(s, o)
+	if note := p.capacityNote(o); note != "" {
+		d.Reason += note
+	}
+	return d
+}
+
+// Factor is the live capacity's share of the plan's: Runners / Capacity
+// when the runners are known, else 1.
+func (p Policy) Factor(o Observation) float64 {
+	if !o.RunnersKnown {
+		return 1
+	}
+	return float64(max(o.Runners, 0)) / float64(p.capacity)
+}
+
+// ScaledGears returns the plan's gears with MaxQPS scaled to the live
+// capacity of o (see Policy).
+func (p Policy) ScaledGears(o Observation) []plan.Gear {
+	f := p.Factor(o)
+	if f == 1 {
+		return p.gears
+	}
+	gears := make([]plan.Gear, len(p.gears))
+	for i, g := range p.gears {
+		g.MaxQPS *= f
+		gears[i] = g
+	}
+	return gears
+}
+
+// capacityNote is the reasons' suffix that says the maxima are scaled.
+func (p Policy) capacityNote(o Observation) string {
+	if !o.RunnersKnown || o.Runners == p.capacity {
+		return ""
+	}
+	return fmt.Sprintf(" (max_qps scaled to %d of %d planned runners)", max(o.Runners, 0), p.capacity)
+}
+
+// decide is Decide for a valid state, over the gears scaled to o's capacity.
+func (p Policy) decide(s State, o Observation) Decision {
+	gears := p.ScaledGears(o)
+	cur := gears[s.Gear]
+	last := len(gears) - 1
 
 	// Up on load.
 	if o.QPS > cur.MaxQPS {
@@ -158,7 +216,7 @@ func (p Policy) Decide(s State, o Observation) Decision {
 			return Decision{Gear: s.Gear, Direction: Hold,
 				Reason: fmt.Sprintf("overloaded: load %.1f qps > max %.1f of %s, the cheapest gear", o.QPS, cur.MaxQPS, cur.ID)}
 		}
-		t := gearFor(p.gears, o.QPS)
+		t := gearFor(gears, o.QPS)
 		return Decision{Gear: t, Direction: Up,
 			Reason: fmt.Sprintf("load %.1f qps > max %.1f of %s", o.QPS, cur.MaxQPS, cur.ID)}
 	}
@@ -176,7 +234,7 @@ func (p Policy) Decide(s State, o Observation) Decision {
 		if s.Gear == last {
 			return Decision{Gear: s.Gear, Direction: Hold, Reason: "overloaded: " + why + ", the cheapest gear"}
 		}
-		return Decision{Gear: gearFor(p.gears, required), Direction: Up, Reason: why}
+		return Decision{Gear: gearFor(gears, required), Direction: Up, Reason: why}
 	}
 
 	// Down with hysteresis.
@@ -186,13 +244,13 @@ func (p Policy) Decide(s State, o Observation) Decision {
 	// The most accurate gear the load allows with margin.
 	t := -1
 	for i := 0; i < s.Gear; i++ {
-		if o.QPS < p.h.DownshiftFactor*p.gears[i].MaxQPS {
+		if o.QPS < p.h.DownshiftFactor*gears[i].MaxQPS {
 			t = i
 			break
 		}
 	}
 	if t < 0 {
-		below := p.gears[s.Gear-1]
+		below := gears[s.Gear-1]
 		return Decision{Gear: s.Gear, Direction: Hold,
 			Reason: fmt.Sprintf("load %.1f qps not below %.2f × %.1f of %s", o.QPS, p.h.DownshiftFactor, below.MaxQPS, below.ID)}
 	}
@@ -208,7 +266,7 @@ func (p Policy) Decide(s State, o Observation) Decision {
 	// A smaller target capacity needs a more thoroughly drained backlog, so
 	// try t first, then the gears between t and the current one.
 	for ; t < s.Gear; t++ {
-		tg := p.gears[t]
+		tg := gears[t]
 		limit := p.h.DrainedBacklogSeconds * tg.MaxQPS
 		if o.QPS < p.h.DownshiftFactor*tg.MaxQPS && float64(total) <= limit {
 			return Decision{Gear: t, Direction: Down,
@@ -216,7 +274,7 @@ func (p Policy) Decide(s State, o Observation) Decision {
 					o.QPS, p.h.DownshiftFactor, tg.MaxQPS, tg.ID, total, limit, cur.ID, o.Now.Sub(s.Since).Round(time.Millisecond))}
 		}
 	}
-	below := p.gears[s.Gear-1]
+	below := gears[s.Gear-1]
 	return Decision{Gear: s.Gear, Direction: Hold,
 		Reason: fmt.Sprintf("backlog %d not drained: > %.0f for %s", total, p.h.DrainedBacklogSeconds*below.MaxQPS, below.ID)}
 }

@@ -235,6 +235,127 @@ func TestPolicyScenarios(t *testing.T) {
 	}
 }
 
+// TestPolicyLiveCapacity drives the policy with the live capacity changing:
+// the test plan is made for 2 runners, so with 1 runner every gear carries
+// half its max_qps (accurate 50, balanced 100, cheap 200) and with 4 twice.
+func TestPolicyLiveCapacity(t *testing.T) {
+	s := time.Second
+	ms := time.Millisecond
+	type capStep struct {
+		step
+		runners int // live runners; -1: none seen yet (plan capacity assumed)
+	}
+	tests := []struct {
+		name  string
+		start string
+		steps []capStep
+	}{
+		{
+			name:  "losing half the runners moves up at once",
+			start: "accurate",
+			steps: []capStep{
+				{step{at: 0, qps: 80, want: "accurate", dir: Hold}, 2},
+				{step{at: 250 * ms, qps: 80, want: "balanced", dir: Up, reason: "load 80.0 qps > max 50.0 of accurate (max_qps scaled to 1 of 2 planned runners)"}, 1},
+				{step{at: 500 * ms, qps: 80, want: "balanced", dir: Hold}, 1},
+			},
+		},
+		{
+			name:  "runners back: down again with the usual hysteresis",
+			start: "balanced",
+			steps: []capStep{
+				{step{at: 0, qps: 60, want: "balanced", dir: Hold, reason: "not below 0.80 × 50.0 of accurate"}, 1},
+				// Back at 2 runners right after a switch: the dwell holds.
+				{step{at: 500 * ms, qps: 60, want: "balanced", dir: Hold, reason: "dwell"}, 2},
+				{step{at: 1 * s, qps: 60, want: "accurate", dir: Down, reason: "load 60.0 qps < 0.80 × 100.0 of accurate"}, 2},
+			},
+		},
+		{
+			name:  "a pool larger than planned carries more in the accurate gear",
+			start: "cheap",
+			steps: []capStep{
+				{step{at: 2 * s, qps: 150, want: "balanced", dir: Down}, 2},
+				{step{at: 4 * s, qps: 150, want: "accurate", dir: Down, reason: "< 0.80 × 200.0 of accurate"}, 4},
+			},
+		},
+		{
+			name:  "the capacity shrinking under a backlog moves up on the backlog",
+			start: "accurate",
+			steps: []capStep{
+				// 30 qps + 30 waiting / 1 s = 60 required > 50 (accurate at 1 runner).
+				{step{at: 0, qps: 30, backlog: map[string]Backlog{"medium": {Pending: 30}}, want: "balanced", dir: Up, reason: "(max 50.0)"}, 1},
+			},
+		},
+		{
+			name:  "no runner left: any load selects the cheapest gear",
+			start: "accurate",
+			steps: []capStep{
+				{step{at: 0, qps: 0, want: "accurate", dir: Hold}, 0},
+				{step{at: 250 * ms, qps: 5, want: "cheap", dir: Up, reason: "scaled to 0 of 2"}, 0},
+				{step{at: 500 * ms, qps: 5, want: "cheap", dir: Hold, reason: "overloaded"}, 0},
+			},
+		},
+		{
+			name:  "before the first heartbeat the plan's capacity is assumed",
+			start: "accurate",
+			steps: []capStep{
+				{step{at: 0, qps: 90, want: "accurate", dir: Hold}, -1},
+				{step{at: 250 * ms, qps: 90, want: "balanced", dir: Up}, 1},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := loadTestPlan(t)
+			pol, err := NewPolicy(p, time.Second, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Unix(1_700_000_000, 0)
+			st := State{Gear: p.GearByID(tt.start), Since: t0}
+			for i, sp := range tt.steps {
+				now := t0.Add(sp.at)
+				o := Observation{Now: now, QPS: sp.qps, Backlog: sp.backlog, Warm: true, Runners: sp.runners, RunnersKnown: sp.runners >= 0}
+				d := pol.Decide(st, o)
+				got := p.Gears[d.Gear].ID
+				if got != sp.want || d.Direction != sp.dir {
+					t.Fatalf("step %d (t=%v qps=%v runners=%d): got %s/%s, want %s/%s (reason %q)", i, sp.at, sp.qps, sp.runners, got, d.Direction, sp.want, sp.dir, d.Reason)
+				}
+				if sp.reason != "" && !strings.Contains(d.Reason, sp.reason) {
+					t.Fatalf("step %d: reason %q does not contain %q", i, d.Reason, sp.reason)
+				}
+				if d.Gear != st.Gear {
+					st = State{Gear: d.Gear, Since: now}
+				}
+			}
+		})
+	}
+}
+
+func TestPolicyFactor(t *testing.T) {
+	p := loadTestPlan(t)
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		o    Observation
+		want float64
+	}{
+		{Observation{}, 1},
+		{Observation{Runners: 2, RunnersKnown: true}, 1},
+		{Observation{Runners: 1, RunnersKnown: true}, 0.5},
+		{Observation{Runners: 6, RunnersKnown: true}, 3},
+		{Observation{RunnersKnown: true}, 0},
+	} {
+		if got := pol.Factor(tt.o); got != tt.want {
+			t.Errorf("Factor(%d runners, known %v) = %v, want %v", tt.o.Runners, tt.o.RunnersKnown, got, tt.want)
+		}
+		if g := pol.ScaledGears(tt.o); g[2].MaxQPS != 400*tt.want || p.Gears[2].MaxQPS != 400 {
+			t.Errorf("ScaledGears: cheap max %v (plan %v), want %v", g[2].MaxQPS, p.Gears[2].MaxQPS, 400*tt.want)
+		}
+	}
+}
+
 func TestPolicyPinned(t *testing.T) {
 	p := loadTestPlan(t)
 	pol, err := NewPolicy(p, time.Second, "balanced")

@@ -322,6 +322,7 @@ func TestProducerPermissionsDenyEverythingButItsOwn(t *testing.T) {
 			intact: []state{d.streamState(wire.ResultsStream)}},
 		{name: "publish into another client's inbox", do: request("_INBOX.billing.x", []byte("forged"))},
 		{name: "publish ingress stats", do: request(wire.StatsSubject("tiny", "forged"), []byte("{}"))},
+		{name: "publish a worker heartbeat (forge live capacity)", do: request(wire.WorkerStatsSubject("tiny", "forged"), []byte("{}"))},
 		{name: "put the plan", do: request("$KV.cascade_tiny.plan", []byte("{}")),
 			intact: []state{d.keyState(wire.KeyPlan)}},
 		{name: "put the gear", do: request("$KV.cascade_tiny.gear", []byte("{}")),

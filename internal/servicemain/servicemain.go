@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"reflect"
@@ -50,6 +51,10 @@ type Deps struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Conn       *nats.Conn
+	// HTTP is the mux of the metrics listener (/metrics, /healthz,
+	// /readyz); a service may add routes (the controller's dashboard). Nil
+	// when the service serves no metrics.
+	HTTP *http.ServeMux
 }
 
 // Main runs the service called name with the Config parse reads from the
@@ -108,7 +113,11 @@ func serve[C Config](ctx context.Context, name string, environ map[string]string
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return telemetry.ServeMetrics(ctx, p.MetricsAddr, p.Metrics, reg, logger, natsUp) })
+	var mux *http.ServeMux
+	if p.MetricsAddr != "" {
+		mux = telemetry.Handler(reg, natsUp)
+	}
+	g.Go(func() error { return telemetry.Serve(ctx, p.MetricsAddr, p.Metrics, mux, logger) })
 	g.Go(func() error {
 		nc, err := natsbus.ConnectWait(ctx, p.NATSURL, name, logger)
 		if err != nil {
@@ -120,7 +129,7 @@ func serve[C Config](ctx context.Context, name string, environ map[string]string
 		defer nc.Drain()
 		defer cancel() // the service ended: stop serving metrics too
 		conn.Store(nc)
-		return run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc})
+		return run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc, HTTP: mux})
 	})
 	return g.Wait()
 }

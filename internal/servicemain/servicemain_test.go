@@ -63,6 +63,9 @@ func TestServiceWaitsForNATS(t *testing.T) {
 				ready := prometheus.NewGauge(prometheus.GaugeOpts{Name: "cascade_fake_ready", Help: "test"})
 				d.Registerer.MustRegister(ready)
 				ready.Set(1)
+				// A route of the service's own (the controller's dashboard)
+				// on the metrics listener.
+				d.HTTP.HandleFunc("GET /extra", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("extra")) })
 				close(ran)
 				<-ctx.Done()
 				return nil
@@ -105,6 +108,9 @@ func TestServiceWaitsForNATS(t *testing.T) {
 	waitUntil("readiness", func() bool { code, _ := get(base + "/readyz"); return code == http.StatusOK })
 	if _, body := get(base + "/metrics"); !strings.Contains(body, "cascade_nats_connected 1") {
 		t.Error("cascade_nats_connected is not 1 once connected")
+	}
+	if code, body := get(base + "/extra"); code != http.StatusOK || body != "extra" {
+		t.Errorf("a route the service added: %d %q", code, body)
 	}
 	cancel()
 	select {

@@ -123,9 +123,20 @@
 // per request. A reply inbox (core NATS) may then see the result twice;
 // callers keep the first per id.
 //
+// # Heartbeat
+//
+// Once its models are loaded, a worker announces itself every
+// HeartbeatInterval on wire.WorkerStatsSubject (wire.WorkerHeartbeat: its
+// instance name, models, runners, provider, gear, and cumulative counters
+// of the results it produced, with a fixed-bucket latency histogram). The
+// controller derives the live capacity from these and its dashboard the
+// served load, latency and answering-model mix.
+//
 // # Shutdown
 //
 // When ctx ends, runners stop pulling, finish the batch in hand (and any
 // item an idle watch still delivers, within IdleWait), publish, ack, and
-// return; Run then closes the sessions and returns nil.
+// return; the heartbeat sends a last beat in state leaving, so the
+// controller drops the worker's runners at once. Run then closes the
+// sessions and returns nil.
 package stageworker

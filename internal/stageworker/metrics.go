@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/cascadeserve/cascadeserve/internal/wire"
 )
 
 // Outcomes of an item at one stage (label outcome of
@@ -51,6 +53,8 @@ type metrics struct {
 	itemRetries *prometheus.CounterVec
 	// nonFinite counts items whose model output was NaN or infinite.
 	nonFinite *prometheus.CounterVec
+	// results are the cumulative counters of the worker's heartbeat.
+	results *resultStats
 
 	mu     sync.Mutex // guards gearID
 	gearID string
@@ -66,6 +70,7 @@ var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 19)
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
 	m := &metrics{
+		results: newResultStats(),
 		refusedReplies: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_refused_replies_total",
 			Help: "Results not published to an item's reply subject because it is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX), per model.",
@@ -168,6 +173,9 @@ func (m *metrics) host(model string) prometheus.Gauge {
 	m.compute.WithLabelValues(model)
 	return m.backlog.WithLabelValues(model)
 }
+
+// result counts a result the worker produced for its heartbeat.
+func (m *metrics) result(res *wire.Result) { m.results.observe(res) }
 
 // setGear records the gear in force: its index and its id.
 func (m *metrics) setGear(index int, id string) {

@@ -482,6 +482,7 @@ func (w *worker) baseResult(c *control, it *wire.Item, now time.Time) *wire.Resu
 // its Content-Type header, and an error result the header Cascade-Error.
 // A result that cannot be encoded becomes an internal error result.
 func (w *worker) addResult(it *itemTask, res *wire.Result) {
+	w.metrics.result(res)
 	item, t := it.item, it.t
 	data, contentType, err := w.codec.EncodeResultAs(res, item.ResultFormat)
 	if err != nil {

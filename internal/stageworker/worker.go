@@ -212,6 +212,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		r := newRunner(w, i, sessions[i])
 		g.Go(func() error { return r.run(gctx) })
 	}
+	g.Go(func() error { return w.heartbeat(gctx, names) })
 	err = g.Wait()
 	// Acks and replies are buffered by the client: push them out before
 	// the process may exit.

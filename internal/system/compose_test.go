@@ -18,7 +18,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/cascadeserve/cascadeserve/internal/controller"
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
+	"github.com/cascadeserve/cascadeserve/internal/stageworker"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
@@ -29,9 +31,16 @@ type composeFile struct {
 	Services map[string]struct {
 		Environment map[string]string `yaml:"environment"`
 		Ports       []string          `yaml:"ports"`
+		Volumes     []string          `yaml:"volumes"`
 		Deploy      struct {
 			Replicas int `yaml:"replicas"`
 		} `yaml:"deploy"`
+		DependsOn map[string]struct {
+			Condition string `yaml:"condition"`
+		} `yaml:"depends_on"`
+		Healthcheck struct {
+			Test []string `yaml:"test"`
+		} `yaml:"healthcheck"`
 	} `yaml:"services"`
 }
 
@@ -287,5 +296,97 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("a producer's publish to a model queue was not refused")
+	}
+}
+
+// TestComposeStartsHealthy checks the start order of deploy/compose.yaml:
+// nats-server reports JetStream healthy, every service probes its own
+// readiness with the CLI, waits for a healthy nats, and the ingress and
+// workers for a healthy controller (which applies the topology).
+func TestComposeStartsHealthy(t *testing.T) {
+	_, cf := readCompose(t)
+	natsHC := strings.Join(cf.Services["nats"].Healthcheck.Test, " ")
+	if !strings.Contains(natsHC, "/healthz?js-enabled-only=true") {
+		t.Errorf("nats health check %q does not ask for JetStream", natsHC)
+	}
+	for _, name := range []string{"controller", "ingress", "stage-worker"} {
+		svc := cf.Services[name]
+		if got := strings.Join(svc.Healthcheck.Test, " "); got != "CMD /usr/local/bin/cascadeserve health -q" {
+			t.Errorf("%s health check %q", name, got)
+		}
+		if svc.Environment["CASCADE_METRICS_ADDR"] == "" {
+			t.Errorf("%s sets no CASCADE_METRICS_ADDR for its health check to probe", name)
+		}
+		want := []string{"nats"}
+		if name != "controller" {
+			want = append(want, "controller")
+		}
+		for _, dep := range want {
+			if c := svc.DependsOn[dep].Condition; c != "service_healthy" {
+				t.Errorf("%s depends on %s with condition %q, want service_healthy", name, dep, c)
+			}
+		}
+	}
+	dockerfile, err := os.ReadFile("../../deploy/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(dockerfile), "./cmd/cascadeserve") || !strings.Contains(string(dockerfile), "/usr/local/bin/") {
+		t.Error("the Dockerfile does not ship the cascadeserve CLI in /usr/local/bin (the health checks run it)")
+	}
+}
+
+// TestComposeBringYourOwnPlan checks deploy/compose.byo.yaml: the
+// variables it sets are the ones the controller and the workers read, and
+// the plan and model folder lie in the folder it mounts.
+func TestComposeBringYourOwnPlan(t *testing.T) {
+	raw, err := os.ReadFile("../../deploy/compose.byo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cf composeFile
+	if err := yaml.Unmarshal(raw, &cf); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{"CASCADE_BYO_PIPELINE": "digits", "CASCADE_BYO_DIR": "./byo"}
+	env := func(service string) map[string]string {
+		out := map[string]string{}
+		for k, v := range cf.Services[service].Environment {
+			out[k] = composeVar.ReplaceAllStringFunc(v, func(ref string) string {
+				name := composeVar.FindStringSubmatch(ref)[1]
+				val, ok := vars[name]
+				if !ok {
+					t.Fatalf("compose.byo.yaml refers to %s", name)
+				}
+				return val
+			})
+		}
+		return out
+	}
+	mount := func(service string) string {
+		for _, v := range cf.Services[service].Volumes {
+			if parts := strings.Split(v, ":"); len(parts) >= 2 {
+				return parts[len(parts)-2]
+			}
+		}
+		t.Fatalf("%s mounts nothing", service)
+		return ""
+	}
+	ctl, err := controller.ConfigFromEnv(env("controller"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctl.Pipeline != "digits" || !strings.HasPrefix(ctl.Plan, mount("controller")+"/") {
+		t.Errorf("controller: pipeline %q, plan %q outside its mount %q", ctl.Pipeline, ctl.Plan, mount("controller"))
+	}
+	wk, err := stageworker.ConfigFromEnv(env("stage-worker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wk.Pipeline != "digits" || wk.ModelDir != mount("stage-worker") {
+		t.Errorf("stage-worker: pipeline %q, model dir %q, mount %q", wk.Pipeline, wk.ModelDir, mount("stage-worker"))
+	}
+	if p := env("ingress")["CASCADE_PIPELINE"]; p != "digits" {
+		t.Errorf("ingress pipeline %q", p)
 	}
 }

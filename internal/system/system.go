@@ -16,9 +16,12 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -75,6 +78,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// ReadyTimeout bounds Start's wait for the first answer (default 60s).
 	ReadyTimeout time.Duration
+	// HTTP, if set, is the mux of the caller's metrics listener: the
+	// controller adds its live dashboard there (/dashboard).
+	HTTP *http.ServeMux
 }
 
 // System is a running all-in-one deployment.
@@ -93,6 +99,31 @@ type System struct {
 	done   chan struct{}
 	err    error
 	conns  []*nats.Conn
+
+	workers workerSet
+}
+
+// workerSet runs the stage workers, which, unlike the other services, can
+// be stopped and added one by one while the system runs (AddWorker,
+// StopWorker), as pods of a worker pool come and go.
+type workerSet struct {
+	mu      sync.Mutex
+	ctx     context.Context // the services' context
+	cfg     stageworker.Config
+	connect func(name string) (*nats.Conn, error)
+	logger  *slog.Logger
+	reg     prometheus.Registerer
+	labeled bool // label every worker's metrics worker="<n>"
+	next    int
+	running map[int]*runningWorker
+	closed  bool // no more workers start
+	wg      sync.WaitGroup
+	errc    chan error // the first failure of a worker
+}
+
+type runningWorker struct {
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // LoadPlan returns the plan a Config serves.
@@ -206,6 +237,14 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 	if err != nil {
 		return fail(err)
 	}
+	s.workers = workerSet{
+		cfg: wkCfg, logger: cfg.Logger, reg: cfg.Registerer, labeled: cfg.Workers > 1,
+		running: map[int]*runningWorker{}, errc: make(chan error, 1),
+		connect: func(name string) (*nats.Conn, error) {
+			// Not in s.conns: a worker's connection closes when it stops.
+			return natsbus.Connect(wkEnv["CASCADE_NATS_URL"], name, cfg.Logger.With("component", name))
+		},
+	}
 	var wkConns []*nats.Conn
 	for i := range cfg.Workers {
 		nc, err := connect("cascadeserve-worker-"+strconv.Itoa(i), wkEnv["CASCADE_NATS_URL"])
@@ -220,7 +259,7 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error {
 		return named("controller", controller.Run(gctx, ctlCfg, controller.Deps{
-			Logger: cfg.Logger.With("component", "controller"), Registerer: cfg.Registerer, Conn: ctlConn,
+			Logger: cfg.Logger.With("component", "controller"), Registerer: cfg.Registerer, Conn: ctlConn, HTTP: cfg.HTTP,
 		}))
 	})
 	g.Go(func() error {
@@ -228,17 +267,28 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 			Logger: cfg.Logger.With("component", "ingress"), Registerer: cfg.Registerer, Conn: ingConn,
 		}))
 	})
-	for i, nc := range wkConns {
-		reg := cfg.Registerer
-		if cfg.Workers > 1 {
-			reg = prometheus.WrapRegistererWith(prometheus.Labels{"worker": strconv.Itoa(i)}, reg)
+	s.workers.ctx = gctx
+	for _, nc := range wkConns {
+		if _, err := s.workers.start(nc); err != nil {
+			cancel()
+			return fail(err)
 		}
-		g.Go(func() error {
-			return named("stage-worker", stageworker.Run(gctx, wkCfg, stageworker.Deps{
-				Logger: cfg.Logger.With("component", "stage-worker", "worker", i), Registerer: reg, Conn: nc,
-			}))
-		})
 	}
+	g.Go(func() error {
+		// A failing worker stops the system; stopped ones do not.
+		select {
+		case err := <-s.workers.errc:
+			return err
+		case <-gctx.Done():
+		}
+		s.workers.wait()
+		select {
+		case err := <-s.workers.errc:
+			return err
+		default:
+			return nil
+		}
+	})
 	go func() {
 		s.err = g.Wait()
 		s.closeConns()
@@ -309,6 +359,103 @@ func (s *System) waitReady(ctx context.Context, timeout time.Duration) error {
 		case <-s.done:
 		}
 	}
+}
+
+// start runs a worker on nc (closing nc when it stops) and returns its
+// number. The caller holds no lock.
+func (ws *workerSet) start(nc *nats.Conn) (int, error) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.closed {
+		nc.Close()
+		return 0, errors.New("system stopping")
+	}
+	i := ws.next
+	ws.next++
+	reg := ws.reg
+	if ws.labeled {
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"worker": strconv.Itoa(i)}, reg)
+	}
+	ctx, cancel := context.WithCancel(ws.ctx)
+	rw := &runningWorker{cancel: cancel, done: make(chan struct{})}
+	ws.running[i] = rw
+	ws.wg.Add(1)
+	go func() {
+		defer ws.wg.Done()
+		defer close(rw.done)
+		defer cancel()
+		err := named("stage-worker", stageworker.Run(ctx, ws.cfg, stageworker.Deps{
+			Logger: ws.logger.With("component", "stage-worker", "worker", i), Registerer: reg, Conn: nc,
+		}))
+		nc.Drain()
+		ws.mu.Lock()
+		delete(ws.running, i)
+		ws.mu.Unlock()
+		if err != nil {
+			select {
+			case ws.errc <- err:
+			default:
+			}
+		}
+	}()
+	return i, nil
+}
+
+// wait stops new workers from starting and waits for the running ones.
+func (ws *workerSet) wait() {
+	ws.mu.Lock()
+	ws.closed = true
+	ws.mu.Unlock()
+	ws.wg.Wait()
+}
+
+// AddWorker starts one more stage worker with the configuration of the
+// others and returns its number (its metrics carry worker="<n>" when the
+// system started with several workers). It returns once the worker runs,
+// not once it is ready: its heartbeat says when it serves.
+func (s *System) AddWorker() (int, error) {
+	select {
+	case <-s.done:
+		return 0, errors.New("system stopped")
+	default:
+	}
+	ws := &s.workers
+	ws.mu.Lock()
+	name := "cascadeserve-worker-" + strconv.Itoa(ws.next)
+	ws.mu.Unlock()
+	nc, err := ws.connect(name)
+	if err != nil {
+		return 0, err
+	}
+	return ws.start(nc)
+}
+
+// StopWorker stops worker i cleanly, as SIGTERM stops a worker pod: it
+// stops pulling, finishes the batch in hand, announces that it leaves and
+// returns. StopWorker waits for that, or for ctx.
+func (s *System) StopWorker(ctx context.Context, i int) error {
+	ws := &s.workers
+	ws.mu.Lock()
+	rw := ws.running[i]
+	ws.mu.Unlock()
+	if rw == nil {
+		return fmt.Errorf("no running worker %d", i)
+	}
+	rw.cancel()
+	select {
+	case <-rw.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Workers returns the numbers of the running stage workers, ascending.
+func (s *System) Workers() []int {
+	ws := &s.workers
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return slices.Sorted(maps.Keys(ws.running))
 }
 
 // Done is closed once every service has stopped.

@@ -47,6 +47,15 @@ func NewLogger(w interface{ Write([]byte) (int, error) }, level, format string) 
 // sec's TLS and bearer token if set. An
 // empty addr serves nothing and returns when ctx ends.
 func ServeMetrics(ctx context.Context, addr string, sec HTTPSecurity, g prometheus.Gatherer, logger *slog.Logger, checks ...func() error) error {
+	return Serve(ctx, addr, sec, Handler(g, checks...), logger)
+}
+
+// Serve serves h (a Handler with more routes, such as the controller's
+// dashboard) on addr until ctx ends, with sec's TLS and bearer token if
+// set. Shutting down cancels the requests' contexts first, so long-lived
+// responses (the dashboard's event stream) end instead of holding the
+// shutdown. An empty addr serves nothing and returns when ctx ends.
+func Serve(ctx context.Context, addr string, sec HTTPSecurity, h http.Handler, logger *slog.Logger) error {
 	if addr == "" {
 		<-ctx.Done()
 		return nil
@@ -55,7 +64,11 @@ func ServeMetrics(ctx context.Context, addr string, sec HTTPSecurity, g promethe
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
-	srv := &http.Server{Handler: sec.Wrap(Handler(g, checks...)), ReadHeaderTimeout: 5 * time.Second}
+	base, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	srv := &http.Server{Handler: sec.Wrap(h), ReadHeaderTimeout: 5 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return base }}
+	srv.RegisterOnShutdown(cancelBase)
 	logger.Info("serving metrics", "addr", ln.Addr().String(), "tls", sec.TLS(), "bearer_token", sec.BearerToken != "")
 	errc := make(chan error, 1)
 	go func() { errc <- sec.Serve(srv, ln) }()
@@ -75,8 +88,8 @@ func ServeMetrics(ctx context.Context, addr string, sec HTTPSecurity, g promethe
 // Handler serves /metrics from g, /healthz (liveness: 200 while the process
 // runs) and /readyz (readiness: 200 when Ready(g, checks...) is nil, else
 // 503 with the reason). Probes (cascadeserve health, Kubernetes) read
-// /readyz.
-func Handler(g prometheus.Gatherer, checks ...func() error) http.Handler {
+// /readyz. Services may add routes to the mux, also while it serves.
+func Handler(g prometheus.Gatherer, checks ...func() error) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })

@@ -1,12 +1,16 @@
 package telemetry
 
 import (
+	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -51,5 +55,49 @@ func TestReadyzFollowsReadinessGaugesAndChecks(t *testing.T) {
 	}
 	if code, body := probe("/metrics"); code != http.StatusOK || !strings.Contains(body, "cascade_worker_ready 1") {
 		t.Errorf("/metrics = %d without the gauges", code)
+	}
+}
+
+// TestServeEndsStreamsOnShutdown: a long-lived response (the dashboard's
+// event stream) sees its request context end when the server shuts down,
+// so Serve returns at once and without error.
+func TestServeEndsStreamsOnShutdown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	mux := Handler(prometheus.NewRegistry())
+	streaming := make(chan struct{})
+	mux.HandleFunc("GET /stream", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		close(streaming)
+		<-r.Context().Done()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, addr, HTTPSecurity{}, mux, slog.New(slog.DiscardHandler)) }()
+	var resp *http.Response
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err = http.Get("http://" + addr + "/stream"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+	defer resp.Body.Close()
+	<-streaming
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(1500 * time.Millisecond):
+		t.Fatal("Serve waited for the open stream")
 	}
 }

@@ -15,6 +15,6 @@ func main() {
 	servicemain.Main("controller",
 		"The controller owns a CascadeServe pipeline's NATS topology (streams, consumers, control bucket), publishes its gear plan and switches gears with the load.",
 		controller.ConfigFromEnv, func(ctx context.Context, cfg controller.Config, d servicemain.Deps) error {
-			return controller.Run(ctx, cfg, controller.Deps{Logger: d.Logger, Registerer: d.Registerer, Conn: d.Conn})
+			return controller.Run(ctx, cfg, controller.Deps{Logger: d.Logger, Registerer: d.Registerer, Conn: d.Conn, HTTP: d.HTTP})
 		})
 }
