@@ -73,6 +73,11 @@ type Config struct {
 	// MaxAckPending caps un-acked items per model consumer over all workers
 	// (must be ≥ workers × max batch × 2).
 	MaxAckPending int `env:"MAX_ACK_PENDING" envDefault:"4096"`
+	// IdempotencyWindow is how long the ingress remembers an
+	// Idempotency-Key and its result (the TTL of the idempotency bucket,
+	// counted from the record's last write): a repeat within it gets the
+	// first request's result.
+	IdempotencyWindow time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"2m"`
 }
 
 // ConfigFromEnv parses the configuration from environ (names with the
@@ -136,6 +141,9 @@ func (c Config) Validate() error {
 	if c.MaxAckPending < 1 {
 		errs = append(errs, fmt.Errorf("CASCADE_MAX_ACK_PENDING must be >= 1, got %d", c.MaxAckPending))
 	}
+	if c.IdempotencyWindow < time.Second {
+		errs = append(errs, fmt.Errorf("CASCADE_IDEMPOTENCY_WINDOW must be >= 1s, got %v", c.IdempotencyWindow))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w:\n%w", ErrInvalidConfig, err)
 	}
@@ -156,6 +164,8 @@ func (c Config) Topology() (natsbus.TopologyConfig, error) {
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
+
+		IdempotencyWindow: c.IdempotencyWindow,
 	}, nil
 }
 

@@ -586,7 +586,7 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := natsbus.TopologyConfig{Storage: jetstream.FileStorage, Replicas: 1, MaxQueue: 20000, MaxQueueBytes: 256 << 20,
-		AckWait: 30 * time.Second, MaxDeliver: 5, MaxAckPending: 4096}
+		AckWait: 30 * time.Second, MaxDeliver: 5, MaxAckPending: 4096, IdempotencyWindow: 2 * time.Minute}
 	if topo != want {
 		t.Errorf("default topology %+v, want %+v", topo, want)
 	}
@@ -595,12 +595,12 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 
 	cfg, err = ConfigFromEnv(map[string]string{"CASCADE_STORAGE": "memory", "CASCADE_REPLICAS": "3", "CASCADE_QUEUE_MAX_MSGS": "7",
-		"CASCADE_ACK_WAIT": "1m", "CASCADE_MAX_DELIVER": "2", "CASCADE_GEAR": "cheap", "CASCADE_PLAN": "/p.json"})
+		"CASCADE_ACK_WAIT": "1m", "CASCADE_MAX_DELIVER": "2", "CASCADE_GEAR": "cheap", "CASCADE_PLAN": "/p.json", "CASCADE_IDEMPOTENCY_WINDOW": "10m"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if topo, _ := cfg.Topology(); topo.Storage != jetstream.MemoryStorage || topo.Replicas != 3 || topo.MaxQueue != 7 ||
-		topo.AckWait != time.Minute || topo.MaxDeliver != 2 || cfg.Gear != "cheap" || cfg.Plan != "/p.json" {
+		topo.AckWait != time.Minute || topo.MaxDeliver != 2 || cfg.Gear != "cheap" || cfg.Plan != "/p.json" || topo.IdempotencyWindow != 10*time.Minute {
 		t.Errorf("parsed %+v / %+v", cfg, topo)
 	}
 

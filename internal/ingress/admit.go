@@ -110,9 +110,8 @@ type admission struct {
 	// a request that carries none. Jobs derive it from the job's stream
 	// sequence, so a redelivered job is deduplicated at the first stage
 	// while two jobs that carry the same id are two admissions, each with
-	// its own result. Empty: a request with an id is keyed by client and
-	// id (its idempotency key on the synchronous doors), one without by a
-	// fresh NUID.
+	// its own result. Empty: a fresh NUID (an id is a correlation id,
+	// never a key; idempotency is the Idempotency-Key header's).
 	key string
 }
 
@@ -193,7 +192,7 @@ func (in *ingress) prepare(a admission) (*wire.Item, string, error) {
 		Client:              client,
 		Input:               input,
 		DeadlineUnixNano:    deadline.UnixNano(),
-		ReturnProbabilities: r.ReturnProbabilities,
+		ReturnProbabilities: r.WantsProbabilities(),
 		ReplyTo:             a.replyTo,
 		Durable:             a.durable,
 		ResultFormat:        a.resultFormat,

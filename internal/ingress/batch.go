@@ -1,10 +1,11 @@
 package ingress
 
 import (
+	"context"
 	"slices"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -18,6 +19,12 @@ func batchSize(t wire.Tensor, in plan.Input) int {
 		return int(t.Shape[0])
 	}
 	return 0
+}
+
+// hasBatchAxis reports whether t's shape is the item shape with a leading
+// batch axis (of any size): the answer then has a row axis too.
+func hasBatchAxis(t wire.Tensor, in plan.Input) bool {
+	return len(t.Shape) == len(in.Shape)+1 && slices.Equal(t.Shape[1:], in.Shape)
 }
 
 // splitBatch returns the n requests of a batched request, one item each:
@@ -37,44 +44,78 @@ func splitBatch(r *wire.Request, n int, in plan.Input) ([]wire.Request, error) {
 	return out, nil
 }
 
-// handleBatch admits the n items of a batched request-reply request, each
-// cascaded on its own, waits for their results and answers the caller with
-// one msgpack wire.Result whose Items hold them in input order. An item
-// that was refused or got no result by its deadline has its typed error in
-// its place; the others are answered.
-func (in *ingress) handleBatch(msg *nats.Msg, req *wire.Request, n int, start time.Time) {
-	c := in.ctl.Load()
-	if c == nil {
-		in.countRejected(doorNATS, wire.Errorf(wire.CodeUnavailable, "no plan yet"))
-		in.replyError(msg, false, req, wire.Errorf(wire.CodeUnavailable, "pipeline %q is not ready", in.cfg.Pipeline))
-		return
+// serve admits a request the ingress answers itself (HTTP, JSON over
+// NATS, batches and keyed requests over NATS) and waits for its result:
+// one item's result, or for a batch (an input of shape [N, item shape...],
+// N > 1) one wire.Result whose Items hold the N results in input order.
+//
+// err is the typed error of a request that was refused as a whole or got
+// no result (deadline_exceeded past its deadline plus ReplyGrace,
+// unavailable at shutdown), or ctx's error when the caller went away.
+// admitted says whether res is the result of an admission (some item
+// reached the first stage): only such results are kept for an
+// Idempotency-Key.
+func (in *ingress) serve(ctx context.Context, door string, req *wire.Request, start time.Time) (res *wire.Result, admitted bool, err error) {
+	if c := in.ctl.Load(); c != nil {
+		if n := batchSize(req.Input, c.Plan.Input); n > 0 {
+			return in.serveBatch(ctx, door, req, n, start)
+		}
 	}
+	subject, ch, cancel := in.replies.register()
+	defer cancel()
+	ad, err := in.admit(admission{door: door, req: req, start: start, replyTo: subject})
+	if err != nil {
+		in.countRejected(door, err)
+		return nil, false, err
+	}
+	in.countAdmitted(door)
+	res, err = in.await(ctx, ch, ad.item)
+	if err != nil {
+		return nil, true, err
+	}
+	return res, true, nil
+}
+
+// serveBatch admits the n items of a batched request, each cascaded on its
+// own, and waits for their results. An item that was refused or got no
+// result by its deadline has its typed error in its place; the others are
+// answered. A request refused as a whole (too many items, wrong size)
+// returns err.
+func (in *ingress) serveBatch(ctx context.Context, door string, req *wire.Request, n int, start time.Time) (*wire.Result, bool, error) {
+	c := in.ctl.Load()
 	if n > in.cfg.MaxBatchItems {
 		err := wire.Errorf(wire.CodeInvalidInput, "a batch of %d items exceeds the limit of %d (CASCADE_INGRESS_MAX_BATCH_ITEMS)", n, in.cfg.MaxBatchItems)
-		in.countRejected(doorNATS, err)
-		in.replyError(msg, false, req, err)
-		return
+		in.countRejected(door, err)
+		return nil, false, err
+	}
+	if req.ID == "" {
+		// One id for every row, as for the batch's answer.
+		r := *req
+		r.ID = nuid.Next()
+		req = &r
 	}
 	reqs, err := splitBatch(req, n, c.Plan.Input)
 	if err != nil {
-		in.countRejected(doorNATS, err)
-		in.replyError(msg, false, req, err)
-		return
+		in.countRejected(door, err)
+		return nil, false, err
 	}
 	// One reply subject for the whole batch: the workers send the results
 	// of its items that one batch of theirs answered as one message.
 	subject, replies, cancel := in.replies.registerMany(n)
 	defer cancel()
 	out := &wire.Result{ID: req.ID, Pipeline: in.cfg.Pipeline, Client: req.Client, Items: make([]wire.Result, n)}
+	if out.Client == "" {
+		out.Client = wire.DefaultClient
+	}
 	done := make([]bool, n)
 	pending := 0
 	var tickets []*ticket
 	var indexes []int
 	deadline := time.Time{}
 	for i := range reqs {
-		it, first, err := in.prepare(admission{door: doorNATS, req: &reqs[i], start: start, replyTo: subject})
+		it, first, err := in.prepare(admission{door: door, req: &reqs[i], start: start, replyTo: subject})
 		if err != nil {
-			in.countRejected(doorNATS, err)
+			in.countRejected(door, err)
 			out.Items[i], done[i] = *in.itemError(req, err), true
 			continue
 		}
@@ -88,15 +129,16 @@ func (in *ingress) handleBatch(msg *nats.Msg, req *wire.Request, n int, start ti
 	for k, tk := range tickets {
 		i := indexes[k]
 		if err := tk.wait(); err != nil {
-			in.countRejected(doorNATS, err)
+			in.countRejected(door, err)
 			out.Items[i], done[i] = *in.itemError(req, err), true
 			continue
 		}
 		pending++
-		in.countAdmitted(doorNATS)
-		in.metrics.admission.WithLabelValues(doorNATS).Observe(in.now().Sub(start).Seconds())
+		in.countAdmitted(door)
+		in.metrics.admission.WithLabelValues(door).Observe(in.now().Sub(start).Seconds())
 	}
-	timer := time.NewTimer(max(time.Until(deadline)+in.cfg.ReplyGrace, 0))
+	admitted := pending > 0
+	timer := time.NewTimer(max(deadline.Sub(in.now())+in.cfg.ReplyGrace, 0))
 	defer timer.Stop()
 collect:
 	for pending > 0 {
@@ -121,6 +163,8 @@ collect:
 			break collect
 		case <-in.abort:
 			break collect
+		case <-ctx.Done():
+			return nil, admitted, ctx.Err()
 		}
 	}
 	for i := range done {
@@ -130,18 +174,7 @@ collect:
 	}
 	now := in.now()
 	out.AdmittedUnixNano, out.CompletedUnixNano, out.TotalNs = start.UnixNano(), now.UnixNano(), now.Sub(start).Nanoseconds()
-	b, err := in.codec.EncodeResult(out)
-	if err != nil {
-		in.replyError(msg, false, req, wire.Errorf(wire.CodeInternal, "encode batch result: %v", err))
-		return
-	}
-	reply := nats.NewMsg(msg.Reply)
-	reply.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
-	reply.Data = b
-	if err := in.nc.PublishMsg(reply); err != nil {
-		in.logger.Debug("reply to batch", "id", req.ID, "err", err)
-	}
-	in.metrics.e2e.WithLabelValues(doorNATS).Observe(now.Sub(start).Seconds())
+	return out, admitted, nil
 }
 
 // itemError is the result of one item of a batch that failed with err.

@@ -10,14 +10,18 @@
 //   - NATS request-reply on wire.InferSubject (core NATS, queue group
 //     wire.IngressQueue). The body is msgpack (wire.Request), or the Open
 //     Inference Protocol v2 JSON body when the header Content-Type is
-//     application/json:
+//     application/json (or the header Inference-Header-Content-Length
+//     announces binary tensor data):
 //     nats req cascade.mnist.infer '<json>' -H Content-Type:application/json
-//     A msgpack request's result (a msgpack wire.Result) goes from the last
-//     stage straight to the caller's reply inbox. A JSON request is answered
-//     by the ingress itself with the OIP JSON response, so JSON callers read
-//     JSON. Errors come back at once in the request's encoding, with the
-//     header Cascade-Error: <code>. A message without a reply subject is
-//     dropped (counted as invalid_input): there is nobody to answer.
+//     The result of a msgpack request of one item without an
+//     Idempotency-Key (a msgpack wire.Result) goes from the last stage
+//     straight to the caller's reply inbox. Every other request (JSON, a
+//     batch, a key) is answered by the ingress itself, in the request's
+//     encoding: the OIP JSON response for JSON, so JSON callers read JSON;
+//     one msgpack wire.Result (Items in input order for a batch) for
+//     msgpack. Errors come back at once in the request's encoding, with
+//     the header Cascade-Error: <code>. A message without a reply subject
+//     is dropped (counted as invalid_input): there is nobody to answer.
 //   - Durable jobs on the jobs stream (wire.JobsStream, subjects
 //     wire.JobsSubject(p, client), shared durable consumer
 //     wire.JobsConsumer). The producer's PubAck means accepted: the job gets
@@ -38,32 +42,46 @@
 //     result). See handleJob for every case. A job without an id gets one
 //     derived from its stream sequence, so a redelivery keeps it.
 //   - HTTP, Open Inference Protocol v2: POST /v2/models/{pipeline}/infer
-//     (FP32 or UINT8 tensors), GET /v2/health/live, /v2/health/ready,
-//     /v2/models/{pipeline} (metadata, with the ladder and the gear in
-//     force) and /v2/models/{pipeline}/ready. Errors are
+//     (FP32 or UINT8 tensors, JSON or with the binary tensor data
+//     extension), GET /v2, /v2/health/live, /v2/health/ready,
+//     /v2/models/{pipeline} (metadata with a batch axis of -1, the ladder
+//     and the gear in force) and /v2/models/{pipeline}/ready
+//     ({"name","ready"}). Errors, unknown routes and methods included, are
 //     {"error": "...", "code": "..."} with HTTPStatus(code): 400
 //     invalid_input (413 for a body over MaxBodyBytes, 404 for another
-//     pipeline), 409 duplicate, 429 overloaded, 504 deadline_exceeded, 503
-//     unavailable, 500 internal.
+//     pipeline or route, 405 for a method), 409 duplicate, 429 overloaded,
+//     504 deadline_exceeded, 503 unavailable, 500 internal.
 //
 // HTTP and JSON NATS callers are answered through one wildcard
-// subscription on `_INBOX.<instance>.>`: each request gets a fresh subject
+// subscription on `_INBOX.<instance>.>`: each item gets a fresh subject
 // under it and a channel in a map, never a subscription of its own.
 //
-// # Ids and duplicates
+// # Batches and outputs
 //
-// A request without an id gets a NUID. A client-supplied id is the
-// idempotency key: the item is published with Nats-Msg-Id
-// `<id>.<first model>`, so a second request with the same id within the
-// stream's duplicate window (2 min by default) is not admitted again. A
-// request-reply or HTTP duplicate is answered at once with the error code
-// `duplicate` (HTTP 409): the result belongs to the first request's caller
-// and cannot be delivered twice; do not retry with the same id. A duplicate
-// job is simply acked: that is the redelivery of a job already routed (for
-// instance after an ingress crashed between the PubAck and its Ack), and
-// the first routing makes the one result. If the gear changes the first
-// model between two requests with the same id, the second lands in another
-// stream and is not recognised as a duplicate.
+// An input of shape [N, item shape...] with N > 1 (at most MaxBatchItems)
+// is N items, each cascaded on its own (serve, serveBatch); the answer
+// holds the N results in input order, a refused row with its own error.
+// In OIP JSON: label INT64 [N] (-1 for a failed row), confidence FP64 [N],
+// probabilities FP32 [N, classes], the rows' errors in
+// parameters.errors. The OIP request's "outputs" (msgpack: Request.Outputs)
+// select the outputs and their order; probabilities implies
+// return_probabilities; an unknown name is invalid_input.
+//
+// # Ids and idempotency
+//
+// An id is a correlation id, echoed in the result: a request without one
+// gets a NUID, and the same id twice is two requests with two answers.
+// Every admission gets its own key (wire.Item.Key), from which the message
+// ids of its stages derive. Idempotency is opt-in, with the header
+// Idempotency-Key (HTTP and request-reply; see idempotency.go): the first
+// request of a client with a key is admitted and its result kept in the
+// bucket wire.IdempotencyBucket for the controller's window; a repeat is
+// answered with that result (header Idempotent-Replayed: true), waiting
+// for it while the first is in flight, and with `duplicate` (409) only
+// when it cannot be had by the repeat's deadline. Jobs use JetStream's
+// Nats-Msg-Id instead; a job without an id gets one derived from its
+// stream sequence, and a redelivered job keeps its key, so it is
+// deduplicated at the first stage.
 //
 // # Deadlines
 //

@@ -3,9 +3,11 @@ package ingress
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -30,6 +32,8 @@ func HTTPStatus(code wire.Code) int {
 
 // handler routes the Open Inference Protocol v2 endpoints. {model} is the
 // pipeline name; versions are accepted and ignored (a pipeline has one).
+// Unknown routes and methods are answered with the OIP error body (404,
+// 405 with Allow), like every other error.
 func (in *ingress) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, _ *http.Request) {
@@ -37,14 +41,52 @@ func (in *ingress) handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v2/health/ready", in.httpReady)
 	mux.HandleFunc("GET /v2", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"name": "cascadeserve", "version": "1", "extensions": []string{}})
+		writeJSON(w, http.StatusOK, map[string]any{"name": "cascadeserve", "version": "1", "extensions": []string{"binary_tensor_data"}})
 	})
 	for _, prefix := range []string{"/v2/models/{model}", "/v2/models/{model}/versions/{version}"} {
 		mux.HandleFunc("GET "+prefix, in.httpMetadata)
 		mux.HandleFunc("GET "+prefix+"/ready", in.httpModelReady)
 		mux.HandleFunc("POST "+prefix+"/infer", in.httpInfer)
 	}
-	return mux
+	return jsonErrors(mux)
+}
+
+// jsonErrors serves mux, answering the requests it has no route for (404)
+// or no such method for (405, with its Allow header) with the OIP error
+// body instead of Go's plain text.
+func jsonErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		rec := &statusRecorder{header: http.Header{}}
+		h.ServeHTTP(rec, r)
+		switch rec.status {
+		case http.StatusMethodNotAllowed:
+			allow := rec.header.Get("Allow")
+			w.Header().Set("Allow", allow)
+			writeError(w, rec.status, wire.Errorf(wire.CodeInvalidInput, "method %s is not allowed on %s (allowed: %s)", r.Method, truncate(r.URL.Path, 200), allow))
+		default:
+			writeError(w, http.StatusNotFound, wire.Errorf(wire.CodeInvalidInput, "no such endpoint: %s %s", r.Method, truncate(r.URL.Path, 200)))
+		}
+	})
+}
+
+// statusRecorder keeps the status and headers a handler writes; the body
+// is dropped.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (s *statusRecorder) Header() http.Header         { return s.header }
+func (s *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusRecorder) WriteHeader(status int) {
+	if s.status == 0 {
+		s.status = status
+	}
 }
 
 func (in *ingress) httpReady(w http.ResponseWriter, _ *http.Request) {
@@ -65,10 +107,20 @@ func (in *ingress) knownModel(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// httpModelReady answers the OIP model ready endpoint: {"name", "ready"},
+// 200 when ready, else 503.
 func (in *ingress) httpModelReady(w http.ResponseWriter, r *http.Request) {
-	if in.knownModel(w, r) {
-		in.httpReady(w, r)
+	if !in.knownModel(w, r) {
+		return
 	}
+	status := http.StatusOK
+	if !in.serving() {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, struct {
+		Name  string `json:"name"`
+		Ready bool   `json:"ready"`
+	}{in.cfg.Pipeline, status == http.StatusOK})
 }
 
 // modelMetadata is the OIP v2 model metadata response, with CascadeServe's
@@ -93,6 +145,8 @@ type tensorMetadata struct {
 	Parameters map[string]any `json:"parameters,omitempty"`
 }
 
+// httpMetadata answers the OIP model metadata: shapes lead with the batch
+// axis, -1 (any number of items).
 func (in *ingress) httpMetadata(w http.ResponseWriter, r *http.Request) {
 	if !in.knownModel(w, r) {
 		return
@@ -103,7 +157,7 @@ func (in *ingress) httpMetadata(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := c.Plan
-	input := tensorMetadata{Name: p.Input.Name, Datatype: wire.FP32, Shape: p.Input.Shape}
+	input := tensorMetadata{Name: p.Input.Name, Datatype: wire.FP32, Shape: append([]int64{-1}, p.Input.Shape...)}
 	if p.Input.UINT8Scale > 0 {
 		input.Parameters = map[string]any{"accepted_datatypes": "FP32,UINT8", "uint8_scale": p.Input.UINT8Scale}
 	}
@@ -112,18 +166,19 @@ func (in *ingress) httpMetadata(w http.ResponseWriter, r *http.Request) {
 		gears[i] = g.ID
 	}
 	writeJSON(w, http.StatusOK, modelMetadata{
-		Name: p.Pipeline, Versions: []string{"1"}, Platform: "cascadeserve",
+		Name: p.Pipeline, Versions: []string{wire.ModelVersion}, Platform: "cascadeserve",
 		Inputs: []tensorMetadata{input},
 		Outputs: []tensorMetadata{
-			{Name: wire.OutputLabel, Datatype: wire.INT64, Shape: []int64{1}},
-			{Name: wire.OutputConfidence, Datatype: wire.FP64, Shape: []int64{1}},
-			{Name: wire.OutputProbabilities, Datatype: wire.FP32, Shape: []int64{int64(p.Input.Classes)}, Parameters: map[string]any{"when": "return_probabilities"}},
+			{Name: wire.OutputLabel, Datatype: wire.INT64, Shape: []int64{-1}},
+			{Name: wire.OutputConfidence, Datatype: wire.FP64, Shape: []int64{-1}},
+			{Name: wire.OutputProbabilities, Datatype: wire.FP32, Shape: []int64{-1, int64(p.Input.Classes)}, Parameters: map[string]any{"when": "return_probabilities or requested"}},
 		},
 		Ladder: p.Ladder, Gears: gears, Gear: c.State, Cascade: c.Gear.Cascade, SLOP95Ms: p.SLO.P95Ms,
 	})
 }
 
-// httpInfer admits one OIP v2 infer request and waits for its result.
+// httpInfer admits one OIP v2 infer request (one item or a batch, JSON or
+// with binary tensor data) and waits for its result.
 func (in *ingress) httpInfer(w http.ResponseWriter, r *http.Request) {
 	start := in.now()
 	in.metrics.inFlight.Inc()
@@ -147,42 +202,102 @@ func (in *ingress) httpInfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req wire.Request
-	if err := wire.DecodeOIPRequest(body, &req); err != nil {
-		in.countRejected(doorHTTP, err)
-		writeError(w, HTTPStatus(wire.CodeOf(err)), err)
-		return
-	}
-	subject, ch, cancel := in.replies.register()
-	defer cancel()
-	ad, err := in.admit(admission{door: doorHTTP, req: &req, start: start, replyTo: subject})
+	opts, key, hasKey, err := decodeOIP(body, r.Header.Get(wire.HeaderInferenceHeaderContentLength), r.Header.Values(wire.HeaderIdempotencyKey), &req)
 	if err != nil {
 		in.countRejected(doorHTTP, err)
 		writeError(w, HTTPStatus(wire.CodeOf(err)), err)
 		return
 	}
-	in.countAdmitted(doorHTTP)
-	res, err := in.await(r.Context(), ch, ad.item)
+	res, replayed, err := in.answer(r.Context(), doorHTTP, &req, start, key, hasKey)
 	if err != nil {
 		if r.Context().Err() != nil {
-			in.logger.Debug("HTTP caller went away before its result", "id", ad.item.ID)
+			in.logger.Debug("HTTP caller went away before its result", "id", req.ID)
 			return
 		}
 		writeError(w, HTTPStatus(wire.CodeOf(err)), err)
 		return
 	}
-	if res.Error != nil {
-		writeError(w, HTTPStatus(res.Error.Code), res.Error)
-	} else {
-		b, err := wire.EncodeOIPResponse(res, in.cfg.Pipeline)
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, wire.Errorf(wire.CodeInternal, "%v", err))
-			return
-		}
-		w.Header().Set("Content-Type", wire.ContentTypeJSON)
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(b)
+	a := in.oipAnswer(res, &req, opts)
+	if replayed {
+		w.Header().Set(wire.HeaderIdempotentReplayed, "true")
 	}
+	if a.code != "" {
+		w.Header().Set(wire.HeaderError, string(a.code))
+	}
+	if a.status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "1")
+	}
+	if a.tail != nil {
+		w.Header().Set("Content-Type", wire.ContentTypeOctetStream)
+		w.Header().Set(wire.HeaderInferenceHeaderContentLength, strconv.Itoa(len(a.header)))
+	} else {
+		w.Header().Set("Content-Type", wire.ContentTypeJSON)
+	}
+	w.WriteHeader(a.status)
+	_, _ = w.Write(a.header)
+	_, _ = w.Write(a.tail)
 	in.metrics.e2e.WithLabelValues(doorHTTP).Observe(in.now().Sub(start).Seconds())
+}
+
+// decodeOIP decodes an OIP infer request with the values of its headers
+// Inference-Header-Content-Length (binary tensor data; empty: none) and
+// Idempotency-Key (none, or one valid key). Errors are invalid_input.
+func decodeOIP(body []byte, headerLen string, keys []string, req *wire.Request) (opts wire.OIPResponseOptions, key string, hasKey bool, err error) {
+	n := -1
+	if headerLen != "" {
+		v, err := strconv.Atoi(strings.TrimSpace(headerLen))
+		if err != nil || v < 0 {
+			return opts, "", false, wire.Errorf(wire.CodeInvalidInput, "%s %q: want a byte count", wire.HeaderInferenceHeaderContentLength, truncate(headerLen, 32))
+		}
+		n = v
+	}
+	if opts, err = wire.DecodeOIPInfer(body, n, req); err != nil {
+		return opts, "", false, err
+	}
+	key, hasKey, err = idempotencyKey(keys)
+	return opts, key, hasKey, err
+}
+
+// oipReply is an OIP answer: status, the JSON body or header, the binary
+// data after it (nil: none) and the error code of an error answer.
+type oipReply struct {
+	status       int
+	header, tail []byte
+	code         wire.Code
+}
+
+// oipAnswer writes a result as the OIP answer to req: an error result as
+// the error body with its status; a batch whose every item failed as the
+// first item's error; else the response with the requested outputs, rows
+// in input order.
+func (in *ingress) oipAnswer(res *wire.Result, req *wire.Request, opts wire.OIPResponseOptions) oipReply {
+	failed := res.Error
+	if res.Error == nil && len(res.Items) > 0 {
+		failed = res.Items[0].Error
+		for i := range res.Items {
+			if res.Items[i].Error == nil {
+				failed = nil
+				break
+			}
+		}
+		if failed != nil {
+			failed = &wire.Error{Code: failed.Code, Message: fmt.Sprintf("every item of the batch failed; item 0: %s", failed.Message)}
+		}
+	}
+	if failed != nil {
+		b, _ := json.Marshal(wire.OIPError{ID: res.ID, Error: failed.Message, Code: failed.Code}) // cannot fail: strings
+		return oipReply{status: HTTPStatus(failed.Code), header: b, code: failed.Code}
+	}
+	if c := in.ctl.Load(); c != nil {
+		opts.BatchAxis = hasBatchAxis(req.Input, c.Plan.Input)
+		opts.Classes = c.Plan.Input.Classes
+	}
+	header, tail, err := wire.EncodeOIPResult(res, in.cfg.Pipeline, opts)
+	if err != nil {
+		e := wire.Errorf(wire.CodeInternal, "%v", err)
+		return oipReply{status: http.StatusInternalServerError, header: wire.EncodeOIPError(e), code: e.Code}
+	}
+	return oipReply{status: http.StatusOK, header: header, tail: tail}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -37,6 +37,10 @@ type ingress struct {
 	replies  *replyMux
 	// envelopes coalesces admitted items into envelopes.
 	envelopes *coalescer
+	// idemKV is the idempotency bucket, bound at the first request with an
+	// Idempotency-Key (idemBucket).
+	idemMu sync.Mutex
+	idemKV jetstream.KeyValue
 
 	// ready is true while intake is open: plan and topology known, not
 	// shutting down. jobsOK is true while the jobs consumer is bound (or

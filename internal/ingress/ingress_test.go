@@ -101,7 +101,7 @@ func TestHTTPEndpoints(t *testing.T) {
 		t.Fatalf("metadata = %d", got)
 	}
 	if md.Name != "tiny" || len(md.Inputs) != 1 || md.Inputs[0].Name != "x" || md.Inputs[0].Datatype != "FP32" ||
-		fmt.Sprint(md.Inputs[0].Shape) != "[2 2]" || md.Inputs[0].Parameters["accepted_datatypes"] != "FP32,UINT8" {
+		fmt.Sprint(md.Inputs[0].Shape) != "[-1 2 2]" || md.Inputs[0].Parameters["accepted_datatypes"] != "FP32,UINT8" {
 		t.Errorf("metadata inputs = %+v", md)
 	}
 	if len(md.Outputs) != 3 || md.Outputs[0].Name != "label" || md.Outputs[0].Datatype != "INT64" {

@@ -17,11 +17,13 @@ const (
 )
 
 // Outcomes of a request at intake besides the wire error codes (label
-// outcome): admitted (published to the first stage) and deferred (a job
-// handed back to its stream for a later try).
+// outcome): admitted (published to the first stage), deferred (a job
+// handed back to its stream for a later try) and replayed (a repeat of an
+// Idempotency-Key answered with the first request's result).
 const (
 	outcomeAdmitted = "admitted"
 	outcomeDeferred = "deferred"
+	outcomeReplayed = "replayed"
 )
 
 // metrics are one ingress's Prometheus metrics, registered per instance.
@@ -65,7 +67,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_ingress_requests_total",
-			Help: "Requests by door (nats, jobs, http) and intake outcome: admitted, deferred (job retried later), or the error code answered (invalid_input, overloaded, duplicate, deadline_exceeded, unavailable, internal).",
+			Help: "Requests by door (nats, jobs, http) and intake outcome: admitted, deferred (job retried later), replayed (a repeated Idempotency-Key answered with the first result), or the error code answered (invalid_input, overloaded, duplicate, deadline_exceeded, unavailable, internal).",
 		}, []string{"door", "outcome"}),
 		admission: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cascade_ingress_admission_duration_seconds",
@@ -137,6 +139,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.shed.WithLabelValues(why)
 	}
 	m.requests.WithLabelValues(doorJobs, outcomeDeferred)
+	m.requests.WithLabelValues(doorNATS, outcomeReplayed)
+	m.requests.WithLabelValues(doorHTTP, outcomeReplayed)
 	return m
 }
 

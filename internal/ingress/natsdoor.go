@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,7 +32,9 @@ func (in *ingress) onRequest(msg *nats.Msg) {
 		}
 		return
 	}
-	isJSON := wire.IsJSON(msg.Header.Get(wire.HeaderContentType))
+	// A body with binary tensor data (Inference-Header-Content-Length) is
+	// an OIP request too, whatever its Content-Type.
+	isJSON := wire.IsJSON(msg.Header.Get(wire.HeaderContentType)) || msg.Header.Get(wire.HeaderInferenceHeaderContentLength) != ""
 	// Shed before the client library's pending limits are reached: past
 	// them it drops requests without a word. Answering from a prepared
 	// body costs one buffered write, far less than handling a request, so
@@ -89,63 +92,81 @@ func newOverloadedReply(codec *wire.Codec, pipeline, instance string) (overloade
 	return overloadedReply{err: e, msgpack: b, json: wire.EncodeOIPError(e)}, nil
 }
 
-// handleRequest admits one request-reply request. A msgpack request's item
-// carries the caller's reply subject, so the last stage answers the caller
-// directly (msgpack wire.Result). A JSON request's item carries one of the
-// ingress's own reply subjects: the ingress waits for the result and
-// answers the caller with the OIP v2 JSON response, so the JSON door speaks
-// JSON both ways.
+// handleRequest admits one request-reply request. A msgpack request of
+// one item without an Idempotency-Key carries the caller's reply subject,
+// so the last stage answers the caller directly (msgpack wire.Result).
+// Every other request (JSON, a batch, a key) carries one of the ingress's
+// own reply subjects per item: the ingress waits for the results (keeps
+// them for a key) and answers the caller itself, in the request's
+// encoding: the OIP v2 JSON response for JSON (JSON both ways), one
+// msgpack wire.Result (with Items for a batch) for msgpack.
 func (in *ingress) handleRequest(msg *nats.Msg, isJSON bool, start time.Time) {
 	var req wire.Request
-	if err := in.decode(msg.Header.Get(wire.HeaderContentType), msg.Data, &req); err != nil {
+	var opts wire.OIPResponseOptions
+	var key string
+	var hasKey bool
+	var err error
+	if isJSON {
+		if int64(len(msg.Data)) > in.cfg.MaxBodyBytes {
+			err = wire.Errorf(wire.CodeInvalidInput, "body of %d bytes exceeds the limit of %d", len(msg.Data), in.cfg.MaxBodyBytes)
+		} else {
+			opts, key, hasKey, err = decodeOIP(msg.Data, msg.Header.Get(wire.HeaderInferenceHeaderContentLength), msg.Header.Values(wire.HeaderIdempotencyKey), &req)
+		}
+	} else if err = in.decode(msg.Header.Get(wire.HeaderContentType), msg.Data, &req); err == nil {
+		key, hasKey, err = idempotencyKey(msg.Header.Values(wire.HeaderIdempotencyKey))
+	}
+	if err != nil {
 		in.countRejected(doorNATS, err)
-		in.replyError(msg, isJSON, nil, err)
+		in.replyError(msg, isJSON, &req, err)
 		return
 	}
-	if c := in.ctl.Load(); c != nil && !isJSON {
-		if n := batchSize(req.Input, c.Plan.Input); n > 0 {
-			in.handleBatch(msg, &req, n, start)
+	if !isJSON && !hasKey {
+		if c := in.ctl.Load(); c == nil || batchSize(req.Input, c.Plan.Input) == 0 {
+			if _, err := in.admit(admission{door: doorNATS, req: &req, start: start, replyTo: msg.Reply}); err != nil {
+				in.countRejected(doorNATS, err)
+				in.replyError(msg, false, &req, err)
+				return
+			}
+			in.countAdmitted(doorNATS)
 			return
 		}
 	}
-	a := admission{door: doorNATS, req: &req, start: start, replyTo: msg.Reply}
-	if !isJSON {
-		if _, err := in.admit(a); err != nil {
-			in.countRejected(doorNATS, err)
-			in.replyError(msg, false, &req, err)
-			return
-		}
-		in.countAdmitted(doorNATS)
-		return
-	}
-	subject, ch, cancel := in.replies.register()
-	defer cancel()
-	a.replyTo = subject
-	ad, err := in.admit(a)
+	res, replayed, err := in.answer(context.Background(), doorNATS, &req, start, key, hasKey)
 	if err != nil {
-		in.countRejected(doorNATS, err)
-		in.replyError(msg, true, &req, err)
-		return
-	}
-	in.countAdmitted(doorNATS)
-	res, err := in.await(context.Background(), ch, ad.item)
-	if err != nil {
-		in.replyError(msg, true, &req, err)
-		return
-	}
-	body, err := wire.EncodeOIPResponse(res, in.cfg.Pipeline)
-	if err != nil {
-		in.replyError(msg, true, &req, wire.Errorf(wire.CodeInternal, "%v", err))
+		in.replyError(msg, isJSON, &req, err)
 		return
 	}
 	out := nats.NewMsg(msg.Reply)
-	out.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
-	if res.Error != nil {
-		out.Header.Set(wire.HeaderError, string(res.Error.Code))
+	if replayed {
+		out.Header.Set(wire.HeaderIdempotentReplayed, "true")
 	}
-	out.Data = body
+	if isJSON {
+		a := in.oipAnswer(res, &req, opts)
+		if a.code != "" {
+			out.Header.Set(wire.HeaderError, string(a.code))
+		}
+		if a.tail != nil {
+			out.Header.Set(wire.HeaderContentType, wire.ContentTypeOctetStream)
+			out.Header.Set(wire.HeaderInferenceHeaderContentLength, strconv.Itoa(len(a.header)))
+			out.Data = append(a.header, a.tail...)
+		} else {
+			out.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
+			out.Data = a.header
+		}
+	} else {
+		b, err := in.codec.EncodeResult(res)
+		if err != nil {
+			in.replyError(msg, false, &req, wire.Errorf(wire.CodeInternal, "encode result: %v", err))
+			return
+		}
+		if res.Error != nil {
+			out.Header.Set(wire.HeaderError, string(res.Error.Code))
+		}
+		out.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
+		out.Data = b
+	}
 	if err := in.nc.PublishMsg(out); err != nil {
-		in.logger.Debug("reply to request", "id", ad.item.ID, "err", err)
+		in.logger.Debug("reply to request", "id", res.ID, "err", err)
 	}
 	in.metrics.e2e.WithLabelValues(doorNATS).Observe(in.now().Sub(start).Seconds())
 }

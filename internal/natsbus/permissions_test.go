@@ -567,3 +567,76 @@ func TestProducerCannotAimJetStreamReplies(t *testing.T) {
 		time.Sleep(silenceBound)
 	})
 }
+
+// TestIngressKeepsIdempotencyRecords: the ingress user may create, read,
+// watch, update and delete the idempotency records of a client
+// (`<client>.<hash>` in cascade_<p>_idem), which is all the Idempotency-Key
+// needs; those rules give it neither the control bucket's keys nor its own
+// jobs consumer.
+func TestIngressKeepsIdempotencyRecords(t *testing.T) {
+	d := startDeployed(t)
+	ing := d.connect(t, "ingress", "")
+	js, err := jetstream.New(ing.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, wire.IdempotencyBucket("tiny"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := wire.IdempotencyRecordKey("default", "order-1")
+	rev, err := kv.Create(ctx, key, []byte(`{"state":"pending"}`))
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := kv.Create(ctx, key, []byte(`{"state":"pending"}`)); !errors.Is(err, jetstream.ErrKeyExists) {
+		t.Fatalf("second create = %v, want ErrKeyExists", err)
+	}
+	w, err := kv.Watch(ctx, key)
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	if e := <-w.Updates(); e == nil || string(e.Value()) != `{"state":"pending"}` {
+		t.Fatalf("watch delivered %v", e)
+	}
+	if e := <-w.Updates(); e != nil {
+		t.Fatalf("watch delivered %v, want the end of the current values", e)
+	}
+	if _, err := kv.Update(ctx, key, []byte(`{"state":"done"}`), rev); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	if e := <-w.Updates(); e == nil || string(e.Value()) != `{"state":"done"}` {
+		t.Fatalf("watch delivered %v after the update", e)
+	}
+	if err := w.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, key); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := kv.Create(ctx, key, []byte(`{"state":"pending"}`)); err != nil {
+		t.Fatalf("create after delete: %v", err)
+	}
+	ing.expectNoErrors(t)
+
+	jobs := wire.JobsStream("tiny")
+	for _, c := range []struct {
+		subject string
+		intact  state
+	}{
+		{"$KV.cascade_tiny.gear", d.keyState(wire.KeyGear)},
+		{"$KV.cascade_tiny.plan", d.keyState(wire.KeyPlan)},
+		{"$JS.API.CONSUMER.CREATE." + jobs + ".ingress.$KV.a.b.c", d.consumerState(jobs, "ingress")},
+	} {
+		t.Run(c.subject, func(t *testing.T) {
+			unchanged(t, []state{c.intact}, func() {
+				if err := ing.nc.Publish(c.subject, []byte(`{}`)); err != nil {
+					t.Fatal(err)
+				}
+				ing.expectRefused(t, c.subject)
+			})
+		})
+	}
+}

@@ -64,6 +64,10 @@ type TopologyConfig struct {
 	// leaders of a model's partition streams apart in a cluster (default
 	// slog.Default()).
 	Logger *slog.Logger
+	// IdempotencyWindow is how long an idempotency record is kept after
+	// its last write (the TTL of the idempotency bucket, default 2m): a
+	// repeat of an Idempotency-Key within it gets the first result.
+	IdempotencyWindow time.Duration
 }
 
 // WithDefaults returns c with zero fields set to their defaults.
@@ -109,6 +113,9 @@ func (c TopologyConfig) WithDefaults() TopologyConfig {
 	}
 	if c.MaxAckPending == 0 {
 		c.MaxAckPending = 4096
+	}
+	if c.IdempotencyWindow == 0 {
+		c.IdempotencyWindow = 2 * time.Minute
 	}
 	return c
 }
@@ -232,6 +239,24 @@ func KVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 	}
 }
 
+// IdempotencyKVConfig is the idempotency bucket of a pipeline: one record
+// per client and Idempotency-Key, written by the ingress (the first
+// admission, then its result), expiring IdempotencyWindow after its last
+// write, and bounded in bytes like the results stream (records hold
+// results; when it is full, keyed requests are answered unavailable).
+func IdempotencyKVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
+	c = c.WithDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:      wire.IdempotencyBucket(pipeline),
+		Description: fmt.Sprintf("CascadeServe idempotency records of pipeline %q", pipeline),
+		History:     1,
+		TTL:         c.IdempotencyWindow,
+		MaxBytes:    c.ResultsMaxBytes,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+	}
+}
+
 // EnsureTopology creates or updates every stream, consumer and bucket the
 // plan needs. It is idempotent: running it again with the same plan changes
 // nothing. In a cluster it also spreads the leaders of each model's
@@ -269,6 +294,9 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, p *plan.Plan, c
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, DLQStreamConfig(p.Pipeline, c)); err != nil {
 		return nil, fmt.Errorf("ensure dead-letter stream: %w", err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, IdempotencyKVConfig(p.Pipeline, c)); err != nil {
+		return nil, fmt.Errorf("ensure idempotency bucket: %w", err)
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, KVConfig(p.Pipeline, c))
 	if err != nil {

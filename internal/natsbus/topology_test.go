@@ -106,3 +106,30 @@ func TestTopologyBoundsEveryStream(t *testing.T) {
 		}
 	}
 }
+
+// TestIdempotencyBucket: the topology has the idempotency bucket, its TTL
+// the configured window (2 minutes by default), bounded in bytes.
+func TestIdempotencyBucket(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	p := testPlan(t)
+	for _, c := range []struct {
+		window, want time.Duration
+	}{{0, 2 * time.Minute}, {30 * time.Second, 30 * time.Second}} {
+		if _, err := natsbus.EnsureTopology(ctx, srv.JS, p, natsbus.TopologyConfig{IdempotencyWindow: c.window}); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := srv.JS.KeyValue(ctx, wire.IdempotencyBucket(p.Pipeline))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info := st.(*jetstream.KeyValueBucketStatus).StreamInfo()
+		if st.TTL() != c.want || info.Config.MaxBytes <= 0 || st.History() != 1 {
+			t.Errorf("window %v: TTL %v, max bytes %d, history %d; want TTL %v, bounded, history 1", c.window, st.TTL(), info.Config.MaxBytes, st.History(), c.want)
+		}
+	}
+}

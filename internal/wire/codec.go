@@ -125,6 +125,10 @@ func DecodeRequest(b []byte, r *Request) error {
 	if r.V != 0 && r.V != Version {
 		return Errorf(CodeInvalidInput, "%v: request version %d, this build reads %d", ErrVersion, r.V, Version)
 	}
+	if err := CheckOutputs(r.Outputs); err != nil {
+		return err
+	}
+	r.ReturnProbabilities = r.WantsProbabilities()
 	return nil
 }
 

@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -26,6 +28,22 @@ const (
 	HeaderResultBatch = "Cascade-Result-Batch"
 	// HeaderError carries the error code on an error reply.
 	HeaderError = "Cascade-Error"
+	// HeaderIdempotencyKey (HTTP and NATS request-reply) makes a request
+	// idempotent for its client: a repeat with the same key within the
+	// idempotency window is answered with the first request's result
+	// instead of being admitted again (see IdempotencyBucket).
+	HeaderIdempotencyKey = "Idempotency-Key"
+	// HeaderIdempotentReplayed is set ("true") on the answer to a repeat of
+	// an idempotent request: the result is the first request's.
+	HeaderIdempotentReplayed = "Idempotent-Replayed"
+	// HeaderInferenceHeaderContentLength is the Open Inference Protocol's
+	// binary tensor data extension: the body's first n bytes are the JSON
+	// header, the rest the raw tensor bytes of inputs (and, in a response,
+	// outputs) whose parameters carry binary_data_size.
+	HeaderInferenceHeaderContentLength = "Inference-Header-Content-Length"
+	// ContentTypeOctetStream is the Content-Type of a response with binary
+	// tensor data.
+	ContentTypeOctetStream = "application/octet-stream"
 )
 
 // Subjects and names. Every name is derived here and nowhere else.
@@ -103,6 +121,38 @@ func DLQStream(pipeline string) string { return "CASCADE_" + upper(pipeline) + "
 
 // KVBucket is the control bucket of a pipeline, holding KeyPlan and KeyGear.
 func KVBucket(pipeline string) string { return "cascade_" + pipeline }
+
+// IdempotencyBucket holds a pipeline's idempotency records: one key per
+// client and Idempotency-Key (IdempotencyRecordKey), pointing at the first
+// admission with that key and then holding its result. Its TTL is the
+// idempotency window; the controller creates it with the topology.
+func IdempotencyBucket(pipeline string) string { return "cascade_" + pipeline + "_idem" }
+
+// MaxIdempotencyKey is the longest Idempotency-Key accepted, in bytes.
+const MaxIdempotencyKey = 255
+
+// ValidIdempotencyKey reports whether s can be an Idempotency-Key: 1 to
+// MaxIdempotencyKey bytes of visible ASCII (0x21-0x7e).
+func ValidIdempotencyKey(s string) bool {
+	if len(s) == 0 || len(s) > MaxIdempotencyKey {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// IdempotencyRecordKey is the key of a client's Idempotency-Key in
+// IdempotencyBucket: `<client>.<first 32 hex digits of SHA-256(key)>`, so
+// any key the header carries makes a valid, fixed-size KV key of two
+// tokens.
+func IdempotencyRecordKey(client, key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return client + "." + hex.EncodeToString(sum[:16])
+}
 
 // Keys of the control bucket.
 const (

@@ -21,17 +21,29 @@ import (
 //	{"id": "req-1",
 //	 "inputs": [{"name": "x", "shape": [1, 28, 28], "datatype": "FP32",
 //	             "data": [0.0, 0.1, ...]}],
+//	 "outputs": [{"name": "label"}, {"name": "probabilities"}],
 //	 "parameters": {"timeout_ms": 500, "client": "web", "return_probabilities": true}}
 //
 // Exactly one input is read (its name is not checked: the pipeline has one
 // input). Data is row-major, flat or nested to any depth; FP32 and UINT8
-// datatypes are read. Parameters besides timeout_ms, deadline_unix_ms, client
-// and return_probabilities are ignored, as are requested "outputs".
+// datatypes are read. An input of shape [N, item shape...] is a batch of N
+// items. Parameters besides timeout_ms, deadline_unix_ms, client,
+// return_probabilities and binary_data_output are ignored.
 //
-// The response carries three outputs, "label" (INT64 [1]), "confidence"
-// (FP64 [1]) and, if asked for, "probabilities" (FP32 [classes]), and the
-// cascade's bookkeeping in parameters (OIPResultParameters). Errors are
-// {"error": "...", "code": "..."} with a Code.
+// The binary tensor data extension is read: with the header
+// Inference-Header-Content-Length: n the body's first n bytes are the JSON
+// header, and an input whose parameters carry binary_data_size takes that
+// many raw little-endian bytes from the rest, in input order, instead of
+// "data".
+//
+// The response carries the outputs "label" (INT64), "confidence" (FP64) and,
+// if asked for, "probabilities" (FP32), or only those the request names in
+// "outputs" (an unknown name is invalid_input), and the cascade's
+// bookkeeping in parameters (OIPResultParameters; for a batch,
+// OIPBatchParameters with the per-row errors). Outputs asked for with
+// parameters.binary_data (or every output, with the request parameter
+// binary_data_output) are written as binary data after the JSON header
+// (EncodeOIPResult). Errors are {"error": "...", "code": "..."} with a Code.
 
 // Datatypes of OIP response outputs.
 const (
@@ -52,7 +64,17 @@ const (
 	ParamDeadlineUnixMs      = "deadline_unix_ms"
 	ParamClient              = "client"
 	ParamReturnProbabilities = "return_probabilities"
+	// ParamBinaryDataOutput (request) asks for every output as binary data.
+	ParamBinaryDataOutput = "binary_data_output"
+	// ParamBinaryData (requested output) asks for that output as binary
+	// data; ParamBinaryDataSize (input or response output) is the size in
+	// bytes of a tensor sent as binary data.
+	ParamBinaryData     = "binary_data"
+	ParamBinaryDataSize = "binary_data_size"
 )
+
+// ModelVersion is the version every response names: a pipeline has one.
+const ModelVersion = "1"
 
 // IsJSON reports whether a Content-Type header value selects the JSON (OIP)
 // body; parameters such as "; charset=utf-8" are allowed.
@@ -82,60 +104,159 @@ func DecodeRequestBody(contentType string, b []byte, r *Request) error {
 type OIPRequest struct {
 	ID         string                     `json:"id,omitempty"`
 	Inputs     []OIPTensor                `json:"inputs"`
-	Outputs    []json.RawMessage          `json:"outputs,omitempty"`
+	Outputs    []OIPRequestOutput         `json:"outputs,omitempty"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+}
+
+// OIPRequestOutput is one requested output of an OIP request.
+type OIPRequestOutput struct {
+	Name       string                     `json:"name"`
 	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
 }
 
 // OIPTensor is one input or output tensor of an OIP body; Data is the raw
-// JSON array (flat or nested, row-major).
+// JSON array (flat or nested, row-major), absent for a tensor sent as
+// binary data.
 type OIPTensor struct {
 	Name       string                     `json:"name"`
 	Shape      []int64                    `json:"shape"`
 	Datatype   string                     `json:"datatype"`
 	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
-	Data       json.RawMessage            `json:"data"`
+	Data       json.RawMessage            `json:"data,omitempty"`
 }
 
-// DecodeOIPRequest decodes an OIP v2 infer request body into r. It checks
-// the body's structure (one input, known datatype, numeric data of the
-// datatype's range, typed parameters); it does not know the pipeline, so
-// shape and size are checked by the ingress. Errors are *Error with
-// CodeInvalidInput.
+// OIPResponseOptions says how a result is written as an OIP response
+// (EncodeOIPResult).
+type OIPResponseOptions struct {
+	// Outputs are the outputs to write, in order, each as JSON data or as
+	// binary data. Empty: label, confidence and, when the result has them,
+	// probabilities, as binary data if BinaryAll.
+	Outputs []OIPOutputChoice
+	// BinaryAll writes the default outputs as binary data (the request
+	// parameter binary_data_output without named outputs).
+	BinaryAll bool
+	// BatchAxis: the request's input had a leading batch axis, so
+	// probabilities are [N, classes]; without it (one item of the item
+	// shape) they are [classes]. Label and confidence are [N] either way.
+	BatchAxis bool
+	// Classes is the length of a probabilities row when no row of the
+	// result has probabilities (every row failed); 0: such rows are empty.
+	Classes int
+}
+
+// OIPOutputChoice is one output to write and whether as binary data.
+type OIPOutputChoice struct {
+	Name   string
+	Binary bool
+}
+
+// DecodeOIPRequest decodes an OIP v2 infer request body (all JSON) into r.
+// See DecodeOIPInfer.
 func DecodeOIPRequest(b []byte, r *Request) error {
+	_, err := DecodeOIPInfer(b, -1, r)
+	return err
+}
+
+// DecodeOIPInfer decodes an OIP v2 infer request into r and returns how it
+// wants its response written. headerLen is the value of the header
+// Inference-Header-Content-Length (HeaderInferenceHeaderContentLength), or
+// -1 without it: then the whole body is JSON; else the body's first
+// headerLen bytes are the JSON header and the rest the binary data of the
+// inputs whose parameters carry binary_data_size, in input order, with no
+// byte left over.
+//
+// It checks the body's structure (one input, known datatype, numeric data
+// of the datatype's range, typed parameters, known output names); it does
+// not know the pipeline, so shape and size are checked by the ingress.
+// Errors are *Error with CodeInvalidInput.
+func DecodeOIPInfer(body []byte, headerLen int, r *Request) (OIPResponseOptions, error) {
+	header, tail := body, []byte(nil)
+	if headerLen >= 0 {
+		if headerLen > len(body) {
+			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "%s %d exceeds the body's %d bytes", HeaderInferenceHeaderContentLength, headerLen, len(body))
+		}
+		header, tail = body[:headerLen], body[headerLen:]
+	}
 	var o OIPRequest
-	if err := json.Unmarshal(b, &o); err != nil {
-		return Errorf(CodeInvalidInput, "decode JSON request: %v", err)
+	if err := json.Unmarshal(header, &o); err != nil {
+		return OIPResponseOptions{}, Errorf(CodeInvalidInput, "decode JSON request: %v", err)
 	}
 	*r = Request{V: Version, ID: o.ID}
 	if len(o.Inputs) != 1 {
-		return Errorf(CodeInvalidInput, "request has %d inputs, want exactly 1", len(o.Inputs))
+		return OIPResponseOptions{}, Errorf(CodeInvalidInput, "request has %d inputs, want exactly 1", len(o.Inputs))
 	}
 	in := o.Inputs[0]
 	size := DatatypeSize(in.Datatype)
 	if size == 0 {
-		return Errorf(CodeInvalidInput, "input %q: datatype %q not supported (want %s or %s)", in.Name, in.Datatype, FP32, UINT8)
+		return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q: datatype %q not supported (want %s or %s)", in.Name, in.Datatype, FP32, UINT8)
 	}
-	if len(in.Data) == 0 {
-		return Errorf(CodeInvalidInput, "input %q has no data", in.Name)
-	}
-	// Pre-size from the shape, but never beyond what the body could hold
-	// (every value takes at least two bytes: a digit and a separator), so a
-	// lying shape cannot make us allocate.
-	hint := Tensor{Shape: in.Shape}.Elements()
-	if limit := int64(len(in.Data)/2 + 1); hint < 0 || hint > limit {
-		hint = limit
-	}
-	data, err := parseOIPData(in.Data, in.Datatype, make([]byte, 0, hint*int64(size)))
-	if err != nil {
-		return Errorf(CodeInvalidInput, "input %q: %v", in.Name, err)
-	}
-	r.Input = Tensor{Datatype: in.Datatype, Shape: in.Shape, Data: data}
-	for k, v := range o.Parameters {
-		if err := r.setParam(k, v); err != nil {
-			return Errorf(CodeInvalidInput, "parameter %q: %v", k, err)
+	var data []byte
+	if raw, ok := in.Parameters[ParamBinaryDataSize]; ok {
+		var n int64
+		if err := json.Unmarshal(raw, &n); err != nil || n < 0 {
+			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q: %s %s: want a byte count", in.Name, ParamBinaryDataSize, truncate(raw, 32))
+		}
+		switch {
+		case headerLen < 0:
+			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q has %s but the request has no %s header", in.Name, ParamBinaryDataSize, HeaderInferenceHeaderContentLength)
+		case len(in.Data) != 0 && string(in.Data) != "null":
+			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q has both data and %s", in.Name, ParamBinaryDataSize)
+		case n > int64(len(tail)):
+			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q: %s %d exceeds the %d bytes of binary data", in.Name, ParamBinaryDataSize, n, len(tail))
+		}
+		data, tail = tail[:n:n], tail[n:]
+	} else {
+		if len(in.Data) == 0 {
+			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q has no data", in.Name)
+		}
+		// Pre-size from the shape, but never beyond what the body could
+		// hold (every value takes at least two bytes: a digit and a
+		// separator), so a lying shape cannot make us allocate.
+		hint := Tensor{Shape: in.Shape}.Elements()
+		if limit := int64(len(in.Data)/2 + 1); hint < 0 || hint > limit {
+			hint = limit
+		}
+		var err error
+		if data, err = parseOIPData(in.Data, in.Datatype, make([]byte, 0, hint*int64(size))); err != nil {
+			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q: %v", in.Name, err)
 		}
 	}
-	return nil
+	if len(tail) != 0 {
+		return OIPResponseOptions{}, Errorf(CodeInvalidInput, "%d bytes of binary data after the inputs' %s", len(tail), ParamBinaryDataSize)
+	}
+	r.Input = Tensor{Datatype: in.Datatype, Shape: in.Shape, Data: data}
+	var opts OIPResponseOptions
+	for k, v := range o.Parameters {
+		if k == ParamBinaryDataOutput {
+			if err := json.Unmarshal(v, &opts.BinaryAll); err != nil {
+				return OIPResponseOptions{}, Errorf(CodeInvalidInput, "parameter %q: want a boolean", k)
+			}
+			continue
+		}
+		if err := r.setParam(k, v); err != nil {
+			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "parameter %q: %v", k, err)
+		}
+	}
+	for _, out := range o.Outputs {
+		c := OIPOutputChoice{Name: out.Name, Binary: opts.BinaryAll}
+		for k, v := range out.Parameters {
+			switch k {
+			case ParamBinaryData:
+				if err := json.Unmarshal(v, &c.Binary); err != nil {
+					return OIPResponseOptions{}, Errorf(CodeInvalidInput, "output %q: parameter %q: want a boolean", truncate([]byte(out.Name), 64), k)
+				}
+			case "classification":
+				return OIPResponseOptions{}, Errorf(CodeInvalidInput, "output %q: parameter %q is not supported", truncate([]byte(out.Name), 64), k)
+			}
+		}
+		r.Outputs = append(r.Outputs, out.Name)
+		opts.Outputs = append(opts.Outputs, c)
+	}
+	if err := CheckOutputs(r.Outputs); err != nil {
+		return OIPResponseOptions{}, err
+	}
+	r.ReturnProbabilities = r.WantsProbabilities()
+	return opts, nil
 }
 
 // maxParamMs bounds millisecond parameters (about year 33658 as a Unix
@@ -306,21 +427,24 @@ func appendOIPData(dst []byte, t Tensor) ([]byte, error) {
 	return append(dst, ']'), nil
 }
 
-// OIPResponse is the OIP v2 infer response body.
+// OIPResponse is the OIP v2 infer response body. Parameters is an
+// OIPResultParameters, or an OIPBatchParameters for a batch.
 type OIPResponse struct {
-	ModelName    string              `json:"model_name"`
-	ModelVersion string              `json:"model_version,omitempty"`
-	ID           string              `json:"id"`
-	Parameters   OIPResultParameters `json:"parameters"`
-	Outputs      []OIPOutput         `json:"outputs"`
+	ModelName    string      `json:"model_name"`
+	ModelVersion string      `json:"model_version,omitempty"`
+	ID           string      `json:"id"`
+	Parameters   any         `json:"parameters"`
+	Outputs      []OIPOutput `json:"outputs"`
 }
 
-// OIPOutput is one output tensor of a response; Data is a flat JSON array.
+// OIPOutput is one output tensor of a response: Data is a flat JSON array,
+// or absent when the tensor is binary data (Parameters binary_data_size).
 type OIPOutput struct {
-	Name     string          `json:"name"`
-	Shape    []int64         `json:"shape"`
-	Datatype string          `json:"datatype"`
-	Data     json.RawMessage `json:"data"`
+	Name       string          `json:"name"`
+	Shape      []int64         `json:"shape"`
+	Datatype   string          `json:"datatype"`
+	Parameters map[string]any  `json:"parameters,omitempty"`
+	Data       json.RawMessage `json:"data,omitempty"`
 }
 
 // OIPResultParameters is the cascade's bookkeeping of a result, carried in
@@ -341,6 +465,26 @@ type OIPResultParameters struct {
 	LatencyMs         float64 `json:"latency_ms"`
 	AdmittedUnixNano  int64   `json:"admitted_ns,omitempty"`
 	CompletedUnixNano int64   `json:"completed_ns,omitempty"`
+}
+
+// OIPBatchParameters are the parameters of a batch's response: the
+// request's end-to-end times, each row's bookkeeping (null for a row that
+// failed) and the rows that failed, whose label is -1.
+type OIPBatchParameters struct {
+	Pipeline          string                 `json:"pipeline,omitempty"`
+	Client            string                 `json:"client,omitempty"`
+	LatencyMs         float64                `json:"latency_ms"`
+	AdmittedUnixNano  int64                  `json:"admitted_ns,omitempty"`
+	CompletedUnixNano int64                  `json:"completed_ns,omitempty"`
+	Items             []*OIPResultParameters `json:"items"`
+	Errors            []OIPItemError         `json:"errors,omitempty"`
+}
+
+// OIPItemError is the typed error of one row of a batch.
+type OIPItemError struct {
+	Index   int    `json:"index"`
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
 }
 
 // OIPError is the body of every error answer over HTTP or JSON NATS. ID is
@@ -364,70 +508,178 @@ func EncodeOIPError(err error) []byte {
 	return b
 }
 
-// EncodeOIPResponse writes a successful result as an OIP v2 response for
-// model (the pipeline name). A result carrying an Error is written as the
-// error body with the result's id: {"id", "error", "code"}.
+// EncodeOIPResponse writes a result as an OIP v2 response for model (the
+// pipeline name) with the default outputs, all JSON: EncodeOIPResult with
+// zero options.
 func EncodeOIPResponse(r *Result, model string) ([]byte, error) {
-	if r.Error != nil {
-		b, _ := json.Marshal(OIPError{ID: r.ID, Error: r.Error.Message, Code: r.Error.Code}) // cannot fail: strings
-		return b, nil
-	}
+	b, _, err := EncodeOIPResult(r, model, OIPResponseOptions{})
+	return b, err
+}
+
+// resultParameters is the bookkeeping of one answered result.
+func resultParameters(r *Result) *OIPResultParameters {
 	visits := make([]string, len(r.Visits))
 	for i, v := range r.Visits {
 		visits[i] = v.Model
 	}
-	resp := OIPResponse{
-		ModelName: model,
-		ID:        r.ID,
-		Parameters: OIPResultParameters{
-			Pipeline:          r.Pipeline,
-			Client:            r.Client,
-			AnsweredBy:        r.AnsweredBy,
-			Gear:              r.Gear,
-			AdmittedGear:      r.AdmittedGear,
-			Degraded:          r.Degraded,
-			Visits:            strings.Join(visits, ","),
-			Stages:            len(r.Visits),
-			LatencyMs:         float64(r.TotalNs) / 1e6,
-			AdmittedUnixNano:  r.AdmittedUnixNano,
-			CompletedUnixNano: r.CompletedUnixNano,
-		},
-		Outputs: []OIPOutput{
-			{Name: OutputLabel, Shape: []int64{1}, Datatype: INT64, Data: strconv.AppendInt([]byte{'['}, int64(r.Label), 10)},
-			{Name: OutputConfidence, Shape: []int64{1}, Datatype: FP64},
-		},
+	return &OIPResultParameters{
+		Pipeline: r.Pipeline, Client: r.Client, AnsweredBy: r.AnsweredBy, Gear: r.Gear, AdmittedGear: r.AdmittedGear,
+		Degraded: r.Degraded, Visits: strings.Join(visits, ","), Stages: len(r.Visits),
+		LatencyMs: float64(r.TotalNs) / 1e6, AdmittedUnixNano: r.AdmittedUnixNano, CompletedUnixNano: r.CompletedUnixNano,
 	}
-	resp.Outputs[0].Data = append(resp.Outputs[0].Data, ']')
-	c := r.Confidence
-	if math.IsNaN(c) || math.IsInf(c, 0) {
-		return nil, fmt.Errorf("encode OIP response %q: confidence %v", r.ID, c)
+}
+
+// EncodeOIPResult writes a result as an OIP v2 response for model (the
+// pipeline name): the JSON body or header and, when some output is binary
+// data, the bytes that follow it (else nil). A result carrying an Error is
+// written as the error body with the result's id: {"id", "error", "code"}.
+//
+// A batch's result (Items) is written as N rows in input order: label
+// INT64 [N], confidence FP64 [N], probabilities FP32 [N, classes]; a row
+// that failed has label -1, confidence 0, probabilities 0 and its error in
+// parameters.errors (OIPBatchParameters). One item is written as label
+// [1], confidence [1], probabilities [classes] ([1, classes] with
+// BatchAxis).
+func EncodeOIPResult(r *Result, model string, o OIPResponseOptions) (header, tail []byte, err error) {
+	if r.Error != nil {
+		b, _ := json.Marshal(OIPError{ID: r.ID, Error: r.Error.Message, Code: r.Error.Code}) // cannot fail: strings
+		return b, nil, nil
 	}
-	resp.Outputs[1].Data = append(strconv.AppendFloat([]byte{'['}, c, 'g', -1, 64), ']')
-	if r.Probabilities != nil {
-		data := make([]byte, 0, 2+12*len(r.Probabilities))
-		data = append(data, '[')
-		for i, p := range r.Probabilities {
-			if math.IsNaN(float64(p)) || math.IsInf(float64(p), 0) {
-				return nil, fmt.Errorf("encode OIP response %q: probability %v", r.ID, p)
+	rows := []Result{*r}
+	resp := OIPResponse{ModelName: model, ModelVersion: ModelVersion, ID: r.ID}
+	batch := len(r.Items) > 0
+	if batch {
+		rows = r.Items
+		p := OIPBatchParameters{Pipeline: r.Pipeline, Client: r.Client, LatencyMs: float64(r.TotalNs) / 1e6,
+			AdmittedUnixNano: r.AdmittedUnixNano, CompletedUnixNano: r.CompletedUnixNano, Items: make([]*OIPResultParameters, len(rows))}
+		for i := range rows {
+			if e := rows[i].Error; e != nil {
+				p.Errors = append(p.Errors, OIPItemError{Index: i, Code: e.Code, Message: e.Message})
+				continue
 			}
-			if i > 0 {
-				data = append(data, ',')
-			}
-			data = strconv.AppendFloat(data, float64(p), 'g', -1, 32)
+			p.Items[i] = resultParameters(&rows[i])
 		}
-		data = append(data, ']')
-		resp.Outputs = append(resp.Outputs, OIPOutput{Name: OutputProbabilities, Shape: []int64{int64(len(r.Probabilities))}, Datatype: FP32, Data: data})
+		resp.Parameters = p
+	} else {
+		resp.Parameters = resultParameters(r)
+	}
+	classes := o.Classes
+	hasProbs := false
+	for i := range rows {
+		if rows[i].Error == nil && rows[i].Probabilities != nil {
+			classes, hasProbs = len(rows[i].Probabilities), true
+			break
+		}
+	}
+	outputs := o.Outputs
+	if len(outputs) == 0 {
+		outputs = []OIPOutputChoice{{OutputLabel, o.BinaryAll}, {OutputConfidence, o.BinaryAll}}
+		if hasProbs {
+			outputs = append(outputs, OIPOutputChoice{OutputProbabilities, o.BinaryAll})
+		}
+	}
+	n := int64(len(rows))
+	for _, c := range outputs {
+		out := OIPOutput{Name: c.Name}
+		var values []byte // little-endian binary values
+		switch c.Name {
+		case OutputLabel:
+			out.Datatype, out.Shape = INT64, []int64{n}
+			for i := range rows {
+				label := int64(rows[i].Label)
+				if rows[i].Error != nil {
+					label = -1
+				}
+				values = binary.LittleEndian.AppendUint64(values, uint64(label))
+			}
+		case OutputConfidence:
+			out.Datatype, out.Shape = FP64, []int64{n}
+			for i := range rows {
+				c := rows[i].Confidence
+				if rows[i].Error != nil {
+					c = 0
+				}
+				if math.IsNaN(c) || math.IsInf(c, 0) {
+					return nil, nil, fmt.Errorf("encode OIP response %q: confidence %v", r.ID, c)
+				}
+				values = binary.LittleEndian.AppendUint64(values, math.Float64bits(c))
+			}
+		case OutputProbabilities:
+			out.Datatype, out.Shape = FP32, []int64{n, int64(classes)}
+			if !batch && !o.BatchAxis {
+				out.Shape = []int64{int64(classes)}
+			}
+			for i := range rows {
+				p := rows[i].Probabilities
+				if rows[i].Error != nil || len(p) != classes {
+					p = make([]float32, classes)
+				}
+				for _, v := range p {
+					if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+						return nil, nil, fmt.Errorf("encode OIP response %q: probability %v", r.ID, v)
+					}
+					values = binary.LittleEndian.AppendUint32(values, math.Float32bits(v))
+				}
+			}
+		default:
+			return nil, nil, fmt.Errorf("encode OIP response %q: unknown output %q", r.ID, c.Name)
+		}
+		if c.Binary {
+			out.Parameters = map[string]any{ParamBinaryDataSize: len(values)}
+			tail = append(tail, values...)
+		} else {
+			out.Data = appendJSONValues(make([]byte, 0, 2+3*len(values)), out.Datatype, values)
+		}
+		resp.Outputs = append(resp.Outputs, out)
 	}
 	b, err := json.Marshal(resp)
 	if err != nil {
-		return nil, fmt.Errorf("encode OIP response %q: %w", r.ID, err)
+		return nil, nil, fmt.Errorf("encode OIP response %q: %w", r.ID, err)
 	}
-	return b, nil
+	return b, tail, nil
+}
+
+// appendJSONValues writes little-endian values of datatype dt (INT64,
+// FP64 or FP32, known finite) as a flat JSON array.
+func appendJSONValues(dst []byte, dt string, values []byte) []byte {
+	dst = append(dst, '[')
+	size := 8
+	if dt == FP32 {
+		size = 4
+	}
+	for i := 0; i+size <= len(values); i += size {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		switch dt {
+		case INT64:
+			dst = strconv.AppendInt(dst, int64(binary.LittleEndian.Uint64(values[i:])), 10)
+		case FP64:
+			dst = strconv.AppendFloat(dst, math.Float64frombits(binary.LittleEndian.Uint64(values[i:])), 'g', -1, 64)
+		case FP32:
+			dst = strconv.AppendFloat(dst, float64(math.Float32frombits(binary.LittleEndian.Uint32(values[i:]))), 'g', -1, 32)
+		}
+	}
+	return append(dst, ']')
+}
+
+// oipResponseBody is what DecodeOIPResponse reads: the union of the single
+// and batch parameters.
+type oipResponseBody struct {
+	ID         string `json:"id"`
+	Parameters struct {
+		OIPResultParameters
+		Items  []*OIPResultParameters `json:"items"`
+		Errors []OIPItemError         `json:"errors"`
+	} `json:"parameters"`
+	Outputs []OIPOutput `json:"outputs"`
 }
 
 // DecodeOIPResponse reads an OIP v2 response body (or an error body) back
 // into a Result, for clients of the HTTP and JSON NATS doors. An error body
-// yields a Result whose Error is set.
+// yields a Result whose Error is set; a batch's response (parameters.items)
+// a Result whose Items hold the rows. Outputs sent as binary data are not
+// read (use the JSON form).
 func DecodeOIPResponse(b []byte, r *Result) error {
 	var probe struct {
 		ID    string  `json:"id"`
@@ -445,48 +697,88 @@ func DecodeOIPResponse(b []byte, r *Result) error {
 		*r = Result{V: Version, ID: probe.ID, Error: &Error{Code: code, Message: *probe.Error}}
 		return nil
 	}
-	var o OIPResponse
+	var o oipResponseBody
 	if err := json.Unmarshal(b, &o); err != nil {
 		return fmt.Errorf("decode OIP response: %w", err)
 	}
 	p := o.Parameters
-	*r = Result{
-		V: Version, ID: o.ID, Pipeline: p.Pipeline, Client: p.Client,
-		AnsweredBy: p.AnsweredBy, Gear: p.Gear, AdmittedGear: p.AdmittedGear, Degraded: p.Degraded,
-		TotalNs:          int64(math.Round(p.LatencyMs * 1e6)),
-		AdmittedUnixNano: p.AdmittedUnixNano, CompletedUnixNano: p.CompletedUnixNano,
+	batch := p.Items != nil
+	n := 1
+	if batch {
+		n = len(p.Items)
 	}
-	if p.Visits != "" {
-		for m := range strings.SplitSeq(p.Visits, ",") {
-			r.Visits = append(r.Visits, Visit{Model: m})
-		}
-	}
+	var labels []int64
+	var confidences []float64
+	var probs []float32
 	seen := map[string]bool{}
 	for _, out := range o.Outputs {
 		seen[out.Name] = true
+		if len(out.Data) == 0 {
+			return fmt.Errorf("decode OIP response: output %q is binary data", out.Name)
+		}
+		var err error
 		switch out.Name {
 		case OutputLabel:
-			var v []int64
-			if err := json.Unmarshal(out.Data, &v); err != nil || len(v) != 1 {
-				return fmt.Errorf("decode OIP response: output %q: want one integer", out.Name)
+			if err = json.Unmarshal(out.Data, &labels); err == nil && len(labels) != n {
+				err = fmt.Errorf("%d values for %d rows", len(labels), n)
 			}
-			r.Label = int(v[0])
 		case OutputConfidence:
-			var v []float64
-			if err := json.Unmarshal(out.Data, &v); err != nil || len(v) != 1 {
-				return fmt.Errorf("decode OIP response: output %q: want one number", out.Name)
+			if err = json.Unmarshal(out.Data, &confidences); err == nil && len(confidences) != n {
+				err = fmt.Errorf("%d values for %d rows", len(confidences), n)
 			}
-			r.Confidence = v[0]
 		case OutputProbabilities:
-			var v []float32
-			if err := json.Unmarshal(out.Data, &v); err != nil {
-				return fmt.Errorf("decode OIP response: output %q: %w", out.Name, err)
+			if err = json.Unmarshal(out.Data, &probs); err == nil && len(probs)%n != 0 {
+				err = fmt.Errorf("%d values for %d rows", len(probs), n)
 			}
-			r.Probabilities = v
+		}
+		if err != nil {
+			return fmt.Errorf("decode OIP response: output %q: %w", out.Name, err)
 		}
 	}
-	if !seen[OutputLabel] || !seen[OutputConfidence] {
-		return fmt.Errorf("decode OIP response: outputs %q and %q are required", OutputLabel, OutputConfidence)
+	if !seen[OutputLabel] && !seen[OutputConfidence] && !seen[OutputProbabilities] {
+		return fmt.Errorf("decode OIP response: none of the outputs %q, %q and %q", OutputLabel, OutputConfidence, OutputProbabilities)
+	}
+	row := func(i int, params *OIPResultParameters, dst *Result) {
+		if params != nil {
+			dst.Pipeline, dst.Client, dst.AnsweredBy, dst.Gear, dst.AdmittedGear, dst.Degraded =
+				params.Pipeline, params.Client, params.AnsweredBy, params.Gear, params.AdmittedGear, params.Degraded
+			dst.TotalNs = int64(math.Round(params.LatencyMs * 1e6))
+			dst.AdmittedUnixNano, dst.CompletedUnixNano = params.AdmittedUnixNano, params.CompletedUnixNano
+			if params.Visits != "" {
+				for m := range strings.SplitSeq(params.Visits, ",") {
+					dst.Visits = append(dst.Visits, Visit{Model: m})
+				}
+			}
+		}
+		if labels != nil {
+			dst.Label = int(labels[i])
+		}
+		if confidences != nil {
+			dst.Confidence = confidences[i]
+		}
+		if probs != nil {
+			c := len(probs) / n
+			dst.Probabilities = probs[i*c : (i+1)*c : (i+1)*c]
+		}
+	}
+	if !batch {
+		*r = Result{V: Version, ID: o.ID}
+		row(0, &p.OIPResultParameters, r)
+		return nil
+	}
+	*r = Result{V: Version, ID: o.ID, Pipeline: p.Pipeline, Client: p.Client,
+		TotalNs:          int64(math.Round(p.LatencyMs * 1e6)),
+		AdmittedUnixNano: p.AdmittedUnixNano, CompletedUnixNano: p.CompletedUnixNano,
+		Items: make([]Result, n)}
+	for i := range r.Items {
+		r.Items[i] = Result{V: Version, ID: o.ID}
+		row(i, p.Items[i], &r.Items[i])
+	}
+	for _, e := range p.Errors {
+		if e.Index < 0 || e.Index >= n {
+			return fmt.Errorf("decode OIP response: error of row %d of %d", e.Index, n)
+		}
+		r.Items[e.Index] = Result{V: Version, ID: o.ID, Error: &Error{Code: e.Code, Message: e.Message}}
 	}
 	return nil
 }

@@ -32,9 +32,9 @@ func TestDecodeOIPRequest(t *testing.T) {
 			want: wire.Request{V: wire.Version, Input: wire.Tensor{Datatype: wire.UINT8, Shape: []int64{3}, Data: []byte{0, 255, 10}}},
 		},
 		{
-			name: "requested outputs ignored",
-			body: `{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[7]}],"outputs":[{"name":"label"}]}`,
-			want: wire.Request{V: wire.Version, Input: wire.FP32Tensor([]int64{1}, []float32{7})},
+			name: "requested outputs: probabilities implies return_probabilities",
+			body: `{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[7]}],"outputs":[{"name":"probabilities"},{"name":"label"}]}`,
+			want: wire.Request{V: wire.Version, Input: wire.FP32Tensor([]int64{1}, []float32{7}), Outputs: []string{"probabilities", "label"}, ReturnProbabilities: true},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"unsafe"
 )
 
@@ -42,10 +43,11 @@ const (
 	CodeDeadlineExceeded Code = "deadline_exceeded"
 	// CodeUnavailable: the pipeline is not ready (topology or plan missing).
 	CodeUnavailable Code = "unavailable"
-	// CodeDuplicate: a request with the same id was admitted within the
-	// deduplication window (Nats-Msg-Id `<id>.<first model>`); that
-	// admission gets the one result, this one is not admitted again. Do not
-	// retry with the same id (HTTP 409).
+	// CodeDuplicate: the request repeats an Idempotency-Key of its client
+	// within the idempotency window, and the first request's result cannot
+	// be had: it was still in flight at this request's deadline, or it
+	// could not be kept. A repeat whose first result is known is answered
+	// with that result instead (HTTP 409).
 	CodeDuplicate Code = "duplicate"
 	// CodeInternal: a server-side failure, e.g. a model failed repeatedly and
 	// the item went to the dead-letter subject.
@@ -157,8 +159,9 @@ var nativeLittleEndian = func() bool {
 // InferSubject, as a durable job to JobsSubject, or (as JSON) over HTTP.
 type Request struct {
 	V int `msgpack:"v"`
-	// ID, when set, is the idempotency key: a second request with the same
-	// ID within the dedup window is not admitted again. Empty: ingress
+	// ID, when set, is a correlation id echoed in the result, as in the
+	// Open Inference Protocol; the same id twice is two requests (for
+	// idempotency, send the header HeaderIdempotencyKey). Empty: ingress
 	// assigns one.
 	ID string `msgpack:"id,omitempty"`
 	// Input is one item (shape = the pipeline's item shape, optionally with a
@@ -176,6 +179,37 @@ type Request struct {
 	// ReturnProbabilities asks for the answering model's class
 	// probabilities in the result.
 	ReturnProbabilities bool `msgpack:"return_probabilities,omitempty"`
+	// Outputs names the outputs wanted (OutputLabel, OutputConfidence,
+	// OutputProbabilities; CheckOutputs); empty: label and confidence, and
+	// probabilities when ReturnProbabilities is set. Asking for
+	// probabilities implies ReturnProbabilities. JSON answers hold only
+	// the outputs named, in the order named.
+	Outputs []string `msgpack:"outputs,omitempty"`
+}
+
+// CheckOutputs checks requested output names: each one of OutputLabel,
+// OutputConfidence and OutputProbabilities, none twice. Errors are *Error
+// with CodeInvalidInput.
+func CheckOutputs(names []string) error {
+	seen := map[string]bool{}
+	for _, n := range names {
+		switch n {
+		case OutputLabel, OutputConfidence, OutputProbabilities:
+		default:
+			return Errorf(CodeInvalidInput, "unknown output %q (want %s, %s or %s)", truncate([]byte(n), 64), OutputLabel, OutputConfidence, OutputProbabilities)
+		}
+		if seen[n] {
+			return Errorf(CodeInvalidInput, "output %q requested twice", n)
+		}
+		seen[n] = true
+	}
+	return nil
+}
+
+// WantsProbabilities reports whether r asks for the class probabilities:
+// ReturnProbabilities, or OutputProbabilities among its outputs.
+func (r *Request) WantsProbabilities() bool {
+	return r.ReturnProbabilities || slices.Contains(r.Outputs, OutputProbabilities)
 }
 
 // Visit records one stage an item went through.
