@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -306,6 +307,35 @@ func TestKubernetesNATSConfig(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no account %s in the Kubernetes nats-server config", account)
+	}
+
+	// nats-server refuses to start without a password variable that
+	// accounts.conf reads: the nats container sets each one from a key of
+	// the Secret (secret.example.yaml).
+	var secret map[string]any
+	readYAML(t, "k8s/secret.example.yaml", &secret)
+	env := map[string]any{}
+	_, objs := manifests(t)
+	for _, o := range objs {
+		if o.kind() != "StatefulSet" || o.name() != "nats" {
+			continue
+		}
+		for _, c := range list(o.doc, "spec", "template", "spec", "containers") {
+			for _, e := range list(c, "env") {
+				env[str(e, "name")] = get(e, "valueFrom", "secretKeyRef")
+			}
+		}
+	}
+	for _, m := range regexp.MustCompile(`\$(CASCADE_[A-Z0-9_]+_PASSWORD)`).FindAllSubmatch(a, -1) {
+		name := string(m[1])
+		ref, ok := env[name].(map[string]any)
+		if !ok {
+			t.Errorf("the nats StatefulSet does not set %s from the Secret", name)
+			continue
+		}
+		if str(ref, "name") != str(secret, "metadata", "name") || get(secret, "stringData", str(ref, "key")) == nil {
+			t.Errorf("the nats StatefulSet sets %s from %s/%s, which secret.example.yaml lacks", name, str(ref, "name"), str(ref, "key"))
+		}
 	}
 }
 

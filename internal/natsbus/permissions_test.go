@@ -397,16 +397,28 @@ func TestProducerPermissionsDenyEverythingButItsOwn(t *testing.T) {
 func TestProducerPermissionsAllowOwnTraffic(t *testing.T) {
 	d := startDeployed(t)
 
-	// An ingress answering requests; a worker publishing results.
-	ingress := d.connect(t, "ingress", "")
-	if _, err := ingress.nc.QueueSubscribe(wire.InferSubject("tiny"), wire.IngressQueue, func(m *nats.Msg) {
-		_ = m.Respond(append([]byte("answer to "), m.Data...))
-	}); err != nil {
-		t.Fatal(err)
-	}
+	// An ingress answering requests, or handing them to a worker to answer
+	// (as it does a single item); a worker publishing results. Requests
+	// come through the CASCADE account's service export, so their reply
+	// subjects are the server's _R_. ones, which lead back to the
+	// requester's account from any connection of CASCADE.
 	worker := d.connect(t, "worker", "")
 	wjs, err := jetstream.New(worker.nc)
 	if err != nil {
+		t.Fatal(err)
+	}
+	ingress := d.connect(t, "ingress", "")
+	if _, err := ingress.nc.QueueSubscribe(wire.InferSubject("tiny"), wire.IngressQueue, func(m *nats.Msg) {
+		answer := append([]byte("answer to "), m.Data...)
+		if !strings.HasPrefix(m.Reply, wire.ServiceImportReplyPrefix) {
+			answer = []byte("reply subject " + m.Reply)
+		}
+		if strings.HasSuffix(string(m.Data), "via worker") {
+			_ = worker.nc.Publish(m.Reply, answer)
+			return
+		}
+		_ = m.Respond(answer)
+	}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -416,12 +428,14 @@ func TestProducerPermissionsAllowOwnTraffic(t *testing.T) {
 			defer cancel()
 			c := d.connect(t, tc.user, "_INBOX."+tc.client)
 
-			reply, err := c.nc.RequestWithContext(ctx, wire.InferSubject("tiny"), []byte(tc.client))
-			if err != nil {
-				t.Fatalf("request-reply: %v", err)
-			}
-			if string(reply.Data) != "answer to "+tc.client {
-				t.Fatalf("reply %q", reply.Data)
+			for _, data := range []string{tc.client, tc.client + " via worker"} {
+				reply, err := c.nc.RequestWithContext(ctx, wire.InferSubject("tiny"), []byte(data))
+				if err != nil {
+					t.Fatalf("request-reply (%s): %v", data, err)
+				}
+				if string(reply.Data) != "answer to "+data {
+					t.Fatalf("reply %q", reply.Data)
+				}
 			}
 
 			js, err := jetstream.New(c.nc)
@@ -541,31 +555,63 @@ func TestServicesAnswerOnlyOnInboxes(t *testing.T) {
 	}
 }
 
-// TestProducerCannotAimJetStreamReplies covers a gap user permissions
-// cannot close, and is skipped until it is closed: nats-server sends the
-// answer to a JetStream request (a job's PubAck, an API response) to
-// whatever reply subject the requester named in the account, whatever the
-// requester may publish. So a producer allowed to publish a job can make the
-// server overwrite the gear key with a PubAck, or the plan with an API
-// response. Closing it takes producers in an account of their own that
-// reaches the intake, its jobs subject and its results consumer through
-// service exports of the CASCADE account, which rewrite reply subjects.
+// TestProducerCannotAimJetStreamReplies checks what user permissions alone
+// could not: nats-server sends the answer to a JetStream request (a job's
+// PubAck, an API response) to whatever reply subject the requester named,
+// whatever the requester may publish. Producers are in accounts of their
+// own and reach the CASCADE account only through its service exports, which
+// replace the reply subject with a _R_. one that leads back to the
+// producer's account: a reply aimed at the gear or plan key, another
+// client's results or the JetStream API lands there, where it reaches
+// nothing of CASCADE's. The jobs themselves are taken (so the server did
+// answer them). Each client has an account of its own, so neither can a
+// reply reach another client's inboxes.
 func TestProducerCannotAimJetStreamReplies(t *testing.T) {
-	t.Skip("known gap: producers share the services' account, where JetStream answers any reply subject (see the comment)")
 	d := startDeployed(t)
 	c := d.connect(t, "producer", "_INBOX.default")
-	unchanged(t, []state{d.keyState(wire.KeyPlan), d.keyState(wire.KeyGear)}, func() {
-		if err := c.nc.PublishRequest(wire.JobsSubject("tiny", "default"), "$KV.cascade_tiny.gear", []byte("job")); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.nc.PublishRequest("$JS.API.CONSUMER.INFO."+wire.ResultsStream+".default", "$KV.cascade_tiny.plan", nil); err != nil {
-			t.Fatal(err)
+	billing := d.connect(t, "billing", "_INBOX.billing")
+	billingInbox, err := billing.nc.SubscribeSync("_INBOX.billing.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	billing.expectNoErrors(t)
+	aimed := []string{
+		"$KV.cascade_tiny.gear", "$KV.cascade_tiny.plan",
+		wire.ResultSubject("tiny", "billing"),
+		"$JS.API.STREAM.PURGE." + wire.ResultsStream,
+		"$JS.API.CONSUMER.DELETE." + wire.JobsStream("tiny") + ".ingress",
+		"_INBOX.billing.aimed",
+	}
+	unchanged(t, []state{
+		d.keyState(wire.KeyPlan), d.keyState(wire.KeyGear), d.streamState(wire.ResultsStream),
+		d.consumerState(wire.JobsStream("tiny"), "ingress"),
+	}, func() {
+		for _, reply := range aimed {
+			if err := c.nc.PublishRequest(wire.JobsSubject("tiny", "default"), reply, []byte("job")); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.nc.PublishRequest("$JS.API.CONSUMER.INFO."+wire.ResultsStream+".default", reply, nil); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := c.nc.Flush(); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(silenceBound)
 	})
+	c.expectNoErrors(t)
+	expectNothing(t, billingInbox)
+	want := fmt.Sprintf("stream %s: %d messages, last %d", wire.JobsStream("tiny"), 1+len(aimed), 1+len(aimed))
+	jobs := d.streamState(wire.JobsStream("tiny"))
+	for deadline := time.Now().Add(refusalBound); ; time.Sleep(10 * time.Millisecond) {
+		got := jobs(t)
+		if got == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s, want the seed and the %d jobs", got, len(aimed))
+		}
+	}
 }
 
 // TestIngressKeepsIdempotencyRecords: the ingress user may create, read,
