@@ -16,8 +16,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // account is the NATS account of deploy/nats/accounts.conf that the

@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // jsz is the part of nats-server's /jsz answer KEDA's nats-jetstream scaler

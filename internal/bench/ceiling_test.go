@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 func TestMeasureCeilingCountsEveryMessageOnce(t *testing.T) {

@@ -16,8 +16,8 @@ import (
 	"golang.org/x/image/draw"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 func sendCommand() command {

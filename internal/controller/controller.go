@@ -15,8 +15,8 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/dashboard"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // maxCASAttempts bounds the re-read-and-retry of one tick's gear write.

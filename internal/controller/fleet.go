@@ -6,7 +6,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // missedBeats is how many heartbeats a worker may miss before it counts as

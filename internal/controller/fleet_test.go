@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // beat is a heartbeat of instance at worker time at (from t0) whose

@@ -14,7 +14,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/dashboard"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // fakeWorker publishes heartbeats every 100 ms (announcing intervalMs), as

@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 const mnistPlanFile = "../../models/mnist/plan.json"

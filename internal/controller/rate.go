@@ -3,7 +3,7 @@ package controller
 import (
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // RateMeter turns the cumulative admission counters that ingress instances

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // sample is one stats message: instance, admitted counter, instance clock

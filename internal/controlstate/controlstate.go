@@ -13,8 +13,8 @@ import (
 	"log/slog"
 	"sync/atomic"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Snapshot is one immutable view of the control state: the plan and the

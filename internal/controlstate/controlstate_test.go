@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/controlstate"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // planJSON is a plan of pipeline with three gears: acc (0), mid (1) and

@@ -7,8 +7,8 @@ import (
 
 	"github.com/nats-io/nuid"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // batchSize returns N when t is a batch of N > 1 items of the item shape

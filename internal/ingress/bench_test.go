@@ -6,8 +6,8 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 var mnistInput = plan.Input{Name: "input", Datatype: "FP32", Shape: []int64{1, 28, 28}, Classes: 10, UINT8Scale: 1.0 / 255}

@@ -14,7 +14,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Config configures an ingress instance. Every field is read from the

@@ -18,9 +18,9 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/stageworker"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // TestEndToEndMNIST serves MNIST test images through the ingress and the

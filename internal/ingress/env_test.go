@@ -23,8 +23,8 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 const pipeline = "tiny"

@@ -20,7 +20,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/controlstate"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // ingress is one running instance.

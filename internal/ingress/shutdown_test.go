@@ -10,7 +10,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 type answer struct {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // TestReplySubjectsAreInboxesOnly: a request-reply message whose reply

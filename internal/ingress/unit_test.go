@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 func TestConfigFromEnv(t *testing.T) {

@@ -25,7 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Schedule gives the offered rate (requests/s) at a time since the start.

@@ -27,8 +27,8 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Model is one model to profile.

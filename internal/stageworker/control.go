@@ -10,8 +10,8 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/controlstate"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // control is the worker's view of one control snapshot: the plan and the

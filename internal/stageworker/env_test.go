@@ -21,9 +21,9 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // testModels are the MNIST models the integration tests use, cheapest

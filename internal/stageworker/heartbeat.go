@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // HeartbeatInterval is how often a worker announces itself on

@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // task is one input message, an envelope of items, while its batch is

@@ -19,9 +19,9 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // pollInterval is how often Run checks for the control bucket, the plan

@@ -22,8 +22,8 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/stageworker"
 	"github.com/cascadeserve/cascadeserve/internal/system"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // composeFile is the subset of deploy/compose.yaml the test reads.

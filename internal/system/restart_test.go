@@ -10,8 +10,8 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/system"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // TestDurableJobsSurviveAServerRestart publishes durable jobs, restarts

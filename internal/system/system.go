@@ -34,9 +34,9 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/stageworker"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Config configures an all-in-one system. Zero values take the defaults in

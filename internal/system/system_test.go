@@ -14,9 +14,9 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/system"
-	"github.com/cascadeserve/cascadeserve/internal/wire"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 func requireORT(t *testing.T) {

@@ -5,13 +5,13 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/cascadeserve/cascadeserve/internal/wire"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Fuzz targets for every decoder that reads bytes from outside the process.
 // Run one with e.g.
 //
-//	go test ./internal/wire -run '^$' -fuzz '^FuzzDecodeOIPRequest$' -fuzztime 30s
+//	go test ./pkg/wire -run '^$' -fuzz '^FuzzDecodeOIPRequest$' -fuzztime 30s
 //
 // Seeds are added with f.Add; crashers the fuzzer finds land in
 // testdata/fuzz/<target>/ and are replayed by plain `go test`.
