@@ -1,0 +1,192 @@
+package wire
+
+import (
+	"bytes"
+	"reflect"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Shadow types: the same fields and tags, without the hand-written codec,
+// so msgpack encodes them by reflection.
+type (
+	shadowTensor struct {
+		Datatype string  `msgpack:"datatype"`
+		Shape    []int64 `msgpack:"shape"`
+		Data     []byte  `msgpack:"data"`
+	}
+	shadowVisit struct {
+		Model      string  `msgpack:"model"`
+		Gear       string  `msgpack:"gear"`
+		Confidence float64 `msgpack:"confidence"`
+		Label      int     `msgpack:"label"`
+		QueueNs    int64   `msgpack:"queue_ns"`
+		ComputeNs  int64   `msgpack:"compute_ns"`
+		BatchSize  int     `msgpack:"batch_size"`
+	}
+	shadowItem struct {
+		V                   int           `msgpack:"v"`
+		ID                  string        `msgpack:"id"`
+		Key                 string        `msgpack:"key,omitempty"`
+		Pipeline            string        `msgpack:"pipeline"`
+		Client              string        `msgpack:"client"`
+		Input               shadowTensor  `msgpack:"input"`
+		DeadlineUnixNano    int64         `msgpack:"deadline_ns"`
+		ReturnProbabilities bool          `msgpack:"return_probabilities,omitempty"`
+		ReplyTo             string        `msgpack:"reply_to,omitempty"`
+		Durable             bool          `msgpack:"durable,omitempty"`
+		ReplyBatched        bool          `msgpack:"reply_batched,omitempty"`
+		BatchIndex          int           `msgpack:"batch_index,omitempty"`
+		ResultFormat        string        `msgpack:"result_format,omitempty"`
+		AdmittedGear        string        `msgpack:"admitted_gear"`
+		AdmittedUnixNano    int64         `msgpack:"admitted_ns"`
+		EnqueuedUnixNano    int64         `msgpack:"enqueued_ns"`
+		Visits              []shadowVisit `msgpack:"visits,omitempty"`
+		Attempts            int           `msgpack:"attempts,omitempty"`
+		BestProbs           []float32     `msgpack:"best_probs,omitempty"`
+	}
+	shadowError struct {
+		Code    string `msgpack:"code"`
+		Message string `msgpack:"message"`
+	}
+	shadowResult struct {
+		V                 int            `msgpack:"v"`
+		ID                string         `msgpack:"id"`
+		Pipeline          string         `msgpack:"pipeline"`
+		Client            string         `msgpack:"client,omitempty"`
+		Label             int            `msgpack:"label"`
+		Confidence        float64        `msgpack:"confidence"`
+		Probabilities     []float32      `msgpack:"probabilities,omitempty"`
+		AnsweredBy        string         `msgpack:"answered_by,omitempty"`
+		Gear              string         `msgpack:"gear,omitempty"`
+		AdmittedGear      string         `msgpack:"admitted_gear,omitempty"`
+		Degraded          bool           `msgpack:"degraded,omitempty"`
+		Visits            []shadowVisit  `msgpack:"visits,omitempty"`
+		TotalNs           int64          `msgpack:"total_ns"`
+		AdmittedUnixNano  int64          `msgpack:"admitted_ns"`
+		CompletedUnixNano int64          `msgpack:"completed_ns"`
+		Error             *shadowError   `msgpack:"error,omitempty"`
+		Items             []shadowResult `msgpack:"items,omitempty"`
+		Index             int            `msgpack:"index,omitempty"`
+	}
+)
+
+// TestFastCodecMatchesReflection: the hand-written codec writes exactly the
+// bytes reflection writes for the same fields and tags, and each reads the
+// other's bytes back to the same value.
+func TestFastCodecMatchesReflection(t *testing.T) {
+	if got, want := reflect.TypeOf(Item{}).NumField(), reflect.TypeOf(shadowItem{}).NumField(); got != want {
+		t.Fatalf("Item has %d fields, its shadow %d: update fastcodec.go and this test", got, want)
+	}
+	if got, want := reflect.TypeOf(Result{}).NumField(), reflect.TypeOf(shadowResult{}).NumField(); got != want {
+		t.Fatalf("Result has %d fields, its shadow %d: update fastcodec.go and this test", got, want)
+	}
+	visits := []Visit{{Model: "a", Gear: "g1", Confidence: 0.25, Label: 3, QueueNs: 5, ComputeNs: 700, BatchSize: 16}, {Model: "b", Label: -1}}
+	items := []Item{
+		{},
+		{V: 1, ID: "x", Pipeline: "p", Client: "c", Input: Tensor{Datatype: UINT8, Shape: []int64{2, 2}, Data: []byte{1, 2, 3, 4}}, DeadlineUnixNano: -9},
+		{V: 1, ID: "y", Key: "k", Pipeline: "p", Client: "c", Input: FP32Tensor([]int64{2}, []float32{1.5, -2}), DeadlineUnixNano: 1 << 60,
+			ReturnProbabilities: true, ReplyTo: "_INBOX.a.b", Durable: true, ReplyBatched: true, BatchIndex: 300, ResultFormat: ResultFormatJSON,
+			AdmittedGear: "g", AdmittedUnixNano: 12345678901234, EnqueuedUnixNano: 42, Visits: visits, Attempts: 2, BestProbs: []float32{0.1, 0.9}},
+	}
+	for i, it := range items {
+		fast, err := msgpack.Marshal(&it)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shadow := toShadow[shadowItem](t, it)
+		slow, err := compact(&shadow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(fast) != string(slow) {
+			t.Errorf("item %d: hand-written bytes differ from reflection's\n fast %x\n slow %x", i, fast, slow)
+		}
+		var back Item
+		if err := msgpack.Unmarshal(slow, &back); err != nil || !reflect.DeepEqual(back, normalizeItem(it)) {
+			t.Errorf("item %d: decoded %+v (%v), want %+v", i, back, err, it)
+		}
+	}
+	results := []Result{
+		{},
+		{V: 1, ID: "r", Pipeline: "p", Client: "c", Label: 7, Confidence: 0.5, Probabilities: []float32{0.5, 0.5}, AnsweredBy: "m", Gear: "g", AdmittedGear: "h",
+			Degraded: true, Visits: visits, TotalNs: 9, AdmittedUnixNano: 8, CompletedUnixNano: 7, Error: &Error{Code: CodeInternal, Message: "boom"}, Index: 5,
+			Items: []Result{{ID: "i1", Index: 1}, {ID: "i2", Error: &Error{Code: CodeOverloaded}}}},
+	}
+	for i, r := range results {
+		fast, err := msgpack.Marshal(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shadow := toShadow[shadowResult](t, r)
+		slow, err := compact(&shadow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(fast) != string(slow) {
+			t.Errorf("result %d: hand-written bytes differ from reflection's\n fast %x\n slow %x", i, fast, slow)
+		}
+		var back Result
+		if err := msgpack.Unmarshal(slow, &back); err != nil || !reflect.DeepEqual(back, r) {
+			t.Errorf("result %d: decoded %+v (%v), want %+v", i, back, err, r)
+		}
+	}
+}
+
+// compact encodes v by reflection as Codec does (compact integers).
+func compact(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.UseCompactInts(true)
+	err := enc.Encode(v)
+	return buf.Bytes(), err
+}
+
+// toShadow copies v into its shadow type through JSON-like field matching
+// (msgpack by reflection of a plain map would reorder keys).
+func toShadow[S any](t *testing.T, v any) S {
+	t.Helper()
+	var s S
+	copyFields(reflect.ValueOf(&s).Elem(), reflect.ValueOf(v))
+	return s
+}
+
+func copyFields(dst, src reflect.Value) {
+	switch dst.Kind() {
+	case reflect.Struct:
+		for i := range dst.NumField() {
+			copyFields(dst.Field(i), src.FieldByName(dst.Type().Field(i).Name))
+		}
+	case reflect.Slice:
+		if src.IsNil() {
+			return
+		}
+		dst.Set(reflect.MakeSlice(dst.Type(), src.Len(), src.Len()))
+		for i := range src.Len() {
+			copyFields(dst.Index(i), src.Index(i))
+		}
+	case reflect.Pointer:
+		if src.IsNil() {
+			return
+		}
+		dst.Set(reflect.New(dst.Type().Elem()))
+		copyFields(dst.Elem(), src.Elem())
+	case reflect.String:
+		dst.SetString(src.String())
+	default:
+		dst.Set(src.Convert(dst.Type()))
+	}
+}
+
+// normalizeItem is it as a decode returns it: empty slices omitted on the
+// wire come back nil.
+func normalizeItem(it Item) Item {
+	if len(it.Visits) == 0 {
+		it.Visits = nil
+	}
+	if len(it.BestProbs) == 0 {
+		it.BestProbs = nil
+	}
+	return it
+}
