@@ -339,19 +339,52 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 
 	var seq atomic.Int64
 	batch := max(cfg.BatchItems, 1)
+	// Each item's 8-bit form, made once (a producer of images has them).
+	bytesOf := make([][]byte, cfg.Items.Len())
+	itemBytes := func(i int) []byte {
+		if bytesOf[i] == nil {
+			t := inputTensor(cfg.Items.ItemShape, cfg.Items.Item(i), cfg.UINT8Scale)
+			if t.Datatype != wire.UINT8 {
+				bytesOf[i] = []byte{} // not 8-bit: sent as FP32
+			} else {
+				bytesOf[i] = t.Data
+			}
+		}
+		return bytesOf[i]
+	}
 	send := func(i int) error {
 		indexes := make([]int, batch)
-		var values []float32
 		for k := range indexes {
 			indexes[k] = (i + k) % cfg.Items.Len()
-			values = append(values, cfg.Items.Item(indexes[k])...)
 		}
 		shape := cfg.Items.ItemShape
 		if batch > 1 {
 			shape = append([]int64{int64(batch)}, shape...)
 		}
+		var input wire.Tensor
+		if cfg.UINT8Scale > 0 {
+			var data []byte
+			for _, ix := range indexes {
+				b := itemBytes(ix)
+				if len(b) == 0 {
+					data = nil
+					break
+				}
+				data = append(data, b...)
+			}
+			if data != nil {
+				input = wire.Tensor{Datatype: wire.UINT8, Shape: shape, Data: data}
+			}
+		}
+		if input.Data == nil {
+			var values []float32
+			for _, ix := range indexes {
+				values = append(values, cfg.Items.Item(ix)...)
+			}
+			input = wire.FP32Tensor(shape, values)
+		}
 		req := wire.Request{
-			Input:               inputTensor(shape, values, cfg.UINT8Scale),
+			Input:               input,
 			TimeoutMs:           cfg.Timeout.Milliseconds(),
 			Client:              cfg.Client,
 			ReturnProbabilities: cfg.ReturnProbabilities,
