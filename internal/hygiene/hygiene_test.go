@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,27 +65,91 @@ func TestEveryPackageHasDocComment(t *testing.T) {
 
 func deps(t *testing.T, pkgs ...string) []string {
 	t.Helper()
+	return list(t, "{{.ImportPath}}", append([]string{"-deps"}, pkgs...)...)
+}
+
+// list runs go list -f format args... in the repo root and returns its
+// output lines.
+func list(t *testing.T, format string, args ...string) []string {
+	t.Helper()
+	return listEnv(t, nil, format, args...)
+}
+
+// listEnv is list with extra environment variables.
+func listEnv(t *testing.T, env []string, format string, args ...string) []string {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs go list")
 	}
-	cmd := exec.Command("go", append([]string{"list", "-deps", "-f", "{{.ImportPath}}"}, pkgs...)...)
+	cmd := exec.Command("go", append([]string{"list", "-f", format}, args...)...)
 	cmd.Dir = repoRoot(t)
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
-	return strings.Fields(string(out))
+	return strings.Split(strings.TrimSpace(string(out)), "\n")
 }
 
-// TestPurePackagesStayPure keeps the planner and the batching policy free of
-// NATS, Prometheus, ONNX Runtime and cgo, so they run and test anywhere.
+// clientPackage is the one package under pkg/ that talks NATS: the client
+// producers import.
+const clientPackage = module + "/pkg/client"
+
+// TestPurePackagesStayPure keeps the packages under pkg/ free of NATS,
+// Prometheus, ONNX Runtime, cgo and the internal packages, so they run and
+// test anywhere and other modules can import them. The exception is
+// pkg/client, which may use the NATS client (TestClientPackageStaysSmall);
+// no other package under pkg/ may import it.
 func TestPurePackagesStayPure(t *testing.T) {
-	forbidden := []string{"github.com/nats-io/", "github.com/prometheus/", "github.com/yalue/onnxruntime_go", "runtime/cgo", module + "/internal/"}
-	for _, d := range deps(t, "./pkg/...") {
+	forbidden := []string{"github.com/nats-io/", "github.com/prometheus/", "github.com/yalue/onnxruntime_go", "runtime/cgo", module + "/internal/", clientPackage}
+	var pure []string
+	for _, p := range list(t, "{{.ImportPath}}", "./pkg/...") {
+		if p != clientPackage && !strings.HasPrefix(p, clientPackage+"/") {
+			pure = append(pure, p)
+		}
+	}
+	if len(pure) == 0 {
+		t.Fatal("no package under pkg/")
+	}
+	for _, d := range deps(t, pure...) {
 		for _, f := range forbidden {
 			if strings.HasPrefix(d, f) {
-				t.Errorf("pkg/... depends on %s", d)
+				t.Errorf("pkg/... (other than pkg/client) depends on %s", d)
 			}
+		}
+	}
+}
+
+// TestClientPackageStaysSmall: pkg/client may import the NATS client
+// (github.com/nats-io/nats.go and what it brings: nuid, nkeys) and pkg/wire,
+// and nothing internal, no nats-server, Prometheus or ONNX Runtime, and no
+// cgo of its own: outside the standard library no dependency has cgo files,
+// and with CGO_ENABLED=0 it does not link runtime/cgo (with cgo, the
+// standard library's net resolver may).
+func TestClientPackageStaysSmall(t *testing.T) {
+	allowedNATS := []string{"github.com/nats-io/nats.go", "github.com/nats-io/nuid", "github.com/nats-io/nkeys"}
+	forbidden := []string{"github.com/prometheus/", "github.com/yalue/onnxruntime_go", module + "/internal/", module + "/cmd/", module + "/services/"}
+	for _, line := range list(t, "{{.ImportPath}} {{.Standard}} {{len .CgoFiles}}", "-deps", clientPackage) {
+		f := strings.Fields(line)
+		d, std, cgoFiles := f[0], f[1] == "true", f[2] != "0"
+		if !std && cgoFiles {
+			t.Errorf("pkg/client depends on %s, which uses cgo", d)
+		}
+		for _, p := range forbidden {
+			if strings.HasPrefix(d, p) {
+				t.Errorf("pkg/client depends on %s", d)
+			}
+		}
+		if strings.HasPrefix(d, "github.com/nats-io/") && !slices.ContainsFunc(allowedNATS, func(a string) bool { return d == a || strings.HasPrefix(d, a+"/") }) {
+			t.Errorf("pkg/client depends on %s (allowed from nats-io: %s)", d, strings.Join(allowedNATS, ", "))
+		}
+		if strings.HasPrefix(d, module+"/") && d != clientPackage && d != module+"/pkg/wire" {
+			t.Errorf("pkg/client depends on %s (allowed from this module: pkg/wire)", d)
+		}
+	}
+	for _, d := range listEnv(t, []string{"CGO_ENABLED=0"}, "{{.ImportPath}}", "-deps", clientPackage) {
+		if d == "runtime/cgo" {
+			t.Errorf("pkg/client needs cgo: it links runtime/cgo with CGO_ENABLED=0")
 		}
 	}
 }
