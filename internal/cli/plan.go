@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -33,7 +34,11 @@ p95 latency meets the SLO on the capacity:
   min-cost      the cheapest gear reaching --target-accuracy at each load
 
 More load never gets a more expensive gear. Adjacent buckets with the same
-gear are merged. The replay defaults to the embedded MNIST validation replay
+gear are merged. A max-accuracy plan whose best gear is more than
+--max-accuracy-gap below the ladder's best model alone is refused, with the
+reason that model is out of reach (too slow for the SLO, too costly for the
+capacity). The pipeline input (item shape, UINT8 scale) is the one the replay
+recorded, so the plan serves its models what the replay measured them on. The replay defaults to the embedded MNIST validation replay
 when --pipeline is mnist; the profile comes from 'cascadeserve profile'.
 
 'plan show' prints a plan's gears (--json: as JSON) and can plot its Pareto
@@ -74,6 +79,7 @@ type planFlags struct {
 	seed                  uint64
 	inputName, inputShape string
 	uint8Scale            float64
+	maxAccuracyGap        float64
 }
 
 func runPlan(ctx context.Context, env Env, args []string) error {
@@ -111,8 +117,9 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	fs.IntVar(&f.maxQueue, "max-queue", 0, "stream bound per model in simulations (0: unbounded)")
 	fs.Uint64Var(&f.seed, "seed", 1, "simulation seed")
 	fs.StringVar(&f.inputName, "input-name", "input", "input tensor name")
-	fs.StringVar(&f.inputShape, "input-shape", "", "item shape without the batch axis, e.g. 1,28,28 (default for mnist)")
-	fs.Float64Var(&f.uint8Scale, "uint8-scale", -1, "scale of UINT8 inputs (default for mnist 1/255; 0 refuses UINT8)")
+	fs.StringVar(&f.inputShape, "input-shape", "", "item shape without the batch axis, e.g. 1,28,28 (default: the replay's, else mnist's)")
+	fs.Float64Var(&f.maxAccuracyGap, "max-accuracy-gap", plan.DefaultMaxAccuracyGap, "refuse a max-accuracy plan whose best gear is more than this (a fraction; 0.05 = 5 points) below the ladder's best model alone; negative: no check")
+	fs.Float64Var(&f.uint8Scale, "uint8-scale", -1, "what a UINT8 input byte stands for, byte × scale (default: the replay's, else 1/255 for mnist; 0 refuses UINT8)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -122,13 +129,15 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: plan: unexpected arguments %q", ErrUsage, fs.Args())
 	}
-	cfg, err := f.config()
+	replay, err := f.loadReplay()
+	if err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	cfg, err := f.config(replay)
 	if err != nil {
 		return fmt.Errorf("%w: plan: %w", ErrUsage, err)
 	}
-	if cfg.Replay, err = f.loadReplay(); err != nil {
-		return fmt.Errorf("plan: %w", err)
-	}
+	cfg.Replay = replay
 	if cfg.Profile, err = plan.LoadProfileFile(f.profile); err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
@@ -162,8 +171,11 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	return nil
 }
 
-// config turns the flags into a planner config (without replay and profile).
-func (f *planFlags) config() (plan.PlannerConfig, error) {
+// config turns the flags into a planner config (without replay and
+// profile). The pipeline input comes from the replay when it records one
+// (cascadeserve replay does): a plan must serve its models the inputs the
+// replay measured them on.
+func (f *planFlags) config(replay *plan.Replay) (plan.PlannerConfig, error) {
 	var errs []error
 	if f.profile == "" {
 		errs = append(errs, errors.New("--profile is required"))
@@ -192,6 +204,7 @@ func (f *planFlags) config() (plan.PlannerConfig, error) {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--delays: %w", err))
 	}
+	recorded := replay != nil && (replay.ItemShape != nil || replay.UINT8Scale > 0)
 	input := plan.Input{Name: f.inputName, Datatype: "FP32", UINT8Scale: max(f.uint8Scale, 0)}
 	switch {
 	case f.inputShape != "":
@@ -202,13 +215,28 @@ func (f *planFlags) config() (plan.PlannerConfig, error) {
 		for _, d := range shape {
 			input.Shape = append(input.Shape, int64(d))
 		}
+		if recorded && replay.ItemShape != nil && shapeSize(input.Shape) != shapeSize(replay.ItemShape) {
+			errs = append(errs, fmt.Errorf("--input-shape %v has %d values, the replay's items (%v) %d",
+				input.Shape, shapeSize(input.Shape), replay.ItemShape, shapeSize(replay.ItemShape)))
+		}
+	case recorded && replay.ItemShape != nil:
+		input.Shape = slices.Clone(replay.ItemShape)
 	case f.pipeline == "mnist":
 		input.Shape = mnist.ItemShape()
-		if f.uint8Scale < 0 {
-			input.UINT8Scale = 1.0 / 255
-		}
 	default:
-		errs = append(errs, errors.New("--input-shape is required for a pipeline other than mnist"))
+		errs = append(errs, errors.New("--input-shape is required for a pipeline other than mnist (or a replay that records it)"))
+	}
+	switch {
+	case recorded && f.uint8Scale < 0:
+		input.UINT8Scale = replay.UINT8Scale
+	case recorded && f.uint8Scale != replay.UINT8Scale:
+		// The scale is what a UINT8 request's bytes stand for; serving
+		// another one than the replay used feeds the models other values
+		// than it measured them on.
+		errs = append(errs, fmt.Errorf("--uint8-scale %.6g differs from the replay's %.6g: the models were measured on inputs made with the replay's scale "+
+			"(leave --uint8-scale out, or replay again with --uint8-scale %.6g)", f.uint8Scale, replay.UINT8Scale, f.uint8Scale))
+	case f.uint8Scale < 0 && f.pipeline == "mnist":
+		input.UINT8Scale = 1.0 / 255
 	}
 	if f.replay == "" && f.pipeline != "mnist" {
 		errs = append(errs, errors.New("--replay is required for a pipeline other than mnist"))
@@ -226,6 +254,7 @@ func (f *planFlags) config() (plan.PlannerConfig, error) {
 		Load:           plan.LoadRange{MinQPS: minQ, MaxQPS: maxQ, Buckets: f.buckets, StepQPS: f.step, Spacing: f.spacing},
 		Mode:           f.mode,
 		TargetAccuracy: f.target,
+		MaxAccuracyGap: f.maxAccuracyGap,
 		Metric:         f.metric,
 		Calibrate:      f.calibrate,
 		Search:         plan.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
@@ -242,6 +271,9 @@ func (f *planFlags) config() (plan.PlannerConfig, error) {
 func (f *planFlags) loadReplay() (*plan.Replay, error) {
 	if f.replay != "" {
 		return plan.ReadReplayFile(f.replay)
+	}
+	if f.pipeline != "mnist" {
+		return nil, nil // config reports the missing --replay
 	}
 	r, err := mnist.ValidationReplay()
 	if err != nil {
@@ -529,4 +561,13 @@ func writeFileAtomic(path string, b []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// shapeSize is the number of values of an item of the shape.
+func shapeSize(shape []int64) int64 {
+	n := int64(1)
+	for _, d := range shape {
+		n *= d
+	}
+	return n
 }

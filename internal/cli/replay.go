@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/modelinput"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -55,24 +57,38 @@ Any model the runner accepts works: one input (float32 or uint8, dynamic batch
 axis, static item shape whose size equals the data set's item size), one
 float32 output [batch, classes] of logits or probabilities (metadata
 cascadeserve.output_kind, or --output-kind). All models must agree on the
-number of classes.`
+number of classes.
+
+Model inputs are built as the stage workers build them (internal/modelinput):
+items stored as bytes (IDX unsigned-byte files, uint8 tensor files) are UINT8
+items, each byte standing for byte × --uint8-scale (default: the file's own,
+1/255 for IDX): a uint8 model receives the bytes as they are, a float32 model
+byte × scale. Float32 items reach a float32 model as they are and a uint8
+model only when they are bytes times the scale. The item shape and the scale
+are recorded in the replay file, and 'cascadeserve plan' puts them in the plan.
+
+A model that scores near chance (accuracy <= 1.5 / classes, on at least
+10 × classes items) fails the replay, naming the model: its inputs are almost
+certainly not what it was trained on. --allow-chance writes the replay anyway.`
 
 // replayConfig is the parsed command line of cascadeserve replay.
 type replayConfig struct {
-	out        string
-	split      string
-	mnistDir   string
-	images     string
-	labels     string
-	data       string
-	rng        string
-	models     string
-	modelDir   string
-	ladder     string
-	batch      int
-	threads    int
-	outputKind string
-	quiet      bool
+	out         string
+	split       string
+	mnistDir    string
+	images      string
+	labels      string
+	data        string
+	rng         string
+	models      string
+	modelDir    string
+	ladder      string
+	batch       int
+	threads     int
+	outputKind  string
+	quiet       bool
+	uint8Scale  float64
+	allowChance bool
 }
 
 func replayCommand() command {
@@ -100,6 +116,8 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	fs.IntVar(&c.threads, "threads", 1, "ONNX Runtime intra-op threads per model")
 	fs.StringVar(&c.outputKind, "output-kind", "", "override how outputs are read: auto, logits or probabilities (default: model metadata, else auto)")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress bar")
+	fs.Float64Var(&c.uint8Scale, "uint8-scale", -1, "what a stored byte stands for: byte × scale (default: the data set's, 1/255 for IDX bytes; 0 for float32 data)")
+	fs.BoolVar(&c.allowChance, "allow-chance", false, "write the replay even when a model scores near chance")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -131,7 +149,14 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	}
 	defer rt.Close()
 
-	fmt.Fprintf(env.Stderr, "replay: %d items of %s, %d models\n", set.Len(), desc, len(models))
+	scale := c.uint8Scale
+	if scale < 0 {
+		scale = 0
+		if set.Bytes != nil {
+			scale = 1 / float64(set.ByteDivisor)
+		}
+	}
+	fmt.Fprintf(env.Stderr, "replay: %d items of %s (item shape %v, uint8 scale %.6g), %d models\n", set.Len(), desc, set.ItemShape, scale, len(models))
 	opts := onnxrt.SessionOptions{IntraOpThreads: c.threads, OutputKind: c.outputKind}
 	progress := &replayProgress{w: env.Stderr}
 	if !c.quiet {
@@ -147,22 +172,51 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 		)
 		defer progress.bar.Finish()
 	}
-	r, stats, err := computeReplay(ctx, rt, models, set, c.batch, opts, progress)
+	r, stats, err := computeReplay(ctx, rt, models, set, c.batch, scale, opts, progress)
 	if err != nil {
-		return fmt.Errorf("replay: %w", err)
-	}
-	if err := writeReplayAtomic(r, c.out); err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
 
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "model\taccuracy %\titems/s")
+	fmt.Fprintln(tw, "model\tinput\taccuracy %\titems/s")
 	for _, s := range stats {
-		fmt.Fprintf(tw, "%s\t%.2f\t%.0f\n", s.name, 100*s.accuracy, s.itemsPerSec)
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.0f\n", s.name, s.inputType, 100*s.accuracy, s.itemsPerSec)
 	}
 	tw.Flush()
+	if err := checkChance(stats, r); err != nil {
+		if !c.allowChance {
+			return fmt.Errorf("replay: %w; nothing written (--allow-chance writes it anyway)", err)
+		}
+		fmt.Fprintf(env.Stderr, "replay: warning: %v\n", err)
+	}
+	if err := writeReplayAtomic(r, c.out); err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
 	fmt.Fprintf(env.Stdout, "wrote %s (%d items, %d classes, models %s)\n", c.out, r.Len(), r.Classes, strings.Join(r.Models, ","))
 	return nil
+}
+
+// ErrChanceAccuracy marks a replay in which a model scores near chance.
+var ErrChanceAccuracy = errors.New("accuracy near chance")
+
+// checkChance fails when a model's accuracy is at most 1.5 / classes on a
+// set of at least 10 × classes items: such a model is almost certainly fed
+// inputs it was not trained on (a scale, layout or datatype mismatch), and a
+// plan made from its replay would be meaningless.
+func checkChance(stats []replayStat, r *plan.Replay) error {
+	if r.Len() < 10*r.Classes {
+		return nil
+	}
+	limit := 1.5 / float64(r.Classes)
+	var errs []error
+	for _, s := range stats {
+		if s.accuracy <= limit {
+			errs = append(errs, fmt.Errorf("model %q: %w: %.2f%% on %d items, at most 1.5 × chance (%d classes: %.2f%%); "+
+				"its input is probably not what it was trained on (it takes %s %v; items %v, uint8 scale %.6g): check --uint8-scale, the data set and the model's preprocessing",
+				s.name, ErrChanceAccuracy, 100*s.accuracy, r.Len(), r.Classes, 100/float64(r.Classes), s.inputType, s.itemShape, r.ItemShape, r.UINT8Scale))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (c *replayConfig) validate() error {
@@ -203,6 +257,9 @@ func (c *replayConfig) validate() error {
 	}
 	if c.threads < 1 {
 		errs = append(errs, fmt.Errorf("--threads %d, want >= 1", c.threads))
+	}
+	if math.IsNaN(c.uint8Scale) || math.IsInf(c.uint8Scale, 0) || c.uint8Scale < 0 && c.uint8Scale != -1 {
+		errs = append(errs, fmt.Errorf("--uint8-scale %v, want >= 0", c.uint8Scale))
 	}
 	if _, _, err := parseRange(c.rng, 1<<62); c.rng != "" && err != nil {
 		errs = append(errs, err)
@@ -346,6 +403,8 @@ func (c *replayConfig) loadModels() ([]replayModel, error) {
 // replayStat is what the command reports per model.
 type replayStat struct {
 	name        string
+	inputType   string
+	itemShape   []int64
 	accuracy    float64
 	itemsPerSec float64
 }
@@ -379,13 +438,15 @@ func (p *replayProgress) printf(format string, args ...any) {
 }
 
 // computeReplay runs every model over every item of set, batch items per
-// call, and returns the replay, reporting its progress.
+// call, with UINT8 scale uint8Scale, and returns the replay, reporting its
+// progress.
 func computeReplay(ctx context.Context, rt *onnxrt.Runtime, models []replayModel, set *dataset.Set, batch int,
-	opts onnxrt.SessionOptions, progress *replayProgress) (*plan.Replay, []replayStat, error) {
-	r := &plan.Replay{Labels: set.Labels, Probs: map[string][]float32{}}
+	uint8Scale float64, opts onnxrt.SessionOptions, progress *replayProgress) (*plan.Replay, []replayStat, error) {
+	r := &plan.Replay{Labels: set.Labels, Probs: map[string][]float32{}, ItemShape: slices.Clone(set.ItemShape), UINT8Scale: uint8Scale}
 	var stats []replayStat
 	for _, m := range models {
-		probs, classes, secs, err := runModel(ctx, rt, m, set, batch, opts, progress)
+		probs, info, secs, err := runModel(ctx, rt, m, set, batch, uint8Scale, opts, progress)
+		classes := info.NumClasses
 		if err != nil {
 			return nil, nil, err
 		}
@@ -402,7 +463,8 @@ func computeReplay(ctx context.Context, rt *onnxrt.Runtime, models []replayModel
 				correct++
 			}
 		}
-		st := replayStat{name: m.name, accuracy: float64(correct) / float64(set.Len()), itemsPerSec: float64(set.Len()) / secs}
+		st := replayStat{name: m.name, inputType: info.InputType, itemShape: info.ItemShape,
+			accuracy: float64(correct) / float64(set.Len()), itemsPerSec: float64(set.Len()) / secs}
 		stats = append(stats, st)
 		progress.printf("replay: %-12s accuracy %6.2f%%  %8.0f items/s\n", m.name, 100*st.accuracy, st.itemsPerSec)
 	}
@@ -414,34 +476,47 @@ func computeReplay(ctx context.Context, rt *onnxrt.Runtime, models []replayModel
 	return r, stats, nil
 }
 
-// runModel returns the model's probabilities for every item of set, its number
-// of classes and the seconds spent in inference.
+// runModel returns the model's probabilities for every item of set, its
+// description and the seconds spent in inference. Its inputs come from the
+// transform the stage workers use.
 func runModel(ctx context.Context, rt *onnxrt.Runtime, m replayModel, set *dataset.Set, batch int,
-	opts onnxrt.SessionOptions, progress *replayProgress) ([]float32, int, float64, error) {
+	uint8Scale float64, opts onnxrt.SessionOptions, progress *replayProgress) ([]float32, onnxrt.ModelInfo, float64, error) {
+	var none onnxrt.ModelInfo
 	sess, err := rt.Open(m.name, m.onnx, opts)
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("open model %q: %w", m.name, err)
+		return nil, none, 0, fmt.Errorf("open model %q: %w", m.name, err)
 	}
 	defer sess.Close()
 	info := sess.Info()
 	if info.ItemSize() != set.ItemSize() {
-		return nil, 0, 0, fmt.Errorf("model %q takes items of shape %v (%d values), the data set has %v (%d values)",
+		return nil, none, 0, fmt.Errorf("model %q takes items of shape %v (%d values), the data set has %v (%d values)",
 			m.name, info.ItemShape, info.ItemSize(), set.ItemShape, set.ItemSize())
 	}
-	k, size := info.NumClasses, set.ItemSize()
+	tr, err := modelinput.New(m.name, info.InputType, set.ItemSize(), uint8Scale)
+	if err != nil {
+		return nil, none, 0, err
+	}
+	k := info.NumClasses
 	probs := make([]float32, set.Len()*k)
+	var in modelinput.Batch
 	start := time.Now()
 	for from := 0; from < set.Len(); from += batch {
 		if err := ctx.Err(); err != nil {
-			return nil, 0, 0, err
+			return nil, none, 0, err
 		}
 		to := min(from+batch, set.Len())
-		if _, err := sess.Run(set.Data[from*size:to*size], to-from, probs[from*k:to*k]); err != nil {
-			return nil, 0, 0, err
+		in.Reset()
+		for i := from; i < to; i++ {
+			if err := tr.AppendItem(&in, set, i); err != nil {
+				return nil, none, 0, fmt.Errorf("item %d: %w", i, err)
+			}
+		}
+		if _, err := tr.Run(sess, &in, probs[from*k:to*k]); err != nil {
+			return nil, none, 0, err
 		}
 		progress.ran(m.name, to-from)
 	}
-	return probs, k, time.Since(start).Seconds(), nil
+	return probs, info, time.Since(start).Seconds(), nil
 }
 
 func argmax(p []float32) int {

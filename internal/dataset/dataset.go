@@ -8,7 +8,8 @@
 //   - IDX, the format of the original MNIST files: an idx3 (or higher rank)
 //     file of unsigned bytes or float32 items plus an idx1 file of labels
 //     (unsigned bytes or int32). Unsigned-byte pixels are scaled to [0,1]
-//     (value/255); float32 values are taken as they are. See ReadIDX.
+//     (value/255), and the bytes are kept too (Set.Bytes); float32 values
+//     are taken as they are. See ReadIDX.
 //
 //   - The CascadeServe tensor file ("CSTENSOR", usually *.cstensor or
 //     *.cstensor.gz), a minimal container for a user's own data. Version 1,
@@ -25,7 +26,8 @@
 //     labels   n × int32, each >= 0
 //
 //     Nothing may follow the labels. A uint8 file with divisor 255 stores
-//     images in a quarter of the space and reads back as pixels in [0,1]; a
+//     images in a quarter of the space and reads back as pixels in [0,1]
+//     (with its bytes kept in Set.Bytes); a
 //     float32 file with divisor 1 stores any float32 tensor exactly. See
 //     ReadTensor and WriteTensor.
 //
@@ -67,6 +69,25 @@ type Set struct {
 	Data []float32
 	// Labels holds the class of every item.
 	Labels []int32
+	// Bytes, when not nil, holds the items as the file stored them, one
+	// unsigned byte per value (IDX unsigned-byte files, uint8 tensor files):
+	// Data[i] = float32(Bytes[i]) / ByteDivisor. Models that take uint8
+	// input are fed these bytes (see internal/modelinput), not values
+	// converted back from Data.
+	Bytes []uint8
+	// ByteDivisor is the divisor of Bytes (255 for IDX files, the tensor
+	// file's divisor); 0 when Bytes is nil.
+	ByteDivisor float32
+}
+
+// ItemBytes returns the stored bytes of item i, a view into s.Bytes, or nil
+// when the set holds no bytes.
+func (s *Set) ItemBytes(i int) []uint8 {
+	if s.Bytes == nil {
+		return nil
+	}
+	k := s.ItemSize()
+	return s.Bytes[i*k : (i+1)*k : (i+1)*k]
 }
 
 // Len returns the number of items.
@@ -89,11 +110,16 @@ func (s *Set) Slice(from, to int) (*Set, error) {
 		return nil, fmt.Errorf("%w: range [%d,%d) of a set of %d items", ErrShape, from, to, s.Len())
 	}
 	k := s.ItemSize()
-	return &Set{
-		ItemShape: slices.Clone(s.ItemShape),
-		Data:      s.Data[from*k : to*k : to*k],
-		Labels:    s.Labels[from:to:to],
-	}, nil
+	out := &Set{
+		ItemShape:   slices.Clone(s.ItemShape),
+		Data:        s.Data[from*k : to*k : to*k],
+		Labels:      s.Labels[from:to:to],
+		ByteDivisor: s.ByteDivisor,
+	}
+	if s.Bytes != nil {
+		out.Bytes = s.Bytes[from*k : to*k : to*k]
+	}
+	return out, nil
 }
 
 // Reshape returns s with items of the given shape, sharing s's memory. The
@@ -107,7 +133,7 @@ func (s *Set) Reshape(shape []int64) (*Set, error) {
 		return nil, fmt.Errorf("%w: cannot reshape items of shape %v (%d values) to %v (%d values)",
 			ErrShape, s.ItemShape, s.ItemSize(), shape, shapeSize(shape))
 	}
-	return &Set{ItemShape: slices.Clone(shape), Data: s.Data, Labels: s.Labels}, nil
+	return &Set{ItemShape: slices.Clone(shape), Data: s.Data, Labels: s.Labels, Bytes: s.Bytes, ByteDivisor: s.ByteDivisor}, nil
 }
 
 // Validate checks that the shape, data and labels agree.
@@ -120,6 +146,9 @@ func (s *Set) Validate() error {
 	}
 	if want := len(s.Labels) * s.ItemSize(); len(s.Data) != want {
 		return fmt.Errorf("%w: %d values for %d items of shape %v (want %d)", ErrShape, len(s.Data), len(s.Labels), s.ItemShape, want)
+	}
+	if s.Bytes != nil && (len(s.Bytes) != len(s.Data) || !(s.ByteDivisor > 0)) {
+		return fmt.Errorf("%w: %d bytes with divisor %v for %d values", ErrShape, len(s.Bytes), s.ByteDivisor, len(s.Data))
 	}
 	for i, l := range s.Labels {
 		if l < 0 {

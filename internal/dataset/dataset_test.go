@@ -340,3 +340,53 @@ func TestReadMNISTTestFiles(t *testing.T) {
 		t.Fatalf("pixel range [%v,%v], want [0,1]", lo, hi)
 	}
 }
+
+// TestStoredBytesKept: sets read from unsigned-byte IDX files and uint8
+// tensor files keep the stored bytes and their divisor, through Slice and
+// Reshape; float32 files have none.
+func TestStoredBytesKept(t *testing.T) {
+	images, labels := smallIDX(t)
+	px := []byte{0, 255, 51, 102, 1, 2, 3, 4, 254, 253, 252, 251}
+	s, err := ReadIDX(bytes.NewReader(images), bytes.NewReader(labels), []int64{4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.Bytes, px) || s.ByteDivisor != 255 {
+		t.Fatalf("IDX bytes %v divisor %v, want %v 255", s.Bytes, s.ByteDivisor, px)
+	}
+	for i, b := range s.Bytes {
+		if s.Data[i] != float32(b)/s.ByteDivisor {
+			t.Fatalf("value %d: %v is not byte %d / %v", i, s.Data[i], b, s.ByteDivisor)
+		}
+	}
+	part, err := s.Slice(1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if part, err = part.Reshape([]int64{2, 2}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(part.ItemBytes(1), px[8:12]) || part.ByteDivisor != 255 || part.Validate() != nil {
+		t.Fatalf("sliced, reshaped item 1 bytes %v divisor %v, want %v 255", part.ItemBytes(1), part.ByteDivisor, px[8:12])
+	}
+
+	var buf bytes.Buffer
+	ten := &Set{ItemShape: []int64{2}, Data: []float32{0, 1.5, 2, 127.5}, Labels: []int32{0, 1}}
+	if err := WriteTensor(&buf, ten, TensorOptions{DType: Uint8, Divisor: 2}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadTensor(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Bytes, []uint8{0, 3, 4, 255}) || got.ByteDivisor != 2 {
+		t.Fatalf("uint8 tensor file bytes %v divisor %v, want [0 3 4 255] 2", got.Bytes, got.ByteDivisor)
+	}
+	buf.Reset()
+	if err := WriteTensor(&buf, ten, TensorOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = ReadTensor(bytes.NewReader(buf.Bytes())); err != nil || got.Bytes != nil || got.ItemBytes(0) != nil {
+		t.Fatalf("float32 tensor file: bytes %v (err %v), want none", got.Bytes, err)
+	}
+}

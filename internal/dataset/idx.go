@@ -47,8 +47,9 @@ func ReadIDXFiles(imagesPath, labelsPath string, itemShape []int64) (*Set, error
 
 // ReadIDX reads a data set from an IDX items stream (rank >= 2: the first
 // axis counts items) and an IDX labels stream (rank 1), each plain or
-// gzip-compressed. Items of unsigned bytes are scaled to [0,1] (value/255),
-// float32 items are kept as they are; labels may be unsigned bytes or int32.
+// gzip-compressed. Items of unsigned bytes are scaled to [0,1] (value/255)
+// and also kept as bytes (Set.Bytes, ByteDivisor 255); float32 items are
+// kept as they are; labels may be unsigned bytes or int32.
 // The two files must hold the same number of items.
 //
 // The items are given itemShape, whose product must equal the number of
@@ -87,6 +88,9 @@ func readIDX(images io.Reader, imagesName string, labels io.Reader, labelsName s
 	s := &Set{ItemShape: img.dims[1:], Labels: make([]int32, n)}
 	if s.Data, err = idxValues(img); err != nil {
 		return nil, fmt.Errorf("%s: %w", imagesName, err)
+	}
+	if img.dtype == idxUint8 {
+		s.Bytes, s.ByteDivisor = img.data, 255
 	}
 	switch lab.dtype {
 	case idxUint8:

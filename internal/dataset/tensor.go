@@ -139,6 +139,7 @@ func readTensor(r io.Reader) (*Set, error) {
 		for i, b := range data {
 			s.Data[i] = float32(b) / divisor
 		}
+		s.Bytes, s.ByteDivisor = data, divisor
 	case Float32:
 		for i := range s.Data {
 			s.Data[i] = math.Float32frombits(le.Uint32(data[4*i:])) / divisor

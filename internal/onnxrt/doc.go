@@ -18,8 +18,11 @@
 // loadable model, is rejected with an error wrapping ErrUnsupportedModel that
 // names the model and what was found.
 //
-// For uint8 models Run still takes float32 items: each value is rounded to the
-// nearest integer and clamped to [0, 255] (NaN becomes 0).
+// A float32 model is run with Run (float32 items), a uint8 model with
+// RunUint8 (bytes, passed as they are); each refuses the other kind of model
+// with ErrInvalidInput. Nothing here converts between the two: how a
+// pipeline's items become a model's input is internal/modelinput's job, the
+// one transform that replay, profile and the stage workers share.
 //
 // # Probabilities
 //

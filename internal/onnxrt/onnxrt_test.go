@@ -61,10 +61,13 @@ func TestRunMatchesHandComputed(t *testing.T) {
 			for _, n := range []int{1, 3, 8, 3, 1, 8, 2} {
 				x := randomItems(rng, n, f, tt.lo, tt.hi)
 				ref := x
+				var bytes []uint8
 				if s.Info().InputType == InputUINT8 {
-					ref = make([]float32, len(x))
+					// A uint8 model takes bytes as they are.
+					ref, bytes = make([]float32, len(x)), make([]uint8, len(x))
 					for i, v := range x {
-						ref[i] = float32(math.Max(0, math.Round(float64(v))))
+						bytes[i] = uint8(math.Max(0, math.Round(float64(v))))
+						ref[i] = float32(bytes[i])
 					}
 				}
 				const guard = -7
@@ -72,7 +75,13 @@ func TestRunMatchesHandComputed(t *testing.T) {
 				for i := range dst {
 					dst[i] = guard
 				}
-				got, err := s.Run(x, n, dst)
+				var got []float32
+				var err error
+				if bytes != nil {
+					got, err = s.RunUint8(bytes, n, dst)
+				} else {
+					got, err = s.Run(x, n, dst)
+				}
 				if err != nil {
 					t.Fatalf("Run(n=%d): %v", n, err)
 				}
@@ -372,12 +381,22 @@ func TestWarmRunDoesNotAllocate(t *testing.T) {
 		s := openTestModel(t, rt, file, SessionOptions{})
 		n := 8
 		x := make([]float32, n*s.Info().ItemSize())
+		u := make([]uint8, n*s.Info().ItemSize())
 		dst := make([]float32, n*s.Info().NumClasses)
-		if _, err := s.Run(x, n, dst); err != nil { // warm up batch size 8
+		uint8Model := s.Info().InputType == InputUINT8
+		run := func() error {
+			if uint8Model {
+				_, err := s.RunUint8(u, n, dst)
+				return err
+			}
+			_, err := s.Run(x, n, dst)
+			return err
+		}
+		if err := run(); err != nil { // warm up batch size 8
 			t.Fatal(err)
 		}
 		allocs := testing.AllocsPerRun(50, func() {
-			if _, err := s.Run(x, n, dst); err != nil {
+			if err := run(); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -558,17 +577,31 @@ func TestFindLibrary(t *testing.T) {
 	}
 }
 
-func TestToUint8(t *testing.T) {
+// TestRunMatchesInputType: Run takes float32 items for FP32 models only and
+// RunUint8 bytes for UINT8 models only; neither converts silently.
+func TestRunMatchesInputType(t *testing.T) {
 	t.Parallel()
-	in := []float32{-3, 0, 0.49, 0.5, 1.5, 2.4, 2.6, 254.4, 254.6, 255, 300, float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))}
-	want := []uint8{0, 0, 0, 1, 2, 2, 3, 254, 255, 255, 255, 0, 255, 0}
-	got := make([]uint8, len(in))
-	toUint8(got, in)
-	for i := range in {
-		if got[i] != want[i] {
-			t.Errorf("toUint8(%v) = %d, want %d", in[i], got[i], want[i])
-		}
+	rt := newRuntime(t)
+	f32 := openTestModel(t, rt, "linear_logits", SessionOptions{})
+	u8 := openTestModel(t, rt, "linear_uint8", SessionOptions{})
+	dst := make([]float32, 3)
+	if _, err := f32.RunUint8(make([]uint8, 6), 1, dst); !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), "use Run") {
+		t.Errorf("RunUint8 on a FP32 model: %v, want ErrInvalidInput", err)
 	}
+	if _, err := u8.Run(make([]float32, 6), 1, dst); !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), "use RunUint8") {
+		t.Errorf("Run on a UINT8 model: %v, want ErrInvalidInput", err)
+	}
+	if _, err := u8.RunUint8(make([]uint8, 5), 1, dst); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("RunUint8 with 5 bytes for an item of 6: %v, want ErrInvalidInput", err)
+	}
+	// 255 reaches the model as 255, not clamped or rescaled.
+	x := []uint8{255, 0, 0, 0, 0, 0}
+	got, err := u8.RunUint8(x, 1, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lin := loadLinear(t)
+	assertClose(t, got, [][]float64{refSoftmax(lin.logits([]float32{255, 0, 0, 0, 0, 0}, 1)[0])}, 1e-5)
 }
 
 func TestLooksLikeProbabilities(t *testing.T) {

@@ -370,19 +370,41 @@ func (s *Session) Info() ModelInfo {
 	return info
 }
 
-// Run classifies n items laid out contiguously in input (n*ItemSize values)
-// and writes n*NumClasses probabilities, item after item, into dst, which must
-// be at least that long. It returns dst[:n*NumClasses].
+// Run classifies n items of a FP32 model laid out contiguously in input
+// (n*ItemSize values) and writes n*NumClasses probabilities, item after item,
+// into dst, which must be at least that long. It returns dst[:n*NumClasses].
+// A UINT8 model is run with RunUint8: Run refuses it (ErrInvalidInput) rather
+// than guess how floats map to its bytes (see internal/modelinput).
 func (s *Session) Run(input []float32, n int, dst []float32) ([]float32, error) {
+	if s.info.InputType != InputFP32 {
+		return nil, fmt.Errorf("onnxrt: run %q: the model takes %s input, not float32 (use RunUint8): %w",
+			s.info.Name, s.info.InputType, ErrInvalidInput)
+	}
+	return s.run(input, nil, len(input), n, dst)
+}
+
+// RunUint8 is Run for a UINT8 model: input holds n*ItemSize bytes, passed
+// to the model as they are. It refuses a FP32 model (ErrInvalidInput).
+func (s *Session) RunUint8(input []uint8, n int, dst []float32) ([]float32, error) {
+	if s.info.InputType != InputUINT8 {
+		return nil, fmt.Errorf("onnxrt: run %q: the model takes %s input, not uint8 (use Run): %w",
+			s.info.Name, s.info.InputType, ErrInvalidInput)
+	}
+	return s.run(nil, input, len(input), n, dst)
+}
+
+// run checks the sizes, copies f32 or u8 (whichever the model takes) into
+// the input buffer and runs a batch of n items.
+func (s *Session) run(f32 []float32, u8 []uint8, values, n int, dst []float32) ([]float32, error) {
 	if n <= 0 {
 		return nil, fmt.Errorf("onnxrt: run %q: batch size %d: %w", s.info.Name, n, ErrInvalidInput)
 	}
 	if n > math.MaxInt32/max(s.itemSize, s.info.NumClasses) {
 		return nil, fmt.Errorf("onnxrt: run %q: batch size %d too large: %w", s.info.Name, n, ErrInvalidInput)
 	}
-	if want := n * s.itemSize; len(input) != want {
+	if want := n * s.itemSize; values != want {
 		return nil, fmt.Errorf("onnxrt: run %q: %d input values for %d items of %v, want %d: %w",
-			s.info.Name, len(input), n, s.info.ItemShape, want, ErrInvalidInput)
+			s.info.Name, values, n, s.info.ItemShape, want, ErrInvalidInput)
 	}
 	nOut := n * s.info.NumClasses
 	if len(dst) < nOut {
@@ -400,9 +422,9 @@ func (s *Session) Run(input []float32, n int, dst []float32) ([]float32, error) 
 		return nil, fmt.Errorf("onnxrt: run %q: batch %d: %w", s.info.Name, n, err)
 	}
 	if s.inU8 != nil {
-		toUint8(s.inU8[:len(input)], input)
+		copy(s.inU8, u8)
 	} else {
-		copy(s.inF32, input)
+		copy(s.inF32, f32)
 	}
 	if s.rebindInput {
 		if err := io.bind.BindInput(s.info.InputName, io.in); err != nil {
@@ -529,20 +551,6 @@ func softmax(dst, logits []float32) {
 	inv := 1 / sum
 	for i := range dst {
 		dst[i] = float32(float64(dst[i]) * inv)
-	}
-}
-
-// toUint8 rounds and clamps src into dst for uint8 models.
-func toUint8(dst []uint8, src []float32) {
-	for i, v := range src {
-		switch {
-		case !(v > 0): // also NaN
-			dst[i] = 0
-		case v >= 255:
-			dst[i] = 255
-		default:
-			dst[i] = uint8(v + 0.5)
-		}
 	}
 }
 

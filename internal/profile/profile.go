@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cascadeserve/cascadeserve/internal/modelinput"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -172,18 +173,31 @@ func measureModel(ctx context.Context, rt *onnxrt.Runtime, m Model, c Config, ba
 	defer sess.Close()
 	info := sess.Info()
 	item := info.ItemSize()
+	// Random byte items through the workers' input transform: a uint8
+	// model gets bytes, a float32 model bytes × 1/255 (timing does not
+	// depend on the pipeline's scale).
+	tr, err := modelinput.New(m.Name, info.InputType, item, 1.0/255)
+	if err != nil {
+		return plan.Profile{}, 0, err
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	input := make([]float32, batches[len(batches)-1]*item)
-	for i := range input {
-		input[i] = rng.Float32()
+	raw := make([]uint8, item)
+	var input modelinput.Batch
+	for range batches[len(batches)-1] {
+		for i := range raw {
+			raw[i] = uint8(rng.IntN(256))
+		}
+		if err := tr.AppendBytes(&input, raw); err != nil {
+			return plan.Profile{}, 0, err
+		}
 	}
 	prof := plan.Profile{Threads: c.Threads}
 	dst := make([]float32, batches[len(batches)-1]*info.NumClasses)
 	times := make([]time.Duration, c.Repetitions)
 	for _, b := range batches {
-		in := input[:b*item]
+		in := tr.Slice(&input, 0, b)
 		for range c.Warmup {
-			if _, err := sess.Run(in, b, dst); err != nil {
+			if _, err := tr.Run(sess, &in, dst); err != nil {
 				return plan.Profile{}, 0, fmt.Errorf("batch %d: %w", b, err)
 			}
 		}
@@ -192,7 +206,7 @@ func measureModel(ctx context.Context, rt *onnxrt.Runtime, m Model, c Config, ba
 				return plan.Profile{}, 0, err
 			}
 			start := time.Now()
-			if _, err := sess.Run(in, b, dst); err != nil {
+			if _, err := tr.Run(sess, &in, dst); err != nil {
 				return plan.Profile{}, 0, fmt.Errorf("batch %d: %w", b, err)
 			}
 			times[r] = time.Since(start)

@@ -202,19 +202,30 @@ func (r *runner) infer(i int, c *control, run []*itemTask) {
 	h := w.models[i]
 	sess := r.sessions[i]
 	classes := w.classes
-	r.in = r.in[:0]
+	// The model's input, built by the transform replay and profile use.
+	tr := h.input
+	r.in.Reset()
+	kept := run[:0]
 	for _, it := range run {
-		var err error
-		if r.in, err = it.item.Input.AppendFloat32s(r.in, w.uint8Scale); err != nil {
-			// invalid() checked the datatype; this cannot happen.
-			panic(fmt.Sprintf("stageworker: decode checked input: %v", err))
+		if err := tr.AppendTensor(&r.in, it.item.Input); err != nil {
+			// A FP32 item that is not bytes for a UINT8 model: this
+			// item's permanent error.
+			it.outcome = outcomeFailed
+			w.logger.Warn("item does not fit the model's input: answering invalid_input", "model", h.name, "id", it.item.ID, "err", err)
+			w.addResult(it, w.errorResult(c, it.item, w.now(), wire.Errorf(wire.CodeInvalidInput, "%v", err)))
+			continue
 		}
+		kept = append(kept, it)
+	}
+	run = kept
+	if len(run) == 0 {
+		return
 	}
 	if need := len(run) * classes; cap(r.out) < need {
 		r.out = make([]float32, need)
 	}
 	start := w.now()
-	_, err := sess.Run(r.in, len(run), r.out[:len(run)*classes])
+	_, err := tr.Run(sess, &r.in, r.out[:len(run)*classes])
 	for k := 0; err == nil && w.hooks.runError != nil && k < len(run); k++ {
 		err = w.hooks.runError(h.name, run[k].item.ID)
 	}
@@ -222,8 +233,8 @@ func (r *runner) infer(i int, c *control, run []*itemTask) {
 	if err != nil {
 		w.logger.Warn("batch inference failed; running its items one by one", "model", h.name, "batch", len(run), "err", err)
 		for k := range run {
-			in := r.in[k*w.itemSize : (k+1)*w.itemSize]
-			_, err := sess.Run(in, 1, r.out[k*classes:(k+1)*classes])
+			in := tr.Slice(&r.in, k, k+1)
+			_, err := tr.Run(sess, &in, r.out[k*classes:(k+1)*classes])
 			if err == nil && w.hooks.runError != nil {
 				err = w.hooks.runError(h.name, run[k].item.ID)
 			}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cascadeserve/cascadeserve/internal/modelinput"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/pkg/batching"
 )
@@ -32,7 +33,7 @@ type runner struct {
 	forwarders sync.WaitGroup
 
 	// in and out are the batch's input and output buffers, reused.
-	in  []float32
+	in  modelinput.Batch
 	out []float32
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cascadeserve/cascadeserve/internal/modelinput"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
@@ -55,6 +56,9 @@ type worker struct {
 // hosted is one model this worker serves, shared by its runners.
 type hosted struct {
 	name string
+	// input turns items into the model's input (its input type, the
+	// plan's UINT8 scale).
+	input modelinput.Transform
 	// consumers are the model's queue's consumers, one per partition;
 	// pulls take turns over them.
 	consumers  []jetstream.Consumer
@@ -292,6 +296,10 @@ func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error
 				closeAll()
 				return nil, nil, fmt.Errorf("load model %q: it takes %v items with %d classes; the plan's input is %v with %d classes",
 					h.name, info.ItemShape, info.NumClasses, p.Input.Shape, p.Input.Classes)
+			}
+			if h.input, err = modelinput.New(h.name, info.InputType, w.itemSize, p.Input.UINT8Scale); err != nil {
+				closeAll()
+				return nil, nil, fmt.Errorf("load model %q: %w", h.name, err)
 			}
 		}
 	}

@@ -124,7 +124,8 @@ func ValidationImages(dir string) (*dataset.Set, error) {
 		return nil, fmt.Errorf("mnist: validation images: %w", err)
 	}
 	// Copy the split out so the other 55,000 images can be freed.
-	return &dataset.Set{ItemShape: v.ItemShape, Data: slices.Clone(v.Data), Labels: slices.Clone(v.Labels)}, nil
+	return &dataset.Set{ItemShape: v.ItemShape, Data: slices.Clone(v.Data), Labels: slices.Clone(v.Labels),
+		Bytes: slices.Clone(v.Bytes), ByteDivisor: v.ByteDivisor}, nil
 }
 
 // FindTrainDir returns the folder holding the MNIST training files: the data

@@ -102,15 +102,21 @@ type SLO struct {
 type Input struct {
 	// Name is the tensor name in Open Inference Protocol requests.
 	Name string `json:"name"`
-	// Datatype is the OIP datatype models consume; "FP32". Ingress also
-	// accepts UINT8 for FP32 inputs and scales it by InputScale.
+	// Datatype is the pipeline's value type, "FP32": items are FP32
+	// values, or UINT8 bytes standing for byte × UINT8Scale. Each model
+	// gets them in its own input type (float32 or uint8; see
+	// internal/modelinput).
 	Datatype string `json:"datatype"`
 	// Shape is the item shape, e.g. [1, 28, 28].
 	Shape []int64 `json:"shape"`
 	// Classes is the number of output classes.
 	Classes int `json:"classes"`
-	// UINT8Scale multiplies UINT8 inputs to turn them into FP32 (1/255 for
-	// images that models expect in [0,1]). 0 means UINT8 is not accepted.
+	// UINT8Scale is what a UINT8 byte stands for: byte × UINT8Scale (1/255
+	// for images whose values are in [0,1]). A model with float32 input
+	// gets byte × UINT8Scale; a model with uint8 input gets the bytes, and
+	// FP32 items divided by UINT8Scale when they are bytes times it. The
+	// planner takes it from the replay, which models were measured with.
+	// 0 means UINT8 is not accepted (and uint8-input models cannot serve).
 	UINT8Scale float64 `json:"uint8_scale,omitempty"`
 }
 

@@ -40,7 +40,14 @@ var (
 	ErrInfeasible = errors.New("no gear meets the SLO")
 	// ErrAccuracyUnreachable marks a min-cost target no cascade reaches.
 	ErrAccuracyUnreachable = errors.New("accuracy target unreachable")
+	// ErrAccuracyGap marks a max-accuracy plan whose most accurate gear
+	// falls far below the ladder's most accurate model alone (see
+	// PlannerConfig.MaxAccuracyGap).
+	ErrAccuracyGap = errors.New("best gear far below the best model")
 )
+
+// DefaultMaxAccuracyGap is PlannerConfig.MaxAccuracyGap's default: 5 points.
+const DefaultMaxAccuracyGap = 0.05
 
 // LoadRange is the range of intake rates the plan covers, cut into buckets.
 // A gear is planned at each bucket's upper edge and serves loads up to it.
@@ -134,6 +141,13 @@ type PlannerConfig struct {
 	Mode string
 	// TargetAccuracy is ModeMinCost's target in [0,1].
 	TargetAccuracy float64
+	// MaxAccuracyGap is how far (a fraction of the items: 0.05 is 5
+	// points) the most accurate gear of a max-accuracy plan may fall below
+	// the ladder's most accurate model alone; beyond it MakePlan refuses
+	// the plan with ErrAccuracyGap and the cause (that model too slow for
+	// the SLO, or too costly for the capacity at the lowest load). 0 means
+	// DefaultMaxAccuracyGap; negative: no check.
+	MaxAccuracyGap float64
 	// Metric is the confidence metric (default MetricMargin).
 	Metric string
 	// Calibrate fits every model's temperature on the replay (FitTemperature)
@@ -214,6 +228,9 @@ func (b BucketChoice) Feasible() bool { return b.Candidate >= 0 }
 func (cfg *PlannerConfig) defaults() {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeMaxAccuracy
+	}
+	if cfg.MaxAccuracyGap == 0 {
+		cfg.MaxAccuracyGap = DefaultMaxAccuracyGap
 	}
 	if cfg.RunnerPool == "" {
 		cfg.RunnerPool = RunnerPoolShared
@@ -476,6 +493,9 @@ func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
 		return nil, fmt.Errorf("make plan: %w: at %v qps on %d runners, not even %s (%.3g ms/item) has a simulated p95 within %v ms and utilisation within %.0f%%",
 			ErrInfeasible, edges[0], cfg.Capacity, cheapest, cheapest.CostMsPerItem, cfg.SLOP95Ms, cfg.Headroom*100)
 	}
+	if err := pl.checkAccuracyGap(res, ev, names); err != nil {
+		return nil, fmt.Errorf("make plan: %w", err)
+	}
 	p := pl.buildPlan(res, ev, edges)
 	res.Elapsed = cfg.Now().Sub(start)
 	p.Planner["elapsed_ms"] = math.Round(float64(res.Elapsed.Microseconds())/100) / 10
@@ -484,6 +504,49 @@ func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
 	}
 	res.Plan = p
 	return res, nil
+}
+
+// checkAccuracyGap refuses a max-accuracy plan whose most accurate gear is
+// more than MaxAccuracyGap below the ladder's most accurate model alone,
+// naming why that model is out of every gear.
+func (pl *planner) checkAccuracyGap(res *PlanResult, ev *Evaluator, ladder []string) error {
+	cfg := pl.cfg
+	if cfg.Mode != ModeMaxAccuracy || cfg.MaxAccuracyGap < 0 {
+		return nil
+	}
+	bestModel, bestAcc := "", -1.0
+	for _, m := range ladder {
+		if a := ev.ModelAccuracy(m); a > bestAcc {
+			bestModel, bestAcc = m, a
+		}
+	}
+	gear, gearAcc := -1, -1.0
+	for _, b := range res.Buckets {
+		if b.Feasible() && pl.cands[b.Candidate].Accuracy > gearAcc {
+			gear, gearAcc = b.Candidate, pl.cands[b.Candidate].Accuracy
+		}
+	}
+	if gear < 0 || bestAcc-gearAcc <= cfg.MaxAccuracyGap {
+		return nil
+	}
+	prof := cfg.Profile
+	q := pl.edges[0]
+	lat := prof.Models[bestModel].LatencyMs(1) + prof.ItemOverheadMs + prof.BatchOverheadMs + 2*prof.HopOverheadMs
+	var cause string
+	switch largest := slices.Max(cfg.BatchSizes); {
+	case lat > cfg.SLOP95Ms:
+		cause = fmt.Sprintf("model %q alone takes %.3g ms for one item (batch of 1 with the hops), beyond the SLO's p95 of %v ms: "+
+			"loosen --slo, or profile it on faster hardware", bestModel, lat, cfg.SLOP95Ms)
+	case q*cfg.itemCost(bestModel, largest)/1000 > float64(cfg.Capacity)*cfg.Headroom:
+		cause = fmt.Sprintf("at the lowest load, %.6g qps, model %q alone needs %.3g runners even at batch %d (%.3g ms/item), "+
+			"more than %d runners × headroom %.2g: plan for more --capacity or a lower minimum --qps",
+			q, bestModel, q*cfg.itemCost(bestModel, largest)/1000, largest, cfg.itemCost(bestModel, largest), cfg.Capacity, cfg.Headroom)
+	default:
+		cause = fmt.Sprintf("no gear with model %q has a simulated p95 within %v ms and utilisation within %.0f%% at %.6g qps on %d runners: "+
+			"plan for more --capacity, a looser --slo or a lower minimum --qps", bestModel, cfg.SLOP95Ms, cfg.Headroom*100, q, cfg.Capacity)
+	}
+	return fmt.Errorf("%w: the most accurate gear, %s, reaches %.2f%% on the replay, %.2f points below model %q alone (%.2f%%; at most %.2g allowed): %s",
+		ErrAccuracyGap, pl.cands[gear], 100*gearAcc, 100*(bestAcc-gearAcc), bestModel, 100*bestAcc, 100*cfg.MaxAccuracyGap, cause)
 }
 
 type planner struct {

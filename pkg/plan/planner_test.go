@@ -551,3 +551,69 @@ func TestLoadRangeEdges(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanRefusesGapToBestModel: when the most accurate model cannot be in
+// any gear, a max-accuracy plan far below it is refused, naming the model
+// and why; MaxAccuracyGap < 0 accepts it, and a reachable best model passes.
+func TestPlanRefusesGapToBestModel(t *testing.T) {
+	base := func() PlannerConfig {
+		cfg := smallPlannerConfig(t)
+		cfg.Load = LoadRange{MinQPS: 2000, MaxQPS: 4000, Buckets: 2}
+		cfg.Ladder = []LadderModel{{Name: "small"}, {Name: "medium"}, {Name: "xlarge"}}
+		// One runner: single-model gears only (a cascade could still send
+		// its few hardest items to a slow model within the p95).
+		cfg.Capacity = 1
+		// The last model is right on every item: far above the others
+		// (medium: 93.9%).
+		r := *cfg.Replay
+		r.Probs = map[string][]float32{}
+		for m, p := range cfg.Replay.Probs {
+			r.Probs[m] = p
+		}
+		best := make([]float32, r.Len()*r.Classes)
+		for i, l := range r.Labels {
+			best[i*r.Classes+int(l)] = 1
+		}
+		r.Probs["xlarge"] = best
+		cfg.Replay = &r
+		prof := *cfg.Profile
+		prof.Models = map[string]Profile{}
+		for m, p := range cfg.Profile.Models {
+			prof.Models[m] = p
+		}
+		cfg.Profile = &prof
+		return cfg
+	}
+	flat := func(ms float64) Profile {
+		return Profile{Threads: 1, Points: []ProfilePoint{{Batch: 1, LatencyMs: ms}, {Batch: 128, LatencyMs: 128 * ms}}}
+	}
+	for _, tt := range []struct {
+		name  string
+		xlMs  float64 // xlarge's latency per item
+		gap   float64
+		cause string // "" when the plan is made
+	}{
+		{"too slow for the SLO", 20, 0, `model "xlarge" alone takes`},
+		{"too costly for the capacity", 5, 0, `model "xlarge" alone needs`},
+		{"check off", 20, -1, ""},
+		{"reachable", 0.01, 0, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := base()
+			cfg.Profile.Models["xlarge"] = flat(tt.xlMs)
+			cfg.MaxAccuracyGap = tt.gap
+			res, err := MakePlan(context.Background(), cfg)
+			if tt.cause == "" {
+				if err != nil {
+					t.Fatalf("MakePlan: %v", err)
+				}
+				return
+			}
+
+			if !errors.Is(err, ErrAccuracyGap) || !strings.Contains(err.Error(), tt.cause) || !strings.Contains(err.Error(), "100.00%") {
+				t.Fatalf("MakePlan: %v (plan %v), want ErrAccuracyGap naming %q", err, res != nil, tt.cause)
+			}
+			t.Log(err)
+		})
+	}
+}

@@ -25,6 +25,13 @@ type Replay struct {
 	// Probs maps a model name to its probabilities: Len()*Classes values,
 	// row-major (item i's probabilities are Probs[m][i*Classes:(i+1)*Classes]).
 	Probs map[string][]float32
+	// ItemShape and UINT8Scale, when set, record the pipeline input the
+	// models were run on (cascadeserve replay sets them): the shape of one
+	// item, and what a UINT8 byte stands for (Input.UINT8Scale; 0: no
+	// byte form). A plan made from the replay must have the same input, or
+	// its models would be served other values than they were measured on.
+	ItemShape  []int64
+	UINT8Scale float64
 }
 
 // ErrBadReplay marks a replay file that cannot be read or is inconsistent.
@@ -33,18 +40,24 @@ var ErrBadReplay = errors.New("bad replay data")
 // replayMagic opens every replay file (after gzip decompression).
 const replayMagic = "CSREPLAY"
 
-// replayVersion is the version of the binary layout below.
-const replayVersion = 1
+// replayVersion is the newest version of the binary layout below;
+// replayVersionNoInput is the layout without the input section, written
+// when a replay records no input (and read as before).
+const (
+	replayVersion        = 2
+	replayVersionNoInput = 1
+)
 
-// Replay file layout, version 1. The whole file is gzip-compressed; inside,
+// Replay file layout, version 2. The whole file is gzip-compressed; inside,
 // every integer and float is little-endian:
 //
 //	magic    [8]byte  "CSREPLAY"
-//	version  uint32   1
+//	version  uint32   2 (1: without the input section)
 //	n        uint32   number of items
 //	classes  uint32   number of classes
 //	models   uint32   number of models
 //	models × { nameLen uint16; name [nameLen]byte }
+//	input (version 2 only) { rank uint32; rank × uint32 dims; uint8Scale float64 }
 //	labels   n × int32
 //	models × { probs n*classes × float32 }   (same order as the names)
 
@@ -92,6 +105,18 @@ func (r *Replay) Validate() error {
 			errs = append(errs, fmt.Errorf("probabilities for unlisted model %q", m))
 		}
 	}
+	if len(r.ItemShape) > maxReplayRank {
+		errs = append(errs, fmt.Errorf("item shape %v has rank > %d", r.ItemShape, maxReplayRank))
+	}
+	for _, d := range r.ItemShape {
+		if d < 1 || d > math.MaxUint32 {
+			errs = append(errs, fmt.Errorf("item shape %v has dimension %d", r.ItemShape, d))
+			break
+		}
+	}
+	if !(r.UINT8Scale >= 0) || math.IsInf(r.UINT8Scale, 0) {
+		errs = append(errs, fmt.Errorf("uint8 scale %v, want finite and >= 0", r.UINT8Scale))
+	}
 	for i, l := range r.Labels {
 		if l < 0 || int(l) >= r.Classes {
 			errs = append(errs, fmt.Errorf("item %d has label %d outside [0,%d)", i, l, r.Classes))
@@ -106,7 +131,8 @@ func (r *Replay) Validate() error {
 
 // Subset returns a replay restricted to the named models, in that order.
 func (r *Replay) Subset(models []string) (*Replay, error) {
-	out := &Replay{Classes: r.Classes, Labels: r.Labels, Models: slices.Clone(models), Probs: map[string][]float32{}}
+	out := &Replay{Classes: r.Classes, Labels: r.Labels, Models: slices.Clone(models), Probs: map[string][]float32{},
+		ItemShape: slices.Clone(r.ItemShape), UINT8Scale: r.UINT8Scale}
 	for _, m := range models {
 		p, ok := r.Probs[m]
 		if !ok {
@@ -142,8 +168,12 @@ func (r *Replay) Write(w io.Writer) error {
 	bw := bufio.NewWriter(zw)
 	le := binary.LittleEndian
 	hdr := make([]byte, 0, 24)
+	version := uint32(replayVersion)
+	if r.ItemShape == nil && r.UINT8Scale == 0 {
+		version = replayVersionNoInput
+	}
 	hdr = append(hdr, replayMagic...)
-	hdr = le.AppendUint32(hdr, replayVersion)
+	hdr = le.AppendUint32(hdr, version)
 	hdr = le.AppendUint32(hdr, uint32(len(r.Labels)))
 	hdr = le.AppendUint32(hdr, uint32(r.Classes))
 	hdr = le.AppendUint32(hdr, uint32(len(r.Models)))
@@ -154,6 +184,13 @@ func (r *Replay) Write(w io.Writer) error {
 		}
 		bw.Write(le.AppendUint16(nil, uint16(len(m))))
 		bw.WriteString(m)
+	}
+	if version == replayVersion {
+		in := le.AppendUint32(nil, uint32(len(r.ItemShape)))
+		for _, d := range r.ItemShape {
+			in = le.AppendUint32(in, uint32(d))
+		}
+		bw.Write(le.AppendUint64(in, math.Float64bits(r.UINT8Scale)))
 	}
 	buf := make([]byte, 0, 4096)
 	for _, l := range r.Labels {
@@ -197,6 +234,9 @@ func ReadReplayFile(path string) (*Replay, error) {
 // make the reader allocate without limit (4 GiB of float32s).
 const maxReplayValues = 1 << 30
 
+// maxReplayRank bounds the rank of a recorded item shape.
+const maxReplayRank = 8
+
 // ReadReplay reads a replay in the format written by Write.
 func ReadReplay(rd io.Reader) (*Replay, error) {
 	zr, err := gzip.NewReader(rd)
@@ -212,8 +252,9 @@ func ReadReplay(rd io.Reader) (*Replay, error) {
 	if string(hdr[:8]) != replayMagic {
 		return nil, fmt.Errorf("%w: magic %q, want %q", ErrBadReplay, hdr[:8], replayMagic)
 	}
-	if v := le.Uint32(hdr[8:]); v != replayVersion {
-		return nil, fmt.Errorf("%w: version %d, this build reads %d", ErrBadReplay, v, replayVersion)
+	version := le.Uint32(hdr[8:])
+	if version != replayVersion && version != replayVersionNoInput {
+		return nil, fmt.Errorf("%w: version %d, this build reads %d and %d", ErrBadReplay, version, replayVersionNoInput, replayVersion)
 	}
 	n, classes, models := int(le.Uint32(hdr[12:])), int(le.Uint32(hdr[16:])), int(le.Uint32(hdr[20:]))
 	if n == 0 || classes < 2 || models == 0 || models > 1024 || uint64(n)*uint64(classes)*uint64(models) > maxReplayValues {
@@ -232,6 +273,29 @@ func ReadReplay(rd io.Reader) (*Replay, error) {
 		r.Models = append(r.Models, string(name))
 	}
 	var w [4]byte
+	if version == replayVersion {
+		if _, err := io.ReadFull(br, w[:]); err != nil {
+			return nil, fmt.Errorf("%w: input: %w", ErrBadReplay, err)
+		}
+		rank := le.Uint32(w[:])
+		if rank > maxReplayRank {
+			return nil, fmt.Errorf("%w: input item rank %d > %d", ErrBadReplay, rank, maxReplayRank)
+		}
+		if rank > 0 {
+			r.ItemShape = make([]int64, rank)
+		}
+		for i := range r.ItemShape {
+			if _, err := io.ReadFull(br, w[:]); err != nil {
+				return nil, fmt.Errorf("%w: input: %w", ErrBadReplay, err)
+			}
+			r.ItemShape[i] = int64(le.Uint32(w[:]))
+		}
+		var s [8]byte
+		if _, err := io.ReadFull(br, s[:]); err != nil {
+			return nil, fmt.Errorf("%w: input: %w", ErrBadReplay, err)
+		}
+		r.UINT8Scale = math.Float64frombits(le.Uint64(s[:]))
+	}
 	for i := range r.Labels {
 		if _, err := io.ReadFull(br, w[:]); err != nil {
 			return nil, fmt.Errorf("%w: labels: %w", ErrBadReplay, err)

@@ -46,6 +46,36 @@ func TestReplayRoundTrip(t *testing.T) {
 	}
 }
 
+// TestReplayRecordsInput: a replay that records its input (item shape,
+// UINT8 scale) is written as version 2 and reads back with it; one that
+// records none is written as version 1, as before.
+func TestReplayRecordsInput(t *testing.T) {
+	r := smallReplay(t)
+	if v := binary.LittleEndian.Uint32(rawReplay(t, r)[8:]); v != 1 {
+		t.Fatalf("replay without input written as version %d, want 1", v)
+	}
+	r.ItemShape, r.UINT8Scale = []int64{28, 28}, 1.0/255
+	raw := rawReplay(t, r)
+	if v := binary.LittleEndian.Uint32(raw[8:]); v != 2 {
+		t.Fatalf("replay with input written as version %d, want 2", v)
+	}
+	got, err := ReadReplay(bytes.NewReader(gz(t, raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, r) {
+		t.Fatalf("input %v %v read back as %v %v", r.ItemShape, r.UINT8Scale, got.ItemShape, got.UINT8Scale)
+	}
+	sub, err := got.Subset([]string{"small"})
+	if err != nil || !reflect.DeepEqual(sub.ItemShape, r.ItemShape) || sub.UINT8Scale != r.UINT8Scale {
+		t.Fatalf("Subset lost the input: %v %v (%v)", sub.ItemShape, sub.UINT8Scale, err)
+	}
+	r.UINT8Scale = -1
+	if err := r.Validate(); !errors.Is(err, ErrBadReplay) {
+		t.Fatalf("negative scale: %v, want ErrBadReplay", err)
+	}
+}
+
 // rawReplay returns the uncompressed bytes of a written replay.
 func rawReplay(t *testing.T, r *Replay) []byte {
 	t.Helper()
