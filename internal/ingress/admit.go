@@ -104,6 +104,10 @@ type admission struct {
 	// (wire.Item.ResultFormat): JSON for jobs sent as JSON. Callers the
 	// ingress answers itself leave it empty (msgpack, which it decodes).
 	resultFormat string
+	// direct is set when the workers answer the caller themselves (a
+	// msgpack request-reply caller's own inbox); they then record its
+	// end-to-end latency, as they do for durable jobs.
+	direct bool
 	// client overrides req.Client (jobs: the subject's last token).
 	client string
 	// key, when set, is the admission's key (wire.Item.Key) and the id of
@@ -135,6 +139,16 @@ func (in *ingress) admit(a admission) (admitted, error) {
 	}
 	in.metrics.admission.WithLabelValues(a.door).Observe(in.now().Sub(a.start).Seconds())
 	return admitted{item: it}, nil
+}
+
+// workerDoor is the door the workers record an item's end-to-end latency
+// under: set when they answer its caller (directly, or on the results
+// stream), empty when the ingress does.
+func workerDoor(a admission) string {
+	if a.direct || a.durable {
+		return a.door
+	}
+	return ""
 }
 
 // prepare validates a request against the current plan and builds its item
@@ -194,6 +208,7 @@ func (in *ingress) prepare(a admission) (*wire.Item, string, error) {
 		DeadlineUnixNano:    deadline.UnixNano(),
 		ReturnProbabilities: r.WantsProbabilities(),
 		ReplyTo:             a.replyTo,
+		Door:                workerDoor(a),
 		Durable:             a.durable,
 		ResultFormat:        a.resultFormat,
 		AdmittedGear:        c.Gear.ID,

@@ -122,7 +122,7 @@ func (in *ingress) handleRequest(msg *nats.Msg, isJSON bool, start time.Time) {
 	}
 	if !isJSON && !hasKey {
 		if c := in.ctl.Load(); c == nil || batchSize(req.Input, c.Plan.Input) == 0 {
-			if _, err := in.admit(admission{door: doorNATS, req: &req, start: start, replyTo: msg.Reply}); err != nil {
+			if _, err := in.admit(admission{door: doorNATS, req: &req, start: start, replyTo: msg.Reply, direct: true}); err != nil {
 				in.countRejected(doorNATS, err)
 				in.replyError(msg, false, &req, err)
 				return

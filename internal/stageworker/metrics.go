@@ -48,6 +48,9 @@ type metrics struct {
 	// refusedReplies counts results not sent to a reply subject outside
 	// the inbox prefix (a forged or broken reply route).
 	refusedReplies *prometheus.CounterVec
+	// e2e is the end-to-end latency of requests whose callers the workers
+	// answer (msgpack request-reply, durable jobs), by door.
+	e2e *prometheus.HistogramVec
 	// itemRetries counts items a model failed on alone (each goes back to
 	// its queue, or to the dead letters on its last try).
 	itemRetries *prometheus.CounterVec
@@ -75,6 +78,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cascade_worker_refused_replies_total",
 			Help: "Results not published to an item's reply subject because it is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX), per model.",
 		}, []string{"model"}),
+		e2e: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cascade_worker_request_duration_seconds",
+			Help:    "Time from admission to the answer, for requests whose callers the workers answer themselves, by door (nats: msgpack request-reply; jobs: durable jobs). The ingress records the other callers in cascade_ingress_request_duration_seconds.",
+			Buckets: durationBuckets,
+		}, []string{"door"}),
 		itemRetries: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_item_retries_total",
 			Help: "Items a model failed on alone, per model; each goes back to its queue with one more attempt, or on its last one to the dead letters with an internal error result.",
@@ -143,6 +151,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cascade_worker_pulls_total",
 			Help: "Pull requests per model, by kind: watch (idle wait for a first item), fill (wait for a batch to fill), nowait (take what is queued).",
 		}, []string{"model", "kind"}),
+	}
+	for _, door := range []string{"nats", "jobs"} {
+		m.e2e.WithLabelValues(door)
 	}
 	return m
 }

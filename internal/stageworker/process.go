@@ -494,6 +494,9 @@ func (w *worker) baseResult(c *control, it *wire.Item, now time.Time) *wire.Resu
 // A result that cannot be encoded becomes an internal error result.
 func (w *worker) addResult(it *itemTask, res *wire.Result) {
 	w.metrics.result(res)
+	if it.item.Door != "" && it.item.AdmittedUnixNano > 0 {
+		w.metrics.e2e.WithLabelValues(it.item.Door).Observe(float64(res.CompletedUnixNano-it.item.AdmittedUnixNano) / 1e9)
+	}
 	item, t := it.item, it.t
 	data, contentType, err := w.codec.EncodeResultAs(res, item.ResultFormat)
 	if err != nil {

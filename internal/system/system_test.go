@@ -2,6 +2,7 @@ package system_test
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -334,4 +335,69 @@ func TestBatchedRequestsThroughTheCascade(t *testing.T) {
 		t.Errorf("accuracy %.4f, want at least 0.95", acc)
 	}
 	t.Logf("2048 items in 128 requests: accuracy %.2f%%, %.0f items/s", 100*rep.Accuracy(), rep.Throughput())
+}
+
+// TestEndToEndLatencyOnEveryDoor: every door's requests are timed end to
+// end, by whoever answers the caller: the workers for msgpack request-reply
+// and durable jobs, the ingress for JSON and batched requests.
+func TestEndToEndLatencyOnEveryDoor(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	sys := startPlan(t, filepath.Join("..", "..", "models", "mnist", mnist.HandwrittenPlanFile), 1, nil, reg)
+	images, err := mnist.TestImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{Pipeline: sys.Plan.Pipeline, Items: images, Concurrency: 4, MaxRequests: 40, Timeout: 30 * time.Second})
+	if err != nil || rep.Answered != 40 {
+		t.Fatalf("direct requests: %d answered, %v", rep.Answered, err)
+	}
+	if _, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{Pipeline: sys.Plan.Pipeline, Items: images, Concurrency: 2, MaxRequests: 64, BatchItems: 16, Timeout: 30 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	codec := wire.NewCodec()
+	for i := range 5 {
+		body, err := codec.EncodeRequest(&wire.Request{ID: fmt.Sprintf("job-%d", i), Input: wire.FP32Tensor(mnist.ItemShape(), images.Item(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sys.JS.Publish(ctx, wire.JobsSubject(sys.Plan.Pipeline, "e2e"), body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(name, door string) uint64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "door" && l.GetValue() == door {
+						n += m.GetHistogram().GetSampleCount()
+					}
+				}
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for count("cascade_worker_request_duration_seconds", "jobs") < 5 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Start's readiness probe is one more msgpack request.
+	if got := count("cascade_worker_request_duration_seconds", "nats"); got < 40 || got > 41 {
+		t.Errorf("workers timed %d msgpack request-reply requests, want 40 (41 with Start's probe)", got)
+	}
+	if got := count("cascade_worker_request_duration_seconds", "jobs"); got != 5 {
+		t.Errorf("workers timed %d jobs, want 5", got)
+	}
+	if got := count("cascade_ingress_request_duration_seconds", "nats"); got != 4 {
+		t.Errorf("the ingress timed %d batched requests, want 4", got)
+	}
 }

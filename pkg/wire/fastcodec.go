@@ -273,7 +273,7 @@ func decVisits(d *msgpack.Decoder) ([]Visit, error) {
 // EncodeMsgpack writes it as its struct tags say.
 func (it *Item) EncodeMsgpack(e *msgpack.Encoder) error {
 	n := 9 + entries(it.Key != "", it.ReturnProbabilities, it.ReplyTo != "", it.Durable, it.ReplyBatched,
-		it.BatchIndex != 0, it.ResultFormat != "", len(it.Visits) > 0, it.Attempts != 0, len(it.BestProbs) > 0)
+		it.BatchIndex != 0, it.ResultFormat != "", len(it.Visits) > 0, it.Door != "", it.Attempts != 0, len(it.BestProbs) > 0)
 	if err := e.EncodeMapLen(n); err != nil {
 		return err
 	}
@@ -347,6 +347,11 @@ func (it *Item) EncodeMsgpack(e *msgpack.Encoder) error {
 			return err
 		}
 	}
+	if it.Door != "" {
+		if err := encStr(e, "door", it.Door); err != nil {
+			return err
+		}
+	}
 	if it.Attempts != 0 {
 		if err := encInt(e, "attempts", int64(it.Attempts)); err != nil {
 			return err
@@ -399,6 +404,8 @@ func (it *Item) DecodeMsgpack(d *msgpack.Decoder) error {
 			it.EnqueuedUnixNano, err = d.DecodeInt64()
 		case "visits":
 			it.Visits, err = decVisits(d)
+		case "door":
+			it.Door, err = d.DecodeString()
 		case "attempts":
 			it.Attempts, err = d.DecodeInt()
 		case "best_probs":

@@ -43,6 +43,7 @@ type (
 		AdmittedUnixNano    int64         `msgpack:"admitted_ns"`
 		EnqueuedUnixNano    int64         `msgpack:"enqueued_ns"`
 		Visits              []shadowVisit `msgpack:"visits,omitempty"`
+		Door                string        `msgpack:"door,omitempty"`
 		Attempts            int           `msgpack:"attempts,omitempty"`
 		BestProbs           []float32     `msgpack:"best_probs,omitempty"`
 	}
@@ -88,7 +89,7 @@ func TestFastCodecMatchesReflection(t *testing.T) {
 		{V: 1, ID: "x", Pipeline: "p", Client: "c", Input: Tensor{Datatype: UINT8, Shape: []int64{2, 2}, Data: []byte{1, 2, 3, 4}}, DeadlineUnixNano: -9},
 		{V: 1, ID: "y", Key: "k", Pipeline: "p", Client: "c", Input: FP32Tensor([]int64{2}, []float32{1.5, -2}), DeadlineUnixNano: 1 << 60,
 			ReturnProbabilities: true, ReplyTo: "_INBOX.a.b", Durable: true, ReplyBatched: true, BatchIndex: 300, ResultFormat: ResultFormatJSON,
-			AdmittedGear: "g", AdmittedUnixNano: 12345678901234, EnqueuedUnixNano: 42, Visits: visits, Attempts: 2, BestProbs: []float32{0.1, 0.9}},
+			AdmittedGear: "g", AdmittedUnixNano: 12345678901234, EnqueuedUnixNano: 42, Visits: visits, Door: "jobs", Attempts: 2, BestProbs: []float32{0.1, 0.9}},
 	}
 	for i, it := range items {
 		fast, err := msgpack.Marshal(&it)

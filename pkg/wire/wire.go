@@ -263,6 +263,11 @@ type Item struct {
 	EnqueuedUnixNano int64  `msgpack:"enqueued_ns"`
 	// Visits lists the stages already run, in order.
 	Visits []Visit `msgpack:"visits,omitempty"`
+	// Door, when set, names the intake door of a request whose caller the
+	// workers answer directly (msgpack request-reply "nats", durable
+	// "jobs"), so they record its end-to-end latency; empty when the
+	// ingress answers the caller itself (and records it).
+	Door string `msgpack:"door,omitempty"`
 	// Attempts counts the failed runs of the model the item is queued for
 	// (a model that failed on this item alone); at the queue's MaxDeliver
 	// the item is dead-lettered with an internal error result.
