@@ -6,13 +6,13 @@ import (
 	"errors"
 	"math"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -220,7 +220,7 @@ func (in *ingress) prepare(a admission) (*wire.Item, string, error) {
 // publishError maps a failed publish to the first stage to a typed error.
 func publishError(err error, model string) error {
 	switch {
-	case queueFull(err):
+	case natsbus.QueueFull(err):
 		return wire.Errorf(wire.CodeOverloaded, "the queue of model %q is full; retry later", model)
 	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders),
 		errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
@@ -229,22 +229,6 @@ func publishError(err error, model string) error {
 	}
 	return wire.Errorf(wire.CodeInternal, "publish to model %q: %v", model, err)
 }
-
-// queueFull reports whether err is JetStream rejecting a publish because
-// the stream is full: with DiscardNew at MaxMsgs or MaxBytes the server
-// answers JSStreamStoreFailedF (10077) with the store error "maximum
-// messages exceeded" or "maximum bytes exceeded" as description. nats.go
-// v1.55 has no sentinel for it; the error is a *jetstream.APIError.
-func queueFull(err error) bool {
-	var api *jetstream.APIError
-	if !errors.As(err, &api) {
-		return false
-	}
-	return api.ErrorCode == jsErrStoreFailed && strings.Contains(api.Description, "maximum")
-}
-
-// jsErrStoreFailed is the JetStream error code of a failed store.
-const jsErrStoreFailed jetstream.ErrorCode = 10077
 
 // truncate shortens s for error messages.
 func truncate(s string, n int) string {

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -32,7 +33,7 @@ func (in *ingress) runJobs(ctx context.Context) {
 			if err != nil {
 				if ctx.Err() == nil {
 					in.jobsLost(err)
-					sleep(ctx, in.cfg.PollInterval)
+					natsbus.Sleep(ctx, in.cfg.PollInterval)
 				}
 				continue
 			}
@@ -49,7 +50,7 @@ func (in *ingress) runJobs(ctx context.Context) {
 				continue
 			}
 			in.logger.Warn("fetch jobs", "err", err)
-			sleep(ctx, in.cfg.PollInterval)
+			natsbus.Sleep(ctx, in.cfg.PollInterval)
 			continue
 		}
 		// Every job of the batch joins the envelopes first; then each is
@@ -74,7 +75,7 @@ func (in *ingress) runJobs(ctx context.Context) {
 		if deferred {
 			// The first stage is full or NATS is failing: stop pulling jobs
 			// we cannot place for a moment.
-			sleep(ctx, in.cfg.JobsRetryDelay)
+			natsbus.Sleep(ctx, in.cfg.JobsRetryDelay)
 		}
 	}
 }
@@ -254,15 +255,5 @@ func (in *ingress) publishJobError(id, key, client, format string, err error) er
 func (in *ingress) ack(msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
 		in.logger.Warn("ack job", "subject", msg.Subject(), "err", err)
-	}
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }

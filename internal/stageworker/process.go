@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -665,7 +666,7 @@ func (w *worker) publish(tasks []*task) {
 // rejected by a full queue is marked for a degraded answer, anything else
 // fails the task.
 func (t *task) failed(idx int, err error) {
-	if queueFull(err) {
+	if natsbus.QueueFull(err) {
 		for k := range t.escalations {
 			if t.escalations[k].index == idx {
 				t.escalations[k].rejected = true
@@ -684,21 +685,6 @@ func (t *task) fail(err error) {
 		t.err = err
 	}
 }
-
-// queueFull reports whether err is JetStream rejecting a publish because
-// the stream is full (DiscardNew at MaxMsgs or MaxBytes).
-func queueFull(err error) bool {
-	var api *jetstream.APIError
-	if !errors.As(err, &api) {
-		return false
-	}
-	return api.ErrorCode == jsErrStoreFailed && strings.Contains(api.Description, "maximum")
-}
-
-// jsErrStoreFailed is the JetStream error code of a failed store (the
-// server's JSStreamStoreFailedF); with a "maximum ... exceeded" description
-// it means the stream is full.
-const jsErrStoreFailed jetstream.ErrorCode = 10077
 
 // settle acknowledges one message as ackAction decides, and records its
 // items' outcomes.

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/modelinput"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/pkg/batching"
 )
@@ -75,7 +76,7 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		if !r.serve(ctx, i) {
 			// Pulling failed (connection trouble): do not spin.
-			sleep(ctx, r.w.cfg.IdleWait)
+			natsbus.Sleep(ctx, r.w.cfg.IdleWait)
 		}
 	}
 }
@@ -256,7 +257,7 @@ func (r *runner) await(ctx context.Context) {
 	}
 	if !open {
 		// Nothing could be armed (connection trouble).
-		sleep(ctx, r.w.cfg.IdleWait)
+		natsbus.Sleep(ctx, r.w.cfg.IdleWait)
 		return
 	}
 	select {
@@ -325,16 +326,6 @@ func earliest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }
 
 // deadline returns the earliest deadline of the task's items, zero if none

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -47,25 +46,6 @@ func TestAckAction(t *testing.T) {
 				t.Errorf("ackAction = %v, want %v", got, tt.want)
 			}
 		})
-	}
-}
-
-func TestQueueFull(t *testing.T) {
-	tests := []struct {
-		err  error
-		want bool
-	}{
-		{&jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum messages exceeded"}, true},
-		{fmt.Errorf("publish: %w", &jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum bytes exceeded"}), true},
-		{&jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "disk I/O error"}, false},
-		{&jetstream.APIError{Code: 503, ErrorCode: 10076, Description: "maximum"}, false},
-		{errors.New("maximum messages exceeded"), false},
-		{nil, false},
-	}
-	for _, tt := range tests {
-		if got := queueFull(tt.err); got != tt.want {
-			t.Errorf("queueFull(%v) = %v, want %v", tt.err, got, tt.want)
-		}
 	}
 }
 
