@@ -283,6 +283,14 @@ func ParseBytes(s string) (int64, error) {
 	return n * mult, nil
 }
 
+// isOptionError reports whether an ONNX Runtime error from parsing provider
+// options is about an option (an unknown name or a value it cannot parse).
+func isOptionError(err error) bool {
+	m := strings.ToLower(err.Error())
+	return strings.Contains(m, "unknown provider option") || strings.Contains(m, "failed to parse") ||
+		strings.Contains(m, "invalid value") || strings.Contains(m, "invalid argument")
+}
+
 // cudaHint says what an ONNX Runtime error from the CUDA provider most
 // likely means and what to do.
 func cudaHint(msg string) string {
@@ -306,7 +314,7 @@ func cudaHint(msg string) string {
 		return noProvider
 	case strings.Contains(m, "no cuda-capable device"), strings.Contains(m, "cudaerrornodevice"),
 		strings.Contains(m, "cuda failure 100"), strings.Contains(m, "invalid device ordinal"),
-		strings.Contains(m, "cuda failure 101"):
+		strings.Contains(m, "cuda failure 101"), strings.Contains(m, "invalid device id"):
 		return "no usable GPU is visible: check nvidia-smi, CUDA_VISIBLE_DEVICES and the device id"
 	case strings.Contains(m, "cuda driver version is insufficient"), strings.Contains(m, "cuda failure 35"):
 		return "the NVIDIA driver is too old for CUDA 13 (580 or newer is needed)"

@@ -149,6 +149,21 @@ func TestParseBytes(t *testing.T) {
 	}
 }
 
+func TestIsOptionError(t *testing.T) {
+	t.Parallel()
+	for msg, want := range map[string]bool{
+		`Unknown provider option: "no_such_option".`:                                    true,
+		`Failed to parse provider option "use_tf32": maybe`:                             true,
+		"Invalid device ID: 99, must be between 0 (inclusive) and 1 (exclusive).":       false,
+		"CUDA failure 100: no CUDA-capable device is detected":                          false,
+		"Failed to load library libonnxruntime_providers_cuda.so with error: x: cannot": false,
+	} {
+		if got := isOptionError(errors.New(msg)); got != want {
+			t.Errorf("isOptionError(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}
+
 func TestCUDAHint(t *testing.T) {
 	t.Parallel()
 	for msg, want := range map[string]string{
@@ -157,6 +172,7 @@ func TestCUDAHint(t *testing.T) {
 		"OrtSessionOptionsAppendExecutionProvider_Cuda: Failed to load shared library":                                                                                 "--cuda",
 		"CUDA failure 100: no CUDA-capable device is detected ; GPU=0":                                                                                                 "nvidia-smi",
 		"CUDA failure 101: invalid device ordinal":                                                                                                                     "device id",
+		"Invalid device ID: 99, must be between 0 (inclusive) and 1 (exclusive).":                                                                                      "device id",
 		"CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version":                                                                                "driver",
 		"something else": "no CUDA support",
 	} {

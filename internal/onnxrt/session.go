@@ -359,12 +359,14 @@ func appendCUDA(so *ort.SessionOptions, opts CUDAOptions) error {
 	}
 	defer func() { _ = co.Destroy() }()
 	if err := co.Update(m); err != nil {
-		// The provider library parses its options: if it cannot be
-		// loaded, that is the error; otherwise an option was refused.
-		if msg := strings.ToLower(err.Error()); strings.Contains(msg, "load") && strings.Contains(msg, "librar") {
-			return fmt.Errorf("CUDA provider options: %s (%s): %w", oneLine(err), cudaHint(err.Error()), ErrProviderUnavailable)
+		// The provider library parses its options (and checks device_id
+		// against the visible GPUs): an option it refuses is the caller's
+		// error; anything else (the library or a GPU missing) is the
+		// provider's.
+		if isOptionError(err) {
+			return fmt.Errorf("CUDA provider options %v: %s: %w", m, oneLine(err), ErrInvalidOptions)
 		}
-		return fmt.Errorf("CUDA provider options %v: %s: %w", m, oneLine(err), ErrInvalidOptions)
+		return fmt.Errorf("CUDA provider options: %s (%s): %w", oneLine(err), cudaHint(err.Error()), ErrProviderUnavailable)
 	}
 	if err := so.AppendExecutionProviderCUDA(co); err != nil {
 		return fmt.Errorf("append CUDA provider: %s (%s): %w", oneLine(err), cudaHint(err.Error()), ErrProviderUnavailable)

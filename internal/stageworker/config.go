@@ -55,8 +55,7 @@ type Config struct {
 	// is loaded on the GPU at start; a missing CUDA library or no usable GPU
 	// fails the start with one error saying which.
 	Provider string `env:"WORKER_PROVIDER" envDefault:"cpu"`
-	// CUDA configures the CUDA provider (CASCADE_WORKER_CUDA_*; ignored
-	// with provider cpu). See CUDAConfig.
+	// CUDA holds the CUDA provider's options, ignored with provider cpu.
 	CUDA CUDAConfig `envPrefix:"WORKER_CUDA_"`
 	// AllowProviderMismatch lets the worker serve models whose plan
 	// profile was measured on another provider than Provider
@@ -68,7 +67,9 @@ type Config struct {
 	// embedded in the binary.
 	ModelDir string `env:"MODEL_DIR"`
 	// ONNXRuntimeLib is the ONNX Runtime shared library
-	// (CASCADE_ONNXRUNTIME_LIB). Empty: onnxrt.FindLibrary's search.
+	// (CASCADE_ONNXRUNTIME_LIB). Empty: onnxrt.FindLibraryFor's search
+	// for the provider (with cuda, the CUDA library set of
+	// scripts/install-onnxruntime.sh --cuda).
 	ONNXRuntimeLib string `env:"ONNXRUNTIME_LIB"`
 
 	// InboxPrefixes are the prefixes one of which every reply subject of an
