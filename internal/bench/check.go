@@ -28,6 +28,9 @@ type CheckConfig struct {
 	// ONNXRuntimeLib is the ONNX Runtime library of the stage worker
 	// (empty: its own search).
 	ONNXRuntimeLib string
+	// WorkerEnv are further settings of the stage worker
+	// (CASCADE_WORKER_PROVIDER, CASCADE_WORKER_CUDA_*).
+	WorkerEnv map[string]string
 	// Items are served for the accuracy check (default: all 10,000 MNIST
 	// test images), each exactly once, Concurrency in flight (default 2 ×
 	// the gear's max batch × Runners).
@@ -132,7 +135,7 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 		conc = 2 * maxBatch(g) * cfg.Runners
 	}
 	out := &PlanCheck{
-		Environment: environment(p, cfg.PlanFile, cfg.Runners),
+		Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv),
 		Gear:        g.ID,
 		Cascade:     plan.CascadeString(g.Cascade),
 		Capacity:    capacity,
@@ -170,7 +173,7 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
 	}
-	sc := Config{PlanFile: cfg.PlanFile, Runners: cfg.Runners, ONNXRuntimeLib: cfg.ONNXRuntimeLib, TempDir: cfg.TempDir, Logger: cfg.Logger}.systemConfig(g.ID)
+	sc := Config{PlanFile: cfg.PlanFile, Runners: cfg.Runners, ONNXRuntimeLib: cfg.ONNXRuntimeLib, WorkerEnv: cfg.WorkerEnv, TempDir: cfg.TempDir, Logger: cfg.Logger}.systemConfig(g.ID)
 	_, err = withSystem(ctx, cfg.TempDir, sc, func(sys *system.System) (struct{}, error) {
 		progress("accuracy: %d items through gear %s (%s), %d in flight...", cfg.Items.Len(), g.ID, out.Cascade, conc)
 		run, err := Load(ctx, sys.Conn, LoadConfig{

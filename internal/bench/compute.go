@@ -28,6 +28,9 @@ type ModelRunConfig struct {
 	// thread count (default 1).
 	Sessions int
 	Threads  int
+	// Options are the sessions' other options: the provider and its CUDA
+	// options (IntraOpThreads is Threads).
+	Options onnxrt.SessionOptions
 	// Duration is how long to run (at least one batch per session).
 	Duration time.Duration
 }
@@ -58,7 +61,7 @@ func ModelThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg ModelRunConfig
 	if cfg.Batch < 1 || cfg.Batch > cfg.Items.Len() {
 		return ModelRun{}, fmt.Errorf("model throughput: batch %d outside [1, %d items]", cfg.Batch, cfg.Items.Len())
 	}
-	sessions, closeAll, err := openSessions(rt, cfg.Sessions, []string{cfg.Model}, func(string) ([]byte, error) { return cfg.ONNX, nil }, cfg.Threads)
+	sessions, closeAll, err := openSessions(rt, cfg.Sessions, []string{cfg.Model}, func(string) ([]byte, error) { return cfg.ONNX, nil }, cfg.Threads, cfg.Options)
 	if err != nil {
 		return ModelRun{}, err
 	}
@@ -119,6 +122,8 @@ type CascadeRunConfig struct {
 	// every model of the cascade (default 2); Threads as in ModelRunConfig.
 	Sessions int
 	Threads  int
+	// Options as in ModelRunConfig.
+	Options onnxrt.SessionOptions
 	// Duration: the goroutines repeat passes over their share of the items
 	// until it has passed. Zero runs exactly one pass.
 	Duration time.Duration
@@ -181,7 +186,7 @@ func CascadeThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg CascadeRunCo
 		}
 		temps[j] = m.Temperature
 	}
-	sessions, closeAll, err := openSessions(rt, cfg.Sessions, models, cfg.Models, cfg.Threads)
+	sessions, closeAll, err := openSessions(rt, cfg.Sessions, models, cfg.Models, cfg.Threads, cfg.Options)
 	if err != nil {
 		return CascadeRun{}, err
 	}
@@ -316,9 +321,10 @@ func CascadeThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg CascadeRunCo
 	return r, nil
 }
 
-// openSessions opens, for each of n goroutines, one session of every model.
-// closeAll closes them all.
-func openSessions(rt *onnxrt.Runtime, n int, models []string, src ModelSource, threads int) (sessions [][]*onnxrt.Session, closeAll func(), err error) {
+// openSessions opens, for each of n goroutines, one session of every model,
+// with opts and threads intra-op threads. closeAll closes them all.
+func openSessions(rt *onnxrt.Runtime, n int, models []string, src ModelSource, threads int, opts onnxrt.SessionOptions) (sessions [][]*onnxrt.Session, closeAll func(), err error) {
+	opts.IntraOpThreads = threads
 	closeAll = func() {
 		for _, ss := range sessions {
 			for _, s := range ss {
@@ -335,7 +341,7 @@ func openSessions(rt *onnxrt.Runtime, n int, models []string, src ModelSource, t
 	for range n {
 		ss := make([]*onnxrt.Session, 0, len(models))
 		for j, m := range models {
-			s, err := rt.Open(m, bytes[j], onnxrt.SessionOptions{IntraOpThreads: threads})
+			s, err := rt.Open(m, bytes[j], opts)
 			if err != nil {
 				sessions = append(sessions, ss)
 				closeAll()

@@ -30,6 +30,9 @@ type KneeConfig struct {
 	// ONNXRuntimeLib is the ONNX Runtime library of the stage worker
 	// (empty: its own search).
 	ONNXRuntimeLib string
+	// WorkerEnv are further settings of the stage worker
+	// (CASCADE_WORKER_PROVIDER, CASCADE_WORKER_CUDA_*).
+	WorkerEnv map[string]string
 	// Items are the requests, cycled (default: the 10,000 MNIST test
 	// images).
 	Items *dataset.Set
@@ -223,7 +226,7 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 		return nil, err
 	}
 	out := &KneeCheck{
-		Environment: environment(p, cfg.PlanFile, cfg.Runners),
+		Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv),
 		Settings: KneeSettings{
 			SLOP95Ms: p.SLO.P95Ms, MaxErrorRate: cfg.MaxErrorRate, WarmupSeconds: cfg.Warmup.Seconds(),
 			DurationSeconds: cfg.Duration.Seconds(), BudgetSeconds: cfg.Budget.Seconds(), Factor: cfg.Factor,
@@ -239,7 +242,7 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
 	}
-	sc := Config{PlanFile: cfg.PlanFile, Runners: cfg.Runners, ONNXRuntimeLib: cfg.ONNXRuntimeLib, TempDir: cfg.TempDir, Logger: cfg.Logger}
+	sc := Config{PlanFile: cfg.PlanFile, Runners: cfg.Runners, ONNXRuntimeLib: cfg.ONNXRuntimeLib, WorkerEnv: cfg.WorkerEnv, TempDir: cfg.TempDir, Logger: cfg.Logger}
 	for _, gi := range gears {
 		g := p.Gears[gi]
 		gk, err := withSystem(ctx, cfg.TempDir, sc.systemConfig(g.ID), func(sys *system.System) (GearKnee, error) {

@@ -20,6 +20,7 @@ type Environment struct {
 	Pipeline    string    `json:"pipeline"`
 	PlanFile    string    `json:"plan_file"`
 	Runners     int       `json:"runners"`
+	Provider    string    `json:"provider,omitempty"`
 	Description string    `json:"description,omitempty"`
 }
 
@@ -393,7 +394,11 @@ func writeEnvironment(b *strings.Builder, e Environment) {
 	if e.ORTVersion != "" {
 		fmt.Fprintf(b, ", ONNX Runtime %s", e.ORTVersion)
 	}
-	fmt.Fprintf(b, "\nplan: %s (pipeline %s), stage worker runners: %d\n", e.PlanFile, e.Pipeline, e.Runners)
+	fmt.Fprintf(b, "\nplan: %s (pipeline %s), stage worker runners: %d", e.PlanFile, e.Pipeline, e.Runners)
+	if e.Provider != "" && e.Provider != "cpu" {
+		fmt.Fprintf(b, ", provider %s", e.Provider)
+	}
+	b.WriteString("\n")
 }
 
 // share is 100 × n / total, 0 for no total.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"runtime"
 	"strconv"
@@ -31,6 +32,12 @@ type Config struct {
 	Runners int
 	// ONNXRuntimeLib is the ONNX Runtime library (required).
 	ONNXRuntimeLib string
+	// Session holds the in-process sessions' provider and CUDA options
+	// (its IntraOpThreads is ignored); WorkerEnv are further settings of
+	// the systems' stage worker (CASCADE_WORKER_PROVIDER,
+	// CASCADE_WORKER_CUDA_*), so both run on the same provider.
+	Session   onnxrt.SessionOptions
+	WorkerEnv map[string]string
 	// Items are the requests (default: the 10,000 MNIST test images).
 	Items *dataset.Set
 
@@ -140,7 +147,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	rep := &Report{
-		Environment: environment(p, cfg.PlanFile, cfg.Runners),
+		Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv),
 		Settings: RunSettings{
 			ComputeSeconds: cfg.ComputeDuration.Seconds(), WarmupSeconds: cfg.Warmup.Seconds(),
 			DurationSeconds: cfg.Duration.Seconds(), Concurrency: cfg.Concurrency,
@@ -289,13 +296,17 @@ func pickGears(p *plan.Plan, ids []string) ([]int, error) {
 	return out, nil
 }
 
-func environment(p *plan.Plan, file string, runners int) Environment {
+func environment(p *plan.Plan, file string, runners int, workerEnv map[string]string) Environment {
 	if file == "" {
 		file = "built-in " + p.Pipeline + " plan"
 	}
+	provider := workerEnv["CASCADE_WORKER_PROVIDER"]
+	if provider == "" {
+		provider = onnxrt.ProviderCPU
+	}
 	return Environment{
 		Started: time.Now().UTC(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
-		CPUs: runtime.NumCPU(), Pipeline: p.Pipeline, PlanFile: file, Runners: runners,
+		CPUs: runtime.NumCPU(), Pipeline: p.Pipeline, PlanFile: file, Runners: runners, Provider: provider,
 	}
 }
 
@@ -388,6 +399,7 @@ func compute(ctx context.Context, cfg Config, p *plan.Plan, src ModelSource, gea
 			progress("in-process %s, batch %d, %d sessions, %v...", k.model, k.batch, cfg.Runners, cfg.ComputeDuration)
 			r, err := ModelThroughput(ctx, rt, ModelRunConfig{
 				Model: s.Model, ONNX: onnx, Items: cfg.Items, Batch: k.batch, Sessions: cfg.Runners, Duration: cfg.ComputeDuration,
+				Options: cfg.Session,
 			})
 			if err != nil {
 				return err
@@ -400,6 +412,7 @@ func compute(ctx context.Context, cfg Config, p *plan.Plan, src ModelSource, gea
 		progress("in-process cascade of gear %s (%s), %v...", g.ID, plan.CascadeString(g.Cascade), cfg.ComputeDuration)
 		r, err := CascadeThroughput(ctx, rt, CascadeRunConfig{
 			Plan: p, Gear: gi, Models: src, Items: cfg.Items, Sessions: cfg.Runners, Duration: cfg.ComputeDuration,
+			Options: cfg.Session,
 		})
 		if err != nil {
 			return err
@@ -411,10 +424,12 @@ func compute(ctx context.Context, cfg Config, p *plan.Plan, src ModelSource, gea
 
 // systemConfig is an all-in-one system serving the plan pinned to a gear.
 func (c Config) systemConfig(gear string) system.Config {
-	env := map[string]string{
-		"CASCADE_GEAR":           gear,
-		"CASCADE_WORKER_RUNNERS": strconv.Itoa(c.Runners),
+	env := maps.Clone(c.WorkerEnv)
+	if env == nil {
+		env = map[string]string{}
 	}
+	env["CASCADE_GEAR"] = gear
+	env["CASCADE_WORKER_RUNNERS"] = strconv.Itoa(c.Runners)
 	if c.ONNXRuntimeLib != "" {
 		env["CASCADE_ONNXRUNTIME_LIB"] = c.ONNXRuntimeLib
 	}

@@ -83,6 +83,8 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	checkPlan := fs.Bool("check-plan", false, "check the plan's predictions for one gear against the live pipeline instead")
 	planFile := fs.String("plan", envOr(env, "CASCADE_PLAN", ""), "gear plan file (default: the built-in MNIST plan)")
 	runners := fs.Int("runners", 2, "stage worker runners (and in-process sessions)")
+	var pf providerFlags
+	pf.register(fs, onnxrt.ProviderCPU)
 	concurrency := fs.Int("concurrency", 0, "closed-loop requests in flight (default 2 × max batch × runners items, in requests of --request-items)")
 	requestItems := fs.Int("request-items", 1, "items per request in the saturated and half-load runs: >1 sends batched inputs [N, item shape] (the producer's batch axis)")
 	warmup := fs.Duration("warmup", 0, "warm-up before each measured load phase, discarded; 0: none (default 3s; 2s with --check-plan)")
@@ -170,9 +172,14 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		}
 		return ids
 	}
+	sessOpts, err := pf.sessionOptions(1)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	workerEnv := pf.workerEnv()
 	if *knee {
 		kneeCfg = bench.KneeConfig{
-			PlanFile: *planFile, Gears: gearList(), Runners: *runners, RequestItems: *requestItems, Start: *kneeStart,
+			PlanFile: *planFile, Gears: gearList(), Runners: *runners, RequestItems: *requestItems, Start: *kneeStart, WorkerEnv: workerEnv,
 			Warmup: warm, Duration: *kneeDuration, Budget: *kneeBudget, Logger: logger, Progress: env.Stderr,
 		}
 		if kneeCfg.Gears == nil && *gear != "" {
@@ -188,7 +195,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		}
 		checkCfg = bench.CheckConfig{
 			PlanFile: *planFile, Gear: *gear, Runners: *runners, Concurrency: *concurrency,
-			Capacity: *capacity, Fractions: fr, Warmup: warm, Duration: *duration,
+			Capacity: *capacity, Fractions: fr, Warmup: warm, Duration: *duration, WorkerEnv: workerEnv,
 			Logger: logger, Progress: env.Stderr,
 		}
 	} else {
@@ -197,7 +204,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 			return fmt.Errorf("%w: --hop-batches: %w", ErrUsage, err)
 		}
 		runCfg = bench.Config{
-			PlanFile: *planFile, Runners: *runners, Baseline: *baseline,
+			PlanFile: *planFile, Runners: *runners, Baseline: *baseline, Session: sessOpts, WorkerEnv: workerEnv,
 			Broker:          bench.BrokerConfig{Messages: *messages, Size: *size, PubBatch: *pubBatch, FetchBatch: *fetchBatch, Rounds: *rounds},
 			Ceiling:         bench.CeilingConfig{Batches: bs, Rounds: *rounds, Fetchers: *fetchers, Messages: *hopMessages},
 			ComputeDuration: *compute, Concurrency: *concurrency, RequestItems: *requestItems, Warmup: warm, Duration: *duration,
@@ -242,7 +249,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		if getenv == nil {
 			getenv = func(string) string { return "" }
 		}
-		if lib, err = onnxrt.FindLibrary(getenv); err != nil {
+		if lib, err = onnxrt.FindLibraryFor(sessOpts.Provider, getenv); err != nil {
 			return fmt.Errorf("bench needs ONNX Runtime (scripts/install-onnxruntime.sh, or set CASCADE_ONNXRUNTIME_LIB): %w", err)
 		}
 	}

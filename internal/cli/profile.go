@@ -64,7 +64,8 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	modelDir := fs.String("model-dir", "", "folder of <name>.onnx files (with --ladder, or every .onnx file)")
 	ladder := fs.String("ladder", "", "comma-separated model names in --model-dir")
 	threads := fs.Int("threads", 1, "ONNX Runtime intra-op threads per model")
-	provider := fs.String("provider", "cpu", "ONNX Runtime execution provider: cpu or cuda")
+	var pf providerFlags
+	pf.register(fs, onnxrt.ProviderCPU)
 	maxBatch := fs.Int("max-batch", 128, "largest batch size measured")
 	reps := fs.Int("reps", 15, "timed runs per batch size (the median is kept)")
 	warmup := fs.Int("warmup", 3, "untimed runs before them")
@@ -115,11 +116,15 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: profile: %w", ErrUsage, err)
 	}
+	sessOpts, err := pf.sessionOptions(*threads)
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
 	ms, err := profileModels(*models, *modelDir, *ladder)
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
-	lib, err := onnxrt.FindLibrary(env.Getenv)
+	lib, err := onnxrt.FindLibraryFor(sessOpts.Provider, env.Getenv)
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
@@ -132,7 +137,8 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	cfg := profile.Config{
 		Models:      ms,
 		Threads:     *threads,
-		Provider:    *provider,
+		Provider:    sessOpts.Provider,
+		CUDA:        sessOpts.CUDA,
 		MaxBatch:    *maxBatch,
 		Repetitions: *reps,
 		Warmup:      *warmup,
@@ -171,7 +177,7 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 		sysRes, floor, err = measureRequestOverhead(ctx, systemMeasurement{
 			Model: m, Profile: f.Models[m.Name], QPS: systemQPS, FloorQPS: *floorQPS,
 			Warmup: 3 * time.Second, Duration: *systemTime,
-			Runners: *systemRunners, Threads: *threads,
+			Runners: *systemRunners, Threads: *threads, Lib: lib, WorkerEnv: pf.workerEnv(),
 			Batching:  plan.Batching{MaxBatch: *systemBatch, MaxDelayMs: float64(*systemDelay) / float64(time.Millisecond)},
 			Overheads: f.Overheads,
 			FitCPU:    *fitCPU,
@@ -192,7 +198,11 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 		return fmt.Errorf("profile: %w", err)
 	}
 
-	fmt.Fprintf(env.Stdout, "%s, %s, %d intra-op threads\n", f.Host, f.Runtime, f.Threads)
+	fmt.Fprintf(env.Stdout, "%s, %s, %d intra-op threads, provider %s", f.Host, f.Runtime, f.Threads, f.Provider)
+	if len(f.ProviderOptions) > 0 {
+		fmt.Fprintf(env.Stdout, " %v", f.ProviderOptions)
+	}
+	fmt.Fprintln(env.Stdout)
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	header := "model\t"
 	for _, p := range f.Models[ms[0].Name].Points {

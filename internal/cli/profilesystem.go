@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,8 +40,11 @@ type systemMeasurement struct {
 	// FitCPU reads the CPU per request as a line fitted over the loads
 	// (fitSystemCPU); without it, as the highest measured (worstSystemCPU).
 	FitCPU bool
-	// Runners and Threads configure the one stage worker.
+	// Runners and Threads configure the one stage worker; Lib is its ONNX
+	// Runtime library (the process's) and WorkerEnv its provider settings.
 	Runners, Threads int
+	Lib              string
+	WorkerEnv        map[string]string
 	// Batching of the gear.
 	Batching plan.Batching
 }
@@ -103,11 +107,8 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 		MonitorPort: 0,
 		PlanFile:    planFile,
 		Workers:     1,
-		Env: map[string]string{
-			"CASCADE_WORKER_RUNNERS": strconv.Itoa(m.Runners),
-			"CASCADE_WORKER_THREADS": strconv.Itoa(m.Threads),
-		},
-		Logger: slog.New(slog.DiscardHandler),
+		Env:         systemEnv(m),
+		Logger:      slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		return nil, fl, fmt.Errorf("start system: %w", err)
@@ -281,4 +282,18 @@ func writeMeasurementPlan(dir string, m systemMeasurement) (string, error) {
 		return "", err
 	}
 	return path, nil
+}
+
+// systemEnv is the settings of the measured system's services.
+func systemEnv(m systemMeasurement) map[string]string {
+	env := maps.Clone(m.WorkerEnv)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env["CASCADE_WORKER_RUNNERS"] = strconv.Itoa(m.Runners)
+	env["CASCADE_WORKER_THREADS"] = strconv.Itoa(m.Threads)
+	if m.Lib != "" {
+		env["CASCADE_ONNXRUNTIME_LIB"] = m.Lib
+	}
+	return env
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,7 @@ type systemFlags struct {
 	runners, threads                 int
 	logLevel                         string
 	env                              []string
+	provider                         providerFlags
 }
 
 func (f *systemFlags) register(fs *flag.FlagSet, env Env, defaultLog string) {
@@ -39,6 +41,7 @@ func (f *systemFlags) register(fs *flag.FlagSet, env Env, defaultLog string) {
 	fs.IntVar(&f.workers, "workers", 1, "stage-worker instances")
 	fs.IntVar(&f.runners, "runners", 0, "runners per worker (default: CASCADE_WORKER_RUNNERS or 2)")
 	fs.IntVar(&f.threads, "threads", 0, "ONNX Runtime intra-op threads per runner (default 1)")
+	f.provider.register(fs, "")
 	fs.StringVar(&f.logLevel, "log-level", envOr(env, "CASCADE_LOG_LEVEL", defaultLog), "debug, info, warn or error")
 	fs.Func("set", "extra service setting KEY=VALUE (CASCADE_ prefix optional), repeatable", func(s string) error {
 		if !strings.Contains(s, "=") {
@@ -67,6 +70,10 @@ func (f *systemFlags) config(env Env) (system.Config, error) {
 	if f.threads > 0 {
 		environ["CASCADE_WORKER_THREADS"] = fmt.Sprint(f.threads)
 	}
+	if err := f.provider.check(); err != nil {
+		return system.Config{}, err
+	}
+	maps.Copy(environ, f.provider.workerEnv())
 	for _, kv := range f.env {
 		k, v, _ := strings.Cut(kv, "=")
 		if !strings.HasPrefix(k, "CASCADE_") {

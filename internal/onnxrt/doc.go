@@ -48,6 +48,24 @@
 // batch size is warm, Run allocates nothing: it copies the items into the input
 // buffer, runs the binding and post-processes the output buffer into dst.
 //
+// With the CUDA provider, ONNX Runtime copies the bound input to the GPU when it
+// is bound, so Run binds it again each time, and copies the output back into the
+// output buffer. With CUDAOptions.PinHostBuffers both buffers are mapped outside
+// the Go heap and page-locked with cudaHostRegister (the CUDA runtime is opened
+// with dlopen, the only C this package has of its own), so those copies are DMA
+// transfers. onnxruntime_go cannot bind device memory (its tensors all use its
+// CPU OrtMemoryInfo), which is also why CUDA graphs are refused.
+//
+// # CUDA
+//
+// SessionOptions.Provider "cuda" appends the CUDA execution provider with
+// CUDAOptions (ProviderOptions lists the ONNX Runtime options they stand for;
+// CUDASettings parses them from text). The library must be a build with the CUDA
+// provider next to it: FindLibraryFor("cuda", ...) finds the set that
+// scripts/install-onnxruntime.sh --cuda installs. When CUDA cannot run (a
+// CPU-only library, a missing CUDA library, no GPU), Open fails with a one-line
+// error wrapping ErrProviderUnavailable that says which is most likely.
+//
 // # Concurrency
 //
 // A Runtime is safe for concurrent use. A Session is not meant to be shared:

@@ -65,11 +65,19 @@ type SessionOptions struct {
 	IntraOpThreads int
 	// Provider is the execution provider: "cpu" (default, also "") or "cuda".
 	// "cuda" fails with ErrProviderUnavailable when the library has no CUDA
-	// support or no GPU is usable.
+	// support, a CUDA library is missing or no GPU is usable; the error
+	// says which it most likely is.
 	Provider string
+	// CUDA configures the CUDA provider; ignored with the CPU provider.
+	// Invalid values fail with ErrInvalidOptions whatever the provider.
+	CUDA CUDAOptions
 	// OutputKind is "auto" (default, also ""), "logits" or "probabilities";
 	// see the package documentation.
 	OutputKind string
+
+	// pinner, when set (tests), page-locks the host buffers whatever the
+	// provider, instead of the CUDA runtime with CUDA.PinHostBuffers.
+	pinner pinner
 }
 
 func (o SessionOptions) normalized() (SessionOptions, error) {
@@ -94,6 +102,9 @@ func (o SessionOptions) normalized() (SessionOptions, error) {
 	default:
 		errs = append(errs, fmt.Errorf("output kind %q, want %q, %q or %q",
 			o.OutputKind, OutputAuto, OutputLogits, OutputProbabilities))
+	}
+	for _, err := range o.CUDA.problems() {
+		errs = append(errs, fmt.Errorf("CUDA: %w", err))
 	}
 	if len(errs) > 0 {
 		return o, fmt.Errorf("%w: %w", ErrInvalidOptions, errors.Join(errs...))
@@ -136,15 +147,16 @@ type Session struct {
 	// the host buffer changes. CPU bindings refer to the buffer directly.
 	rebindInput bool
 
+	// pin page-locks the host buffers (nil: plain Go memory).
+	pin pinner
+
 	mu     sync.Mutex
 	closed bool
 	sess   *ort.DynamicAdvancedSession
 	// One backing buffer each for input and output, capItems items long; the
 	// tensors in ios are views over their prefixes.
 	capItems int
-	inF32    []float32
-	inU8     []uint8
-	out      []float32
+	buf      *hostBuffers
 	ios      map[int]*batchIO
 }
 
@@ -214,7 +226,7 @@ func (r *Runtime) Open(name string, onnx []byte, opts SessionOptions) (*Session,
 		[]string{info.InputName}, []string{info.OutputName}, so)
 	if err != nil {
 		if opts.Provider == ProviderCUDA && strings.Contains(strings.ToLower(err.Error()), "cuda") {
-			return nil, fmt.Errorf("onnxrt: model %q: CUDA session: %s: %w", name, oneLine(err), ErrProviderUnavailable)
+			return nil, fmt.Errorf("onnxrt: model %q: CUDA session: %s (%s): %w", name, oneLine(err), cudaHint(err.Error()), ErrProviderUnavailable)
 		}
 		return nil, unsupported("create session: %s", oneLine(err))
 	}
@@ -230,8 +242,24 @@ func (r *Runtime) Open(name string, onnx []byte, opts SessionOptions) (*Session,
 		info:        info,
 		itemSize:    info.ItemSize(),
 		rebindInput: opts.Provider != ProviderCPU,
+		pin:         opts.pinner,
 		sess:        sess,
 		ios:         make(map[int]*batchIO),
+	}
+	if s.pin == nil && opts.Provider == ProviderCUDA && opts.CUDA.PinHostBuffers {
+		if s.pin, err = newCUDAPinner(); err != nil {
+			_ = sess.Destroy()
+			return nil, fmt.Errorf("onnxrt: model %q: %w", name, err)
+		}
+	}
+	if s.pin != nil {
+		// Pin now, so a failure shows at start rather than on the first batch.
+		if _, err := s.batch(1); err != nil {
+			s.dropIOs()
+			_ = s.releaseBuffers()
+			_ = sess.Destroy()
+			return nil, fmt.Errorf("onnxrt: model %q: %s: %w", name, err, ErrProviderUnavailable)
+		}
 	}
 	r.track(s)
 	return s, nil
@@ -312,7 +340,7 @@ func newORTSessionOptions(opts SessionOptions) (*ort.SessionOptions, error) {
 		return fail("disable spinning", err)
 	}
 	if opts.Provider == ProviderCUDA {
-		if err := appendCUDA(so); err != nil {
+		if err := appendCUDA(so, opts.CUDA); err != nil {
 			_ = so.Destroy()
 			return nil, err
 		}
@@ -320,16 +348,28 @@ func newORTSessionOptions(opts SessionOptions) (*ort.SessionOptions, error) {
 	return so, nil
 }
 
-func appendCUDA(so *ort.SessionOptions) error {
+func appendCUDA(so *ort.SessionOptions, opts CUDAOptions) error {
+	m, err := opts.ProviderOptions()
+	if err != nil {
+		return err
+	}
 	co, err := ort.NewCUDAProviderOptions()
 	if err != nil {
-		return fmt.Errorf("CUDA provider options: %s (this onnxruntime build has no CUDA support or no GPU is visible): %w",
-			oneLine(err), ErrProviderUnavailable)
+		return fmt.Errorf("CUDA provider options: %s (%s): %w", oneLine(err), cudaHint(err.Error()), ErrProviderUnavailable)
 	}
 	defer func() { _ = co.Destroy() }()
+	if err := co.Update(m); err != nil {
+		// The provider library parses its options (and checks device_id
+		// against the visible GPUs): an option it refuses is the caller's
+		// error; anything else (the library or a GPU missing) is the
+		// provider's.
+		if isOptionError(err) {
+			return fmt.Errorf("CUDA provider options %v: %s: %w", m, oneLine(err), ErrInvalidOptions)
+		}
+		return fmt.Errorf("CUDA provider options: %s (%s): %w", oneLine(err), cudaHint(err.Error()), ErrProviderUnavailable)
+	}
 	if err := so.AppendExecutionProviderCUDA(co); err != nil {
-		return fmt.Errorf("append CUDA provider: %s (this onnxruntime build has no CUDA support or no GPU is visible): %w",
-			oneLine(err), ErrProviderUnavailable)
+		return fmt.Errorf("append CUDA provider: %s (%s): %w", oneLine(err), cudaHint(err.Error()), ErrProviderUnavailable)
 	}
 	return nil
 }
@@ -421,10 +461,10 @@ func (s *Session) run(f32 []float32, u8 []uint8, values, n int, dst []float32) (
 	if err != nil {
 		return nil, fmt.Errorf("onnxrt: run %q: batch %d: %w", s.info.Name, n, err)
 	}
-	if s.inU8 != nil {
-		copy(s.inU8, u8)
+	if s.buf.inU8 != nil {
+		copy(s.buf.inU8, u8)
 	} else {
-		copy(s.inF32, f32)
+		copy(s.buf.inF32, f32)
 	}
 	if s.rebindInput {
 		if err := io.bind.BindInput(s.info.InputName, io.in); err != nil {
@@ -435,7 +475,7 @@ func (s *Session) run(f32 []float32, u8 []uint8, values, n int, dst []float32) (
 		return nil, fmt.Errorf("onnxrt: run %q: batch %d: %s", s.info.Name, n, oneLine(err))
 	}
 	dst = dst[:nOut]
-	if err := s.probabilities(s.out[:nOut], dst); err != nil {
+	if err := s.probabilities(s.buf.out[:nOut], dst); err != nil {
 		return nil, fmt.Errorf("onnxrt: run %q: %w", s.info.Name, err)
 	}
 	return dst, nil
@@ -447,33 +487,36 @@ func (s *Session) batch(n int) (*batchIO, error) {
 	if io := s.ios[n]; io != nil {
 		return io, nil
 	}
-	if n > s.capItems || len(s.ios) >= maxCachedBatchSizes {
-		// Existing tensors point into the old buffers: drop them all.
-		s.dropIOs()
-	}
 	if n > s.capItems {
 		c := max(n, 2*s.capItems)
-		if s.info.InputType == InputUINT8 {
-			s.inU8 = make([]uint8, c*s.itemSize)
-		} else {
-			s.inF32 = make([]float32, c*s.itemSize)
+		buf, err := newHostBuffers(c, s.itemSize, s.info.NumClasses, s.info.InputType == InputUINT8, s.pin)
+		if err != nil {
+			return nil, err
 		}
-		s.out = make([]float32, c*s.info.NumClasses)
-		s.capItems = c
+		// Existing tensors point into the old buffers: drop them all.
+		s.dropIOs()
+		if err := s.releaseBuffers(); err != nil {
+			_ = buf.release()
+			return nil, err
+		}
+		s.buf, s.capItems = buf, c
+	}
+	if len(s.ios) >= maxCachedBatchSizes {
+		s.dropIOs()
 	}
 
 	io := &batchIO{}
 	inShape := append(ort.Shape{int64(n)}, s.info.ItemShape...)
 	var err error
-	if s.inU8 != nil {
-		io.in, err = ort.NewTensor(inShape, s.inU8)
+	if s.buf.inU8 != nil {
+		io.in, err = ort.NewTensor(inShape, s.buf.inU8)
 	} else {
-		io.in, err = ort.NewTensor(inShape, s.inF32)
+		io.in, err = ort.NewTensor(inShape, s.buf.inF32)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("input tensor: %w", err)
 	}
-	if io.out, err = ort.NewTensor(ort.NewShape(int64(n), int64(s.info.NumClasses)), s.out); err != nil {
+	if io.out, err = ort.NewTensor(ort.NewShape(int64(n), int64(s.info.NumClasses)), s.buf.out); err != nil {
 		io.destroy()
 		return nil, fmt.Errorf("output tensor: %w", err)
 	}
@@ -498,6 +541,20 @@ func (s *Session) dropIOs() {
 		io.destroy()
 		delete(s.ios, n)
 	}
+}
+
+// releaseBuffers frees the host buffers; the tensors over them must be
+// gone (dropIOs).
+func (s *Session) releaseBuffers() error {
+	if s.buf == nil {
+		return nil
+	}
+	err := s.buf.release()
+	s.buf, s.capItems = nil, 0
+	if err != nil {
+		return fmt.Errorf("release host buffers: %w", err)
+	}
+	return nil
 }
 
 // probabilities converts raw model output rows into probabilities in dst.
@@ -565,7 +622,7 @@ func (s *Session) Close() error {
 	s.dropIOs()
 	err := s.sess.Destroy()
 	s.sess = nil
-	s.inF32, s.inU8, s.out = nil, nil, nil
+	err = errors.Join(err, s.releaseBuffers())
 	s.mu.Unlock()
 	s.rt.forget(s)
 	if err != nil {

@@ -47,6 +47,9 @@ type Config struct {
 	Threads int
 	// Provider is the ONNX Runtime execution provider ("cpu" by default).
 	Provider string
+	// CUDA configures the CUDA provider (ignored with the CPU provider).
+	// Measure with the options the workers will run with.
+	CUDA onnxrt.CUDAOptions
 	// MaxBatch is the largest batch size measured; sizes are 1, 2, 4, …
 	// up to it (default 128).
 	MaxBatch int
@@ -85,6 +88,9 @@ func (c *Config) defaults() {
 	if c.Progress == nil {
 		c.Progress = func(int, int, string) {}
 	}
+	if c.Provider == "" {
+		c.Provider = onnxrt.ProviderCPU
+	}
 }
 
 // BatchSizes returns the batch sizes measured up to max: 1, 2, 4, …, and
@@ -121,11 +127,22 @@ func Measure(ctx context.Context, rt *onnxrt.Runtime, c Config) (*plan.ProfileFi
 	f := &plan.ProfileFile{
 		Version:     plan.ProfileFormatVersion,
 		Threads:     c.Threads,
+		Provider:    c.Provider,
 		Host:        hostDescription(),
 		Runtime:     "onnxruntime " + rt.Version(),
 		MeasuredAt:  time.Now().UTC().Truncate(time.Second),
 		Repetitions: c.Repetitions,
 		Models:      map[string]plan.Profile{},
+	}
+	if c.Provider == onnxrt.ProviderCUDA {
+		opts, err := c.CUDA.ProviderOptions()
+		if err != nil {
+			return nil, fmt.Errorf("profile: %w", err)
+		}
+		if c.CUDA.PinHostBuffers {
+			opts["pin_host_buffers"] = "1"
+		}
+		f.ProviderOptions = opts
 	}
 	done := 0
 	itemBytes := 0
@@ -166,7 +183,7 @@ func Measure(ctx context.Context, rt *onnxrt.Runtime, c Config) (*plan.ProfileFi
 // measureModel times one model at every batch size and returns its profile
 // and its item size.
 func measureModel(ctx context.Context, rt *onnxrt.Runtime, m Model, c Config, batches []int, progress func(batch int)) (plan.Profile, int, error) {
-	sess, err := rt.Open(m.Name, m.ONNX, onnxrt.SessionOptions{IntraOpThreads: c.Threads, Provider: c.Provider})
+	sess, err := rt.Open(m.Name, m.ONNX, onnxrt.SessionOptions{IntraOpThreads: c.Threads, Provider: c.Provider, CUDA: c.CUDA})
 	if err != nil {
 		return plan.Profile{}, 0, err
 	}
@@ -191,7 +208,7 @@ func measureModel(ctx context.Context, rt *onnxrt.Runtime, m Model, c Config, ba
 			return plan.Profile{}, 0, err
 		}
 	}
-	prof := plan.Profile{Threads: c.Threads}
+	prof := plan.Profile{Threads: c.Threads, Provider: c.Provider}
 	dst := make([]float32, batches[len(batches)-1]*info.NumClasses)
 	times := make([]time.Duration, c.Repetitions)
 	for _, b := range batches {

@@ -81,12 +81,15 @@ func TestMeasure(t *testing.T) {
 				t.Errorf("%s: latency falls from batch %d to %d", m.Name, p.Points[i-1].Batch, pt.Batch)
 			}
 		}
-		if !slices.Equal(batches, []int{1, 2, 4, 8}) || p.Threads != 1 {
-			t.Errorf("%s: batches %v, threads %d", m.Name, batches, p.Threads)
+		if !slices.Equal(batches, []int{1, 2, 4, 8}) || p.Threads != 1 || p.Provider != "cpu" {
+			t.Errorf("%s: batches %v, threads %d, provider %q", m.Name, batches, p.Threads, p.Provider)
 		}
 	}
 	if !(f.HopOverheadMs > 0) || !(f.ItemOverheadMs > 0) || !(f.BatchOverheadMs > 0) {
 		t.Errorf("hop %v ms, item overhead %v ms, batch overhead %v ms: want all measured", f.HopOverheadMs, f.ItemOverheadMs, f.BatchOverheadMs)
+	}
+	if f.Provider != "cpu" || f.ProviderOptions != nil {
+		t.Errorf("provider %q, options %v: want cpu, none", f.Provider, f.ProviderOptions)
 	}
 	if !strings.HasPrefix(f.Runtime, "onnxruntime ") || f.Host == "" || f.Version != plan.ProfileFormatVersion {
 		t.Errorf("metadata: %q, %q, version %d", f.Runtime, f.Host, f.Version)

@@ -51,14 +51,25 @@ type Config struct {
 	// (CASCADE_WORKER_THREADS, default 1).
 	Threads int `env:"WORKER_THREADS" envDefault:"1"`
 	// Provider is the ONNX Runtime execution provider, cpu or cuda
-	// (CASCADE_WORKER_PROVIDER, default cpu).
+	// (CASCADE_WORKER_PROVIDER, default cpu). With cuda every hosted model
+	// is loaded on the GPU at start; a missing CUDA library or no usable GPU
+	// fails the start with one error saying which.
 	Provider string `env:"WORKER_PROVIDER" envDefault:"cpu"`
+	// CUDA holds the CUDA provider's options, ignored with provider cpu.
+	CUDA CUDAConfig `envPrefix:"WORKER_CUDA_"`
+	// AllowProviderMismatch lets the worker serve models whose plan
+	// profile was measured on another provider than Provider
+	// (CASCADE_WORKER_ALLOW_PROVIDER_MISMATCH, default false: such a plan
+	// is refused at start, since its latencies and capacities do not hold).
+	AllowProviderMismatch bool `env:"WORKER_ALLOW_PROVIDER_MISMATCH"`
 	// ModelDir is the folder model files (Model.File of the plan) are read
 	// from (CASCADE_MODEL_DIR). Empty with pipeline mnist: the MNIST ladder
 	// embedded in the binary.
 	ModelDir string `env:"MODEL_DIR"`
 	// ONNXRuntimeLib is the ONNX Runtime shared library
-	// (CASCADE_ONNXRUNTIME_LIB). Empty: onnxrt.FindLibrary's search.
+	// (CASCADE_ONNXRUNTIME_LIB). Empty: onnxrt.FindLibraryFor's search
+	// for the provider (with cuda, the CUDA library set of
+	// scripts/install-onnxruntime.sh --cuda).
 	ONNXRuntimeLib string `env:"ONNXRUNTIME_LIB"`
 
 	// InboxPrefixes are the prefixes one of which every reply subject of an
@@ -80,6 +91,65 @@ type Config struct {
 	// (CASCADE_WORKER_PUBLISH_TIMEOUT, default 5s). A timeout is a
 	// transient failure: the inputs are redelivered after NakDelay.
 	PublishTimeout time.Duration `env:"WORKER_PUBLISH_TIMEOUT" envDefault:"5s"`
+}
+
+// CUDAConfig holds the CUDA provider options as text; empty keeps ONNX
+// Runtime's default. See onnxrt.CUDAOptions for what each does.
+type CUDAConfig struct {
+	// DeviceID is the GPU's CUDA ordinal (CASCADE_WORKER_CUDA_DEVICE_ID,
+	// default 0).
+	DeviceID string `env:"DEVICE_ID"`
+	// ConvAlgoSearch is EXHAUSTIVE, HEURISTIC or DEFAULT
+	// (CASCADE_WORKER_CUDA_CONV_ALGO_SEARCH; ONNX Runtime's default is
+	// EXHAUSTIVE).
+	ConvAlgoSearch string `env:"CONV_ALGO_SEARCH"`
+	// TF32 is true or false (CASCADE_WORKER_CUDA_TF32; ONNX Runtime's
+	// default is on).
+	TF32 string `env:"TF32"`
+	// MaxWorkspace is true or false (CASCADE_WORKER_CUDA_MAX_WORKSPACE;
+	// default on).
+	MaxWorkspace string `env:"MAX_WORKSPACE"`
+	// MemLimit caps the GPU memory arena, e.g. 8GiB
+	// (CASCADE_WORKER_CUDA_MEM_LIMIT; default no limit).
+	MemLimit string `env:"MEM_LIMIT"`
+	// PreferNHWC is true or false (CASCADE_WORKER_CUDA_PREFER_NHWC;
+	// default off).
+	PreferNHWC string `env:"PREFER_NHWC"`
+	// PinHostBuffers page-locks the runners' input and output buffers
+	// (CASCADE_WORKER_CUDA_PIN_HOST_BUFFERS, default false).
+	PinHostBuffers string `env:"PIN_HOST_BUFFERS"`
+	// Options are further provider options, key=value,...
+	// (CASCADE_WORKER_CUDA_OPTIONS).
+	Options string `env:"OPTIONS"`
+}
+
+// cudaEnv maps a CUDASettings field to its variable.
+var cudaEnv = map[string]string{
+	"DeviceID": "CASCADE_WORKER_CUDA_DEVICE_ID", "ConvAlgoSearch": "CASCADE_WORKER_CUDA_CONV_ALGO_SEARCH",
+	"TF32": "CASCADE_WORKER_CUDA_TF32", "MaxWorkspace": "CASCADE_WORKER_CUDA_MAX_WORKSPACE",
+	"MemLimit": "CASCADE_WORKER_CUDA_MEM_LIMIT", "PreferNHWC": "CASCADE_WORKER_CUDA_PREFER_NHWC",
+	"PinHostBuffers": "CASCADE_WORKER_CUDA_PIN_HOST_BUFFERS", "Options": "CASCADE_WORKER_CUDA_OPTIONS",
+}
+
+// Parse parses the settings (errors name the variables).
+func (c CUDAConfig) Parse() (onnxrt.CUDAOptions, error) {
+	return onnxrt.CUDASettings{
+		DeviceID: c.DeviceID, ConvAlgoSearch: c.ConvAlgoSearch, TF32: c.TF32, MaxWorkspace: c.MaxWorkspace,
+		MemLimit: c.MemLimit, PreferNHWC: c.PreferNHWC, PinHostBuffers: c.PinHostBuffers, Options: c.Options,
+	}.Parse(func(f string) string { return cudaEnv[f] })
+}
+
+// SessionOptions are the options every session of the worker opens with.
+func (c Config) SessionOptions() (onnxrt.SessionOptions, error) {
+	opts := onnxrt.SessionOptions{IntraOpThreads: c.Threads, Provider: c.Provider}
+	if c.Provider == onnxrt.ProviderCUDA {
+		cuda, err := c.CUDA.Parse()
+		if err != nil {
+			return opts, err
+		}
+		opts.CUDA = cuda
+	}
+	return opts, nil
 }
 
 // ConfigFromEnv reads a Config from environ (keys with the CASCADE_
@@ -147,6 +217,11 @@ func (c Config) Validate() error {
 	}
 	if c.Provider != onnxrt.ProviderCPU && c.Provider != onnxrt.ProviderCUDA {
 		bad("CASCADE_WORKER_PROVIDER %q: want %s or %s", c.Provider, onnxrt.ProviderCPU, onnxrt.ProviderCUDA)
+	}
+	// The CUDA settings are checked whatever the provider: a typo should
+	// not wait for the day the provider changes.
+	if _, err := c.CUDA.Parse(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.IdleWait < time.Millisecond || c.IdleWait > time.Minute {
 		bad("CASCADE_WORKER_IDLE_WAIT must be in [1ms,1m], got %v", c.IdleWait)

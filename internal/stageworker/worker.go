@@ -196,6 +196,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		w.models = append(w.models, h)
 	}
 
+	if err := checkProvider(c.Plan, names, cfg.Provider, cfg.AllowProviderMismatch, w.logger); err != nil {
+		return fail(err)
+	}
 	rt, sessions, err := w.load(c.Plan)
 	if err != nil {
 		return fail(err)
@@ -211,7 +214,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 
 	w.metrics.ready.Set(1)
 	w.logger.Info("stage worker ready", "pipeline", cfg.Pipeline, "models", names, "runners", cfg.Runners,
-		"threads", cfg.Threads, "gear", c.State.Gear)
+		"threads", cfg.Threads, "provider", cfg.Provider, "onnxruntime", rt.Version(), "gear", c.State.Gear)
 	for i := range cfg.Runners {
 		r := newRunner(w, i, sessions[i])
 		g.Go(func() error { return r.run(gctx) })
@@ -255,12 +258,41 @@ func ladderOrder(p *plan.Plan, names []string) ([]string, error) {
 	return out, nil
 }
 
+// checkProvider refuses hosted models whose plan profile was measured on
+// another execution provider than the worker's, unless allow (then it
+// warns). A profile without a provider (plans made before it was recorded)
+// passes.
+func checkProvider(p *plan.Plan, names []string, provider string, allow bool, logger *slog.Logger) error {
+	var other []string
+	for _, n := range names {
+		m, _ := p.Model(n)
+		if pp := m.Profile.Provider; pp != "" && pp != provider {
+			other = append(other, fmt.Sprintf("%s (%s)", n, pp))
+		}
+	}
+	if len(other) == 0 {
+		return nil
+	}
+	if allow {
+		logger.Warn("serving models profiled for another provider: the plan's latencies and capacities may not hold",
+			"provider", provider, "models", other)
+		return nil
+	}
+	return fmt.Errorf("the plan's models %s were profiled for another execution provider than this worker's %q: "+
+		"their latencies and the gears' capacities would not hold; profile and plan for %s (cascadeserve profile --provider %s), "+
+		"or set CASCADE_WORKER_ALLOW_PROVIDER_MISMATCH=true to serve them anyway",
+		strings.Join(other, ", "), provider, provider, provider)
+}
+
 // load opens one session of every hosted model per runner.
 func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error) {
+	opts, err := w.cfg.SessionOptions()
+	if err != nil {
+		return nil, nil, err
+	}
 	lib := w.cfg.ONNXRuntimeLib
 	if lib == "" {
-		var err error
-		if lib, err = onnxrt.FindLibrary(os.Getenv); err != nil {
+		if lib, err = onnxrt.FindLibraryFor(w.cfg.Provider, os.Getenv); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -277,7 +309,7 @@ func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error
 		}
 		_ = rt.Close()
 	}
-	opts := onnxrt.SessionOptions{IntraOpThreads: w.cfg.Threads, Provider: w.cfg.Provider}
+	version, libPath := rt.Version(), rt.LibraryPath()
 	for _, h := range w.models {
 		data, err := w.readModel(p, h.name)
 		if err != nil {
@@ -288,6 +320,10 @@ func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error
 			s, err := rt.Open(h.name, data, opts)
 			if err != nil {
 				closeAll()
+				if errors.Is(err, onnxrt.ErrProviderUnavailable) {
+					return nil, nil, fmt.Errorf("load model %q on provider %s (onnxruntime %s from %s): %w",
+						h.name, w.cfg.Provider, version, libPath, err)
+				}
 				return nil, nil, fmt.Errorf("load model %q: %w", h.name, err)
 			}
 			sessions[r] = append(sessions[r], s)

@@ -148,6 +148,13 @@ type Model struct {
 type Profile struct {
 	// Threads is the intra-op thread count the profile was measured with.
 	Threads int `json:"threads,omitempty"`
+	// Provider is the ONNX Runtime execution provider the profile was
+	// measured on ("cpu" or "cuda"; empty: not recorded, as in plans made
+	// before it was). A stage worker refuses to serve a model profiled for
+	// another provider than its own (CASCADE_WORKER_PROVIDER) unless told
+	// otherwise: the plan's latencies, and so its gears' capacities, would
+	// not hold.
+	Provider string `json:"provider,omitempty"`
 	// Points are (batch size, median latency) pairs, batch ascending.
 	Points []ProfilePoint `json:"points"`
 }
@@ -513,6 +520,9 @@ func (p *Plan) Validate() error {
 		}
 		if len(m.Profile.Points) == 0 {
 			bad("model %q has no profile points", m.Name)
+		}
+		if m.Profile.Provider != "" && !validName(m.Profile.Provider) {
+			bad("model %q: profile provider %q must be a provider name such as cpu or cuda", m.Name, m.Profile.Provider)
 		}
 		for j, pt := range m.Profile.Points {
 			if pt.Batch < 1 || !(pt.LatencyMs > 0) {

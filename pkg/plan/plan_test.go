@@ -56,6 +56,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		{"capacity", func(p *Plan) { p.Capacity = 0 }, []string{"capacity must be >= 1"}},
 		{"metric", func(p *Plan) { p.Confidence = "vibes" }, []string{`confidence "vibes"`}},
 		{"runner pool", func(p *Plan) { p.RunnerPool = "pooled" }, []string{`runner_pool "pooled" is not one of [shared per-model]`}},
+		{"profile provider", func(p *Plan) { p.Models[0].Profile.Provider = "CUDA!" }, []string{`model "small": profile provider "CUDA!"`}},
 		{"unknown ladder model", func(p *Plan) { p.Ladder = append(p.Ladder, "ghost") }, []string{`ladder names unknown model "ghost"`}},
 		{"threshold range", func(p *Plan) { p.Gears[0].Cascade[0].Threshold = 1.5 }, []string{"threshold 1.5 outside [0,1]"}},
 		{"last threshold", func(p *Plan) { p.Gears[0].Cascade[1].Threshold = 0.3 }, []string{"the last stage always answers"}},

@@ -908,6 +908,9 @@ func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *P
 		if prof.Threads == 0 {
 			prof.Threads = cfg.Profile.Threads
 		}
+		if prof.Provider == "" {
+			prof.Provider = cfg.Profile.Provider
+		}
 		p.Models = append(p.Models, Model{
 			Name:        m.Name,
 			File:        m.File,

@@ -617,3 +617,49 @@ func TestPlanRefusesGapToBestModel(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanRecordsTheProfilesProvider: the plan's models carry the provider
+// their profile was measured on, from the profile file when the model's
+// profile does not say; a profile without one leaves it empty.
+func TestPlanRecordsTheProfilesProvider(t *testing.T) {
+	for _, provider := range []string{"", "cuda"} {
+		cfg := smallPlannerConfig(t)
+		cfg.Profile.Provider = provider
+		res := makePlan(t, cfg)
+		for _, m := range res.Plan.Models {
+			if m.Profile.Provider != provider {
+				t.Errorf("profile provider %q: model %q has provider %q", provider, m.Name, m.Profile.Provider)
+			}
+		}
+		b, err := res.Plan.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := bytes.Contains(b, []byte(`"provider"`)); got != (provider != "") {
+			t.Errorf("profile provider %q: plan file mentions a provider: %v", provider, got)
+		}
+		if _, err := Parse(b); err != nil {
+			t.Fatalf("the plan does not parse back: %v", err)
+		}
+	}
+}
+
+func TestProfileFileProvider(t *testing.T) {
+	f := SyntheticProfile(SyntheticLadder()[1:], 0.3)
+	f.Provider = "cuda"
+	if err := f.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range f.Models {
+		p.Provider = "cpu"
+		f.Models[name] = p
+		break
+	}
+	if err := f.Validate(); !errors.Is(err, ErrBadProfile) || !strings.Contains(err.Error(), `provider "cpu" differs`) {
+		t.Fatalf("Validate = %v, want a provider mismatch", err)
+	}
+	f.Provider = "Bad"
+	if err := f.Validate(); !errors.Is(err, ErrBadProfile) || !strings.Contains(err.Error(), `provider "Bad"`) {
+		t.Fatalf("Validate = %v, want a bad provider name", err)
+	}
+}

@@ -25,6 +25,15 @@ type ProfileFile struct {
 	Version int `json:"version"`
 	// Threads is the intra-op thread count every model was measured with.
 	Threads int `json:"threads"`
+	// Provider is the execution provider every model was measured on
+	// ("cpu" or "cuda"; empty in profiles made before it was recorded).
+	Provider string `json:"provider,omitempty"`
+	// ProviderOptions are the CUDA provider's options the models were
+	// measured with, by their ONNX Runtime names (use_tf32, ...), plus
+	// pin_host_buffers when the host buffers were page-locked. Empty for
+	// the CPU provider. For humans: the worker's CASCADE_WORKER_CUDA_*
+	// settings should match them.
+	ProviderOptions map[string]string `json:"provider_options,omitempty"`
 	// Overheads are the costs of the live path outside the models: the
 	// NATS hop, messaging per item and per batch, and, with
 	// `profile --system-qps`, the co-located processes' CPU and the latency
@@ -53,6 +62,9 @@ func (f *ProfileFile) Validate() error {
 	if f.Threads < 0 {
 		bad("threads must be >= 0, got %d", f.Threads)
 	}
+	if f.Provider != "" && !validName(f.Provider) {
+		bad("provider %q must be a provider name such as cpu or cuda", f.Provider)
+	}
 	errs = append(errs, f.Overheads.problems()...)
 	if len(f.Models) == 0 {
 		bad("no models")
@@ -65,6 +77,9 @@ func (f *ProfileFile) Validate() error {
 	for _, name := range names {
 		if err := f.Models[name].validate(); err != nil {
 			bad("model %q: %w", name, err)
+		}
+		if p := f.Models[name].Provider; p != "" && f.Provider != "" && p != f.Provider {
+			bad("model %q: provider %q differs from the profile's %q", name, p, f.Provider)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
