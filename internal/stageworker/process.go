@@ -70,7 +70,7 @@ type itemTask struct {
 	retry error
 	// answer is what a degraded fallback needs if the escalation is
 	// rejected by a full queue.
-	answer func(reason string) error
+	answer func(reason string)
 }
 
 func (w *worker) newTask(h *hosted, msg jetstream.Msg) *task {
@@ -313,21 +313,20 @@ func (w *worker) route(c *control, h *hosted, it *itemTask, probs []float32, now
 	if item.ReturnProbabilities {
 		keep = slices.Clone(probs)
 	}
-	it.answer = func(reason string) error {
+	it.answer = func(reason string) {
 		it.outcome = outcomeAnswered
 		res := w.answerResult(c, item, now, keep)
 		if reason != "" {
 			it.outcome, it.degrade, res.Degraded = outcomeDegraded, reason, true
 		}
 		w.addResult(it, res)
-		return nil
 	}
 	rt := c.decide(item, h.name, item.Visits[len(item.Visits)-1].Confidence, now, batch)
 	switch rt.kind {
 	case routeAnswer:
-		_ = it.answer("")
+		it.answer("")
 	case routeDegraded:
-		_ = it.answer(rt.reason)
+		it.answer(rt.reason)
 	case routeEscalate:
 		item.EnqueuedUnixNano = now.UnixNano()
 		if keep != nil {
@@ -450,7 +449,7 @@ func (w *worker) answerRejected(h *hosted, t *task) bool {
 		w.logger.Debug("next stage's queue is full: answering degraded", "model", h.name, "next", e.next, "items", len(e.items))
 		for _, it := range e.items {
 			it.next = ""
-			_ = it.answer(degradedQueueFull)
+			it.answer(degradedQueueFull)
 			queued = true
 		}
 	}
