@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
@@ -336,7 +336,7 @@ func ceilingsOnOwnServer(ctx context.Context, cfg Config, rep *Report, progress 
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: dir})
+	srv, err := natsembed.StartServer(natsembed.ServerConfig{Port: -1, StoreDir: dir})
 	if err != nil {
 		return err
 	}

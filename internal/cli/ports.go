@@ -14,7 +14,7 @@ type listenAddr struct {
 
 // listenAddrs lists what `up` listens on: the ingress's HTTP endpoint, the
 // metrics endpoint and, without --nats, the embedded nats-server's client
-// and monitoring ports (on 127.0.0.1, see natsbus.StartServer). Empty
+// and monitoring ports (on 127.0.0.1, see natsembed.StartServer). Empty
 // addresses and ports left to the system (0, -1) are skipped.
 func (f *systemFlags) listenAddrs(httpAddr, metricsAddr string) []listenAddr {
 	var out []listenAddr

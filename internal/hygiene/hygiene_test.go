@@ -165,3 +165,16 @@ func TestOnlyWorkersLinkONNXRuntime(t *testing.T) {
 		}
 	}
 }
+
+// TestServicesDoNotLinkNATSServer: the three service binaries connect to
+// a nats-server; only the all-in-one binary and the tests embed one
+// (internal/natsembed).
+func TestServicesDoNotLinkNATSServer(t *testing.T) {
+	for _, bin := range []string{"./services/ingress", "./services/stage-worker", "./services/controller"} {
+		for _, d := range deps(t, bin) {
+			if strings.HasPrefix(d, "github.com/nats-io/nats-server/") || d == module+"/internal/natsembed" {
+				t.Errorf("%s links %s", bin, d)
+			}
+		}
+	}
+}

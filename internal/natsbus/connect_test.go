@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 	"log/slog"
 	"net"
 	"strings"
@@ -72,7 +73,7 @@ func TestConnectWaitRetriesUntilTheServerStarts(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	srv, err := StartServer(ServerConfig{Port: port, StoreDir: t.TempDir()})
+	srv, err := natsembed.StartServer(natsembed.ServerConfig{Port: port, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

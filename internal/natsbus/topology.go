@@ -1,7 +1,8 @@
 // Package natsbus owns CascadeServe's NATS plumbing: connecting with
 // production-safe options, the JetStream topology derived from a plan
-// (applied idempotently by the controller), waiting for it (other services),
-// and starting an embedded nats-server for the all-in-one binary and tests.
+// (applied idempotently by the controller) and waiting for it (other
+// services). The embedded server of the all-in-one binary and the tests is
+// package natsembed, which no service binary links.
 //
 // Names of subjects, streams, consumers and keys come from package wire;
 // this package decides their configuration.

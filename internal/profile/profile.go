@@ -27,6 +27,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/modelinput"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -272,7 +273,7 @@ func MeasureNATS(ctx context.Context, samples, payloadBytes int) (NATSCost, erro
 		return NATSCost{}, fmt.Errorf("measure nats: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: dir})
+	srv, err := natsembed.StartServer(natsembed.ServerConfig{Port: -1, StoreDir: dir})
 	if err != nil {
 		return NATSCost{}, fmt.Errorf("measure nats: %w", err)
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 )
 
 type fakeConfig struct{ p Process }
@@ -93,7 +93,7 @@ func TestServiceWaitsForNATS(t *testing.T) {
 		t.Error("cascade_nats_connected is not 0 before NATS is up")
 	}
 
-	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: natsPort, StoreDir: t.TempDir()})
+	srv, err := natsembed.StartServer(natsembed.ServerConfig{Port: natsPort, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -21,7 +21,7 @@ import (
 func TestDurableJobsSurviveAServerRestart(t *testing.T) {
 	requireORT(t)
 	store := t.TempDir()
-	srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: store})
+	srv, err := natsembed.StartServer(natsembed.ServerConfig{Port: -1, StoreDir: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestDurableJobsSurviveAServerRestart(t *testing.T) {
 	}
 	current.Shutdown()
 	current.WaitForShutdown()
-	current, err = natsbus.StartServer(natsbus.ServerConfig{Port: tcpPort, StoreDir: store})
+	current, err = natsembed.StartServer(natsembed.ServerConfig{Port: tcpPort, StoreDir: store})
 	if err != nil {
 		t.Fatalf("restart nats-server: %v", err)
 	}

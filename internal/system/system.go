@@ -33,6 +33,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/controller"
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 	"github.com/cascadeserve/cascadeserve/internal/stageworker"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -166,7 +167,7 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 		if port == 0 {
 			port = 4222
 		}
-		srv, err := natsbus.StartServer(natsbus.ServerConfig{Port: port, HTTPPort: cfg.MonitorPort, StoreDir: dir})
+		srv, err := natsembed.StartServer(natsembed.ServerConfig{Port: port, HTTPPort: cfg.MonitorPort, StoreDir: dir})
 		if err != nil {
 			return nil, err
 		}

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 )
 
 // Server is a running test server with one client connection.
@@ -27,7 +27,7 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	log := &testLogger{t: t}
-	s, err := natsbus.StartServer(natsbus.ServerConfig{Port: -1, StoreDir: t.TempDir(), Logger: log})
+	s, err := natsembed.StartServer(natsembed.ServerConfig{Port: -1, StoreDir: t.TempDir(), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,8 @@
-package natsbus
+// Package natsembed starts an embedded nats-server with JetStream: the server
+// of the all-in-one `cascadeserve up`, of the benchmarks and of every
+// integration test. The three service binaries never import it, so they do
+// not link nats-server (internal/hygiene checks).
+package natsembed
 
 import (
 	"fmt"
