@@ -1,5 +1,5 @@
-// Package mnist ships CascadeServe's reference task: a ladder of five MNIST
-// digit classifiers, from a linear model to a small CNN, with the replay data
+// Package mnist ships CascadeServe's reference task: a ladder of six MNIST
+// digit classifiers, from a linear model to a small ResNet, with the replay data
 // the planner needs and the MNIST test images, all embedded in the binary.
 //
 // Every model takes float32 [N,1,28,28] with pixels scaled to [0,1] (input
@@ -76,7 +76,7 @@ func ItemShape() []int64 { return []int64{1, 28, 28} }
 // Ladder returns the model names ordered from the cheapest to the most
 // accurate (cost measured with ONNX Runtime on one CPU thread; see README.md).
 func Ladder() []string {
-	return []string{"linear", "mlp_small", "mlp", "cnn_small", "cnn"}
+	return []string{"linear", "mlp_small", "mlp", "cnn_small", "cnn", "resnet"}
 }
 
 // Model returns the ONNX bytes of the named model.

@@ -271,8 +271,8 @@ func TestReportMatchesEmbeddedModels(t *testing.T) {
 				a.Name, a.TestAccuracy, a.MACsPerItem, b.Name, b.TestAccuracy, b.MACsPerItem)
 		}
 	}
-	if _, err := Model("resnet"); !errors.Is(err, ErrUnknownModel) {
-		t.Errorf("Model(resnet): %v, want ErrUnknownModel", err)
+	if _, err := Model("resnet50"); !errors.Is(err, ErrUnknownModel) {
+		t.Errorf("Model(resnet50): %v, want ErrUnknownModel", err)
 	}
 }
 

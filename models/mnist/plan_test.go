@@ -10,9 +10,10 @@ import (
 )
 
 // TestPlanFiles checks both committed MNIST plans: each parses and
-// validates, describes this package's ladder and input, names model files
-// that are the embedded models, and has at least three gears ordered from
-// accurate to cheap.
+// validates, describes this package's ladder (all of it, or some of its
+// models in ladder order: a plan made before a model joined the ladder stays
+// valid) and input, names model files that are the embedded models, and has
+// at least three gears ordered from accurate to cheap.
 func TestPlanFiles(t *testing.T) {
 	for _, file := range []string{PlanFile, HandwrittenPlanFile} {
 		t.Run(file, func(t *testing.T) {
@@ -20,8 +21,10 @@ func TestPlanFiles(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if p.Pipeline != "mnist" || !slices.Equal(p.Ladder, Ladder()) {
-				t.Errorf("pipeline %q, ladder %v; want mnist, %v", p.Pipeline, p.Ladder, Ladder())
+			if p.Pipeline != "mnist" || !inLadderOrder(p.Ladder, Ladder()) {
+				t.Errorf("pipeline %q, ladder %v; want mnist, models of %v in that order", p.Pipeline, p.Ladder, Ladder())
+			} else if len(p.Ladder) < len(Ladder()) {
+				t.Logf("plan ladder %v leaves out some of %v", p.Ladder, Ladder())
 			}
 			if !slices.Equal(p.Input.Shape, ItemShape()) || p.Input.Classes != Classes {
 				t.Errorf("input %+v does not match the package", p.Input)
@@ -46,6 +49,22 @@ func TestPlanFiles(t *testing.T) {
 			}
 		})
 	}
+}
+
+// inLadderOrder reports whether names is non-empty and lists models of
+// ladder, each once, in ladder order.
+func inLadderOrder(names, ladder []string) bool {
+	i := 0
+	for _, n := range names {
+		for i < len(ladder) && ladder[i] != n {
+			i++
+		}
+		if i == len(ladder) {
+			return false
+		}
+		i++
+	}
+	return len(names) > 0
 }
 
 // TestBuiltinPlanIsTheGeneratedOne checks that Plan serves plan.json, and

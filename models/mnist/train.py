@@ -141,6 +141,40 @@ def cnn():
     )
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions with batch norm and an identity
+    (or strided 1x1 projection) shortcut."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def resnet(stages=((40, 2), (80, 2), (160, 1))):
+    """A small ResNet: a 3x3 stem, then per (width, blocks) stage that many
+    basic blocks (every stage after the first starts with a stride-2 block:
+    28x28, 14x14, 7x7), global average pooling and one linear layer."""
+    width = stages[0][0]
+    layers = [Normalize(), nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    for i, (w, blocks) in enumerate(stages):
+        for j in range(blocks):
+            layers.append(BasicBlock(width, w, stride=2 if i > 0 and j == 0 else 1))
+            width = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)]
+    return nn.Sequential(*layers)
+
+
 def fold_normalize(model):
     """Folds Normalize into a directly following Flatten + Linear.
 
@@ -170,6 +204,7 @@ LADDER = [
     ("mlp", mlp, 8, 1e-3, 0),
     ("cnn_small", cnn_small, 8, 3e-3, 0),
     ("cnn", cnn, 6, 1e-3, 2),
+    ("resnet", resnet, 4, 2e-3, 2),
 ]
 
 
@@ -207,7 +242,7 @@ def random_shift(x, max_shift, gen):
     return out
 
 
-def evaluate(model, x, y, batch=1000):
+def evaluate(model, x, y, batch=250):
     model.eval()
     correct = 0
     with torch.no_grad():
@@ -341,7 +376,11 @@ def main():
         if unknown:
             ap.error(f"--only: unknown models {sorted(unknown)}")
         with open(os.path.join(args.out, "training-report.json")) as f:
-            kept = {m["name"]: m for m in json.load(f)["models"]}
+            old = json.load(f)
+        kept = {m["name"]: m for m in old["models"]}
+        # The header describes the run that trained the kept models; a model
+        # trained here with another thread count records its own.
+        report["torch_threads"] = old["torch_threads"]
         with open(os.path.join(args.out, "testdata", "golden.json")) as f:
             golden["probabilities"] = json.load(f)["probabilities"]
     for name, ctor, epochs, lr, shift in LADDER:
@@ -367,6 +406,7 @@ def main():
             "epochs": epochs,
             "learning_rate": lr,
             "augmentation_shift_px": shift,
+            **({"torch_threads": args.threads} if args.threads != report["torch_threads"] else {}),
             "train_seconds": round(secs, 1),
             "validation_accuracy": round(val * 100, 2),
             "test_accuracy": round(test * 100, 2),
