@@ -26,8 +26,11 @@ func TestMNISTPlan(t *testing.T) {
 	if p.Pipeline != "mnist" {
 		t.Errorf("pipeline %q", p.Pipeline)
 	}
-	if !slices.Equal(p.Ladder, mnist.Ladder()) {
-		t.Errorf("ladder %v, mnist.Ladder() %v", p.Ladder, mnist.Ladder())
+	// The plan may predate models added to the ladder since (it is made
+	// from a profile of the models it uses): its ladder is the package's,
+	// or a part of it in the same order.
+	if !inLadderOrder(p.Ladder, mnist.Ladder()) {
+		t.Errorf("ladder %v is not mnist.Ladder() %v or a part of it in order", p.Ladder, mnist.Ladder())
 	}
 	if !slices.Equal(p.Input.Shape, mnist.ItemShape()) || p.Input.Classes != mnist.Classes {
 		t.Errorf("input %+v does not match the mnist package", p.Input)
@@ -98,4 +101,15 @@ func TestRunMNISTPlan(t *testing.T) {
 	if stored.Description != p.Description || len(stored.Gears) != len(p.Gears) {
 		t.Errorf("stored plan is not models/mnist/plan.json")
 	}
+}
+
+// inLadderOrder reports whether sub is a non-empty subsequence of ladder.
+func inLadderOrder(sub, ladder []string) bool {
+	i := 0
+	for _, m := range ladder {
+		if i < len(sub) && sub[i] == m {
+			i++
+		}
+	}
+	return len(sub) > 0 && i == len(sub)
 }
