@@ -212,7 +212,7 @@ func TestCascadeThroughputMatchesTestReplay(t *testing.T) {
 	for _, m := range p.Models {
 		temps[m.Name] = m.Temperature
 	}
-	ev, err := plan.NewEvaluator(replay, plan.EvaluatorConfig{Ladder: p.Ladder[:len(replay.Models)], Metric: p.Confidence, Temperatures: temps})
+	ev, err := plan.NewEvaluator(replay, plan.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
 	if err != nil {
 		t.Fatal(err)
 	}
