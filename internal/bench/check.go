@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
-	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -140,13 +139,7 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 		Cascade:     plan.CascadeString(g.Cascade),
 		Capacity:    capacity,
 	}
-	if cfg.ONNXRuntimeLib != "" {
-		// The stage worker loads the same library; record its version.
-		if rt, err := onnxrt.NewRuntime(cfg.ONNXRuntimeLib); err == nil {
-			out.Environment.ORTVersion = rt.Version()
-			rt.Close()
-		}
-	}
+	out.Environment.ORTVersion = ortVersion(cfg.ONNXRuntimeLib)
 	out.Accuracy = AccuracyCheck{
 		Predicted: g.Predicted.Accuracy, Tolerance: cfg.AccuracyTolerance, Items: cfg.Items.Len(),
 	}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
-	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -233,12 +232,7 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 			Resolution: cfg.Resolution, Tolerance: cfg.Tolerance, RequestItems: cfg.RequestItems, UINT8: p.Input.UINT8Scale > 0,
 		},
 	}
-	if cfg.ONNXRuntimeLib != "" {
-		if rt, err := onnxrt.NewRuntime(cfg.ONNXRuntimeLib); err == nil {
-			out.Environment.ORTVersion = rt.Version()
-			rt.Close()
-		}
-	}
+	out.Environment.ORTVersion = ortVersion(cfg.ONNXRuntimeLib)
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
 	}

@@ -310,6 +310,20 @@ func environment(p *plan.Plan, file string, runners int, workerEnv map[string]st
 	}
 }
 
+// ortVersion is the version of the ONNX Runtime library at lib, the one the
+// stage workers load; "" when lib is empty or does not load.
+func ortVersion(lib string) string {
+	if lib == "" {
+		return ""
+	}
+	rt, err := onnxrt.NewRuntime(lib)
+	if err != nil {
+		return ""
+	}
+	defer rt.Close()
+	return rt.Version()
+}
+
 // maxBatch is the largest batch any stage of the gear runs.
 func maxBatch(g plan.Gear) int {
 	b := g.Batching.MaxBatch
