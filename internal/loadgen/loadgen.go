@@ -363,7 +363,7 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 		}
 		var input wire.Tensor
 		if cfg.UINT8Scale > 0 {
-			var data []byte
+			data := make([]byte, 0, len(indexes)*len(itemBytes(indexes[0])))
 			for _, ix := range indexes {
 				b := itemBytes(ix)
 				if len(b) == 0 {

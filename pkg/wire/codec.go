@@ -18,6 +18,8 @@ type Codec struct {
 type encState struct {
 	buf bytes.Buffer
 	enc *msgpack.Encoder
+	// out is the scratch buffer of the hand-written codec (fastcodec.go).
+	out []byte
 }
 
 // NewCodec returns a Codec.
@@ -42,6 +44,15 @@ func (c *Codec) encode(v any) ([]byte, error) {
 	return bytes.Clone(s.buf.Bytes()), nil
 }
 
+// encodeFast runs a hand-written appender on a pooled scratch buffer and
+// returns an exact-size copy.
+func (c *Codec) encodeFast(write func(b []byte) []byte) []byte {
+	s := c.pool.Get().(*encState)
+	defer c.pool.Put(s)
+	s.out = write(s.out[:0])
+	return bytes.Clone(s.out)
+}
+
 // EncodeRequest encodes a request (setting V).
 func (c *Codec) EncodeRequest(r *Request) ([]byte, error) {
 	r.V = Version
@@ -51,13 +62,13 @@ func (c *Codec) EncodeRequest(r *Request) ([]byte, error) {
 // EncodeItem encodes an in-flight item (setting V).
 func (c *Codec) EncodeItem(it *Item) ([]byte, error) {
 	it.V = Version
-	return c.encode(it)
+	return c.encodeFast(func(b []byte) []byte { return appendItem(b, it) }), nil
 }
 
 // EncodeResult encodes a result (setting V).
 func (c *Codec) EncodeResult(r *Result) ([]byte, error) {
 	r.V = Version
-	return c.encode(r)
+	return c.encodeFast(func(b []byte) []byte { return appendResult(b, r) }), nil
 }
 
 // Result formats, the values of Item.ResultFormat.
@@ -95,11 +106,7 @@ func (c *Codec) EncodeResultAs(r *Result, format string) (body []byte, contentTy
 		}
 		return b, ContentTypeJSON, nil
 	}
-	b, err := c.encode(r)
-	if err != nil {
-		return nil, "", err
-	}
-	return b, ContentTypeMsgpack, nil
+	return c.encodeFast(func(b []byte) []byte { return appendResult(b, r) }), ContentTypeMsgpack, nil
 }
 
 // DecodeResultBody decodes a result by its Content-Type header: the OIP v2
@@ -132,12 +139,11 @@ func DecodeRequest(b []byte, r *Request) error {
 	return nil
 }
 
-// DecodeItem decodes an in-flight item.
+// DecodeItem decodes an in-flight item. Its input's bytes share b's
+// memory: b must not be modified while the item is in use.
 func DecodeItem(b []byte, it *Item) error {
-	if err := checkMsgpack(b); err != nil {
-		return fmt.Errorf("decode item: %w", err)
-	}
-	if err := msgpack.Unmarshal(b, it); err != nil {
+	r := mpReader{b: b}
+	if err := r.readItem(it); err != nil {
 		return fmt.Errorf("decode item: %w", err)
 	}
 	if it.V != Version {
@@ -148,10 +154,8 @@ func DecodeItem(b []byte, it *Item) error {
 
 // DecodeResult decodes a result.
 func DecodeResult(b []byte, r *Result) error {
-	if err := checkMsgpack(b); err != nil {
-		return fmt.Errorf("decode result: %w", err)
-	}
-	if err := msgpack.Unmarshal(b, r); err != nil {
+	d := mpReader{b: b}
+	if err := d.readResult(r, 0); err != nil {
 		return fmt.Errorf("decode result: %w", err)
 	}
 	if r.V != Version {

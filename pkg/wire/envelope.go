@@ -3,8 +3,6 @@ package wire
 import (
 	"fmt"
 	"strings"
-
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // EnvelopeVersion is the wire version of an Envelope. Version 1 was one
@@ -51,17 +49,17 @@ func (c *Codec) EncodeEnvelope(e *Envelope) ([]byte, error) {
 	for i := range e.Items {
 		e.Items[i].V = 0
 	}
-	return c.encode(e)
+	return c.encodeFast(func(b []byte) []byte { return appendEnvelope(b, e) }), nil
 }
 
 // DecodeEnvelope decodes a work-queue message: an Envelope, or a version 1
 // single Item, returned as an envelope of that item (ID empty: the caller
 // names it, e.g. after its stream sequence). Other versions are ErrVersion.
+// The items' inputs share b's memory: b must not be modified while they
+// are in use.
 func DecodeEnvelope(b []byte, e *Envelope) error {
-	if err := checkMsgpack(b); err != nil {
-		return fmt.Errorf("decode envelope: %w", err)
-	}
-	if err := msgpack.Unmarshal(b, e); err != nil {
+	r := mpReader{b: b}
+	if err := r.readEnvelope(e); err != nil {
 		return fmt.Errorf("decode envelope: %w", err)
 	}
 	switch e.V {

@@ -4,63 +4,146 @@ import (
 	"fmt"
 
 	"github.com/vmihailenco/msgpack/v5"
-	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
-// The messages every item makes on every hop (Item, Tensor, Visit,
-// Result, Error) encode and decode by hand instead of by reflection: the
-// same msgpack maps with the same keys and omitempty rules as their struct
-// tags say, several times faster. TestFastCodecMatchesReflection checks
-// both ways against the reflection codec.
+// The messages every item makes on every hop (Envelope, Item, Tensor,
+// Visit, Result, Error) encode and decode by hand instead of by reflection:
+// the same msgpack maps with the same keys and omitempty rules as their
+// struct tags say, written straight into a byte slice and read straight out
+// of one (mpbytes.go). TestFastCodecMatchesReflection checks both ways
+// against the reflection codec. The EncodeMsgpack/DecodeMsgpack methods
+// make msgpack/v5 use the same code where these types sit inside others
+// (a Request's Tensor).
 
-// keyBuf holds a map key while it is compared; keys are short.
-type keyBuf [48]byte
+// appendTensor writes t as its struct tags say.
+func appendTensor(b []byte, t *Tensor) []byte {
+	b = appendMapLen(b, 3)
+	b = appendStr(appendStr(b, "datatype"), t.Datatype)
+	b = appendStr(b, "shape")
+	if t.Shape == nil {
+		b = append(b, 0xc0)
+	} else {
+		b = appendArrayLen(b, len(t.Shape))
+		for _, s := range t.Shape {
+			b = appendInt(b, s)
+		}
+	}
+	return appendBin(appendStr(b, "data"), t.Data)
+}
 
-// readKey reads a map key into buf without allocating; a key longer than
-// buf is returned as "" after being consumed (unknown: its value is
-// skipped).
-func readKey(d *msgpack.Decoder, buf *keyBuf) ([]byte, error) {
-	n, err := d.DecodeBytesLen()
-	if err != nil {
+// readTensor reads what appendTensor (or reflection) writes. Data shares
+// the message's memory.
+func (r *mpReader) readTensor(t *Tensor) error {
+	*t = Tensor{}
+	return r.fields(func(key []byte) (err error) {
+		switch string(key) {
+		case "datatype":
+			t.Datatype, err = r.sym()
+		case "shape":
+			t.Shape, err = r.int64s()
+		case "data":
+			t.Data, err = r.bin()
+		default:
+			err = r.skip()
+		}
+		return err
+	})
+}
+
+func (r *mpReader) int64s() ([]int64, error) {
+	n, err := r.arrayLen()
+	if err != nil || n < 0 {
 		return nil, err
 	}
-	if n < 0 {
-		return nil, nil
-	}
-	if n > len(buf) {
-		long := make([]byte, n)
-		if err := d.ReadFull(long); err != nil {
+	out := make([]int64, n)
+	for i := range out {
+		if out[i], err = r.int(); err != nil {
 			return nil, err
 		}
-		return nil, nil
 	}
-	if err := d.ReadFull(buf[:n]); err != nil {
+	return out, nil
+}
+
+func (r *mpReader) float32s() ([]float32, error) {
+	n, err := r.arrayLen()
+	if err != nil || n < 0 {
 		return nil, err
 	}
-	return buf[:n], nil
+	out := make([]float32, n)
+	for i := range out {
+		if out[i], err = r.float32(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
-// decodeMap calls field for every key of a map (nil decodes as empty).
-func decodeMap(d *msgpack.Decoder, field func(key []byte) error) error {
-	n, err := d.DecodeMapLen()
-	if err != nil {
+func (r *mpReader) intValue() (int, error) {
+	n, err := r.int()
+	return int(n), err
+}
+
+// appendVisit writes v as its struct tags say.
+func appendVisit(b []byte, v *Visit) []byte {
+	b = appendMapLen(b, 7)
+	b = appendStr(appendStr(b, "model"), v.Model)
+	b = appendStr(appendStr(b, "gear"), v.Gear)
+	b = appendFloat64(appendStr(b, "confidence"), v.Confidence)
+	b = appendInt(appendStr(b, "label"), int64(v.Label))
+	b = appendInt(appendStr(b, "queue_ns"), v.QueueNs)
+	b = appendInt(appendStr(b, "compute_ns"), v.ComputeNs)
+	return appendInt(appendStr(b, "batch_size"), int64(v.BatchSize))
+}
+
+func (r *mpReader) readVisit(v *Visit) error {
+	*v = Visit{}
+	return r.fields(func(key []byte) (err error) {
+		switch string(key) {
+		case "model":
+			v.Model, err = r.sym()
+		case "gear":
+			v.Gear, err = r.sym()
+		case "confidence":
+			v.Confidence, err = r.float64()
+		case "label":
+			v.Label, err = r.intValue()
+		case "queue_ns":
+			v.QueueNs, err = r.int()
+		case "compute_ns":
+			v.ComputeNs, err = r.int()
+		case "batch_size":
+			v.BatchSize, err = r.intValue()
+		default:
+			err = r.skip()
+		}
 		return err
-	}
-	var buf keyBuf
-	for range max(n, 0) {
-		key, err := readKey(d, &buf)
-		if err != nil {
-			return err
-		}
-		if err := field(key); err != nil {
-			return fmt.Errorf("field %q: %w", key, err)
-		}
-	}
-	return nil
+	})
 }
 
-// entries counts a map's entries before it is written.
-func entries(conds ...bool) int {
+func appendVisits(b []byte, vs []Visit) []byte {
+	b = appendArrayLen(appendStr(b, "visits"), len(vs))
+	for i := range vs {
+		b = appendVisit(b, &vs[i])
+	}
+	return b
+}
+
+func (r *mpReader) visits() ([]Visit, error) {
+	n, err := r.arrayLen()
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	out := make([]Visit, n)
+	for i := range out {
+		if err := r.readVisit(&out[i]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// count returns how many of conds hold: the omitempty fields a map holds.
+func count(conds ...bool) int {
 	n := 0
 	for _, c := range conds {
 		if c {
@@ -70,541 +153,353 @@ func entries(conds ...bool) int {
 	return n
 }
 
-func encStr(e *msgpack.Encoder, k, v string) error {
-	if err := e.EncodeString(k); err != nil {
-		return err
-	}
-	return e.EncodeString(v)
-}
-
-func encInt(e *msgpack.Encoder, k string, v int64) error {
-	if err := e.EncodeString(k); err != nil {
-		return err
-	}
-	return e.EncodeInt(v)
-}
-
-func encBool(e *msgpack.Encoder, k string, v bool) error {
-	if err := e.EncodeString(k); err != nil {
-		return err
-	}
-	return e.EncodeBool(v)
-}
-
-func encFloat32s(e *msgpack.Encoder, k string, v []float32) error {
-	if err := e.EncodeString(k); err != nil {
-		return err
-	}
-	if v == nil {
-		return e.EncodeNil()
-	}
-	if err := e.EncodeArrayLen(len(v)); err != nil {
-		return err
-	}
-	for _, x := range v {
-		if err := e.EncodeFloat32(x); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func decFloat32s(d *msgpack.Decoder) ([]float32, error) {
-	n, err := d.DecodeArrayLen()
-	if err != nil || n < 0 {
-		return nil, err
-	}
-	out := make([]float32, n)
-	for i := range out {
-		if out[i], err = d.DecodeFloat32(); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-func decInt64s(d *msgpack.Decoder) ([]int64, error) {
-	n, err := d.DecodeArrayLen()
-	if err != nil || n < 0 {
-		return nil, err
-	}
-	out := make([]int64, n)
-	for i := range out {
-		if out[i], err = d.DecodeInt64(); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-// EncodeMsgpack writes t as its struct tags say.
-func (t *Tensor) EncodeMsgpack(e *msgpack.Encoder) error {
-	if err := e.EncodeMapLen(3); err != nil {
-		return err
-	}
-	if err := encStr(e, "datatype", t.Datatype); err != nil {
-		return err
-	}
-	if err := e.EncodeString("shape"); err != nil {
-		return err
-	}
-	if t.Shape == nil {
-		if err := e.EncodeNil(); err != nil {
-			return err
-		}
-	} else {
-		if err := e.EncodeArrayLen(len(t.Shape)); err != nil {
-			return err
-		}
-		for _, s := range t.Shape {
-			if err := e.EncodeInt(s); err != nil {
-				return err
-			}
-		}
-	}
-	if err := e.EncodeString("data"); err != nil {
-		return err
-	}
-	return e.EncodeBytes(t.Data)
-}
-
-// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
-func (t *Tensor) DecodeMsgpack(d *msgpack.Decoder) error {
-	*t = Tensor{}
-	return decodeMap(d, func(key []byte) (err error) {
-		switch string(key) {
-		case "datatype":
-			t.Datatype, err = d.DecodeString()
-		case "shape":
-			t.Shape, err = decInt64s(d)
-		case "data":
-			t.Data, err = d.DecodeBytes()
-		default:
-			err = d.Skip()
-		}
-		return err
-	})
-}
-
-// EncodeMsgpack writes v as its struct tags say.
-func (v *Visit) EncodeMsgpack(e *msgpack.Encoder) error {
-	if err := e.EncodeMapLen(7); err != nil {
-		return err
-	}
-	if err := encStr(e, "model", v.Model); err != nil {
-		return err
-	}
-	if err := encStr(e, "gear", v.Gear); err != nil {
-		return err
-	}
-	if err := e.EncodeString("confidence"); err != nil {
-		return err
-	}
-	if err := e.EncodeFloat64(v.Confidence); err != nil {
-		return err
-	}
-	if err := encInt(e, "label", int64(v.Label)); err != nil {
-		return err
-	}
-	if err := encInt(e, "queue_ns", v.QueueNs); err != nil {
-		return err
-	}
-	if err := encInt(e, "compute_ns", v.ComputeNs); err != nil {
-		return err
-	}
-	return encInt(e, "batch_size", int64(v.BatchSize))
-}
-
-// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
-func (v *Visit) DecodeMsgpack(d *msgpack.Decoder) error {
-	*v = Visit{}
-	return decodeMap(d, func(key []byte) (err error) {
-		switch string(key) {
-		case "model":
-			v.Model, err = d.DecodeString()
-		case "gear":
-			v.Gear, err = d.DecodeString()
-		case "confidence":
-			v.Confidence, err = d.DecodeFloat64()
-		case "label":
-			v.Label, err = d.DecodeInt()
-		case "queue_ns":
-			v.QueueNs, err = d.DecodeInt64()
-		case "compute_ns":
-			v.ComputeNs, err = d.DecodeInt64()
-		case "batch_size":
-			v.BatchSize, err = d.DecodeInt()
-		default:
-			err = d.Skip()
-		}
-		return err
-	})
-}
-
-func encVisits(e *msgpack.Encoder, vs []Visit) error {
-	if err := e.EncodeString("visits"); err != nil {
-		return err
-	}
-	if err := e.EncodeArrayLen(len(vs)); err != nil {
-		return err
-	}
-	for i := range vs {
-		if err := vs[i].EncodeMsgpack(e); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func decVisits(d *msgpack.Decoder) ([]Visit, error) {
-	n, err := d.DecodeArrayLen()
-	if err != nil || n < 0 {
-		return nil, err
-	}
-	out := make([]Visit, n)
-	for i := range out {
-		if err := out[i].DecodeMsgpack(d); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-// EncodeMsgpack writes it as its struct tags say.
-func (it *Item) EncodeMsgpack(e *msgpack.Encoder) error {
-	n := 9 + entries(it.Key != "", it.ReturnProbabilities, it.ReplyTo != "", it.Durable, it.ReplyBatched,
+// appendItem writes it as its struct tags say.
+func appendItem(b []byte, it *Item) []byte {
+	n := 9 + count(it.Key != "", it.ReturnProbabilities, it.ReplyTo != "", it.Durable, it.ReplyBatched,
 		it.BatchIndex != 0, it.ResultFormat != "", len(it.Visits) > 0, it.Door != "", it.Attempts != 0, len(it.BestProbs) > 0)
-	if err := e.EncodeMapLen(n); err != nil {
-		return err
-	}
-	if err := encInt(e, "v", int64(it.V)); err != nil {
-		return err
-	}
-	if err := encStr(e, "id", it.ID); err != nil {
-		return err
-	}
+	b = appendMapLen(b, n)
+	b = appendInt(appendStr(b, "v"), int64(it.V))
+	b = appendStr(appendStr(b, "id"), it.ID)
 	if it.Key != "" {
-		if err := encStr(e, "key", it.Key); err != nil {
-			return err
-		}
+		b = appendStr(appendStr(b, "key"), it.Key)
 	}
-	if err := encStr(e, "pipeline", it.Pipeline); err != nil {
-		return err
-	}
-	if err := encStr(e, "client", it.Client); err != nil {
-		return err
-	}
-	if err := e.EncodeString("input"); err != nil {
-		return err
-	}
-	if err := it.Input.EncodeMsgpack(e); err != nil {
-		return err
-	}
-	if err := encInt(e, "deadline_ns", it.DeadlineUnixNano); err != nil {
-		return err
-	}
+	b = appendStr(appendStr(b, "pipeline"), it.Pipeline)
+	b = appendStr(appendStr(b, "client"), it.Client)
+	b = appendTensor(appendStr(b, "input"), &it.Input)
+	b = appendInt(appendStr(b, "deadline_ns"), it.DeadlineUnixNano)
 	if it.ReturnProbabilities {
-		if err := encBool(e, "return_probabilities", true); err != nil {
-			return err
-		}
+		b = appendBool(appendStr(b, "return_probabilities"), true)
 	}
 	if it.ReplyTo != "" {
-		if err := encStr(e, "reply_to", it.ReplyTo); err != nil {
-			return err
-		}
+		b = appendStr(appendStr(b, "reply_to"), it.ReplyTo)
 	}
 	if it.Durable {
-		if err := encBool(e, "durable", true); err != nil {
-			return err
-		}
+		b = appendBool(appendStr(b, "durable"), true)
 	}
 	if it.ReplyBatched {
-		if err := encBool(e, "reply_batched", true); err != nil {
-			return err
-		}
+		b = appendBool(appendStr(b, "reply_batched"), true)
 	}
 	if it.BatchIndex != 0 {
-		if err := encInt(e, "batch_index", int64(it.BatchIndex)); err != nil {
-			return err
-		}
+		b = appendInt(appendStr(b, "batch_index"), int64(it.BatchIndex))
 	}
 	if it.ResultFormat != "" {
-		if err := encStr(e, "result_format", it.ResultFormat); err != nil {
-			return err
-		}
+		b = appendStr(appendStr(b, "result_format"), it.ResultFormat)
 	}
-	if err := encStr(e, "admitted_gear", it.AdmittedGear); err != nil {
-		return err
-	}
-	if err := encInt(e, "admitted_ns", it.AdmittedUnixNano); err != nil {
-		return err
-	}
-	if err := encInt(e, "enqueued_ns", it.EnqueuedUnixNano); err != nil {
-		return err
-	}
+	b = appendStr(appendStr(b, "admitted_gear"), it.AdmittedGear)
+	b = appendInt(appendStr(b, "admitted_ns"), it.AdmittedUnixNano)
+	b = appendInt(appendStr(b, "enqueued_ns"), it.EnqueuedUnixNano)
 	if len(it.Visits) > 0 {
-		if err := encVisits(e, it.Visits); err != nil {
-			return err
-		}
+		b = appendVisits(b, it.Visits)
 	}
 	if it.Door != "" {
-		if err := encStr(e, "door", it.Door); err != nil {
-			return err
-		}
+		b = appendStr(appendStr(b, "door"), it.Door)
 	}
 	if it.Attempts != 0 {
-		if err := encInt(e, "attempts", int64(it.Attempts)); err != nil {
-			return err
-		}
+		b = appendInt(appendStr(b, "attempts"), int64(it.Attempts))
 	}
 	if len(it.BestProbs) > 0 {
-		if err := encFloat32s(e, "best_probs", it.BestProbs); err != nil {
-			return err
-		}
+		b = appendFloat32s(appendStr(b, "best_probs"), it.BestProbs)
 	}
-	return nil
+	return b
 }
 
-// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
-func (it *Item) DecodeMsgpack(d *msgpack.Decoder) error {
+func (r *mpReader) readItem(it *Item) error {
 	*it = Item{}
-	return decodeMap(d, func(key []byte) (err error) {
+	return r.fields(func(key []byte) (err error) {
 		switch string(key) {
 		case "v":
-			it.V, err = d.DecodeInt()
+			it.V, err = r.intValue()
 		case "id":
-			it.ID, err = d.DecodeString()
+			it.ID, err = r.str()
 		case "key":
-			it.Key, err = d.DecodeString()
+			it.Key, err = r.str()
 		case "pipeline":
-			it.Pipeline, err = d.DecodeString()
+			it.Pipeline, err = r.sym()
 		case "client":
-			it.Client, err = d.DecodeString()
+			it.Client, err = r.sym()
 		case "input":
-			err = it.Input.DecodeMsgpack(d)
+			err = r.readTensor(&it.Input)
 		case "deadline_ns":
-			it.DeadlineUnixNano, err = d.DecodeInt64()
+			it.DeadlineUnixNano, err = r.int()
 		case "return_probabilities":
-			it.ReturnProbabilities, err = d.DecodeBool()
+			it.ReturnProbabilities, err = r.bool()
 		case "reply_to":
-			it.ReplyTo, err = d.DecodeString()
+			it.ReplyTo, err = r.sym()
 		case "durable":
-			it.Durable, err = d.DecodeBool()
+			it.Durable, err = r.bool()
 		case "reply_batched":
-			it.ReplyBatched, err = d.DecodeBool()
+			it.ReplyBatched, err = r.bool()
 		case "batch_index":
-			it.BatchIndex, err = d.DecodeInt()
+			it.BatchIndex, err = r.intValue()
 		case "result_format":
-			it.ResultFormat, err = d.DecodeString()
+			it.ResultFormat, err = r.sym()
 		case "admitted_gear":
-			it.AdmittedGear, err = d.DecodeString()
+			it.AdmittedGear, err = r.sym()
 		case "admitted_ns":
-			it.AdmittedUnixNano, err = d.DecodeInt64()
+			it.AdmittedUnixNano, err = r.int()
 		case "enqueued_ns":
-			it.EnqueuedUnixNano, err = d.DecodeInt64()
+			it.EnqueuedUnixNano, err = r.int()
 		case "visits":
-			it.Visits, err = decVisits(d)
+			it.Visits, err = r.visits()
 		case "door":
-			it.Door, err = d.DecodeString()
+			it.Door, err = r.sym()
 		case "attempts":
-			it.Attempts, err = d.DecodeInt()
+			it.Attempts, err = r.intValue()
 		case "best_probs":
-			it.BestProbs, err = decFloat32s(d)
+			it.BestProbs, err = r.float32s()
 		default:
-			err = d.Skip()
+			err = r.skip()
 		}
 		return err
 	})
 }
 
-// EncodeMsgpack writes e as its struct tags say.
-func (er *Error) EncodeMsgpack(e *msgpack.Encoder) error {
-	if err := e.EncodeMapLen(2); err != nil {
-		return err
+// appendEnvelope writes e as its struct tags say.
+func appendEnvelope(b []byte, e *Envelope) []byte {
+	b = appendMapLen(b, 3)
+	b = appendInt(appendStr(b, "v"), int64(e.V))
+	b = appendStr(appendStr(b, "id"), e.ID)
+	b = appendStr(b, "items")
+	if e.Items == nil {
+		return append(b, 0xc0)
 	}
-	if err := encStr(e, "code", string(er.Code)); err != nil {
-		return err
+	b = appendArrayLen(b, len(e.Items))
+	for i := range e.Items {
+		b = appendItem(b, &e.Items[i])
 	}
-	return encStr(e, "message", er.Message)
+	return b
 }
 
-// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
-func (er *Error) DecodeMsgpack(d *msgpack.Decoder) error {
+func (r *mpReader) readEnvelope(e *Envelope) error {
+	*e = Envelope{}
+	return r.fields(func(key []byte) (err error) {
+		switch string(key) {
+		case "v":
+			e.V, err = r.intValue()
+		case "id":
+			e.ID, err = r.str()
+		case "items":
+			var n int
+			if n, err = r.arrayLen(); err != nil || n < 0 {
+				return err
+			}
+			e.Items = make([]Item, n)
+			for i := range e.Items {
+				if err = r.readItem(&e.Items[i]); err != nil {
+					return err
+				}
+			}
+		default:
+			err = r.skip()
+		}
+		return err
+	})
+}
+
+func appendError(b []byte, er *Error) []byte {
+	b = appendMapLen(b, 2)
+	b = appendStr(appendStr(b, "code"), string(er.Code))
+	return appendStr(appendStr(b, "message"), er.Message)
+}
+
+func (r *mpReader) readError(er *Error) error {
 	*er = Error{}
-	return decodeMap(d, func(key []byte) (err error) {
+	return r.fields(func(key []byte) (err error) {
 		switch string(key) {
 		case "code":
 			var s string
-			s, err = d.DecodeString()
+			s, err = r.sym()
 			er.Code = Code(s)
 		case "message":
-			er.Message, err = d.DecodeString()
+			er.Message, err = r.str()
 		default:
-			err = d.Skip()
+			err = r.skip()
 		}
 		return err
 	})
 }
 
-// EncodeMsgpack writes r as its struct tags say.
-func (r *Result) EncodeMsgpack(e *msgpack.Encoder) error {
-	n := 8 + entries(r.Client != "", len(r.Probabilities) > 0, r.AnsweredBy != "", r.Gear != "", r.AdmittedGear != "",
-		r.Degraded, len(r.Visits) > 0, r.Error != nil, len(r.Items) > 0, r.Index != 0)
-	if err := e.EncodeMapLen(n); err != nil {
-		return err
+// appendResult writes res as its struct tags say.
+func appendResult(b []byte, res *Result) []byte {
+	n := 8 + count(res.Client != "", len(res.Probabilities) > 0, res.AnsweredBy != "", res.Gear != "", res.AdmittedGear != "",
+		res.Degraded, len(res.Visits) > 0, res.Error != nil, len(res.Items) > 0, res.Index != 0)
+	b = appendMapLen(b, n)
+	b = appendInt(appendStr(b, "v"), int64(res.V))
+	b = appendStr(appendStr(b, "id"), res.ID)
+	b = appendStr(appendStr(b, "pipeline"), res.Pipeline)
+	if res.Client != "" {
+		b = appendStr(appendStr(b, "client"), res.Client)
 	}
-	if err := encInt(e, "v", int64(r.V)); err != nil {
-		return err
+	b = appendInt(appendStr(b, "label"), int64(res.Label))
+	b = appendFloat64(appendStr(b, "confidence"), res.Confidence)
+	if len(res.Probabilities) > 0 {
+		b = appendFloat32s(appendStr(b, "probabilities"), res.Probabilities)
 	}
-	if err := encStr(e, "id", r.ID); err != nil {
-		return err
+	if res.AnsweredBy != "" {
+		b = appendStr(appendStr(b, "answered_by"), res.AnsweredBy)
 	}
-	if err := encStr(e, "pipeline", r.Pipeline); err != nil {
-		return err
+	if res.Gear != "" {
+		b = appendStr(appendStr(b, "gear"), res.Gear)
 	}
-	if r.Client != "" {
-		if err := encStr(e, "client", r.Client); err != nil {
-			return err
+	if res.AdmittedGear != "" {
+		b = appendStr(appendStr(b, "admitted_gear"), res.AdmittedGear)
+	}
+	if res.Degraded {
+		b = appendBool(appendStr(b, "degraded"), true)
+	}
+	if len(res.Visits) > 0 {
+		b = appendVisits(b, res.Visits)
+	}
+	b = appendInt(appendStr(b, "total_ns"), res.TotalNs)
+	b = appendInt(appendStr(b, "admitted_ns"), res.AdmittedUnixNano)
+	b = appendInt(appendStr(b, "completed_ns"), res.CompletedUnixNano)
+	if res.Error != nil {
+		b = appendError(appendStr(b, "error"), res.Error)
+	}
+	if len(res.Items) > 0 {
+		b = appendArrayLen(appendStr(b, "items"), len(res.Items))
+		for i := range res.Items {
+			b = appendResult(b, &res.Items[i])
 		}
 	}
-	if err := encInt(e, "label", int64(r.Label)); err != nil {
-		return err
+	if res.Index != 0 {
+		b = appendInt(appendStr(b, "index"), int64(res.Index))
 	}
-	if err := e.EncodeString("confidence"); err != nil {
-		return err
-	}
-	if err := e.EncodeFloat64(r.Confidence); err != nil {
-		return err
-	}
-	if len(r.Probabilities) > 0 {
-		if err := encFloat32s(e, "probabilities", r.Probabilities); err != nil {
-			return err
-		}
-	}
-	if r.AnsweredBy != "" {
-		if err := encStr(e, "answered_by", r.AnsweredBy); err != nil {
-			return err
-		}
-	}
-	if r.Gear != "" {
-		if err := encStr(e, "gear", r.Gear); err != nil {
-			return err
-		}
-	}
-	if r.AdmittedGear != "" {
-		if err := encStr(e, "admitted_gear", r.AdmittedGear); err != nil {
-			return err
-		}
-	}
-	if r.Degraded {
-		if err := encBool(e, "degraded", true); err != nil {
-			return err
-		}
-	}
-	if len(r.Visits) > 0 {
-		if err := encVisits(e, r.Visits); err != nil {
-			return err
-		}
-	}
-	if err := encInt(e, "total_ns", r.TotalNs); err != nil {
-		return err
-	}
-	if err := encInt(e, "admitted_ns", r.AdmittedUnixNano); err != nil {
-		return err
-	}
-	if err := encInt(e, "completed_ns", r.CompletedUnixNano); err != nil {
-		return err
-	}
-	if r.Error != nil {
-		if err := e.EncodeString("error"); err != nil {
-			return err
-		}
-		if err := r.Error.EncodeMsgpack(e); err != nil {
-			return err
-		}
-	}
-	if len(r.Items) > 0 {
-		if err := e.EncodeString("items"); err != nil {
-			return err
-		}
-		if err := e.EncodeArrayLen(len(r.Items)); err != nil {
-			return err
-		}
-		for i := range r.Items {
-			if err := r.Items[i].EncodeMsgpack(e); err != nil {
-				return err
-			}
-		}
-	}
-	if r.Index != 0 {
-		if err := encInt(e, "index", int64(r.Index)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return b
 }
 
-// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
-func (r *Result) DecodeMsgpack(d *msgpack.Decoder) error {
-	*r = Result{}
-	return decodeMap(d, func(key []byte) (err error) {
+// readResult reads what appendResult (or reflection) writes; depth bounds
+// the nesting of Items.
+func (r *mpReader) readResult(res *Result, depth int) error {
+	if depth >= maxMsgpackDepth {
+		return fmt.Errorf("msgpack nesting deeper than %d", maxMsgpackDepth)
+	}
+	*res = Result{}
+	return r.fields(func(key []byte) (err error) {
 		switch string(key) {
 		case "v":
-			r.V, err = d.DecodeInt()
+			res.V, err = r.intValue()
 		case "id":
-			r.ID, err = d.DecodeString()
+			res.ID, err = r.str()
 		case "pipeline":
-			r.Pipeline, err = d.DecodeString()
+			res.Pipeline, err = r.sym()
 		case "client":
-			r.Client, err = d.DecodeString()
+			res.Client, err = r.sym()
 		case "label":
-			r.Label, err = d.DecodeInt()
+			res.Label, err = r.intValue()
 		case "confidence":
-			r.Confidence, err = d.DecodeFloat64()
+			res.Confidence, err = r.float64()
 		case "probabilities":
-			r.Probabilities, err = decFloat32s(d)
+			res.Probabilities, err = r.float32s()
 		case "answered_by":
-			r.AnsweredBy, err = d.DecodeString()
+			res.AnsweredBy, err = r.sym()
 		case "gear":
-			r.Gear, err = d.DecodeString()
+			res.Gear, err = r.sym()
 		case "admitted_gear":
-			r.AdmittedGear, err = d.DecodeString()
+			res.AdmittedGear, err = r.sym()
 		case "degraded":
-			r.Degraded, err = d.DecodeBool()
+			res.Degraded, err = r.bool()
 		case "visits":
-			r.Visits, err = decVisits(d)
+			res.Visits, err = r.visits()
 		case "total_ns":
-			r.TotalNs, err = d.DecodeInt64()
+			res.TotalNs, err = r.int()
 		case "admitted_ns":
-			r.AdmittedUnixNano, err = d.DecodeInt64()
+			res.AdmittedUnixNano, err = r.int()
 		case "completed_ns":
-			r.CompletedUnixNano, err = d.DecodeInt64()
+			res.CompletedUnixNano, err = r.int()
 		case "error":
-			var c byte
-			if c, err = d.PeekCode(); err != nil {
-				return err
+			if r.nilNext() {
+				return nil
 			}
-			if c == msgpcode.Nil {
-				return d.DecodeNil()
-			}
-			r.Error = &Error{}
-			err = r.Error.DecodeMsgpack(d)
+			res.Error = &Error{}
+			err = r.readError(res.Error)
 		case "items":
 			var n int
-			if n, err = d.DecodeArrayLen(); err != nil || n < 0 {
+			if n, err = r.arrayLen(); err != nil || n < 0 {
 				return err
 			}
-			r.Items = make([]Result, n)
-			for i := range r.Items {
-				if err = r.Items[i].DecodeMsgpack(d); err != nil {
+			res.Items = make([]Result, n)
+			for i := range res.Items {
+				if err = r.readResult(&res.Items[i], depth+1); err != nil {
 					return err
 				}
 			}
 		case "index":
-			r.Index, err = d.DecodeInt()
+			res.Index, err = r.intValue()
 		default:
-			err = d.Skip()
+			err = r.skip()
 		}
 		return err
 	})
+}
+
+// The msgpack/v5 hooks: one implementation, reached through the byte-level
+// code. A decoder hook reads the raw value first (a copy), so decoded
+// byte strings never share a buffer msgpack/v5 reuses.
+
+func encodeWith(e *msgpack.Encoder, b []byte) error {
+	_, err := e.Writer().Write(b)
+	return err
+}
+
+func decodeWith(d *msgpack.Decoder, read func(r *mpReader) error) error {
+	raw, err := d.DecodeRaw()
+	if err != nil {
+		return err
+	}
+	return read(&mpReader{b: raw})
+}
+
+// EncodeMsgpack writes t as its struct tags say.
+func (t *Tensor) EncodeMsgpack(e *msgpack.Encoder) error {
+	return encodeWith(e, appendTensor(nil, t))
+}
+
+// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
+func (t *Tensor) DecodeMsgpack(d *msgpack.Decoder) error {
+	return decodeWith(d, func(r *mpReader) error { return r.readTensor(t) })
+}
+
+// EncodeMsgpack writes v as its struct tags say.
+func (v *Visit) EncodeMsgpack(e *msgpack.Encoder) error { return encodeWith(e, appendVisit(nil, v)) }
+
+// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
+func (v *Visit) DecodeMsgpack(d *msgpack.Decoder) error {
+	return decodeWith(d, func(r *mpReader) error { return r.readVisit(v) })
+}
+
+// EncodeMsgpack writes it as its struct tags say.
+func (it *Item) EncodeMsgpack(e *msgpack.Encoder) error { return encodeWith(e, appendItem(nil, it)) }
+
+// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
+func (it *Item) DecodeMsgpack(d *msgpack.Decoder) error {
+	return decodeWith(d, func(r *mpReader) error { return r.readItem(it) })
+}
+
+// EncodeMsgpack writes e as its struct tags say.
+func (e *Envelope) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return encodeWith(enc, appendEnvelope(nil, e))
+}
+
+// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
+func (e *Envelope) DecodeMsgpack(d *msgpack.Decoder) error {
+	return decodeWith(d, func(r *mpReader) error { return r.readEnvelope(e) })
+}
+
+// EncodeMsgpack writes er as its struct tags say.
+func (er *Error) EncodeMsgpack(e *msgpack.Encoder) error { return encodeWith(e, appendError(nil, er)) }
+
+// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
+func (er *Error) DecodeMsgpack(d *msgpack.Decoder) error {
+	return decodeWith(d, func(r *mpReader) error { return r.readError(er) })
+}
+
+// EncodeMsgpack writes res as its struct tags say.
+func (res *Result) EncodeMsgpack(e *msgpack.Encoder) error {
+	return encodeWith(e, appendResult(nil, res))
+}
+
+// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
+func (res *Result) DecodeMsgpack(d *msgpack.Decoder) error {
+	return decodeWith(d, func(r *mpReader) error { return r.readResult(res, 0) })
 }

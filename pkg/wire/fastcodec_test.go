@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"reflect"
+	"runtime"
 	"testing"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -190,4 +191,92 @@ func normalizeItem(it Item) Item {
 		it.BestProbs = nil
 	}
 	return it
+}
+
+type shadowEnvelope struct {
+	V     int          `msgpack:"v"`
+	ID    string       `msgpack:"id"`
+	Items []shadowItem `msgpack:"items"`
+}
+
+// TestCodecWritesWhatReflectionWrites: the Codec's byte-level paths
+// (EncodeEnvelope, EncodeItem, EncodeResult and their decoders) write the
+// bytes reflection writes and read reflection's bytes back.
+func TestCodecWritesWhatReflectionWrites(t *testing.T) {
+	c := NewCodec()
+	in := FP32Tensor([]int64{1, 3}, []float32{0.25, 1, -3})
+	env := Envelope{ID: "e1", Items: []Item{
+		{ID: "a", Key: "k1", Pipeline: "p", Client: "c", Input: in, DeadlineUnixNano: 99, ReplyTo: "_INBOX.x", ReplyBatched: true, BatchIndex: 20},
+		{ID: "b", Pipeline: "p", Client: "c", Input: Tensor{Datatype: UINT8, Shape: []int64{3}, Data: []byte{}}, Durable: true,
+			Visits: []Visit{{Model: "m", Gear: "g", Confidence: 0.5, Label: 2}}, BestProbs: []float32{0.5, 0.5}},
+	}}
+	for _, e := range []Envelope{env, {ID: "empty"}} {
+		fast, err := c.EncodeEnvelope(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shadow := toShadow[shadowEnvelope](t, e)
+		slow, err := compact(&shadow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(fast) != string(slow) {
+			t.Errorf("envelope %s: bytes differ from reflection's\n fast %x\n slow %x", e.ID, fast, slow)
+		}
+		var back Envelope
+		if err := DecodeEnvelope(slow, &back); err != nil {
+			t.Fatal(err)
+		}
+		want := e
+		want.Items = nil
+		for _, it := range e.Items {
+			it.V = Version
+			want.Items = append(want.Items, normalizeItem(it))
+		}
+		if !reflect.DeepEqual(back, want) {
+			t.Errorf("envelope %s: decoded %+v, want %+v", e.ID, back, want)
+		}
+	}
+	it := env.Items[0]
+	fast, _ := c.EncodeItem(&it)
+	if slow, _ := msgpack.Marshal(&it); string(fast) != string(slow) {
+		t.Errorf("EncodeItem differs from the msgpack hook\n fast %x\n slow %x", fast, slow)
+	}
+	var backItem Item
+	if err := DecodeItem(fast, &backItem); err != nil || !reflect.DeepEqual(backItem, normalizeItem(it)) {
+		t.Errorf("DecodeItem = %+v (%v), want %+v", backItem, err, it)
+	}
+	res := Result{ID: "r", Pipeline: "p", Label: 3, Confidence: 0.75, Items: []Result{{ID: "x", Index: 1}}}
+	fast, _ = c.EncodeResult(&res)
+	shadow := toShadow[shadowResult](t, res)
+	if slow, _ := compact(&shadow); string(fast) != string(slow) {
+		t.Errorf("EncodeResult differs from reflection\n fast %x\n slow %x", fast, slow)
+	}
+	var backResult Result
+	if err := DecodeResult(fast, &backResult); err != nil || !reflect.DeepEqual(backResult, res) {
+		t.Errorf("DecodeResult = %+v (%v), want %+v", backResult, err, res)
+	}
+}
+
+// TestByteDecodersRefuseHugeClaims: a short message that claims a huge
+// array or string fails without allocating for the claim.
+func TestByteDecodersRefuseHugeClaims(t *testing.T) {
+	msgs := map[string][]byte{
+		"array32 of items":   {0x83, 0xa1, 'v', 0x02, 0xa2, 'i', 'd', 0xa0, 0xa5, 'i', 't', 'e', 'm', 's', 0xdd, 0x10, 0, 0, 0},
+		"str32 id":           {0x81, 0xa2, 'i', 'd', 0xdb, 0x7f, 0, 0, 0, 'x'},
+		"map32":              {0xdf, 0x7f, 0xff, 0xff, 0xff},
+		"nested unknown key": append([]byte{0x81, 0xa1, 'z'}, bytes.Repeat([]byte{0x91}, 100)...),
+	}
+	for name, b := range msgs {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		var e Envelope
+		if err := DecodeEnvelope(b, &e); err == nil {
+			t.Errorf("%s: decoded without error", name)
+		}
+		runtime.ReadMemStats(&after)
+		if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+			t.Errorf("%s: allocated %d bytes for a %d-byte message", name, n, len(b))
+		}
+	}
 }
