@@ -109,11 +109,15 @@ func (in *ingress) serveBatch(ctx context.Context, door string, req *wire.Reques
 	}
 	done := make([]bool, n)
 	pending := 0
-	var tickets []*ticket
+	// The items go to the coalescer together, one group per first model
+	// (a gear switch while they are admitted can change it).
+	var items []*wire.Item
 	var indexes []int
+	var tickets []*ticket
 	deadline := time.Time{}
+	first := ""
 	for i := range reqs {
-		it, first, err := in.prepare(admission{door: door, req: &reqs[i], start: start, replyTo: subject})
+		it, model, err := in.prepare(admission{door: door, req: &reqs[i], start: start, replyTo: subject})
 		if err != nil {
 			in.countRejected(door, err)
 			out.Items[i], done[i] = *in.itemError(req, err), true
@@ -123,8 +127,16 @@ func (in *ingress) serveBatch(ctx context.Context, door string, req *wire.Reques
 		if d := time.Unix(0, it.DeadlineUnixNano); d.After(deadline) {
 			deadline = d
 		}
-		tickets = append(tickets, in.envelopes.add(it, first))
+		if model != first && len(items) > 0 {
+			tickets = append(tickets, in.envelopes.addGroup(items, first)...)
+			items = nil
+		}
+		first = model
+		items = append(items, it)
 		indexes = append(indexes, i)
+	}
+	if len(items) > 0 {
+		tickets = append(tickets, in.envelopes.addGroup(items, first)...)
 	}
 	for k, tk := range tickets {
 		i := indexes[k]

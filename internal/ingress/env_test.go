@@ -238,6 +238,8 @@ func matchLabels(m *dto.Metric, labels []string) bool {
 type responder struct {
 	mu    sync.Mutex
 	items []*wire.Item
+	// envelopes holds the number of items of each envelope taken.
+	envelopes []int
 }
 
 func (e *testEnv) respond(t testing.TB, model string) *responder {
@@ -277,6 +279,9 @@ func (e *testEnv) respondAfter(t testing.TB, model string, gate <-chan struct{})
 					_ = msg.Term()
 					continue
 				}
+				r.mu.Lock()
+				r.envelopes = append(r.envelopes, len(env.Items))
+				r.mu.Unlock()
 				failed := false
 				for k := range env.Items {
 					it := &env.Items[k]

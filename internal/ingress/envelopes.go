@@ -23,8 +23,10 @@ import (
 // means an idle ingress adds no wait to a lone request, while under load
 // envelopes fill while the previous one is being stored.
 type coalescer struct {
-	in     *ingress
-	submit chan *ticket
+	in *ingress
+	// submit takes groups of tickets for one model: one item, or the
+	// items of one batched request, which travel together.
+	submit chan []*ticket
 	// inflight counts envelopes published and not yet acknowledged; acked
 	// wakes the loop when one is.
 	inflight atomic.Int64
@@ -66,19 +68,41 @@ func (t *ticket) wait() error {
 const itemOverhead = 256
 
 func newCoalescer(in *ingress) *coalescer {
-	return &coalescer{in: in, submit: make(chan *ticket, 4096), acked: make(chan struct{}, 1),
+	return &coalescer{in: in, submit: make(chan []*ticket, 4096), acked: make(chan struct{}, 1),
 		next: map[string]int{}, done: make(chan struct{}), stopped: make(chan struct{})}
 }
 
 // add queues an item for the first model's next envelope.
 func (c *coalescer) add(it *wire.Item, model string) *ticket {
-	t := &ticket{item: it, model: model, size: len(it.Input.Data) + itemOverhead, err: make(chan error, 1), stopped: c.stopped}
-	select {
-	case c.submit <- t:
-	case <-c.done:
-		t.err <- wire.Errorf(wire.CodeUnavailable, "ingress shutting down")
+	return c.addGroup([]*wire.Item{it}, model)[0]
+}
+
+// addGroup queues items (of one batched request) for model's next
+// envelope, together: they share an envelope as far as its limits allow,
+// instead of the first leaving alone while the rest are still being
+// admitted.
+func (c *coalescer) addGroup(items []*wire.Item, model string) []*ticket {
+	group := make([]*ticket, len(items))
+	for i, it := range items {
+		group[i] = &ticket{item: it, model: model, size: len(it.Input.Data) + itemOverhead, err: make(chan error, 1), stopped: c.stopped}
 	}
-	return t
+	select {
+	case c.submit <- group:
+	case <-c.done:
+		for _, t := range group {
+			t.err <- wire.Errorf(wire.CodeUnavailable, "ingress shutting down")
+		}
+	}
+	return group
+}
+
+// groupBytes is the approximate encoded size of a group's items.
+func groupBytes(group []*ticket) int {
+	n := 0
+	for _, t := range group {
+		n += t.size
+	}
+	return n
 }
 
 // run fills and publishes envelopes until ctx ends and every queued item
@@ -87,7 +111,7 @@ func (c *coalescer) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer close(c.stopped) // after every PubAck is answered
 	defer wg.Wait()
-	var carry *ticket // first item of the next envelope (another model)
+	var carry []*ticket // first group of the next envelope
 	for {
 		first := carry
 		carry = nil
@@ -99,26 +123,45 @@ func (c *coalescer) run(ctx context.Context) {
 				// Publish what is still queued: its callers are waiting.
 				for {
 					select {
-					case t := <-c.submit:
-						c.publish([]*ticket{t}, &wg)
+					case g := <-c.submit:
+						c.publishChunks(g, c.maxItems(g[0].model), &wg)
 					default:
 						return
 					}
 				}
 			}
 		}
-		batch, bytes := []*ticket{first}, first.size
-		maxItems := c.maxItems(first.model)
+		model := first[0].model
+		maxItems := c.maxItems(model)
+		// A group larger than an envelope leaves in full envelopes; its
+		// remainder starts the next.
+		if len(first) > maxItems {
+			full := len(first) - len(first)%maxItems
+			if full == len(first) {
+				full -= maxItems
+			}
+			c.publishChunks(first[:full], maxItems, &wg)
+			first = first[full:]
+		}
+		batch, bytes := first, groupBytes(first)
 		var timer *time.Timer
+		// take adds g to the envelope, or keeps it for the next one when
+		// it is for another model or does not fit; false: flush now.
+		take := func(g []*ticket) bool {
+			if g[0].model != model || len(batch)+len(g) > maxItems || bytes+groupBytes(g) > c.in.cfg.EnvelopeMaxBytes {
+				carry = g
+				return false
+			}
+			batch, bytes = append(batch, g...), bytes+groupBytes(g)
+			return true
+		}
 	fill:
 		for len(batch) < maxItems && bytes < c.in.cfg.EnvelopeMaxBytes {
 			select {
-			case t := <-c.submit:
-				if t.model != first.model {
-					carry = t
+			case g := <-c.submit:
+				if !take(g) {
 					break fill
 				}
-				batch, bytes = append(batch, t), bytes+t.size
 				continue
 			default:
 			}
@@ -126,15 +169,13 @@ func (c *coalescer) run(ctx context.Context) {
 				break // nothing being stored and nothing waiting: go now
 			}
 			if timer == nil {
-				timer = time.NewTimer(c.in.cfg.EnvelopeWait - c.in.now().Sub(time.Unix(0, first.item.AdmittedUnixNano)))
+				timer = time.NewTimer(c.in.cfg.EnvelopeWait - c.in.now().Sub(time.Unix(0, first[0].item.AdmittedUnixNano)))
 			}
 			select {
-			case t := <-c.submit:
-				if t.model != first.model {
-					carry = t
+			case g := <-c.submit:
+				if !take(g) {
 					break fill
 				}
-				batch, bytes = append(batch, t), bytes+t.size
 			case <-c.acked:
 			case <-timer.C:
 				break fill
@@ -146,6 +187,15 @@ func (c *coalescer) run(ctx context.Context) {
 			timer.Stop()
 		}
 		c.publish(batch, &wg)
+	}
+}
+
+// publishChunks publishes tickets as envelopes of at most n items.
+func (c *coalescer) publishChunks(tickets []*ticket, n int, wg *sync.WaitGroup) {
+	for len(tickets) > 0 {
+		k := min(n, len(tickets))
+		c.publish(tickets[:k], wg)
+		tickets = tickets[k:]
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -546,6 +547,31 @@ func TestRunRejectsBadDeps(t *testing.T) {
 // TestBatchedRequest: an input of shape [N, item shape] is N items, each
 // cascaded on its own, answered in one result with Items in input order; a
 // bad row gets its own typed error and its neighbours are answered.
+// TestBatchedRequestTravelsTogether: a batched request's items share
+// envelopes, filled up to the first stage's max batch (8 in gear
+// "accurate"), instead of the first item leaving alone while the others
+// are admitted.
+func TestBatchedRequestTravelsTogether(t *testing.T) {
+	e := startEnv(t, natsbus.TopologyConfig{})
+	e.ready(t, nil)
+	small := e.respond(t, "small")
+	nc := e.srv.Connect(t)
+	for _, n := range []int{6, 20} {
+		rows := make([]float32, 4*n)
+		req := &wire.Request{Input: wire.FP32Tensor([]int64{int64(n), 2, 2}, rows)}
+		res, _ := natsRequest(t, nc, encodeRequest(t, req), false)
+		if res.Error != nil || len(res.Items) != n {
+			t.Fatalf("batch of %d: %+v", n, res)
+		}
+	}
+	small.mu.Lock()
+	defer small.mu.Unlock()
+	// 6 items: one envelope; 20: 8 + 8, then the remaining 4.
+	if want := []int{6, 8, 8, 4}; !slices.Equal(small.envelopes, want) {
+		t.Errorf("envelope sizes %v, want %v", small.envelopes, want)
+	}
+}
+
 func TestBatchedRequest(t *testing.T) {
 	e := startEnv(t, natsbus.TopologyConfig{})
 	e.ready(t, nil)
