@@ -80,6 +80,17 @@ type RunSettings struct {
 	Concurrency     int     `json:"concurrency,omitempty"`
 	HalfLoadSeconds float64 `json:"half_load_seconds,omitempty"`
 	IdleRequests    int     `json:"idle_requests,omitempty"`
+	// RequestItems is the items per request of the load runs (1 or 0:
+	// one item per request); rates are items/s either way.
+	RequestItems int `json:"request_items,omitempty"`
+}
+
+// perRequest says how many items each load request carried.
+func (s RunSettings) perRequest() string {
+	if s.RequestItems > 1 {
+		return fmt.Sprintf("%d items per request", s.RequestItems)
+	}
+	return "one item per request"
 }
 
 // PlanCheck is the result of CheckPlan: the plan's predictions for one gear
@@ -267,9 +278,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 		tw.Flush()
 	}
 	if len(r.Pipelines) > 0 {
-		fmt.Fprintf(&b, "\nWhole pipeline, saturated: all-in-one system per gear (gear pinned), closed loop, %.0fs warm-up discarded + %.0fs measured\n",
-			r.Settings.WarmupSeconds, r.Settings.DurationSeconds)
-		fmt.Fprintln(tw, "GEAR\tCASCADE\tIN FLIGHT\tREQUESTS/S\tP50 MS\tP95 MS\tP99 MS\tACCURACY\tSTAGES/REQ\tANSWERED\tERRORS\tLOST")
+		fmt.Fprintf(&b, "\nWhole pipeline, saturated: all-in-one system per gear (gear pinned), closed loop, %s, %.0fs warm-up discarded + %.0fs measured\n",
+			r.Settings.perRequest(), r.Settings.WarmupSeconds, r.Settings.DurationSeconds)
+		fmt.Fprintln(tw, "GEAR\tCASCADE\tIN FLIGHT\tITEMS/S\tP50 MS\tP95 MS\tP99 MS\tACCURACY\tSTAGES/REQ\tANSWERED\tERRORS\tLOST")
 		for _, p := range r.Pipelines {
 			l := p.Load
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.2f%%\t%.2f\t%d\t%s\t%d\n", p.Gear, p.Cascade, l.Concurrency, l.Throughput,
@@ -287,7 +298,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 			parts = append(parts, fmt.Sprintf("%d requests one at a time (idle)", r.Settings.IdleRequests))
 		}
 		fmt.Fprintf(&b, "\nBelow saturation, same system: %s\n", strings.Join(parts, ", then "))
-		fmt.Fprintln(tw, "GEAR\tHALF LOAD REQ/S\tSERVED/S\tP50 MS\tP95 MS\tP99 MS\tERRORS\tLOST\tIDLE P50 MS\tIDLE P95 MS\tIDLE ERRORS")
+		fmt.Fprintln(tw, "GEAR\tHALF LOAD ITEMS/S\tSERVED/S\tP50 MS\tP95 MS\tP99 MS\tERRORS\tLOST\tIDLE P50 MS\tIDLE P95 MS\tIDLE ERRORS")
 		for _, p := range r.Pipelines {
 			half := []string{"-", "-", "-", "-", "-", "-", "-"}
 			if h := p.HalfLoad; h != nil {
@@ -303,7 +314,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		tw.Flush()
 	}
 	if len(r.Ratios) > 0 {
-		fmt.Fprintln(&b, "\nRatios (same run, same machine; one item per request)")
+		fmt.Fprintf(&b, "\nRatios (same run, same machine; %s)\n", r.Settings.perRequest())
 		hops := r.HopCeiling != nil
 		head := "GEAR\tPIPELINE ITEMS/S\tFETCH+ACK MSG/S\tPIPELINE ITEMS/S ÷ FETCH+ACK MSG/S\tIN-PROCESS REQ/S\tPIPELINE/IN-PROCESS"
 		if hops {

@@ -152,6 +152,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			ComputeSeconds: cfg.ComputeDuration.Seconds(), WarmupSeconds: cfg.Warmup.Seconds(),
 			DurationSeconds: cfg.Duration.Seconds(), Concurrency: cfg.Concurrency,
 			HalfLoadSeconds: max(cfg.HalfLoad.Seconds(), 0), IdleRequests: max(cfg.IdleRequests, 0),
+			RequestItems: cfg.RequestItems,
 		},
 	}
 	progress := func(format string, args ...any) {

@@ -184,16 +184,26 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 		}
 		return nil, err
 	}
-	connect := func(name, url string, opts ...nats.Option) (*nats.Conn, error) {
-		nc, err := natsbus.Connect(url, name, cfg.Logger.With("component", name), opts...)
+	// A service of the embedded server's process talks to it in memory,
+	// not over loopback TCP: fewer system calls per message. The callers'
+	// Conn stays on TCP, as a producer's would.
+	serviceOptions := func(url string) []nats.Option {
+		if s.Server != nil && url == s.URL {
+			return []nats.Option{nats.InProcessServer(s.Server)}
+		}
+		return nil
+	}
+	connect := func(name, url string) (*nats.Conn, error) {
+		nc, err := natsbus.Connect(url, name, cfg.Logger.With("component", name), serviceOptions(url)...)
 		if err == nil {
 			s.conns = append(s.conns, nc)
 		}
 		return nc, err
 	}
-	if s.Conn, err = connect("cascadeserve-client", s.URL, cfg.ClientOptions...); err != nil {
+	if s.Conn, err = natsbus.Connect(s.URL, "cascadeserve-client", cfg.Logger.With("component", "cascadeserve-client"), cfg.ClientOptions...); err != nil {
 		return fail(err)
 	}
+	s.conns = append(s.conns, s.Conn)
 	if s.JS, err = jetstream.New(s.Conn); err != nil {
 		return fail(err)
 	}
@@ -243,7 +253,8 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 		running: map[int]*runningWorker{}, errc: make(chan error, 1),
 		connect: func(name string) (*nats.Conn, error) {
 			// Not in s.conns: a worker's connection closes when it stops.
-			return natsbus.Connect(wkEnv["CASCADE_NATS_URL"], name, cfg.Logger.With("component", name))
+			url := wkEnv["CASCADE_NATS_URL"]
+			return natsbus.Connect(url, name, cfg.Logger.With("component", name), serviceOptions(url)...)
 		},
 	}
 	var wkConns []*nats.Conn
