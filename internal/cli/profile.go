@@ -73,6 +73,7 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	systemQPSList := fs.String("system-qps", "", "also measure the all-in-one system's CPU per request at these loads, comma-separated; the highest is kept (embedded MNIST ladder only; empty: skip)")
 	fitCPU := fs.Bool("system-fit", false, "with several --system-qps loads, fit CPU = idle + load × per-request overhead instead of keeping the highest per-request overhead")
+	curveCPU := fs.Bool("system-curve", true, "with several --system-qps loads, also write each load's overhead CPU as the profile's cpu_load curve, which the planner interpolates: the live path's CPU per request falls as envelopes and batches fill")
 	floorQPS := fs.Float64("floor-qps", 200, "with --system-qps, the low load at which the latency floor is measured (0: skip)")
 	systemTime := fs.Duration("system-duration", 10*time.Second, "timed length of the --system-qps run (after a 3s warm-up)")
 	systemRunners := fs.Int("runners", 2, "runners of the stage worker in the --system-qps run")
@@ -181,12 +182,16 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 			Batching:  plan.Batching{MaxBatch: *systemBatch, MaxDelayMs: float64(*systemDelay) / float64(time.Millisecond)},
 			Overheads: f.Overheads,
 			FitCPU:    *fitCPU,
+			Curve:     *curveCPU,
 		})
 		if err != nil {
 			return fmt.Errorf("profile: system: %w", err)
 		}
 		perRequest, idle := systemCPU(sysRes, *fitCPU)
 		f.RequestOverheadMs, f.IdleCPUMsPerS = roundSig4(perRequest), roundSig4(idle)
+		if *curveCPU {
+			f.CPULoad = cpuCurve(sysRes)
+		}
 		f.LatencyFloorMs = roundSig4(floor.FloorMs)
 		f.LatencyFloorP95Ms = roundSig4(floor.FloorP95Ms)
 	}
@@ -230,6 +235,9 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 			how = "a line fitted over the loads"
 		}
 		fmt.Fprintf(env.Stdout, "request overhead %.3g ms per request + %.3g ms per second (%s)\n", f.RequestOverheadMs, f.IdleCPUMsPerS, how)
+		if len(f.CPULoad) >= 2 {
+			fmt.Fprintf(env.Stdout, "overhead CPU curve (the planner interpolates it): %v\n", f.CPULoad)
+		}
 	}
 	if floor.QPS > 0 {
 		fmt.Fprintf(env.Stdout, "latency floor at %g req/s: measured p50/p95 %.3g/%.3g ms, simulated %.3g/%.3g ms: floor %.3g/%.3g ms\n",

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,6 +41,9 @@ type systemMeasurement struct {
 	// FitCPU reads the CPU per request as a line fitted over the loads
 	// (fitSystemCPU); without it, as the highest measured (worstSystemCPU).
 	FitCPU bool
+	// Curve: the overheads charged to the floor run's simulation include
+	// the loads' cpuCurve.
+	Curve bool
 	// Runners and Threads configure the one stage worker; Lib is its ONNX
 	// Runtime library (the process's) and WorkerEnv its provider settings.
 	Runners, Threads int
@@ -168,6 +172,9 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 	}
 	o := m.Overheads
 	o.RequestOverheadMs, o.IdleCPUMsPerS = systemCPU(results, m.FitCPU)
+	if m.Curve {
+		o.CPULoad = cpuCurve(results)
+	}
 	o.LatencyFloorMs, o.LatencyFloorP95Ms = 0, 0
 	sim, err := plan.Simulate(plan.SimConfig{
 		QPS:       m.FloorQPS,
@@ -194,6 +201,22 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 	fl.FloorMs = max(fl.MeasuredP50Ms-fl.SimulatedP50Ms, 0)
 	fl.FloorP95Ms = max(fl.MeasuredP95Ms-fl.SimulatedP95Ms, fl.FloorMs)
 	return results, fl, nil
+}
+
+// cpuCurve is the overhead's CPU time per second at each measured load, in
+// increasing load order (plan.Overheads.CPULoad); nil with fewer than two
+// loads.
+func cpuCurve(results []systemResult) []plan.CPUPoint {
+	if len(results) < 2 {
+		return nil
+	}
+	var pts []plan.CPUPoint
+	for _, r := range results {
+		pts = append(pts, plan.CPUPoint{QPS: r.QPS, CPUMsPerS: roundSig4(r.QPS * r.RequestOverheadMs)})
+	}
+	slices.SortFunc(pts, func(a, b plan.CPUPoint) int { return cmp.Compare(a.QPS, b.QPS) })
+	// Equal loads keep the first.
+	return slices.CompactFunc(pts, func(a, b plan.CPUPoint) bool { return a.QPS == b.QPS })
 }
 
 // systemCPU reads the request overhead and idle CPU from the results:

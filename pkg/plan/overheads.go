@@ -43,6 +43,15 @@ type Overheads struct {
 	// RequestOverheadMs to the system's CPU time at several loads; 0 when
 	// RequestOverheadMs carries all of it.
 	IdleCPUMsPerS float64 `json:"idle_cpu_ms_per_s,omitempty"`
+	// CPULoad, when it holds two or more points, replaces the line above:
+	// the overhead's CPU time per second measured at several loads (`profile
+	// --system-qps a,b,c,...`), read between points by linear
+	// interpolation, below the first along the line from (0,
+	// IdleCPUMsPerS), and above the last along the last segment. The live
+	// path amortises its per-request costs as envelopes and batches fill, so
+	// its CPU per request falls with the load; a constant per-request cost
+	// measured at one load puts the capacity far too low (or too high).
+	CPULoad []CPUPoint `json:"cpu_load,omitempty"`
 	// LatencyFloorMs and LatencyFloorP95Ms are the median and 95th
 	// percentile of a latency every request carries on top of the modelled
 	// path, in ms, without occupying any runner: the live system's client,
@@ -54,6 +63,35 @@ type Overheads struct {
 	// are equal or the p95 is 0).
 	LatencyFloorMs    float64 `json:"latency_floor_ms,omitempty"`
 	LatencyFloorP95Ms float64 `json:"latency_floor_p95_ms,omitempty"`
+}
+
+// CPUPoint is the overhead's CPU time per second (ms/s, the model's compute
+// taken out) measured at a load of QPS requests/s.
+type CPUPoint struct {
+	QPS       float64 `json:"qps"`
+	CPUMsPerS float64 `json:"cpu_ms_per_s"`
+}
+
+// OverheadCPUMsPerS is the CPU time per second, in ms, that the overhead
+// takes at a load of q requests/s: from CPULoad when it has two points or
+// more, else q × RequestOverheadMs + IdleCPUMsPerS.
+func (o Overheads) OverheadCPUMsPerS(q float64) float64 {
+	pts := o.CPULoad
+	if len(pts) < 2 {
+		return q*o.RequestOverheadMs + o.IdleCPUMsPerS
+	}
+	if q <= pts[0].QPS {
+		first := pts[0]
+		return o.IdleCPUMsPerS + (first.CPUMsPerS-o.IdleCPUMsPerS)*max(q, 0)/first.QPS
+	}
+	for k := 1; k < len(pts); k++ {
+		a, b := pts[k-1], pts[k]
+		if q <= b.QPS || k == len(pts)-1 {
+			slope := max((b.CPUMsPerS-a.CPUMsPerS)/(b.QPS-a.QPS), 0)
+			return max(a.CPUMsPerS+slope*(q-a.QPS), 0)
+		}
+	}
+	return 0 // not reached
 }
 
 // problems lists what is wrong with the overheads, one error each, named
@@ -76,6 +114,15 @@ func (o Overheads) problems() []error {
 	}
 	if err := validFloor(o.LatencyFloorMs, o.LatencyFloorP95Ms); err != nil {
 		errs = append(errs, err)
+	}
+	for k, p := range o.CPULoad {
+		finite := !math.IsNaN(p.QPS) && !math.IsInf(p.QPS, 0) && !math.IsNaN(p.CPUMsPerS) && !math.IsInf(p.CPUMsPerS, 0)
+		switch {
+		case !finite || p.QPS <= 0 || p.CPUMsPerS < 0:
+			errs = append(errs, fmt.Errorf("cpu_load[%d]: qps must be > 0 and cpu_ms_per_s >= 0, got %v and %v", k, p.QPS, p.CPUMsPerS))
+		case k > 0 && p.QPS <= o.CPULoad[k-1].QPS:
+			errs = append(errs, fmt.Errorf("cpu_load[%d]: loads must increase, got %v after %v", k, p.QPS, o.CPULoad[k-1].QPS))
+		}
 	}
 	return errs
 }

@@ -861,7 +861,7 @@ func (cfg *PlannerConfig) itemCost(model string, b int) float64 {
 // requestShare is the share of the capacity's cores that the profile's
 // per-request overhead takes at load q (see SimConfig.RequestOverheadMs).
 func (cfg *PlannerConfig) requestShare(q float64) float64 {
-	return (q*cfg.Profile.RequestOverheadMs + cfg.Profile.IdleCPUMsPerS) / 1000 / float64(cfg.Capacity)
+	return cfg.Profile.OverheadCPUMsPerS(q) / 1000 / float64(cfg.Capacity)
 }
 
 // canKeepUp is the compute check: even if every batch were full, would

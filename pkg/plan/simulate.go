@@ -141,7 +141,7 @@ func (c SimConfig) validate() error {
 	}
 	errs = append(errs, c.Overheads.problems()...)
 	if rho := c.requestShare(); rho >= 1 {
-		bad("request overhead %vms at %v qps needs %.3g of the %d runners' cores, more than all of them", c.RequestOverheadMs, c.QPS, rho, c.totalRunners())
+		bad("the request overhead at %v qps (%.4g ms of CPU per second) needs %.3g of the %d runners' cores, more than all of them", c.QPS, c.OverheadCPUMsPerS(c.QPS), rho, c.totalRunners())
 	}
 	if len(c.Stages) == 0 {
 		bad("no stages")
@@ -211,7 +211,7 @@ func (c SimConfig) requestShare() float64 {
 	if n < 1 {
 		return 0
 	}
-	return (c.QPS*c.RequestOverheadMs + c.IdleCPUMsPerS) / 1000 / float64(n)
+	return c.OverheadCPUMsPerS(c.QPS) / 1000 / float64(n)
 }
 
 // Simulate runs a discrete-event simulation of the pipeline and returns its
