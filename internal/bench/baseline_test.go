@@ -54,7 +54,7 @@ func TestWithBaselineGearAddsAValidSingleModelGear(t *testing.T) {
 		t.Errorf("gear %s %+v, want a fresh id and the model's batch 48", id, d.Gears[0].Cascade)
 	}
 
-	if _, err := baselineModel(p, "resnet"); err == nil {
+	if _, err := baselineModel(p, "no-such-model"); err == nil {
 		t.Error("a model outside the ladder was accepted")
 	}
 	if m, err := baselineModel(p, "mlp"); err != nil || m != "mlp" {

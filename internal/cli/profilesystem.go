@@ -128,6 +128,8 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 		return loadgen.Run(ctx, sys.Conn, loadgen.Config{
 			Pipeline: sys.Plan.Pipeline, Items: images, Schedule: loadgen.Constant(qps),
 			Duration: d, Timeout: 2 * time.Second, Seed: seed, Client: "profile",
+			// As bench sends them: 8-bit pixels when the plan takes them.
+			UINT8Scale: sys.Plan.Input.UINT8Scale,
 		})
 	}
 	var results []systemResult

@@ -127,7 +127,10 @@ func TestUpOnCUDAWithoutAGPU(t *testing.T) {
 	defer cancel()
 	stdout, _, err := runWithOutputContext(ctx, "up", "--data", t.TempDir(), "--port", "-1", "--monitor-port", "0",
 		"--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--provider", "cuda", "--cuda-tf32", "false",
-		"--set", "ONNXRUNTIME_LIB="+lib)
+		"--set", "ONNXRUNTIME_LIB="+lib,
+		// The built-in plan was profiled on the CPU: without this the
+		// worker refuses it for that reason, before it tries CUDA.
+		"--set", "WORKER_ALLOW_PROVIDER_MISMATCH=true")
 	if !errors.Is(err, onnxrt.ErrProviderUnavailable) || !strings.Contains(err.Error(), "provider cuda") {
 		t.Fatalf("up --provider cuda = %v, want ErrProviderUnavailable naming the provider", err)
 	}
