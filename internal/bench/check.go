@@ -12,6 +12,8 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/simulate"
 )
 
 // CheckConfig configures CheckPlan. Zero values take the defaults in the
@@ -104,7 +106,7 @@ func (c *CheckConfig) defaults() error {
 //     (test replay vs validation replay).
 //   - latency: Poisson arrivals at fractions of the gear's capacity; the
 //     measured p95 against the simulator's p95 for the gear at that rate
-//     (plan.PredictP95: the plan's profiles, runner shares, hop overhead
+//     (simulate.PredictP95: the plan's profiles, runner shares, hop overhead
 //     and the gear's predicted reach).
 //
 // Misses are reported, not returned as errors.
@@ -150,8 +152,8 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 	// The predictions are made before anything runs.
 	for _, f := range cfg.Fractions {
 		qps := f * capacity
-		// The planner's default simulation settings (plan.PredictP95).
-		sim, err := p.SimulateGear(gi, qps, plan.GearSimOptions{})
+		// The planner's default simulation settings (simulate.PredictP95).
+		sim, err := simulate.Gear(p, gi, qps, simulate.GearOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("predict p95 of gear %s at %.0f/s: %w", g.ID, qps, err)
 		}
@@ -216,7 +218,7 @@ func replayAccuracy(p *plan.Plan, g plan.Gear, load func() (*plan.Replay, error)
 	for _, m := range p.Models {
 		temps[m.Name] = m.Temperature
 	}
-	ev, err := plan.NewEvaluator(r, plan.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
+	ev, err := planner.NewEvaluator(r, planner.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
 	if err != nil {
 		return nil
 	}

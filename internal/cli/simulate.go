@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/simulate"
 )
 
 const simulateUsage = `simulate --plan FILE [--scale K] [--duration 10s] [--qps LOADS] [flags]
@@ -111,7 +112,7 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 		}
 		load := r.qps * *scale
 		requests := int(math.Min(math.Max(load*duration.Seconds(), 1000), maxSimRequests))
-		res, err := p.SimulateGear(r.gear, load, plan.GearSimOptions{Requests: requests, Seed: *seed, RunnerScale: *scale, MaxQueue: *maxQueue})
+		res, err := simulate.Gear(p, r.gear, load, simulate.GearOptions{Requests: requests, Seed: *seed, RunnerScale: *scale, MaxQueue: *maxQueue})
 		if err != nil {
 			return fmt.Errorf("simulate gear %s at %v qps: %w", p.Gears[r.gear].ID, load, err)
 		}
@@ -176,8 +177,8 @@ type simulateRun struct {
 	// Accuracy is the gear's predicted accuracy (0..1).
 	Accuracy float64 `json:"accuracy"`
 	// MeetsSLO: p95 within the plan's SLO and nothing dropped.
-	MeetsSLO bool           `json:"meets_slo"`
-	Result   plan.SimResult `json:"result"`
+	MeetsSLO bool            `json:"meets_slo"`
+	Result   simulate.Result `json:"result"`
 }
 
 // parseLoads parses "a,b,c" or "MIN:MAX:N".

@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // FormatVersion is the version of the plan file format this build reads and
@@ -221,6 +223,21 @@ type Stage struct {
 	MaxBatch int `json:"max_batch,omitempty"`
 }
 
+// CascadeString writes a cascade compactly, e.g. "mlp@0.91>cnn".
+func CascadeString(stages []Stage) string {
+	var b strings.Builder
+	for j, s := range stages {
+		if j > 0 {
+			b.WriteByte('>')
+		}
+		b.WriteString(s.Model)
+		if j < len(stages)-1 {
+			fmt.Fprintf(&b, "@%.4g", s.Threshold)
+		}
+	}
+	return b.String()
+}
+
 // Batching are the settings of a worker's pull: at most MaxBatch items,
 // waiting at most MaxDelayMs for the batch to fill.
 type Batching struct {
@@ -344,6 +361,16 @@ func (g Gear) MaxBatch(model string) int {
 	return max(g.Batching.MaxBatch, 1)
 }
 
+// RunnerCount returns how many runners of the plan's capacity a model gets
+// in the gear: its share × capacity, rounded, at least 1 for a model of the
+// cascade and 0 for any other.
+func (g Gear) RunnerCount(model string, capacity int) int {
+	if _, ok := g.StageOf(model); !ok {
+		return 0
+	}
+	return max(1, int(math.Round(g.Runners[model]*float64(capacity))))
+}
+
 // MaxPartitions bounds Plan.Partitions.
 const MaxPartitions = 64
 
@@ -465,7 +492,7 @@ func (p *Plan) Validate() error {
 	if p.Version != FormatVersion {
 		bad("version is %d, this build reads version %d", p.Version, FormatVersion)
 	}
-	if !validName(p.Pipeline) {
+	if !wire.ValidName(p.Pipeline) {
 		bad("pipeline %q must be 1-32 characters of a-z, 0-9, '-' or '_'", p.Pipeline)
 	}
 	if !(p.SLO.P95Ms > 0) {
@@ -501,11 +528,11 @@ func (p *Plan) Validate() error {
 	if p.Input.UINT8Scale < 0 {
 		bad("input.uint8_scale must be >= 0")
 	}
-	errs = append(errs, p.Overheads.problems()...)
+	errs = append(errs, p.Overheads.Validate())
 
 	models := map[string]bool{}
 	for i, m := range p.Models {
-		if !validName(m.Name) || strings.Contains(m.Name, "__") {
+		if !wire.ValidName(m.Name) || strings.Contains(m.Name, "__") {
 			bad("models[%d].name %q must be 1-32 characters of a-z, 0-9, '-' or '_', without \"__\" (it separates a queue's partitions)", i, m.Name)
 		}
 		if models[m.Name] {
@@ -521,7 +548,7 @@ func (p *Plan) Validate() error {
 		if len(m.Profile.Points) == 0 {
 			bad("model %q has no profile points", m.Name)
 		}
-		if m.Profile.Provider != "" && !validName(m.Profile.Provider) {
+		if m.Profile.Provider != "" && !wire.ValidName(m.Profile.Provider) {
 			bad("model %q: profile provider %q must be a provider name such as cpu or cuda", m.Name, m.Profile.Provider)
 		}
 		for j, pt := range m.Profile.Points {
@@ -556,7 +583,7 @@ func (p *Plan) Validate() error {
 	ids := map[string]bool{}
 	for i, g := range p.Gears {
 		where := fmt.Sprintf("gear %d (%q)", i, g.ID)
-		if !validName(g.ID) {
+		if !wire.ValidName(g.ID) {
 			bad("%s: id must be 1-32 characters of a-z, 0-9, '-' or '_'", where)
 		}
 		if ids[g.ID] {
@@ -641,13 +668,4 @@ func (p *Plan) Validate() error {
 		return fmt.Errorf("%w:\n%w", ErrInvalidPlan, err)
 	}
 	return nil
-}
-
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > 32 {
-		return false
-	}
-	return strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
-	}) < 0
 }

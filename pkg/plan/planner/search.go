@@ -1,4 +1,4 @@
-package plan
+package planner
 
 import (
 	"cmp"
@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 // Threshold grid spacings.
@@ -56,12 +58,12 @@ func (o SearchOptions) withDefaults() SearchOptions {
 
 // Candidate is one cascade of the search with its replay evaluation.
 type Candidate struct {
-	Stages []Stage `json:"stages"`
+	Stages []plan.Stage `json:"stages"`
 	Evaluation
 }
 
 // String writes the cascade compactly.
-func (c Candidate) String() string { return CascadeString(c.Stages) }
+func (c Candidate) String() string { return plan.CascadeString(c.Stages) }
 
 // Thresholds returns the threshold grid for a model, ascending and without
 // duplicates.
@@ -302,9 +304,9 @@ func (sr *SearchResult) candidates(ids []int32) ([]Candidate, error) {
 	out := make([]Candidate, 0, len(ids))
 	for _, id := range ids {
 		rec := sr.records[id]
-		stages := []Stage{{Model: sr.e.ladder[rec.last]}}
+		stages := []plan.Stage{{Model: sr.e.ladder[rec.last]}}
 		for nd := rec.node; nd >= 0; nd = sr.nodes[nd].parent {
-			stages = append(stages, Stage{Model: sr.e.ladder[sr.nodes[nd].model], Threshold: sr.nodes[nd].threshold})
+			stages = append(stages, plan.Stage{Model: sr.e.ladder[sr.nodes[nd].model], Threshold: sr.nodes[nd].threshold})
 		}
 		slices.Reverse(stages)
 		ev, err := sr.e.Evaluate(stages)
@@ -312,7 +314,7 @@ func (sr *SearchResult) candidates(ids []int32) ([]Candidate, error) {
 			return nil, err
 		}
 		if ev.Correct != int(rec.correct) {
-			return nil, fmt.Errorf("internal error: search counted %d correct for %s, evaluation %d", rec.correct, CascadeString(stages), ev.Correct)
+			return nil, fmt.Errorf("internal error: search counted %d correct for %s, evaluation %d", rec.correct, plan.CascadeString(stages), ev.Correct)
 		}
 		out = append(out, Candidate{Stages: stages, Evaluation: ev})
 	}
@@ -401,7 +403,7 @@ func (s *searcher) expand(depth int, node int32, lastModel int, reach []int32, c
 			lo, hi := 0, len(sorted)
 			for lo < hi {
 				mid := int(uint(lo+hi) >> 1)
-				if !Answers(conf[sorted[mid]], t, false) {
+				if !plan.Answers(conf[sorted[mid]], t, false) {
 					lo = mid + 1
 				} else {
 					hi = mid

@@ -1,4 +1,4 @@
-package plan
+package planner
 
 import (
 	"cmp"
@@ -10,6 +10,11 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/simulate"
+
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Planner modes.
@@ -29,10 +34,10 @@ const (
 	SpacingLog    = "log"
 )
 
-// Errors of MakePlan that callers branch on.
+// Errors of Make that callers branch on.
 var (
-	// ErrPlannerConfig marks an invalid planner configuration.
-	ErrPlannerConfig = errors.New("invalid planner config")
+	// ErrConfig marks an invalid planner configuration.
+	ErrConfig = errors.New("invalid planner config")
 	// ErrModelNotProfiled marks a ladder model missing from the profile.
 	ErrModelNotProfiled = errors.New("model not in profile")
 	// ErrInfeasible marks a plan that cannot exist: not even the cheapest
@@ -42,11 +47,11 @@ var (
 	ErrAccuracyUnreachable = errors.New("accuracy target unreachable")
 	// ErrAccuracyGap marks a max-accuracy plan whose most accurate gear
 	// falls far below the ladder's most accurate model alone (see
-	// PlannerConfig.MaxAccuracyGap).
+	// Config.MaxAccuracyGap).
 	ErrAccuracyGap = errors.New("best gear far below the best model")
 )
 
-// DefaultMaxAccuracyGap is PlannerConfig.MaxAccuracyGap's default: 5 points.
+// DefaultMaxAccuracyGap is Config.MaxAccuracyGap's default: 5 points.
 const DefaultMaxAccuracyGap = 0.05
 
 // LoadRange is the range of intake rates the plan covers, cut into buckets.
@@ -66,12 +71,12 @@ type LoadRange struct {
 // Edges returns the bucket upper edges, ascending.
 func (l LoadRange) Edges() ([]float64, error) {
 	if !(l.MinQPS > 0) || !(l.MaxQPS >= l.MinQPS) || math.IsInf(l.MaxQPS, 0) {
-		return nil, fmt.Errorf("%w: load range %v:%v must have 0 < min <= max", ErrPlannerConfig, l.MinQPS, l.MaxQPS)
+		return nil, fmt.Errorf("%w: load range %v:%v must have 0 < min <= max", ErrConfig, l.MinQPS, l.MaxQPS)
 	}
 	if l.StepQPS > 0 {
 		n := math.Ceil((l.MaxQPS-l.MinQPS)/l.StepQPS) + 1
 		if n > 100_000 {
-			return nil, fmt.Errorf("%w: step %v gives %.0f buckets (at most 100000)", ErrPlannerConfig, l.StepQPS, n)
+			return nil, fmt.Errorf("%w: step %v gives %.0f buckets (at most 100000)", ErrConfig, l.StepQPS, n)
 		}
 		var out []float64
 		for q := l.MinQPS; q < l.MaxQPS; q += l.StepQPS {
@@ -84,7 +89,7 @@ func (l LoadRange) Edges() ([]float64, error) {
 		n = 40
 	}
 	if n < 1 || n > 100_000 {
-		return nil, fmt.Errorf("%w: buckets must be in [1,100000], got %d", ErrPlannerConfig, n)
+		return nil, fmt.Errorf("%w: buckets must be in [1,100000], got %d", ErrConfig, n)
 	}
 	if n == 1 || l.MinQPS == l.MaxQPS {
 		return []float64{l.MaxQPS}, nil
@@ -98,7 +103,7 @@ func (l LoadRange) Edges() ([]float64, error) {
 		case SpacingLog:
 			out[i] = l.MinQPS * math.Pow(l.MaxQPS/l.MinQPS, f)
 		default:
-			return nil, fmt.Errorf("%w: load spacing %q is not %q or %q", ErrPlannerConfig, l.Spacing, SpacingLinear, SpacingLog)
+			return nil, fmt.Errorf("%w: load spacing %q is not %q or %q", ErrConfig, l.Spacing, SpacingLinear, SpacingLog)
 		}
 		out[i] = roundSig(out[i], 6)
 	}
@@ -114,19 +119,19 @@ type LadderModel struct {
 	File string
 }
 
-// PlannerConfig is everything MakePlan needs. Zero values take the
+// Config is everything Make needs. Zero values take the
 // documented defaults.
-type PlannerConfig struct {
+type Config struct {
 	Pipeline    string
 	Description string
 	// Input describes one item; Classes defaults to the replay's.
-	Input Input
+	Input plan.Input
 	// Ladder lists the models cheapest first (default: the replay's order).
 	Ladder []LadderModel
 	// Replay has every ladder model's probabilities on the validation set.
-	Replay *Replay
+	Replay *plan.Replay
 	// Profile has every ladder model's latency per batch size.
-	Profile *ProfileFile
+	Profile *plan.ProfileFile
 	// SLOP95Ms is the p95 latency objective in ms.
 	SLOP95Ms float64
 	// Capacity is the number of runners.
@@ -143,7 +148,7 @@ type PlannerConfig struct {
 	TargetAccuracy float64
 	// MaxAccuracyGap is how far (a fraction of the items: 0.05 is 5
 	// points) the most accurate gear of a max-accuracy plan may fall below
-	// the ladder's most accurate model alone; beyond it MakePlan refuses
+	// the ladder's most accurate model alone; beyond it Make refuses
 	// the plan with ErrAccuracyGap and the cause (that model too slow for
 	// the SLO, or too costly for the capacity at the lowest load). 0 means
 	// DefaultMaxAccuracyGap; negative: no check.
@@ -187,7 +192,7 @@ type PlannerConfig struct {
 	// gear that would drop requests is infeasible.
 	MaxQueue int
 	// Hysteresis goes into the plan (default DefaultHysteresis()).
-	Hysteresis Hysteresis
+	Hysteresis plan.Hysteresis
 	// Parallelism bounds concurrent simulations (default GOMAXPROCS).
 	Parallelism int
 	// Now returns the current time for the planner's timing (default
@@ -195,9 +200,9 @@ type PlannerConfig struct {
 	Now func() time.Time
 }
 
-// PlanResult is a plan with what the planner found on the way.
-type PlanResult struct {
-	Plan *Plan
+// Result is a plan with what the planner found on the way.
+type Result struct {
+	Plan *plan.Plan
 	// Front is the accuracy-versus-cost Pareto front, most accurate first.
 	Front []Candidate
 	// Candidates are the cascades the planner walked: the fronts of every
@@ -215,17 +220,17 @@ type PlanResult struct {
 // BucketChoice is what the planner chose for one load bucket.
 type BucketChoice struct {
 	QPS float64 `json:"qps"`
-	// Candidate indexes PlanResult.Candidates; -1 when no gear is feasible.
+	// Candidate indexes Result.Candidates; -1 when no gear is feasible.
 	Candidate int                `json:"candidate"`
-	Batching  Batching           `json:"batching"`
+	Batching  plan.Batching      `json:"batching"`
 	Runners   map[string]float64 `json:"runners"`
-	Sim       SimResult          `json:"sim"`
+	Sim       simulate.Result    `json:"sim"`
 }
 
 // Feasible reports whether a gear meets the SLO in this bucket.
 func (b BucketChoice) Feasible() bool { return b.Candidate >= 0 }
 
-func (cfg *PlannerConfig) defaults() {
+func (cfg *Config) defaults() {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeMaxAccuracy
 	}
@@ -233,10 +238,10 @@ func (cfg *PlannerConfig) defaults() {
 		cfg.MaxAccuracyGap = DefaultMaxAccuracyGap
 	}
 	if cfg.RunnerPool == "" {
-		cfg.RunnerPool = RunnerPoolShared
+		cfg.RunnerPool = plan.RunnerPoolShared
 	}
 	if cfg.Metric == "" {
-		cfg.Metric = MetricMargin
+		cfg.Metric = plan.MetricMargin
 	}
 	if cfg.CostBatch == 0 {
 		cfg.CostBatch = 8
@@ -261,8 +266,8 @@ func (cfg *PlannerConfig) defaults() {
 	if cfg.Seed == 0 {
 		cfg.Seed = 1
 	}
-	if cfg.Hysteresis == (Hysteresis{}) {
-		cfg.Hysteresis = DefaultHysteresis()
+	if cfg.Hysteresis == (plan.Hysteresis{}) {
+		cfg.Hysteresis = plan.DefaultHysteresis()
 	}
 	if cfg.Parallelism <= 0 {
 		cfg.Parallelism = runtime.GOMAXPROCS(0)
@@ -290,29 +295,29 @@ func (cfg *PlannerConfig) defaults() {
 
 // validate reports every configuration problem; replay and profile problems
 // keep their own sentinels.
-func (cfg *PlannerConfig) validate() error {
+func (cfg *Config) validate() error {
 	var errs []error
 	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrPlannerConfig}, args...)...))
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...))
 	}
 	if cfg.Replay == nil {
-		errs = append(errs, fmt.Errorf("%w: no replay", ErrBadReplay))
+		errs = append(errs, fmt.Errorf("%w: no replay", plan.ErrBadReplay))
 	} else if err := cfg.Replay.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.Profile == nil {
-		errs = append(errs, fmt.Errorf("%w: no profile", ErrBadProfile))
+		errs = append(errs, fmt.Errorf("%w: no profile", plan.ErrBadProfile))
 	} else if err := cfg.Profile.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if !validName(cfg.Pipeline) {
+	if !wire.ValidName(cfg.Pipeline) {
 		bad("pipeline %q must be 1-32 characters of a-z, 0-9, '-' or '_'", cfg.Pipeline)
 	}
 	if !(cfg.SLOP95Ms > 0) || math.IsInf(cfg.SLOP95Ms, 0) {
 		bad("slo p95 must be > 0 ms, got %v", cfg.SLOP95Ms)
 	}
-	if !slices.Contains(RunnerPools(), cfg.RunnerPool) {
-		bad("runner pool %q is not one of %v", cfg.RunnerPool, RunnerPools())
+	if !slices.Contains(plan.RunnerPools(), cfg.RunnerPool) {
+		bad("runner pool %q is not one of %v", cfg.RunnerPool, plan.RunnerPools())
 	}
 	if cfg.Capacity < 1 {
 		bad("capacity must be >= 1 runner, got %d", cfg.Capacity)
@@ -329,8 +334,8 @@ func (cfg *PlannerConfig) validate() error {
 	default:
 		bad("mode %q is not %q or %q", cfg.Mode, ModeMaxAccuracy, ModeMinCost)
 	}
-	if !slices.Contains(Metrics(), cfg.Metric) {
-		bad("confidence metric %q is not one of %v", cfg.Metric, Metrics())
+	if !slices.Contains(plan.Metrics(), cfg.Metric) {
+		bad("confidence metric %q is not one of %v", cfg.Metric, plan.Metrics())
 	}
 	if cfg.CostBatch < 1 {
 		bad("cost batch must be >= 1, got %d", cfg.CostBatch)
@@ -362,7 +367,7 @@ func (cfg *PlannerConfig) validate() error {
 	}
 	seen := map[string]bool{}
 	for _, m := range cfg.Ladder {
-		if !validName(m.Name) {
+		if !wire.ValidName(m.Name) {
 			bad("model name %q must be 1-32 characters of a-z, 0-9, '-' or '_'", m.Name)
 		}
 		if seen[m.Name] {
@@ -371,7 +376,7 @@ func (cfg *PlannerConfig) validate() error {
 		seen[m.Name] = true
 		if cfg.Replay != nil {
 			if _, ok := cfg.Replay.Probs[m.Name]; !ok {
-				errs = append(errs, fmt.Errorf("%w: model %q not in replay (have %v)", ErrBadReplay, m.Name, cfg.Replay.Models))
+				errs = append(errs, fmt.Errorf("%w: model %q not in replay (have %v)", plan.ErrBadReplay, m.Name, cfg.Replay.Models))
 			}
 		}
 		if cfg.Profile != nil {
@@ -392,20 +397,20 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-// MakePlan runs the offline planner: it replays every cascade of the ladder,
+// Make runs the offline planner: it replays every cascade of the ladder,
 // keeps the accuracy-versus-cost Pareto front, and for every load bucket
 // picks the gear the mode asks for among those whose simulated p95 meets the
 // SLO with every model's utilisation within the headroom, searching batch
 // size, max delay, and splitting runners among the cascade's models in
 // proportion to their demand (reach × cost). More load never gets a more
 // expensive gear. Adjacent buckets with the same gear are merged.
-func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
+func Make(ctx context.Context, cfg Config) (*Result, error) {
 	cfg.defaults()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("make plan: %w", err)
 	}
 	start := cfg.Now()
-	res := &PlanResult{}
+	res := &Result{}
 
 	names := make([]string, len(cfg.Ladder))
 	costs := map[string]float64{}
@@ -453,7 +458,7 @@ func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
 	}
 
 	edges, _ := cfg.Load.Edges()
-	pl := &planner{cfg: &cfg, ctx: ctx, cands: cands, edges: edges, checked: map[checkKey]*gearChoice{}, simCache: map[simKey]SimResult{}}
+	pl := &walker{cfg: &cfg, ctx: ctx, cands: cands, edges: edges, checked: map[checkKey]*gearChoice{}, simCache: map[simKey]simulate.Result{}}
 	// Walk the loads upwards. Each bucket takes the first feasible candidate
 	// in walk order at or after the previous bucket's, no more expensive
 	// than it: more load never gets a more expensive (or, in max-accuracy
@@ -509,7 +514,7 @@ func MakePlan(ctx context.Context, cfg PlannerConfig) (*PlanResult, error) {
 // checkAccuracyGap refuses a max-accuracy plan whose most accurate gear is
 // more than MaxAccuracyGap below the ladder's most accurate model alone,
 // naming why that model is out of every gear.
-func (pl *planner) checkAccuracyGap(res *PlanResult, ev *Evaluator, ladder []string) error {
+func (pl *walker) checkAccuracyGap(res *Result, ev *Evaluator, ladder []string) error {
 	cfg := pl.cfg
 	if cfg.Mode != ModeMaxAccuracy || cfg.MaxAccuracyGap < 0 {
 		return nil
@@ -549,15 +554,15 @@ func (pl *planner) checkAccuracyGap(res *PlanResult, ev *Evaluator, ladder []str
 		ErrAccuracyGap, pl.cands[gear], 100*gearAcc, 100*(bestAcc-gearAcc), bestModel, 100*bestAcc, 100*cfg.MaxAccuracyGap, cause)
 }
 
-type planner struct {
-	cfg   *PlannerConfig
+type walker struct {
+	cfg   *Config
 	ctx   context.Context
 	cands []Candidate
 	edges []float64
 	// checked keeps each feasibility answer: the gear, or nil.
 	checked map[checkKey]*gearChoice
 	// simCache keeps every simulation, so look-ahead runs are reused.
-	simCache map[simKey]SimResult
+	simCache map[simKey]simulate.Result
 	// runners[cand] caches the runner split of a candidate.
 	runners map[int][]int
 	sims    int
@@ -572,9 +577,9 @@ type checkKey struct {
 // load, with the simulation that showed it.
 type gearChoice struct {
 	cand     int
-	batching Batching
+	batching plan.Batching
 	runners  []int // per stage
-	sim      SimResult
+	sim      simulate.Result
 	p95Max   float64
 }
 
@@ -586,7 +591,7 @@ func (g *gearChoice) sameGear(o *gearChoice) bool {
 // runner, then each further runner goes to the stage with the highest
 // demand per runner (reach × cost / runners), the highest-averages method.
 // It is house-monotone: more capacity never takes a runner from a stage.
-func (pl *planner) split(cand int) []int {
+func (pl *walker) split(cand int) []int {
 	if r, ok := pl.runners[cand]; ok {
 		return r
 	}
@@ -619,7 +624,7 @@ func (pl *planner) split(cand int) []int {
 	return r
 }
 
-func (pl *planner) shares(g *gearChoice) map[string]float64 {
+func (pl *walker) shares(g *gearChoice) map[string]float64 {
 	out := map[string]float64{}
 	for j, s := range pl.cands[g.cand].Stages {
 		out[s.Model] = float64(g.runners[j]) / float64(pl.cfg.Capacity)
@@ -628,19 +633,19 @@ func (pl *planner) shares(g *gearChoice) map[string]float64 {
 }
 
 // simConfig builds the simulation of candidate cand at load q.
-func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) SimConfig {
+func (pl *walker) simConfig(cand int, q float64, b plan.Batching, runners []int) simulate.Config {
 	c := pl.cands[cand]
-	sc := SimConfig{
+	sc := simulate.Config{
 		QPS:             q,
 		Requests:        pl.simRequests(q),
 		Seed:            pl.cfg.Seed,
 		Overheads:       pl.cfg.Profile.Overheads,
-		SharedRunners:   pl.cfg.RunnerPool == RunnerPoolShared,
+		SharedRunners:   pl.cfg.RunnerPool == plan.RunnerPoolShared,
 		AnsweredBy:      c.AnsweredBy,
 		AbortAboveP95Ms: pl.cfg.SLOP95Ms,
 	}
 	for j, s := range c.Stages {
-		sc.Stages = append(sc.Stages, SimStage{
+		sc.Stages = append(sc.Stages, simulate.Stage{
 			Model:      s.Model,
 			Profile:    pl.cfg.Profile.Models[s.Model],
 			Runners:    runners[j],
@@ -652,20 +657,17 @@ func (pl *planner) simConfig(cand int, q float64, b Batching, runners []int) Sim
 	return sc
 }
 
-// maxSimRequests bounds the requests of one planner simulation.
-const maxSimRequests = 50_000
-
 // simRequests is the number of requests simulated at load q.
-func (pl *planner) simRequests(q float64) int {
+func (pl *walker) simRequests(q float64) int {
 	n := pl.cfg.SimRequests
 	if pl.cfg.SimSeconds > 0 {
-		n = max(n, min(int(q*pl.cfg.SimSeconds), maxSimRequests))
+		n = max(n, min(int(q*pl.cfg.SimSeconds), simulate.MaxRequests))
 	}
 	return n
 }
 
 // ok reports whether a simulation meets the SLO within the headroom.
-func (pl *planner) ok(r SimResult) bool {
+func (pl *walker) ok(r simulate.Result) bool {
 	if r.Aborted || r.Dropped > 0 || r.Completed < r.Requests || r.P95Ms > pl.cfg.SLOP95Ms {
 		return false
 	}
@@ -675,7 +677,7 @@ func (pl *planner) ok(r SimResult) bool {
 // minLatencyMs is a lower bound of a candidate's p95 at any load: at least
 // 5% of items pass every stage up to the deepest one that more than 5%
 // reach, each at batch size 1, plus the hops.
-func (pl *planner) minLatencyMs(cand int) float64 {
+func (pl *walker) minLatencyMs(cand int) float64 {
 	c := pl.cands[cand]
 	hop := pl.cfg.Profile.HopOverheadMs
 	lat := hop
@@ -695,7 +697,7 @@ func (pl *planner) minLatencyMs(cand int) float64 {
 // every batching of the grid. Among the batchings that fit, it keeps those
 // that also fit the highest following bucket, so one gear covers as wide a
 // load range as it can, and of these the one with the lowest p95.
-func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error) {
+func (pl *walker) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error) {
 	if err := pl.ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -710,7 +712,7 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 		return nil, nil
 	}
 	if sticky != nil && pl.canKeepUp(cand, q, sticky.batching.MaxBatch, runners) {
-		rs, err := pl.simulate(cand, q, []Batching{sticky.batching}, runners)
+		rs, err := pl.simulate(cand, q, []plan.Batching{sticky.batching}, runners)
 		if err != nil {
 			return nil, err
 		}
@@ -767,9 +769,9 @@ func (pl *planner) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error
 
 // fitting returns those of configs[alive] that fit candidate cand at the
 // load of bucket b.
-func (pl *planner) fitting(cand, b int, configs []Batching, alive []int, runners []int) ([]int, error) {
+func (pl *walker) fitting(cand, b int, configs []plan.Batching, alive []int, runners []int) ([]int, error) {
 	q := pl.edges[b]
-	var try []Batching
+	var try []plan.Batching
 	var idx []int
 	for _, i := range alive {
 		if pl.canKeepUp(cand, q, configs[i].MaxBatch, runners) {
@@ -792,15 +794,15 @@ func (pl *planner) fitting(cand, b int, configs []Batching, alive []int, runners
 
 // batchings lists the batch settings of the grid that pass the compute
 // check for candidate cand at load q.
-func (pl *planner) batchings(cand int, q float64, runners []int) []Batching {
-	var out []Batching
+func (pl *walker) batchings(cand int, q float64, runners []int) []plan.Batching {
+	var out []plan.Batching
 	for _, b := range pl.cfg.BatchSizes {
 		for _, d := range pl.cfg.DelaysMs {
 			if b == 1 && d > 0 {
 				continue // a batch of one never waits
 			}
 			if pl.canKeepUp(cand, q, b, runners) {
-				out = append(out, Batching{MaxBatch: b, MaxDelayMs: d})
+				out = append(out, plan.Batching{MaxBatch: b, MaxDelayMs: d})
 			}
 		}
 	}
@@ -810,13 +812,13 @@ func (pl *planner) batchings(cand int, q float64, runners []int) []Batching {
 type simKey struct {
 	cand     int
 	qps      float64
-	batching Batching
+	batching plan.Batching
 }
 
 // simulate runs (or recalls) the simulations of candidate cand at load q
 // with each batching, in parallel.
-func (pl *planner) simulate(cand int, q float64, configs []Batching, runners []int) ([]SimResult, error) {
-	results := make([]SimResult, len(configs))
+func (pl *walker) simulate(cand int, q float64, configs []plan.Batching, runners []int) ([]simulate.Result, error) {
+	results := make([]simulate.Result, len(configs))
 	var todo []int
 	for i, c := range configs {
 		if r, ok := pl.simCache[simKey{cand, q, c}]; ok {
@@ -831,7 +833,7 @@ func (pl *planner) simulate(cand int, q float64, configs []Batching, runners []i
 	for range min(pl.cfg.Parallelism, len(todo)) {
 		wg.Go(func() {
 			for i := range next {
-				results[i], errs[i] = Simulate(pl.simConfig(cand, q, configs[i], runners))
+				results[i], errs[i] = simulate.Run(pl.simConfig(cand, q, configs[i], runners))
 			}
 		})
 	}
@@ -853,14 +855,14 @@ func (pl *planner) simulate(cand int, q float64, configs []Batching, runners []i
 // itemCost is the runner time per item of a model in batches of b: its
 // share of the batch latency and of the per-batch messaging overhead, plus
 // the per-item messaging overhead.
-func (cfg *PlannerConfig) itemCost(model string, b int) float64 {
+func (cfg *Config) itemCost(model string, b int) float64 {
 	b = max(b, 1)
 	return cfg.Profile.Models[model].ItemCostMs(b) + cfg.Profile.ItemOverheadMs + cfg.Profile.BatchOverheadMs/float64(b)
 }
 
 // requestShare is the share of the capacity's cores that the profile's
-// per-request overhead takes at load q (see SimConfig.RequestOverheadMs).
-func (cfg *PlannerConfig) requestShare(q float64) float64 {
+// per-request overhead takes at load q (see simulate.Config.RequestOverheadMs).
+func (cfg *Config) requestShare(q float64) float64 {
 	return (q*cfg.Profile.RequestOverheadMs + cfg.Profile.IdleCPUMsPerS) / 1000 / float64(cfg.Capacity)
 }
 
@@ -870,7 +872,7 @@ func (cfg *PlannerConfig) requestShare(q float64) float64 {
 // (per-request overhead plus every stage's work) stay within the headroom's
 // share of the capacity's cores? Without a per-request overhead the second
 // check follows from the first.
-func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
+func (pl *walker) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	c := pl.cands[cand]
 	rho := pl.cfg.requestShare(q)
 	if rho >= 1 {
@@ -881,7 +883,7 @@ func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 		work := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b)
 		total += work / float64(pl.cfg.Capacity)
 		// Shared runners lend each other their time: only the total counts.
-		if pl.cfg.RunnerPool == RunnerPoolPerModel && work/float64(runners[j])/(1-rho) > pl.cfg.Headroom {
+		if pl.cfg.RunnerPool == plan.RunnerPoolPerModel && work/float64(runners[j])/(1-rho) > pl.cfg.Headroom {
 			return false
 		}
 	}
@@ -889,13 +891,13 @@ func (pl *planner) canKeepUp(cand int, q float64, b int, runners []int) bool {
 }
 
 // buildPlan merges buckets into gears and writes the plan.
-func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *Plan {
+func (pl *walker) buildPlan(res *Result, ev *Evaluator, edges []float64) *plan.Plan {
 	cfg := pl.cfg
-	p := &Plan{
-		Version:     FormatVersion,
+	p := &plan.Plan{
+		Version:     plan.FormatVersion,
 		Pipeline:    cfg.Pipeline,
 		Description: cfg.Description,
-		SLO:         SLO{P95Ms: cfg.SLOP95Ms},
+		SLO:         plan.SLO{P95Ms: cfg.SLOP95Ms},
 		Capacity:    cfg.Capacity,
 		RunnerPool:  cfg.RunnerPool,
 		Confidence:  cfg.Metric,
@@ -911,7 +913,7 @@ func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *P
 		if prof.Provider == "" {
 			prof.Provider = cfg.Profile.Provider
 		}
-		p.Models = append(p.Models, Model{
+		p.Models = append(p.Models, plan.Model{
 			Name:        m.Name,
 			File:        m.File,
 			Temperature: res.Temperatures[m.Name],
@@ -942,13 +944,13 @@ func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *P
 		c := pl.cands[g.cand]
 		stages := slices.Clone(c.Stages)
 		stages[len(stages)-1].Threshold = 0
-		p.Gears = append(p.Gears, Gear{
+		p.Gears = append(p.Gears, plan.Gear{
 			ID:       fmt.Sprintf("g%d", i+1),
 			MaxQPS:   maxQPS[i],
 			Cascade:  stages,
 			Batching: g.batching,
 			Runners:  pl.shares(g),
-			Predicted: Prediction{
+			Predicted: plan.Prediction{
 				Accuracy:      c.Accuracy,
 				P95Ms:         roundSig(g.p95Max, 6),
 				CostMsPerItem: c.CostMsPerItem,
@@ -998,7 +1000,7 @@ func (pl *planner) buildPlan(res *PlanResult, ev *Evaluator, edges []float64) *P
 // each load. Max-accuracy: most accurate first. Min-cost: the cascades that
 // reach the target, cheapest first, then the others, most accurate first
 // (the fallback at loads where no cascade reaching the target fits).
-func walkOrder(cfg PlannerConfig, cands []Candidate) ([]int, error) {
+func walkOrder(cfg Config, cands []Candidate) ([]int, error) {
 	var order, below []int
 	for i, c := range cands {
 		if cfg.Mode == ModeMinCost && c.Accuracy < cfg.TargetAccuracy {
