@@ -45,7 +45,7 @@ func smallConfig(t testing.TB) Config {
 	}
 }
 
-func makePlan(t *testing.T, cfg Config) *Result {
+func mustMake(t *testing.T, cfg Config) *Result {
 	t.Helper()
 	res, err := Make(context.Background(), cfg)
 	if err != nil {
@@ -66,7 +66,7 @@ func TestPlanGolden(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := smallConfig(t)
 			tt.mutate(&cfg)
-			res := makePlan(t, cfg)
+			res := mustMake(t, cfg)
 			got, err := res.Plan.Marshal()
 			if err != nil {
 				t.Fatal(err)
@@ -214,7 +214,7 @@ func TestPlanInvariants(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := smallConfig(t)
 			tt.mutate(&cfg)
-			res := makePlan(t, cfg)
+			res := mustMake(t, cfg)
 			checkPlanInvariants(t, cfg, res)
 			wantPool := cmp.Or(cfg.RunnerPool, plan.RunnerPoolShared)
 			if res.Plan.RunnerPool != wantPool {
@@ -271,7 +271,7 @@ func TestPlanMonotoneInCapacityAndSLO(t *testing.T) {
 		for _, capacity := range []int{2, 3, 4, 6, 9} {
 			cfg := smallConfig(t)
 			cfg.Capacity = capacity
-			acc := bucketAccuracy(makePlan(t, cfg))
+			acc := bucketAccuracy(mustMake(t, cfg))
 			if prev != nil {
 				check(t, "capacity", acc, prev, prevCap, capacity)
 			}
@@ -288,7 +288,7 @@ func TestPlanMonotoneInCapacityAndSLO(t *testing.T) {
 			cfg := smallConfig(t)
 			cfg.SLOP95Ms = slo
 			cfg.DelaysMs = []float64{0, 0.5, 1, 2} // one grid for all SLOs
-			acc := bucketAccuracy(makePlan(t, cfg))
+			acc := bucketAccuracy(mustMake(t, cfg))
 			if prev != nil {
 				check(t, "SLO", acc, prev, prevSLO, slo)
 			}
@@ -299,7 +299,7 @@ func TestPlanMonotoneInCapacityAndSLO(t *testing.T) {
 
 func TestPlanUsesMoreAccurateGearsAtLowLoad(t *testing.T) {
 	cfg := smallConfig(t)
-	res := makePlan(t, cfg)
+	res := mustMake(t, cfg)
 	p := res.Plan
 	if len(p.Gears) < 2 {
 		t.Fatalf("plan has %d gears; the load range should need several", len(p.Gears))
@@ -319,12 +319,12 @@ func TestPlanUsesMoreAccurateGearsAtLowLoad(t *testing.T) {
 }
 
 func TestPlanChargesMessagingOverhead(t *testing.T) {
-	plain := makePlan(t, smallConfig(t))
+	plain := mustMake(t, smallConfig(t))
 	cfg := smallConfig(t)
 	prof := *cfg.Profile
 	prof.ItemOverheadMs = 0.05
 	cfg.Profile = &prof
-	res := makePlan(t, cfg)
+	res := mustMake(t, cfg)
 	checkPlanInvariants(t, cfg, res)
 	if res.Plan.ItemOverheadMs != 0.05 {
 		t.Errorf("plan item overhead %v", res.Plan.ItemOverheadMs)
@@ -354,14 +354,14 @@ func TestPlanChargesMessagingOverhead(t *testing.T) {
 }
 
 func TestPlanChargesBatchAndRequestOverhead(t *testing.T) {
-	plain := makePlan(t, smallConfig(t))
+	plain := mustMake(t, smallConfig(t))
 	cfg := smallConfig(t)
 	prof := *cfg.Profile
 	// At the top load (40000 qps) the request overhead takes half of the
 	// four runners' cores.
 	prof.BatchOverheadMs, prof.RequestOverheadMs = 0.2, 0.05
 	cfg.Profile = &prof
-	res := makePlan(t, cfg)
+	res := mustMake(t, cfg)
 	checkPlanInvariants(t, cfg, res)
 	if res.Plan.BatchOverheadMs != 0.2 || res.Plan.RequestOverheadMs != 0.05 {
 		t.Errorf("plan overheads: batch %v, request %v", res.Plan.BatchOverheadMs, res.Plan.RequestOverheadMs)
@@ -420,7 +420,7 @@ func TestPlanKeepsWholeCPUDemandWithinHeadroom(t *testing.T) {
 	prof.RequestOverheadMs = 0.1
 	cfg.Profile = &prof
 	cfg.Headroom = 0.5
-	res := makePlan(t, cfg)
+	res := mustMake(t, cfg)
 	checkPlanInvariants(t, cfg, res)
 	if f, _ := res.Plan.Planner["max_feasible_qps"].(float64); !(f > 0) || f >= 20000 {
 		t.Errorf("feasible up to %v qps; the request overhead alone takes the headroom at 20000", f)
@@ -441,8 +441,8 @@ func TestPlanMinCostMeetsTarget(t *testing.T) {
 	const target = 0.96
 	cfg := smallConfig(t)
 	cfg.Mode, cfg.TargetAccuracy = ModeMinCost, target
-	minCost := makePlan(t, cfg)
-	maxAcc := makePlan(t, smallConfig(t))
+	minCost := mustMake(t, cfg)
+	maxAcc := mustMake(t, smallConfig(t))
 	met := 0
 	for i, b := range minCost.Buckets {
 		if !b.Feasible() {
@@ -626,7 +626,7 @@ func TestPlanRecordsTheProfilesProvider(t *testing.T) {
 	for _, provider := range []string{"", "cuda"} {
 		cfg := smallConfig(t)
 		cfg.Profile.Provider = provider
-		res := makePlan(t, cfg)
+		res := mustMake(t, cfg)
 		for _, m := range res.Plan.Models {
 			if m.Profile.Provider != provider {
 				t.Errorf("profile provider %q: model %q has provider %q", provider, m.Name, m.Profile.Provider)
