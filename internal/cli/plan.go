@@ -121,14 +121,8 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.inputShape, "input-shape", "", "item shape without the batch axis, e.g. 1,28,28 (default: the replay's, else mnist's)")
 	fs.Float64Var(&f.maxAccuracyGap, "max-accuracy-gap", planner.DefaultMaxAccuracyGap, "refuse a max-accuracy plan whose best gear is more than this (a fraction; 0.05 = 5 points) below the ladder's best model alone; negative: no check")
 	fs.Float64Var(&f.uint8Scale, "uint8-scale", -1, "what a UINT8 input byte stands for, byte × scale (default: the replay's, else 1/255 for mnist; 0 refuses UINT8)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: plan: unexpected arguments %q", ErrUsage, fs.Args())
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	replay, err := f.loadReplay()
 	if err != nil {
