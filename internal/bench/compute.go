@@ -50,12 +50,8 @@ type ModelRun struct {
 // bus, at a fixed batch size on Sessions goroutines, and reports items per
 // second: the compute-only upper bound of a stage.
 func ModelThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg ModelRunConfig) (ModelRun, error) {
-	if cfg.Sessions <= 0 {
-		cfg.Sessions = 2
-	}
-	if cfg.Threads <= 0 {
-		cfg.Threads = 1
-	}
+	orDefault(&cfg.Sessions, 2)
+	orDefault(&cfg.Threads, 1)
 	if cfg.Items == nil || cfg.Items.Len() == 0 {
 		return ModelRun{}, errors.New("model throughput: no items")
 	}
@@ -158,12 +154,8 @@ type CascadeRun struct {
 // of it is waiting (the rest at the end of each pass). It reports requests
 // per second: the compute-only upper bound of the gear.
 func CascadeThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg CascadeRunConfig) (CascadeRun, error) {
-	if cfg.Sessions <= 0 {
-		cfg.Sessions = 2
-	}
-	if cfg.Threads <= 0 {
-		cfg.Threads = 1
-	}
+	orDefault(&cfg.Sessions, 2)
+	orDefault(&cfg.Threads, 1)
 	if cfg.Plan == nil || cfg.Gear < 0 || cfg.Gear >= len(cfg.Plan.Gears) {
 		return CascadeRun{}, errors.New("cascade throughput: no such gear")
 	}

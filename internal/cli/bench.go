@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"runtime/pprof"
 	"strconv"
@@ -181,15 +180,19 @@ func (f *benchFlags) gearList() []string {
 
 // benchShared is what every mode's config takes alike.
 type benchShared struct {
-	warmup    time.Duration
-	workerEnv map[string]string
-	logger    *slog.Logger
+	live   bench.Live
+	warmup time.Duration
 }
 
-func (f *benchFlags) kneeConfig(sh benchShared, env Env) bench.KneeConfig {
+func (f *benchFlags) kneeConfig(sh benchShared) bench.KneeConfig {
 	cfg := bench.KneeConfig{
-		PlanFile: f.planFile, Gears: f.gearList(), Runners: f.runners, RequestItems: f.reqItems, Start: f.kneeStart, WorkerEnv: sh.workerEnv,
-		Warmup: sh.warmup, Duration: f.kneeDuration, Budget: f.kneeBudget, Logger: sh.logger, Progress: env.Stderr,
+		Live:         sh.live,
+		Gears:        f.gearList(),
+		RequestItems: f.reqItems,
+		Start:        f.kneeStart,
+		Warmup:       sh.warmup,
+		Duration:     f.kneeDuration,
+		Budget:       f.kneeBudget,
 	}
 	if cfg.Gears == nil && f.gear != "" {
 		cfg.Gears = []string{f.gear}
@@ -197,7 +200,7 @@ func (f *benchFlags) kneeConfig(sh benchShared, env Env) bench.KneeConfig {
 	return cfg
 }
 
-func (f *benchFlags) checkConfig(sh benchShared, env Env) (bench.CheckConfig, error) {
+func (f *benchFlags) checkConfig(sh benchShared) (bench.CheckConfig, error) {
 	fr, err := parseFloats(f.fractions)
 	if err != nil {
 		return bench.CheckConfig{}, fmt.Errorf("%w: --fractions: %w", ErrUsage, err)
@@ -206,24 +209,34 @@ func (f *benchFlags) checkConfig(sh benchShared, env Env) (bench.CheckConfig, er
 		return bench.CheckConfig{}, fmt.Errorf("%w: --items %d outside [1, %d]", ErrUsage, f.items, mnist.TestItems)
 	}
 	return bench.CheckConfig{
-		PlanFile: f.planFile, Gear: f.gear, Runners: f.runners, Concurrency: f.concurrency,
-		Capacity: f.capacity, Fractions: fr, Warmup: sh.warmup, Duration: f.duration, WorkerEnv: sh.workerEnv,
-		Logger: sh.logger, Progress: env.Stderr,
+		Live:        sh.live,
+		Gear:        f.gear,
+		Concurrency: f.concurrency,
+		Capacity:    f.capacity,
+		Fractions:   fr,
+		Warmup:      sh.warmup,
+		Duration:    f.duration,
 	}, nil
 }
 
-func (f *benchFlags) runConfig(sh benchShared, env Env, sess onnxrt.SessionOptions) (bench.Config, error) {
+func (f *benchFlags) runConfig(sh benchShared, sess onnxrt.SessionOptions) (bench.Config, error) {
 	bs, err := parseInts(f.hopBatches)
 	if err != nil {
 		return bench.Config{}, fmt.Errorf("%w: --hop-batches: %w", ErrUsage, err)
 	}
 	cfg := bench.Config{
-		PlanFile: f.planFile, Runners: f.runners, Baseline: f.baseline, Session: sess, WorkerEnv: sh.workerEnv,
+		Live:            sh.live,
+		Baseline:        f.baseline,
+		Session:         sess,
 		Broker:          bench.BrokerConfig{Messages: f.messages, Size: f.size, PubBatch: f.pubBatch, FetchBatch: f.fetchBatch, Rounds: f.rounds},
 		Ceiling:         bench.CeilingConfig{Batches: bs, Rounds: f.rounds, Fetchers: f.fetchers, Messages: f.hopMessages},
-		ComputeDuration: f.compute, Concurrency: f.concurrency, RequestItems: f.reqItems, Warmup: sh.warmup, Duration: f.duration,
-		HalfLoad: orNone(f.halfLoad), IdleRequests: orNone(f.idle),
-		Logger: sh.logger, Progress: env.Stderr,
+		ComputeDuration: f.compute,
+		Concurrency:     f.concurrency,
+		RequestItems:    f.reqItems,
+		Warmup:          sh.warmup,
+		Duration:        f.duration,
+		HalfLoad:        orNone(f.halfLoad),
+		IdleRequests:    orNone(f.idle),
 	}
 	if f.gears != "" && strings.TrimSpace(f.gears) != "all" {
 		cfg.Gears = f.gearList()
@@ -267,7 +280,10 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	if err := f.check(); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	sh := benchShared{warmup: f.warmup, workerEnv: f.pf.workerEnv()}
+	sh := benchShared{
+		live:   bench.Live{PlanFile: f.planFile, Runners: f.runners, WorkerEnv: f.pf.workerEnv(), Progress: env.Stderr},
+		warmup: f.warmup,
+	}
 	// --warmup 0 means no warm-up; left out, the mode's default.
 	fs.Visit(func(fl *flag.Flag) {
 		if fl.Name == "warmup" && sh.warmup == 0 {
@@ -275,7 +291,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		}
 	})
 	var err error
-	if sh.logger, err = telemetry.NewLogger(env.Stderr, f.logLevel, "text"); err != nil {
+	if sh.live.Logger, err = telemetry.NewLogger(env.Stderr, f.logLevel, "text"); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	sessOpts, err := f.pf.sessionOptions(1)
@@ -286,13 +302,13 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	needsRuntime := true
 	switch {
 	case f.knee:
-		cfg := f.kneeConfig(sh, env)
+		cfg := f.kneeConfig(sh)
 		run = func(lib string, set *dataset.Set) (benchResult, error) {
 			cfg.ONNXRuntimeLib, cfg.Items = lib, set
 			return bench.CheckKnees(ctx, cfg)
 		}
 	case f.checkPlan:
-		cfg, err := f.checkConfig(sh, env)
+		cfg, err := f.checkConfig(sh)
 		if err != nil {
 			return err
 		}
@@ -305,7 +321,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 			return bench.CheckPlan(ctx, cfg)
 		}
 	default:
-		cfg, err := f.runConfig(sh, env, sessOpts)
+		cfg, err := f.runConfig(sh, sessOpts)
 		if err != nil {
 			return err
 		}

@@ -144,11 +144,7 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
-	lib, err := onnxrt.FindLibraryFor(sessOpts.Provider, env.Getenv)
-	if err != nil {
-		return fmt.Errorf("profile: %w", err)
-	}
-	rt, err := onnxrt.NewRuntime(lib)
+	rt, lib, err := openRuntime(env, sessOpts.Provider)
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
@@ -270,6 +266,20 @@ func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Mod
 			floor.QPS, floor.MeasuredP50Ms, floor.MeasuredP95Ms, floor.SimulatedP50Ms, floor.SimulatedP95Ms, pf.LatencyFloorMs, pf.LatencyFloorP95Ms)
 	}
 	fmt.Fprintf(w, "wrote %s\n", f.out)
+}
+
+// openRuntime loads the ONNX Runtime library for the execution provider,
+// found as onnxrt.FindLibraryFor finds it, and returns it with its path.
+func openRuntime(env Env, provider string) (*onnxrt.Runtime, string, error) {
+	lib, err := onnxrt.FindLibraryFor(provider, env.Getenv)
+	if err != nil {
+		return nil, "", err
+	}
+	rt, err := onnxrt.NewRuntime(lib)
+	if err != nil {
+		return nil, "", err
+	}
+	return rt, lib, nil
 }
 
 // newProgressBar is the progress bar of a long command on env.Stderr,

@@ -132,11 +132,7 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
-	lib, err := onnxrt.FindLibrary(env.Getenv)
-	if err != nil {
-		return fmt.Errorf("replay: %w", err)
-	}
-	rt, err := onnxrt.NewRuntime(lib)
+	rt, _, err := openRuntime(env, onnxrt.ProviderCPU)
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}

@@ -247,21 +247,23 @@ func (sr *SearchResult) FrontByDepth(maxStages int) ([]Candidate, error) {
 			}
 		}
 	}
-	recs := sr.records
-	slices.SortFunc(ids, func(a, b int32) int {
-		ra, rb := &recs[a], &recs[b]
-		if c := cmp.Compare(rb.correct, ra.correct); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ra.cost, rb.cost); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ra.stages, rb.stages); c != 0 {
-			return c
-		}
-		return cmp.Compare(a, b)
-	})
+	slices.SortFunc(ids, sr.order(false))
 	return sr.candidates(ids)
+}
+
+// order compares records: the most correct first, then the cheapest (or,
+// with costFirst, the cheapest first, then the most correct), then the
+// shortest, then the first found.
+func (sr *SearchResult) order(costFirst bool) func(a, b int32) int {
+	recs := sr.records
+	return func(a, b int32) int {
+		ra, rb := &recs[a], &recs[b]
+		first, second := cmp.Compare(rb.correct, ra.correct), cmp.Compare(ra.cost, rb.cost)
+		if costFirst {
+			first, second = second, first
+		}
+		return cmp.Or(first, second, cmp.Compare(ra.stages, rb.stages), cmp.Compare(a, b))
+	}
 }
 
 // frontIDs sorts the records of at most maxStages stages by cost and keeps
@@ -274,19 +276,7 @@ func (sr *SearchResult) frontIDs(maxStages int) []int32 {
 			ids = append(ids, int32(i))
 		}
 	}
-	slices.SortFunc(ids, func(a, b int32) int {
-		ra, rb := &recs[a], &recs[b]
-		if c := cmp.Compare(ra.cost, rb.cost); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(rb.correct, ra.correct); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ra.stages, rb.stages); c != 0 {
-			return c
-		}
-		return cmp.Compare(a, b)
-	})
+	slices.SortFunc(ids, sr.order(true))
 	best := int32(-1)
 	var keep []int32
 	for _, id := range ids {
