@@ -152,3 +152,31 @@ func Softmax(dst []float32, logits []float64) {
 		dst[c] = float32(math.Exp(v-mx) / sum)
 	}
 }
+
+// ReplayGear replays gear g of plan p on r as the workers decide (the
+// models' temperatures, the plan's confidence metric, the stages'
+// thresholds): every item's label, the model that answered it, and whether
+// a decision was a near-tie (a confidence within 1e-4 of a threshold, where
+// float rounding differences between batch sizes may flip it).
+func ReplayGear(p *plan.Plan, g plan.Gear, r *plan.Replay) (labels []int, by []string, tie []bool) {
+	n := r.Len()
+	labels, by, tie = make([]int, n), make([]string, n), make([]bool, n)
+	probs := make([]float32, r.Classes)
+	for i := range n {
+		for s, st := range g.Cascade {
+			m, _ := p.Model(st.Model)
+			copy(probs, r.Row(st.Model, i))
+			plan.Calibrate(probs, m.Temperature)
+			conf, label := plan.Confidence(p.Confidence, probs)
+			last := s == len(g.Cascade)-1
+			if !last && math.Abs(conf-st.Threshold) < 1e-4 {
+				tie[i] = true
+			}
+			if plan.Answers(conf, st.Threshold, last) {
+				labels[i], by[i] = label, st.Model
+				break
+			}
+		}
+	}
+	return labels, by, tie
+}
