@@ -36,21 +36,11 @@ type BrokerConfig struct {
 }
 
 func (c BrokerConfig) withDefaults() BrokerConfig {
-	if c.Messages <= 0 {
-		c.Messages = 100000
-	}
-	if c.Size <= 0 {
-		c.Size = 784
-	}
-	if c.PubBatch <= 0 {
-		c.PubBatch = 500
-	}
-	if c.FetchBatch <= 0 {
-		c.FetchBatch = 500
-	}
-	if c.Rounds <= 0 {
-		c.Rounds = 2
-	}
+	orDefault(&c.Messages, 100000)
+	orDefault(&c.Size, 784)
+	orDefault(&c.PubBatch, 500)
+	orDefault(&c.FetchBatch, 500)
+	orDefault(&c.Rounds, 2)
 	return c
 }
 

@@ -49,24 +49,14 @@ func (c CeilingConfig) withDefaults() CeilingConfig {
 	if len(c.Batches) == 0 {
 		c.Batches = []int{64, 128}
 	}
-	if c.Rounds <= 0 {
-		c.Rounds = 2
-	}
-	if c.Fetchers <= 0 {
-		c.Fetchers = 2
-	}
-	if c.Messages <= 0 {
-		c.Messages = 20000
-	}
-	if c.Backlog <= 0 {
-		c.Backlog = 4096
-	}
+	orDefault(&c.Rounds, 2)
+	orDefault(&c.Fetchers, 2)
+	orDefault(&c.Messages, 20000)
+	orDefault(&c.Backlog, 4096)
 	if c.Payload == nil {
 		c.Payload = PayloadLike(784)
 	}
-	if c.FetchWait <= 0 {
-		c.FetchWait = 5 * time.Millisecond
-	}
+	orDefault(&c.FetchWait, 5*time.Millisecond)
 	return c
 }
 

@@ -3,37 +3,26 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/simulate"
 )
 
 // CheckConfig configures CheckPlan. Zero values take the defaults in the
 // comments.
 type CheckConfig struct {
-	// PlanFile is the plan to check; empty: the built-in MNIST plan.
-	PlanFile string
+	// Live is the plan checked and the system serving it.
+	Live
 	// Gear is the id of the gear checked; empty: the most accurate (first)
 	// gear.
 	Gear string
-	// Runners is the stage worker's runner count (default 2).
-	Runners int
-	// ONNXRuntimeLib is the ONNX Runtime library of the stage worker
-	// (empty: its own search).
-	ONNXRuntimeLib string
-	// WorkerEnv are further settings of the stage worker
-	// (CASCADE_WORKER_PROVIDER, CASCADE_WORKER_CUDA_*).
-	WorkerEnv map[string]string
-	// Items are served for the accuracy check (default: all 10,000 MNIST
-	// test images), each exactly once, Concurrency in flight (default 2 ×
-	// the gear's max batch × Runners).
-	Items       *dataset.Set
+	// Live.Items are served for the accuracy check, each exactly once,
+	// Concurrency in flight (default 2 × the gear's max batch × Runners).
 	Concurrency int
 	// Capacity is the gear's capacity in requests/s (default: its MaxQPS in
 	// the plan); the latency check runs at Fractions of it (default 0.5
@@ -48,47 +37,17 @@ type CheckConfig struct {
 	// acceptable |measured − predicted| / predicted p95 (default 0.25).
 	AccuracyTolerance float64
 	P95Tolerance      float64
-
-	TempDir  string
-	Logger   *slog.Logger
-	Progress io.Writer
 }
 
 func (c *CheckConfig) defaults() error {
-	if c.Runners <= 0 {
-		c.Runners = 2
-	}
 	if len(c.Fractions) == 0 {
 		c.Fractions = []float64{0.5, 0.8}
 	}
-	if c.Warmup < 0 {
-		c.Warmup = 0
-	} else if c.Warmup == 0 {
-		c.Warmup = 2 * time.Second
-	}
-	if c.Duration <= 0 {
-		c.Duration = 10 * time.Second
-	}
-	if c.AccuracyTolerance <= 0 {
-		c.AccuracyTolerance = 0.003
-	}
-	if c.P95Tolerance <= 0 {
-		c.P95Tolerance = 0.25
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Progress == nil {
-		c.Progress = io.Discard
-	}
-	if c.Items == nil {
-		set, err := mnist.TestImages()
-		if err != nil {
-			return err
-		}
-		c.Items = set
-	}
-	return nil
+	c.Warmup = warmupOr(c.Warmup, 2*time.Second)
+	orDefault(&c.Duration, 10*time.Second)
+	orDefault(&c.AccuracyTolerance, 0.003)
+	orDefault(&c.P95Tolerance, 0.25)
+	return c.Live.defaults()
 }
 
 // CheckPlan serves a gear of the plan on a fresh all-in-one system with
@@ -104,7 +63,7 @@ func (c *CheckConfig) defaults() error {
 //     (test replay vs validation replay).
 //   - latency: Poisson arrivals at fractions of the gear's capacity; the
 //     measured p95 against the simulator's p95 for the gear at that rate
-//     (plan.PredictP95: the plan's profiles, runner shares, hop overhead
+//     (simulate.PredictP95: the plan's profiles, runner shares, hop overhead
 //     and the gear's predicted reach).
 //
 // Misses are reported, not returned as errors.
@@ -150,8 +109,8 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 	// The predictions are made before anything runs.
 	for _, f := range cfg.Fractions {
 		qps := f * capacity
-		// The planner's default simulation settings (plan.PredictP95).
-		sim, err := p.SimulateGear(gi, qps, plan.GearSimOptions{})
+		// The planner's default simulation settings (simulate.PredictP95).
+		sim, err := simulate.Gear(p, gi, qps, simulate.GearOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("predict p95 of gear %s at %.0f/s: %w", g.ID, qps, err)
 		}
@@ -166,7 +125,7 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
 	}
-	sc := Config{PlanFile: cfg.PlanFile, Runners: cfg.Runners, ONNXRuntimeLib: cfg.ONNXRuntimeLib, WorkerEnv: cfg.WorkerEnv, TempDir: cfg.TempDir, Logger: cfg.Logger}.systemConfig(g.ID)
+	sc := cfg.systemConfig(g.ID)
 	_, err = withSystem(ctx, cfg.TempDir, sc, func(sys *system.System) (struct{}, error) {
 		progress("accuracy: %d items through gear %s (%s), %d in flight...", cfg.Items.Len(), g.ID, out.Cascade, conc)
 		run, err := Load(ctx, sys.Conn, LoadConfig{
@@ -216,7 +175,7 @@ func replayAccuracy(p *plan.Plan, g plan.Gear, load func() (*plan.Replay, error)
 	for _, m := range p.Models {
 		temps[m.Name] = m.Temperature
 	}
-	ev, err := plan.NewEvaluator(r, plan.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
+	ev, err := planner.NewEvaluator(r, planner.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
 	if err != nil {
 		return nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -49,12 +50,8 @@ type ModelRun struct {
 // bus, at a fixed batch size on Sessions goroutines, and reports items per
 // second: the compute-only upper bound of a stage.
 func ModelThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg ModelRunConfig) (ModelRun, error) {
-	if cfg.Sessions <= 0 {
-		cfg.Sessions = 2
-	}
-	if cfg.Threads <= 0 {
-		cfg.Threads = 1
-	}
+	orDefault(&cfg.Sessions, 2)
+	orDefault(&cfg.Threads, 1)
 	if cfg.Items == nil || cfg.Items.Len() == 0 {
 		return ModelRun{}, errors.New("model throughput: no items")
 	}
@@ -157,131 +154,39 @@ type CascadeRun struct {
 // of it is waiting (the rest at the end of each pass). It reports requests
 // per second: the compute-only upper bound of the gear.
 func CascadeThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg CascadeRunConfig) (CascadeRun, error) {
-	if cfg.Sessions <= 0 {
-		cfg.Sessions = 2
-	}
-	if cfg.Threads <= 0 {
-		cfg.Threads = 1
-	}
+	orDefault(&cfg.Sessions, 2)
+	orDefault(&cfg.Threads, 1)
 	if cfg.Plan == nil || cfg.Gear < 0 || cfg.Gear >= len(cfg.Plan.Gears) {
 		return CascadeRun{}, errors.New("cascade throughput: no such gear")
 	}
 	if cfg.Items == nil || cfg.Items.Len() < cfg.Sessions {
 		return CascadeRun{}, errors.New("cascade throughput: fewer items than sessions")
 	}
-	g := cfg.Plan.Gears[cfg.Gear]
-	k := len(g.Cascade)
-	models := make([]string, k)
-	batches := make([]int, k)
-	temps := make([]float64, k)
-	for j, s := range g.Cascade {
-		models[j] = s.Model
-		batches[j] = g.Batching.MaxBatch
-		if s.MaxBatch > 0 {
-			batches[j] = s.MaxBatch
-		}
-		m, ok := cfg.Plan.Model(s.Model)
-		if !ok {
-			return CascadeRun{}, fmt.Errorf("cascade throughput: gear %q uses unknown model %q", g.ID, s.Model)
-		}
-		temps[j] = m.Temperature
+	c, err := newCascade(cfg.Plan, cfg.Gear)
+	if err != nil {
+		return CascadeRun{}, fmt.Errorf("cascade throughput: %w", err)
 	}
-	sessions, closeAll, err := openSessions(rt, cfg.Sessions, models, cfg.Models, cfg.Threads, cfg.Options)
+	sessions, closeAll, err := openSessions(rt, cfg.Sessions, c.models, cfg.Models, cfg.Threads, cfg.Options)
 	if err != nil {
 		return CascadeRun{}, err
 	}
 	defer closeAll()
-
-	type tally struct {
-		passes, items, correct int
-		reached, answered      []int
-		batches                []int
-	}
-	tallies := make([]tally, cfg.Sessions)
+	workers := make([]*cascadeWorker, cfg.Sessions)
 	n := cfg.Items.Len()
-	size := cfg.Items.ItemSize()
-	metric := cfg.Plan.Confidence
 	elapsed, err := runTimed(ctx, cfg.Sessions, func(w int, start time.Time) error {
-		t := &tallies[w]
-		t.reached, t.answered, t.batches = make([]int, k), make([]int, k), make([]int, k)
+		workers[w] = newCascadeWorker(c, sessions[w], cfg.Items)
 		from, to := w*n/cfg.Sessions, (w+1)*n/cfg.Sessions
-		maxB := 0
-		for _, b := range batches {
-			maxB = max(maxB, b)
-		}
-		in := make([]float32, maxB*size)
-		out := make([]float32, maxB*sessions[w][0].Info().NumClasses)
-		pending := make([][]int, k)
-		// run runs stage j on items and routes each to an answer or to
-		// the next stage's queue.
-		run := func(j int, items []int) error {
-			for i, item := range items {
-				copy(in[i*size:(i+1)*size], cfg.Items.Item(item))
-			}
-			probs, err := sessions[w][j].Run(in[:len(items)*size], len(items), out)
-			if err != nil {
-				return err
-			}
-			t.reached[j] += len(items)
-			t.batches[j]++
-			c := len(probs) / len(items)
-			for i, item := range items {
-				row := probs[i*c : (i+1)*c]
-				plan.Calibrate(row, temps[j])
-				conf, label := plan.Confidence(metric, row)
-				if plan.Answers(conf, g.Cascade[j].Threshold, j == k-1) {
-					t.answered[j]++
-					t.items++
-					if int32(label) == cfg.Items.Labels[item] {
-						t.correct++
-					}
-					continue
-				}
-				pending[j+1] = append(pending[j+1], item)
-			}
-			return nil
-		}
-		// drain runs every later stage with a full batch waiting, or with
-		// anything waiting when all is set.
-		drain := func(all bool) error {
-			for j := 1; j < k; j++ {
-				for len(pending[j]) >= batches[j] || (all && len(pending[j]) > 0) {
-					m := min(batches[j], len(pending[j]))
-					if err := run(j, pending[j][:m]); err != nil {
-						return err
-					}
-					pending[j] = append(pending[j][:0], pending[j][m:]...)
-				}
-			}
-			return nil
-		}
-		items := make([]int, 0, batches[0])
 		for first := true; first || time.Since(start) < cfg.Duration; first = false {
-			for at := from; at < to; at += batches[0] {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				items = items[:0]
-				for i := at; i < min(at+batches[0], to); i++ {
-					items = append(items, i)
-				}
-				if err := run(0, items); err != nil {
-					return err
-				}
-				if err := drain(false); err != nil {
-					return err
-				}
-			}
-			if err := drain(true); err != nil {
+			if err := workers[w].pass(ctx, from, to); err != nil {
 				return err
 			}
-			t.passes++
 		}
 		return nil
 	}, func(w int) error {
 		// Warm up every session at its batch size.
+		size := cfg.Items.ItemSize()
 		for j, s := range sessions[w] {
-			b := min(batches[j], n)
+			b := min(c.batches[j], n)
 			if _, err := s.Run(cfg.Items.Data[:b*size], b, make([]float32, b*s.Info().NumClasses)); err != nil {
 				return err
 			}
@@ -289,17 +194,151 @@ func CascadeThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg CascadeRunCo
 		return nil
 	})
 	if err != nil {
-		return CascadeRun{}, fmt.Errorf("cascade throughput of gear %q: %w", g.ID, err)
+		return CascadeRun{}, fmt.Errorf("cascade throughput of gear %q: %w", c.gear.ID, err)
 	}
+	return c.summarise(workers, elapsed), nil
+}
+
+// cascade is a gear's cascade as CascadeThroughput runs it.
+type cascade struct {
+	gear   plan.Gear
+	metric string
+	// models, batches and temps are each stage's model, max batch and
+	// temperature.
+	models  []string
+	batches []int
+	temps   []float64
+}
+
+func newCascade(p *plan.Plan, gi int) (*cascade, error) {
+	g := p.Gears[gi]
+	c := &cascade{gear: g, metric: p.Confidence}
+	for _, s := range g.Cascade {
+		m, ok := p.Model(s.Model)
+		if !ok {
+			return nil, fmt.Errorf("gear %q uses unknown model %q", g.ID, s.Model)
+		}
+		c.models = append(c.models, s.Model)
+		c.batches = append(c.batches, g.MaxBatch(s.Model))
+		c.temps = append(c.temps, m.Temperature)
+	}
+	return c, nil
+}
+
+// cascadeWorker is one goroutine of CascadeThroughput with its sessions,
+// buffers, queues and counts.
+type cascadeWorker struct {
+	c        *cascade
+	sessions []*onnxrt.Session
+	items    *dataset.Set
+	size     int
+	in, out  []float32
+	// pending[j] holds the items waiting for stage j.
+	pending                [][]int
+	passes, answers, right int
+	reached, answered      []int
+	batches                []int
+}
+
+func newCascadeWorker(c *cascade, sessions []*onnxrt.Session, items *dataset.Set) *cascadeWorker {
+	k := len(c.models)
+	size := items.ItemSize()
+	maxB := slices.Max(c.batches)
+	return &cascadeWorker{
+		c: c, sessions: sessions, items: items, size: size,
+		in:      make([]float32, maxB*size),
+		out:     make([]float32, maxB*sessions[0].Info().NumClasses),
+		pending: make([][]int, k),
+		reached: make([]int, k), answered: make([]int, k), batches: make([]int, k),
+	}
+}
+
+// pass serves the items [from, to) once: stage 0 on full batches, the
+// later stages whenever a full batch of theirs waits, and what is left at
+// the end.
+func (w *cascadeWorker) pass(ctx context.Context, from, to int) error {
+	b0 := w.c.batches[0]
+	items := make([]int, 0, b0)
+	for at := from; at < to; at += b0 {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		items = items[:0]
+		for i := at; i < min(at+b0, to); i++ {
+			items = append(items, i)
+		}
+		if err := w.run(0, items); err != nil {
+			return err
+		}
+		if err := w.drain(false); err != nil {
+			return err
+		}
+	}
+	if err := w.drain(true); err != nil {
+		return err
+	}
+	w.passes++
+	return nil
+}
+
+// run runs stage j on items and routes each to an answer or to the next
+// stage's queue, deciding as the workers do.
+func (w *cascadeWorker) run(j int, items []int) error {
+	size, k := w.size, len(w.c.models)
+	for i, item := range items {
+		copy(w.in[i*size:(i+1)*size], w.items.Item(item))
+	}
+	probs, err := w.sessions[j].Run(w.in[:len(items)*size], len(items), w.out)
+	if err != nil {
+		return err
+	}
+	w.reached[j] += len(items)
+	w.batches[j]++
+	c := len(probs) / len(items)
+	for i, item := range items {
+		row := probs[i*c : (i+1)*c]
+		plan.Calibrate(row, w.c.temps[j])
+		conf, label := plan.Confidence(w.c.metric, row)
+		if plan.Answers(conf, w.c.gear.Cascade[j].Threshold, j == k-1) {
+			w.answered[j]++
+			w.answers++
+			if int32(label) == w.items.Labels[item] {
+				w.right++
+			}
+			continue
+		}
+		w.pending[j+1] = append(w.pending[j+1], item)
+	}
+	return nil
+}
+
+// drain runs every later stage with a full batch waiting, or with anything
+// waiting when all is set.
+func (w *cascadeWorker) drain(all bool) error {
+	for j := 1; j < len(w.c.models); j++ {
+		for len(w.pending[j]) >= w.c.batches[j] || (all && len(w.pending[j]) > 0) {
+			m := min(w.c.batches[j], len(w.pending[j]))
+			if err := w.run(j, w.pending[j][:m]); err != nil {
+				return err
+			}
+			w.pending[j] = append(w.pending[j][:0], w.pending[j][m:]...)
+		}
+	}
+	return nil
+}
+
+// summarise adds up the workers' counts.
+func (c *cascade) summarise(workers []*cascadeWorker, elapsed time.Duration) CascadeRun {
+	k := len(c.models)
 	r := CascadeRun{
-		Gear: g.ID, Cascade: plan.CascadeString(g.Cascade), Sessions: cfg.Sessions,
+		Gear: c.gear.ID, Cascade: plan.CascadeString(c.gear.Cascade), Sessions: len(workers),
 		Reached: make([]int, k), AnsweredBy: make([]int, k), MeanBatch: make([]float64, k),
-		Seconds: elapsed.Seconds(), Passes: tallies[0].passes,
+		Seconds: elapsed.Seconds(), Passes: workers[0].passes,
 	}
 	nb := make([]int, k)
-	for _, t := range tallies {
-		r.Items += t.items
-		r.Correct += t.correct
+	for _, t := range workers {
+		r.Items += t.answers
+		r.Correct += t.right
 		r.Passes = min(r.Passes, t.passes)
 		for j := range k {
 			r.Reached[j] += t.reached[j]
@@ -318,7 +357,7 @@ func CascadeThroughput(ctx context.Context, rt *onnxrt.Runtime, cfg CascadeRunCo
 	if r.Seconds > 0 {
 		r.ItemsPerSec = float64(r.Items) / r.Seconds
 	}
-	return r, nil
+	return r
 }
 
 // openSessions opens, for each of n goroutines, one session of every model,

@@ -10,6 +10,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
 )
 
 // runtimeOrSkip opens ONNX Runtime, skipping the test when the library is
@@ -212,7 +213,7 @@ func TestCascadeThroughputMatchesTestReplay(t *testing.T) {
 	for _, m := range p.Models {
 		temps[m.Name] = m.Temperature
 	}
-	ev, err := plan.NewEvaluator(replay, plan.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
+	ev, err := planner.NewEvaluator(replay, planner.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
 	if err != nil {
 		t.Fatal(err)
 	}

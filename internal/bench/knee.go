@@ -87,21 +87,11 @@ func SearchKnee(ctx context.Context, s KneeSearch, probe func(ctx context.Contex
 	if !(s.Factor > 1) {
 		s.Factor = 1.5
 	}
-	if !(s.Resolution > 0) {
-		s.Resolution = 0.05
-	}
-	if s.Budget <= 0 {
-		s.Budget = 90 * time.Second
-	}
-	if s.MaxProbes <= 0 {
-		s.MaxProbes = 30
-	}
-	if !(s.MinLoad > 0) {
-		s.MinLoad = s.Start / math.Pow(s.Factor, 8)
-	}
-	if !(s.MaxLoad > 0) {
-		s.MaxLoad = s.Start * math.Pow(s.Factor, 10)
-	}
+	orDefault(&s.Resolution, 0.05)
+	orDefault(&s.Budget, 90*time.Second)
+	orDefault(&s.MaxProbes, 30)
+	orDefault(&s.MinLoad, s.Start/math.Pow(s.Factor, 8))
+	orDefault(&s.MaxLoad, s.Start*math.Pow(s.Factor, 10))
 	if s.Now == nil {
 		s.Now = time.Now
 	}

@@ -4,37 +4,24 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/system"
-	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 // KneeConfig configures CheckKnees. Zero values take the defaults in the
 // comments.
 type KneeConfig struct {
-	// PlanFile is the plan to check; empty: the built-in MNIST plan.
-	PlanFile string
+	// Live is the plan checked and the systems serving it; Live.Items are
+	// the requests, cycled.
+	Live
 	// Gears are the ids of the gears measured (default: every gear of the
 	// plan).
 	Gears []string
-	// Runners is the stage worker's runner count (default 2).
-	Runners int
-	// ONNXRuntimeLib is the ONNX Runtime library of the stage worker
-	// (empty: its own search).
-	ONNXRuntimeLib string
-	// WorkerEnv are further settings of the stage worker
-	// (CASCADE_WORKER_PROVIDER, CASCADE_WORKER_CUDA_*).
-	WorkerEnv map[string]string
-	// Items are the requests, cycled (default: the 10,000 MNIST test
-	// images).
-	Items *dataset.Set
 	// RequestItems > 1 sends that many items per request (the producer's
 	// batch axis); loads stay in items/s.
 	RequestItems int
@@ -57,56 +44,22 @@ type KneeConfig struct {
 	// Tolerance is the largest acceptable |measured / planned − 1| (default
 	// 0.15).
 	Tolerance float64
-
-	TempDir  string
-	Logger   *slog.Logger
-	Progress io.Writer
 }
 
 func (c *KneeConfig) defaults() error {
-	if c.Runners <= 0 {
-		c.Runners = 2
-	}
-	if c.Warmup < 0 {
-		c.Warmup = 0
-	} else if c.Warmup == 0 {
-		c.Warmup = 2 * time.Second
-	}
-	if c.Duration <= 0 {
-		c.Duration = 5 * time.Second
-	}
-	if c.Budget <= 0 {
-		c.Budget = 90 * time.Second
-	}
+	c.Warmup = warmupOr(c.Warmup, 2*time.Second)
+	orDefault(&c.Duration, 5*time.Second)
+	orDefault(&c.Budget, 90*time.Second)
 	if !(c.Factor > 1) {
 		c.Factor = 1.5
 	}
-	if !(c.Resolution > 0) {
-		c.Resolution = 0.05
-	}
-	if !(c.MaxErrorRate > 0) {
-		c.MaxErrorRate = 0.001
-	}
-	if !(c.Tolerance > 0) {
-		c.Tolerance = 0.15
-	}
+	orDefault(&c.Resolution, 0.05)
+	orDefault(&c.MaxErrorRate, 0.001)
+	orDefault(&c.Tolerance, 0.15)
 	if c.RequestItems < 1 {
 		c.RequestItems = 1
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Progress == nil {
-		c.Progress = io.Discard
-	}
-	if c.Items == nil {
-		set, err := mnist.TestImages()
-		if err != nil {
-			return err
-		}
-		c.Items = set
-	}
-	return nil
+	return c.Live.defaults()
 }
 
 // KneeCheck is the planned against the measured capacity of gears.
@@ -236,7 +189,7 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
 	}
-	sc := Config{PlanFile: cfg.PlanFile, Runners: cfg.Runners, ONNXRuntimeLib: cfg.ONNXRuntimeLib, WorkerEnv: cfg.WorkerEnv, TempDir: cfg.TempDir, Logger: cfg.Logger}
+	sc := cfg.Live
 	for _, gi := range gears {
 		g := p.Gears[gi]
 		gk, err := withSystem(ctx, cfg.TempDir, sc.systemConfig(g.ID), func(sys *system.System) (GearKnee, error) {

@@ -106,9 +106,7 @@ func (r LoadRun) ErrorCount() int {
 // Load sends load to the pipeline over nc with the load generator: a
 // warm-up phase (discarded), then the measured phase.
 func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 30 * time.Second
-	}
+	orDefault(&cfg.Timeout, 30*time.Second)
 	if cfg.Seed == 0 {
 		cfg.Seed = 1
 	}

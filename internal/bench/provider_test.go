@@ -11,7 +11,9 @@ import (
 // which provider it was.
 func TestSystemsGetTheWorkerSettings(t *testing.T) {
 	workerEnv := map[string]string{"CASCADE_WORKER_PROVIDER": "cuda", "CASCADE_WORKER_CUDA_TF32": "false", "CASCADE_GEAR": "ignored"}
-	sc := Config{Runners: 3, ONNXRuntimeLib: "/lib.so", WorkerEnv: workerEnv}.systemConfig("g2")
+	sc := Config{
+		Live: Live{Runners: 3, ONNXRuntimeLib: "/lib.so", WorkerEnv: workerEnv},
+	}.systemConfig("g2")
 	for k, want := range map[string]string{
 		"CASCADE_WORKER_PROVIDER": "cuda", "CASCADE_WORKER_CUDA_TF32": "false", "CASCADE_GEAR": "g2",
 		"CASCADE_WORKER_RUNNERS": "3", "CASCADE_ONNXRUNTIME_LIB": "/lib.so",

@@ -22,24 +22,16 @@ import (
 
 // Config configures Run. Zero values take the defaults in the comments.
 type Config struct {
-	// PlanFile is the plan to serve; empty: the built-in MNIST plan.
-	PlanFile string
+	// Live is the plan served and the systems' stage worker; its Runners
+	// is also the number of sessions of the in-process runs, and its
+	// ONNXRuntimeLib is required.
+	Live
 	// Gears are the ids of the gears measured; empty: the most accurate
 	// (first) and the cheapest (last) gear of the plan.
 	Gears []string
-	// Runners is the stage worker's runner count (CASCADE_WORKER_RUNNERS)
-	// and the number of sessions of the in-process runs (default 2).
-	Runners int
-	// ONNXRuntimeLib is the ONNX Runtime library (required).
-	ONNXRuntimeLib string
 	// Session holds the in-process sessions' provider and CUDA options
-	// (its IntraOpThreads is ignored); WorkerEnv are further settings of
-	// the systems' stage worker (CASCADE_WORKER_PROVIDER,
-	// CASCADE_WORKER_CUDA_*), so both run on the same provider.
-	Session   onnxrt.SessionOptions
-	WorkerEnv map[string]string
-	// Items are the requests (default: the 10,000 MNIST test images).
-	Items *dataset.Set
+	// (its IntraOpThreads is ignored), on the provider of Live.WorkerEnv.
+	Session onnxrt.SessionOptions
 
 	// Broker configures the broker ceiling (MeasureBroker); Ceiling the
 	// item-hop ceiling (MeasureCeiling), measured only with HopCeiling.
@@ -78,7 +70,25 @@ type Config struct {
 	// HopCeiling adds the item-hop ceiling.
 	SkipCeiling, SkipCompute, SkipPipeline bool
 	HopCeiling                             bool
+}
 
+// Live configures the live systems a measurement starts (a fresh
+// all-in-one system per gear, gear pinned) and what they serve; Config,
+// CheckConfig and KneeConfig embed it.
+type Live struct {
+	// PlanFile is the plan to serve; empty: the built-in MNIST plan.
+	PlanFile string
+	// Runners is the stage worker's runner count (CASCADE_WORKER_RUNNERS,
+	// default 2).
+	Runners int
+	// ONNXRuntimeLib is the ONNX Runtime library of the stage worker
+	// (empty: its own search).
+	ONNXRuntimeLib string
+	// WorkerEnv are further settings of the stage worker
+	// (CASCADE_WORKER_PROVIDER, CASCADE_WORKER_CUDA_*).
+	WorkerEnv map[string]string
+	// Items are the requests (default: the 10,000 MNIST test images).
+	Items *dataset.Set
 	// TempDir is where the JetStream stores go (default os.TempDir()); each
 	// system gets a fresh folder, removed afterwards.
 	TempDir string
@@ -88,41 +98,54 @@ type Config struct {
 	Progress io.Writer
 }
 
+// defaults fills Live's defaults.
+func (l *Live) defaults() error {
+	orDefault(&l.Runners, 2)
+	if l.Logger == nil {
+		l.Logger = slog.New(slog.DiscardHandler)
+	}
+	if l.Progress == nil {
+		l.Progress = io.Discard
+	}
+	if l.Items == nil {
+		set, err := mnist.TestImages()
+		if err != nil {
+			return err
+		}
+		l.Items = set
+	}
+	return nil
+}
+
+// orDefault sets *v to def unless *v is positive (NaN is not).
+func orDefault[T int | float64 | time.Duration](v *T, def T) {
+	if !(*v > 0) {
+		*v = def
+	}
+}
+
+// warmupOr is a configured warm-up: w, def when w is 0, none when w < 0.
+func warmupOr(w, def time.Duration) time.Duration {
+	switch {
+	case w < 0:
+		return 0
+	case w == 0:
+		return def
+	}
+	return w
+}
+
 func (c *Config) defaults() error {
-	if c.Runners <= 0 {
-		c.Runners = 2
-	}
-	if c.ComputeDuration <= 0 {
-		c.ComputeDuration = 2 * time.Second
-	}
-	if c.Warmup < 0 {
-		c.Warmup = 0
-	} else if c.Warmup == 0 {
-		c.Warmup = 3 * time.Second
-	}
-	if c.Duration <= 0 {
-		c.Duration = 15 * time.Second
-	}
+	orDefault(&c.ComputeDuration, 2*time.Second)
+	c.Warmup = warmupOr(c.Warmup, 3*time.Second)
+	orDefault(&c.Duration, 15*time.Second)
 	if c.HalfLoad == 0 {
 		c.HalfLoad = 10 * time.Second
 	}
 	if c.IdleRequests == 0 {
 		c.IdleRequests = 200
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Progress == nil {
-		c.Progress = io.Discard
-	}
-	if c.Items == nil {
-		set, err := mnist.TestImages()
-		if err != nil {
-			return err
-		}
-		c.Items = set
-	}
-	return nil
+	return c.Live.defaults()
 }
 
 // Run measures, in this order and in this process: the broker ceiling
@@ -438,7 +461,7 @@ func compute(ctx context.Context, cfg Config, p *plan.Plan, src ModelSource, gea
 }
 
 // systemConfig is an all-in-one system serving the plan pinned to a gear.
-func (c Config) systemConfig(gear string) system.Config {
+func (c Live) systemConfig(gear string) system.Config {
 	env := maps.Clone(c.WorkerEnv)
 	if env == nil {
 		env = map[string]string{}

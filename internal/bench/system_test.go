@@ -76,12 +76,17 @@ func TestRunMeasuresEveryPart(t *testing.T) {
 	defer cancel()
 	const idle = 20
 	rep, err := Run(ctx, Config{
-		PlanFile: file, Gears: []string{"one"}, Runners: 2, ONNXRuntimeLib: lib, Items: testImages(t, 500),
+		Live:            Live{PlanFile: file, Runners: 2, ONNXRuntimeLib: lib, Items: testImages(t, 500), TempDir: t.TempDir()},
+		Gears:           []string{"one"},
 		Broker:          BrokerConfig{Messages: 300, Rounds: 1},
 		Ceiling:         CeilingConfig{Batches: []int{32}, Rounds: 1, Messages: 300},
 		HopCeiling:      true,
-		ComputeDuration: time.Millisecond, Concurrency: 8, Warmup: -1, Duration: time.Second,
-		HalfLoad: time.Second, IdleRequests: idle, TempDir: t.TempDir(),
+		ComputeDuration: time.Millisecond,
+		Concurrency:     8,
+		Warmup:          -1,
+		Duration:        time.Second,
+		HalfLoad:        time.Second,
+		IdleRequests:    idle,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -144,8 +149,12 @@ func TestCheckPlanServesLikeTheInProcessCascade(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := CheckPlan(ctx, CheckConfig{
-		PlanFile: file, Gear: "two", ONNXRuntimeLib: lib, Items: items, Concurrency: 16,
-		Fractions: []float64{0.25}, Warmup: -1, Duration: time.Second, TempDir: t.TempDir(),
+		Live:        Live{PlanFile: file, ONNXRuntimeLib: lib, Items: items, TempDir: t.TempDir()},
+		Gear:        "two",
+		Concurrency: 16,
+		Fractions:   []float64{0.25},
+		Warmup:      -1,
+		Duration:    time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -202,8 +211,12 @@ func TestCheckKneesReportsEachGear(t *testing.T) {
 	var progress strings.Builder
 	const budget = 4 * time.Second
 	k, err := CheckKnees(ctx, KneeConfig{
-		PlanFile: file, Gears: []string{"one"}, ONNXRuntimeLib: lib, Items: testImages(t, 500), RequestItems: 4,
-		Warmup: -1, Duration: time.Second, Budget: budget, TempDir: t.TempDir(), Progress: &progress,
+		Live:         Live{PlanFile: file, ONNXRuntimeLib: lib, Items: testImages(t, 500), TempDir: t.TempDir(), Progress: &progress},
+		Gears:        []string{"one"},
+		RequestItems: 4,
+		Warmup:       -1,
+		Duration:     time.Second,
+		Budget:       budget,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +289,9 @@ func TestLoadAbortCutsARunShort(t *testing.T) {
 	defer cancel()
 	items := testImages(t, 100)
 	abort := func(s loadgen.Snapshot) bool { return s.Elapsed > 300*time.Millisecond }
-	sc := Config{PlanFile: file, Runners: 2, ONNXRuntimeLib: lib}.systemConfig("one")
+	sc := Config{
+		Live: Live{PlanFile: file, Runners: 2, ONNXRuntimeLib: lib},
+	}.systemConfig("one")
 	_, err := withSystem(ctx, t.TempDir(), sc, func(sys *system.System) (struct{}, error) {
 		start := time.Now()
 		run, err := Load(ctx, sys.Conn, LoadConfig{Pipeline: "mnist", Items: items, QPS: 100, Duration: 20 * time.Second, Abort: abort})

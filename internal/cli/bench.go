@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/bench"
+	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
@@ -78,229 +80,331 @@ func benchCommand() command {
 	}
 }
 
-func runBench(ctx context.Context, env Env, args []string) error {
-	fs := newFlagSet(env, "bench", benchUsage)
-	checkPlan := fs.Bool("check-plan", false, "check the plan's predictions for one gear against the live pipeline instead")
-	planFile := fs.String("plan", envOr(env, "CASCADE_PLAN", ""), "gear plan file (default: the built-in MNIST plan)")
-	runners := fs.Int("runners", 2, "stage worker runners (and in-process sessions)")
-	var pf providerFlags
-	pf.register(fs, onnxrt.ProviderCPU)
-	concurrency := fs.Int("concurrency", 0, "closed-loop requests in flight (default 2 × max batch × runners items, in requests of --request-items)")
-	requestItems := fs.Int("request-items", 1, "items per request in the saturated and half-load runs: >1 sends batched inputs [N, item shape] (the producer's batch axis)")
-	warmup := fs.Duration("warmup", 0, "warm-up before each measured load phase, discarded; 0: none (default 3s; 2s with --check-plan)")
-	duration := fs.Duration("duration", 0, "measured phase of each load run (default 15s per gear; 10s per rate with --check-plan)")
-	jsonFile := fs.String("json", "", "also write the numbers as JSON to this file")
-	logLevel := fs.String("log-level", "warn", "log level of the services (debug, info, warn, error)")
+// benchFlags are bench's flags: shared by every mode, of the end-to-end
+// benchmark, and of --check-plan (with or without --knee).
+type benchFlags struct {
+	checkPlan, knee                bool
+	planFile                       string
+	runners, concurrency, reqItems int
+	pf                             providerFlags
+	warmup, duration               time.Duration
+	jsonFile, logLevel             string
+	// The end-to-end benchmark.
+	gears, baseline, only, cpuProfile, hopBatches string
+	compute, halfLoad                             time.Duration
+	idle, messages, size, pubBatch, fetchBatch    int
+	rounds, hopMessages, fetchers                 int
+	// --check-plan.
+	gear                     string
+	items                    int
+	capacity, kneeStart      float64
+	fractions                string
+	kneeDuration, kneeBudget time.Duration
+}
+
+func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
+	fs.BoolVar(&f.checkPlan, "check-plan", false, "check the plan's predictions for one gear against the live pipeline instead")
+	fs.StringVar(&f.planFile, "plan", envOr(env, "CASCADE_PLAN", ""), "gear plan file (default: the built-in MNIST plan)")
+	fs.IntVar(&f.runners, "runners", 2, "stage worker runners (and in-process sessions)")
+	f.pf.register(fs, onnxrt.ProviderCPU)
+	fs.IntVar(&f.concurrency, "concurrency", 0, "closed-loop requests in flight (default 2 × max batch × runners items, in requests of --request-items)")
+	fs.IntVar(&f.reqItems, "request-items", 1, "items per request in the saturated and half-load runs: >1 sends batched inputs [N, item shape] (the producer's batch axis)")
+	fs.DurationVar(&f.warmup, "warmup", 0, "warm-up before each measured load phase, discarded; 0: none (default 3s; 2s with --check-plan)")
+	fs.DurationVar(&f.duration, "duration", 0, "measured phase of each load run (default 15s per gear; 10s per rate with --check-plan)")
+	fs.StringVar(&f.jsonFile, "json", "", "also write the numbers as JSON to this file")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "log level of the services (debug, info, warn, error)")
 	// bench only
-	gears := fs.String("gears", "", `comma-separated gear ids to measure, or "all" (default: the most accurate and the cheapest; with --knee every gear)`)
-	baseline := fs.String("baseline", "", `model run alone as the single-model baseline gear (default: the plan's most accurate model, the last of its ladder; "none": no baseline)`)
-	compute := fs.Duration("compute", 2*time.Second, "length of each in-process ONNX Runtime measurement")
-	halfLoad := fs.Duration("half-load", 10*time.Second, "measured phase of each gear's Poisson run at half its saturated requests/s; 0: none")
-	idle := fs.Int("idle", 200, "requests sent one at a time to each gear after its load runs; 0: none")
-	messages := fs.Int("messages", 100000, "messages per round of the broker ceiling")
-	size := fs.Int("size", 784, "message size in bytes of the broker ceiling")
-	pubBatch := fs.Int("pub-batch", 500, "asynchronous publishes per PubAck window of the broker ceiling (nats bench --batch)")
-	fetchBatch := fs.Int("fetch-batch", 500, "fetch size and max ack pending of the broker ceiling (nats bench --batch)")
-	rounds := fs.Int("rounds", 2, "rounds of the broker ceiling, and of each fetch size of the item-hop ceiling (the best counts)")
-	hopMessages := fs.Int("hop-messages", 20000, "messages per batch size in the item-hop ceiling (--only hops)")
-	batches := fs.String("hop-batches", "64,128", "comma-separated fetch sizes of the item-hop ceiling (--only hops)")
-	fetchers := fs.Int("fetchers", 2, "fetching goroutines of the item-hop ceiling (--only hops)")
-	only := fs.String("only", "", "comma-separated parts to run: ceiling, compute, pipeline, hops (default: all but hops)")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (every part of the system runs in this process) to this file, for go tool pprof")
+	fs.StringVar(&f.gears, "gears", "", `comma-separated gear ids to measure, or "all" (default: the most accurate and the cheapest; with --knee every gear)`)
+	fs.StringVar(&f.baseline, "baseline", "", `model run alone as the single-model baseline gear (default: the plan's most accurate model, the last of its ladder; "none": no baseline)`)
+	fs.DurationVar(&f.compute, "compute", 2*time.Second, "length of each in-process ONNX Runtime measurement")
+	fs.DurationVar(&f.halfLoad, "half-load", 10*time.Second, "measured phase of each gear's Poisson run at half its saturated requests/s; 0: none")
+	fs.IntVar(&f.idle, "idle", 200, "requests sent one at a time to each gear after its load runs; 0: none")
+	fs.IntVar(&f.messages, "messages", 100000, "messages per round of the broker ceiling")
+	fs.IntVar(&f.size, "size", 784, "message size in bytes of the broker ceiling")
+	fs.IntVar(&f.pubBatch, "pub-batch", 500, "asynchronous publishes per PubAck window of the broker ceiling (nats bench --batch)")
+	fs.IntVar(&f.fetchBatch, "fetch-batch", 500, "fetch size and max ack pending of the broker ceiling (nats bench --batch)")
+	fs.IntVar(&f.rounds, "rounds", 2, "rounds of the broker ceiling, and of each fetch size of the item-hop ceiling (the best counts)")
+	fs.IntVar(&f.hopMessages, "hop-messages", 20000, "messages per batch size in the item-hop ceiling (--only hops)")
+	fs.StringVar(&f.hopBatches, "hop-batches", "64,128", "comma-separated fetch sizes of the item-hop ceiling (--only hops)")
+	fs.IntVar(&f.fetchers, "fetchers", 2, "fetching goroutines of the item-hop ceiling (--only hops)")
+	fs.StringVar(&f.only, "only", "", "comma-separated parts to run: ceiling, compute, pipeline, hops (default: all but hops)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (every part of the system runs in this process) to this file, for go tool pprof")
 	// --check-plan only
-	gear := fs.String("gear", "", "gear to check (default: the plan's most accurate gear)")
-	items := fs.Int("items", mnist.TestItems, "MNIST test images served in the accuracy check (the first N)")
-	capacity := fs.Float64("capacity", 0, "gear capacity in requests/s the fractions refer to (default: its max_qps in the plan)")
-	fractionsFlag := fs.String("fractions", "0.5,0.8", "comma-separated fractions of the capacity for the latency check")
-	knee := fs.Bool("knee", false, "with --check-plan: measure each gear's capacity (the highest Poisson load within the SLO) against its max_qps instead")
-	kneeDuration := fs.Duration("knee-duration", 5*time.Second, "measured phase of each --knee probe, after --warmup")
-	kneeBudget := fs.Duration("knee-budget", 90*time.Second, "time bound of each gear's --knee search")
-	kneeStart := fs.Float64("knee-start", 0, "first load of each --knee search, items/s (default: the gear's max_qps)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", ErrUsage, fs.Args())
-	}
-	for _, f := range []struct {
+	fs.StringVar(&f.gear, "gear", "", "gear to check (default: the plan's most accurate gear)")
+	fs.IntVar(&f.items, "items", mnist.TestItems, "MNIST test images served in the accuracy check (the first N)")
+	fs.Float64Var(&f.capacity, "capacity", 0, "gear capacity in requests/s the fractions refer to (default: its max_qps in the plan)")
+	fs.StringVar(&f.fractions, "fractions", "0.5,0.8", "comma-separated fractions of the capacity for the latency check")
+	fs.BoolVar(&f.knee, "knee", false, "with --check-plan: measure each gear's capacity (the highest Poisson load within the SLO) against its max_qps instead")
+	fs.DurationVar(&f.kneeDuration, "knee-duration", 5*time.Second, "measured phase of each --knee probe, after --warmup")
+	fs.DurationVar(&f.kneeBudget, "knee-budget", 90*time.Second, "time bound of each gear's --knee search")
+	fs.Float64Var(&f.kneeStart, "knee-start", 0, "first load of each --knee search, items/s (default: the gear's max_qps)")
+}
+
+// check refuses values no mode can run with.
+func (f *benchFlags) check() error {
+	for _, c := range []struct {
 		name string
 		v    int
-	}{{"runners", *runners}, {"messages", *messages}, {"fetchers", *fetchers}, {"rounds", *rounds},
-		{"pub-batch", *pubBatch}, {"fetch-batch", *fetchBatch}, {"hop-messages", *hopMessages}} {
-		if f.v < 1 {
-			return fmt.Errorf("%w: --%s must be at least 1, got %d", ErrUsage, f.name, f.v)
+	}{{"runners", f.runners}, {"messages", f.messages}, {"fetchers", f.fetchers}, {"rounds", f.rounds},
+		{"pub-batch", f.pubBatch}, {"fetch-batch", f.fetchBatch}, {"hop-messages", f.hopMessages}} {
+		if c.v < 1 {
+			return fmt.Errorf("--%s must be at least 1, got %d", c.name, c.v)
 		}
 	}
-	if *size < 8 {
-		return fmt.Errorf("%w: --size must be at least 8 bytes (the message's index), got %d", ErrUsage, *size)
+	switch {
+	case f.size < 8:
+		return fmt.Errorf("--size must be at least 8 bytes (the message's index), got %d", f.size)
+	case f.reqItems < 1 || f.reqItems > 1024:
+		return errors.New("--request-items must be in [1,1024]")
+	case f.knee && !f.checkPlan:
+		return errors.New("--knee goes with --check-plan")
+	case f.kneeDuration <= 0 || f.kneeBudget <= 0 || f.kneeStart < 0:
+		return errors.New("--knee-duration and --knee-budget must be positive, --knee-start not negative")
+	case f.concurrency < 0 || f.warmup < 0 || f.duration < 0 || f.compute < 0 || f.capacity < 0 || f.halfLoad < 0 || f.idle < 0:
+		return errors.New("--concurrency, --warmup, --duration, --compute, --capacity, --half-load and --idle cannot be negative")
 	}
-	if *requestItems < 1 || *requestItems > 1024 {
-		return fmt.Errorf("%w: --request-items must be in [1,1024]", ErrUsage)
+	return nil
+}
+
+// gearList is --gears as ids; nil for none or "all".
+func (f *benchFlags) gearList() []string {
+	if f.gears == "" || strings.TrimSpace(f.gears) == "all" {
+		return nil
 	}
-	if *knee && !*checkPlan {
-		return fmt.Errorf("%w: --knee goes with --check-plan", ErrUsage)
+	var ids []string
+	for _, id := range strings.Split(f.gears, ",") {
+		ids = append(ids, strings.TrimSpace(id))
 	}
-	if *kneeDuration <= 0 || *kneeBudget <= 0 || *kneeStart < 0 {
-		return fmt.Errorf("%w: --knee-duration and --knee-budget must be positive, --knee-start not negative", ErrUsage)
+	return ids
+}
+
+// benchShared is what every mode's config takes alike.
+type benchShared struct {
+	live   bench.Live
+	warmup time.Duration
+}
+
+func (f *benchFlags) kneeConfig(sh benchShared) bench.KneeConfig {
+	cfg := bench.KneeConfig{
+		Live:         sh.live,
+		Gears:        f.gearList(),
+		RequestItems: f.reqItems,
+		Start:        f.kneeStart,
+		Warmup:       sh.warmup,
+		Duration:     f.kneeDuration,
+		Budget:       f.kneeBudget,
 	}
-	if *concurrency < 0 || *warmup < 0 || *duration < 0 || *compute < 0 || *capacity < 0 || *halfLoad < 0 || *idle < 0 {
-		return fmt.Errorf("%w: --concurrency, --warmup, --duration, --compute, --capacity, --half-load and --idle cannot be negative", ErrUsage)
+	if cfg.Gears == nil && f.gear != "" {
+		cfg.Gears = []string{f.gear}
 	}
-	// --warmup 0 means no warm-up; left out, the mode's default.
-	warm := *warmup
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "warmup" && warm == 0 {
-			warm = -1
-		}
-	})
-	logger, err := telemetry.NewLogger(env.Stderr, *logLevel, "text")
+	return cfg
+}
+
+func (f *benchFlags) checkConfig(sh benchShared) (bench.CheckConfig, error) {
+	fr, err := parseFloats(f.fractions)
 	if err != nil {
+		return bench.CheckConfig{}, fmt.Errorf("%w: --fractions: %w", ErrUsage, err)
+	}
+	if f.items < 1 || f.items > mnist.TestItems {
+		return bench.CheckConfig{}, fmt.Errorf("%w: --items %d outside [1, %d]", ErrUsage, f.items, mnist.TestItems)
+	}
+	return bench.CheckConfig{
+		Live:        sh.live,
+		Gear:        f.gear,
+		Concurrency: f.concurrency,
+		Capacity:    f.capacity,
+		Fractions:   fr,
+		Warmup:      sh.warmup,
+		Duration:    f.duration,
+	}, nil
+}
+
+func (f *benchFlags) runConfig(sh benchShared, sess onnxrt.SessionOptions) (bench.Config, error) {
+	bs, err := parseInts(f.hopBatches)
+	if err != nil {
+		return bench.Config{}, fmt.Errorf("%w: --hop-batches: %w", ErrUsage, err)
+	}
+	cfg := bench.Config{
+		Live:            sh.live,
+		Baseline:        f.baseline,
+		Session:         sess,
+		Broker:          bench.BrokerConfig{Messages: f.messages, Size: f.size, PubBatch: f.pubBatch, FetchBatch: f.fetchBatch, Rounds: f.rounds},
+		Ceiling:         bench.CeilingConfig{Batches: bs, Rounds: f.rounds, Fetchers: f.fetchers, Messages: f.hopMessages},
+		ComputeDuration: f.compute,
+		Concurrency:     f.concurrency,
+		RequestItems:    f.reqItems,
+		Warmup:          sh.warmup,
+		Duration:        f.duration,
+		HalfLoad:        orNone(f.halfLoad),
+		IdleRequests:    orNone(f.idle),
+	}
+	if f.gears != "" && strings.TrimSpace(f.gears) != "all" {
+		cfg.Gears = f.gearList()
+	} else if f.gears != "" {
+		// Every gear of the plan.
+		p, err := system.LoadPlan(f.planFile)
+		if err != nil {
+			return bench.Config{}, err
+		}
+		for _, g := range p.Gears {
+			cfg.Gears = append(cfg.Gears, g.ID)
+		}
+	}
+	if f.only != "" {
+		cfg.SkipCeiling, cfg.SkipCompute, cfg.SkipPipeline = true, true, true
+		for _, part := range strings.Split(f.only, ",") {
+			switch strings.TrimSpace(part) {
+			case "ceiling":
+				cfg.SkipCeiling = false
+			case "compute":
+				cfg.SkipCompute = false
+			case "pipeline":
+				cfg.SkipPipeline = false
+			case "hops":
+				cfg.HopCeiling = true
+			default:
+				return bench.Config{}, fmt.Errorf("%w: --only: unknown part %q (ceiling, compute, pipeline, hops)", ErrUsage, part)
+			}
+		}
+	}
+	return cfg, nil
+}
+
+func runBench(ctx context.Context, env Env, args []string) error {
+	var f benchFlags
+	fs := newFlagSet(env, "bench", benchUsage)
+	f.register(fs, env)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := f.check(); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	var (
-		runCfg   bench.Config
-		checkCfg bench.CheckConfig
-		kneeCfg  bench.KneeConfig
-	)
-	gearList := func() []string {
-		if *gears == "" || strings.TrimSpace(*gears) == "all" {
-			return nil
-		}
-		var ids []string
-		for _, id := range strings.Split(*gears, ",") {
-			ids = append(ids, strings.TrimSpace(id))
-		}
-		return ids
+	sh := benchShared{
+		live:   bench.Live{PlanFile: f.planFile, Runners: f.runners, WorkerEnv: f.pf.workerEnv(), Progress: env.Stderr},
+		warmup: f.warmup,
 	}
-	sessOpts, err := pf.sessionOptions(1)
+	// --warmup 0 means no warm-up; left out, the mode's default.
+	fs.Visit(func(fl *flag.Flag) {
+		if fl.Name == "warmup" && sh.warmup == 0 {
+			sh.warmup = -1
+		}
+	})
+	var err error
+	if sh.live.Logger, err = telemetry.NewLogger(env.Stderr, f.logLevel, "text"); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	sessOpts, err := f.pf.sessionOptions(1)
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
-	workerEnv := pf.workerEnv()
-	if *knee {
-		kneeCfg = bench.KneeConfig{
-			PlanFile: *planFile, Gears: gearList(), Runners: *runners, RequestItems: *requestItems, Start: *kneeStart, WorkerEnv: workerEnv,
-			Warmup: warm, Duration: *kneeDuration, Budget: *kneeBudget, Logger: logger, Progress: env.Stderr,
+	var run func(lib string, set *dataset.Set) (benchResult, error)
+	needsRuntime := true
+	switch {
+	case f.knee:
+		cfg := f.kneeConfig(sh)
+		run = func(lib string, set *dataset.Set) (benchResult, error) {
+			cfg.ONNXRuntimeLib, cfg.Items = lib, set
+			return bench.CheckKnees(ctx, cfg)
 		}
-		if kneeCfg.Gears == nil && *gear != "" {
-			kneeCfg.Gears = []string{*gear}
-		}
-	} else if *checkPlan {
-		fr, err := parseFloats(*fractionsFlag)
+	case f.checkPlan:
+		cfg, err := f.checkConfig(sh)
 		if err != nil {
-			return fmt.Errorf("%w: --fractions: %w", ErrUsage, err)
+			return err
 		}
-		if *items < 1 || *items > mnist.TestItems {
-			return fmt.Errorf("%w: --items %d outside [1, %d]", ErrUsage, *items, mnist.TestItems)
+		run = func(lib string, set *dataset.Set) (benchResult, error) {
+			cfg.ONNXRuntimeLib = lib
+			var err error
+			if cfg.Items, err = set.Slice(0, f.items); err != nil {
+				return nil, err
+			}
+			return bench.CheckPlan(ctx, cfg)
 		}
-		checkCfg = bench.CheckConfig{
-			PlanFile: *planFile, Gear: *gear, Runners: *runners, Concurrency: *concurrency,
-			Capacity: *capacity, Fractions: fr, Warmup: warm, Duration: *duration, WorkerEnv: workerEnv,
-			Logger: logger, Progress: env.Stderr,
-		}
-	} else {
-		bs, err := parseInts(*batches)
+	default:
+		cfg, err := f.runConfig(sh, sessOpts)
 		if err != nil {
-			return fmt.Errorf("%w: --hop-batches: %w", ErrUsage, err)
+			return err
 		}
-		runCfg = bench.Config{
-			PlanFile: *planFile, Runners: *runners, Baseline: *baseline, Session: sessOpts, WorkerEnv: workerEnv,
-			Broker:          bench.BrokerConfig{Messages: *messages, Size: *size, PubBatch: *pubBatch, FetchBatch: *fetchBatch, Rounds: *rounds},
-			Ceiling:         bench.CeilingConfig{Batches: bs, Rounds: *rounds, Fetchers: *fetchers, Messages: *hopMessages},
-			ComputeDuration: *compute, Concurrency: *concurrency, RequestItems: *requestItems, Warmup: warm, Duration: *duration,
-			HalfLoad: orNone(*halfLoad), IdleRequests: orNone(*idle),
-			Logger: logger, Progress: env.Stderr,
-		}
-		if *gears != "" && strings.TrimSpace(*gears) != "all" {
-			runCfg.Gears = gearList()
-		} else if *gears != "" {
-			// Every gear of the plan.
-			p, err := system.LoadPlan(*planFile)
-			if err != nil {
-				return err
-			}
-			for _, g := range p.Gears {
-				runCfg.Gears = append(runCfg.Gears, g.ID)
-			}
-		}
-		if *only != "" {
-			runCfg.SkipCeiling, runCfg.SkipCompute, runCfg.SkipPipeline = true, true, true
-			for _, part := range strings.Split(*only, ",") {
-				switch strings.TrimSpace(part) {
-				case "ceiling":
-					runCfg.SkipCeiling = false
-				case "compute":
-					runCfg.SkipCompute = false
-				case "pipeline":
-					runCfg.SkipPipeline = false
-				case "hops":
-					runCfg.HopCeiling = true
-				default:
-					return fmt.Errorf("%w: --only: unknown part %q (ceiling, compute, pipeline, hops)", ErrUsage, part)
-				}
-			}
+		// The ceilings alone need no ONNX Runtime.
+		needsRuntime = !cfg.SkipCompute || !cfg.SkipPipeline
+		run = func(lib string, set *dataset.Set) (benchResult, error) {
+			cfg.ONNXRuntimeLib, cfg.Items = lib, set
+			return bench.Run(ctx, cfg)
 		}
 	}
-
-	// The ceilings alone need no ONNX Runtime.
 	lib := ""
-	if *checkPlan || !runCfg.SkipCompute || !runCfg.SkipPipeline {
-		getenv := env.Getenv
-		if getenv == nil {
-			getenv = func(string) string { return "" }
-		}
-		if lib, err = onnxrt.FindLibraryFor(sessOpts.Provider, getenv); err != nil {
-			return fmt.Errorf("bench needs ONNX Runtime (scripts/install-onnxruntime.sh, or set CASCADE_ONNXRUNTIME_LIB): %w", err)
+	if needsRuntime {
+		if lib, err = benchRuntime(env, sessOpts.Provider); err != nil {
+			return err
 		}
 	}
 	set, err := mnist.TestImages()
 	if err != nil {
 		return err
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	if f.cpuProfile != "" {
+		stop, err := startCPUProfile(f.cpuProfile)
 		if err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
+			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
-	var result interface{ WriteTable(io.Writer) error }
-	if *knee {
-		kneeCfg.ONNXRuntimeLib, kneeCfg.Items = lib, set
-		if result, err = bench.CheckKnees(ctx, kneeCfg); err != nil {
-			return err
-		}
-	} else if *checkPlan {
-		checkCfg.ONNXRuntimeLib = lib
-		if checkCfg.Items, err = set.Slice(0, *items); err != nil {
-			return err
-		}
-		if result, err = bench.CheckPlan(ctx, checkCfg); err != nil {
-			return err
-		}
-	} else {
-		runCfg.ONNXRuntimeLib, runCfg.Items = lib, set
-		if result, err = bench.Run(ctx, runCfg); err != nil {
-			return err
-		}
+	result, err := run(lib, set)
+	if err != nil {
+		return err
 	}
+	return writeBenchResult(env, result, f.jsonFile)
+}
+
+// benchRuntime finds the ONNX Runtime library for the provider.
+func benchRuntime(env Env, provider string) (string, error) {
+	getenv := env.Getenv
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	lib, err := onnxrt.FindLibraryFor(provider, getenv)
+	if err != nil {
+		return "", fmt.Errorf("bench needs ONNX Runtime (scripts/install-onnxruntime.sh, or set CASCADE_ONNXRUNTIME_LIB): %w", err)
+	}
+	return lib, nil
+}
+
+// benchResult is what every mode of bench reports.
+type benchResult interface{ WriteTable(io.Writer) error }
+
+// startCPUProfile starts a CPU profile written to file; stop ends it.
+func startCPUProfile(file string) (stop func(), err error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+// writeBenchResult prints the result's table and, with jsonFile, writes
+// its numbers as JSON.
+func writeBenchResult(env Env, result benchResult, jsonFile string) error {
 	if err := result.WriteTable(env.Stdout); err != nil {
 		return err
 	}
-	if *jsonFile != "" {
-		b, err := json.MarshalIndent(result, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(*jsonFile, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write --json: %w", err)
-		}
-		fmt.Fprintf(env.Stderr, "bench: numbers written to %s\n", *jsonFile)
+	if jsonFile == "" {
+		return nil
 	}
+	b, err := json.MarshalIndent(result, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(jsonFile, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write --json: %w", err)
+	}
+	fmt.Fprintf(env.Stderr, "bench: numbers written to %s\n", jsonFile)
 	return nil
 }
 

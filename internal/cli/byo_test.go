@@ -10,6 +10,8 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
 // The digits ladder (internal/system/testdata/digits): UINT8 [N,28,28]
@@ -129,18 +131,15 @@ func TestReplayFailsNearChance(t *testing.T) {
 // ladder's best model is refused naming the cause.
 func TestPlanTakesTheReplaysInput(t *testing.T) {
 	dir := t.TempDir()
-	ladder := plan.SyntheticLadder()[:3]
-	r, err := plan.SyntheticReplay(2, 600, 10, ladder)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ladder := plantest.Ladder()[:3]
+	r := plantest.Replay(t, 2, 600, 10, ladder)
 	r.ItemShape, r.UINT8Scale = []int64{28, 28}, 1.0/255
 	replay := filepath.Join(dir, "val.csreplay.gz")
 	if err := r.WriteFile(replay); err != nil {
 		t.Fatal(err)
 	}
 	profile := filepath.Join(dir, "profile.json")
-	if err := plan.SyntheticProfile(ladder, 0.2).Save(profile); err != nil {
+	if err := plantest.ProfileFile(ladder, 0.2).Save(profile); err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "plan.json")
@@ -164,14 +163,14 @@ func TestPlanTakesTheReplaysInput(t *testing.T) {
 	}
 
 	// The best model (medium) far beyond the SLO: one runner, no gear with it.
-	slow := plan.SyntheticProfile(ladder, 0.2)
+	slow := plantest.ProfileFile(ladder, 0.2)
 	slow.Models["medium"] = plan.Profile{Threads: 1, Points: []plan.ProfilePoint{{Batch: 1, LatencyMs: 50}, {Batch: 128, LatencyMs: 6400}}}
 	if err := slow.Save(profile); err != nil {
 		t.Fatal(err)
 	}
 	gapArgs := append(slices.Clone(args), "--capacity", "1")
 	_, _, err = runPlanCLI(t, gapArgs...)
-	if !errors.Is(err, plan.ErrAccuracyGap) || !strings.Contains(err.Error(), `model "medium" alone takes 50`) {
+	if !errors.Is(err, planner.ErrAccuracyGap) || !strings.Contains(err.Error(), `model "medium" alone takes 50`) {
 		t.Fatalf("plan far below the best model: %v, want ErrAccuracyGap naming medium's latency", err)
 	}
 	if _, _, err := runPlanCLI(t, append(gapArgs, "--max-accuracy-gap", "-1")...); err != nil {

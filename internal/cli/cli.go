@@ -121,17 +121,30 @@ func (o *parseOutput) Write(p []byte) (int, error) {
 	return o.w.Write(p)
 }
 
+// parseFlags parses a subcommand's flags and refuses positional arguments.
+// Help asked for comes back as flag.ErrHelp (Run answers it with nil); any
+// other mistake is an ErrUsage.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: %s: unexpected arguments %q", ErrUsage, fs.Name(), fs.Args())
+	}
+	return nil
+}
+
 func versionCommand() command {
 	return command{name: "version", summary: "print the build: module version, VCS revision, Go version (also --version)", run: runVersion}
 }
 
 func runVersion(_ context.Context, env Env, args []string) error {
 	fs := newFlagSet(env, "version", "version")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: version: unexpected arguments %q", ErrUsage, fs.Args())
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	fmt.Fprintf(env.Stdout, "cascadeserve %s\n", buildinfo.Read())
 	return nil

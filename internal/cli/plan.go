@@ -18,6 +18,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
 	"github.com/cascadeserve/cascadeserve/pkg/plan/planplot"
 )
 
@@ -99,11 +100,11 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.qps, "qps", "", "load range MIN:MAX in requests/s (required)")
 	fs.IntVar(&f.buckets, "buckets", 40, "load buckets from MIN to MAX")
 	fs.Float64Var(&f.step, "step", 0, "bucket width in requests/s (replaces --buckets)")
-	fs.StringVar(&f.spacing, "spacing", plan.SpacingLinear, "bucket spacing: linear or log")
-	fs.StringVar(&f.mode, "mode", plan.ModeMaxAccuracy, "max-accuracy or min-cost")
+	fs.StringVar(&f.spacing, "spacing", planner.SpacingLinear, "bucket spacing: linear or log")
+	fs.StringVar(&f.mode, "mode", planner.ModeMaxAccuracy, "max-accuracy or min-cost")
 	fs.Float64Var(&f.target, "target-accuracy", 0, "accuracy target of --mode min-cost, in (0,1]")
 	fs.IntVar(&f.grid, "grid", 21, "thresholds tried per non-last stage")
-	fs.StringVar(&f.gridSpacing, "grid-spacing", plan.GridQuantile, "threshold grid: quantile (of each model's confidence) or uniform")
+	fs.StringVar(&f.gridSpacing, "grid-spacing", planner.GridQuantile, "threshold grid: quantile (of each model's confidence) or uniform")
 	fs.IntVar(&f.maxStages, "max-stages", 0, "longest cascade (0: the whole ladder, capped by the capacity)")
 	fs.BoolVar(&f.calibrate, "calibrate", false, "fit each model's temperature on the replay and plan on calibrated confidences")
 	fs.StringVar(&f.metric, "confidence", plan.MetricMargin, "confidence metric: margin, max_prob or entropy")
@@ -118,16 +119,10 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	fs.Uint64Var(&f.seed, "seed", 1, "simulation seed")
 	fs.StringVar(&f.inputName, "input-name", "input", "input tensor name")
 	fs.StringVar(&f.inputShape, "input-shape", "", "item shape without the batch axis, e.g. 1,28,28 (default: the replay's, else mnist's)")
-	fs.Float64Var(&f.maxAccuracyGap, "max-accuracy-gap", plan.DefaultMaxAccuracyGap, "refuse a max-accuracy plan whose best gear is more than this (a fraction; 0.05 = 5 points) below the ladder's best model alone; negative: no check")
+	fs.Float64Var(&f.maxAccuracyGap, "max-accuracy-gap", planner.DefaultMaxAccuracyGap, "refuse a max-accuracy plan whose best gear is more than this (a fraction; 0.05 = 5 points) below the ladder's best model alone; negative: no check")
 	fs.Float64Var(&f.uint8Scale, "uint8-scale", -1, "what a UINT8 input byte stands for, byte × scale (default: the replay's, else 1/255 for mnist; 0 refuses UINT8)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: plan: unexpected arguments %q", ErrUsage, fs.Args())
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	replay, err := f.loadReplay()
 	if err != nil {
@@ -147,7 +142,7 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 
 	fmt.Fprintf(env.Stderr, "plan: %d models, %d replay items, loads %s, SLO p95 %v on %d runners\n",
 		len(cfg.Replay.Models), cfg.Replay.Len(), f.qps, f.slo, cfg.Capacity)
-	res, err := plan.MakePlan(ctx, cfg)
+	res, err := planner.Make(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
@@ -175,7 +170,7 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 // profile). The pipeline input comes from the replay when it records one
 // (cascadeserve replay does): a plan must serve its models the inputs the
 // replay measured them on.
-func (f *planFlags) config(replay *plan.Replay) (plan.PlannerConfig, error) {
+func (f *planFlags) config(replay *plan.Replay) (planner.Config, error) {
 	var errs []error
 	if f.profile == "" {
 		errs = append(errs, errors.New("--profile is required"))
@@ -193,7 +188,7 @@ func (f *planFlags) config(replay *plan.Replay) (plan.PlannerConfig, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if f.mode == plan.ModeMinCost && f.target == 0 {
+	if f.mode == planner.ModeMinCost && f.target == 0 {
 		errs = append(errs, errors.New("--mode min-cost needs --target-accuracy"))
 	}
 	batches, err := parseIntList(f.batches)
@@ -242,22 +237,22 @@ func (f *planFlags) config(replay *plan.Replay) (plan.PlannerConfig, error) {
 		errs = append(errs, errors.New("--replay is required for a pipeline other than mnist"))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return plan.PlannerConfig{}, err
+		return planner.Config{}, err
 	}
-	return plan.PlannerConfig{
+	return planner.Config{
 		Pipeline:       f.pipeline,
 		Description:    f.description,
 		Input:          input,
 		SLOP95Ms:       float64(f.slo) / float64(time.Millisecond),
 		Capacity:       f.capacity,
 		RunnerPool:     f.runnerPool,
-		Load:           plan.LoadRange{MinQPS: minQ, MaxQPS: maxQ, Buckets: f.buckets, StepQPS: f.step, Spacing: f.spacing},
+		Load:           planner.LoadRange{MinQPS: minQ, MaxQPS: maxQ, Buckets: f.buckets, StepQPS: f.step, Spacing: f.spacing},
 		Mode:           f.mode,
 		TargetAccuracy: f.target,
 		MaxAccuracyGap: f.maxAccuracyGap,
 		Metric:         f.metric,
 		Calibrate:      f.calibrate,
-		Search:         plan.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
+		Search:         planner.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
 		CostBatch:      f.costBatch,
 		Headroom:       f.headroom,
 		BatchSizes:     batches,
@@ -283,7 +278,7 @@ func (f *planFlags) loadReplay() (*plan.Replay, error) {
 }
 
 // resolveLadder sets the ladder and each model's file relative to the plan.
-func (f *planFlags) resolveLadder(cfg *plan.PlannerConfig) error {
+func (f *planFlags) resolveLadder(cfg *planner.Config) error {
 	names := cfg.Replay.Models
 	if f.models != "" {
 		names = splitList(f.models)
@@ -305,7 +300,7 @@ func (f *planFlags) resolveLadder(cfg *plan.PlannerConfig) error {
 			}
 			file = filepath.ToSlash(rel)
 		}
-		cfg.Ladder = append(cfg.Ladder, plan.LadderModel{Name: name, File: file})
+		cfg.Ladder = append(cfg.Ladder, planner.LadderModel{Name: name, File: file})
 	}
 	return nil
 }

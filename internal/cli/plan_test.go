@@ -11,22 +11,21 @@ import (
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
 // planInputs writes a synthetic replay and profile into dir.
 func planInputs(t *testing.T, dir string) (replay, profile string) {
 	t.Helper()
-	ladder := plan.SyntheticLadder()[:3]
-	r, err := plan.SyntheticReplay(2, 600, 10, ladder)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ladder := plantest.Ladder()[:3]
+	r := plantest.Replay(t, 2, 600, 10, ladder)
 	replay = filepath.Join(dir, "val.csreplay.gz")
 	if err := r.WriteFile(replay); err != nil {
 		t.Fatal(err)
 	}
 	profile = filepath.Join(dir, "profile.json")
-	if err := plan.SyntheticProfile(ladder, 0.2).Save(profile); err != nil {
+	if err := plantest.ProfileFile(ladder, 0.2).Save(profile); err != nil {
 		t.Fatal(err)
 	}
 	return replay, profile
@@ -160,7 +159,7 @@ func TestPlanReportsPlannerErrors(t *testing.T) {
 	replay, profile := planInputs(t, dir)
 	_, _, err := runPlanCLI(t, "plan", "--replay", replay, "--profile", profile, "--pipeline", "syn", "--input-shape", "784",
 		"--slo", "100us", "--capacity", "2", "--qps", "10:20", "--out", filepath.Join(dir, "p.json"))
-	if !errors.Is(err, plan.ErrInfeasible) {
+	if !errors.Is(err, planner.ErrInfeasible) {
 		t.Errorf("impossible SLO: %v, want ErrInfeasible", err)
 	}
 	_, _, err = runPlanCLI(t, "plan", "--replay", replay, "--profile", profile, "--pipeline", "syn", "--input-shape", "784",

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -57,79 +58,94 @@ func profileCommand() command {
 	}
 }
 
-func runProfile(ctx context.Context, env Env, args []string) error {
-	fs := newFlagSet(env, "profile", profileUsage)
-	out := fs.String("out", "", "profile file to write (required)")
-	models := fs.String("models", "", "comma-separated name=file.onnx (default: the embedded MNIST ladder)")
-	modelDir := fs.String("model-dir", "", "folder of <name>.onnx files (with --ladder, or every .onnx file)")
-	ladder := fs.String("ladder", "", "comma-separated model names in --model-dir")
-	threads := fs.Int("threads", 1, "ONNX Runtime intra-op threads per model")
-	var pf providerFlags
-	pf.register(fs, onnxrt.ProviderCPU)
-	maxBatch := fs.Int("max-batch", 128, "largest batch size measured")
-	reps := fs.Int("reps", 15, "timed runs per batch size (the median is kept)")
-	warmup := fs.Int("warmup", 3, "untimed runs before them")
-	hops := fs.Int("hop-samples", 300, "timed NATS hops (0: skip, hop overhead 0)")
-	quiet := fs.Bool("quiet", false, "no progress bar")
-	systemQPSList := fs.String("system-qps", "", "also measure the all-in-one system's CPU per request at these loads, comma-separated; the highest is kept (embedded MNIST ladder only; empty: skip)")
-	fitCPU := fs.Bool("system-fit", false, "with several --system-qps loads, fit CPU = idle + load × per-request overhead instead of keeping the highest per-request overhead")
-	curveCPU := fs.Bool("system-curve", true, "with several --system-qps loads, also write each load's overhead CPU as the profile's cpu_load curve, which the planner interpolates: the live path's CPU per request falls as envelopes and batches fill")
-	floorQPS := fs.Float64("floor-qps", 200, "with --system-qps, the low load at which the latency floor is measured (0: skip)")
-	systemTime := fs.Duration("system-duration", 10*time.Second, "timed length of the --system-qps run (after a 3s warm-up)")
-	systemRunners := fs.Int("runners", 2, "runners of the stage worker in the --system-qps run")
-	systemBatch := fs.Int("system-batch", 32, "max batch of the --system-qps run's gear")
-	systemDelay := fs.Duration("system-delay", 2*time.Millisecond, "max delay of the --system-qps run's gear")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
+// profileFlags are profile's flags.
+type profileFlags struct {
+	out, models, modelDir, ladder   string
+	threads, maxBatch, reps, warmup int
+	hops                            int
+	quiet                           bool
+	pf                              providerFlags
+	systemQPS                       string
+	fitCPU, curveCPU                bool
+	floorQPS                        float64
+	systemTime, systemDelay         time.Duration
+	systemRunners, systemBatch      int
+}
+
+func (f *profileFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.out, "out", "", "profile file to write (required)")
+	fs.StringVar(&f.models, "models", "", "comma-separated name=file.onnx (default: the embedded MNIST ladder)")
+	fs.StringVar(&f.modelDir, "model-dir", "", "folder of <name>.onnx files (with --ladder, or every .onnx file)")
+	fs.StringVar(&f.ladder, "ladder", "", "comma-separated model names in --model-dir")
+	fs.IntVar(&f.threads, "threads", 1, "ONNX Runtime intra-op threads per model")
+	f.pf.register(fs, onnxrt.ProviderCPU)
+	fs.IntVar(&f.maxBatch, "max-batch", 128, "largest batch size measured")
+	fs.IntVar(&f.reps, "reps", 15, "timed runs per batch size (the median is kept)")
+	fs.IntVar(&f.warmup, "warmup", 3, "untimed runs before them")
+	fs.IntVar(&f.hops, "hop-samples", 300, "timed NATS hops (0: skip, hop overhead 0)")
+	fs.BoolVar(&f.quiet, "quiet", false, "no progress bar")
+	fs.StringVar(&f.systemQPS, "system-qps", "", "also measure the all-in-one system's CPU per request at these loads, comma-separated; the highest is kept (embedded MNIST ladder only; empty: skip)")
+	fs.BoolVar(&f.curveCPU, "system-curve", true, "with several --system-qps loads, also write each load's overhead CPU as the profile's cpu_load curve, which the planner interpolates: the live path's CPU per request falls as envelopes and batches fill")
+	fs.BoolVar(&f.fitCPU, "system-fit", false, "with several --system-qps loads, fit CPU = idle + load × per-request overhead instead of keeping the highest per-request overhead")
+	fs.Float64Var(&f.floorQPS, "floor-qps", 200, "with --system-qps, the low load at which the latency floor is measured (0: skip)")
+	fs.DurationVar(&f.systemTime, "system-duration", 10*time.Second, "timed length of the --system-qps run (after a 3s warm-up)")
+	fs.IntVar(&f.systemRunners, "runners", 2, "runners of the stage worker in the --system-qps run")
+	fs.IntVar(&f.systemBatch, "system-batch", 32, "max batch of the --system-qps run's gear")
+	fs.DurationVar(&f.systemDelay, "system-delay", 2*time.Millisecond, "max delay of the --system-qps run's gear")
+}
+
+// check reports every problem of the flags and returns the --system-qps
+// loads.
+func (f *profileFlags) check() ([]float64, error) {
 	var errs []error
-	systemQPS, err := parseSystemLoads(*systemQPSList)
+	systemQPS, err := parseSystemLoads(f.systemQPS)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--system-qps: %w", err))
 	}
-	if *floorQPS < 0 {
+	if f.floorQPS < 0 {
 		errs = append(errs, errors.New("--floor-qps must be >= 0"))
 	}
-	if *out == "" {
+	if f.out == "" {
 		errs = append(errs, errors.New("--out is required"))
 	}
-	if *models != "" && *modelDir != "" {
+	if f.models != "" && f.modelDir != "" {
 		errs = append(errs, errors.New("--models and --model-dir are exclusive"))
 	}
-	if *ladder != "" && *modelDir == "" {
+	if f.ladder != "" && f.modelDir == "" {
 		errs = append(errs, errors.New("--ladder needs --model-dir"))
 	}
-	if *threads < 1 || *maxBatch < 1 || *reps < 1 || *warmup < 0 || *hops < 0 {
+	if f.threads < 1 || f.maxBatch < 1 || f.reps < 1 || f.warmup < 0 || f.hops < 0 {
 		errs = append(errs, errors.New("--threads, --max-batch and --reps must be >= 1, --warmup and --hop-samples >= 0"))
 	}
-	if len(systemQPS) > 0 && (*models != "" || *modelDir != "") {
+	if len(systemQPS) > 0 && (f.models != "" || f.modelDir != "") {
 		errs = append(errs, errors.New("--system-qps needs the embedded MNIST ladder (no --models, --model-dir)"))
 	}
-	if *systemTime <= 0 || *systemRunners < 1 || *systemBatch < 1 || *systemDelay < 0 {
+	if f.systemTime <= 0 || f.systemRunners < 1 || f.systemBatch < 1 || f.systemDelay < 0 {
 		errs = append(errs, errors.New("--system-duration, --runners and --system-batch must be > 0, --system-delay >= 0"))
 	}
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
+	return systemQPS, errors.Join(errs...)
+}
+
+func runProfile(ctx context.Context, env Env, args []string) error {
+	var f profileFlags
+	fs := newFlagSet(env, "profile", profileUsage)
+	f.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
-	if err := errors.Join(errs...); err != nil {
+	systemQPS, err := f.check()
+	if err != nil {
 		return fmt.Errorf("%w: profile: %w", ErrUsage, err)
 	}
-	sessOpts, err := pf.sessionOptions(*threads)
+	sessOpts, err := f.pf.sessionOptions(f.threads)
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
-	ms, err := profileModels(*models, *modelDir, *ladder)
+	ms, err := profileModels(f.models, f.modelDir, f.ladder)
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
-	lib, err := onnxrt.FindLibraryFor(sessOpts.Provider, env.Getenv)
-	if err != nil {
-		return fmt.Errorf("profile: %w", err)
-	}
-	rt, err := onnxrt.NewRuntime(lib)
+	rt, lib, err := openRuntime(env, sessOpts.Provider)
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
@@ -137,85 +153,99 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 
 	cfg := profile.Config{
 		Models:      ms,
-		Threads:     *threads,
+		Threads:     f.threads,
 		Provider:    sessOpts.Provider,
 		CUDA:        sessOpts.CUDA,
-		MaxBatch:    *maxBatch,
-		Repetitions: *reps,
-		Warmup:      *warmup,
-		HopSamples:  *hops,
+		MaxBatch:    f.maxBatch,
+		Repetitions: f.reps,
+		Warmup:      f.warmup,
+		HopSamples:  f.hops,
 	}
-	if *hops == 0 {
+	if f.hops == 0 {
 		cfg.HopSamples = -1
 	}
-	if !*quiet {
-		total := len(ms) * len(profile.BatchSizes(*maxBatch))
-		if *hops > 0 {
+	if !f.quiet {
+		total := len(ms) * len(profile.BatchSizes(f.maxBatch))
+		if f.hops > 0 {
 			total++
 		}
-		bar := progressbar.NewOptions(total,
-			progressbar.OptionSetWriter(env.Stderr),
-			progressbar.OptionSetDescription("profile"),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetWidth(30),
-			progressbar.OptionSetElapsedTime(true),
-			progressbar.OptionClearOnFinish(),
-		)
+		bar := newProgressBar(env, total, "profile")
 		cfg.Progress = func(done, _ int, what string) {
 			bar.Describe(fmt.Sprintf("%-22s", what))
 			bar.Set(done)
 		}
 		defer bar.Finish()
 	}
-	f, err := profile.Measure(ctx, rt, cfg)
+	pf, err := profile.Measure(ctx, rt, cfg)
 	if err != nil {
 		return err
 	}
-	var sysRes []systemResult
-	var floor floorResult
+	var sys profileSystem
 	if len(systemQPS) > 0 {
-		m := ms[0]
-		sysRes, floor, err = measureRequestOverhead(ctx, systemMeasurement{
-			Model: m, Profile: f.Models[m.Name], QPS: systemQPS, FloorQPS: *floorQPS,
-			Warmup: 3 * time.Second, Duration: *systemTime,
-			Runners: *systemRunners, Threads: *threads, Lib: lib, WorkerEnv: pf.workerEnv(),
-			Batching:  plan.Batching{MaxBatch: *systemBatch, MaxDelayMs: float64(*systemDelay) / float64(time.Millisecond)},
-			Overheads: f.Overheads,
-			FitCPU:    *fitCPU,
-			Curve:     *curveCPU,
-		})
-		if err != nil {
+		if sys, err = f.measureSystem(ctx, pf, ms[0], systemQPS, lib); err != nil {
 			return fmt.Errorf("profile: system: %w", err)
 		}
-		perRequest, idle := systemCPU(sysRes, *fitCPU)
-		f.RequestOverheadMs, f.IdleCPUMsPerS = roundSig4(perRequest), roundSig4(idle)
-		if *curveCPU {
-			f.CPULoad = cpuCurve(sysRes)
-		}
-		f.LatencyFloorMs = roundSig4(floor.FloorMs)
-		f.LatencyFloorP95Ms = roundSig4(floor.FloorP95Ms)
 	}
-	b, err := f.Marshal()
+	b, err := pf.Marshal()
 	if err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
-	if err := writeFileAtomic(*out, b); err != nil {
+	if err := writeFileAtomic(f.out, b); err != nil {
 		return fmt.Errorf("profile: %w", err)
 	}
+	f.print(env.Stdout, pf, ms, sys)
+	return nil
+}
 
-	fmt.Fprintf(env.Stdout, "%s, %s, %d intra-op threads, provider %s", f.Host, f.Runtime, f.Threads, f.Provider)
-	if len(f.ProviderOptions) > 0 {
-		fmt.Fprintf(env.Stdout, " %v", f.ProviderOptions)
+// profileSystem is what --system-qps measured.
+type profileSystem struct {
+	loads []systemResult
+	floor floorResult
+}
+
+// measureSystem runs the all-in-one system serving model m alone and
+// records the request overhead and the latency floor in pf.
+func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, m profile.Model, loads []float64, lib string) (profileSystem, error) {
+	var sys profileSystem
+	var err error
+	sys.loads, sys.floor, err = measureRequestOverhead(ctx, systemMeasurement{
+		Model: m, Profile: pf.Models[m.Name], QPS: loads, FloorQPS: f.floorQPS,
+		Warmup: 3 * time.Second, Duration: f.systemTime,
+		Runners: f.systemRunners, Threads: f.threads, Lib: lib, WorkerEnv: f.pf.workerEnv(),
+		Batching:  plan.Batching{MaxBatch: f.systemBatch, MaxDelayMs: float64(f.systemDelay) / float64(time.Millisecond)},
+		Overheads: pf.Overheads,
+		FitCPU:    f.fitCPU,
+		Curve:     f.curveCPU,
+	})
+	if err != nil {
+		return sys, err
 	}
-	fmt.Fprintln(env.Stdout)
-	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	perRequest, idle := systemCPU(sys.loads, f.fitCPU)
+	pf.RequestOverheadMs, pf.IdleCPUMsPerS = roundSig4(perRequest), roundSig4(idle)
+	if f.curveCPU {
+		pf.CPULoad = cpuCurve(sys.loads)
+	}
+	pf.LatencyFloorMs = roundSig4(sys.floor.FloorMs)
+	pf.LatencyFloorP95Ms = roundSig4(sys.floor.FloorP95Ms)
+	return sys, nil
+}
+
+// print writes what was measured: a table of the models' latencies, the
+// messaging costs and what --system-qps found.
+func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Model, sys profileSystem) {
+	fmt.Fprintf(w, "%s, %s, %d intra-op threads, provider %s", pf.Host, pf.Runtime, pf.Threads, pf.Provider)
+	if len(pf.ProviderOptions) > 0 {
+		fmt.Fprintf(w, " %v", pf.ProviderOptions)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	header := "model\t"
-	for _, p := range f.Models[ms[0].Name].Points {
+	for _, p := range pf.Models[ms[0].Name].Points {
 		header += fmt.Sprintf("b=%d\t", p.Batch)
 	}
 	fmt.Fprintln(tw, header+"ms/item@max\t")
 	for _, m := range ms {
-		p := f.Models[m.Name]
+		p := pf.Models[m.Name]
 		line := m.Name + "\t"
 		for _, pt := range p.Points {
 			line += fmt.Sprintf("%.3g\t", pt.LatencyMs)
@@ -223,28 +253,58 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 		fmt.Fprintln(tw, line+fmt.Sprintf("%.3g\t", p.ItemCostMs(p.MaxBatch())))
 	}
 	tw.Flush()
-	fmt.Fprintf(env.Stdout, "latency in ms per batch (median of %d); NATS hop %.3g ms, messaging %.3g ms/item + %.3g ms/batch\n",
-		f.Repetitions, f.HopOverheadMs, f.ItemOverheadMs, f.BatchOverheadMs)
-	for _, r := range sysRes {
-		fmt.Fprintf(env.Stdout, "system at %g req/s (%s alone, %d runners): %.3g ms CPU per request, %.3g ms of it the model: overhead %.3g ms (%d answered, p50 %v, p95 %v)\n",
-			r.QPS, ms[0].Name, *systemRunners, r.CPUMsPerRequest, r.ModelMsPerRequest, r.RequestOverheadMs, r.Answered, r.P50.Round(100*time.Microsecond), r.P95.Round(100*time.Microsecond))
+	fmt.Fprintf(w, "latency in ms per batch (median of %d); NATS hop %.3g ms, messaging %.3g ms/item + %.3g ms/batch\n",
+		pf.Repetitions, pf.HopOverheadMs, pf.ItemOverheadMs, pf.BatchOverheadMs)
+	for _, r := range sys.loads {
+		fmt.Fprintf(w, "system at %g req/s (%s alone, %d runners): %.3g ms CPU per request, %.3g ms of it the model: overhead %.3g ms (%d answered, p50 %v, p95 %v)\n",
+			r.QPS, ms[0].Name, f.systemRunners, r.CPUMsPerRequest, r.ModelMsPerRequest, r.RequestOverheadMs, r.Answered, r.P50.Round(100*time.Microsecond), r.P95.Round(100*time.Microsecond))
 	}
-	if len(sysRes) > 0 {
+	if len(sys.loads) > 0 {
 		how := "the highest per request"
-		if *fitCPU {
+		if f.fitCPU {
 			how = "a line fitted over the loads"
 		}
-		fmt.Fprintf(env.Stdout, "request overhead %.3g ms per request + %.3g ms per second (%s)\n", f.RequestOverheadMs, f.IdleCPUMsPerS, how)
-		if len(f.CPULoad) >= 2 {
-			fmt.Fprintf(env.Stdout, "overhead CPU curve (the planner interpolates it): %v\n", f.CPULoad)
+		fmt.Fprintf(w, "request overhead %.3g ms per request + %.3g ms per second (%s)\n", pf.RequestOverheadMs, pf.IdleCPUMsPerS, how)
+		if len(pf.CPULoad) >= 2 {
+			fmt.Fprintf(w, "overhead CPU curve (the planner interpolates it): %v\n", pf.CPULoad)
 		}
 	}
-	if floor.QPS > 0 {
-		fmt.Fprintf(env.Stdout, "latency floor at %g req/s: measured p50/p95 %.3g/%.3g ms, simulated %.3g/%.3g ms: floor %.3g/%.3g ms\n",
-			floor.QPS, floor.MeasuredP50Ms, floor.MeasuredP95Ms, floor.SimulatedP50Ms, floor.SimulatedP95Ms, f.LatencyFloorMs, f.LatencyFloorP95Ms)
+	if floor := sys.floor; floor.QPS > 0 {
+		fmt.Fprintf(w, "latency floor at %g req/s: measured p50/p95 %.3g/%.3g ms, simulated %.3g/%.3g ms: floor %.3g/%.3g ms\n",
+			floor.QPS, floor.MeasuredP50Ms, floor.MeasuredP95Ms, floor.SimulatedP50Ms, floor.SimulatedP95Ms, pf.LatencyFloorMs, pf.LatencyFloorP95Ms)
 	}
-	fmt.Fprintf(env.Stdout, "wrote %s\n", *out)
-	return nil
+	fmt.Fprintf(w, "wrote %s\n", f.out)
+}
+
+// openRuntime loads the ONNX Runtime library for the execution provider,
+// found as onnxrt.FindLibraryFor finds it, and returns it with its path.
+func openRuntime(env Env, provider string) (*onnxrt.Runtime, string, error) {
+	lib, err := onnxrt.FindLibraryFor(provider, env.Getenv)
+	if err != nil {
+		return nil, "", err
+	}
+	rt, err := onnxrt.NewRuntime(lib)
+	if err != nil {
+		return nil, "", err
+	}
+	return rt, lib, nil
+}
+
+// newProgressBar is the progress bar of a long command on env.Stderr,
+// cleared when it finishes; extra options add to the common ones.
+func newProgressBar(env Env, total int, desc string, extra ...progressbar.Option) *progressbar.ProgressBar {
+	opts := []progressbar.Option{
+		progressbar.OptionSetWriter(env.Stderr),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowCount(),
+	}
+	opts = append(opts, extra...)
+	opts = append(opts,
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionClearOnFinish(),
+	)
+	return progressbar.NewOptions(total, opts...)
 }
 
 // parseSystemLoads parses a comma-separated list of loads (req/s, each > 0).

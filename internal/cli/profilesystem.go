@@ -18,6 +18,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/simulate"
 )
 
 // systemMeasurement configures measureRequestOverhead.
@@ -178,14 +179,14 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 		o.CPULoad = cpuCurve(results)
 	}
 	o.LatencyFloorMs, o.LatencyFloorP95Ms = 0, 0
-	sim, err := plan.Simulate(plan.SimConfig{
+	sim, err := simulate.Run(simulate.Config{
 		QPS:       m.FloorQPS,
 		Requests:  max(rep.Answered, 2000),
 		Seed:      1,
 		Overheads: o,
 		// One worker hosts the model on every runner, as in the run.
 		SharedRunners: true,
-		Stages: []plan.SimStage{{
+		Stages: []simulate.Stage{{
 			Model: m.Model.Name, Profile: m.Profile, Runners: m.Runners,
 			MaxBatch: m.Batching.MaxBatch, MaxDelayMs: m.Batching.MaxDelayMs,
 		}},

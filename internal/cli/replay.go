@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -118,14 +117,8 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress bar")
 	fs.Float64Var(&c.uint8Scale, "uint8-scale", -1, "what a stored byte stands for: byte × scale (default: the data set's, 1/255 for IDX bytes; 0 for float32 data)")
 	fs.BoolVar(&c.allowChance, "allow-chance", false, "write the replay even when a model scores near chance")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: replay: unexpected arguments %q", ErrUsage, fs.Args())
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("%w: replay: %w", ErrUsage, err)
@@ -139,11 +132,7 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
-	lib, err := onnxrt.FindLibrary(env.Getenv)
-	if err != nil {
-		return fmt.Errorf("replay: %w", err)
-	}
-	rt, err := onnxrt.NewRuntime(lib)
+	rt, _, err := openRuntime(env, onnxrt.ProviderCPU)
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
@@ -160,16 +149,7 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	opts := onnxrt.SessionOptions{IntraOpThreads: c.threads, OutputKind: c.outputKind}
 	progress := &replayProgress{w: env.Stderr}
 	if !c.quiet {
-		progress.bar = progressbar.NewOptions(len(models)*set.Len(),
-			progressbar.OptionSetWriter(env.Stderr),
-			progressbar.OptionSetDescription("replay"),
-			progressbar.OptionShowCount(),
-			progressbar.OptionShowIts(),
-			progressbar.OptionSetItsString("items"),
-			progressbar.OptionSetWidth(30),
-			progressbar.OptionSetElapsedTime(true),
-			progressbar.OptionClearOnFinish(),
-		)
+		progress.bar = newProgressBar(env, len(models)*set.Len(), "replay", progressbar.OptionShowIts(), progressbar.OptionSetItsString("items"))
 		defer progress.bar.Finish()
 	}
 	r, stats, err := computeReplay(ctx, rt, models, set, c.batch, scale, opts, progress)

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"math"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/simulate"
 )
 
 const simulateUsage = `simulate --plan FILE [--scale K] [--duration 10s] [--qps LOADS] [flags]
@@ -49,11 +49,8 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 	seed := fs.Uint64("seed", 1, "simulation seed")
 	maxQueue := fs.Int("max-queue", 0, "stream bound per model (0: unbounded)")
 	asJSON := fs.Bool("json", false, "print the results as JSON (every simulation's full result)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	var errs []error
 	if *planFile == "" {
@@ -68,9 +65,6 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 	qps, err := parseLoads(*loads)
 	if err != nil {
 		errs = append(errs, err)
-	}
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: simulate: %w", ErrUsage, err)
@@ -111,7 +105,7 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 		}
 		load := r.qps * *scale
 		requests := int(math.Min(math.Max(load*duration.Seconds(), 1000), maxSimRequests))
-		res, err := p.SimulateGear(r.gear, load, plan.GearSimOptions{Requests: requests, Seed: *seed, RunnerScale: *scale, MaxQueue: *maxQueue})
+		res, err := simulate.Gear(p, r.gear, load, simulate.GearOptions{Requests: requests, Seed: *seed, RunnerScale: *scale, MaxQueue: *maxQueue})
 		if err != nil {
 			return fmt.Errorf("simulate gear %s at %v qps: %w", p.Gears[r.gear].ID, load, err)
 		}
@@ -123,24 +117,7 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 			})
 			continue
 		}
-		var runners, utils, batches []string
-		for _, s := range res.Stages {
-			runners = append(runners, strconv.Itoa(s.Runners))
-			utils = append(utils, fmt.Sprintf("%.0f", 100*s.Utilisation))
-			batches = append(batches, fmt.Sprintf("%.1f", s.MeanBatch))
-		}
-		util := strings.Join(utils, "/")
-		if res.SharedRunners && len(res.Stages) > 1 {
-			// Shared runners: each stage's part of the pool, and the pool's.
-			util = fmt.Sprintf("%s=%.0f", util, 100*res.MaxUtilisation())
-		}
-		verdict := "ok"
-		if !meets {
-			verdict = "MISS"
-		}
-		fmt.Fprintf(tw, "%s\t%.6g\t%s\t%.3g\t%.3g\t%.3g\t%.6g\t%s\t%s\t%d\t%.2f\t%s\n",
-			g.ID, load, strings.Join(runners, "/"), res.P50Ms, res.P95Ms, res.P99Ms, res.ThroughputQPS,
-			util, strings.Join(batches, "/"), res.Dropped, 100*g.Predicted.Accuracy, verdict)
+		fmt.Fprintln(tw, simulateRow(g, load, res, meets))
 	}
 	if *asJSON {
 		if err := writeJSON(env.Stdout, report); err != nil {
@@ -151,6 +128,28 @@ func runSimulate(ctx context.Context, env Env, args []string) error {
 	}
 	fmt.Fprintf(env.Stderr, "simulated %d loads in %v\n", len(runs), time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// simulateRow is the text output's row of a simulation of gear g at load.
+func simulateRow(g plan.Gear, load float64, res simulate.Result, meets bool) string {
+	var runners, utils, batches []string
+	for _, s := range res.Stages {
+		runners = append(runners, strconv.Itoa(s.Runners))
+		utils = append(utils, fmt.Sprintf("%.0f", 100*s.Utilisation))
+		batches = append(batches, fmt.Sprintf("%.1f", s.MeanBatch))
+	}
+	util := strings.Join(utils, "/")
+	if res.SharedRunners && len(res.Stages) > 1 {
+		// Shared runners: each stage's part of the pool, and the pool's.
+		util = fmt.Sprintf("%s=%.0f", util, 100*res.MaxUtilisation())
+	}
+	verdict := "ok"
+	if !meets {
+		verdict = "MISS"
+	}
+	return fmt.Sprintf("%s\t%.6g\t%s\t%.3g\t%.3g\t%.3g\t%.6g\t%s\t%s\t%d\t%.2f\t%s",
+		g.ID, load, strings.Join(runners, "/"), res.P50Ms, res.P95Ms, res.P99Ms, res.ThroughputQPS,
+		util, strings.Join(batches, "/"), res.Dropped, 100*g.Predicted.Accuracy, verdict)
 }
 
 // simulateReport is what 'simulate --json' prints.
@@ -176,8 +175,8 @@ type simulateRun struct {
 	// Accuracy is the gear's predicted accuracy (0..1).
 	Accuracy float64 `json:"accuracy"`
 	// MeetsSLO: p95 within the plan's SLO and nothing dropped.
-	MeetsSLO bool           `json:"meets_slo"`
-	Result   plan.SimResult `json:"result"`
+	MeetsSLO bool            `json:"meets_slo"`
+	Result   simulate.Result `json:"result"`
 }
 
 // parseLoads parses "a,b,c" or "MIN:MAX:N".

@@ -19,7 +19,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -245,225 +244,207 @@ func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
 	if cfg.TickEvery <= 0 {
 		cfg.TickEvery = time.Second
 	}
-	codec := wire.NewCodec()
-	// The connection's inbox prefix: a producer user may read only its own
-	// inboxes (nats.CustomInboxPrefix).
-	inbox := nc.NewInbox()
-
-	var (
-		mu           sync.Mutex
-		inflight     = map[string]pending{}
-		outcomes     []Outcome
-		window       []time.Duration
-		winAns       int
-		lastGear     string
-		errCount     = map[wire.Code]int{}
-		dups         int
-		answeredKeys = map[string]bool{}
-		correct      int
-		answered     int
-		errs         int
-	)
-	slots := make(chan struct{}, max(cfg.Concurrency, 1))
-	start := time.Now()
-
-	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
-		now := time.Now()
-		var res wire.Result
-		decodeErr := wire.DecodeResult(m.Data, &res)
-		key := m.Subject[len(inbox)+1:]
-		mu.Lock()
-		p, ok := inflight[key]
-		if !ok {
-			if answeredKeys[key] {
-				dups++
-			}
-			mu.Unlock()
-			return
-		}
-		delete(inflight, key)
-		answeredKeys[key] = true
-		results := []wire.Result{res}
-		if len(p.indexes) > 1 {
-			results = res.Items
-			if decodeErr == nil && res.Error == nil && len(results) != len(p.indexes) {
-				decodeErr = fmt.Errorf("batch of %d answered with %d results", len(p.indexes), len(results))
-			}
-		}
-		for k, index := range p.indexes {
-			o := Outcome{Index: index, Sent: p.sent, Latency: now.Sub(p.sent), Warmup: p.sent.Sub(start) < cfg.Warmup}
-			var r *wire.Result
-			if k < len(results) {
-				r = &results[k]
-			}
-			switch {
-			case decodeErr != nil || r == nil && res.Error == nil:
-				o.Code = wire.CodeInternal
-			case res.Error != nil:
-				o.Code = res.Error.Code
-			case r.Error != nil:
-				o.Code = r.Error.Code
-			default:
-				o.Label, o.Gear, o.AnsweredBy, o.Degraded = r.Label, r.Gear, r.AnsweredBy, r.Degraded
-				o.Correct = int32(r.Label) == cfg.Items.Labels[index]
-			}
-			outcomes = append(outcomes, o)
-			if o.Code != "" {
-				errs++
-				errCount[o.Code]++
-			} else {
-				answered++
-				winAns++
-				lastGear = o.Gear
-				if o.Correct {
-					correct++
-				}
-				if !o.Warmup {
-					window = append(window, o.Latency)
-				}
-			}
-		}
-		mu.Unlock()
-		if cfg.Concurrency > 0 {
-			select {
-			case <-slots:
-			default:
-			}
-		}
-	})
+	r := newRun(nc, cfg)
+	sub, err := nc.Subscribe(r.inbox+".*", r.receive)
 	if err != nil {
 		return Report{}, fmt.Errorf("loadgen: subscribe: %w", err)
 	}
 	defer sub.Unsubscribe()
 	sub.SetPendingLimits(-1, -1)
 
-	var seq atomic.Int64
-	batch := max(cfg.BatchItems, 1)
-	// Each item's 8-bit form, made once (a producer of images has them).
-	bytesOf := make([][]byte, cfg.Items.Len())
-	itemBytes := func(i int) []byte {
-		if bytesOf[i] == nil {
-			t := inputTensor(cfg.Items.ItemShape, cfg.Items.Item(i), cfg.UINT8Scale)
-			if t.Datatype != wire.UINT8 {
-				bytesOf[i] = []byte{} // not 8-bit: sent as FP32
-			} else {
-				bytesOf[i] = t.Data
-			}
-		}
-		return bytesOf[i]
-	}
-	send := func(i int) error {
-		indexes := make([]int, batch)
-		for k := range indexes {
-			indexes[k] = (i + k) % cfg.Items.Len()
-		}
-		shape := cfg.Items.ItemShape
-		if batch > 1 {
-			shape = append([]int64{int64(batch)}, shape...)
-		}
-		var input wire.Tensor
-		if cfg.UINT8Scale > 0 {
-			data := make([]byte, 0, len(indexes)*len(itemBytes(indexes[0])))
-			for _, ix := range indexes {
-				b := itemBytes(ix)
-				if len(b) == 0 {
-					data = nil
-					break
-				}
-				data = append(data, b...)
-			}
-			if data != nil {
-				input = wire.Tensor{Datatype: wire.UINT8, Shape: shape, Data: data}
-			}
-		}
-		if input.Data == nil {
-			var values []float32
-			for _, ix := range indexes {
-				values = append(values, cfg.Items.Item(ix)...)
-			}
-			input = wire.FP32Tensor(shape, values)
-		}
-		req := wire.Request{
-			Input:               input,
-			TimeoutMs:           cfg.Timeout.Milliseconds(),
-			Client:              cfg.Client,
-			ReturnProbabilities: cfg.ReturnProbabilities,
-		}
-		b, err := codec.EncodeRequest(&req)
-		if err != nil {
-			return err
-		}
-		key := fmt.Sprint(seq.Add(1))
-		mu.Lock()
-		inflight[key] = pending{indexes: indexes, sent: time.Now()}
-		mu.Unlock()
-		return nc.PublishMsg(&nats.Msg{Subject: wire.InferSubject(cfg.Pipeline), Reply: inbox + "." + key, Data: b})
-	}
-
-	rng := rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))
 	ticker := time.NewTicker(cfg.TickEvery)
 	defer ticker.Stop()
-	lastTick, lastSent := start, 0
-	sent := 0
-	next := start
-	deadline := start.Add(cfg.Duration)
-	tick := func(now time.Time) {
-		if cfg.Tick == nil {
-			return
-		}
-		mu.Lock()
-		s := Snapshot{
-			Elapsed: now.Sub(start), Sent: sent, Answered: answered, Errors: errs, Correct: correct,
-			LastGear: lastGear, ServedQPS: float64(winAns) / now.Sub(lastTick).Seconds(),
-			P50: percentile(window, 0.5), P95: percentile(window, 0.95), ErrorCounts: maps.Clone(errCount),
-		}
-		window, winAns = window[:0], 0
-		mu.Unlock()
-		if cfg.Concurrency > 0 || cfg.Schedule == nil {
-			s.OfferedQPS = float64(sent-lastSent) / now.Sub(lastTick).Seconds()
-		} else {
-			s.OfferedQPS = cfg.Schedule(now.Sub(start))
-		}
-		lastTick, lastSent = now, sent
-		cfg.Tick(s)
+	if err := r.sendAll(ctx, ticker); err != nil {
+		return Report{}, fmt.Errorf("loadgen: send: %w", err)
 	}
+	sendEnd := time.Now()
+	if err := nc.Flush(); err != nil {
+		return Report{}, fmt.Errorf("loadgen: flush: %w", err)
+	}
+	r.awaitStragglers(ticker)
+	r.tick(time.Now())
+	return r.report(sendEnd), nil
+}
 
-sending:
+// run is the state of one Run. The sending goroutine owns the fields above
+// mu; the reply handler and the sender share the ones below it.
+type run struct {
+	cfg   Config
+	nc    *nats.Conn
+	codec *wire.Codec
+	// inbox is the connection's inbox prefix: a producer user may read only
+	// its own inboxes (nats.CustomInboxPrefix). Replies come to inbox.<key>.
+	inbox string
+	start time.Time
+	// batch is the number of items per request.
+	batch int
+	// slots holds a token per request in flight in a closed loop.
+	slots chan struct{}
+	rng   *rand.Rand
+	seq   int64
+	// bytesOf caches each item's 8-bit form, made once (a producer of
+	// images has them); empty: not 8-bit.
+	bytesOf [][]byte
+	// sent counts the items sent; lastTick and lastSent are the previous
+	// snapshot's time and count.
+	sent     int
+	lastTick time.Time
+	lastSent int
+
+	mu           sync.Mutex
+	inflight     map[string]pending
+	answeredKeys map[string]bool
+	outcomes     []Outcome
+	// window holds the latencies since the last snapshot, winAns the
+	// answers.
+	window                  []time.Duration
+	winAns                  int
+	answered, correct, errs int
+	dups                    int
+	lastGear                string
+	errCount                map[wire.Code]int
+}
+
+func newRun(nc *nats.Conn, cfg Config) *run {
+	start := time.Now()
+	return &run{
+		cfg:          cfg,
+		nc:           nc,
+		codec:        wire.NewCodec(),
+		inbox:        nc.NewInbox(),
+		start:        start,
+		batch:        max(cfg.BatchItems, 1),
+		slots:        make(chan struct{}, max(cfg.Concurrency, 1)),
+		rng:          rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		bytesOf:      make([][]byte, cfg.Items.Len()),
+		lastTick:     start,
+		inflight:     map[string]pending{},
+		answeredKeys: map[string]bool{},
+		errCount:     map[wire.Code]int{},
+	}
+}
+
+// receive handles one reply: it records an outcome per item of the
+// request and, in a closed loop, frees the request's slot.
+func (r *run) receive(m *nats.Msg) {
+	now := time.Now()
+	var res wire.Result
+	decodeErr := wire.DecodeResult(m.Data, &res)
+	key := m.Subject[len(r.inbox)+1:]
+	r.mu.Lock()
+	p, ok := r.inflight[key]
+	if !ok {
+		if r.answeredKeys[key] {
+			r.dups++
+		}
+		r.mu.Unlock()
+		return
+	}
+	delete(r.inflight, key)
+	r.answeredKeys[key] = true
+	for _, o := range r.outcomesOf(p, &res, decodeErr, now) {
+		r.record(o)
+	}
+	r.mu.Unlock()
+	if r.cfg.Concurrency > 0 {
+		select {
+		case <-r.slots:
+		default:
+		}
+	}
+}
+
+// outcomesOf turns the result of request p into one outcome per item.
+func (r *run) outcomesOf(p pending, res *wire.Result, decodeErr error, now time.Time) []Outcome {
+	results := []wire.Result{*res}
+	if len(p.indexes) > 1 {
+		results = res.Items
+		if decodeErr == nil && res.Error == nil && len(results) != len(p.indexes) {
+			decodeErr = fmt.Errorf("batch of %d answered with %d results", len(p.indexes), len(results))
+		}
+	}
+	out := make([]Outcome, 0, len(p.indexes))
+	for k, index := range p.indexes {
+		o := Outcome{Index: index, Sent: p.sent, Latency: now.Sub(p.sent), Warmup: p.sent.Sub(r.start) < r.cfg.Warmup}
+		var item *wire.Result
+		if k < len(results) {
+			item = &results[k]
+		}
+		switch {
+		case decodeErr != nil || item == nil && res.Error == nil:
+			o.Code = wire.CodeInternal
+		case res.Error != nil:
+			o.Code = res.Error.Code
+		case item.Error != nil:
+			o.Code = item.Error.Code
+		default:
+			o.Label, o.Gear, o.AnsweredBy, o.Degraded = item.Label, item.Gear, item.AnsweredBy, item.Degraded
+			o.Correct = int32(item.Label) == r.cfg.Items.Labels[index]
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// record counts an outcome; r.mu is held.
+func (r *run) record(o Outcome) {
+	r.outcomes = append(r.outcomes, o)
+	if o.Code != "" {
+		r.errs++
+		r.errCount[o.Code]++
+		return
+	}
+	r.answered++
+	r.winAns++
+	r.lastGear = o.Gear
+	if o.Correct {
+		r.correct++
+	}
+	if !o.Warmup {
+		r.window = append(r.window, o.Latency)
+	}
+}
+
+// sendAll sends until the duration or the request budget is spent or ctx
+// ends: in a closed loop whenever a slot is free, in an open loop every
+// arrival that is due.
+func (r *run) sendAll(ctx context.Context, ticker *time.Ticker) error {
+	cfg := r.cfg
+	deadline := r.start.Add(cfg.Duration)
+	next := r.start
 	for {
 		now := time.Now()
-		if ctx.Err() != nil || (cfg.Duration > 0 && now.After(deadline)) || (cfg.MaxRequests > 0 && sent >= cfg.MaxRequests) {
-			break
+		if ctx.Err() != nil || (cfg.Duration > 0 && now.After(deadline)) || (cfg.MaxRequests > 0 && r.sent >= cfg.MaxRequests) {
+			return nil
 		}
 		select {
 		case <-ticker.C:
-			tick(now)
+			r.tick(now)
 		default:
 		}
 		if cfg.Concurrency > 0 {
 			select {
-			case slots <- struct{}{}:
+			case r.slots <- struct{}{}:
 			case <-ctx.Done():
-				break sending
+				return nil
 			case <-time.After(50 * time.Millisecond):
 				continue
 			}
-			if err := send(sent % cfg.Items.Len()); err != nil {
-				return Report{}, fmt.Errorf("loadgen: send: %w", err)
+			if err := r.send(); err != nil {
+				return err
 			}
-			sent += batch
 			continue
 		}
 		// Open loop: send every arrival that is due, then sleep until the next.
-		for !next.After(now) && (cfg.MaxRequests == 0 || sent < cfg.MaxRequests) {
-			if err := send(sent % cfg.Items.Len()); err != nil {
-				return Report{}, fmt.Errorf("loadgen: send: %w", err)
+		for !next.After(now) && (cfg.MaxRequests == 0 || r.sent < cfg.MaxRequests) {
+			if err := r.send(); err != nil {
+				return err
 			}
-			sent += batch
-			rate := cfg.Schedule(next.Sub(start)) / float64(batch)
+			rate := cfg.Schedule(next.Sub(r.start)) / float64(r.batch)
 			if rate <= 0 {
 				rate = 0.1
 			}
-			next = next.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
+			next = next.Add(time.Duration(r.rng.ExpFloat64() / rate * float64(time.Second)))
 		}
 		if d := time.Until(next); d > 0 {
 			select {
@@ -472,43 +453,139 @@ sending:
 			}
 		}
 	}
-	sendEnd := time.Now()
-	if err := nc.Flush(); err != nil {
-		return Report{}, fmt.Errorf("loadgen: flush: %w", err)
+}
+
+// send sends the next request: batch items from the sent-th on, cycling.
+func (r *run) send() error {
+	indexes := make([]int, r.batch)
+	for k := range indexes {
+		indexes[k] = (r.sent%r.cfg.Items.Len() + k) % r.cfg.Items.Len()
 	}
-	// Wait for stragglers: every request has a deadline, so each should get
-	// a result (possibly deadline_exceeded) within Timeout plus slack.
-	waitUntil := time.Now().Add(cfg.Timeout + 2*time.Second)
+	req := wire.Request{
+		Input:               r.input(indexes),
+		TimeoutMs:           r.cfg.Timeout.Milliseconds(),
+		Client:              r.cfg.Client,
+		ReturnProbabilities: r.cfg.ReturnProbabilities,
+	}
+	b, err := r.codec.EncodeRequest(&req)
+	if err != nil {
+		return err
+	}
+	r.seq++
+	key := fmt.Sprint(r.seq)
+	r.mu.Lock()
+	r.inflight[key] = pending{indexes: indexes, sent: time.Now()}
+	r.mu.Unlock()
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: wire.InferSubject(r.cfg.Pipeline), Reply: r.inbox + "." + key, Data: b}); err != nil {
+		return err
+	}
+	r.sent += r.batch
+	return nil
+}
+
+// input is the request's tensor of the items: UINT8 when UINT8Scale is set
+// and every item is 8-bit, else FP32; batched when there are several.
+func (r *run) input(indexes []int) wire.Tensor {
+	items := r.cfg.Items
+	shape := items.ItemShape
+	if r.batch > 1 {
+		shape = append([]int64{int64(r.batch)}, shape...)
+	}
+	if r.cfg.UINT8Scale > 0 {
+		data := make([]byte, 0, len(indexes)*len(r.itemBytes(indexes[0])))
+		for _, ix := range indexes {
+			b := r.itemBytes(ix)
+			if len(b) == 0 {
+				data = nil
+				break
+			}
+			data = append(data, b...)
+		}
+		if data != nil {
+			return wire.Tensor{Datatype: wire.UINT8, Shape: shape, Data: data}
+		}
+	}
+	var values []float32
+	for _, ix := range indexes {
+		values = append(values, items.Item(ix)...)
+	}
+	return wire.FP32Tensor(shape, values)
+}
+
+// itemBytes is item i's 8-bit form, empty when it has none.
+func (r *run) itemBytes(i int) []byte {
+	if r.bytesOf[i] == nil {
+		t := inputTensor(r.cfg.Items.ItemShape, r.cfg.Items.Item(i), r.cfg.UINT8Scale)
+		if t.Datatype != wire.UINT8 {
+			r.bytesOf[i] = []byte{} // not 8-bit: sent as FP32
+		} else {
+			r.bytesOf[i] = t.Data
+		}
+	}
+	return r.bytesOf[i]
+}
+
+// tick passes a snapshot to cfg.Tick and starts a new window.
+func (r *run) tick(now time.Time) {
+	cfg := r.cfg
+	if cfg.Tick == nil {
+		return
+	}
+	r.mu.Lock()
+	s := Snapshot{
+		Elapsed: now.Sub(r.start), Sent: r.sent, Answered: r.answered, Errors: r.errs, Correct: r.correct,
+		LastGear: r.lastGear, ServedQPS: float64(r.winAns) / now.Sub(r.lastTick).Seconds(),
+		P50: percentile(r.window, 0.5), P95: percentile(r.window, 0.95), ErrorCounts: maps.Clone(r.errCount),
+	}
+	r.window, r.winAns = r.window[:0], 0
+	r.mu.Unlock()
+	if cfg.Concurrency > 0 || cfg.Schedule == nil {
+		s.OfferedQPS = float64(r.sent-r.lastSent) / now.Sub(r.lastTick).Seconds()
+	} else {
+		s.OfferedQPS = cfg.Schedule(now.Sub(r.start))
+	}
+	r.lastTick, r.lastSent = now, r.sent
+	cfg.Tick(s)
+}
+
+// awaitStragglers waits for the replies still outstanding: every request
+// has a deadline, so each should get a result (possibly
+// deadline_exceeded) within Timeout plus slack.
+func (r *run) awaitStragglers(ticker *time.Ticker) {
+	waitUntil := time.Now().Add(r.cfg.Timeout + 2*time.Second)
 	for time.Now().Before(waitUntil) {
-		mu.Lock()
-		n := len(inflight)
-		mu.Unlock()
+		r.mu.Lock()
+		n := len(r.inflight)
+		r.mu.Unlock()
 		if n == 0 {
-			break
+			return
 		}
 		select {
 		case <-ticker.C:
-			tick(time.Now())
+			r.tick(time.Now())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	tick(time.Now())
-	mu.Lock()
-	defer mu.Unlock()
+}
+
+// report summarises the run; sending stopped at sendEnd.
+func (r *run) report(sendEnd time.Time) Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	lost := 0
-	for _, p := range inflight {
+	for _, p := range r.inflight {
 		lost += len(p.indexes)
 	}
-	rep := Report{Duration: sendEnd.Sub(start), Sent: sent, Answered: answered, Lost: lost, Duplicates: dups, Outcomes: slices.Clone(outcomes)}
-	if answered > 0 {
+	rep := Report{Duration: sendEnd.Sub(r.start), Sent: r.sent, Answered: r.answered, Lost: lost, Duplicates: r.dups, Outcomes: slices.Clone(r.outcomes)}
+	if r.answered > 0 {
 		// Served throughput counts until the last answer arrived.
-		last := start
-		for _, o := range outcomes {
+		last := r.start
+		for _, o := range r.outcomes {
 			if t := o.Sent.Add(o.Latency); t.After(last) {
 				last = t
 			}
 		}
-		rep.Duration = last.Sub(start)
+		rep.Duration = last.Sub(r.start)
 	}
-	return rep, nil
+	return rep
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -106,7 +107,7 @@ func TestBringYourOwnModels(t *testing.T) {
 	// What the replay predicts for the served gear on the served images.
 	const from, to = 8000, 8400
 	test := replay(filepath.Join(dir, "test.csreplay.gz"), fmt.Sprintf("%d:%d", from, to))
-	want, tie := cascadeLabels(p, gear, test)
+	want, _, tie := plantest.ReplayGear(p, gear, test)
 	predicted := 0
 	for i, l := range want {
 		if l == int(test.Labels[i]) {
@@ -215,29 +216,4 @@ func TestBringYourOwnModels(t *testing.T) {
 		}
 	}
 	t.Logf("whole test: %v", time.Since(began).Round(time.Millisecond))
-}
-
-// cascadeLabels replays gear g of plan p on r as workers decide: every
-// item's label, and whether a decision was a near-tie (confidence within
-// 1e-4 of a threshold).
-func cascadeLabels(p *plan.Plan, g plan.Gear, r *plan.Replay) (labels []int, tie []bool) {
-	labels, tie = make([]int, r.Len()), make([]bool, r.Len())
-	probs := make([]float32, r.Classes)
-	for i := range r.Len() {
-		for s, st := range g.Cascade {
-			m, _ := p.Model(st.Model)
-			copy(probs, r.Row(st.Model, i))
-			plan.Calibrate(probs, m.Temperature)
-			conf, label := plan.Confidence(p.Confidence, probs)
-			last := s == len(g.Cascade)-1
-			if !last && math.Abs(conf-st.Threshold) < 1e-4 {
-				tie[i] = true
-			}
-			if plan.Answers(conf, st.Threshold, last) {
-				labels[i] = label
-				break
-			}
-		}
-	}
-	return labels, tie
 }

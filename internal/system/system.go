@@ -138,6 +138,27 @@ func LoadPlan(file string) (*plan.Plan, error) {
 // Start starts the system and returns once it has answered a probe
 // request, or with an error (after stopping what it started).
 func Start(ctx context.Context, cfg Config) (*System, error) {
+	cfg.defaults()
+	p, err := LoadPlan(cfg.PlanFile)
+	if err != nil {
+		return nil, err
+	}
+	s := &System{Plan: p, done: make(chan struct{})}
+	if err := s.startServer(cfg); err != nil {
+		return nil, err
+	}
+	if err := s.start(cfg); err != nil {
+		s.release()
+		return nil, err
+	}
+	if err := s.waitReady(ctx, cfg.ReadyTimeout); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (cfg *Config) defaults() {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -150,67 +171,71 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = 60 * time.Second
 	}
-	p, err := LoadPlan(cfg.PlanFile)
-	if err != nil {
-		return nil, err
-	}
-	s := &System{Plan: p, done: make(chan struct{})}
-	if cfg.NATSURL == "" {
-		dir := cfg.DataDir
-		if dir == "" {
-			dir = filepath.Join("data", "nats")
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("data dir: %w", err)
-		}
-		port := cfg.NATSPort
-		if port == 0 {
-			port = 4222
-		}
-		srv, err := natsembed.StartServer(natsembed.ServerConfig{Port: port, HTTPPort: cfg.MonitorPort, StoreDir: dir})
-		if err != nil {
-			return nil, err
-		}
-		s.Server = srv
-		s.URL = srv.ClientURL()
-	} else {
+}
+
+// startServer starts the embedded nats-server unless cfg names a server,
+// and sets s.URL.
+func (s *System) startServer(cfg Config) error {
+	if cfg.NATSURL != "" {
 		s.URL = cfg.NATSURL
-	}
-	fail := func(err error) (*System, error) {
-		s.closeConns()
-		if s.Server != nil {
-			s.Server.Shutdown()
-			s.Server.WaitForShutdown()
-		}
-		return nil, err
-	}
-	// A service of the embedded server's process talks to it in memory,
-	// not over loopback TCP: fewer system calls per message. The callers'
-	// Conn stays on TCP, as a producer's would.
-	serviceOptions := func(url string) []nats.Option {
-		if s.Server != nil && url == s.URL {
-			return []nats.Option{nats.InProcessServer(s.Server)}
-		}
 		return nil
 	}
-	connect := func(name, url string) (*nats.Conn, error) {
-		nc, err := natsbus.Connect(url, name, cfg.Logger.With("component", name), serviceOptions(url)...)
-		if err == nil {
-			s.conns = append(s.conns, nc)
-		}
-		return nc, err
+	dir := cfg.DataDir
+	if dir == "" {
+		dir = filepath.Join("data", "nats")
 	}
-	if s.Conn, err = natsbus.Connect(s.URL, "cascadeserve-client", cfg.Logger.With("component", "cascadeserve-client"), cfg.ClientOptions...); err != nil {
-		return fail(err)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("data dir: %w", err)
 	}
-	s.conns = append(s.conns, s.Conn)
-	if s.JS, err = jetstream.New(s.Conn); err != nil {
-		return fail(err)
+	port := cfg.NATSPort
+	if port == 0 {
+		port = 4222
 	}
+	srv, err := natsembed.StartServer(natsembed.ServerConfig{Port: port, HTTPPort: cfg.MonitorPort, StoreDir: dir})
+	if err != nil {
+		return err
+	}
+	s.Server = srv
+	s.URL = srv.ClientURL()
+	return nil
+}
 
+// release closes the connections and shuts the embedded server down.
+func (s *System) release() {
+	s.closeConns()
+	if s.Server != nil {
+		s.Server.Shutdown()
+		s.Server.WaitForShutdown()
+	}
+}
+
+// serviceOptions are the options of a service's connection to url: a
+// service of the embedded server's process talks to it in memory, not over
+// loopback TCP (fewer system calls per message). The callers' Conn stays
+// on TCP, as a producer's would.
+func (s *System) serviceOptions(url string) []nats.Option {
+	if s.Server != nil && url == s.URL {
+		return []nats.Option{nats.InProcessServer(s.Server)}
+	}
+	return nil
+}
+
+// connect opens a connection that the system closes when it stops.
+func (s *System) connect(logger *slog.Logger, name, url string, opts ...nats.Option) (*nats.Conn, error) {
+	nc, err := natsbus.Connect(url, name, logger.With("component", name), opts...)
+	if err == nil {
+		s.conns = append(s.conns, nc)
+	}
+	return nc, err
+}
+
+// serviceEnvs are the CASCADE_* environments of the three services: the
+// system's (its server, the plan's pipeline and file, no HTTP and no
+// metrics listeners), then cfg.Env, then each service's cfg.ServiceEnv.
+func (s *System) serviceEnvs(cfg Config) (ctl, ing, wk map[string]string) {
 	environ := map[string]string{
 		"CASCADE_NATS_URL":     s.URL,
-		"CASCADE_PIPELINE":     p.Pipeline,
+		"CASCADE_PIPELINE":     s.Plan.Pipeline,
 		"CASCADE_METRICS_ADDR": "", // served once by the caller
 		"CASCADE_PLAN":         cfg.PlanFile,
 		// HTTP is opt-in (Env["CASCADE_HTTP_ADDR"]): tests run many systems.
@@ -226,27 +251,39 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 		maps.Copy(e, cfg.ServiceEnv[service])
 		return e
 	}
-	ctlEnv, ingEnv, wkEnv := envOf("controller"), envOf("ingress"), envOf("stage-worker")
+	return envOf("controller"), envOf("ingress"), envOf("stage-worker")
+}
 
+// start configures and connects the services and runs them under one
+// errgroup; on an error the caller releases what it opened.
+func (s *System) start(cfg Config) error {
+	var err error
+	if s.Conn, err = s.connect(cfg.Logger, "cascadeserve-client", s.URL, cfg.ClientOptions...); err != nil {
+		return err
+	}
+	if s.JS, err = jetstream.New(s.Conn); err != nil {
+		return err
+	}
+	ctlEnv, ingEnv, wkEnv := s.serviceEnvs(cfg)
 	ctlCfg, err := controller.ConfigFromEnv(ctlEnv)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	ingCfg, err := ingress.ConfigFromEnv(ingEnv)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	wkCfg, err := stageworker.ConfigFromEnv(wkEnv)
 	if err != nil {
-		return fail(err)
+		return err
 	}
-	ctlConn, err := connect("cascadeserve-controller", ctlEnv["CASCADE_NATS_URL"])
+	ctlConn, err := s.connect(cfg.Logger, "cascadeserve-controller", ctlEnv["CASCADE_NATS_URL"], s.serviceOptions(ctlEnv["CASCADE_NATS_URL"])...)
 	if err != nil {
-		return fail(err)
+		return err
 	}
-	ingConn, err := connect("cascadeserve-ingress", ingEnv["CASCADE_NATS_URL"])
+	ingConn, err := s.connect(cfg.Logger, "cascadeserve-ingress", ingEnv["CASCADE_NATS_URL"], s.serviceOptions(ingEnv["CASCADE_NATS_URL"])...)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	s.workers = workerSet{
 		cfg: wkCfg, logger: cfg.Logger, reg: cfg.Registerer, labeled: cfg.Workers > 1,
@@ -254,36 +291,51 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 		connect: func(name string) (*nats.Conn, error) {
 			// Not in s.conns: a worker's connection closes when it stops.
 			url := wkEnv["CASCADE_NATS_URL"]
-			return natsbus.Connect(url, name, cfg.Logger.With("component", name), serviceOptions(url)...)
+			return natsbus.Connect(url, name, cfg.Logger.With("component", name), s.serviceOptions(url)...)
 		},
 	}
 	var wkConns []*nats.Conn
 	for i := range cfg.Workers {
-		nc, err := connect("cascadeserve-worker-"+strconv.Itoa(i), wkEnv["CASCADE_NATS_URL"])
+		nc, err := s.connect(cfg.Logger, "cascadeserve-worker-"+strconv.Itoa(i), wkEnv["CASCADE_NATS_URL"], s.serviceOptions(wkEnv["CASCADE_NATS_URL"])...)
 		if err != nil {
-			return fail(err)
+			return err
 		}
 		wkConns = append(wkConns, nc)
 	}
+	return s.run(cfg, services{ctlCfg, ctlConn, ingCfg, ingConn, wkConns})
+}
 
+// services are the configured and connected services of a system.
+type services struct {
+	ctl     controller.Config
+	ctlConn *nats.Conn
+	ing     ingress.Config
+	ingConn *nats.Conn
+	wkConns []*nats.Conn
+}
+
+// run runs the services under one errgroup, which a failing service (or
+// worker) stops; when it ends, the connections close and the embedded
+// server shuts down.
+func (s *System) run(cfg Config, svc services) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error {
-		return named("controller", controller.Run(gctx, ctlCfg, controller.Deps{
-			Logger: cfg.Logger.With("component", "controller"), Registerer: cfg.Registerer, Conn: ctlConn, HTTP: cfg.HTTP,
+		return named("controller", controller.Run(gctx, svc.ctl, controller.Deps{
+			Logger: cfg.Logger.With("component", "controller"), Registerer: cfg.Registerer, Conn: svc.ctlConn, HTTP: cfg.HTTP,
 		}))
 	})
 	g.Go(func() error {
-		return named("ingress", ingress.Run(gctx, ingCfg, ingress.Deps{
-			Logger: cfg.Logger.With("component", "ingress"), Registerer: cfg.Registerer, Conn: ingConn,
+		return named("ingress", ingress.Run(gctx, svc.ing, ingress.Deps{
+			Logger: cfg.Logger.With("component", "ingress"), Registerer: cfg.Registerer, Conn: svc.ingConn,
 		}))
 	})
 	s.workers.ctx = gctx
-	for _, nc := range wkConns {
+	for _, nc := range svc.wkConns {
 		if _, err := s.workers.start(nc); err != nil {
 			cancel()
-			return fail(err)
+			return err
 		}
 	}
 	g.Go(func() error {
@@ -303,19 +355,10 @@ func Start(ctx context.Context, cfg Config) (*System, error) {
 	})
 	go func() {
 		s.err = g.Wait()
-		s.closeConns()
-		if s.Server != nil {
-			s.Server.Shutdown()
-			s.Server.WaitForShutdown()
-		}
+		s.release()
 		close(s.done)
 	}()
-
-	if err := s.waitReady(ctx, cfg.ReadyTimeout); err != nil {
-		s.Stop()
-		return nil, err
-	}
-	return s, nil
+	return nil
 }
 
 func named(service string, err error) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -75,26 +76,7 @@ func expected(t *testing.T, p *plan.Plan, g plan.Gear) (labels []int, by []strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := r.Len()
-	labels, by, tie = make([]int, n), make([]string, n), make([]bool, n)
-	probs := make([]float32, r.Classes)
-	for i := range n {
-		for s, st := range g.Cascade {
-			m, _ := p.Model(st.Model)
-			copy(probs, r.Row(st.Model, i))
-			plan.Calibrate(probs, m.Temperature)
-			conf, label := plan.Confidence(p.Confidence, probs)
-			last := s == len(g.Cascade)-1
-			if !last && math.Abs(conf-st.Threshold) < 1e-4 {
-				tie[i] = true
-			}
-			if plan.Answers(conf, st.Threshold, last) {
-				labels[i], by[i] = label, st.Model
-				break
-			}
-		}
-	}
-	return labels, by, tie
+	return plantest.ReplayGear(p, g, r)
 }
 
 // TestAllTestImagesAtFixedGear sends all 10,000 MNIST test images through the
@@ -121,7 +103,7 @@ func TestAllTestImagesAtFixedGear(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
+	rep := runLoad(ctx, t, sys, loadgen.Config{
 		Pipeline: p.Pipeline, Items: images, Concurrency: 64, MaxRequests: images.Len(),
 		Duration: 7 * time.Minute, Timeout: 2 * time.Minute,
 	})
@@ -191,15 +173,6 @@ func TestGearSwitchUnderLoad(t *testing.T) {
 	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
 		Pipeline: p.Pipeline, Items: images, Schedule: sched, Duration: 8 * time.Second, Timeout: time.Minute, Seed: 7,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Lost != 0 || rep.Duplicates != 0 || len(rep.Outcomes) != rep.Sent {
-		t.Fatalf("sent %d, results %d, lost %d, duplicates %d", rep.Sent, len(rep.Outcomes), rep.Lost, rep.Duplicates)
-	}
-	if errs := rep.ErrorCounts(); len(errs) != 0 {
-		t.Fatalf("error results: %v", errs)
-	}
 	if gears := rep.ByGear(); len(gears) < 2 {
 		t.Fatalf("answers by gear %v: want at least two gears under a load of %.0f req/s", gears, peak)
 	}
@@ -243,6 +216,23 @@ func gauges(t *testing.T, reg *prometheus.Registry) (float64, []float64) {
 	return ctl, workers
 }
 
+// runLoad runs the load generator against sys and fails the test unless
+// every request sent got exactly one result and none was an error.
+func runLoad(ctx context.Context, t *testing.T, sys *system.System, cfg loadgen.Config) loadgen.Report {
+	t.Helper()
+	rep, err := loadgen.Run(ctx, sys.Conn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Lost != 0 || rep.Duplicates != 0 || len(rep.Outcomes) != rep.Sent {
+		t.Fatalf("sent %d, results %d, lost %d, duplicates %d", rep.Sent, len(rep.Outcomes), rep.Lost, rep.Duplicates)
+	}
+	if errs := rep.ErrorCounts(); len(errs) != 0 {
+		t.Fatalf("error results: %v", errs)
+	}
+	return rep
+}
+
 func value(m *dto.Metric) float64 {
 	if g := m.GetGauge(); g != nil {
 		return g.GetValue()
@@ -265,18 +255,12 @@ func TestPartitionedQueues(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
+	rep := runLoad(ctx, t, sys, loadgen.Config{
 		Pipeline: p.Pipeline, Items: images, Schedule: func(time.Duration) float64 { return 0.5 * p.Gears[0].MaxQPS },
 		Duration: 4 * time.Second, Timeout: time.Minute, Seed: 11,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Sent == 0 || rep.Lost != 0 || rep.Duplicates != 0 || len(rep.Outcomes) != rep.Sent {
-		t.Fatalf("sent %d, results %d, lost %d, duplicates %d", rep.Sent, len(rep.Outcomes), rep.Lost, rep.Duplicates)
-	}
-	if errs := rep.ErrorCounts(); len(errs) != 0 {
-		t.Fatalf("error results: %v", errs)
+	if rep.Sent == 0 {
+		t.Fatalf("sent %d items", rep.Sent)
 	}
 	first := p.Gears[0].Cascade[0].Model
 	for part := range 3 {
@@ -319,18 +303,12 @@ func TestBatchedRequestsThroughTheCascade(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
+	rep := runLoad(ctx, t, sys, loadgen.Config{
 		Pipeline: p.Pipeline, Items: images, Concurrency: 8, MaxRequests: 2048, BatchItems: 16,
 		UINT8Scale: p.Input.UINT8Scale, Timeout: time.Minute, Seed: 5,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Sent != 2048 || rep.Lost != 0 || rep.Duplicates != 0 || len(rep.Outcomes) != rep.Sent {
-		t.Fatalf("sent %d items, results %d, lost %d, duplicates %d", rep.Sent, len(rep.Outcomes), rep.Lost, rep.Duplicates)
-	}
-	if errs := rep.ErrorCounts(); len(errs) != 0 {
-		t.Fatalf("error results: %v", errs)
+	if rep.Sent != 2048 {
+		t.Fatalf("sent %d items", rep.Sent)
 	}
 	seen := map[int]int{}
 	for _, o := range rep.Outcomes {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
 )
 
 // TestPlanFiles checks both committed MNIST plans: each parses and
@@ -85,7 +86,7 @@ func TestBuiltinPlanIsTheGeneratedOne(t *testing.T) {
 	if builtin.Description != p.Description || !reflect.DeepEqual(builtin.Gears, p.Gears) {
 		t.Error("Plan() is not plan.json")
 	}
-	if mode, _ := p.Planner["mode"].(string); mode != plan.ModeMaxAccuracy {
+	if mode, _ := p.Planner["mode"].(string); mode != planner.ModeMaxAccuracy {
 		t.Errorf("planner metadata mode %q: plan.json is not a max-accuracy plan of cascadeserve plan", mode)
 	}
 
@@ -118,7 +119,7 @@ func TestBuiltinPlanIsTheGeneratedOne(t *testing.T) {
 			t.Errorf("model %q: plan profile is not profile.json's", m.Name)
 		}
 	}
-	ev, err := plan.NewEvaluator(replay, plan.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
+	ev, err := planner.NewEvaluator(replay, planner.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
 	if err != nil {
 		t.Fatal(err)
 	}

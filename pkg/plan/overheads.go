@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"errors"
 	"fmt"
 	"math"
 )
@@ -8,7 +9,7 @@ import (
 // Overheads are the measured costs of the live path outside the models:
 // what `cascadeserve profile` writes into the profile file, what the
 // planner copies into the plan, and what the simulator charges. ProfileFile,
-// Plan and SimConfig embed it, so the three carry the same fields under the
+// Plan and simulate.Config embed it, so the three carry the same fields under the
 // same JSON names.
 type Overheads struct {
 	// HopOverheadMs is the time of one hop through the NATS path (publish
@@ -94,9 +95,10 @@ func (o Overheads) OverheadCPUMsPerS(q float64) float64 {
 	return 0 // not reached
 }
 
-// problems lists what is wrong with the overheads, one error each, named
-// by their JSON keys.
-func (o Overheads) problems() []error {
+// Validate reports every problem of the overheads, joined, named by their
+// JSON keys (nil when there is none). Plan, ProfileFile and the
+// simulator's config embed Overheads and report these among their own.
+func (o Overheads) Validate() error {
 	var errs []error
 	for _, f := range []struct {
 		name string
@@ -112,9 +114,7 @@ func (o Overheads) problems() []error {
 			errs = append(errs, fmt.Errorf("%s must be a finite number >= 0, got %v", f.name, f.v))
 		}
 	}
-	if err := validFloor(o.LatencyFloorMs, o.LatencyFloorP95Ms); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, validFloor(o.LatencyFloorMs, o.LatencyFloorP95Ms))
 	for k, p := range o.CPULoad {
 		finite := !math.IsNaN(p.QPS) && !math.IsInf(p.QPS, 0) && !math.IsNaN(p.CPUMsPerS) && !math.IsInf(p.CPUMsPerS, 0)
 		switch {
@@ -124,5 +124,16 @@ func (o Overheads) problems() []error {
 			errs = append(errs, fmt.Errorf("cpu_load[%d]: loads must increase, got %v after %v", k, p.QPS, o.CPULoad[k-1].QPS))
 		}
 	}
-	return errs
+	return errors.Join(errs...)
+}
+
+// validFloor checks a latency floor's median and p95.
+func validFloor(median, p95 float64) error {
+	if median < 0 || math.IsNaN(median) || math.IsInf(median, 0) || p95 < 0 || math.IsNaN(p95) || math.IsInf(p95, 0) {
+		return fmt.Errorf("latency_floor_ms and latency_floor_p95_ms must be finite numbers >= 0, got %v and %v", median, p95)
+	}
+	if p95 > 0 && p95 < median {
+		return fmt.Errorf("latency_floor_p95_ms %v is below latency_floor_ms %v", p95, median)
+	}
+	return nil
 }

@@ -29,11 +29,11 @@ func TestOverheadCPUCurve(t *testing.T) {
 		t.Errorf("per request %v ms at 1000/s, %v at 10000/s: want it to fall", a, b)
 	}
 	bad := Overheads{CPULoad: []CPUPoint{{1000, 1}, {500, 2}, {-1, 3}, {2000, math.NaN()}}}
-	var msgs []string
-	for _, err := range bad.problems() {
-		msgs = append(msgs, err.Error())
+	err := bad.Validate()
+	if err == nil {
+		t.Fatal("a bad cpu_load validated")
 	}
-	joined := strings.Join(msgs, "\n")
+	joined := err.Error()
 	for _, want := range []string{"cpu_load[1]: loads must increase", "cpu_load[2]: qps must be > 0", "cpu_load[3]: qps must be > 0"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("problems %q lack %q", joined, want)

@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // FormatVersion is the version of the plan file format this build reads and
@@ -221,6 +223,21 @@ type Stage struct {
 	MaxBatch int `json:"max_batch,omitempty"`
 }
 
+// CascadeString writes a cascade compactly, e.g. "mlp@0.91>cnn".
+func CascadeString(stages []Stage) string {
+	var b strings.Builder
+	for j, s := range stages {
+		if j > 0 {
+			b.WriteByte('>')
+		}
+		b.WriteString(s.Model)
+		if j < len(stages)-1 {
+			fmt.Fprintf(&b, "@%.4g", s.Threshold)
+		}
+	}
+	return b.String()
+}
+
 // Batching are the settings of a worker's pull: at most MaxBatch items,
 // waiting at most MaxDelayMs for the batch to fill.
 type Batching struct {
@@ -344,6 +361,16 @@ func (g Gear) MaxBatch(model string) int {
 	return max(g.Batching.MaxBatch, 1)
 }
 
+// RunnerCount returns how many runners of the plan's capacity a model gets
+// in the gear: its share × capacity, rounded, at least 1 for a model of the
+// cascade and 0 for any other.
+func (g Gear) RunnerCount(model string, capacity int) int {
+	if _, ok := g.StageOf(model); !ok {
+		return 0
+	}
+	return max(1, int(math.Round(g.Runners[model]*float64(capacity))))
+}
+
 // MaxPartitions bounds Plan.Partitions.
 const MaxPartitions = 64
 
@@ -459,195 +486,239 @@ func (p *Plan) applyDefaults() {
 // Validate reports every problem of the plan, joined, wrapped in
 // ErrInvalidPlan.
 func (p *Plan) Validate() error {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
-	if p.Version != FormatVersion {
-		bad("version is %d, this build reads version %d", p.Version, FormatVersion)
-	}
-	if !validName(p.Pipeline) {
-		bad("pipeline %q must be 1-32 characters of a-z, 0-9, '-' or '_'", p.Pipeline)
-	}
-	if !(p.SLO.P95Ms > 0) {
-		bad("slo.p95_ms must be > 0, got %v", p.SLO.P95Ms)
-	}
-	if p.Partitions < 0 || p.Partitions > MaxPartitions {
-		bad("partitions must be in [0,%d], got %d", MaxPartitions, p.Partitions)
-	}
-	if p.Capacity < 1 {
-		bad("capacity must be >= 1 runner, got %d", p.Capacity)
-	}
-	if p.RunnerPool != "" && !slices.Contains(RunnerPools(), p.RunnerPool) {
-		bad("runner_pool %q is not one of %v", p.RunnerPool, RunnerPools())
-	}
-	if !slices.Contains(Metrics(), p.Confidence) {
-		bad("confidence %q is not one of %v", p.Confidence, Metrics())
-	}
-	if p.Input.Datatype != "FP32" {
-		bad("input.datatype %q: only FP32 model inputs are supported", p.Input.Datatype)
-	}
-	if len(p.Input.Shape) == 0 {
-		bad("input.shape is empty")
-	}
-	for _, d := range p.Input.Shape {
-		if d < 1 {
-			bad("input.shape %v has a dimension < 1", p.Input.Shape)
-			break
-		}
-	}
-	if p.Input.Classes < 2 {
-		bad("input.classes must be >= 2, got %d", p.Input.Classes)
-	}
-	if p.Input.UINT8Scale < 0 {
-		bad("input.uint8_scale must be >= 0")
-	}
-	errs = append(errs, p.Overheads.problems()...)
-
-	models := map[string]bool{}
-	for i, m := range p.Models {
-		if !validName(m.Name) || strings.Contains(m.Name, "__") {
-			bad("models[%d].name %q must be 1-32 characters of a-z, 0-9, '-' or '_', without \"__\" (it separates a queue's partitions)", i, m.Name)
-		}
-		if models[m.Name] {
-			bad("model %q is listed twice", m.Name)
-		}
-		models[m.Name] = true
-		if m.File == "" {
-			bad("model %q has no file", m.Name)
-		}
-		if m.Temperature < 0 || math.IsNaN(m.Temperature) {
-			bad("model %q: temperature must be >= 0", m.Name)
-		}
-		if len(m.Profile.Points) == 0 {
-			bad("model %q has no profile points", m.Name)
-		}
-		if m.Profile.Provider != "" && !validName(m.Profile.Provider) {
-			bad("model %q: profile provider %q must be a provider name such as cpu or cuda", m.Name, m.Profile.Provider)
-		}
-		for j, pt := range m.Profile.Points {
-			if pt.Batch < 1 || !(pt.LatencyMs > 0) {
-				bad("model %q profile point %d: batch %d latency %vms (need batch >= 1, latency > 0)", m.Name, j, pt.Batch, pt.LatencyMs)
-			}
-			if j > 0 && pt.Batch <= m.Profile.Points[j-1].Batch {
-				bad("model %q profile points must have strictly ascending batch sizes", m.Name)
-			}
-		}
-	}
-	if len(p.Models) == 0 {
-		bad("no models")
-	}
-	if len(p.Ladder) == 0 {
-		bad("ladder is empty")
-	}
-	inLadder := map[string]bool{}
-	for _, name := range p.Ladder {
-		if !models[name] {
-			bad("ladder names unknown model %q", name)
-		}
-		if inLadder[name] {
-			bad("ladder lists %q twice", name)
-		}
-		inLadder[name] = true
-	}
-
-	if len(p.Gears) == 0 {
-		bad("no gears")
-	}
-	ids := map[string]bool{}
-	for i, g := range p.Gears {
-		where := fmt.Sprintf("gear %d (%q)", i, g.ID)
-		if !validName(g.ID) {
-			bad("%s: id must be 1-32 characters of a-z, 0-9, '-' or '_'", where)
-		}
-		if ids[g.ID] {
-			bad("%s: duplicate id", where)
-		}
-		ids[g.ID] = true
-		if !(g.MaxQPS > 0) {
-			bad("%s: max_qps must be > 0", where)
-		}
-		if i > 0 && g.MaxQPS <= p.Gears[i-1].MaxQPS {
-			bad("%s: gears must be ordered by strictly ascending max_qps", where)
-		}
-		if len(g.Cascade) == 0 {
-			bad("%s: empty cascade", where)
-		}
-		seen := map[string]bool{}
-		lastPos := -1
-		for j, s := range g.Cascade {
-			if !inLadder[s.Model] {
-				bad("%s stage %d: model %q is not in the ladder", where, j, s.Model)
-			}
-			if seen[s.Model] {
-				bad("%s: model %q appears twice in the cascade", where, s.Model)
-			}
-			seen[s.Model] = true
-			if pos := slices.Index(p.Ladder, s.Model); pos >= 0 {
-				if pos < lastPos {
-					bad("%s: cascade must follow ladder order (cheap to accurate)", where)
-				}
-				lastPos = pos
-			}
-			last := j == len(g.Cascade)-1
-			if !last && (s.Threshold < 0 || s.Threshold > 1 || math.IsNaN(s.Threshold)) {
-				bad("%s stage %d: threshold %v outside [0,1]", where, j, s.Threshold)
-			}
-			if last && s.Threshold != 0 {
-				bad("%s: the last stage always answers; its threshold must be 0, got %v", where, s.Threshold)
-			}
-			if s.MaxBatch < 0 {
-				bad("%s stage %d: max_batch must be >= 0", where, j)
-			}
-		}
-		if g.Batching.MaxBatch < 1 || g.Batching.MaxBatch > 4096 {
-			bad("%s: batching.max_batch must be in [1,4096], got %d", where, g.Batching.MaxBatch)
-		}
-		if g.Batching.MaxDelayMs < 0 || g.Batching.MaxDelayMs > 60000 {
-			bad("%s: batching.max_delay_ms must be in [0,60000], got %v", where, g.Batching.MaxDelayMs)
-		}
-		sum := 0.0
-		for m, share := range g.Runners {
-			if !seen[m] {
-				bad("%s: runner share for %q, which is not in its cascade", where, m)
-			}
-			if !(share > 0) || share > 1 {
-				bad("%s: runner share of %q must be in (0,1], got %v", where, m, share)
-			}
-			sum += share
-		}
-		if sum > 1+1e-9 {
-			bad("%s: runner shares sum to %.3f > 1", where, sum)
-		}
-	}
-
-	h := p.Hysteresis
-	if !(h.DownshiftFactor > 0 && h.DownshiftFactor <= 1) {
-		bad("hysteresis.downshift_factor must be in (0,1], got %v", h.DownshiftFactor)
-	}
-	if h.DrainedBacklogSeconds < 0 {
-		bad("hysteresis.drained_backlog_seconds must be >= 0")
-	}
-	if h.MinDwellMs < 0 {
-		bad("hysteresis.min_dwell_ms must be >= 0")
-	}
-	if h.SampleIntervalMs < 50 || h.SampleIntervalMs > 5000 {
-		bad("hysteresis.sample_interval_ms must be in [50,5000], got %v", h.SampleIntervalMs)
-	}
-	if h.RateWindowMs < h.SampleIntervalMs {
-		bad("hysteresis.rate_window_ms must be >= sample_interval_ms")
-	}
-
-	if err := errors.Join(errs...); err != nil {
+	var ps problems
+	p.checkSettings(&ps)
+	p.Input.check(&ps)
+	ps = append(ps, p.Overheads.Validate())
+	models := p.checkModels(&ps)
+	inLadder := p.checkLadder(&ps, models)
+	p.checkGears(&ps, inLadder)
+	p.Hysteresis.check(&ps)
+	if err := errors.Join(ps...); err != nil {
 		return fmt.Errorf("%w:\n%w", ErrInvalidPlan, err)
 	}
 	return nil
 }
 
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > 32 {
-		return false
+// problems collects what validation finds, in order; nil entries are
+// skipped when they are joined.
+type problems []error
+
+func (ps *problems) add(format string, args ...any) {
+	*ps = append(*ps, fmt.Errorf(format, args...))
+}
+
+// checkSettings checks the plan's scalar settings.
+func (p *Plan) checkSettings(ps *problems) {
+	if p.Version != FormatVersion {
+		ps.add("version is %d, this build reads version %d", p.Version, FormatVersion)
 	}
-	return strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
-	}) < 0
+	if !wire.ValidName(p.Pipeline) {
+		ps.add("pipeline %q must be 1-32 characters of a-z, 0-9, '-' or '_'", p.Pipeline)
+	}
+	if !(p.SLO.P95Ms > 0) {
+		ps.add("slo.p95_ms must be > 0, got %v", p.SLO.P95Ms)
+	}
+	if p.Partitions < 0 || p.Partitions > MaxPartitions {
+		ps.add("partitions must be in [0,%d], got %d", MaxPartitions, p.Partitions)
+	}
+	if p.Capacity < 1 {
+		ps.add("capacity must be >= 1 runner, got %d", p.Capacity)
+	}
+	if p.RunnerPool != "" && !slices.Contains(RunnerPools(), p.RunnerPool) {
+		ps.add("runner_pool %q is not one of %v", p.RunnerPool, RunnerPools())
+	}
+	if !slices.Contains(Metrics(), p.Confidence) {
+		ps.add("confidence %q is not one of %v", p.Confidence, Metrics())
+	}
+}
+
+func (in Input) check(ps *problems) {
+	if in.Datatype != "FP32" {
+		ps.add("input.datatype %q: only FP32 model inputs are supported", in.Datatype)
+	}
+	if len(in.Shape) == 0 {
+		ps.add("input.shape is empty")
+	}
+	for _, d := range in.Shape {
+		if d < 1 {
+			ps.add("input.shape %v has a dimension < 1", in.Shape)
+			break
+		}
+	}
+	if in.Classes < 2 {
+		ps.add("input.classes must be >= 2, got %d", in.Classes)
+	}
+	if in.UINT8Scale < 0 {
+		ps.add("input.uint8_scale must be >= 0")
+	}
+}
+
+// checkModels checks every model and returns the set of their names.
+func (p *Plan) checkModels(ps *problems) map[string]bool {
+	models := map[string]bool{}
+	for i, m := range p.Models {
+		if !wire.ValidName(m.Name) || strings.Contains(m.Name, "__") {
+			ps.add("models[%d].name %q must be 1-32 characters of a-z, 0-9, '-' or '_', without \"__\" (it separates a queue's partitions)", i, m.Name)
+		}
+		if models[m.Name] {
+			ps.add("model %q is listed twice", m.Name)
+		}
+		models[m.Name] = true
+		if m.File == "" {
+			ps.add("model %q has no file", m.Name)
+		}
+		if m.Temperature < 0 || math.IsNaN(m.Temperature) {
+			ps.add("model %q: temperature must be >= 0", m.Name)
+		}
+		m.Profile.check(ps, m.Name)
+	}
+	if len(p.Models) == 0 {
+		ps.add("no models")
+	}
+	return models
+}
+
+// check checks the profile of the named model as a plan holds it.
+func (prof Profile) check(ps *problems, model string) {
+	if len(prof.Points) == 0 {
+		ps.add("model %q has no profile points", model)
+	}
+	if prof.Provider != "" && !wire.ValidName(prof.Provider) {
+		ps.add("model %q: profile provider %q must be a provider name such as cpu or cuda", model, prof.Provider)
+	}
+	for j, pt := range prof.Points {
+		if pt.Batch < 1 || !(pt.LatencyMs > 0) {
+			ps.add("model %q profile point %d: batch %d latency %vms (need batch >= 1, latency > 0)", model, j, pt.Batch, pt.LatencyMs)
+		}
+		if j > 0 && pt.Batch <= prof.Points[j-1].Batch {
+			ps.add("model %q profile points must have strictly ascending batch sizes", model)
+		}
+	}
+}
+
+// checkLadder checks the ladder against the models and returns the set of
+// its names.
+func (p *Plan) checkLadder(ps *problems, models map[string]bool) map[string]bool {
+	if len(p.Ladder) == 0 {
+		ps.add("ladder is empty")
+	}
+	inLadder := map[string]bool{}
+	for _, name := range p.Ladder {
+		if !models[name] {
+			ps.add("ladder names unknown model %q", name)
+		}
+		if inLadder[name] {
+			ps.add("ladder lists %q twice", name)
+		}
+		inLadder[name] = true
+	}
+	return inLadder
+}
+
+// checkGears checks the gears: ids, load order, cascades, batching and
+// runner shares.
+func (p *Plan) checkGears(ps *problems, inLadder map[string]bool) {
+	if len(p.Gears) == 0 {
+		ps.add("no gears")
+	}
+	ids := map[string]bool{}
+	for i, g := range p.Gears {
+		where := fmt.Sprintf("gear %d (%q)", i, g.ID)
+		if !wire.ValidName(g.ID) {
+			ps.add("%s: id must be 1-32 characters of a-z, 0-9, '-' or '_'", where)
+		}
+		if ids[g.ID] {
+			ps.add("%s: duplicate id", where)
+		}
+		ids[g.ID] = true
+		if !(g.MaxQPS > 0) {
+			ps.add("%s: max_qps must be > 0", where)
+		}
+		if i > 0 && g.MaxQPS <= p.Gears[i-1].MaxQPS {
+			ps.add("%s: gears must be ordered by strictly ascending max_qps", where)
+		}
+		seen := p.checkCascade(ps, where, g.Cascade, inLadder)
+		g.Batching.check(ps, where)
+		checkRunners(ps, where, g.Runners, seen)
+	}
+}
+
+// checkCascade checks a gear's cascade and returns the set of its models.
+func (p *Plan) checkCascade(ps *problems, where string, cascade []Stage, inLadder map[string]bool) map[string]bool {
+	if len(cascade) == 0 {
+		ps.add("%s: empty cascade", where)
+	}
+	seen := map[string]bool{}
+	lastPos := -1
+	for j, s := range cascade {
+		if !inLadder[s.Model] {
+			ps.add("%s stage %d: model %q is not in the ladder", where, j, s.Model)
+		}
+		if seen[s.Model] {
+			ps.add("%s: model %q appears twice in the cascade", where, s.Model)
+		}
+		seen[s.Model] = true
+		if pos := slices.Index(p.Ladder, s.Model); pos >= 0 {
+			if pos < lastPos {
+				ps.add("%s: cascade must follow ladder order (cheap to accurate)", where)
+			}
+			lastPos = pos
+		}
+		last := j == len(cascade)-1
+		if !last && (s.Threshold < 0 || s.Threshold > 1 || math.IsNaN(s.Threshold)) {
+			ps.add("%s stage %d: threshold %v outside [0,1]", where, j, s.Threshold)
+		}
+		if last && s.Threshold != 0 {
+			ps.add("%s: the last stage always answers; its threshold must be 0, got %v", where, s.Threshold)
+		}
+		if s.MaxBatch < 0 {
+			ps.add("%s stage %d: max_batch must be >= 0", where, j)
+		}
+	}
+	return seen
+}
+
+func (b Batching) check(ps *problems, where string) {
+	if b.MaxBatch < 1 || b.MaxBatch > 4096 {
+		ps.add("%s: batching.max_batch must be in [1,4096], got %d", where, b.MaxBatch)
+	}
+	if b.MaxDelayMs < 0 || b.MaxDelayMs > 60000 {
+		ps.add("%s: batching.max_delay_ms must be in [0,60000], got %v", where, b.MaxDelayMs)
+	}
+}
+
+// checkRunners checks a gear's runner shares against its cascade's models.
+func checkRunners(ps *problems, where string, runners map[string]float64, cascade map[string]bool) {
+	sum := 0.0
+	for m, share := range runners {
+		if !cascade[m] {
+			ps.add("%s: runner share for %q, which is not in its cascade", where, m)
+		}
+		if !(share > 0) || share > 1 {
+			ps.add("%s: runner share of %q must be in (0,1], got %v", where, m, share)
+		}
+		sum += share
+	}
+	if sum > 1+1e-9 {
+		ps.add("%s: runner shares sum to %.3f > 1", where, sum)
+	}
+}
+
+func (h Hysteresis) check(ps *problems) {
+	if !(h.DownshiftFactor > 0 && h.DownshiftFactor <= 1) {
+		ps.add("hysteresis.downshift_factor must be in (0,1], got %v", h.DownshiftFactor)
+	}
+	if h.DrainedBacklogSeconds < 0 {
+		ps.add("hysteresis.drained_backlog_seconds must be >= 0")
+	}
+	if h.MinDwellMs < 0 {
+		ps.add("hysteresis.min_dwell_ms must be >= 0")
+	}
+	if h.SampleIntervalMs < 50 || h.SampleIntervalMs > 5000 {
+		ps.add("hysteresis.sample_interval_ms must be in [50,5000], got %v", h.SampleIntervalMs)
+	}
+	if h.RateWindowMs < h.SampleIntervalMs {
+		ps.add("hysteresis.rate_window_ms must be >= sample_interval_ms")
+	}
 }

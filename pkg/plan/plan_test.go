@@ -1,4 +1,4 @@
-package plan
+package plan_test
 
 import (
 	"errors"
@@ -8,38 +8,14 @@ import (
 	"strings"
 	"testing"
 	"testing/fstest"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
-// validPlan returns a small hand-written plan that passes Validate.
-func validPlan(t *testing.T) *Plan {
-	t.Helper()
-	prof := Profile{Threads: 1, Points: []ProfilePoint{{Batch: 1, LatencyMs: 1}, {Batch: 8, LatencyMs: 3}}}
-	return &Plan{
-		Version:    FormatVersion,
-		Pipeline:   "mnist",
-		SLO:        SLO{P95Ms: 50},
-		Capacity:   4,
-		Confidence: MetricMargin,
-		Input:      Input{Name: "input", Datatype: "FP32", Shape: []int64{1, 28, 28}, Classes: 10},
-		Models: []Model{
-			{Name: "small", File: "small.onnx", Profile: prof},
-			{Name: "big", File: "big.onnx", Profile: prof},
-		},
-		Ladder: []string{"small", "big"},
-		Gears: []Gear{
-			{ID: "g1", MaxQPS: 100, Cascade: []Stage{{Model: "small", Threshold: 0.9}, {Model: "big"}},
-				Batching: Batching{MaxBatch: 8, MaxDelayMs: 2}, Runners: map[string]float64{"small": 0.25, "big": 0.75},
-				Predicted: Prediction{Accuracy: 0.99, P95Ms: 10, CostMsPerItem: 1, Reach: []float64{1, 0.2}}},
-			{ID: "g2", MaxQPS: 500, Cascade: []Stage{{Model: "small"}},
-				Batching: Batching{MaxBatch: 32, MaxDelayMs: 1}, Runners: map[string]float64{"small": 1},
-				Predicted: Prediction{Accuracy: 0.95, P95Ms: 5, CostMsPerItem: 0.2, Reach: []float64{1}}},
-		},
-		Hysteresis: DefaultHysteresis(),
-	}
-}
-
 func TestValidateAcceptsValidPlan(t *testing.T) {
-	if err := validPlan(t).Validate(); err != nil {
+	if err := plantest.SmallPlan().Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
 }
@@ -47,33 +23,33 @@ func TestValidateAcceptsValidPlan(t *testing.T) {
 func TestValidateReportsEveryProblem(t *testing.T) {
 	tests := []struct {
 		name   string
-		mutate func(p *Plan)
+		mutate func(p *plan.Plan)
 		want   []string
 	}{
-		{"version", func(p *Plan) { p.Version = 7 }, []string{"version is 7"}},
-		{"pipeline", func(p *Plan) { p.Pipeline = "Bad Name" }, []string{`pipeline "Bad Name"`}},
-		{"slo", func(p *Plan) { p.SLO.P95Ms = 0 }, []string{"slo.p95_ms must be > 0"}},
-		{"capacity", func(p *Plan) { p.Capacity = 0 }, []string{"capacity must be >= 1"}},
-		{"metric", func(p *Plan) { p.Confidence = "vibes" }, []string{`confidence "vibes"`}},
-		{"runner pool", func(p *Plan) { p.RunnerPool = "pooled" }, []string{`runner_pool "pooled" is not one of [shared per-model]`}},
-		{"profile provider", func(p *Plan) { p.Models[0].Profile.Provider = "CUDA!" }, []string{`model "small": profile provider "CUDA!"`}},
-		{"unknown ladder model", func(p *Plan) { p.Ladder = append(p.Ladder, "ghost") }, []string{`ladder names unknown model "ghost"`}},
-		{"threshold range", func(p *Plan) { p.Gears[0].Cascade[0].Threshold = 1.5 }, []string{"threshold 1.5 outside [0,1]"}},
-		{"last threshold", func(p *Plan) { p.Gears[0].Cascade[1].Threshold = 0.3 }, []string{"the last stage always answers"}},
-		{"order", func(p *Plan) {
-			p.Gears[0].Cascade = []Stage{{Model: "big", Threshold: 0.5}, {Model: "small"}}
+		{"version", func(p *plan.Plan) { p.Version = 7 }, []string{"version is 7"}},
+		{"pipeline", func(p *plan.Plan) { p.Pipeline = "Bad Name" }, []string{`pipeline "Bad Name"`}},
+		{"slo", func(p *plan.Plan) { p.SLO.P95Ms = 0 }, []string{"slo.p95_ms must be > 0"}},
+		{"capacity", func(p *plan.Plan) { p.Capacity = 0 }, []string{"capacity must be >= 1"}},
+		{"metric", func(p *plan.Plan) { p.Confidence = "vibes" }, []string{`confidence "vibes"`}},
+		{"runner pool", func(p *plan.Plan) { p.RunnerPool = "pooled" }, []string{`runner_pool "pooled" is not one of [shared per-model]`}},
+		{"profile provider", func(p *plan.Plan) { p.Models[0].Profile.Provider = "CUDA!" }, []string{`model "small": profile provider "CUDA!"`}},
+		{"unknown ladder model", func(p *plan.Plan) { p.Ladder = append(p.Ladder, "ghost") }, []string{`ladder names unknown model "ghost"`}},
+		{"threshold range", func(p *plan.Plan) { p.Gears[0].Cascade[0].Threshold = 1.5 }, []string{"threshold 1.5 outside [0,1]"}},
+		{"last threshold", func(p *plan.Plan) { p.Gears[0].Cascade[1].Threshold = 0.3 }, []string{"the last stage always answers"}},
+		{"order", func(p *plan.Plan) {
+			p.Gears[0].Cascade = []plan.Stage{{Model: "big", Threshold: 0.5}, {Model: "small"}}
 		}, []string{"cascade must follow ladder order"}},
-		{"gear order", func(p *Plan) { p.Gears[1].MaxQPS = 50 }, []string{"strictly ascending max_qps"}},
-		{"shares", func(p *Plan) { p.Gears[0].Runners["big"] = 0.9 }, []string{"runner shares sum to 1.150 > 1"}},
-		{"share of unused model", func(p *Plan) { p.Gears[1].Runners["big"] = 0.1 }, []string{`runner share for "big", which is not in its cascade`}},
-		{"batching", func(p *Plan) { p.Gears[0].Batching.MaxBatch = 0 }, []string{"batching.max_batch must be in [1,4096]"}},
-		{"profile", func(p *Plan) { p.Models[0].Profile.Points = nil }, []string{`model "small" has no profile points`}},
-		{"hysteresis", func(p *Plan) { p.Hysteresis.SampleIntervalMs = 10 }, []string{"sample_interval_ms must be in [50,5000]"}},
-		{"overheads", func(p *Plan) {
+		{"gear order", func(p *plan.Plan) { p.Gears[1].MaxQPS = 50 }, []string{"strictly ascending max_qps"}},
+		{"shares", func(p *plan.Plan) { p.Gears[0].Runners["big"] = 0.9 }, []string{"runner shares sum to 1.150 > 1"}},
+		{"share of unused model", func(p *plan.Plan) { p.Gears[1].Runners["big"] = 0.1 }, []string{`runner share for "big", which is not in its cascade`}},
+		{"batching", func(p *plan.Plan) { p.Gears[0].Batching.MaxBatch = 0 }, []string{"batching.max_batch must be in [1,4096]"}},
+		{"profile", func(p *plan.Plan) { p.Models[0].Profile.Points = nil }, []string{`model "small" has no profile points`}},
+		{"hysteresis", func(p *plan.Plan) { p.Hysteresis.SampleIntervalMs = 10 }, []string{"sample_interval_ms must be in [50,5000]"}},
+		{"overheads", func(p *plan.Plan) {
 			p.HopOverheadMs, p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs = -1, math.NaN(), -2, math.Inf(1)
 		}, []string{"hop_overhead_ms must be", "item_overhead_ms must be", "batch_overhead_ms must be", "request_overhead_ms must be"}},
-		{"latency floor", func(p *Plan) { p.LatencyFloorMs, p.LatencyFloorP95Ms = 3, 1 }, []string{"latency_floor_p95_ms 1 is below latency_floor_ms 3"}},
-		{"several at once", func(p *Plan) {
+		{"latency floor", func(p *plan.Plan) { p.LatencyFloorMs, p.LatencyFloorP95Ms = 3, 1 }, []string{"latency_floor_p95_ms 1 is below latency_floor_ms 3"}},
+		{"several at once", func(p *plan.Plan) {
 			p.Capacity = -1
 			p.Gears[1].ID = "g1"
 			p.Models[1].File = ""
@@ -81,10 +57,10 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := validPlan(t)
+			p := plantest.SmallPlan()
 			tt.mutate(p)
 			err := p.Validate()
-			if !errors.Is(err, ErrInvalidPlan) {
+			if !errors.Is(err, plan.ErrInvalidPlan) {
 				t.Fatalf("Validate = %v, want ErrInvalidPlan", err)
 			}
 			for _, w := range tt.want {
@@ -97,28 +73,28 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 }
 
 func TestParseRejectsUnknownFieldsAndAppliesDefaults(t *testing.T) {
-	p := validPlan(t)
-	p.Hysteresis = Hysteresis{}
+	p := plantest.SmallPlan()
+	p.Hysteresis = plan.Hysteresis{}
 	p.Confidence = ""
 	b, err := p.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := Parse(b)
+	got, err := plan.Parse(b)
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
-	if got.Hysteresis != DefaultHysteresis() || got.Confidence != MetricMargin {
+	if got.Hysteresis != plan.DefaultHysteresis() || got.Confidence != plan.MetricMargin {
 		t.Errorf("defaults not applied: %+v %q", got.Hysteresis, got.Confidence)
 	}
 	typo := strings.Replace(string(b), `"capacity"`, `"capactiy"`, 1)
-	if _, err := Parse([]byte(typo)); !errors.Is(err, ErrInvalidPlan) || !strings.Contains(err.Error(), "capactiy") {
+	if _, err := plan.Parse([]byte(typo)); !errors.Is(err, plan.ErrInvalidPlan) || !strings.Contains(err.Error(), "capactiy") {
 		t.Errorf("Parse with typo = %v, want ErrInvalidPlan naming the field", err)
 	}
 }
 
 func TestLoadResolvesModelFiles(t *testing.T) {
-	p := validPlan(t)
+	p := plantest.SmallPlan()
 	b, err := p.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +103,7 @@ func TestLoadResolvesModelFiles(t *testing.T) {
 		"plans/plan.json":  {Data: b},
 		"plans/small.onnx": {Data: []byte("SMALL")},
 	}
-	got, err := Load(fsys, "plans/plan.json")
+	got, err := plan.Load(fsys, "plans/plan.json")
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -148,7 +124,7 @@ func TestLoadResolvesModelFiles(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "big.onnx"), []byte("BIG"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got, err = LoadFile(filepath.Join(dir, "plan.json"))
+	got, err = plan.LoadFile(filepath.Join(dir, "plan.json"))
 	if err != nil {
 		t.Fatalf("LoadFile: %v", err)
 	}
@@ -158,7 +134,7 @@ func TestLoadResolvesModelFiles(t *testing.T) {
 }
 
 func TestGearLookup(t *testing.T) {
-	p := validPlan(t)
+	p := plantest.SmallPlan()
 	for _, tt := range []struct {
 		qps  float64
 		want int
@@ -185,7 +161,7 @@ func TestGearLookup(t *testing.T) {
 }
 
 func TestProfileLatencyMs(t *testing.T) {
-	p := Profile{Points: []ProfilePoint{{Batch: 2, LatencyMs: 2}, {Batch: 4, LatencyMs: 3}, {Batch: 8, LatencyMs: 7}}}
+	p := plan.Profile{Points: []plan.ProfilePoint{{Batch: 2, LatencyMs: 2}, {Batch: 4, LatencyMs: 3}, {Batch: 8, LatencyMs: 7}}}
 	tests := []struct {
 		b    int
 		want float64
@@ -204,15 +180,15 @@ func TestProfileLatencyMs(t *testing.T) {
 			t.Errorf("LatencyMs(%d) = %v, want %v", tt.b, got, tt.want)
 		}
 	}
-	one := Profile{Points: []ProfilePoint{{Batch: 4, LatencyMs: 2}}}
+	one := plan.Profile{Points: []plan.ProfilePoint{{Batch: 4, LatencyMs: 2}}}
 	if got := one.LatencyMs(8); got != 4 {
 		t.Errorf("single point LatencyMs(8) = %v, want 4", got)
 	}
-	if got := (Profile{}).LatencyMs(4); got != 0 {
+	if got := (plan.Profile{}).LatencyMs(4); got != 0 {
 		t.Errorf("empty profile LatencyMs = %v", got)
 	}
 	// Extrapolation never goes below zero.
-	down := Profile{Points: []ProfilePoint{{Batch: 1, LatencyMs: 5}, {Batch: 2, LatencyMs: 1}}}
+	down := plan.Profile{Points: []plan.ProfilePoint{{Batch: 1, LatencyMs: 5}, {Batch: 2, LatencyMs: 1}}}
 	if got := down.LatencyMs(10); got != 0 {
 		t.Errorf("falling extrapolation = %v, want 0", got)
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // ProfileFormatVersion is the version of the profile file format.
@@ -62,10 +64,10 @@ func (f *ProfileFile) Validate() error {
 	if f.Threads < 0 {
 		bad("threads must be >= 0, got %d", f.Threads)
 	}
-	if f.Provider != "" && !validName(f.Provider) {
+	if f.Provider != "" && !wire.ValidName(f.Provider) {
 		bad("provider %q must be a provider name such as cpu or cuda", f.Provider)
 	}
-	errs = append(errs, f.Overheads.problems()...)
+	errs = append(errs, f.Overheads.Validate())
 	if len(f.Models) == 0 {
 		bad("no models")
 	}
@@ -75,7 +77,7 @@ func (f *ProfileFile) Validate() error {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		if err := f.Models[name].validate(); err != nil {
+		if err := f.Models[name].Validate(); err != nil {
 			bad("model %q: %w", name, err)
 		}
 		if p := f.Models[name].Provider; p != "" && f.Provider != "" && p != f.Provider {
@@ -88,9 +90,9 @@ func (f *ProfileFile) Validate() error {
 	return nil
 }
 
-// validate checks that a profile has points with ascending batch sizes and
+// Validate checks that a profile has points with ascending batch sizes and
 // positive finite latencies.
-func (p Profile) validate() error {
+func (p Profile) Validate() error {
 	if len(p.Points) == 0 {
 		return errors.New("no profile points")
 	}

@@ -1,4 +1,4 @@
-package plan
+package plan_test
 
 import (
 	"bytes"
@@ -10,24 +10,18 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
-func smallReplay(t *testing.T) *Replay {
-	t.Helper()
-	r, err := SyntheticReplay(3, 50, 4, SyntheticLadder()[:2])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
 func TestReplayRoundTrip(t *testing.T) {
-	r := smallReplay(t)
+	r := plantest.SmallReplay(t)
 	path := filepath.Join(t.TempDir(), "replay.bin.gz")
 	if err := r.WriteFile(path); err != nil {
 		t.Fatalf("WriteFile: %v", err)
 	}
-	got, err := ReadReplayFile(path)
+	got, err := plan.ReadReplayFile(path)
 	if err != nil {
 		t.Fatalf("ReadReplayFile: %v", err)
 	}
@@ -41,7 +35,7 @@ func TestReplayRoundTrip(t *testing.T) {
 	if len(sub.Models) != 1 || len(sub.Probs) != 1 || sub.Row("small", 7)[2] != r.Row("small", 7)[2] {
 		t.Errorf("Subset = %+v", sub.Models)
 	}
-	if _, err := got.Subset([]string{"ghost"}); !errors.Is(err, ErrBadReplay) {
+	if _, err := got.Subset([]string{"ghost"}); !errors.Is(err, plan.ErrBadReplay) {
 		t.Errorf("Subset(ghost) = %v, want ErrBadReplay", err)
 	}
 }
@@ -50,7 +44,7 @@ func TestReplayRoundTrip(t *testing.T) {
 // UINT8 scale) is written as version 2 and reads back with it; one that
 // records none is written as version 1, as before.
 func TestReplayRecordsInput(t *testing.T) {
-	r := smallReplay(t)
+	r := plantest.SmallReplay(t)
 	if v := binary.LittleEndian.Uint32(rawReplay(t, r)[8:]); v != 1 {
 		t.Fatalf("replay without input written as version %d, want 1", v)
 	}
@@ -59,7 +53,7 @@ func TestReplayRecordsInput(t *testing.T) {
 	if v := binary.LittleEndian.Uint32(raw[8:]); v != 2 {
 		t.Fatalf("replay with input written as version %d, want 2", v)
 	}
-	got, err := ReadReplay(bytes.NewReader(gz(t, raw)))
+	got, err := plan.ReadReplay(bytes.NewReader(gz(t, raw)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,13 +65,13 @@ func TestReplayRecordsInput(t *testing.T) {
 		t.Fatalf("Subset lost the input: %v %v (%v)", sub.ItemShape, sub.UINT8Scale, err)
 	}
 	r.UINT8Scale = -1
-	if err := r.Validate(); !errors.Is(err, ErrBadReplay) {
+	if err := r.Validate(); !errors.Is(err, plan.ErrBadReplay) {
 		t.Fatalf("negative scale: %v, want ErrBadReplay", err)
 	}
 }
 
 // rawReplay returns the uncompressed bytes of a written replay.
-func rawReplay(t *testing.T, r *Replay) []byte {
+func rawReplay(t *testing.T, r *plan.Replay) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	if err := r.Write(&buf); err != nil {
@@ -106,7 +100,7 @@ func gz(t *testing.T, raw []byte) []byte {
 }
 
 func TestReadReplayRejectsCorruption(t *testing.T) {
-	r := smallReplay(t)
+	r := plantest.SmallReplay(t)
 	raw := rawReplay(t, r)
 	le := binary.LittleEndian
 	mutate := func(f func(b []byte) []byte) []byte {
@@ -134,8 +128,8 @@ func TestReadReplayRejectsCorruption(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ReadReplay(bytes.NewReader(tt.data))
-			if !errors.Is(err, ErrBadReplay) {
+			_, err := plan.ReadReplay(bytes.NewReader(tt.data))
+			if !errors.Is(err, plan.ErrBadReplay) {
 				t.Fatalf("ReadReplay = %v, want ErrBadReplay", err)
 			}
 			if !strings.Contains(err.Error(), tt.want) {
@@ -148,22 +142,22 @@ func TestReadReplayRejectsCorruption(t *testing.T) {
 func TestReplayValidate(t *testing.T) {
 	tests := []struct {
 		name   string
-		mutate func(r *Replay)
+		mutate func(r *plan.Replay)
 		want   string
 	}{
-		{"no items", func(r *Replay) { r.Labels = nil }, "no items"},
-		{"no models", func(r *Replay) { r.Models = nil; r.Probs = map[string][]float32{} }, "no models"},
-		{"short probabilities", func(r *Replay) { r.Probs["tiny"] = r.Probs["tiny"][:10] }, `model "tiny" has 10 probabilities`},
-		{"unlisted", func(r *Replay) { r.Probs["ghost"] = nil }, `unlisted model "ghost"`},
-		{"duplicate", func(r *Replay) { r.Models = append(r.Models, "tiny") }, `"tiny" listed twice`},
-		{"bad label", func(r *Replay) { r.Labels[3] = -1 }, "item 3 has label -1"},
+		{"no items", func(r *plan.Replay) { r.Labels = nil }, "no items"},
+		{"no models", func(r *plan.Replay) { r.Models = nil; r.Probs = map[string][]float32{} }, "no models"},
+		{"short probabilities", func(r *plan.Replay) { r.Probs["tiny"] = r.Probs["tiny"][:10] }, `model "tiny" has 10 probabilities`},
+		{"unlisted", func(r *plan.Replay) { r.Probs["ghost"] = nil }, `unlisted model "ghost"`},
+		{"duplicate", func(r *plan.Replay) { r.Models = append(r.Models, "tiny") }, `"tiny" listed twice`},
+		{"bad label", func(r *plan.Replay) { r.Labels[3] = -1 }, "item 3 has label -1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := smallReplay(t)
+			r := plantest.SmallReplay(t)
 			tt.mutate(r)
 			err := r.Validate()
-			if !errors.Is(err, ErrBadReplay) || !strings.Contains(err.Error(), tt.want) {
+			if !errors.Is(err, plan.ErrBadReplay) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Validate = %v, want ErrBadReplay mentioning %q", err, tt.want)
 			}
 		})

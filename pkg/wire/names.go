@@ -174,6 +174,24 @@ func ValidToken(s string) bool {
 	}) < 0
 }
 
+// MaxNameLen is the longest pipeline, model or gear name (ValidName).
+const MaxNameLen = 32
+
+// ValidName reports whether s can name a pipeline, a model, a gear or an
+// execution provider: 1-MaxNameLen characters of a-z, 0-9, '-' and '_'.
+// Such a name is a subject token as it is, and stays distinct when the
+// stream names upper-case it and turn '-' into '_' (pkg/plan validates
+// every name of a plan with it). Client tokens and ids follow the looser
+// ValidToken.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > MaxNameLen {
+		return false
+	}
+	return strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}) < 0
+}
+
 func upper(s string) string {
 	return strings.ToUpper(strings.ReplaceAll(s, "-", "_"))
 }

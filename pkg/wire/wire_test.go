@@ -230,17 +230,22 @@ func TestTensor(t *testing.T) {
 	})
 }
 
-func TestValidToken(t *testing.T) {
+func TestValidTokenAndName(t *testing.T) {
 	for _, tc := range []struct {
-		s    string
-		want bool
+		s           string
+		token, name bool
 	}{
-		{"a", true}, {"web-1_X", true}, {strings.Repeat("a", 64), true},
-		{"", false}, {strings.Repeat("a", 65), false}, {"a.b", false}, {"a b", false},
-		{"*", false}, {">", false}, {"é", false},
+		{"a", true, true}, {"web-1_x", true, true}, {"web-1_X", true, false},
+		{strings.Repeat("a", 32), true, true}, {strings.Repeat("a", 33), true, false},
+		{strings.Repeat("a", 64), true, false}, {strings.Repeat("a", 65), false, false},
+		{"", false, false}, {"a.b", false, false}, {"a b", false, false}, {"Bad Name", false, false},
+		{"*", false, false}, {">", false, false}, {"é", false, false},
 	} {
-		if got := wire.ValidToken(tc.s); got != tc.want {
-			t.Errorf("ValidToken(%q) = %v, want %v", tc.s, got, tc.want)
+		if got := wire.ValidToken(tc.s); got != tc.token {
+			t.Errorf("ValidToken(%q) = %v, want %v", tc.s, got, tc.token)
+		}
+		if got := wire.ValidName(tc.s); got != tc.name {
+			t.Errorf("ValidName(%q) = %v, want %v", tc.s, got, tc.name)
 		}
 	}
 }

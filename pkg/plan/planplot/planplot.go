@@ -21,11 +21,12 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
 )
 
 // Front returns the Pareto front the planner stored in the plan's planner
 // metadata (key "pareto"), or nil.
-func Front(p *plan.Plan) []plan.FrontPoint {
+func Front(p *plan.Plan) []planner.FrontPoint {
 	raw, ok := p.Planner["pareto"]
 	if !ok {
 		return nil
@@ -34,7 +35,7 @@ func Front(p *plan.Plan) []plan.FrontPoint {
 	if err != nil {
 		return nil
 	}
-	var out []plan.FrontPoint
+	var out []planner.FrontPoint
 	if json.Unmarshal(b, &out) != nil {
 		return nil
 	}

@@ -13,7 +13,7 @@ import (
 
 func goldenPlan(t *testing.T) *plan.Plan {
 	t.Helper()
-	p, err := plan.LoadFile(filepath.Join("..", "testdata", "plan-calibrated.golden.json"))
+	p, err := plan.LoadFile(filepath.Join("..", "planner", "testdata", "plan-calibrated.golden.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package plan
+package planner
 
 import (
 	"cmp"
@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 // Threshold grid spacings.
@@ -56,12 +58,12 @@ func (o SearchOptions) withDefaults() SearchOptions {
 
 // Candidate is one cascade of the search with its replay evaluation.
 type Candidate struct {
-	Stages []Stage `json:"stages"`
+	Stages []plan.Stage `json:"stages"`
 	Evaluation
 }
 
 // String writes the cascade compactly.
-func (c Candidate) String() string { return CascadeString(c.Stages) }
+func (c Candidate) String() string { return plan.CascadeString(c.Stages) }
 
 // Thresholds returns the threshold grid for a model, ascending and without
 // duplicates.
@@ -245,21 +247,23 @@ func (sr *SearchResult) FrontByDepth(maxStages int) ([]Candidate, error) {
 			}
 		}
 	}
-	recs := sr.records
-	slices.SortFunc(ids, func(a, b int32) int {
-		ra, rb := &recs[a], &recs[b]
-		if c := cmp.Compare(rb.correct, ra.correct); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ra.cost, rb.cost); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ra.stages, rb.stages); c != 0 {
-			return c
-		}
-		return cmp.Compare(a, b)
-	})
+	slices.SortFunc(ids, sr.order(false))
 	return sr.candidates(ids)
+}
+
+// order compares records: the most correct first, then the cheapest (or,
+// with costFirst, the cheapest first, then the most correct), then the
+// shortest, then the first found.
+func (sr *SearchResult) order(costFirst bool) func(a, b int32) int {
+	recs := sr.records
+	return func(a, b int32) int {
+		ra, rb := &recs[a], &recs[b]
+		first, second := cmp.Compare(rb.correct, ra.correct), cmp.Compare(ra.cost, rb.cost)
+		if costFirst {
+			first, second = second, first
+		}
+		return cmp.Or(first, second, cmp.Compare(ra.stages, rb.stages), cmp.Compare(a, b))
+	}
 }
 
 // frontIDs sorts the records of at most maxStages stages by cost and keeps
@@ -272,19 +276,7 @@ func (sr *SearchResult) frontIDs(maxStages int) []int32 {
 			ids = append(ids, int32(i))
 		}
 	}
-	slices.SortFunc(ids, func(a, b int32) int {
-		ra, rb := &recs[a], &recs[b]
-		if c := cmp.Compare(ra.cost, rb.cost); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(rb.correct, ra.correct); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ra.stages, rb.stages); c != 0 {
-			return c
-		}
-		return cmp.Compare(a, b)
-	})
+	slices.SortFunc(ids, sr.order(true))
 	best := int32(-1)
 	var keep []int32
 	for _, id := range ids {
@@ -302,9 +294,9 @@ func (sr *SearchResult) candidates(ids []int32) ([]Candidate, error) {
 	out := make([]Candidate, 0, len(ids))
 	for _, id := range ids {
 		rec := sr.records[id]
-		stages := []Stage{{Model: sr.e.ladder[rec.last]}}
+		stages := []plan.Stage{{Model: sr.e.ladder[rec.last]}}
 		for nd := rec.node; nd >= 0; nd = sr.nodes[nd].parent {
-			stages = append(stages, Stage{Model: sr.e.ladder[sr.nodes[nd].model], Threshold: sr.nodes[nd].threshold})
+			stages = append(stages, plan.Stage{Model: sr.e.ladder[sr.nodes[nd].model], Threshold: sr.nodes[nd].threshold})
 		}
 		slices.Reverse(stages)
 		ev, err := sr.e.Evaluate(stages)
@@ -312,7 +304,7 @@ func (sr *SearchResult) candidates(ids []int32) ([]Candidate, error) {
 			return nil, err
 		}
 		if ev.Correct != int(rec.correct) {
-			return nil, fmt.Errorf("internal error: search counted %d correct for %s, evaluation %d", rec.correct, CascadeString(stages), ev.Correct)
+			return nil, fmt.Errorf("internal error: search counted %d correct for %s, evaluation %d", rec.correct, plan.CascadeString(stages), ev.Correct)
 		}
 		out = append(out, Candidate{Stages: stages, Evaluation: ev})
 	}
@@ -401,7 +393,7 @@ func (s *searcher) expand(depth int, node int32, lastModel int, reach []int32, c
 			lo, hi := 0, len(sorted)
 			for lo < hi {
 				mid := int(uint(lo+hi) >> 1)
-				if !Answers(conf[sorted[mid]], t, false) {
+				if !plan.Answers(conf[sorted[mid]], t, false) {
 					lo = mid + 1
 				} else {
 					hi = mid

@@ -1,4 +1,4 @@
-package plan
+package planner
 
 import (
 	"bytes"
@@ -14,26 +14,27 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/simulate"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata")
 
-// smallPlannerConfig is a small, fast, deterministic planning problem: four
+// smallConfig is a small, fast, deterministic planning problem: four
 // synthetic models, 800 replay items, a 9-point grid.
-func smallPlannerConfig(t testing.TB) PlannerConfig {
+func smallConfig(t testing.TB) Config {
 	t.Helper()
-	ladder := SyntheticLadder()[1:]
-	r, err := SyntheticReplay(21, 800, 10, ladder)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ladder := plantest.Ladder()[1:]
+	r := plantest.Replay(t, 21, 800, 10, ladder)
 	fixed := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	return PlannerConfig{
+	return Config{
 		Pipeline:    "synthetic",
 		Description: "golden plan of a synthetic four-model ladder",
-		Input:       Input{Name: "input", Shape: []int64{1, 28, 28}, UINT8Scale: 1.0 / 255},
+		Input:       plan.Input{Name: "input", Shape: []int64{1, 28, 28}, UINT8Scale: 1.0 / 255},
 		Replay:      r,
-		Profile:     SyntheticProfile(ladder, 0.3),
+		Profile:     plantest.ProfileFile(ladder, 0.3),
 		SLOP95Ms:    12,
 		Capacity:    4,
 		Load:        LoadRange{MinQPS: 200, MaxQPS: 40000, Buckets: 12},
@@ -44,11 +45,11 @@ func smallPlannerConfig(t testing.TB) PlannerConfig {
 	}
 }
 
-func makePlan(t *testing.T, cfg PlannerConfig) *PlanResult {
+func mustMake(t *testing.T, cfg Config) *Result {
 	t.Helper()
-	res, err := MakePlan(context.Background(), cfg)
+	res, err := Make(context.Background(), cfg)
 	if err != nil {
-		t.Fatalf("MakePlan: %v", err)
+		t.Fatalf("Make: %v", err)
 	}
 	return res
 }
@@ -56,16 +57,16 @@ func makePlan(t *testing.T, cfg PlannerConfig) *PlanResult {
 func TestPlanGolden(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
-		mutate func(c *PlannerConfig)
+		mutate func(c *Config)
 	}{
-		{"max-accuracy", func(c *PlannerConfig) {}},
-		{"min-cost", func(c *PlannerConfig) { c.Mode = ModeMinCost; c.TargetAccuracy = 0.97 }},
-		{"calibrated", func(c *PlannerConfig) { c.Calibrate = true; c.Load.Spacing = SpacingLog }},
+		{"max-accuracy", func(c *Config) {}},
+		{"min-cost", func(c *Config) { c.Mode = ModeMinCost; c.TargetAccuracy = 0.97 }},
+		{"calibrated", func(c *Config) { c.Calibrate = true; c.Load.Spacing = SpacingLog }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := smallPlannerConfig(t)
+			cfg := smallConfig(t)
 			tt.mutate(&cfg)
-			res := makePlan(t, cfg)
+			res := mustMake(t, cfg)
 			got, err := res.Plan.Marshal()
 			if err != nil {
 				t.Fatal(err)
@@ -78,12 +79,12 @@ func TestPlanGolden(t *testing.T) {
 			}
 			want, err := os.ReadFile(path)
 			if err != nil {
-				t.Fatalf("%v (run go test ./pkg/plan -run TestPlanGolden -update to create it)", err)
+				t.Fatalf("%v (run go test ./pkg/plan/planner -run TestPlanGolden -update to create it)", err)
 			}
 			if !bytes.Equal(got, want) {
 				t.Errorf("plan differs from %s (run with -update to accept):\n%s", path, firstDiff(string(want), string(got)))
 			}
-			if _, err := Parse(want); err != nil {
+			if _, err := plan.Parse(want); err != nil {
 				t.Errorf("golden plan does not parse: %v", err)
 			}
 		})
@@ -109,7 +110,7 @@ func firstDiff(want, got string) string {
 }
 
 // checkPlanInvariants checks what every plan must satisfy.
-func checkPlanInvariants(t *testing.T, cfg PlannerConfig, res *PlanResult) {
+func checkPlanInvariants(t *testing.T, cfg Config, res *Result) {
 	t.Helper()
 	p := res.Plan
 	if err := p.Validate(); err != nil {
@@ -119,7 +120,7 @@ func checkPlanInvariants(t *testing.T, cfg PlannerConfig, res *PlanResult) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	back, err := Parse(b)
+	back, err := plan.Parse(b)
 	if err != nil {
 		t.Fatalf("plan does not parse back: %v", err)
 	}
@@ -168,7 +169,7 @@ func checkPlanInvariants(t *testing.T, cfg PlannerConfig, res *PlanResult) {
 		// The plan's own simulation helper agrees the gear fits at its
 		// highest load.
 		if cfg.SimRequests == 0 && cfg.SimSeconds == 0 { // the defaults PredictP95 uses
-			p95, err := p.PredictP95(i, g.MaxQPS)
+			p95, err := simulate.PredictP95(p, i, g.MaxQPS)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -196,32 +197,32 @@ func checkPlanInvariants(t *testing.T, cfg PlannerConfig, res *PlanResult) {
 func TestPlanInvariants(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
-		mutate func(c *PlannerConfig)
+		mutate func(c *Config)
 	}{
-		{"default", func(c *PlannerConfig) {}},
-		{"default simulations", func(c *PlannerConfig) {
+		{"default", func(c *Config) {}},
+		{"default simulations", func(c *Config) {
 			c.SimRequests, c.SimSeconds = 0, 0
 			c.Capacity, c.Load = 2, LoadRange{MinQPS: 200, MaxQPS: 12000, Buckets: 6}
 		}},
-		{"calibrated", func(c *PlannerConfig) { c.Calibrate = true }},
-		{"max prob", func(c *PlannerConfig) { c.Metric = MetricMaxProb; c.Search.GridSpacing = GridUniform }},
-		{"entropy, two stages", func(c *PlannerConfig) { c.Metric = MetricEntropy; c.Search.MaxStages = 2 }},
-		{"min-cost", func(c *PlannerConfig) { c.Mode = ModeMinCost; c.TargetAccuracy = 0.95 }},
-		{"bounded queues", func(c *PlannerConfig) { c.MaxQueue = 200 }},
-		{"runners per model", func(c *PlannerConfig) { c.RunnerPool = RunnerPoolPerModel }},
+		{"calibrated", func(c *Config) { c.Calibrate = true }},
+		{"max prob", func(c *Config) { c.Metric = plan.MetricMaxProb; c.Search.GridSpacing = GridUniform }},
+		{"entropy, two stages", func(c *Config) { c.Metric = plan.MetricEntropy; c.Search.MaxStages = 2 }},
+		{"min-cost", func(c *Config) { c.Mode = ModeMinCost; c.TargetAccuracy = 0.95 }},
+		{"bounded queues", func(c *Config) { c.MaxQueue = 200 }},
+		{"runners per model", func(c *Config) { c.RunnerPool = plan.RunnerPoolPerModel }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := smallPlannerConfig(t)
+			cfg := smallConfig(t)
 			tt.mutate(&cfg)
-			res := makePlan(t, cfg)
+			res := mustMake(t, cfg)
 			checkPlanInvariants(t, cfg, res)
-			wantPool := cmp.Or(cfg.RunnerPool, RunnerPoolShared)
+			wantPool := cmp.Or(cfg.RunnerPool, plan.RunnerPoolShared)
 			if res.Plan.RunnerPool != wantPool {
 				t.Errorf("plan's runner pool %q, want %q", res.Plan.RunnerPool, wantPool)
 			}
 			// Every bucket was simulated with the pool the plan records.
 			for _, b := range res.Buckets {
-				if b.Feasible() && b.Sim.SharedRunners != (wantPool == RunnerPoolShared) {
+				if b.Feasible() && b.Sim.SharedRunners != (wantPool == plan.RunnerPoolShared) {
 					t.Errorf("bucket %v qps simulated with shared runners %v, plan's pool %q", b.QPS, b.Sim.SharedRunners, wantPool)
 				}
 			}
@@ -245,7 +246,7 @@ func TestPlanInvariants(t *testing.T) {
 
 // bucketAccuracy returns the accuracy planned for each bucket (0 where no
 // gear fits).
-func bucketAccuracy(res *PlanResult) []float64 {
+func bucketAccuracy(res *Result) []float64 {
 	out := make([]float64, len(res.Buckets))
 	for i, b := range res.Buckets {
 		if b.Feasible() {
@@ -268,9 +269,9 @@ func TestPlanMonotoneInCapacityAndSLO(t *testing.T) {
 		var prev []float64
 		prevCap := 0
 		for _, capacity := range []int{2, 3, 4, 6, 9} {
-			cfg := smallPlannerConfig(t)
+			cfg := smallConfig(t)
 			cfg.Capacity = capacity
-			acc := bucketAccuracy(makePlan(t, cfg))
+			acc := bucketAccuracy(mustMake(t, cfg))
 			if prev != nil {
 				check(t, "capacity", acc, prev, prevCap, capacity)
 			}
@@ -284,10 +285,10 @@ func TestPlanMonotoneInCapacityAndSLO(t *testing.T) {
 		var prev []float64
 		prevSLO := 0.0
 		for _, slo := range []float64{4, 6, 12, 30} {
-			cfg := smallPlannerConfig(t)
+			cfg := smallConfig(t)
 			cfg.SLOP95Ms = slo
 			cfg.DelaysMs = []float64{0, 0.5, 1, 2} // one grid for all SLOs
-			acc := bucketAccuracy(makePlan(t, cfg))
+			acc := bucketAccuracy(mustMake(t, cfg))
 			if prev != nil {
 				check(t, "SLO", acc, prev, prevSLO, slo)
 			}
@@ -297,8 +298,8 @@ func TestPlanMonotoneInCapacityAndSLO(t *testing.T) {
 }
 
 func TestPlanUsesMoreAccurateGearsAtLowLoad(t *testing.T) {
-	cfg := smallPlannerConfig(t)
-	res := makePlan(t, cfg)
+	cfg := smallConfig(t)
+	res := mustMake(t, cfg)
 	p := res.Plan
 	if len(p.Gears) < 2 {
 		t.Fatalf("plan has %d gears; the load range should need several", len(p.Gears))
@@ -318,12 +319,12 @@ func TestPlanUsesMoreAccurateGearsAtLowLoad(t *testing.T) {
 }
 
 func TestPlanChargesMessagingOverhead(t *testing.T) {
-	plain := makePlan(t, smallPlannerConfig(t))
-	cfg := smallPlannerConfig(t)
+	plain := mustMake(t, smallConfig(t))
+	cfg := smallConfig(t)
 	prof := *cfg.Profile
 	prof.ItemOverheadMs = 0.05
 	cfg.Profile = &prof
-	res := makePlan(t, cfg)
+	res := mustMake(t, cfg)
 	checkPlanInvariants(t, cfg, res)
 	if res.Plan.ItemOverheadMs != 0.05 {
 		t.Errorf("plan item overhead %v", res.Plan.ItemOverheadMs)
@@ -340,7 +341,7 @@ func TestPlanChargesMessagingOverhead(t *testing.T) {
 	}
 	// Less capacity is left for models, so the top load gets a cheaper gear
 	// (or none).
-	top := func(r *PlanResult) float64 {
+	top := func(r *Result) float64 {
 		b := r.Buckets[len(r.Buckets)-1]
 		if !b.Feasible() {
 			return 0
@@ -353,14 +354,14 @@ func TestPlanChargesMessagingOverhead(t *testing.T) {
 }
 
 func TestPlanChargesBatchAndRequestOverhead(t *testing.T) {
-	plain := makePlan(t, smallPlannerConfig(t))
-	cfg := smallPlannerConfig(t)
+	plain := mustMake(t, smallConfig(t))
+	cfg := smallConfig(t)
 	prof := *cfg.Profile
 	// At the top load (40000 qps) the request overhead takes half of the
 	// four runners' cores.
 	prof.BatchOverheadMs, prof.RequestOverheadMs = 0.2, 0.05
 	cfg.Profile = &prof
-	res := makePlan(t, cfg)
+	res := mustMake(t, cfg)
 	checkPlanInvariants(t, cfg, res)
 	if res.Plan.BatchOverheadMs != 0.2 || res.Plan.RequestOverheadMs != 0.05 {
 		t.Errorf("plan overheads: batch %v, request %v", res.Plan.BatchOverheadMs, res.Plan.RequestOverheadMs)
@@ -378,7 +379,7 @@ func TestPlanChargesBatchAndRequestOverhead(t *testing.T) {
 	// Every gear meets the SLO in the simulation the plan file describes,
 	// overheads included, at the top of its load range.
 	for i, g := range res.Plan.Gears {
-		r, err := res.Plan.SimulateGear(i, g.MaxQPS, GearSimOptions{Requests: cfg.SimRequests, Seed: cfg.Seed})
+		r, err := simulate.Gear(res.Plan, i, g.MaxQPS, simulate.GearOptions{Requests: cfg.SimRequests, Seed: cfg.Seed})
 		if err != nil {
 			t.Fatalf("gear %s: %v", g.ID, err)
 		}
@@ -388,7 +389,7 @@ func TestPlanChargesBatchAndRequestOverhead(t *testing.T) {
 	}
 	// Less capacity is left for models: no load gets a more accurate gear,
 	// and the planned loads end no later.
-	acc := func(r *PlanResult, i int) float64 {
+	acc := func(r *Result, i int) float64 {
 		if b := r.Buckets[i]; b.Feasible() {
 			return r.Candidates[b.Candidate].Accuracy
 		}
@@ -406,20 +407,20 @@ func TestPlanChargesBatchAndRequestOverhead(t *testing.T) {
 	if lower == 0 {
 		t.Error("the overheads lowered the accuracy at no load")
 	}
-	last := func(r *PlanResult) float64 { f, _ := r.Plan.Planner["max_feasible_qps"].(float64); return f }
+	last := func(r *Result) float64 { f, _ := r.Plan.Planner["max_feasible_qps"].(float64); return f }
 	if last(res) > last(plain) {
 		t.Errorf("feasible up to %v qps with the overheads, %v without", last(res), last(plain))
 	}
 }
 
 func TestPlanKeepsWholeCPUDemandWithinHeadroom(t *testing.T) {
-	cfg := smallPlannerConfig(t)
+	cfg := smallConfig(t)
 	prof := *cfg.Profile
 	// 0.1 ms per request on 4 cores: half of them at 20000 qps.
 	prof.RequestOverheadMs = 0.1
 	cfg.Profile = &prof
 	cfg.Headroom = 0.5
-	res := makePlan(t, cfg)
+	res := mustMake(t, cfg)
 	checkPlanInvariants(t, cfg, res)
 	if f, _ := res.Plan.Planner["max_feasible_qps"].(float64); !(f > 0) || f >= 20000 {
 		t.Errorf("feasible up to %v qps; the request overhead alone takes the headroom at 20000", f)
@@ -438,10 +439,10 @@ func TestPlanKeepsWholeCPUDemandWithinHeadroom(t *testing.T) {
 
 func TestPlanMinCostMeetsTarget(t *testing.T) {
 	const target = 0.96
-	cfg := smallPlannerConfig(t)
+	cfg := smallConfig(t)
 	cfg.Mode, cfg.TargetAccuracy = ModeMinCost, target
-	minCost := makePlan(t, cfg)
-	maxAcc := makePlan(t, smallPlannerConfig(t))
+	minCost := mustMake(t, cfg)
+	maxAcc := mustMake(t, smallConfig(t))
 	met := 0
 	for i, b := range minCost.Buckets {
 		if !b.Feasible() {
@@ -469,35 +470,35 @@ func TestPlanMinCostMeetsTarget(t *testing.T) {
 func TestPlanErrors(t *testing.T) {
 	tests := []struct {
 		name   string
-		mutate func(c *PlannerConfig)
+		mutate func(c *Config)
 		want   error
 		text   string
 	}{
-		{"model missing from profile", func(c *PlannerConfig) { delete(c.Profile.Models, "large") }, ErrModelNotProfiled, `"large"`},
-		{"empty replay", func(c *PlannerConfig) { c.Replay = &Replay{Classes: 10} }, ErrBadReplay, "no items"},
-		{"no replay", func(c *PlannerConfig) { c.Replay = nil }, ErrBadReplay, "no replay"},
-		{"ladder model not in replay", func(c *PlannerConfig) { c.Ladder = []LadderModel{{Name: "small"}, {Name: "ghost"}} }, ErrBadReplay, `"ghost"`},
-		{"impossible SLO", func(c *PlannerConfig) { c.SLOP95Ms = 0.5 }, ErrInfeasible, "not even"},
-		{"unreachable target", func(c *PlannerConfig) { c.Mode = ModeMinCost; c.TargetAccuracy = 1 }, ErrAccuracyUnreachable, "target"},
-		{"bad profile", func(c *PlannerConfig) { c.Profile.HopOverheadMs = -1 }, ErrBadProfile, "hop_overhead_ms"},
-		{"capacity", func(c *PlannerConfig) { c.Capacity = 0 }, ErrPlannerConfig, "capacity"},
-		{"load range", func(c *PlannerConfig) { c.Load = LoadRange{MinQPS: 100, MaxQPS: 10} }, ErrPlannerConfig, "load range"},
-		{"mode", func(c *PlannerConfig) { c.Mode = "fastest" }, ErrPlannerConfig, `mode "fastest"`},
-		{"runner pool", func(c *PlannerConfig) { c.RunnerPool = "spare" }, ErrPlannerConfig, `runner pool "spare"`},
-		{"several problems", func(c *PlannerConfig) {
+		{"model missing from profile", func(c *Config) { delete(c.Profile.Models, "large") }, ErrModelNotProfiled, `"large"`},
+		{"empty replay", func(c *Config) { c.Replay = &plan.Replay{Classes: 10} }, plan.ErrBadReplay, "no items"},
+		{"no replay", func(c *Config) { c.Replay = nil }, plan.ErrBadReplay, "no replay"},
+		{"ladder model not in replay", func(c *Config) { c.Ladder = []LadderModel{{Name: "small"}, {Name: "ghost"}} }, plan.ErrBadReplay, `"ghost"`},
+		{"impossible SLO", func(c *Config) { c.SLOP95Ms = 0.5 }, ErrInfeasible, "not even"},
+		{"unreachable target", func(c *Config) { c.Mode = ModeMinCost; c.TargetAccuracy = 1 }, ErrAccuracyUnreachable, "target"},
+		{"bad profile", func(c *Config) { c.Profile.HopOverheadMs = -1 }, plan.ErrBadProfile, "hop_overhead_ms"},
+		{"capacity", func(c *Config) { c.Capacity = 0 }, ErrConfig, "capacity"},
+		{"load range", func(c *Config) { c.Load = LoadRange{MinQPS: 100, MaxQPS: 10} }, ErrConfig, "load range"},
+		{"mode", func(c *Config) { c.Mode = "fastest" }, ErrConfig, `mode "fastest"`},
+		{"runner pool", func(c *Config) { c.RunnerPool = "spare" }, ErrConfig, `runner pool "spare"`},
+		{"several problems", func(c *Config) {
 			c.Capacity = -2
 			c.SLOP95Ms = -1
 			c.Headroom = 3
-		}, ErrPlannerConfig, "headroom"},
+		}, ErrConfig, "headroom"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := smallPlannerConfig(t)
+			cfg := smallConfig(t)
 			cfg.Profile.Models = maps(cfg.Profile.Models)
 			tt.mutate(&cfg)
-			_, err := MakePlan(context.Background(), cfg)
+			_, err := Make(context.Background(), cfg)
 			if !errors.Is(err, tt.want) {
-				t.Fatalf("MakePlan = %v, want %v", err, tt.want)
+				t.Fatalf("Make = %v, want %v", err, tt.want)
 			}
 			if !strings.Contains(err.Error(), tt.text) {
 				t.Errorf("error %q does not mention %q", err, tt.text)
@@ -505,18 +506,18 @@ func TestPlanErrors(t *testing.T) {
 		})
 	}
 	t.Run("several problems are reported together", func(t *testing.T) {
-		cfg := smallPlannerConfig(t)
+		cfg := smallConfig(t)
 		cfg.Capacity, cfg.SLOP95Ms = 0, 0
-		_, err := MakePlan(context.Background(), cfg)
+		_, err := Make(context.Background(), cfg)
 		if err == nil || !strings.Contains(err.Error(), "capacity") || !strings.Contains(err.Error(), "slo") {
-			t.Errorf("MakePlan = %v, want both problems", err)
+			t.Errorf("Make = %v, want both problems", err)
 		}
 	})
 	t.Run("cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if _, err := MakePlan(ctx, smallPlannerConfig(t)); !errors.Is(err, context.Canceled) {
-			t.Errorf("MakePlan = %v, want context.Canceled", err)
+		if _, err := Make(ctx, smallConfig(t)); !errors.Is(err, context.Canceled) {
+			t.Errorf("Make = %v, want context.Canceled", err)
 		}
 	})
 }
@@ -546,8 +547,8 @@ func TestLoadRangeEdges(t *testing.T) {
 		}
 	}
 	for _, l := range []LoadRange{{MinQPS: 0, MaxQPS: 10}, {MinQPS: 10, MaxQPS: 5}, {MinQPS: 1, MaxQPS: 2, Spacing: "cubic"}, {MinQPS: 1, MaxQPS: 1e9, StepQPS: 1}} {
-		if _, err := l.Edges(); !errors.Is(err, ErrPlannerConfig) {
-			t.Errorf("%+v.Edges() = %v, want ErrPlannerConfig", l, err)
+		if _, err := l.Edges(); !errors.Is(err, ErrConfig) {
+			t.Errorf("%+v.Edges() = %v, want ErrConfig", l, err)
 		}
 	}
 }
@@ -556,8 +557,8 @@ func TestLoadRangeEdges(t *testing.T) {
 // any gear, a max-accuracy plan far below it is refused, naming the model
 // and why; MaxAccuracyGap < 0 accepts it, and a reachable best model passes.
 func TestPlanRefusesGapToBestModel(t *testing.T) {
-	base := func() PlannerConfig {
-		cfg := smallPlannerConfig(t)
+	base := func() Config {
+		cfg := smallConfig(t)
 		cfg.Load = LoadRange{MinQPS: 2000, MaxQPS: 4000, Buckets: 2}
 		cfg.Ladder = []LadderModel{{Name: "small"}, {Name: "medium"}, {Name: "xlarge"}}
 		// One runner: single-model gears only (a cascade could still send
@@ -577,15 +578,15 @@ func TestPlanRefusesGapToBestModel(t *testing.T) {
 		r.Probs["xlarge"] = best
 		cfg.Replay = &r
 		prof := *cfg.Profile
-		prof.Models = map[string]Profile{}
+		prof.Models = map[string]plan.Profile{}
 		for m, p := range cfg.Profile.Models {
 			prof.Models[m] = p
 		}
 		cfg.Profile = &prof
 		return cfg
 	}
-	flat := func(ms float64) Profile {
-		return Profile{Threads: 1, Points: []ProfilePoint{{Batch: 1, LatencyMs: ms}, {Batch: 128, LatencyMs: 128 * ms}}}
+	flat := func(ms float64) plan.Profile {
+		return plan.Profile{Threads: 1, Points: []plan.ProfilePoint{{Batch: 1, LatencyMs: ms}, {Batch: 128, LatencyMs: 128 * ms}}}
 	}
 	for _, tt := range []struct {
 		name  string
@@ -602,16 +603,16 @@ func TestPlanRefusesGapToBestModel(t *testing.T) {
 			cfg := base()
 			cfg.Profile.Models["xlarge"] = flat(tt.xlMs)
 			cfg.MaxAccuracyGap = tt.gap
-			res, err := MakePlan(context.Background(), cfg)
+			res, err := Make(context.Background(), cfg)
 			if tt.cause == "" {
 				if err != nil {
-					t.Fatalf("MakePlan: %v", err)
+					t.Fatalf("Make: %v", err)
 				}
 				return
 			}
 
 			if !errors.Is(err, ErrAccuracyGap) || !strings.Contains(err.Error(), tt.cause) || !strings.Contains(err.Error(), "100.00%") {
-				t.Fatalf("MakePlan: %v (plan %v), want ErrAccuracyGap naming %q", err, res != nil, tt.cause)
+				t.Fatalf("Make: %v (plan %v), want ErrAccuracyGap naming %q", err, res != nil, tt.cause)
 			}
 			t.Log(err)
 		})
@@ -623,9 +624,9 @@ func TestPlanRefusesGapToBestModel(t *testing.T) {
 // profile does not say; a profile without one leaves it empty.
 func TestPlanRecordsTheProfilesProvider(t *testing.T) {
 	for _, provider := range []string{"", "cuda"} {
-		cfg := smallPlannerConfig(t)
+		cfg := smallConfig(t)
 		cfg.Profile.Provider = provider
-		res := makePlan(t, cfg)
+		res := mustMake(t, cfg)
 		for _, m := range res.Plan.Models {
 			if m.Profile.Provider != provider {
 				t.Errorf("profile provider %q: model %q has provider %q", provider, m.Name, m.Profile.Provider)
@@ -638,14 +639,14 @@ func TestPlanRecordsTheProfilesProvider(t *testing.T) {
 		if got := bytes.Contains(b, []byte(`"provider"`)); got != (provider != "") {
 			t.Errorf("profile provider %q: plan file mentions a provider: %v", provider, got)
 		}
-		if _, err := Parse(b); err != nil {
+		if _, err := plan.Parse(b); err != nil {
 			t.Fatalf("the plan does not parse back: %v", err)
 		}
 	}
 }
 
 func TestProfileFileProvider(t *testing.T) {
-	f := SyntheticProfile(SyntheticLadder()[1:], 0.3)
+	f := plantest.ProfileFile(plantest.Ladder()[1:], 0.3)
 	f.Provider = "cuda"
 	if err := f.Validate(); err != nil {
 		t.Fatal(err)
@@ -655,11 +656,11 @@ func TestProfileFileProvider(t *testing.T) {
 		f.Models[name] = p
 		break
 	}
-	if err := f.Validate(); !errors.Is(err, ErrBadProfile) || !strings.Contains(err.Error(), `provider "cpu" differs`) {
+	if err := f.Validate(); !errors.Is(err, plan.ErrBadProfile) || !strings.Contains(err.Error(), `provider "cpu" differs`) {
 		t.Fatalf("Validate = %v, want a provider mismatch", err)
 	}
 	f.Provider = "Bad"
-	if err := f.Validate(); !errors.Is(err, ErrBadProfile) || !strings.Contains(err.Error(), `provider "Bad"`) {
+	if err := f.Validate(); !errors.Is(err, plan.ErrBadProfile) || !strings.Contains(err.Error(), `provider "Bad"`) {
 		t.Fatalf("Validate = %v, want a bad provider name", err)
 	}
 }

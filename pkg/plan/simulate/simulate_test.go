@@ -1,4 +1,4 @@
-package plan
+package simulate
 
 import (
 	"errors"
@@ -6,29 +6,24 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
-func linearProfile(fixed, perItem float64) Profile {
-	var p Profile
-	for b := 1; b <= 128; b *= 2 {
-		p.Points = append(p.Points, ProfilePoint{Batch: b, LatencyMs: fixed + perItem*float64(b)})
-	}
-	return p
-}
-
-func oneStage(qps float64, prof Profile, runners, batch int, delay float64) SimConfig {
-	return SimConfig{
+func oneStage(qps float64, prof plan.Profile, runners, batch int, delay float64) Config {
+	return Config{
 		QPS:        qps,
 		Seed:       7,
-		Overheads:  Overheads{HopOverheadMs: 0.25},
-		Stages:     []SimStage{{Model: "m", Profile: prof, Runners: runners, MaxBatch: batch, MaxDelayMs: delay}},
+		Overheads:  plan.Overheads{HopOverheadMs: 0.25},
+		Stages:     []Stage{{Model: "m", Profile: prof, Runners: runners, MaxBatch: batch, MaxDelayMs: delay}},
 		AnsweredBy: []float64{1},
 	}
 }
 
-func simulate(t *testing.T, cfg SimConfig) SimResult {
+func mustRun(t *testing.T, cfg Config) Result {
 	t.Helper()
-	r, err := Simulate(cfg)
+	r, err := Run(cfg)
 	if err != nil {
 		t.Fatalf("Simulate: %v", err)
 	}
@@ -36,18 +31,18 @@ func simulate(t *testing.T, cfg SimConfig) SimResult {
 }
 
 func TestSimulateTinyLoad(t *testing.T) {
-	prof := linearProfile(1, 0.5) // 1.5 ms at batch 1
+	prof := plantest.LinearProfile(1, 0.5) // 1.5 ms at batch 1
 	base := prof.LatencyMs(1) + 2*0.25
 	// Batch of one: no queueing at 1 qps, every request takes exactly the
 	// service time plus two hops.
-	r := simulate(t, oneStage(1, prof, 1, 1, 0))
+	r := mustRun(t, oneStage(1, prof, 1, 1, 0))
 	if math.Abs(r.P95Ms-base) > 1e-9 || math.Abs(r.P50Ms-base) > 1e-9 {
 		t.Errorf("batch 1: p50 %v p95 %v, want %v", r.P50Ms, r.P95Ms, base)
 	}
 	// Max batch 8 with a 10 ms delay: a lone item wakes the idle runner,
 	// which then waits the whole delay for more, as the stage worker does.
 	const delay = 10
-	r = simulate(t, oneStage(1, prof, 1, 8, delay))
+	r = mustRun(t, oneStage(1, prof, 1, 8, delay))
 	if math.Abs(r.P50Ms-(base+delay)) > 1e-9 || math.Abs(r.P95Ms-(base+delay)) > 1e-9 {
 		t.Errorf("batch 8, delay %v: p50 %v p95 %v, want %v", delay, r.P50Ms, r.P95Ms, base+delay)
 	}
@@ -57,19 +52,19 @@ func TestSimulateTinyLoad(t *testing.T) {
 	// Messaging overhead is runner time per item.
 	cfg := oneStage(1, prof, 1, 1, 0)
 	cfg.ItemOverheadMs = 0.7
-	r = simulate(t, cfg)
+	r = mustRun(t, cfg)
 	if math.Abs(r.P95Ms-(base+0.7)) > 1e-9 {
 		t.Errorf("with item overhead: p95 %v, want %v", r.P95Ms, base+0.7)
 	}
 	// Delay 0 takes what is there: no waiting.
-	r = simulate(t, oneStage(1, prof, 1, 8, 0))
+	r = mustRun(t, oneStage(1, prof, 1, 8, 0))
 	if math.Abs(r.P95Ms-base) > 1e-9 {
 		t.Errorf("batch 8, delay 0: p95 %v, want %v", r.P95Ms, base)
 	}
 }
 
 func TestSimulateChargesBatchAndRequestOverhead(t *testing.T) {
-	prof := linearProfile(1, 0.5) // 1.5 ms at batch 1
+	prof := plantest.LinearProfile(1, 0.5) // 1.5 ms at batch 1
 	const hops = 2 * 0.25
 	tests := []struct {
 		name           string
@@ -92,7 +87,7 @@ func TestSimulateChargesBatchAndRequestOverhead(t *testing.T) {
 		cfg := oneStage(1, prof, 1, 1, 0)
 		cfg.Requests = 200
 		cfg.RequestOverheadMs, cfg.IdleCPUMsPerS = 250, 250
-		r := simulate(t, cfg)
+		r := mustRun(t, cfg)
 		if want := 2*1.5 + hops; math.Abs(r.P50Ms-want) > 1e-9 || math.Abs(r.MaxMs-want) > 1e-9 {
 			t.Errorf("p50 %v max %v, want %v", r.P50Ms, r.MaxMs, want)
 		}
@@ -102,7 +97,7 @@ func TestSimulateChargesBatchAndRequestOverhead(t *testing.T) {
 			cfg := oneStage(tt.qps, prof, tt.runners, 1, 0)
 			cfg.Requests = 200
 			cfg.ItemOverheadMs, cfg.BatchOverheadMs, cfg.RequestOverheadMs = tt.item, tt.batch, tt.r
-			r := simulate(t, cfg)
+			r := mustRun(t, cfg)
 			if math.Abs(r.P50Ms-tt.want) > 1e-9 || math.Abs(r.MaxMs-tt.want) > 1e-9 {
 				t.Errorf("p50 %v max %v, want %v", r.P50Ms, r.MaxMs, tt.want)
 			}
@@ -111,14 +106,14 @@ func TestSimulateChargesBatchAndRequestOverhead(t *testing.T) {
 	// Under load the per-batch overhead makes batching pay: at 3000 qps one
 	// runner spends 0.4 ms per fetch, which batches of one cannot afford
 	// (1.26 runner-s/s).
-	cheap := linearProfile(0.01, 0.01)
+	cheap := plantest.LinearProfile(0.01, 0.01)
 	cfg := oneStage(3000, cheap, 1, 1, 0)
 	cfg.BatchOverheadMs = 0.4
-	if r := simulate(t, cfg); r.P95Ms < 100 {
+	if r := mustRun(t, cfg); r.P95Ms < 100 {
 		t.Errorf("batch 1 with 0.4 ms per batch at 3000 qps: p95 %v, want an overloaded queue", r.P95Ms)
 	}
 	cfg.Stages[0].MaxBatch = 16
-	if r := simulate(t, cfg); r.P95Ms > 10 || r.Stages[0].MeanBatch < 1.3 {
+	if r := mustRun(t, cfg); r.P95Ms > 10 || r.Stages[0].MeanBatch < 1.3 {
 		t.Errorf("batch 16 with 0.4 ms per batch at 3000 qps: p95 %v, mean batch %v, want it to keep up", r.P95Ms, r.Stages[0].MeanBatch)
 	}
 }
@@ -126,11 +121,11 @@ func TestSimulateChargesBatchAndRequestOverhead(t *testing.T) {
 func TestSimulateMD1(t *testing.T) {
 	// One runner, batch 1: an M/D/1 queue. Mean sojourn = s + ρs/(2(1−ρ)).
 	const s = 2.0
-	prof := Profile{Points: []ProfilePoint{{Batch: 1, LatencyMs: s}, {Batch: 2, LatencyMs: 2 * s}}}
+	prof := plan.Profile{Points: []plan.ProfilePoint{{Batch: 1, LatencyMs: s}, {Batch: 2, LatencyMs: 2 * s}}}
 	for _, rho := range []float64{0.3, 0.6, 0.8} {
 		cfg := oneStage(rho/s*1000, prof, 1, 1, 0)
 		cfg.Requests = 40000
-		r := simulate(t, cfg)
+		r := mustRun(t, cfg)
 		want := s + rho*s/(2*(1-rho)) + 2*cfg.HopOverheadMs
 		if math.Abs(r.MeanMs-want)/want > 0.1 {
 			t.Errorf("ρ=%v: mean latency %v, M/D/1 predicts %v", rho, r.MeanMs, want)
@@ -145,20 +140,20 @@ func TestSimulateMD1(t *testing.T) {
 }
 
 func TestSimulateDeterministic(t *testing.T) {
-	cfg := SimConfig{
-		QPS: 800, Seed: 42, Overheads: Overheads{HopOverheadMs: 0.3},
-		Stages: []SimStage{
-			{Model: "a", Profile: linearProfile(0.3, 0.05), Runners: 1, MaxBatch: 16, MaxDelayMs: 1},
-			{Model: "b", Profile: linearProfile(1, 0.5), Runners: 2, MaxBatch: 8, MaxDelayMs: 2},
+	cfg := Config{
+		QPS: 800, Seed: 42, Overheads: plan.Overheads{HopOverheadMs: 0.3},
+		Stages: []Stage{
+			{Model: "a", Profile: plantest.LinearProfile(0.3, 0.05), Runners: 1, MaxBatch: 16, MaxDelayMs: 1},
+			{Model: "b", Profile: plantest.LinearProfile(1, 0.5), Runners: 2, MaxBatch: 8, MaxDelayMs: 2},
 		},
 		AnsweredBy: []float64{0.7, 0.3},
 	}
-	a, b := simulate(t, cfg), simulate(t, cfg)
+	a, b := mustRun(t, cfg), mustRun(t, cfg)
 	if !reflect.DeepEqual(a, b) {
 		t.Fatal("two runs with one seed differ")
 	}
 	cfg.Seed = 43
-	if c := simulate(t, cfg); reflect.DeepEqual(a, c) {
+	if c := mustRun(t, cfg); reflect.DeepEqual(a, c) {
 		t.Error("another seed gave the very same run")
 	}
 	// Escalations follow the answered-by distribution.
@@ -171,9 +166,9 @@ func TestSimulateDeterministic(t *testing.T) {
 }
 
 func TestSimulateBatchesUnderLoad(t *testing.T) {
-	prof := linearProfile(1, 0.1) // batching pays: 1.1 ms for one, 1.8 for 8
+	prof := plantest.LinearProfile(1, 0.1) // batching pays: 1.1 ms for one, 1.8 for 8
 	// 1500 qps: 1.65 runner-s/s at batch 1, so one runner needs batches.
-	r := simulate(t, oneStage(1500, prof, 1, 8, 0))
+	r := mustRun(t, oneStage(1500, prof, 1, 8, 0))
 	st := r.Stages[0]
 	if st.MeanBatch <= 1.5 || st.MeanBatch > 8 {
 		t.Errorf("mean batch %v", st.MeanBatch)
@@ -182,25 +177,25 @@ func TestSimulateBatchesUnderLoad(t *testing.T) {
 		t.Errorf("batching should keep up: %+v", r)
 	}
 	// Without batching the queue grows without bound.
-	r1 := simulate(t, oneStage(1500, prof, 1, 1, 0))
+	r1 := mustRun(t, oneStage(1500, prof, 1, 1, 0))
 	if r1.P95Ms < 10*r.P95Ms {
 		t.Errorf("batch 1 p95 %v, batch 8 p95 %v: expected an overloaded queue", r1.P95Ms, r.P95Ms)
 	}
 	// More runners, less waiting.
-	r2 := simulate(t, oneStage(1500, prof, 2, 1, 0))
+	r2 := mustRun(t, oneStage(1500, prof, 2, 1, 0))
 	if r2.P95Ms >= r1.P95Ms {
 		t.Errorf("two runners p95 %v, one runner %v", r2.P95Ms, r1.P95Ms)
 	}
 }
 
 func TestSimulateFetchWaitsAtMostDelay(t *testing.T) {
-	prof := linearProfile(0.5, 0.1)
+	prof := plantest.LinearProfile(0.5, 0.1)
 	const delay, batch = 3.0, 4
 	bound := prof.LatencyMs(batch) + delay + 2*0.25
 	// Enough runners that nothing queues: every item waits at most the
 	// delay. Idle runners' pulls are older than any batch being filled, so
 	// each item wakes a runner of its own and batches stay single.
-	r := simulate(t, oneStage(300, prof, 16, batch, delay))
+	r := mustRun(t, oneStage(300, prof, 16, batch, delay))
 	if r.MaxMs > bound+1e-9 {
 		t.Errorf("max latency %v above service + delay + hops %v", r.MaxMs, bound)
 	}
@@ -211,7 +206,7 @@ func TestSimulateFetchWaitsAtMostDelay(t *testing.T) {
 		t.Errorf("16 idle runners at 300/s: mean batch %v, want about 1", r.Stages[0].MeanBatch)
 	}
 	// One runner fills its batches, up to MaxBatch.
-	r = simulate(t, oneStage(1000, prof, 1, batch, delay))
+	r = mustRun(t, oneStage(1000, prof, 1, batch, delay))
 	if mb := r.Stages[0].MeanBatch; mb <= 2 || mb > batch {
 		t.Errorf("one runner at 1000/s: mean batch %v, want in (2, %d]", mb, batch)
 	}
@@ -221,18 +216,18 @@ func TestSimulateSharedRunnersServeEveryStage(t *testing.T) {
 	// Two stages, one runner each. Dedicated, the second stage's runner
 	// idles while the first stage queues; shared, both runners serve the
 	// first stage's load.
-	prof := linearProfile(1, 0.2)
-	cfg := SimConfig{
+	prof := plantest.LinearProfile(1, 0.2)
+	cfg := Config{
 		QPS: 2500, Seed: 3, Requests: 20000,
-		Stages: []SimStage{
+		Stages: []Stage{
 			{Model: "a", Profile: prof, Runners: 1, MaxBatch: 4, MaxDelayMs: 1},
 			{Model: "b", Profile: prof, Runners: 1, MaxBatch: 4, MaxDelayMs: 1},
 		},
 		AnsweredBy: []float64{0.95, 0.05},
 	}
-	dedicated := simulate(t, cfg)
+	dedicated := mustRun(t, cfg)
 	cfg.SharedRunners = true
-	shared := simulate(t, cfg)
+	shared := mustRun(t, cfg)
 	if shared.P95Ms >= dedicated.P95Ms {
 		t.Errorf("shared p95 %v, dedicated %v: sharing should help an unbalanced load", shared.P95Ms, dedicated.P95Ms)
 	}
@@ -245,7 +240,7 @@ func TestSimulateSharedRunnersServeEveryStage(t *testing.T) {
 		t.Errorf("max utilisation shared %v (stages sum %v), dedicated %v", shared.MaxUtilisation(), sum, dedicated.MaxUtilisation())
 	}
 	// Every request is answered by the stage its draw says, in both.
-	for _, r := range []SimResult{dedicated, shared} {
+	for _, r := range []Result{dedicated, shared} {
 		if r.Completed != r.Requests || r.Stages[0].Answered+r.Stages[1].Answered != r.Measured {
 			t.Errorf("completed %d of %d; answered %d + %d of %d measured", r.Completed, r.Requests, r.Stages[0].Answered, r.Stages[1].Answered, r.Measured)
 		}
@@ -258,10 +253,10 @@ func TestSimulateSharedRunnersServeEveryStage(t *testing.T) {
 }
 
 func TestSimulateOverload(t *testing.T) {
-	prof := Profile{Points: []ProfilePoint{{Batch: 1, LatencyMs: 1}}}
+	prof := plan.Profile{Points: []plan.ProfilePoint{{Batch: 1, LatencyMs: 1}}}
 	cfg := oneStage(3000, prof, 1, 1, 0) // three times what one runner does
 	cfg.Stages[0].MaxQueue = 50
-	r := simulate(t, cfg)
+	r := mustRun(t, cfg)
 	if r.Dropped == 0 || r.Stages[0].Dropped != r.Dropped || r.Completed+r.Dropped != r.Requests {
 		t.Errorf("dropped %d, completed %d of %d", r.Dropped, r.Completed, r.Requests)
 	}
@@ -273,13 +268,13 @@ func TestSimulateOverload(t *testing.T) {
 	}
 	cfg = oneStage(3000, prof, 1, 1, 0)
 	cfg.AbortAboveP95Ms = 20
-	if r := simulate(t, cfg); !r.Aborted || r.Completed >= r.Requests {
+	if r := mustRun(t, cfg); !r.Aborted || r.Completed >= r.Requests {
 		t.Errorf("overloaded run with an abort bound: aborted %v, completed %d", r.Aborted, r.Completed)
 	}
 }
 
 func TestSimulateAddsLatencyFloor(t *testing.T) {
-	prof := linearProfile(1, 0.5) // 1.5 ms at batch 1
+	prof := plantest.LinearProfile(1, 0.5) // 1.5 ms at batch 1
 	const base = 1.5 + 2*0.25
 	tests := []struct {
 		name        string
@@ -300,15 +295,15 @@ func TestSimulateAddsLatencyFloor(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := oneStage(tt.qps, prof, 1, 1, 0)
 			cfg.Requests = 20000
-			plain := simulate(t, cfg)
+			plain := mustRun(t, cfg)
 			cfg.LatencyFloorMs, cfg.LatencyFloorP95Ms = tt.median, tt.p95
-			r := simulate(t, cfg)
+			r := mustRun(t, cfg)
 			if math.Abs(r.P50Ms-tt.wantP50) > tt.tolerance || math.Abs(r.P95Ms-tt.wantP95) > tt.tolerance {
 				t.Errorf("p50 %v p95 %v, want %v and %v (±%v)", r.P50Ms, r.P95Ms, tt.wantP50, tt.wantP95, tt.tolerance)
 			}
 			// The floor occupies no runner: the stages do what they did
 			// (only the latency of their answers grows).
-			strip := func(stages []SimStageResult) []SimStageResult {
+			strip := func(stages []StageResult) []StageResult {
 				out := slices.Clone(stages)
 				for i := range out {
 					out[i].AnsweredP50Ms, out[i].AnsweredP95Ms = 0, 0
@@ -323,40 +318,40 @@ func TestSimulateAddsLatencyFloor(t *testing.T) {
 }
 
 func TestSimulateRejectsBadConfig(t *testing.T) {
-	good := oneStage(10, linearProfile(1, 1), 1, 1, 0)
+	good := oneStage(10, plantest.LinearProfile(1, 1), 1, 1, 0)
 	tests := []struct {
 		name   string
-		mutate func(c *SimConfig)
+		mutate func(c *Config)
 	}{
-		{"qps", func(c *SimConfig) { c.QPS = 0 }},
-		{"stages", func(c *SimConfig) { c.Stages = nil }},
-		{"answered-by", func(c *SimConfig) { c.AnsweredBy = []float64{0.5, 0.5} }},
-		{"runners", func(c *SimConfig) { c.Stages[0].Runners = 0 }},
-		{"batch", func(c *SimConfig) { c.Stages[0].MaxBatch = 0 }},
-		{"profile", func(c *SimConfig) { c.Stages[0].Profile = Profile{} }},
-		{"batch overhead", func(c *SimConfig) { c.BatchOverheadMs = -1 }},
+		{"qps", func(c *Config) { c.QPS = 0 }},
+		{"stages", func(c *Config) { c.Stages = nil }},
+		{"answered-by", func(c *Config) { c.AnsweredBy = []float64{0.5, 0.5} }},
+		{"runners", func(c *Config) { c.Stages[0].Runners = 0 }},
+		{"batch", func(c *Config) { c.Stages[0].MaxBatch = 0 }},
+		{"profile", func(c *Config) { c.Stages[0].Profile = plan.Profile{} }},
+		{"batch overhead", func(c *Config) { c.BatchOverheadMs = -1 }},
 		// 10 qps × 100 ms is all of one runner's core.
-		{"request overhead", func(c *SimConfig) { c.RequestOverheadMs = 100 }},
-		{"latency floor", func(c *SimConfig) { c.LatencyFloorMs = -1 }},
-		{"idle CPU", func(c *SimConfig) { c.IdleCPUMsPerS = 1000 }},
-		{"latency floor p95 below median", func(c *SimConfig) { c.LatencyFloorMs, c.LatencyFloorP95Ms = 2, 1 }},
-		{"latency floor p95", func(c *SimConfig) { c.LatencyFloorP95Ms = math.NaN() }},
+		{"request overhead", func(c *Config) { c.RequestOverheadMs = 100 }},
+		{"latency floor", func(c *Config) { c.LatencyFloorMs = -1 }},
+		{"idle CPU", func(c *Config) { c.IdleCPUMsPerS = 1000 }},
+		{"latency floor p95 below median", func(c *Config) { c.LatencyFloorMs, c.LatencyFloorP95Ms = 2, 1 }},
+		{"latency floor p95", func(c *Config) { c.LatencyFloorP95Ms = math.NaN() }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := good
-			c.Stages = append([]SimStage(nil), good.Stages...)
+			c.Stages = append([]Stage(nil), good.Stages...)
 			tt.mutate(&c)
-			if _, err := Simulate(c); !errors.Is(err, ErrBadSimulation) {
-				t.Errorf("Simulate = %v, want ErrBadSimulation", err)
+			if _, err := Run(c); !errors.Is(err, ErrBadConfig) {
+				t.Errorf("Simulate = %v, want ErrBadConfig", err)
 			}
 		})
 	}
 }
 
-func TestGearSimConfig(t *testing.T) {
-	p := validPlan(t)
-	sc, err := p.GearSimConfig(0, 100, GearSimOptions{RunnerScale: 10})
+func TestGearConfig(t *testing.T) {
+	p := plantest.SmallPlan()
+	sc, err := GearConfig(p, 0, 100, GearOptions{RunnerScale: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,22 +364,42 @@ func TestGearSimConfig(t *testing.T) {
 	if sc.Stages[1].MaxBatch != 8 || sc.Stages[1].MaxDelayMs != 2 {
 		t.Errorf("batching %+v", sc.Stages[1])
 	}
-	p95, err := p.PredictP95(0, 100)
+	p95, err := PredictP95(p, 0, 100)
 	if err != nil || !(p95 > 0) {
 		t.Errorf("PredictP95 = %v, %v", p95, err)
 	}
 	// The plan's runner pool decides how the simulation pools runners.
-	for pool, shared := range map[string]bool{"": true, RunnerPoolShared: true, RunnerPoolPerModel: false} {
+	for pool, shared := range map[string]bool{"": true, plan.RunnerPoolShared: true, plan.RunnerPoolPerModel: false} {
 		p.RunnerPool = pool
-		if sc, err := p.GearSimConfig(0, 100, GearSimOptions{}); err != nil || sc.SharedRunners != shared {
+		if sc, err := GearConfig(p, 0, 100, GearOptions{}); err != nil || sc.SharedRunners != shared {
 			t.Errorf("runner pool %q: shared runners %v (%v), want %v", pool, sc.SharedRunners, err, shared)
 		}
 	}
 	p.Gears[0].Predicted.Reach = nil
-	if _, err := p.GearSimConfig(0, 100, GearSimOptions{}); !errors.Is(err, ErrBadSimulation) {
+	if _, err := GearConfig(p, 0, 100, GearOptions{}); !errors.Is(err, ErrBadConfig) {
 		t.Errorf("gear without reach: %v", err)
 	}
-	if _, err := p.GearSimConfig(5, 100, GearSimOptions{}); !errors.Is(err, ErrBadSimulation) {
+	if _, err := GearConfig(p, 5, 100, GearOptions{}); !errors.Is(err, ErrBadConfig) {
 		t.Errorf("gear out of range: %v", err)
+	}
+}
+
+// BenchmarkSimulate measures one simulation of a three-stage cascade with
+// 3000 requests, the unit of the planner's gear search.
+func BenchmarkSimulate(b *testing.B) {
+	cfg := Config{
+		QPS: 5000, Requests: 3000, Seed: 1, Overheads: plan.Overheads{HopOverheadMs: 0.3},
+		Stages: []Stage{
+			{Model: "a", Profile: plantest.LinearProfile(0.1, 0.01), Runners: 2, MaxBatch: 32, MaxDelayMs: 1},
+			{Model: "b", Profile: plantest.LinearProfile(0.3, 0.08), Runners: 2, MaxBatch: 32, MaxDelayMs: 1},
+			{Model: "c", Profile: plantest.LinearProfile(1, 1), Runners: 4, MaxBatch: 32, MaxDelayMs: 1},
+		},
+		AnsweredBy: []float64{0.6, 0.3, 0.1},
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Run(cfg); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

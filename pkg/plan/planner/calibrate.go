@@ -1,8 +1,10 @@
-package plan
+package planner
 
 import (
 	"fmt"
 	"math"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 // Temperature search range of FitTemperature.
@@ -15,18 +17,18 @@ const (
 // replay probabilities after temperature scaling with Calibrate (T of 0 or 1
 // means none). Probabilities are floored at 1e-12 so a confident mistake
 // costs a large but finite amount.
-func NLL(r *Replay, model string, temperature float64) (float64, error) {
+func NLL(r *plan.Replay, model string, temperature float64) (float64, error) {
 	if _, ok := r.Probs[model]; !ok {
-		return 0, fmt.Errorf("%w: model %q not in replay (have %v)", ErrBadReplay, model, r.Models)
+		return 0, fmt.Errorf("%w: model %q not in replay (have %v)", plan.ErrBadReplay, model, r.Models)
 	}
 	if r.Len() == 0 {
-		return 0, fmt.Errorf("%w: no items", ErrBadReplay)
+		return 0, fmt.Errorf("%w: no items", plan.ErrBadReplay)
 	}
 	row := make([]float32, r.Classes)
 	sum := 0.0
 	for i, l := range r.Labels {
 		copy(row, r.Row(model, i))
-		Calibrate(row, temperature)
+		plan.Calibrate(row, temperature)
 		sum -= math.Log(max(float64(row[l]), 1e-12))
 	}
 	return sum / float64(r.Len()), nil
@@ -37,7 +39,7 @@ func NLL(r *Replay, model string, temperature float64) (float64, error) {
 // golden-section search over log T. The result is rounded to 4 significant
 // digits so plan files stay readable; the evaluation uses the rounded value,
 // like the workers do.
-func FitTemperature(r *Replay, model string) (float64, error) {
+func FitTemperature(r *plan.Replay, model string) (float64, error) {
 	f := func(logT float64) float64 {
 		v, _ := NLL(r, model, math.Exp(logT))
 		return v

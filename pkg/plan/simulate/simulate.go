@@ -1,4 +1,4 @@
-package plan
+package simulate
 
 import (
 	"errors"
@@ -6,18 +6,20 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
-// ErrBadSimulation marks a simulator configuration that cannot run.
-var ErrBadSimulation = errors.New("bad simulation config")
+// ErrBadConfig marks a simulator configuration that cannot run.
+var ErrBadConfig = errors.New("bad simulation config")
 
-// SimStage is one stage of a simulated cascade.
-type SimStage struct {
+// Stage is one stage of a simulated cascade.
+type Stage struct {
 	Model string
 	// Profile gives the service time of a batch: Profile.LatencyMs(size).
-	Profile Profile
+	Profile plan.Profile
 	// Runners is how many runners serve this model (>= 1): with
-	// SimConfig.SharedRunners its weight in the shared pool (runners pick
+	// Config.SharedRunners its weight in the shared pool (runners pick
 	// the model with the most queued items per weight), otherwise a pool
 	// of its own.
 	Runners int
@@ -30,8 +32,8 @@ type SimStage struct {
 	MaxQueue int
 }
 
-// SimConfig configures one simulation run.
-type SimConfig struct {
+// Config configures one simulation run.
+type Config struct {
 	// QPS is the mean rate of the Poisson arrivals (requests/s).
 	QPS float64
 	// Requests is how many requests arrive (default 3000).
@@ -42,13 +44,13 @@ type SimConfig struct {
 	// Overheads are the costs the simulator charges outside the models'
 	// batch latency: per hop, per item and per batch of runner time, the
 	// co-located processes' share of the cores, and the latency floor.
-	Overheads
+	plan.Overheads
 	// SharedRunners puts every stage's runners in one pool whose runners
 	// serve any stage, as one stage worker hosting every model of the
 	// cascade does (`cascadeserve up`, one worker per machine). Otherwise
 	// each stage has a pool of its own: workers deployed per model.
 	SharedRunners bool
-	Stages        []SimStage
+	Stages        []Stage
 	// AnsweredBy[j] is the probability that stage j answers a request (the
 	// replay's answered-by distribution; the last stage takes the rest).
 	// Drawing the answering stage from it is, in law, drawing a replay item
@@ -63,8 +65,8 @@ type SimConfig struct {
 	AbortAboveP95Ms float64
 }
 
-// SimStageResult is what one stage did in a simulation.
-type SimStageResult struct {
+// StageResult is what one stage did in a simulation.
+type StageResult struct {
 	Model   string `json:"model"`
 	Runners int    `json:"runners"`
 	Items   int    `json:"items"`
@@ -91,10 +93,10 @@ type SimStageResult struct {
 	AnsweredP95Ms float64 `json:"answered_p95_ms"`
 }
 
-// SimResult summarises a simulation run. Latencies are end to end, from
+// Result summarises a simulation run. Latencies are end to end, from
 // arrival at ingress to the result, over the measured (post-warmup)
 // requests that completed.
-type SimResult struct {
+type Result struct {
 	Requests  int `json:"requests"`
 	Completed int `json:"completed"`
 	Dropped   int `json:"dropped"`
@@ -102,7 +104,7 @@ type SimResult struct {
 	// Aborted is set when AbortAboveP95Ms stopped the run; the statistics
 	// then cover the requests finished so far.
 	Aborted bool `json:"aborted,omitempty"`
-	// SharedRunners is SimConfig.SharedRunners.
+	// SharedRunners is Config.SharedRunners.
 	SharedRunners bool    `json:"shared_runners,omitempty"`
 	P50Ms         float64 `json:"p50_ms"`
 	P95Ms         float64 `json:"p95_ms"`
@@ -112,13 +114,13 @@ type SimResult struct {
 	// ThroughputQPS is completed requests over DurationMs.
 	ThroughputQPS float64 `json:"throughput_qps"`
 	// DurationMs runs from the first arrival to the last completion.
-	DurationMs float64          `json:"duration_ms"`
-	Stages     []SimStageResult `json:"stages"`
+	DurationMs float64       `json:"duration_ms"`
+	Stages     []StageResult `json:"stages"`
 }
 
 // MaxUtilisation returns the highest utilisation of a runner pool: the
 // sum of the stages' with shared runners, the highest stage's otherwise.
-func (r SimResult) MaxUtilisation() float64 {
+func (r Result) MaxUtilisation() float64 {
 	u, sum := 0.0, 0.0
 	for _, s := range r.Stages {
 		u = max(u, s.Utilisation)
@@ -130,7 +132,9 @@ func (r SimResult) MaxUtilisation() float64 {
 	return u
 }
 
-func (c SimConfig) validate() error {
+// Validate reports every problem of the config, joined, wrapped in
+// ErrBadConfig.
+func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if !(c.QPS > 0) || math.IsInf(c.QPS, 0) {
@@ -139,7 +143,7 @@ func (c SimConfig) validate() error {
 	if c.Requests < 0 {
 		bad("requests must be >= 0")
 	}
-	errs = append(errs, c.Overheads.problems()...)
+	errs = append(errs, c.Overheads.Validate())
 	if rho := c.requestShare(); rho >= 1 {
 		bad("the request overhead at %v qps (%.4g ms of CPU per second) needs %.3g of the %d runners' cores, more than all of them", c.QPS, c.OverheadCPUMsPerS(c.QPS), rho, c.totalRunners())
 	}
@@ -165,34 +169,23 @@ func (c SimConfig) validate() error {
 		if s.MaxDelayMs < 0 {
 			bad("stage %d (%s): max delay must be >= 0", j, s.Model)
 		}
-		if err := s.Profile.validate(); err != nil {
+		if err := s.Profile.Validate(); err != nil {
 			bad("stage %d (%s): profile: %w", j, s.Model, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w: %w", ErrBadSimulation, err)
+		return fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
 	return nil
 }
 
 // totalRunners is the number of runners of all stages.
-func (c SimConfig) totalRunners() int {
+func (c Config) totalRunners() int {
 	n := 0
 	for _, s := range c.Stages {
 		n += s.Runners
 	}
 	return n
-}
-
-// validFloor checks a latency floor's median and p95.
-func validFloor(median, p95 float64) error {
-	if median < 0 || math.IsNaN(median) || math.IsInf(median, 0) || p95 < 0 || math.IsNaN(p95) || math.IsInf(p95, 0) {
-		return fmt.Errorf("latency_floor_ms and latency_floor_p95_ms must be finite numbers >= 0, got %v and %v", median, p95)
-	}
-	if p95 > 0 && p95 < median {
-		return fmt.Errorf("latency_floor_p95_ms %v is below latency_floor_ms %v", p95, median)
-	}
-	return nil
 }
 
 // floorSigma is the log-normal σ of a latency floor with this median and
@@ -206,7 +199,7 @@ func floorSigma(median, p95 float64) float64 {
 
 // requestShare is ρ, the share of the runners' cores that the per-request
 // overhead takes at the config's load (0 without runners).
-func (c SimConfig) requestShare() float64 {
+func (c Config) requestShare() float64 {
 	n := c.totalRunners()
 	if n < 1 {
 		return 0
@@ -240,15 +233,15 @@ func (c SimConfig) requestShare() float64 {
 // item plus BatchOverheadMs, all divided by 1−ρ when a RequestOverheadMs
 // takes a share ρ of the cores; afterwards each item is answered or
 // escalated to the next stage, one hop later.
-func Simulate(cfg SimConfig) (SimResult, error) {
+func Run(cfg Config) (Result, error) {
 	if cfg.Requests == 0 {
 		cfg.Requests = 3000
 	}
 	if cfg.WarmupFraction == 0 {
 		cfg.WarmupFraction = 0.1
 	}
-	if err := cfg.validate(); err != nil {
-		return SimResult{}, err
+	if err := cfg.Validate(); err != nil {
+		return Result{}, err
 	}
 	s := newSim(cfg)
 	s.run()
@@ -302,7 +295,7 @@ type simPool struct {
 }
 
 type simStageState struct {
-	cfg  SimStage
+	cfg  Stage
 	pool int
 	// filling lists the runners filling a batch of this stage in the order
 	// their pulls were issued, oldest first.
@@ -319,7 +312,7 @@ type simStageState struct {
 }
 
 type sim struct {
-	cfg       SimConfig
+	cfg       Config
 	events    []simEvent
 	seq       uint64
 	stages    []simStageState
@@ -350,7 +343,7 @@ type sim struct {
 	floorSigma float64
 }
 
-func newSim(cfg SimConfig) *sim {
+func newSim(cfg Config) *sim {
 	s := &sim{
 		cfg:      cfg,
 		arrival:  make([]float64, cfg.Requests),
@@ -694,8 +687,8 @@ func (s *sim) finish(i int32, t float64) {
 	}
 }
 
-func (s *sim) result() SimResult {
-	res := SimResult{
+func (s *sim) result() Result {
+	res := Result{
 		Requests:  s.cfg.Requests,
 		Completed: s.completed,
 		Dropped:   s.dropped,
@@ -723,7 +716,7 @@ func (s *sim) result() SimResult {
 		res.MaxMs = lat[n-1]
 	}
 	for _, st := range s.stages {
-		sr := SimStageResult{
+		sr := StageResult{
 			Model:    st.cfg.Model,
 			Runners:  st.cfg.Runners,
 			Items:    st.items,

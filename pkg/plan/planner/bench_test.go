@@ -1,25 +1,25 @@
-package plan
+package planner
 
 import (
 	"context"
 	"testing"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
 // mnistLikeConfig is the planning problem the performance target is stated
 // for: a five-model ladder, 5000 replay items, 21-point threshold grids,
 // every ordered subset of the ladder, 40 load buckets.
-func mnistLikeConfig(b *testing.B) PlannerConfig {
+func mnistLikeConfig(b *testing.B) Config {
 	b.Helper()
-	ladder := SyntheticLadder()
-	r, err := SyntheticReplay(1, 5000, 10, ladder)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return PlannerConfig{
+	ladder := plantest.Ladder()
+	r := plantest.Replay(b, 1, 5000, 10, ladder)
+	return Config{
 		Pipeline: "mnist-like",
-		Input:    Input{Name: "input", Shape: []int64{1, 28, 28}},
+		Input:    plan.Input{Name: "input", Shape: []int64{1, 28, 28}},
 		Replay:   r,
-		Profile:  SyntheticProfile(ladder, 0.3),
+		Profile:  plantest.ProfileFile(ladder, 0.3),
 		SLOP95Ms: 20,
 		Capacity: 8,
 		Load:     LoadRange{MinQPS: 100, MaxQPS: 20000, Buckets: 40},
@@ -30,13 +30,13 @@ func mnistLikeConfig(b *testing.B) PlannerConfig {
 // BenchmarkPlanMNISTLike measures a whole planner run: replay search,
 // Pareto front, and the simulations of the gear search.
 //
-//	go test ./pkg/plan -run '^$' -bench PlanMNISTLike -benchtime 3x
+//	go test ./pkg/plan/planner -run '^$' -bench PlanMNISTLike -benchtime 3x
 func BenchmarkPlanMNISTLike(b *testing.B) {
 	cfg := mnistLikeConfig(b)
-	var res *PlanResult
+	var res *Result
 	for b.Loop() {
 		var err error
-		res, err = MakePlan(context.Background(), cfg)
+		res, err = Make(context.Background(), cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -60,26 +60,6 @@ func BenchmarkParetoFront(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, _, err := ev.ParetoFront(context.Background(), SearchOptions{GridPoints: 21}); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkSimulate measures one simulation of a three-stage cascade with
-// 3000 requests, the unit of the planner's gear search.
-func BenchmarkSimulate(b *testing.B) {
-	cfg := SimConfig{
-		QPS: 5000, Requests: 3000, Seed: 1, Overheads: Overheads{HopOverheadMs: 0.3},
-		Stages: []SimStage{
-			{Model: "a", Profile: linearProfile(0.1, 0.01), Runners: 2, MaxBatch: 32, MaxDelayMs: 1},
-			{Model: "b", Profile: linearProfile(0.3, 0.08), Runners: 2, MaxBatch: 32, MaxDelayMs: 1},
-			{Model: "c", Profile: linearProfile(1, 1), Runners: 4, MaxBatch: 32, MaxDelayMs: 1},
-		},
-		AnsweredBy: []float64{0.6, 0.3, 0.1},
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := Simulate(cfg); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,10 +1,11 @@
-package plan
+package planner
 
 import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 // ErrBadCascade marks a cascade that cannot be evaluated: an empty one, a
@@ -49,19 +50,19 @@ type EvaluatorConfig struct {
 
 // NewEvaluator precomputes confidences and correctness of every ladder model
 // on every replay item.
-func NewEvaluator(r *Replay, cfg EvaluatorConfig) (*Evaluator, error) {
+func NewEvaluator(r *plan.Replay, cfg EvaluatorConfig) (*Evaluator, error) {
 	if r == nil {
-		return nil, fmt.Errorf("%w: no replay", ErrBadReplay)
+		return nil, fmt.Errorf("%w: no replay", plan.ErrBadReplay)
 	}
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
 	metric := cfg.Metric
 	if metric == "" {
-		metric = MetricMargin
+		metric = plan.MetricMargin
 	}
-	if !slices.Contains(Metrics(), metric) {
-		return nil, fmt.Errorf("confidence metric %q is not one of %v", metric, Metrics())
+	if !slices.Contains(plan.Metrics(), metric) {
+		return nil, fmt.Errorf("confidence metric %q is not one of %v", metric, plan.Metrics())
 	}
 	ladder := cfg.Ladder
 	if len(ladder) == 0 {
@@ -79,7 +80,7 @@ func NewEvaluator(r *Replay, cfg EvaluatorConfig) (*Evaluator, error) {
 			return nil, fmt.Errorf("%w: ladder lists %q twice", ErrBadCascade, name)
 		}
 		if _, ok := r.Probs[name]; !ok {
-			return nil, fmt.Errorf("%w: model %q not in replay (have %v)", ErrBadReplay, name, r.Models)
+			return nil, fmt.Errorf("%w: model %q not in replay (have %v)", plan.ErrBadReplay, name, r.Models)
 		}
 		e.index[name] = mi
 		t := cfg.Temperatures[name]
@@ -87,8 +88,8 @@ func NewEvaluator(r *Replay, cfg EvaluatorConfig) (*Evaluator, error) {
 		correct := make([]bool, e.n)
 		for i := range e.n {
 			copy(row, r.Row(name, i))
-			Calibrate(row, t)
-			c, label := Confidence(metric, row)
+			plan.Calibrate(row, t)
+			c, label := plan.Confidence(metric, row)
 			conf[i] = c
 			correct[i] = label == int(r.Labels[i])
 		}
@@ -158,7 +159,7 @@ type Evaluation struct {
 
 // Evaluate replays a cascade. Thresholds of the last stage are ignored (it
 // always answers).
-func (e *Evaluator) Evaluate(stages []Stage) (Evaluation, error) {
+func (e *Evaluator) Evaluate(stages []plan.Stage) (Evaluation, error) {
 	idx, err := e.resolve(stages)
 	if err != nil {
 		return Evaluation{}, err
@@ -170,7 +171,7 @@ func (e *Evaluator) Evaluate(stages []Stage) (Evaluation, error) {
 	for i := range e.n {
 		for j, m := range idx {
 			reached[j]++
-			if Answers(e.conf[m][i], stages[j].Threshold, j == k-1) {
+			if plan.Answers(e.conf[m][i], stages[j].Threshold, j == k-1) {
 				answered[j]++
 				if e.correct[m][i] {
 					correct++
@@ -205,7 +206,7 @@ func (e *Evaluator) evaluation(idx []int, reached, answered []int, correct int) 
 
 // AnsweredAt returns, for every replay item, the index of the stage that
 // answers it.
-func (e *Evaluator) AnsweredAt(stages []Stage) ([]int, error) {
+func (e *Evaluator) AnsweredAt(stages []plan.Stage) ([]int, error) {
 	idx, err := e.resolve(stages)
 	if err != nil {
 		return nil, err
@@ -213,7 +214,7 @@ func (e *Evaluator) AnsweredAt(stages []Stage) ([]int, error) {
 	out := make([]int, e.n)
 	for i := range e.n {
 		for j, m := range idx {
-			if Answers(e.conf[m][i], stages[j].Threshold, j == len(idx)-1) {
+			if plan.Answers(e.conf[m][i], stages[j].Threshold, j == len(idx)-1) {
 				out[i] = j
 				break
 			}
@@ -223,7 +224,7 @@ func (e *Evaluator) AnsweredAt(stages []Stage) ([]int, error) {
 }
 
 // resolve maps stage models to ladder indices and checks the cascade.
-func (e *Evaluator) resolve(stages []Stage) ([]int, error) {
+func (e *Evaluator) resolve(stages []plan.Stage) ([]int, error) {
 	if len(stages) == 0 {
 		return nil, fmt.Errorf("%w: no stages", ErrBadCascade)
 	}
@@ -234,24 +235,9 @@ func (e *Evaluator) resolve(stages []Stage) ([]int, error) {
 			return nil, fmt.Errorf("%w: model %q is not in the ladder %v", ErrBadCascade, s.Model, e.ladder)
 		}
 		if j > 0 && m <= idx[j-1] {
-			return nil, fmt.Errorf("%w: %s does not follow ladder order %v (or repeats a model)", ErrBadCascade, CascadeString(stages), e.ladder)
+			return nil, fmt.Errorf("%w: %s does not follow ladder order %v (or repeats a model)", ErrBadCascade, plan.CascadeString(stages), e.ladder)
 		}
 		idx[j] = m
 	}
 	return idx, nil
-}
-
-// CascadeString writes a cascade compactly, e.g. "mlp@0.91>cnn".
-func CascadeString(stages []Stage) string {
-	var b strings.Builder
-	for j, s := range stages {
-		if j > 0 {
-			b.WriteByte('>')
-		}
-		b.WriteString(s.Model)
-		if j < len(stages)-1 {
-			fmt.Fprintf(&b, "@%.4g", s.Threshold)
-		}
-	}
-	return b.String()
 }

@@ -1,4 +1,4 @@
-package plan
+package planner
 
 import (
 	"context"
@@ -8,24 +8,27 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
 // workerAnswer decides one item the way a stage worker does: calibrate the
 // model's probabilities, compute the confidence, answer or escalate.
-func workerAnswer(r *Replay, stages []Stage, metric string, temps map[string]float64, i int) (stage, label int) {
+func workerAnswer(r *plan.Replay, stages []plan.Stage, metric string, temps map[string]float64, i int) (stage, label int) {
 	for j, s := range stages {
 		probs := append([]float32(nil), r.Row(s.Model, i)...)
-		Calibrate(probs, temps[s.Model])
-		conf, l := Confidence(metric, probs)
-		if Answers(conf, s.Threshold, j == len(stages)-1) {
+		plan.Calibrate(probs, temps[s.Model])
+		conf, l := plan.Confidence(metric, probs)
+		if plan.Answers(conf, s.Threshold, j == len(stages)-1) {
 			return j, l
 		}
 	}
 	panic("unreachable: the last stage answers")
 }
 
-func costsFor(models []SyntheticModel, batch int) map[string]float64 {
-	prof := SyntheticProfile(models, 0)
+func costsFor(models []plantest.Model, batch int) map[string]float64 {
+	prof := plantest.ProfileFile(models, 0)
 	out := map[string]float64{}
 	for _, m := range models {
 		out[m.Name] = prof.Models[m.Name].ItemCostMs(batch)
@@ -34,28 +37,25 @@ func costsFor(models []SyntheticModel, batch int) map[string]float64 {
 }
 
 func TestEvaluatorMatchesWorkerDecisions(t *testing.T) {
-	ladder := SyntheticLadder()
-	r, err := SyntheticReplay(5, 600, 10, ladder)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ladder := plantest.Ladder()
+	r := plantest.Replay(t, 5, 600, 10, ladder)
 	temps := map[string]float64{"tiny": 0.7, "medium": 2.5}
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, metric := range Metrics() {
+	for _, metric := range plan.Metrics() {
 		ev, err := NewEvaluator(r, EvaluatorConfig{Metric: metric, Temperatures: temps, CostMs: costsFor(ladder, 8)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for trial := range 30 {
 			// A random ordered subset with random thresholds.
-			var stages []Stage
+			var stages []plan.Stage
 			for _, m := range ladder {
 				if rng.IntN(2) == 0 {
-					stages = append(stages, Stage{Model: m.Name, Threshold: rng.Float64()})
+					stages = append(stages, plan.Stage{Model: m.Name, Threshold: rng.Float64()})
 				}
 			}
 			if len(stages) == 0 {
-				stages = []Stage{{Model: "xlarge"}}
+				stages = []plan.Stage{{Model: "xlarge"}}
 			}
 			t.Run(fmt.Sprintf("%s/%d", metric, trial), func(t *testing.T) {
 				got, err := ev.Evaluate(stages)
@@ -100,12 +100,12 @@ func TestEvaluatorMatchesWorkerDecisions(t *testing.T) {
 }
 
 func TestEvaluatorRejectsBadCascades(t *testing.T) {
-	r := smallReplay(t)
+	r := plantest.SmallReplay(t)
 	ev, err := NewEvaluator(r, EvaluatorConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, stages := range [][]Stage{
+	for _, stages := range [][]plan.Stage{
 		nil,
 		{{Model: "ghost"}},
 		{{Model: "small", Threshold: 0.5}, {Model: "tiny"}},
@@ -115,13 +115,13 @@ func TestEvaluatorRejectsBadCascades(t *testing.T) {
 			t.Errorf("Evaluate(%v) = %v, want ErrBadCascade", stages, err)
 		}
 	}
-	if _, err := NewEvaluator(r, EvaluatorConfig{Ladder: []string{"tiny", "ghost"}}); !errors.Is(err, ErrBadReplay) {
+	if _, err := NewEvaluator(r, EvaluatorConfig{Ladder: []string{"tiny", "ghost"}}); !errors.Is(err, plan.ErrBadReplay) {
 		t.Errorf("NewEvaluator with a model missing from the replay = %v, want ErrBadReplay", err)
 	}
 	if _, err := NewEvaluator(r, EvaluatorConfig{Metric: "vibes"}); err == nil {
 		t.Error("NewEvaluator accepted an unknown metric")
 	}
-	if _, err := NewEvaluator(&Replay{Classes: 3}, EvaluatorConfig{}); !errors.Is(err, ErrBadReplay) {
+	if _, err := NewEvaluator(&plan.Replay{Classes: 3}, EvaluatorConfig{}); !errors.Is(err, plan.ErrBadReplay) {
 		t.Errorf("NewEvaluator of an empty replay = %v, want ErrBadReplay", err)
 	}
 }
@@ -132,10 +132,10 @@ func bruteForceFront(t *testing.T, ev *Evaluator, opts SearchOptions) [][2]float
 	t.Helper()
 	ladder := ev.Ladder()
 	var points [][2]float64
-	var rec func(stages []Stage, next int)
-	rec = func(stages []Stage, next int) {
+	var rec func(stages []plan.Stage, next int)
+	rec = func(stages []plan.Stage, next int) {
 		for m := next; m < len(ladder); m++ {
-			last := append(slices.Clone(stages), Stage{Model: ladder[m]})
+			last := append(slices.Clone(stages), plan.Stage{Model: ladder[m]})
 			e, err := ev.Evaluate(last)
 			if err != nil {
 				t.Fatal(err)
@@ -146,7 +146,7 @@ func bruteForceFront(t *testing.T, ev *Evaluator, opts SearchOptions) [][2]float
 				t.Fatal(err)
 			}
 			for _, thr := range grid {
-				rec(append(slices.Clone(stages), Stage{Model: ladder[m], Threshold: thr}), m+1)
+				rec(append(slices.Clone(stages), plan.Stage{Model: ladder[m], Threshold: thr}), m+1)
 			}
 		}
 	}
@@ -180,11 +180,8 @@ func cmpFloat(a, b float64) int {
 }
 
 func TestParetoFrontMatchesBruteForce(t *testing.T) {
-	ladder := SyntheticLadder()[:4]
-	r, err := SyntheticReplay(9, 400, 10, ladder)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ladder := plantest.Ladder()[:4]
+	r := plantest.Replay(t, 9, 400, 10, ladder)
 	for _, opts := range []SearchOptions{
 		{GridPoints: 6},
 		{GridPoints: 5, GridSpacing: GridUniform},
@@ -216,11 +213,8 @@ func TestParetoFrontMatchesBruteForce(t *testing.T) {
 }
 
 func TestParetoFrontHasNoDeadStages(t *testing.T) {
-	ladder := SyntheticLadder()
-	r, err := SyntheticReplay(4, 1500, 10, ladder)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ladder := plantest.Ladder()
+	r := plantest.Replay(t, 4, 1500, 10, ladder)
 	ev, err := NewEvaluator(r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +250,7 @@ func TestParetoFrontHasNoDeadStages(t *testing.T) {
 }
 
 func TestThresholdGrid(t *testing.T) {
-	r := smallReplay(t)
+	r := plantest.SmallReplay(t)
 	ev, err := NewEvaluator(r, EvaluatorConfig{})
 	if err != nil {
 		t.Fatal(err)
@@ -292,7 +286,7 @@ func TestThresholdGrid(t *testing.T) {
 }
 
 func TestSearchTooLarge(t *testing.T) {
-	r := smallReplay(t)
+	r := plantest.SmallReplay(t)
 	ev, err := NewEvaluator(r, EvaluatorConfig{})
 	if err != nil {
 		t.Fatal(err)
@@ -304,11 +298,8 @@ func TestSearchTooLarge(t *testing.T) {
 }
 
 func TestSearchHonoursCancellation(t *testing.T) {
-	ladder := SyntheticLadder()
-	r, err := SyntheticReplay(4, 2000, 10, ladder)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ladder := plantest.Ladder()
+	r := plantest.Replay(t, 4, 2000, 10, ladder)
 	ev, err := NewEvaluator(r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
 	if err != nil {
 		t.Fatal(err)
