@@ -107,7 +107,7 @@ func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
 	fs.StringVar(&f.planFile, "plan", envOr(env, "CASCADE_PLAN", ""), "gear plan file (default: the built-in MNIST plan)")
 	fs.IntVar(&f.runners, "runners", 2, "stage worker runners (and in-process sessions)")
 	f.pf.register(fs, onnxrt.ProviderCPU)
-	fs.IntVar(&f.concurrency, "concurrency", 0, "closed-loop requests in flight (default 2 × max batch × runners items, in requests of --request-items)")
+	fs.IntVar(&f.concurrency, "concurrency", 0, "closed-loop requests in flight (default 6 × max batch × runners items, in requests of --request-items)")
 	fs.IntVar(&f.reqItems, "request-items", 1, "items per request in the saturated and half-load runs: >1 sends batched inputs [N, item shape] (the producer's batch axis)")
 	fs.DurationVar(&f.warmup, "warmup", 0, "warm-up before each measured load phase, discarded; 0: none (default 3s; 2s with --check-plan)")
 	fs.DurationVar(&f.duration, "duration", 0, "measured phase of each load run (default 15s per gear; 10s per rate with --check-plan)")
