@@ -56,7 +56,7 @@ func (c *Codec) encodeFast(write func(b []byte) []byte) []byte {
 // EncodeRequest encodes a request (setting V).
 func (c *Codec) EncodeRequest(r *Request) ([]byte, error) {
 	r.V = Version
-	return c.encode(r)
+	return c.encodeFast(func(b []byte) []byte { return appendRequest(b, r) }), nil
 }
 
 // EncodeItem encodes an in-flight item (setting V).
@@ -121,12 +121,12 @@ func DecodeResultBody(contentType string, b []byte, r *Result) error {
 }
 
 // DecodeRequest decodes a msgpack request. A missing version (0) is taken
-// as the current one, so hand-written producers need not set it.
+// as the current one, so hand-written producers need not set it. The
+// input's bytes share b's memory: b must not be modified while the request
+// is in use.
 func DecodeRequest(b []byte, r *Request) error {
-	if err := checkMsgpack(b); err != nil {
-		return Errorf(CodeInvalidInput, "decode msgpack request: %v", err)
-	}
-	if err := msgpack.Unmarshal(b, r); err != nil {
+	d := mpReader{b: b}
+	if err := d.readRequest(r); err != nil {
 		return Errorf(CodeInvalidInput, "decode msgpack request: %v", err)
 	}
 	if r.V != 0 && r.V != Version {
@@ -167,114 +167,3 @@ func DecodeResult(b []byte, r *Result) error {
 // maxMsgpackDepth bounds the nesting of arrays and maps in a message; ours
 // nest three deep.
 const maxMsgpackDepth = 32
-
-// checkMsgpack walks one msgpack value without decoding it and rejects
-// headers that claim more elements or bytes than the message holds, and
-// nesting deeper than maxMsgpackDepth. msgpack/v5 pre-allocates a slice of
-// the claimed length before reading its elements (decodeSliceValue's limit
-// check is inverted in v5.4.1), so without this a 5-byte message claiming a
-// 2^28-element array of Visits allocates gigabytes; after it, a claimed
-// element costs at least one byte of input.
-func checkMsgpack(b []byte) error {
-	stack := make([]int, 1, 8)
-	stack[0] = 1 // one top-level value
-	i := 0
-	need := func(n int) error {
-		if n < 0 || n > len(b)-i {
-			return fmt.Errorf("msgpack value at byte %d claims %d bytes, %d left", i, n, len(b)-i)
-		}
-		return nil
-	}
-	readLen := func(size int) (int, error) {
-		if err := need(size); err != nil {
-			return 0, err
-		}
-		var n uint64
-		for _, c := range b[i : i+size] {
-			n = n<<8 | uint64(c)
-		}
-		i += size
-		if n > uint64(len(b)) {
-			return 0, fmt.Errorf("msgpack length %d exceeds the message (%d bytes)", n, len(b))
-		}
-		return int(n), nil
-	}
-	for len(stack) > 0 {
-		top := len(stack) - 1
-		if stack[top] == 0 {
-			stack = stack[:top]
-			continue
-		}
-		stack[top]--
-		if err := need(1); err != nil {
-			return err
-		}
-		c := b[i]
-		i++
-		skip, elems := 0, -1
-		var err error
-		switch {
-		case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
-		case c >= 0x80 && c <= 0x8f:
-			elems = 2 * int(c&0x0f)
-		case c >= 0x90 && c <= 0x9f:
-			elems = int(c & 0x0f)
-		case c >= 0xa0 && c <= 0xbf:
-			skip = int(c & 0x1f)
-		case c == 0xc4 || c == 0xd9: // bin8, str8
-			skip, err = readLen(1)
-		case c == 0xc5 || c == 0xda: // bin16, str16
-			skip, err = readLen(2)
-		case c == 0xc6 || c == 0xdb: // bin32, str32
-			skip, err = readLen(4)
-		case c == 0xc7: // ext8
-			skip, err = readLen(1)
-			skip++
-		case c == 0xc8:
-			skip, err = readLen(2)
-			skip++
-		case c == 0xc9:
-			skip, err = readLen(4)
-			skip++
-		case c == 0xca:
-			skip = 4
-		case c == 0xcb:
-			skip = 8
-		case c >= 0xcc && c <= 0xcf: // uint8..64
-			skip = 1 << (c - 0xcc)
-		case c >= 0xd0 && c <= 0xd3: // int8..64
-			skip = 1 << (c - 0xd0)
-		case c >= 0xd4 && c <= 0xd8: // fixext 1..16, plus the type byte
-			skip = 1<<(c-0xd4) + 1
-		case c == 0xdc:
-			elems, err = readLen(2)
-		case c == 0xdd:
-			elems, err = readLen(4)
-		case c == 0xde:
-			elems, err = readLen(2)
-			elems *= 2
-		case c == 0xdf:
-			elems, err = readLen(4)
-			elems *= 2
-		default: // 0xc1 is never used
-			return fmt.Errorf("invalid msgpack code 0x%x at byte %d", c, i-1)
-		}
-		if err != nil {
-			return err
-		}
-		if err := need(skip); err != nil {
-			return err
-		}
-		i += skip
-		if elems > 0 {
-			if err := need(elems); err != nil {
-				return err
-			}
-			if len(stack) >= maxMsgpackDepth {
-				return fmt.Errorf("msgpack nesting deeper than %d", maxMsgpackDepth)
-			}
-			stack = append(stack, elems)
-		}
-	}
-	return nil
-}

@@ -503,3 +503,81 @@ func (res *Result) EncodeMsgpack(e *msgpack.Encoder) error {
 func (res *Result) DecodeMsgpack(d *msgpack.Decoder) error {
 	return decodeWith(d, func(r *mpReader) error { return r.readResult(res, 0) })
 }
+
+// appendRequest writes r as its struct tags say.
+func appendRequest(b []byte, r *Request) []byte {
+	n := 2 + count(r.ID != "", r.TimeoutMs != 0, r.DeadlineUnixMs != 0, r.Client != "", r.ReturnProbabilities, len(r.Outputs) > 0)
+	b = appendMapLen(b, n)
+	b = appendInt(appendStr(b, "v"), int64(r.V))
+	if r.ID != "" {
+		b = appendStr(appendStr(b, "id"), r.ID)
+	}
+	b = appendTensor(appendStr(b, "input"), &r.Input)
+	if r.TimeoutMs != 0 {
+		b = appendInt(appendStr(b, "timeout_ms"), r.TimeoutMs)
+	}
+	if r.DeadlineUnixMs != 0 {
+		b = appendInt(appendStr(b, "deadline_unix_ms"), r.DeadlineUnixMs)
+	}
+	if r.Client != "" {
+		b = appendStr(appendStr(b, "client"), r.Client)
+	}
+	if r.ReturnProbabilities {
+		b = appendBool(appendStr(b, "return_probabilities"), true)
+	}
+	if len(r.Outputs) > 0 {
+		b = appendArrayLen(appendStr(b, "outputs"), len(r.Outputs))
+		for _, o := range r.Outputs {
+			b = appendStr(b, o)
+		}
+	}
+	return b
+}
+
+// readRequest reads what appendRequest (or reflection) writes. The input's
+// bytes share the message's memory.
+func (r *mpReader) readRequest(req *Request) error {
+	*req = Request{}
+	return r.fields(func(key []byte) (err error) {
+		switch string(key) {
+		case "v":
+			req.V, err = r.intValue()
+		case "id":
+			req.ID, err = r.str()
+		case "input":
+			err = r.readTensor(&req.Input)
+		case "timeout_ms":
+			req.TimeoutMs, err = r.int()
+		case "deadline_unix_ms":
+			req.DeadlineUnixMs, err = r.int()
+		case "client":
+			req.Client, err = r.sym()
+		case "return_probabilities":
+			req.ReturnProbabilities, err = r.bool()
+		case "outputs":
+			var n int
+			if n, err = r.arrayLen(); err != nil || n < 0 {
+				return err
+			}
+			req.Outputs = make([]string, n)
+			for i := range req.Outputs {
+				if req.Outputs[i], err = r.sym(); err != nil {
+					return err
+				}
+			}
+		default:
+			err = r.skip()
+		}
+		return err
+	})
+}
+
+// EncodeMsgpack writes req as its struct tags say.
+func (req *Request) EncodeMsgpack(e *msgpack.Encoder) error {
+	return encodeWith(e, appendRequest(nil, req))
+}
+
+// DecodeMsgpack reads what EncodeMsgpack (or reflection) writes.
+func (req *Request) DecodeMsgpack(d *msgpack.Decoder) error {
+	return decodeWith(d, func(r *mpReader) error { return r.readRequest(req) })
+}

@@ -280,3 +280,58 @@ func TestByteDecodersRefuseHugeClaims(t *testing.T) {
 		}
 	}
 }
+
+type shadowRequest struct {
+	V                   int          `msgpack:"v"`
+	ID                  string       `msgpack:"id,omitempty"`
+	Input               shadowTensor `msgpack:"input"`
+	TimeoutMs           int64        `msgpack:"timeout_ms,omitempty"`
+	DeadlineUnixMs      int64        `msgpack:"deadline_unix_ms,omitempty"`
+	Client              string       `msgpack:"client,omitempty"`
+	ReturnProbabilities bool         `msgpack:"return_probabilities,omitempty"`
+	Outputs             []string     `msgpack:"outputs,omitempty"`
+}
+
+// TestRequestCodecMatchesReflection: requests, which producers write by
+// hand in any language, encode as reflection does and decode from
+// reflection's bytes.
+func TestRequestCodecMatchesReflection(t *testing.T) {
+	if got, want := reflect.TypeOf(Request{}).NumField(), reflect.TypeOf(shadowRequest{}).NumField(); got != want {
+		t.Fatalf("Request has %d fields, its shadow %d: update fastcodec.go and this test", got, want)
+	}
+	c := NewCodec()
+	for i, r := range []Request{
+		{Input: Tensor{Datatype: UINT8, Shape: []int64{2, 2}, Data: []byte{1, 2, 3, 4}}},
+		{ID: "x", Input: FP32Tensor([]int64{1}, []float32{0.5}), TimeoutMs: 250, DeadlineUnixMs: 1 << 41, Client: "billing",
+			ReturnProbabilities: true, Outputs: []string{OutputLabel, OutputProbabilities}},
+	} {
+		fast, err := c.EncodeRequest(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shadow := toShadow[shadowRequest](t, r)
+		slow, err := compact(&shadow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(fast) != string(slow) {
+			t.Errorf("request %d: bytes differ from reflection's\n fast %x\n slow %x", i, fast, slow)
+		}
+		var back Request
+		if err := DecodeRequest(slow, &back); err != nil || !reflect.DeepEqual(back, r) {
+			t.Errorf("request %d: decoded %+v (%v), want %+v", i, back, err, r)
+		}
+	}
+	// A producer's map with extra keys, nil values and bin strings reads
+	// as msgpack/v5 reads it.
+	raw := []byte{0x84, 0xa2, 'i', 'd', 0xc4, 0x01, 'z', 0xa5, 'e', 'x', 't', 'r', 'a', 0x92, 0x01, 0xc0,
+		0xa6, 'c', 'l', 'i', 'e', 'n', 't', 0xc0, 0xa5, 'i', 'n', 'p', 'u', 't', 0x80}
+	var got Request
+	if err := DecodeRequest(raw, &got); err != nil || got.ID != "z" || got.Client != "" {
+		t.Errorf("hand-written request: %+v, %v", got, err)
+	}
+	var viaReflection shadowRequest
+	if err := msgpack.Unmarshal(raw, &viaReflection); err != nil || viaReflection.ID != "z" {
+		t.Errorf("msgpack/v5 reads it as %+v, %v", viaReflection, err)
+	}
+}
