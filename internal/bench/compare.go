@@ -50,8 +50,11 @@ type CompareConfig struct {
 	// Each probe is open-loop Poisson at its load for Warmup (default 2s,
 	// Quick 1s; < 0: none; the controller of an unpinned system settles
 	// in it) then Duration (default 5s, Quick 1s). Budget bounds each
-	// system's capacity search (default 90s, Quick 8s; model switching
-	// gets half); Factor and Resolution are its step (default 1.5, Quick 2)
+	// system's capacity search (default 90s, Quick 10s; model switching
+	// gets half). The single model's search starts at its planned
+	// capacity (half of it with Quick), every other system's at its plan's
+	// figure scaled by the single model's measured over planned capacity:
+	// the machine's speed relative to the plan's. Factor and Resolution are its step (default 1.5, Quick 2)
 	// and resolution (default 0.05, Quick 0.25).
 	Warmup     time.Duration
 	Duration   time.Duration
@@ -91,7 +94,7 @@ func (c *CompareConfig) defaults() error {
 	}
 	c.Warmup = warmupOr(c.Warmup, quick(2*time.Second, time.Second))
 	orDefault(&c.Duration, quick(5*time.Second, time.Second))
-	orDefault(&c.Budget, quick(90*time.Second, 8*time.Second))
+	orDefault(&c.Budget, quick(90*time.Second, 10*time.Second))
 	if !(c.Factor > 1) {
 		c.Factor = 1.5
 		if c.Quick {
@@ -307,6 +310,7 @@ func Compare(ctx context.Context, cfg CompareConfig) (*Comparison, error) {
 		return nil, err
 	}
 	var single *SystemCapacity
+	singlePlanned := systems[0].start
 	for _, s := range systems {
 		var floor func(LoadRun) float64
 		switch {
@@ -319,8 +323,14 @@ func Compare(ctx context.Context, cfg CompareConfig) (*Comparison, error) {
 			floor = func(LoadRun) float64 { return 0 }
 		}
 		singleQPS := 0.0
-		if single != nil {
+		switch {
+		case single != nil && single.CapacityQPS > 0:
 			singleQPS = single.CapacityQPS
+			s.start *= min(max(singleQPS/singlePlanned, 0.05), 2)
+		case cfg.Quick:
+			// Overloaded probes cost the most (their backlog is waited
+			// for): start below the plan's figure and step up.
+			s.start /= 2
 		}
 		sc, err := withSystem(ctx, cfg.TempDir, cfg.compareSystemConfig(s), func(sys *system.System) (SystemCapacity, error) {
 			return measureSystem(ctx, cfg, s, sys, floor, singleQPS, progress)
@@ -512,7 +522,13 @@ func measureSystem(ctx context.Context, cfg CompareConfig, s compareSystem, sys 
 	seed := uint64(0)
 	run := func(load float64) (CompareProbe, error) {
 		seed++
+		// Overloaded: more than a second of the load (at least 20 SLOs)
+		// in flight, a quarter second (5 SLOs) with Quick: the mean
+		// latency is then far above the SLO.
 		limit := load * max(1, 20*slo/1000)
+		if cfg.Quick {
+			limit = load * max(0.25, 5*slo/1000)
+		}
 		r, err := Load(ctx, sys.Conn, LoadConfig{
 			Pipeline: s.plan.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: s.plan.Input.UINT8Scale,
 			Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: seed, Stages: stages, Reference: cfg.Reference,
@@ -521,8 +537,11 @@ func measureSystem(ctx context.Context, cfg CompareConfig, s compareSystem, sys 
 		if err != nil {
 			return CompareProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
 		}
-		pr := CompareProbe{KneeProbe: probeVerdict(r, slo, cfg.MaxErrorRate), Accuracy: r.Accuracy, Floor: floor(r), Run: r}
+		pr := CompareProbe{KneeProbe: probeVerdict(r, slo, cfg.MaxErrorRate), Accuracy: r.Accuracy, Run: r}
 		pr.Load = load
+		if r.Answered > 0 {
+			pr.Floor = floor(r)
+		}
 		if r.Answered > 0 && r.Accuracy < pr.Floor {
 			pr.OK = false
 			why := fmt.Sprintf("accuracy %.2f%% < floor %.2f%%", 100*r.Accuracy, 100*pr.Floor)
@@ -538,8 +557,8 @@ func measureSystem(ctx context.Context, cfg CompareConfig, s compareSystem, sys 
 		if !pr.OK {
 			state = "MISS: " + pr.Reason
 		}
-		progress("  %s %s: %.0f items/s offered, %.0f/s served, p95 %.1f ms, accuracy %.2f%% (floor %.2f%%), gears %s, %s errors, %d lost: %s",
-			s.name, what, pr.Load, pr.Run.Throughput, pr.Run.P95Ms, 100*pr.Accuracy, 100*pr.Floor, gearMix(pr.Run.ByGear),
+		progress("  %s %s: %.0f items/s offered, %.0f/s served, p95 %.1f ms, accuracy %s (floor %s), gears %s, %s errors, %d lost: %s",
+			s.name, what, pr.Load, pr.Run.Throughput, pr.Run.P95Ms, orDash(100*pr.Accuracy, "%.2f%%"), orDash(100*pr.Floor, "%.2f%%"), gearMix(pr.Run.ByGear),
 			errorText(pr.Run.Errors), pr.Run.Lost, state)
 	}
 	probes := map[float64]CompareProbe{}
