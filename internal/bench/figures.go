@@ -44,6 +44,13 @@ func PlotComparison(c *Comparison, dir string) error {
 	acc.Title.Text = "accuracy against load"
 	acc.X.Label.Text = "offered load (items/s)"
 	acc.Y.Label.Text = "accuracy (%)"
+	paired := c.Settings.PairedFloor
+	if paired {
+		// Each probe answers other items: against the single model on the
+		// same items, the comparison the floor makes.
+		acc.Title.Text = "accuracy against load, over the single model's on the same items"
+		acc.Y.Label.Text = "accuracy − single model's (points)"
+	}
 	slo := c.Settings.SLOP95Ms
 	top := 3 * slo
 	maxLoad, minFloor := 0.0, 100.0
@@ -66,7 +73,11 @@ func PlotComparison(c *Comparison, dir string) error {
 			}
 			lat = append(lat, plotter.XY{X: r.Load, Y: y})
 			if r.Run.Answered > 0 {
-				ac = append(ac, plotter.XY{X: r.Load, Y: 100 * r.Accuracy})
+				y := 100 * r.Accuracy
+				if paired {
+					y = 100 * (r.Accuracy - r.Run.ReferenceAccuracy)
+				}
+				ac = append(ac, plotter.XY{X: r.Load, Y: y})
 			}
 			maxLoad = max(maxLoad, r.Load)
 			if r.Floor > 0 {
@@ -96,7 +107,11 @@ func PlotComparison(c *Comparison, dir string) error {
 	if err := addHLine(p95, slo, maxLoad, fmt.Sprintf("SLO %g ms", slo)); err != nil {
 		return err
 	}
-	if minFloor < 100 {
+	if paired {
+		if err := addHLine(acc, -100*c.Settings.AccuracyDrop, maxLoad, fmt.Sprintf("floor −%g point", 100*c.Settings.AccuracyDrop)); err != nil {
+			return err
+		}
+	} else if minFloor < 100 {
 		if err := addHLine(acc, minFloor, maxLoad, fmt.Sprintf("lowest floor %.2f%%", minFloor)); err != nil {
 			return err
 		}
