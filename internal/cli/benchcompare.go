@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/cascadeserve/cascadeserve/internal/bench"
@@ -41,7 +42,11 @@ func (f *benchFlags) compareRun(ctx context.Context, fs *flag.FlagSet, sh benchS
 	var systems []string
 	if f.systems != "" {
 		for _, s := range strings.Split(f.systems, ",") {
-			systems = append(systems, strings.TrimSpace(s))
+			s = strings.TrimSpace(s)
+			if !slices.Contains(bench.CompareSystems, s) {
+				return nil, fmt.Errorf("%w: --systems: unknown system %q (%s)", ErrUsage, s, strings.Join(bench.CompareSystems, ", "))
+			}
+			systems = append(systems, s)
 		}
 	}
 	mult, err := parseFloats(f.multiples)
