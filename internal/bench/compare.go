@@ -51,7 +51,7 @@ type CompareConfig struct {
 	// Quick 1s; < 0: none; the controller of an unpinned system settles
 	// in it) then Duration (default 5s, Quick 1s). Budget bounds each
 	// system's capacity search (default 90s, Quick 10s; model switching
-	// gets half). The single model's search starts at its planned
+	// gets 70%). The single model's search starts at its planned
 	// capacity (half of it with Quick), every other system's at its plan's
 	// figure scaled by the single model's measured over planned capacity:
 	// the machine's speed relative to the plan's. Factor and Resolution are its step (default 1.5, Quick 2)
@@ -447,7 +447,9 @@ func compareSystemsWith(ctx context.Context, cfg CompareConfig, p *plan.Plan, mo
 			s.plan, s.planFile, s.planName = ms, msFile, "model-switching plan"
 			s.start = isoAccurateMax(ms, floor)
 			if cfg.Quick {
-				s.budget = cfg.Budget / 2
+				// Its iso-accurate gear is the single model's: two probes
+				// tell.
+				s.budget = cfg.Budget * 7 / 10
 			}
 		case SystemStatic:
 			s.plan, s.planFile, s.planName, s.pin = p, builtin, "the plan", p.Gears[0].ID

@@ -93,7 +93,7 @@ Probes: --warmup (default 2s) + --knee-duration, ×1.5 steps then bisection
 to 5%, --knee-budget per system. Then accuracy and p95 at 1×, 2× and 4× the
 single model's capacity (--multiples). The table gives each system's
 ratio to the single model; the last line the headline, CascadeServe /
-single model. --quick: 1s + 1s probes, ×2 steps to 25%, 8s per system (4s
+single model. --quick: 1s + 1s probes, ×2 steps to 25%, 10s per system (7s
 for model switching), multiples for CascadeServe only: about a minute on
 two cores, a figure for CI to track, not one to quote. --systems picks
 among switching, static, cascadeserve (single is always measured).
