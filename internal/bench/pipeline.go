@@ -52,6 +52,10 @@ type LoadConfig struct {
 	// still awaited) and marks the run aborted. An aborted warm-up skips
 	// the measured phase. It bounds a run that overloads the pipeline.
 	Abort func(loadgen.Snapshot) bool
+	// Reference, when set, says for each item (by index in Items) whether
+	// a reference model answers it right: LoadRun.ReferenceAccuracy is
+	// then that model's accuracy on exactly the items answered.
+	Reference []bool
 }
 
 // LoadRun is what a load run measured.
@@ -74,6 +78,9 @@ type LoadRun struct {
 	P99Ms      float64 `json:"p99_ms"`
 	Correct    int     `json:"correct"`
 	Accuracy   float64 `json:"accuracy"`
+	// ReferenceAccuracy is LoadConfig.Reference's accuracy on the same
+	// answered items (when set).
+	ReferenceAccuracy float64 `json:"reference_accuracy,omitempty"`
 	// ByGear counts answers by the gear that made them; AnsweredBy by model.
 	ByGear     map[string]int `json:"by_gear"`
 	AnsweredBy map[string]int `json:"answered_by"`
@@ -191,6 +198,7 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 	for code, n := range rep.ErrorCounts() {
 		run.Errors[string(code)] = n
 	}
+	run.ReferenceAccuracy = referenceAccuracy(rep.Outcomes, cfg.Reference)
 	stages := 0
 	byModel := map[string][]float64{}
 	for _, o := range rep.Outcomes {
@@ -225,6 +233,25 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 		run.StagesPerRequest = float64(stages) / float64(run.Answered)
 	}
 	return run, nil
+}
+
+// referenceAccuracy is the fraction of the answered outcomes whose item
+// ref marks right (0 without ref or answers).
+func referenceAccuracy(outcomes []loadgen.Outcome, ref []bool) float64 {
+	ok, n := 0, 0
+	for _, o := range outcomes {
+		if o.Code != "" || o.Warmup || ref == nil {
+			continue
+		}
+		n++
+		if o.Index < len(ref) && ref[o.Index] {
+			ok++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return float64(ok) / float64(n)
 }
 
 // nearestRank returns the nearest-rank q-quantile of sorted values.

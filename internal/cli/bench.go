@@ -24,6 +24,8 @@ import (
 const benchUsage = `bench [flags]
        cascadeserve bench --check-plan [--gear ID] [flags]
        cascadeserve bench --check-plan --knee [--gears g1,g6|all] [flags]
+       cascadeserve bench --compare [--quick] [--systems LIST] [--plots DIR] [flags]
+       cascadeserve bench --trace [--trace-duration 2m] [--systems LIST] [--plots DIR] [flags]
 
 Without --check-plan: the end-to-end benchmark. In one run, on this machine:
   1. the broker ceiling, measured as the official tool (nats bench js pub
@@ -70,6 +72,48 @@ second of its load in flight is cut short; --knee-budget bounds each gear's
 search. Verdict: measured knee within ±15% of max_qps. --request-items N
 sends N-item requests (loads stay in items/s); inputs go as UINT8 when the
 plan takes them.
+
+With --compare: the iso-accuracy capacity of four systems, on this machine,
+in one run, with the plan's SLO and the same items (MNIST test images):
+  single        the ladder's most accurate model alone, pinned, with the
+                batching the planner chooses for it (dynamic batching, as
+                Triton or Ray Serve would serve it);
+  switching     model switching (MS+, INFaaS): the planner's plan restricted
+                to one-model gears (plan --max-stages 1, the plan's own
+                settings from its planner metadata, the embedded validation
+                replay), the controller switching them by load;
+  static        the plan's most accurate gear pinned (a static cascade);
+  cascadeserve  the plan, the controller switching gears.
+Each runs on a fresh all-in-one system; its capacity is the knee search's
+highest open-loop Poisson load with live p95 ≤ SLO, nothing lost, typed
+errors ≤ 0.1% and accuracy ≥ the single model's − 0.1 point (the single
+model's accuracy on the very items each probe answered, from the embedded
+test replay), measured at every probe: unpinned, the controller may switch.
+Probes: --warmup (default 2s) + --knee-duration, ×1.5 steps then bisection
+to 5%, --knee-budget per system. Then accuracy and p95 at 1×, 2× and 4× the
+single model's capacity (--multiples). The table gives each system's
+ratio to the single model; the last line the headline, CascadeServe /
+single model. --quick: 1s + 1s probes, ×2 steps to 25%, 10s per system (7s
+for model switching), multiples for CascadeServe only: about a minute on
+two cores, a figure for CI to track, not one to quote. --systems picks
+among switching, static, cascadeserve (single is always measured).
+
+With --trace: a bursty load replayed against model switching, the static
+cascade and CascadeServe (--systems), each on a fresh system: Poisson at
+--trace-base (0.4) of --trace-capacity (default: the plan's most accurate
+gear's max_qps), bursts to --trace-burst (3)× for --trace-burst-length (10s)
+every --trace-burst-every (30s), the base ramping up from a quarter over the
+first --trace-ramp (25%) of --trace-duration (default 2m) and down over the
+last. Per system: per-second p95 and the share of seconds whose p95 exceeds
+the SLO (target ≤ 1% for CascadeServe), accuracy, typed errors, lost items,
+gear switches (the control bucket's gear key, watched) and their apply
+latency, from the controller's write to the stage worker applying it (the
+workers' cascade_worker_gear_apply_seconds histogram; target p99 ≤ 100 ms).
+--compare --trace runs both, the trace after the comparison.
+
+--plots DIR writes figures (PNG) of --compare (p95 and accuracy against
+load per system) and of --trace (offered load, p95 and gear per second).
+
 The verdicts are a report: the command fails only if it cannot measure.`
 
 func benchCommand() command {
@@ -84,6 +128,12 @@ func benchCommand() command {
 // benchmark, and of --check-plan (with or without --knee).
 type benchFlags struct {
 	checkPlan, knee                bool
+	compare, quick, trace          bool
+	systems, multiples, plots      string
+	traceDuration                  time.Duration
+	traceCapacity, traceBase       float64
+	traceBurst, traceRamp          float64
+	traceBurstLen, traceBurstEvery time.Duration
 	planFile                       string
 	runners, concurrency, reqItems int
 	pf                             providerFlags
@@ -135,8 +185,22 @@ func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
 	fs.Float64Var(&f.capacity, "capacity", 0, "gear capacity in requests/s the fractions refer to (default: its max_qps in the plan)")
 	fs.StringVar(&f.fractions, "fractions", "0.5,0.8", "comma-separated fractions of the capacity for the latency check")
 	fs.BoolVar(&f.knee, "knee", false, "with --check-plan: measure each gear's capacity (the highest Poisson load within the SLO) against its max_qps instead")
-	fs.DurationVar(&f.kneeDuration, "knee-duration", 5*time.Second, "measured phase of each --knee probe, after --warmup")
-	fs.DurationVar(&f.kneeBudget, "knee-budget", 90*time.Second, "time bound of each gear's --knee search")
+	fs.DurationVar(&f.kneeDuration, "knee-duration", 5*time.Second, "measured phase of each --knee (and --compare) probe, after --warmup")
+	fs.DurationVar(&f.kneeBudget, "knee-budget", 90*time.Second, "time bound of each gear's --knee search (of each system's with --compare)")
+	// --compare and --trace
+	fs.BoolVar(&f.compare, "compare", false, "measure the iso-accuracy capacity of the single model, model switching, the static cascade and CascadeServe instead")
+	fs.BoolVar(&f.quick, "quick", false, "with --compare: short probes and a coarse search, about a minute (CI)")
+	fs.BoolVar(&f.trace, "trace", false, "replay a bursty load against model switching, the static cascade and CascadeServe (with --compare: after it)")
+	fs.StringVar(&f.systems, "systems", "", "with --compare or --trace: comma-separated systems among switching, static, cascadeserve (default: all)")
+	fs.StringVar(&f.multiples, "multiples", "1,2,4", "with --compare: multiples of the single model's capacity at which every system's accuracy and p95 are measured")
+	fs.StringVar(&f.plots, "plots", "", "with --compare or --trace: write figures (PNG) to this folder")
+	fs.DurationVar(&f.traceDuration, "trace-duration", 2*time.Minute, "length of the --trace load, per system")
+	fs.Float64Var(&f.traceCapacity, "trace-capacity", 0, "items/s the --trace levels are fractions of (default: the plan's most accurate gear's max_qps)")
+	fs.Float64Var(&f.traceBase, "trace-base", 0.4, "--trace base load, a fraction of --trace-capacity")
+	fs.Float64Var(&f.traceBurst, "trace-burst", 3, "--trace bursts, a multiple of the base load")
+	fs.DurationVar(&f.traceBurstLen, "trace-burst-length", 10*time.Second, "length of each --trace burst")
+	fs.DurationVar(&f.traceBurstEvery, "trace-burst-every", 30*time.Second, "--trace burst period (the first burst ends the first period)")
+	fs.Float64Var(&f.traceRamp, "trace-ramp", 0.25, "share of --trace-duration over which the base ramps up from a quarter (and down at the end)")
 	fs.Float64Var(&f.kneeStart, "knee-start", 0, "first load of each --knee search, items/s (default: the gear's max_qps)")
 }
 
@@ -158,6 +222,12 @@ func (f *benchFlags) check() error {
 		return errors.New("--request-items must be in [1,1024]")
 	case f.knee && !f.checkPlan:
 		return errors.New("--knee goes with --check-plan")
+	case (f.compare || f.trace) && f.checkPlan:
+		return errors.New("--compare and --trace do not go with --check-plan")
+	case f.quick && !f.compare:
+		return errors.New("--quick goes with --compare")
+	case f.traceDuration <= 0 || f.traceCapacity < 0 || !(f.traceBase > 0) || !(f.traceBurst > 0) || f.traceBurstLen < 0 || f.traceBurstEvery <= 0 || f.traceRamp < 0 || f.traceRamp > 0.5:
+		return errors.New("--trace-duration, --trace-base, --trace-burst and --trace-burst-every must be positive, --trace-capacity and --trace-burst-length not negative, --trace-ramp in [0, 0.5]")
 	case f.kneeDuration <= 0 || f.kneeBudget <= 0 || f.kneeStart < 0:
 		return errors.New("--knee-duration and --knee-budget must be positive, --knee-start not negative")
 	case f.concurrency < 0 || f.warmup < 0 || f.duration < 0 || f.compute < 0 || f.capacity < 0 || f.halfLoad < 0 || f.idle < 0:
@@ -301,6 +371,11 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	var run func(lib string, set *dataset.Set) (benchResult, error)
 	needsRuntime := true
 	switch {
+	case f.compare || f.trace:
+		var err error
+		if run, err = f.compareRun(ctx, fs, sh); err != nil {
+			return err
+		}
 	case f.knee:
 		cfg := f.kneeConfig(sh)
 		run = func(lib string, set *dataset.Set) (benchResult, error) {
