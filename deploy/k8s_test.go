@@ -96,6 +96,9 @@ func parseDocs(t *testing.T, file string) []object {
 	return out
 }
 
+// imageMNIST is where deploy/Dockerfile puts the MNIST plan and models.
+const imageMNIST = "/usr/local/share/cascadeserve/mnist"
+
 // TestKubernetesManifestsParse checks every manifest: known kinds with
 // their required fields, no namespace (kustomization.yaml places them),
 // selectors that match their pod templates, Secrets and ConfigMaps that
@@ -170,6 +173,16 @@ func TestKubernetesManifestsParse(t *testing.T) {
 				}
 				if strings.HasPrefix(str(c, "image"), "cascadeserve") && env["CASCADE_PIPELINE"] != p.Pipeline {
 					t.Errorf("%s: CASCADE_PIPELINE %q, want %q", where, env["CASCADE_PIPELINE"], p.Pipeline)
+				}
+				// The service binaries serve the plan and models the image
+				// ships as files (deploy/Dockerfile).
+				for bin, want := range map[string][2]string{
+					"controller":   {"CASCADE_PLAN", imageMNIST + "/plan.json"},
+					"stage-worker": {"CASCADE_MODEL_DIR", imageMNIST},
+				} {
+					if slices.Contains(list(c, "command"), any("/usr/local/bin/"+bin)) && env[want[0]] != want[1] {
+						t.Errorf("%s: %s %q, want %q", where, want[0], env[want[0]], want[1])
+					}
 				}
 			}
 			for _, v := range list(o.doc, "spec", "template", "spec", "volumes") {

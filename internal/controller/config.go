@@ -16,7 +16,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
-	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -40,8 +39,10 @@ type Config struct {
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info"`
 	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
 
-	// Plan is the path of the gear plan file. Empty means the built-in plan
-	// of the pipeline (mnist only; see LoadPlan).
+	// Plan is the path of the gear plan file. The controller binary
+	// requires it and reads it with LoadPlan (`cascadeserve up` hands over
+	// its plan instead). The MNIST plan is models/mnist/plan.json in the
+	// repository.
 	Plan string `env:"PLAN"`
 	// Gear, if set, pins a gear id: the controller writes it and never
 	// switches (benchmarks and tests).
@@ -191,37 +192,45 @@ type Deps struct {
 	// the live dashboard there (/dashboard, /dashboard/state,
 	// /dashboard/events; package dashboard).
 	HTTP *http.ServeMux
+	// Plan is the gear plan to serve; required. Its pipeline must be
+	// Config.Pipeline. The binary reads it from Config.Plan (LoadPlan), the
+	// all-in-one binary hands over the plan it serves.
+	Plan *plan.Plan
 }
 
-// ErrNoPlan means the configuration names no plan file and the pipeline has
-// no built-in plan.
+// ErrNoPlan means the controller was given no plan: no Deps.Plan, or no
+// plan file (CASCADE_PLAN) for LoadPlan.
 var ErrNoPlan = errors.New("no plan")
 
-// LoadPlan returns the plan the configuration names: the file Config.Plan,
-// or, when it is empty and the pipeline is mnist, the built-in MNIST plan
-// (mnist.Plan, models/mnist/plan.json). The plan's pipeline must match
-// Config.Pipeline.
+// LoadPlan reads the plan file the configuration names (Config.Plan, as
+// the controller binary does), checks it with the configuration, and
+// resolves its model files against the file's folder. The MNIST plan is
+// models/mnist/plan.json in the repository.
 func LoadPlan(cfg Config) (*plan.Plan, error) {
-	var (
-		p   *plan.Plan
-		err error
-	)
-	switch {
-	case cfg.Plan != "":
-		p, err = plan.LoadFile(cfg.Plan)
-	case cfg.Pipeline == "mnist":
-		p, err = mnist.Plan()
-	default:
-		return nil, fmt.Errorf("%w: set CASCADE_PLAN to a plan file (pipeline %q has no built-in plan)", ErrNoPlan, cfg.Pipeline)
+	if cfg.Plan == "" {
+		return nil, fmt.Errorf("%w: set CASCADE_PLAN to a gear plan file (the MNIST plan is models/mnist/plan.json in the repository)", ErrNoPlan)
 	}
+	p, err := plan.LoadFile(cfg.Plan)
 	if err != nil {
 		return nil, err
+	}
+	return servedPlan(cfg, p)
+}
+
+// servedPlan checks that p is for the configured pipeline and returns the
+// plan the controller serves: p, or a copy of it with the configuration's
+// QueuePartitions. p itself is never changed.
+func servedPlan(cfg Config, p *plan.Plan) (*plan.Plan, error) {
+	if p == nil {
+		return nil, fmt.Errorf("%w: Deps.Plan is nil", ErrNoPlan)
 	}
 	if p.Pipeline != cfg.Pipeline {
 		return nil, fmt.Errorf("plan is for pipeline %q, but CASCADE_PIPELINE is %q", p.Pipeline, cfg.Pipeline)
 	}
-	if cfg.QueuePartitions > 0 {
-		p.Partitions = cfg.QueuePartitions
+	if cfg.QueuePartitions > 0 && cfg.QueuePartitions != p.Partitions {
+		c := *p
+		c.Partitions = cfg.QueuePartitions
+		p = &c
 	}
 	return p, nil
 }

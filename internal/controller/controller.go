@@ -22,7 +22,7 @@ import (
 // maxCASAttempts bounds the re-read-and-retry of one tick's gear write.
 const maxCASAttempts = 3
 
-// Run serves cfg's pipeline until ctx ends: it loads the plan, applies the
+// Run serves cfg's pipeline until ctx ends: it checks deps.Plan, applies the
 // topology, puts the plan into the control bucket, writes the initial gear
 // and then runs the decision loop at the plan's sample interval. It returns
 // nil on a clean shutdown (also when ctx ends during the start) and an
@@ -42,7 +42,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	p, err := LoadPlan(cfg)
+	p, err := servedPlan(cfg, deps.Plan)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}

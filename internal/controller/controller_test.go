@@ -80,9 +80,25 @@ func startController(t *testing.T, srv *natstest.Server, cfg Config) *running {
 	return startControllerHTTP(t, srv, cfg, nil)
 }
 
+// filePlan reads the plan file cfg names, as the controller binary does.
+func filePlan(t *testing.T, cfg Config) *plan.Plan {
+	t.Helper()
+	p, err := LoadPlan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // startControllerHTTP is startController with the dashboard mounted on mux
-// (nil: none).
+// (nil: none), serving the plan file cfg names.
 func startControllerHTTP(t *testing.T, srv *natstest.Server, cfg Config, mux *http.ServeMux) *running {
+	t.Helper()
+	return startControllerPlan(t, srv, cfg, filePlan(t, cfg), mux)
+}
+
+// startControllerPlan is startControllerHTTP serving p.
+func startControllerPlan(t *testing.T, srv *natstest.Server, cfg Config, p *plan.Plan, mux *http.ServeMux) *running {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -90,7 +106,7 @@ func startControllerHTTP(t *testing.T, srv *natstest.Server, cfg Config, mux *ht
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	nc := srv.Connect(t) // closed by a cleanup that runs after stop's
 	go func() {
-		done <- Run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc, HTTP: mux})
+		done <- Run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc, HTTP: mux, Plan: p})
 	}()
 	var once sync.Once
 	var runErr error
@@ -622,10 +638,6 @@ func TestConfigFromEnv(t *testing.T) {
 }
 
 func TestLoadPlan(t *testing.T) {
-	builtin, err := mnist.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -635,8 +647,8 @@ func TestLoadPlan(t *testing.T) {
 		{name: "file", cfg: Config{Plan: "testdata/three-gears.json", Pipeline: "ctltest"}, want: "ctltest"},
 		{name: "file of another pipeline", cfg: Config{Plan: "testdata/three-gears.json", Pipeline: "mnist"}},
 		{name: "missing file", cfg: Config{Plan: "testdata/none.json", Pipeline: "ctltest"}},
-		{name: "built-in mnist plan", cfg: Config{Pipeline: "mnist"}, want: "mnist"},
-		{name: "no built-in plan", cfg: Config{Pipeline: "other"}, wantErr: ErrNoPlan},
+		{name: "no plan file", cfg: Config{Pipeline: "mnist"}, wantErr: ErrNoPlan},
+		{name: "no plan file, other pipeline", cfg: Config{Pipeline: "other"}, wantErr: ErrNoPlan},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -653,16 +665,40 @@ func TestLoadPlan(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServedPlan: the plan a caller hands over (the built-in MNIST plan of
+// `cascadeserve up`) is served as it is, or as a copy with
+// CASCADE_QUEUE_PARTITIONS, and refused for another pipeline or when absent.
+func TestServedPlan(t *testing.T) {
+	builtin, err := mnist.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(builtin.Gears) == 0 {
 		t.Error("built-in plan has no gears")
+	}
+	if p, err := servedPlan(Config{Pipeline: "mnist"}, builtin); err != nil || p != builtin {
+		t.Errorf("built-in plan: %p, %v; want it as it is", p, err)
+	}
+	parts := builtin.Partitions
+	p, err := servedPlan(Config{Pipeline: "mnist", QueuePartitions: 3}, builtin)
+	if err != nil || p.QueuePartitions() != 3 || builtin.Partitions != parts {
+		t.Errorf("partitions 3: %v, %d partitions, the caller's plan has %d (was %d)", err, p.QueuePartitions(), builtin.Partitions, parts)
+	}
+	if _, err := servedPlan(Config{Pipeline: "other"}, builtin); err == nil {
+		t.Error("plan of pipeline mnist served for pipeline other")
+	}
+	if _, err := servedPlan(Config{Pipeline: "mnist"}, nil); !errors.Is(err, ErrNoPlan) {
+		t.Errorf("no plan: %v, want ErrNoPlan", err)
 	}
 }
 
 func TestRunRejectsUnknownPinnedGear(t *testing.T) {
 	srv := natstest.Start(t)
 	file, _ := fastPlanFile(t)
-	err := Run(context.Background(), testConfig(t, file, map[string]string{"CASCADE_GEAR": "turbo"}),
-		Deps{Registerer: prometheus.NewRegistry(), Conn: srv.Conn})
+	cfg := testConfig(t, file, map[string]string{"CASCADE_GEAR": "turbo"})
+	err := Run(context.Background(), cfg, Deps{Registerer: prometheus.NewRegistry(), Conn: srv.Conn, Plan: filePlan(t, cfg)})
 	if !errors.Is(err, ErrUnknownGear) {
 		t.Fatalf("err %v, want ErrUnknownGear", err)
 	}

@@ -7,7 +7,9 @@
 //
 // # Start
 //
-// Run loads the plan (CASCADE_PLAN, or the built-in MNIST plan), applies the
+// Run takes the plan from its caller (Deps.Plan: the binary reads the file
+// CASCADE_PLAN with LoadPlan, `cascadeserve up` hands over the plan it
+// serves, the built-in MNIST plan by default), applies the
 // topology with natsbus.EnsureTopology, puts the plan JSON under the `plan`
 // key unless the key already holds the same bytes, and reads the `gear` key:
 // a gear left by an earlier controller is adopted (a restart keeps the gear

@@ -66,10 +66,10 @@ func TestMNISTPlan(t *testing.T) {
 	}
 }
 
-// TestRunMNISTPlan runs the controller with no CASCADE_PLAN on the mnist
-// pipeline, i.e. on the built-in MNIST plan: a stream and a consumer for
-// every model any gear uses, the plan in the bucket, and the most accurate
-// gear first.
+// TestRunMNISTPlan runs the controller on the mnist pipeline with the
+// built-in MNIST plan handed over as `cascadeserve up` does: a stream and a
+// consumer for every model any gear uses, the plan in the bucket, and the
+// most accurate gear first.
 func TestRunMNISTPlan(t *testing.T) {
 	srv := natstest.Start(t)
 	cfg := testConfig(t, "", map[string]string{"CASCADE_PIPELINE": "mnist"})
@@ -77,7 +77,11 @@ func TestRunMNISTPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startController(t, srv, cfg)
+	builtin, err := mnist.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	startControllerPlan(t, srv, cfg, builtin, nil)
 	kv := controlBucket(t, srv, "mnist")
 	waitGear(t, kv, p.Gears[0].ID)
 	ctx := context.Background()

@@ -166,14 +166,33 @@ func TestOnlyWorkersLinkONNXRuntime(t *testing.T) {
 	}
 }
 
+// services are the three service binaries.
+var services = []string{"./services/ingress", "./services/stage-worker", "./services/controller"}
+
 // TestServicesDoNotLinkNATSServer: the three service binaries connect to
 // a nats-server; only the all-in-one binary and the tests embed one
 // (internal/natsembed).
 func TestServicesDoNotLinkNATSServer(t *testing.T) {
-	for _, bin := range []string{"./services/ingress", "./services/stage-worker", "./services/controller"} {
+	for _, bin := range services {
 		for _, d := range deps(t, bin) {
 			if strings.HasPrefix(d, "github.com/nats-io/nats-server/") || d == module+"/internal/natsembed" {
 				t.Errorf("%s links %s", bin, d)
+			}
+		}
+	}
+}
+
+// TestServicesDoNotLinkMNIST: the services serve any plan from files (the
+// controller binary reads CASCADE_PLAN, the stage worker CASCADE_MODEL_DIR)
+// and know nothing of MNIST. Only the edge, the CLI and the all-in-one
+// composition (internal/system), brings the built-in MNIST plan and its
+// embedded models (several MB) and hands them to the services.
+func TestServicesDoNotLinkMNIST(t *testing.T) {
+	const mnist = module + "/models/mnist"
+	for _, pkg := range append(services, "./internal/ingress", "./internal/stageworker", "./internal/controller") {
+		for _, d := range deps(t, pkg) {
+			if d == mnist {
+				t.Errorf("%s imports %s", pkg, d)
 			}
 		}
 	}

@@ -83,7 +83,7 @@ func TestEndToEndMNIST(t *testing.T) {
 	wdone := make(chan error, 1)
 	wnc := srv.Connect(t) // closed after the worker stops (cleanups run last-in first-out)
 	go func() {
-		wdone <- stageworker.Run(wctx, wcfg, stageworker.Deps{Logger: testLogger(t), Registerer: prometheus.NewRegistry(), Conn: wnc})
+		wdone <- stageworker.Run(wctx, wcfg, stageworker.Deps{Logger: testLogger(t), Registerer: prometheus.NewRegistry(), Conn: wnc, Models: mnist.Files()})
 	}()
 	t.Cleanup(func() {
 		wcancel()

@@ -3,7 +3,9 @@ package stageworker
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -63,8 +65,10 @@ type Config struct {
 	// is refused at start, since its latencies and capacities do not hold).
 	AllowProviderMismatch bool `env:"WORKER_ALLOW_PROVIDER_MISMATCH"`
 	// ModelDir is the folder model files (Model.File of the plan) are read
-	// from (CASCADE_MODEL_DIR). Empty with pipeline mnist: the MNIST ladder
-	// embedded in the binary.
+	// from (CASCADE_MODEL_DIR). The stage-worker binary requires it and
+	// opens it with ModelFiles (`cascadeserve up` hands over the plan's
+	// folder or its embedded MNIST models instead). For the MNIST plan it
+	// is models/mnist in the repository.
 	ModelDir string `env:"MODEL_DIR"`
 	// ONNXRuntimeLib is the ONNX Runtime shared library
 	// (CASCADE_ONNXRUNTIME_LIB). Empty: onnxrt.FindLibraryFor's search
@@ -173,6 +177,22 @@ func ConfigFromEnv(environ map[string]string) (Config, error) {
 	return cfg, nil
 }
 
+// ErrNoModels means the worker was given no model files: no Deps.Models,
+// or no CASCADE_MODEL_DIR for ModelFiles.
+var ErrNoModels = errors.New("no model files")
+
+// ModelFiles opens the folder the configuration names (Config.ModelDir) as
+// the worker's model files, as the stage-worker binary does.
+func ModelFiles(cfg Config) (fs.FS, error) {
+	if cfg.ModelDir == "" {
+		return nil, fmt.Errorf("%w: set CASCADE_MODEL_DIR to the folder of the plan's model files (for the MNIST plan, models/mnist in the repository)", ErrNoModels)
+	}
+	if fi, err := os.Stat(cfg.ModelDir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%w: CASCADE_MODEL_DIR %q is not a folder", ErrNoModels, cfg.ModelDir)
+	}
+	return os.DirFS(cfg.ModelDir), nil
+}
+
 // ErrInvalidConfig marks a configuration that fails Validate.
 var ErrInvalidConfig = errors.New("invalid stage worker config")
 
@@ -249,6 +269,12 @@ type Deps struct {
 	Conn *nats.Conn
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Models holds the model files: a model's bytes are the file
+	// Model.File of the plan in the control bucket, resolved against it.
+	// Required. The binary opens Config.ModelDir (ModelFiles); the
+	// all-in-one binary hands over the plan's folder or the embedded MNIST
+	// models.
+	Models fs.FS
 
 	// hooks let tests in this package interpose at fixed points.
 	hooks hooks

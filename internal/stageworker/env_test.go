@@ -184,11 +184,18 @@ func (e *testEnv) startWorkerOn(t testing.TB, nc *nats.Conn, edit func(*Config),
 	if edit != nil {
 		edit(&cfg)
 	}
+	// The MNIST models, or the folder the test names, as the binary opens it.
+	models := mnist.Files()
+	if cfg.ModelDir != "" {
+		if models, err = ModelFiles(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tw := &testWorker{reg: prometheus.NewRegistry(), conn: nc, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	tw.cancel = cancel
 	go func() {
-		tw.done <- Run(ctx, cfg, Deps{Logger: testLogger(t), Registerer: tw.reg, Conn: nc, hooks: h})
+		tw.done <- Run(ctx, cfg, Deps{Logger: testLogger(t), Registerer: tw.reg, Conn: nc, Models: models, hooks: h})
 	}()
 	t.Cleanup(func() { tw.stop(t); nc.Close() })
 	return tw

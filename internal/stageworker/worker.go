@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -20,7 +20,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/modelinput"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
-	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -41,6 +40,8 @@ type worker struct {
 	js      jetstream.JetStream
 	codec   *wire.Codec
 	ctl     *watcher
+	// files holds the model files (Deps.Models).
+	files fs.FS
 	// models are the hosted models in ladder order.
 	models []*hosted
 	// itemSize and classes are the plan's input elements and classes;
@@ -120,7 +121,10 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if deps.Conn == nil {
 		return errors.New("stage worker: no NATS connection")
 	}
-	w := &worker{cfg: cfg, logger: deps.Logger, now: deps.Now, hooks: deps.hooks, nc: deps.Conn, codec: wire.NewCodec()}
+	if deps.Models == nil {
+		return fmt.Errorf("stage worker: %w: Deps.Models is nil", ErrNoModels)
+	}
+	w := &worker{cfg: cfg, logger: deps.Logger, now: deps.Now, hooks: deps.hooks, nc: deps.Conn, codec: wire.NewCodec(), files: deps.Models}
 	if w.logger == nil {
 		w.logger = slog.New(slog.DiscardHandler)
 	}
@@ -310,8 +314,12 @@ func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error
 		_ = rt.Close()
 	}
 	version, libPath := rt.Version(), rt.LibraryPath()
+	// The plan from the control bucket knows no folder: its model files
+	// resolve against the worker's own.
+	files := *p
+	files.SetModelSource(w.files)
 	for _, h := range w.models {
-		data, err := w.readModel(p, h.name)
+		data, err := files.ReadModel(h.name)
 		if err != nil {
 			closeAll()
 			return nil, nil, err
@@ -340,25 +348,4 @@ func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error
 		}
 	}
 	return rt, sessions, nil
-}
-
-// readModel returns a model's ONNX bytes: <ModelDir>/<Model.File>, or the
-// embedded MNIST ladder for pipeline mnist when ModelDir is unset.
-func (w *worker) readModel(p *plan.Plan, name string) ([]byte, error) {
-	m, _ := p.Model(name)
-	switch {
-	case w.cfg.ModelDir != "":
-		b, err := os.ReadFile(filepath.Join(w.cfg.ModelDir, filepath.FromSlash(m.File)))
-		if err != nil {
-			return nil, fmt.Errorf("read model %q: %w", name, err)
-		}
-		return b, nil
-	case w.cfg.Pipeline == "mnist":
-		b, err := mnist.Model(name)
-		if err != nil {
-			return nil, fmt.Errorf("read model %q: %w", name, err)
-		}
-		return b, nil
-	}
-	return nil, fmt.Errorf("read model %q: set CASCADE_MODEL_DIR (only pipeline mnist has embedded models)", name)
 }

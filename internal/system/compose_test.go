@@ -44,6 +44,10 @@ type composeFile struct {
 	} `yaml:"services"`
 }
 
+// imageMNIST is where deploy/Dockerfile puts the MNIST plan and models,
+// which compose.yaml points the controller and the workers at.
+const imageMNIST = "/usr/local/share/cascadeserve/mnist"
+
 // composeVar matches a variable reference of compose: ${VAR}, ${VAR:-default},
 // ${VAR:?error} and the forms without the colon.
 var composeVar = regexp.MustCompile(`\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}`)
@@ -193,6 +197,8 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 		env := map[string]string{}
 		for k, v := range svc.Environment {
 			env[k] = strings.Replace(interpolate(t, v), "@nats:4222", "@"+hostPort, 1)
+			// The MNIST plan and models the image ships are the repository's.
+			env[k] = strings.Replace(env[k], imageMNIST, "../../models/mnist", 1)
 		}
 		if !strings.Contains(env["CASCADE_NATS_URL"], "@"+hostPort) {
 			t.Fatalf("%s: CASCADE_NATS_URL %q does not name the nats service with a user", name, env["CASCADE_NATS_URL"])
@@ -333,6 +339,17 @@ func TestComposeStartsHealthy(t *testing.T) {
 	}
 	if !strings.Contains(string(dockerfile), "./cmd/cascadeserve") || !strings.Contains(string(dockerfile), "/usr/local/bin/") {
 		t.Error("the Dockerfile does not ship the cascadeserve CLI in /usr/local/bin (the health checks run it)")
+	}
+	for _, want := range []string{"COPY models/mnist/plan.json " + imageMNIST + "/plan.json", "COPY models/mnist/onnx/ " + imageMNIST + "/onnx/"} {
+		if !strings.Contains(string(dockerfile), want) {
+			t.Errorf("the Dockerfile lacks %q: the services serve the MNIST plan and models from files", want)
+		}
+	}
+	if got := cf.Services["controller"].Environment["CASCADE_PLAN"]; got != imageMNIST+"/plan.json" {
+		t.Errorf("controller: CASCADE_PLAN %q, want the image's MNIST plan %s/plan.json", got, imageMNIST)
+	}
+	if got := cf.Services["stage-worker"].Environment["CASCADE_MODEL_DIR"]; got != imageMNIST {
+		t.Errorf("stage-worker: CASCADE_MODEL_DIR %q, want the image's MNIST models %s", got, imageMNIST)
 	}
 }
 

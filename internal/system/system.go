@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -111,6 +112,7 @@ type workerSet struct {
 	mu      sync.Mutex
 	ctx     context.Context // the services' context
 	cfg     stageworker.Config
+	models  fs.FS // the plan's model files
 	connect func(name string) (*nats.Conn, error)
 	logger  *slog.Logger
 	reg     prometheus.Registerer
@@ -127,12 +129,23 @@ type runningWorker struct {
 	done   chan struct{}
 }
 
-// LoadPlan returns the plan a Config serves.
+// LoadPlan returns the plan a Config serves: the plan file, or the
+// built-in MNIST plan when file is empty.
 func LoadPlan(file string) (*plan.Plan, error) {
 	if file == "" {
 		return mnist.Plan()
 	}
 	return plan.LoadFile(file)
+}
+
+// modelFiles returns the folder the stage workers read the plan's model
+// files from: the plan file's folder, or the embedded MNIST models for the
+// built-in plan.
+func modelFiles(file string) fs.FS {
+	if file == "" {
+		return mnist.Files()
+	}
+	return os.DirFS(filepath.Dir(file))
 }
 
 // Start starts the system and returns once it has answered a probe
@@ -230,20 +243,15 @@ func (s *System) connect(logger *slog.Logger, name, url string, opts ...nats.Opt
 }
 
 // serviceEnvs are the CASCADE_* environments of the three services: the
-// system's (its server, the plan's pipeline and file, no HTTP and no
-// metrics listeners), then cfg.Env, then each service's cfg.ServiceEnv.
+// system's (its server, the plan's pipeline, no HTTP and no metrics
+// listeners), then cfg.Env, then each service's cfg.ServiceEnv.
 func (s *System) serviceEnvs(cfg Config) (ctl, ing, wk map[string]string) {
 	environ := map[string]string{
 		"CASCADE_NATS_URL":     s.URL,
 		"CASCADE_PIPELINE":     s.Plan.Pipeline,
 		"CASCADE_METRICS_ADDR": "", // served once by the caller
-		"CASCADE_PLAN":         cfg.PlanFile,
 		// HTTP is opt-in (Env["CASCADE_HTTP_ADDR"]): tests run many systems.
 		"CASCADE_HTTP_ADDR": "",
-	}
-	if cfg.PlanFile != "" {
-		// Workers resolve model files relative to the plan's folder.
-		environ["CASCADE_MODEL_DIR"] = filepath.Dir(cfg.PlanFile)
 	}
 	maps.Copy(environ, cfg.Env)
 	envOf := func(service string) map[string]string {
@@ -277,6 +285,20 @@ func (s *System) start(cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// The services get the plan and its model files from here, unless
+	// their environment names a plan file or a model folder, as a
+	// deployment's may (the binaries read those).
+	ctlPlan, models := s.Plan, modelFiles(cfg.PlanFile)
+	if ctlCfg.Plan != "" {
+		if ctlPlan, err = controller.LoadPlan(ctlCfg); err != nil {
+			return err
+		}
+	}
+	if wkCfg.ModelDir != "" {
+		if models, err = stageworker.ModelFiles(wkCfg); err != nil {
+			return err
+		}
+	}
 	ctlConn, err := s.connect(cfg.Logger, "cascadeserve-controller", ctlEnv["CASCADE_NATS_URL"], s.serviceOptions(ctlEnv["CASCADE_NATS_URL"])...)
 	if err != nil {
 		return err
@@ -286,7 +308,7 @@ func (s *System) start(cfg Config) error {
 		return err
 	}
 	s.workers = workerSet{
-		cfg: wkCfg, logger: cfg.Logger, reg: cfg.Registerer, labeled: cfg.Workers > 1,
+		cfg: wkCfg, models: models, logger: cfg.Logger, reg: cfg.Registerer, labeled: cfg.Workers > 1,
 		running: map[int]*runningWorker{}, errc: make(chan error, 1),
 		connect: func(name string) (*nats.Conn, error) {
 			// Not in s.conns: a worker's connection closes when it stops.
@@ -302,12 +324,13 @@ func (s *System) start(cfg Config) error {
 		}
 		wkConns = append(wkConns, nc)
 	}
-	return s.run(cfg, services{ctlCfg, ctlConn, ingCfg, ingConn, wkConns})
+	return s.run(cfg, services{ctlCfg, ctlPlan, ctlConn, ingCfg, ingConn, wkConns})
 }
 
 // services are the configured and connected services of a system.
 type services struct {
 	ctl     controller.Config
+	ctlPlan *plan.Plan
 	ctlConn *nats.Conn
 	ing     ingress.Config
 	ingConn *nats.Conn
@@ -324,6 +347,7 @@ func (s *System) run(cfg Config, svc services) error {
 	g.Go(func() error {
 		return named("controller", controller.Run(gctx, svc.ctl, controller.Deps{
 			Logger: cfg.Logger.With("component", "controller"), Registerer: cfg.Registerer, Conn: svc.ctlConn, HTTP: cfg.HTTP,
+			Plan: svc.ctlPlan,
 		}))
 	})
 	g.Go(func() error {
@@ -440,7 +464,7 @@ func (ws *workerSet) start(nc *nats.Conn) (int, error) {
 		defer close(rw.done)
 		defer cancel()
 		err := named("stage-worker", stageworker.Run(ctx, ws.cfg, stageworker.Deps{
-			Logger: ws.logger.With("component", "stage-worker", "worker", i), Registerer: reg, Conn: nc,
+			Logger: ws.logger.With("component", "stage-worker", "worker", i), Registerer: reg, Conn: nc, Models: ws.models,
 		}))
 		nc.Drain()
 		ws.mu.Lock()

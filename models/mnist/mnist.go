@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +79,13 @@ func ItemShape() []int64 { return []int64{1, 28, 28} }
 func Ladder() []string {
 	return []string{"linear", "mlp_small", "mlp", "cnn_small", "cnn", "resnet"}
 }
+
+// Files returns the package's embedded files, laid out as in its folder:
+// the ladder at onnx/<name>.onnx, where the built-in plan's model files
+// point. The all-in-one binary hands it to its stage workers as the folder
+// the plan's models are read from; a service binary reads the same files
+// from models/mnist (CASCADE_MODEL_DIR).
+func Files() fs.FS { return files }
 
 // Model returns the ONNX bytes of the named model.
 func Model(name string) ([]byte, error) {
