@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,29 +14,18 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
-	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
-	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Config configures the controller. Every field is read from the environment
 // variable named in its tag with the prefix CASCADE_ (e.g. CASCADE_PLAN).
 type Config struct {
-	// NATSURL is the NATS server to connect to (used by the main, not by Run).
-	NATSURL string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
-	// Pipeline is the pipeline served; it must equal the plan's pipeline.
-	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
+	// Process holds the settings every service reads alike: NATS URL,
+	// pipeline, metrics endpoint protection, logging.
+	servicemain.Process
 	// MetricsAddr is where /metrics is served (used by the main); set it to
 	// the empty string to serve nothing.
 	MetricsAddr string `env:"METRICS_ADDR" envDefault:"127.0.0.1:9091"`
-	// Metrics protects the metrics endpoint: CASCADE_METRICS_TLS_CERT and
-	// CASCADE_METRICS_TLS_KEY serve it over HTTPS, CASCADE_METRICS_BEARER_TOKEN
-	// requires "Authorization: Bearer <token>" (probes /healthz and /readyz
-	// excepted). All empty by default.
-	Metrics telemetry.HTTPSecurity `envPrefix:"METRICS_"`
-	// LogLevel is debug, info, warn or error; LogFormat text or json.
-	LogLevel  string `env:"LOG_LEVEL" envDefault:"info"`
-	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
 
 	// Plan is the path of the gear plan file. The controller binary
 	// requires it and reads it with LoadPlan (`cascadeserve up` hands over
@@ -99,22 +87,7 @@ var ErrInvalidConfig = errors.New("invalid controller config")
 
 // Validate reports every problem of the configuration together.
 func (c Config) Validate() error {
-	var errs []error
-	if err := c.Metrics.Validate("CASCADE_METRICS_"); err != nil {
-		errs = append(errs, err)
-	}
-	if c.NATSURL == "" {
-		errs = append(errs, errors.New("CASCADE_NATS_URL is empty"))
-	}
-	if !wire.ValidToken(c.Pipeline) {
-		errs = append(errs, fmt.Errorf("CASCADE_PIPELINE %q is not a valid pipeline name", c.Pipeline))
-	}
-	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
-		errs = append(errs, fmt.Errorf("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel))
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		errs = append(errs, fmt.Errorf("CASCADE_LOG_FORMAT %q: want text or json", c.LogFormat))
-	}
+	errs := []error{c.Process.Validate()}
 	if c.UpshiftBacklog <= 0 {
 		errs = append(errs, fmt.Errorf("CASCADE_UPSHIFT_BACKLOG must be > 0, got %v", c.UpshiftBacklog))
 	}
@@ -235,7 +208,5 @@ func servedPlan(cfg Config, p *plan.Plan) (*plan.Plan, error) {
 	return p, nil
 }
 
-// Process returns the settings the service's binary uses.
-func (c Config) Process() servicemain.Process {
-	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, Metrics: c.Metrics, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
-}
+// MetricsAddress is where the binary serves the metrics endpoint.
+func (c Config) MetricsAddress() string { return c.MetricsAddr }

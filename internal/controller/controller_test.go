@@ -24,6 +24,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -644,11 +645,11 @@ func TestLoadPlan(t *testing.T) {
 		want    string // pipeline of the plan; "" for an error
 		wantErr error
 	}{
-		{name: "file", cfg: Config{Plan: "testdata/three-gears.json", Pipeline: "ctltest"}, want: "ctltest"},
-		{name: "file of another pipeline", cfg: Config{Plan: "testdata/three-gears.json", Pipeline: "mnist"}},
-		{name: "missing file", cfg: Config{Plan: "testdata/none.json", Pipeline: "ctltest"}},
-		{name: "no plan file", cfg: Config{Pipeline: "mnist"}, wantErr: ErrNoPlan},
-		{name: "no plan file, other pipeline", cfg: Config{Pipeline: "other"}, wantErr: ErrNoPlan},
+		{name: "file", cfg: Config{Plan: "testdata/three-gears.json", Process: servicemain.Process{Pipeline: "ctltest"}}, want: "ctltest"},
+		{name: "file of another pipeline", cfg: Config{Plan: "testdata/three-gears.json", Process: servicemain.Process{Pipeline: "mnist"}}},
+		{name: "missing file", cfg: Config{Plan: "testdata/none.json", Process: servicemain.Process{Pipeline: "ctltest"}}},
+		{name: "no plan file", cfg: Config{Process: servicemain.Process{Pipeline: "mnist"}}, wantErr: ErrNoPlan},
+		{name: "no plan file, other pipeline", cfg: Config{Process: servicemain.Process{Pipeline: "other"}}, wantErr: ErrNoPlan},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -678,18 +679,18 @@ func TestServedPlan(t *testing.T) {
 	if len(builtin.Gears) == 0 {
 		t.Error("built-in plan has no gears")
 	}
-	if p, err := servedPlan(Config{Pipeline: "mnist"}, builtin); err != nil || p != builtin {
+	if p, err := servedPlan(Config{Process: servicemain.Process{Pipeline: "mnist"}}, builtin); err != nil || p != builtin {
 		t.Errorf("built-in plan: %p, %v; want it as it is", p, err)
 	}
 	parts := builtin.Partitions
-	p, err := servedPlan(Config{Pipeline: "mnist", QueuePartitions: 3}, builtin)
+	p, err := servedPlan(Config{Process: servicemain.Process{Pipeline: "mnist"}, QueuePartitions: 3}, builtin)
 	if err != nil || p.QueuePartitions() != 3 || builtin.Partitions != parts {
 		t.Errorf("partitions 3: %v, %d partitions, the caller's plan has %d (was %d)", err, p.QueuePartitions(), builtin.Partitions, parts)
 	}
-	if _, err := servedPlan(Config{Pipeline: "other"}, builtin); err == nil {
+	if _, err := servedPlan(Config{Process: servicemain.Process{Pipeline: "other"}}, builtin); err == nil {
 		t.Error("plan of pipeline mnist served for pipeline other")
 	}
-	if _, err := servedPlan(Config{Pipeline: "mnist"}, nil); !errors.Is(err, ErrNoPlan) {
+	if _, err := servedPlan(Config{Process: servicemain.Process{Pipeline: "mnist"}}, nil); !errors.Is(err, ErrNoPlan) {
 		t.Errorf("no plan: %v, want ErrNoPlan", err)
 	}
 }

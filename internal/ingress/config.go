@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,23 +20,12 @@ import (
 // environment variable named in its tag with the prefix CASCADE_ (see
 // ConfigFromEnv).
 type Config struct {
-	// NATSURL is the NATS server to connect to (CASCADE_NATS_URL; used by
-	// the main, not by Run).
-	NATSURL string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
-	// Pipeline names the served pipeline (CASCADE_PIPELINE).
-	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
+	// Process holds the settings every service reads alike: NATS URL,
+	// pipeline, metrics endpoint protection, logging.
+	servicemain.Process
 	// MetricsAddr is where /metrics is served (CASCADE_METRICS_ADDR, default
 	// :9092; used by the main). Set it to the empty string to serve nothing.
 	MetricsAddr string `env:"METRICS_ADDR" envDefault:"127.0.0.1:9092"`
-	// Metrics protects the metrics endpoint: CASCADE_METRICS_TLS_CERT and
-	// CASCADE_METRICS_TLS_KEY serve it over HTTPS, CASCADE_METRICS_BEARER_TOKEN
-	// requires "Authorization: Bearer <token>" (probes /healthz and /readyz
-	// excepted). All empty by default.
-	Metrics telemetry.HTTPSecurity `envPrefix:"METRICS_"`
-	// LogLevel is debug, info, warn or error (CASCADE_LOG_LEVEL).
-	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
-	// LogFormat is text or json (CASCADE_LOG_FORMAT).
-	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
 
 	// HTTPAddr is where the Open Inference Protocol v2 HTTP endpoint listens
 	// (CASCADE_HTTP_ADDR, default :8080). Set it to the empty string to
@@ -158,25 +146,10 @@ var ErrInvalidConfig = errors.New("invalid ingress config")
 
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
-	var errs []error
+	errs := []error{c.Process.Validate()}
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if err := c.Metrics.Validate("CASCADE_METRICS_"); err != nil {
-		errs = append(errs, err)
-	}
 	if err := c.HTTP.Validate("CASCADE_HTTP_"); err != nil {
 		errs = append(errs, err)
-	}
-	if c.NATSURL == "" {
-		bad("CASCADE_NATS_URL is empty")
-	}
-	if !wire.ValidToken(c.Pipeline) {
-		bad("CASCADE_PIPELINE %q is not a valid pipeline name", c.Pipeline)
-	}
-	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
-		bad("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		bad("CASCADE_LOG_FORMAT %q: want text or json", c.LogFormat)
 	}
 	if c.Instance != "" && !wire.ValidToken(c.Instance) {
 		bad("CASCADE_INGRESS_INSTANCE %q: want 1-64 letters, digits, '-' or '_'", c.Instance)
@@ -263,7 +236,5 @@ type Deps struct {
 	HTTPListener net.Listener
 }
 
-// Process returns the settings the service's binary uses.
-func (c Config) Process() servicemain.Process {
-	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, Metrics: c.Metrics, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
-}
+// MetricsAddress is where the binary serves the metrics endpoint.
+func (c Config) MetricsAddress() string { return c.MetricsAddr }

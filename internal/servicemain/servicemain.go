@@ -26,24 +26,70 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
-// Process holds the settings of a service's Config that its binary, not
-// its Run, uses.
+// Process holds the settings every service reads alike, from the same
+// variables: each service's Config embeds it (caarlos0/env reads its
+// fields like the Config's own) and its Validate checks them. Only the
+// metrics address is the service's own (MetricsAddress), as its default
+// differs per service.
 type Process struct {
-	NATSURL     string
-	MetricsAddr string
-	// Metrics protects the metrics endpoint (TLS, bearer token).
-	Metrics   telemetry.HTTPSecurity
-	LogLevel  string
-	LogFormat string
+	// NATSURL is the NATS server to connect to (used by the main, not by
+	// Run).
+	NATSURL string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	// Pipeline names the served pipeline; it must equal the plan's.
+	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
+	// Metrics protects the metrics endpoint: CASCADE_METRICS_TLS_CERT and
+	// CASCADE_METRICS_TLS_KEY serve it over HTTPS, CASCADE_METRICS_BEARER_TOKEN
+	// requires "Authorization: Bearer <token>" (probes /healthz and /readyz
+	// excepted). All empty by default.
+	Metrics telemetry.HTTPSecurity `envPrefix:"METRICS_"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// LogFormat is text or json.
+	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
 }
+
+// Validate reports every problem of the settings together (nil when
+// there is none), named by their variables, for the service's Validate
+// to join with its own.
+func (p Process) Validate() error {
+	var errs []error
+	if err := p.Metrics.Validate(envconfig.Prefix + "METRICS_"); err != nil {
+		errs = append(errs, err)
+	}
+	if p.NATSURL == "" {
+		errs = append(errs, errors.New("CASCADE_NATS_URL is empty"))
+	}
+	if !wire.ValidToken(p.Pipeline) {
+		errs = append(errs, fmt.Errorf("CASCADE_PIPELINE %q is not a valid pipeline name", p.Pipeline))
+	}
+	// The level as the logger parses it (telemetry.NewLogger).
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(p.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", p.LogLevel))
+	}
+	if p.LogFormat != "text" && p.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("CASCADE_LOG_FORMAT %q: want text or json", p.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+// ProcessSettings returns p; a Config that embeds Process offers it to
+// Main this way.
+func (p Process) ProcessSettings() Process { return p }
 
 // Config is what a service's Config offers its binary.
 type Config interface {
-	Process() Process
+	// ProcessSettings returns the embedded Process.
+	ProcessSettings() Process
+	// MetricsAddress is where /metrics, /healthz and /readyz are served;
+	// empty serves nothing.
+	MetricsAddress() string
 }
 
 // Deps are what the binary hands the service's Run.
@@ -84,7 +130,7 @@ func serve[C Config](ctx context.Context, name string, environ map[string]string
 	if err != nil {
 		return err
 	}
-	p := cfg.Process()
+	p, metricsAddr := cfg.ProcessSettings(), cfg.MetricsAddress()
 	logger, err := telemetry.NewLogger(stderr, p.LogLevel, p.LogFormat)
 	if err != nil {
 		return err
@@ -114,10 +160,10 @@ func serve[C Config](ctx context.Context, name string, environ map[string]string
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	var mux *http.ServeMux
-	if p.MetricsAddr != "" {
+	if metricsAddr != "" {
 		mux = telemetry.Handler(reg, natsUp)
 	}
-	g.Go(func() error { return telemetry.Serve(ctx, p.MetricsAddr, p.Metrics, mux, logger) })
+	g.Go(func() error { return telemetry.Serve(ctx, metricsAddr, p.Metrics, mux, logger) })
 	g.Go(func() error {
 		nc, err := natsbus.ConnectWait(ctx, p.NATSURL, name, logger)
 		if err != nil {

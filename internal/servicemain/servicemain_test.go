@@ -15,9 +15,12 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 )
 
-type fakeConfig struct{ p Process }
+type fakeConfig struct {
+	Process
+	metricsAddr string
+}
 
-func (c fakeConfig) Process() Process { return c.p }
+func (c fakeConfig) MetricsAddress() string { return c.metricsAddr }
 
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -46,10 +49,9 @@ func TestServiceWaitsForNATS(t *testing.T) {
 	natsPort, metricsPort := freePort(t), freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", metricsPort)
 	cfg := fakeConfig{Process{
-		NATSURL:     fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
-		MetricsAddr: fmt.Sprintf("127.0.0.1:%d", metricsPort),
-		LogLevel:    "warn",
-	}}
+		NATSURL:  fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
+		LogLevel: "warn",
+	}, fmt.Sprintf("127.0.0.1:%d", metricsPort)}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ran := make(chan struct{})
@@ -120,5 +122,22 @@ func TestServiceWaitsForNATS(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not return after cancel")
+	}
+}
+
+// TestProcessValidate: the settings every service shares are checked in one
+// place, every problem reported together and named by its variable.
+func TestProcessValidate(t *testing.T) {
+	ok := Process{NATSURL: "nats://127.0.0.1:4222", Pipeline: "mnist", LogLevel: "warn", LogFormat: "json"}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid settings: %v", err)
+	}
+	bad := Process{Pipeline: "a.b", LogLevel: "loud", LogFormat: "xml"}
+	bad.Metrics.TLSCert = "cert.pem" // without a key
+	err := bad.Validate()
+	for _, want := range []string{"CASCADE_NATS_URL", "CASCADE_PIPELINE", "CASCADE_LOG_LEVEL", "CASCADE_LOG_FORMAT", "CASCADE_METRICS_TLS"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
 	}
 }

@@ -15,30 +15,19 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
-	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // Config configures a stage worker. Every field is read from the
 // environment with the prefix CASCADE_ (see ConfigFromEnv).
 type Config struct {
-	// NATSURL is the NATS server to connect to (CASCADE_NATS_URL).
-	NATSURL string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222"`
-	// Pipeline names the served pipeline (CASCADE_PIPELINE).
-	Pipeline string `env:"PIPELINE" envDefault:"mnist"`
+	// Process holds the settings every service reads alike: NATS URL,
+	// pipeline, metrics endpoint protection, logging.
+	servicemain.Process
 	// MetricsAddr is where /metrics and /healthz are served
 	// (CASCADE_METRICS_ADDR, default :9090; set it to the empty string to
 	// serve nothing).
 	MetricsAddr string `env:"METRICS_ADDR" envDefault:"127.0.0.1:9090"`
-	// Metrics protects the metrics endpoint: CASCADE_METRICS_TLS_CERT and
-	// CASCADE_METRICS_TLS_KEY serve it over HTTPS, CASCADE_METRICS_BEARER_TOKEN
-	// requires "Authorization: Bearer <token>" (probes /healthz and /readyz
-	// excepted). All empty by default.
-	Metrics telemetry.HTTPSecurity `envPrefix:"METRICS_"`
-	// LogLevel is debug, info, warn or error (CASCADE_LOG_LEVEL).
-	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
-	// LogFormat is text or json (CASCADE_LOG_FORMAT).
-	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
 
 	// Models lists the models this worker hosts, comma-separated
 	// (CASCADE_WORKER_MODELS). Empty: every model some gear of the plan
@@ -198,26 +187,10 @@ var ErrInvalidConfig = errors.New("invalid stage worker config")
 
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
-	var errs []error
+	errs := []error{c.Process.Validate()}
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if err := c.Metrics.Validate("CASCADE_METRICS_"); err != nil {
-		errs = append(errs, err)
-	}
-	if c.NATSURL == "" {
-		bad("CASCADE_NATS_URL is empty")
-	}
-	if !wire.ValidToken(c.Pipeline) {
-		bad("CASCADE_PIPELINE %q is not a valid pipeline name", c.Pipeline)
-	}
 	if err := wire.CheckInboxPrefixes(c.InboxPrefixes); err != nil {
 		bad("CASCADE_INBOX_PREFIX: %v", err)
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		bad("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		bad("CASCADE_LOG_FORMAT %q: want text or json", c.LogFormat)
 	}
 	seen := map[string]bool{}
 	for _, m := range c.Models {
@@ -295,7 +268,5 @@ type hooks struct {
 	runError func(model, id string) error
 }
 
-// Process returns the settings the service's binary uses.
-func (c Config) Process() servicemain.Process {
-	return servicemain.Process{NATSURL: c.NATSURL, MetricsAddr: c.MetricsAddr, Metrics: c.Metrics, LogLevel: c.LogLevel, LogFormat: c.LogFormat}
-}
+// MetricsAddress is where the binary serves the metrics endpoint.
+func (c Config) MetricsAddress() string { return c.MetricsAddr }

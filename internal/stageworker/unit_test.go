@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/pkg/batching"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -186,8 +187,9 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		NATSURL: "nats://127.0.0.1:4222", Pipeline: "mnist", MetricsAddr: "127.0.0.1:9090", LogLevel: "info", LogFormat: "text",
-		Runners: 2, Threads: 1, Provider: "cpu", InboxPrefixes: wire.DefaultInboxPrefixes, IdleWait: 100 * time.Millisecond, NakDelay: time.Second, PublishTimeout: 5 * time.Second,
+		Process:     servicemain.Process{NATSURL: "nats://127.0.0.1:4222", Pipeline: "mnist", LogLevel: "info", LogFormat: "text"},
+		MetricsAddr: "127.0.0.1:9090",
+		Runners:     2, Threads: 1, Provider: "cpu", InboxPrefixes: wire.DefaultInboxPrefixes, IdleWait: 100 * time.Millisecond, NakDelay: time.Second, PublishTimeout: 5 * time.Second,
 	}
 	if fmt.Sprint(cfg) != fmt.Sprint(want) {
 		t.Errorf("defaults\n got %+v\nwant %+v", cfg, want)
