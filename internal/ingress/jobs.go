@@ -175,38 +175,38 @@ func (in *ingress) startJob(msg jetstream.Msg) *job {
 // whether the job was deferred (handed back for a later delivery).
 //
 // The job's producer already holds a PubAck, so the job must end with
-// exactly one result on the results stream:
+// exactly one result on the results stream. natsbus.DecideAck, the stage
+// workers' decision too, says which:
 //   - admitted: Ack after its envelope's PubAck; the last stage publishes
 //     the result.
-//   - invalid_input or deadline_exceeded: publish the error result, await
-//     its PubAck, Ack.
-//   - overloaded (first queue full), unavailable or internal: NakWithDelay,
-//     the delay doubling per delivery from JobsRetryDelay up to 30s; on the
-//     consumer's last allowed delivery (MaxDeliver) the error itself is
-//     published as the result instead, and the job Acked.
+//   - a permanent error (invalid_input, deadline_exceeded): publish the
+//     error result, await its PubAck, Ack.
+//   - a transient one (overloaded: first queue full; unavailable;
+//     internal): NakWithDelay, the delay doubling per delivery from
+//     JobsRetryDelay up to 30s; on the consumer's last allowed delivery
+//     (MaxDeliver) the error itself is published as the result instead,
+//     and the job Acked.
 func (in *ingress) finishJob(j *job, maxDeliver int) (deferred bool) {
 	err := j.err
 	if j.ticket != nil {
 		err = j.ticket.wait()
 	}
 	msg := j.msg
-	code := wire.CodeOf(err)
-	switch {
-	case err == nil:
+	switch natsbus.DecideAck(err, j.delivered, maxDeliver) {
+	case natsbus.AckDone:
 		in.metrics.admission.WithLabelValues(doorJobs).Observe(in.now().Sub(j.start).Seconds())
 		in.ack(msg)
 		in.countAdmitted(doorJobs)
 		return false
-	case code == wire.CodeOverloaded || code == wire.CodeUnavailable || code == wire.CodeInternal:
-		if maxDeliver <= 0 || j.delivered < uint64(maxDeliver) {
-			delay := min(in.cfg.JobsRetryDelay<<min(j.delivered-1, 20), maxJobsRetryDelay)
-			if nerr := msg.NakWithDelay(delay); nerr != nil {
-				in.logger.Warn("nak job", "subject", msg.Subject(), "err", nerr)
-			}
-			in.metrics.requests.WithLabelValues(doorJobs, outcomeDeferred).Inc()
-			in.logger.Debug("job deferred", "subject", msg.Subject(), "delivered", j.delivered, "delay", delay, "err", err)
-			return true
+	case natsbus.AckRetry:
+		delay := min(in.cfg.JobsRetryDelay<<min(j.delivered-1, 20), maxJobsRetryDelay)
+		if nerr := msg.NakWithDelay(delay); nerr != nil {
+			in.logger.Warn("nak job", "subject", msg.Subject(), "err", nerr)
 		}
+		in.metrics.requests.WithLabelValues(doorJobs, outcomeDeferred).Inc()
+		in.logger.Debug("job deferred", "subject", msg.Subject(), "delivered", j.delivered, "delay", delay, "err", err)
+		return true
+	case natsbus.AckLastTry:
 		in.logger.Warn("job failed on its last delivery; publishing the error as its result", "subject", msg.Subject(), "err", err)
 	}
 	// A permanent verdict (or the last try): the error is the job's result.

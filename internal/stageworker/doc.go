@@ -108,8 +108,8 @@
 // reads JSON. An error result also carries the header Cascade-Error: <code>.
 //
 // The handler of a message yields an error (nil, permanent or transient);
-// one function, ackAction, maps it to the acknowledgement: nil → Ack;
-// permanent → Term; transient (a failed publish, an inference error) →
+// one function, natsbus.DecideAck (shared with the ingress's jobs door),
+// maps it to the acknowledgement: nil → Ack; permanent → Term; transient (a failed publish, an inference error) →
 // NakWithDelay, except on the last allowed delivery (NumDelivered ≥ the
 // consumer's MaxDeliver), where the item is published to the dead-letter
 // subject with an `internal` error result and then terminated. A batch whose

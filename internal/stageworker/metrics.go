@@ -168,8 +168,8 @@ func (m *metrics) host(model string) prometheus.Gauge {
 	for _, r := range []string{degradedDeadline, degradedQueueFull} {
 		m.degraded.WithLabelValues(model, r)
 	}
-	for _, a := range []action{actAck, actNak, actDeadLetter, actTerm} {
-		m.acks.WithLabelValues(model, a.String())
+	for _, a := range ackLabels {
+		m.acks.WithLabelValues(model, a)
 	}
 	for _, k := range pullKinds {
 		m.pulls.WithLabelValues(model, k)

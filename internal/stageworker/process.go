@@ -43,7 +43,7 @@ type task struct {
 	// escalations are the escalation envelopes among js, to answer their
 	// items degraded if the next queue is full.
 	escalations []escalation
-	// err is the message's verdict, mapped to an ack by ackAction: nil,
+	// err is the message's verdict, mapped to an ack by natsbus.DecideAck: nil,
 	// permanent (undecodable) or a transient failure (a publish failed).
 	err error
 }
@@ -127,7 +127,7 @@ func (r *runner) process(i int, tasks []*task) {
 			w.logger.Error("undecodable message: dead-lettered and terminated, no result can be sent",
 				"model", h.name, "err", t.decodeErr)
 			t.js = append(t.js, w.deadLetterMsg(h, t, t.decodeErr.Error()))
-			t.err = permanent("undecodable message: %v", t.decodeErr)
+			t.err = natsbus.Permanent("undecodable message: %v", t.decodeErr)
 			continue
 		}
 		for _, it := range t.items {
@@ -649,7 +649,7 @@ func (w *worker) publish(tasks []*task) {
 		}
 	}
 	for _, t := range tasks {
-		if t.err != nil && !errors.Is(t.err, errPermanent) {
+		if t.err != nil && !errors.Is(t.err, natsbus.ErrPermanent) {
 			continue
 		}
 		w.groupedReplies(t)
@@ -680,18 +680,18 @@ func (t *task) failed(idx int, err error) {
 // verdict, so a dead letter that could not be published is retried. A full
 // queue keeps precedence over other failures only while it is the first.
 func (t *task) fail(err error) {
-	if t.err == nil || errors.Is(t.err, errPermanent) {
+	if t.err == nil || errors.Is(t.err, natsbus.ErrPermanent) {
 		t.err = err
 	}
 }
 
-// settle acknowledges one message as ackAction decides, and records its
-// items' outcomes.
+// settle acknowledges one message as natsbus.DecideAck decides, and
+// records its items' outcomes.
 func (w *worker) settle(h *hosted, c *control, t *task) {
-	act := ackAction(t.err, t.delivered(), h.maxDeliver)
+	act := natsbus.DecideAck(t.err, t.delivered(), h.maxDeliver)
 	var err error
 	switch act {
-	case actAck:
+	case natsbus.AckDone:
 		err = t.msg.Ack()
 		for _, it := range t.items {
 			w.metrics.items.WithLabelValues(h.name, it.outcome).Inc()
@@ -699,18 +699,18 @@ func (w *worker) settle(h *hosted, c *control, t *task) {
 				w.metrics.degraded.WithLabelValues(h.name, it.degrade).Inc()
 			}
 		}
-	case actTerm:
+	case natsbus.AckReject:
 		w.logger.Warn("terminating message", "model", h.name, "envelope", t.id, "err", t.err)
 		err = t.msg.Term()
 		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Inc()
 		if t.decodeErr != nil {
 			w.metrics.deadLetters.WithLabelValues(h.name).Inc()
 		}
-	case actNak:
+	case natsbus.AckRetry:
 		w.logger.Warn("transient failure; redelivering later", "model", h.name, "envelope", t.id,
 			"items", len(t.items), "delivery", t.delivered(), "err", t.err)
 		err = t.msg.NakWithDelay(w.cfg.NakDelay)
-	case actDeadLetter:
+	case natsbus.AckLastTry:
 		cause := t.err
 		if dlErr := w.deadLetter(h, c, t); dlErr != nil {
 			// Past MaxDeliver the server will not redeliver; the message
@@ -724,11 +724,11 @@ func (w *worker) settle(h *hosted, c *control, t *task) {
 		err = t.msg.Term()
 		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Add(float64(len(t.items)))
 		w.metrics.deadLetters.WithLabelValues(h.name).Inc()
-		act = actTerm
+		act = natsbus.AckReject // counted as terminated
 	}
-	w.metrics.acks.WithLabelValues(h.name, act.String()).Inc()
+	w.metrics.acks.WithLabelValues(h.name, ackLabels[act]).Inc()
 	if err != nil {
-		w.logger.Warn("acknowledgement failed", "model", h.name, "envelope", t.id, "action", act, "err", err)
+		w.logger.Warn("acknowledgement failed", "model", h.name, "envelope", t.id, "action", ackLabels[act], "err", err)
 	}
 }
 

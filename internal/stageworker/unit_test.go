@@ -19,37 +19,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
-func TestAckAction(t *testing.T) {
-	transient := errors.New("publish timed out")
-	tests := []struct {
-		name       string
-		err        error
-		delivered  uint64
-		maxDeliver int
-		want       action
-	}{
-		{"success acks", nil, 1, 5, actAck},
-		{"success on the last delivery still acks", nil, 5, 5, actAck},
-		{"permanent terms", permanent("bad input"), 1, 5, actTerm},
-		{"wrapped permanent terms", fmt.Errorf("handle: %w", permanent("x")), 1, 5, actTerm},
-		{"permanent on the last delivery terms", permanent("x"), 5, 5, actTerm},
-		{"transient naks", transient, 1, 5, actNak},
-		{"transient before the last delivery naks", transient, 4, 5, actNak},
-		{"transient on the last delivery dead-letters", transient, 5, 5, actDeadLetter},
-		{"transient past the last delivery dead-letters", transient, 7, 5, actDeadLetter},
-		{"unlimited deliveries never dead-letter", transient, 1000, -1, actNak},
-		{"max deliver 0 means unlimited", transient, 1000, 0, actNak},
-		{"max deliver 1: the first delivery is the last", transient, 1, 1, actDeadLetter},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := ackAction(tt.err, tt.delivered, tt.maxDeliver); got != tt.want {
-				t.Errorf("ackAction = %v, want %v", got, tt.want)
-			}
-		})
-	}
-}
-
 // routePlan is a plan over a four-model ladder for routing tests. Profiles
 // are 1 ms per item; hop overhead 1 ms.
 func routePlan(t *testing.T) *plan.Plan {
