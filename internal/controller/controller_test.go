@@ -179,26 +179,13 @@ func startFakeIngress(t *testing.T, nc *nats.Conn, pipeline, instance string, qp
 
 func (f *fakeIngress) setRate(qps float64) { f.rate.Store(math.Float64bits(qps)) }
 
-// waitFor polls cond every 20 ms until it holds or 20 s pass.
-func waitFor(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; last: %s", what, state)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// waitTimeout bounds the tests' waits for the controller to converge.
+const waitTimeout = 20 * time.Second
 
 func controlBucket(t *testing.T, srv *natstest.Server, pipeline string) jetstream.KeyValue {
 	t.Helper()
 	var kv jetstream.KeyValue
-	waitFor(t, "control bucket", func() (bool, string) {
+	natstest.WaitForState(t, "control bucket", waitTimeout, func() (bool, string) {
 		var err error
 		kv, err = srv.JS.KeyValue(context.Background(), wire.KVBucket(pipeline))
 		return err == nil, fmt.Sprint(err)
@@ -223,7 +210,7 @@ func readGear(t *testing.T, kv jetstream.KeyValue) (wire.GearState, uint64, erro
 func waitGear(t *testing.T, kv jetstream.KeyValue, id string) wire.GearState {
 	t.Helper()
 	var st wire.GearState
-	waitFor(t, "gear "+id, func() (bool, string) {
+	natstest.WaitForState(t, "gear "+id, waitTimeout, func() (bool, string) {
 		var err error
 		st, _, err = readGear(t, kv)
 		return err == nil && st.Gear == id, fmt.Sprintf("%+v err=%v", st, err)
@@ -274,7 +261,7 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 func waitTicks(t *testing.T, reg *prometheus.Registry, n int) {
 	t.Helper()
 	start := metricValue(t, reg, "cascade_controller_decision_duration_seconds", nil)
-	waitFor(t, fmt.Sprintf("%d decision loops", n), func() (bool, string) {
+	natstest.WaitForState(t, fmt.Sprintf("%d decision loops", n), waitTimeout, func() (bool, string) {
 		got := metricValue(t, reg, "cascade_controller_decision_duration_seconds", nil) - start
 		return got >= float64(n), fmt.Sprintf("%v loops", got)
 	})
@@ -381,11 +368,11 @@ func TestRunSwitchesUpAtOnceAndDownAfterDrain(t *testing.T) {
 		}
 	}
 	ing.setRate(0)
-	waitFor(t, "backlog gauge", func() (bool, string) {
+	natstest.WaitForState(t, "backlog gauge", waitTimeout, func() (bool, string) {
 		v := metricValue(t, c.reg, "cascade_controller_backlog_messages", map[string]string{"model": "small", "state": "pending"})
 		return v == 50, fmt.Sprint(v)
 	})
-	waitFor(t, "rate to drop", func() (bool, string) {
+	natstest.WaitForState(t, "rate to drop", waitTimeout, func() (bool, string) {
 		v := metricValue(t, c.reg, "cascade_controller_intake_requests_per_second", nil)
 		return v == 0, fmt.Sprint(v)
 	})
@@ -456,7 +443,7 @@ func TestRunRecoversFromForeignWrites(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, fmt.Sprintf("round %d: controller to write over revision %d", round, bumped), func() (bool, string) {
+		natstest.WaitForState(t, fmt.Sprintf("round %d: controller to write over revision %d", round, bumped), waitTimeout, func() (bool, string) {
 			st, rev, err := readGear(t, kv)
 			return err == nil && rev > bumped && st.Gear == "cheap", fmt.Sprintf("%+v rev %d err %v", st, rev, err)
 		})
@@ -483,7 +470,7 @@ func TestRunPinnedGear(t *testing.T) {
 		t.Errorf("pinned gear reason %q", st.Reason)
 	}
 	startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 500)
-	waitFor(t, "rate to be measured", func() (bool, string) {
+	natstest.WaitForState(t, "rate to be measured", waitTimeout, func() (bool, string) {
 		v := metricValue(t, c.reg, "cascade_controller_intake_requests_per_second", nil)
 		return v > 400, fmt.Sprint(v)
 	})
@@ -501,7 +488,7 @@ func TestRunPinnedGear(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "pinned gear restored", func() (bool, string) {
+	natstest.WaitForState(t, "pinned gear restored", waitTimeout, func() (bool, string) {
 		st, rev, err := readGear(t, kv)
 		return err == nil && rev > bumped && st.Gear == "balanced", fmt.Sprintf("%+v %v", st, err)
 	})
@@ -735,7 +722,7 @@ func TestRunAdoptsStoredGear(t *testing.T) {
 			// Load that needs the cheap gear is already running.
 			startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 320)
 			c := startController(t, srv, testConfig(t, file, nil))
-			waitFor(t, "rate to be measured", func() (bool, string) {
+			natstest.WaitForState(t, "rate to be measured", waitTimeout, func() (bool, string) {
 				v := metricValue(t, c.reg, "cascade_controller_intake_requests_per_second", nil)
 				return v > 200, fmt.Sprint(v)
 			})
@@ -782,7 +769,7 @@ func TestRunRecreatesVanishedTopology(t *testing.T) {
 	if err := srv.JS.DeleteStream(ctx, name); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "stream re-created", func() (bool, string) {
+	natstest.WaitForState(t, "stream re-created", waitTimeout, func() (bool, string) {
 		s, err := srv.JS.Stream(ctx, name)
 		if err != nil {
 			return false, err.Error()
@@ -809,7 +796,7 @@ func TestRunRepairsJobsConsumerAndPlanKey(t *testing.T) {
 	if err := jobs.DeleteConsumer(ctx, wire.JobsConsumer); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "jobs consumer re-created", func() (bool, string) {
+	natstest.WaitForState(t, "jobs consumer re-created", waitTimeout, func() (bool, string) {
 		_, err := jobs.Consumer(ctx, wire.JobsConsumer)
 		return err == nil, fmt.Sprint(err)
 	})
@@ -820,7 +807,7 @@ func TestRunRepairsJobsConsumerAndPlanKey(t *testing.T) {
 	if _, err := kv.Put(ctx, wire.KeyPlan, []byte(`{"stream":"CASCADE_TINY_JOBS","seq":2}`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "plan key written again", func() (bool, string) {
+	natstest.WaitForState(t, "plan key written again", waitTimeout, func() (bool, string) {
 		e, err := kv.Get(ctx, wire.KeyPlan)
 		if err != nil {
 			return false, err.Error()

@@ -98,7 +98,7 @@ func TestRunFollowsLiveCapacity(t *testing.T) {
 	// that its clean stop below is seen to be dropped on its leaving beat.
 	a := startFakeWorker(t, nc, p.Pipeline, "worker-a", 1, 2000)
 	b := startFakeWorker(t, nc, p.Pipeline, "worker-b", 1, 100)
-	waitFor(t, "2 live runners", func() (bool, string) { return runners() == 2, fmt.Sprint(runners()) })
+	natstest.WaitForState(t, "2 live runners", waitTimeout, func() (bool, string) { return runners() == 2, fmt.Sprint(runners()) })
 	waitGear(t, kv, "accurate")
 	waitTicks(t, c.reg, 10)
 	if st, _, _ := readGear(t, kv); st.Gear != "accurate" {
@@ -107,7 +107,7 @@ func TestRunFollowsLiveCapacity(t *testing.T) {
 
 	// The dashboard: both workers, their 200 results/s at 4 ms.
 	var ds dashboard.State
-	waitFor(t, "dashboard with two workers", func() (bool, string) {
+	natstest.WaitForState(t, "dashboard with two workers", waitTimeout, func() (bool, string) {
 		resp, err := http.Get(web.URL + "/dashboard/state")
 		if err != nil {
 			return false, err.Error()
@@ -147,7 +147,7 @@ func TestRunFollowsLiveCapacity(t *testing.T) {
 	// for a).
 	leave := time.Now()
 	a.stop(true)
-	waitFor(t, "1 live runner", func() (bool, string) { return runners() == 1, fmt.Sprint(runners()) })
+	natstest.WaitForState(t, "1 live runner", waitTimeout, func() (bool, string) { return runners() == 1, fmt.Sprint(runners()) })
 	if d := time.Since(leave); d > 3*time.Second {
 		t.Errorf("a leaving worker was dropped after %v, not at its leaving beat", d)
 	}

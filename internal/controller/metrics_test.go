@@ -15,7 +15,7 @@ func TestAlertedSeriesExistFromStart(t *testing.T) {
 	srv := natstest.Start(t)
 	file, p := fastPlanFile(t)
 	c := startController(t, srv, testConfig(t, file, nil))
-	waitFor(t, "controller ready", func() (bool, string) {
+	natstest.WaitForState(t, "controller ready", waitTimeout, func() (bool, string) {
 		v := metricValue(t, c.reg, "cascade_controller_ready", nil)
 		return v == 1, fmt.Sprint(v)
 	})

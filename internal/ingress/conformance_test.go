@@ -23,6 +23,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 )
 
 // rawResponse is an HTTP answer as a client sees it.
@@ -177,7 +178,7 @@ func binaryBody(header string, data []byte) ([]byte, string) {
 func TestConformanceEndpoints(t *testing.T) {
 	e := startEnv(t, natsbus.TopologyConfig{})
 	ti := e.startIngress(t, nil)
-	waitFor(t, "HTTP up", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "HTTP up", 10*time.Second, func() bool {
 		resp, err := http.Get(ti.url + "/v2/health/live")
 		if err != nil {
 			return false
@@ -520,7 +521,7 @@ func TestConformanceIdempotency(t *testing.T) {
 	// repeat whose first caller gave up (its client timed out).
 	first := make(chan rawResponse, 1)
 	go func() { first <- inferJSON(t, ti.url, body("try-1", "[1,1,0,0]", ""), "Idempotency-Key", "order-7") }()
-	waitFor(t, "first admitted", 10*time.Second, func() bool { return len(small.seen()) == 1 })
+	natstest.WaitFor(t, "first admitted", 10*time.Second, func() bool { return len(small.seen()) == 1 })
 	repeat := make(chan rawResponse, 1)
 	go func() { repeat <- inferJSON(t, ti.url, body("try-2", "[1,1,0,0]", ""), "Idempotency-Key", "order-7") }()
 
@@ -534,7 +535,7 @@ func TestConformanceIdempotency(t *testing.T) {
 	if err := <-gone; err == nil {
 		t.Fatal("the request of client web answered while the first stage was held")
 	}
-	waitFor(t, "web's request admitted", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "web's request admitted", 10*time.Second, func() bool {
 		return ti.counter(t, "cascade_ingress_requests_total", "door", "http", "outcome", "admitted") == 2
 	})
 

@@ -154,7 +154,7 @@ func TestEndToEndMNIST(t *testing.T) {
 		e.publishJob(t, "e2e-json", []byte(oipBody(fmt.Sprintf("json-%d", i), "UINT8", shape, "["+strings.Join(u8, ",")+"]", "")), true, "")
 	}
 	wg.Wait()
-	waitFor(t, "job results", 60*time.Second, func() bool { return len(e.results(t, "e2e")) >= n })
+	natstest.WaitFor(t, "job results", 60*time.Second, func() bool { return len(e.results(t, "e2e")) >= n })
 	jobs := e.results(t, "e2e")
 	if len(jobs) != n {
 		t.Errorf("%d job results, want %d", len(jobs), n)
@@ -169,7 +169,7 @@ func TestEndToEndMNIST(t *testing.T) {
 	}
 	// Jobs sent as JSON get the OIP JSON response on the results stream,
 	// written by the stage worker.
-	waitFor(t, "JSON job results", 60*time.Second, func() bool { return len(e.resultMsgs(t, "e2e-json")) >= n })
+	natstest.WaitFor(t, "JSON job results", 60*time.Second, func() bool { return len(e.resultMsgs(t, "e2e-json")) >= n })
 	jsonJobs := e.resultMsgs(t, "e2e-json")
 	if len(jsonJobs) != n {
 		t.Errorf("%d JSON job results, want %d", len(jsonJobs), n)

@@ -177,7 +177,7 @@ func (ti *testIngress) stop(t testing.TB) {
 
 func (ti *testIngress) waitReady(t testing.TB) {
 	t.Helper()
-	waitFor(t, "ingress ready", 20*time.Second, func() bool {
+	natstest.WaitFor(t, "ingress ready", 20*time.Second, func() bool {
 		resp, err := http.Get(ti.url + "/v2/health/ready")
 		if err != nil {
 			return false
@@ -442,17 +442,6 @@ func encodeRequest(t testing.TB, r *wire.Request) []byte {
 // validRequest is a msgpack request whose values sum to 2 (label 2).
 func validRequest(id string) *wire.Request {
 	return &wire.Request{ID: id, Input: wire.FP32Tensor([]int64{2, 2}, []float32{0.5, 0.5, 0.5, 0.5}), TimeoutMs: 10000}
-}
-
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // streamMsgs returns the number of messages in a stream.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -45,7 +46,7 @@ func getJSON(t *testing.T, url string, v any) int {
 func TestHTTPEndpoints(t *testing.T) {
 	e := startEnv(t, natsbus.TopologyConfig{})
 	ti := e.startIngress(t, nil)
-	waitFor(t, "HTTP up", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "HTTP up", 10*time.Second, func() bool {
 		resp, err := http.Get(ti.url + "/v2/health/live")
 		if err != nil {
 			return false
@@ -397,12 +398,12 @@ func TestGearSwitch(t *testing.T) {
 		t.Fatalf("before the switch: %+v", res)
 	}
 	e.putGear(t, "fast")
-	waitFor(t, "gear fast applied", 10*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })
+	natstest.WaitFor(t, "gear fast applied", 10*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })
 	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "big" || res.AdmittedGear != "fast" {
 		t.Fatalf("after the switch: %+v", res)
 	}
 	e.putGear(t, "no-such-gear") // unknown: back to the first gear
-	waitFor(t, "fallback to gear 0", 10*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 0 })
+	natstest.WaitFor(t, "fallback to gear 0", 10*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 0 })
 	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "small" {
 		t.Fatalf("after an unknown gear: %+v", res)
 	}
@@ -437,7 +438,7 @@ func TestGearSwitchAfterBucketRecreated(t *testing.T) {
 	e.kv = kv
 	e.putPlan(t)
 	e.putGear(t, "fast")
-	waitFor(t, "gear fast applied from the new bucket", 20*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })
+	natstest.WaitFor(t, "gear fast applied from the new bucket", 20*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })
 	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "big" || res.AdmittedGear != "fast" {
 		t.Fatalf("after the switch: %+v", res)
 	}
@@ -478,7 +479,7 @@ func TestStats(t *testing.T) {
 	}
 	httpInfer(t, ti.url, pipeline, `{}`)
 	var last wire.IngressStats
-	waitFor(t, "stats with 3 admitted and 1 rejected", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "stats with 3 admitted and 1 rejected", 10*time.Second, func() bool {
 		for {
 			select {
 			case last = <-stats:

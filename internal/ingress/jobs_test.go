@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -84,9 +85,9 @@ func TestJobs(t *testing.T) {
 
 	ti := e.ready(t, nil)
 	small := e.respond(t, "small")
-	waitFor(t, "jobs routed", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
-	waitFor(t, "queue drained", 20*time.Second, func() bool { return e.streamMsgs(t, wire.ModelStream(pipeline, "small")) == 0 })
-	waitFor(t, "10 results", 20*time.Second, func() bool {
+	natstest.WaitFor(t, "jobs routed", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+	natstest.WaitFor(t, "queue drained", 20*time.Second, func() bool { return e.streamMsgs(t, wire.ModelStream(pipeline, "small")) == 0 })
+	natstest.WaitFor(t, "10 results", 20*time.Second, func() bool {
 		return len(e.results(t, "batch"))+len(e.results(t, "other")) >= 10
 	})
 
@@ -157,7 +158,7 @@ func TestJobs(t *testing.T) {
 	// Nats-Msg-Id, as job-retried above).
 	e.publishJob(t, "batch", encodeRequest(t, validRequest("job-1")), false, "")
 	e.publishJob(t, "other", encodeRequest(t, validRequest("job-1")), false, "")
-	waitFor(t, "repeated ids answered", 20*time.Second, func() bool {
+	natstest.WaitFor(t, "repeated ids answered", 20*time.Second, func() bool {
 		return len(e.results(t, "batch")) == 10 && len(e.results(t, "other")) == 2
 	})
 	var again int
@@ -192,7 +193,7 @@ func TestJobsOverloaded(t *testing.T) {
 		fill(t, e, 1)
 		ti := e.ready(t, nil)
 		e.publishJob(t, "c", encodeRequest(t, validRequest("job-wait")), false, "")
-		waitFor(t, "job deferred twice", 20*time.Second, func() bool {
+		natstest.WaitFor(t, "job deferred twice", 20*time.Second, func() bool {
 			return ti.counter(t, "cascade_ingress_requests_total", "door", "jobs", "outcome", "deferred") >= 2
 		})
 		if got := e.streamMsgs(t, wire.JobsStream(pipeline)); got != 1 {
@@ -203,22 +204,22 @@ func TestJobsOverloaded(t *testing.T) {
 		}
 		purge(t, e, "small")
 		e.respond(t, "small")
-		waitFor(t, "one result", 20*time.Second, func() bool { return len(e.results(t, "c")) == 1 })
+		natstest.WaitFor(t, "one result", 20*time.Second, func() bool { return len(e.results(t, "c")) == 1 })
 		if r := e.results(t, "c")[0]; r.ID != "job-wait" || r.Error != nil || r.Label != 2 {
 			t.Fatalf("result %+v", r)
 		}
-		waitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+		natstest.WaitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
 	})
 	t.Run("last delivery answers overloaded", func(t *testing.T) {
 		e := startEnv(t, natsbus.TopologyConfig{MaxQueue: 1, MaxDeliver: 3})
 		fill(t, e, 1)
 		e.ready(t, nil)
 		e.publishJob(t, "c", encodeRequest(t, validRequest("job-full")), false, "")
-		waitFor(t, "one result", 20*time.Second, func() bool { return len(e.results(t, "c")) == 1 })
+		natstest.WaitFor(t, "one result", 20*time.Second, func() bool { return len(e.results(t, "c")) == 1 })
 		if r := e.results(t, "c")[0]; r.ID != "job-full" || r.Error == nil || r.Error.Code != wire.CodeOverloaded {
 			t.Fatalf("result %+v", r)
 		}
-		waitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+		natstest.WaitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
 		if got := e.streamMsgs(t, wire.ModelStream(pipeline, "small")); got != 1 {
 			t.Fatalf("queue holds %d, want only the filler", got)
 		}
@@ -273,11 +274,11 @@ func TestJobsResultFormat(t *testing.T) {
 	for _, j := range jobs {
 		e.publishJob(t, j.client, j.body, j.asJSON, "")
 	}
-	waitFor(t, "jobs settled", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+	natstest.WaitFor(t, "jobs settled", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
 	for _, j := range jobs {
 		t.Run(j.client, func(t *testing.T) {
 			var msgs []*nats.Msg
-			waitFor(t, "result", 20*time.Second, func() bool { msgs = e.resultMsgs(t, j.client); return len(msgs) > 0 })
+			natstest.WaitFor(t, "result", 20*time.Second, func() bool { msgs = e.resultMsgs(t, j.client); return len(msgs) > 0 })
 			if len(msgs) != 1 {
 				t.Fatalf("%d results, want 1", len(msgs))
 			}

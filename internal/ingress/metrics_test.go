@@ -7,6 +7,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 )
 
 // TestAlertedSeriesExistFromStart: right after the ingress is ready, every
@@ -17,7 +18,7 @@ func TestAlertedSeriesExistFromStart(t *testing.T) {
 	e := startEnv(t, natsbus.TopologyConfig{})
 	e.putGear(t, "fast")
 	ti := e.ready(t, nil)
-	waitFor(t, "gear fast applied", 10*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })
+	natstest.WaitFor(t, "gear fast applied", 10*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })
 	mfs, err := ti.reg.Gather()
 	if err != nil {
 		t.Fatal(err)

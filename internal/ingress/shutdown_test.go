@@ -10,6 +10,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -38,17 +39,17 @@ func TestGracefulShutdown(t *testing.T) {
 		res, _ := natsRequest(t, nc, []byte(oipBody("", "FP32", "[2,2]", "[1,0,0,0]", "")), true)
 		natsDone <- answer{0, res}
 	}()
-	waitFor(t, "both requests admitted", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "both requests admitted", 10*time.Second, func() bool {
 		return ti.counter(t, "cascade_ingress_requests_total", "door", "http", "outcome", "admitted") == 1 &&
 			ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "admitted") == 1
 	})
 
 	ti.cancel()
-	waitFor(t, "intake closed", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "intake closed", 10*time.Second, func() bool {
 		_, err := nc.Request(wire.InferSubject(pipeline), encodeRequest(t, validRequest("")), time.Second)
 		return errors.Is(err, nats.ErrNoResponders)
 	})
-	waitFor(t, "HTTP listener closed", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "HTTP listener closed", 10*time.Second, func() bool {
 		resp, err := http.Get(ti.url + "/v2/health/live")
 		if err == nil {
 			resp.Body.Close()
@@ -100,7 +101,7 @@ func TestShutdownBound(t *testing.T) {
 		}
 		natsDone <- answer{0, res}
 	}()
-	waitFor(t, "both requests admitted", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "both requests admitted", 10*time.Second, func() bool {
 		return ti.counter(t, "cascade_ingress_requests_total", "door", "http", "outcome", "admitted") == 1 &&
 			ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "admitted") == 1
 	})

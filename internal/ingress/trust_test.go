@@ -13,6 +13,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -64,7 +65,7 @@ func TestReplySubjectsAreInboxesOnly(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "every refusal counted", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "every refusal counted", 10*time.Second, func() bool {
 		return ti.counter(t, "cascade_ingress_refused_replies_total") == float64(len(cases))
 	})
 	// A valid request still works meanwhile.
@@ -88,7 +89,7 @@ func TestReplySubjectsAreInboxesOnly(t *testing.T) {
 	}
 	// The victim's own job with that id gets its real result.
 	e.publishJob(t, "victim", valid, false, "")
-	waitFor(t, "victim's result", 20*time.Second, func() bool { return len(e.results(t, "victim")) == 1 })
+	natstest.WaitFor(t, "victim's result", 20*time.Second, func() bool { return len(e.results(t, "victim")) == 1 })
 	if r := e.results(t, "victim")[0]; r.ID != "victim-1" || r.Error != nil || r.Label != 2 {
 		t.Fatalf("victim's result %+v", r)
 	}
@@ -122,11 +123,11 @@ func TestJobsConsumerDeletedUnderLoad(t *testing.T) {
 			}
 		}
 	}()
-	waitFor(t, "some jobs published", 10*time.Second, func() bool { return published.Load() >= n/4 })
+	natstest.WaitFor(t, "some jobs published", 10*time.Second, func() bool { return published.Load() >= n/4 })
 	if err := jobs.DeleteConsumer(ctx, wire.JobsConsumer); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "ingress unready", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "ingress unready", 10*time.Second, func() bool {
 		return getJSON(t, ti.url+"/v2/health/ready", nil) == http.StatusServiceUnavailable
 	})
 	if got := ti.counter(t, "cascade_ingress_jobs_consumer_lost_total"); got < 1 {
@@ -141,11 +142,11 @@ func TestJobsConsumerDeletedUnderLoad(t *testing.T) {
 	if _, err := natsbus.EnsureTopology(ctx, e.srv.JS, e.plan, natsbus.TopologyConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "ingress ready again", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "ingress ready again", 10*time.Second, func() bool {
 		return getJSON(t, ti.url+"/v2/health/ready", nil) == http.StatusOK
 	})
 	second.waitReady(t)
-	waitFor(t, "one result per job", 30*time.Second, func() bool { return len(e.results(t, "load")) >= n })
+	natstest.WaitFor(t, "one result per job", 30*time.Second, func() bool { return len(e.results(t, "load")) >= n })
 	seen := map[string]int{}
 	for _, r := range e.results(t, "load") {
 		seen[r.ID]++

@@ -106,18 +106,6 @@ func putControl(t *testing.T, kv jetstream.KeyValue, p *plan.Plan, gear string) 
 	}
 }
 
-// waitUntil polls cond until it holds, or fails the test after timeout.
-func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool, state fmt.Stringer) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; %v", what, state)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestWatchControlFollowsRecreatedBucket: the watch waits for a bucket
 // that does not exist yet, and when the bucket is deleted and created again
 // (the controller re-applying a vanished topology) it binds the new bucket
@@ -177,11 +165,11 @@ func TestWatchControlFollowsRecreatedBucket(t *testing.T) {
 			})
 
 			if tt.late {
-				waitUntil(t, "the watch waiting for the bucket", 10*time.Second, func() bool { return rec.logged("waiting for the control bucket") }, rec)
+				natstest.WaitForState(t, "the watch waiting for the bucket", 10*time.Second, func() (bool, string) { return rec.logged("waiting for the control bucket"), rec.String() })
 				kv = ensure()
 				putControl(t, kv, p, "accurate")
 			}
-			waitUntil(t, "the first gear", 10*time.Second, func() bool { return rec.saw(0, "gear=accurate") }, rec)
+			natstest.WaitForState(t, "the first gear", 10*time.Second, func() (bool, string) { return rec.saw(0, "gear=accurate"), rec.String() })
 
 			dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer dcancel()
@@ -189,19 +177,19 @@ func TestWatchControlFollowsRecreatedBucket(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tt.waitVanished {
-				waitUntil(t, "the watch to notice", 10*time.Second, func() bool { return rec.logged("vanished") }, rec)
+				natstest.WaitForState(t, "the watch to notice", 10*time.Second, func() (bool, string) { return rec.logged("vanished"), rec.String() })
 			}
 			n := rec.count()
 			kv = ensure()
 			putControl(t, kv, p, "cheap")
-			waitUntil(t, "the new bucket's gear", 20*time.Second, func() bool { return rec.saw(n, "gear=cheap") }, rec)
+			natstest.WaitForState(t, "the new bucket's gear", 20*time.Second, func() (bool, string) { return rec.saw(n, "gear=cheap"), rec.String() })
 			if !rec.saw(n, "plan=tiny") {
 				t.Errorf("the new bucket's plan was not applied: %v", rec)
 			}
 			// The watch is on the new bucket: later writes arrive too.
 			n = rec.count()
 			putControl(t, kv, p, "accurate")
-			waitUntil(t, "a later gear", 10*time.Second, func() bool { return rec.saw(n, "gear=accurate") }, rec)
+			natstest.WaitForState(t, "a later gear", 10*time.Second, func() (bool, string) { return rec.saw(n, "gear=accurate"), rec.String() })
 			t.Logf("%v", rec)
 		})
 	}

@@ -5,29 +5,15 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/nats-io/nats-server/v2/server"
 )
-
-// deployPasswords are the passwords tests give the users of
-// deploy/nats/accounts.conf, by the name in CASCADE_<NAME>_PASSWORD.
-var deployPasswords = map[string]string{
-	"CONTROLLER": "testController", "INGRESS": "testIngress", "WORKER": "testWorker",
-	"PRODUCER": "testProducer", "BILLING": "testBilling", "SYS": "testSys",
-}
-
-// setDeployPasswords sets the CASCADE_*_PASSWORD variables accounts.conf
-// reads (it has no defaults).
-func setDeployPasswords(t *testing.T) {
-	for v, pw := range deployPasswords {
-		t.Setenv("CASCADE_"+v+"_PASSWORD", pw)
-	}
-}
 
 // TestDeployConfigsParse checks that every nats-server config under
 // deploy/nats is accepted by the server version we pin, and that none
 // serves monitoring (which has no authentication) beyond loopback.
 func TestDeployConfigsParse(t *testing.T) {
-	setDeployPasswords(t)
+	natstest.SetDeployPasswords(t)
 	files, err := filepath.Glob("../../deploy/nats/*.conf")
 	if err != nil {
 		t.Fatal(err)
@@ -63,15 +49,16 @@ func TestDeployConfigsParse(t *testing.T) {
 // TestDeployConfigRequiresPasswords checks that accounts.conf has no
 // default passwords: without the variables the server refuses the config.
 func TestDeployConfigRequiresPasswords(t *testing.T) {
-	setDeployPasswords(t)
-	for v := range deployPasswords {
+	natstest.SetDeployPasswords(t)
+	for user := range natstest.DeployPasswords {
+		v := natstest.PasswordVar(user)
 		t.Run(v, func(t *testing.T) {
-			t.Setenv("CASCADE_"+v+"_PASSWORD", "") // restored after the test
-			if err := os.Unsetenv("CASCADE_" + v + "_PASSWORD"); err != nil {
+			t.Setenv(v, "") // restored after the test
+			if err := os.Unsetenv(v); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := server.ProcessConfigFile("../../deploy/nats/single.conf"); err == nil {
-				t.Errorf("single.conf parses without CASCADE_%s_PASSWORD", v)
+				t.Errorf("single.conf parses without %s", v)
 			}
 		})
 	}

@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -41,27 +41,11 @@ type deployed struct {
 
 func startDeployed(t *testing.T) *deployed {
 	t.Helper()
-	setDeployPasswords(t)
-	opts, err := server.ProcessConfigFile("../../deploy/nats/single.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
-	opts.StoreDir, opts.NoLog, opts.NoSigs = t.TempDir(), true, true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	})
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	natstest.SetDeployPasswords(t)
+	srv := natstest.StartConfigFile(t, "../../deploy/nats/single.conf")
 	d := &deployed{url: srv.ClientURL()}
 	ctl := d.connect(t, "controller", "")
+	var err error
 	if d.js, err = jetstream.New(ctl.nc); err != nil {
 		t.Fatal(err)
 	}
@@ -84,11 +68,6 @@ func startDeployed(t *testing.T) *deployed {
 	return d
 }
 
-// userPasswords maps the users of accounts.conf to their password variable.
-var userPasswords = map[string]string{
-	"controller": "CONTROLLER", "ingress": "INGRESS", "worker": "WORKER", "producer": "PRODUCER", "billing": "BILLING",
-}
-
 // client is one connection and the asynchronous errors the server sent it.
 type client struct {
 	nc   *nats.Conn
@@ -100,24 +79,7 @@ type client struct {
 func (d *deployed) connect(t *testing.T, user, inboxPrefix string) *client {
 	t.Helper()
 	c := &client{errs: make(chan error, 64)}
-	opts := []nats.Option{
-		nats.UserInfo(user, deployPasswords[userPasswords[user]]),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			select {
-			case c.errs <- err:
-			default:
-			}
-		}),
-	}
-	if inboxPrefix != "" {
-		opts = append(opts, nats.CustomInboxPrefix(inboxPrefix))
-	}
-	nc, err := nats.Connect(d.url, opts...)
-	if err != nil {
-		t.Fatalf("connect as %s: %v", user, err)
-	}
-	t.Cleanup(nc.Close)
-	c.nc = nc
+	c.nc = natstest.ConnectAs(t, d.url, user, inboxPrefix, c.errs)
 	return c
 }
 

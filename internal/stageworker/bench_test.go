@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -64,7 +65,7 @@ func BenchmarkWorker(b *testing.B) {
 				}
 				<-js.PublishAsyncComplete()
 				want := (r + 1) * round
-				waitFor(b, "replies", time.Minute, func() bool { _, k := rep.snapshot(); return k >= want })
+				natstest.WaitFor(b, "replies", time.Minute, func() bool { _, k := rep.snapshot(); return k >= want })
 				r++
 			}
 			elapsed := time.Since(start)

@@ -362,18 +362,6 @@ func (r *replies) snapshot() (map[string][]*wire.Result, int) {
 	return out, r.n
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // durableResults reads every result stored for client on the results
 // stream, by id, decoded by its Content-Type header.
 func (e *testEnv) durableResults(t testing.TB, client string) (map[string][]*wire.Result, int) {

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -86,12 +87,12 @@ func TestHeartbeatAnnouncesAndLeaves(t *testing.T) {
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(beats) }
 
 	w := e.startWorker(t, func(c *Config) { c.Runners = 3 }, hooks{})
-	waitFor(t, "three heartbeats", 30*time.Second, func() bool { return count() >= 3 })
+	natstest.WaitFor(t, "three heartbeats", 30*time.Second, func() bool { return count() >= 3 })
 	w.stop(t)
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the leaving beat", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "the leaving beat", 10*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return beats[len(beats)-1].State == wire.WorkerLeaving

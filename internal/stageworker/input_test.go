@@ -9,6 +9,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -70,7 +71,7 @@ func TestUint8ModelGetsTheItemsBytes(t *testing.T) {
 	e.admit(t, "small", bad)
 	ids = append(ids, bad.ID)
 
-	waitFor(t, "replies", 30*time.Second, func() bool { got, _ := rep.snapshot(); return len(got) == len(ids) })
+	natstest.WaitFor(t, "replies", 30*time.Second, func() bool { got, _ := rep.snapshot(); return len(got) == len(ids) })
 	got, _ := rep.snapshot()
 	correct := 0
 	for i := range n {

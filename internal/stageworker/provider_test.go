@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -52,7 +53,7 @@ func TestWorkerRefusesAPlanProfiledForAnotherProvider(t *testing.T) {
 
 	// Told to, it serves them.
 	w := e.startWorker(t, func(c *Config) { c.AllowProviderMismatch = true }, hooks{})
-	waitFor(t, "worker ready", 60*time.Second, func() bool { return w.counter("cascade_worker_ready") == 1 })
+	natstest.WaitFor(t, "worker ready", 60*time.Second, func() bool { return w.counter("cascade_worker_ready") == 1 })
 }
 
 func TestWorkerServesPlansOfItsProviderAndUnrecordedOnes(t *testing.T) {
@@ -62,7 +63,7 @@ func TestWorkerServesPlansOfItsProviderAndUnrecordedOnes(t *testing.T) {
 			e := startEnv(t, testPlan(t, []plan.Gear{g}, profiledFor(provider)), natsbus.TopologyConfig{})
 			e.setGear(t, g.ID)
 			w := e.startWorker(t, nil, hooks{})
-			waitFor(t, "worker ready", 60*time.Second, func() bool { return w.counter("cascade_worker_ready") == 1 })
+			natstest.WaitFor(t, "worker ready", 60*time.Second, func() bool { return w.counter("cascade_worker_ready") == 1 })
 		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -119,7 +120,7 @@ func TestGearSwitchTwoWorkers(t *testing.T) {
 		return lat
 	}
 	// Drain the initial application (its write time predates the workers).
-	waitFor(t, "both workers watching", 30*time.Second, func() bool {
+	natstest.WaitFor(t, "both workers watching", 30*time.Second, func() bool {
 		for {
 			select {
 			case ev := <-events:
@@ -197,7 +198,7 @@ func TestGearSwitchTwoWorkers(t *testing.T) {
 	// Items now follow the last gear.
 	rep := e.listen(t, replySubject)
 	ids := admitImages(t, e, "linear", last, 20, time.Now().Add(time.Minute), nil)
-	waitFor(t, "replies", 30*time.Second, func() bool { _, n := rep.snapshot(); return n >= len(ids) })
+	natstest.WaitFor(t, "replies", 30*time.Second, func() bool { _, n := rep.snapshot(); return n >= len(ids) })
 	got, _ := rep.snapshot()
 	for _, id := range ids {
 		for _, r := range got[id] {
@@ -259,7 +260,7 @@ func TestGearSwitchAfterBucketRecreated(t *testing.T) {
 
 	rep := e.listen(t, replySubject)
 	ids := admitImages(t, e, "linear", "fast", 10, time.Now().Add(time.Minute), nil)
-	waitFor(t, "replies", 30*time.Second, func() bool { _, n := rep.snapshot(); return n >= len(ids) })
+	natstest.WaitFor(t, "replies", 30*time.Second, func() bool { _, n := rep.snapshot(); return n >= len(ids) })
 	got, n := rep.snapshot()
 	checkExactlyOnce(t, ids, got, n, "replies")
 	for _, id := range ids {
@@ -323,11 +324,11 @@ func TestCrashMidBatchRedelivers(t *testing.T) {
 			}
 			b := e.startWorker(t, nil, hooks{})
 
-			waitFor(t, "a reply per request", 60*time.Second, func() bool {
+			natstest.WaitFor(t, "a reply per request", 60*time.Second, func() bool {
 				got, _ := rep.snapshot()
 				return len(got) == n
 			})
-			waitFor(t, "empty queues", 60*time.Second, func() bool { return e.queuesEmpty(t) })
+			natstest.WaitFor(t, "empty queues", 60*time.Second, func() bool { return e.queuesEmpty(t) })
 			durable, k := e.durableResults(t, "test")
 			checkExactlyOnce(t, ids, durable, k, "durable results")
 			got, k := rep.snapshot()
@@ -377,8 +378,8 @@ func TestExpiredDeadline(t *testing.T) {
 		}
 	})
 	w := e.startWorker(t, nil, hooks{})
-	waitFor(t, "replies", 30*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
-	waitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
+	natstest.WaitFor(t, "replies", 30*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
+	natstest.WaitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
 	got, k := rep.snapshot()
 	checkExactlyOnce(t, ids, got, k, "replies")
 	for i, id := range ids {
@@ -457,8 +458,8 @@ func TestPoisonAndUndecodable(t *testing.T) {
 			replied = append(replied, id)
 		}
 	}
-	waitFor(t, "replies", 30*time.Second, func() bool { got, _ := rep.snapshot(); return len(got) == len(replied) })
-	waitFor(t, "empty queue", 30*time.Second, func() bool { return e.queuesEmpty(t) })
+	natstest.WaitFor(t, "replies", 30*time.Second, func() bool { got, _ := rep.snapshot(); return len(got) == len(replied) })
+	natstest.WaitFor(t, "empty queue", 30*time.Second, func() bool { return e.queuesEmpty(t) })
 	got, k := rep.snapshot()
 	checkExactlyOnce(t, replied, got, k, "replies")
 	durable, _ := e.durableResults(t, "test")
@@ -510,7 +511,7 @@ func TestPoisonAndUndecodable(t *testing.T) {
 	}
 
 	// The dead-letter stream holds the poison item and the garbage.
-	waitFor(t, "dead letters", 10*time.Second, func() bool { return e.streamMsgs(t, wire.DLQStream(p.Pipeline)) == 2 })
+	natstest.WaitFor(t, "dead letters", 10*time.Second, func() bool { return e.streamMsgs(t, wire.DLQStream(p.Pipeline)) == 2 })
 	ctx := context.Background()
 	dlq, err := e.js.Stream(ctx, wire.DLQStream(p.Pipeline))
 	if err != nil {
@@ -576,8 +577,8 @@ func TestItemOutsideNewGear(t *testing.T) {
 	o := newOracle(t, e, images(t, n))
 	e.startWorker(t, nil, hooks{})
 
-	waitFor(t, "replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
-	waitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
+	natstest.WaitFor(t, "replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
+	natstest.WaitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
 	got, k := rep.snapshot()
 	checkExactlyOnce(t, ids, got, k, "replies")
 	count := map[string]int{}
@@ -636,7 +637,7 @@ func TestDeadlineAwareEscalation(t *testing.T) {
 	ids := admitImages(t, e, "linear", g.ID, n, time.Now().Add(time.Minute), nil)
 	o := newOracle(t, e, images(t, n))
 	w := e.startWorker(t, nil, hooks{})
-	waitFor(t, "replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
+	natstest.WaitFor(t, "replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
 	got, k := rep.snapshot()
 	checkExactlyOnce(t, ids, got, k, "replies")
 	degraded := 0
@@ -692,8 +693,8 @@ func TestFullNextQueueDegrades(t *testing.T) {
 		t.Fatalf("only %d uncertain items", uncertain)
 	}
 	w := e.startWorker(t, func(c *Config) { c.Models = []string{"linear"} }, hooks{})
-	waitFor(t, "replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n-1 })
-	waitFor(t, "linear drained", 30*time.Second, func() bool {
+	natstest.WaitFor(t, "replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n-1 })
+	natstest.WaitFor(t, "linear drained", 30*time.Second, func() bool {
 		return e.streamMsgs(t, wire.ModelStream(p.Pipeline, "linear")) == 0
 	})
 	got, k := rep.snapshot()
@@ -762,12 +763,12 @@ func TestGracefulDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	var info *jetstream.ConsumerInfo
-	waitFor(t, "acks to land", 10*time.Second, func() bool {
+	natstest.WaitFor(t, "acks to land", 10*time.Second, func() bool {
 		info, err = cons.Info(context.Background())
 		return err == nil && info.NumAckPending == 0
 	})
 	queued := e.streamMsgs(t, wire.ModelStream(p.Pipeline, "linear"))
-	waitFor(t, "replies of acked items", 10*time.Second, func() bool { _, k := rep.snapshot(); return uint64(k)+queued == n })
+	natstest.WaitFor(t, "replies of acked items", 10*time.Second, func() bool { _, k := rep.snapshot(); return uint64(k)+queued == n })
 	_, k := rep.snapshot()
 	t.Logf("batch in hand %d; answered %d; left queued %d", inBatch, k, queued)
 	if k < inBatch {

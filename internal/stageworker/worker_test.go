@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -50,8 +51,8 @@ func TestCascadeMatchesReplay(t *testing.T) {
 		ids = append(ids, it.ID)
 		e.admit(t, "linear", it)
 	}
-	waitFor(t, "all replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
-	waitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
+	natstest.WaitFor(t, "all replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
+	natstest.WaitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
 	got, k := rep.snapshot()
 	checkExactlyOnce(t, ids, got, k, "replies")
 	durable, k := e.durableResults(t, "test")
@@ -145,8 +146,8 @@ func TestResultFormats(t *testing.T) {
 		e.admit(t, "linear", it)
 	}
 	e.startWorker(t, nil, hooks{})
-	waitFor(t, "durable results", 30*time.Second, func() bool { return len(e.durableMsgs(t, "test")) >= len(cases) })
-	waitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
+	natstest.WaitFor(t, "durable results", 30*time.Second, func() bool { return len(e.durableMsgs(t, "test")) >= len(cases) })
+	natstest.WaitFor(t, "empty queues", 30*time.Second, func() bool { return e.queuesEmpty(t) })
 
 	msgs := e.durableMsgs(t, "test")
 	if len(msgs) != len(cases) {

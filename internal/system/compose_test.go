@@ -13,13 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/cascadeserve/cascadeserve/internal/controller"
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/stageworker"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
@@ -166,24 +166,7 @@ func TestComposeDeploymentServesWithRolePermissions(t *testing.T) {
 	for k, v := range natsSvc.Environment {
 		t.Setenv(k, interpolate(t, v))
 	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/single.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
-	opts.StoreDir, opts.NoLog, opts.NoSigs = t.TempDir(), true, true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	})
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	srv := natstest.StartConfigFile(t, "../../deploy/nats/single.conf")
 	hostPort := strings.TrimPrefix(srv.ClientURL(), "nats://")
 
 	// Each service gets compose's environment, pointed at this server;

@@ -4,15 +4,14 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/client"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -29,35 +28,12 @@ type deployment struct {
 	js  jetstream.JetStream // the controller's
 }
 
-var passwords = map[string]string{
-	"controller": "testController", "ingress": "testIngress", "worker": "testWorker",
-	"producer": "testProducer", "billing": "testBilling", "sys": "testSys",
-}
-
 func startDeployment(t *testing.T) *deployment {
 	t.Helper()
-	for user, pw := range passwords {
-		t.Setenv("CASCADE_"+strings.ToUpper(user)+"_PASSWORD", pw)
-	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/single.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
-	opts.StoreDir, opts.NoLog, opts.NoSigs = t.TempDir(), true, true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	})
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	natstest.SetDeployPasswords(t)
+	srv := natstest.StartConfigFile(t, "../../deploy/nats/single.conf")
 	d := &deployment{url: srv.ClientURL()}
+	var err error
 	if d.js, err = jetstream.New(d.connect(t, "controller", "", nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -76,24 +52,7 @@ func startDeployment(t *testing.T) *deployment {
 // the server sends (permission violations).
 func (d *deployment) connect(t *testing.T, user, inboxPrefix string, errs chan<- error) *nats.Conn {
 	t.Helper()
-	opts := []nats.Option{nats.UserInfo(user, passwords[user])}
-	if inboxPrefix != "" {
-		opts = append(opts, nats.CustomInboxPrefix(inboxPrefix))
-	}
-	if errs != nil {
-		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			select {
-			case errs <- err:
-			default:
-			}
-		}))
-	}
-	nc, err := nats.Connect(d.url, opts...)
-	if err != nil {
-		t.Fatalf("connect as %s: %v", user, err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
+	return natstest.ConnectAs(t, d.url, user, inboxPrefix, errs)
 }
 
 // received is a request the stand-in ingress got.
