@@ -10,6 +10,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/controlstate"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/pkg/batching"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -104,4 +105,57 @@ func (w *watcher) onApplied(s *controlstate.Snapshot, key string, live bool) {
 	if w.applied != nil {
 		w.applied(c.State, latency)
 	}
+}
+
+// maxBatch returns model's max batch in the current gear: its stage's
+// override, else the gear's.
+func (c *control) maxBatch(model string) int {
+	if i, ok := c.Gear.StageOf(model); ok && c.Gear.Cascade[i].MaxBatch > 0 {
+		return c.Gear.Cascade[i].MaxBatch
+	}
+	return max(c.Gear.Batching.MaxBatch, 1)
+}
+
+// stageTime is the expected time for an item to pass model at the given
+// batch size (clamped to the model's max batch): its profile latency plus
+// the plan's hop overhead.
+func (c *control) stageTime(model string, batch int) time.Duration {
+	ms := c.Plan.HopOverheadMs
+	if m, ok := c.Plan.Model(model); ok {
+		ms += m.Profile.LatencyMs(min(max(batch, 1), c.maxBatch(model)))
+	}
+	return time.Duration(ms * float64(time.Millisecond))
+}
+
+// policy is model's batching policy in the current gear. A model that is
+// not in the gear is only being drained (nothing new is routed to it), so
+// its batches do not wait to fill.
+func (c *control) policy(model string, idle time.Duration) batching.Policy {
+	p := batching.Policy{MaxBatch: c.maxBatch(model), MaxDelay: c.Gear.Batching.MaxDelay(), IdleWait: idle}
+	if _, ok := c.Gear.StageOf(model); !ok {
+		p.MaxDelay = 0
+	}
+	return p
+}
+
+// weight is model's runner share in the current gear, the divisor of its
+// backlog when runners choose what to serve. A model of the cascade
+// without a share gets an equal split; a model outside it gets the
+// smallest share of the gear, so its leftover items drain without
+// starving the gear's models or being starved by them.
+func (c *control) weight(model string) float64 {
+	if s := c.Gear.Runners[model]; s > 0 {
+		return s
+	}
+	n := float64(len(c.Gear.Cascade))
+	if _, ok := c.Gear.StageOf(model); ok {
+		return 1 / n
+	}
+	least := 1 / n
+	for _, s := range c.Gear.Runners {
+		if s > 0 && s < least {
+			least = s
+		}
+	}
+	return least
 }

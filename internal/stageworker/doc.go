@@ -139,4 +139,20 @@
 // return; the heartbeat sends a last beat in state leaving, so the
 // controller drops the worker's runners at once. Run then closes the
 // sessions and returns nil.
+//
+// # Files
+//
+//   - worker.go: Run, the hosted models and their loading.
+//   - runner.go: a runner: choosing a model, pulling a batch, running it
+//     (process, infer).
+//   - route.go: the cascade decision of a computed item, its stage in the
+//     gear resolved once per batch (stageRoute).
+//   - process.go: a batch's messages (task): checks, escalation envelopes,
+//     results, publishing.
+//   - settle.go: acknowledging a message (natsbus.DecideAck) and dead
+//     letters.
+//   - control.go: the plan and gear in force, and the batching policy and
+//     runner share they give a model.
+//   - heartbeat.go, metrics.go, config.go: the heartbeat, the metrics, the
+//     configuration.
 package stageworker

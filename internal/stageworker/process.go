@@ -13,8 +13,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
-	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
-	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -113,64 +111,16 @@ func (t *task) delivered() uint64 {
 // undecodable message counts as one).
 func (t *task) size() int { return max(len(t.items), 1) }
 
-// process handles one batch of model i, the items of tasks: checks,
-// inference, the cascade decision, publishing and settling every message.
-func (r *runner) process(i int, tasks []*task) {
-	w := r.w
-	h := w.models[i]
-	c := w.ctl.load()
-	now := w.now()
-
-	var run []*itemTask
-	for _, t := range tasks {
-		if t.decodeErr != nil {
-			w.logger.Error("undecodable message: dead-lettered and terminated, no result can be sent",
-				"model", h.name, "err", t.decodeErr)
-			t.js = append(t.js, w.deadLetterMsg(h, t, t.decodeErr.Error()))
-			t.err = natsbus.Permanent("undecodable message: %v", t.decodeErr)
-			continue
-		}
-		for _, it := range t.items {
-			switch bad := w.invalid(it.item); {
-			case bad != nil:
-				it.outcome = outcomeFailed
-				w.logger.Warn("invalid item: answering invalid_input", "model", h.name, "id", it.item.ID, "err", bad)
-				w.addResult(it, w.errorResult(c, it.item, now, wire.Errorf(wire.CodeInvalidInput, "%v", bad)))
-			case it.item.DeadlineUnixNano > 0 && !now.Before(time.Unix(0, it.item.DeadlineUnixNano)):
-				it.outcome = outcomeExpired
-				w.addResult(it, w.errorResult(c, it.item, now, wire.Errorf(wire.CodeDeadlineExceeded,
-					"deadline passed before model %q could run", h.name)))
-			default:
-				run = append(run, it)
-			}
+// deadline returns the earliest deadline of the task's items, zero if none
+// has one or the message is not decoded.
+func (t *task) deadline() time.Time {
+	var d time.Time
+	for _, it := range t.items {
+		if it.item.DeadlineUnixNano > 0 {
+			d = earliest(d, time.Unix(0, it.item.DeadlineUnixNano))
 		}
 	}
-	if len(run) > 0 {
-		r.infer(i, c, run)
-	}
-	for _, t := range tasks {
-		w.outputs(h, c, t)
-	}
-	if w.hooks.beforePublish != nil {
-		w.hooks.beforePublish(h.name, len(tasks))
-	}
-	w.publish(tasks)
-	// Escalations rejected by a full next queue are answered now, degraded.
-	var again []*task
-	for _, t := range tasks {
-		if w.answerRejected(h, t) {
-			again = append(again, t)
-		}
-	}
-	if len(again) > 0 {
-		w.publish(again)
-	}
-	if w.hooks.beforeSettle != nil {
-		w.hooks.beforeSettle(h.name, len(tasks))
-	}
-	for _, t := range tasks {
-		w.settle(h, c, t)
-	}
+	return d
 }
 
 // invalid checks what the worker relies on: the item belongs to this
@@ -194,97 +144,6 @@ func (w *worker) invalid(it *wire.Item) error {
 	return nil
 }
 
-// infer runs the items through model i as one batch and decides every
-// item's route. If the batch fails, items are run one by one so a single
-// bad item cannot fail its neighbours; an item that fails alone goes back
-// to its queue for another try (dead-lettered at the queue's MaxDeliver).
-func (r *runner) infer(i int, c *control, run []*itemTask) {
-	w := r.w
-	h := w.models[i]
-	sess := r.sessions[i]
-	classes := w.classes
-	// The model's input, built by the transform replay and profile use.
-	tr := h.input
-	r.in.Reset()
-	kept := run[:0]
-	for _, it := range run {
-		if err := tr.AppendTensor(&r.in, it.item.Input); err != nil {
-			// A FP32 item that is not bytes for a UINT8 model: this
-			// item's permanent error.
-			it.outcome = outcomeFailed
-			w.logger.Warn("item does not fit the model's input: answering invalid_input", "model", h.name, "id", it.item.ID, "err", err)
-			w.addResult(it, w.errorResult(c, it.item, w.now(), wire.Errorf(wire.CodeInvalidInput, "%v", err)))
-			continue
-		}
-		kept = append(kept, it)
-	}
-	run = kept
-	if len(run) == 0 {
-		return
-	}
-	if need := len(run) * classes; cap(r.out) < need {
-		r.out = make([]float32, need)
-	}
-	start := w.now()
-	_, err := tr.Run(sess, &r.in, r.out[:len(run)*classes])
-	for k := 0; err == nil && w.hooks.runError != nil && k < len(run); k++ {
-		err = w.hooks.runError(h.name, run[k].item.ID)
-	}
-	failed := make([]error, len(run))
-	if err != nil {
-		w.logger.Warn("batch inference failed; running its items one by one", "model", h.name, "batch", len(run), "err", err)
-		for k := range run {
-			in := tr.Slice(&r.in, k, k+1)
-			_, err := tr.Run(sess, &in, r.out[k*classes:(k+1)*classes])
-			if err == nil && w.hooks.runError != nil {
-				err = w.hooks.runError(h.name, run[k].item.ID)
-			}
-			if err != nil {
-				failed[k] = fmt.Errorf("model %q: %w", h.name, err)
-			}
-		}
-	}
-	end := w.now()
-	computeNs := end.Sub(start).Nanoseconds()
-	w.metrics.compute.WithLabelValues(h.name).Observe(end.Sub(start).Seconds())
-	w.metrics.batchSize.WithLabelValues(h.name).Observe(float64(len(run)))
-
-	metric := c.Plan.Confidence
-	var temperature float64
-	if m, ok := c.Plan.Model(h.name); ok {
-		temperature = m.Temperature
-	}
-	for k, it := range run {
-		probs := r.out[k*classes : (k+1)*classes]
-		switch {
-		case errors.Is(failed[k], onnxrt.ErrInvalidOutput) || failed[k] == nil && !finite(probs):
-			// The input is finite (the ingress checks) but drives the model
-			// out of range, e.g. values near the float32 maximum: the same
-			// input fails the same way on every try, so it is this item's
-			// permanent error, not a transient failure.
-			w.nonFinite(c, h, it, end)
-			continue
-		case failed[k] != nil:
-			w.logger.Error("inference failed", "id", it.item.ID, "model", h.name, "attempt", it.item.Attempts+1, "err", failed[k])
-			it.retry = failed[k]
-			continue
-		}
-		plan.Calibrate(probs, temperature)
-		conf, label := plan.Confidence(metric, probs)
-		enq := it.item.EnqueuedUnixNano
-		if enq <= 0 && it.t.meta != nil {
-			enq = it.t.meta.Timestamp.UnixNano()
-		}
-		queueNs := max(start.UnixNano()-enq, 0)
-		w.metrics.queue.WithLabelValues(h.name).Observe(float64(queueNs) / 1e9)
-		it.item.Visits = append(it.item.Visits, wire.Visit{
-			Model: h.name, Gear: c.Gear.ID, Confidence: conf, Label: label,
-			QueueNs: queueNs, ComputeNs: computeNs, BatchSize: len(run),
-		})
-		w.route(c, h, it, probs, end, len(run))
-	}
-}
-
 // nonFinite answers an item whose model output is NaN or infinite with
 // invalid_input: a permanent error of that item only.
 func (w *worker) nonFinite(c *control, h *hosted, it *itemTask, now time.Time) {
@@ -303,38 +162,6 @@ func finite(v []float32) bool {
 		}
 	}
 	return true
-}
-
-// route applies the cascade decision to a computed item: it answers it or
-// marks where it escalates to.
-func (w *worker) route(c *control, h *hosted, it *itemTask, probs []float32, now time.Time, batch int) {
-	item := it.item
-	var keep []float32
-	if item.ReturnProbabilities {
-		keep = slices.Clone(probs)
-	}
-	it.answer = func(reason string) {
-		it.outcome = outcomeAnswered
-		res := w.answerResult(c, item, now, keep)
-		if reason != "" {
-			it.outcome, it.degrade, res.Degraded = outcomeDegraded, reason, true
-		}
-		w.addResult(it, res)
-	}
-	rt := c.decide(item, h.name, item.Visits[len(item.Visits)-1].Confidence, now, batch)
-	switch rt.kind {
-	case routeAnswer:
-		it.answer("")
-	case routeDegraded:
-		it.answer(rt.reason)
-	case routeEscalate:
-		item.EnqueuedUnixNano = now.UnixNano()
-		if keep != nil {
-			item.BestProbs = keep
-		}
-		it.outcome = outcomeEscalated
-		it.next = rt.next
-	}
 }
 
 // outputs adds a task's envelopes: one escalation envelope per next model
@@ -683,68 +510,4 @@ func (t *task) fail(err error) {
 	if t.err == nil || errors.Is(t.err, natsbus.ErrPermanent) {
 		t.err = err
 	}
-}
-
-// settle acknowledges one message as natsbus.DecideAck decides, and
-// records its items' outcomes.
-func (w *worker) settle(h *hosted, c *control, t *task) {
-	act := natsbus.DecideAck(t.err, t.delivered(), h.maxDeliver)
-	var err error
-	switch act {
-	case natsbus.AckDone:
-		err = t.msg.Ack()
-		for _, it := range t.items {
-			w.metrics.items.WithLabelValues(h.name, it.outcome).Inc()
-			if it.degrade != "" {
-				w.metrics.degraded.WithLabelValues(h.name, it.degrade).Inc()
-			}
-		}
-	case natsbus.AckReject:
-		w.logger.Warn("terminating message", "model", h.name, "envelope", t.id, "err", t.err)
-		err = t.msg.Term()
-		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Inc()
-		if t.decodeErr != nil {
-			w.metrics.deadLetters.WithLabelValues(h.name).Inc()
-		}
-	case natsbus.AckRetry:
-		w.logger.Warn("transient failure; redelivering later", "model", h.name, "envelope", t.id,
-			"items", len(t.items), "delivery", t.delivered(), "err", t.err)
-		err = t.msg.NakWithDelay(w.cfg.NakDelay)
-	case natsbus.AckLastTry:
-		cause := t.err
-		if dlErr := w.deadLetter(h, c, t); dlErr != nil {
-			// Past MaxDeliver the server will not redeliver; the message
-			// stays in the stream for an operator.
-			w.logger.Error("could not dead-letter a message on its last delivery; it stays in the queue",
-				"model", h.name, "envelope", t.id, "err", dlErr, "cause", cause)
-			return
-		}
-		w.logger.Error("message failed on its last delivery: dead-lettered with an internal error result for each item",
-			"model", h.name, "envelope", t.id, "items", len(t.items), "delivery", t.delivered(), "err", cause)
-		err = t.msg.Term()
-		w.metrics.items.WithLabelValues(h.name, outcomeFailed).Add(float64(len(t.items)))
-		w.metrics.deadLetters.WithLabelValues(h.name).Inc()
-		act = natsbus.AckReject // counted as terminated
-	}
-	w.metrics.acks.WithLabelValues(h.name, ackLabels[act]).Inc()
-	if err != nil {
-		w.logger.Warn("acknowledgement failed", "model", h.name, "envelope", t.id, "action", ackLabels[act], "err", err)
-	}
-}
-
-// deadLetter publishes the message to the dead-letter subject and an
-// `internal` error result for each of its items, and waits for them. An
-// item whose real result was published on an earlier delivery keeps it:
-// the error result has the same message id and is deduplicated (a reply
-// caller takes the first answer).
-func (w *worker) deadLetter(h *hosted, c *control, t *task) error {
-	cause := t.err
-	t.js, t.core, t.err, t.escalations, t.grouped = nil, nil, nil, nil, nil
-	t.js = append(t.js, w.deadLetterMsg(h, t, cause.Error()))
-	for _, it := range t.items {
-		w.addResult(it, w.errorResult(c, it.item, w.now(), wire.Errorf(wire.CodeInternal,
-			"publishing the outputs of model %q failed on delivery %d of %d: %v", h.name, t.delivered(), h.maxDeliver, cause)))
-	}
-	w.publish([]*task{t})
-	return t.err
 }

@@ -1,9 +1,9 @@
 package stageworker
 
 import (
+	"slices"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/pkg/batching"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -14,88 +14,122 @@ type routeKind uint8
 const (
 	// routeAnswer: the model answers; the item gets its result.
 	routeAnswer routeKind = iota
-	// routeEscalate: the item goes on to route.next.
+	// routeEscalate: the item goes on to decision.next.
 	routeEscalate
-	// routeDegraded: the cascade called for route.next, but the item is
-	// answered now, marked degraded (route.reason says why).
+	// routeDegraded: the cascade called for decision.next, but the item is
+	// answered now, marked degraded (decision.reason says why).
 	routeDegraded
 )
 
-// route is the cascade decision for one computed item.
-type route struct {
+// decision is the cascade decision for one computed item.
+type decision struct {
 	kind   routeKind
 	next   string
 	reason string
 }
 
-// decide is the cascade decision for item it, which model just computed
-// with confidence conf (from plan.Calibrate and plan.Confidence, as the
-// planner's replay). batch is the size of the batch it was in; now is the
-// time of the decision. See the package documentation for the rules.
-func (c *control) decide(it *wire.Item, model string, conf float64, now time.Time, batch int) route {
-	next, answers := c.nextStage(it, model, conf)
-	if answers {
-		return route{kind: routeAnswer}
-	}
-	if it.DeadlineUnixNano > 0 {
-		finish := now.Add(c.stageTime(next, batch))
-		if finish.After(time.Unix(0, it.DeadlineUnixNano)) {
-			return route{kind: routeDegraded, next: next, reason: degradedDeadline}
-		}
-	}
-	return route{kind: routeEscalate, next: next}
+// stageRoute is what the cascade decisions of one batch of a model need of
+// the gear in force, resolved once for the batch rather than once per
+// item: the model's stage (its threshold) and the models its items may go
+// on to, each with the time an item takes to pass it.
+type stageRoute struct {
+	c     *control
+	model string
+	// inGear reports whether the gear holds the model; threshold and last
+	// are its stage's then. Outside the gear the threshold it had in the
+	// gear that sent each item decides (sourceGear), item by item.
+	inGear    bool
+	threshold float64
+	last      bool
+	// next are the models an item may escalate to, in order: the gear's
+	// later stages, or, for a model outside the gear, the gear's models
+	// after it in ladder order. An item goes to the first it has not
+	// visited; with none left the model answers.
+	next []nextStage
 }
 
-// nextStage returns whether model answers the item and, if it does not,
-// the model it escalates to.
-func (c *control) nextStage(it *wire.Item, model string, conf float64) (next string, answers bool) {
-	visited := func(m string) bool {
-		if m == model {
+// nextStage is a model an item may escalate to, and the time it takes
+// there at the batch's size (stageTime).
+type nextStage struct {
+	model string
+	time  time.Duration
+}
+
+// stageRoute resolves the cascade decisions of a batch of batch items of
+// model under the gear in force.
+func (c *control) stageRoute(model string, batch int) *stageRoute {
+	s := &stageRoute{c: c, model: model}
+	add := func(m string) { s.next = append(s.next, nextStage{model: m, time: c.stageTime(m, batch)}) }
+	if i, ok := c.Gear.StageOf(model); ok {
+		s.inGear, s.threshold, s.last = true, c.Gear.Cascade[i].Threshold, i == len(c.Gear.Cascade)-1
+		for _, st := range c.Gear.Cascade[i+1:] {
+			add(st.Model)
+		}
+		return s
+	}
+	if pos, ok := c.ladder[model]; ok {
+		for _, st := range c.Gear.Cascade {
+			if p, ok := c.ladder[st.Model]; ok && p > pos {
+				add(st.Model)
+			}
+		}
+	}
+	return s
+}
+
+// decide is the cascade decision for item it, which the model just computed
+// with confidence conf (from plan.Calibrate and plan.Confidence, as the
+// planner's replay); now is the time of the decision. See the package
+// documentation for the rules.
+func (s *stageRoute) decide(it *wire.Item, conf float64, now time.Time) decision {
+	next, ok := s.nextStage(it, conf)
+	if !ok {
+		return decision{kind: routeAnswer}
+	}
+	if it.DeadlineUnixNano > 0 && now.Add(next.time).After(time.Unix(0, it.DeadlineUnixNano)) {
+		return decision{kind: routeDegraded, next: next.model, reason: degradedDeadline}
+	}
+	return decision{kind: routeEscalate, next: next.model}
+}
+
+// nextStage returns the stage the item escalates to, or false if the model
+// answers it.
+func (s *stageRoute) nextStage(it *wire.Item, conf float64) (nextStage, bool) {
+	if s.inGear {
+		// The model is in the current gear: its threshold decides.
+		if plan.Answers(conf, s.threshold, s.last) {
+			return nextStage{}, false
+		}
+	} else {
+		// The model is not in the current gear: the threshold it had in
+		// the gear that sent the item here decides.
+		src := s.c.sourceGear(it, s.model)
+		if src == nil {
+			return nextStage{}, false
+		}
+		j, _ := src.StageOf(s.model)
+		if plan.Answers(conf, src.Cascade[j].Threshold, j == len(src.Cascade)-1) {
+			return nextStage{}, false
+		}
+	}
+	for _, n := range s.next {
+		if !visited(it, n.model) {
+			return n, true
+		}
+	}
+	// Every later model has seen the item: this one is the most accurate
+	// left, and answers.
+	return nextStage{}, false
+}
+
+// visited reports whether model has computed the item already.
+func visited(it *wire.Item, model string) bool {
+	for _, v := range it.Visits {
+		if v.Model == model {
 			return true
 		}
-		for _, v := range it.Visits {
-			if v.Model == m {
-				return true
-			}
-		}
-		return false
 	}
-	if i, ok := c.Gear.StageOf(model); ok {
-		// The model is in the current gear: its threshold and its next
-		// stage there.
-		if plan.Answers(conf, c.Gear.Cascade[i].Threshold, i == len(c.Gear.Cascade)-1) {
-			return "", true
-		}
-		for _, s := range c.Gear.Cascade[i+1:] {
-			if !visited(s.Model) {
-				return s.Model, false
-			}
-		}
-		return "", true
-	}
-	// The model is not in the current gear: the threshold it had in the
-	// gear that sent the item here decides.
-	src := c.sourceGear(it, model)
-	if src == nil {
-		return "", true
-	}
-	j, _ := src.StageOf(model)
-	if plan.Answers(conf, src.Cascade[j].Threshold, j == len(src.Cascade)-1) {
-		return "", true
-	}
-	// Escalate to the first model of the current gear that comes after
-	// this one in ladder order; if there is none, this model is the most
-	// accurate one left, and answers.
-	pos, ok := c.ladder[model]
-	if !ok {
-		return "", true
-	}
-	for _, s := range c.Gear.Cascade {
-		if p, ok := c.ladder[s.Model]; ok && p > pos && !visited(s.Model) {
-			return s.Model, false
-		}
-	}
-	return "", true
+	return false
 }
 
 // sourceGear returns the gear that sent the item to model: the gear of its
@@ -118,55 +152,34 @@ func (c *control) sourceGear(it *wire.Item, model string) *plan.Gear {
 	return nil
 }
 
-// maxBatch returns model's max batch in the current gear: its stage's
-// override, else the gear's.
-func (c *control) maxBatch(model string) int {
-	if i, ok := c.Gear.StageOf(model); ok && c.Gear.Cascade[i].MaxBatch > 0 {
-		return c.Gear.Cascade[i].MaxBatch
+// route applies the cascade decision to a computed item: it answers it or
+// marks where it escalates to.
+func (w *worker) route(c *control, sr *stageRoute, it *itemTask, probs []float32, now time.Time) {
+	item := it.item
+	var keep []float32
+	if item.ReturnProbabilities {
+		keep = slices.Clone(probs)
 	}
-	return max(c.Gear.Batching.MaxBatch, 1)
-}
-
-// stageTime is the expected time for an item to pass model at the given
-// batch size (clamped to the model's max batch): its profile latency plus
-// the plan's hop overhead.
-func (c *control) stageTime(model string, batch int) time.Duration {
-	ms := c.Plan.HopOverheadMs
-	if m, ok := c.Plan.Model(model); ok {
-		ms += m.Profile.LatencyMs(min(max(batch, 1), c.maxBatch(model)))
-	}
-	return time.Duration(ms * float64(time.Millisecond))
-}
-
-// policy is model's batching policy in the current gear. A model that is
-// not in the gear is only being drained (nothing new is routed to it), so
-// its batches do not wait to fill.
-func (c *control) policy(model string, idle time.Duration) batching.Policy {
-	p := batching.Policy{MaxBatch: c.maxBatch(model), MaxDelay: c.Gear.Batching.MaxDelay(), IdleWait: idle}
-	if _, ok := c.Gear.StageOf(model); !ok {
-		p.MaxDelay = 0
-	}
-	return p
-}
-
-// weight is model's runner share in the current gear, the divisor of its
-// backlog when runners choose what to serve. A model of the cascade
-// without a share gets an equal split; a model outside it gets the
-// smallest share of the gear, so its leftover items drain without
-// starving the gear's models or being starved by them.
-func (c *control) weight(model string) float64 {
-	if s := c.Gear.Runners[model]; s > 0 {
-		return s
-	}
-	n := float64(len(c.Gear.Cascade))
-	if _, ok := c.Gear.StageOf(model); ok {
-		return 1 / n
-	}
-	least := 1 / n
-	for _, s := range c.Gear.Runners {
-		if s > 0 && s < least {
-			least = s
+	it.answer = func(reason string) {
+		it.outcome = outcomeAnswered
+		res := w.answerResult(c, item, now, keep)
+		if reason != "" {
+			it.outcome, it.degrade, res.Degraded = outcomeDegraded, reason, true
 		}
+		w.addResult(it, res)
 	}
-	return least
+	d := sr.decide(item, item.Visits[len(item.Visits)-1].Confidence, now)
+	switch d.kind {
+	case routeAnswer:
+		it.answer("")
+	case routeDegraded:
+		it.answer(d.reason)
+	case routeEscalate:
+		item.EnqueuedUnixNano = now.UnixNano()
+		if keep != nil {
+			item.BestProbs = keep
+		}
+		it.outcome = outcomeEscalated
+		it.next = d.next
+	}
 }

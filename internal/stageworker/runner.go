@@ -2,6 +2,8 @@ package stageworker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"sync"
 	"time"
@@ -12,6 +14,8 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/pkg/batching"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 // runner is one inference slot: a goroutine with its own session of every
@@ -167,6 +171,159 @@ func (r *runner) serve(ctx context.Context, i int) bool {
 		r.process(i, tasks)
 	}
 	return ok
+}
+
+// process handles one batch of model i, the items of tasks: checks,
+// inference, the cascade decision, publishing and settling every message.
+func (r *runner) process(i int, tasks []*task) {
+	w := r.w
+	h := w.models[i]
+	c := w.ctl.load()
+	now := w.now()
+
+	var run []*itemTask
+	for _, t := range tasks {
+		if t.decodeErr != nil {
+			w.logger.Error("undecodable message: dead-lettered and terminated, no result can be sent",
+				"model", h.name, "err", t.decodeErr)
+			t.js = append(t.js, w.deadLetterMsg(h, t, t.decodeErr.Error()))
+			t.err = natsbus.Permanent("undecodable message: %v", t.decodeErr)
+			continue
+		}
+		for _, it := range t.items {
+			switch bad := w.invalid(it.item); {
+			case bad != nil:
+				it.outcome = outcomeFailed
+				w.logger.Warn("invalid item: answering invalid_input", "model", h.name, "id", it.item.ID, "err", bad)
+				w.addResult(it, w.errorResult(c, it.item, now, wire.Errorf(wire.CodeInvalidInput, "%v", bad)))
+			case it.item.DeadlineUnixNano > 0 && !now.Before(time.Unix(0, it.item.DeadlineUnixNano)):
+				it.outcome = outcomeExpired
+				w.addResult(it, w.errorResult(c, it.item, now, wire.Errorf(wire.CodeDeadlineExceeded,
+					"deadline passed before model %q could run", h.name)))
+			default:
+				run = append(run, it)
+			}
+		}
+	}
+	if len(run) > 0 {
+		r.infer(i, c, run)
+	}
+	for _, t := range tasks {
+		w.outputs(h, c, t)
+	}
+	if w.hooks.beforePublish != nil {
+		w.hooks.beforePublish(h.name, len(tasks))
+	}
+	w.publish(tasks)
+	// Escalations rejected by a full next queue are answered now, degraded.
+	var again []*task
+	for _, t := range tasks {
+		if w.answerRejected(h, t) {
+			again = append(again, t)
+		}
+	}
+	if len(again) > 0 {
+		w.publish(again)
+	}
+	if w.hooks.beforeSettle != nil {
+		w.hooks.beforeSettle(h.name, len(tasks))
+	}
+	for _, t := range tasks {
+		w.settle(h, c, t)
+	}
+}
+
+// infer runs the items through model i as one batch and decides every
+// item's route. If the batch fails, items are run one by one so a single
+// bad item cannot fail its neighbours; an item that fails alone goes back
+// to its queue for another try (dead-lettered at the queue's MaxDeliver).
+func (r *runner) infer(i int, c *control, run []*itemTask) {
+	w := r.w
+	h := w.models[i]
+	sess := r.sessions[i]
+	classes := w.classes
+	// The model's input, built by the transform replay and profile use.
+	tr := h.input
+	r.in.Reset()
+	kept := run[:0]
+	for _, it := range run {
+		if err := tr.AppendTensor(&r.in, it.item.Input); err != nil {
+			// A FP32 item that is not bytes for a UINT8 model: this
+			// item's permanent error.
+			it.outcome = outcomeFailed
+			w.logger.Warn("item does not fit the model's input: answering invalid_input", "model", h.name, "id", it.item.ID, "err", err)
+			w.addResult(it, w.errorResult(c, it.item, w.now(), wire.Errorf(wire.CodeInvalidInput, "%v", err)))
+			continue
+		}
+		kept = append(kept, it)
+	}
+	run = kept
+	if len(run) == 0 {
+		return
+	}
+	if need := len(run) * classes; cap(r.out) < need {
+		r.out = make([]float32, need)
+	}
+	start := w.now()
+	_, err := tr.Run(sess, &r.in, r.out[:len(run)*classes])
+	for k := 0; err == nil && w.hooks.runError != nil && k < len(run); k++ {
+		err = w.hooks.runError(h.name, run[k].item.ID)
+	}
+	failed := make([]error, len(run))
+	if err != nil {
+		w.logger.Warn("batch inference failed; running its items one by one", "model", h.name, "batch", len(run), "err", err)
+		for k := range run {
+			in := tr.Slice(&r.in, k, k+1)
+			_, err := tr.Run(sess, &in, r.out[k*classes:(k+1)*classes])
+			if err == nil && w.hooks.runError != nil {
+				err = w.hooks.runError(h.name, run[k].item.ID)
+			}
+			if err != nil {
+				failed[k] = fmt.Errorf("model %q: %w", h.name, err)
+			}
+		}
+	}
+	end := w.now()
+	computeNs := end.Sub(start).Nanoseconds()
+	w.metrics.compute.WithLabelValues(h.name).Observe(end.Sub(start).Seconds())
+	w.metrics.batchSize.WithLabelValues(h.name).Observe(float64(len(run)))
+
+	// What every item's decision needs of the plan and the gear, once.
+	metric := c.Plan.Confidence
+	var temperature float64
+	if m, ok := c.Plan.Model(h.name); ok {
+		temperature = m.Temperature
+	}
+	sr := c.stageRoute(h.name, len(run))
+	for k, it := range run {
+		probs := r.out[k*classes : (k+1)*classes]
+		switch {
+		case errors.Is(failed[k], onnxrt.ErrInvalidOutput) || failed[k] == nil && !finite(probs):
+			// The input is finite (the ingress checks) but drives the model
+			// out of range, e.g. values near the float32 maximum: the same
+			// input fails the same way on every try, so it is this item's
+			// permanent error, not a transient failure.
+			w.nonFinite(c, h, it, end)
+			continue
+		case failed[k] != nil:
+			w.logger.Error("inference failed", "id", it.item.ID, "model", h.name, "attempt", it.item.Attempts+1, "err", failed[k])
+			it.retry = failed[k]
+			continue
+		}
+		plan.Calibrate(probs, temperature)
+		conf, label := plan.Confidence(metric, probs)
+		enq := it.item.EnqueuedUnixNano
+		if enq <= 0 && it.t.meta != nil {
+			enq = it.t.meta.Timestamp.UnixNano()
+		}
+		queueNs := max(start.UnixNano()-enq, 0)
+		w.metrics.queue.WithLabelValues(h.name).Observe(float64(queueNs) / 1e9)
+		it.item.Visits = append(it.item.Visits, wire.Visit{
+			Model: h.name, Gear: c.Gear.ID, Confidence: conf, Label: label,
+			QueueNs: queueNs, ComputeNs: computeNs, BatchSize: len(run),
+		})
+		w.route(c, sr, it, probs, end)
+	}
 }
 
 // splitAt returns how many of tasks, at least one, fit in a batch of
@@ -326,16 +483,4 @@ func earliest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// deadline returns the earliest deadline of the task's items, zero if none
-// has one or the message is not decoded.
-func (t *task) deadline() time.Time {
-	var d time.Time
-	for _, it := range t.items {
-		if it.item.DeadlineUnixNano > 0 {
-			d = earliest(d, time.Unix(0, it.item.DeadlineUnixNano))
-		}
-	}
-	return d
 }

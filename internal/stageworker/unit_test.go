@@ -4,11 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	dto "github.com/prometheus/client_model/go"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -64,32 +65,32 @@ func TestDecide(t *testing.T) {
 		model string
 		conf  float64
 		batch int
-		want  route
+		want  decision
 	}{
 		// The model is in the current gear.
-		{"confident first stage answers", "mid", item("mid", far), "a", 0.9, 1, route{kind: routeAnswer}},
-		{"uncertain first stage escalates to the next stage", "mid", item("mid", far), "a", 0.89, 1, route{kind: routeEscalate, next: "b"}},
-		{"middle stage escalates to the last", "mid", item("mid", far, visit("a", "mid")), "b", 0.5, 1, route{kind: routeEscalate, next: "c"}},
-		{"last stage always answers", "mid", item("mid", far, visit("a", "mid"), visit("b", "mid")), "c", 0, 1, route{kind: routeAnswer}},
-		{"the current gear's threshold wins over the admission gear's", "fast", item("mid", far), "a", 0.7, 1, route{kind: routeAnswer}},
-		{"the current gear's next stage wins", "fast", item("mid", far), "a", 0.5, 1, route{kind: routeEscalate, next: "c"}},
-		{"no deadline: never degraded", "mid", item("mid", 0), "a", 0, 1, route{kind: routeEscalate, next: "b"}},
+		{"confident first stage answers", "mid", item("mid", far), "a", 0.9, 1, decision{kind: routeAnswer}},
+		{"uncertain first stage escalates to the next stage", "mid", item("mid", far), "a", 0.89, 1, decision{kind: routeEscalate, next: "b"}},
+		{"middle stage escalates to the last", "mid", item("mid", far, visit("a", "mid")), "b", 0.5, 1, decision{kind: routeEscalate, next: "c"}},
+		{"last stage always answers", "mid", item("mid", far, visit("a", "mid"), visit("b", "mid")), "c", 0, 1, decision{kind: routeAnswer}},
+		{"the current gear's threshold wins over the admission gear's", "fast", item("mid", far), "a", 0.7, 1, decision{kind: routeAnswer}},
+		{"the current gear's next stage wins", "fast", item("mid", far), "a", 0.5, 1, decision{kind: routeEscalate, next: "c"}},
+		{"no deadline: never degraded", "mid", item("mid", 0), "a", 0, 1, decision{kind: routeEscalate, next: "b"}},
 
 		// The model is not in the current gear.
-		{"not in gear: answers by its admission gear's threshold", "acc", item("mid", far), "a", 0.95, 1, route{kind: routeAnswer}},
-		{"not in gear: escalates to the first later model of the current gear", "acc", item("mid", far), "a", 0.5, 1, route{kind: routeEscalate, next: "b"}},
-		{"not in gear: the sending gear (previous visit) decides, not admission", "fast", item("acc", far, visit("a", "mid")), "b", 0.75, 1, route{kind: routeAnswer}},
-		{"not in gear: below the sending gear's threshold escalates", "fast", item("acc", far, visit("a", "mid")), "b", 0.65, 1, route{kind: routeEscalate, next: "c"}},
-		{"not in gear: last in the sending gear answers", "fast", item("acc", far, visit("b", "acc")), "d", 0, 1, route{kind: routeAnswer}},
-		{"not in gear: nothing later in the current gear answers", "mid", item("acc", far, visit("b", "acc")), "d", 0.1, 1, route{kind: routeAnswer}},
-		{"not in gear: unknown sending gear answers", "mid", item("gone", far), "d", 0.1, 1, route{kind: routeAnswer}},
-		{"not in gear: skips models already visited", "mid", &wire.Item{ID: "x", AdmittedGear: "acc", DeadlineUnixNano: far, Visits: []wire.Visit{visit("c", "fast")}}, "b", 0.1, 1, route{kind: routeAnswer}},
+		{"not in gear: answers by its admission gear's threshold", "acc", item("mid", far), "a", 0.95, 1, decision{kind: routeAnswer}},
+		{"not in gear: escalates to the first later model of the current gear", "acc", item("mid", far), "a", 0.5, 1, decision{kind: routeEscalate, next: "b"}},
+		{"not in gear: the sending gear (previous visit) decides, not admission", "fast", item("acc", far, visit("a", "mid")), "b", 0.75, 1, decision{kind: routeAnswer}},
+		{"not in gear: below the sending gear's threshold escalates", "fast", item("acc", far, visit("a", "mid")), "b", 0.65, 1, decision{kind: routeEscalate, next: "c"}},
+		{"not in gear: last in the sending gear answers", "fast", item("acc", far, visit("b", "acc")), "d", 0, 1, decision{kind: routeAnswer}},
+		{"not in gear: nothing later in the current gear answers", "mid", item("acc", far, visit("b", "acc")), "d", 0.1, 1, decision{kind: routeAnswer}},
+		{"not in gear: unknown sending gear answers", "mid", item("gone", far), "d", 0.1, 1, decision{kind: routeAnswer}},
+		{"not in gear: skips models already visited", "mid", &wire.Item{ID: "x", AdmittedGear: "acc", DeadlineUnixNano: far, Visits: []wire.Visit{visit("c", "fast")}}, "b", 0.1, 1, decision{kind: routeAnswer}},
 
 		// Deadline-aware escalation: next stage needs profile(batch) + 1 ms hop.
-		{"deadline leaves room for the next stage", "mid", item("mid", now.Add(3*time.Millisecond).UnixNano()), "a", 0.5, 2, route{kind: routeEscalate, next: "b"}},
-		{"deadline too close: degraded", "mid", item("mid", now.Add(3*time.Millisecond).UnixNano()), "a", 0.5, 3, route{kind: routeDegraded, next: "b", reason: degradedDeadline}},
-		{"next stage latency is taken at its own max batch at most", "mid", item("mid", now.Add(17*time.Millisecond+time.Microsecond).UnixNano()), "a", 0.5, 64, route{kind: routeEscalate, next: "b"}},
-		{"a confident item is answered, not degraded, even with no time left", "mid", item("mid", now.UnixNano()), "a", 0.95, 1, route{kind: routeAnswer}},
+		{"deadline leaves room for the next stage", "mid", item("mid", now.Add(3*time.Millisecond).UnixNano()), "a", 0.5, 2, decision{kind: routeEscalate, next: "b"}},
+		{"deadline too close: degraded", "mid", item("mid", now.Add(3*time.Millisecond).UnixNano()), "a", 0.5, 3, decision{kind: routeDegraded, next: "b", reason: degradedDeadline}},
+		{"next stage latency is taken at its own max batch at most", "mid", item("mid", now.Add(17*time.Millisecond+time.Microsecond).UnixNano()), "a", 0.5, 64, decision{kind: routeEscalate, next: "b"}},
+		{"a confident item is answered, not degraded, even with no time left", "mid", item("mid", now.UnixNano()), "a", 0.95, 1, decision{kind: routeAnswer}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -97,7 +98,7 @@ func TestDecide(t *testing.T) {
 			if c.Gear.ID != tt.gear {
 				t.Fatalf("gear %q not applied", tt.gear)
 			}
-			if got := c.decide(tt.item, tt.model, tt.conf, now, tt.batch); got != tt.want {
+			if got := c.stageRoute(tt.model, tt.batch).decide(tt.item, tt.conf, now); got != tt.want {
 				t.Errorf("decide = %+v, want %+v", got, tt.want)
 			}
 		})
