@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -83,10 +84,12 @@ func TestRulesAndDashboardUseDefinedMetrics(t *testing.T) {
 }
 
 // definedMetrics returns the metric names the Go code defines (string
-// literals cascade_* in non-test files under internal/).
+// literals cascade_* in non-test files under internal/, and the names of
+// the telemetry.ServiceMetrics of each prefix given to NewServiceMetrics).
 func definedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	lit := regexp.MustCompile(`"(cascade_[a-z0-9_]+)"`)
+	service := regexp.MustCompile(`NewServiceMetrics\([a-z]+, "(cascade_[a-z0-9_]+)"`)
 	defined := map[string]bool{}
 	err := filepath.WalkDir("../internal", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
@@ -98,6 +101,10 @@ func definedMetrics(t *testing.T) map[string]bool {
 		}
 		for _, m := range lit.FindAllStringSubmatch(string(b), -1) {
 			defined[m[1]] = true
+		}
+		for _, m := range service.FindAllStringSubmatch(string(b), -1) {
+			ready, index, info := telemetry.ServiceMetricNames(m[1])
+			defined[ready], defined[index], defined[info] = true, true, true
 		}
 		return nil
 	})

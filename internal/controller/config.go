@@ -3,13 +3,9 @@ package controller
 import (
 	"errors"
 	"fmt"
-	"log/slog"
-	"net/http"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
@@ -155,16 +151,12 @@ func storageType(s string) (jetstream.StorageType, error) {
 
 // Deps are the controller's dependencies.
 type Deps struct {
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	Conn       *nats.Conn
-	// Now is the clock (AtUnixNano of gear writes, dwell times, stats receive
-	// times); nil means time.Now. It is called from several goroutines.
-	Now func() time.Time
-	// HTTP, if set, is the mux of the process's metrics listener: Run adds
-	// the live dashboard there (/dashboard, /dashboard/state,
-	// /dashboard/events; package dashboard).
-	HTTP *http.ServeMux
+	// Deps are the logger, metrics registerer, NATS connection and clock
+	// every service takes. The clock stamps gear writes (AtUnixNano) and
+	// times dwells and stats. HTTP, if set, gets the live dashboard
+	// (/dashboard, /dashboard/state, /dashboard/events; package
+	// dashboard).
+	servicemain.Deps
 	// Plan is the gear plan to serve; required. Its pipeline must be
 	// Config.Pipeline. The binary reads it from Config.Plan (LoadPlan), the
 	// all-in-one binary hands over the plan it serves.

@@ -30,14 +30,9 @@ const maxCASAttempts = 3
 // counted (cascade_controller_errors_total) and the loop keeps going; a
 // stream, consumer or bucket that vanished is re-created.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
-	if deps.Conn == nil {
-		return errors.New("controller: no NATS connection")
-	}
-	if deps.Logger == nil {
-		deps.Logger = slog.New(slog.DiscardHandler)
-	}
-	if deps.Now == nil {
-		deps.Now = time.Now
+	d, err := deps.WithDefaults("controller")
+	if err != nil {
+		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -54,7 +49,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	js, err := jetstream.New(deps.Conn)
+	js, err := jetstream.New(d.Conn)
 	if err != nil {
 		return fmt.Errorf("controller: jetstream: %w", err)
 	}
@@ -63,9 +58,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		policy:  pol,
 		topo:    topo,
 		js:      js,
-		log:     deps.Logger.With("pipeline", p.Pipeline),
-		now:     deps.Now,
-		m:       newMetrics(deps.Registerer, p),
+		log:     d.Logger.With("pipeline", p.Pipeline),
+		now:     d.Now,
+		m:       newMetrics(d.Registerer, p),
 		meter:   NewRateMeter(time.Duration(p.Hysteresis.RateWindowMs * float64(time.Millisecond))),
 		backlog: map[string]Backlog{},
 		cons:    map[string]jetstream.Consumer{},
@@ -73,9 +68,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		fleet:   NewFleet(statsWindow),
 		workers: map[string]int{},
 	}
-	if deps.HTTP != nil {
+	if d.HTTP != nil {
 		c.hub = dashboard.NewHub()
-		c.hub.Mount(deps.HTTP)
+		c.hub.Mount(d.HTTP)
 		defer c.hub.Close()
 	}
 	c.topo.Logger = c.log
@@ -85,12 +80,12 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		}
 		return fmt.Errorf("controller: %w", err)
 	}
-	sub, err := deps.Conn.Subscribe(wire.StatsWildcard(p.Pipeline), c.onStats)
+	sub, err := d.Conn.Subscribe(wire.StatsWildcard(p.Pipeline), c.onStats)
 	if err != nil {
 		return fmt.Errorf("controller: subscribe to ingress stats: %w", err)
 	}
 	defer sub.Unsubscribe()
-	wsub, err := deps.Conn.Subscribe(wire.WorkerStatsWildcard(p.Pipeline), c.onWorker)
+	wsub, err := d.Conn.Subscribe(wire.WorkerStatsWildcard(p.Pipeline), c.onWorker)
 	if err != nil {
 		return fmt.Errorf("controller: subscribe to worker heartbeats: %w", err)
 	}
@@ -101,7 +96,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		}
 		return fmt.Errorf("controller: %w", err)
 	}
-	c.m.ready.Set(1)
+	c.m.Ready.Set(1)
 	c.log.Info("controller started", "gears", gearIDs(p.Gears), "pinned", cfg.Gear,
 		"sample_interval_ms", p.Hysteresis.SampleIntervalMs, "rate_window_ms", p.Hysteresis.RateWindowMs)
 
@@ -218,7 +213,7 @@ func (c *controller) adopt(st wire.GearState) {
 	idx := c.plan.GearByID(st.Gear)
 	c.state = State{Gear: idx, Since: since}
 	if idx >= 0 {
-		c.m.setGear(idx, st.Gear)
+		c.m.SetGear(idx, st.Gear)
 	}
 	c.log.Info("adopted gear from control bucket", "gear", st.Gear, "known", idx >= 0, "reason", st.Reason)
 }
@@ -355,7 +350,7 @@ func (c *controller) write(ctx context.Context, d Decision, qps float64, backlog
 		c.m.switches.WithLabelValues(string(dir)).Inc()
 	}
 	c.state = State{Gear: d.Gear, Since: at}
-	c.m.setGear(d.Gear, g.ID)
+	c.m.SetGear(d.Gear, g.ID)
 	msg := "gear switch"
 	if dir == Hold {
 		msg = "gear written"

@@ -107,7 +107,7 @@ func startControllerPlan(t *testing.T, srv *natstest.Server, cfg Config, p *plan
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	nc := srv.Connect(t) // closed by a cleanup that runs after stop's
 	go func() {
-		done <- Run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc, HTTP: mux, Plan: p})
+		done <- Run(ctx, cfg, Deps{Deps: servicemain.Deps{Logger: logger, Registerer: reg, Conn: nc, HTTP: mux}, Plan: p})
 	}()
 	var once sync.Once
 	var runErr error
@@ -686,7 +686,7 @@ func TestRunRejectsUnknownPinnedGear(t *testing.T) {
 	srv := natstest.Start(t)
 	file, _ := fastPlanFile(t)
 	cfg := testConfig(t, file, map[string]string{"CASCADE_GEAR": "turbo"})
-	err := Run(context.Background(), cfg, Deps{Registerer: prometheus.NewRegistry(), Conn: srv.Conn, Plan: filePlan(t, cfg)})
+	err := Run(context.Background(), cfg, Deps{Deps: servicemain.Deps{Registerer: prometheus.NewRegistry(), Conn: srv.Conn}, Plan: filePlan(t, cfg)})
 	if !errors.Is(err, ErrUnknownGear) {
 		t.Fatalf("err %v, want ErrUnknownGear", err)
 	}

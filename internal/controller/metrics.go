@@ -1,11 +1,10 @@
 package controller
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
@@ -15,9 +14,8 @@ var errorOps = []string{"apply_topology", "put_plan", "read_gear", "write_gear",
 
 // metrics are one controller instance's Prometheus metrics.
 type metrics struct {
-	gearIndex      prometheus.Gauge
-	gearInfo       *prometheus.GaugeVec
-	ready          prometheus.Gauge
+	// ServiceMetrics are cascade_controller_ready and the gear in force.
+	*telemetry.ServiceMetrics
 	intakeQPS      prometheus.Gauge
 	ingresses      prometheus.Gauge
 	liveRunners    prometheus.Gauge
@@ -29,9 +27,6 @@ type metrics struct {
 	decisionLoop   prometheus.Histogram
 	planRevision   prometheus.Gauge
 	gearWriteDelay prometheus.Histogram
-
-	mu     sync.Mutex // guards gearID
-	gearID string
 }
 
 // newMetrics registers the controller's metrics with reg, every series an
@@ -49,18 +44,8 @@ func newMetrics(reg prometheus.Registerer, p *plan.Plan) *metrics {
 		Help: "The plan's p95 end-to-end latency objective.",
 	}).Set(p.SLO.P95Ms / 1000)
 	m := &metrics{
-		gearIndex: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_controller_gear_index",
-			Help: "Index in the plan of the gear in force (0 = most accurate).",
-		}),
-		gearInfo: f.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "cascade_controller_gear_info",
-			Help: "1 for the id of the gear in force (one series; joins cascade_controller_gear_index to the gear id).",
-		}, []string{"gear"}),
-		ready: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_controller_ready",
-			Help: "1 once the topology is applied and a gear is in force.",
-		}),
+		ServiceMetrics: telemetry.NewServiceMetrics(f, "cascade_controller",
+			"1 once the topology is applied and a gear is in force.", "the gear in force"),
 		intakeQPS: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_controller_intake_requests_per_second",
 			Help: "Measured intake rate: requests admitted per second over the rate window, all ingress instances.",
@@ -108,27 +93,8 @@ func newMetrics(reg prometheus.Registerer, p *plan.Plan) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
 		}),
 	}
-	for _, d := range []Direction{Up, Down} {
-		m.switches.WithLabelValues(string(d))
-	}
-	for _, op := range errorOps {
-		m.errors.WithLabelValues(op)
-	}
-	for _, model := range p.UsedModels() {
-		m.backlog.WithLabelValues(model, "pending")
-		m.backlog.WithLabelValues(model, "ack_pending")
-	}
+	telemetry.ZeroSeries(m.switches.MetricVec, []string{string(Up), string(Down)})
+	telemetry.ZeroSeries(m.errors.MetricVec, errorOps)
+	telemetry.ZeroSeries(m.backlog.MetricVec, p.UsedModels(), []string{"pending", "ack_pending"})
 	return m
-}
-
-// setGear records the gear in force: its index and its id.
-func (m *metrics) setGear(index int, id string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.gearIndex.Set(float64(index))
-	if id != m.gearID {
-		m.gearInfo.DeleteLabelValues(m.gearID)
-		m.gearID = id
-	}
-	m.gearInfo.WithLabelValues(id).Set(1)
 }

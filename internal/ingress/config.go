@@ -3,12 +3,8 @@ package ingress
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
@@ -222,15 +218,9 @@ func (c Config) Validate() error {
 
 // Deps are what Run needs from its process.
 type Deps struct {
-	// Logger receives the ingress's logs; nil discards them.
-	Logger *slog.Logger
-	// Registerer registers the ingress's metrics; nil uses a private
-	// registry (metrics are then not exported).
-	Registerer prometheus.Registerer
-	// Conn is the NATS connection; required. Run does not close it.
-	Conn *nats.Conn
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
+	// Deps are the logger, metrics registerer, NATS connection and clock
+	// every service takes.
+	servicemain.Deps
 	// HTTPListener, if set, serves the HTTP endpoint instead of listening on
 	// Config.HTTPAddr (tests listen on 127.0.0.1:0). Run closes it.
 	HTTPListener net.Listener

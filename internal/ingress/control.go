@@ -19,7 +19,7 @@ func newWatcher(pipeline string, logger *slog.Logger, m *metrics) *controlstate.
 		Pipeline: pipeline,
 		Logger:   logger,
 		Applied: func(s *controlstate.Snapshot, _ string, _ bool) {
-			m.setGear(s.Index, s.Gear.ID)
+			m.SetGear(s.Index, s.Gear.ID)
 		},
 	})
 }

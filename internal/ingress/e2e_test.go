@@ -17,6 +17,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/internal/stageworker"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -83,7 +84,7 @@ func TestEndToEndMNIST(t *testing.T) {
 	wdone := make(chan error, 1)
 	wnc := srv.Connect(t) // closed after the worker stops (cleanups run last-in first-out)
 	go func() {
-		wdone <- stageworker.Run(wctx, wcfg, stageworker.Deps{Logger: testLogger(t), Registerer: prometheus.NewRegistry(), Conn: wnc, Models: mnist.Files()})
+		wdone <- stageworker.Run(wctx, wcfg, stageworker.Deps{Deps: servicemain.Deps{Logger: testLogger(t), Registerer: prometheus.NewRegistry(), Conn: wnc}, Models: mnist.Files()})
 	}()
 	t.Cleanup(func() {
 		wcancel()

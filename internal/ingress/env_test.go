@@ -23,6 +23,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -155,7 +156,7 @@ func (e *testEnv) startIngressOn(t testing.TB, nc *nats.Conn, edit func(*ingress
 	ti := &testIngress{url: "http://" + ln.Addr().String(), reg: prometheus.NewRegistry(), cancel: cancel, stopped: make(chan struct{})}
 	go func() {
 		defer close(ti.stopped)
-		ti.err = ingress.Run(ctx, cfg, ingress.Deps{Logger: testLogger(t), Registerer: ti.reg, Conn: nc, HTTPListener: ln})
+		ti.err = ingress.Run(ctx, cfg, ingress.Deps{Deps: servicemain.Deps{Logger: testLogger(t), Registerer: ti.reg, Conn: nc}, HTTPListener: ln})
 	}()
 	t.Cleanup(func() { ti.stop(t) })
 	return ti

@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cascadeserve/cascadeserve/internal/controlstate"
@@ -74,27 +73,18 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if deps.Conn == nil {
-		return errors.New("ingress: no NATS connection")
+	d, err := deps.WithDefaults("ingress")
+	if err != nil {
+		return err
 	}
-	in := &ingress{cfg: cfg, instance: cfg.Instance, logger: deps.Logger, now: deps.Now, nc: deps.Conn,
+	in := &ingress{cfg: cfg, instance: cfg.Instance, logger: d.Logger, now: d.Now, nc: d.Conn,
 		codec: wire.NewCodec(), slots: make(chan struct{}, cfg.MaxInFlight), abort: make(chan struct{})}
 	if in.instance == "" {
 		in.instance = nuid.Next()
 	}
-	if in.logger == nil {
-		in.logger = slog.New(slog.DiscardHandler)
-	}
 	in.logger = in.logger.With("instance", in.instance)
-	if in.now == nil {
-		in.now = time.Now
-	}
-	reg := deps.Registerer
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
-	in.metrics = newMetrics(reg)
-	js, err := jetstream.New(deps.Conn)
+	in.metrics = newMetrics(d.Registerer)
+	js, err := jetstream.New(d.Conn)
 	if err != nil {
 		return fmt.Errorf("ingress: jetstream: %w", err)
 	}
@@ -104,7 +94,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("ingress: %w", err)
 	}
 
-	if in.replies, err = newReplyMux(deps.Conn, cfg.InboxPrefixes[0]+in.instance+"."); err != nil {
+	if in.replies, err = newReplyMux(d.Conn, cfg.InboxPrefixes[0]+in.instance+"."); err != nil {
 		return fmt.Errorf("ingress: %w", err)
 	}
 	defer func() { _ = in.replies.close() }()
@@ -284,9 +274,9 @@ func (in *ingress) serving() bool {
 
 func (in *ingress) updateReady() {
 	if in.serving() {
-		in.metrics.ready.Set(1)
+		in.metrics.Ready.Set(1)
 	} else {
-		in.metrics.ready.Set(0)
+		in.metrics.Ready.Set(0)
 	}
 }
 

@@ -1,11 +1,10 @@
 package ingress
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -28,12 +27,13 @@ const (
 
 // metrics are one ingress's Prometheus metrics, registered per instance.
 type metrics struct {
+	// ServiceMetrics are cascade_ingress_ready and the gear new requests
+	// are admitted to.
+	*telemetry.ServiceMetrics
 	requests  *prometheus.CounterVec
 	admission *prometheus.HistogramVec
 	e2e       *prometheus.HistogramVec
 	inFlight  prometheus.Gauge
-	ready     prometheus.Gauge
-	gear      prometheus.Gauge
 	// refusedReplies, shed, pending and dropped watch the request-reply
 	// door's trust and overload limits.
 	refusedReplies prometheus.Counter
@@ -45,10 +45,6 @@ type metrics struct {
 	// jobsBound and jobsLost watch the jobs door's consumer.
 	jobsBound prometheus.Gauge
 	jobsLost  prometheus.Counter
-	gearInfo  *prometheus.GaugeVec
-
-	mu     sync.Mutex // guards gearID
-	gearID string
 }
 
 // doors are every door, and codes every error code an intake may answer
@@ -59,12 +55,12 @@ var (
 		wire.CodeUnavailable, wire.CodeDuplicate, wire.CodeInternal}
 )
 
-// durationBuckets go from 50µs to ~13s, doubling.
-var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 19)
-
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
 	m := &metrics{
+		ServiceMetrics: telemetry.NewServiceMetrics(f, "cascade_ingress",
+			"1 when the plan and topology are known, intake is open and (with the jobs door on) the jobs consumer is bound.",
+			"the gear new requests are admitted to"),
 		requests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_ingress_requests_total",
 			Help: "Requests by door (nats, jobs, http) and intake outcome: admitted, deferred (job retried later), replayed (a repeated Idempotency-Key answered with the first result), or the error code answered (invalid_input, overloaded, duplicate, deadline_exceeded, unavailable, internal).",
@@ -72,12 +68,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		admission: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cascade_ingress_admission_duration_seconds",
 			Help:    "Time from receiving a request to the first stage's PubAck, by door (admitted requests only).",
-			Buckets: durationBuckets,
+			Buckets: telemetry.DurationBuckets,
 		}, []string{"door"}),
 		e2e: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cascade_ingress_request_duration_seconds",
 			Help:    "Time from receiving a request to answering it, for callers the ingress answers itself (http, nats with a JSON body).",
-			Buckets: durationBuckets,
+			Buckets: telemetry.DurationBuckets,
 		}, []string{"door"}),
 		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "cascade_ingress_http_in_flight_requests",
@@ -112,46 +108,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cascade_ingress_jobs_consumer_lost_total",
 			Help: "Times the jobs consumer was found missing (deleted, or not yet created); the ingress is unready until it is back.",
 		}),
-		ready: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_ingress_ready",
-			Help: "1 when the plan and topology are known, intake is open and (with the jobs door on) the jobs consumer is bound.",
-		}),
-		gear: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_ingress_gear_index",
-			Help: "Index in the plan of the gear new requests are admitted to.",
-		}),
-		gearInfo: f.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "cascade_ingress_gear_info",
-			Help: "1 for the id of the gear new requests are admitted to (one series; joins cascade_ingress_gear_index to the gear id).",
-		}, []string{"gear"}),
 	}
 	// Every series an alert or the dashboard reads exists from the start,
-	// at zero: rate() sees nothing of a series born with its first event.
-	for _, door := range doors {
-		m.requests.WithLabelValues(door, outcomeAdmitted)
-		for _, c := range codes {
-			m.requests.WithLabelValues(door, string(c))
-		}
-		m.admission.WithLabelValues(door)
-		m.e2e.WithLabelValues(door)
+	// at zero.
+	intake := []string{outcomeAdmitted}
+	for _, c := range codes {
+		intake = append(intake, string(c))
 	}
-	for _, why := range []string{"in_flight", "backlog"} {
-		m.shed.WithLabelValues(why)
-	}
-	m.requests.WithLabelValues(doorJobs, outcomeDeferred)
-	m.requests.WithLabelValues(doorNATS, outcomeReplayed)
-	m.requests.WithLabelValues(doorHTTP, outcomeReplayed)
+	telemetry.ZeroSeries(m.requests.MetricVec, doors, intake)
+	telemetry.ZeroSeries(m.admission.MetricVec, doors)
+	telemetry.ZeroSeries(m.e2e.MetricVec, doors)
+	telemetry.ZeroSeries(m.shed.MetricVec, []string{"in_flight", "backlog"})
+	telemetry.ZeroSeries(m.requests.MetricVec, []string{doorJobs}, []string{outcomeDeferred})
+	telemetry.ZeroSeries(m.requests.MetricVec, []string{doorNATS, doorHTTP}, []string{outcomeReplayed})
 	return m
-}
-
-// setGear records the gear new requests go to: its index and its id.
-func (m *metrics) setGear(index int, id string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.gear.Set(float64(index))
-	if id != m.gearID {
-		m.gearInfo.DeleteLabelValues(m.gearID)
-		m.gearID = id
-	}
-	m.gearInfo.WithLabelValues(id).Set(1)
 }

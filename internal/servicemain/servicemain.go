@@ -20,6 +20,7 @@ import (
 	"reflect"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	env "github.com/caarlos0/env/v10"
 	"github.com/nats-io/nats.go"
@@ -92,15 +93,41 @@ type Config interface {
 	MetricsAddress() string
 }
 
-// Deps are what the binary hands the service's Run.
+// Deps are what every service's Run needs from its process, the binary's
+// or the all-in-one one's; each service's Deps embeds them.
 type Deps struct {
-	Logger     *slog.Logger
+	// Logger receives the service's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer registers the service's metrics; nil uses a private
+	// registry (the metrics are then not exported).
 	Registerer prometheus.Registerer
-	Conn       *nats.Conn
+	// Conn is the NATS connection; required. Run does not close it.
+	Conn *nats.Conn
+	// Now is the clock; nil means time.Now. It may be called from several
+	// goroutines.
+	Now func() time.Time
 	// HTTP is the mux of the metrics listener (/metrics, /healthz,
 	// /readyz); a service may add routes (the controller's dashboard). Nil
-	// when the service serves no metrics.
+	// when the process serves no metrics.
 	HTTP *http.ServeMux
+}
+
+// WithDefaults returns d with the defaults for what it leaves nil, or an
+// error naming service if it has no NATS connection.
+func (d Deps) WithDefaults(service string) (Deps, error) {
+	if d.Conn == nil {
+		return d, fmt.Errorf("%s: no NATS connection", service)
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Registerer == nil {
+		d.Registerer = prometheus.NewRegistry()
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	return d, nil
 }
 
 // Main runs the service called name with the Config parse reads from the

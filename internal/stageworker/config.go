@@ -4,13 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascadeserve/cascadeserve/internal/envconfig"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
@@ -233,15 +229,9 @@ func (c Config) Validate() error {
 
 // Deps are what Run needs from its process.
 type Deps struct {
-	// Logger receives the worker's logs; nil discards them.
-	Logger *slog.Logger
-	// Registerer registers the worker's metrics; nil uses a private
-	// registry (metrics are then not exported).
-	Registerer prometheus.Registerer
-	// Conn is the NATS connection; required. Run does not close it.
-	Conn *nats.Conn
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
+	// Deps are the logger, metrics registerer, NATS connection and clock
+	// every service takes.
+	servicemain.Deps
 	// Models holds the model files: a model's bytes are the file
 	// Model.File of the plan in the control bucket, resolved against it.
 	// Required. The binary opens Config.ModelDir (ModelFiles); the

@@ -91,7 +91,7 @@ func (w *watcher) apply(key string, value []byte, live bool) { w.follower.Apply(
 func (w *watcher) onApplied(s *controlstate.Snapshot, key string, live bool) {
 	c := viewOf(s, w.cur.Load())
 	w.cur.Store(c)
-	w.metrics.setGear(c.Index, c.Gear.ID)
+	w.metrics.SetGear(c.Index, c.Gear.ID)
 	if key != wire.KeyGear {
 		return
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -195,7 +196,7 @@ func (e *testEnv) startWorkerOn(t testing.TB, nc *nats.Conn, edit func(*Config),
 	ctx, cancel := context.WithCancel(context.Background())
 	tw.cancel = cancel
 	go func() {
-		tw.done <- Run(ctx, cfg, Deps{Logger: testLogger(t), Registerer: tw.reg, Conn: nc, Models: models, hooks: h})
+		tw.done <- Run(ctx, cfg, Deps{Deps: servicemain.Deps{Logger: testLogger(t), Registerer: tw.reg, Conn: nc}, Models: models, hooks: h})
 	}()
 	t.Cleanup(func() { tw.stop(t); nc.Close() })
 	return tw

@@ -1,11 +1,10 @@
 package stageworker
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -31,15 +30,15 @@ const (
 
 // metrics are one worker's Prometheus metrics, registered per instance.
 type metrics struct {
+	// ServiceMetrics are cascade_worker_ready and the gear this worker
+	// applies.
+	*telemetry.ServiceMetrics
 	items        *prometheus.CounterVec
 	degraded     *prometheus.CounterVec
 	batchSize    *prometheus.HistogramVec
 	queue        *prometheus.HistogramVec
 	compute      *prometheus.HistogramVec
 	gearApply    prometheus.Histogram
-	gear         prometheus.Gauge
-	gearInfo     *prometheus.GaugeVec
-	ready        prometheus.Gauge
 	redeliveries *prometheus.CounterVec
 	acks         *prometheus.CounterVec
 	deadLetters  *prometheus.CounterVec
@@ -58,21 +57,17 @@ type metrics struct {
 	nonFinite *prometheus.CounterVec
 	// results are the cumulative counters of the worker's heartbeat.
 	results *resultStats
-
-	mu     sync.Mutex // guards gearID
-	gearID string
 }
 
 // Pull kinds (label kind of cascade_worker_pulls_total).
 var pullKinds = []string{"watch", "fill", "nowait"}
 
-// durationBuckets go from 50µs to ~13s, doubling: sub-millisecond hops of
-// small models are resolved.
-var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 19)
-
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
 	m := &metrics{
+		ServiceMetrics: telemetry.NewServiceMetrics(f, "cascade_worker",
+			"1 once the worker has its plan and topology and has loaded its models.",
+			"the gear this worker applies"),
 		results: newResultStats(),
 		refusedReplies: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_refused_replies_total",
@@ -81,7 +76,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		e2e: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cascade_worker_request_duration_seconds",
 			Help:    "Time from admission to the answer, for requests whose callers the workers answer themselves, by door (nats: msgpack request-reply; jobs: durable jobs). The ingress records the other callers in cascade_ingress_request_duration_seconds.",
-			Buckets: durationBuckets,
+			Buckets: telemetry.DurationBuckets,
 		}, []string{"door"}),
 		itemRetries: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_item_retries_total",
@@ -107,29 +102,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		queue: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cascade_worker_queue_duration_seconds",
 			Help:    "Time from an item's enqueue to the start of its batch's compute.",
-			Buckets: durationBuckets,
+			Buckets: telemetry.DurationBuckets,
 		}, []string{"model"}),
 		compute: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cascade_worker_compute_duration_seconds",
 			Help:    "Inference time of one batch.",
-			Buckets: durationBuckets,
+			Buckets: telemetry.DurationBuckets,
 		}, []string{"model"}),
 		gearApply: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "cascade_worker_gear_apply_seconds",
 			Help:    "Time from the controller's gear write (GearState.AtUnixNano) to this worker applying it.",
-			Buckets: durationBuckets,
-		}),
-		gear: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_worker_gear_index",
-			Help: "Index in the plan of the gear this worker applies.",
-		}),
-		gearInfo: f.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "cascade_worker_gear_info",
-			Help: "1 for the id of the gear this worker applies (one series; joins cascade_worker_gear_index to the gear id).",
-		}, []string{"gear"}),
-		ready: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_worker_ready",
-			Help: "1 once the worker has its plan and topology and has loaded its models.",
+			Buckets: telemetry.DurationBuckets,
 		}),
 		redeliveries: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cascade_worker_redeliveries_total",
@@ -152,9 +135,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Pull requests per model, by kind: watch (idle wait for a first item), fill (wait for a batch to fill), nowait (take what is queued).",
 		}, []string{"model", "kind"}),
 	}
-	for _, door := range []string{"nats", "jobs"} {
-		m.e2e.WithLabelValues(door)
-	}
+	telemetry.ZeroSeries(m.e2e.MetricVec, []string{"nats", "jobs"})
 	return m
 }
 
@@ -162,40 +143,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // increase() based alerts see them from the start, and returns the
 // model's backlog gauge.
 func (m *metrics) host(model string) prometheus.Gauge {
-	for _, o := range []string{outcomeAnswered, outcomeEscalated, outcomeExpired, outcomeDegraded, outcomeFailed, outcomeRetried} {
-		m.items.WithLabelValues(model, o)
+	one := []string{model}
+	telemetry.ZeroSeries(m.items.MetricVec, one, []string{outcomeAnswered, outcomeEscalated, outcomeExpired, outcomeDegraded, outcomeFailed, outcomeRetried})
+	telemetry.ZeroSeries(m.degraded.MetricVec, one, []string{degradedDeadline, degradedQueueFull})
+	telemetry.ZeroSeries(m.acks.MetricVec, one, ackLabels[:])
+	telemetry.ZeroSeries(m.pulls.MetricVec, one, pullKinds)
+	for _, v := range []*prometheus.MetricVec{m.redeliveries.MetricVec, m.deadLetters.MetricVec, m.refusedReplies.MetricVec,
+		m.nonFinite.MetricVec, m.itemRetries.MetricVec, m.batchSize.MetricVec, m.queue.MetricVec, m.compute.MetricVec} {
+		telemetry.ZeroSeries(v, one)
 	}
-	for _, r := range []string{degradedDeadline, degradedQueueFull} {
-		m.degraded.WithLabelValues(model, r)
-	}
-	for _, a := range ackLabels {
-		m.acks.WithLabelValues(model, a)
-	}
-	for _, k := range pullKinds {
-		m.pulls.WithLabelValues(model, k)
-	}
-	m.redeliveries.WithLabelValues(model)
-	m.deadLetters.WithLabelValues(model)
-	m.refusedReplies.WithLabelValues(model)
-	m.nonFinite.WithLabelValues(model)
-	m.itemRetries.WithLabelValues(model)
-	m.batchSize.WithLabelValues(model)
-	m.queue.WithLabelValues(model)
-	m.compute.WithLabelValues(model)
 	return m.backlog.WithLabelValues(model)
 }
 
 // result counts a result the worker produced for its heartbeat.
 func (m *metrics) result(res *wire.Result) { m.results.observe(res) }
-
-// setGear records the gear in force: its index and its id.
-func (m *metrics) setGear(index int, id string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.gear.Set(float64(index))
-	if id != m.gearID {
-		m.gearInfo.DeleteLabelValues(m.gearID)
-		m.gearID = id
-	}
-	m.gearInfo.WithLabelValues(id).Set(1)
-}

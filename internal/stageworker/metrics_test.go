@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
@@ -56,31 +55,6 @@ func TestAlertedSeriesExistFromStart(t *testing.T) {
 	if got := w.counter("cascade_worker_gear_index"); got != 1 {
 		t.Errorf("cascade_worker_gear_index = %v, want 1", got)
 	}
-}
-
-// TestGearInfoKeepsOneSeries: a gear switch replaces the info series.
-func TestGearInfoKeepsOneSeries(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
-	m.setGear(0, "g1")
-	m.setGear(2, "g3")
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "cascade_worker_gear_info" {
-			continue
-		}
-		if n := len(mf.GetMetric()); n != 1 {
-			t.Fatalf("%d gear_info series, want 1", n)
-		}
-		if got := mf.GetMetric()[0].GetLabel()[0].GetValue(); got != "g3" {
-			t.Errorf("gear_info{gear=%q}, want g3", got)
-		}
-		return
-	}
-	t.Fatal("no cascade_worker_gear_info")
 }
 
 // series names one time series: a metric and its labels.

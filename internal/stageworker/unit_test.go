@@ -239,7 +239,7 @@ func TestWatcherApply(t *testing.T) {
 	if len(applied) != 1 || applied[0] != 3*time.Millisecond {
 		t.Fatalf("apply latencies %v, want [3ms]", applied)
 	}
-	if got := testutil.ToFloat64(m.gear); got != 1 {
+	if got := testutil.ToFloat64(m.GearIndex); got != 1 {
 		t.Errorf("gear gauge %v, want 1", got)
 	}
 	w.apply(wire.KeyGear, []byte("not json"), true)

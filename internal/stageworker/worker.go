@@ -118,25 +118,16 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if deps.Conn == nil {
-		return errors.New("stage worker: no NATS connection")
+	d, err := deps.WithDefaults("stage worker")
+	if err != nil {
+		return err
 	}
 	if deps.Models == nil {
 		return fmt.Errorf("stage worker: %w: Deps.Models is nil", ErrNoModels)
 	}
-	w := &worker{cfg: cfg, logger: deps.Logger, now: deps.Now, hooks: deps.hooks, nc: deps.Conn, codec: wire.NewCodec(), files: deps.Models}
-	if w.logger == nil {
-		w.logger = slog.New(slog.DiscardHandler)
-	}
-	if w.now == nil {
-		w.now = time.Now
-	}
-	reg := deps.Registerer
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
-	w.metrics = newMetrics(reg)
-	js, err := jetstream.New(deps.Conn)
+	w := &worker{cfg: cfg, logger: d.Logger, now: d.Now, hooks: deps.hooks, nc: d.Conn, codec: wire.NewCodec(), files: deps.Models}
+	w.metrics = newMetrics(d.Registerer)
+	js, err := jetstream.New(d.Conn)
 	if err != nil {
 		return fmt.Errorf("stage worker: jetstream: %w", err)
 	}
@@ -216,7 +207,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		_ = rt.Close()
 	}()
 
-	w.metrics.ready.Set(1)
+	w.metrics.Ready.Set(1)
 	w.logger.Info("stage worker ready", "pipeline", cfg.Pipeline, "models", names, "runners", cfg.Runners,
 		"threads", cfg.Threads, "provider", cfg.Provider, "onnxruntime", rt.Version(), "gear", c.State.Gear)
 	for i := range cfg.Runners {

@@ -35,6 +35,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsembed"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/internal/stageworker"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -346,13 +347,13 @@ func (s *System) run(cfg Config, svc services) error {
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error {
 		return named("controller", controller.Run(gctx, svc.ctl, controller.Deps{
-			Logger: cfg.Logger.With("component", "controller"), Registerer: cfg.Registerer, Conn: svc.ctlConn, HTTP: cfg.HTTP,
+			Deps: servicemain.Deps{Logger: cfg.Logger.With("component", "controller"), Registerer: cfg.Registerer, Conn: svc.ctlConn, HTTP: cfg.HTTP},
 			Plan: svc.ctlPlan,
 		}))
 	})
 	g.Go(func() error {
 		return named("ingress", ingress.Run(gctx, svc.ing, ingress.Deps{
-			Logger: cfg.Logger.With("component", "ingress"), Registerer: cfg.Registerer, Conn: svc.ingConn,
+			Deps: servicemain.Deps{Logger: cfg.Logger.With("component", "ingress"), Registerer: cfg.Registerer, Conn: svc.ingConn},
 		}))
 	})
 	s.workers.ctx = gctx
@@ -464,7 +465,8 @@ func (ws *workerSet) start(nc *nats.Conn) (int, error) {
 		defer close(rw.done)
 		defer cancel()
 		err := named("stage-worker", stageworker.Run(ctx, ws.cfg, stageworker.Deps{
-			Logger: ws.logger.With("component", "stage-worker", "worker", i), Registerer: reg, Conn: nc, Models: ws.models,
+			Deps:   servicemain.Deps{Logger: ws.logger.With("component", "stage-worker", "worker", i), Registerer: reg, Conn: nc},
+			Models: ws.models,
 		}))
 		nc.Drain()
 		ws.mu.Lock()

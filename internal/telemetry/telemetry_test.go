@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestReadyzFollowsReadinessGaugesAndChecks(t *testing.T) {
@@ -99,5 +101,40 @@ func TestServeEndsStreamsOnShutdown(t *testing.T) {
 		}
 	case <-time.After(1500 * time.Millisecond):
 		t.Fatal("Serve waited for the open stream")
+	}
+}
+
+// TestServiceMetrics: a gear switch replaces the gear's info series, and
+// ZeroSeries creates every combination of label values at zero.
+func TestServiceMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f := promauto.With(reg)
+	m := NewServiceMetrics(f, "cascade_test", "1 when ready.", "the gear in force")
+	m.SetGear(0, "g1")
+	m.SetGear(2, "g3")
+	vec := f.NewCounterVec(prometheus.CounterOpts{Name: "cascade_test_items_total", Help: "Items."}, []string{"model", "outcome"})
+	ZeroSeries(vec.MetricVec, []string{"a", "b"}, []string{"ok", "failed", "late"})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := map[string][]string{}
+	for _, mf := range mfs {
+		for _, s := range mf.GetMetric() {
+			var labels []string
+			for _, l := range s.GetLabel() {
+				labels = append(labels, l.GetValue())
+			}
+			series[mf.GetName()] = append(series[mf.GetName()], strings.Join(labels, ","))
+		}
+	}
+	if got := series["cascade_test_gear_info"]; len(got) != 1 || got[0] != "g3" {
+		t.Errorf("gear_info series %q, want only g3", got)
+	}
+	if got := testutil.ToFloat64(m.GearIndex); got != 2 {
+		t.Errorf("gear_index = %v, want 2", got)
+	}
+	if got := series["cascade_test_items_total"]; len(got) != 6 {
+		t.Errorf("items series %q, want the 6 combinations of 2 models and 3 outcomes", got)
 	}
 }

@@ -23,6 +23,6 @@ func main() {
 			return cfg, err
 		},
 		func(ctx context.Context, cfg controller.Config, d servicemain.Deps) error {
-			return controller.Run(ctx, cfg, controller.Deps{Logger: d.Logger, Registerer: d.Registerer, Conn: d.Conn, HTTP: d.HTTP, Plan: p})
+			return controller.Run(ctx, cfg, controller.Deps{Deps: d, Plan: p})
 		})
 }

@@ -14,6 +14,6 @@ func main() {
 	servicemain.Main("ingress",
 		"The ingress is the front door of a CascadeServe pipeline: NATS request-reply, durable jobs and HTTP Open Inference Protocol v2.",
 		ingress.ConfigFromEnv, func(ctx context.Context, cfg ingress.Config, d servicemain.Deps) error {
-			return ingress.Run(ctx, cfg, ingress.Deps{Logger: d.Logger, Registerer: d.Registerer, Conn: d.Conn})
+			return ingress.Run(ctx, cfg, ingress.Deps{Deps: d})
 		})
 }

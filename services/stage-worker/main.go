@@ -23,6 +23,6 @@ func main() {
 			return cfg, err
 		},
 		func(ctx context.Context, cfg stageworker.Config, d servicemain.Deps) error {
-			return stageworker.Run(ctx, cfg, stageworker.Deps{Logger: d.Logger, Registerer: d.Registerer, Conn: d.Conn, Models: models})
+			return stageworker.Run(ctx, cfg, stageworker.Deps{Deps: d, Models: models})
 		})
 }
