@@ -25,6 +25,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -222,37 +223,11 @@ func waitGear(t *testing.T, kv jetstream.KeyValue, id string) wire.GearState {
 // named name whose labels include want.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	var pairs []string
+	for k, v := range want {
+		pairs = append(pairs, k, v)
 	}
-	var v float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, w := range want {
-				if labels[k] != w {
-					continue metric
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				v += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				v += m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				v += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return v
+	return metrictest.Sum(reg, name, pairs...)
 }
 
 // waitTicks waits until the controller has completed n more decision loops;

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 )
 
 // TestAlertedSeriesExistFromStart: once the controller is ready, every
@@ -23,39 +24,23 @@ func TestAlertedSeriesExistFromStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	has := func(name string, labels map[string]string) bool {
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-		metric:
-			for _, m := range mf.GetMetric() {
-				if len(m.GetLabel()) != len(labels) {
-					continue
-				}
-				for _, l := range m.GetLabel() {
-					if labels[l.GetName()] != l.GetValue() {
-						continue metric
-					}
-				}
-				return true
-			}
-		}
-		return false
+	has := func(name string, labels ...string) bool {
+		_, ok := metrictest.Lookup(mfs, name, labels...)
+		return ok
 	}
 	for _, d := range []string{"up", "down"} {
-		if !has("cascade_controller_gear_switches_total", map[string]string{"direction": d}) {
+		if !has("cascade_controller_gear_switches_total", "direction", d) {
 			t.Errorf("cascade_controller_gear_switches_total{direction=%q} is absent at start", d)
 		}
 	}
 	for _, op := range errorOps {
-		if !has("cascade_controller_errors_total", map[string]string{"op": op}) {
+		if !has("cascade_controller_errors_total", "op", op) {
 			t.Errorf("cascade_controller_errors_total{op=%q} is absent at start", op)
 		}
 	}
 	for _, m := range p.UsedModels() {
 		for _, s := range []string{"pending", "ack_pending"} {
-			if !has("cascade_controller_backlog_messages", map[string]string{"model": m, "state": s}) {
+			if !has("cascade_controller_backlog_messages", "model", m, "state", s) {
 				t.Errorf("cascade_controller_backlog_messages{model=%q,state=%q} is absent at start", m, s)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 )
 
 // TestAlertedSeriesExistFromStart: right after the ingress is ready, every
@@ -50,15 +51,6 @@ func TestAlertedSeriesExistFromStart(t *testing.T) {
 // present reports whether metric name has a series with exactly the label
 // pairs given.
 func present(mfs []*dto.MetricFamily, name string, labels ...string) bool {
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel())*2 == len(labels) && matchLabels(m, labels) {
-				return true
-			}
-		}
-	}
-	return false
+	_, ok := metrictest.Lookup(mfs, name, labels...)
+	return ok
 }

@@ -565,15 +565,10 @@ func TestProducerCannotAimJetStreamReplies(t *testing.T) {
 	expectNothing(t, billingInbox)
 	want := fmt.Sprintf("stream %s: %d messages, last %d", wire.JobsStream("tiny"), 1+len(aimed), 1+len(aimed))
 	jobs := d.streamState(wire.JobsStream("tiny"))
-	for deadline := time.Now().Add(refusalBound); ; time.Sleep(10 * time.Millisecond) {
+	natstest.WaitForState(t, fmt.Sprintf("the seed and the %d jobs", len(aimed)), refusalBound, func() (bool, string) {
 		got := jobs(t)
-		if got == want {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s, want the seed and the %d jobs", got, len(aimed))
-		}
-	}
+		return got == want, got
+	})
 }
 
 // TestIngressKeepsIdempotencyRecords: the ingress user may create, read,

@@ -22,6 +22,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -224,50 +225,12 @@ func (tw *testWorker) stop(t testing.TB) {
 // matching labels (name, value pairs): a counter's or gauge's value, a
 // histogram's sample count (0 if absent).
 func (tw *testWorker) counter(name string, labels ...string) float64 {
-	return tw.metric(false, name, labels...)
+	return metrictest.Sum(tw.reg, name, labels...)
 }
 
 // histSum is the sum of a histogram's samples over the matching series.
 func (tw *testWorker) histSum(name string, labels ...string) float64 {
-	return tw.metric(true, name, labels...)
-}
-
-func (tw *testWorker) metric(sum bool, name string, labels ...string) float64 {
-	mfs, err := tw.reg.Gather()
-	if err != nil {
-		return math.NaN()
-	}
-	total := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue metric
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				total += m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				total += m.GetGauge().GetValue()
-			case m.GetHistogram() != nil && sum:
-				total += m.GetHistogram().GetSampleSum()
-			case m.GetHistogram() != nil:
-				total += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return total
+	return metrictest.HistogramSum(tw.reg, name, labels...)
 }
 
 // testImages decodes the MNIST test set once per test binary (decoding

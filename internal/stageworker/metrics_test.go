@@ -1,12 +1,15 @@
 package stageworker
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
@@ -22,13 +25,7 @@ func TestAlertedSeriesExistFromStart(t *testing.T) {
 	e := startEnv(t, p, natsbus.TopologyConfig{})
 	e.setGear(t, "fast")
 	w := e.startWorker(t, nil, hooks{})
-	deadline := time.Now().Add(20 * time.Second)
-	for w.counter("cascade_worker_ready") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("worker not ready after 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	natstest.WaitFor(t, "worker ready", 20*time.Second, func() bool { return w.counter("cascade_worker_ready") == 1 })
 	mfs, err := w.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -63,45 +60,14 @@ type series struct {
 	labels map[string]string
 }
 
-func (s series) String() string { return s.name + fmtLabels(s.labels) }
-
-func fmtLabels(l map[string]string) string {
-	out := "{"
-	for k, v := range l {
-		if len(out) > 1 {
-			out += ","
-		}
-		out += k + "=" + `"` + v + `"`
-	}
-	return out + "}"
-}
+func (s series) String() string { return fmt.Sprintf("%s%v", s.name, s.labels) }
 
 // value returns the series' counter or gauge value (a histogram's count)
 // and whether it is present with exactly these labels.
 func (s series) value(mfs []*dto.MetricFamily) (float64, bool) {
-	for _, mf := range mfs {
-		if mf.GetName() != s.name {
-			continue
-		}
-	metric:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(s.labels) {
-				continue
-			}
-			for _, lp := range m.GetLabel() {
-				if v, ok := s.labels[lp.GetName()]; !ok || v != lp.GetValue() {
-					continue metric
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue(), true
-			case m.Gauge != nil:
-				return m.Gauge.GetValue(), true
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount()), true
-			}
-		}
+	var pairs []string
+	for k, v := range s.labels {
+		pairs = append(pairs, k, v)
 	}
-	return 0, false
+	return metrictest.Lookup(mfs, s.name, pairs...)
 }

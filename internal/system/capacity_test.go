@@ -13,6 +13,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -119,7 +120,7 @@ func TestGearsFollowLiveCapacity(t *testing.T) {
 		}
 	}
 	gear := func() string { return gearInfo(t, reg) }
-	runners := func() float64 { return metricSum(t, reg, "cascade_controller_live_runners", nil) }
+	runners := func() float64 { return metrictest.Sum(reg, "cascade_controller_live_runners") }
 	// waitUntil polls cond every 20 ms for up to limit and returns how
 	// long it took.
 	waitUntil := func(what string, limit time.Duration, cond func() bool) time.Duration {
@@ -128,7 +129,7 @@ func TestGearsFollowLiveCapacity(t *testing.T) {
 		for !cond() {
 			if time.Since(start) > limit {
 				t.Fatalf("no %s within %v: gear %s, live runners %v, intake %.1f req/s", what, limit, gear(), runners(),
-					metricSum(t, reg, "cascade_controller_intake_requests_per_second", nil))
+					metrictest.Sum(reg, "cascade_controller_intake_requests_per_second"))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -140,7 +141,7 @@ func TestGearsFollowLiveCapacity(t *testing.T) {
 		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 			if got := gear(); got != g {
 				t.Fatalf("gear %s left for %s (live runners %v, intake %.1f req/s)", g, got, runners(),
-					metricSum(t, reg, "cascade_controller_intake_requests_per_second", nil))
+					metrictest.Sum(reg, "cascade_controller_intake_requests_per_second"))
 			}
 		}
 	}

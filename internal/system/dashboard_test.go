@@ -17,6 +17,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 )
 
@@ -65,44 +66,6 @@ func num(t *testing.T, what, s string) float64 {
 	return x
 }
 
-// metricSum sums the samples of metric name in reg whose labels match
-// every pair of want (gauges and counters).
-func metricSum(t *testing.T, reg *prometheus.Registry, name string, want map[string][]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
-			}
-			for k, vs := range want {
-				ok := false
-				for _, v := range vs {
-					ok = ok || labels[k] == v
-				}
-				if !ok {
-					continue metrics
-				}
-			}
-			if c := m.GetCounter(); c != nil {
-				sum += c.GetValue()
-			} else {
-				sum += m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
 // gearInfo returns the gear label of cascade_controller_gear_info.
 func gearInfo(t *testing.T, reg *prometheus.Registry) string {
 	t.Helper()
@@ -124,7 +87,8 @@ func gearInfo(t *testing.T, reg *prometheus.Registry) string {
 
 func answers(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Helper()
-	return metricSum(t, reg, "cascade_worker_items_total", map[string][]string{"outcome": {"answered", "degraded"}})
+	return metrictest.Sum(reg, "cascade_worker_items_total", "outcome", "answered") +
+		metrictest.Sum(reg, "cascade_worker_items_total", "outcome", "degraded")
 }
 
 // TestDashboardInChromium serves the all-in-one system's dashboard, offers
@@ -211,10 +175,10 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 		// Capacity: one worker with 2 runners, as the metrics say.
 		live, workers := num(t, "live runners", r.Live), num(t, "workers", r.Workers)
-		if m := metricSum(t, reg, "cascade_controller_live_runners", nil); live != m || live != 2 {
+		if m := metrictest.Sum(reg, "cascade_controller_live_runners"); live != m || live != 2 {
 			t.Errorf("page shows %v live runners, cascade_controller_live_runners %v, want 2", live, m)
 		}
-		if m := metricSum(t, reg, "cascade_controller_live_workers", nil); workers != m || workers != 1 {
+		if m := metrictest.Sum(reg, "cascade_controller_live_workers"); workers != m || workers != 1 {
 			t.Errorf("page shows %v workers, cascade_controller_live_workers %v, want 1", workers, m)
 		}
 		if st.Capacity.LiveRunners != int(live) {
@@ -222,7 +186,7 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 		// Offered load: the intake metric and the load generator's rate.
 		offered := num(t, "offered", r.Offered)
-		if m := metricSum(t, reg, "cascade_controller_intake_requests_per_second", nil); math.Abs(offered-m) > 0.4*rate {
+		if m := metrictest.Sum(reg, "cascade_controller_intake_requests_per_second"); math.Abs(offered-m) > 0.4*rate {
 			t.Errorf("page shows offered %.1f req/s, cascade_controller_intake_requests_per_second %.1f", offered, m)
 		}
 		if offered < 0.6*rate || offered > 1.4*rate {

@@ -3,18 +3,17 @@ package system_test
 import (
 	"context"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
@@ -179,7 +178,7 @@ func TestGearSwitchUnderLoad(t *testing.T) {
 	// Both workers report the gear the controller wrote last.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		ctl, workers := gauges(t, reg)
+		ctl, workers := gauges(reg)
 		ok := len(workers) == 2
 		for _, v := range workers {
 			ok = ok && v == ctl
@@ -195,25 +194,8 @@ func TestGearSwitchUnderLoad(t *testing.T) {
 }
 
 // gauges returns the controller's gear index and each worker's.
-func gauges(t *testing.T, reg *prometheus.Registry) (float64, []float64) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ctl float64
-	var workers []float64
-	for _, mf := range mfs {
-		switch mf.GetName() {
-		case "cascade_controller_gear_index":
-			ctl = value(mf.GetMetric()[0])
-		case "cascade_worker_gear_index":
-			for _, m := range mf.GetMetric() {
-				workers = append(workers, value(m))
-			}
-		}
-	}
-	return ctl, workers
+func gauges(reg *prometheus.Registry) (float64, []float64) {
+	return metrictest.Sum(reg, "cascade_controller_gear_index"), metrictest.Values(reg, "cascade_worker_gear_index")
 }
 
 // runLoad runs the load generator against sys and fails the test unless
@@ -231,13 +213,6 @@ func runLoad(ctx context.Context, t *testing.T, sys *system.System, cfg loadgen.
 		t.Fatalf("error results: %v", errs)
 	}
 	return rep
-}
-
-func value(m *dto.Metric) float64 {
-	if g := m.GetGauge(); g != nil {
-		return g.GetValue()
-	}
-	return math.NaN()
 }
 
 // TestPartitionedQueues serves the hand-written MNIST plan with every
@@ -352,26 +327,7 @@ func TestEndToEndLatencyOnEveryDoor(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	count := func(name, door string) uint64 {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var n uint64
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "door" && l.GetValue() == door {
-						n += m.GetHistogram().GetSampleCount()
-					}
-				}
-			}
-		}
-		return n
-	}
+	count := func(name, door string) uint64 { return uint64(metrictest.Sum(reg, name, "door", door)) }
 	deadline := time.Now().Add(30 * time.Second)
 	for count("cascade_worker_request_duration_seconds", "jobs") < 5 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
