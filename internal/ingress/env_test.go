@@ -30,32 +30,6 @@ import (
 
 const pipeline = "tiny"
 
-// tinyPlan has a 2×2 FP32 input (UINT8 accepted, scaled by 0.5), three
-// classes, and two gears whose first models differ: "accurate" starts at
-// small, "fast" at big.
-func tinyPlan(t testing.TB) *plan.Plan {
-	t.Helper()
-	p, err := plan.Parse([]byte(`{
-  "version": 1, "pipeline": "tiny", "slo": {"p95_ms": 50}, "capacity": 2, "confidence": "margin",
-  "input": {"name": "x", "datatype": "FP32", "shape": [2, 2], "classes": 3, "uint8_scale": 0.5},
-  "models": [
-    {"name": "small", "file": "small.onnx", "profile": {"points": [{"batch": 1, "latency_ms": 0.1}]}},
-    {"name": "big", "file": "big.onnx", "profile": {"points": [{"batch": 1, "latency_ms": 1}]}}
-  ],
-  "ladder": ["small", "big"],
-  "gears": [
-    {"id": "accurate", "max_qps": 100, "cascade": [{"model": "small", "threshold": 0.9}, {"model": "big", "threshold": 0}],
-     "batching": {"max_batch": 8, "max_delay_ms": 2}, "runners": {"small": 0.5, "big": 0.5}},
-    {"id": "fast", "max_qps": 1000, "cascade": [{"model": "big", "threshold": 0}],
-     "batching": {"max_batch": 32, "max_delay_ms": 2}, "runners": {"big": 1}}
-  ]
-}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // testEnv is an embedded nats-server with the tiny pipeline's topology.
 type testEnv struct {
 	srv  *natstest.Server
@@ -68,7 +42,7 @@ type testEnv struct {
 func startEnv(t testing.TB, topo natsbus.TopologyConfig) *testEnv {
 	t.Helper()
 	srv := natstest.Start(t)
-	p := tinyPlan(t)
+	p := natstest.TinyPlan(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	kv, err := natsbus.EnsureTopology(ctx, srv.JS, p, topo)

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 	"log/slog"
 	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 
 	"github.com/nats-io/nats.go"
 )

@@ -128,7 +128,7 @@ func TestWatchControlFollowsRecreatedBucket(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := natstest.Start(t)
-			p := testPlan(t)
+			p := natstest.TinyPlan(t)
 			bucket := wire.KVBucket(p.Pipeline)
 			ensure := func() jetstream.KeyValue {
 				t.Helper()
@@ -181,8 +181,8 @@ func TestWatchControlFollowsRecreatedBucket(t *testing.T) {
 			}
 			n := rec.count()
 			kv = ensure()
-			putControl(t, kv, p, "cheap")
-			natstest.WaitForState(t, "the new bucket's gear", 20*time.Second, func() (bool, string) { return rec.saw(n, "gear=cheap"), rec.String() })
+			putControl(t, kv, p, "fast")
+			natstest.WaitForState(t, "the new bucket's gear", 20*time.Second, func() (bool, string) { return rec.saw(n, "gear=fast"), rec.String() })
 			if !rec.saw(n, "plan=tiny") {
 				t.Errorf("the new bucket's plan was not applied: %v", rec)
 			}

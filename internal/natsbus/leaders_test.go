@@ -27,7 +27,7 @@ func TestEnsureTopologySpreadsPartitionLeaders(t *testing.T) {
 	c := natstest.StartCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p := testPlan(t)
+	p := natstest.TinyPlan(t)
 	p.Partitions = 3
 	logs := &syncBuffer{}
 	topo := natsbus.TopologyConfig{

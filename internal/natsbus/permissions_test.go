@@ -51,7 +51,7 @@ func startDeployed(t *testing.T) *deployed {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if d.kv, err = natsbus.EnsureTopology(ctx, d.js, testPlan(t), natsbus.TopologyConfig{Storage: jetstream.MemoryStorage, MaxQueueBytes: 16 << 20, MaxJobsBytes: 16 << 20, ResultsMaxBytes: 16 << 20, DLQMaxBytes: 16 << 20}); err != nil {
+	if d.kv, err = natsbus.EnsureTopology(ctx, d.js, natstest.TinyPlan(t), natsbus.TopologyConfig{Storage: jetstream.MemoryStorage, MaxQueueBytes: 16 << 20, MaxJobsBytes: 16 << 20, ResultsMaxBytes: 16 << 20, DLQMaxBytes: 16 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	for _, key := range []string{wire.KeyPlan, wire.KeyGear} {

@@ -10,38 +10,14 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
-	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
-
-func testPlan(t *testing.T) *plan.Plan {
-	t.Helper()
-	p, err := plan.Parse([]byte(`{
-  "version": 1, "pipeline": "tiny", "slo": {"p95_ms": 50}, "capacity": 2, "confidence": "margin",
-  "input": {"name": "x", "datatype": "FP32", "shape": [4], "classes": 3},
-  "models": [
-    {"name": "small", "file": "small.onnx", "profile": {"points": [{"batch": 1, "latency_ms": 0.1}]}},
-    {"name": "big", "file": "big.onnx", "profile": {"points": [{"batch": 1, "latency_ms": 1}]}}
-  ],
-  "ladder": ["small", "big"],
-  "gears": [
-    {"id": "accurate", "max_qps": 100, "cascade": [{"model": "small", "threshold": 0.9}, {"model": "big", "threshold": 0}],
-     "batching": {"max_batch": 8, "max_delay_ms": 2}, "runners": {"small": 0.5, "big": 0.5}},
-    {"id": "cheap", "max_qps": 1000, "cascade": [{"model": "small", "threshold": 0}],
-     "batching": {"max_batch": 32, "max_delay_ms": 2}, "runners": {"small": 1}}
-  ]
-}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 func TestEnsureTopologyIsIdempotent(t *testing.T) {
 	srv := natstest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	p := testPlan(t)
+	p := natstest.TinyPlan(t)
 
 	err := natsbus.CheckTopology(ctx, srv.JS, p.Pipeline, p.UsedModels(), p.QueuePartitions())
 	if !errors.Is(err, natsbus.ErrNotReady) {
@@ -83,7 +59,7 @@ func TestEnsureTopologyIsIdempotent(t *testing.T) {
 func TestTopologyBoundsEveryStream(t *testing.T) {
 	srv := natstest.Start(t)
 	ctx := context.Background()
-	p := testPlan(t)
+	p := natstest.TinyPlan(t)
 	if _, err := natsbus.EnsureTopology(ctx, srv.JS, p, natsbus.TopologyConfig{}); err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +88,7 @@ func TestTopologyBoundsEveryStream(t *testing.T) {
 func TestIdempotencyBucket(t *testing.T) {
 	srv := natstest.Start(t)
 	ctx := context.Background()
-	p := testPlan(t)
+	p := natstest.TinyPlan(t)
 	for _, c := range []struct {
 		window, want time.Duration
 	}{{0, 2 * time.Minute}, {30 * time.Second, 30 * time.Second}} {

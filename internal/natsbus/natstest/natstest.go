@@ -1,6 +1,8 @@
 // Package natstest starts a real embedded nats-server with JetStream for
 // tests: loopback only, a free port, its store in t.TempDir(), shut down by
-// t.Cleanup.
+// t.Cleanup; or one from a shipped config with the test users' passwords
+// (StartConfigFile). It also holds what tests against it share: WaitFor,
+// polling with a deadline, and TinyPlan, the plan of pipeline "tiny".
 package natstest
 
 import (
