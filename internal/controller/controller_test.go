@@ -194,6 +194,16 @@ func controlBucket(t *testing.T, srv *natstest.Server, pipeline string) jetstrea
 	return kv
 }
 
+// memoryBucket creates the control bucket of pipeline on srv, in memory.
+func memoryBucket(t *testing.T, srv *natstest.Server, pipeline string) jetstream.KeyValue {
+	t.Helper()
+	kv, err := srv.JS.CreateKeyValue(context.Background(), natsbus.KVConfig(pipeline, natsbus.TopologyConfig{Storage: jetstream.MemoryStorage}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
 func readGear(t *testing.T, kv jetstream.KeyValue) (wire.GearState, uint64, error) {
 	t.Helper()
 	e, err := kv.Get(context.Background(), wire.KeyGear)
@@ -476,12 +486,8 @@ func TestRunPinnedGear(t *testing.T) {
 }
 
 func TestGearStoreCompareAndSet(t *testing.T) {
-	srv := natstest.Start(t)
 	ctx := context.Background()
-	kv, err := srv.JS.CreateKeyValue(ctx, natsbus.KVConfig("cas", natsbus.TopologyConfig{Storage: jetstream.MemoryStorage}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := memoryBucket(t, natstest.Start(t), "cas")
 	a, b := NewGearStore(kv), NewGearStore(kv)
 	for _, s := range []*GearStore{a, b} {
 		if changed, err := s.Refresh(ctx); err != nil || changed {
@@ -533,12 +539,8 @@ func TestGearStoreCompareAndSet(t *testing.T) {
 }
 
 func TestPutPlanWritesOnlyChanges(t *testing.T) {
-	srv := natstest.Start(t)
 	ctx := context.Background()
-	kv, err := srv.JS.CreateKeyValue(ctx, natsbus.KVConfig("putplan", natsbus.TopologyConfig{Storage: jetstream.MemoryStorage}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := memoryBucket(t, natstest.Start(t), "putplan")
 	p := loadTestPlan(t)
 	rev1, changed, err := PutPlan(ctx, kv, p)
 	if err != nil || !changed {
@@ -685,10 +687,7 @@ func TestRunAdoptsStoredGear(t *testing.T) {
 			srv := natstest.Start(t)
 			file, p := fastPlanFile(t)
 			ctx := context.Background()
-			kv, err := srv.JS.CreateKeyValue(ctx, natsbus.KVConfig(p.Pipeline, natsbus.TopologyConfig{Storage: jetstream.MemoryStorage}))
-			if err != nil {
-				t.Fatal(err)
-			}
+			kv := memoryBucket(t, srv, p.Pipeline)
 			b, _ := json.Marshal(wire.GearState{Gear: tt.stored, Reason: "earlier controller", AtUnixNano: time.Now().UnixNano()})
 			rev, err := kv.Put(ctx, wire.KeyGear, b)
 			if err != nil {

@@ -178,14 +178,7 @@ func binaryBody(header string, data []byte) ([]byte, string) {
 func TestConformanceEndpoints(t *testing.T) {
 	e := startEnv(t, natsbus.TopologyConfig{})
 	ti := e.startIngress(t, nil)
-	natstest.WaitFor(t, "HTTP up", 10*time.Second, func() bool {
-		resp, err := http.Get(ti.url + "/v2/health/live")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
+	ti.waitHealth(t, "live", 10*time.Second)
 	var ready struct {
 		Name  *string `json:"name"`
 		Ready *bool   `json:"ready"`

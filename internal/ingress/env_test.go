@@ -140,20 +140,31 @@ func (e *testEnv) startIngressOn(t testing.TB, nc *nats.Conn, edit func(*ingress
 func (ti *testIngress) stop(t testing.TB) {
 	t.Helper()
 	ti.cancel()
+	ti.waitStopped(t, 30*time.Second, "cancel")
+}
+
+// waitStopped waits up to d for Run to return nil, after what it should
+// return after.
+func (ti *testIngress) waitStopped(t testing.TB, d time.Duration, after string) {
+	t.Helper()
 	select {
 	case <-ti.stopped:
 		if ti.err != nil {
-			t.Errorf("ingress.Run returned %v", ti.err)
+			t.Fatalf("ingress.Run returned %v", ti.err)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("ingress.Run did not return within 30s of cancel")
+	case <-time.After(d):
+		t.Fatalf("ingress.Run did not return within %v of %s", d, after)
 	}
 }
 
-func (ti *testIngress) waitReady(t testing.TB) {
+func (ti *testIngress) waitReady(t testing.TB) { ti.waitHealth(t, "ready", 20*time.Second) }
+
+// waitHealth waits up to d for the HTTP endpoint /v2/health/<probe> (live
+// or ready) to answer 200.
+func (ti *testIngress) waitHealth(t testing.TB, probe string, d time.Duration) {
 	t.Helper()
-	natstest.WaitFor(t, "ingress ready", 20*time.Second, func() bool {
-		resp, err := http.Get(ti.url + "/v2/health/ready")
+	natstest.WaitFor(t, "HTTP "+probe, d, func() bool {
+		resp, err := http.Get(ti.url + "/v2/health/" + probe)
 		if err != nil {
 			return false
 		}

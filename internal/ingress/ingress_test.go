@@ -46,14 +46,7 @@ func getJSON(t *testing.T, url string, v any) int {
 func TestHTTPEndpoints(t *testing.T) {
 	e := startEnv(t, natsbus.TopologyConfig{})
 	ti := e.startIngress(t, nil)
-	natstest.WaitFor(t, "HTTP up", 10*time.Second, func() bool {
-		resp, err := http.Get(ti.url + "/v2/health/live")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	ti.waitHealth(t, "live", 10*time.Second)
 	var errBody wire.OIPError
 	for _, path := range []string{"/v2/health/ready", "/v2/models/tiny/ready"} {
 		if got := getJSON(t, ti.url+path, nil); got != http.StatusServiceUnavailable {

@@ -14,9 +14,33 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
+// answer is what a request sent by sendBoth got: an HTTP status or, over
+// NATS, the Cascade-Error header, and the result.
 type answer struct {
 	status int
+	header string
 	res    *wire.Result
+}
+
+// sendBoth sends a request with input data over HTTP and one with
+// natsData over NATS request-reply on nc, both with the OIP parameters
+// params, and returns where their answers arrive once both are admitted.
+func sendBoth(t *testing.T, ti *testIngress, nc *nats.Conn, data, natsData, params string) (httpDone, natsDone <-chan answer) {
+	t.Helper()
+	h, n := make(chan answer, 1), make(chan answer, 1)
+	go func() {
+		status, res, _ := httpInfer(t, ti.url, pipeline, oipBody("", "FP32", "[2,2]", data, params))
+		h <- answer{status: status, res: res}
+	}()
+	go func() {
+		res, hdr := natsRequest(t, nc, []byte(oipBody("", "FP32", "[2,2]", natsData, params)), true)
+		n <- answer{header: hdr, res: res}
+	}()
+	natstest.WaitFor(t, "both requests admitted", 10*time.Second, func() bool {
+		return ti.counter(t, "cascade_ingress_requests_total", "door", "http", "outcome", "admitted") == 1 &&
+			ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "admitted") == 1
+	})
+	return h, n
 }
 
 // TestGracefulShutdown: cancelling Run closes intake at once (HTTP stops
@@ -29,20 +53,7 @@ func TestGracefulShutdown(t *testing.T) {
 	e.respondAfter(t, "small", gate)
 	nc := e.srv.Connect(t)
 
-	httpDone := make(chan answer, 1)
-	go func() {
-		status, res, _ := httpInfer(t, ti.url, pipeline, oipBody("", "FP32", "[2,2]", "[1,1,1,1]", ""))
-		httpDone <- answer{status, res}
-	}()
-	natsDone := make(chan answer, 1)
-	go func() {
-		res, _ := natsRequest(t, nc, []byte(oipBody("", "FP32", "[2,2]", "[1,0,0,0]", "")), true)
-		natsDone <- answer{0, res}
-	}()
-	natstest.WaitFor(t, "both requests admitted", 10*time.Second, func() bool {
-		return ti.counter(t, "cascade_ingress_requests_total", "door", "http", "outcome", "admitted") == 1 &&
-			ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "admitted") == 1
-	})
+	httpDone, natsDone := sendBoth(t, ti, nc, "[1,1,1,1]", "[1,0,0,0]", "")
 
 	ti.cancel()
 	natstest.WaitFor(t, "intake closed", 10*time.Second, func() bool {
@@ -69,14 +80,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if a := <-natsDone; a.res.Error != nil || a.res.Label != 1 {
 		t.Errorf("in-flight NATS request: %+v", a.res)
 	}
-	select {
-	case <-ti.stopped:
-		if ti.err != nil {
-			t.Fatalf("Run = %v", ti.err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return after the in-flight requests finished")
-	}
+	ti.waitStopped(t, 20*time.Second, "the in-flight requests finished")
 }
 
 // TestShutdownBound: requests whose results do not come by the shutdown
@@ -88,38 +92,15 @@ func TestShutdownBound(t *testing.T) {
 	e.respondAfter(t, "small", never)
 	nc := e.srv.Connect(t)
 
-	httpDone := make(chan answer, 1)
-	go func() {
-		status, res, _ := httpInfer(t, ti.url, pipeline, oipBody("", "FP32", "[2,2]", "[1,1,1,1]", `{"timeout_ms":60000}`))
-		httpDone <- answer{status, res}
-	}()
-	natsDone := make(chan answer, 1)
-	go func() {
-		res, hdr := natsRequest(t, nc, []byte(oipBody("", "FP32", "[2,2]", "[1,1,1,1]", `{"timeout_ms":60000}`)), true)
-		if hdr != string(wire.CodeUnavailable) {
-			t.Errorf("Cascade-Error %q", hdr)
-		}
-		natsDone <- answer{0, res}
-	}()
-	natstest.WaitFor(t, "both requests admitted", 10*time.Second, func() bool {
-		return ti.counter(t, "cascade_ingress_requests_total", "door", "http", "outcome", "admitted") == 1 &&
-			ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "admitted") == 1
-	})
+	httpDone, natsDone := sendBoth(t, ti, nc, "[1,1,1,1]", "[1,1,1,1]", `{"timeout_ms":60000}`)
 	ti.cancel()
 	if a := <-httpDone; a.status != http.StatusServiceUnavailable || a.res.Error == nil || a.res.Error.Code != wire.CodeUnavailable {
 		t.Errorf("HTTP at the bound: %d %+v", a.status, a.res.Error)
 	}
-	if a := <-natsDone; a.res.Error == nil || a.res.Error.Code != wire.CodeUnavailable {
-		t.Errorf("NATS at the bound: %+v", a.res.Error)
+	if a := <-natsDone; a.res.Error == nil || a.res.Error.Code != wire.CodeUnavailable || a.header != string(wire.CodeUnavailable) {
+		t.Errorf("NATS at the bound: %+v, Cascade-Error %q", a.res.Error, a.header)
 	}
-	select {
-	case <-ti.stopped:
-		if ti.err != nil {
-			t.Fatalf("Run = %v", ti.err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return after the shutdown bound")
-	}
+	ti.waitStopped(t, 20*time.Second, "the shutdown bound")
 }
 
 // TestDeadlineWhileWaiting: a caller whose result never comes is answered

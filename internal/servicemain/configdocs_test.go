@@ -26,15 +26,30 @@ import (
 
 var update = flag.Bool("update", false, "rewrite configdocs.go from the services' Config structs")
 
-// serviceConfigs are the Config structs of the three service binaries,
-// with the folder (relative to the module root) that declares them.
-var serviceConfigs = []struct {
-	dir string
-	typ reflect.Type
+// services are the three service binaries as the README's table names
+// them, in the order of its services and default columns, with their
+// Config structs and the folder (relative to the module root) that
+// declares each.
+var services = []struct {
+	name string
+	dir  string
+	typ  reflect.Type
 }{
-	{"internal/controller", reflect.TypeFor[controller.Config]()},
-	{"internal/ingress", reflect.TypeFor[ingress.Config]()},
-	{"internal/stageworker", reflect.TypeFor[stageworker.Config]()},
+	{"ingress", "internal/ingress", reflect.TypeFor[ingress.Config]()},
+	{"stage-worker", "internal/stageworker", reflect.TypeFor[stageworker.Config]()},
+	{"controller", "internal/controller", reflect.TypeFor[controller.Config]()},
+}
+
+// configDocs returns the doc comment of every field of the services'
+// Config structs as they are now (see structDocs), and the fields that
+// have none.
+func configDocs(t *testing.T) (docs map[string]string, missing []string) {
+	t.Helper()
+	docs = map[string]string{}
+	for _, sc := range services {
+		structDocs(t, filepath.Join("..", "..", sc.dir), sc.typ.Name(), docs, &missing)
+	}
+	return docs, missing
 }
 
 // TestConfigDocsAreCurrent regenerates configdocs.go from the doc comments
@@ -43,11 +58,7 @@ var serviceConfigs = []struct {
 //
 //	go test ./internal/servicemain -run TestConfigDocsAreCurrent -update
 func TestConfigDocsAreCurrent(t *testing.T) {
-	docs := map[string]string{}
-	var missing []string
-	for _, sc := range serviceConfigs {
-		structDocs(t, filepath.Join("..", "..", sc.dir), sc.typ.Name(), docs, &missing)
-	}
+	docs, missing := configDocs(t)
 	for _, m := range missing {
 		t.Errorf("%s has no doc comment: document it next to the field (the binary's --help prints it)", m)
 	}
@@ -70,7 +81,7 @@ func TestConfigDocsAreCurrent(t *testing.T) {
 // TestEveryVariableIsDocumented: every variable a service binary reads is
 // listed by its --help with a description.
 func TestEveryVariableIsDocumented(t *testing.T) {
-	for _, sc := range serviceConfigs {
+	for _, sc := range services {
 		vars := servicemain.ConfigVars(sc.typ)
 		if len(vars) < 8 {
 			t.Errorf("%v: only %d variables found", sc.typ, len(vars))

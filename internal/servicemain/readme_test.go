@@ -3,17 +3,12 @@ package servicemain_test
 import (
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/servicemain"
-
-	"github.com/cascadeserve/cascadeserve/internal/controller"
-	"github.com/cascadeserve/cascadeserve/internal/ingress"
-	"github.com/cascadeserve/cascadeserve/internal/stageworker"
 )
 
 // The README's table of every CASCADE_* variable lies between these lines.
@@ -21,17 +16,6 @@ const (
 	tableBegin = "<!-- config-table:begin: generated from the services' Config structs by go test ./internal/servicemain -run TestREADMEConfigTableIsCurrent -update -->"
 	tableEnd   = "<!-- config-table:end -->"
 )
-
-// readmeServices are the services as the README's table names them, in the
-// order of its services and default columns.
-var readmeServices = []struct {
-	name string
-	typ  reflect.Type
-}{
-	{"ingress", reflect.TypeFor[ingress.Config]()},
-	{"stage-worker", reflect.TypeFor[stageworker.Config]()},
-	{"controller", reflect.TypeFor[controller.Config]()},
-}
 
 // TestREADMEConfigTableIsCurrent regenerates the table of the README's
 // Configuration section from the services' Config structs (the variables,
@@ -42,11 +26,7 @@ var readmeServices = []struct {
 func TestREADMEConfigTableIsCurrent(t *testing.T) {
 	// Render from the comments as they are now, not from configdocs.go,
 	// which TestConfigDocsAreCurrent checks (or rewrites in this same run).
-	docs := map[string]string{}
-	var missing []string
-	for _, sc := range serviceConfigs {
-		structDocs(t, filepath.Join("..", "..", sc.dir), sc.typ.Name(), docs, &missing)
-	}
+	docs, _ := configDocs(t)
 	servicemain.SetConfigDocs(t, docs)
 
 	path := filepath.Join("..", "..", "README.md")
@@ -77,7 +57,7 @@ func TestREADMEConfigTableIsCurrent(t *testing.T) {
 // configRow is one variable of the table.
 type configRow struct {
 	name     string
-	services []string // which read it, in readmeServices order
+	services []string // which read it, in services order
 	defaults []string // per service
 	meaning  string
 }
@@ -88,7 +68,7 @@ type configRow struct {
 func configTable() string {
 	var rows []*configRow
 	byName := map[string]*configRow{}
-	for _, s := range readmeServices {
+	for _, s := range services {
 		for _, v := range servicemain.ConfigVars(s.typ) {
 			r := byName[v.Name]
 			if r == nil {
@@ -103,10 +83,10 @@ func configTable() string {
 		}
 	}
 	rank := func(r *configRow) int {
-		if len(r.services) == len(readmeServices) {
+		if len(r.services) == len(services) {
 			return -1
 		}
-		for i, s := range readmeServices {
+		for i, s := range services {
 			if s.name == r.services[0] {
 				return i
 			}
@@ -118,11 +98,11 @@ func configTable() string {
 	var b strings.Builder
 	b.WriteString("| variable | services | default | meaning |\n|---|---|---|---|\n")
 	for _, r := range rows {
-		services := strings.Join(r.services, ", ")
-		if len(r.services) == len(readmeServices) {
-			services = "all"
+		readBy := strings.Join(r.services, ", ")
+		if len(r.services) == len(services) {
+			readBy = "all"
 		}
-		b.WriteString("| `" + r.name + "` | " + services + " | " + defaults(r) + " | " + markdown(r.meaning) + " |\n")
+		b.WriteString("| `" + r.name + "` | " + readBy + " | " + defaults(r) + " | " + markdown(r.meaning) + " |\n")
 	}
 	return b.String()
 }
