@@ -64,17 +64,8 @@ func TestEndToEndMNIST(t *testing.T) {
 	}
 	srv := natstest.Start(t)
 	ctx := context.Background()
-	kv, err := natsbus.EnsureTopology(ctx, srv.JS, p, natsbus.TopologyConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, wire.KeyPlan, b); err != nil {
-		t.Fatal(err)
-	}
+	kv := srv.Topology(t, p, natsbus.TopologyConfig{})
+	natstest.PutPlan(t, kv, p)
 
 	wcfg, err := stageworker.ConfigFromEnv(map[string]string{"CASCADE_PIPELINE": "mnist", "CASCADE_METRICS_ADDR": "", "CASCADE_WORKER_RUNNERS": "1"})
 	if err != nil {

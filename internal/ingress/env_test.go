@@ -3,7 +3,6 @@ package ingress_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -43,36 +42,12 @@ func startEnv(t testing.TB, topo natsbus.TopologyConfig) *testEnv {
 	t.Helper()
 	srv := natstest.Start(t)
 	p := natstest.TinyPlan(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	kv, err := natsbus.EnsureTopology(ctx, srv.JS, p, topo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testEnv{srv: srv, plan: p, kv: kv}
+	return &testEnv{srv: srv, plan: p, kv: srv.Topology(t, p, topo)}
 }
 
-func (e *testEnv) putPlan(t testing.TB) {
-	t.Helper()
-	b, err := e.plan.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.kv.Put(context.Background(), wire.KeyPlan, b); err != nil {
-		t.Fatal(err)
-	}
-}
+func (e *testEnv) putPlan(t testing.TB) { natstest.PutPlan(t, e.kv, e.plan) }
 
-func (e *testEnv) putGear(t testing.TB, id string) {
-	t.Helper()
-	b, err := json.Marshal(wire.GearState{Gear: id, Index: e.plan.GearByID(id), Reason: "test", AtUnixNano: time.Now().UnixNano()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.kv.Put(context.Background(), wire.KeyGear, b); err != nil {
-		t.Fatal(err)
-	}
-}
+func (e *testEnv) putGear(t testing.TB, id string) { natstest.PutGear(t, e.kv, e.plan, id) }
 
 // ready starts the pipeline (plan key) and an ingress, and waits until it
 // is ready.

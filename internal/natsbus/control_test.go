@@ -89,21 +89,8 @@ func (h handler) WithGroup(string) slog.Handler      { return h }
 // putControl writes the plan and the gear as the controller does.
 func putControl(t *testing.T, kv jetstream.KeyValue, p *plan.Plan, gear string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, wire.KeyPlan, b); err != nil {
-		t.Fatal(err)
-	}
-	if b, err = json.Marshal(wire.GearState{Gear: gear, Index: p.GearByID(gear), Reason: "test"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, wire.KeyGear, b); err != nil {
-		t.Fatal(err)
-	}
+	natstest.PutPlan(t, kv, p)
+	natstest.PutGear(t, kv, p, gear)
 }
 
 // TestWatchControlFollowsRecreatedBucket: the watch waits for a bucket
@@ -130,16 +117,7 @@ func TestWatchControlFollowsRecreatedBucket(t *testing.T) {
 			srv := natstest.Start(t)
 			p := natstest.TinyPlan(t)
 			bucket := wire.KVBucket(p.Pipeline)
-			ensure := func() jetstream.KeyValue {
-				t.Helper()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				kv, err := natsbus.EnsureTopology(ctx, srv.JS, p, natsbus.TopologyConfig{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return kv
-			}
+			ensure := func() jetstream.KeyValue { return srv.Topology(t, p, natsbus.TopologyConfig{}) }
 			var kv jetstream.KeyValue
 			if !tt.late {
 				kv = ensure()

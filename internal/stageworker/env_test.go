@@ -2,7 +2,6 @@ package stageworker
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
@@ -118,33 +117,15 @@ func startEnv(t testing.TB, p *plan.Plan, topo natsbus.TopologyConfig) *testEnv 
 	t.Helper()
 	lib := requireORT(t)
 	srv := natstest.Start(t)
-	ctx := context.Background()
-	kv, err := natsbus.EnsureTopology(ctx, srv.JS, p, topo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, wire.KeyPlan, b); err != nil {
-		t.Fatal(err)
-	}
+	kv := srv.Topology(t, p, topo)
+	natstest.PutPlan(t, kv, p)
 	return &testEnv{srv: srv, js: srv.JS, kv: kv, plan: p, lib: lib}
 }
 
 // setGear writes the gear key as the controller does, stamped now.
 func (e *testEnv) setGear(t testing.TB, id string) wire.GearState {
 	t.Helper()
-	st := wire.GearState{Gear: id, Index: e.plan.GearByID(id), Reason: "test", AtUnixNano: time.Now().UnixNano()}
-	b, err := json.Marshal(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.kv.Put(context.Background(), wire.KeyGear, b); err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return natstest.PutGear(t, e.kv, e.plan, id)
 }
 
 // testWorker is a worker running Run in the background.
