@@ -48,6 +48,10 @@ type ingress struct {
 	ready        atomic.Bool
 	jobsOK       atomic.Bool
 	jobsSeenDown atomic.Bool
+	// readyMu makes updateReady's read of the state and write of the
+	// gauge one step, so that two updates racing cannot leave the gauge
+	// saying what the state no longer is.
+	readyMu sync.Mutex
 	// admittedN and rejectedN are the cumulative counters of IngressStats.
 	admittedN, rejectedN atomic.Uint64
 
@@ -273,6 +277,8 @@ func (in *ingress) serving() bool {
 }
 
 func (in *ingress) updateReady() {
+	in.readyMu.Lock()
+	defer in.readyMu.Unlock()
 	if in.serving() {
 		in.metrics.Ready.Set(1)
 	} else {
