@@ -35,7 +35,7 @@ type rawResponse struct {
 
 // rawPost posts body to path with the given headers (no Content-Type
 // unless given).
-func rawPost(t *testing.T, url, path string, headers map[string]string, body []byte) rawResponse {
+func rawPost(t testing.TB, url, path string, headers map[string]string, body []byte) rawResponse {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, url+path, bytes.NewReader(body))
 	if err != nil {
@@ -47,7 +47,7 @@ func rawPost(t *testing.T, url, path string, headers map[string]string, body []b
 	return rawDo(t, req)
 }
 
-func rawDo(t *testing.T, req *http.Request) rawResponse {
+func rawDo(t testing.TB, req *http.Request) rawResponse {
 	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -61,7 +61,7 @@ func rawDo(t *testing.T, req *http.Request) rawResponse {
 	return rawResponse{resp.StatusCode, resp.Header, b}
 }
 
-func rawGet(t *testing.T, url string) rawResponse {
+func rawGet(t testing.TB, url string) rawResponse {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -284,23 +283,15 @@ func (r *responder) seen() []*wire.Item {
 // (error bodies decode into Result.Error) and the raw body.
 func httpInfer(t testing.TB, url, model, body string) (int, *wire.Result, []byte) {
 	t.Helper()
-	resp, err := http.Post(url+"/v2/models/"+model+"/infer", "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := rawPost(t, url, "/v2/models/"+model+"/infer", map[string]string{"Content-Type": "application/json"}, []byte(body))
 	var res wire.Result
-	if err := wire.DecodeOIPResponse(b, &res); err != nil {
-		t.Fatalf("status %d body %s: %v", resp.StatusCode, b, err)
+	if err := wire.DecodeOIPResponse(r.body, &res); err != nil {
+		t.Fatalf("status %d body %s: %v", r.status, r.body, err)
 	}
-	if ct := resp.Header.Get("Content-Type"); ct != wire.ContentTypeJSON {
+	if ct := r.header.Get("Content-Type"); ct != wire.ContentTypeJSON {
 		t.Errorf("Content-Type %q", ct)
 	}
-	return resp.StatusCode, &res, b
+	return r.status, &res, r.body
 }
 
 // oipBody builds an OIP request body for the tiny pipeline.
@@ -329,6 +320,15 @@ func natsRequestTo(t testing.TB, nc *nats.Conn, pipeline string, body []byte, as
 	t.Helper()
 	msg := nats.NewMsg(wire.InferSubject(pipeline))
 	msg.Data = body
+	res, h := natsRequestMsg(t, nc, msg, asJSON)
+	return res, h.Get(wire.HeaderError)
+}
+
+// natsRequestMsg sends msg, with Content-Type JSON if asJSON, and decodes
+// the answer, which must be in the request's format; it returns the result
+// and the answer's headers.
+func natsRequestMsg(t testing.TB, nc *nats.Conn, msg *nats.Msg, asJSON bool) (*wire.Result, nats.Header) {
+	t.Helper()
 	if asJSON {
 		msg.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
 	}
@@ -352,7 +352,7 @@ func natsRequestTo(t testing.TB, nc *nats.Conn, pipeline string, body []byte, as
 			t.Fatalf("decode msgpack answer: %v", err)
 		}
 	}
-	return &res, resp.Header.Get(wire.HeaderError)
+	return &res, resp.Header
 }
 
 func encodeRequest(t testing.TB, r *wire.Request) []byte {

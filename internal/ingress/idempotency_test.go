@@ -25,21 +25,7 @@ func keyedRequest(t *testing.T, nc *nats.Conn, key string, body []byte, asJSON b
 	msg := nats.NewMsg(wire.InferSubject(pipeline))
 	msg.Data = body
 	msg.Header.Set(wire.HeaderIdempotencyKey, key)
-	if asJSON {
-		msg.Header.Set(wire.HeaderContentType, wire.ContentTypeJSON)
-	}
-	resp, err := nc.RequestMsg(msg, 20*time.Second)
-	if err != nil {
-		t.Fatalf("request: %v", err)
-	}
-	var res wire.Result
-	if err := wire.DecodeResultBody(resp.Header.Get(wire.HeaderContentType), resp.Data, &res); err != nil {
-		t.Fatalf("decode %q: %v", resp.Data, err)
-	}
-	if wire.IsJSON(resp.Header.Get(wire.HeaderContentType)) != asJSON {
-		t.Errorf("answer's Content-Type %q to a request with JSON=%v", resp.Header.Get(wire.HeaderContentType), asJSON)
-	}
-	return &res, resp.Header
+	return natsRequestMsg(t, nc, msg, asJSON)
 }
 
 // TestNATSIdempotencyKey: the Idempotency-Key NATS header, on msgpack

@@ -24,21 +24,13 @@ import (
 
 func getJSON(t *testing.T, url string, v any) int {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := rawGet(t, url)
 	if v != nil {
-		if err := json.Unmarshal(b, v); err != nil {
-			t.Fatalf("GET %s: %s: %v", url, b, err)
+		if err := json.Unmarshal(r.body, v); err != nil {
+			t.Fatalf("GET %s: %s: %v", url, r.body, err)
 		}
 	}
-	return resp.StatusCode
+	return r.status
 }
 
 // TestHTTPEndpoints: live at once; ready, model ready and metadata only
