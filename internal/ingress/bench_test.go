@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -42,7 +41,7 @@ func BenchmarkCanonicalizeMNIST(b *testing.B) {
 // tiny pipeline's first-model stream and an in-test responder, back to the
 // caller: the ingress's share of a request's latency plus one JetStream hop.
 func BenchmarkRoundTrip(b *testing.B) {
-	e := startEnv(b, natsbus.TopologyConfig{})
+	e := startEnv(b)
 	ti := e.ready(b, nil)
 	e.respond(b, "small")
 	nc := e.srv.Connect(b)

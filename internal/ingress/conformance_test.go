@@ -176,7 +176,7 @@ func binaryBody(header string, data []byte) ([]byte, string) {
 // model ready is {"name","ready"}; model metadata states the batch axis as
 // -1; unknown routes and wrong methods answer the OIP error body in JSON.
 func TestConformanceEndpoints(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.startIngress(t, nil)
 	ti.waitHealth(t, "live", 10*time.Second)
 	var ready struct {
@@ -273,7 +273,7 @@ func TestConformanceEndpoints(t *testing.T) {
 // version, echoes the id and carries label [1] INT64 and confidence [1]
 // FP64; the same id twice is two requests, each answered.
 func TestConformanceInfer(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, nil)
 	small := e.respond(t, "small")
 	body := `{"id":"curl-1","inputs":[{"name":"x","shape":[1,2,2],"datatype":"FP32","data":[[0.25,0.25],[0.25,0.25]]}]}`
@@ -302,7 +302,7 @@ func TestConformanceInfer(t *testing.T) {
 // holds N rows in order; a row that fails has label -1 and its error in
 // parameters.errors; a batch whose every row fails is an error answer.
 func TestConformanceBatch(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, func(c *ingress.Config) { c.MaxBatchItems = 4 })
 	small := e.respond(t, "small")
 
@@ -359,7 +359,7 @@ func TestConformanceBatch(t *testing.T) {
 // requested; probabilities implies return_probabilities; an unknown output
 // is 400 invalid_input.
 func TestConformanceOutputs(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, nil)
 	small := e.respond(t, "small")
 	input := `"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[0.5,0.25,0.25,0]}]`
@@ -392,7 +392,7 @@ func TestConformanceOutputs(t *testing.T) {
 // TestConformanceBinaryData: the binary tensor data extension, request and
 // response side, byte by byte.
 func TestConformanceBinaryData(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, nil)
 	e.respond(t, "small")
 
@@ -492,7 +492,7 @@ func TestConformanceBinaryData(t *testing.T) {
 // input is refused; a refused first request leaves the key free;
 // `duplicate` only when the first result cannot be had in time.
 func TestConformanceIdempotency(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, nil)
 	gate := make(chan struct{})
 	var gateOnce sync.Once
@@ -586,7 +586,7 @@ func TestConformanceIdempotency(t *testing.T) {
 // TestConformanceIdempotencyBatch: a batched request with a key is
 // replayed whole, rows in order.
 func TestConformanceIdempotencyBatch(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, nil)
 	small := e.respond(t, "small")
 	body := `{"inputs":[{"name":"x","shape":[2,2,2],"datatype":"UINT8","data":[2,0,0,0,2,2,2,2]}]}`
@@ -604,7 +604,7 @@ func TestConformanceIdempotencyBatch(t *testing.T) {
 // TestIdempotencyWindow: the record lives for the controller's window
 // (the bucket's TTL); a repeat after it is a new request.
 func TestIdempotencyWindow(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{IdempotencyWindow: time.Second})
+	e := startEnvWith(t, natsbus.TopologyConfig{IdempotencyWindow: time.Second})
 	ti := e.ready(t, nil)
 	small := e.respond(t, "small")
 	body := `{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,0,0,0]}]}`

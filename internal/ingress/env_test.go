@@ -37,7 +37,10 @@ type testEnv struct {
 
 // startEnv applies the topology; the plan key is written only by putPlan,
 // so tests can start an ingress before the pipeline is ready.
-func startEnv(t testing.TB, topo natsbus.TopologyConfig) *testEnv {
+func startEnv(t testing.TB) *testEnv { return startEnvWith(t, natsbus.TopologyConfig{}) }
+
+// startEnvWith is startEnv with the stream and consumer limits of topo.
+func startEnvWith(t testing.TB, topo natsbus.TopologyConfig) *testEnv {
 	t.Helper()
 	srv := natstest.Start(t)
 	p := natstest.TinyPlan(t)

@@ -14,7 +14,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -34,7 +33,7 @@ func keyedRequest(t *testing.T, nc *nats.Conn, key string, body []byte, asJSON b
 // the first result with Idempotent-Replayed: true, and the first stage
 // sees each keyed request once.
 func TestNATSIdempotencyKey(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, nil)
 	small := e.respond(t, "small")
 	nc := e.srv.Connect(t)
@@ -127,7 +126,7 @@ func testFingerprint(r *wire.Request) string {
 // ingress that died is taken over once it is stale, and the request is
 // admitted; a record whose result could not be kept answers duplicate.
 func TestIdempotencyRecordsOfLostRequests(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	e.ready(t, nil)
 	small := e.respond(t, "small")
 	nc := e.srv.Connect(t)

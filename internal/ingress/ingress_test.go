@@ -36,7 +36,7 @@ func getJSON(t *testing.T, url string, v any) int {
 // TestHTTPEndpoints: live at once; ready, model ready and metadata only
 // once the plan and topology are there; other pipelines are 404.
 func TestHTTPEndpoints(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.startIngress(t, nil)
 	ti.waitHealth(t, "live", 10*time.Second)
 	var errBody wire.OIPError
@@ -115,7 +115,7 @@ func TestHTTPEndpoints(t *testing.T) {
 // range of invalid ones at the same time: each invalid one gets its typed
 // error, every valid one its result, and only valid ones reach the queue.
 func TestHTTPInfer(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, func(c *ingress.Config) { c.MaxBodyBytes = 2048 })
 	small := e.respond(t, "small")
 
@@ -212,7 +212,7 @@ func TestHTTPInfer(t *testing.T) {
 // ones get an immediate typed error in their own encoding with the
 // Cascade-Error header, while valid ones sent at the same time succeed.
 func TestNATSRequestReply(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	e.ready(t, func(c *ingress.Config) { c.MaxBodyBytes = 2048 })
 	small := e.respond(t, "small")
 	nc := e.srv.Connect(t)
@@ -284,7 +284,7 @@ func nanValue() float64 { var z float64; return z / z }
 // TestOverloaded: a full first queue (DiscardNew) is answered overloaded
 // on every door, never dropped; once the queue drains requests succeed.
 func TestOverloaded(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{MaxQueue: 2})
+	e := startEnvWith(t, natsbus.TopologyConfig{MaxQueue: 2})
 	ti := e.ready(t, nil)
 	ctx := context.Background()
 	for i := range 2 {
@@ -341,7 +341,7 @@ func TestOverloaded(t *testing.T) {
 // not a key: the same id again, on any door, is a new request with its own
 // answer (a client retrying after a timeout gets its result).
 func TestIDIsACorrelationID(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, nil)
 	small := e.respond(t, "small")
 	nc := e.srv.Connect(t)
@@ -374,7 +374,7 @@ func TestIDIsACorrelationID(t *testing.T) {
 
 // TestGearSwitch: requests go to the first model of the gear in force.
 func TestGearSwitch(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	e.putGear(t, "accurate")
 	ti := e.ready(t, nil)
 	small, big := e.respond(t, "small"), e.respond(t, "big")
@@ -402,7 +402,7 @@ func TestGearSwitch(t *testing.T) {
 // ingress keeps admitting with its last gear meanwhile, and then follows
 // the gear written into the new bucket.
 func TestGearSwitchAfterBucketRecreated(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	e.putGear(t, "accurate")
 	ti := e.ready(t, nil)
 	small, big := e.respond(t, "small"), e.respond(t, "big")
@@ -435,7 +435,7 @@ func TestGearSwitchAfterBucketRecreated(t *testing.T) {
 // TestStats: the cumulative counters are published periodically on the
 // instance's stats subject.
 func TestStats(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	nc := e.srv.Connect(t)
 	stats := make(chan wire.IngressStats, 1000)
 	sub, err := nc.Subscribe(wire.StatsWildcard(pipeline), func(m *nats.Msg) {
@@ -485,7 +485,7 @@ func TestStats(t *testing.T) {
 // (each request is admitted once) and register metrics in their own
 // registries.
 func TestTwoInstances(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	a := e.ready(t, func(c *ingress.Config) { c.Instance = "a" })
 	b := e.startIngress(t, func(c *ingress.Config) { c.Instance = "b" })
 	b.waitReady(t)
@@ -538,7 +538,7 @@ func TestRunRejectsBadDeps(t *testing.T) {
 // "accurate"), instead of the first item leaving alone while the others
 // are admitted.
 func TestBatchedRequestTravelsTogether(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	e.ready(t, nil)
 	small := e.respond(t, "small")
 	nc := e.srv.Connect(t)
@@ -559,7 +559,7 @@ func TestBatchedRequestTravelsTogether(t *testing.T) {
 }
 
 func TestBatchedRequest(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	e.ready(t, nil)
 	small := e.respond(t, "small")
 	nc := e.srv.Connect(t)

@@ -43,7 +43,7 @@ func (e *testEnv) publishJob(t *testing.T, client string, body []byte, asJSON bo
 // and, once an ingress starts, each gets exactly one result on the results
 // stream: answers for valid jobs, typed errors for invalid ones.
 func TestJobs(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	nan := validRequest("job-nan")
 	nan.Input = wire.FP32Tensor([]int64{2, 2}, []float32{1, float32(nanValue()), 1, 1})
 	badShape := validRequest("job-shape")
@@ -189,7 +189,7 @@ func isJobResultMsgID(pipeline, id string) bool {
 // every allowed delivery gets `overloaded` as its one result.
 func TestJobsOverloaded(t *testing.T) {
 	t.Run("retried until the queue drains", func(t *testing.T) {
-		e := startEnv(t, natsbus.TopologyConfig{MaxQueue: 1, MaxDeliver: 1000})
+		e := startEnvWith(t, natsbus.TopologyConfig{MaxQueue: 1, MaxDeliver: 1000})
 		fill(t, e, 1)
 		ti := e.ready(t, nil)
 		e.publishJob(t, "c", encodeRequest(t, validRequest("job-wait")), false, "")
@@ -211,7 +211,7 @@ func TestJobsOverloaded(t *testing.T) {
 		natstest.WaitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
 	})
 	t.Run("last delivery answers overloaded", func(t *testing.T) {
-		e := startEnv(t, natsbus.TopologyConfig{MaxQueue: 1, MaxDeliver: 3})
+		e := startEnvWith(t, natsbus.TopologyConfig{MaxQueue: 1, MaxDeliver: 3})
 		fill(t, e, 1)
 		e.ready(t, nil)
 		e.publishJob(t, "c", encodeRequest(t, validRequest("job-full")), false, "")
@@ -253,7 +253,7 @@ func purge(t *testing.T, e *testEnv, model string) {
 // JSON for JSON jobs (the OIP error body with the job's id) and msgpack
 // for the others, with the header Cascade-Error.
 func TestJobsResultFormat(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	e.ready(t, nil)
 	small := e.respond(t, "small")
 

@@ -6,7 +6,6 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 )
@@ -16,7 +15,7 @@ import (
 // rate() over them) and the latency histograms of every door exist at zero,
 // and the gear is exported by index and by id.
 func TestAlertedSeriesExistFromStart(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	e.putGear(t, "fast")
 	ti := e.ready(t, nil)
 	natstest.WaitFor(t, "gear fast applied", 10*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })

@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cascadeserve/cascadeserve/internal/ingress"
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -47,7 +46,7 @@ func sendBoth(t *testing.T, ti *testIngress, nc *nats.Conn, data, natsData, para
 // accepting, request-reply has no responder) while requests in flight
 // still get their results; then Run returns nil.
 func TestGracefulShutdown(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, func(c *ingress.Config) { c.ShutdownTimeout = 30 * time.Second })
 	gate := make(chan struct{})
 	e.respondAfter(t, "small", gate)
@@ -86,7 +85,7 @@ func TestGracefulShutdown(t *testing.T) {
 // TestShutdownBound: requests whose results do not come by the shutdown
 // bound are answered unavailable, and Run returns.
 func TestShutdownBound(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, func(c *ingress.Config) { c.ShutdownTimeout = 200 * time.Millisecond })
 	never := make(chan struct{})
 	e.respondAfter(t, "small", never)
@@ -106,7 +105,7 @@ func TestShutdownBound(t *testing.T) {
 // TestDeadlineWhileWaiting: a caller whose result never comes is answered
 // deadline_exceeded after its deadline plus the reply grace.
 func TestDeadlineWhileWaiting(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, func(c *ingress.Config) { c.ReplyGrace = 10 * time.Millisecond })
 	// No responder: the item waits in the queue.
 	status, res, _ := httpInfer(t, ti.url, pipeline, oipBody("", "FP32", "[2,2]", "[1,1,1,1]", `{"timeout_ms":50}`))

@@ -22,7 +22,7 @@ import (
 // victim's results, not over the plan or gear key, not into a model's
 // queue. The victim's own later job with the same id gets its real result.
 func TestReplySubjectsAreInboxesOnly(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, nil)
 	e.respond(t, "small")
 	nc := e.srv.Connect(t)
@@ -101,7 +101,7 @@ func TestReplySubjectsAreInboxesOnly(t *testing.T) {
 // accepted job gets exactly one result. An ingress started while the
 // consumer is missing waits for it instead of exiting.
 func TestJobsConsumerDeletedUnderLoad(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, func(c *ingress.Config) { c.HTTPAddr = "127.0.0.1:0" })
 	e.respond(t, "small")
 	ctx := context.Background()
@@ -175,7 +175,7 @@ func TestJobsConsumerDeletedUnderLoad(t *testing.T) {
 // `overloaded`: the ingress sheds at half its pending limits (the defaults)
 // before the NATS client library would drop requests silently.
 func TestOverloadAnswersEveryRequest(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	ti := e.ready(t, func(c *ingress.Config) {
 		c.MaxInFlight = 4
 	})
@@ -255,7 +255,7 @@ func itoa(i int) string {
 // TestHTTPBearerToken: with CASCADE_HTTP_BEARER_TOKEN set, inference needs
 // the token; the health probes do not.
 func TestHTTPBearerToken(t *testing.T) {
-	e := startEnv(t, natsbus.TopologyConfig{})
+	e := startEnv(t)
 	const token = "s3cret-token-for-tests"
 	ti := e.ready(t, func(c *ingress.Config) { c.HTTP.BearerToken = token })
 	e.respond(t, "small")

@@ -8,7 +8,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -25,7 +24,7 @@ func BenchmarkWorker(b *testing.B) {
 		b.Run(fmt.Sprintf("max_batch=%d", maxBatch), func(b *testing.B) {
 			g := gear("g", 100, maxBatch, 1, "linear", 0.9, "mlp_small", 0.8, "mlp")
 			p := testPlan(b, []plan.Gear{g})
-			e := startEnv(b, p, natsbus.TopologyConfig{})
+			e := startEnv(b, p)
 			const round = 256
 			set := images(b, round)
 			codec := wire.NewCodec()

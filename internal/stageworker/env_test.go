@@ -113,7 +113,12 @@ type testEnv struct {
 	lib  string
 }
 
-func startEnv(t testing.TB, p *plan.Plan, topo natsbus.TopologyConfig) *testEnv {
+func startEnv(t testing.TB, p *plan.Plan) *testEnv {
+	return startEnvWith(t, p, natsbus.TopologyConfig{})
+}
+
+// startEnvWith is startEnv with the stream and consumer limits of topo.
+func startEnvWith(t testing.TB, p *plan.Plan, topo natsbus.TopologyConfig) *testEnv {
 	t.Helper()
 	lib := requireORT(t)
 	srv := natstest.Start(t)

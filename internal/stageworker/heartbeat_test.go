@@ -9,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -57,7 +56,7 @@ func TestInstanceNameIsAToken(t *testing.T) {
 func TestHeartbeatAnnouncesAndLeaves(t *testing.T) {
 	g := gear("g1", 100, 8, 1, "linear", 0.9, "mlp")
 	p := testPlan(t, []plan.Gear{g})
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	nc, err := nats.Connect(e.srv.URL)
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -43,7 +42,7 @@ func digitsPlan(t *testing.T, uint8Scale float64) *plan.Plan {
 // bytes times the scale is answered invalid_input.
 func TestUint8ModelGetsTheItemsBytes(t *testing.T) {
 	p := digitsPlan(t, 1.0/255)
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	rep := e.listen(t, replySubject)
 	e.startWorker(t, func(c *Config) { c.Pipeline, c.ModelDir = "digits", digitsDir }, hooks{})
 
@@ -98,7 +97,7 @@ func TestUint8ModelGetsTheItemsBytes(t *testing.T) {
 // UINT8-input model: the worker refuses to start, naming the model.
 func TestUint8ModelNeedsAScale(t *testing.T) {
 	p := digitsPlan(t, 0)
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	w := e.startWorker(t, func(c *Config) { c.Pipeline, c.ModelDir = "digits", digitsDir }, hooks{})
 	select {
 	case err := <-w.done:

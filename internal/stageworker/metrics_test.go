@@ -7,7 +7,6 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -22,7 +21,7 @@ func TestAlertedSeriesExistFromStart(t *testing.T) {
 		gear("acc", 100, 16, 2, "linear", 0.9, "mlp_small", 0.8, "mlp"),
 		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
 	})
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	e.setGear(t, "fast")
 	w := e.startWorker(t, nil, hooks{})
 	natstest.WaitFor(t, "worker ready", 20*time.Second, func() bool { return w.counter("cascade_worker_ready") == 1 })

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -41,7 +40,7 @@ func (tw *testWorker) startErr(t *testing.T) error {
 
 func TestWorkerRefusesAPlanProfiledForAnotherProvider(t *testing.T) {
 	g := gear("g1", 100, 8, 1, "linear", 0.9, "mlp")
-	e := startEnv(t, testPlan(t, []plan.Gear{g}, profiledFor("cuda")), natsbus.TopologyConfig{})
+	e := startEnv(t, testPlan(t, []plan.Gear{g}, profiledFor("cuda")))
 	e.setGear(t, g.ID)
 
 	err := e.startWorker(t, nil, hooks{}).startErr(t)
@@ -60,7 +59,7 @@ func TestWorkerServesPlansOfItsProviderAndUnrecordedOnes(t *testing.T) {
 	for _, provider := range []string{"cpu", ""} {
 		t.Run("profile provider "+provider, func(t *testing.T) {
 			g := gear("g1", 100, 8, 1, "linear", 0.9, "mlp")
-			e := startEnv(t, testPlan(t, []plan.Gear{g}, profiledFor(provider)), natsbus.TopologyConfig{})
+			e := startEnv(t, testPlan(t, []plan.Gear{g}, profiledFor(provider)))
 			e.setGear(t, g.ID)
 			w := e.startWorker(t, nil, hooks{})
 			natstest.WaitFor(t, "worker ready", 60*time.Second, func() bool { return w.counter("cascade_worker_ready") == 1 })
@@ -75,7 +74,7 @@ func TestWorkerOnCUDAWithoutAGPU(t *testing.T) {
 		t.Skip("skipping: CASCADE_GPU=1 says CUDA is usable here")
 	}
 	g := gear("g1", 100, 8, 1, "linear", 0.9, "mlp")
-	e := startEnv(t, testPlan(t, []plan.Gear{g}), natsbus.TopologyConfig{})
+	e := startEnv(t, testPlan(t, []plan.Gear{g}))
 	e.setGear(t, g.ID)
 	err := e.startWorker(t, func(c *Config) {
 		c.Provider = onnxrt.ProviderCUDA

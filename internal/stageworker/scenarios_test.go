@@ -78,7 +78,7 @@ func TestGearSwitchTwoWorkers(t *testing.T) {
 		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
 	}
 	p := testPlan(t, gears)
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	e.setGear(t, "acc")
 
 	type applied struct {
@@ -219,7 +219,7 @@ func TestGearSwitchAfterBucketRecreated(t *testing.T) {
 		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
 	}
 	p := testPlan(t, gears)
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	first := e.setGear(t, "acc")
 	events := make(chan wire.GearState, 64)
 	e.startWorker(t, func(c *Config) { c.Runners = 1 }, hooks{gearApplied: func(st wire.GearState, _ time.Duration) { events <- st }})
@@ -288,7 +288,7 @@ func TestCrashMidBatchRedelivers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			g := gear("g", 100, 16, 5, "linear", 0.9, "mlp_small", 0.8, "mlp")
 			p := testPlan(t, []plan.Gear{g})
-			e := startEnv(t, p, natsbus.TopologyConfig{AckWait: time.Second})
+			e := startEnvWith(t, p, natsbus.TopologyConfig{AckWait: time.Second})
 			rep := e.listen(t, replySubject)
 			const n = 64
 			var ids []string
@@ -369,7 +369,7 @@ func TestCrashMidBatchRedelivers(t *testing.T) {
 func TestExpiredDeadline(t *testing.T) {
 	g := gear("g", 100, 16, 1, "linear", 0.9, "mlp")
 	p := testPlan(t, []plan.Gear{g})
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	rep := e.listen(t, replySubject)
 	const n = 6
 	ids := admitImages(t, e, "linear", g.ID, n, time.Now().Add(-time.Second), func(i int, it *wire.Item) {
@@ -413,7 +413,7 @@ func TestPoisonAndUndecodable(t *testing.T) {
 	g := gear("solo", 100, 16, 20, "linear")
 	p := testPlan(t, []plan.Gear{g})
 	const maxDeliver = 3
-	e := startEnv(t, p, natsbus.TopologyConfig{MaxDeliver: maxDeliver})
+	e := startEnvWith(t, p, natsbus.TopologyConfig{MaxDeliver: maxDeliver})
 	rep := e.listen(t, replySubject)
 	ids := admitImages(t, e, "linear", g.ID, 6, time.Now().Add(time.Minute), func(i int, it *wire.Item) {
 		switch i {
@@ -569,7 +569,7 @@ func TestItemOutsideNewGear(t *testing.T) {
 	ga := gear("a", 100, 16, 1, "linear", 0.9, "mlp")
 	gb := gear("b", 200, 16, 1, "mlp_small", 0.8, "mlp")
 	p := testPlan(t, []plan.Gear{ga, gb})
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	e.setGear(t, "b")
 	rep := e.listen(t, replySubject)
 	const n = 200
@@ -631,7 +631,7 @@ func TestDeadlineAwareEscalation(t *testing.T) {
 	g := gear("g", 100, 16, 1, "linear", 0.9, "mlp_small")
 	// mlp_small "takes" 10 minutes; deadlines are 1 minute away.
 	p := testPlan(t, []plan.Gear{g}, withLatency("mlp_small", 600000))
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	rep := e.listen(t, replySubject)
 	const n = 100
 	ids := admitImages(t, e, "linear", g.ID, n, time.Now().Add(time.Minute), nil)
@@ -671,7 +671,7 @@ func TestDeadlineAwareEscalation(t *testing.T) {
 func TestFullNextQueueDegrades(t *testing.T) {
 	g := gear("g", 100, 16, 1, "linear", 0.9, "mlp_small")
 	p := testPlan(t, []plan.Gear{g})
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	ctx := context.Background()
 	if _, err := e.js.UpdateStream(ctx, natsbus.ModelStreamConfig(p.Pipeline, "mlp_small", natsbus.TopologyConfig{MaxQueue: 1})); err != nil {
 		t.Fatal(err)
@@ -726,7 +726,7 @@ func TestFullNextQueueDegrades(t *testing.T) {
 func TestGracefulDrain(t *testing.T) {
 	g := gear("solo", 100, 8, 1, "linear")
 	p := testPlan(t, []plan.Gear{g})
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	rep := e.listen(t, replySubject)
 	const n = 40
 	admitImages(t, e, "linear", g.ID, n, time.Now().Add(time.Minute), nil)

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/natsbus"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -36,7 +35,7 @@ func checkExactlyOnce(t *testing.T, ids []string, got map[string][]*wire.Result,
 func TestCascadeMatchesReplay(t *testing.T) {
 	g := gear("g3", 100, 32, 2, "linear", 0.9, "mlp_small", 0.8, "mlp")
 	p := testPlan(t, []plan.Gear{g})
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	const n = 300
 	set := images(t, n)
 	o := newOracle(t, e, set)
@@ -119,7 +118,7 @@ func TestCascadeMatchesReplay(t *testing.T) {
 func TestResultFormats(t *testing.T) {
 	g := gear("solo", 100, 16, 1, "linear")
 	p := testPlan(t, []plan.Gear{g})
-	e := startEnv(t, p, natsbus.TopologyConfig{})
+	e := startEnv(t, p)
 	set := images(t, 1)
 	live, past := time.Now().Add(time.Minute), time.Now().Add(-time.Second)
 	type want struct {
