@@ -383,6 +383,10 @@ func TestProducerPermissionsAllowOwnTraffic(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The server knows the responder before the first request comes.
+	if err := ingress.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, tc := range []struct{ user, client string }{{"producer", "default"}, {"billing", "billing"}} {
 		t.Run(tc.client, func(t *testing.T) {
