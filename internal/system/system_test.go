@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -14,21 +13,20 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/internal/system/systemtest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
+// requireORT skips the test without the ONNX Runtime library, unless
+// CASCADE_REQUIRE_ORT=1.
 func requireORT(t *testing.T) {
 	t.Helper()
-	if _, err := onnxrt.FindLibrary(os.Getenv); err != nil {
-		if os.Getenv("CASCADE_REQUIRE_ORT") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	orttest.Library(t, onnxrt.FindLibrary)
 }
 
 func start(t *testing.T, workers int, env map[string]string, reg prometheus.Registerer) *system.System {
@@ -47,24 +45,7 @@ func startPlan(t *testing.T, planFile string, workers int, env map[string]string
 
 // startConfig starts a system with cfg (ReadyTimeout 90 s unless set),
 // stopped by t.Cleanup.
-func startConfig(t *testing.T, cfg system.Config) *system.System {
-	t.Helper()
-	if cfg.ReadyTimeout == 0 {
-		cfg.ReadyTimeout = 90 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	sys, err := system.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start the system: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := sys.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-	return sys
-}
+var startConfig = systemtest.Start
 
 // expected replays gear g of plan p on the test replay, exactly as workers
 // decide: the label and answering model of every test image, and whether
