@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -494,7 +495,7 @@ func TestPlanErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := smallConfig(t)
-			cfg.Profile.Models = maps(cfg.Profile.Models)
+			cfg.Profile.Models = maps.Clone(cfg.Profile.Models)
 			tt.mutate(&cfg)
 			_, err := Make(context.Background(), cfg)
 			if !errors.Is(err, tt.want) {
@@ -520,14 +521,6 @@ func TestPlanErrors(t *testing.T) {
 			t.Errorf("Make = %v, want context.Canceled", err)
 		}
 	})
-}
-
-func maps[V any](m map[string]V) map[string]V {
-	out := make(map[string]V, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 func TestLoadRangeEdges(t *testing.T) {
