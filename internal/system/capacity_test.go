@@ -15,6 +15,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
 // capacityPlanFile writes a two-gear plan on the MNIST ladder for 4
@@ -36,14 +37,7 @@ func capacityPlanFile(t *testing.T, accurateQPS float64) string {
 	p.Hysteresis.RateWindowMs = 3000
 	p.Hysteresis.SampleIntervalMs = 250
 	p.Hysteresis.MinDwellMs = 1000
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "plan.json")
-	if err := os.WriteFile(file, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := plantest.WriteFile(t, p)
 	if _, err := plan.LoadFile(file); err != nil {
 		t.Fatal(err)
 	}

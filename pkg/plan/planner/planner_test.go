@@ -68,10 +68,7 @@ func TestPlanGolden(t *testing.T) {
 			cfg := smallConfig(t)
 			tt.mutate(&cfg)
 			res := mustMake(t, cfg)
-			got, err := res.Plan.Marshal()
-			if err != nil {
-				t.Fatal(err)
-			}
+			got := plantest.JSON(t, res.Plan)
 			path := filepath.Join("testdata", "plan-"+tt.name+".golden.json")
 			if *update {
 				if err := os.WriteFile(path, got, 0o644); err != nil {
@@ -117,10 +114,7 @@ func checkPlanInvariants(t *testing.T, cfg Config, res *Result) {
 	if err := p.Validate(); err != nil {
 		t.Fatalf("plan does not validate: %v", err)
 	}
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := plantest.JSON(t, p)
 	back, err := plan.Parse(b)
 	if err != nil {
 		t.Fatalf("plan does not parse back: %v", err)
@@ -625,10 +619,7 @@ func TestPlanRecordsTheProfilesProvider(t *testing.T) {
 				t.Errorf("profile provider %q: model %q has provider %q", provider, m.Name, m.Profile.Provider)
 			}
 		}
-		b, err := res.Plan.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := plantest.JSON(t, res.Plan)
 		if got := bytes.Contains(b, []byte(`"provider"`)); got != (provider != "") {
 			t.Errorf("profile provider %q: plan file mentions a provider: %v", provider, got)
 		}
