@@ -78,7 +78,18 @@ func TestCodecRoundTrip(t *testing.T) {
 // checks that the value comes back the same; it returns the decoded value.
 func roundTrip[T any](t *testing.T, in *T, encode func(*T) ([]byte, error), decode func([]byte, *T) error) T {
 	t.Helper()
-	b, err := encode(in)
+	_, out := reencode(t, in, encode, decode)
+	if !reflect.DeepEqual(*in, out) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", out, *in)
+	}
+	return out
+}
+
+// reencode encodes v with encode and decodes the bytes with decode,
+// failing t if either fails; it returns the bytes and the decoded value.
+func reencode[T any](t *testing.T, v *T, encode func(*T) ([]byte, error), decode func([]byte, *T) error) ([]byte, T) {
+	t.Helper()
+	b, err := encode(v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,10 +97,7 @@ func roundTrip[T any](t *testing.T, in *T, encode func(*T) ([]byte, error), deco
 	if err := decode(b, &out); err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(*in, out) {
-		t.Fatalf("round trip:\n got %+v\nwant %+v", out, *in)
-	}
-	return out
+	return b, out
 }
 
 // TestEncodeReturnsOwnedBytes: the codec reuses its buffers, so every Encode
