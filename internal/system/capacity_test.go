@@ -75,10 +75,7 @@ func TestGearsFollowLiveCapacity(t *testing.T) {
 		DataDir: t.TempDir(), NATSPort: -1, PlanFile: capacityPlanFile(t, 300), Workers: 2, Registerer: reg, HTTP: mux,
 		Env: map[string]string{"CASCADE_WORKER_RUNNERS": "2", "CASCADE_MODEL_DIR": modelDir},
 	})
-	images, err := mnist.TestImages()
-	if err != nil {
-		t.Fatal(err)
-	}
+	images := testImages(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	stopLoad := make(chan struct{})

@@ -62,16 +62,6 @@ func infer(t *testing.T, s *onnxrt.Session, set *dataset.Set) []float32 {
 	return out
 }
 
-func argmax(p []float32) int {
-	best := 0
-	for i, v := range p {
-		if v > p[best] {
-			best = i
-		}
-	}
-	return best
-}
-
 func report(t *testing.T) *TrainingReport {
 	t.Helper()
 	r, err := Report()
@@ -183,7 +173,7 @@ func TestLadderMatchesReferences(t *testing.T) {
 
 			correct := 0
 			for i, l := range test.Labels {
-				if argmax(probs[i*k:(i+1)*k]) == int(l) {
+				if _, label := plan.Confidence(plan.MetricMaxProb, probs[i*k:(i+1)*k]); label == int(l) {
 					correct++
 				}
 			}
