@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/plan/planner"
 	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
@@ -27,7 +29,7 @@ var (
 // shape and scale, and the same pixels given as float32 values reach them as
 // the same bytes when the scale says what a byte stands for.
 func TestReplayFeedsUint8ModelsBytes(t *testing.T) {
-	requireORT(t)
+	orttest.Library(t, onnxrt.FindLibrary)
 	dir := t.TempDir()
 	idx := filepath.Join(dir, "idx.csreplay.gz")
 	stdout, err := runCLI(t, "replay", "--images", digitsImages, "--labels", digitsLabels, "--range", "6000:7000",
@@ -90,7 +92,7 @@ func TestReplayFeedsUint8ModelsBytes(t *testing.T) {
 // TestReplayFailsNearChance: a model that scores near chance fails the
 // replay, naming it, and nothing is written, unless --allow-chance.
 func TestReplayFailsNearChance(t *testing.T) {
-	requireORT(t)
+	orttest.Library(t, onnxrt.FindLibrary)
 	dir := t.TempDir()
 	set, err := dataset.ReadIDXFiles(digitsImages, digitsLabels, nil)
 	if err != nil {

@@ -11,20 +11,9 @@ import (
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
-
-// profileNeedsORT skips the test without the ONNX Runtime library, unless
-// CASCADE_REQUIRE_ORT=1.
-func profileNeedsORT(t *testing.T) {
-	t.Helper()
-	if _, err := onnxrt.FindLibrary(os.Getenv); err != nil {
-		if errors.Is(err, onnxrt.ErrLibraryNotFound) && os.Getenv("CASCADE_REQUIRE_ORT") != "1" {
-			t.Skipf("skipping: %v", err)
-		}
-		t.Fatal(err)
-	}
-}
 
 func runProfileCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
@@ -57,7 +46,7 @@ func TestProfileUsageErrors(t *testing.T) {
 // all-in-one system's per-request overhead at two light loads and its
 // latency floor at a lighter one.
 func TestProfileSystem(t *testing.T) {
-	profileNeedsORT(t)
+	orttest.Library(t, onnxrt.FindLibrary)
 	out := filepath.Join(t.TempDir(), "profile.json")
 	stdout, err := runProfileCLI(t, "--out", out, "--quiet", "--max-batch", "2", "--reps", "1", "--warmup", "1",
 		"--hop-samples", "20", "--system-qps", "40,60", "--floor-qps", "20", "--system-duration", "1s")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 )
 
 func parseProviderFlags(t *testing.T, def string, args ...string) *providerFlags {
@@ -76,13 +77,7 @@ func TestProviderFlags(t *testing.T) {
 // for CUDA loads the library every other test of the process uses.
 func cpuLibraryEnv(t *testing.T) func(string) string {
 	t.Helper()
-	lib, err := onnxrt.FindLibrary(os.Getenv)
-	if err != nil {
-		if os.Getenv("CASCADE_REQUIRE_ORT") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
+	lib := orttest.Library(t, onnxrt.FindLibrary)
 	return func(k string) string {
 		if k == onnxrt.LibraryEnv {
 			return lib

@@ -499,14 +499,10 @@ func runModel(ctx context.Context, rt *onnxrt.Runtime, m replayModel, set *datas
 	return probs, info, time.Since(start).Seconds(), nil
 }
 
+// argmax is the most probable class, as the workers pick it.
 func argmax(p []float32) int {
-	best := 0
-	for i, v := range p {
-		if v > p[best] {
-			best = i
-		}
-	}
-	return best
+	_, label := plan.Confidence(plan.MetricMaxProb, p)
+	return label
 }
 
 // writeReplayAtomic writes the replay next to path and renames it into

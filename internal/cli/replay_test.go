@@ -14,6 +14,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -85,16 +86,6 @@ func TestParseRange(t *testing.T) {
 	}
 }
 
-func requireORT(t *testing.T) {
-	t.Helper()
-	if _, err := onnxrt.FindLibrary(os.Getenv); err != nil {
-		if errors.Is(err, onnxrt.ErrLibraryNotFound) && os.Getenv("CASCADE_REQUIRE_ORT") != "1" {
-			t.Skipf("skipping: %v", err)
-		}
-		t.Fatal(err)
-	}
-}
-
 // assertReplayRows checks that got holds the rows [from, from+got.Len()) of
 // want for the given models, labels included.
 func assertReplayRows(t *testing.T, got, want *plan.Replay, from int, models []string) {
@@ -120,7 +111,7 @@ func assertReplayRows(t *testing.T, got, want *plan.Replay, from int, models []s
 // TestReplayEmbeddedLadder regenerates part of the committed MNIST test
 // replay with the default (embedded) ladder.
 func TestReplayEmbeddedLadder(t *testing.T) {
-	requireORT(t)
+	orttest.Library(t, onnxrt.FindLibrary)
 	out := filepath.Join(t.TempDir(), "test.csreplay.gz")
 	if _, err := runCLI(t, "replay", "--split", "mnist-test", "--range", "100:400", "--batch", "64", "--out", out); err != nil {
 		t.Fatal(err)
@@ -142,7 +133,7 @@ func TestReplayEmbeddedLadder(t *testing.T) {
 // TestReplayUserFiles runs models given as files over data given as a
 // tensor file and as IDX files.
 func TestReplayUserFiles(t *testing.T) {
-	requireORT(t)
+	orttest.Library(t, onnxrt.FindLibrary)
 	dir := t.TempDir()
 	test, err := mnist.TestImages()
 	if err != nil {
@@ -206,7 +197,7 @@ func TestReplayUserFiles(t *testing.T) {
 }
 
 func TestReplayRejectsMismatchedModel(t *testing.T) {
-	requireORT(t)
+	orttest.Library(t, onnxrt.FindLibrary)
 	dir := t.TempDir()
 	// Items of 3 values cannot feed a model that takes 1×28×28.
 	data := filepath.Join(dir, "small.cstensor")
@@ -227,7 +218,7 @@ func TestReplayRejectsMismatchedModel(t *testing.T) {
 // TestReplayShowsProgress: replay draws a progress bar over the items of
 // every model on stderr, unless --quiet.
 func TestReplayShowsProgress(t *testing.T) {
-	requireORT(t)
+	orttest.Library(t, onnxrt.FindLibrary)
 	for _, quiet := range []bool{false, true} {
 		var stdout, stderr bytes.Buffer
 		env := Env{Stdout: &stdout, Stderr: &stderr, Getenv: os.Getenv}

@@ -2,46 +2,19 @@ package onnxrt
 
 import (
 	"encoding/json"
-	"errors"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 )
-
-// requireORTEnv, when "1", turns a missing ONNX Runtime library into a test
-// failure instead of a skip (CI sets it).
-const requireORTEnv = "CASCADE_REQUIRE_ORT"
-
-// libraryOrSkip returns the ONNX Runtime library path, skipping the test when
-// it is not installed unless CASCADE_REQUIRE_ORT=1.
-func libraryOrSkip(tb testing.TB) string {
-	tb.Helper()
-	lib, err := FindLibrary(os.Getenv)
-	if err == nil {
-		return lib
-	}
-	if errors.Is(err, ErrLibraryNotFound) && os.Getenv(requireORTEnv) != "1" {
-		tb.Skipf("skipping: %v", err)
-	}
-	tb.Fatalf("find onnxruntime (%s=%q): %v", requireORTEnv, os.Getenv(requireORTEnv), err)
-	return ""
-}
 
 // newRuntime opens a Runtime that is closed when the test ends.
 func newRuntime(tb testing.TB) *Runtime {
 	tb.Helper()
-	rt, err := NewRuntime(libraryOrSkip(tb))
-	if err != nil {
-		tb.Fatalf("NewRuntime: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := rt.Close(); err != nil {
-			tb.Errorf("Runtime.Close: %v", err)
-		}
-	})
-	return rt
+	return orttest.Runtime(tb, FindLibrary, NewRuntime)
 }
 
 // openTestModel opens testdata/<file>.onnx; the session is closed when the test ends.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 )
 
 func TestRunMatchesHandComputed(t *testing.T) {
@@ -371,7 +373,7 @@ func TestWarmRunDoesNotAllocate(t *testing.T) {
 // TestRuntimeLifecycle checks the reference-counted environment. It is not
 // parallel: it asserts the process-wide reference count.
 func TestRuntimeLifecycle(t *testing.T) {
-	lib := libraryOrSkip(t)
+	lib := orttest.Library(t, FindLibrary)
 	refs := func() int {
 		environment.mu.Lock()
 		defer environment.mu.Unlock()

@@ -11,6 +11,7 @@
 package profile
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -71,27 +72,15 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	if c.Threads == 0 {
-		c.Threads = 1
-	}
-	if c.MaxBatch == 0 {
-		c.MaxBatch = 128
-	}
-	if c.Repetitions == 0 {
-		c.Repetitions = 15
-	}
-	if c.Warmup == 0 {
-		c.Warmup = 3
-	}
-	if c.HopSamples == 0 {
-		c.HopSamples = 300
-	}
+	c.Threads = cmp.Or(c.Threads, 1)
+	c.MaxBatch = cmp.Or(c.MaxBatch, 128)
+	c.Repetitions = cmp.Or(c.Repetitions, 15)
+	c.Warmup = cmp.Or(c.Warmup, 3)
+	c.HopSamples = cmp.Or(c.HopSamples, 300)
 	if c.Progress == nil {
 		c.Progress = func(int, int, string) {}
 	}
-	if c.Provider == "" {
-		c.Provider = onnxrt.ProviderCPU
-	}
+	c.Provider = cmp.Or(c.Provider, onnxrt.ProviderCPU)
 }
 
 // BatchSizes returns the batch sizes measured up to max: 1, 2, 4, …, and

@@ -3,34 +3,15 @@ package profile
 import (
 	"context"
 	"errors"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
-
-// runtimeOrSkip opens ONNX Runtime, skipping when the library is not
-// installed (scripts/install-onnxruntime.sh).
-func runtimeOrSkip(t *testing.T) *onnxrt.Runtime {
-	t.Helper()
-	lib, err := onnxrt.FindLibrary(os.Getenv)
-	if errors.Is(err, onnxrt.ErrLibraryNotFound) {
-		t.Skipf("skipping: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, err := onnxrt.NewRuntime(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.Close() })
-	return rt
-}
 
 func TestBatchSizes(t *testing.T) {
 	for _, tt := range []struct {
@@ -44,7 +25,7 @@ func TestBatchSizes(t *testing.T) {
 }
 
 func TestMeasure(t *testing.T) {
-	rt := runtimeOrSkip(t)
+	rt := orttest.Runtime(t, onnxrt.FindLibrary, onnxrt.NewRuntime)
 	var models []Model
 	for _, name := range []string{"linear", "mlp_small"} {
 		b, err := mnist.Model(name)
@@ -109,7 +90,7 @@ func TestMeasure(t *testing.T) {
 }
 
 func TestMeasureWithoutNATS(t *testing.T) {
-	rt := runtimeOrSkip(t)
+	rt := orttest.Runtime(t, onnxrt.FindLibrary, onnxrt.NewRuntime)
 	b, err := mnist.Model("linear")
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +105,7 @@ func TestMeasureWithoutNATS(t *testing.T) {
 }
 
 func TestMeasureErrors(t *testing.T) {
-	rt := runtimeOrSkip(t)
+	rt := orttest.Runtime(t, onnxrt.FindLibrary, onnxrt.NewRuntime)
 	_, err := Measure(context.Background(), rt, Config{Models: []Model{{Name: "junk", ONNX: []byte("not onnx")}}, HopSamples: -1})
 	if err == nil || !strings.Contains(err.Error(), `"junk"`) {
 		t.Errorf("garbage model: %v, want an error naming it", err)

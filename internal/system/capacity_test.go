@@ -16,6 +16,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
+	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
 )
 
 // capacityPlanFile writes a two-gear plan on the MNIST ladder for 4
@@ -37,14 +38,7 @@ func capacityPlanFile(t *testing.T, accurateQPS float64) string {
 	p.Hysteresis.RateWindowMs = 3000
 	p.Hysteresis.SampleIntervalMs = 250
 	p.Hysteresis.MinDwellMs = 1000
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "plan.json")
-	if err := os.WriteFile(file, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := plantest.WriteFile(t, p)
 	if _, err := plan.LoadFile(file); err != nil {
 		t.Fatal(err)
 	}
@@ -82,10 +76,7 @@ func TestGearsFollowLiveCapacity(t *testing.T) {
 		DataDir: t.TempDir(), NATSPort: -1, PlanFile: capacityPlanFile(t, 300), Workers: 2, Registerer: reg, HTTP: mux,
 		Env: map[string]string{"CASCADE_WORKER_RUNNERS": "2", "CASCADE_MODEL_DIR": modelDir},
 	})
-	images, err := mnist.TestImages()
-	if err != nil {
-		t.Fatal(err)
-	}
+	images := testImages(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	stopLoad := make(chan struct{})

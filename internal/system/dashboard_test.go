@@ -18,7 +18,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry/metrictest"
-	"github.com/cascadeserve/cascadeserve/models/mnist"
 )
 
 // domReading is what the dashboard page shows, read from its DOM.
@@ -105,10 +104,7 @@ func TestDashboardInChromium(t *testing.T) {
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close) // after the system has stopped: its event streams end then
 	sys := startConfig(t, system.Config{DataDir: t.TempDir(), NATSPort: -1, Workers: 1, Registerer: reg, HTTP: mux})
-	images, err := mnist.TestImages()
-	if err != nil {
-		t.Fatal(err)
-	}
+	images := testImages(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	loadDone := make(chan loadgen.Report, 1)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 	"github.com/cascadeserve/cascadeserve/internal/system"
-	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -39,10 +38,7 @@ func TestDurableJobsSurviveAServerRestart(t *testing.T) {
 	sys := startConfig(t, system.Config{NATSURL: url})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	images, err := mnist.TestImages()
-	if err != nil {
-		t.Fatal(err)
-	}
+	images := testImages(t)
 	js, err := jetstream.New(sys.Conn)
 	if err != nil {
 		t.Fatal(err)

@@ -18,12 +18,9 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
-
-// requireORTEnv, when "1", turns a missing ONNX Runtime library into a test
-// failure instead of a skip.
-const requireORTEnv = "CASCADE_REQUIRE_ORT"
 
 // Tolerances of the comparisons below.
 const (
@@ -32,27 +29,6 @@ const (
 	accuracyTolerance = 0.05 // percentage points, Go vs training report
 	inferenceBatch    = 500
 )
-
-func newRuntime(tb testing.TB) *onnxrt.Runtime {
-	tb.Helper()
-	lib, err := onnxrt.FindLibrary(os.Getenv)
-	if err != nil {
-		if errors.Is(err, onnxrt.ErrLibraryNotFound) && os.Getenv(requireORTEnv) != "1" {
-			tb.Skipf("skipping: %v", err)
-		}
-		tb.Fatalf("find onnxruntime (%s=%q): %v", requireORTEnv, os.Getenv(requireORTEnv), err)
-	}
-	rt, err := onnxrt.NewRuntime(lib)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := rt.Close(); err != nil {
-			tb.Errorf("close runtime: %v", err)
-		}
-	})
-	return rt
-}
 
 func openModel(tb testing.TB, rt *onnxrt.Runtime, name string, opts onnxrt.SessionOptions) *onnxrt.Session {
 	tb.Helper()
@@ -84,16 +60,6 @@ func infer(t *testing.T, s *onnxrt.Session, set *dataset.Set) []float32 {
 		}
 	}
 	return out
-}
-
-func argmax(p []float32) int {
-	best := 0
-	for i, v := range p {
-		if v > p[best] {
-			best = i
-		}
-	}
-	return best
 }
 
 func report(t *testing.T) *TrainingReport {
@@ -146,7 +112,7 @@ func maxDiff(a, b []float32, k int) (float64, int) {
 // golden probabilities, the accuracies of the training report and the replay
 // files.
 func TestLadderMatchesReferences(t *testing.T) {
-	rt := newRuntime(t)
+	rt := orttest.Runtime(t, onnxrt.FindLibrary, onnxrt.NewRuntime)
 	test, err := TestImages()
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +173,7 @@ func TestLadderMatchesReferences(t *testing.T) {
 
 			correct := 0
 			for i, l := range test.Labels {
-				if argmax(probs[i*k:(i+1)*k]) == int(l) {
+				if _, label := plan.Confidence(plan.MetricMaxProb, probs[i*k:(i+1)*k]); label == int(l) {
 					correct++
 				}
 			}
@@ -230,7 +196,7 @@ func TestLadderMatchesReferences(t *testing.T) {
 
 // TestModelInterface checks what every model promises its callers.
 func TestModelInterface(t *testing.T) {
-	rt := newRuntime(t)
+	rt := orttest.Runtime(t, onnxrt.FindLibrary, onnxrt.NewRuntime)
 	for _, name := range Ladder() {
 		info := openModel(t, rt, name, onnxrt.SessionOptions{}).Info()
 		if info.InputName != "input" || info.OutputName != "logits" || !slices.Equal(info.ItemShape, ItemShape()) ||
@@ -332,7 +298,7 @@ func TestValidationImagesMissingDir(t *testing.T) {
 //
 //	go test ./models/mnist -run '^$' -bench Models -benchtime 2s
 func BenchmarkModels(b *testing.B) {
-	rt := newRuntime(b)
+	rt := orttest.Runtime(b, onnxrt.FindLibrary, onnxrt.NewRuntime)
 	test, err := TestImages()
 	if err != nil {
 		b.Fatal(err)

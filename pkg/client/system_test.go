@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
+	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
 	"github.com/cascadeserve/cascadeserve/internal/system"
+	"github.com/cascadeserve/cascadeserve/internal/system/systemtest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/client"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -21,24 +22,8 @@ import (
 // ingress, one stage worker) serving the built-in MNIST plan.
 func startSystem(t *testing.T) *system.System {
 	t.Helper()
-	if _, err := onnxrt.FindLibrary(os.Getenv); err != nil {
-		if os.Getenv("CASCADE_REQUIRE_ORT") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	sys, err := system.Start(ctx, system.Config{DataDir: t.TempDir(), NATSPort: -1, Workers: 1, ReadyTimeout: 90 * time.Second})
-	if err != nil {
-		t.Fatalf("start the system: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := sys.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-	return sys
+	orttest.Library(t, onnxrt.FindLibrary)
+	return systemtest.Start(t, system.Config{DataDir: t.TempDir(), NATSPort: -1, Workers: 1})
 }
 
 // uint8Image is item i as UINT8 bytes (the test images are bytes / 255).

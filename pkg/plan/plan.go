@@ -397,13 +397,9 @@ func (p *Plan) ReadModel(name string) ([]byte, error) {
 // LoadFile reads and validates a plan file; model files are resolved
 // relative to the file's folder.
 func LoadFile(file string) (*Plan, error) {
-	b, err := os.ReadFile(file)
+	p, err := loadFile("plan", file, Parse)
 	if err != nil {
-		return nil, fmt.Errorf("load plan: %w", err)
-	}
-	p, err := Parse(b)
-	if err != nil {
-		return nil, fmt.Errorf("load plan %s: %w", file, err)
+		return nil, err
 	}
 	p.models = os.DirFS(filepath.Dir(file))
 	return p, nil
@@ -435,10 +431,8 @@ func Load(fsys fs.FS, name string) (*Plan, error) {
 // in a hand-written plan is caught instead of silently ignored. Zero
 // hysteresis settings get their defaults.
 func Parse(b []byte) (*Plan, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var p Plan
-	if err := dec.Decode(&p); err != nil {
+	if err := decodeStrict(b, &p); err != nil {
 		return nil, fmt.Errorf("%w: decode json: %w", ErrInvalidPlan, err)
 	}
 	p.applyDefaults()
@@ -449,8 +443,34 @@ func Parse(b []byte) (*Plan, error) {
 }
 
 // Marshal encodes the plan as indented JSON.
-func (p *Plan) Marshal() ([]byte, error) {
-	b, err := json.MarshalIndent(p, "", "  ")
+func (p *Plan) Marshal() ([]byte, error) { return marshalIndent(p) }
+
+// loadFile reads file and parses it with parse, the errors saying what it
+// holds.
+func loadFile[T any](what, file string, parse func([]byte) (T, error)) (T, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		var zero T
+		return zero, fmt.Errorf("load %s: %w", what, err)
+	}
+	v, err := parse(b)
+	if err != nil {
+		return v, fmt.Errorf("load %s %s: %w", what, file, err)
+	}
+	return v, nil
+}
+
+// decodeStrict decodes the JSON in b into v. Unknown fields are errors, so
+// a typo in a hand-written file is caught instead of silently ignored.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// marshalIndent encodes v as indented JSON ending in a newline.
+func marshalIndent(v any) ([]byte, error) {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return nil, err
 	}

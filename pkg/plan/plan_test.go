@@ -76,10 +76,7 @@ func TestParseRejectsUnknownFieldsAndAppliesDefaults(t *testing.T) {
 	p := plantest.SmallPlan()
 	p.Hysteresis = plan.Hysteresis{}
 	p.Confidence = ""
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := plantest.JSON(t, p)
 	got, err := plan.Parse(b)
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
@@ -95,10 +92,7 @@ func TestParseRejectsUnknownFieldsAndAppliesDefaults(t *testing.T) {
 
 func TestLoadResolvesModelFiles(t *testing.T) {
 	p := plantest.SmallPlan()
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := plantest.JSON(t, p)
 	fsys := fstest.MapFS{
 		"plans/plan.json":  {Data: b},
 		"plans/small.onnx": {Data: []byte("SMALL")},

@@ -1,8 +1,6 @@
 package plan
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -127,10 +125,8 @@ func (p Profile) MaxBatch() int {
 // ParseProfileFile decodes and validates a profile file. Unknown fields are
 // errors.
 func ParseProfileFile(b []byte) (*ProfileFile, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var f ProfileFile
-	if err := dec.Decode(&f); err != nil {
+	if err := decodeStrict(b, &f); err != nil {
 		return nil, fmt.Errorf("%w: decode json: %w", ErrBadProfile, err)
 	}
 	if err := f.Validate(); err != nil {
@@ -141,15 +137,7 @@ func ParseProfileFile(b []byte) (*ProfileFile, error) {
 
 // LoadProfileFile reads and validates a profile file.
 func LoadProfileFile(path string) (*ProfileFile, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("load profile: %w", err)
-	}
-	f, err := ParseProfileFile(b)
-	if err != nil {
-		return nil, fmt.Errorf("load profile %s: %w", path, err)
-	}
-	return f, nil
+	return loadFile("profile", path, ParseProfileFile)
 }
 
 // Marshal validates the profile and encodes it as indented JSON.
@@ -157,11 +145,7 @@ func (f *ProfileFile) Marshal() ([]byte, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
-	b, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	return append(b, '\n'), nil
+	return marshalIndent(f)
 }
 
 // Save validates the profile and writes it to path as indented JSON.

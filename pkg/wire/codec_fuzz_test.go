@@ -16,27 +16,75 @@ import (
 // Seeds are added with f.Add; crashers the fuzzer finds land in
 // testdata/fuzz/<target>/ and are replayed by plain `go test`.
 
-func FuzzDecodeRequest(f *testing.F) {
-	c := wire.NewCodec()
-	for _, r := range []*wire.Request{
-		{ID: "a", Input: wire.FP32Tensor([]int64{1, 2}, []float32{1, 2}), TimeoutMs: 5, Client: "c", ReturnProbabilities: true},
-		{Input: wire.Tensor{Datatype: wire.UINT8, Shape: []int64{3}, Data: []byte{1, 2, 3}}},
-		{},
-	} {
-		b, err := c.EncodeRequest(r)
+// seeder returns a function that adds an encoding to f's corpus, failing f
+// where the encoding failed: add(c.EncodeItem(it)).
+func seeder(f *testing.F) func(b []byte, err error) {
+	return func(b []byte, err error) {
+		f.Helper()
 		if err != nil {
 			f.Fatal(err)
 		}
 		f.Add(b)
 	}
+}
+
+// acceptRequest decodes b with decode, reporting whether it did; a refusal
+// must be an invalid_input error.
+func acceptRequest(t *testing.T, b []byte, decode func([]byte, *wire.Request) error) (wire.Request, bool) {
+	t.Helper()
+	var r wire.Request
+	if err := decode(b, &r); err != nil {
+		if wire.CodeOf(err) != wire.CodeInvalidInput {
+			t.Fatalf("error %v has code %v, want invalid_input", err, wire.CodeOf(err))
+		}
+		return r, false
+	}
+	return r, true
+}
+
+// fuzzStable fuzzes decode: whatever it accepts passes check and
+// re-encodes stably (checkStable).
+func fuzzStable[T any](f *testing.F, encode func(*T) ([]byte, error), decode func([]byte, *T) error, check func(t *testing.T, v *T)) {
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var v T
+		if err := decode(b, &v); err != nil {
+			return
+		}
+		check(t, &v)
+		checkStable(t, &v, encode, decode)
+	})
+}
+
+// checkStable encodes v, decodes that and encodes it again: the two
+// encodings must be the same. (Encodings are compared, not values: NaNs in
+// float fields defeat DeepEqual.)
+func checkStable[T any](t *testing.T, v *T, encode func(*T) ([]byte, error), decode func([]byte, *T) error) {
+	t.Helper()
+	b2, v2 := reencode(t, v, encode, decode)
+	b3, err := encode(&v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b2, b3) {
+		t.Fatal("re-encoding is not stable")
+	}
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	c := wire.NewCodec()
+	add := seeder(f)
+	for _, r := range []*wire.Request{
+		{ID: "a", Input: wire.FP32Tensor([]int64{1, 2}, []float32{1, 2}), TimeoutMs: 5, Client: "c", ReturnProbabilities: true},
+		{Input: wire.Tensor{Datatype: wire.UINT8, Shape: []int64{3}, Data: []byte{1, 2, 3}}},
+		{},
+	} {
+		add(c.EncodeRequest(r))
+	}
 	f.Add([]byte{0x80})
 	f.Add([]byte{0xc1})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var r wire.Request
-		if err := wire.DecodeRequest(b, &r); err != nil {
-			if wire.CodeOf(err) != wire.CodeInvalidInput {
-				t.Fatalf("error %v has code %v, want invalid_input", err, wire.CodeOf(err))
-			}
+		r, ok := acceptRequest(t, b, wire.DecodeRequest)
+		if !ok {
 			return
 		}
 		// Whatever decoded re-encodes and decodes to the same value.
@@ -68,11 +116,8 @@ func FuzzDecodeOIPRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var r wire.Request
-		if err := wire.DecodeOIPRequest(b, &r); err != nil {
-			if wire.CodeOf(err) != wire.CodeInvalidInput {
-				t.Fatalf("error %v has code %v, want invalid_input", err, wire.CodeOf(err))
-			}
+		r, ok := acceptRequest(t, b, wire.DecodeOIPRequest)
+		if !ok {
 			return
 		}
 		// Decoded data holds whole elements of the datatype.
@@ -96,40 +141,13 @@ func FuzzDecodeOIPRequest(f *testing.F) {
 
 func FuzzDecodeItem(f *testing.F) {
 	c := wire.NewCodec()
-	b, err := c.EncodeItem(sampleItem())
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(b)
-	b, err = c.EncodeItem(&wire.Item{ID: "x"})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(b)
+	add := seeder(f)
+	add(c.EncodeItem(sampleItem()))
+	add(c.EncodeItem(&wire.Item{ID: "x"}))
 	f.Add([]byte{0x81, 0xa1, 'v', 0x01})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var it wire.Item
-		if err := wire.DecodeItem(b, &it); err != nil {
-			return
-		}
+	fuzzStable(f, c.EncodeItem, wire.DecodeItem, func(t *testing.T, it *wire.Item) {
 		if it.V != wire.Version {
 			t.Fatalf("accepted version %d", it.V)
-		}
-		b2, err := c.EncodeItem(&it)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var it2 wire.Item
-		if err := wire.DecodeItem(b2, &it2); err != nil {
-			t.Fatal(err)
-		}
-		b3, err := c.EncodeItem(&it2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Compare encodings: NaNs in float fields defeat DeepEqual.
-		if !bytes.Equal(b2, b3) {
-			t.Fatal("re-encoding is not stable")
 		}
 		_, _ = it.Best()
 		_, _ = it.Input.AppendFloat32s(nil, 1)
@@ -138,48 +156,19 @@ func FuzzDecodeItem(f *testing.F) {
 
 func FuzzDecodeResult(f *testing.F) {
 	c := wire.NewCodec()
+	add := seeder(f)
 	r := sampleResult()
-	b, err := c.EncodeResult(r)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(b)
+	add(c.EncodeResult(r))
 	r.Error = wire.Errorf(wire.CodeInternal, "x")
-	if b, err = c.EncodeResult(r); err != nil {
-		f.Fatal(err)
-	}
-	f.Add(b)
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var r wire.Result
-		if err := wire.DecodeResult(b, &r); err != nil {
-			return
-		}
-		b2, err := c.EncodeResult(&r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var r2 wire.Result
-		if err := wire.DecodeResult(b2, &r2); err != nil {
-			t.Fatal(err)
-		}
-		b3, err := c.EncodeResult(&r2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(b2, b3) {
-			t.Fatal("re-encoding is not stable")
-		}
+	add(c.EncodeResult(r))
+	fuzzStable(f, c.EncodeResult, wire.DecodeResult, func(t *testing.T, r *wire.Result) {
 		// Every decodable result can be answered over HTTP without a panic.
-		_, _ = wire.EncodeOIPResponse(&r, "p")
+		_, _ = wire.EncodeOIPResponse(r, "p")
 	})
 }
 
 func FuzzDecodeOIPResponse(f *testing.F) {
-	b, err := wire.EncodeOIPResponse(sampleResult(), "mnist")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(b)
+	seeder(f)(wire.EncodeOIPResponse(sampleResult(), "mnist"))
 	f.Add(wire.EncodeOIPError(wire.Errorf(wire.CodeOverloaded, "full")))
 	f.Add([]byte(`{"outputs":[{"name":"label","data":[1]}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -206,39 +195,13 @@ func equalRequest(a, b wire.Request) bool {
 
 func FuzzDecodeEnvelope(f *testing.F) {
 	c := wire.NewCodec()
-	b, err := c.EncodeEnvelope(&wire.Envelope{ID: "e1", Items: []wire.Item{*sampleItem(), {ID: "x"}}})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(b)
-	legacy, err := c.EncodeItem(sampleItem())
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(legacy)
+	add := seeder(f)
+	add(c.EncodeEnvelope(&wire.Envelope{ID: "e1", Items: []wire.Item{*sampleItem(), {ID: "x"}}}))
+	add(c.EncodeItem(sampleItem())) // a legacy message: one item
 	f.Add([]byte{0x82, 0xa1, 'v', 0x02, 0xa5, 'i', 't', 'e', 'm', 's', 0xdd, 0x7f, 0xff, 0xff, 0xff})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var e wire.Envelope
-		if err := wire.DecodeEnvelope(b, &e); err != nil {
-			return
-		}
+	fuzzStable(f, c.EncodeEnvelope, wire.DecodeEnvelope, func(t *testing.T, e *wire.Envelope) {
 		if e.V != wire.EnvelopeVersion {
 			t.Fatalf("accepted version %d", e.V)
-		}
-		b2, err := c.EncodeEnvelope(&e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var e2 wire.Envelope
-		if err := wire.DecodeEnvelope(b2, &e2); err != nil {
-			t.Fatal(err)
-		}
-		b3, err := c.EncodeEnvelope(&e2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(b2, b3) {
-			t.Fatal("re-encoding is not stable")
 		}
 		for i := range e.Items {
 			_, _ = e.Items[i].Input.AppendFloat32s(nil, 1)

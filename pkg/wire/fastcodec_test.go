@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"runtime"
 	"testing"
@@ -93,22 +94,7 @@ func TestFastCodecMatchesReflection(t *testing.T) {
 			AdmittedGear: "g", AdmittedUnixNano: 12345678901234, EnqueuedUnixNano: 42, Visits: visits, Door: "jobs", Attempts: 2, BestProbs: []float32{0.1, 0.9}},
 	}
 	for i, it := range items {
-		fast, err := msgpack.Marshal(&it)
-		if err != nil {
-			t.Fatal(err)
-		}
-		shadow := toShadow[shadowItem](t, it)
-		slow, err := compact(&shadow)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(fast) != string(slow) {
-			t.Errorf("item %d: hand-written bytes differ from reflection's\n fast %x\n slow %x", i, fast, slow)
-		}
-		var back Item
-		if err := msgpack.Unmarshal(slow, &back); err != nil || !reflect.DeepEqual(back, normalizeItem(it)) {
-			t.Errorf("item %d: decoded %+v (%v), want %+v", i, back, err, it)
-		}
+		checkMatchesReflection[Item, shadowItem](t, fmt.Sprintf("item %d", i), it, normalizeItem(it))
 	}
 	results := []Result{
 		{},
@@ -117,23 +103,39 @@ func TestFastCodecMatchesReflection(t *testing.T) {
 			Items: []Result{{ID: "i1", Index: 1}, {ID: "i2", Error: &Error{Code: CodeOverloaded}}}},
 	}
 	for i, r := range results {
-		fast, err := msgpack.Marshal(&r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		shadow := toShadow[shadowResult](t, r)
-		slow, err := compact(&shadow)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(fast) != string(slow) {
-			t.Errorf("result %d: hand-written bytes differ from reflection's\n fast %x\n slow %x", i, fast, slow)
-		}
-		var back Result
-		if err := msgpack.Unmarshal(slow, &back); err != nil || !reflect.DeepEqual(back, r) {
-			t.Errorf("result %d: decoded %+v (%v), want %+v", i, back, err, r)
-		}
+		checkMatchesReflection[Result, shadowResult](t, fmt.Sprintf("result %d", i), r, r)
 	}
+}
+
+// checkMatchesReflection checks that v encodes by hand to the bytes its
+// shadow S encodes to by reflection, and that those bytes decode back to
+// want.
+func checkMatchesReflection[T, S any](t *testing.T, what string, v, want T) {
+	t.Helper()
+	fast, err := msgpack.Marshal(&v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := reflectionBytes[S](t, what, v, fast)
+	var back T
+	if err := msgpack.Unmarshal(slow, &back); err != nil || !reflect.DeepEqual(back, want) {
+		t.Errorf("%s: decoded %+v (%v), want %+v", what, back, err, v)
+	}
+}
+
+// reflectionBytes returns what v's shadow S encodes to by reflection,
+// checking that fast, v's hand-written bytes, are the same.
+func reflectionBytes[S any](t *testing.T, what string, v any, fast []byte) []byte {
+	t.Helper()
+	shadow := toShadow[S](t, v)
+	slow, err := compact(&shadow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(fast) != string(slow) {
+		t.Errorf("%s: hand-written bytes differ from reflection's\n fast %x\n slow %x", what, fast, slow)
+	}
+	return slow
 }
 
 // compact encodes v by reflection as Codec does (compact integers).
@@ -215,14 +217,7 @@ func TestCodecWritesWhatReflectionWrites(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		shadow := toShadow[shadowEnvelope](t, e)
-		slow, err := compact(&shadow)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(fast) != string(slow) {
-			t.Errorf("envelope %s: bytes differ from reflection's\n fast %x\n slow %x", e.ID, fast, slow)
-		}
+		slow := reflectionBytes[shadowEnvelope](t, "envelope "+e.ID, e, fast)
 		var back Envelope
 		if err := DecodeEnvelope(slow, &back); err != nil {
 			t.Fatal(err)
@@ -309,14 +304,7 @@ func TestRequestCodecMatchesReflection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		shadow := toShadow[shadowRequest](t, r)
-		slow, err := compact(&shadow)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(fast) != string(slow) {
-			t.Errorf("request %d: bytes differ from reflection's\n fast %x\n slow %x", i, fast, slow)
-		}
+		slow := reflectionBytes[shadowRequest](t, fmt.Sprintf("request %d", i), r, fast)
 		var back Request
 		if err := DecodeRequest(slow, &back); err != nil || !reflect.DeepEqual(back, r) {
 			t.Errorf("request %d: decoded %+v (%v), want %+v", i, back, err, r)

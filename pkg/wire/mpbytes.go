@@ -13,39 +13,27 @@ import (
 // with UseCompactInts(true) (TestFastCodecMatchesReflection), and read what
 // its Decoder reads for the same kinds.
 
-func appendMapLen(b []byte, n int) []byte {
+// appendLen writes a length header: n in the low bits of fix while it is
+// below fixMax, then after the code c8 (when there is one: 0 is none), c16
+// or c32 in the fewest bytes.
+func appendLen(b []byte, n int, fix byte, fixMax int, c8, c16, c32 byte) []byte {
 	switch {
-	case n < 16:
-		return append(b, 0x80|byte(n))
+	case n < fixMax:
+		return append(b, fix|byte(n))
+	case c8 != 0 && n < 256:
+		return append(b, c8, byte(n))
 	case n <= math.MaxUint16:
-		return append(b, 0xde, byte(n>>8), byte(n))
+		return append(b, c16, byte(n>>8), byte(n))
 	}
-	return append(b, 0xdf, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	return append(b, c32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
-func appendArrayLen(b []byte, n int) []byte {
-	switch {
-	case n < 16:
-		return append(b, 0x90|byte(n))
-	case n <= math.MaxUint16:
-		return append(b, 0xdc, byte(n>>8), byte(n))
-	}
-	return append(b, 0xdd, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-}
+func appendMapLen(b []byte, n int) []byte { return appendLen(b, n, 0x80, 16, 0, 0xde, 0xdf) }
+
+func appendArrayLen(b []byte, n int) []byte { return appendLen(b, n, 0x90, 16, 0, 0xdc, 0xdd) }
 
 func appendStr(b []byte, s string) []byte {
-	n := len(s)
-	switch {
-	case n < 32:
-		b = append(b, 0xa0|byte(n))
-	case n < 256:
-		b = append(b, 0xd9, byte(n))
-	case n <= math.MaxUint16:
-		b = append(b, 0xda, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0xdb, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, s...)
+	return append(appendLen(b, len(s), 0xa0, 32, 0xd9, 0xda, 0xdb), s...)
 }
 
 // appendBin writes v as msgpack bin; nil is nil.
@@ -53,16 +41,7 @@ func appendBin(b []byte, v []byte) []byte {
 	if v == nil {
 		return append(b, 0xc0)
 	}
-	n := len(v)
-	switch {
-	case n < 256:
-		b = append(b, 0xc4, byte(n))
-	case n <= math.MaxUint16:
-		b = append(b, 0xc5, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, v...)
+	return append(appendLen(b, len(v), 0, 0, 0xc4, 0xc5, 0xc6), v...)
 }
 
 // appendInt writes n in the fewest bytes, as msgpack/v5's compact ints.
@@ -191,30 +170,15 @@ func (r *mpReader) count(size, unit int) (int, error) {
 }
 
 // mapLen reads a map header; nil is -1.
-func (r *mpReader) mapLen() (int, error) {
-	c, err := r.code()
-	if err != nil {
-		return 0, err
-	}
-	switch {
-	case c == 0xc0:
-		return -1, nil
-	case c >= 0x80 && c <= 0x8f:
-		n := int(c & 0x0f)
-		if 2*n > len(r.b)-r.i {
-			return 0, r.errShort(2 * n)
-		}
-		return n, nil
-	case c == 0xde:
-		return r.count(2, 2)
-	case c == 0xdf:
-		return r.count(4, 2)
-	}
-	return 0, fmt.Errorf("msgpack: invalid code=%x decoding map length", c)
-}
+func (r *mpReader) mapLen() (int, error) { return r.header(0x80, 0xde, 2, "map") }
 
 // arrayLen reads an array header; nil is -1.
-func (r *mpReader) arrayLen() (int, error) {
+func (r *mpReader) arrayLen() (int, error) { return r.header(0x90, 0xdc, 1, "array") }
+
+// header reads a map or array header, whose fix form holds the count in
+// the low four bits of fix and whose 16- and 32-bit forms are c16 and
+// c16+1, for elements of at least unit bytes each; nil is -1.
+func (r *mpReader) header(fix, c16 byte, unit int, kind string) (int, error) {
 	c, err := r.code()
 	if err != nil {
 		return 0, err
@@ -222,33 +186,43 @@ func (r *mpReader) arrayLen() (int, error) {
 	switch {
 	case c == 0xc0:
 		return -1, nil
-	case c >= 0x90 && c <= 0x9f:
+	case c >= fix && c <= fix|0x0f:
 		n := int(c & 0x0f)
-		if n > len(r.b)-r.i {
-			return 0, r.errShort(n)
+		if unit*n > len(r.b)-r.i {
+			return 0, r.errShort(unit * n)
 		}
 		return n, nil
-	case c == 0xdc:
-		return r.count(2, 1)
-	case c == 0xdd:
-		return r.count(4, 1)
+	case c == c16:
+		return r.count(2, unit)
+	case c == c16+1:
+		return r.count(4, unit)
 	}
-	return 0, fmt.Errorf("msgpack: invalid code=%x decoding array length", c)
+	return 0, fmt.Errorf("msgpack: invalid code=%x decoding %s length", c, kind)
 }
 
 // raw reads a str or bin value's bytes (shared with the message); nil is
 // nil.
 func (r *mpReader) raw() ([]byte, error) {
 	c, err := r.code()
+	if err != nil || c == 0xc0 {
+		return nil, err
+	}
+	n, ok, err := r.rawLen(c)
+	if !ok {
+		return nil, fmt.Errorf("msgpack: invalid code=%x decoding string/bytes length", c)
+	}
 	if err != nil {
 		return nil, err
 	}
-	var n int
+	return r.take(n)
+}
+
+// rawLen reads the length of the str or bin value whose code is c; ok is
+// false when c is not one.
+func (r *mpReader) rawLen(c byte) (n int, ok bool, err error) {
 	switch {
-	case c == 0xc0:
-		return nil, nil
 	case c >= 0xa0 && c <= 0xbf:
-		n = int(c & 0x1f)
+		return int(c & 0x1f), true, nil
 	case c == 0xd9 || c == 0xc4:
 		n, err = r.count(1, 1)
 	case c == 0xda || c == 0xc5:
@@ -256,12 +230,9 @@ func (r *mpReader) raw() ([]byte, error) {
 	case c == 0xdb || c == 0xc6:
 		n, err = r.count(4, 1)
 	default:
-		return nil, fmt.Errorf("msgpack: invalid code=%x decoding string/bytes length", c)
+		return 0, false, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	return r.take(n)
+	return n, true, err
 }
 
 func (r *mpReader) str() (string, error) {
@@ -336,11 +307,7 @@ func (r *mpReader) float64() (float64, error) {
 		n, err := r.uint(8)
 		return math.Float64frombits(n), err
 	}
-	n, err := r.intCode(c)
-	if err != nil {
-		return 0, fmt.Errorf("msgpack: invalid code=%x decoding float64", c)
-	}
-	return float64(n), nil
+	return intAsFloat[float64](r, c, "float64")
 }
 
 func (r *mpReader) float32() (float32, error) {
@@ -352,11 +319,17 @@ func (r *mpReader) float32() (float32, error) {
 		n, err := r.uint(4)
 		return math.Float32frombits(uint32(n)), err
 	}
+	return intAsFloat[float32](r, c, "float32")
+}
+
+// intAsFloat reads the integer whose code is c where a float is expected,
+// as msgpack/v5 does.
+func intAsFloat[F float32 | float64](r *mpReader, c byte, kind string) (F, error) {
 	n, err := r.intCode(c)
 	if err != nil {
-		return 0, fmt.Errorf("msgpack: invalid code=%x decoding float32", c)
+		return 0, fmt.Errorf("msgpack: invalid code=%x decoding %s", c, kind)
 	}
-	return float32(n), nil
+	return F(n), nil
 }
 
 func (r *mpReader) bool() (bool, error) {
@@ -402,14 +375,8 @@ func (r *mpReader) skipDepth(depth int) error {
 		elems = 2 * int(c&0x0f)
 	case c >= 0x90 && c <= 0x9f:
 		elems = int(c & 0x0f)
-	case c >= 0xa0 && c <= 0xbf:
-		n = int(c & 0x1f)
-	case c == 0xc4 || c == 0xd9:
-		n, err = r.count(1, 1)
-	case c == 0xc5 || c == 0xda:
-		n, err = r.count(2, 1)
-	case c == 0xc6 || c == 0xdb:
-		n, err = r.count(4, 1)
+	case c >= 0xa0 && c <= 0xbf, c >= 0xc4 && c <= 0xc6, c >= 0xd9 && c <= 0xdb: // str, bin
+		n, _, err = r.rawLen(c)
 	case c == 0xc7, c == 0xc8, c == 0xc9: // ext 8/16/32: length, type, data
 		n, err = r.count(1<<(c-0xc7), 1)
 		n++

@@ -281,17 +281,7 @@ func (e errTest) Error() string { return string(e) }
 
 func BenchmarkDecodeOIPRequestMNIST(b *testing.B) {
 	body, err := wire.EncodeOIPRequest(&wire.Request{ID: "r", Input: wire.FP32Tensor([]int64{1, 28, 28}, mnistValues())}, "x")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		var r wire.Request
-		if err := wire.DecodeOIPRequest(body, &r); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchDecode(b, body, err, wire.DecodeOIPRequest)
 }
 
 func BenchmarkEncodeOIPResponse(b *testing.B) {
@@ -300,10 +290,8 @@ func BenchmarkEncodeOIPResponse(b *testing.B) {
 	for i := range r.Probabilities {
 		r.Probabilities[i] = float32(i) / 45
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := wire.EncodeOIPResponse(r, "mnist"); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchLoop(b, func() error {
+		_, err := wire.EncodeOIPResponse(r, "mnist")
+		return err
+	})
 }

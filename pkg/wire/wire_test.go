@@ -55,31 +55,10 @@ func TestCodecRoundTrip(t *testing.T) {
 
 	t.Run("request", func(t *testing.T) {
 		in := &wire.Request{ID: "a", Input: wire.FP32Tensor([]int64{2}, []float32{1.5, -2}), TimeoutMs: 250, DeadlineUnixMs: 99, Client: "c", ReturnProbabilities: true}
-		b, err := c.EncodeRequest(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out wire.Request
-		if err := wire.DecodeRequest(b, &out); err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(*in, out) {
-			t.Fatalf("round trip:\n got %+v\nwant %+v", out, *in)
-		}
+		roundTrip(t, in, c.EncodeRequest, wire.DecodeRequest)
 	})
 	t.Run("item", func(t *testing.T) {
-		in := sampleItem()
-		b, err := c.EncodeItem(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out wire.Item
-		if err := wire.DecodeItem(b, &out); err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(*in, out) {
-			t.Fatalf("round trip:\n got %+v\nwant %+v", out, *in)
-		}
+		out := roundTrip(t, sampleItem(), c.EncodeItem, wire.DecodeItem)
 		got, err := out.Input.AppendFloat32s(nil, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -91,18 +70,34 @@ func TestCodecRoundTrip(t *testing.T) {
 	t.Run("result", func(t *testing.T) {
 		in := sampleResult()
 		in.Error = &wire.Error{Code: wire.CodeOverloaded, Message: "full"}
-		b, err := c.EncodeResult(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out wire.Result
-		if err := wire.DecodeResult(b, &out); err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(*in, out) {
-			t.Fatalf("round trip:\n got %+v\nwant %+v", out, *in)
-		}
+		roundTrip(t, in, c.EncodeResult, wire.DecodeResult)
 	})
+}
+
+// roundTrip encodes in with encode, decodes the bytes with decode and
+// checks that the value comes back the same; it returns the decoded value.
+func roundTrip[T any](t *testing.T, in *T, encode func(*T) ([]byte, error), decode func([]byte, *T) error) T {
+	t.Helper()
+	_, out := reencode(t, in, encode, decode)
+	if !reflect.DeepEqual(*in, out) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", out, *in)
+	}
+	return out
+}
+
+// reencode encodes v with encode and decodes the bytes with decode,
+// failing t if either fails; it returns the bytes and the decoded value.
+func reencode[T any](t *testing.T, v *T, encode func(*T) ([]byte, error), decode func([]byte, *T) error) ([]byte, T) {
+	t.Helper()
+	b, err := encode(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out T
+	if err := decode(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return b, out
 }
 
 // TestEncodeReturnsOwnedBytes: the codec reuses its buffers, so every Encode
@@ -267,59 +262,59 @@ func TestNames(t *testing.T) {
 	}
 }
 
+// benchLoop measures op, which fails the benchmark with an error, with
+// allocations reported.
+func benchLoop(b *testing.B, op func() error) {
+	b.Helper()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := op(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchDecode measures decode of buf (encoded with err) into a zero T,
+// with its throughput.
+func benchDecode[T any](b *testing.B, buf []byte, err error, decode func([]byte, *T) error) {
+	b.Helper()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(buf)))
+	var v, zero T // v outside the loop: one allocation, not one per run
+	benchLoop(b, func() error {
+		v = zero
+		return decode(buf, &v)
+	})
+}
+
 func BenchmarkEncodeItemMNIST(b *testing.B) {
 	c := wire.NewCodec()
 	it := sampleItem()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := c.EncodeItem(it); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchLoop(b, func() error {
+		_, err := c.EncodeItem(it)
+		return err
+	})
 }
 
 func BenchmarkDecodeItemMNIST(b *testing.B) {
-	c := wire.NewCodec()
-	buf, err := c.EncodeItem(sampleItem())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(buf)))
-	b.ReportAllocs()
-	for b.Loop() {
-		var it wire.Item
-		if err := wire.DecodeItem(buf, &it); err != nil {
-			b.Fatal(err)
-		}
-	}
+	buf, err := wire.NewCodec().EncodeItem(sampleItem())
+	benchDecode(b, buf, err, wire.DecodeItem)
 }
 
 func BenchmarkDecodeRequestMNIST(b *testing.B) {
-	c := wire.NewCodec()
-	buf, err := c.EncodeRequest(&wire.Request{ID: "req-1", Input: wire.FP32Tensor([]int64{1, 28, 28}, mnistValues()), TimeoutMs: 500})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(buf)))
-	b.ReportAllocs()
-	for b.Loop() {
-		var r wire.Request
-		if err := wire.DecodeRequest(buf, &r); err != nil {
-			b.Fatal(err)
-		}
-	}
+	buf, err := wire.NewCodec().EncodeRequest(&wire.Request{ID: "req-1", Input: wire.FP32Tensor([]int64{1, 28, 28}, mnistValues()), TimeoutMs: 500})
+	benchDecode(b, buf, err, wire.DecodeRequest)
 }
 
 func BenchmarkAppendFloat32sMNIST(b *testing.B) {
 	t := wire.FP32Tensor([]int64{1, 28, 28}, mnistValues())
 	dst := make([]float32, 0, 784)
-	b.ReportAllocs()
-	for b.Loop() {
-		var err error
-		if dst, err = t.AppendFloat32s(dst[:0], 0); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchLoop(b, func() (err error) {
+		dst, err = t.AppendFloat32s(dst[:0], 0)
+		return err
+	})
 }
 
 // TestDecodeRejectsHostileLengths: a few bytes claiming a huge array or bin

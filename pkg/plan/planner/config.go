@@ -1,8 +1,10 @@
 package planner
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"runtime"
 	"slices"
@@ -196,24 +198,12 @@ type Config struct {
 }
 
 func (cfg *Config) defaults() {
-	if cfg.Mode == "" {
-		cfg.Mode = ModeMaxAccuracy
-	}
-	if cfg.MaxAccuracyGap == 0 {
-		cfg.MaxAccuracyGap = DefaultMaxAccuracyGap
-	}
-	if cfg.RunnerPool == "" {
-		cfg.RunnerPool = plan.RunnerPoolShared
-	}
-	if cfg.Metric == "" {
-		cfg.Metric = plan.MetricMargin
-	}
-	if cfg.CostBatch == 0 {
-		cfg.CostBatch = 8
-	}
-	if cfg.Headroom == 0 {
-		cfg.Headroom = 0.8
-	}
+	cfg.Mode = cmp.Or(cfg.Mode, ModeMaxAccuracy)
+	cfg.MaxAccuracyGap = cmp.Or(cfg.MaxAccuracyGap, DefaultMaxAccuracyGap)
+	cfg.RunnerPool = cmp.Or(cfg.RunnerPool, plan.RunnerPoolShared)
+	cfg.Metric = cmp.Or(cfg.Metric, plan.MetricMargin)
+	cfg.CostBatch = cmp.Or(cfg.CostBatch, 8)
+	cfg.Headroom = cmp.Or(cfg.Headroom, 0.8)
 	if len(cfg.BatchSizes) == 0 {
 		cfg.BatchSizes = []int{1, 2, 4, 8, 16, 32, 64, 128}
 	}
@@ -222,15 +212,9 @@ func (cfg *Config) defaults() {
 			cfg.DelaysMs = append(cfg.DelaysMs, roundSig(f*cfg.SLOP95Ms, 3))
 		}
 	}
-	if cfg.SimRequests == 0 {
-		cfg.SimRequests = 3000
-	}
-	if cfg.SimSeconds == 0 {
-		cfg.SimSeconds = 0.5
-	}
-	if cfg.Seed == 0 {
-		cfg.Seed = 1
-	}
+	cfg.SimRequests = cmp.Or(cfg.SimRequests, 3000)
+	cfg.SimSeconds = cmp.Or(cfg.SimSeconds, 0.5)
+	cfg.Seed = cmp.Or(cfg.Seed, 1)
 	if cfg.Hysteresis == (plan.Hysteresis{}) {
 		cfg.Hysteresis = plan.DefaultHysteresis()
 	}
@@ -240,9 +224,7 @@ func (cfg *Config) defaults() {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.Input.Datatype == "" {
-		cfg.Input.Datatype = "FP32"
-	}
+	cfg.Input.Datatype = cmp.Or(cfg.Input.Datatype, "FP32")
 	if cfg.Replay != nil && cfg.Input.Classes == 0 {
 		cfg.Input.Classes = cfg.Replay.Classes
 	}
@@ -373,19 +355,10 @@ func (cfg *Config) checkLadder(ps *problems) {
 		}
 		if cfg.Profile != nil {
 			if _, ok := cfg.Profile.Models[m.Name]; !ok {
-				*ps = append(*ps, fmt.Errorf("%w: %q (profiled: %v)", ErrModelNotProfiled, m.Name, sortedKeys(cfg.Profile.Models)))
+				*ps = append(*ps, fmt.Errorf("%w: %q (profiled: %v)", ErrModelNotProfiled, m.Name, slices.Sorted(maps.Keys(cfg.Profile.Models))))
 			}
 		}
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // itemCost is the runner time per item of a model in batches of b: its

@@ -42,10 +42,7 @@ func TestEvaluatorMatchesWorkerDecisions(t *testing.T) {
 	temps := map[string]float64{"tiny": 0.7, "medium": 2.5}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, metric := range plan.Metrics() {
-		ev, err := NewEvaluator(r, EvaluatorConfig{Metric: metric, Temperatures: temps, CostMs: costsFor(ladder, 8)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		ev := mustEvaluator(t, r, EvaluatorConfig{Metric: metric, Temperatures: temps, CostMs: costsFor(ladder, 8)})
 		for trial := range 30 {
 			// A random ordered subset with random thresholds.
 			var stages []plan.Stage
@@ -101,10 +98,7 @@ func TestEvaluatorMatchesWorkerDecisions(t *testing.T) {
 
 func TestEvaluatorRejectsBadCascades(t *testing.T) {
 	r := plantest.SmallReplay(t)
-	ev, err := NewEvaluator(r, EvaluatorConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ev := mustEvaluator(t, r, EvaluatorConfig{})
 	for _, stages := range [][]plan.Stage{
 		nil,
 		{{Model: "ghost"}},
@@ -188,10 +182,7 @@ func TestParetoFrontMatchesBruteForce(t *testing.T) {
 		{GridPoints: 9},
 	} {
 		t.Run(fmt.Sprintf("%d-%s", opts.GridPoints, opts.GridSpacing), func(t *testing.T) {
-			ev, err := NewEvaluator(r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
-			if err != nil {
-				t.Fatal(err)
-			}
+			ev := mustEvaluator(t, r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
 			front, evaluated, err := ev.ParetoFront(context.Background(), opts)
 			if err != nil {
 				t.Fatal(err)
@@ -215,10 +206,7 @@ func TestParetoFrontMatchesBruteForce(t *testing.T) {
 func TestParetoFrontHasNoDeadStages(t *testing.T) {
 	ladder := plantest.Ladder()
 	r := plantest.Replay(t, 4, 1500, 10, ladder)
-	ev, err := NewEvaluator(r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ev := mustEvaluator(t, r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
 	front, _, err := ev.ParetoFront(context.Background(), SearchOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -251,10 +239,7 @@ func TestParetoFrontHasNoDeadStages(t *testing.T) {
 
 func TestThresholdGrid(t *testing.T) {
 	r := plantest.SmallReplay(t)
-	ev, err := NewEvaluator(r, EvaluatorConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ev := mustEvaluator(t, r, EvaluatorConfig{})
 	uni, err := ev.Thresholds("tiny", SearchOptions{GridPoints: 4, GridSpacing: GridUniform})
 	if err != nil || !slices.Equal(uni, []float64{0.2, 0.4, 0.6, 0.8}) {
 		t.Errorf("uniform grid = %v, %v", uni, err)
@@ -287,11 +272,8 @@ func TestThresholdGrid(t *testing.T) {
 
 func TestSearchTooLarge(t *testing.T) {
 	r := plantest.SmallReplay(t)
-	ev, err := NewEvaluator(r, EvaluatorConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _, err = ev.ParetoFront(context.Background(), SearchOptions{GridPoints: 50, MaxCandidates: 20})
+	ev := mustEvaluator(t, r, EvaluatorConfig{})
+	_, _, err := ev.ParetoFront(context.Background(), SearchOptions{GridPoints: 50, MaxCandidates: 20})
 	if !errors.Is(err, ErrSearchTooLarge) {
 		t.Errorf("ParetoFront = %v, want ErrSearchTooLarge", err)
 	}
@@ -300,13 +282,20 @@ func TestSearchTooLarge(t *testing.T) {
 func TestSearchHonoursCancellation(t *testing.T) {
 	ladder := plantest.Ladder()
 	r := plantest.Replay(t, 4, 2000, 10, ladder)
-	ev, err := NewEvaluator(r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ev := mustEvaluator(t, r, EvaluatorConfig{CostMs: costsFor(ladder, 8)})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, _, err := ev.ParetoFront(ctx, SearchOptions{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("ParetoFront on a cancelled context = %v", err)
 	}
+}
+
+// mustEvaluator builds an evaluator of r, failing the test if it cannot.
+func mustEvaluator(t *testing.T, r *plan.Replay, cfg EvaluatorConfig) *Evaluator {
+	t.Helper()
+	ev, err := NewEvaluator(r, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
 }

@@ -185,12 +185,7 @@ func (pl *walker) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error)
 	if err != nil {
 		return nil, err
 	}
-	var alive []int
-	for i, r := range results {
-		if pl.ok(r) {
-			alive = append(alive, i)
-		}
-	}
+	alive := pl.passing(results)
 	if len(alive) == 0 {
 		pl.checked[key] = nil
 		return nil, nil
@@ -240,12 +235,21 @@ func (pl *walker) fitting(cand, b int, configs []plan.Batching, alive []int, run
 		return nil, err
 	}
 	var out []int
-	for k, r := range rs {
-		if pl.ok(r) {
-			out = append(out, idx[k])
-		}
+	for _, k := range pl.passing(rs) {
+		out = append(out, idx[k])
 	}
 	return out, nil
+}
+
+// passing returns the indexes of the results that are ok.
+func (pl *walker) passing(results []simulate.Result) []int {
+	var out []int
+	for i, r := range results {
+		if pl.ok(r) {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // batchings lists the batch settings of the grid that pass the compute

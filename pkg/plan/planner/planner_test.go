@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -67,10 +68,7 @@ func TestPlanGolden(t *testing.T) {
 			cfg := smallConfig(t)
 			tt.mutate(&cfg)
 			res := mustMake(t, cfg)
-			got, err := res.Plan.Marshal()
-			if err != nil {
-				t.Fatal(err)
-			}
+			got := plantest.JSON(t, res.Plan)
 			path := filepath.Join("testdata", "plan-"+tt.name+".golden.json")
 			if *update {
 				if err := os.WriteFile(path, got, 0o644); err != nil {
@@ -116,10 +114,7 @@ func checkPlanInvariants(t *testing.T, cfg Config, res *Result) {
 	if err := p.Validate(); err != nil {
 		t.Fatalf("plan does not validate: %v", err)
 	}
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := plantest.JSON(t, p)
 	back, err := plan.Parse(b)
 	if err != nil {
 		t.Fatalf("plan does not parse back: %v", err)
@@ -494,7 +489,7 @@ func TestPlanErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := smallConfig(t)
-			cfg.Profile.Models = maps(cfg.Profile.Models)
+			cfg.Profile.Models = maps.Clone(cfg.Profile.Models)
 			tt.mutate(&cfg)
 			_, err := Make(context.Background(), cfg)
 			if !errors.Is(err, tt.want) {
@@ -520,14 +515,6 @@ func TestPlanErrors(t *testing.T) {
 			t.Errorf("Make = %v, want context.Canceled", err)
 		}
 	})
-}
-
-func maps[V any](m map[string]V) map[string]V {
-	out := make(map[string]V, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 func TestLoadRangeEdges(t *testing.T) {
@@ -632,10 +619,7 @@ func TestPlanRecordsTheProfilesProvider(t *testing.T) {
 				t.Errorf("profile provider %q: model %q has provider %q", provider, m.Name, m.Profile.Provider)
 			}
 		}
-		b, err := res.Plan.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := plantest.JSON(t, res.Plan)
 		if got := bytes.Contains(b, []byte(`"provider"`)); got != (provider != "") {
 			t.Errorf("profile provider %q: plan file mentions a provider: %v", provider, got)
 		}

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -76,6 +78,27 @@ func Replay(t testing.TB, seed uint64, items, classes int, models []Model) *plan
 		t.Fatal(err)
 	}
 	return r
+}
+
+// JSON is p.Marshal, failing t if it fails.
+func JSON(t testing.TB, p *plan.Plan) []byte {
+	t.Helper()
+	b, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// WriteFile writes p as plan.json into a new temporary folder and returns
+// the file's path, failing t if it cannot.
+func WriteFile(t testing.TB, p *plan.Plan) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(file, JSON(t, p), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }
 
 // SmallReplay is the replay of the ladder's first two models on 50 items
