@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -157,8 +158,11 @@ func (t Transform) AppendBytes(b *Batch, raw []uint8) error {
 		b.U8 = append(b.U8, raw...)
 		return nil
 	}
-	for _, v := range raw {
-		b.F32 = append(b.F32, float32(v)*t.Scale)
+	n := len(b.F32)
+	b.F32 = slices.Grow(b.F32, len(raw))[:n+len(raw)]
+	dst := b.F32[n : n+len(raw)]
+	for i, v := range raw {
+		dst[i] = float32(v) * t.Scale
 	}
 	return nil
 }

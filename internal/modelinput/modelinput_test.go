@@ -213,3 +213,26 @@ func TestRunPicksTheModelsEntryPoint(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAppendBytes: one MNIST-sized UINT8 item into an FP32 batch of
+// 128 items, the stage worker's conversion.
+func BenchmarkAppendBytes(b *testing.B) {
+	tr, err := New("m", FP32, 784, 1.0/255)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw := make([]uint8, 784)
+	for i := range raw {
+		raw[i] = uint8(i)
+	}
+	var batch Batch
+	b.SetBytes(int64(len(raw)))
+	for i := 0; b.Loop(); i++ {
+		if i%128 == 0 {
+			batch.F32 = batch.F32[:0]
+		}
+		if err := tr.AppendBytes(&batch, raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
