@@ -214,6 +214,22 @@ func (tw *testWorker) counter(name string, labels ...string) float64 {
 	return metrictest.Sum(tw.reg, name, labels...)
 }
 
+// settledCounter waits up to 10 s for counter name to reach at least want
+// and returns it. A worker counts an item's outcome when it acknowledges
+// the message, which is after the item's reply is out: a test that has
+// seen every reply may read a count a moment early.
+func (tw *testWorker) settledCounter(t testing.TB, want float64, name string, labels ...string) float64 {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := tw.counter(name, labels...)
+		if got >= want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // histSum is the sum of a histogram's samples over the matching series.
 func (tw *testWorker) histSum(name string, labels ...string) float64 {
 	return metrictest.HistogramSum(tw.reg, name, labels...)

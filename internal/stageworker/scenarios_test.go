@@ -394,7 +394,7 @@ func TestExpiredDeadline(t *testing.T) {
 			t.Errorf("%s: error %v visits %v, want deadline_exceeded without visits", id, r.Error, r.Visits)
 		}
 	}
-	if got := w.counter("cascade_worker_items_total", "model", "linear", "outcome", "expired"); got != n-1 {
+	if got := w.settledCounter(t, n-1, "cascade_worker_items_total", "model", "linear", "outcome", "expired"); got != n-1 {
 		t.Errorf("expired items %v, want %d", got, n-1)
 	}
 	if got := w.histSum("cascade_worker_batch_size_items", "model", "linear"); got != 1 {
@@ -534,6 +534,9 @@ func TestPoisonAndUndecodable(t *testing.T) {
 	if !strings.HasSuffix(dead[0], "!poison#3.dlq") || strings.Count(dead[0], "!") != 1 || dead[1] != "seq-7.dlq.linear" {
 		t.Errorf("dead letters %v", dead)
 	}
+	// Outcomes are counted at acknowledgement, after the replies: let the
+	// five failures settle before reading the counts.
+	w.settledCounter(t, 5, "cascade_worker_items_total", "model", "linear", "outcome", "failed")
 	if got := w.counter("cascade_worker_dead_letters_total", "model", "linear"); got != 2 {
 		t.Errorf("dead letters counted %v, want 2", got)
 	}
@@ -657,7 +660,7 @@ func TestDeadlineAwareEscalation(t *testing.T) {
 	if degraded == 0 {
 		t.Error("no item was degraded: the scenario is not exercised")
 	}
-	if got := w.counter("cascade_worker_degraded_total", "model", "linear", "reason", "deadline"); got != float64(degraded) {
+	if got := w.settledCounter(t, float64(degraded), "cascade_worker_degraded_total", "model", "linear", "reason", "deadline"); got != float64(degraded) {
 		t.Errorf("degraded counter %v, want %d", got, degraded)
 	}
 	if e.streamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")) != 0 {
@@ -715,7 +718,7 @@ func TestFullNextQueueDegrades(t *testing.T) {
 	if degraded != uncertain-1 {
 		t.Errorf("%d degraded answers, want %d (uncertain items but the one that fit)", degraded, uncertain-1)
 	}
-	if got := w.counter("cascade_worker_degraded_total", "model", "linear", "reason", "queue_full"); got != float64(uncertain-1) {
+	if got := w.settledCounter(t, float64(uncertain-1), "cascade_worker_degraded_total", "model", "linear", "reason", "queue_full"); got != float64(uncertain-1) {
 		t.Errorf("queue_full counter %v, want %d", got, uncertain-1)
 	}
 }
