@@ -339,6 +339,9 @@ func traceSystem(ctx context.Context, cfg TraceConfig, s compareSystem, sys *sys
 // perSecond buckets a run's outcomes by the second they were sent in.
 func perSecond(rep loadgen.Report, start time.Time, b Bursty, p *plan.Plan) []TraceSecond {
 	n := int(math.Ceil(b.Duration.Seconds()))
+	if n < 1 {
+		return nil
+	}
 	secs := make([]TraceSecond, n)
 	lat := make([][]float64, n)
 	correct := make([]int, n)
@@ -348,10 +351,10 @@ func perSecond(rep loadgen.Report, start time.Time, b Bursty, p *plan.Plan) []Tr
 		gears[i] = map[string]int{}
 	}
 	for _, o := range rep.Outcomes {
-		i := int(o.Sent.Sub(start) / time.Second)
-		if i < 0 || i >= n {
-			continue
-		}
+		// A request the generator sent a little after the trace's last
+		// second (a busy machine) belongs to that second: every item counts
+		// once.
+		i := min(max(int(o.Sent.Sub(start)/time.Second), 0), n-1)
 		if o.Code != "" {
 			secs[i].Errors++
 			continue
