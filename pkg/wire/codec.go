@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"sync"
-
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Codec encodes and decodes messages, reusing buffers. It is safe for
@@ -15,33 +13,17 @@ type Codec struct {
 	pool sync.Pool
 }
 
+// encState is a pooled scratch buffer of the hand-written codec
+// (fastcodec.go).
 type encState struct {
-	buf bytes.Buffer
-	enc *msgpack.Encoder
-	// out is the scratch buffer of the hand-written codec (fastcodec.go).
 	out []byte
 }
 
 // NewCodec returns a Codec.
 func NewCodec() *Codec {
 	c := &Codec{}
-	c.pool.New = func() any {
-		s := &encState{}
-		s.enc = msgpack.NewEncoder(&s.buf)
-		s.enc.UseCompactInts(true)
-		return s
-	}
+	c.pool.New = func() any { return &encState{} }
 	return c
-}
-
-func (c *Codec) encode(v any) ([]byte, error) {
-	s := c.pool.Get().(*encState)
-	defer c.pool.Put(s)
-	s.buf.Reset()
-	if err := s.enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.Clone(s.buf.Bytes()), nil
 }
 
 // encodeFast runs a hand-written appender on a pooled scratch buffer and
