@@ -148,11 +148,12 @@ func (c *coalescer) run(ctx context.Context) {
 		// take adds g to the envelope, or keeps it for the next one when
 		// it is for another model or does not fit; false: flush now.
 		take := func(g []*ticket) bool {
-			if g[0].model != model || len(batch)+len(g) > maxItems || bytes+groupBytes(g) > c.in.cfg.EnvelopeMaxBytes {
+			size := groupBytes(g)
+			if g[0].model != model || len(batch)+len(g) > maxItems || bytes+size > c.in.cfg.EnvelopeMaxBytes {
 				carry = g
 				return false
 			}
-			batch, bytes = append(batch, g...), bytes+groupBytes(g)
+			batch, bytes = append(batch, g...), bytes+size
 			return true
 		}
 	fill:
