@@ -20,6 +20,7 @@ type Environment struct {
 	Pipeline    string    `json:"pipeline"`
 	PlanFile    string    `json:"plan_file"`
 	Runners     int       `json:"runners"`
+	Partitions  int       `json:"partitions,omitempty"`
 	Provider    string    `json:"provider,omitempty"`
 	Description string    `json:"description,omitempty"`
 }
@@ -406,6 +407,9 @@ func writeEnvironment(b *strings.Builder, e Environment) {
 		fmt.Fprintf(b, ", ONNX Runtime %s", e.ORTVersion)
 	}
 	fmt.Fprintf(b, "\nplan: %s (pipeline %s), stage worker runners: %d", e.PlanFile, e.Pipeline, e.Runners)
+	if e.Partitions > 1 {
+		fmt.Fprintf(b, ", queue partitions: %d", e.Partitions)
+	}
 	if e.Provider != "" && e.Provider != "cpu" {
 		fmt.Fprintf(b, ", provider %s", e.Provider)
 	}

@@ -331,9 +331,13 @@ func environment(p *plan.Plan, file string, runners int, workerEnv map[string]st
 	if provider == "" {
 		provider = onnxrt.ProviderCPU
 	}
+	partitions := p.QueuePartitions()
+	if n, err := strconv.Atoi(workerEnv["CASCADE_QUEUE_PARTITIONS"]); err == nil && n > 0 {
+		partitions = n
+	}
 	return Environment{
 		Started: time.Now().UTC(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
-		CPUs: runtime.NumCPU(), Pipeline: p.Pipeline, PlanFile: file, Runners: runners, Provider: provider,
+		CPUs: runtime.NumCPU(), Pipeline: p.Pipeline, PlanFile: file, Runners: runners, Partitions: partitions, Provider: provider,
 	}
 }
 

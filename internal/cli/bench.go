@@ -19,6 +19,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
+	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 const benchUsage = `bench [flags]
@@ -143,6 +144,7 @@ type benchFlags struct {
 	gears, baseline, only, cpuProfile, hopBatches string
 	compute, halfLoad                             time.Duration
 	idle, messages, size, pubBatch, fetchBatch    int
+	partitions                                    int
 	rounds, hopMessages, fetchers                 int
 	// --check-plan.
 	gear                     string
@@ -156,6 +158,7 @@ func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
 	fs.BoolVar(&f.checkPlan, "check-plan", false, "check the plan's predictions for one gear against the live pipeline instead")
 	fs.StringVar(&f.planFile, "plan", envOr(env, "CASCADE_PLAN", ""), "gear plan file (default: the built-in MNIST plan)")
 	fs.IntVar(&f.runners, "runners", 2, "stage worker runners (and in-process sessions)")
+	fs.IntVar(&f.partitions, "partitions", 0, "partitions of every model's queue, a stream each (CASCADE_QUEUE_PARTITIONS; default: the plan's)")
 	f.pf.register(fs, onnxrt.ProviderCPU)
 	fs.IntVar(&f.concurrency, "concurrency", 0, "closed-loop requests in flight (default 6 × max batch × runners items, in requests of --request-items)")
 	fs.IntVar(&f.reqItems, "request-items", 1, "items per request in the saturated and half-load runs: >1 sends batched inputs [N, item shape] (the producer's batch axis)")
@@ -216,6 +219,8 @@ func (f *benchFlags) check() error {
 		}
 	}
 	switch {
+	case f.partitions < 0 || f.partitions > plan.MaxPartitions:
+		return fmt.Errorf("--partitions must be in [0,%d], got %d", plan.MaxPartitions, f.partitions)
 	case f.size < 8:
 		return fmt.Errorf("--size must be at least 8 bytes (the message's index), got %d", f.size)
 	case f.reqItems < 1 || f.reqItems > 1024:
@@ -234,6 +239,16 @@ func (f *benchFlags) check() error {
 		return errors.New("--concurrency, --warmup, --duration, --compute, --capacity, --half-load and --idle cannot be negative")
 	}
 	return nil
+}
+
+// workerEnv is the services' settings of the provider flags and
+// --partitions.
+func (f *benchFlags) workerEnv() map[string]string {
+	env := f.pf.workerEnv()
+	if f.partitions > 0 {
+		env["CASCADE_QUEUE_PARTITIONS"] = strconv.Itoa(f.partitions)
+	}
+	return env
 }
 
 // gearList is --gears as ids; nil for none or "all".
@@ -351,7 +366,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	sh := benchShared{
-		live:   bench.Live{PlanFile: f.planFile, Runners: f.runners, WorkerEnv: f.pf.workerEnv(), Progress: env.Stderr},
+		live:   bench.Live{PlanFile: f.planFile, Runners: f.runners, WorkerEnv: f.workerEnv(), Progress: env.Stderr},
 		warmup: f.warmup,
 	}
 	// --warmup 0 means no warm-up; left out, the mode's default.

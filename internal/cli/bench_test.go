@@ -42,6 +42,8 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}},
 		{"zero rounds", []string{"--rounds", "0"}},
 		{"zero runners", []string{"--check-plan", "--runners", "0"}},
+		{"negative partitions", []string{"--partitions", "-1"}},
+		{"too many partitions", []string{"--partitions", "1000"}},
 		{"knee without check-plan", []string{"--knee"}},
 		{"zero knee duration", []string{"--check-plan", "--knee", "--knee-duration", "0s"}},
 		{"negative knee budget", []string{"--check-plan", "--knee", "--knee-budget", "-1s"}},
@@ -56,6 +58,21 @@ func TestBenchUsageErrors(t *testing.T) {
 				t.Fatalf("bench %v: got %v, want a usage error", tc.args, err)
 			}
 		})
+	}
+}
+
+// TestBenchPartitionsReachTheServices checks that --partitions becomes the
+// controller's CASCADE_QUEUE_PARTITIONS beside the provider settings, and
+// that leaving it out leaves the plan's partitions alone.
+func TestBenchPartitionsReachTheServices(t *testing.T) {
+	f := benchFlags{partitions: 4}
+	f.pf.provider = "cpu"
+	env := f.workerEnv()
+	if env["CASCADE_QUEUE_PARTITIONS"] != "4" || env["CASCADE_WORKER_PROVIDER"] != "cpu" {
+		t.Fatalf("--partitions 4 --provider cpu: services' env %v", env)
+	}
+	if _, ok := (&benchFlags{}).workerEnv()["CASCADE_QUEUE_PARTITIONS"]; ok {
+		t.Fatal("without --partitions the services' env sets CASCADE_QUEUE_PARTITIONS")
 	}
 }
 
