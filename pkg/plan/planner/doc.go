@@ -27,7 +27,11 @@
 //     headroom (0.8) and a p95 within the SLO simulated by package simulate.
 //     Where ingress, nats-server or producers share the runners' cores, the
 //     profile's per-request overhead takes a share of the cores that grows
-//     with load and slows the runners down (plan.Overheads.RequestOverheadMs).
+//     with load and slows the runners' compute down
+//     (plan.Overheads.RequestOverheadMs, CPULoad); that overhead is measured
+//     on the whole live path, so it already holds the CPU the runners spend
+//     moving messages, and the cores' budget adds only the models' compute
+//     to it.
 //     It never moves to a more expensive cascade as load grows. Adjacent
 //     buckets with the same gear merge into one plan.Gear whose MaxQPS is
 //     their upper edge.

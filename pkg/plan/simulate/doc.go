@@ -8,9 +8,9 @@
 // every model of the gear, or a pool per model: Config.SharedRunners, from
 // plan.Plan.RunnerPool; an idle runner woken by an item fills a batch for
 // the max delay, a free one takes the model with the most queued items per
-// runner share), batch service times from the profile plus the messaging
-// overheads per item and per batch (slowed down by the per-request
-// overhead's share of the cores and any idle CPU), a hop overhead per hop,
+// runner share), batch service times from the profile (slowed down by the
+// per-request overhead's share of the cores and any idle CPU) plus the
+// messaging overheads per item and per batch, a hop overhead per hop,
 // a latency floor per request drawn from a log-normal law (the live path's
 // client, ingress and JetStream round trips that the rest leaves out,
 // measured by profile at low load; plan.Overheads.LatencyFloorMs), and
