@@ -69,6 +69,7 @@ type profileFlags struct {
 	fitCPU, curveCPU                bool
 	floorQPS                        float64
 	systemTime, systemDelay         time.Duration
+	systemMaxP95                    time.Duration
 	systemRunners, systemBatch      int
 }
 
@@ -86,6 +87,7 @@ func (f *profileFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.quiet, "quiet", false, "no progress bar")
 	fs.StringVar(&f.systemQPS, "system-qps", "", "also measure the all-in-one system's CPU per request at these loads, comma-separated; the highest is kept (embedded MNIST ladder only; empty: skip)")
 	fs.BoolVar(&f.curveCPU, "system-curve", true, "with several --system-qps loads, also write each load's overhead CPU as the profile's cpu_load curve, which the planner interpolates: the live path's CPU per request falls as envelopes and batches fill")
+	fs.DurationVar(&f.systemMaxP95, "system-max-p95", 50*time.Millisecond, "with --system-curve, leave out of the cpu_load curve the loads whose live p95 exceeds this: past saturation the cores cap the CPU time, and the curve would flatten where the system no longer keeps up (0: keep every load)")
 	fs.BoolVar(&f.fitCPU, "system-fit", false, "with several --system-qps loads, fit CPU = idle + load × per-request overhead instead of keeping the highest per-request overhead")
 	fs.Float64Var(&f.floorQPS, "floor-qps", 200, "with --system-qps, the low load at which the latency floor is measured (0: skip)")
 	fs.DurationVar(&f.systemTime, "system-duration", 10*time.Second, "timed length of the --system-qps run (after a 3s warm-up)")
@@ -119,6 +121,9 @@ func (f *profileFlags) check() ([]float64, error) {
 	}
 	if len(systemQPS) > 0 && (f.models != "" || f.modelDir != "") {
 		errs = append(errs, errors.New("--system-qps needs the embedded MNIST ladder (no --models, --model-dir)"))
+	}
+	if f.systemMaxP95 < 0 {
+		errs = append(errs, errors.New("--system-max-p95 cannot be negative"))
 	}
 	if f.systemTime <= 0 || f.systemRunners < 1 || f.systemBatch < 1 || f.systemDelay < 0 {
 		errs = append(errs, errors.New("--system-duration, --runners and --system-batch must be > 0, --system-delay >= 0"))
@@ -216,6 +221,7 @@ func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, 
 		Overheads: pf.Overheads,
 		FitCPU:    f.fitCPU,
 		Curve:     f.curveCPU,
+		MaxP95:    f.systemMaxP95,
 	})
 	if err != nil {
 		return sys, err
@@ -223,7 +229,7 @@ func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, 
 	perRequest, idle := systemCPU(sys.loads, f.fitCPU)
 	pf.RequestOverheadMs, pf.IdleCPUMsPerS = roundSig4(perRequest), roundSig4(idle)
 	if f.curveCPU {
-		pf.CPULoad = cpuCurve(sys.loads)
+		pf.CPULoad = cpuCurve(sys.loads, f.systemMaxP95)
 	}
 	pf.LatencyFloorMs = roundSig4(sys.floor.FloorMs)
 	pf.LatencyFloorP95Ms = roundSig4(sys.floor.FloorP95Ms)
@@ -258,6 +264,9 @@ func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Mod
 	for _, r := range sys.loads {
 		fmt.Fprintf(w, "system at %g req/s (%s alone, %d runners): %.3g ms CPU per request, %.3g ms of it the model: overhead %.3g ms (%d answered, p50 %v, p95 %v)\n",
 			r.QPS, ms[0].Name, f.systemRunners, r.CPUMsPerRequest, r.ModelMsPerRequest, r.RequestOverheadMs, r.Answered, r.P50.Round(100*time.Microsecond), r.P95.Round(100*time.Microsecond))
+		if f.curveCPU && pastSaturation(r, f.systemMaxP95) {
+			fmt.Fprintf(w, "  left out of the overhead CPU curve: p95 %v > --system-max-p95 %v, past saturation\n", r.P95.Round(100*time.Microsecond), f.systemMaxP95)
+		}
 	}
 	if len(sys.loads) > 0 {
 		how := "the highest per request"

@@ -43,8 +43,9 @@ type systemMeasurement struct {
 	// (fitSystemCPU); without it, as the highest measured (worstSystemCPU).
 	FitCPU bool
 	// Curve: the overheads charged to the floor run's simulation include
-	// the loads' cpuCurve.
-	Curve bool
+	// the loads' cpuCurve, without the loads past MaxP95.
+	Curve  bool
+	MaxP95 time.Duration
 	// Runners and Threads configure the one stage worker; Lib is its ONNX
 	// Runtime library (the process's) and WorkerEnv its provider settings.
 	Runners, Threads int
@@ -176,7 +177,7 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 	o := m.Overheads
 	o.RequestOverheadMs, o.IdleCPUMsPerS = systemCPU(results, m.FitCPU)
 	if m.Curve {
-		o.CPULoad = cpuCurve(results)
+		o.CPULoad = cpuCurve(results, m.MaxP95)
 	}
 	o.LatencyFloorMs, o.LatencyFloorP95Ms = 0, 0
 	sim, err := simulate.Run(simulate.Config{
@@ -207,19 +208,29 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 }
 
 // cpuCurve is the overhead's CPU time per second at each measured load, in
-// increasing load order (plan.Overheads.CPULoad); nil with fewer than two
-// loads.
-func cpuCurve(results []systemResult) []plan.CPUPoint {
-	if len(results) < 2 {
-		return nil
-	}
+// increasing load order (plan.Overheads.CPULoad), leaving out the loads
+// past saturation (pastSaturation with maxP95); nil with fewer than two
+// loads left.
+func cpuCurve(results []systemResult, maxP95 time.Duration) []plan.CPUPoint {
 	var pts []plan.CPUPoint
 	for _, r := range results {
-		pts = append(pts, plan.CPUPoint{QPS: r.QPS, CPUMsPerS: roundSig4(r.QPS * r.RequestOverheadMs)})
+		if !pastSaturation(r, maxP95) {
+			pts = append(pts, plan.CPUPoint{QPS: r.QPS, CPUMsPerS: roundSig4(r.QPS * r.RequestOverheadMs)})
+		}
+	}
+	if len(pts) < 2 {
+		return nil
 	}
 	slices.SortFunc(pts, func(a, b plan.CPUPoint) int { return cmp.Compare(a.QPS, b.QPS) })
 	// Equal loads keep the first.
 	return slices.CompactFunc(pts, func(a, b plan.CPUPoint) bool { return a.QPS == b.QPS })
+}
+
+// pastSaturation reports whether the load's live p95 exceeded maxP95 (0:
+// never): the system no longer kept up, the cores capped its CPU time, and
+// the CPU per request it shows is the cores' limit, not the load's cost.
+func pastSaturation(r systemResult, maxP95 time.Duration) bool {
+	return maxP95 > 0 && r.P95 > maxP95
 }
 
 // systemCPU reads the request overhead and idle CPU from the results:
