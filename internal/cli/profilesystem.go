@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/cascadeserve/cascadeserve/internal/dataset"
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/profile"
 	"github.com/cascadeserve/cascadeserve/internal/system"
@@ -97,15 +98,53 @@ var errSystemBehind = errors.New("the system did not keep up")
 // difference is the latency of the live path that
 // the simulator does not model (plan.ProfileFile.LatencyFloorMs).
 func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemResult, floorResult, error) {
-	var fl floorResult
 	dir, err := os.MkdirTemp("", "cascadeserve-profile-system-")
 	if err != nil {
-		return nil, fl, err
+		return nil, floorResult{}, err
 	}
 	defer os.RemoveAll(dir)
+	ms, err := startMeasuredSystem(ctx, dir, m)
+	if err != nil {
+		return nil, floorResult{}, err
+	}
+	defer ms.sys.Stop()
+	var results []systemResult
+	for _, qps := range m.QPS {
+		res, err := ms.measureLoad(qps, m)
+		if err != nil {
+			return nil, floorResult{}, err
+		}
+		results = append(results, res)
+	}
+	if m.FloorQPS <= 0 {
+		return results, floorResult{}, nil
+	}
+	fl, err := ms.measureFloor(m, results)
+	if err != nil {
+		return nil, floorResult{}, err
+	}
+	return results, fl, nil
+}
+
+// measuredSystem is the all-in-one system measureRequestOverhead drives and
+// the load generator's settings for it.
+type measuredSystem struct {
+	ctx    context.Context
+	sys    *system.System
+	images *dataset.Set
+	seed   uint64
+}
+
+// startMeasuredSystem starts the all-in-one system serving m's model alone
+// from a plan written into dir, with its store there too.
+func startMeasuredSystem(ctx context.Context, dir string, m systemMeasurement) (*measuredSystem, error) {
 	planFile, err := writeMeasurementPlan(dir, m)
 	if err != nil {
-		return nil, fl, err
+		return nil, err
+	}
+	images, err := mnist.TestImages()
+	if err != nil {
+		return nil, err
 	}
 	sys, err := system.Start(ctx, system.Config{
 		DataDir:     filepath.Join(dir, "nats"),
@@ -117,62 +156,73 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 		Logger:      slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
-		return nil, fl, fmt.Errorf("start system: %w", err)
+		return nil, fmt.Errorf("start system: %w", err)
 	}
-	defer sys.Stop()
-	images, err := mnist.TestImages()
+	return &measuredSystem{ctx: ctx, sys: sys, images: images}, nil
+}
+
+// run offers constant Poisson load of qps requests/s for d, as bench sends
+// them (8-bit pixels when the plan takes them), with a new seed each run.
+func (ms *measuredSystem) run(qps float64, d time.Duration) (loadgen.Report, error) {
+	ms.seed++
+	return loadgen.Run(ms.ctx, ms.sys.Conn, loadgen.Config{
+		Pipeline: ms.sys.Plan.Pipeline, Items: ms.images, Schedule: loadgen.Constant(qps),
+		Duration: d, Timeout: 2 * time.Second, Seed: ms.seed, Client: "profile",
+		UINT8Scale: ms.sys.Plan.Input.UINT8Scale,
+	})
+}
+
+// timedRun warms the system up at qps for m.Warmup, then runs it for
+// m.Duration, and fails with errSystemBehind when fewer than 99% of the
+// requests were answered.
+func (ms *measuredSystem) timedRun(qps float64, m systemMeasurement, measure func() error) (loadgen.Report, error) {
+	if _, err := ms.run(qps, m.Warmup); err != nil {
+		return loadgen.Report{}, fmt.Errorf("warm-up at %v requests/s: %w", qps, err)
+	}
+	if err := measure(); err != nil {
+		return loadgen.Report{}, err
+	}
+	rep, err := ms.run(qps, m.Duration)
 	if err != nil {
-		return nil, fl, err
+		return rep, fmt.Errorf("load at %v requests/s: %w", qps, err)
 	}
-	seed := uint64(0)
-	run := func(qps float64, d time.Duration) (loadgen.Report, error) {
-		seed++
-		return loadgen.Run(ctx, sys.Conn, loadgen.Config{
-			Pipeline: sys.Plan.Pipeline, Items: images, Schedule: loadgen.Constant(qps),
-			Duration: d, Timeout: 2 * time.Second, Seed: seed, Client: "profile",
-			// As bench sends them: 8-bit pixels when the plan takes them.
-			UINT8Scale: sys.Plan.Input.UINT8Scale,
-		})
-	}
-	var results []systemResult
-	for _, qps := range m.QPS {
-		if _, err := run(qps, m.Warmup); err != nil {
-			return nil, fl, fmt.Errorf("warm-up at %v requests/s: %w", qps, err)
-		}
-		before, err := processCPU()
-		if err != nil {
-			return nil, fl, err
-		}
-		rep, err := run(qps, m.Duration)
-		if err != nil {
-			return nil, fl, fmt.Errorf("load at %v requests/s: %w", qps, err)
-		}
-		after, err := processCPU()
-		if err != nil {
-			return nil, fl, err
-		}
-		res := systemResult{QPS: qps, Sent: rep.Sent, Answered: rep.Answered, P50: rep.Percentile(0.5), P95: rep.Percentile(0.95)}
-		if rep.Answered == 0 || float64(rep.Answered) < 0.99*float64(rep.Sent) {
-			return nil, fl, fmt.Errorf("%w at %v requests/s: %d of %d answered (p95 %v); measure at a lower load",
-				errSystemBehind, qps, rep.Answered, rep.Sent, rep.Percentile(0.95))
-		}
-		res.CPUMsPerRequest = float64(after-before) / float64(time.Millisecond) / float64(rep.Answered)
-		res.ModelMsPerRequest = m.Profile.ItemCostMs(m.Batching.MaxBatch)
-		res.RequestOverheadMs = max(res.CPUMsPerRequest-res.ModelMsPerRequest, 0)
-		results = append(results, res)
-	}
-	if m.FloorQPS <= 0 {
-		return results, fl, nil
-	}
-	if _, err := run(m.FloorQPS, m.Warmup); err != nil {
-		return nil, fl, fmt.Errorf("warm-up at %v requests/s: %w", m.FloorQPS, err)
-	}
-	rep, err := run(m.FloorQPS, m.Duration)
-	if err != nil {
-		return nil, fl, fmt.Errorf("load at %v requests/s: %w", m.FloorQPS, err)
+	if err := measure(); err != nil {
+		return rep, err
 	}
 	if rep.Answered == 0 || float64(rep.Answered) < 0.99*float64(rep.Sent) {
-		return nil, fl, fmt.Errorf("%w at %v requests/s: %d of %d answered", errSystemBehind, m.FloorQPS, rep.Answered, rep.Sent)
+		return rep, fmt.Errorf("%w at %v requests/s: %d of %d answered (p95 %v); measure at a lower load",
+			errSystemBehind, qps, rep.Answered, rep.Sent, rep.Percentile(0.95))
+	}
+	return rep, nil
+}
+
+// measureLoad runs the system at qps and reads the process's CPU time per
+// answered request, less the model's compute.
+func (ms *measuredSystem) measureLoad(qps float64, m systemMeasurement) (systemResult, error) {
+	var cpu []time.Duration
+	rep, err := ms.timedRun(qps, m, func() error {
+		t, err := processCPU()
+		cpu = append(cpu, t)
+		return err
+	})
+	if err != nil {
+		return systemResult{}, err
+	}
+	res := systemResult{QPS: qps, Sent: rep.Sent, Answered: rep.Answered, P50: rep.Percentile(0.5), P95: rep.Percentile(0.95)}
+	res.CPUMsPerRequest = float64(cpu[1]-cpu[0]) / float64(time.Millisecond) / float64(rep.Answered)
+	res.ModelMsPerRequest = m.Profile.ItemCostMs(m.Batching.MaxBatch)
+	res.RequestOverheadMs = max(res.CPUMsPerRequest-res.ModelMsPerRequest, 0)
+	return res, nil
+}
+
+// measureFloor runs the system at m.FloorQPS and compares its latency with
+// the simulator's prediction of the same run, charged the overheads the
+// loads measured (systemCPU, and the curve with m.Curve): what the live path
+// adds beyond it is the latency floor.
+func (ms *measuredSystem) measureFloor(m systemMeasurement, results []systemResult) (floorResult, error) {
+	rep, err := ms.timedRun(m.FloorQPS, m, func() error { return nil })
+	if err != nil {
+		return floorResult{}, err
 	}
 	o := m.Overheads
 	o.RequestOverheadMs, o.IdleCPUMsPerS = systemCPU(results, m.FitCPU)
@@ -194,17 +244,17 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 		AnsweredBy: []float64{1},
 	})
 	if err != nil {
-		return nil, fl, fmt.Errorf("simulate the floor run: %w", err)
+		return floorResult{}, fmt.Errorf("simulate the floor run: %w", err)
 	}
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	fl = floorResult{
+	msOf := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	fl := floorResult{
 		QPS:           m.FloorQPS,
-		MeasuredP50Ms: ms(rep.Percentile(0.5)), MeasuredP95Ms: ms(rep.Percentile(0.95)),
+		MeasuredP50Ms: msOf(rep.Percentile(0.5)), MeasuredP95Ms: msOf(rep.Percentile(0.95)),
 		SimulatedP50Ms: sim.P50Ms, SimulatedP95Ms: sim.P95Ms,
 	}
 	fl.FloorMs = max(fl.MeasuredP50Ms-fl.SimulatedP50Ms, 0)
 	fl.FloorP95Ms = max(fl.MeasuredP95Ms-fl.SimulatedP95Ms, fl.FloorMs)
-	return results, fl, nil
+	return fl, nil
 }
 
 // cpuCurve is the overhead's CPU time per second at each measured load, in
