@@ -138,11 +138,17 @@ func (c *control) policy(model string, idle time.Duration) batching.Policy {
 	return p
 }
 
+// inGear reports whether model is a stage of the current gear.
+func (c *control) inGear(model string) bool {
+	_, ok := c.Gear.StageOf(model)
+	return ok
+}
+
 // weight is model's runner share in the current gear, the divisor of its
 // backlog when runners choose what to serve. A model of the cascade
 // without a share gets an equal split; a model outside it gets the
-// smallest share of the gear, so its leftover items drain without
-// starving the gear's models or being starved by them.
+// smallest share of the gear (choose drains such a model before it weighs
+// the gear's).
 func (c *control) weight(model string) float64 {
 	if s := c.Gear.Runners[model]; s > 0 {
 		return s

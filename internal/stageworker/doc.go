@@ -29,13 +29,15 @@
 //  1. a model whose backlog estimate is stale (no runner of this worker
 //     pulled from it for IdleWait) is probed first with a pull that does not
 //     wait, so no queue goes unobserved even when all runners are busy;
-//  2. otherwise the model with the largest backlog per runner share, where
+//  2. then a model outside the current gear with items queued or in hand,
+//     to drain it: nothing new is routed to it, so its items are the oldest
+//     and bounded, and under overload the gear's own backlog would keep
+//     them waiting past their deadlines;
+//  3. otherwise the model with the largest backlog per runner share, where
 //     the backlog is the NumPending of the last message pulled from it plus
 //     items in hand, and the share is the model's Runners share in the
-//     current gear (a cascade model without one: an equal split; a model not
-//     in the gear: the gear's smallest share, so its leftover items drain
-//     without starving the gear, nor being starved);
-//  3. with nothing to do, the runner opens an idle watch, a pull of one item
+//     current gear (a cascade model without one: an equal split);
+//  4. with nothing to do, the runner opens an idle watch, a pull of one item
 //     lasting IdleWait, on every hosted model at once, and wakes on the
 //     first item that arrives anywhere.
 //

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"time"
 
@@ -87,26 +86,39 @@ func (r *runner) run(ctx context.Context) error {
 
 // choose picks the model to serve next: first a model whose backlog
 // estimate is stale (nobody of this worker pulled from it for IdleWait),
-// to probe it; else the model with the largest backlog per runner share,
-// counting items in hand. Ties go to the later stage (older requests).
-// It reports false when there is nothing to do.
+// to probe it; then a model outside the current gear with items queued or
+// in hand, to drain it; else the model with the largest backlog per runner
+// share, counting items in hand. Ties go to the later stage (older
+// requests). It reports false when there is nothing to do.
+//
+// Draining comes before the gear's own models because nothing new is
+// routed to a model outside the gear: its items are the oldest and their
+// number is bounded, while under overload the gear's backlog only grows
+// and would keep them waiting until their deadlines passed.
 func (r *runner) choose() (int, bool) {
 	c := r.w.ctl.load()
 	now := r.w.now()
-	best, bestPrio := -1, 0.0
+	const (
+		tierServe = iota // weighted by backlog per share
+		tierDrain        // outside the gear: drain
+		tierProbe        // stale estimate: probe
+	)
+	best, bestTier, bestPrio := -1, tierServe, 0.0
 	for i, h := range r.w.models {
 		n := float64(len(r.pending[i])) + float64(max(h.backlog.Load(), 0))
-		var prio float64
+		tier, prio := tierServe, n
 		switch {
 		case r.watching[i] == 0 && len(r.pending[i]) == 0 && now.Sub(time.Unix(0, h.seen.Load())) > r.w.cfg.IdleWait:
-			prio = math.Inf(1)
-		case n > 0:
-			prio = n / c.weight(h.name)
-		default:
+			tier = tierProbe
+		case n <= 0:
 			continue
+		case !c.inGear(h.name):
+			tier = tierDrain
+		default:
+			prio = n / c.weight(h.name)
 		}
-		if prio >= bestPrio {
-			best, bestPrio = i, prio
+		if tier > bestTier || (tier == bestTier && prio >= bestPrio) {
+			best, bestTier, bestPrio = i, tier, prio
 		}
 	}
 	return best, best >= 0
