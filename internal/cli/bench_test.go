@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -13,14 +11,10 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/bench"
 )
 
+// runBenchCLI runs cascadeserve bench with args (runCLI).
 func runBenchCLI(t *testing.T, args ...string) (stdout string, err error) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	err = Run(context.Background(), Env{Stdout: &out, Stderr: &errOut, Getenv: os.Getenv}, append([]string{"bench"}, args...))
-	if err != nil {
-		t.Logf("stderr: %s", errOut.String())
-	}
-	return out.String(), err
+	return runCLI(t, append([]string{"bench"}, args...)...)
 }
 
 func TestBenchUsageErrors(t *testing.T) {

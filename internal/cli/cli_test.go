@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,6 +19,19 @@ func runWithOutputContext(ctx context.Context, args ...string) (stdout, stderr s
 	env := Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}
 	err = Run(ctx, env, args)
 	return out.String(), errOut.String(), err
+}
+
+// runCLI runs the command line args with the process environment and
+// returns what it printed on stdout, logging its stderr when it fails.
+func runCLI(t *testing.T, args ...string) (stdout string, err error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	env := Env{Stdout: &out, Stderr: &errOut, Getenv: os.Getenv}
+	err = Run(context.Background(), env, args)
+	if err != nil {
+		t.Logf("stderr: %s", errOut.String())
+	}
+	return out.String(), err
 }
 
 // TestHelpGoesToStdout: help that was asked for is printed on stdout and

@@ -19,17 +19,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
-func runCLI(t *testing.T, args ...string) (stdout string, err error) {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errOut, Getenv: os.Getenv}
-	err = Run(context.Background(), env, args)
-	if err != nil {
-		t.Logf("stderr: %s", errOut.String())
-	}
-	return out.String(), err
-}
-
 func TestReplayUsageErrors(t *testing.T) {
 	tests := []struct {
 		name string
