@@ -357,9 +357,8 @@ func (f *benchFlags) runConfig(sh benchShared, sess onnxrt.SessionOptions) (benc
 
 func runBench(ctx context.Context, env Env, args []string) error {
 	var f benchFlags
-	fs := newFlagSet(env, "bench", benchUsage)
-	f.register(fs, env)
-	if err := parseFlags(fs, args); err != nil {
+	fs, err := parseCommandFlags(env, "bench", benchUsage, func(fs *flag.FlagSet) { f.register(fs, env) }, args)
+	if err != nil {
 		return err
 	}
 	if err := f.check(); err != nil {

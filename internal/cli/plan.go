@@ -124,9 +124,7 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 		return runPlanShow(env, args[1:])
 	}
 	var f planFlags
-	fs := newFlagSet(env, "plan", planUsage)
-	f.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	if _, err := parseCommandFlags(env, "plan", planUsage, f.register, args); err != nil {
 		return err
 	}
 	replay, err := f.loadReplay()

@@ -85,9 +85,7 @@ func (f *simulateFlags) check() ([]float64, error) {
 
 func runSimulate(ctx context.Context, env Env, args []string) error {
 	var f simulateFlags
-	fs := newFlagSet(env, "simulate", simulateUsage)
-	f.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	if _, err := parseCommandFlags(env, "simulate", simulateUsage, f.register, args); err != nil {
 		return err
 	}
 	qps, err := f.check()
