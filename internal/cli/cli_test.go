@@ -34,6 +34,26 @@ func runCLI(t *testing.T, args ...string) (stdout string, err error) {
 	return out.String(), err
 }
 
+// usageCase is a command line, without the subcommand, that must fail
+// with ErrUsage.
+type usageCase struct {
+	name string
+	args []string
+}
+
+// testUsageErrors runs the subcommand cmd with each case's args, each in a
+// subtest named after the case, and wants ErrUsage from every one.
+func testUsageErrors(t *testing.T, cmd string, cases []usageCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := runCLI(t, append([]string{cmd}, tc.args...)...); !errors.Is(err, ErrUsage) {
+				t.Fatalf("%s %v: got %v, want a usage error", cmd, tc.args, err)
+			}
+		})
+	}
+}
+
 // TestHelpGoesToStdout: help that was asked for is printed on stdout and
 // succeeds; a wrong flag is a usage error on stderr, with nothing on stdout.
 func TestHelpGoesToStdout(t *testing.T) {

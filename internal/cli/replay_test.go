@@ -20,10 +20,7 @@ import (
 )
 
 func TestReplayUsageErrors(t *testing.T) {
-	tests := []struct {
-		name string
-		args []string
-	}{
+	testUsageErrors(t, "replay", []usageCase{
 		{"no out", []string{"--split", "mnist-test"}},
 		{"no data", []string{"--out", "x"}},
 		{"two data sets", []string{"--out", "x", "--split", "mnist-test", "--data", "d.cstensor"}},
@@ -38,15 +35,7 @@ func TestReplayUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"--out", "x", "--split", "mnist-test", "--frobnicate"}},
 		{"extra argument", []string{"--out", "x", "--split", "mnist-test", "extra"}},
 		{"bad models entry", []string{"--out", "x", "--split", "mnist-test", "--models", "a.onnx"}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := runCLI(t, append([]string{"replay"}, tc.args...)...)
-			if !errors.Is(err, ErrUsage) {
-				t.Fatalf("error %v, want ErrUsage", err)
-			}
-		})
-	}
+	})
 }
 
 func TestParseRange(t *testing.T) {
