@@ -15,9 +15,14 @@ func runWithOutput(args ...string) (stdout, stderr string, err error) {
 }
 
 func runWithOutputContext(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	return runWithEnv(ctx, func(string) string { return "" }, args...)
+}
+
+// runWithEnv runs the command line args with getenv as its environment and
+// returns what it printed on stdout and stderr.
+func runWithEnv(ctx context.Context, getenv func(string) string, args ...string) (stdout, stderr string, err error) {
 	var out, errOut bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}
-	err = Run(ctx, env, args)
+	err = Run(ctx, Env{Stdout: &out, Stderr: &errOut, Getenv: getenv}, args)
 	return out.String(), errOut.String(), err
 }
 
@@ -25,13 +30,11 @@ func runWithOutputContext(ctx context.Context, args ...string) (stdout, stderr s
 // returns what it printed on stdout, logging its stderr when it fails.
 func runCLI(t *testing.T, args ...string) (stdout string, err error) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errOut, Getenv: os.Getenv}
-	err = Run(context.Background(), env, args)
+	stdout, stderr, err := runWithEnv(context.Background(), os.Getenv, args...)
 	if err != nil {
-		t.Logf("stderr: %s", errOut.String())
+		t.Logf("stderr: %s", stderr)
 	}
-	return out.String(), err
+	return stdout, err
 }
 
 // usageCase is a command line, without the subcommand, that must fail
