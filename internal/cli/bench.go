@@ -357,70 +357,24 @@ func (f *benchFlags) runConfig(sh benchShared, sess onnxrt.SessionOptions) (benc
 
 func runBench(ctx context.Context, env Env, args []string) error {
 	var f benchFlags
-	fs := newFlagSet(env, "bench", benchUsage)
-	f.register(fs, env)
-	if err := parseFlags(fs, args); err != nil {
+	fs, err := parseCommandFlags(env, "bench", benchUsage, func(fs *flag.FlagSet) { f.register(fs, env) }, args)
+	if err != nil {
 		return err
 	}
 	if err := f.check(); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	sh := benchShared{
-		live:   bench.Live{PlanFile: f.planFile, Runners: f.runners, WorkerEnv: f.workerEnv(), Progress: env.Stderr},
-		warmup: f.warmup,
-	}
-	// --warmup 0 means no warm-up; left out, the mode's default.
-	fs.Visit(func(fl *flag.Flag) {
-		if fl.Name == "warmup" && sh.warmup == 0 {
-			sh.warmup = -1
-		}
-	})
-	var err error
-	if sh.live.Logger, err = telemetry.NewLogger(env.Stderr, f.logLevel, "text"); err != nil {
-		return fmt.Errorf("%w: %w", ErrUsage, err)
+	sh, err := f.shared(env, fs)
+	if err != nil {
+		return err
 	}
 	sessOpts, err := f.pf.sessionOptions(1)
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
-	var run func(lib string, set *dataset.Set) (benchResult, error)
-	needsRuntime := true
-	switch {
-	case f.compare || f.trace:
-		var err error
-		if run, err = f.compareRun(ctx, fs, sh); err != nil {
-			return err
-		}
-	case f.knee:
-		cfg := f.kneeConfig(sh)
-		run = func(lib string, set *dataset.Set) (benchResult, error) {
-			cfg.ONNXRuntimeLib, cfg.Items = lib, set
-			return bench.CheckKnees(ctx, cfg)
-		}
-	case f.checkPlan:
-		cfg, err := f.checkConfig(sh)
-		if err != nil {
-			return err
-		}
-		run = func(lib string, set *dataset.Set) (benchResult, error) {
-			cfg.ONNXRuntimeLib = lib
-			var err error
-			if cfg.Items, err = set.Slice(0, f.items); err != nil {
-				return nil, err
-			}
-			return bench.CheckPlan(ctx, cfg)
-		}
-	default:
-		cfg, err := f.runConfig(sh, sessOpts)
-		if err != nil {
-			return err
-		}
-		// The ceilings alone need no ONNX Runtime.
-		needsRuntime = !cfg.SkipCompute || !cfg.SkipPipeline
-		run = func(lib string, set *dataset.Set) (benchResult, error) {
-			cfg.ONNXRuntimeLib, cfg.Items = lib, set
-			return bench.Run(ctx, cfg)
-		}
+	run, needsRuntime, err := f.mode(ctx, fs, sh, sessOpts)
+	if err != nil {
+		return err
 	}
 	lib := ""
 	if needsRuntime {
@@ -444,6 +398,69 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	return writeBenchResult(env, result, f.jsonFile)
+}
+
+// benchRun runs one mode of bench with the ONNX Runtime library lib (empty
+// when the mode needs none) on the items of set.
+type benchRun func(lib string, set *dataset.Set) (benchResult, error)
+
+// shared is what every mode takes alike, from the flags parsed by fs:
+// --warmup 0 means no warm-up (-1), left out the mode's default (0).
+func (f *benchFlags) shared(env Env, fs *flag.FlagSet) (benchShared, error) {
+	sh := benchShared{
+		live:   bench.Live{PlanFile: f.planFile, Runners: f.runners, WorkerEnv: f.workerEnv(), Progress: env.Stderr},
+		warmup: f.warmup,
+	}
+	fs.Visit(func(fl *flag.Flag) {
+		if fl.Name == "warmup" && sh.warmup == 0 {
+			sh.warmup = -1
+		}
+	})
+	var err error
+	if sh.live.Logger, err = telemetry.NewLogger(env.Stderr, f.logLevel, "text"); err != nil {
+		return benchShared{}, fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	return sh, nil
+}
+
+// mode returns the run of the mode the flags choose (--compare or --trace,
+// --knee, --check-plan, else the end-to-end benchmark) and whether it needs
+// ONNX Runtime.
+func (f *benchFlags) mode(ctx context.Context, fs *flag.FlagSet, sh benchShared, sess onnxrt.SessionOptions) (run benchRun, needsRuntime bool, err error) {
+	switch {
+	case f.compare || f.trace:
+		run, err := f.compareRun(ctx, fs, sh)
+		return run, true, err
+	case f.knee:
+		cfg := f.kneeConfig(sh)
+		return func(lib string, set *dataset.Set) (benchResult, error) {
+			cfg.ONNXRuntimeLib, cfg.Items = lib, set
+			return bench.CheckKnees(ctx, cfg)
+		}, true, nil
+	case f.checkPlan:
+		cfg, err := f.checkConfig(sh)
+		if err != nil {
+			return nil, false, err
+		}
+		return func(lib string, set *dataset.Set) (benchResult, error) {
+			cfg.ONNXRuntimeLib = lib
+			var err error
+			if cfg.Items, err = set.Slice(0, f.items); err != nil {
+				return nil, err
+			}
+			return bench.CheckPlan(ctx, cfg)
+		}, true, nil
+	default:
+		cfg, err := f.runConfig(sh, sess)
+		if err != nil {
+			return nil, false, err
+		}
+		// The ceilings alone need no ONNX Runtime.
+		return func(lib string, set *dataset.Set) (benchResult, error) {
+			cfg.ONNXRuntimeLib, cfg.Items = lib, set
+			return bench.Run(ctx, cfg)
+		}, !cfg.SkipCompute || !cfg.SkipPipeline, nil
+	}
 }
 
 // benchRuntime finds the ONNX Runtime library for the provider.

@@ -1,10 +1,7 @@
 package cli
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,21 +10,8 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/bench"
 )
 
-func runBenchCLI(t *testing.T, args ...string) (stdout string, err error) {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	err = Run(context.Background(), Env{Stdout: &out, Stderr: &errOut, Getenv: os.Getenv}, append([]string{"bench"}, args...))
-	if err != nil {
-		t.Logf("stderr: %s", errOut.String())
-	}
-	return out.String(), err
-}
-
 func TestBenchUsageErrors(t *testing.T) {
-	tests := []struct {
-		name string
-		args []string
-	}{
+	testUsageErrors(t, "bench", []usageCase{
 		{"unknown part", []string{"--only", "ceiling,gpu"}},
 		{"bad batches", []string{"--hop-batches", "64,x"}},
 		{"zero batch", []string{"--hop-batches", "0"}},
@@ -51,14 +35,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"negative duration", []string{"--duration", "-1s"}},
 		{"extra argument", []string{"now"}},
 		{"unknown flag", []string{"--frobnicate"}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if _, err := runBenchCLI(t, tc.args...); !errors.Is(err, ErrUsage) {
-				t.Fatalf("bench %v: got %v, want a usage error", tc.args, err)
-			}
-		})
-	}
+	})
 }
 
 // TestBenchPartitionsReachTheServices checks that --partitions becomes the
@@ -80,7 +57,7 @@ func TestBenchPartitionsReachTheServices(t *testing.T) {
 // and reads the numbers back from --json.
 func TestBenchCeilingOnly(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "bench.json")
-	out, err := runBenchCLI(t, "--only", "ceiling,hops", "--messages", "300", "--fetch-batch", "64", "--hop-messages", "200",
+	out, err := runCLI(t, "bench", "--only", "ceiling,hops", "--messages", "300", "--fetch-batch", "64", "--hop-messages", "200",
 		"--hop-batches", "16,32", "--rounds", "1", "--json", file)
 	if err != nil {
 		t.Fatal(err)

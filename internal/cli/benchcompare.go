@@ -36,7 +36,7 @@ func (r *compareResult) WriteTable(w io.Writer) error {
 
 // compareRun is bench --compare and/or --trace. Flags left out keep the
 // library's defaults (--quick's with --quick).
-func (f *benchFlags) compareRun(ctx context.Context, fs *flag.FlagSet, sh benchShared) (func(lib string, set *dataset.Set) (benchResult, error), error) {
+func (f *benchFlags) compareRun(ctx context.Context, fs *flag.FlagSet, sh benchShared) (benchRun, error) {
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	var systems []string

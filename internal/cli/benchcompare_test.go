@@ -1,12 +1,12 @@
 package cli
 
 import (
-	"errors"
 	"strings"
 	"testing"
 )
 
 func TestBenchCompareUsageErrors(t *testing.T) {
+	var cases []usageCase
 	for _, args := range [][]string{
 		{"--quick"},
 		{"--compare", "--check-plan"},
@@ -18,12 +18,9 @@ func TestBenchCompareUsageErrors(t *testing.T) {
 		{"--trace", "--trace-base", "0"},
 		{"--trace", "--trace-burst-every", "-1s"},
 	} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
-			if _, err := runBenchCLI(t, args...); !errors.Is(err, ErrUsage) {
-				t.Fatalf("bench %v: got %v, want a usage error", args, err)
-			}
-		})
+		cases = append(cases, usageCase{strings.Join(args, " "), args})
 	}
+	testUsageErrors(t, "bench", cases)
 }
 
 func TestBenchUsageDescribesCompareAndTrace(t *testing.T) {

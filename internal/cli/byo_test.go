@@ -147,7 +147,7 @@ func TestPlanTakesTheReplaysInput(t *testing.T) {
 	out := filepath.Join(dir, "plan.json")
 	args := []string{"plan", "--replay", replay, "--profile", profile, "--pipeline", "digits", "--slo", "10ms", "--capacity", "3",
 		"--qps", "100:1000", "--buckets", "2", "--grid", "5", "--sim-requests", "300", "--out", out}
-	if stdout, stderr, err := runPlanCLI(t, args...); err != nil {
+	if stdout, stderr, err := runWithOutput(args...); err != nil {
 		t.Fatalf("plan: %v\n%s%s", err, stdout, stderr)
 	}
 	p, err := plan.LoadFile(out)
@@ -157,10 +157,10 @@ func TestPlanTakesTheReplaysInput(t *testing.T) {
 	if !slices.Equal(p.Input.Shape, []int64{28, 28}) || p.Input.UINT8Scale != 1.0/255 {
 		t.Errorf("plan input %v scale %v, want the replay's [28 28] 1/255", p.Input.Shape, p.Input.UINT8Scale)
 	}
-	if _, _, err := runPlanCLI(t, append(args, "--uint8-scale", "1")...); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "differs from the replay's") {
+	if _, _, err := runWithOutput(append(args, "--uint8-scale", "1")...); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "differs from the replay's") {
 		t.Errorf("--uint8-scale other than the replay's: %v, want a usage error", err)
 	}
-	if _, _, err := runPlanCLI(t, append(args, "--input-shape", "3,3")...); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--input-shape [3 3] has 9 values") {
+	if _, _, err := runWithOutput(append(args, "--input-shape", "3,3")...); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--input-shape [3 3] has 9 values") {
 		t.Errorf("--input-shape of another size: %v, want a usage error", err)
 	}
 
@@ -171,11 +171,11 @@ func TestPlanTakesTheReplaysInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	gapArgs := append(slices.Clone(args), "--capacity", "1")
-	_, _, err = runPlanCLI(t, gapArgs...)
+	_, _, err = runWithOutput(gapArgs...)
 	if !errors.Is(err, planner.ErrAccuracyGap) || !strings.Contains(err.Error(), `model "medium" alone takes 50`) {
 		t.Fatalf("plan far below the best model: %v, want ErrAccuracyGap naming medium's latency", err)
 	}
-	if _, _, err := runPlanCLI(t, append(gapArgs, "--max-accuracy-gap", "-1")...); err != nil {
+	if _, _, err := runWithOutput(append(gapArgs, "--max-accuracy-gap", "-1")...); err != nil {
 		t.Fatalf("--max-accuracy-gap -1: %v", err)
 	}
 }

@@ -137,6 +137,14 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// parseCommandFlags makes the flag set of the subcommand name, lets
+// register define its flags and parses args with parseFlags.
+func parseCommandFlags(env Env, name, usage string, register func(*flag.FlagSet), args []string) (*flag.FlagSet, error) {
+	fs := newFlagSet(env, name, usage)
+	register(fs)
+	return fs, parseFlags(fs, args)
+}
+
 func versionCommand() command {
 	return command{name: "version", summary: "print the build: module version, VCS revision, Go version (also --version)", run: runVersion}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -14,10 +15,46 @@ func runWithOutput(args ...string) (stdout, stderr string, err error) {
 }
 
 func runWithOutputContext(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	return runWithEnv(ctx, func(string) string { return "" }, args...)
+}
+
+// runWithEnv runs the command line args with getenv as its environment and
+// returns what it printed on stdout and stderr.
+func runWithEnv(ctx context.Context, getenv func(string) string, args ...string) (stdout, stderr string, err error) {
 	var out, errOut bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}
-	err = Run(ctx, env, args)
+	err = Run(ctx, Env{Stdout: &out, Stderr: &errOut, Getenv: getenv}, args)
 	return out.String(), errOut.String(), err
+}
+
+// runCLI runs the command line args with the process environment and
+// returns what it printed on stdout, logging its stderr when it fails.
+func runCLI(t *testing.T, args ...string) (stdout string, err error) {
+	t.Helper()
+	stdout, stderr, err := runWithEnv(context.Background(), os.Getenv, args...)
+	if err != nil {
+		t.Logf("stderr: %s", stderr)
+	}
+	return stdout, err
+}
+
+// usageCase is a command line, without the subcommand, that must fail
+// with ErrUsage.
+type usageCase struct {
+	name string
+	args []string
+}
+
+// testUsageErrors runs the subcommand cmd with each case's args, each in a
+// subtest named after the case, and wants ErrUsage from every one.
+func testUsageErrors(t *testing.T, cmd string, cases []usageCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := runCLI(t, append([]string{cmd}, tc.args...)...); !errors.Is(err, ErrUsage) {
+				t.Fatalf("%s %v: got %v, want a usage error", cmd, tc.args, err)
+			}
+		})
+	}
 }
 
 // TestHelpGoesToStdout: help that was asked for is printed on stdout and

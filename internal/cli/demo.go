@@ -44,37 +44,18 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	// The demo is self-contained: a fresh store and free ports, so it never
-	// replays leftovers of an earlier run or collides with `cascadeserve up`.
-	explicit := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
-	if cfg.NATSURL == "" && !explicit["data"] {
-		dir, err := os.MkdirTemp("", "cascadeserve-demo-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		cfg.DataDir = dir
+	cleanup, err := isolateDemo(fs, &cfg)
+	if err != nil {
+		return err
 	}
-	if !explicit["port"] {
-		cfg.NATSPort = -1
-	}
-	if !explicit["monitor-port"] {
-		cfg.MonitorPort = 0
-	}
+	defer cleanup()
 	images, err := mnist.TestImages()
 	if err != nil {
 		return err
 	}
 	if *dashAddr != "" {
-		reg := telemetry.NewRegistry()
-		cfg.Registerer = reg
-		cfg.HTTP = telemetry.Handler(reg)
-		sctx, stop := context.WithCancel(ctx)
-		served := make(chan error, 1)
-		go func() { served <- telemetry.Serve(sctx, *dashAddr, telemetry.HTTPSecurity{}, cfg.HTTP, cfg.Logger) }()
-		defer func() { stop(); <-served }()
-		fmt.Fprintf(env.Stdout, "Dashboard: http://%s/dashboard\n", *dashAddr)
+		stop := serveDemoDashboard(ctx, env, &cfg, *dashAddr)
+		defer stop()
 	}
 	fmt.Fprintln(env.Stdout, "Starting CascadeServe: embedded nats-server, controller, ingress, stage worker (all MNIST models loaded)…")
 	start := time.Now()
@@ -94,31 +75,10 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	fmt.Fprintf(env.Stdout, "Load: Poisson arrivals rising %.0f → %.0f req/s and back over %v, MNIST test images, deadline %v.\n\n", *low, *peak, *duration, *timeout)
 
 	switches := watchGears(ctx, sys.JS, p.Pipeline, env.Stdout, start)
-	models := p.UsedModels()
-	fmt.Fprintf(env.Stdout, "%6s %8s %8s  %-10s %-28s %8s %8s %8s %s\n", "t", "offered", "served", "gear", "backlog "+strings.Join(models, "/"), "accuracy", "p50", "p95", "errors")
-	tick := func(s loadgen.Snapshot) {
-		backlog := make([]string, len(models))
-		for i, m := range models {
-			backlog[i] = "?"
-			ictx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-			c, err := sys.JS.Consumer(ictx, wire.ModelStream(p.Pipeline, m), wire.ModelConsumer(m))
-			if err == nil {
-				if info, err := c.Info(ictx); err == nil {
-					backlog[i] = fmt.Sprint(info.NumPending + uint64(info.NumAckPending))
-				}
-			}
-			cancel()
-		}
-		acc := 0.0
-		if s.Answered > 0 {
-			acc = 100 * float64(s.Correct) / float64(s.Answered)
-		}
-		fmt.Fprintf(env.Stdout, "%5.0fs %8.0f %8.0f  %-10s %-28s %7.2f%% %8s %8s %d\n", s.Elapsed.Seconds(), s.OfferedQPS, s.ServedQPS, s.LastGear,
-			strings.Join(backlog, "/"), acc, ms(s.P50), ms(s.P95), s.Errors)
-	}
 	rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
 		Pipeline: p.Pipeline, Items: images, Schedule: loadgen.Ramp(*low, *peak, *duration),
-		Duration: *duration, Timeout: *timeout, Seed: 1, Tick: tick, TickEvery: time.Second, Client: "demo",
+		Duration: *duration, Timeout: *timeout, Seed: 1, Tick: demoTicker(ctx, env.Stdout, sys.JS, p.Pipeline, p.UsedModels()),
+		TickEvery: time.Second, Client: "demo",
 	})
 	if err != nil {
 		return err
@@ -128,6 +88,77 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 		fmt.Fprintln(env.Stdout, "interrupted; stopping cleanly…")
 	}
 	return nil
+}
+
+// isolateDemo makes the demo self-contained: a fresh store and free ports,
+// so it never replays leftovers of an earlier run or collides with
+// `cascadeserve up`. Flags given on the command line (fs) are kept.
+// cleanup removes the fresh store.
+func isolateDemo(fs *flag.FlagSet, cfg *system.Config) (cleanup func(), err error) {
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	cleanup = func() {}
+	if cfg.NATSURL == "" && !explicit["data"] {
+		dir, err := os.MkdirTemp("", "cascadeserve-demo-")
+		if err != nil {
+			return nil, err
+		}
+		cleanup = func() { os.RemoveAll(dir) }
+		cfg.DataDir = dir
+	}
+	if !explicit["port"] {
+		cfg.NATSPort = -1
+	}
+	if !explicit["monitor-port"] {
+		cfg.MonitorPort = 0
+	}
+	return cleanup, nil
+}
+
+// serveDemoDashboard serves the live dashboard and /metrics of the system
+// cfg starts on addr until the returned stop is called (or ctx ends).
+func serveDemoDashboard(ctx context.Context, env Env, cfg *system.Config, addr string) (stop func()) {
+	reg := telemetry.NewRegistry()
+	cfg.Registerer = reg
+	cfg.HTTP = telemetry.Handler(reg)
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- telemetry.Serve(sctx, addr, telemetry.HTTPSecurity{}, cfg.HTTP, cfg.Logger) }()
+	fmt.Fprintf(env.Stdout, "Dashboard: http://%s/dashboard\n", addr)
+	return func() { cancel(); <-served }
+}
+
+// demoTicker returns the load run's tick: a line of offered and served
+// load, gear, each model's backlog, accuracy, latency and errors on w.
+func demoTicker(ctx context.Context, w io.Writer, js jetstream.JetStream, pipeline string, models []string) func(loadgen.Snapshot) {
+	fmt.Fprintf(w, "%6s %8s %8s  %-10s %-28s %8s %8s %8s %s\n", "t", "offered", "served", "gear", "backlog "+strings.Join(models, "/"), "accuracy", "p50", "p95", "errors")
+	return func(s loadgen.Snapshot) {
+		backlog := modelBacklogs(ctx, js, pipeline, models)
+		acc := 0.0
+		if s.Answered > 0 {
+			acc = 100 * float64(s.Correct) / float64(s.Answered)
+		}
+		fmt.Fprintf(w, "%5.0fs %8.0f %8.0f  %-10s %-28s %7.2f%% %8s %8s %d\n", s.Elapsed.Seconds(), s.OfferedQPS, s.ServedQPS, s.LastGear,
+			strings.Join(backlog, "/"), acc, ms(s.P50), ms(s.P95), s.Errors)
+	}
+}
+
+// modelBacklogs is each model's backlog (pending and unacked items of its
+// consumer), "?" where it cannot be read within 200ms.
+func modelBacklogs(ctx context.Context, js jetstream.JetStream, pipeline string, models []string) []string {
+	backlog := make([]string, len(models))
+	for i, m := range models {
+		backlog[i] = "?"
+		ictx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		c, err := js.Consumer(ictx, wire.ModelStream(pipeline, m), wire.ModelConsumer(m))
+		if err == nil {
+			if info, err := c.Info(ictx); err == nil {
+				backlog[i] = fmt.Sprint(info.NumPending + uint64(info.NumAckPending))
+			}
+		}
+		cancel()
+	}
+	return backlog
 }
 
 // printSummary prints what a load run measured.

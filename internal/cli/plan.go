@@ -83,12 +83,8 @@ type planFlags struct {
 	maxAccuracyGap        float64
 }
 
-func runPlan(ctx context.Context, env Env, args []string) error {
-	if len(args) > 0 && args[0] == "show" {
-		return runPlanShow(env, args[1:])
-	}
-	var f planFlags
-	fs := newFlagSet(env, "plan", planUsage)
+// register defines plan's flags on fs, stored in f.
+func (f *planFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.replay, "replay", "", "replay file (default for --pipeline mnist: the embedded validation replay)")
 	fs.StringVar(&f.profile, "profile", "", "profile file written by 'cascadeserve profile' (required)")
 	fs.StringVar(&f.out, "out", "", "plan file to write (required)")
@@ -121,7 +117,14 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.inputShape, "input-shape", "", "item shape without the batch axis, e.g. 1,28,28 (default: the replay's, else mnist's)")
 	fs.Float64Var(&f.maxAccuracyGap, "max-accuracy-gap", planner.DefaultMaxAccuracyGap, "refuse a max-accuracy plan whose best gear is more than this (a fraction; 0.05 = 5 points) below the ladder's best model alone; negative: no check")
 	fs.Float64Var(&f.uint8Scale, "uint8-scale", -1, "what a UINT8 input byte stands for, byte × scale (default: the replay's, else 1/255 for mnist; 0 refuses UINT8)")
-	if err := parseFlags(fs, args); err != nil {
+}
+
+func runPlan(ctx context.Context, env Env, args []string) error {
+	if len(args) > 0 && args[0] == "show" {
+		return runPlanShow(env, args[1:])
+	}
+	var f planFlags
+	if _, err := parseCommandFlags(env, "plan", planUsage, f.register, args); err != nil {
 		return err
 	}
 	replay, err := f.loadReplay()
@@ -153,17 +156,23 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 	if err := writeFileAtomic(f.out, b); err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
-	fmt.Fprintf(env.Stdout, "planned %d gears in %v: %d cascades replayed, Pareto front of %d, %d candidates walked, %d simulations\n",
-		len(res.Plan.Gears), res.Elapsed.Round(time.Millisecond), res.Evaluated, len(res.Front), len(res.Candidates), res.Simulations)
-	if len(res.Temperatures) > 0 {
-		fmt.Fprintf(env.Stdout, "temperatures: %s\n", formatTemperatures(res.Plan))
-	}
-	printGears(env.Stdout, res.Plan)
-	if maxOK, _ := res.Plan.Planner["max_feasible_qps"].(float64); maxOK < res.Buckets[len(res.Buckets)-1].QPS {
-		fmt.Fprintf(env.Stdout, "no gear meets the SLO above %.6g qps: the last gear serves that load, beyond what was planned\n", maxOK)
-	}
+	printPlanned(env.Stdout, res)
 	fmt.Fprintf(env.Stdout, "wrote %s\n", f.out)
 	return nil
+}
+
+// printPlanned writes what the planner did and the gears it planned, and
+// warns when no gear meets the SLO up to the top of the planned loads.
+func printPlanned(w io.Writer, res *planner.Result) {
+	fmt.Fprintf(w, "planned %d gears in %v: %d cascades replayed, Pareto front of %d, %d candidates walked, %d simulations\n",
+		len(res.Plan.Gears), res.Elapsed.Round(time.Millisecond), res.Evaluated, len(res.Front), len(res.Candidates), res.Simulations)
+	if len(res.Temperatures) > 0 {
+		fmt.Fprintf(w, "temperatures: %s\n", formatTemperatures(res.Plan))
+	}
+	printGears(w, res.Plan)
+	if maxOK, _ := res.Plan.Planner["max_feasible_qps"].(float64); maxOK < res.Buckets[len(res.Buckets)-1].QPS {
+		fmt.Fprintf(w, "no gear meets the SLO above %.6g qps: the last gear serves that load, beyond what was planned\n", maxOK)
+	}
 }
 
 // config turns the flags into a planner config (without replay and
@@ -199,6 +208,45 @@ func (f *planFlags) config(replay *plan.Replay) (planner.Config, error) {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--delays: %w", err))
 	}
+	input, inputErrs := f.input(replay)
+	errs = append(errs, inputErrs...)
+	if f.replay == "" && f.pipeline != "mnist" {
+		errs = append(errs, errors.New("--replay is required for a pipeline other than mnist"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return planner.Config{}, err
+	}
+	return planner.Config{
+		Pipeline:       f.pipeline,
+		Description:    f.description,
+		Input:          input,
+		SLOP95Ms:       float64(f.slo) / float64(time.Millisecond),
+		Capacity:       f.capacity,
+		RunnerPool:     f.runnerPool,
+		Load:           planner.LoadRange{MinQPS: minQ, MaxQPS: maxQ, Buckets: f.buckets, StepQPS: f.step, Spacing: f.spacing},
+		Mode:           f.mode,
+		TargetAccuracy: f.target,
+		MaxAccuracyGap: f.maxAccuracyGap,
+		Metric:         f.metric,
+		Calibrate:      f.calibrate,
+		Search:         planner.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
+		CostBatch:      f.costBatch,
+		Headroom:       f.headroom,
+		BatchSizes:     batches,
+		DelaysMs:       delays,
+		SimRequests:    f.simRequests,
+		Seed:           f.seed,
+		MaxQueue:       f.maxQueue,
+	}, nil
+}
+
+// input is the pipeline input the plan serves, with every problem of the
+// flags that make it: the replay's item shape and UINT8 scale when it
+// records them (cascadeserve replay does), since a plan must serve its
+// models the inputs the replay measured them on; else --input-shape and
+// --uint8-scale, with mnist's defaults for the mnist pipeline.
+func (f *planFlags) input(replay *plan.Replay) (plan.Input, []error) {
+	var errs []error
 	recorded := replay != nil && (replay.ItemShape != nil || replay.UINT8Scale > 0)
 	input := plan.Input{Name: f.inputName, Datatype: "FP32", UINT8Scale: max(f.uint8Scale, 0)}
 	switch {
@@ -233,34 +281,7 @@ func (f *planFlags) config(replay *plan.Replay) (planner.Config, error) {
 	case f.uint8Scale < 0 && f.pipeline == "mnist":
 		input.UINT8Scale = 1.0 / 255
 	}
-	if f.replay == "" && f.pipeline != "mnist" {
-		errs = append(errs, errors.New("--replay is required for a pipeline other than mnist"))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return planner.Config{}, err
-	}
-	return planner.Config{
-		Pipeline:       f.pipeline,
-		Description:    f.description,
-		Input:          input,
-		SLOP95Ms:       float64(f.slo) / float64(time.Millisecond),
-		Capacity:       f.capacity,
-		RunnerPool:     f.runnerPool,
-		Load:           planner.LoadRange{MinQPS: minQ, MaxQPS: maxQ, Buckets: f.buckets, StepQPS: f.step, Spacing: f.spacing},
-		Mode:           f.mode,
-		TargetAccuracy: f.target,
-		MaxAccuracyGap: f.maxAccuracyGap,
-		Metric:         f.metric,
-		Calibrate:      f.calibrate,
-		Search:         planner.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
-		CostBatch:      f.costBatch,
-		Headroom:       f.headroom,
-		BatchSizes:     batches,
-		DelaysMs:       delays,
-		SimRequests:    f.simRequests,
-		Seed:           f.seed,
-		MaxQueue:       f.maxQueue,
-	}, nil
+	return input, errs
 }
 
 func (f *planFlags) loadReplay() (*plan.Replay, error) {

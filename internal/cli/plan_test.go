@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -31,14 +30,6 @@ func planInputs(t *testing.T, dir string) (replay, profile string) {
 	return replay, profile
 }
 
-func runPlanCLI(t *testing.T, args ...string) (stdout, stderr string, err error) {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}
-	err = Run(context.Background(), env, args)
-	return out.String(), errOut.String(), err
-}
-
 func TestPlanShowSimulate(t *testing.T) {
 	dir := t.TempDir()
 	replay, profile := planInputs(t, dir)
@@ -46,7 +37,7 @@ func TestPlanShowSimulate(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	stdout, _, err := runPlanCLI(t, "plan", "--replay", replay, "--profile", profile, "--pipeline", "syn",
+	stdout, _, err := runWithOutput("plan", "--replay", replay, "--profile", profile, "--pipeline", "syn",
 		"--input-shape", "1,28,28", "--slo", "10ms", "--capacity", "3", "--qps", "100:8000", "--buckets", "6",
 		"--grid", "7", "--sim-requests", "500", "--models-dir", filepath.Join(dir, "onnx"), "--delays", "0,1ms,2", "--out", out)
 	if err != nil {
@@ -69,7 +60,7 @@ func TestPlanShowSimulate(t *testing.T) {
 	}
 
 	svg := filepath.Join(dir, "plan.svg")
-	stdout, _, err = runPlanCLI(t, "plan", "show", out, "--plot", svg)
+	stdout, _, err = runWithOutput("plan", "show", out, "--plot", svg)
 	if err != nil {
 		t.Fatalf("plan show: %v", err)
 	}
@@ -80,7 +71,7 @@ func TestPlanShowSimulate(t *testing.T) {
 		t.Errorf("plot not written: %v", err)
 	}
 
-	stdout, _, err = runPlanCLI(t, "plan", "show", out, "--json")
+	stdout, _, err = runWithOutput("plan", "show", out, "--json")
 	if err != nil {
 		t.Fatalf("plan show --json: %v", err)
 	}
@@ -99,7 +90,7 @@ func TestPlanShowSimulate(t *testing.T) {
 		}
 	}
 
-	stdout, _, err = runPlanCLI(t, "simulate", "--plan", out, "--scale", "3", "--duration", "200ms", "--json")
+	stdout, _, err = runWithOutput("simulate", "--plan", out, "--scale", "3", "--duration", "200ms", "--json")
 	if err != nil {
 		t.Fatalf("simulate --json: %v", err)
 	}
@@ -117,14 +108,14 @@ func TestPlanShowSimulate(t *testing.T) {
 		}
 	}
 
-	stdout, _, err = runPlanCLI(t, "simulate", "--plan", out, "--scale", "3", "--duration", "200ms")
+	stdout, _, err = runWithOutput("simulate", "--plan", out, "--scale", "3", "--duration", "200ms")
 	if err != nil {
 		t.Fatalf("simulate: %v", err)
 	}
 	if lines := strings.Count(stdout, "\n"); lines != 2+len(p.Gears) {
 		t.Errorf("simulate printed %d lines for %d gears:\n%s", lines, len(p.Gears), stdout)
 	}
-	stdout, _, err = runPlanCLI(t, "simulate", "--plan", out, "--qps", "100:4000:3", "--duration", "200ms")
+	stdout, _, err = runWithOutput("simulate", "--plan", out, "--qps", "100:4000:3", "--duration", "200ms")
 	if err != nil || strings.Count(stdout, "\n") != 5 {
 		t.Errorf("simulate --qps: %v\n%s", err, stdout)
 	}
@@ -146,7 +137,7 @@ func TestPlanUsageErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := runPlanCLI(t, tt.args...)
+			_, _, err := runWithOutput(tt.args...)
 			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("err = %v, want a usage error mentioning %q", err, tt.want)
 			}
@@ -157,12 +148,12 @@ func TestPlanUsageErrors(t *testing.T) {
 func TestPlanReportsPlannerErrors(t *testing.T) {
 	dir := t.TempDir()
 	replay, profile := planInputs(t, dir)
-	_, _, err := runPlanCLI(t, "plan", "--replay", replay, "--profile", profile, "--pipeline", "syn", "--input-shape", "784",
+	_, _, err := runWithOutput("plan", "--replay", replay, "--profile", profile, "--pipeline", "syn", "--input-shape", "784",
 		"--slo", "100us", "--capacity", "2", "--qps", "10:20", "--out", filepath.Join(dir, "p.json"))
 	if !errors.Is(err, planner.ErrInfeasible) {
 		t.Errorf("impossible SLO: %v, want ErrInfeasible", err)
 	}
-	_, _, err = runPlanCLI(t, "plan", "--replay", replay, "--profile", profile, "--pipeline", "syn", "--input-shape", "784",
+	_, _, err = runWithOutput("plan", "--replay", replay, "--profile", profile, "--pipeline", "syn", "--input-shape", "784",
 		"--models", "tiny,ghost", "--capacity", "2", "--qps", "10:20", "--out", filepath.Join(dir, "p.json"))
 	if !errors.Is(err, plan.ErrBadReplay) {
 		t.Errorf("unknown model: %v, want ErrBadReplay", err)

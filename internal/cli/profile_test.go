@@ -1,11 +1,8 @@
 package cli
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,15 +12,10 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
+// runProfileCLI runs cascadeserve profile with args (runCLI).
 func runProfileCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errOut, Getenv: os.Getenv}
-	err := Run(context.Background(), env, append([]string{"profile"}, args...))
-	if err != nil {
-		t.Logf("stderr: %s", errOut.String())
-	}
-	return out.String(), err
+	return runCLI(t, append([]string{"profile"}, args...)...)
 }
 
 func TestProfileUsageErrors(t *testing.T) {

@@ -97,9 +97,8 @@ func TestProviderCUDAWithoutAGPU(t *testing.T) {
 		{"profile", "--out", filepath.Join(t.TempDir(), "p.json"), "--provider", "cuda", "--cuda-tf32", "false", "--hop-samples", "0", "--quiet"},
 		{"bench", "--provider", "cuda", "--only", "compute", "--compute", "100ms", "--gears", "g1"},
 	} {
-		var out, errOut strings.Builder
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		err := Run(ctx, Env{Stdout: &out, Stderr: &errOut, Getenv: getenv}, args)
+		_, _, err := runWithEnv(ctx, getenv, args...)
 		cancel()
 		if !errors.Is(err, onnxrt.ErrProviderUnavailable) {
 			t.Errorf("%s: %v, want ErrProviderUnavailable", args[0], err)

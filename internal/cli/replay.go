@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -98,9 +99,8 @@ func replayCommand() command {
 	}
 }
 
-func runReplay(ctx context.Context, env Env, args []string) error {
-	var c replayConfig
-	fs := newFlagSet(env, "replay", replayUsage)
+// register defines replay's flags on fs, stored in c.
+func (c *replayConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.out, "out", "", "replay file to write (required)")
 	fs.StringVar(&c.split, "split", "", "named data set: "+splitMNISTTest+" or "+splitMNISTValidation)
 	fs.StringVar(&c.mnistDir, "mnist-dir", "", "folder with the MNIST training files for "+splitMNISTValidation+" (default: located with go list)")
@@ -117,34 +117,40 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress bar")
 	fs.Float64Var(&c.uint8Scale, "uint8-scale", -1, "what a stored byte stands for: byte × scale (default: the data set's, 1/255 for IDX bytes; 0 for float32 data)")
 	fs.BoolVar(&c.allowChance, "allow-chance", false, "write the replay even when a model scores near chance")
-	if err := parseFlags(fs, args); err != nil {
+}
+
+func runReplay(ctx context.Context, env Env, args []string) error {
+	var c replayConfig
+	if _, err := parseCommandFlags(env, "replay", replayUsage, c.register, args); err != nil {
 		return err
 	}
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("%w: replay: %w", ErrUsage, err)
 	}
+	if err := c.run(ctx, env); err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	return nil
+}
 
+// run runs the models over the data set, prints each model's accuracy and
+// speed and writes the replay file. Its errors do not name the command.
+func (c *replayConfig) run(ctx context.Context, env Env) error {
 	set, desc, err := c.loadSet(ctx)
 	if err != nil {
-		return fmt.Errorf("replay: %w", err)
+		return err
 	}
 	models, err := c.loadModels()
 	if err != nil {
-		return fmt.Errorf("replay: %w", err)
+		return err
 	}
 	rt, _, err := openRuntime(env, onnxrt.ProviderCPU)
 	if err != nil {
-		return fmt.Errorf("replay: %w", err)
+		return err
 	}
 	defer rt.Close()
 
-	scale := c.uint8Scale
-	if scale < 0 {
-		scale = 0
-		if set.Bytes != nil {
-			scale = 1 / float64(set.ByteDivisor)
-		}
-	}
+	scale := c.scaleOf(set)
 	fmt.Fprintf(env.Stderr, "replay: %d items of %s (item shape %v, uint8 scale %.6g), %d models\n", set.Len(), desc, set.ItemShape, scale, len(models))
 	opts := onnxrt.SessionOptions{IntraOpThreads: c.threads, OutputKind: c.outputKind}
 	progress := &replayProgress{w: env.Stderr}
@@ -154,26 +160,44 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 	}
 	r, stats, err := computeReplay(ctx, rt, models, set, c.batch, scale, opts, progress)
 	if err != nil {
-		return fmt.Errorf("replay: %w", err)
+		return err
 	}
 
-	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	printReplayStats(env.Stdout, stats)
+	if err := checkChance(stats, r); err != nil {
+		if !c.allowChance {
+			return fmt.Errorf("%w; nothing written (--allow-chance writes it anyway)", err)
+		}
+		fmt.Fprintf(env.Stderr, "replay: warning: %v\n", err)
+	}
+	if err := writeReplayAtomic(r, c.out); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "wrote %s (%d items, %d classes, models %s)\n", c.out, r.Len(), r.Classes, strings.Join(r.Models, ","))
+	return nil
+}
+
+// scaleOf is the UINT8 scale of set's items: --uint8-scale, else the
+// set's own (1/its byte divisor) for byte items, else 0.
+func (c *replayConfig) scaleOf(set *dataset.Set) float64 {
+	if c.uint8Scale >= 0 {
+		return c.uint8Scale
+	}
+	if set.Bytes != nil {
+		return 1 / float64(set.ByteDivisor)
+	}
+	return 0
+}
+
+// printReplayStats writes the table of each model's input, accuracy and
+// speed.
+func printReplayStats(w io.Writer, stats []replayStat) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "model\tinput\taccuracy %\titems/s")
 	for _, s := range stats {
 		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.0f\n", s.name, s.inputType, 100*s.accuracy, s.itemsPerSec)
 	}
 	tw.Flush()
-	if err := checkChance(stats, r); err != nil {
-		if !c.allowChance {
-			return fmt.Errorf("replay: %w; nothing written (--allow-chance writes it anyway)", err)
-		}
-		fmt.Fprintf(env.Stderr, "replay: warning: %v\n", err)
-	}
-	if err := writeReplayAtomic(r, c.out); err != nil {
-		return fmt.Errorf("replay: %w", err)
-	}
-	fmt.Fprintf(env.Stdout, "wrote %s (%d items, %d classes, models %s)\n", c.out, r.Len(), r.Classes, strings.Join(r.Models, ","))
-	return nil
 }
 
 // ErrChanceAccuracy marks a replay in which a model scores near chance.

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,22 +18,8 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
-func runCLI(t *testing.T, args ...string) (stdout string, err error) {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errOut, Getenv: os.Getenv}
-	err = Run(context.Background(), env, args)
-	if err != nil {
-		t.Logf("stderr: %s", errOut.String())
-	}
-	return out.String(), err
-}
-
 func TestReplayUsageErrors(t *testing.T) {
-	tests := []struct {
-		name string
-		args []string
-	}{
+	testUsageErrors(t, "replay", []usageCase{
 		{"no out", []string{"--split", "mnist-test"}},
 		{"no data", []string{"--out", "x"}},
 		{"two data sets", []string{"--out", "x", "--split", "mnist-test", "--data", "d.cstensor"}},
@@ -49,15 +34,7 @@ func TestReplayUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"--out", "x", "--split", "mnist-test", "--frobnicate"}},
 		{"extra argument", []string{"--out", "x", "--split", "mnist-test", "extra"}},
 		{"bad models entry", []string{"--out", "x", "--split", "mnist-test", "--models", "a.onnx"}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := runCLI(t, append([]string{"replay"}, tc.args...)...)
-			if !errors.Is(err, ErrUsage) {
-				t.Fatalf("error %v, want ErrUsage", err)
-			}
-		})
-	}
+	})
 }
 
 func TestParseRange(t *testing.T) {
@@ -220,22 +197,21 @@ func TestReplayRejectsMismatchedModel(t *testing.T) {
 func TestReplayShowsProgress(t *testing.T) {
 	orttest.Library(t, onnxrt.FindLibrary)
 	for _, quiet := range []bool{false, true} {
-		var stdout, stderr bytes.Buffer
-		env := Env{Stdout: &stdout, Stderr: &stderr, Getenv: os.Getenv}
 		args := []string{"replay", "--split", "mnist-test", "--range", "0:64", "--batch", "16", "--out", filepath.Join(t.TempDir(), "r.csreplay.gz")}
 		if quiet {
 			args = append(args, "--quiet")
 		}
-		if err := Run(context.Background(), env, args); err != nil {
-			t.Fatalf("%v: %v\n%s", args, err, stderr.String())
+		stdout, stderr, err := runWithEnv(context.Background(), os.Getenv, args...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, stderr)
 		}
 		total := fmt.Sprintf("/%d", 64*len(mnist.Ladder()))
-		bar := strings.Contains(stderr.String(), total) && strings.Contains(stderr.String(), "replay "+mnist.Ladder()[0])
+		bar := strings.Contains(stderr, total) && strings.Contains(stderr, "replay "+mnist.Ladder()[0])
 		if bar == quiet {
-			t.Errorf("quiet %v: progress bar shown %v:\n%q", quiet, bar, stderr.String())
+			t.Errorf("quiet %v: progress bar shown %v:\n%q", quiet, bar, stderr)
 		}
-		if !strings.Contains(stderr.String(), "replay: "+mnist.Ladder()[0]) || !strings.Contains(stdout.String(), "wrote ") {
-			t.Errorf("quiet %v: per-model lines or summary missing:\n%s\n%s", quiet, stderr.String(), stdout.String())
+		if !strings.Contains(stderr, "replay: "+mnist.Ladder()[0]) || !strings.Contains(stdout, "wrote ") {
+			t.Errorf("quiet %v: per-model lines or summary missing:\n%s\n%s", quiet, stderr, stdout)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"image"
 	_ "image/jpeg" // register decoders for --image
 	_ "image/png"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -38,29 +39,9 @@ func runSend(ctx context.Context, env Env, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	type item struct {
-		name   string
-		values []float32
-		label  int
-	}
-	var items []item
-	if *imageFile != "" {
-		v, err := loadImage(*imageFile, *invert)
-		if err != nil {
-			return err
-		}
-		items = append(items, item{name: *imageFile, values: v, label: -1})
-	} else {
-		set, err := mnist.TestImages()
-		if err != nil {
-			return err
-		}
-		if *from < 0 || *count < 1 || *from+*count > set.Len() {
-			return fmt.Errorf("%w: --from %d -n %d is outside the %d test images", ErrUsage, *from, *count, set.Len())
-		}
-		for i := *from; i < *from+*count; i++ {
-			items = append(items, item{name: fmt.Sprintf("test[%d]", i), values: set.Item(i), label: int(set.Labels[i])})
-		}
+	items, err := sendItems(*imageFile, *invert, *from, *count)
+	if err != nil {
+		return err
 	}
 	nc, err := nats.Connect(*natsURL, nats.Name("cascadeserve-send"))
 	if err != nil {
@@ -80,43 +61,19 @@ func runSend(ctx context.Context, env Env, args []string) error {
 			return err
 		}
 		start := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, *timeout+time.Second)
-		msg, err := nc.RequestWithContext(rctx, wire.InferSubject(*pipeline), b)
-		cancel()
+		res, err := requestResult(ctx, nc, *pipeline, it.name, b, *timeout+time.Second)
 		if err != nil {
-			return fmt.Errorf("request %s: %w (no ingress listening on %s?)", it.name, err, wire.InferSubject(*pipeline))
-		}
-		var res wire.Result
-		if err := wire.DecodeResult(msg.Data, &res); err != nil {
-			return fmt.Errorf("result of %s: %w", it.name, err)
+			return err
 		}
 		if *asJSON {
 			json.NewEncoder(env.Stdout).Encode(res)
 			continue
 		}
-		truth := "-"
-		if it.label >= 0 {
-			truth = fmt.Sprint(it.label)
-		}
-		if res.Error != nil {
-			fmt.Fprintf(tw, "%s\t%s\terror\t\t\t\t%s\t%v\n", it.name, truth, res.Error, time.Since(start).Round(time.Microsecond))
-			continue
-		}
-		answered++
-		if res.Label == it.label {
-			correct++
-		}
-		path := make([]string, len(res.Visits))
-		for i, v := range res.Visits {
-			path[i] = fmt.Sprintf("%s(%.2f)", v.Model, v.Confidence)
-		}
-		flag := ""
-		if res.Degraded {
-			flag = " degraded"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.3f\t%s\t%s\t%s%s\t%v\n", it.name, truth, res.Label, res.Confidence, res.AnsweredBy, res.Gear, strings.Join(path, "→"), flag, time.Since(start).Round(time.Microsecond))
-		if *probs && len(res.Probabilities) > 0 {
-			fmt.Fprintf(tw, "\tprobabilities\t%.3f\n", res.Probabilities)
+		if printSendResult(tw, it, &res, start, *probs) {
+			answered++
+			if res.Label == it.label {
+				correct++
+			}
 		}
 	}
 	tw.Flush()
@@ -124,6 +81,81 @@ func runSend(ctx context.Context, env Env, args []string) error {
 		fmt.Fprintf(env.Stdout, "\n%d/%d correct\n", correct, answered)
 	}
 	return nil
+}
+
+// sendItem is one image send sends: its name in the output, its values
+// and its true label (-1: unknown).
+type sendItem struct {
+	name   string
+	values []float32
+	label  int
+}
+
+// sendItems is what send sends: the image file when one is given, else
+// count MNIST test images from index from.
+func sendItems(imageFile string, invert bool, from, count int) ([]sendItem, error) {
+	if imageFile != "" {
+		v, err := loadImage(imageFile, invert)
+		if err != nil {
+			return nil, err
+		}
+		return []sendItem{{name: imageFile, values: v, label: -1}}, nil
+	}
+	set, err := mnist.TestImages()
+	if err != nil {
+		return nil, err
+	}
+	if from < 0 || count < 1 || from+count > set.Len() {
+		return nil, fmt.Errorf("%w: --from %d -n %d is outside the %d test images", ErrUsage, from, count, set.Len())
+	}
+	var items []sendItem
+	for i := from; i < from+count; i++ {
+		items = append(items, sendItem{name: fmt.Sprintf("test[%d]", i), values: set.Item(i), label: int(set.Labels[i])})
+	}
+	return items, nil
+}
+
+// requestResult sends the encoded request b of the item named name to the
+// pipeline's infer subject and decodes the result, waiting at most wait.
+func requestResult(ctx context.Context, nc *nats.Conn, pipeline, name string, b []byte, wait time.Duration) (wire.Result, error) {
+	rctx, cancel := context.WithTimeout(ctx, wait)
+	msg, err := nc.RequestWithContext(rctx, wire.InferSubject(pipeline), b)
+	cancel()
+	if err != nil {
+		return wire.Result{}, fmt.Errorf("request %s: %w (no ingress listening on %s?)", name, err, wire.InferSubject(pipeline))
+	}
+	var res wire.Result
+	if err := wire.DecodeResult(msg.Data, &res); err != nil {
+		return wire.Result{}, fmt.Errorf("result of %s: %w", name, err)
+	}
+	return res, nil
+}
+
+// printSendResult writes the table row of it's result res, sent at start
+// (and its probabilities with probs), and reports whether it was answered
+// (not an error).
+func printSendResult(tw io.Writer, it sendItem, res *wire.Result, start time.Time, probs bool) (answered bool) {
+	truth := "-"
+	if it.label >= 0 {
+		truth = fmt.Sprint(it.label)
+	}
+	if res.Error != nil {
+		fmt.Fprintf(tw, "%s\t%s\terror\t\t\t\t%s\t%v\n", it.name, truth, res.Error, time.Since(start).Round(time.Microsecond))
+		return false
+	}
+	path := make([]string, len(res.Visits))
+	for i, v := range res.Visits {
+		path[i] = fmt.Sprintf("%s(%.2f)", v.Model, v.Confidence)
+	}
+	flag := ""
+	if res.Degraded {
+		flag = " degraded"
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%d\t%.3f\t%s\t%s\t%s%s\t%v\n", it.name, truth, res.Label, res.Confidence, res.AnsweredBy, res.Gear, strings.Join(path, "→"), flag, time.Since(start).Round(time.Microsecond))
+	if probs && len(res.Probabilities) > 0 {
+		fmt.Fprintf(tw, "\tprobabilities\t%.3f\n", res.Probabilities)
+	}
+	return true
 }
 
 // loadImage decodes a PNG or JPEG, converts it to 28×28 grayscale in [0,1].

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"math"
 	"strconv"
@@ -40,94 +41,136 @@ func simulateCommand() command {
 // maxSimRequests bounds one simulation (about a second of CPU).
 const maxSimRequests = 2_000_000
 
-func runSimulate(ctx context.Context, env Env, args []string) error {
-	fs := newFlagSet(env, "simulate", simulateUsage)
-	planFile := fs.String("plan", "", "plan file (required)")
-	scale := fs.Float64("scale", 1, "multiply load and runners by this factor")
-	duration := fs.Duration("duration", 10*time.Second, "simulated time per load (sets the number of requests)")
-	loads := fs.String("qps", "", "loads to simulate, unscaled: a list or MIN:MAX:N (default: every gear's max qps)")
-	seed := fs.Uint64("seed", 1, "simulation seed")
-	maxQueue := fs.Int("max-queue", 0, "stream bound per model (0: unbounded)")
-	asJSON := fs.Bool("json", false, "print the results as JSON (every simulation's full result)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+// simulateFlags is the parsed command line of cascadeserve simulate.
+type simulateFlags struct {
+	planFile string
+	scale    float64
+	duration time.Duration
+	loads    string
+	seed     uint64
+	maxQueue int
+	asJSON   bool
+}
+
+// register defines simulate's flags on fs, stored in f.
+func (f *simulateFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.planFile, "plan", "", "plan file (required)")
+	fs.Float64Var(&f.scale, "scale", 1, "multiply load and runners by this factor")
+	fs.DurationVar(&f.duration, "duration", 10*time.Second, "simulated time per load (sets the number of requests)")
+	fs.StringVar(&f.loads, "qps", "", "loads to simulate, unscaled: a list or MIN:MAX:N (default: every gear's max qps)")
+	fs.Uint64Var(&f.seed, "seed", 1, "simulation seed")
+	fs.IntVar(&f.maxQueue, "max-queue", 0, "stream bound per model (0: unbounded)")
+	fs.BoolVar(&f.asJSON, "json", false, "print the results as JSON (every simulation's full result)")
+}
+
+// check reports every problem of the flags together and returns the loads
+// of --qps (nil: every gear's max qps).
+func (f *simulateFlags) check() ([]float64, error) {
 	var errs []error
-	if *planFile == "" {
+	if f.planFile == "" {
 		errs = append(errs, errors.New("--plan is required"))
 	}
-	if !(*scale > 0) {
-		errs = append(errs, fmt.Errorf("--scale %v must be > 0", *scale))
+	if !(f.scale > 0) {
+		errs = append(errs, fmt.Errorf("--scale %v must be > 0", f.scale))
 	}
-	if *duration <= 0 {
-		errs = append(errs, fmt.Errorf("--duration %v must be > 0", *duration))
+	if f.duration <= 0 {
+		errs = append(errs, fmt.Errorf("--duration %v must be > 0", f.duration))
 	}
-	qps, err := parseLoads(*loads)
+	qps, err := parseLoads(f.loads)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if err := errors.Join(errs...); err != nil {
+	return qps, errors.Join(errs...)
+}
+
+func runSimulate(ctx context.Context, env Env, args []string) error {
+	var f simulateFlags
+	if _, err := parseCommandFlags(env, "simulate", simulateUsage, f.register, args); err != nil {
+		return err
+	}
+	qps, err := f.check()
+	if err != nil {
 		return fmt.Errorf("%w: simulate: %w", ErrUsage, err)
 	}
-	p, err := plan.LoadFile(*planFile)
+	p, err := plan.LoadFile(f.planFile)
 	if err != nil {
 		return fmt.Errorf("simulate: %w", err)
 	}
-	type run struct {
-		gear int
-		qps  float64
-	}
-	var runs []run
-	if len(qps) == 0 {
-		for i, g := range p.Gears {
-			runs = append(runs, run{i, g.MaxQPS})
-		}
-	} else {
-		for _, q := range qps {
-			runs = append(runs, run{p.GearFor(q), q})
-		}
-	}
-
+	loads := simulateLoads(p, qps)
 	report := simulateReport{
-		Plan: *planFile, SLOP95Ms: p.SLO.P95Ms, Capacity: p.Capacity, Scale: *scale,
-		DurationMs: float64(*duration) / float64(time.Millisecond), Runs: []simulateRun{},
+		Plan: f.planFile, SLOP95Ms: p.SLO.P95Ms, Capacity: p.Capacity, Scale: f.scale,
+		DurationMs: float64(f.duration) / float64(time.Millisecond), Runs: []simulateRun{},
 	}
 	var tw *tabwriter.Writer
-	if !*asJSON {
-		fmt.Fprintf(env.Stdout, "plan %s: SLO p95 %gms, %d runners × %g, %v per load\n", *planFile, p.SLO.P95Ms, p.Capacity, *scale, *duration)
+	if !f.asJSON {
+		fmt.Fprintf(env.Stdout, "plan %s: SLO p95 %gms, %d runners × %g, %v per load\n", f.planFile, p.SLO.P95Ms, p.Capacity, f.scale, f.duration)
 		tw = tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "gear\tqps\trunners\tp50 ms\tp95 ms\tp99 ms\tthroughput/s\tutilisation %\tmean batch\tdropped\taccuracy %\tSLO")
 	}
 	start := time.Now()
-	for _, r := range runs {
+	for _, l := range loads {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("simulate: %w", err)
 		}
-		load := r.qps * *scale
-		requests := int(math.Min(math.Max(load*duration.Seconds(), 1000), maxSimRequests))
-		res, err := simulate.Gear(p, r.gear, load, simulate.GearOptions{Requests: requests, Seed: *seed, RunnerScale: *scale, MaxQueue: *maxQueue})
+		run, err := f.simulate(p, l)
 		if err != nil {
-			return fmt.Errorf("simulate gear %s at %v qps: %w", p.Gears[r.gear].ID, load, err)
+			return err
 		}
-		g := p.Gears[r.gear]
-		meets := res.P95Ms <= p.SLO.P95Ms && res.Dropped == 0
-		if *asJSON {
-			report.Runs = append(report.Runs, simulateRun{
-				Gear: g.ID, QPS: load, PoolUtilisation: res.MaxUtilisation(), Accuracy: g.Predicted.Accuracy, MeetsSLO: meets, Result: res,
-			})
+		if f.asJSON {
+			report.Runs = append(report.Runs, run)
 			continue
 		}
-		fmt.Fprintln(tw, simulateRow(g, load, res, meets))
+		fmt.Fprintln(tw, simulateRow(p.Gears[l.gear], run.QPS, run.Result, run.MeetsSLO))
 	}
-	if *asJSON {
+	if f.asJSON {
 		if err := writeJSON(env.Stdout, report); err != nil {
 			return fmt.Errorf("simulate: %w", err)
 		}
 	} else {
 		tw.Flush()
 	}
-	fmt.Fprintf(env.Stderr, "simulated %d loads in %v\n", len(runs), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(env.Stderr, "simulated %d loads in %v\n", len(loads), time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// simulateLoad is one simulation to run: a gear (its index in the plan)
+// at an unscaled load.
+type simulateLoad struct {
+	gear int
+	qps  float64
+}
+
+// simulateLoads is every gear of p at its max qps when qps is empty, else
+// each load of qps with the gear p assigns to it.
+func simulateLoads(p *plan.Plan, qps []float64) []simulateLoad {
+	var loads []simulateLoad
+	if len(qps) == 0 {
+		for i, g := range p.Gears {
+			loads = append(loads, simulateLoad{i, g.MaxQPS})
+		}
+		return loads
+	}
+	for _, q := range qps {
+		loads = append(loads, simulateLoad{p.GearFor(q), q})
+	}
+	return loads
+}
+
+// simulate runs the simulation of l, load and runners scaled by --scale,
+// with --duration's worth of requests (at least 1000, at most
+// maxSimRequests).
+func (f *simulateFlags) simulate(p *plan.Plan, l simulateLoad) (simulateRun, error) {
+	load := l.qps * f.scale
+	requests := int(math.Min(math.Max(load*f.duration.Seconds(), 1000), maxSimRequests))
+	res, err := simulate.Gear(p, l.gear, load, simulate.GearOptions{Requests: requests, Seed: f.seed, RunnerScale: f.scale, MaxQueue: f.maxQueue})
+	if err != nil {
+		return simulateRun{}, fmt.Errorf("simulate gear %s at %v qps: %w", p.Gears[l.gear].ID, load, err)
+	}
+	g := p.Gears[l.gear]
+	return simulateRun{
+		Gear: g.ID, QPS: load, PoolUtilisation: res.MaxUtilisation(), Accuracy: g.Predicted.Accuracy,
+		MeetsSLO: res.P95Ms <= p.SLO.P95Ms && res.Dropped == 0, Result: res,
+	}, nil
 }
 
 // simulateRow is the text output's row of a simulation of gear g at load.

@@ -170,12 +170,9 @@ func DecodeOIPRequest(b []byte, r *Request) error {
 // not know the pipeline, so shape and size are checked by the ingress.
 // Errors are *Error with CodeInvalidInput.
 func DecodeOIPInfer(body []byte, headerLen int, r *Request) (OIPResponseOptions, error) {
-	header, tail := body, []byte(nil)
-	if headerLen >= 0 {
-		if headerLen > len(body) {
-			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "%s %d exceeds the body's %d bytes", HeaderInferenceHeaderContentLength, headerLen, len(body))
-		}
-		header, tail = body[:headerLen], body[headerLen:]
+	header, tail, err := splitOIPBody(body, headerLen)
+	if err != nil {
+		return OIPResponseOptions{}, err
 	}
 	var o OIPRequest
 	if err := json.Unmarshal(header, &o); err != nil {
@@ -185,48 +182,87 @@ func DecodeOIPInfer(body []byte, headerLen int, r *Request) (OIPResponseOptions,
 	if len(o.Inputs) != 1 {
 		return OIPResponseOptions{}, Errorf(CodeInvalidInput, "request has %d inputs, want exactly 1", len(o.Inputs))
 	}
-	in := o.Inputs[0]
-	size := DatatypeSize(in.Datatype)
-	if size == 0 {
-		return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q: datatype %q not supported (want %s or %s)", in.Name, in.Datatype, FP32, UINT8)
-	}
-	var data []byte
-	if raw, ok := in.Parameters[ParamBinaryDataSize]; ok {
-		var n int64
-		if err := json.Unmarshal(raw, &n); err != nil || n < 0 {
-			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q: %s %s: want a byte count", in.Name, ParamBinaryDataSize, truncate(raw, 32))
-		}
-		switch {
-		case headerLen < 0:
-			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q has %s but the request has no %s header", in.Name, ParamBinaryDataSize, HeaderInferenceHeaderContentLength)
-		case len(in.Data) != 0 && string(in.Data) != "null":
-			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q has both data and %s", in.Name, ParamBinaryDataSize)
-		case n > int64(len(tail)):
-			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q: %s %d exceeds the %d bytes of binary data", in.Name, ParamBinaryDataSize, n, len(tail))
-		}
-		data, tail = tail[:n:n], tail[n:]
-	} else {
-		if len(in.Data) == 0 {
-			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q has no data", in.Name)
-		}
-		// Pre-size from the shape, but never beyond what the body could
-		// hold (every value takes at least two bytes: a digit and a
-		// separator), so a lying shape cannot make us allocate.
-		hint := Tensor{Shape: in.Shape}.Elements()
-		if limit := int64(len(in.Data)/2 + 1); hint < 0 || hint > limit {
-			hint = limit
-		}
-		var err error
-		if data, err = parseOIPData(in.Data, in.Datatype, make([]byte, 0, hint*int64(size))); err != nil {
-			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "input %q: %v", in.Name, err)
-		}
+	in := &o.Inputs[0]
+	data, tail, err := readOIPInput(in, headerLen >= 0, tail)
+	if err != nil {
+		return OIPResponseOptions{}, err
 	}
 	if len(tail) != 0 {
 		return OIPResponseOptions{}, Errorf(CodeInvalidInput, "%d bytes of binary data after the inputs' %s", len(tail), ParamBinaryDataSize)
 	}
 	r.Input = Tensor{Datatype: in.Datatype, Shape: in.Shape, Data: data}
+	opts, err := r.readOIPParameters(o.Parameters)
+	if err != nil {
+		return OIPResponseOptions{}, err
+	}
+	if err := r.readOIPOutputs(o.Outputs, &opts); err != nil {
+		return OIPResponseOptions{}, err
+	}
+	r.ReturnProbabilities = r.WantsProbabilities()
+	return opts, nil
+}
+
+// splitOIPBody splits an infer request body into its JSON header and the
+// binary data that follows it: headerLen is the value of
+// Inference-Header-Content-Length, or -1 for a body that is all JSON (then
+// tail is nil). Errors are *Error with CodeInvalidInput.
+func splitOIPBody(body []byte, headerLen int) (header, tail []byte, err error) {
+	if headerLen < 0 {
+		return body, nil, nil
+	}
+	if headerLen > len(body) {
+		return nil, nil, Errorf(CodeInvalidInput, "%s %d exceeds the body's %d bytes", HeaderInferenceHeaderContentLength, headerLen, len(body))
+	}
+	return body[:headerLen], body[headerLen:], nil
+}
+
+// readOIPInput returns the raw little-endian bytes of the request's input:
+// taken from the front of tail when its parameters carry binary_data_size
+// (allowed only when the body has binary data, hasBinary), else parsed
+// from its JSON data. It returns the rest of tail. Errors are *Error with
+// CodeInvalidInput.
+func readOIPInput(in *OIPTensor, hasBinary bool, tail []byte) (data, rest []byte, err error) {
+	size := DatatypeSize(in.Datatype)
+	if size == 0 {
+		return nil, tail, Errorf(CodeInvalidInput, "input %q: datatype %q not supported (want %s or %s)", in.Name, in.Datatype, FP32, UINT8)
+	}
+	if raw, ok := in.Parameters[ParamBinaryDataSize]; ok {
+		var n int64
+		if err := json.Unmarshal(raw, &n); err != nil || n < 0 {
+			return nil, tail, Errorf(CodeInvalidInput, "input %q: %s %s: want a byte count", in.Name, ParamBinaryDataSize, truncate(raw, 32))
+		}
+		switch {
+		case !hasBinary:
+			return nil, tail, Errorf(CodeInvalidInput, "input %q has %s but the request has no %s header", in.Name, ParamBinaryDataSize, HeaderInferenceHeaderContentLength)
+		case len(in.Data) != 0 && string(in.Data) != "null":
+			return nil, tail, Errorf(CodeInvalidInput, "input %q has both data and %s", in.Name, ParamBinaryDataSize)
+		case n > int64(len(tail)):
+			return nil, tail, Errorf(CodeInvalidInput, "input %q: %s %d exceeds the %d bytes of binary data", in.Name, ParamBinaryDataSize, n, len(tail))
+		}
+		return tail[:n:n], tail[n:], nil
+	}
+	if len(in.Data) == 0 {
+		return nil, tail, Errorf(CodeInvalidInput, "input %q has no data", in.Name)
+	}
+	// Pre-size from the shape, but never beyond what the body could hold
+	// (every value takes at least two bytes: a digit and a separator), so a
+	// lying shape cannot make us allocate.
+	hint := Tensor{Shape: in.Shape}.Elements()
+	if limit := int64(len(in.Data)/2 + 1); hint < 0 || hint > limit {
+		hint = limit
+	}
+	if data, err = parseOIPData(in.Data, in.Datatype, make([]byte, 0, hint*int64(size))); err != nil {
+		return nil, tail, Errorf(CodeInvalidInput, "input %q: %v", in.Name, err)
+	}
+	return data, tail, nil
+}
+
+// readOIPParameters sets r's fields from an infer request's parameters
+// (setParam) and returns the response options they ask for
+// (binary_data_output). Errors are *Error with CodeInvalidInput.
+func (r *Request) readOIPParameters(params map[string]json.RawMessage) (OIPResponseOptions, error) {
 	var opts OIPResponseOptions
-	for k, v := range o.Parameters {
+	for k, v := range params {
 		if k == ParamBinaryDataOutput {
 			if err := json.Unmarshal(v, &opts.BinaryAll); err != nil {
 				return OIPResponseOptions{}, Errorf(CodeInvalidInput, "parameter %q: want a boolean", k)
@@ -237,26 +273,30 @@ func DecodeOIPInfer(body []byte, headerLen int, r *Request) (OIPResponseOptions,
 			return OIPResponseOptions{}, Errorf(CodeInvalidInput, "parameter %q: %v", k, err)
 		}
 	}
-	for _, out := range o.Outputs {
+	return opts, nil
+}
+
+// readOIPOutputs sets r.Outputs and opts.Outputs from an infer request's
+// requested outputs, each binary as its binary_data parameter says
+// (default opts.BinaryAll), and checks them (CheckOutputs). Errors are
+// *Error with CodeInvalidInput.
+func (r *Request) readOIPOutputs(outputs []OIPRequestOutput, opts *OIPResponseOptions) error {
+	for _, out := range outputs {
 		c := OIPOutputChoice{Name: out.Name, Binary: opts.BinaryAll}
 		for k, v := range out.Parameters {
 			switch k {
 			case ParamBinaryData:
 				if err := json.Unmarshal(v, &c.Binary); err != nil {
-					return OIPResponseOptions{}, Errorf(CodeInvalidInput, "output %q: parameter %q: want a boolean", truncate([]byte(out.Name), 64), k)
+					return Errorf(CodeInvalidInput, "output %q: parameter %q: want a boolean", truncate([]byte(out.Name), 64), k)
 				}
 			case "classification":
-				return OIPResponseOptions{}, Errorf(CodeInvalidInput, "output %q: parameter %q is not supported", truncate([]byte(out.Name), 64), k)
+				return Errorf(CodeInvalidInput, "output %q: parameter %q is not supported", truncate([]byte(out.Name), 64), k)
 			}
 		}
 		r.Outputs = append(r.Outputs, out.Name)
 		opts.Outputs = append(opts.Outputs, c)
 	}
-	if err := CheckOutputs(r.Outputs); err != nil {
-		return OIPResponseOptions{}, err
-	}
-	r.ReturnProbabilities = r.WantsProbabilities()
-	return opts, nil
+	return CheckOutputs(r.Outputs)
 }
 
 // maxParamMs bounds millisecond parameters (about year 33658 as a Unix
@@ -550,79 +590,18 @@ func EncodeOIPResult(r *Result, model string, o OIPResponseOptions) (header, tai
 	batch := len(r.Items) > 0
 	if batch {
 		rows = r.Items
-		p := OIPBatchParameters{Pipeline: r.Pipeline, Client: r.Client, LatencyMs: float64(r.TotalNs) / 1e6,
-			AdmittedUnixNano: r.AdmittedUnixNano, CompletedUnixNano: r.CompletedUnixNano, Items: make([]*OIPResultParameters, len(rows))}
-		for i := range rows {
-			if e := rows[i].Error; e != nil {
-				p.Errors = append(p.Errors, OIPItemError{Index: i, Code: e.Code, Message: e.Message})
-				continue
-			}
-			p.Items[i] = resultParameters(&rows[i])
-		}
-		resp.Parameters = p
+		resp.Parameters = batchParameters(r)
 	} else {
 		resp.Parameters = resultParameters(r)
 	}
-	classes := o.Classes
-	hasProbs := false
-	for i := range rows {
-		if rows[i].Error == nil && rows[i].Probabilities != nil {
-			classes, hasProbs = len(rows[i].Probabilities), true
-			break
-		}
-	}
-	outputs := o.Outputs
-	if len(outputs) == 0 {
-		outputs = []OIPOutputChoice{{OutputLabel, o.BinaryAll}, {OutputConfidence, o.BinaryAll}}
-		if hasProbs {
-			outputs = append(outputs, OIPOutputChoice{OutputProbabilities, o.BinaryAll})
-		}
-	}
-	n := int64(len(rows))
-	for _, c := range outputs {
-		out := OIPOutput{Name: c.Name}
-		var values []byte // little-endian binary values
-		switch c.Name {
-		case OutputLabel:
-			out.Datatype, out.Shape = INT64, []int64{n}
-			for i := range rows {
-				label := int64(rows[i].Label)
-				if rows[i].Error != nil {
-					label = -1
-				}
-				values = binary.LittleEndian.AppendUint64(values, uint64(label))
-			}
-		case OutputConfidence:
-			out.Datatype, out.Shape = FP64, []int64{n}
-			for i := range rows {
-				c := rows[i].Confidence
-				if rows[i].Error != nil {
-					c = 0
-				}
-				if math.IsNaN(c) || math.IsInf(c, 0) {
-					return nil, nil, fmt.Errorf("encode OIP response %q: confidence %v", r.ID, c)
-				}
-				values = binary.LittleEndian.AppendUint64(values, math.Float64bits(c))
-			}
-		case OutputProbabilities:
-			out.Datatype, out.Shape = FP32, []int64{n, int64(classes)}
-			if !batch && !o.BatchAxis {
-				out.Shape = []int64{int64(classes)}
-			}
-			for i := range rows {
-				p := rows[i].Probabilities
-				if rows[i].Error != nil || len(p) != classes {
-					p = make([]float32, classes)
-				}
-				for _, v := range p {
-					if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-						return nil, nil, fmt.Errorf("encode OIP response %q: probability %v", r.ID, v)
-					}
-					values = binary.LittleEndian.AppendUint32(values, math.Float32bits(v))
-				}
-			}
-		default:
-			return nil, nil, fmt.Errorf("encode OIP response %q: unknown output %q", r.ID, c.Name)
+	classes, hasProbs := probabilityClasses(rows, o.Classes)
+	// Each output's values are built in scratch (on the stack) and copied
+	// out at once, so a small response allocates nothing for them.
+	var scratch [64]byte
+	for _, c := range o.outputChoices(hasProbs) {
+		out, values, err := oipOutput(scratch[:0], c.Name, rows, classes, !batch && !o.BatchAxis)
+		if err != nil {
+			return nil, nil, fmt.Errorf("encode OIP response %q: %w", r.ID, err)
 		}
 		if c.Binary {
 			out.Parameters = map[string]any{ParamBinaryDataSize: len(values)}
@@ -637,6 +616,101 @@ func EncodeOIPResult(r *Result, model string, o OIPResponseOptions) (header, tai
 		return nil, nil, fmt.Errorf("encode OIP response %q: %w", r.ID, err)
 	}
 	return b, tail, nil
+}
+
+// batchParameters is the bookkeeping of a batch's result r: its
+// end-to-end times, each answered row's parameters and each failed row's
+// error.
+func batchParameters(r *Result) OIPBatchParameters {
+	p := OIPBatchParameters{Pipeline: r.Pipeline, Client: r.Client, LatencyMs: float64(r.TotalNs) / 1e6,
+		AdmittedUnixNano: r.AdmittedUnixNano, CompletedUnixNano: r.CompletedUnixNano, Items: make([]*OIPResultParameters, len(r.Items))}
+	for i := range r.Items {
+		if e := r.Items[i].Error; e != nil {
+			p.Errors = append(p.Errors, OIPItemError{Index: i, Code: e.Code, Message: e.Message})
+			continue
+		}
+		p.Items[i] = resultParameters(&r.Items[i])
+	}
+	return p
+}
+
+// probabilityClasses is the length of a probabilities row: that of the
+// first answered row with probabilities (hasProbs), else def.
+func probabilityClasses(rows []Result, def int) (classes int, hasProbs bool) {
+	for i := range rows {
+		if rows[i].Error == nil && rows[i].Probabilities != nil {
+			return len(rows[i].Probabilities), true
+		}
+	}
+	return def, false
+}
+
+// outputChoices are the outputs to write: o.Outputs, or by default label,
+// confidence and, when the result has them, probabilities, binary if
+// o.BinaryAll.
+func (o *OIPResponseOptions) outputChoices(hasProbs bool) []OIPOutputChoice {
+	if len(o.Outputs) > 0 {
+		return o.Outputs
+	}
+	outputs := []OIPOutputChoice{{OutputLabel, o.BinaryAll}, {OutputConfidence, o.BinaryAll}}
+	if hasProbs {
+		outputs = append(outputs, OIPOutputChoice{OutputProbabilities, o.BinaryAll})
+	}
+	return outputs
+}
+
+// oipOutput is the output name of rows, without its data, and its values
+// as little-endian bytes appended to values: one per row, or for
+// probabilities a row of classes values per row (shape [classes] when
+// flat, a single item sent without a batch axis). A failed row has label
+// -1, confidence 0 and probabilities 0. Values that JSON cannot carry
+// (NaN, ±Inf) are errors.
+func oipOutput(values []byte, name string, rows []Result, classes int, flat bool) (out OIPOutput, _ []byte, err error) {
+	out.Name = name
+	n := int64(len(rows))
+	switch name {
+	case OutputLabel:
+		out.Datatype, out.Shape = INT64, []int64{n}
+		for i := range rows {
+			label := int64(rows[i].Label)
+			if rows[i].Error != nil {
+				label = -1
+			}
+			values = binary.LittleEndian.AppendUint64(values, uint64(label))
+		}
+	case OutputConfidence:
+		out.Datatype, out.Shape = FP64, []int64{n}
+		for i := range rows {
+			c := rows[i].Confidence
+			if rows[i].Error != nil {
+				c = 0
+			}
+			if math.IsNaN(c) || math.IsInf(c, 0) {
+				return out, nil, fmt.Errorf("confidence %v", c)
+			}
+			values = binary.LittleEndian.AppendUint64(values, math.Float64bits(c))
+		}
+	case OutputProbabilities:
+		out.Datatype, out.Shape = FP32, []int64{n, int64(classes)}
+		if flat {
+			out.Shape = []int64{int64(classes)}
+		}
+		for i := range rows {
+			p := rows[i].Probabilities
+			if rows[i].Error != nil || len(p) != classes {
+				p = make([]float32, classes)
+			}
+			for _, v := range p {
+				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+					return out, nil, fmt.Errorf("probability %v", v)
+				}
+				values = binary.LittleEndian.AppendUint32(values, math.Float32bits(v))
+			}
+		}
+	default:
+		return out, nil, fmt.Errorf("unknown output %q", name)
+	}
+	return out, values, nil
 }
 
 // appendJSONValues writes little-endian values of datatype dt (INT64,
@@ -681,21 +755,8 @@ type oipResponseBody struct {
 // a Result whose Items hold the rows. Outputs sent as binary data are not
 // read (use the JSON form).
 func DecodeOIPResponse(b []byte, r *Result) error {
-	var probe struct {
-		ID    string  `json:"id"`
-		Error *string `json:"error"`
-		Code  Code    `json:"code"`
-	}
-	if err := json.Unmarshal(b, &probe); err != nil {
-		return fmt.Errorf("decode OIP response: %w", err)
-	}
-	if probe.Error != nil {
-		code := probe.Code
-		if code == "" {
-			code = CodeInternal
-		}
-		*r = Result{V: Version, ID: probe.ID, Error: &Error{Code: code, Message: *probe.Error}}
-		return nil
+	if isErr, err := decodeOIPErrorBody(b, r); isErr || err != nil {
+		return err
 	}
 	var o oipResponseBody
 	if err := json.Unmarshal(b, &o); err != nil {
@@ -703,76 +764,26 @@ func DecodeOIPResponse(b []byte, r *Result) error {
 	}
 	p := o.Parameters
 	batch := p.Items != nil
-	n := 1
+	cols := oipColumns{n: 1}
 	if batch {
-		n = len(p.Items)
+		cols.n = len(p.Items)
 	}
-	var labels []int64
-	var confidences []float64
-	var probs []float32
-	seen := map[string]bool{}
-	for _, out := range o.Outputs {
-		seen[out.Name] = true
-		if len(out.Data) == 0 {
-			return fmt.Errorf("decode OIP response: output %q is binary data", out.Name)
-		}
-		var err error
-		switch out.Name {
-		case OutputLabel:
-			if err = json.Unmarshal(out.Data, &labels); err == nil && len(labels) != n {
-				err = fmt.Errorf("%d values for %d rows", len(labels), n)
-			}
-		case OutputConfidence:
-			if err = json.Unmarshal(out.Data, &confidences); err == nil && len(confidences) != n {
-				err = fmt.Errorf("%d values for %d rows", len(confidences), n)
-			}
-		case OutputProbabilities:
-			if err = json.Unmarshal(out.Data, &probs); err == nil && len(probs)%n != 0 {
-				err = fmt.Errorf("%d values for %d rows", len(probs), n)
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("decode OIP response: output %q: %w", out.Name, err)
-		}
-	}
-	if !seen[OutputLabel] && !seen[OutputConfidence] && !seen[OutputProbabilities] {
-		return fmt.Errorf("decode OIP response: none of the outputs %q, %q and %q", OutputLabel, OutputConfidence, OutputProbabilities)
-	}
-	row := func(i int, params *OIPResultParameters, dst *Result) {
-		if params != nil {
-			dst.Pipeline, dst.Client, dst.AnsweredBy, dst.Gear, dst.AdmittedGear, dst.Degraded =
-				params.Pipeline, params.Client, params.AnsweredBy, params.Gear, params.AdmittedGear, params.Degraded
-			dst.TotalNs = int64(math.Round(params.LatencyMs * 1e6))
-			dst.AdmittedUnixNano, dst.CompletedUnixNano = params.AdmittedUnixNano, params.CompletedUnixNano
-			if params.Visits != "" {
-				for m := range strings.SplitSeq(params.Visits, ",") {
-					dst.Visits = append(dst.Visits, Visit{Model: m})
-				}
-			}
-		}
-		if labels != nil {
-			dst.Label = int(labels[i])
-		}
-		if confidences != nil {
-			dst.Confidence = confidences[i]
-		}
-		if probs != nil {
-			c := len(probs) / n
-			dst.Probabilities = probs[i*c : (i+1)*c : (i+1)*c]
-		}
+	if err := cols.read(o.Outputs); err != nil {
+		return fmt.Errorf("decode OIP response: %w", err)
 	}
 	if !batch {
 		*r = Result{V: Version, ID: o.ID}
-		row(0, &p.OIPResultParameters, r)
+		cols.row(0, &p.OIPResultParameters, r)
 		return nil
 	}
+	n := cols.n
 	*r = Result{V: Version, ID: o.ID, Pipeline: p.Pipeline, Client: p.Client,
 		TotalNs:          int64(math.Round(p.LatencyMs * 1e6)),
 		AdmittedUnixNano: p.AdmittedUnixNano, CompletedUnixNano: p.CompletedUnixNano,
 		Items: make([]Result, n)}
 	for i := range r.Items {
 		r.Items[i] = Result{V: Version, ID: o.ID}
-		row(i, p.Items[i], &r.Items[i])
+		cols.row(i, p.Items[i], &r.Items[i])
 	}
 	for _, e := range p.Errors {
 		if e.Index < 0 || e.Index >= n {
@@ -781,4 +792,99 @@ func DecodeOIPResponse(b []byte, r *Result) error {
 		r.Items[e.Index] = Result{V: Version, ID: o.ID, Error: &Error{Code: e.Code, Message: e.Message}}
 	}
 	return nil
+}
+
+// decodeOIPErrorBody reads b into r when it is an error body
+// ({"id", "error", "code"}; no code reads as CodeInternal) and reports
+// whether it was one. A body that is not JSON is an error.
+func decodeOIPErrorBody(b []byte, r *Result) (bool, error) {
+	var probe struct {
+		ID    string  `json:"id"`
+		Error *string `json:"error"`
+		Code  Code    `json:"code"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return false, fmt.Errorf("decode OIP response: %w", err)
+	}
+	if probe.Error == nil {
+		return false, nil
+	}
+	code := probe.Code
+	if code == "" {
+		code = CodeInternal
+	}
+	*r = Result{V: Version, ID: probe.ID, Error: &Error{Code: code, Message: *probe.Error}}
+	return true, nil
+}
+
+// oipColumns are the outputs of an OIP response of n rows: a label and a
+// confidence per row, and a row of probabilities per row; nil for an
+// output the response does not carry.
+type oipColumns struct {
+	n           int
+	labels      []int64
+	confidences []float64
+	probs       []float32
+}
+
+// read reads the JSON data of outputs, checking each holds n rows, and
+// fails when none of label, confidence and probabilities is there or one
+// is binary data.
+func (c *oipColumns) read(outputs []OIPOutput) error {
+	seen := map[string]bool{}
+	for _, out := range outputs {
+		seen[out.Name] = true
+		if len(out.Data) == 0 {
+			return fmt.Errorf("output %q is binary data", out.Name)
+		}
+		var err error
+		switch out.Name {
+		case OutputLabel:
+			if err = json.Unmarshal(out.Data, &c.labels); err == nil && len(c.labels) != c.n {
+				err = fmt.Errorf("%d values for %d rows", len(c.labels), c.n)
+			}
+		case OutputConfidence:
+			if err = json.Unmarshal(out.Data, &c.confidences); err == nil && len(c.confidences) != c.n {
+				err = fmt.Errorf("%d values for %d rows", len(c.confidences), c.n)
+			}
+		case OutputProbabilities:
+			if err = json.Unmarshal(out.Data, &c.probs); err == nil && len(c.probs)%c.n != 0 {
+				err = fmt.Errorf("%d values for %d rows", len(c.probs), c.n)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("output %q: %w", out.Name, err)
+		}
+	}
+	if !seen[OutputLabel] && !seen[OutputConfidence] && !seen[OutputProbabilities] {
+		return fmt.Errorf("none of the outputs %q, %q and %q", OutputLabel, OutputConfidence, OutputProbabilities)
+	}
+	return nil
+}
+
+// row fills dst with row i: its bookkeeping from params (nil for a failed
+// row of a batch) and its outputs. Probabilities share the columns'
+// memory.
+func (c *oipColumns) row(i int, params *OIPResultParameters, dst *Result) {
+	if params != nil {
+		dst.Pipeline, dst.Client, dst.AnsweredBy, dst.Gear, dst.AdmittedGear, dst.Degraded =
+			params.Pipeline, params.Client, params.AnsweredBy, params.Gear, params.AdmittedGear, params.Degraded
+		dst.TotalNs = int64(math.Round(params.LatencyMs * 1e6))
+		dst.AdmittedUnixNano, dst.CompletedUnixNano = params.AdmittedUnixNano, params.CompletedUnixNano
+		if params.Visits != "" {
+			for m := range strings.SplitSeq(params.Visits, ",") {
+				dst.Visits = append(dst.Visits, Visit{Model: m})
+			}
+		}
+	}
+	if c.labels != nil {
+		dst.Label = int(c.labels[i])
+	}
+	if c.confidences != nil {
+		dst.Confidence = c.confidences[i]
+	}
+	if c.probs != nil {
+		k := len(c.probs) / c.n
+		dst.Probabilities = c.probs[i*k : (i+1)*k : (i+1)*k]
+	}
 }
