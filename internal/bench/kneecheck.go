@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
@@ -289,18 +288,21 @@ func probeVerdict(run LoadRun, sloMs, maxErr float64) KneeProbe {
 
 // WriteTable prints each gear's planned and measured capacity.
 func (k *KneeCheck) WriteTable(w io.Writer) error {
-	var b strings.Builder
-	writeEnvironment(&b, k.Environment)
+	return writeReport(w, k.Environment, k.writeBody)
+}
+
+// writeBody writes the table below the environment.
+func (k *KneeCheck) writeBody(b *strings.Builder) {
 	s := k.Settings
 	input := "FP32"
 	if s.UINT8 {
 		input = "UINT8"
 	}
-	fmt.Fprintf(&b, "\nCapacity: highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms, nothing lost, typed errors ≤ %.1f%%;\n",
+	fmt.Fprintf(b, "\nCapacity: highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms, nothing lost, typed errors ≤ %.1f%%;\n",
 		s.SLOP95Ms, 100*s.MaxErrorRate)
-	fmt.Fprintf(&b, "gear pinned on a fresh system; probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per gear; %d %s item(s) per request\n",
+	fmt.Fprintf(b, "gear pinned on a fresh system; probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per gear; %d %s item(s) per request\n",
 		s.WarmupSeconds, s.DurationSeconds, s.Factor, 100*s.Resolution, s.BudgetSeconds, s.RequestItems, input)
-	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+	tw := newTable(b)
 	fmt.Fprintln(tw, "GEAR\tCASCADE\tPLANNED MAX_QPS\tMEASURED KNEE\tMEASURED/PLANNED\tFIRST MISS\tP95 MS AT KNEE\tACCURACY\tPREDICTED\tPROBES\tSECONDS\tSTOPPED\tVERDICT")
 	for _, g := range k.Gears {
 		knee := fmt.Sprintf("%.0f", g.KneeQPS)
@@ -312,7 +314,7 @@ func (k *KneeCheck) WriteTable(w io.Writer) error {
 			len(g.Probes), g.Seconds, g.Stopped, g.Verdict, 100*s.Tolerance)
 	}
 	tw.Flush()
-	fmt.Fprintln(&b, "\nProbes, in order (items/s offered: verdict)")
+	fmt.Fprintln(b, "\nProbes, in order (items/s offered: verdict)")
 	for _, g := range k.Gears {
 		parts := make([]string, len(g.Probes))
 		for i, p := range g.Probes {
@@ -321,13 +323,7 @@ func (k *KneeCheck) WriteTable(w io.Writer) error {
 				parts[i] = fmt.Sprintf("%.0f: %s", p.Load, p.Reason)
 			}
 		}
-		fmt.Fprintf(&b, "%s: %s\n", g.Gear, strings.Join(parts, "; "))
+		fmt.Fprintf(b, "%s: %s\n", g.Gear, strings.Join(parts, "; "))
 	}
-	overall := "every gear's capacity within the target"
-	if !k.Pass() {
-		overall = "some gears' capacity off the target"
-	}
-	fmt.Fprintf(&b, "\nverdict: %s\n", overall)
-	_, err := io.WriteString(w, b.String())
-	return err
+	writeVerdict(b, k.Pass(), "every gear's capacity within the target", "some gears' capacity off the target")
 }
