@@ -13,7 +13,8 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	return writeReport(w, c.Environment, c.writeBody)
 }
 
-// writeBody writes the table below the environment.
+// writeBody writes the comparison's settings, each system's capacity, its
+// runs at multiples and its probes, and the headline.
 func (c *Comparison) writeBody(b *strings.Builder) {
 	s := c.Settings
 	quick := ""
@@ -121,7 +122,8 @@ func (t *TraceReport) WriteTable(w io.Writer) error {
 	return writeReport(w, t.Environment, t.writeBody)
 }
 
-// writeBody writes the table below the environment.
+// writeBody writes the trace, each system's replay of it, their switches
+// and their p95 second by second.
 func (t *TraceReport) writeBody(b *strings.Builder) {
 	l := t.Load
 	fmt.Fprintf(b, "\nBursty trace, %v per system: Poisson at %.0f%% of %.0f items/s (%.0f/s), bursts to %g× (%.0f/s) for %v every %v,\n",

@@ -291,7 +291,8 @@ func (k *KneeCheck) WriteTable(w io.Writer) error {
 	return writeReport(w, k.Environment, k.writeBody)
 }
 
-// writeBody writes the table below the environment.
+// writeBody writes the search's settings, each gear's capacity and probes,
+// and the verdict.
 func (k *KneeCheck) writeBody(b *strings.Builder) {
 	s := k.Settings
 	input := "FP32"

@@ -419,7 +419,8 @@ func (c *PlanCheck) WriteTable(w io.Writer) error {
 	return writeReport(w, c.Environment, c.writeBody)
 }
 
-// writeBody writes the table below the environment.
+// writeBody writes the accuracy check, the latency checks, where the time
+// goes, and the verdict.
 func (c *PlanCheck) writeBody(b *strings.Builder) {
 	a := c.Accuracy
 	fmt.Fprintf(b, "\nPredictions vs reality, gear %s (%s), pinned\n", c.Gear, c.Cascade)
