@@ -68,10 +68,7 @@ func (c *CheckConfig) defaults() error {
 //
 // Misses are reported, not returned as errors.
 func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
-	if err := cfg.defaults(); err != nil {
-		return nil, err
-	}
-	p, err := system.LoadPlan(cfg.PlanFile)
+	p, err := configured(cfg.defaults, &cfg.Live)
 	if err != nil {
 		return nil, err
 	}

@@ -161,10 +161,7 @@ func kneeVerdict(r KneeResult, planned, tol float64) string {
 // of its load in flight) is cut short. Misses are reported, not returned as
 // errors.
 func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
-	if err := cfg.defaults(); err != nil {
-		return nil, err
-	}
-	p, err := system.LoadPlan(cfg.PlanFile)
+	p, err := configured(cfg.defaults, &cfg.Live)
 	if err != nil {
 		return nil, err
 	}
@@ -177,17 +174,14 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 		return nil, err
 	}
 	out := &KneeCheck{
-		Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv),
+		Environment: cfg.environmentOf(p),
 		Settings: KneeSettings{
 			SLOP95Ms: p.SLO.P95Ms, MaxErrorRate: cfg.MaxErrorRate, WarmupSeconds: cfg.Warmup.Seconds(),
 			DurationSeconds: cfg.Duration.Seconds(), BudgetSeconds: cfg.Budget.Seconds(), Factor: cfg.Factor,
 			Resolution: cfg.Resolution, Tolerance: cfg.Tolerance, RequestItems: cfg.RequestItems, UINT8: p.Input.UINT8Scale > 0,
 		},
 	}
-	out.Environment.ORTVersion = ortVersion(cfg.ONNXRuntimeLib)
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
-	}
+	progress := cfg.progressf
 	sc := cfg.Live
 	for _, gi := range gears {
 		g := p.Gears[gi]

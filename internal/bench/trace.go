@@ -210,15 +210,12 @@ func Trace(ctx context.Context, cfg TraceConfig) (*TraceReport, error) {
 		cfg.Load.Capacity = p.Gears[0].MaxQPS
 	}
 	cfg.Load.defaults()
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
-	}
+	progress := cfg.progressf
 	model := p.Ladder[len(p.Ladder)-1]
 	if cfg.Reference == nil {
 		cfg.Reference = testReference(p.Pipeline, cfg.Items.Labels, model)
 	}
-	out := &TraceReport{Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv), SLOP95Ms: p.SLO.P95Ms, Load: cfg.Load}
-	out.Environment.ORTVersion = ortVersion(cfg.ONNXRuntimeLib)
+	out := &TraceReport{Environment: cfg.environmentOf(p), SLOP95Ms: p.SLO.P95Ms, Load: cfg.Load}
 	cc := CompareConfig{Live: cfg.Live, Systems: cfg.Systems, Profile: cfg.Profile, Replay: cfg.Replay}
 	cc.Multiples = []float64{1}
 	if err := cc.defaults(); err != nil {
