@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -665,7 +664,7 @@ func (sp *systemProbes) run(ctx context.Context, load float64) (CompareProbe, er
 	r, err := Load(ctx, sp.sys.Conn, LoadConfig{
 		Pipeline: s.plan.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: s.plan.Input.UINT8Scale,
 		Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: sp.seed, Stages: sp.stages, Reference: cfg.Reference,
-		Abort: func(sn loadgen.Snapshot) bool { return float64(sn.Sent-sn.Answered-sn.Errors) > limit },
+		Abort: abortAbove(limit),
 	})
 	if err != nil {
 		return CompareProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)

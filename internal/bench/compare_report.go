@@ -43,10 +43,7 @@ func (c *Comparison) writeBody(b *strings.Builder) {
 		if sc.Pinned != "" {
 			serves = sc.Pinned + " pinned: " + sc.Cascade
 		}
-		capacity := fmt.Sprintf("%.0f", sc.CapacityQPS)
-		if sc.FirstMissQPS == 0 && sc.CapacityQPS > 0 {
-			capacity = "≥ " + capacity
-		}
+		capacity := capacityText(sc.CapacityQPS, sc.FirstMissQPS)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", sc.Label, serves, capacity, orDash(sc.Ratio, "%.2f×"),
 			orDash(sc.FirstMissQPS, "%.0f"), orDash(sc.P95Ms, "%.1f"), orDash(100*sc.Accuracy, "%.2f%%"), orDash(100*sc.Floor, "%.2f%%"),
 			gearMix(sc.ByGear), len(sc.Probes), sc.Stopped)

@@ -216,7 +216,7 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sy
 		run, err := Load(ctx, sys.Conn, LoadConfig{
 			Pipeline: p.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale,
 			Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: uint64(len(runs) + 1), Stages: stages,
-			Abort: func(s loadgen.Snapshot) bool { return float64(s.Sent-s.Answered-s.Errors) > limit },
+			Abort: abortAbove(limit),
 		})
 		if err != nil {
 			return KneeProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
@@ -252,6 +252,22 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sy
 	progress("  gear %s: knee %.0f items/s (%.2f× planned %.0f), stopped: %s, %.0fs: %s",
 		g.ID, out.KneeQPS, out.Ratio, out.PlannedQPS, out.Stopped, out.Seconds, out.Verdict)
 	return out, nil
+}
+
+// capacityText is a searched capacity for a table, "≥ " before it when
+// no load above it missed (it is then a lower bound).
+func capacityText(capacity, firstMiss float64) string {
+	s := fmt.Sprintf("%.0f", capacity)
+	if firstMiss == 0 && capacity > 0 {
+		s = "≥ " + s
+	}
+	return s
+}
+
+// abortAbove is a LoadConfig.Abort that stops a phase once more than limit
+// items are in flight: the pipeline is overloaded.
+func abortAbove(limit float64) func(loadgen.Snapshot) bool {
+	return func(s loadgen.Snapshot) bool { return float64(s.Sent-s.Answered-s.Errors) > limit }
 }
 
 // probeVerdict: a probe passes when it was not cut short, nothing was
@@ -300,10 +316,7 @@ func (k *KneeCheck) writeBody(b *strings.Builder) {
 	tw := newTable(b)
 	fmt.Fprintln(tw, "GEAR\tCASCADE\tPLANNED MAX_QPS\tMEASURED KNEE\tMEASURED/PLANNED\tFIRST MISS\tP95 MS AT KNEE\tACCURACY\tPREDICTED\tPROBES\tSECONDS\tSTOPPED\tVERDICT")
 	for _, g := range k.Gears {
-		knee := fmt.Sprintf("%.0f", g.KneeQPS)
-		if g.FirstMissQPS == 0 && g.KneeQPS > 0 {
-			knee = "≥ " + knee
-		}
+		knee := capacityText(g.KneeQPS, g.FirstMissQPS)
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.2f\t%s\t%s\t%s\t%.2f%%\t%d\t%.0f\t%s\t%s (±%.0f%%)\n", g.Gear, g.Cascade, g.PlannedQPS, knee, g.Ratio,
 			orDash(g.FirstMissQPS, "%.0f"), orDash(g.P95Ms, "%.1f"), orDash(100*g.Accuracy, "%.2f%%"), 100*g.PredictedAccuracy,
 			len(g.Probes), g.Seconds, g.Stopped, g.Verdict, 100*s.Tolerance)
