@@ -3,15 +3,11 @@ package bench
 import (
 	"testing"
 
-	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
 func TestWithBaselineGearAddsAValidSingleModelGear(t *testing.T) {
-	p, err := mnist.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := mnistPlan(t)
 	model, err := baselineModel(p, "")
 	if err != nil {
 		t.Fatal(err)

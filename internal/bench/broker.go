@@ -117,25 +117,12 @@ func MeasureBroker(ctx context.Context, url string, cfg BrokerConfig) (Broker, e
 	if cfg.Size < 8 {
 		return Broker{}, fmt.Errorf("broker ceiling: message size %d < 8 bytes", cfg.Size)
 	}
-	pub, err := nats.Connect(url, nats.Name("cascadeserve-bench-broker-publisher"))
-	if err != nil {
-		return Broker{}, fmt.Errorf("broker ceiling: connect: %w", err)
-	}
-	defer pub.Close()
-	sub, err := nats.Connect(url, nats.Name("cascadeserve-bench-broker-fetcher"))
-	if err != nil {
-		return Broker{}, fmt.Errorf("broker ceiling: connect: %w", err)
-	}
-	defer sub.Close()
-	pjs, err := jetstream.New(pub, jetstream.WithPublishAsyncMaxPending(max(4000, cfg.PubBatch)))
+	c, err := dialClients(url, "cascadeserve-bench-broker", jetstream.WithPublishAsyncMaxPending(max(4000, cfg.PubBatch)))
 	if err != nil {
 		return Broker{}, fmt.Errorf("broker ceiling: %w", err)
 	}
-	sjs, err := jetstream.New(sub)
-	if err != nil {
-		return Broker{}, fmt.Errorf("broker ceiling: %w", err)
-	}
-	stream, err := createStream(ctx, pjs, jetstream.StreamConfig{
+	defer c.Close()
+	stream, err := createStream(ctx, c.pjs, jetstream.StreamConfig{
 		Name: brokerStream, Subjects: []string{brokerSubject},
 		Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew, Storage: jetstream.FileStorage,
 		Replicas: 1, MaxBytes: 1 << 30, Duplicates: 2 * time.Minute, AllowDirect: true,
@@ -146,11 +133,11 @@ func MeasureBroker(ctx context.Context, url string, cfg BrokerConfig) (Broker, e
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		_ = pjs.DeleteStream(dctx, brokerStream)
+		_ = c.pjs.DeleteStream(dctx, brokerStream)
 	}()
 	out := Broker{PayloadBytes: cfg.Size, PubBatch: cfg.PubBatch, FetchBatch: cfg.FetchBatch}
 	for round := range cfg.Rounds {
-		run, err := brokerRound(ctx, cfg, pjs, sjs, sub, stream, fmt.Sprintf("bench%d", round))
+		run, err := brokerRound(ctx, cfg, c, stream, fmt.Sprintf("bench%d", round))
 		if err != nil {
 			return Broker{}, fmt.Errorf("broker ceiling, round %d: %w", round+1, err)
 		}
@@ -163,9 +150,8 @@ func MeasureBroker(ctx context.Context, url string, cfg BrokerConfig) (Broker, e
 
 // brokerRound purges the stream, publishes, then fetches and acks through a
 // durable consumer called name, deleted at the end.
-func brokerRound(ctx context.Context, cfg BrokerConfig, pjs, sjs jetstream.JetStream, sub *nats.Conn, stream jetstream.Stream, name string) (BrokerRun, error) {
-	n := cfg.Messages
-	run := BrokerRun{Messages: n}
+func brokerRound(ctx context.Context, cfg BrokerConfig, c *benchClients, stream jetstream.Stream, name string) (BrokerRun, error) {
+	run := BrokerRun{Messages: cfg.Messages}
 	if err := stream.Purge(ctx); err != nil {
 		return run, fmt.Errorf("purge: %w", err)
 	}
@@ -173,32 +159,43 @@ func brokerRound(ctx context.Context, cfg BrokerConfig, pjs, sjs jetstream.JetSt
 	if err != nil {
 		return run, err
 	}
-	base := info.State.LastSeq
+	if err := brokerPublish(ctx, cfg, c.pjs, info.State.LastSeq, &run); err != nil {
+		return run, err
+	}
+	err = brokerFetch(ctx, cfg, c, stream, name, &run)
+	return run, err
+}
 
-	// Publish: a window of PubBatch messages, then all their PubAcks. A
-	// window's bodies are reused by the next only once every PubAck of it
-	// is in, so no retry can send a rewritten body.
+// brokerPublish is a round's publish phase: a window of PubBatch messages,
+// then all their PubAcks, until Messages are stored, each carrying its
+// index. It counts the distinct sequences after base (the stream's last
+// before the round) that the PubAcks name, and times the phase. A window's
+// bodies are reused by the next only once every PubAck of it is in, so no
+// retry can send a rewritten body.
+func brokerPublish(ctx context.Context, cfg BrokerConfig, pjs jetstream.JetStream, base uint64, run *BrokerRun) error {
+	n := cfg.Messages
 	bodies := make([][]byte, min(cfg.PubBatch, n))
 	for i := range bodies {
 		bodies[i] = make([]byte, cfg.Size)
 	}
 	futures := make([]jetstream.PubAckFuture, len(bodies))
 	acked := make([]bool, n)
+	var err error
 	start := time.Now()
 	for i := 0; i < n; {
 		w := min(cfg.PubBatch, n-i)
 		for j := range w {
 			binary.LittleEndian.PutUint64(bodies[j], uint64(i+j))
 			if futures[j], err = pjs.PublishMsgAsync(&nats.Msg{Subject: brokerSubject, Data: bodies[j]}); err != nil {
-				return run, fmt.Errorf("publish %d: %w", i+j, err)
+				return fmt.Errorf("publish %d: %w", i+j, err)
 			}
 		}
 		select {
 		case <-pjs.PublishAsyncComplete():
 		case <-ctx.Done():
-			return run, ctx.Err()
+			return ctx.Err()
 		case <-time.After(stallTimeout):
-			return run, fmt.Errorf("PubAcks: none for %v (%d pending)", stallTimeout, pjs.PublishAsyncPending())
+			return fmt.Errorf("PubAcks: none for %v (%d pending)", stallTimeout, pjs.PublishAsyncPending())
 		}
 		for j := range w {
 			select {
@@ -208,42 +205,84 @@ func brokerRound(ctx context.Context, cfg BrokerConfig, pjs, sjs jetstream.JetSt
 					run.PubAcked++
 				}
 			case err := <-futures[j].Err():
-				return run, fmt.Errorf("PubAck of %d: %w", i+j, err)
+				return fmt.Errorf("PubAck of %d: %w", i+j, err)
 			}
 		}
 		i += w
 	}
 	run.PubSeconds = time.Since(start).Seconds()
 	run.PubMsgsPerSec = float64(n) / run.PubSeconds
+	return nil
+}
 
-	// Fetch and ack.
+// brokerFetch is a round's fetch phase: a durable consumer called name
+// (deleted at the end) delivers the stored messages, each acked, until
+// Messages have come; the phase is timed to the last ack flushed. It then
+// counts the messages missing or delivered twice and, once the server has
+// applied the acks, the consumer's redeliveries and unacked messages.
+func brokerFetch(ctx context.Context, cfg BrokerConfig, c *benchClients, stream jetstream.Stream, name string, run *BrokerRun) error {
+	n := cfg.Messages
 	if _, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable: name, DeliverPolicy: jetstream.DeliverAllPolicy, AckPolicy: jetstream.AckExplicitPolicy,
 		ReplayPolicy: jetstream.ReplayInstantPolicy, MaxAckPending: cfg.FetchBatch, InactiveThreshold: 10 * time.Second,
 	}); err != nil {
-		return run, fmt.Errorf("create consumer: %w", err)
+		return fmt.Errorf("create consumer: %w", err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_ = stream.DeleteConsumer(dctx, name)
 	}()
-	cons, err := sjs.Consumer(ctx, brokerStream, name)
+	cons, err := c.sjs.Consumer(ctx, brokerStream, name)
 	if err != nil {
-		return run, fmt.Errorf("bind consumer: %w", err)
+		return fmt.Errorf("bind consumer: %w", err)
 	}
-	if err := sub.Flush(); err != nil {
-		return run, err
+	if err := c.sub.Flush(); err != nil {
+		return err
 	}
 	seen := make([]uint8, n)
-	start = time.Now()
+	start := time.Now()
+	if err := fetchAndAck(ctx, cfg, cons, seen, run); err != nil {
+		return err
+	}
+	// Acks are published without a reply: a flush (a round trip behind
+	// them) puts them all in the server before the clock stops.
+	if err := c.sub.Flush(); err != nil {
+		return fmt.Errorf("flush acks: %w", err)
+	}
+	run.FetchSeconds = time.Since(start).Seconds()
+	run.FetchMsgsPerSec = float64(n) / run.FetchSeconds
+	for _, k := range seen {
+		switch k {
+		case 0:
+			run.Missing++
+		case 2:
+			run.Duplicates++
+		}
+	}
+	// The server applies acks asynchronously: wait (untimed) until the
+	// consumer has them all, then read its counts.
+	ci, err := waitAcked(ctx, cons)
+	if err != nil {
+		return err
+	}
+	run.Unacked = ci.NumAckPending
+	run.Redelivered = max(int(ci.Delivered.Consumer)-n, 0)
+	return nil
+}
+
+// fetchAndAck fetches FetchBatch messages at a time through cons and acks
+// each, until Messages have been received; seen[i] counts the deliveries of
+// message i, up to 2. A fetch that brings nothing fails the round.
+func fetchAndAck(ctx context.Context, cfg BrokerConfig, cons jetstream.Consumer, seen []uint8, run *BrokerRun) error {
+	n := cfg.Messages
 	for run.Received < n {
 		if err := ctx.Err(); err != nil {
-			return run, err
+			return err
 		}
 		mb, err := cons.Fetch(min(cfg.FetchBatch, n-run.Received), jetstream.FetchMaxWait(stallTimeout))
 		if err != nil {
-			return run, fmt.Errorf("fetch: %w", err)
+			return fmt.Errorf("fetch: %w", err)
 		}
 		got := 0
 		for m := range mb.Messages() {
@@ -255,41 +294,57 @@ func brokerRound(ctx context.Context, cfg BrokerConfig, pjs, sjs jetstream.JetSt
 				}
 			}
 			if err := m.Ack(); err != nil {
-				return run, fmt.Errorf("ack: %w", err)
+				return fmt.Errorf("ack: %w", err)
 			}
 		}
 		if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return run, fmt.Errorf("fetch: %w", err)
+			return fmt.Errorf("fetch: %w", err)
 		}
 		if got == 0 {
-			return run, fmt.Errorf("stalled at %d of %d messages", run.Received, n)
+			return fmt.Errorf("stalled at %d of %d messages", run.Received, n)
 		}
 		run.Fetches++
 	}
-	// Acks are published without a reply: a flush (a round trip behind
-	// them) puts them all in the server before the clock stops.
-	if err := sub.Flush(); err != nil {
-		return run, fmt.Errorf("flush acks: %w", err)
-	}
-	run.FetchSeconds = time.Since(start).Seconds()
-	run.FetchMsgsPerSec = float64(n) / run.FetchSeconds
-	for _, c := range seen {
-		switch c {
-		case 0:
-			run.Missing++
-		case 2:
-			run.Duplicates++
-		}
-	}
-	// The server applies acks asynchronously: wait (untimed) until the
-	// consumer has them all, then read its counts.
-	ci, err := waitAcked(ctx, cons)
+	return nil
+}
+
+// benchClients are the two connections of a measurement to one server,
+// each with its JetStream context: the publisher's, as ingress has one of
+// its own, and the fetchers', shared as a worker's runners share theirs.
+type benchClients struct {
+	pub, sub *nats.Conn
+	pjs, sjs jetstream.JetStream
+}
+
+// dialClients connects the publisher and the fetchers to url, named
+// name+"-publisher" and name+"-fetcher"; the publisher's JetStream context
+// takes pubOpts. On an error it closes what it opened. The caller closes
+// the clients.
+func dialClients(url, name string, pubOpts ...jetstream.JetStreamOpt) (*benchClients, error) {
+	pub, err := nats.Connect(url, nats.Name(name+"-publisher"))
 	if err != nil {
-		return run, err
+		return nil, fmt.Errorf("connect: %w", err)
 	}
-	run.Unacked = ci.NumAckPending
-	run.Redelivered = max(int(ci.Delivered.Consumer)-n, 0)
-	return run, nil
+	sub, err := nats.Connect(url, nats.Name(name+"-fetcher"))
+	if err != nil {
+		pub.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	c := &benchClients{pub: pub, sub: sub}
+	if c.pjs, err = jetstream.New(pub, pubOpts...); err == nil {
+		c.sjs, err = jetstream.New(sub)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close closes both connections.
+func (c *benchClients) Close() {
+	c.pub.Close()
+	c.sub.Close()
 }
 
 // waitAcked returns the consumer's info once nothing is pending an ack, or

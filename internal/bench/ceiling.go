@@ -130,19 +130,9 @@ func MeasureCeiling(ctx context.Context, url string, cfg CeilingConfig) (Ceiling
 			return Ceiling{}, fmt.Errorf("ceiling: batch size %d < 1", b)
 		}
 	}
-	pub, err := nats.Connect(url, nats.Name("cascadeserve-bench-publisher"))
-	if err != nil {
-		return Ceiling{}, fmt.Errorf("ceiling: connect: %w", err)
-	}
-	defer pub.Close()
-	sub, err := nats.Connect(url, nats.Name("cascadeserve-bench-fetcher"))
-	if err != nil {
-		return Ceiling{}, fmt.Errorf("ceiling: connect: %w", err)
-	}
-	defer sub.Close()
 	// A rejected publish fails the pass in progress.
 	var pubErr atomic.Pointer[func(error)]
-	pjs, err := jetstream.New(pub,
+	c, err := dialClients(url, "cascadeserve-bench",
 		jetstream.WithPublishAsyncMaxPending(cfg.Backlog),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 			if f := pubErr.Load(); f != nil {
@@ -152,23 +142,20 @@ func MeasureCeiling(ctx context.Context, url string, cfg CeilingConfig) (Ceiling
 	if err != nil {
 		return Ceiling{}, fmt.Errorf("ceiling: %w", err)
 	}
-	sjs, err := jetstream.New(sub)
-	if err != nil {
-		return Ceiling{}, fmt.Errorf("ceiling: %w", err)
-	}
+	defer c.Close()
 	// One stream for every run: creating and deleting a file-backed
 	// stream per run is churn the measurement does not need.
 	scfg := natsbus.ModelStreamConfig(ceilingPipeline, ceilingModel, natsbus.TopologyConfig{})
-	stream, err := createStream(ctx, pjs, scfg)
+	stream, err := createStream(ctx, c.pjs, scfg)
 	if err != nil {
 		return Ceiling{}, fmt.Errorf("ceiling: create stream %s: %w", scfg.Name, err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		_ = pjs.DeleteStream(dctx, scfg.Name)
+		_ = c.pjs.DeleteStream(dctx, scfg.Name)
 	}()
-	r := ceilingRunner{cfg: cfg, pjs: pjs, sjs: sjs, pubErr: &pubErr, subConn: sub, stream: stream,
+	r := ceilingRunner{cfg: cfg, pjs: c.pjs, sjs: c.sjs, pubErr: &pubErr, subConn: c.sub, stream: stream,
 		subject: wire.ModelSubject(ceilingPipeline, ceilingModel)}
 	out := Ceiling{PayloadBytes: len(cfg.Payload)}
 	for round := range cfg.Rounds {
@@ -263,114 +250,27 @@ func (r *ceilingRunner) run(ctx context.Context, name string, batch int) (Ceilin
 // pass publishes n messages with ids prefix0 … prefix<n-1>, fetches them
 // through cons in batches and acks them all, and reports the pass.
 func (r *ceilingRunner) pass(ctx context.Context, cons jetstream.Consumer, batch int, prefix string, n int) (CeilingRun, error) {
-	cfg, pjs, pubErr, subConn, subject := r.cfg, r.pjs, r.pubErr, r.subConn, r.subject
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, cfg.Fetchers+2)
-	fail := func(err error) {
-		select {
-		case errs <- err:
-		default:
-		}
-		cancel()
-	}
-	pubErr.Store(&fail)
-	defer pubErr.Store(nil)
-	seen := make([]atomic.Int32, n)
-	var (
-		received atomic.Int64
-		fetches  atomic.Int64
-	)
-	// tokens bounds the backlog: the publisher takes one per message, a
-	// fetcher returns one per ack.
-	tokens := make(chan struct{}, cfg.Backlog)
-	done := make(chan struct{})
-	var doneOnce sync.Once
+	ps := newCeilingPass(ctx, r, cons, batch, prefix, n)
+	defer ps.cancel()
+	fail := ps.fail
+	r.pubErr.Store(&fail)
+	defer r.pubErr.Store(nil)
 	var wg sync.WaitGroup
 
 	start := time.Now()
-	for range cfg.Fetchers {
-		wg.Go(func() {
-			for runCtx.Err() == nil {
-				mb, err := cons.Fetch(batch, jetstream.FetchMaxWait(cfg.FetchWait))
-				if err != nil {
-					fail(fmt.Errorf("fetch: %w", err))
-					return
-				}
-				got := 0
-				for m := range mb.Messages() {
-					got++
-					id := m.Headers().Get(jetstream.MsgIDHeader)
-					i, err := strconv.Atoi(strings.TrimPrefix(id, prefix))
-					if err != nil || i < 0 || i >= n || !strings.HasPrefix(id, prefix) {
-						fail(fmt.Errorf("message with id %q", id))
-						return
-					}
-					seen[i].Add(1)
-					if err := m.Ack(); err != nil {
-						fail(fmt.Errorf("ack: %w", err))
-						return
-					}
-					<-tokens
-					if received.Add(1) == int64(n) {
-						doneOnce.Do(func() { close(done) })
-					}
-				}
-				if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-					fail(fmt.Errorf("fetch: %w", err))
-					return
-				}
-				if got > 0 {
-					fetches.Add(1)
-				}
-			}
-		})
+	for range r.cfg.Fetchers {
+		wg.Go(ps.fetch)
 	}
-	wg.Go(func() {
-		// PubAcks are checked as they come back (the error handler); the
-		// async window and the backlog tokens keep the publisher from
-		// running away.
-		for i := range n {
-			select {
-			case tokens <- struct{}{}:
-			case <-runCtx.Done():
-				return
-			}
-			m := &nats.Msg{Subject: subject, Data: cfg.Payload, Header: nats.Header{jetstream.MsgIDHeader: []string{prefix + strconv.Itoa(i)}}}
-			if _, err := pjs.PublishMsgAsync(m); err != nil {
-				fail(fmt.Errorf("publish %d: %w", i, err))
-				return
-			}
-		}
-	})
-
-	// Wait for the last ack; a pass that stops making progress fails.
-	watch := time.NewTicker(time.Second)
-	defer watch.Stop()
-	progress, progressAt := int64(-1), time.Now()
-wait:
-	for {
-		select {
-		case <-done:
-			break wait
-		case <-runCtx.Done():
-			break wait
-		case now := <-watch.C:
-			if r := received.Load(); r != progress {
-				progress, progressAt = r, now
-			} else if now.Sub(progressAt) > stallTimeout {
-				fail(fmt.Errorf("stalled at %d of %d messages", r, n))
-			}
-		}
-	}
+	wg.Go(ps.publish)
+	ps.await()
 	// Acks are asynchronous: the pass ends when the server has them all,
 	// which a flush (a round trip behind them) guarantees.
-	flushErr := subConn.Flush()
+	flushErr := r.subConn.Flush()
 	end := time.Now()
-	cancel()
+	ps.cancel()
 	wg.Wait()
 	select {
-	case err := <-errs:
+	case err := <-ps.errs:
 		return CeilingRun{}, err
 	default:
 	}
@@ -380,9 +280,143 @@ wait:
 	if flushErr != nil {
 		return CeilingRun{}, fmt.Errorf("flush acks: %w", flushErr)
 	}
-	run := CeilingRun{Batch: batch, Fetchers: cfg.Fetchers, Messages: n, Received: int(received.Load()), Fetches: int(fetches.Load())}
-	for i := range seen {
-		switch c := seen[i].Load(); {
+	return ps.result(end.Sub(start)), nil
+}
+
+// ceilingPass is one pass in flight: what its fetchers, its publisher and
+// the wait for its last ack share. The first failure is kept in errs and
+// cancels ctx, which stops them all.
+type ceilingPass struct {
+	r      *ceilingRunner
+	cons   jetstream.Consumer
+	batch  int
+	prefix string
+	n      int
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	errs   chan error
+	// seen counts the deliveries of each message, by index.
+	seen     []atomic.Int32
+	received atomic.Int64
+	fetches  atomic.Int64
+	// tokens bounds the backlog: the publisher takes one per message, a
+	// fetcher returns one per ack.
+	tokens   chan struct{}
+	done     chan struct{}
+	doneOnce sync.Once
+}
+
+// newCeilingPass prepares a pass of n messages under ctx; the caller
+// cancels it when the pass is over.
+func newCeilingPass(ctx context.Context, r *ceilingRunner, cons jetstream.Consumer, batch int, prefix string, n int) *ceilingPass {
+	ps := &ceilingPass{
+		r: r, cons: cons, batch: batch, prefix: prefix, n: n,
+		errs:   make(chan error, r.cfg.Fetchers+2),
+		seen:   make([]atomic.Int32, n),
+		tokens: make(chan struct{}, r.cfg.Backlog),
+		done:   make(chan struct{}),
+	}
+	ps.ctx, ps.cancel = context.WithCancel(ctx)
+	return ps
+}
+
+// fail records err, unless an error is already waiting, and stops the
+// pass.
+func (ps *ceilingPass) fail(err error) {
+	select {
+	case ps.errs <- err:
+	default:
+	}
+	ps.cancel()
+}
+
+// fetch is one fetcher: it fetches batches and acks every message, checking
+// its id, until the pass stops; done closes with the n-th ack.
+func (ps *ceilingPass) fetch() {
+	n, prefix := ps.n, ps.prefix
+	for ps.ctx.Err() == nil {
+		mb, err := ps.cons.Fetch(ps.batch, jetstream.FetchMaxWait(ps.r.cfg.FetchWait))
+		if err != nil {
+			ps.fail(fmt.Errorf("fetch: %w", err))
+			return
+		}
+		got := 0
+		for m := range mb.Messages() {
+			got++
+			id := m.Headers().Get(jetstream.MsgIDHeader)
+			i, err := strconv.Atoi(strings.TrimPrefix(id, prefix))
+			if err != nil || i < 0 || i >= n || !strings.HasPrefix(id, prefix) {
+				ps.fail(fmt.Errorf("message with id %q", id))
+				return
+			}
+			ps.seen[i].Add(1)
+			if err := m.Ack(); err != nil {
+				ps.fail(fmt.Errorf("ack: %w", err))
+				return
+			}
+			<-ps.tokens
+			if ps.received.Add(1) == int64(n) {
+				ps.doneOnce.Do(func() { close(ps.done) })
+			}
+		}
+		if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			ps.fail(fmt.Errorf("fetch: %w", err))
+			return
+		}
+		if got > 0 {
+			ps.fetches.Add(1)
+		}
+	}
+}
+
+// publish sends the pass's n messages asynchronously, each after taking a
+// backlog token. PubAcks are checked as they come back (the error handler);
+// the async window and the backlog tokens keep the publisher from running
+// away.
+func (ps *ceilingPass) publish() {
+	cfg, pjs, subject := ps.r.cfg, ps.r.pjs, ps.r.subject
+	for i := range ps.n {
+		select {
+		case ps.tokens <- struct{}{}:
+		case <-ps.ctx.Done():
+			return
+		}
+		m := &nats.Msg{Subject: subject, Data: cfg.Payload, Header: nats.Header{jetstream.MsgIDHeader: []string{ps.prefix + strconv.Itoa(i)}}}
+		if _, err := pjs.PublishMsgAsync(m); err != nil {
+			ps.fail(fmt.Errorf("publish %d: %w", i, err))
+			return
+		}
+	}
+}
+
+// await returns with the last ack or once the pass stops; a pass that
+// makes no progress for stallTimeout fails.
+func (ps *ceilingPass) await() {
+	watch := time.NewTicker(time.Second)
+	defer watch.Stop()
+	progress, progressAt := int64(-1), time.Now()
+	for {
+		select {
+		case <-ps.done:
+			return
+		case <-ps.ctx.Done():
+			return
+		case now := <-watch.C:
+			if r := ps.received.Load(); r != progress {
+				progress, progressAt = r, now
+			} else if now.Sub(progressAt) > stallTimeout {
+				ps.fail(fmt.Errorf("stalled at %d of %d messages", r, ps.n))
+			}
+		}
+	}
+}
+
+// result reports a finished pass that took elapsed: its counts and rate.
+func (ps *ceilingPass) result(elapsed time.Duration) CeilingRun {
+	run := CeilingRun{Batch: ps.batch, Fetchers: ps.r.cfg.Fetchers, Messages: ps.n, Received: int(ps.received.Load()), Fetches: int(ps.fetches.Load())}
+	for i := range ps.seen {
+		switch c := ps.seen[i].Load(); {
 		case c == 0:
 			run.Missing++
 		case c > 1:
@@ -392,9 +426,9 @@ wait:
 	if run.Fetches > 0 {
 		run.MeanBatch = float64(run.Received) / float64(run.Fetches)
 	}
-	run.Seconds = end.Sub(start).Seconds()
+	run.Seconds = elapsed.Seconds()
 	if run.Seconds > 0 {
-		run.HopsPerSec = float64(n) / run.Seconds
+		run.HopsPerSec = float64(ps.n) / run.Seconds
 	}
-	return run, nil
+	return run
 }

@@ -58,13 +58,7 @@ func TestMeasureCeilingCountsEveryMessageOnce(t *testing.T) {
 				t.Errorf("payload %d bytes, want %d", c.PayloadBytes, wantPayload)
 			}
 			// MeasureCeiling deletes its stream (and every run its consumer).
-			names := srv.JS.StreamNames(ctx)
-			for name := range names.Name() {
-				t.Errorf("stream %s left behind", name)
-			}
-			if err := names.Err(); err != nil {
-				t.Fatal(err)
-			}
+			checkNoStreams(ctx, t, srv)
 		})
 	}
 }

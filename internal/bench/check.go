@@ -68,10 +68,7 @@ func (c *CheckConfig) defaults() error {
 //
 // Misses are reported, not returned as errors.
 func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
-	if err := cfg.defaults(); err != nil {
-		return nil, err
-	}
-	p, err := system.LoadPlan(cfg.PlanFile)
+	p, err := configured(cfg.defaults, &cfg.Live)
 	if err != nil {
 		return nil, err
 	}
@@ -88,17 +85,12 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 	if capacity <= 0 {
 		capacity = g.MaxQPS
 	}
-	conc := cfg.Concurrency
-	if conc <= 0 {
-		conc = 2 * maxBatch(g) * cfg.Runners
-	}
 	out := &PlanCheck{
-		Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv),
+		Environment: cfg.environmentOf(p),
 		Gear:        g.ID,
 		Cascade:     plan.CascadeString(g.Cascade),
 		Capacity:    capacity,
 	}
-	out.Environment.ORTVersion = ortVersion(cfg.ONNXRuntimeLib)
 	out.Accuracy = AccuracyCheck{
 		Predicted: g.Predicted.Accuracy, Tolerance: cfg.AccuracyTolerance, Items: cfg.Items.Len(),
 	}
@@ -107,61 +99,87 @@ func CheckPlan(ctx context.Context, cfg CheckConfig) (*PlanCheck, error) {
 		out.Accuracy.TestReplay = replayAccuracy(p, g, mnist.TestReplay)
 	}
 	// The predictions are made before anything runs.
-	for _, f := range cfg.Fractions {
-		qps := f * capacity
-		// The planner's default simulation settings (simulate.PredictP95).
-		sim, err := simulate.Gear(p, gi, qps, simulate.GearOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("predict p95 of gear %s at %.0f/s: %w", g.ID, qps, err)
-		}
-		by := map[string]Percentiles{}
-		for _, st := range sim.Stages {
-			by[st.Model] = Percentiles{Count: st.Answered, P50Ms: st.AnsweredP50Ms, P95Ms: st.AnsweredP95Ms}
-		}
-		out.Latency = append(out.Latency, LatencyCheck{Fraction: f, QPS: qps, PredictedP95Ms: sim.P95Ms,
-			PredictedP50Ms: sim.P50Ms, PredictedBy: by, Tolerance: cfg.P95Tolerance})
+	if out.Latency, err = predictLatency(p, gi, capacity, cfg); err != nil {
+		return nil, err
 	}
-
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
-	}
-	sc := cfg.systemConfig(g.ID)
-	_, err = withSystem(ctx, cfg.TempDir, sc, func(sys *system.System) (struct{}, error) {
-		progress("accuracy: %d items through gear %s (%s), %d in flight...", cfg.Items.Len(), g.ID, out.Cascade, conc)
-		run, err := Load(ctx, sys.Conn, LoadConfig{
-			Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: conc, MaxRequests: cfg.Items.Len(), Stages: StageIndex(g),
-		})
-		if err != nil {
-			return struct{}{}, fmt.Errorf("accuracy run: %w", err)
+	_, err = withSystem(ctx, cfg.TempDir, cfg.systemConfig(g.ID), func(sys *system.System) (struct{}, error) {
+		if err := out.checkAccuracy(ctx, cfg, sys, p, g); err != nil {
+			return struct{}{}, err
 		}
-		a := &out.Accuracy
-		a.Run = run
-		a.Measured = run.Accuracy
-		a.Diff = a.Measured - a.Predicted
-		a.Pass = run.Answered == cfg.Items.Len() && math.Abs(a.Diff) <= a.Tolerance
-		for i := range out.Latency {
-			l := &out.Latency[i]
-			progress("latency: Poisson %.0f/s (%.0f%% of %.0f/s), %v warm-up + %v...", l.QPS, 100*l.Fraction, capacity, cfg.Warmup, cfg.Duration)
-			run, err := Load(ctx, sys.Conn, LoadConfig{
-				Pipeline: p.Pipeline, Items: cfg.Items, QPS: l.QPS, Warmup: cfg.Warmup, Duration: cfg.Duration,
-				Seed: uint64(i + 1), Stages: StageIndex(g),
-			})
-			if err != nil {
-				return struct{}{}, fmt.Errorf("latency run at %.0f/s: %w", l.QPS, err)
-			}
-			l.Run = run
-			l.MeasuredP95Ms = run.P95Ms
-			if l.PredictedP95Ms > 0 {
-				l.RelErr = (l.MeasuredP95Ms - l.PredictedP95Ms) / l.PredictedP95Ms
-			}
-			l.Pass = run.ErrorCount() == 0 && run.Lost == 0 && l.PredictedP95Ms > 0 && math.Abs(l.RelErr) <= l.Tolerance
-		}
-		return struct{}{}, nil
+		return struct{}{}, out.checkLatency(ctx, cfg, sys, p, g)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// predictLatency is the simulator's prediction for gear gi of p at each of
+// cfg.Fractions of capacity (requests/s), with the planner's default
+// simulation settings (simulate.PredictP95): the latency checks before
+// their runs.
+func predictLatency(p *plan.Plan, gi int, capacity float64, cfg CheckConfig) ([]LatencyCheck, error) {
+	var out []LatencyCheck
+	for _, f := range cfg.Fractions {
+		qps := f * capacity
+		sim, err := simulate.Gear(p, gi, qps, simulate.GearOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("predict p95 of gear %s at %.0f/s: %w", p.Gears[gi].ID, qps, err)
+		}
+		by := map[string]Percentiles{}
+		for _, st := range sim.Stages {
+			by[st.Model] = Percentiles{Count: st.Answered, P50Ms: st.AnsweredP50Ms, P95Ms: st.AnsweredP95Ms}
+		}
+		out = append(out, LatencyCheck{Fraction: f, QPS: qps, PredictedP95Ms: sim.P95Ms,
+			PredictedP50Ms: sim.P50Ms, PredictedBy: by, Tolerance: cfg.P95Tolerance})
+	}
+	return out, nil
+}
+
+// checkAccuracy serves every item once through gear g on sys,
+// Concurrency in flight (default 2 × the gear's max batch × Runners), and
+// judges the accuracy served against the prediction.
+func (c *PlanCheck) checkAccuracy(ctx context.Context, cfg CheckConfig, sys *system.System, p *plan.Plan, g plan.Gear) error {
+	conc := cfg.Concurrency
+	if conc <= 0 {
+		conc = 2 * maxBatch(g) * cfg.Runners
+	}
+	cfg.progressf("accuracy: %d items through gear %s (%s), %d in flight...", cfg.Items.Len(), g.ID, c.Cascade, conc)
+	run, err := Load(ctx, sys.Conn, LoadConfig{
+		Pipeline: p.Pipeline, Items: cfg.Items, Concurrency: conc, MaxRequests: cfg.Items.Len(), Stages: StageIndex(g),
+	})
+	if err != nil {
+		return fmt.Errorf("accuracy run: %w", err)
+	}
+	a := &c.Accuracy
+	a.Run = run
+	a.Measured = run.Accuracy
+	a.Diff = a.Measured - a.Predicted
+	a.Pass = run.Answered == cfg.Items.Len() && math.Abs(a.Diff) <= a.Tolerance
+	return nil
+}
+
+// checkLatency runs gear g on sys at each latency check's rate, Poisson
+// arrivals, and judges the measured p95 against the predicted one.
+func (c *PlanCheck) checkLatency(ctx context.Context, cfg CheckConfig, sys *system.System, p *plan.Plan, g plan.Gear) error {
+	for i := range c.Latency {
+		l := &c.Latency[i]
+		cfg.progressf("latency: Poisson %.0f/s (%.0f%% of %.0f/s), %v warm-up + %v...", l.QPS, 100*l.Fraction, c.Capacity, cfg.Warmup, cfg.Duration)
+		run, err := Load(ctx, sys.Conn, LoadConfig{
+			Pipeline: p.Pipeline, Items: cfg.Items, QPS: l.QPS, Warmup: cfg.Warmup, Duration: cfg.Duration,
+			Seed: uint64(i + 1), Stages: StageIndex(g),
+		})
+		if err != nil {
+			return fmt.Errorf("latency run at %.0f/s: %w", l.QPS, err)
+		}
+		l.Run = run
+		l.MeasuredP95Ms = run.P95Ms
+		if l.PredictedP95Ms > 0 {
+			l.RelErr = (l.MeasuredP95Ms - l.PredictedP95Ms) / l.PredictedP95Ms
+		}
+		l.Pass = run.ErrorCount() == 0 && run.Lost == 0 && l.PredictedP95Ms > 0 && math.Abs(l.RelErr) <= l.Tolerance
+	}
+	return nil
 }
 
 // replayAccuracy is the exact accuracy of the gear's cascade on a replay,

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cascadeserve/cascadeserve/internal/loadgen"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
@@ -273,37 +272,16 @@ var systemLabels = map[string]string{
 // returned as errors.
 func Compare(ctx context.Context, cfg CompareConfig) (*Comparison, error) {
 	began := time.Now()
-	if err := cfg.defaults(); err != nil {
-		return nil, err
-	}
-	p, err := system.LoadPlan(cfg.PlanFile)
+	p, err := configured(cfg.defaults, &cfg.Live)
 	if err != nil {
 		return nil, err
 	}
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
-	}
+	progress := cfg.progressf
 	model := p.Ladder[len(p.Ladder)-1]
 	if cfg.Reference == nil {
 		cfg.Reference = testReference(p.Pipeline, cfg.Items.Labels, model)
 	}
-	out := &Comparison{
-		Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv),
-		Settings: CompareSettings{
-			SLOP95Ms: p.SLO.P95Ms, MaxErrorRate: cfg.MaxErrorRate, AccuracyDrop: cfg.AccuracyDrop,
-			WarmupSeconds: cfg.Warmup.Seconds(), DurationSeconds: cfg.Duration.Seconds(), BudgetSeconds: cfg.Budget.Seconds(),
-			Factor: cfg.Factor, Resolution: cfg.Resolution, Multiples: cfg.Multiples, RequestItems: cfg.RequestItems,
-			Quick: cfg.Quick, PairedFloor: cfg.Reference != nil,
-		},
-	}
-	out.Environment.ORTVersion = ortVersion(cfg.ONNXRuntimeLib)
-	if m, ok := p.Model(model); ok {
-		out.Single = SingleModel{Model: model, ValidationAccuracy: m.Accuracy}
-	}
-	if cfg.Reference != nil {
-		out.Single.ReferenceAccuracy = trueShare(cfg.Reference)
-	}
-
+	out := newComparison(cfg, p, model)
 	systems, cleanup, err := compareSystemsWith(ctx, cfg, p, model, out, nil, progress)
 	defer cleanup()
 	if err != nil {
@@ -312,16 +290,7 @@ func Compare(ctx context.Context, cfg CompareConfig) (*Comparison, error) {
 	var single *SystemCapacity
 	singlePlanned := systems[0].start
 	for _, s := range systems {
-		var floor func(LoadRun) float64
-		switch {
-		case cfg.Reference != nil:
-			floor = func(r LoadRun) float64 { return r.ReferenceAccuracy - cfg.AccuracyDrop }
-		case single != nil:
-			f := single.Accuracy - cfg.AccuracyDrop
-			floor = func(LoadRun) float64 { return f }
-		default:
-			floor = func(LoadRun) float64 { return 0 }
-		}
+		floor := cfg.probeFloor(single)
 		singleQPS := 0.0
 		switch {
 		case single != nil && single.CapacityQPS > 0:
@@ -343,97 +312,82 @@ func Compare(ctx context.Context, cfg CompareConfig) (*Comparison, error) {
 			single = &out.Systems[len(out.Systems)-1]
 		}
 	}
-	for i := range out.Systems {
-		if single != nil && single.CapacityQPS > 0 {
-			out.Systems[i].Ratio = out.Systems[i].CapacityQPS / single.CapacityQPS
-		}
-		if out.Systems[i].System == SystemCascadeServe {
-			out.Headline = out.Systems[i].Ratio
-		}
-	}
+	out.setRatios(single)
 	out.Settings.Seconds = time.Since(began).Seconds()
 	return out, nil
+}
+
+// newComparison is a comparison of the systems serving p (model is the
+// ladder's most accurate) before anything is measured: where, with which
+// settings, and the single model's predicted and reference accuracy.
+func newComparison(cfg CompareConfig, p *plan.Plan, model string) *Comparison {
+	out := &Comparison{
+		Environment: cfg.environmentOf(p),
+		Settings: CompareSettings{
+			SLOP95Ms: p.SLO.P95Ms, MaxErrorRate: cfg.MaxErrorRate, AccuracyDrop: cfg.AccuracyDrop,
+			WarmupSeconds: cfg.Warmup.Seconds(), DurationSeconds: cfg.Duration.Seconds(), BudgetSeconds: cfg.Budget.Seconds(),
+			Factor: cfg.Factor, Resolution: cfg.Resolution, Multiples: cfg.Multiples, RequestItems: cfg.RequestItems,
+			Quick: cfg.Quick, PairedFloor: cfg.Reference != nil,
+		},
+	}
+	if m, ok := p.Model(model); ok {
+		out.Single = SingleModel{Model: model, ValidationAccuracy: m.Accuracy}
+	}
+	if cfg.Reference != nil {
+		out.Single.ReferenceAccuracy = trueShare(cfg.Reference)
+	}
+	return out
+}
+
+// probeFloor is the accuracy a probe's run must reach: the single model's
+// on the same items less AccuracyDrop with a reference, else the single
+// model's measured accuracy less AccuracyDrop once single is measured, else
+// none.
+func (c CompareConfig) probeFloor(single *SystemCapacity) func(LoadRun) float64 {
+	switch {
+	case c.Reference != nil:
+		drop := c.AccuracyDrop
+		return func(r LoadRun) float64 { return r.ReferenceAccuracy - drop }
+	case single != nil:
+		f := single.Accuracy - c.AccuracyDrop
+		return func(LoadRun) float64 { return f }
+	}
+	return func(LoadRun) float64 { return 0 }
+}
+
+// setRatios sets every system's capacity over the single model's (when
+// that is measured) and the headline, CascadeServe's ratio.
+func (c *Comparison) setRatios(single *SystemCapacity) {
+	for i := range c.Systems {
+		if single != nil && single.CapacityQPS > 0 {
+			c.Systems[i].Ratio = c.Systems[i].CapacityQPS / single.CapacityQPS
+		}
+		if c.Systems[i].System == SystemCascadeServe {
+			c.Headline = c.Systems[i].Ratio
+		}
+	}
 }
 
 // compareSystemsWith plans model switching (unless ms is that plan) and
 // lays out the systems: their plans written with their models into
 // temporary folders (removed by cleanup).
 func compareSystemsWith(ctx context.Context, cfg CompareConfig, p *plan.Plan, model string, out *Comparison, ms *plan.Plan, progress func(string, ...any)) ([]compareSystem, func(), error) {
-	var dirs []string
-	cleanup := func() {
-		for _, d := range dirs {
-			os.RemoveAll(d)
-		}
-	}
-	src := modelSource(p)
-	write := func(d *plan.Plan) (string, error) {
-		dir, err := os.MkdirTemp(cfg.TempDir, "cascadeserve-compare-plan-")
-		if err != nil {
-			return "", err
-		}
-		dirs = append(dirs, dir)
-		return writePlan(d, src, dir)
-	}
-	if ms == nil {
-		replay := cfg.Replay
-		if replay == nil {
-			var err error
-			if replay, err = validationReplay(p.Pipeline); err != nil {
-				return nil, cleanup, err
-			}
-		}
-		progress("planning model switching: the plan's settings, one-model cascades...")
-		t0 := time.Now()
-		var err error
-		if ms, err = SwitchingPlan(ctx, p, cfg.Profile, replay); err != nil {
-			return nil, cleanup, err
-		}
-		progress("  %d one-model gears in %v", len(ms.Gears), time.Since(t0).Round(10*time.Millisecond))
-	} else {
-		// Written below with its models: work on a copy.
-		var err error
-		if ms, err = clonePlan(ms); err != nil {
-			return nil, cleanup, err
-		}
+	plans := &planWriter{parent: cfg.TempDir, src: modelSource(p)}
+	ms, err := switchingPlanFor(ctx, cfg, p, ms, progress)
+	if err != nil {
+		return nil, plans.cleanup, err
 	}
 	out.switching = ms
-	for _, g := range ms.Gears {
-		out.Switching = append(out.Switching, SwitchingGear{
-			Gear: g.ID, Model: g.Cascade[0].Model, MaxQPS: g.MaxQPS, Accuracy: g.Predicted.Accuracy,
-			MaxBatch: stageBatch(g, 0), DelayMs: g.Batching.MaxDelayMs,
-		})
-	}
+	out.Switching = switchingGears(ms)
 	progress("  model switching: %s", switchingSummary(out.Switching))
-	msFile, err := write(ms)
+	msFile, err := plans.write(ms)
 	if err != nil {
-		return nil, cleanup, err
+		return nil, plans.cleanup, err
 	}
-
-	// The single model: its gear of the model-switching plan (the
-	// planner's batching for it alone), else a baseline gear with the
-	// batching of the plan's most accurate gear.
-	single := compareSystem{name: SystemSingle, plan: ms, planFile: msFile, planName: "model-switching plan", multiples: true}
-	for _, g := range ms.Gears {
-		if len(g.Cascade) == 1 && g.Cascade[0].Model == model {
-			single.pin, single.start = g.ID, g.MaxQPS
-			out.Single.Batching = "the planner's, for " + model + " alone"
-			break
-		}
+	single, err := singleSystem(p, ms, msFile, model, out, plans)
+	if err != nil {
+		return nil, plans.cleanup, err
 	}
-	if single.pin == "" {
-		d, id, err := withBaselineGear(p, model)
-		if err != nil {
-			return nil, cleanup, err
-		}
-		if single.planFile, err = write(d); err != nil {
-			return nil, cleanup, err
-		}
-		single.plan, single.pin, single.planName = d, id, "plan with a baseline gear"
-		single.start = d.Gears[d.GearByID(id)].MaxQPS
-		out.Single.Batching = "of the plan's most accurate gear " + p.Gears[0].ID
-	}
-	sg := single.plan.Gears[single.plan.GearByID(single.pin)]
-	out.Single.Gear, out.Single.MaxBatch, out.Single.DelayMs = sg.ID, stageBatch(sg, 0), sg.Batching.MaxDelayMs
 	systems := []compareSystem{single}
 
 	builtin := cfg.PlanFile // empty: the built-in plan
@@ -469,7 +423,100 @@ func compareSystemsWith(ctx context.Context, cfg CompareConfig, p *plan.Plan, mo
 			systems[i].start = systems[i].plan.Gears[0].MaxQPS
 		}
 	}
-	return systems, cleanup, nil
+	return systems, plans.cleanup, nil
+}
+
+// planWriter writes plans, with their models read from src, into fresh
+// temporary folders under parent; cleanup removes them all.
+type planWriter struct {
+	parent string
+	src    ModelSource
+	dirs   []string
+}
+
+// write writes d and its models into a new folder and returns the plan
+// file's path.
+func (w *planWriter) write(d *plan.Plan) (string, error) {
+	dir, err := os.MkdirTemp(w.parent, "cascadeserve-compare-plan-")
+	if err != nil {
+		return "", err
+	}
+	w.dirs = append(w.dirs, dir)
+	return writePlan(d, w.src, dir)
+}
+
+// cleanup removes every folder written.
+func (w *planWriter) cleanup() {
+	for _, d := range w.dirs {
+		os.RemoveAll(d)
+	}
+}
+
+// switchingPlanFor is the model-switching plan of p: planned from
+// cfg.Profile and cfg.Replay (default: the embedded validation replay)
+// when ms is nil, else a copy of ms, since it is written with its models.
+func switchingPlanFor(ctx context.Context, cfg CompareConfig, p *plan.Plan, ms *plan.Plan, progress func(string, ...any)) (*plan.Plan, error) {
+	if ms != nil {
+		return clonePlan(ms)
+	}
+	replay := cfg.Replay
+	if replay == nil {
+		var err error
+		if replay, err = validationReplay(p.Pipeline); err != nil {
+			return nil, err
+		}
+	}
+	progress("planning model switching: the plan's settings, one-model cascades...")
+	t0 := time.Now()
+	ms, err := SwitchingPlan(ctx, p, cfg.Profile, replay)
+	if err != nil {
+		return nil, err
+	}
+	progress("  %d one-model gears in %v", len(ms.Gears), time.Since(t0).Round(10*time.Millisecond))
+	return ms, nil
+}
+
+// switchingGears describes the gears of the model-switching plan.
+func switchingGears(ms *plan.Plan) []SwitchingGear {
+	var out []SwitchingGear
+	for _, g := range ms.Gears {
+		out = append(out, SwitchingGear{
+			Gear: g.ID, Model: g.Cascade[0].Model, MaxQPS: g.MaxQPS, Accuracy: g.Predicted.Accuracy,
+			MaxBatch: stageBatch(g, 0), DelayMs: g.Batching.MaxDelayMs,
+		})
+	}
+	return out
+}
+
+// singleSystem is the single-model system: model's gear of the
+// model-switching plan ms (written at msFile), with the planner's batching
+// for it alone, else a baseline gear added to p with the batching of p's
+// most accurate gear, written by plans. It fills in out.Single's gear and
+// batching.
+func singleSystem(p, ms *plan.Plan, msFile, model string, out *Comparison, plans *planWriter) (compareSystem, error) {
+	single := compareSystem{name: SystemSingle, plan: ms, planFile: msFile, planName: "model-switching plan", multiples: true}
+	for _, g := range ms.Gears {
+		if len(g.Cascade) == 1 && g.Cascade[0].Model == model {
+			single.pin, single.start = g.ID, g.MaxQPS
+			out.Single.Batching = "the planner's, for " + model + " alone"
+			break
+		}
+	}
+	if single.pin == "" {
+		d, id, err := withBaselineGear(p, model)
+		if err != nil {
+			return single, err
+		}
+		if single.planFile, err = plans.write(d); err != nil {
+			return single, err
+		}
+		single.plan, single.pin, single.planName = d, id, "plan with a baseline gear"
+		single.start = d.Gears[d.GearByID(id)].MaxQPS
+		out.Single.Batching = "of the plan's most accurate gear " + p.Gears[0].ID
+	}
+	sg := single.plan.Gears[single.plan.GearByID(single.pin)]
+	out.Single.Gear, out.Single.MaxBatch, out.Single.DelayMs = sg.ID, stageBatch(sg, 0), sg.Batching.MaxDelayMs
+	return single, nil
 }
 
 // isoAccurateMax is the highest max_qps of p's gears predicted at least
@@ -508,76 +555,63 @@ func (c CompareConfig) compareSystemConfig(s compareSystem) system.Config {
 // the multiples of singleQPS (of its own capacity, for the single model).
 func measureSystem(ctx context.Context, cfg CompareConfig, s compareSystem, sys *system.System, floor func(LoadRun) float64, singleQPS float64, progress func(string, ...any)) (SystemCapacity, error) {
 	out := SystemCapacity{System: s.name, Label: s.label, Plan: s.planName, Pinned: s.pin}
-	var stages map[string]int
+	sp := &systemProbes{cfg: cfg, s: s, sys: sys, floor: floor, slo: s.plan.SLO.P95Ms, progress: progress}
+	how := "controller switching"
 	if s.pin != "" {
 		g := s.plan.Gears[s.plan.GearByID(s.pin)]
 		out.Cascade = plan.CascadeString(g.Cascade)
-		stages = StageIndex(g)
-	}
-	slo := s.plan.SLO.P95Ms
-	how := "controller switching"
-	if s.pin != "" {
+		sp.stages = StageIndex(g)
 		how = "gear " + s.pin + " pinned (" + out.Cascade + ")"
 	}
 	progress("iso-accuracy capacity of %s (%s, %s): Poisson probes from %.0f/s, %v warm-up + %v each, budget %v...",
 		s.label, s.planName, how, s.start, cfg.Warmup, cfg.Duration, s.budget)
-	seed := uint64(0)
-	run := func(load float64) (CompareProbe, error) {
-		seed++
-		// Overloaded: more than a second of the load (at least 20 SLOs)
-		// in flight, a quarter second (5 SLOs) with Quick: the mean
-		// latency is then far above the SLO.
-		limit := load * max(1, 20*slo/1000)
-		if cfg.Quick {
-			limit = load * max(0.25, 5*slo/1000)
-		}
-		r, err := Load(ctx, sys.Conn, LoadConfig{
-			Pipeline: s.plan.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: s.plan.Input.UINT8Scale,
-			Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: seed, Stages: stages, Reference: cfg.Reference,
-			Abort: func(sn loadgen.Snapshot) bool { return float64(sn.Sent-sn.Answered-sn.Errors) > limit },
-		})
-		if err != nil {
-			return CompareProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
-		}
-		pr := CompareProbe{KneeProbe: probeVerdict(r, slo, cfg.MaxErrorRate), Accuracy: r.Accuracy, Run: r}
-		pr.Load = load
-		if r.Answered > 0 {
-			pr.Floor = floor(r)
-		}
-		if r.Answered > 0 && r.Accuracy < pr.Floor {
-			pr.OK = false
-			why := fmt.Sprintf("accuracy %.2f%% < floor %.2f%%", 100*r.Accuracy, 100*pr.Floor)
-			if pr.Reason != "" {
-				why = pr.Reason + ", " + why
-			}
-			pr.Reason = why
-		}
-		return pr, nil
+	if err := sp.searchCapacity(ctx, &out); err != nil {
+		return out, err
 	}
-	describe := func(what string, pr CompareProbe) {
-		state := "pass"
-		if !pr.OK {
-			state = "MISS: " + pr.Reason
-		}
-		progress("  %s %s: %.0f items/s offered, %.0f/s served, p95 %.1f ms, accuracy %s (floor %s), gears %s, %s errors, %d lost: %s",
-			s.name, what, pr.Load, pr.Run.Throughput, pr.Run.P95Ms, orDash(100*pr.Accuracy, "%.2f%%"), orDash(100*pr.Floor, "%.2f%%"), gearMix(pr.Run.ByGear),
-			errorText(pr.Run.Errors), pr.Run.Lost, state)
+	ref := singleQPS
+	if s.name == SystemSingle {
+		ref = out.CapacityQPS
 	}
+	if !(ref > 0) || !s.multiples {
+		return out, nil
+	}
+	return out, sp.runMultiples(ctx, &out, ref)
+}
+
+// systemProbes probes one system of a comparison: Load runs at a load on
+// sys, judged against the plan's SLO, the error bound and the accuracy
+// floor, each with a seed of its own.
+type systemProbes struct {
+	cfg      CompareConfig
+	s        compareSystem
+	sys      *system.System
+	floor    func(LoadRun) float64
+	slo      float64
+	stages   map[string]int
+	seed     uint64
+	progress func(string, ...any)
+}
+
+// searchCapacity searches the system's iso-accuracy capacity with
+// SearchKnee and records it, the probes and the probe at the capacity in
+// out.
+func (sp *systemProbes) searchCapacity(ctx context.Context, out *SystemCapacity) error {
+	cfg, s := sp.cfg, sp.s
 	probes := map[float64]CompareProbe{}
 	res, err := SearchKnee(ctx, KneeSearch{
 		Start: s.start, Factor: cfg.Factor, Resolution: cfg.Resolution, Budget: s.budget,
 		ProbeTime: cfg.Warmup + cfg.Duration + time.Second,
-	}, func(ctx context.Context, load float64) (KneeProbe, error) {
-		pr, err := run(load)
+	}, func(_ context.Context, load float64) (KneeProbe, error) {
+		pr, err := sp.run(ctx, load)
 		if err != nil {
 			return KneeProbe{}, err
 		}
 		probes[load] = pr
-		describe(fmt.Sprintf("probe %d", len(probes)), pr)
+		sp.describe(fmt.Sprintf("probe %d", len(probes)), pr)
 		return pr.KneeProbe, nil
 	})
 	if err != nil {
-		return out, err
+		return err
 	}
 	out.CapacityQPS, out.FirstMissQPS, out.Stopped, out.Seconds = res.Knee, res.Miss, res.Stopped, res.Seconds
 	for _, kp := range res.Probes {
@@ -588,32 +622,78 @@ func measureSystem(ctx context.Context, cfg CompareConfig, s compareSystem, sys 
 	if k, ok := probes[res.Knee]; ok && res.Knee > 0 {
 		out.P95Ms, out.Accuracy, out.Floor, out.ByGear = k.Run.P95Ms, k.Accuracy, k.Floor, k.Run.ByGear
 	}
-	progress("  %s: iso-accuracy capacity %.0f items/s (first miss %s), stopped: %s, %.0fs",
+	sp.progress("  %s: iso-accuracy capacity %.0f items/s (first miss %s), stopped: %s, %.0fs",
 		s.label, out.CapacityQPS, orDash(out.FirstMissQPS, "%.0f/s"), out.Stopped, out.Seconds)
+	return nil
+}
 
-	ref := singleQPS
-	if s.name == SystemSingle {
-		ref = out.CapacityQPS
-	}
-	if !(ref > 0) || !s.multiples {
-		return out, nil
-	}
-	for _, m := range cfg.Multiples {
-		if s.name == SystemSingle && cfg.Quick && m > 1 {
+// runMultiples runs the system at each multiple of ref, the single
+// model's capacity, into out.AtMultiples; with Quick, the single model
+// itself runs only at multiples up to 1.
+func (sp *systemProbes) runMultiples(ctx context.Context, out *SystemCapacity, ref float64) error {
+	for _, m := range sp.cfg.Multiples {
+		if sp.s.name == SystemSingle && sp.cfg.Quick && m > 1 {
 			continue // above its capacity by definition
 		}
 		if err := ctx.Err(); err != nil {
-			return out, err
+			return err
 		}
-		pr, err := run(m * ref)
+		pr, err := sp.run(ctx, m*ref)
 		if err != nil {
-			return out, err
+			return err
 		}
 		pr.Multiple = m
-		describe(fmt.Sprintf("at %g× the single model's capacity", m), pr)
+		sp.describe(fmt.Sprintf("at %g× the single model's capacity", m), pr)
 		out.AtMultiples = append(out.AtMultiples, pr)
 	}
-	return out, nil
+	return nil
+}
+
+// run probes the system at load items/s: a Poisson Load run, cut short
+// when overloaded, judged by probeVerdict and the accuracy floor.
+func (sp *systemProbes) run(ctx context.Context, load float64) (CompareProbe, error) {
+	cfg, s := sp.cfg, sp.s
+	sp.seed++
+	// Overloaded: more than a second of the load (at least 20 SLOs)
+	// in flight, a quarter second (5 SLOs) with Quick: the mean
+	// latency is then far above the SLO.
+	limit := load * max(1, 20*sp.slo/1000)
+	if cfg.Quick {
+		limit = load * max(0.25, 5*sp.slo/1000)
+	}
+	r, err := Load(ctx, sp.sys.Conn, LoadConfig{
+		Pipeline: s.plan.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: s.plan.Input.UINT8Scale,
+		Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: sp.seed, Stages: sp.stages, Reference: cfg.Reference,
+		Abort: abortAbove(limit),
+	})
+	if err != nil {
+		return CompareProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
+	}
+	pr := CompareProbe{KneeProbe: probeVerdict(r, sp.slo, cfg.MaxErrorRate), Accuracy: r.Accuracy, Run: r}
+	pr.Load = load
+	if r.Answered > 0 {
+		pr.Floor = sp.floor(r)
+	}
+	if r.Answered > 0 && r.Accuracy < pr.Floor {
+		pr.OK = false
+		why := fmt.Sprintf("accuracy %.2f%% < floor %.2f%%", 100*r.Accuracy, 100*pr.Floor)
+		if pr.Reason != "" {
+			why = pr.Reason + ", " + why
+		}
+		pr.Reason = why
+	}
+	return pr, nil
+}
+
+// describe reports a probe or run as a progress line.
+func (sp *systemProbes) describe(what string, pr CompareProbe) {
+	state := "pass"
+	if !pr.OK {
+		state = "MISS: " + pr.Reason
+	}
+	sp.progress("  %s %s: %.0f items/s offered, %.0f/s served, p95 %.1f ms, accuracy %s (floor %s), gears %s, %s errors, %d lost: %s",
+		sp.s.name, what, pr.Load, pr.Run.Throughput, pr.Run.P95Ms, orDash(100*pr.Accuracy, "%.2f%%"), orDash(100*pr.Floor, "%.2f%%"), gearMix(pr.Run.ByGear),
+		errorText(pr.Run.Errors), pr.Run.Lost, state)
 }
 
 // gearMix is the share of answers per gear, largest first.

@@ -4,46 +4,46 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 )
 
 // WriteTable prints each system's iso-accuracy capacity, its ratio to the
 // single model's, and what it keeps at multiples of it; the headline
 // ratio last.
 func (c *Comparison) WriteTable(w io.Writer) error {
-	var b strings.Builder
-	writeEnvironment(&b, c.Environment)
+	return writeReport(w, c.Environment, c.writeBody)
+}
+
+// writeBody writes the comparison's settings, each system's capacity, its
+// runs at multiples and its probes, and the headline.
+func (c *Comparison) writeBody(b *strings.Builder) {
 	s := c.Settings
 	quick := ""
 	if s.Quick {
 		quick = " (--quick: short probes, coarse search; a CI-sized figure, not a measurement to quote)"
 	}
-	fmt.Fprintf(&b, "\nIso-accuracy capacity%s: the highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms,\n", quick, s.SLOP95Ms)
+	fmt.Fprintf(b, "\nIso-accuracy capacity%s: the highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms,\n", quick, s.SLOP95Ms)
 	floor := "the single model's measured accuracy at its capacity"
 	if s.PairedFloor {
 		floor = "the single model's accuracy on the same items"
 	}
-	fmt.Fprintf(&b, "nothing lost, typed errors ≤ %.1f%% and accuracy ≥ %s − %.1f point;\n", 100*s.MaxErrorRate, floor, 100*s.AccuracyDrop)
-	fmt.Fprintf(&b, "probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per system; each system on a fresh all-in-one system\n",
+	fmt.Fprintf(b, "nothing lost, typed errors ≤ %.1f%% and accuracy ≥ %s − %.1f point;\n", 100*s.MaxErrorRate, floor, 100*s.AccuracyDrop)
+	fmt.Fprintf(b, "probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per system; each system on a fresh all-in-one system\n",
 		s.WarmupSeconds, s.DurationSeconds, s.Factor, 100*s.Resolution, s.BudgetSeconds)
 	sm := c.Single
-	fmt.Fprintf(&b, "single model: %s alone, gear %s, max batch %d, max delay %g ms (batching %s); accuracy %s on the items, %.2f%% on validation\n",
+	fmt.Fprintf(b, "single model: %s alone, gear %s, max batch %d, max delay %g ms (batching %s); accuracy %s on the items, %.2f%% on validation\n",
 		sm.Model, sm.Gear, sm.MaxBatch, sm.DelayMs, sm.Batching, orDash(100*sm.ReferenceAccuracy, "%.2f%%"), 100*sm.ValidationAccuracy)
 	if len(c.Switching) > 0 {
-		fmt.Fprintf(&b, "model-switching plan (planner, one-model cascades): %s\n", switchingSummary(c.Switching))
+		fmt.Fprintf(b, "model-switching plan (planner, one-model cascades): %s\n", switchingSummary(c.Switching))
 	}
 	b.WriteString("\n")
-	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+	tw := newTable(b)
 	fmt.Fprintln(tw, "SYSTEM\tSERVES\tISO-ACCURACY CAPACITY\t× SINGLE\tFIRST MISS\tP95 MS\tACCURACY\tFLOOR\tGEARS AT CAPACITY\tPROBES\tSTOPPED")
 	for _, sc := range c.Systems {
 		serves := sc.Plan + ", controller switching"
 		if sc.Pinned != "" {
 			serves = sc.Pinned + " pinned: " + sc.Cascade
 		}
-		capacity := fmt.Sprintf("%.0f", sc.CapacityQPS)
-		if sc.FirstMissQPS == 0 && sc.CapacityQPS > 0 {
-			capacity = "≥ " + capacity
-		}
+		capacity := capacityText(sc.CapacityQPS, sc.FirstMissQPS)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", sc.Label, serves, capacity, orDash(sc.Ratio, "%.2f×"),
 			orDash(sc.FirstMissQPS, "%.0f"), orDash(sc.P95Ms, "%.1f"), orDash(100*sc.Accuracy, "%.2f%%"), orDash(100*sc.Floor, "%.2f%%"),
 			gearMix(sc.ByGear), len(sc.Probes), sc.Stopped)
@@ -51,8 +51,8 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	tw.Flush()
 
 	if c.hasMultiples() {
-		fmt.Fprintln(&b, "\nAt multiples of the single model's capacity (accuracy, p95 ms; * misses the SLO, the floor or loses items)")
-		tw = tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+		fmt.Fprintln(b, "\nAt multiples of the single model's capacity (accuracy, p95 ms; * misses the SLO, the floor or loses items)")
+		tw = newTable(b)
 		head := "SYSTEM"
 		for _, m := range s.Multiples {
 			head += fmt.Sprintf("\t%g×", m)
@@ -68,7 +68,7 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 		tw.Flush()
 	}
 
-	fmt.Fprintln(&b, "\nProbes, in order (items/s offered: verdict)")
+	fmt.Fprintln(b, "\nProbes, in order (items/s offered: verdict)")
 	for _, sc := range c.Systems {
 		parts := make([]string, len(sc.Probes))
 		for i, p := range sc.Probes {
@@ -77,15 +77,13 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 				parts[i] = fmt.Sprintf("%.0f: %s", p.Load, p.Reason)
 			}
 		}
-		fmt.Fprintf(&b, "%s: %s\n", sc.System, strings.Join(parts, "; "))
+		fmt.Fprintf(b, "%s: %s\n", sc.System, strings.Join(parts, "; "))
 	}
 	if c.Headline > 0 {
-		fmt.Fprintf(&b, "\nheadline: CascadeServe / single model = %.2f× iso-accuracy capacity (target ≥ 3×), %.0fs\n", c.Headline, s.Seconds)
+		fmt.Fprintf(b, "\nheadline: CascadeServe / single model = %.2f× iso-accuracy capacity (target ≥ 3×), %.0fs\n", c.Headline, s.Seconds)
 	} else {
-		fmt.Fprintf(&b, "\nheadline: not measured (CascadeServe or the single model has no capacity), %.0fs\n", s.Seconds)
+		fmt.Fprintf(b, "\nheadline: not measured (CascadeServe or the single model has no capacity), %.0fs\n", s.Seconds)
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }
 
 func (c *Comparison) hasMultiples() bool {
@@ -118,14 +116,18 @@ func multipleCell(sc SystemCapacity, m float64) string {
 
 // WriteTable prints each system's replay of the trace.
 func (t *TraceReport) WriteTable(w io.Writer) error {
-	var b strings.Builder
-	writeEnvironment(&b, t.Environment)
+	return writeReport(w, t.Environment, t.writeBody)
+}
+
+// writeBody writes the trace, each system's replay of it, their switches
+// and their p95 second by second.
+func (t *TraceReport) writeBody(b *strings.Builder) {
 	l := t.Load
-	fmt.Fprintf(&b, "\nBursty trace, %v per system: Poisson at %.0f%% of %.0f items/s (%.0f/s), bursts to %g× (%.0f/s) for %v every %v,\n",
+	fmt.Fprintf(b, "\nBursty trace, %v per system: Poisson at %.0f%% of %.0f items/s (%.0f/s), bursts to %g× (%.0f/s) for %v every %v,\n",
 		l.Duration, 100*l.Base, l.Capacity, l.Capacity*l.Base, l.Burst, l.Capacity*l.Base*l.Burst, l.BurstLength, l.BurstEvery)
-	fmt.Fprintf(&b, "the base ramping up from a quarter over the first %.0f%% and down over the last; SLO p95 ≤ %.0f ms per second (by send time)\n\n",
+	fmt.Fprintf(b, "the base ramping up from a quarter over the first %.0f%% and down over the last; SLO p95 ≤ %.0f ms per second (by send time)\n\n",
 		100*l.Ramp, t.SLOP95Ms)
-	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+	tw := newTable(b)
 	fmt.Fprintln(tw, "SYSTEM\tSERVES\tITEMS\tACCURACY\tP95 MS\tP99 MS\tSECONDS P95 > SLO\tERRORS\tLOST\tSWITCHES\tAPPLY P50 / P99 MS (P99 ≤)")
 	for _, s := range t.Systems {
 		serves := s.Plan + ", controller switching"
@@ -152,9 +154,9 @@ func (t *TraceReport) WriteTable(w io.Writer) error {
 		for _, sw := range s.Switches {
 			parts = append(parts, fmt.Sprintf("%.1fs %s→%s", sw.AtSeconds, sw.From, sw.To))
 		}
-		fmt.Fprintf(&b, "\n%s switches: %s", s.System, strings.Join(parts, ", "))
+		fmt.Fprintf(b, "\n%s switches: %s", s.System, strings.Join(parts, ", "))
 	}
-	fmt.Fprintln(&b, "\n\nPer second p95 ms (by send time; * over the SLO)")
+	fmt.Fprintln(b, "\n\nPer second p95 ms (by send time; * over the SLO)")
 	for _, s := range t.Systems {
 		parts := make([]string, len(s.PerSecond))
 		for i, sec := range s.PerSecond {
@@ -164,14 +166,12 @@ func (t *TraceReport) WriteTable(w io.Writer) error {
 			}
 			parts[i] = fmt.Sprintf("%.0f%s", sec.P95Ms, mark)
 		}
-		fmt.Fprintf(&b, "%s: %s\n", s.System, strings.Join(parts, " "))
+		fmt.Fprintf(b, "%s: %s\n", s.System, strings.Join(parts, " "))
 	}
 	for _, s := range t.Systems {
 		if s.System == SystemCascadeServe {
-			fmt.Fprintf(&b, "\nCascadeServe: %.1f%% of seconds over the SLO (target ≤ 1%%), switch apply p99 %.1f ms (target ≤ 100 ms)\n",
+			fmt.Fprintf(b, "\nCascadeServe: %.1f%% of seconds over the SLO (target ≤ 1%%), switch apply p99 %.1f ms (target ≤ 100 ms)\n",
 				100*s.OverSLOShare, s.ApplyLatency.P99Ms)
 		}
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }

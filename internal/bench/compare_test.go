@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"math"
 	"os"
@@ -39,12 +38,7 @@ func checkProbe(t *testing.T, system string, p CompareProbe, slo float64) {
 // real embedded system and the built-in plan, and checks the report's
 // structure and invariants, not its numbers.
 func TestCompareQuickEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts four whole systems")
-	}
-	lib := ortLibrary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
+	ctx, lib := wholeSystemTest(t, "four whole systems", 4*time.Minute)
 	var progress bytes.Buffer
 	c, err := Compare(ctx, CompareConfig{
 		Live:      Live{Runners: 2, ONNXRuntimeLib: lib, Items: testImages(t, 2000), TempDir: t.TempDir(), Progress: &progress},
@@ -147,12 +141,7 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 // TestTraceEndToEnd replays a short bursty trace against the three
 // systems and checks the report's structure.
 func TestTraceEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts three whole systems")
-	}
-	lib := ortLibrary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx, lib := wholeSystemTest(t, "three whole systems", 3*time.Minute)
 	var progress bytes.Buffer
 	tr, err := Trace(ctx, TraceConfig{
 		Live:   Live{Runners: 2, ONNXRuntimeLib: lib, Items: testImages(t, 2000), TempDir: t.TempDir(), Progress: &progress},

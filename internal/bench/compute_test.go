@@ -45,6 +45,16 @@ func testImages(tb testing.TB, n int) *dataset.Set {
 	return sub
 }
 
+// mnistPlan is the built-in MNIST plan.
+func mnistPlan(tb testing.TB) *plan.Plan {
+	tb.Helper()
+	p, err := mnist.Plan()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
 // testPlan is the MNIST plan with the given gears in place of its own.
 func testPlan(tb testing.TB, gears ...plan.Gear) *plan.Plan {
 	tb.Helper()

@@ -36,14 +36,8 @@ func PlotComparison(c *Comparison, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	p95 := plot.New()
-	p95.Title.Text = "p95 against load"
-	p95.X.Label.Text = "offered load (items/s)"
-	p95.Y.Label.Text = "p95 (ms), overloaded runs at the top"
-	acc := plot.New()
-	acc.Title.Text = "accuracy against load"
-	acc.X.Label.Text = "offered load (items/s)"
-	acc.Y.Label.Text = "accuracy (%)"
+	p95 := newPlot("p95 against load", "offered load (items/s)", "p95 (ms), overloaded runs at the top")
+	acc := newPlot("accuracy against load", "offered load (items/s)", "accuracy (%)")
 	paired := c.Settings.PairedFloor
 	if paired {
 		// Each probe answers other items: against the single model on the
@@ -55,18 +49,8 @@ func PlotComparison(c *Comparison, dir string) error {
 	top := 3 * slo
 	maxLoad, minFloor := 0.0, 100.0
 	for _, s := range c.Systems {
-		runs := slices.Concat(s.Probes, s.AtMultiples)
-		slices.SortFunc(runs, func(a, b CompareProbe) int {
-			switch {
-			case a.Load < b.Load:
-				return -1
-			case a.Load > b.Load:
-				return 1
-			}
-			return 0
-		})
 		var lat, ac plotter.XYs
-		for _, r := range runs {
+		for _, r := range runsByLoad(s) {
 			y := min(r.P95Ms, top)
 			if r.Run.Aborted || r.Run.Answered == 0 {
 				y = top
@@ -84,21 +68,11 @@ func PlotComparison(c *Comparison, dir string) error {
 				minFloor = min(minFloor, 100*r.Floor)
 			}
 		}
-		for _, d := range []struct {
-			pl  *plot.Plot
-			xys plotter.XYs
-		}{{p95, lat}, {acc, ac}} {
-			if len(d.xys) == 0 {
-				continue
-			}
-			line, points, err := plotter.NewLinePoints(d.xys)
-			if err != nil {
-				return err
-			}
-			line.Color, points.Color = systemColor(s.System), systemColor(s.System)
-			line.Width = vg.Points(1.5)
-			d.pl.Add(line, points)
-			d.pl.Legend.Add(s.Label, line, points)
+		if err := addSystemPoints(p95, lat, s); err != nil {
+			return err
+		}
+		if err := addSystemPoints(acc, ac, s); err != nil {
+			return err
 		}
 	}
 	if maxLoad == 0 {
@@ -122,22 +96,56 @@ func PlotComparison(c *Comparison, dir string) error {
 	return writePanels(filepath.Join(dir, "compare.png"), 900, 400, [][]*plot.Plot{{p95, acc}})
 }
 
+// newPlot is an empty plot with its title and axis labels.
+func newPlot(title, x, y string) *plot.Plot {
+	pl := plot.New()
+	pl.Title.Text = title
+	pl.X.Label.Text = x
+	pl.Y.Label.Text = y
+	return pl
+}
+
+// runsByLoad are a system's probes and runs at multiples, by load offered.
+func runsByLoad(s SystemCapacity) []CompareProbe {
+	runs := slices.Concat(s.Probes, s.AtMultiples)
+	slices.SortFunc(runs, func(a, b CompareProbe) int {
+		switch {
+		case a.Load < b.Load:
+			return -1
+		case a.Load > b.Load:
+			return 1
+		}
+		return 0
+	})
+	return runs
+}
+
+// addSystemPoints adds xys to pl as a line with points in the system's
+// colour, named in the legend; nothing when xys is empty.
+func addSystemPoints(pl *plot.Plot, xys plotter.XYs, s SystemCapacity) error {
+	if len(xys) == 0 {
+		return nil
+	}
+	line, points, err := plotter.NewLinePoints(xys)
+	if err != nil {
+		return err
+	}
+	line.Color, points.Color = systemColor(s.System), systemColor(s.System)
+	line.Width = vg.Points(1.5)
+	pl.Add(line, points)
+	pl.Legend.Add(s.Label, line, points)
+	return nil
+}
+
 // PlotTrace writes trace.png into dir: the offered load, every system's
 // per-second p95 and the gear answering most items each second.
 func PlotTrace(t *TraceReport, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	load := plot.New()
-	load.Title.Text = "offered load"
-	load.Y.Label.Text = "items/s"
-	lat := plot.New()
-	lat.Title.Text = "p95 per second (by send time)"
-	lat.Y.Label.Text = "p95 (ms), clipped"
-	gear := plot.New()
-	gear.Title.Text = "gear answering most items (index in the system's plan)"
-	gear.Y.Label.Text = "gear"
-	gear.X.Label.Text = "seconds"
+	load := newPlot("offered load", "", "items/s")
+	lat := newPlot("p95 per second (by send time)", "", "p95 (ms), clipped")
+	gear := newPlot("gear answering most items (index in the system's plan)", "seconds", "gear")
 	top := 4 * t.SLOP95Ms
 	n := 0
 	for i, s := range t.Systems {

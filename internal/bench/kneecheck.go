@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/internal/loadgen"
@@ -162,10 +161,7 @@ func kneeVerdict(r KneeResult, planned, tol float64) string {
 // of its load in flight) is cut short. Misses are reported, not returned as
 // errors.
 func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
-	if err := cfg.defaults(); err != nil {
-		return nil, err
-	}
-	p, err := system.LoadPlan(cfg.PlanFile)
+	p, err := configured(cfg.defaults, &cfg.Live)
 	if err != nil {
 		return nil, err
 	}
@@ -178,17 +174,14 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 		return nil, err
 	}
 	out := &KneeCheck{
-		Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv),
+		Environment: cfg.environmentOf(p),
 		Settings: KneeSettings{
 			SLOP95Ms: p.SLO.P95Ms, MaxErrorRate: cfg.MaxErrorRate, WarmupSeconds: cfg.Warmup.Seconds(),
 			DurationSeconds: cfg.Duration.Seconds(), BudgetSeconds: cfg.Budget.Seconds(), Factor: cfg.Factor,
 			Resolution: cfg.Resolution, Tolerance: cfg.Tolerance, RequestItems: cfg.RequestItems, UINT8: p.Input.UINT8Scale > 0,
 		},
 	}
-	out.Environment.ORTVersion = ortVersion(cfg.ONNXRuntimeLib)
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
-	}
+	progress := cfg.progressf
 	sc := cfg.Live
 	for _, gi := range gears {
 		g := p.Gears[gi]
@@ -223,7 +216,7 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sy
 		run, err := Load(ctx, sys.Conn, LoadConfig{
 			Pipeline: p.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale,
 			Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: uint64(len(runs) + 1), Stages: stages,
-			Abort: func(s loadgen.Snapshot) bool { return float64(s.Sent-s.Answered-s.Errors) > limit },
+			Abort: abortAbove(limit),
 		})
 		if err != nil {
 			return KneeProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
@@ -261,6 +254,22 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sy
 	return out, nil
 }
 
+// capacityText is a searched capacity for a table, "≥ " before it when
+// no load above it missed (it is then a lower bound).
+func capacityText(capacity, firstMiss float64) string {
+	s := fmt.Sprintf("%.0f", capacity)
+	if firstMiss == 0 && capacity > 0 {
+		s = "≥ " + s
+	}
+	return s
+}
+
+// abortAbove is a LoadConfig.Abort that stops a phase once more than limit
+// items are in flight: the pipeline is overloaded.
+func abortAbove(limit float64) func(loadgen.Snapshot) bool {
+	return func(s loadgen.Snapshot) bool { return float64(s.Sent-s.Answered-s.Errors) > limit }
+}
+
 // probeVerdict: a probe passes when it was not cut short, nothing was
 // lost, at most maxErr of its items got typed errors, something was
 // answered and the p95 is within the SLO.
@@ -289,30 +298,31 @@ func probeVerdict(run LoadRun, sloMs, maxErr float64) KneeProbe {
 
 // WriteTable prints each gear's planned and measured capacity.
 func (k *KneeCheck) WriteTable(w io.Writer) error {
-	var b strings.Builder
-	writeEnvironment(&b, k.Environment)
+	return writeReport(w, k.Environment, k.writeBody)
+}
+
+// writeBody writes the search's settings, each gear's capacity and probes,
+// and the verdict.
+func (k *KneeCheck) writeBody(b *strings.Builder) {
 	s := k.Settings
 	input := "FP32"
 	if s.UINT8 {
 		input = "UINT8"
 	}
-	fmt.Fprintf(&b, "\nCapacity: highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms, nothing lost, typed errors ≤ %.1f%%;\n",
+	fmt.Fprintf(b, "\nCapacity: highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms, nothing lost, typed errors ≤ %.1f%%;\n",
 		s.SLOP95Ms, 100*s.MaxErrorRate)
-	fmt.Fprintf(&b, "gear pinned on a fresh system; probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per gear; %d %s item(s) per request\n",
+	fmt.Fprintf(b, "gear pinned on a fresh system; probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per gear; %d %s item(s) per request\n",
 		s.WarmupSeconds, s.DurationSeconds, s.Factor, 100*s.Resolution, s.BudgetSeconds, s.RequestItems, input)
-	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+	tw := newTable(b)
 	fmt.Fprintln(tw, "GEAR\tCASCADE\tPLANNED MAX_QPS\tMEASURED KNEE\tMEASURED/PLANNED\tFIRST MISS\tP95 MS AT KNEE\tACCURACY\tPREDICTED\tPROBES\tSECONDS\tSTOPPED\tVERDICT")
 	for _, g := range k.Gears {
-		knee := fmt.Sprintf("%.0f", g.KneeQPS)
-		if g.FirstMissQPS == 0 && g.KneeQPS > 0 {
-			knee = "≥ " + knee
-		}
+		knee := capacityText(g.KneeQPS, g.FirstMissQPS)
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.2f\t%s\t%s\t%s\t%.2f%%\t%d\t%.0f\t%s\t%s (±%.0f%%)\n", g.Gear, g.Cascade, g.PlannedQPS, knee, g.Ratio,
 			orDash(g.FirstMissQPS, "%.0f"), orDash(g.P95Ms, "%.1f"), orDash(100*g.Accuracy, "%.2f%%"), 100*g.PredictedAccuracy,
 			len(g.Probes), g.Seconds, g.Stopped, g.Verdict, 100*s.Tolerance)
 	}
 	tw.Flush()
-	fmt.Fprintln(&b, "\nProbes, in order (items/s offered: verdict)")
+	fmt.Fprintln(b, "\nProbes, in order (items/s offered: verdict)")
 	for _, g := range k.Gears {
 		parts := make([]string, len(g.Probes))
 		for i, p := range g.Probes {
@@ -321,13 +331,7 @@ func (k *KneeCheck) WriteTable(w io.Writer) error {
 				parts[i] = fmt.Sprintf("%.0f: %s", p.Load, p.Reason)
 			}
 		}
-		fmt.Fprintf(&b, "%s: %s\n", g.Gear, strings.Join(parts, "; "))
+		fmt.Fprintf(b, "%s: %s\n", g.Gear, strings.Join(parts, "; "))
 	}
-	overall := "every gear's capacity within the target"
-	if !k.Pass() {
-		overall = "some gears' capacity off the target"
-	}
-	fmt.Fprintf(&b, "\nverdict: %s\n", overall)
-	_, err := io.WriteString(w, b.String())
-	return err
+	writeVerdict(b, k.Pass(), "every gear's capacity within the target", "some gears' capacity off the target")
 }

@@ -133,52 +133,74 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 		}
 		lc.Schedule = loadgen.Constant(cfg.QPS)
 	}
-	// phase runs one phase, stopped early when cfg.Abort says so.
-	aborted := false
-	phase := func(lc loadgen.Config) (loadgen.Report, error) {
-		if cfg.Abort == nil {
-			return loadgen.Run(ctx, nc, lc)
-		}
-		pctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		lc.TickEvery = 250 * time.Millisecond
-		lc.Tick = func(s loadgen.Snapshot) {
-			if !aborted && cfg.Abort(s) {
-				aborted = true
-				cancel()
-			}
-		}
-		return loadgen.Run(pctx, nc, lc)
-	}
+	phases := loadPhases{nc: nc, abort: cfg.Abort}
 	if cfg.Warmup > 0 {
 		w := lc
 		w.Duration = cfg.Warmup
 		w.Seed = cfg.Seed + 1000
-		if _, err := phase(w); err != nil {
+		if _, err := phases.run(ctx, w); err != nil {
 			return LoadRun{}, fmt.Errorf("warm-up: %w", err)
 		}
 		if err := ctx.Err(); err != nil {
 			return LoadRun{}, err
 		}
-		if aborted {
-			run := LoadRun{Concurrency: cfg.Concurrency, Aborted: true, Errors: map[string]int{}}
-			if cfg.Concurrency <= 0 {
-				run.OfferedQPS = cfg.QPS
-			}
-			return run, nil
+		if phases.aborted {
+			return LoadRun{Concurrency: cfg.Concurrency, OfferedQPS: cfg.offeredQPS(), Aborted: true, Errors: map[string]int{}}, nil
 		}
 	}
 	lc.Duration, lc.MaxRequests = cfg.Duration, cfg.MaxRequests
-	rep, err := phase(lc)
+	rep, err := phases.run(ctx, lc)
 	if err != nil {
 		return LoadRun{}, err
 	}
 	if err := ctx.Err(); err != nil {
 		return LoadRun{}, err
 	}
+	run := loadRunOf(rep, cfg)
+	run.Aborted = phases.aborted
+	return run, nil
+}
+
+// offeredQPS is the rate of an open-loop run, 0 for a closed loop.
+func (c LoadConfig) offeredQPS() float64 {
+	if c.Concurrency <= 0 {
+		return c.QPS
+	}
+	return 0
+}
+
+// loadPhases runs the phases of one Load run on nc. With abort set, each
+// phase is shown a snapshot about every quarter second and stops sending
+// when abort says so; aborted then stays set.
+type loadPhases struct {
+	nc      *nats.Conn
+	abort   func(loadgen.Snapshot) bool
+	aborted bool
+}
+
+// run runs one phase and returns the load generator's report.
+func (ph *loadPhases) run(ctx context.Context, lc loadgen.Config) (loadgen.Report, error) {
+	if ph.abort == nil {
+		return loadgen.Run(ctx, ph.nc, lc)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lc.TickEvery = 250 * time.Millisecond
+	lc.Tick = func(s loadgen.Snapshot) {
+		if !ph.aborted && ph.abort(s) {
+			ph.aborted = true
+			cancel()
+		}
+	}
+	return loadgen.Run(pctx, ph.nc, lc)
+}
+
+// loadRunOf summarises the measured phase's report of a run configured by
+// cfg (Aborted is left to the caller).
+func loadRunOf(rep loadgen.Report, cfg LoadConfig) LoadRun {
 	run := LoadRun{
-		Aborted:     aborted,
 		Concurrency: cfg.Concurrency,
+		OfferedQPS:  cfg.offeredQPS(),
 		Seconds:     rep.Duration.Seconds(),
 		Sent:        rep.Sent,
 		Answered:    rep.Answered,
@@ -192,28 +214,12 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 		Errors:      map[string]int{},
 		AnsweredBy:  map[string]int{},
 	}
-	if cfg.Concurrency <= 0 {
-		run.OfferedQPS = cfg.QPS
-	}
 	for code, n := range rep.ErrorCounts() {
 		run.Errors[string(code)] = n
 	}
 	run.ReferenceAccuracy = referenceAccuracy(rep.Outcomes, cfg.Reference)
+	run.LatencyBy = latencyByModel(rep.Outcomes)
 	stages := 0
-	byModel := map[string][]float64{}
-	for _, o := range rep.Outcomes {
-		if o.Code != "" || o.Warmup {
-			continue
-		}
-		byModel[o.AnsweredBy] = append(byModel[o.AnsweredBy], ms(o.Latency))
-	}
-	for m, lat := range byModel {
-		slices.Sort(lat)
-		if run.LatencyBy == nil {
-			run.LatencyBy = map[string]Percentiles{}
-		}
-		run.LatencyBy[m] = Percentiles{Count: len(lat), P50Ms: nearestRank(lat, 0.5), P95Ms: nearestRank(lat, 0.95)}
-	}
 	for _, o := range rep.Outcomes {
 		if o.Code != "" {
 			continue
@@ -232,7 +238,29 @@ func Load(ctx context.Context, nc *nats.Conn, cfg LoadConfig) (LoadRun, error) {
 	if cfg.Stages != nil && run.Answered > 0 {
 		run.StagesPerRequest = float64(stages) / float64(run.Answered)
 	}
-	return run, nil
+	return run
+}
+
+// latencyByModel gives the latency percentiles of the answers of each model
+// (nil when nothing was answered); error results and warm-up outcomes do
+// not count.
+func latencyByModel(outcomes []loadgen.Outcome) map[string]Percentiles {
+	byModel := map[string][]float64{}
+	for _, o := range outcomes {
+		if o.Code != "" || o.Warmup {
+			continue
+		}
+		byModel[o.AnsweredBy] = append(byModel[o.AnsweredBy], ms(o.Latency))
+	}
+	var out map[string]Percentiles
+	for m, lat := range byModel {
+		slices.Sort(lat)
+		if out == nil {
+			out = map[string]Percentiles{}
+		}
+		out[m] = Percentiles{Count: len(lat), P50Ms: nearestRank(lat, 0.5), P95Ms: nearestRank(lat, 0.95)}
+	}
+	return out
 }
 
 // referenceAccuracy is the fraction of the answered outcomes whose item

@@ -1,10 +1,6 @@
 package bench
 
-import (
-	"testing"
-
-	"github.com/cascadeserve/cascadeserve/models/mnist"
-)
+import "testing"
 
 // TestSystemsGetTheWorkerSettings: the systems a bench starts run their
 // stage worker with the bench's provider settings, and the report says
@@ -25,10 +21,7 @@ func TestSystemsGetTheWorkerSettings(t *testing.T) {
 	if workerEnv["CASCADE_GEAR"] != "ignored" {
 		t.Error("systemConfig changed the caller's map")
 	}
-	p, err := mnist.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := mnistPlan(t)
 	if e := environment(p, "", 2, workerEnv); e.Provider != "cuda" {
 		t.Errorf("environment provider %q, want cuda", e.Provider)
 	}

@@ -227,42 +227,85 @@ func pipelineOf(rep *Report, gear string) *GearRun {
 	return nil
 }
 
-// WriteTable prints the report as tables.
+// WriteTable prints the report as tables: the ceilings, the in-process
+// runs, the pipeline's runs, then the ratios between them.
 func (r *Report) WriteTable(w io.Writer) error {
+	return writeReport(w, r.Environment, func(b *strings.Builder) {
+		r.writeBroker(b)
+		r.writeHopCeiling(b)
+		r.writeInProcess(b)
+		r.writeSaturated(b)
+		r.writeBelowSaturation(b)
+		r.writeRatios(b)
+		r.writeBaseline(b)
+	})
+}
+
+// writeReport writes a report's text to w: the environment it was measured
+// in, then what body writes.
+func writeReport(w io.Writer, e Environment, body func(b *strings.Builder)) error {
 	var b strings.Builder
-	writeEnvironment(&b, r.Environment)
-	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
-	if c := r.Broker; c != nil {
-		fmt.Fprintf(&b, "\nBroker ceiling, measured as nats bench does: one file-backed stream; async publish of %d-byte messages, %d PubAcks awaited per window; durable pull consumer, Fetch(%d), explicit Ack of each\n",
-			c.PayloadBytes, c.PubBatch, c.FetchBatch)
-		fmt.Fprintln(tw, "ROUND\tMESSAGES\tPUBLISH MSG/S\tFETCH+ACK MSG/S\tCHECK")
-		for i, run := range c.Runs {
-			check := "each once"
-			if !run.Correct() {
-				check = fmt.Sprintf("%d of %d pub-acked, %d missing, %d duplicated, %d redelivered, %d unacked",
-					run.PubAcked, run.Messages, run.Missing, run.Duplicates, run.Redelivered, run.Unacked)
-			}
-			fmt.Fprintf(tw, "%d\t%d\t%.0f\t%.0f\t%s\n", i+1, run.Messages, run.PubMsgsPerSec, run.FetchMsgsPerSec, check)
-		}
-		tw.Flush()
-		fmt.Fprintf(&b, "ceiling: async publish %.0f msg/s, durable fetch + explicit ack %.0f msg/s (best rounds)\n", c.PubMsgsPerSec, c.FetchAckMsgsPerSec)
+	writeEnvironment(&b, e)
+	body(&b)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// newTable is the tab writer of every table of a report, writing into b;
+// each table ends with a Flush.
+func newTable(b *strings.Builder) *tabwriter.Writer {
+	return tabwriter.NewWriter(b, 0, 2, 2, ' ', 0)
+}
+
+// writeBroker prints the broker ceiling's rounds, when measured.
+func (r *Report) writeBroker(b *strings.Builder) {
+	c := r.Broker
+	if c == nil {
+		return
 	}
-	if c := r.HopCeiling; c != nil {
-		fmt.Fprintf(&b, "\nItem-hop ceiling: publish (async, Nats-Msg-Id) → Fetch(batch) → Ack, file-backed work queue, %d-byte items, %d fetchers\n",
-			c.PayloadBytes, c.Best.Fetchers)
-		fmt.Fprintln(tw, "BATCH\tMESSAGES\tMEAN FETCH\tSECONDS\tITEM-HOPS/S\tCHECK")
-		for _, run := range c.Runs {
-			check := "each once"
-			if run.Missing > 0 || run.Duplicates > 0 {
-				check = fmt.Sprintf("%d missing, %d duplicated", run.Missing, run.Duplicates)
-			}
-			fmt.Fprintf(tw, "%d\t%d\t%.1f\t%.2f\t%.0f\t%s\n", run.Batch, run.Messages, run.MeanBatch, run.Seconds, run.HopsPerSec, check)
+	fmt.Fprintf(b, "\nBroker ceiling, measured as nats bench does: one file-backed stream; async publish of %d-byte messages, %d PubAcks awaited per window; durable pull consumer, Fetch(%d), explicit Ack of each\n",
+		c.PayloadBytes, c.PubBatch, c.FetchBatch)
+	tw := newTable(b)
+	fmt.Fprintln(tw, "ROUND\tMESSAGES\tPUBLISH MSG/S\tFETCH+ACK MSG/S\tCHECK")
+	for i, run := range c.Runs {
+		check := "each once"
+		if !run.Correct() {
+			check = fmt.Sprintf("%d of %d pub-acked, %d missing, %d duplicated, %d redelivered, %d unacked",
+				run.PubAcked, run.Messages, run.Missing, run.Duplicates, run.Redelivered, run.Unacked)
 		}
-		tw.Flush()
-		fmt.Fprintf(&b, "item-hop ceiling: %.0f item-hops/s (batch %d)\n", c.Best.HopsPerSec, c.Best.Batch)
+		fmt.Fprintf(tw, "%d\t%d\t%.0f\t%.0f\t%s\n", i+1, run.Messages, run.PubMsgsPerSec, run.FetchMsgsPerSec, check)
 	}
+	tw.Flush()
+	fmt.Fprintf(b, "ceiling: async publish %.0f msg/s, durable fetch + explicit ack %.0f msg/s (best rounds)\n", c.PubMsgsPerSec, c.FetchAckMsgsPerSec)
+}
+
+// writeHopCeiling prints the item-hop ceiling's runs, when measured.
+func (r *Report) writeHopCeiling(b *strings.Builder) {
+	c := r.HopCeiling
+	if c == nil {
+		return
+	}
+	fmt.Fprintf(b, "\nItem-hop ceiling: publish (async, Nats-Msg-Id) → Fetch(batch) → Ack, file-backed work queue, %d-byte items, %d fetchers\n",
+		c.PayloadBytes, c.Best.Fetchers)
+	tw := newTable(b)
+	fmt.Fprintln(tw, "BATCH\tMESSAGES\tMEAN FETCH\tSECONDS\tITEM-HOPS/S\tCHECK")
+	for _, run := range c.Runs {
+		check := "each once"
+		if run.Missing > 0 || run.Duplicates > 0 {
+			check = fmt.Sprintf("%d missing, %d duplicated", run.Missing, run.Duplicates)
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%.1f\t%.2f\t%.0f\t%s\n", run.Batch, run.Messages, run.MeanBatch, run.Seconds, run.HopsPerSec, check)
+	}
+	tw.Flush()
+	fmt.Fprintf(b, "item-hop ceiling: %.0f item-hops/s (batch %d)\n", c.Best.HopsPerSec, c.Best.Batch)
+}
+
+// writeInProcess prints the in-process runs of the models, then of the
+// cascades, when measured.
+func (r *Report) writeInProcess(b *strings.Builder) {
+	tw := newTable(b)
 	if len(r.Models) > 0 {
-		fmt.Fprintf(&b, "\nIn-process ONNX Runtime, no bus (1 intra-op thread per session, %.0fs each)\n", r.Settings.ComputeSeconds)
+		fmt.Fprintf(b, "\nIn-process ONNX Runtime, no bus (1 intra-op thread per session, %.0fs each)\n", r.Settings.ComputeSeconds)
 		fmt.Fprintln(tw, "MODEL\tBATCH\tSESSIONS\tITEMS/S")
 		for _, m := range r.Models {
 			fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\n", m.Model, m.Batch, m.Sessions, m.ItemsPerSec)
@@ -270,7 +313,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		tw.Flush()
 	}
 	if len(r.Cascades) > 0 {
-		fmt.Fprintln(&b)
+		fmt.Fprintln(b)
 		fmt.Fprintln(tw, "GEAR\tCASCADE\tSESSIONS\tREQUESTS/S\tREACHED PER STAGE\tMEAN BATCH\tACCURACY")
 		for _, c := range r.Cascades {
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%.2f%%\n", c.Gear, c.Cascade, c.Sessions, c.ItemsPerSec,
@@ -278,82 +321,112 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		tw.Flush()
 	}
-	if len(r.Pipelines) > 0 {
-		fmt.Fprintf(&b, "\nWhole pipeline, saturated: all-in-one system per gear (gear pinned), closed loop, %s, %.0fs warm-up discarded + %.0fs measured\n",
-			r.Settings.perRequest(), r.Settings.WarmupSeconds, r.Settings.DurationSeconds)
-		fmt.Fprintln(tw, "GEAR\tCASCADE\tIN FLIGHT\tITEMS/S\tP50 MS\tP95 MS\tP99 MS\tACCURACY\tSTAGES/REQ\tANSWERED\tERRORS\tLOST")
-		for _, p := range r.Pipelines {
-			l := p.Load
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.2f%%\t%.2f\t%d\t%s\t%d\n", p.Gear, p.Cascade, l.Concurrency, l.Throughput,
-				l.P50Ms, l.P95Ms, l.P99Ms, 100*l.Accuracy, l.StagesPerRequest, l.Answered, errorText(l.Errors), l.Lost)
-		}
-		tw.Flush()
+}
+
+// writeSaturated prints the saturated pipeline runs, when measured.
+func (r *Report) writeSaturated(b *strings.Builder) {
+	if len(r.Pipelines) == 0 {
+		return
 	}
-	if slices.ContainsFunc(r.Pipelines, func(p GearRun) bool { return p.HalfLoad != nil || p.Idle != nil }) {
-		var parts []string
-		if r.Settings.HalfLoadSeconds > 0 {
-			parts = append(parts, fmt.Sprintf("open-loop Poisson at half the saturated requests/s (%.0fs warm-up discarded + %.0fs measured)",
-				r.Settings.WarmupSeconds, r.Settings.HalfLoadSeconds))
-		}
-		if r.Settings.IdleRequests > 0 {
-			parts = append(parts, fmt.Sprintf("%d requests one at a time (idle)", r.Settings.IdleRequests))
-		}
-		fmt.Fprintf(&b, "\nBelow saturation, same system: %s\n", strings.Join(parts, ", then "))
-		fmt.Fprintln(tw, "GEAR\tHALF LOAD ITEMS/S\tSERVED/S\tP50 MS\tP95 MS\tP99 MS\tERRORS\tLOST\tIDLE P50 MS\tIDLE P95 MS\tIDLE ERRORS")
-		for _, p := range r.Pipelines {
-			half := []string{"-", "-", "-", "-", "-", "-", "-"}
-			if h := p.HalfLoad; h != nil {
-				half = []string{fmt.Sprintf("%.0f", h.OfferedQPS), fmt.Sprintf("%.0f", h.Throughput), fmt.Sprintf("%.1f", h.P50Ms),
-					fmt.Sprintf("%.1f", h.P95Ms), fmt.Sprintf("%.1f", h.P99Ms), errorText(h.Errors), fmt.Sprint(h.Lost)}
-			}
-			idle := []string{"-", "-", "-"}
-			if i := p.Idle; i != nil {
-				idle = []string{fmt.Sprintf("%.2f", i.P50Ms), fmt.Sprintf("%.2f", i.P95Ms), lostText(i)}
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Gear, strings.Join(half, "\t"), strings.Join(idle, "\t"))
-		}
-		tw.Flush()
+	fmt.Fprintf(b, "\nWhole pipeline, saturated: all-in-one system per gear (gear pinned), closed loop, %s, %.0fs warm-up discarded + %.0fs measured\n",
+		r.Settings.perRequest(), r.Settings.WarmupSeconds, r.Settings.DurationSeconds)
+	tw := newTable(b)
+	fmt.Fprintln(tw, "GEAR\tCASCADE\tIN FLIGHT\tITEMS/S\tP50 MS\tP95 MS\tP99 MS\tACCURACY\tSTAGES/REQ\tANSWERED\tERRORS\tLOST")
+	for _, p := range r.Pipelines {
+		l := p.Load
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.2f%%\t%.2f\t%d\t%s\t%d\n", p.Gear, p.Cascade, l.Concurrency, l.Throughput,
+			l.P50Ms, l.P95Ms, l.P99Ms, 100*l.Accuracy, l.StagesPerRequest, l.Answered, errorText(l.Errors), l.Lost)
 	}
-	if len(r.Ratios) > 0 {
-		fmt.Fprintf(&b, "\nRatios (same run, same machine; %s)\n", r.Settings.perRequest())
-		hops := r.HopCeiling != nil
-		head := "GEAR\tPIPELINE ITEMS/S\tFETCH+ACK MSG/S\tPIPELINE ITEMS/S ÷ FETCH+ACK MSG/S\tIN-PROCESS REQ/S\tPIPELINE/IN-PROCESS"
+	tw.Flush()
+}
+
+// writeBelowSaturation prints the half-load and idle runs, when any gear
+// has one.
+func (r *Report) writeBelowSaturation(b *strings.Builder) {
+	if !slices.ContainsFunc(r.Pipelines, func(p GearRun) bool { return p.HalfLoad != nil || p.Idle != nil }) {
+		return
+	}
+	var parts []string
+	if r.Settings.HalfLoadSeconds > 0 {
+		parts = append(parts, fmt.Sprintf("open-loop Poisson at half the saturated requests/s (%.0fs warm-up discarded + %.0fs measured)",
+			r.Settings.WarmupSeconds, r.Settings.HalfLoadSeconds))
+	}
+	if r.Settings.IdleRequests > 0 {
+		parts = append(parts, fmt.Sprintf("%d requests one at a time (idle)", r.Settings.IdleRequests))
+	}
+	fmt.Fprintf(b, "\nBelow saturation, same system: %s\n", strings.Join(parts, ", then "))
+	tw := newTable(b)
+	fmt.Fprintln(tw, "GEAR\tHALF LOAD ITEMS/S\tSERVED/S\tP50 MS\tP95 MS\tP99 MS\tERRORS\tLOST\tIDLE P50 MS\tIDLE P95 MS\tIDLE ERRORS")
+	for _, p := range r.Pipelines {
+		half := []string{"-", "-", "-", "-", "-", "-", "-"}
+		if h := p.HalfLoad; h != nil {
+			half = []string{fmt.Sprintf("%.0f", h.OfferedQPS), fmt.Sprintf("%.0f", h.Throughput), fmt.Sprintf("%.1f", h.P50Ms),
+				fmt.Sprintf("%.1f", h.P95Ms), fmt.Sprintf("%.1f", h.P99Ms), errorText(h.Errors), fmt.Sprint(h.Lost)}
+		}
+		idle := []string{"-", "-", "-"}
+		if i := p.Idle; i != nil {
+			idle = []string{fmt.Sprintf("%.2f", i.P50Ms), fmt.Sprintf("%.2f", i.P95Ms), lostText(i)}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Gear, strings.Join(half, "\t"), strings.Join(idle, "\t"))
+	}
+	tw.Flush()
+}
+
+// writeRatios prints each gear's pipeline throughput against the
+// in-process cascade's and the ceilings, when related.
+func (r *Report) writeRatios(b *strings.Builder) {
+	if len(r.Ratios) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\nRatios (same run, same machine; %s)\n", r.Settings.perRequest())
+	hops := r.HopCeiling != nil
+	head := "GEAR\tPIPELINE ITEMS/S\tFETCH+ACK MSG/S\tPIPELINE ITEMS/S ÷ FETCH+ACK MSG/S\tIN-PROCESS REQ/S\tPIPELINE/IN-PROCESS"
+	if hops {
+		head += "\tITEM-HOPS/S\tPIPELINE/ITEM-HOPS\tPIPELINE HOPS/ITEM-HOPS"
+	}
+	tw := newTable(b)
+	fmt.Fprintln(tw, head)
+	for _, q := range r.Ratios {
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s", q.Gear, q.PipelineQPS, orDash(q.FetchAckMsgs, "%.0f"), orDash(q.OverFetchAck, "%.3f"),
+			orDash(q.CascadeQPS, "%.0f"), orDash(q.OverCascade, "%.3f"))
 		if hops {
-			head += "\tITEM-HOPS/S\tPIPELINE/ITEM-HOPS\tPIPELINE HOPS/ITEM-HOPS"
+			fmt.Fprintf(tw, "\t%s\t%s\t%s", orDash(q.HopCeiling, "%.0f"), orDash(q.OverHopCeiling, "%.3f"), orDash(q.HopsOverHopCeiling, "%.3f"))
 		}
-		fmt.Fprintln(tw, head)
-		for _, q := range r.Ratios {
-			fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s", q.Gear, q.PipelineQPS, orDash(q.FetchAckMsgs, "%.0f"), orDash(q.OverFetchAck, "%.3f"),
-				orDash(q.CascadeQPS, "%.0f"), orDash(q.OverCascade, "%.3f"))
-			if hops {
-				fmt.Fprintf(tw, "\t%s\t%s\t%s", orDash(q.HopCeiling, "%.0f"), orDash(q.OverHopCeiling, "%.3f"), orDash(q.HopsOverHopCeiling, "%.3f"))
-			}
-			fmt.Fprintln(tw)
-		}
-		tw.Flush()
+		fmt.Fprintln(tw)
 	}
-	if bl := r.Baseline; bl != nil && len(bl.Versus) > 0 {
-		fmt.Fprintf(&b, "\nCascade vs single model: %s alone (gear %s, batching of %s), same run\n", bl.Model, bl.Gear, bl.BatchingOf)
-		fmt.Fprintln(tw, "GEAR\tMEASURED\tGEAR REQ/S\tSINGLE REQ/S\tGEAR/SINGLE\tGEAR ACCURACY\tSINGLE ACCURACY\tDIFF (POINTS)")
-		for _, v := range bl.Versus {
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f%%\t%.2f%%\t%+.2f\n", v.Gear, v.Where, v.GearQPS, v.SingleQPS, v.Speedup,
-				100*v.GearAccuracy, 100*v.SingleAccuracy, 100*(v.GearAccuracy-v.SingleAccuracy))
-		}
-		tw.Flush()
+	tw.Flush()
+}
+
+// writeBaseline prints the gears against the single-model baseline, when
+// compared.
+func (r *Report) writeBaseline(b *strings.Builder) {
+	bl := r.Baseline
+	if bl == nil || len(bl.Versus) == 0 {
+		return
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	fmt.Fprintf(b, "\nCascade vs single model: %s alone (gear %s, batching of %s), same run\n", bl.Model, bl.Gear, bl.BatchingOf)
+	tw := newTable(b)
+	fmt.Fprintln(tw, "GEAR\tMEASURED\tGEAR REQ/S\tSINGLE REQ/S\tGEAR/SINGLE\tGEAR ACCURACY\tSINGLE ACCURACY\tDIFF (POINTS)")
+	for _, v := range bl.Versus {
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f%%\t%.2f%%\t%+.2f\n", v.Gear, v.Where, v.GearQPS, v.SingleQPS, v.Speedup,
+			100*v.GearAccuracy, 100*v.SingleAccuracy, 100*(v.GearAccuracy-v.SingleAccuracy))
+	}
+	tw.Flush()
 }
 
 // WriteTable prints the check with a verdict per target.
 func (c *PlanCheck) WriteTable(w io.Writer) error {
-	var b strings.Builder
-	writeEnvironment(&b, c.Environment)
+	return writeReport(w, c.Environment, c.writeBody)
+}
+
+// writeBody writes the accuracy check, the latency checks, where the time
+// goes, and the verdict.
+func (c *PlanCheck) writeBody(b *strings.Builder) {
 	a := c.Accuracy
-	fmt.Fprintf(&b, "\nPredictions vs reality, gear %s (%s), pinned\n", c.Gear, c.Cascade)
-	fmt.Fprintf(&b, "\nAccuracy: %d items served once each (%d answered, %s errors, %d lost, %d degraded)\n",
+	fmt.Fprintf(b, "\nPredictions vs reality, gear %s (%s), pinned\n", c.Gear, c.Cascade)
+	fmt.Fprintf(b, "\nAccuracy: %d items served once each (%d answered, %s errors, %d lost, %d degraded)\n",
 		a.Items, a.Run.Answered, errorText(a.Run.Errors), a.Run.Lost, a.Run.Degraded)
-	tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+	tw := newTable(b)
 	fmt.Fprintln(tw, "SOURCE\tACCURACY")
 	fmt.Fprintf(tw, "plan prediction (validation)\t%.2f%%\n", 100*a.Predicted)
 	if a.ValidationReplay != nil {
@@ -364,9 +437,9 @@ func (c *PlanCheck) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(tw, "live pipeline (measured)\t%.2f%%\n", 100*a.Measured)
 	tw.Flush()
-	fmt.Fprintf(&b, "difference: %+.2f points (target within ±%.2f): %s\n", 100*a.Diff, 100*a.Tolerance, verdict(a.Pass))
+	fmt.Fprintf(b, "difference: %+.2f points (target within ±%.2f): %s\n", 100*a.Diff, 100*a.Tolerance, verdict(a.Pass))
 
-	fmt.Fprintf(&b, "\nLatency: Poisson arrivals at fractions of the gear's capacity (%.0f requests/s)\n", c.Capacity)
+	fmt.Fprintf(b, "\nLatency: Poisson arrivals at fractions of the gear's capacity (%.0f requests/s)\n", c.Capacity)
 	fmt.Fprintln(tw, "LOAD\tREQ/S\tSERVED/S\tSIMULATED P95 MS\tMEASURED P95 MS\tMEASURED P50 MS\tERROR\tERRORS\tLOST\tVERDICT")
 	for _, l := range c.Latency {
 		fmt.Fprintf(tw, "%.0f%%\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%+.0f%%\t%s\t%d\t%s (±%.0f%%)\n", 100*l.Fraction, l.QPS, l.Run.Throughput,
@@ -374,8 +447,8 @@ func (c *PlanCheck) WriteTable(w io.Writer) error {
 	}
 	tw.Flush()
 	if len(c.Latency) > 0 && len(c.Latency[0].PredictedBy) > 0 {
-		fmt.Fprintf(&b, "\nWhere the time goes: latency of the answers of each model, simulated / measured (ms)\n")
-		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(b, "\nWhere the time goes: latency of the answers of each model, simulated / measured (ms)\n")
+		tw = tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "LOAD\tMODEL\tSHARE SIM/LIVE\tP50 SIM/LIVE\tP95 SIM/LIVE\t")
 		for _, l := range c.Latency {
 			fmt.Fprintf(tw, "%.0f%%\tall\t\t%.1f / %.1f\t%.1f / %.1f\t\n", 100*l.Fraction, l.PredictedP50Ms, l.Run.P50Ms, l.PredictedP95Ms, l.MeasuredP95Ms)
@@ -392,13 +465,7 @@ func (c *PlanCheck) WriteTable(w io.Writer) error {
 		}
 		tw.Flush()
 	}
-	overall := "every target met"
-	if !c.Pass() {
-		overall = "some targets missed"
-	}
-	fmt.Fprintf(&b, "\nverdict: %s\n", overall)
-	_, err := io.WriteString(w, b.String())
-	return err
+	writeVerdict(b, c.Pass(), "every target met", "some targets missed")
 }
 
 func writeEnvironment(b *strings.Builder, e Environment) {
@@ -422,6 +489,16 @@ func share(n, total int) float64 {
 		return 0
 	}
 	return 100 * float64(n) / float64(total)
+}
+
+// writeVerdict ends a check's table with its overall verdict: met when it
+// passed, missed when not.
+func writeVerdict(b *strings.Builder, pass bool, met, missed string) {
+	overall := met
+	if !pass {
+		overall = missed
+	}
+	fmt.Fprintf(b, "\nverdict: %s\n", overall)
 }
 
 func verdict(pass bool) string {

@@ -117,6 +117,28 @@ func (l *Live) defaults() error {
 	return nil
 }
 
+// configured fills a configuration's defaults with fill, then loads the
+// plan its systems serve (l.PlanFile; empty: the built-in plan).
+func configured(fill func() error, l *Live) (*plan.Plan, error) {
+	if err := fill(); err != nil {
+		return nil, err
+	}
+	return system.LoadPlan(l.PlanFile)
+}
+
+// progressf writes a progress line to l.Progress, "bench: " first.
+func (l Live) progressf(format string, args ...any) {
+	fmt.Fprintf(l.Progress, "bench: "+format+"\n", args...)
+}
+
+// environmentOf is where a measurement of p on these systems runs, with
+// the version of the stage workers' ONNX Runtime.
+func (l Live) environmentOf(p *plan.Plan) Environment {
+	e := environment(p, l.PlanFile, l.Runners, l.WorkerEnv)
+	e.ORTVersion = ortVersion(l.ONNXRuntimeLib)
+	return e
+}
+
 // orDefault sets *v to def unless *v is positive (NaN is not).
 func orDefault[T int | float64 | time.Duration](v *T, def T) {
 	if !(*v > 0) {
@@ -158,10 +180,7 @@ func (c *Config) defaults() error {
 // Config.Baseline is BaselineNone; every system then serves the plan with
 // that gear added.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
-	if err := cfg.defaults(); err != nil {
-		return nil, err
-	}
-	p, err := system.LoadPlan(cfg.PlanFile)
+	p, err := configured(cfg.defaults, &cfg.Live)
 	if err != nil {
 		return nil, err
 	}
@@ -178,9 +197,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			RequestItems: cfg.RequestItems,
 		},
 	}
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
-	}
+	progress := cfg.progressf
 
 	// The gears measured, by id: the picked ones, then the baseline's,
 	// served from a copy of the plan that has it.
@@ -222,33 +239,42 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 
-	if !cfg.SkipCompute {
-		rt, err := onnxrt.NewRuntime(cfg.ONNXRuntimeLib)
-		if err != nil {
-			return nil, err
-		}
-		rep.Environment.ORTVersion = rt.Version()
-		err = compute(ctx, cfg, served, src, gears, rt, rep, progress)
-		rt.Close()
-		if err != nil {
-			return nil, err
-		}
-	}
-
-	if !cfg.SkipPipeline {
-		for _, gi := range gears {
-			run, err := pipeline(ctx, cfg, served, served.Gears[gi], progress)
-			if err != nil {
-				return nil, fmt.Errorf("pipeline at gear %s: %w", served.Gears[gi].ID, err)
-			}
-			rep.Pipelines = append(rep.Pipelines, run)
-		}
+	if err := measureGears(ctx, cfg, served, src, gears, rep, progress); err != nil {
+		return nil, err
 	}
 	rep.Ratios = ratios(rep)
 	if rep.Baseline != nil {
 		rep.Baseline.Versus = baselineRatios(rep)
 	}
 	return rep, nil
+}
+
+// measureGears measures the gears of served (by index) into rep: in
+// process, unless SkipCompute, then through the pipeline, unless
+// SkipPipeline.
+func measureGears(ctx context.Context, cfg Config, served *plan.Plan, src ModelSource, gears []int, rep *Report, progress func(string, ...any)) error {
+	if !cfg.SkipCompute {
+		rt, err := onnxrt.NewRuntime(cfg.ONNXRuntimeLib)
+		if err != nil {
+			return err
+		}
+		rep.Environment.ORTVersion = rt.Version()
+		err = compute(ctx, cfg, served, src, gears, rt, rep, progress)
+		rt.Close()
+		if err != nil {
+			return err
+		}
+	}
+	if !cfg.SkipPipeline {
+		for _, gi := range gears {
+			run, err := pipeline(ctx, cfg, served, served.Gears[gi], progress)
+			if err != nil {
+				return fmt.Errorf("pipeline at gear %s: %w", served.Gears[gi].ID, err)
+			}
+			rep.Pipelines = append(rep.Pipelines, run)
+		}
+	}
+	return nil
 }
 
 // pipeline runs the gear pinned on a fresh system: saturated (closed

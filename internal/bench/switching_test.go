@@ -14,10 +14,7 @@ import (
 // built-in plan's settings has one-model gears, the ladder's most accurate
 // model first, and keeps the built-in plan's SLO, capacity and hysteresis.
 func TestSwitchingPlanIsOneModelGears(t *testing.T) {
-	p, err := mnist.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := mnistPlan(t)
 	replay, err := validationReplay(p.Pipeline)
 	if err != nil {
 		t.Fatal(err)
@@ -61,10 +58,7 @@ func TestSwitchingPlanIsOneModelGears(t *testing.T) {
 // TestProfileOfBuiltinPlanIsProfileJSON: the profile the built-in plan
 // carries is models/mnist/profile.json's.
 func TestProfileOfBuiltinPlanIsProfileJSON(t *testing.T) {
-	p, err := mnist.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := mnistPlan(t)
 	want, err := plan.LoadProfileFile("../../models/mnist/" + mnist.ProfileFile)
 	if err != nil {
 		t.Fatal(err)

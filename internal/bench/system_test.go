@@ -66,14 +66,23 @@ func ortLibrary(t *testing.T) string {
 	return lib
 }
 
-func TestRunMeasuresEveryPart(t *testing.T) {
+// wholeSystemTest prepares a test that starts what (say "a whole system"):
+// it skips the test in short mode, and returns a context that ends after
+// timeout or with the test, and the ONNX Runtime library.
+func wholeSystemTest(t *testing.T, what string, timeout time.Duration) (context.Context, string) {
+	t.Helper()
 	if testing.Short() {
-		t.Skip("starts a whole system")
+		t.Skip("starts " + what)
 	}
 	lib := ortLibrary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return ctx, lib
+}
+
+func TestRunMeasuresEveryPart(t *testing.T) {
+	ctx, lib := wholeSystemTest(t, "a whole system", 3*time.Minute)
 	file := smallPlanFile(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	const idle = 20
 	rep, err := Run(ctx, Config{
 		Live:            Live{PlanFile: file, Runners: 2, ONNXRuntimeLib: lib, Items: testImages(t, 500), TempDir: t.TempDir()},
@@ -139,15 +148,10 @@ func TestRunMeasuresEveryPart(t *testing.T) {
 // like the in-process cascade (both use plan.Confidence and the gear's
 // thresholds), so the answers by model and the accuracy agree.
 func TestCheckPlanServesLikeTheInProcessCascade(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a whole system")
-	}
-	lib := ortLibrary(t)
+	ctx, lib := wholeSystemTest(t, "a whole system", 3*time.Minute)
 	file := smallPlanFile(t)
 	const n = 400
 	items := testImages(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	c, err := CheckPlan(ctx, CheckConfig{
 		Live:        Live{PlanFile: file, ONNXRuntimeLib: lib, Items: items, TempDir: t.TempDir()},
 		Gear:        "two",
@@ -197,17 +201,12 @@ func TestCheckPlanServesLikeTheInProcessCascade(t *testing.T) {
 // TestCheckKneesReportsEachGear runs a tiny knee search on the real
 // system: the report's shape and sanity only, no performance.
 func TestCheckKneesReportsEachGear(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a whole system")
-	}
-	lib := ortLibrary(t)
+	ctx, lib := wholeSystemTest(t, "a whole system", 2*time.Minute)
 	file := smallPlanFile(t)
 	p, err := plan.LoadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	var progress strings.Builder
 	const budget = 4 * time.Second
 	k, err := CheckKnees(ctx, KneeConfig{
@@ -280,13 +279,8 @@ func TestCheckKneesReportsEachGear(t *testing.T) {
 // TestLoadAbortCutsARunShort: Abort stops a phase's sending early and
 // marks the run; an aborted warm-up skips the measured phase.
 func TestLoadAbortCutsARunShort(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a whole system")
-	}
-	lib := ortLibrary(t)
+	ctx, lib := wholeSystemTest(t, "a whole system", 2*time.Minute)
 	file := smallPlanFile(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	items := testImages(t, 100)
 	abort := func(s loadgen.Snapshot) bool { return s.Elapsed > 300*time.Millisecond }
 	sc := Config{

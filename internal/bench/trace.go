@@ -210,15 +210,12 @@ func Trace(ctx context.Context, cfg TraceConfig) (*TraceReport, error) {
 		cfg.Load.Capacity = p.Gears[0].MaxQPS
 	}
 	cfg.Load.defaults()
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
-	}
+	progress := cfg.progressf
 	model := p.Ladder[len(p.Ladder)-1]
 	if cfg.Reference == nil {
 		cfg.Reference = testReference(p.Pipeline, cfg.Items.Labels, model)
 	}
-	out := &TraceReport{Environment: environment(p, cfg.PlanFile, cfg.Runners, cfg.WorkerEnv), SLOP95Ms: p.SLO.P95Ms, Load: cfg.Load}
-	out.Environment.ORTVersion = ortVersion(cfg.ONNXRuntimeLib)
+	out := &TraceReport{Environment: cfg.environmentOf(p), SLOP95Ms: p.SLO.P95Ms, Load: cfg.Load}
 	cc := CompareConfig{Live: cfg.Live, Systems: cfg.Systems, Profile: cfg.Profile, Replay: cfg.Replay}
 	cc.Multiples = []float64{1}
 	if err := cc.defaults(); err != nil {
@@ -272,22 +269,7 @@ func traceSystem(ctx context.Context, cfg TraceConfig, s compareSystem, sys *sys
 
 	// Watch the gear key from now on: each write after the first values is
 	// a switch.
-	var mu sync.Mutex
-	var writes []wire.GearState
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = natsbus.WatchControl(wctx, sys.JS, wire.KVBucket(s.plan.Pipeline), 100*time.Millisecond, nil, func(key string, value []byte, live bool) {
-			var st wire.GearState
-			if key != wire.KeyGear || json.Unmarshal(value, &st) != nil {
-				return
-			}
-			mu.Lock()
-			writes = append(writes, st)
-			mu.Unlock()
-		})
-	}()
+	watch := watchGears(ctx, sys, s.plan.Pipeline)
 	before := gatherApply(reg)
 	start := time.Now()
 	lc.Schedule, lc.Duration = b.Schedule(), b.Duration
@@ -297,22 +279,72 @@ func traceSystem(ctx context.Context, cfg TraceConfig, s compareSystem, sys *sys
 			s.name, sn.Elapsed.Seconds(), sn.OfferedQPS, sn.ServedQPS, float64(sn.P95)/1e6, sn.LastGear)
 	}
 	rep, err := loadgen.Run(ctx, sys.Conn, lc)
-	stop()
-	<-done
+	writes := watch.close()
 	if err != nil {
 		return out, err
 	}
 	after := gatherApply(reg)
 	out.ApplyLatency = after.minus(before).summary()
+	with := out.summarise(rep, start, b, s.plan, cfg.Reference)
+	out.Switches = switchesOf(writes, start)
+	progress("  %s: %d items, accuracy %.2f%%, p95 %.1f ms, %d of %d seconds over the SLO (%.1f%%), %d switches, apply p99 %.1f ms (≤ %.1f), %s errors, %d lost",
+		s.label, out.Sent, 100*out.Accuracy, out.P95Ms, out.OverSLOSeconds, with, 100*out.OverSLOShare, len(out.Switches),
+		out.ApplyLatency.P99Ms, out.ApplyLatency.P99BoundMs, errorText(out.Errors), out.Lost)
+	return out, nil
+}
 
+// gearWatch collects the gear writes of the controller, seen on the
+// control bucket, while a trace runs.
+type gearWatch struct {
+	mu     sync.Mutex
+	writes []wire.GearState
+	stop   context.CancelFunc
+	done   chan struct{}
+}
+
+// watchGears starts collecting every write of the gear key of pipeline's
+// control bucket on sys, from its current value on; close ends it.
+func watchGears(ctx context.Context, sys *system.System, pipeline string) *gearWatch {
+	w := &gearWatch{done: make(chan struct{})}
+	wctx, stop := context.WithCancel(ctx)
+	w.stop = stop
+	go func() {
+		defer close(w.done)
+		_ = natsbus.WatchControl(wctx, sys.JS, wire.KVBucket(pipeline), 100*time.Millisecond, nil, func(key string, value []byte, live bool) {
+			var st wire.GearState
+			if key != wire.KeyGear || json.Unmarshal(value, &st) != nil {
+				return
+			}
+			w.mu.Lock()
+			w.writes = append(w.writes, st)
+			w.mu.Unlock()
+		})
+	}()
+	return w
+}
+
+// close stops the watch, waits for it to end, and returns the writes seen.
+func (w *gearWatch) close() []wire.GearState {
+	w.stop()
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes
+}
+
+// summarise fills in what the trace's run rep measured on a system serving
+// p, started at start: the counts, the accuracy (and ref's on the same
+// items), the percentiles and the seconds, with those over the SLO. It
+// returns the number of seconds with items sent.
+func (out *TraceSystem) summarise(rep loadgen.Report, start time.Time, b Bursty, p *plan.Plan, ref []bool) int {
 	out.Sent, out.Answered, out.Lost = rep.Sent, rep.Answered, rep.Lost
 	for code, n := range rep.ErrorCounts() {
 		out.Errors[string(code)] = n
 	}
 	out.Accuracy = rep.Accuracy()
-	out.ReferenceAccuracy = referenceAccuracy(rep.Outcomes, cfg.Reference)
+	out.ReferenceAccuracy = referenceAccuracy(rep.Outcomes, ref)
 	out.P50Ms, out.P95Ms, out.P99Ms = ms(rep.Percentile(0.5)), ms(rep.Percentile(0.95)), ms(rep.Percentile(0.99))
-	out.PerSecond = perSecond(rep, start, b, s.plan)
+	out.PerSecond = perSecond(rep, start, b, p)
 	out.Seconds = len(out.PerSecond)
 	with := 0
 	for _, sec := range out.PerSecond {
@@ -320,20 +352,14 @@ func traceSystem(ctx context.Context, cfg TraceConfig, s compareSystem, sys *sys
 			continue
 		}
 		with++
-		if sec.P95Ms > s.plan.SLO.P95Ms || sec.Answered == 0 {
+		if sec.P95Ms > p.SLO.P95Ms || sec.Answered == 0 {
 			out.OverSLOSeconds++
 		}
 	}
 	if with > 0 {
 		out.OverSLOShare = float64(out.OverSLOSeconds) / float64(with)
 	}
-	mu.Lock()
-	out.Switches = switchesOf(writes, start)
-	mu.Unlock()
-	progress("  %s: %d items, accuracy %.2f%%, p95 %.1f ms, %d of %d seconds over the SLO (%.1f%%), %d switches, apply p99 %.1f ms (≤ %.1f), %s errors, %d lost",
-		s.label, out.Sent, 100*out.Accuracy, out.P95Ms, out.OverSLOSeconds, with, 100*out.OverSLOShare, len(out.Switches),
-		out.ApplyLatency.P99Ms, out.ApplyLatency.P99BoundMs, errorText(out.Errors), out.Lost)
-	return out, nil
+	return with
 }
 
 // perSecond buckets a run's outcomes by the second they were sent in.
