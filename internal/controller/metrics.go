@@ -2,7 +2,6 @@ package controller
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -34,64 +33,36 @@ type metrics struct {
 // series born with its first event), and p's gear count and SLO exported
 // for the dashboard and the alert rules.
 func newMetrics(reg prometheus.Registerer, p *plan.Plan) *metrics {
-	f := promauto.With(reg)
-	f.NewGauge(prometheus.GaugeOpts{
-		Name: "cascade_controller_plan_gears",
-		Help: "Gears in the plan the controller serves (the last, cheapest, has index gears - 1).",
-	}).Set(float64(len(p.Gears)))
-	f.NewGauge(prometheus.GaugeOpts{
-		Name: "cascade_controller_plan_slo_p95_seconds",
-		Help: "The plan's p95 end-to-end latency objective.",
-	}).Set(p.SLO.P95Ms / 1000)
+	f := telemetry.With(reg)
+	f.Gauge("cascade_controller_plan_gears",
+		"Gears in the plan the controller serves (the last, cheapest, has index gears - 1).").Set(float64(len(p.Gears)))
+	f.Gauge("cascade_controller_plan_slo_p95_seconds",
+		"The plan's p95 end-to-end latency objective.").Set(p.SLO.P95Ms / 1000)
 	m := &metrics{
 		ServiceMetrics: telemetry.NewServiceMetrics(f, "cascade_controller",
 			"1 once the topology is applied and a gear is in force.", "the gear in force"),
-		intakeQPS: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_controller_intake_requests_per_second",
-			Help: "Measured intake rate: requests admitted per second over the rate window, all ingress instances.",
-		}),
-		ingresses: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_controller_ingress_instances",
-			Help: "Ingress instances whose stats arrived recently.",
-		}),
-		liveRunners: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_controller_live_runners",
-			Help: "Runners of the stage workers whose heartbeats are current: the live capacity every gear's max_qps is scaled to (× live / plan capacity).",
-		}),
-		liveWorkers: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_controller_live_workers",
-			Help: "Stage workers whose heartbeats are current.",
-		}),
-		backlog: f.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "cascade_controller_backlog_messages",
-			Help: "Items queued per model: state=pending (not delivered) or ack_pending (delivered, not acked).",
-		}, []string{"model", "state"}),
-		switches: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_controller_gear_switches_total",
-			Help: "Gear switches written, by direction (up = cheaper, down = more accurate).",
-		}, []string{"direction"}),
-		casConflicts: f.NewCounter(prometheus.CounterOpts{
-			Name: "cascade_controller_gear_cas_conflicts_total",
-			Help: "Writes of the gear key that lost a compare-and-set to another writer.",
-		}),
-		errors: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_controller_errors_total",
-			Help: "Failed operations of the decision loop, by operation.",
-		}, []string{"op"}),
-		decisionLoop: f.NewHistogram(prometheus.HistogramOpts{
-			Name:    "cascade_controller_decision_duration_seconds",
-			Help:    "Time of one decision loop tick: measure, decide and (on a switch) write.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
-		}),
-		planRevision: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_controller_plan_revision",
-			Help: "KV revision of the plan key the controller serves.",
-		}),
-		gearWriteDelay: f.NewHistogram(prometheus.HistogramOpts{
-			Name:    "cascade_controller_gear_write_seconds",
-			Help:    "Time from GearState.AtUnixNano to the acknowledged KV write of a gear switch.",
-			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
-		}),
+		intakeQPS: f.Gauge("cascade_controller_intake_requests_per_second",
+			"Measured intake rate: requests admitted per second over the rate window, all ingress instances."),
+		ingresses: f.Gauge("cascade_controller_ingress_instances",
+			"Ingress instances whose stats arrived recently."),
+		liveRunners: f.Gauge("cascade_controller_live_runners",
+			"Runners of the stage workers whose heartbeats are current: the live capacity every gear's max_qps is scaled to (× live / plan capacity)."),
+		liveWorkers: f.Gauge("cascade_controller_live_workers",
+			"Stage workers whose heartbeats are current."),
+		backlog: f.GaugeVec("cascade_controller_backlog_messages",
+			"Items queued per model: state=pending (not delivered) or ack_pending (delivered, not acked).", "model", "state"),
+		switches: f.CounterVec("cascade_controller_gear_switches_total",
+			"Gear switches written, by direction (up = cheaper, down = more accurate).", "direction"),
+		casConflicts: f.Counter("cascade_controller_gear_cas_conflicts_total",
+			"Writes of the gear key that lost a compare-and-set to another writer."),
+		errors: f.CounterVec("cascade_controller_errors_total",
+			"Failed operations of the decision loop, by operation.", "op"),
+		decisionLoop: f.Histogram("cascade_controller_decision_duration_seconds",
+			"Time of one decision loop tick: measure, decide and (on a switch) write.", prometheus.ExponentialBuckets(0.0001, 2, 16)),
+		planRevision: f.Gauge("cascade_controller_plan_revision",
+			"KV revision of the plan key the controller serves."),
+		gearWriteDelay: f.Histogram("cascade_controller_gear_write_seconds",
+			"Time from GearState.AtUnixNano to the acknowledged KV write of a gear switch.", prometheus.ExponentialBuckets(0.00005, 2, 16)),
 	}
 	telemetry.ZeroSeries(m.switches.MetricVec, []string{string(Up), string(Down)})
 	telemetry.ZeroSeries(m.errors.MetricVec, errorOps)

@@ -2,7 +2,6 @@ package ingress
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -56,58 +55,33 @@ var (
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	f := promauto.With(reg)
+	f := telemetry.With(reg)
 	m := &metrics{
 		ServiceMetrics: telemetry.NewServiceMetrics(f, "cascade_ingress",
 			"1 when the plan and topology are known, intake is open and (with the jobs door on) the jobs consumer is bound.",
 			"the gear new requests are admitted to"),
-		requests: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_ingress_requests_total",
-			Help: "Requests by door (nats, jobs, http) and intake outcome: admitted, deferred (job retried later), replayed (a repeated Idempotency-Key answered with the first result), or the error code answered (invalid_input, overloaded, duplicate, deadline_exceeded, unavailable, internal).",
-		}, []string{"door", "outcome"}),
-		admission: f.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cascade_ingress_admission_duration_seconds",
-			Help:    "Time from receiving a request to the first stage's PubAck, by door (admitted requests only).",
-			Buckets: telemetry.DurationBuckets,
-		}, []string{"door"}),
-		e2e: f.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cascade_ingress_request_duration_seconds",
-			Help:    "Time from receiving a request to answering it, for callers the ingress answers itself (http, nats with a JSON body).",
-			Buckets: telemetry.DurationBuckets,
-		}, []string{"door"}),
-		inFlight: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_ingress_http_in_flight_requests",
-			Help: "HTTP infer requests being handled.",
-		}),
-		refusedReplies: f.NewCounter(prometheus.CounterOpts{
-			Name: "cascade_ingress_refused_replies_total",
-			Help: "Request-reply messages not answered because their reply subject is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX).",
-		}),
-		shed: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_ingress_shed_requests_total",
-			Help: "Request-reply requests answered overloaded without being read, by reason: in_flight (CASCADE_INGRESS_MAX_IN_FLIGHT reached) or backlog (half of the subscription's pending limits).",
-		}, []string{"reason"}),
-		pending: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_ingress_pending_requests",
-			Help: "Request-reply messages received by the NATS client and not yet read by the ingress.",
-		}),
-		dropped: f.NewCounter(prometheus.CounterOpts{
-			Name: "cascade_ingress_dropped_requests_total",
-			Help: "Request-reply messages the NATS client dropped at its pending limits (never answered). Should stay 0: intake sheds first.",
-		}),
-		envelopeItems: f.NewHistogram(prometheus.HistogramOpts{
-			Name:    "cascade_ingress_envelope_items",
-			Help:    "Items per envelope published to a first stage.",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
-		}),
-		jobsBound: f.NewGauge(prometheus.GaugeOpts{
-			Name: "cascade_ingress_jobs_consumer_bound",
-			Help: "1 while the ingress is bound to the jobs consumer and routes durable jobs.",
-		}),
-		jobsLost: f.NewCounter(prometheus.CounterOpts{
-			Name: "cascade_ingress_jobs_consumer_lost_total",
-			Help: "Times the jobs consumer was found missing (deleted, or not yet created); the ingress is unready until it is back.",
-		}),
+		requests: f.CounterVec("cascade_ingress_requests_total",
+			"Requests by door (nats, jobs, http) and intake outcome: admitted, deferred (job retried later), replayed (a repeated Idempotency-Key answered with the first result), or the error code answered (invalid_input, overloaded, duplicate, deadline_exceeded, unavailable, internal).", "door", "outcome"),
+		admission: f.HistogramVec("cascade_ingress_admission_duration_seconds",
+			"Time from receiving a request to the first stage's PubAck, by door (admitted requests only).", telemetry.DurationBuckets, "door"),
+		e2e: f.HistogramVec("cascade_ingress_request_duration_seconds",
+			"Time from receiving a request to answering it, for callers the ingress answers itself (http, nats with a JSON body).", telemetry.DurationBuckets, "door"),
+		inFlight: f.Gauge("cascade_ingress_http_in_flight_requests",
+			"HTTP infer requests being handled."),
+		refusedReplies: f.Counter("cascade_ingress_refused_replies_total",
+			"Request-reply messages not answered because their reply subject is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX)."),
+		shed: f.CounterVec("cascade_ingress_shed_requests_total",
+			"Request-reply requests answered overloaded without being read, by reason: in_flight (CASCADE_INGRESS_MAX_IN_FLIGHT reached) or backlog (half of the subscription's pending limits).", "reason"),
+		pending: f.Gauge("cascade_ingress_pending_requests",
+			"Request-reply messages received by the NATS client and not yet read by the ingress."),
+		dropped: f.Counter("cascade_ingress_dropped_requests_total",
+			"Request-reply messages the NATS client dropped at its pending limits (never answered). Should stay 0: intake sheds first."),
+		envelopeItems: f.Histogram("cascade_ingress_envelope_items",
+			"Items per envelope published to a first stage.", prometheus.ExponentialBuckets(1, 2, 12)),
+		jobsBound: f.Gauge("cascade_ingress_jobs_consumer_bound",
+			"1 while the ingress is bound to the jobs consumer and routes durable jobs."),
+		jobsLost: f.Counter("cascade_ingress_jobs_consumer_lost_total",
+			"Times the jobs consumer was found missing (deleted, or not yet created); the ingress is unready until it is back."),
 	}
 	// Every series an alert or the dashboard reads exists from the start,
 	// at zero.

@@ -2,7 +2,6 @@ package stageworker
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/cascadeserve/cascadeserve/internal/telemetry"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
@@ -63,77 +62,42 @@ type metrics struct {
 var pullKinds = []string{"watch", "fill", "nowait"}
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	f := promauto.With(reg)
+	f := telemetry.With(reg)
 	m := &metrics{
 		ServiceMetrics: telemetry.NewServiceMetrics(f, "cascade_worker",
 			"1 once the worker has its plan and topology and has loaded its models.",
 			"the gear this worker applies"),
 		results: newResultStats(),
-		refusedReplies: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_refused_replies_total",
-			Help: "Results not published to an item's reply subject because it is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX), per model.",
-		}, []string{"model"}),
-		e2e: f.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cascade_worker_request_duration_seconds",
-			Help:    "Time from admission to the answer, for requests whose callers the workers answer themselves, by door (nats: msgpack request-reply; jobs: durable jobs). The ingress records the other callers in cascade_ingress_request_duration_seconds.",
-			Buckets: telemetry.DurationBuckets,
-		}, []string{"door"}),
-		itemRetries: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_item_retries_total",
-			Help: "Items a model failed on alone, per model; each goes back to its queue with one more attempt, or on its last one to the dead letters with an internal error result.",
-		}, []string{"model"}),
-		nonFinite: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_non_finite_outputs_total",
-			Help: "Items whose model output held NaN or infinite values; each is answered invalid_input, never retried.",
-		}, []string{"model"}),
-		items: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_items_total",
-			Help: "Items handled per model, by outcome: answered, escalated, expired (deadline passed before compute), degraded (answered early: deadline or full next queue), failed (invalid, undecodable or dead-lettered).",
-		}, []string{"model", "outcome"}),
-		degraded: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_degraded_total",
-			Help: "Degraded answers per model, by reason: deadline (no time for the next stage) or queue_full (the next stage rejected the escalation).",
-		}, []string{"model", "reason"}),
-		batchSize: f.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cascade_worker_batch_size_items",
-			Help:    "Items per inference batch.",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 13),
-		}, []string{"model"}),
-		queue: f.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cascade_worker_queue_duration_seconds",
-			Help:    "Time from an item's enqueue to the start of its batch's compute.",
-			Buckets: telemetry.DurationBuckets,
-		}, []string{"model"}),
-		compute: f.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cascade_worker_compute_duration_seconds",
-			Help:    "Inference time of one batch.",
-			Buckets: telemetry.DurationBuckets,
-		}, []string{"model"}),
-		gearApply: f.NewHistogram(prometheus.HistogramOpts{
-			Name:    "cascade_worker_gear_apply_seconds",
-			Help:    "Time from the controller's gear write (GearState.AtUnixNano) to this worker applying it.",
-			Buckets: telemetry.DurationBuckets,
-		}),
-		redeliveries: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_redeliveries_total",
-			Help: "Messages received more than once (NumDelivered > 1).",
-		}, []string{"model"}),
-		acks: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_acks_total",
-			Help: "Acknowledgements sent per model, by action: ack, nak (redeliver after a delay), term.",
-		}, []string{"model", "action"}),
-		deadLetters: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_dead_letters_total",
-			Help: "Messages published to the dead-letter subject (undecodable, or failed on their last allowed delivery).",
-		}, []string{"model"}),
-		backlog: f.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "cascade_worker_backlog_messages",
-			Help: "Messages (envelopes of items) waiting in a model's queue as of the last message pulled (Metadata().NumPending).",
-		}, []string{"model"}),
-		pulls: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "cascade_worker_pulls_total",
-			Help: "Pull requests per model, by kind: watch (idle wait for a first item), fill (wait for a batch to fill), nowait (take what is queued).",
-		}, []string{"model", "kind"}),
+		refusedReplies: f.CounterVec("cascade_worker_refused_replies_total",
+			"Results not published to an item's reply subject because it is not a literal subject under the inbox prefix (CASCADE_INBOX_PREFIX), per model.", "model"),
+		e2e: f.HistogramVec("cascade_worker_request_duration_seconds",
+			"Time from admission to the answer, for requests whose callers the workers answer themselves, by door (nats: msgpack request-reply; jobs: durable jobs). The ingress records the other callers in cascade_ingress_request_duration_seconds.", telemetry.DurationBuckets, "door"),
+		itemRetries: f.CounterVec("cascade_worker_item_retries_total",
+			"Items a model failed on alone, per model; each goes back to its queue with one more attempt, or on its last one to the dead letters with an internal error result.", "model"),
+		nonFinite: f.CounterVec("cascade_worker_non_finite_outputs_total",
+			"Items whose model output held NaN or infinite values; each is answered invalid_input, never retried.", "model"),
+		items: f.CounterVec("cascade_worker_items_total",
+			"Items handled per model, by outcome: answered, escalated, expired (deadline passed before compute), degraded (answered early: deadline or full next queue), failed (invalid, undecodable or dead-lettered).", "model", "outcome"),
+		degraded: f.CounterVec("cascade_worker_degraded_total",
+			"Degraded answers per model, by reason: deadline (no time for the next stage) or queue_full (the next stage rejected the escalation).", "model", "reason"),
+		batchSize: f.HistogramVec("cascade_worker_batch_size_items",
+			"Items per inference batch.", prometheus.ExponentialBuckets(1, 2, 13), "model"),
+		queue: f.HistogramVec("cascade_worker_queue_duration_seconds",
+			"Time from an item's enqueue to the start of its batch's compute.", telemetry.DurationBuckets, "model"),
+		compute: f.HistogramVec("cascade_worker_compute_duration_seconds",
+			"Inference time of one batch.", telemetry.DurationBuckets, "model"),
+		gearApply: f.Histogram("cascade_worker_gear_apply_seconds",
+			"Time from the controller's gear write (GearState.AtUnixNano) to this worker applying it.", telemetry.DurationBuckets),
+		redeliveries: f.CounterVec("cascade_worker_redeliveries_total",
+			"Messages received more than once (NumDelivered > 1).", "model"),
+		acks: f.CounterVec("cascade_worker_acks_total",
+			"Acknowledgements sent per model, by action: ack, nak (redeliver after a delay), term.", "model", "action"),
+		deadLetters: f.CounterVec("cascade_worker_dead_letters_total",
+			"Messages published to the dead-letter subject (undecodable, or failed on their last allowed delivery).", "model"),
+		backlog: f.GaugeVec("cascade_worker_backlog_messages",
+			"Messages (envelopes of items) waiting in a model's queue as of the last message pulled (Metadata().NumPending).", "model"),
+		pulls: f.CounterVec("cascade_worker_pulls_total",
+			"Pull requests per model, by kind: watch (idle wait for a first item), fill (wait for a batch to fill), nowait (take what is queued).", "model", "kind"),
 	}
 	telemetry.ZeroSeries(m.e2e.MetricVec, []string{"nats", "jobs"})
 	return m

@@ -5,7 +5,6 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // DurationBuckets go from 50µs to ~13s, doubling: the sub-millisecond
@@ -37,18 +36,13 @@ func ServiceMetricNames(prefix string) (ready, gearIndex, gearInfo string) {
 // NewServiceMetrics registers a service's gauges with f (named by
 // ServiceMetricNames): ready says when the service is ready, gear which
 // gear it applies ("the gear in force").
-func NewServiceMetrics(f promauto.Factory, prefix, ready, gear string) *ServiceMetrics {
+func NewServiceMetrics(f Factory, prefix, ready, gear string) *ServiceMetrics {
 	readyName, indexName, infoName := ServiceMetricNames(prefix)
 	return &ServiceMetrics{
-		Ready: f.NewGauge(prometheus.GaugeOpts{Name: readyName, Help: ready}),
-		GearIndex: f.NewGauge(prometheus.GaugeOpts{
-			Name: indexName,
-			Help: fmt.Sprintf("Index in the plan of %s (0: the most accurate gear).", gear),
-		}),
-		gearInfo: f.NewGaugeVec(prometheus.GaugeOpts{
-			Name: infoName,
-			Help: fmt.Sprintf("1 for the id of %s (one series; joins %s to the gear id).", gear, indexName),
-		}, []string{"gear"}),
+		Ready:     f.Gauge(readyName, ready),
+		GearIndex: f.Gauge(indexName, fmt.Sprintf("Index in the plan of %s (0: the most accurate gear).", gear)),
+		gearInfo: f.GaugeVec(infoName,
+			fmt.Sprintf("1 for the id of %s (one series; joins %s to the gear id).", gear, indexName), "gear"),
 	}
 }
 

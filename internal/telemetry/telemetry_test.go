@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -108,11 +107,11 @@ func TestServeEndsStreamsOnShutdown(t *testing.T) {
 // ZeroSeries creates every combination of label values at zero.
 func TestServiceMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	f := promauto.With(reg)
+	f := With(reg)
 	m := NewServiceMetrics(f, "cascade_test", "1 when ready.", "the gear in force")
 	m.SetGear(0, "g1")
 	m.SetGear(2, "g3")
-	vec := f.NewCounterVec(prometheus.CounterOpts{Name: "cascade_test_items_total", Help: "Items."}, []string{"model", "outcome"})
+	vec := f.CounterVec("cascade_test_items_total", "Items.", "model", "outcome")
 	ZeroSeries(vec.MetricVec, []string{"a", "b"}, []string{"ok", "failed", "late"})
 	mfs, err := reg.Gather()
 	if err != nil {
