@@ -15,6 +15,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/dashboard"
 	"github.com/cascadeserve/cascadeserve/internal/natsbus"
+	"github.com/cascadeserve/cascadeserve/internal/servicemain"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
@@ -34,58 +35,27 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
+	c, err := newController(cfg, d, deps.Plan)
+	if err != nil {
 		return err
-	}
-	p, err := servedPlan(cfg, deps.Plan)
-	if err != nil {
-		return fmt.Errorf("controller: %w", err)
-	}
-	pol, err := NewPolicy(p, cfg.UpshiftBacklog, cfg.Gear)
-	if err != nil {
-		return fmt.Errorf("controller: %w", err)
-	}
-	topo, err := cfg.Topology()
-	if err != nil {
-		return fmt.Errorf("controller: %w", err)
-	}
-	js, err := jetstream.New(d.Conn)
-	if err != nil {
-		return fmt.Errorf("controller: jetstream: %w", err)
-	}
-	c := &controller{
-		plan:    p,
-		policy:  pol,
-		topo:    topo,
-		js:      js,
-		log:     d.Logger.With("pipeline", p.Pipeline),
-		now:     d.Now,
-		m:       newMetrics(d.Registerer, p),
-		meter:   NewRateMeter(time.Duration(p.Hysteresis.RateWindowMs * float64(time.Millisecond))),
-		backlog: map[string]Backlog{},
-		cons:    map[string]jetstream.Consumer{},
-		latches: map[string]string{},
-		fleet:   NewFleet(statsWindow),
-		workers: map[string]int{},
 	}
 	if d.HTTP != nil {
 		c.hub = dashboard.NewHub()
 		c.hub.Mount(d.HTTP)
 		defer c.hub.Close()
 	}
-	c.topo.Logger = c.log
 	if err := c.ensure(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
 		return fmt.Errorf("controller: %w", err)
 	}
-	sub, err := d.Conn.Subscribe(wire.StatsWildcard(p.Pipeline), c.onStats)
+	sub, err := d.Conn.Subscribe(wire.StatsWildcard(c.plan.Pipeline), c.onStats)
 	if err != nil {
 		return fmt.Errorf("controller: subscribe to ingress stats: %w", err)
 	}
 	defer sub.Unsubscribe()
-	wsub, err := d.Conn.Subscribe(wire.WorkerStatsWildcard(p.Pipeline), c.onWorker)
+	wsub, err := d.Conn.Subscribe(wire.WorkerStatsWildcard(c.plan.Pipeline), c.onWorker)
 	if err != nil {
 		return fmt.Errorf("controller: subscribe to worker heartbeats: %w", err)
 	}
@@ -97,16 +67,64 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("controller: %w", err)
 	}
 	c.m.Ready.Set(1)
-	c.log.Info("controller started", "gears", gearIDs(p.Gears), "pinned", cfg.Gear,
-		"sample_interval_ms", p.Hysteresis.SampleIntervalMs, "rate_window_ms", p.Hysteresis.RateWindowMs)
+	c.log.Info("controller started", "gears", gearIDs(c.plan.Gears), "pinned", cfg.Gear,
+		"sample_interval_ms", c.plan.Hysteresis.SampleIntervalMs, "rate_window_ms", c.plan.Hysteresis.RateWindowMs)
+	c.loop(ctx)
+	return nil
+}
 
-	tick := time.NewTicker(time.Duration(p.Hysteresis.SampleIntervalMs * float64(time.Millisecond)))
+// newController validates cfg, resolves the plan it serves from p, and
+// returns the state of a Run that has touched nothing yet: no NATS call is
+// made and no dashboard is mounted. Its errors are configuration errors.
+func newController(cfg Config, d servicemain.Deps, p *plan.Plan) (*controller, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p, err := servedPlan(cfg, p)
+	if err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	pol, err := NewPolicy(p, cfg.UpshiftBacklog, cfg.Gear)
+	if err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	topo, err := cfg.Topology()
+	if err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	js, err := jetstream.New(d.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("controller: jetstream: %w", err)
+	}
+	c := &controller{
+		plan:    p,
+		policy:  pol,
+		topo:    topo,
+		js:      js,
+		log:     d.Logger.With("pipeline", p.Pipeline),
+		now:     d.Now,
+		m:       newMetrics(d.Registerer, p),
+		meter:   NewRateMeter(p.Hysteresis.RateWindow()),
+		backlog: map[string]Backlog{},
+		cons:    map[string]jetstream.Consumer{},
+		latches: map[string]string{},
+		fleet:   NewFleet(statsWindow),
+		workers: map[string]int{},
+	}
+	c.topo.Logger = c.log
+	return c, nil
+}
+
+// loop runs the decision loop at the plan's sample interval until ctx
+// ends, handing the state of every tick to the dashboard.
+func (c *controller) loop(ctx context.Context) {
+	tick := time.NewTicker(c.plan.Hysteresis.SampleInterval())
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			c.log.Info("controller stopped")
-			return nil
+			return
 		case <-tick.C:
 			c.tick(ctx)
 			c.publishDashboard(c.now())
@@ -238,18 +256,28 @@ func (c *controller) onStats(msg *nats.Msg) {
 	c.mu.Unlock()
 }
 
-// tick is one turn of the decision loop.
+// tick is one turn of the decision loop: repair what vanished, measure,
+// decide and, on a change of gear, write it.
 func (c *controller) tick(ctx context.Context) {
 	begin := time.Now()
 	defer func() { c.m.decisionLoop.Observe(time.Since(begin).Seconds()) }()
-	interval := time.Duration(c.plan.Hysteresis.SampleIntervalMs * float64(time.Millisecond))
-	ctx, cancel := context.WithTimeout(ctx, max(interval, 2*time.Second))
+	ctx, cancel := context.WithTimeout(ctx, max(c.plan.Hysteresis.SampleInterval(), 2*time.Second))
 	defer cancel()
 
+	if !c.repair(ctx) {
+		return
+	}
+	c.decide(ctx, c.observe(ctx))
+}
+
+// repair re-applies the topology when a tick found part of it missing, and
+// puts the plan key back if it holds anything but the plan. It reports
+// false when the topology could not be applied (the tick ends there).
+func (c *controller) repair(ctx context.Context) bool {
 	if c.reapply {
 		if err := c.ensure(ctx); err != nil {
 			c.fail("apply_topology", err)
-			return
+			return false
 		}
 		c.ok("apply_topology")
 	}
@@ -266,6 +294,13 @@ func (c *controller) tick(ctx context.Context) {
 			c.log.Warn("the plan key held something else; the plan was written again", "plan_revision", rev)
 		}
 	}
+	return true
+}
+
+// observe measures the load the policy decides on: the intake rate, the
+// models' backlogs and the live capacity. It updates their metrics and
+// keeps what it saw for the dashboard.
+func (c *controller) observe(ctx context.Context) Observation {
 	now := c.now()
 	c.mu.Lock()
 	qps, instances := c.meter.Rate(now)
@@ -279,13 +314,20 @@ func (c *controller) tick(ctx context.Context) {
 		Now:          now,
 		QPS:          qps,
 		Backlog:      c.backlog,
-		Warm:         now.Sub(c.started) >= time.Duration(c.plan.Hysteresis.RateWindowMs*float64(time.Millisecond)),
+		Warm:         now.Sub(c.started) >= c.plan.Hysteresis.RateWindow(),
 		Runners:      runners,
 		RunnersKnown: known,
 	}
 	c.lastObs, c.lastWorkers = obs, workers
-	total := totalBacklog(c.backlog)
+	return obs
+}
 
+// decide reads the gear key (adopting what another writer put there), asks
+// the policy for the gear under obs and writes it unless the key already
+// holds it. A write that loses a compare-and-set is retried on a fresh
+// read, up to maxCASAttempts tries.
+func (c *controller) decide(ctx context.Context, obs Observation) {
+	total := totalBacklog(obs.Backlog)
 	for attempt := 1; ; attempt++ {
 		changed, err := c.gears.Refresh(ctx)
 		if err != nil {
@@ -302,7 +344,7 @@ func (c *controller) tick(ctx context.Context) {
 		d := c.policy.Decide(c.state, obs)
 		c.lastReason = d.Reason
 		if valid && d.Gear == c.state.Gear {
-			c.log.Debug("hold", "gear", c.plan.Gears[d.Gear].ID, "qps", qps, "backlog", total, "reason", d.Reason)
+			c.log.Debug("hold", "gear", c.plan.Gears[d.Gear].ID, "qps", obs.QPS, "backlog", total, "reason", d.Reason)
 			return
 		}
 		switch {
@@ -311,7 +353,7 @@ func (c *controller) tick(ctx context.Context) {
 		case c.state.Gear < 0:
 			d.Reason = fmt.Sprintf("gear %q is not in the plan; %s", st.Gear, d.Reason)
 		}
-		err = c.write(ctx, d, qps, total)
+		err = c.write(ctx, d, obs.QPS, total)
 		if errors.Is(err, ErrConflict) && attempt < maxCASAttempts {
 			continue
 		}

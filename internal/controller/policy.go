@@ -257,7 +257,7 @@ func (p Policy) decide(s State, o Observation) Decision {
 	if !o.Warm {
 		return Decision{Gear: s.Gear, Direction: Hold, Reason: "warming up: rate window not yet observed"}
 	}
-	dwell := time.Duration(p.h.MinDwellMs * float64(time.Millisecond))
+	dwell := p.h.MinDwell()
 	if held := o.Now.Sub(s.Since); held < dwell {
 		return Decision{Gear: s.Gear, Direction: Hold,
 			Reason: fmt.Sprintf("dwell: held %s for %v < %v", cur.ID, held.Round(time.Millisecond), dwell)}

@@ -246,9 +246,7 @@ type Batching struct {
 }
 
 // MaxDelay returns MaxDelayMs as a duration.
-func (b Batching) MaxDelay() time.Duration {
-	return time.Duration(b.MaxDelayMs * float64(time.Millisecond))
-}
+func (b Batching) MaxDelay() time.Duration { return msDuration(b.MaxDelayMs) }
 
 // Prediction is the planner's expectation for a gear, from the validation
 // replay and the simulator.
@@ -281,6 +279,18 @@ type Hysteresis struct {
 	// RateWindowMs is the window over which the intake rate is averaged.
 	RateWindowMs float64 `json:"rate_window_ms"`
 }
+
+// MinDwell returns MinDwellMs as a duration.
+func (h Hysteresis) MinDwell() time.Duration { return msDuration(h.MinDwellMs) }
+
+// SampleInterval returns SampleIntervalMs as a duration.
+func (h Hysteresis) SampleInterval() time.Duration { return msDuration(h.SampleIntervalMs) }
+
+// RateWindow returns RateWindowMs as a duration.
+func (h Hysteresis) RateWindow() time.Duration { return msDuration(h.RateWindowMs) }
+
+// msDuration converts milliseconds, as plan files give them, to a duration.
+func msDuration(ms float64) time.Duration { return time.Duration(ms * float64(time.Millisecond)) }
 
 // DefaultHysteresis returns the settings used when a plan leaves them zero.
 func DefaultHysteresis() Hysteresis {
