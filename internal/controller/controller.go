@@ -239,21 +239,45 @@ func (c *controller) adopt(st wire.GearState) {
 // onStats feeds one ingress stats message to the rate meter.
 func (c *controller) onStats(msg *nats.Msg) {
 	var s wire.IngressStats
-	if err := json.Unmarshal(msg.Data, &s); err != nil {
-		c.m.errors.WithLabelValues("decode_stats").Inc()
-		c.log.Debug("bad ingress stats", "subject", msg.Subject, "err", err)
+	if !c.decode(msg, &s, "decode_stats", "bad ingress stats") {
 		return
 	}
 	if s.Instance == "" {
-		s.Instance = msg.Subject[strings.LastIndexByte(msg.Subject, '.')+1:]
+		s.Instance = subjectInstance(msg.Subject)
 	}
-	now := c.now()
-	if s.AtUnixNano == 0 {
-		s.AtUnixNano = now.UnixNano()
-	}
+	now := c.stamp(&s.AtUnixNano)
 	c.mu.Lock()
 	c.meter.Observe(s, now)
 	c.mu.Unlock()
+}
+
+// decode unmarshals the JSON body of msg into v. A body that does not
+// decode is counted as a failure of op (label of
+// cascade_controller_errors_total), logged at debug level as what, and
+// reported false.
+func (c *controller) decode(msg *nats.Msg, v any, op, what string) bool {
+	if err := json.Unmarshal(msg.Data, v); err != nil {
+		c.m.errors.WithLabelValues(op).Inc()
+		c.log.Debug(what, "subject", msg.Subject, "err", err)
+		return false
+	}
+	return true
+}
+
+// subjectInstance returns the last token of a stats or heartbeat subject:
+// the instance that published it.
+func subjectInstance(subject string) string {
+	return subject[strings.LastIndexByte(subject, '.')+1:]
+}
+
+// stamp returns the time now and sets *atUnixNano to it when a message
+// came without its own time (0).
+func (c *controller) stamp(atUnixNano *int64) time.Time {
+	now := c.now()
+	if *atUnixNano == 0 {
+		*atUnixNano = now.UnixNano()
+	}
+	return now
 }
 
 // tick is one turn of the decision loop: repair what vanished, measure,

@@ -252,6 +252,50 @@ func waitTicks(t *testing.T, reg *prometheus.Registry, n int) {
 	})
 }
 
+// waitRateAbove waits until the controller measures an intake rate above
+// qps.
+func waitRateAbove(t *testing.T, reg *prometheus.Registry, qps float64) {
+	t.Helper()
+	natstest.WaitForState(t, "rate to be measured", waitTimeout, func() (bool, string) {
+		v := metricValue(t, reg, "cascade_controller_intake_requests_per_second", nil)
+		return v > qps, fmt.Sprint(v)
+	})
+}
+
+// storedPlan reads and parses the plan key of kv, and returns the plan and
+// the key's revision.
+func storedPlan(t *testing.T, kv jetstream.KeyValue) (*plan.Plan, uint64) {
+	t.Helper()
+	e, err := kv.Get(context.Background(), wire.KeyPlan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Parse(e.Value())
+	if err != nil {
+		t.Fatalf("stored plan does not parse: %v", err)
+	}
+	return p, e.Revision()
+}
+
+// modelQueues checks that every one of models has its stream and consumer
+// in pipeline, and returns the streams' info by model.
+func modelQueues(t *testing.T, srv *natstest.Server, pipeline string, models []string) map[string]*jetstream.StreamInfo {
+	t.Helper()
+	ctx := context.Background()
+	infos := map[string]*jetstream.StreamInfo{}
+	for _, m := range models {
+		s, err := srv.JS.Stream(ctx, wire.ModelStream(pipeline, m))
+		if err != nil {
+			t.Fatalf("stream of %s: %v", m, err)
+		}
+		if _, err := s.Consumer(ctx, wire.ModelConsumer(m)); err != nil {
+			t.Fatalf("consumer of %s: %v", m, err)
+		}
+		infos[m] = s.CachedInfo()
+	}
+	return infos
+}
+
 func TestRunAppliesTopologyIdempotently(t *testing.T) {
 	srv := natstest.Start(t)
 	file, p := fastPlanFile(t)
@@ -264,30 +308,15 @@ func TestRunAppliesTopologyIdempotently(t *testing.T) {
 	if st.Reason != "initial: no load measured yet" || st.Index != 0 || st.AtUnixNano == 0 {
 		t.Errorf("initial gear state %+v", st)
 	}
-	planEntry, err := kv.Get(ctx, wire.KeyPlan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored, err := plan.Parse(planEntry.Value())
-	if err != nil {
-		t.Fatalf("stored plan does not parse: %v", err)
-	}
+	stored, planRev := storedPlan(t, kv)
 	if stored.Pipeline != p.Pipeline || len(stored.Gears) != len(p.Gears) || stored.Hysteresis != p.Hysteresis {
 		t.Errorf("stored plan differs from the file: %+v", stored)
 	}
-	infos := map[string]*jetstream.StreamInfo{}
-	for _, m := range p.UsedModels() {
-		s, err := srv.JS.Stream(ctx, wire.ModelStream(p.Pipeline, m))
-		if err != nil {
-			t.Fatalf("stream of %s: %v", m, err)
+	infos := modelQueues(t, srv, p.Pipeline, p.UsedModels())
+	for m, info := range infos {
+		if info.Config.Storage != jetstream.MemoryStorage || info.Config.MaxMsgs != 20000 {
+			t.Errorf("stream of %s: storage %v max msgs %d", m, info.Config.Storage, info.Config.MaxMsgs)
 		}
-		if s.CachedInfo().Config.Storage != jetstream.MemoryStorage || s.CachedInfo().Config.MaxMsgs != 20000 {
-			t.Errorf("stream of %s: storage %v max msgs %d", m, s.CachedInfo().Config.Storage, s.CachedInfo().Config.MaxMsgs)
-		}
-		if _, err := s.Consumer(ctx, wire.ModelConsumer(m)); err != nil {
-			t.Fatalf("consumer of %s: %v", m, err)
-		}
-		infos[m] = s.CachedInfo()
 	}
 	if err := first.stop(); err != nil {
 		t.Fatalf("first Run: %v", err)
@@ -304,12 +333,8 @@ func TestRunAppliesTopologyIdempotently(t *testing.T) {
 	if err := second.stop(); err != nil {
 		t.Fatalf("second Run: %v", err)
 	}
-	again, err := kv.Get(ctx, wire.KeyPlan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if again.Revision() != planEntry.Revision() {
-		t.Errorf("plan key rewritten: revision %d → %d", planEntry.Revision(), again.Revision())
+	if _, again := storedPlan(t, kv); again != planRev {
+		t.Errorf("plan key rewritten: revision %d → %d", planRev, again)
 	}
 	if _, rev, _ := readGear(t, kv); rev != gearRev {
 		t.Errorf("gear key rewritten without a switch: revision %d → %d", gearRev, rev)
@@ -455,10 +480,7 @@ func TestRunPinnedGear(t *testing.T) {
 		t.Errorf("pinned gear reason %q", st.Reason)
 	}
 	startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 500)
-	natstest.WaitForState(t, "rate to be measured", waitTimeout, func() (bool, string) {
-		v := metricValue(t, c.reg, "cascade_controller_intake_requests_per_second", nil)
-		return v > 400, fmt.Sprint(v)
-	})
+	waitRateAbove(t, c.reg, 400)
 	waitTicks(t, c.reg, 5)
 	_, rev, err := readGear(t, kv)
 	if err != nil {
@@ -696,10 +718,7 @@ func TestRunAdoptsStoredGear(t *testing.T) {
 			// Load that needs the cheap gear is already running.
 			startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 320)
 			c := startController(t, srv, testConfig(t, file, nil))
-			natstest.WaitForState(t, "rate to be measured", waitTimeout, func() (bool, string) {
-				v := metricValue(t, c.reg, "cascade_controller_intake_requests_per_second", nil)
-				return v > 200, fmt.Sprint(v)
-			})
+			waitRateAbove(t, c.reg, 200)
 			waitTicks(t, c.reg, 5)
 			st, after, err := readGear(t, kv)
 			if err != nil {

@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"encoding/json"
 	"math"
 	"slices"
 	"strings"
@@ -20,17 +19,12 @@ const statsWindow = 5 * time.Second
 // onWorker feeds one worker heartbeat to the fleet.
 func (c *controller) onWorker(msg *nats.Msg) {
 	var hb wire.WorkerHeartbeat
-	if err := json.Unmarshal(msg.Data, &hb); err != nil {
-		c.m.errors.WithLabelValues("decode_heartbeat").Inc()
-		c.log.Debug("bad worker heartbeat", "subject", msg.Subject, "err", err)
+	if !c.decode(msg, &hb, "decode_heartbeat", "bad worker heartbeat") {
 		return
 	}
 	// The subject names the instance: a beat cannot speak for another.
-	hb.Instance = msg.Subject[strings.LastIndexByte(msg.Subject, '.')+1:]
-	now := c.now()
-	if hb.AtUnixNano == 0 {
-		hb.AtUnixNano = now.UnixNano()
-	}
+	hb.Instance = subjectInstance(msg.Subject)
+	now := c.stamp(&hb.AtUnixNano)
 	c.mu.Lock()
 	c.fleet.Observe(hb, now)
 	c.mu.Unlock()

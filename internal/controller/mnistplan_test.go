@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"context"
 	"slices"
 	"testing"
 	"time"
@@ -9,7 +8,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
-	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
 const mnistPlanFile = "../../models/mnist/plan.json"
@@ -84,25 +82,8 @@ func TestRunMNISTPlan(t *testing.T) {
 	startControllerPlan(t, srv, cfg, builtin, nil)
 	kv := controlBucket(t, srv, "mnist")
 	waitGear(t, kv, p.Gears[0].ID)
-	ctx := context.Background()
-	for _, m := range p.UsedModels() {
-		s, err := srv.JS.Stream(ctx, wire.ModelStream("mnist", m))
-		if err != nil {
-			t.Fatalf("stream of %s: %v", m, err)
-		}
-		if _, err := s.Consumer(ctx, wire.ModelConsumer(m)); err != nil {
-			t.Fatalf("consumer of %s: %v", m, err)
-		}
-	}
-	e, err := kv.Get(ctx, wire.KeyPlan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored, err := plan.Parse(e.Value())
-	if err != nil {
-		t.Fatalf("stored plan: %v", err)
-	}
-	if stored.Description != p.Description || len(stored.Gears) != len(p.Gears) {
+	modelQueues(t, srv, "mnist", p.UsedModels())
+	if stored, _ := storedPlan(t, kv);  stored.Description != p.Description || len(stored.Gears) != len(p.Gears) {
 		t.Errorf("stored plan is not models/mnist/plan.json")
 	}
 }

@@ -201,37 +201,51 @@ func TestPolicyScenarios(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := loadTestPlan(t)
-			pol, err := NewPolicy(p, time.Second, "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t0 := time.Unix(1_700_000_000, 0)
-			st := State{Gear: p.GearByID(tt.start), Since: t0}
-			if st.Gear < 0 {
-				t.Fatalf("no gear %q", tt.start)
-			}
-			for i, sp := range tt.steps {
-				now := t0.Add(sp.at)
-				d := pol.Decide(st, Observation{Now: now, QPS: sp.qps, Backlog: sp.backlog, Warm: !sp.cold})
-				got := p.Gears[d.Gear].ID
-				if got != sp.want || d.Direction != sp.dir {
-					t.Fatalf("step %d (t=%v qps=%v): got %s/%s, want %s/%s (reason %q)", i, sp.at, sp.qps, got, d.Direction, sp.want, sp.dir, d.Reason)
-				}
-				if d.Direction != direction(st.Gear, d.Gear) {
-					t.Fatalf("step %d: direction %s does not match %d → %d", i, d.Direction, st.Gear, d.Gear)
-				}
-				if sp.reason != "" && !strings.Contains(d.Reason, sp.reason) {
-					t.Fatalf("step %d: reason %q does not contain %q", i, d.Reason, sp.reason)
-				}
-				if d.Reason == "" {
-					t.Fatalf("step %d: empty reason", i)
-				}
-				if d.Gear != st.Gear {
-					st = State{Gear: d.Gear, Since: now}
-				}
-			}
+			runPolicy(t, tt.start, tt.steps, func(i int, now time.Time) Observation {
+				sp := tt.steps[i]
+				return Observation{Now: now, QPS: sp.qps, Backlog: sp.backlog, Warm: !sp.cold}
+			})
 		})
+	}
+}
+
+// runPolicy drives a policy for the test plan from gear start through
+// steps, making the observation obs(i, now) at step i, and checks every
+// decision: the gear and direction the step wants, a direction that
+// matches the move, the step's reason (if any) and a reason always given.
+func runPolicy(t *testing.T, start string, steps []step, obs func(i int, now time.Time) Observation) {
+	t.Helper()
+	p := loadTestPlan(t)
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Unix(1_700_000_000, 0)
+	st := State{Gear: p.GearByID(start), Since: t0}
+	if st.Gear < 0 {
+		t.Fatalf("no gear %q", start)
+	}
+	for i, sp := range steps {
+		now := t0.Add(sp.at)
+		o := obs(i, now)
+		d := pol.Decide(st, o)
+		got := p.Gears[d.Gear].ID
+		if got != sp.want || d.Direction != sp.dir {
+			t.Fatalf("step %d (t=%v qps=%v runners=%d known=%v): got %s/%s, want %s/%s (reason %q)",
+				i, sp.at, sp.qps, o.Runners, o.RunnersKnown, got, d.Direction, sp.want, sp.dir, d.Reason)
+		}
+		if d.Direction != direction(st.Gear, d.Gear) {
+			t.Fatalf("step %d: direction %s does not match %d → %d", i, d.Direction, st.Gear, d.Gear)
+		}
+		if sp.reason != "" && !strings.Contains(d.Reason, sp.reason) {
+			t.Fatalf("step %d: reason %q does not contain %q", i, d.Reason, sp.reason)
+		}
+		if d.Reason == "" {
+			t.Fatalf("step %d: empty reason", i)
+		}
+		if d.Gear != st.Gear {
+			st = State{Gear: d.Gear, Since: now}
+		}
 	}
 }
 
@@ -305,28 +319,14 @@ func TestPolicyLiveCapacity(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := loadTestPlan(t)
-			pol, err := NewPolicy(p, time.Second, "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t0 := time.Unix(1_700_000_000, 0)
-			st := State{Gear: p.GearByID(tt.start), Since: t0}
+			steps := make([]step, len(tt.steps))
 			for i, sp := range tt.steps {
-				now := t0.Add(sp.at)
-				o := Observation{Now: now, QPS: sp.qps, Backlog: sp.backlog, Warm: true, Runners: sp.runners, RunnersKnown: sp.runners >= 0}
-				d := pol.Decide(st, o)
-				got := p.Gears[d.Gear].ID
-				if got != sp.want || d.Direction != sp.dir {
-					t.Fatalf("step %d (t=%v qps=%v runners=%d): got %s/%s, want %s/%s (reason %q)", i, sp.at, sp.qps, sp.runners, got, d.Direction, sp.want, sp.dir, d.Reason)
-				}
-				if sp.reason != "" && !strings.Contains(d.Reason, sp.reason) {
-					t.Fatalf("step %d: reason %q does not contain %q", i, d.Reason, sp.reason)
-				}
-				if d.Gear != st.Gear {
-					st = State{Gear: d.Gear, Since: now}
-				}
+				steps[i] = sp.step
 			}
+			runPolicy(t, tt.start, steps, func(i int, now time.Time) Observation {
+				sp := tt.steps[i]
+				return Observation{Now: now, QPS: sp.qps, Backlog: sp.backlog, Warm: true, Runners: sp.runners, RunnersKnown: sp.runners >= 0}
+			})
 		})
 	}
 }
