@@ -83,41 +83,19 @@ var ErrInvalidConfig = errors.New("invalid controller config")
 
 // Validate reports every problem of the configuration together.
 func (c Config) Validate() error {
-	errs := []error{c.Process.Validate()}
-	if c.UpshiftBacklog <= 0 {
-		errs = append(errs, fmt.Errorf("CASCADE_UPSHIFT_BACKLOG must be > 0, got %v", c.UpshiftBacklog))
-	}
-	if c.QueuePartitions < 0 || c.QueuePartitions > plan.MaxPartitions {
-		errs = append(errs, fmt.Errorf("CASCADE_QUEUE_PARTITIONS must be in [0,%d], got %d", plan.MaxPartitions, c.QueuePartitions))
-	}
-	if c.QueueMaxMsgs < 1 {
-		errs = append(errs, fmt.Errorf("CASCADE_QUEUE_MAX_MSGS must be >= 1, got %d", c.QueueMaxMsgs))
-	}
-	if c.QueueMaxBytes < 1 {
-		errs = append(errs, fmt.Errorf("CASCADE_QUEUE_MAX_BYTES must be >= 1, got %d", c.QueueMaxBytes))
-	}
-	if _, err := storageType(c.Storage); err != nil {
-		errs = append(errs, err)
-	}
-	if c.Replicas < 1 || c.Replicas > 5 {
-		errs = append(errs, fmt.Errorf("CASCADE_REPLICAS must be in [1,5], got %d", c.Replicas))
-	}
-	if c.AckWait < time.Second {
-		errs = append(errs, fmt.Errorf("CASCADE_ACK_WAIT must be >= 1s, got %v", c.AckWait))
-	}
-	if c.MaxDeliver < 1 {
-		errs = append(errs, fmt.Errorf("CASCADE_MAX_DELIVER must be >= 1, got %d", c.MaxDeliver))
-	}
-	if c.MaxAckPending < 1 {
-		errs = append(errs, fmt.Errorf("CASCADE_MAX_ACK_PENDING must be >= 1, got %d", c.MaxAckPending))
-	}
-	if c.IdempotencyWindow < time.Second {
-		errs = append(errs, fmt.Errorf("CASCADE_IDEMPOTENCY_WINDOW must be >= 1s, got %v", c.IdempotencyWindow))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w:\n%w", ErrInvalidConfig, err)
-	}
-	return nil
+	problems := servicemain.Problems{c.Process.Validate()}
+	problems.If(c.UpshiftBacklog <= 0, "CASCADE_UPSHIFT_BACKLOG must be > 0, got %v", c.UpshiftBacklog)
+	problems.If(c.QueuePartitions < 0 || c.QueuePartitions > plan.MaxPartitions, "CASCADE_QUEUE_PARTITIONS must be in [0,%d], got %d", plan.MaxPartitions, c.QueuePartitions)
+	problems.If(c.QueueMaxMsgs < 1, "CASCADE_QUEUE_MAX_MSGS must be >= 1, got %d", c.QueueMaxMsgs)
+	problems.If(c.QueueMaxBytes < 1, "CASCADE_QUEUE_MAX_BYTES must be >= 1, got %d", c.QueueMaxBytes)
+	_, err := storageType(c.Storage)
+	problems.Add(err)
+	problems.If(c.Replicas < 1 || c.Replicas > 5, "CASCADE_REPLICAS must be in [1,5], got %d", c.Replicas)
+	problems.If(c.AckWait < time.Second, "CASCADE_ACK_WAIT must be >= 1s, got %v", c.AckWait)
+	problems.If(c.MaxDeliver < 1, "CASCADE_MAX_DELIVER must be >= 1, got %d", c.MaxDeliver)
+	problems.If(c.MaxAckPending < 1, "CASCADE_MAX_ACK_PENDING must be >= 1, got %d", c.MaxAckPending)
+	problems.If(c.IdempotencyWindow < time.Second, "CASCADE_IDEMPOTENCY_WINDOW must be >= 1s, got %v", c.IdempotencyWindow)
+	return problems.Err(ErrInvalidConfig)
 }
 
 // Topology returns the stream and consumer limits of the configuration.

@@ -142,78 +142,31 @@ var ErrInvalidConfig = errors.New("invalid ingress config")
 
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
-	errs := []error{c.Process.Validate()}
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if err := c.HTTP.Validate("CASCADE_HTTP_"); err != nil {
-		errs = append(errs, err)
-	}
-	if c.Instance != "" && !wire.ValidToken(c.Instance) {
-		bad("CASCADE_INGRESS_INSTANCE %q: want 1-64 letters, digits, '-' or '_'", c.Instance)
-	}
-	if err := wire.CheckInboxPrefixes(c.InboxPrefixes); err != nil {
-		bad("CASCADE_INBOX_PREFIX: %v", err)
-	}
-	if c.MaxBatchItems < 1 || c.MaxBatchItems > 65536 {
-		bad("CASCADE_INGRESS_MAX_BATCH_ITEMS must be in [1,65536], got %d", c.MaxBatchItems)
-	}
-	if c.EnvelopeWait < 0 || c.EnvelopeWait > time.Second {
-		bad("CASCADE_INGRESS_ENVELOPE_WAIT must be in [0,1s], got %v", c.EnvelopeWait)
-	}
-	if c.EnvelopeMaxItems < 0 || c.EnvelopeMaxItems > 4096 {
-		bad("CASCADE_INGRESS_ENVELOPE_MAX_ITEMS must be in [0,4096], got %d", c.EnvelopeMaxItems)
-	}
-	if c.EnvelopeMaxBytes < 4<<10 || c.EnvelopeMaxBytes > 64<<20 {
-		bad("CASCADE_INGRESS_ENVELOPE_MAX_BYTES must be in [4KiB,64MiB], got %d", c.EnvelopeMaxBytes)
-	}
-	if c.PendingMsgs < 16 {
-		bad("CASCADE_INGRESS_PENDING_MSGS must be >= 16, got %d", c.PendingMsgs)
-	}
-	if int64(c.PendingBytes) < 2*c.MaxBodyBytes {
-		bad("CASCADE_INGRESS_PENDING_BYTES (%d) must be at least twice CASCADE_INGRESS_MAX_BODY_BYTES (%d)", c.PendingBytes, c.MaxBodyBytes)
-	}
-	if c.DefaultTimeout <= 0 {
-		bad("CASCADE_DEFAULT_TIMEOUT must be > 0, got %v", c.DefaultTimeout)
-	}
-	if c.MaxTimeout < c.DefaultTimeout {
-		bad("CASCADE_MAX_TIMEOUT (%v) must be >= CASCADE_DEFAULT_TIMEOUT (%v)", c.MaxTimeout, c.DefaultTimeout)
-	}
-	if c.MaxTimeout > 24*time.Hour {
-		bad("CASCADE_MAX_TIMEOUT must be at most 24h, got %v", c.MaxTimeout)
-	}
-	if c.MaxBodyBytes < 1<<10 || c.MaxBodyBytes > 64<<20 {
-		bad("CASCADE_INGRESS_MAX_BODY_BYTES must be in [1KiB,64MiB], got %d", c.MaxBodyBytes)
-	}
-	if c.MaxInFlight < 1 {
-		bad("CASCADE_INGRESS_MAX_IN_FLIGHT must be >= 1, got %d", c.MaxInFlight)
-	}
-	if c.ReplyGrace < 0 {
-		bad("CASCADE_INGRESS_REPLY_GRACE must be >= 0, got %v", c.ReplyGrace)
-	}
-	if c.PublishTimeout <= 0 {
-		bad("CASCADE_INGRESS_PUBLISH_TIMEOUT must be > 0, got %v", c.PublishTimeout)
-	}
-	if c.StatsInterval < time.Millisecond {
-		bad("CASCADE_INGRESS_STATS_INTERVAL must be >= 1ms, got %v", c.StatsInterval)
-	}
-	if c.JobsBatch < 0 || c.JobsBatch > 4096 {
-		bad("CASCADE_INGRESS_JOBS_BATCH must be in [0,4096], got %d", c.JobsBatch)
-	}
-	if c.JobsMaxWait < time.Millisecond || c.JobsMaxWait > time.Minute {
-		bad("CASCADE_INGRESS_JOBS_MAX_WAIT must be in [1ms,1m], got %v", c.JobsMaxWait)
-	}
-	if c.JobsRetryDelay <= 0 {
-		bad("CASCADE_INGRESS_JOBS_RETRY_DELAY must be > 0, got %v", c.JobsRetryDelay)
-	}
-	if c.ShutdownTimeout < 0 {
-		bad("CASCADE_INGRESS_SHUTDOWN_TIMEOUT must be >= 0, got %v", c.ShutdownTimeout)
-	}
-	if c.PollInterval < time.Millisecond {
-		bad("CASCADE_INGRESS_POLL_INTERVAL must be >= 1ms, got %v", c.PollInterval)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w:\n%w", ErrInvalidConfig, err)
-	}
-	return nil
+	problems := servicemain.Problems{c.Process.Validate()}
+	problems.Add(c.HTTP.Validate("CASCADE_HTTP_"))
+	problems.If(c.Instance != "" && !wire.ValidToken(c.Instance), "CASCADE_INGRESS_INSTANCE %q: want 1-64 letters, digits, '-' or '_'", c.Instance)
+	err := wire.CheckInboxPrefixes(c.InboxPrefixes)
+	problems.If(err != nil, "CASCADE_INBOX_PREFIX: %v", err)
+	problems.If(c.MaxBatchItems < 1 || c.MaxBatchItems > 65536, "CASCADE_INGRESS_MAX_BATCH_ITEMS must be in [1,65536], got %d", c.MaxBatchItems)
+	problems.If(c.EnvelopeWait < 0 || c.EnvelopeWait > time.Second, "CASCADE_INGRESS_ENVELOPE_WAIT must be in [0,1s], got %v", c.EnvelopeWait)
+	problems.If(c.EnvelopeMaxItems < 0 || c.EnvelopeMaxItems > 4096, "CASCADE_INGRESS_ENVELOPE_MAX_ITEMS must be in [0,4096], got %d", c.EnvelopeMaxItems)
+	problems.If(c.EnvelopeMaxBytes < 4<<10 || c.EnvelopeMaxBytes > 64<<20, "CASCADE_INGRESS_ENVELOPE_MAX_BYTES must be in [4KiB,64MiB], got %d", c.EnvelopeMaxBytes)
+	problems.If(c.PendingMsgs < 16, "CASCADE_INGRESS_PENDING_MSGS must be >= 16, got %d", c.PendingMsgs)
+	problems.If(int64(c.PendingBytes) < 2*c.MaxBodyBytes, "CASCADE_INGRESS_PENDING_BYTES (%d) must be at least twice CASCADE_INGRESS_MAX_BODY_BYTES (%d)", c.PendingBytes, c.MaxBodyBytes)
+	problems.If(c.DefaultTimeout <= 0, "CASCADE_DEFAULT_TIMEOUT must be > 0, got %v", c.DefaultTimeout)
+	problems.If(c.MaxTimeout < c.DefaultTimeout, "CASCADE_MAX_TIMEOUT (%v) must be >= CASCADE_DEFAULT_TIMEOUT (%v)", c.MaxTimeout, c.DefaultTimeout)
+	problems.If(c.MaxTimeout > 24*time.Hour, "CASCADE_MAX_TIMEOUT must be at most 24h, got %v", c.MaxTimeout)
+	problems.If(c.MaxBodyBytes < 1<<10 || c.MaxBodyBytes > 64<<20, "CASCADE_INGRESS_MAX_BODY_BYTES must be in [1KiB,64MiB], got %d", c.MaxBodyBytes)
+	problems.If(c.MaxInFlight < 1, "CASCADE_INGRESS_MAX_IN_FLIGHT must be >= 1, got %d", c.MaxInFlight)
+	problems.If(c.ReplyGrace < 0, "CASCADE_INGRESS_REPLY_GRACE must be >= 0, got %v", c.ReplyGrace)
+	problems.If(c.PublishTimeout <= 0, "CASCADE_INGRESS_PUBLISH_TIMEOUT must be > 0, got %v", c.PublishTimeout)
+	problems.If(c.StatsInterval < time.Millisecond, "CASCADE_INGRESS_STATS_INTERVAL must be >= 1ms, got %v", c.StatsInterval)
+	problems.If(c.JobsBatch < 0 || c.JobsBatch > 4096, "CASCADE_INGRESS_JOBS_BATCH must be in [0,4096], got %d", c.JobsBatch)
+	problems.If(c.JobsMaxWait < time.Millisecond || c.JobsMaxWait > time.Minute, "CASCADE_INGRESS_JOBS_MAX_WAIT must be in [1ms,1m], got %v", c.JobsMaxWait)
+	problems.If(c.JobsRetryDelay <= 0, "CASCADE_INGRESS_JOBS_RETRY_DELAY must be > 0, got %v", c.JobsRetryDelay)
+	problems.If(c.ShutdownTimeout < 0, "CASCADE_INGRESS_SHUTDOWN_TIMEOUT must be >= 0, got %v", c.ShutdownTimeout)
+	problems.If(c.PollInterval < time.Millisecond, "CASCADE_INGRESS_POLL_INTERVAL must be >= 1ms, got %v", c.PollInterval)
+	return problems.Err(ErrInvalidConfig)
 }
 
 // Deps are what Run needs from its process.

@@ -59,25 +59,15 @@ type Process struct {
 // there is none), named by their variables, for the service's Validate
 // to join with its own.
 func (p Process) Validate() error {
-	var errs []error
-	if err := p.Metrics.Validate(envconfig.Prefix + "METRICS_"); err != nil {
-		errs = append(errs, err)
-	}
-	if p.NATSURL == "" {
-		errs = append(errs, errors.New("CASCADE_NATS_URL is empty"))
-	}
-	if !wire.ValidToken(p.Pipeline) {
-		errs = append(errs, fmt.Errorf("CASCADE_PIPELINE %q is not a valid pipeline name", p.Pipeline))
-	}
+	var problems Problems
+	problems.Add(p.Metrics.Validate(envconfig.Prefix + "METRICS_"))
+	problems.If(p.NATSURL == "", "CASCADE_NATS_URL is empty")
+	problems.If(!wire.ValidToken(p.Pipeline), "CASCADE_PIPELINE %q is not a valid pipeline name", p.Pipeline)
 	// The level as the logger parses it (telemetry.NewLogger).
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(p.LogLevel)); err != nil {
-		errs = append(errs, fmt.Errorf("CASCADE_LOG_LEVEL %q: want debug, info, warn or error", p.LogLevel))
-	}
-	if p.LogFormat != "text" && p.LogFormat != "json" {
-		errs = append(errs, fmt.Errorf("CASCADE_LOG_FORMAT %q: want text or json", p.LogFormat))
-	}
-	return errors.Join(errs...)
+	problems.If(level.UnmarshalText([]byte(p.LogLevel)) != nil, "CASCADE_LOG_LEVEL %q: want debug, info, warn or error", p.LogLevel)
+	problems.If(p.LogFormat != "text" && p.LogFormat != "json", "CASCADE_LOG_FORMAT %q: want text or json", p.LogFormat)
+	return errors.Join(problems...)
 }
 
 // ProcessSettings returns p; a Config that embeds Process offers it to
@@ -205,4 +195,33 @@ func serve[C Config](ctx context.Context, name string, environ map[string]string
 		return run(ctx, cfg, Deps{Logger: logger, Registerer: reg, Conn: nc, HTTP: mux})
 	})
 	return g.Wait()
+}
+
+// Problems collects what is wrong with a service's configuration, so
+// that its Validate reports every problem together. Nil errors are left
+// out when joined, so the result of another Validate (Process.Validate)
+// can be a member as it is.
+type Problems []error
+
+// Add records err, if it is not nil.
+func (p *Problems) Add(err error) {
+	if err != nil {
+		*p = append(*p, err)
+	}
+}
+
+// If records the problem that format and args describe when bad holds.
+func (p *Problems) If(bad bool, format string, args ...any) {
+	if bad {
+		*p = append(*p, fmt.Errorf(format, args...))
+	}
+}
+
+// Err returns nil when there is no problem, else invalid (the service's
+// ErrInvalidConfig) wrapping every problem, one a line.
+func (p Problems) Err(invalid error) error {
+	if err := errors.Join(p...); err != nil {
+		return fmt.Errorf("%w:\n%w", invalid, err)
+	}
+	return nil
 }

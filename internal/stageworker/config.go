@@ -183,48 +183,26 @@ var ErrInvalidConfig = errors.New("invalid stage worker config")
 
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
-	errs := []error{c.Process.Validate()}
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if err := wire.CheckInboxPrefixes(c.InboxPrefixes); err != nil {
-		bad("CASCADE_INBOX_PREFIX: %v", err)
-	}
+	problems := servicemain.Problems{c.Process.Validate()}
+	err := wire.CheckInboxPrefixes(c.InboxPrefixes)
+	problems.If(err != nil, "CASCADE_INBOX_PREFIX: %v", err)
 	seen := map[string]bool{}
 	for _, m := range c.Models {
-		if !wire.ValidToken(m) {
-			bad("CASCADE_WORKER_MODELS: %q is not a valid model name", m)
-		}
-		if seen[m] {
-			bad("CASCADE_WORKER_MODELS lists %q twice", m)
-		}
+		problems.If(!wire.ValidToken(m), "CASCADE_WORKER_MODELS: %q is not a valid model name", m)
+		problems.If(seen[m], "CASCADE_WORKER_MODELS lists %q twice", m)
 		seen[m] = true
 	}
-	if c.Runners < 1 || c.Runners > 256 {
-		bad("CASCADE_WORKER_RUNNERS must be in [1,256], got %d", c.Runners)
-	}
-	if c.Threads < 1 || c.Threads > 256 {
-		bad("CASCADE_WORKER_THREADS must be in [1,256], got %d", c.Threads)
-	}
-	if c.Provider != onnxrt.ProviderCPU && c.Provider != onnxrt.ProviderCUDA {
-		bad("CASCADE_WORKER_PROVIDER %q: want %s or %s", c.Provider, onnxrt.ProviderCPU, onnxrt.ProviderCUDA)
-	}
+	problems.If(c.Runners < 1 || c.Runners > 256, "CASCADE_WORKER_RUNNERS must be in [1,256], got %d", c.Runners)
+	problems.If(c.Threads < 1 || c.Threads > 256, "CASCADE_WORKER_THREADS must be in [1,256], got %d", c.Threads)
+	problems.If(c.Provider != onnxrt.ProviderCPU && c.Provider != onnxrt.ProviderCUDA, "CASCADE_WORKER_PROVIDER %q: want %s or %s", c.Provider, onnxrt.ProviderCPU, onnxrt.ProviderCUDA)
 	// The CUDA settings are checked whatever the provider: a typo should
 	// not wait for the day the provider changes.
-	if _, err := c.CUDA.Parse(); err != nil {
-		errs = append(errs, err)
-	}
-	if c.IdleWait < time.Millisecond || c.IdleWait > time.Minute {
-		bad("CASCADE_WORKER_IDLE_WAIT must be in [1ms,1m], got %v", c.IdleWait)
-	}
-	if c.NakDelay < 0 {
-		bad("CASCADE_WORKER_NAK_DELAY must be >= 0, got %v", c.NakDelay)
-	}
-	if c.PublishTimeout <= 0 {
-		bad("CASCADE_WORKER_PUBLISH_TIMEOUT must be > 0, got %v", c.PublishTimeout)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w:\n%w", ErrInvalidConfig, err)
-	}
-	return nil
+	_, err = c.CUDA.Parse()
+	problems.Add(err)
+	problems.If(c.IdleWait < time.Millisecond || c.IdleWait > time.Minute, "CASCADE_WORKER_IDLE_WAIT must be in [1ms,1m], got %v", c.IdleWait)
+	problems.If(c.NakDelay < 0, "CASCADE_WORKER_NAK_DELAY must be >= 0, got %v", c.NakDelay)
+	problems.If(c.PublishTimeout <= 0, "CASCADE_WORKER_PUBLISH_TIMEOUT must be > 0, got %v", c.PublishTimeout)
+	return problems.Err(ErrInvalidConfig)
 }
 
 // Deps are what Run needs from its process.
