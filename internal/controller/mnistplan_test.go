@@ -83,7 +83,7 @@ func TestRunMNISTPlan(t *testing.T) {
 	kv := controlBucket(t, srv, "mnist")
 	waitGear(t, kv, p.Gears[0].ID)
 	modelQueues(t, srv, "mnist", p.UsedModels())
-	if stored, _ := storedPlan(t, kv);  stored.Description != p.Description || len(stored.Gears) != len(p.Gears) {
+	if stored, _ := storedPlan(t, kv); stored.Description != p.Description || len(stored.Gears) != len(p.Gears) {
 		t.Errorf("stored plan is not models/mnist/plan.json")
 	}
 }
