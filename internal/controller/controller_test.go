@@ -511,53 +511,45 @@ func TestGearStoreCompareAndSet(t *testing.T) {
 	ctx := context.Background()
 	kv := memoryBucket(t, natstest.Start(t), "cas")
 	a, b := NewGearStore(kv), NewGearStore(kv)
-	for _, s := range []*GearStore{a, b} {
-		if changed, err := s.Refresh(ctx); err != nil || changed {
-			t.Fatalf("Refresh of empty key: changed %v err %v", changed, err)
+	// refresh, write and read are one step each: what names the step.
+	refresh := func(what string, s *GearStore, wantChanged bool) {
+		t.Helper()
+		if changed, err := s.Refresh(ctx); err != nil || changed != wantChanged {
+			t.Fatalf("%s: changed %v err %v, want changed %v", what, changed, err, wantChanged)
 		}
 	}
-	if err := a.Write(ctx, wire.GearState{Gear: "accurate"}); err != nil {
-		t.Fatal(err)
+	write := func(what string, s *GearStore, gear string, wantErr error) {
+		t.Helper()
+		if err := s.Write(ctx, wire.GearState{Gear: gear}); !errors.Is(err, wantErr) {
+			t.Fatalf("%s: err %v, want %v", what, err, wantErr)
+		}
 	}
+	read := func(what string, s *GearStore, gear string) {
+		t.Helper()
+		if st, _ := s.Current(); st.Gear != gear {
+			t.Fatalf("%s read %+v, want gear %s", what, st, gear)
+		}
+	}
+	refresh("Refresh of empty key", a, false)
+	refresh("Refresh of empty key", b, false)
+	write("first write", a, "accurate", nil)
 	// b has not seen a's write: its Create loses.
-	if err := b.Write(ctx, wire.GearState{Gear: "cheap"}); !errors.Is(err, ErrConflict) {
-		t.Fatalf("create over an existing key: err %v, want ErrConflict", err)
-	}
-	if changed, err := b.Refresh(ctx); err != nil || !changed {
-		t.Fatalf("b.Refresh: changed %v err %v", changed, err)
-	}
-	if st, _ := b.Current(); st.Gear != "accurate" {
-		t.Fatalf("b read %+v", st)
-	}
-	if err := b.Write(ctx, wire.GearState{Gear: "cheap"}); err != nil {
-		t.Fatalf("write after re-read: %v", err)
-	}
+	write("create over an existing key", b, "cheap", ErrConflict)
+	refresh("b.Refresh", b, true)
+	read("b", b, "accurate")
+	write("write after re-read", b, "cheap", nil)
 	// Now a is stale: its Update loses, and it learns b's value.
-	if err := a.Write(ctx, wire.GearState{Gear: "balanced"}); !errors.Is(err, ErrConflict) {
-		t.Fatalf("update at a stale revision: err %v, want ErrConflict", err)
-	}
-	if changed, err := a.Refresh(ctx); err != nil || !changed {
-		t.Fatalf("a.Refresh: changed %v err %v", changed, err)
-	}
-	if st, _ := a.Current(); st.Gear != "cheap" {
-		t.Fatalf("a read %+v", st)
-	}
-	if changed, err := a.Refresh(ctx); err != nil || changed {
-		t.Fatalf("second Refresh: changed %v err %v", changed, err)
-	}
-	if err := a.Write(ctx, wire.GearState{Gear: "balanced"}); err != nil {
-		t.Fatal(err)
-	}
+	write("update at a stale revision", a, "balanced", ErrConflict)
+	refresh("a.Refresh", a, true)
+	read("a", a, "cheap")
+	refresh("second Refresh", a, false)
+	write("write after the second Refresh", a, "balanced", nil)
 	// A deleted key is created again.
 	if err := kv.Delete(ctx, wire.KeyGear); err != nil {
 		t.Fatal(err)
 	}
-	if changed, err := a.Refresh(ctx); err != nil || !changed {
-		t.Fatalf("Refresh after delete: changed %v err %v", changed, err)
-	}
-	if err := a.Write(ctx, wire.GearState{Gear: "accurate"}); err != nil {
-		t.Fatalf("write after delete: %v", err)
-	}
+	refresh("Refresh after delete", a, true)
+	write("write after delete", a, "accurate", nil)
 }
 
 func TestPutPlanWritesOnlyChanges(t *testing.T) {
