@@ -55,6 +55,18 @@ func (d *deployment) connect(t *testing.T, user, inboxPrefix string, errs chan<-
 	return natstest.ConnectAs(t, d.url, user, inboxPrefix, errs)
 }
 
+// billing connects as the client user billing, with its own inboxes
+// (errs, if not nil, receives the server's asynchronous errors), and
+// returns its client of the tiny pipeline.
+func (d *deployment) billing(t *testing.T, errs chan<- error) *client.Client {
+	t.Helper()
+	c, err := client.New(d.connect(t, "billing", "_INBOX.billing", errs), "tiny", client.WithClient("billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // received is a request the stand-in ingress got.
 type received struct {
 	req            wire.Request
@@ -129,11 +141,7 @@ func TestInferAsAClientUser(t *testing.T) {
 	d := startDeployment(t)
 	got := fakeIngress(t, d)
 	errs := make(chan error, 16)
-	nc := d.connect(t, "billing", "_INBOX.billing", errs)
-	c, err := client.New(nc, "tiny", client.WithClient("billing"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := d.billing(t, errs)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -192,15 +200,11 @@ func TestInferAsAClientUser(t *testing.T) {
 // answer in time is the context's deadline.
 func TestInferWithoutIngress(t *testing.T) {
 	d := startDeployment(t)
-	nc := d.connect(t, "billing", "_INBOX.billing", nil)
-	c, err := client.New(nc, "tiny", client.WithClient("billing"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := d.billing(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err = c.InferFloat32(ctx, []int64{2}, []float32{0, 0})
+	_, err := c.InferFloat32(ctx, []int64{2}, []float32{0, 0})
 	if wire.CodeOf(err) != wire.CodeUnavailable || time.Since(start) > 5*time.Second {
 		t.Fatalf("no ingress: %v after %v", err, time.Since(start))
 	}
@@ -227,11 +231,7 @@ func TestInferWithoutIngress(t *testing.T) {
 func TestSubmitAndResultsAsAClientUser(t *testing.T) {
 	d := startDeployment(t)
 	errs := make(chan error, 16)
-	nc := d.connect(t, "billing", "_INBOX.billing", errs)
-	c, err := client.New(nc, "tiny", client.WithClient("billing"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := d.billing(t, errs)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 

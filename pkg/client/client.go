@@ -151,6 +151,20 @@ func apply(opts []CallOption) callOptions {
 	return o
 }
 
+// request returns a copy of req, which is never modified, with the id of
+// WithID and the timeout of WithTimeout (replacing the request's own
+// deadline), where given.
+func (o callOptions) request(req *wire.Request) wire.Request {
+	r := *req
+	if o.id != "" {
+		r.ID = o.id
+	}
+	if o.timeout > 0 {
+		r.TimeoutMs, r.DeadlineUnixMs = durationMs(o.timeout), 0
+	}
+	return r
+}
+
 // Infer sends one input (one item of the pipeline's item shape, or a batch
 // [N, item shape…]) and waits for its result. See InferRequest.
 func (c *Client) Infer(ctx context.Context, input wire.Tensor, opts ...CallOption) (*wire.Result, error) {
@@ -180,18 +194,13 @@ func (c *Client) InferRequest(ctx context.Context, req *wire.Request, opts ...Ca
 	if o.msgID != "" {
 		return nil, errors.New("client: WithMsgID applies to Submit; Infer takes WithIdempotencyKey")
 	}
-	r := *req
-	if o.id != "" {
-		r.ID = o.id
-	}
+	r := o.request(req)
 	if r.Client == "" {
 		r.Client = c.client
 	}
-	switch {
-	case o.timeout > 0:
-		r.TimeoutMs, r.DeadlineUnixMs = durationMs(o.timeout), 0
-	case r.TimeoutMs > 0 || r.DeadlineUnixMs > 0:
-	default:
+	if r.TimeoutMs <= 0 && r.DeadlineUnixMs <= 0 {
+		// Neither the call nor the request sets a deadline: ctx's, else
+		// the client's default timeout.
 		if dl, ok := ctx.Deadline(); ok {
 			r.TimeoutMs = durationMs(time.Until(dl))
 		} else {
@@ -264,17 +273,11 @@ func (c *Client) Submit(ctx context.Context, req *wire.Request, opts ...CallOpti
 	if o.idempotencyKey != "" {
 		return nil, errors.New("client: WithIdempotencyKey applies to Infer; jobs take WithMsgID")
 	}
-	r := *req
-	if o.id != "" {
-		r.ID = o.id
-	}
+	r := o.request(req)
 	if r.ID == "" {
 		r.ID = nuid.Next()
 	}
 	r.Client = c.client
-	if o.timeout > 0 {
-		r.TimeoutMs, r.DeadlineUnixMs = durationMs(o.timeout), 0
-	}
 	body, err := c.codec.EncodeRequest(&r)
 	if err != nil {
 		return nil, fmt.Errorf("client: encode job: %w", err)

@@ -34,16 +34,24 @@ func ExampleNew() {
 	fmt.Println(c.Pipeline(), c.Name())
 }
 
-func ExampleClient_Infer() {
+// connect returns a client of the mnist pipeline on the local NATS server
+// (ExampleNew shows the options of a connection) and the function that
+// closes its connection.
+func connect() (*client.Client, func()) {
 	nc, err := nats.Connect(nats.DefaultURL)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer nc.Close()
 	c, err := client.New(nc, "mnist")
 	if err != nil {
 		log.Fatal(err)
 	}
+	return c, nc.Close
+}
+
+func ExampleClient_Infer() {
+	c, closeConn := connect()
+	defer closeConn()
 	ctx := context.Background()
 
 	// One 28×28 image as 8-bit pixels (FP32 works too: InferFloat32).
@@ -75,15 +83,8 @@ func ExampleClient_Infer() {
 }
 
 func ExampleClient_Submit() {
-	nc, err := nats.Connect(nats.DefaultURL)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	c, err := client.New(nc, "mnist")
-	if err != nil {
-		log.Fatal(err)
-	}
+	c, closeConn := connect()
+	defer closeConn()
 	req := &wire.Request{ID: "invoice-7", Input: wire.FP32Tensor([]int64{1, 28, 28}, make([]float32, 28*28))}
 	job, err := c.Submit(context.Background(), req, client.WithMsgID("invoice-7"))
 	if err != nil {
@@ -93,19 +94,12 @@ func ExampleClient_Submit() {
 }
 
 func ExampleClient_Results() {
-	nc, err := nats.Connect(nats.DefaultURL)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	c, err := client.New(nc, "mnist")
-	if err != nil {
-		log.Fatal(err)
-	}
+	c, closeConn := connect()
+	defer closeConn()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// Each result is acknowledged once the handler returns nil.
-	err = c.Results(ctx, func(r *wire.Result) error {
+	err := c.Results(ctx, func(r *wire.Result) error {
 		if r.Error != nil {
 			fmt.Println(r.ID, r.Error.Code)
 			return nil
