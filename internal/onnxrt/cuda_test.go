@@ -328,24 +328,16 @@ func TestPinnedHostBuffers(t *testing.T) {
 				t.Fatalf("after Open %d buffers pinned, want 2 (input and output, pinned at Open)", p.live())
 			}
 			rng := rand.New(rand.NewPCG(9, uint64(len(file))))
-			var wg sync.WaitGroup
-			errs := make(chan error, 2)
-			for g := range 2 { // two goroutines on one session: runs serialize
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					rng := rand.New(rand.NewPCG(uint64(g), 11))
-					for _, n := range []int{1, 3, 17, 2, 40, 1, 64} {
-						if _, _, err := runItems(s, rng, n, lin.features(), lin.Classes); err != nil {
-							errs <- err
-							return
-						}
+			// Two goroutines on one session: runs serialize.
+			for _, err := range concurrently(2, func(g int) error {
+				rng := rand.New(rand.NewPCG(uint64(g), 11))
+				for _, n := range []int{1, 3, 17, 2, 40, 1, 64} {
+					if _, _, err := runItems(s, rng, n, lin.features(), lin.Classes); err != nil {
+						return err
 					}
-				}()
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
+				}
+				return nil
+			}) {
 				t.Fatal(err)
 			}
 			for _, n := range []int{5, 100, 7} {
@@ -353,11 +345,7 @@ func TestPinnedHostBuffers(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := lin.logits(ref, n)
-				for i := range want {
-					want[i] = refSoftmax(want[i])
-				}
-				assertClose(t, got, want, 1e-5)
+				assertClose(t, got, lin.probabilities(ref, n), 1e-5)
 			}
 			if p.live() != 2 || p.pins <= 2 {
 				t.Fatalf("%d pinned buffers live after %d pins, want 2 live after growth", p.live(), p.pins)
@@ -409,37 +397,27 @@ func TestCUDA(t *testing.T) {
 					if err != nil {
 						t.Fatalf("Run(cuda, n=%d): %v", n, err)
 					}
-					want := lin.logits(ref, n)
-					for i := range want {
-						want[i] = refSoftmax(want[i])
-					}
-					assertClose(t, got, want, tc.tol)
+					assertClose(t, got, lin.probabilities(ref, n), tc.tol)
 				}
 			})
 		}
 	}
 	t.Run("concurrent sessions", func(t *testing.T) {
-		var wg sync.WaitGroup
-		errs := make(chan error, 4)
-		for g := range 4 {
-			s := openTestModel(t, rt, "linear_logits", SessionOptions{Provider: ProviderCUDA, CUDA: CUDAOptions{TF32: ptr(false), PinHostBuffers: g%2 == 0}})
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rng := rand.New(rand.NewPCG(uint64(g), 5))
-				for i := range 50 {
-					n := 1 + (i*7+g)%32
-					x := randomItems(rng, n, lin.features(), -1, 1)
-					if _, err := s.Run(x, n, make([]float32, n*lin.Classes)); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
+		sessions := make([]*Session, 4)
+		for g := range sessions {
+			sessions[g] = openTestModel(t, rt, "linear_logits", SessionOptions{Provider: ProviderCUDA, CUDA: CUDAOptions{TF32: ptr(false), PinHostBuffers: g%2 == 0}})
 		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
+		for _, err := range concurrently(len(sessions), func(g int) error {
+			rng := rand.New(rand.NewPCG(uint64(g), 5))
+			for i := range 50 {
+				n := 1 + (i*7+g)%32
+				x := randomItems(rng, n, lin.features(), -1, 1)
+				if _, err := sessions[g].Run(x, n, make([]float32, n*lin.Classes)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}) {
 			t.Error(err)
 		}
 	})

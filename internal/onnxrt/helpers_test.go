@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
@@ -72,6 +74,28 @@ func (m linearModel) logits(x []float32, n int) [][]float64 {
 		out[i] = row
 	}
 	return out
+}
+
+// probabilities are the hand-computed class probabilities of the n items
+// x: the softmax of their logits.
+func (m linearModel) probabilities(x []float32, n int) [][]float64 {
+	p := m.logits(x, n)
+	for i := range p {
+		p[i] = refSoftmax(p[i])
+	}
+	return p
+}
+
+// concurrently calls work(g) for g in [0, n), each in a goroutine of its
+// own, and returns the errors they returned once all are done.
+func concurrently(n int, work func(g int) error) []error {
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for g := range n {
+		wg.Go(func() { errs[g] = work(g) })
+	}
+	wg.Wait()
+	return slices.DeleteFunc(errs, func(err error) bool { return err == nil })
 }
 
 // refSoftmax is an independent float64 softmax for expectations.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
@@ -275,10 +274,7 @@ func TestConcurrentSessions(t *testing.T) {
 	shared := openTestModel(t, rt, "linear_logits", SessionOptions{})
 
 	const workers, iterations = 4, 30
-	var wg sync.WaitGroup
-	errs := make(chan error, workers+2)
-	work := func(id int, s *Session) {
-		defer wg.Done()
+	work := func(id int, s *Session) error {
 		rng := rand.New(rand.NewPCG(uint64(id), 7))
 		dst := make([]float32, 16*lin.Classes)
 		for i := range iterations {
@@ -286,32 +282,25 @@ func TestConcurrentSessions(t *testing.T) {
 			x := randomItems(rng, n, lin.features(), -1, 1)
 			got, err := s.Run(x, n, dst)
 			if err != nil {
-				errs <- err
-				return
+				return err
 			}
-			want := lin.logits(x, n)
-			for j, row := range want {
-				p := refSoftmax(row)
+			for j, p := range lin.probabilities(x, n) {
 				for k := range p {
 					if math.Abs(float64(got[j*lin.Classes+k])-p[k]) > 1e-5 {
-						errs <- errors.New("worker result differs from hand-computed probabilities")
-						return
+						return errors.New("worker result differs from hand-computed probabilities")
 					}
 				}
 			}
 		}
+		return nil
 	}
+	// A session each for workers 0..workers-1; workers 100 and 101 share
+	// one.
+	ids, sessions := []int{100, 101}, []*Session{shared, shared}
 	for id := range workers {
-		s := openTestModel(t, rt, "linear_logits", SessionOptions{})
-		wg.Add(1)
-		go work(id, s)
+		ids, sessions = append(ids, id), append(sessions, openTestModel(t, rt, "linear_logits", SessionOptions{}))
 	}
-	wg.Add(2)
-	go work(100, shared)
-	go work(101, shared)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	for _, err := range concurrently(len(ids), func(g int) error { return work(ids[g], sessions[g]) }) {
 		t.Error(err)
 	}
 }
@@ -330,11 +319,7 @@ func TestManyBatchSizes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Run(n=%d): %v", n, err)
 		}
-		want := lin.logits(x, n)
-		for i := range want {
-			want[i] = refSoftmax(want[i])
-		}
-		assertClose(t, got, want, 1e-5)
+		assertClose(t, got, lin.probabilities(x, n), 1e-5)
 	}
 }
 
