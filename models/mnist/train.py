@@ -110,15 +110,24 @@ def mlp():
     )
 
 
+def conv_pool_stages(c1, c2, kernel):
+    """Two stages of a same-padded convolution, ReLU and 2x2 max pooling: a
+    1x28x28 image becomes c2 maps of 7x7."""
+    pad = kernel // 2
+    return [
+        nn.Conv2d(1, c1, kernel, padding=pad),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, kernel, padding=pad),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    ]
+
+
 def cnn_small():
     return nn.Sequential(
         Normalize(),
-        nn.Conv2d(1, 4, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 8, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
+        *conv_pool_stages(4, 8, 5),
         nn.Flatten(),
         nn.Linear(8 * 7 * 7, 10),
     )
@@ -127,12 +136,7 @@ def cnn_small():
 def cnn():
     return nn.Sequential(
         Normalize(),
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
+        *conv_pool_stages(32, 64, 3),
         nn.Flatten(),
         nn.Linear(64 * 7 * 7, 128),
         nn.ReLU(),
