@@ -54,7 +54,23 @@ def build(name, seed=0):
     """Returns the torchvision ResNet `name` with random weights, in eval mode."""
     need_torch()
 
-    class Basic(nn.Module):
+    class Residual(nn.Module):
+        """A residual block: body(x) plus x, or x's projection where the
+        block changes the shape, through a ReLU."""
+
+        def project(self, cin, out, stride):
+            """Sets down, the projection of the input: None (the identity), or
+            a strided 1x1 convolution with batch norm where stride or channels
+            change."""
+            self.down = None
+            if stride != 1 or cin != out:
+                self.down = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+        def forward(self, x):
+            idt = x if self.down is None else self.down(x)
+            return self.relu(self.body(x) + idt)
+
+    class Basic(Residual):
         expansion = 1
 
         def __init__(self, cin, c, stride):
@@ -64,17 +80,13 @@ def build(name, seed=0):
             self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
             self.bn2 = nn.BatchNorm2d(c)
             self.relu = nn.ReLU(inplace=True)
-            self.down = None
-            if stride != 1 or cin != c:
-                self.down = nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+            self.project(cin, c, stride)
 
-        def forward(self, x):
-            idt = x if self.down is None else self.down(x)
+        def body(self, x):
             y = self.relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
-            return self.relu(y + idt)
+            return self.bn2(self.conv2(y))
 
-    class Bottleneck(nn.Module):
+    class Bottleneck(Residual):
         expansion = 4
 
         def __init__(self, cin, c, stride):
@@ -87,16 +99,12 @@ def build(name, seed=0):
             self.conv3 = nn.Conv2d(c, out, 1, bias=False)
             self.bn3 = nn.BatchNorm2d(out)
             self.relu = nn.ReLU(inplace=True)
-            self.down = None
-            if stride != 1 or cin != out:
-                self.down = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            self.project(cin, out, stride)
 
-        def forward(self, x):
-            idt = x if self.down is None else self.down(x)
+        def body(self, x):
             y = self.relu(self.bn1(self.conv1(x)))
             y = self.relu(self.bn2(self.conv2(y)))
-            y = self.bn3(self.conv3(y))
-            return self.relu(y + idt)
+            return self.bn3(self.conv3(y))
 
     kind, counts = LAYERS[name]
     block = Basic if kind == "basic" else Bottleneck
