@@ -68,6 +68,19 @@ done
 
 say() { echo "gpu-check: $*" >&2; }
 
+# fenced prints a section of the summary: a heading, title, over the output
+# of the command that follows it, in a code block.
+fenced() {
+	local title=$1
+	shift
+	echo
+	echo "## ${title}"
+	echo
+	echo '```'
+	"$@"
+	echo '```'
+}
+
 # --- is there a GPU? ----------------------------------------------------------------------
 if ((dry == 0)); then
 	if ! command -v nvidia-smi >/dev/null 2>&1; then
@@ -271,21 +284,11 @@ step "bench-${provider}" 240 "${cs}" bench --provider "${provider}" --runners 2 
 	echo "total: $(($(date +%s) - started))s"
 	echo '```'
 	if [[ -f "${out}/unit-summary.txt" ]]; then
-		echo
-		echo "## internal/onnxrt on the GPU"
-		echo
-		echo '```'
-		cat "${out}/unit-summary.txt"
-		echo '```'
+		fenced "internal/onnxrt on the GPU" cat "${out}/unit-summary.txt"
 	fi
 	for f in "${out}"/mnist-*.log; do
 		[[ -f "${f}" ]] || continue
-		echo
-		echo "## $(basename "${f}" .log)"
-		echo
-		echo '```'
-		cat "${f}"
-		echo '```'
+		fenced "$(basename "${f}" .log)" cat "${f}"
 	done
 	for f in "${out}"/resnet-ratios-*.md; do
 		[[ -f "${f}" ]] || continue
@@ -296,12 +299,7 @@ step "bench-${provider}" 240 "${cs}" bench --provider "${provider}" --runners 2 
 	done
 	for f in "${out}"/bench-*.log; do
 		[[ -f "${f}" ]] || continue
-		echo
-		echo "## $(basename "${f}" .log)"
-		echo
-		echo '```'
-		grep -v '^bench: ' "${f}"
-		echo '```'
+		fenced "$(basename "${f}" .log)" grep -v '^bench: ' "${f}"
 	done
 } >"${out}/summary.md"
 tar -czf "${out}.tar.gz" --exclude='*.onnx' -C "$(dirname "${out}")" "$(basename "${out}")"
