@@ -252,6 +252,19 @@ func waitTicks(t *testing.T, reg *prometheus.Registry, n int) {
 	})
 }
 
+// startFastPlan starts a server and a controller of the fast plan with the
+// test configuration, and waits for the initial gear (accurate) in the
+// control bucket kv.
+func startFastPlan(t *testing.T) (srv *natstest.Server, p *plan.Plan, c *running, kv jetstream.KeyValue) {
+	t.Helper()
+	srv = natstest.Start(t)
+	file, p := fastPlanFile(t)
+	c = startController(t, srv, testConfig(t, file, nil))
+	kv = controlBucket(t, srv, p.Pipeline)
+	waitGear(t, kv, "accurate")
+	return srv, p, c, kv
+}
+
 // waitRateAbove waits until the controller measures an intake rate above
 // qps.
 func waitRateAbove(t *testing.T, reg *prometheus.Registry, qps float64) {
@@ -351,11 +364,7 @@ func TestRunAppliesTopologyIdempotently(t *testing.T) {
 }
 
 func TestRunSwitchesUpAtOnceAndDownAfterDrain(t *testing.T) {
-	srv := natstest.Start(t)
-	file, p := fastPlanFile(t)
-	c := startController(t, srv, testConfig(t, file, nil))
-	kv := controlBucket(t, srv, p.Pipeline)
-	waitGear(t, kv, "accurate")
+	srv, p, c, kv := startFastPlan(t)
 	// Load beyond balanced's 200 qps from the first stats message: straight
 	// to cheap, skipping balanced.
 	ing := startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 320)
@@ -415,11 +424,7 @@ func TestRunSwitchesUpAtOnceAndDownAfterDrain(t *testing.T) {
 }
 
 func TestRunUpOnBacklog(t *testing.T) {
-	srv := natstest.Start(t)
-	file, p := fastPlanFile(t)
-	startController(t, srv, testConfig(t, file, nil))
-	kv := controlBucket(t, srv, p.Pipeline)
-	waitGear(t, kv, "accurate")
+	srv, p, _, kv := startFastPlan(t)
 	startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 20)
 	// 20 qps + 150 waiting at medium / 1 s = 170 qps required: balanced.
 	ctx := context.Background()
@@ -435,11 +440,7 @@ func TestRunUpOnBacklog(t *testing.T) {
 }
 
 func TestRunRecoversFromForeignWrites(t *testing.T) {
-	srv := natstest.Start(t)
-	file, p := fastPlanFile(t)
-	c := startController(t, srv, testConfig(t, file, nil))
-	kv := controlBucket(t, srv, p.Pipeline)
-	waitGear(t, kv, "accurate")
+	srv, p, c, kv := startFastPlan(t)
 	startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 320)
 	waitGear(t, kv, "cheap")
 
@@ -744,11 +745,7 @@ func TestRunAdoptsStoredGear(t *testing.T) {
 // restarts; the controller notices at its next consumer poll and applies
 // the topology and the plan again.
 func TestRunRecreatesVanishedTopology(t *testing.T) {
-	srv := natstest.Start(t)
-	file, p := fastPlanFile(t)
-	startController(t, srv, testConfig(t, file, nil))
-	kv := controlBucket(t, srv, p.Pipeline)
-	waitGear(t, kv, "accurate")
+	srv, p, _, _ := startFastPlan(t)
 	ctx := context.Background()
 	name := wire.ModelStream(p.Pipeline, "small")
 	if err := srv.JS.DeleteStream(ctx, name); err != nil {
@@ -768,11 +765,7 @@ func TestRunRecreatesVanishedTopology(t *testing.T) {
 // re-created, and a plan key overwritten with anything else (say a
 // JetStream API response aimed at it) is written again.
 func TestRunRepairsJobsConsumerAndPlanKey(t *testing.T) {
-	srv := natstest.Start(t)
-	file, p := fastPlanFile(t)
-	startController(t, srv, testConfig(t, file, nil))
-	kv := controlBucket(t, srv, p.Pipeline)
-	waitGear(t, kv, "accurate")
+	srv, p, _, kv := startFastPlan(t)
 	ctx := context.Background()
 	jobs, err := srv.JS.Stream(ctx, wire.JobsStream(p.Pipeline))
 	if err != nil {
