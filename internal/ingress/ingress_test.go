@@ -372,12 +372,19 @@ func TestIDIsACorrelationID(t *testing.T) {
 	}
 }
 
+// startInAccurate starts an ingress in gear accurate (first model small)
+// with a responder of each model.
+func startInAccurate(t *testing.T) (e *testEnv, ti *testIngress, small, big *responder) {
+	t.Helper()
+	e = startEnv(t)
+	e.putGear(t, "accurate")
+	ti = e.ready(t, nil)
+	return e, ti, e.respond(t, "small"), e.respond(t, "big")
+}
+
 // TestGearSwitch: requests go to the first model of the gear in force.
 func TestGearSwitch(t *testing.T) {
-	e := startEnv(t)
-	e.putGear(t, "accurate")
-	ti := e.ready(t, nil)
-	small, big := e.respond(t, "small"), e.respond(t, "big")
+	e, ti, small, big := startInAccurate(t)
 	body := oipBody("", "FP32", "[2,2]", "[1,1,1,1]", "")
 	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "small" || res.AdmittedGear != "accurate" {
 		t.Fatalf("before the switch: %+v", res)
@@ -402,10 +409,7 @@ func TestGearSwitch(t *testing.T) {
 // ingress keeps admitting with its last gear meanwhile, and then follows
 // the gear written into the new bucket.
 func TestGearSwitchAfterBucketRecreated(t *testing.T) {
-	e := startEnv(t)
-	e.putGear(t, "accurate")
-	ti := e.ready(t, nil)
-	small, big := e.respond(t, "small"), e.respond(t, "big")
+	e, ti, small, big := startInAccurate(t)
 	body := oipBody("", "FP32", "[2,2]", "[1,1,1,1]", "")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
