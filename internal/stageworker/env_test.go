@@ -104,6 +104,16 @@ func gear(id string, qps float64, maxBatch int, delayMs float64, stages ...any) 
 	return g
 }
 
+// switchGears are the gears of the gear-switch tests: "acc", a
+// three-stage cascade, and "fast", a cheaper two-stage one with larger
+// batches.
+func switchGears() []plan.Gear {
+	return []plan.Gear{
+		gear("acc", 100, 16, 2, "linear", 0.9, "mlp_small", 0.8, "mlp"),
+		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
+	}
+}
+
 // testEnv is a NATS server with the pipeline's topology and control keys.
 type testEnv struct {
 	srv  *natstest.Server

@@ -73,10 +73,7 @@ func admitEnvelopes(t *testing.T, e *testEnv, model, admittedGear string, n, siz
 // (controller write → worker applied) percentiles. There is no timed
 // assertion: the numbers are for the report.
 func TestGearSwitchTwoWorkers(t *testing.T) {
-	gears := []plan.Gear{
-		gear("acc", 100, 16, 2, "linear", 0.9, "mlp_small", 0.8, "mlp"),
-		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
-	}
+	gears := switchGears()
 	p := testPlan(t, gears)
 	e := startEnv(t, p)
 	e.setGear(t, "acc")
@@ -214,11 +211,7 @@ func TestGearSwitchTwoWorkers(t *testing.T) {
 // worker binds the new bucket, applies the gear written there, and items
 // follow it.
 func TestGearSwitchAfterBucketRecreated(t *testing.T) {
-	gears := []plan.Gear{
-		gear("acc", 100, 16, 2, "linear", 0.9, "mlp_small", 0.8, "mlp"),
-		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
-	}
-	p := testPlan(t, gears)
+	p := testPlan(t, switchGears())
 	e := startEnv(t, p)
 	first := e.setGear(t, "acc")
 	events := make(chan wire.GearState, 64)
