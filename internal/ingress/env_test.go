@@ -3,7 +3,6 @@ package ingress_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"math"
 	"net"
@@ -372,20 +371,6 @@ func validRequest(id string) *wire.Request {
 	return &wire.Request{ID: id, Input: wire.FP32Tensor([]int64{2, 2}, []float32{0.5, 0.5, 0.5, 0.5}), TimeoutMs: 10000}
 }
 
-// streamMsgs returns the number of messages in a stream.
-func (e *testEnv) streamMsgs(t testing.TB, name string) uint64 {
-	t.Helper()
-	s, err := e.srv.JS.Stream(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
-}
-
 // results reads every result of a client from the results stream, decoded
 // by its Content-Type header (which every result must carry).
 func (e *testEnv) results(t testing.TB, client string) []*wire.Result {
@@ -408,41 +393,7 @@ func (e *testEnv) results(t testing.TB, client string) []*wire.Result {
 // resultMsgs reads every message of a client from the results stream.
 func (e *testEnv) resultMsgs(t testing.TB, client string) []*nats.Msg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := e.srv.JS.Stream(ctx, wire.ResultsStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.ResultSubject(e.plan.Pipeline, client)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Polling callers read often: remove the consumer at once rather than
-	// leave it to expire, or the server's consumer limit is reached.
-	defer func() {
-		if info := cons.CachedInfo(); info != nil {
-			_ = s.DeleteConsumer(context.Background(), info.Name)
-		}
-	}()
-	var out []*nats.Msg
-	for {
-		batch, err := cons.FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			out = append(out, &nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			return out
-		}
-	}
+	return e.srv.StoredMsgs(t, wire.ResultsStream, wire.ResultSubject(e.plan.Pipeline, client))
 }
 
 func testLogger(t testing.TB) *slog.Logger {

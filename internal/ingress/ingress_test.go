@@ -310,7 +310,7 @@ func TestOverloaded(t *testing.T) {
 	if res, hdr := natsRequest(t, nc, []byte(oipBody("", "FP32", "[2,2]", "[1,1,1,1]", "")), true); res.Error == nil || res.Error.Code != wire.CodeOverloaded || hdr != "overloaded" {
 		t.Fatalf("NATS JSON on a full queue: %+v %q", res.Error, hdr)
 	}
-	if got := e.streamMsgs(t, wire.ModelStream(pipeline, "small")); got != 2 {
+	if got := e.srv.StreamMsgs(t, wire.ModelStream(pipeline, "small")); got != 2 {
 		t.Fatalf("queue holds %d messages, want the 2 fillers", got)
 	}
 	if got := ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "overloaded"); got != 2 {

@@ -37,7 +37,7 @@ func TestReplySubjectsAreInboxesOnly(t *testing.T) {
 	}
 	e.putGear(t, "accurate")
 	planRev, gearRev := revision(wire.KeyPlan), revision(wire.KeyGear)
-	queued := e.streamMsgs(t, wire.ModelStream(pipeline, "small"))
+	queued := e.srv.StreamMsgs(t, wire.ModelStream(pipeline, "small"))
 
 	valid := encodeRequest(t, validRequest("victim-1"))
 	cases := []struct {
@@ -78,7 +78,7 @@ func TestReplySubjectsAreInboxesOnly(t *testing.T) {
 	if got := revision(wire.KeyGear); got != gearRev {
 		t.Errorf("gear key revision %d, want %d", got, gearRev)
 	}
-	if got := e.streamMsgs(t, wire.ModelStream(pipeline, "small")); got > queued {
+	if got := e.srv.StreamMsgs(t, wire.ModelStream(pipeline, "small")); got > queued {
 		t.Errorf("model queue grew from %d to %d", queued, got)
 	}
 	if _, err := e.srv.JS.Stream(ctx, wire.JobsStream(pipeline)); err != nil {

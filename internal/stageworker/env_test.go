@@ -360,41 +360,7 @@ func (e *testEnv) durableResults(t testing.TB, client string) (map[string][]*wir
 // durableMsgs reads every message stored for client on the results stream.
 func (e *testEnv) durableMsgs(t testing.TB, client string) []*nats.Msg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	subject := wire.ResultSubject(e.plan.Pipeline, client)
-	stream, err := e.js.Stream(ctx, wire.ResultsStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := int(info.State.Subjects[subject])
-	if total == 0 {
-		return nil
-	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*nats.Msg
-	for len(out) < total {
-		b, err := cons.Fetch(total-len(out), jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := 0
-		for m := range b.Messages() {
-			out = append(out, &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
-			got++
-		}
-		if got == 0 {
-			t.Fatalf("read %d of %d results", len(out), total)
-		}
-	}
-	return out
+	return e.srv.StoredMsgs(t, wire.ResultsStream, wire.ResultSubject(e.plan.Pipeline, client))
 }
 
 // decodeResultMsg decodes a result message by its Content-Type header,
@@ -418,26 +384,12 @@ func decodeResultMsg(h nats.Header, data []byte, res *wire.Result) error {
 	return nil
 }
 
-// streamMsgs returns the number of messages in a stream.
-func (e *testEnv) streamMsgs(t testing.TB, name string) uint64 {
-	t.Helper()
-	s, err := e.js.Stream(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
-}
-
 // queuesEmpty reports whether every model's work queue is empty and
 // nothing is awaiting an ack.
 func (e *testEnv) queuesEmpty(t testing.TB) bool {
 	t.Helper()
 	for _, m := range e.plan.UsedModels() {
-		if e.streamMsgs(t, wire.ModelStream(e.plan.Pipeline, m)) != 0 {
+		if e.srv.StreamMsgs(t, wire.ModelStream(e.plan.Pipeline, m)) != 0 {
 			return false
 		}
 	}

@@ -504,7 +504,7 @@ func TestPoisonAndUndecodable(t *testing.T) {
 	}
 
 	// The dead-letter stream holds the poison item and the garbage.
-	natstest.WaitFor(t, "dead letters", 10*time.Second, func() bool { return e.streamMsgs(t, wire.DLQStream(p.Pipeline)) == 2 })
+	natstest.WaitFor(t, "dead letters", 10*time.Second, func() bool { return e.srv.StreamMsgs(t, wire.DLQStream(p.Pipeline)) == 2 })
 	ctx := context.Background()
 	dlq, err := e.js.Stream(ctx, wire.DLQStream(p.Pipeline))
 	if err != nil {
@@ -656,7 +656,7 @@ func TestDeadlineAwareEscalation(t *testing.T) {
 	if got := w.settledCounter(t, float64(degraded), "cascade_worker_degraded_total", "model", "linear", "reason", "deadline"); got != float64(degraded) {
 		t.Errorf("degraded counter %v, want %d", got, degraded)
 	}
-	if e.streamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")) != 0 {
+	if e.srv.StreamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")) != 0 {
 		t.Error("something was escalated")
 	}
 }
@@ -691,13 +691,13 @@ func TestFullNextQueueDegrades(t *testing.T) {
 	w := e.startWorker(t, func(c *Config) { c.Models = []string{"linear"} }, hooks{})
 	natstest.WaitFor(t, "replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n-1 })
 	natstest.WaitFor(t, "linear drained", 30*time.Second, func() bool {
-		return e.streamMsgs(t, wire.ModelStream(p.Pipeline, "linear")) == 0
+		return e.srv.StreamMsgs(t, wire.ModelStream(p.Pipeline, "linear")) == 0
 	})
 	got, k := rep.snapshot()
 	if k != n-1 {
 		t.Errorf("%d replies, want %d (one item waits in mlp_small's queue)", k, n-1)
 	}
-	if m := e.streamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")); m != 1 {
+	if m := e.srv.StreamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")); m != 1 {
 		t.Errorf("mlp_small holds %d items, want 1", m)
 	}
 	degraded := 0
@@ -763,7 +763,7 @@ func TestGracefulDrain(t *testing.T) {
 		info, err = cons.Info(context.Background())
 		return err == nil && info.NumAckPending == 0
 	})
-	queued := e.streamMsgs(t, wire.ModelStream(p.Pipeline, "linear"))
+	queued := e.srv.StreamMsgs(t, wire.ModelStream(p.Pipeline, "linear"))
 	natstest.WaitFor(t, "replies of acked items", 10*time.Second, func() bool { _, k := rep.snapshot(); return uint64(k)+queued == n })
 	_, k := rep.snapshot()
 	t.Logf("batch in hand %d; answered %d; left queued %d", inBatch, k, queued)
