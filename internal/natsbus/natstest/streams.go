@@ -14,15 +14,22 @@ func (s *Server) StreamMsgs(t testing.TB, stream string) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
+	_, info := s.streamInfo(ctx, t, stream)
+	return info.State.Msgs
+}
+
+// streamInfo returns stream and its info, asked with opts.
+func (s *Server) streamInfo(ctx context.Context, t testing.TB, stream string, opts ...jetstream.StreamInfoOpt) (jetstream.Stream, *jetstream.StreamInfo) {
+	t.Helper()
 	st, err := s.JS.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(ctx)
+	info, err := st.Info(ctx, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Msgs
+	return st, info
 }
 
 // StoredMsgs returns every message stream holds on subject, oldest first
@@ -33,14 +40,7 @@ func (s *Server) StoredMsgs(t testing.TB, stream, subject string) []*nats.Msg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	st, err := s.JS.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, info := s.streamInfo(ctx, t, stream, jetstream.WithSubjectFilter(subject))
 	total := int(info.State.Subjects[subject])
 	if total == 0 {
 		return nil
