@@ -221,13 +221,7 @@ func boundedStream(name, desc, subject string, maxAge time.Duration, maxMsgs, ma
 // KVConfig is the control bucket of a pipeline (keys plan and gear).
 func KVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 	c = c.WithDefaults()
-	return jetstream.KeyValueConfig{
-		Bucket:      wire.KVBucket(pipeline),
-		Description: fmt.Sprintf("CascadeServe control state of pipeline %q", pipeline),
-		History:     10,
-		Storage:     c.Storage,
-		Replicas:    c.Replicas,
-	}
+	return bucket(wire.KVBucket(pipeline), fmt.Sprintf("CascadeServe control state of pipeline %q", pipeline), 10, c)
 }
 
 // IdempotencyKVConfig is the idempotency bucket of a pipeline: one record
@@ -237,12 +231,18 @@ func KVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 // results; when it is full, keyed requests are answered unavailable).
 func IdempotencyKVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 	c = c.WithDefaults()
+	kv := bucket(wire.IdempotencyBucket(pipeline), fmt.Sprintf("CascadeServe idempotency records of pipeline %q", pipeline), 1, c)
+	kv.TTL, kv.MaxBytes = c.IdempotencyWindow, c.ResultsMaxBytes
+	return kv
+}
+
+// bucket is a key-value bucket keeping history values of each key, with
+// c's storage and replicas, without expiry or size limit.
+func bucket(name, desc string, history uint8, c TopologyConfig) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
-		Bucket:      wire.IdempotencyBucket(pipeline),
-		Description: fmt.Sprintf("CascadeServe idempotency records of pipeline %q", pipeline),
-		History:     1,
-		TTL:         c.IdempotencyWindow,
-		MaxBytes:    c.ResultsMaxBytes,
+		Bucket:      name,
+		Description: desc,
+		History:     history,
 		Storage:     c.Storage,
 		Replicas:    c.Replicas,
 	}
