@@ -7,7 +7,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -396,14 +395,6 @@ func (e *testEnv) resultMsgs(t testing.TB, client string) []*nats.Msg {
 	return e.srv.StoredMsgs(t, wire.ResultsStream, wire.ResultSubject(e.plan.Pipeline, client))
 }
 
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
-}
+// testLogger is the logger of the ingress the tests run: warnings and above, to
+// the test log.
+func testLogger(t testing.TB) *slog.Logger { return natstest.Logger(t, slog.LevelWarn) }

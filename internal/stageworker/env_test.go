@@ -7,7 +7,6 @@ import (
 	"math"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -459,18 +458,6 @@ func (o *oracle) cascade(g plan.Gear, i int) (model string, ambiguous bool) {
 	panic("unreachable: the last stage answers")
 }
 
-// testLogger logs to t.Log (shown for failed tests and with -v).
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
-
 // planRevision is the control bucket's plan key revision.
 func (e *testEnv) planRevision(t testing.TB) uint64 {
 	t.Helper()
@@ -480,3 +467,7 @@ func (e *testEnv) planRevision(t testing.TB) uint64 {
 	}
 	return en.Revision()
 }
+
+// testLogger is the logger of the workers the tests run: info and above, to
+// the test log.
+func testLogger(t testing.TB) *slog.Logger { return natstest.Logger(t, slog.LevelInfo) }
