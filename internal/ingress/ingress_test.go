@@ -420,11 +420,7 @@ func TestGearSwitchAfterBucketRecreated(t *testing.T) {
 	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "small" || res.AdmittedGear != "accurate" {
 		t.Fatalf("without a bucket: %+v, want the last gear accurate", res)
 	}
-	kv, err := natsbus.EnsureTopology(ctx, e.srv.JS, e.plan, natsbus.TopologyConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.kv = kv
+	e.kv = e.srv.Topology(t, e.plan, natsbus.TopologyConfig{})
 	e.putPlan(t)
 	e.putGear(t, "fast")
 	natstest.WaitFor(t, "gear fast applied from the new bucket", 20*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })

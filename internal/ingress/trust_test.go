@@ -139,9 +139,7 @@ func TestJobsConsumerDeletedUnderLoad(t *testing.T) {
 	// A second ingress started now waits instead of exiting.
 	second := e.startIngress(t, nil)
 	wg.Wait()
-	if _, err := natsbus.EnsureTopology(ctx, e.srv.JS, e.plan, natsbus.TopologyConfig{}); err != nil {
-		t.Fatal(err)
-	}
+	e.srv.Topology(t, e.plan, natsbus.TopologyConfig{})
 	natstest.WaitFor(t, "ingress ready again", 10*time.Second, func() bool {
 		return getJSON(t, ti.url+"/v2/health/ready", nil) == http.StatusOK
 	})

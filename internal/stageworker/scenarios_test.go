@@ -237,18 +237,8 @@ func TestGearSwitchAfterBucketRecreated(t *testing.T) {
 	if err := e.js.DeleteKeyValue(ctx, wire.KVBucket(p.Pipeline)); err != nil {
 		t.Fatal(err)
 	}
-	kv, err := natsbus.EnsureTopology(ctx, e.js, p, natsbus.TopologyConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.kv = kv
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, wire.KeyPlan, b); err != nil {
-		t.Fatal(err)
-	}
+	e.kv = e.srv.Topology(t, p, natsbus.TopologyConfig{})
+	natstest.PutPlan(t, e.kv, p)
 	waitApplied(e.setGear(t, "fast"))
 
 	rep := e.listen(t, replySubject)
