@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -108,13 +109,33 @@ func (in *ingress) serveBatch(ctx context.Context, door string, req *wire.Reques
 		out.Client = wire.DefaultClient
 	}
 	done := make([]bool, n)
-	pending := 0
+	pending, deadline := in.admitBatch(door, req, reqs, start, subject, out, done)
+	admitted := pending > 0
+	if err := in.collectBatch(ctx, req, replies, deadline, pending, out, done); err != nil {
+		return nil, admitted, err
+	}
+	for i := range done {
+		if !done[i] {
+			out.Items[i] = *in.itemError(req, wire.Errorf(wire.CodeDeadlineExceeded, "no result for item %d of %s by its deadline", i, req.ID))
+		}
+	}
+	now := in.now()
+	out.AdmittedUnixNano, out.CompletedUnixNano, out.TotalNs = start.UnixNano(), now.UnixNano(), now.Sub(start).Nanoseconds()
+	return out, admitted, nil
+}
+
+// admitBatch admits the items of a batch (reqs, replies to subject) and
+// waits until each is stored in its first model's queue or refused. A
+// refused item gets its error in out and is marked done. It returns how
+// many items were admitted, whose results are pending, and the latest of
+// their deadlines.
+func (in *ingress) admitBatch(door string, req *wire.Request, reqs []wire.Request, start time.Time, subject string,
+	out *wire.Result, done []bool) (pending int, deadline time.Time) {
 	// The items go to the coalescer together, one group per first model
 	// (a gear switch while they are admitted can change it).
 	var items []*wire.Item
 	var indexes []int
 	var tickets []*ticket
-	deadline := time.Time{}
 	first := ""
 	for i := range reqs {
 		it, model, err := in.prepare(admission{door: door, req: &reqs[i], start: start, replyTo: subject})
@@ -149,10 +170,18 @@ func (in *ingress) serveBatch(ctx context.Context, door string, req *wire.Reques
 		in.countAdmitted(door)
 		in.metrics.admission.WithLabelValues(door).Observe(in.now().Sub(start).Seconds())
 	}
-	admitted := pending > 0
+	return pending, deadline
+}
+
+// collectBatch puts the results that arrive on replies into out (by their
+// index, once each, marking them done) until the pending ones are all in,
+// the latest deadline plus ReplyGrace has passed, or shutdown gives up on
+// them. It returns ctx's error if the caller went away.
+func (in *ingress) collectBatch(ctx context.Context, req *wire.Request, replies <-chan *nats.Msg, deadline time.Time, pending int,
+	out *wire.Result, done []bool) error {
+	n := len(done)
 	timer := time.NewTimer(max(deadline.Sub(in.now())+in.cfg.ReplyGrace, 0))
 	defer timer.Stop()
-collect:
 	for pending > 0 {
 		select {
 		case msg := <-replies:
@@ -172,21 +201,14 @@ collect:
 				}
 			}
 		case <-timer.C:
-			break collect
+			return nil
 		case <-in.abort:
-			break collect
+			return nil
 		case <-ctx.Done():
-			return nil, admitted, ctx.Err()
+			return ctx.Err()
 		}
 	}
-	for i := range done {
-		if !done[i] {
-			out.Items[i] = *in.itemError(req, wire.Errorf(wire.CodeDeadlineExceeded, "no result for item %d of %s by its deadline", i, req.ID))
-		}
-	}
-	now := in.now()
-	out.AdmittedUnixNano, out.CompletedUnixNano, out.TotalNs = start.UnixNano(), now.UnixNano(), now.Sub(start).Nanoseconds()
-	return out, admitted, nil
+	return nil
 }
 
 // itemError is the result of one item of a batch that failed with err.

@@ -102,6 +102,16 @@ func TestEndToEndMNIST(t *testing.T) {
 		mu.Unlock()
 	}
 	var wg sync.WaitGroup
+	// viaHTTP posts image i's body and records its answer as door's.
+	viaHTTP := func(i int, door, body string) {
+		defer wg.Done()
+		status, res, raw := httpInfer(t, ti.url, "mnist", body)
+		if status != 200 {
+			t.Errorf("image %d via %s: %d %s", i, door, status, raw)
+			return
+		}
+		record(i, door, res)
+	}
 	for i := range n {
 		img := set.Item(i)
 		fp := make([]string, len(img))
@@ -114,24 +124,8 @@ func TestEndToEndMNIST(t *testing.T) {
 		}
 		shape := "[1,28,28]"
 		wg.Add(4)
-		go func() {
-			defer wg.Done()
-			status, res, raw := httpInfer(t, ti.url, "mnist", oipBody("", "FP32", shape, "["+strings.Join(fp, ",")+"]", ""))
-			if status != 200 {
-				t.Errorf("image %d HTTP FP32: %d %s", i, status, raw)
-				return
-			}
-			record(i, "http-fp32", res)
-		}()
-		go func() {
-			defer wg.Done()
-			status, res, raw := httpInfer(t, ti.url, "mnist", oipBody("", "UINT8", "[1,1,28,28]", "["+strings.Join(u8, ",")+"]", ""))
-			if status != 200 {
-				t.Errorf("image %d HTTP UINT8: %d %s", i, status, raw)
-				return
-			}
-			record(i, "http-uint8", res)
-		}()
+		go viaHTTP(i, "http-fp32", oipBody("", "FP32", shape, "["+strings.Join(fp, ",")+"]", ""))
+		go viaHTTP(i, "http-uint8", oipBody("", "UINT8", "[1,1,28,28]", "["+strings.Join(u8, ",")+"]", ""))
 		go func() {
 			defer wg.Done()
 			res, _ := natsRequestTo(t, nc, "mnist", encodeRequest(t, &wire.Request{Input: wire.FP32Tensor(mnist.ItemShape(), img)}), false)

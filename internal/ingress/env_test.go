@@ -3,12 +3,10 @@ package ingress_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"math"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -372,20 +370,6 @@ func validRequest(id string) *wire.Request {
 	return &wire.Request{ID: id, Input: wire.FP32Tensor([]int64{2, 2}, []float32{0.5, 0.5, 0.5, 0.5}), TimeoutMs: 10000}
 }
 
-// streamMsgs returns the number of messages in a stream.
-func (e *testEnv) streamMsgs(t testing.TB, name string) uint64 {
-	t.Helper()
-	s, err := e.srv.JS.Stream(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
-}
-
 // results reads every result of a client from the results stream, decoded
 // by its Content-Type header (which every result must carry).
 func (e *testEnv) results(t testing.TB, client string) []*wire.Result {
@@ -408,51 +392,9 @@ func (e *testEnv) results(t testing.TB, client string) []*wire.Result {
 // resultMsgs reads every message of a client from the results stream.
 func (e *testEnv) resultMsgs(t testing.TB, client string) []*nats.Msg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := e.srv.JS.Stream(ctx, wire.ResultsStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.ResultSubject(e.plan.Pipeline, client)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Polling callers read often: remove the consumer at once rather than
-	// leave it to expire, or the server's consumer limit is reached.
-	defer func() {
-		if info := cons.CachedInfo(); info != nil {
-			_ = s.DeleteConsumer(context.Background(), info.Name)
-		}
-	}()
-	var out []*nats.Msg
-	for {
-		batch, err := cons.FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			out = append(out, &nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			return out
-		}
-	}
+	return e.srv.StoredMsgs(t, wire.ResultsStream, wire.ResultSubject(e.plan.Pipeline, client))
 }
 
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
-}
+// testLogger is the logger of the ingress the tests run: warnings and above, to
+// the test log.
+func testLogger(t testing.TB) *slog.Logger { return natstest.Logger(t, slog.LevelWarn) }

@@ -119,76 +119,100 @@ func (c *coalescer) run(ctx context.Context) {
 			select {
 			case first = <-c.submit:
 			case <-ctx.Done():
-				close(c.done)
-				// Publish what is still queued: its callers are waiting.
-				for {
-					select {
-					case g := <-c.submit:
-						c.publishChunks(g, c.maxItems(g[0].model), &wg)
-					default:
-						return
-					}
-				}
+				c.stop(&wg)
+				return
 			}
 		}
-		model := first[0].model
-		maxItems := c.maxItems(model)
-		// A group larger than an envelope leaves in full envelopes; its
-		// remainder starts the next.
-		if len(first) > maxItems {
-			full := len(first) - len(first)%maxItems
-			if full == len(first) {
-				full -= maxItems
-			}
-			c.publishChunks(first[:full], maxItems, &wg)
-			first = first[full:]
-		}
-		batch, bytes := first, groupBytes(first)
-		var timer *time.Timer
-		// take adds g to the envelope, or keeps it for the next one when
-		// it is for another model or does not fit; false: flush now.
-		take := func(g []*ticket) bool {
-			size := groupBytes(g)
-			if g[0].model != model || len(batch)+len(g) > maxItems || bytes+size > c.in.cfg.EnvelopeMaxBytes {
-				carry = g
-				return false
-			}
-			batch, bytes = append(batch, g...), bytes+size
-			return true
-		}
-	fill:
-		for len(batch) < maxItems && bytes < c.in.cfg.EnvelopeMaxBytes {
-			select {
-			case g := <-c.submit:
-				if !take(g) {
-					break fill
-				}
-				continue
-			default:
-			}
-			if c.inflight.Load() == 0 {
-				break // nothing being stored and nothing waiting: go now
-			}
-			if timer == nil {
-				timer = time.NewTimer(c.in.cfg.EnvelopeWait - c.in.now().Sub(time.Unix(0, first[0].item.AdmittedUnixNano)))
-			}
-			select {
-			case g := <-c.submit:
-				if !take(g) {
-					break fill
-				}
-			case <-c.acked:
-			case <-timer.C:
-				break fill
-			case <-ctx.Done():
-				break fill
-			}
-		}
-		if timer != nil {
-			timer.Stop()
-		}
+		maxItems := c.maxItems(first[0].model)
+		first = c.publishFull(first, maxItems, &wg)
+		var batch []*ticket
+		batch, carry = c.fill(ctx, first, maxItems)
 		c.publish(batch, &wg)
 	}
+}
+
+// stop closes intake (add answers unavailable from now on) and publishes
+// what is still queued: its callers are waiting.
+func (c *coalescer) stop(wg *sync.WaitGroup) {
+	close(c.done)
+	for {
+		select {
+		case g := <-c.submit:
+			c.publishChunks(g, c.maxItems(g[0].model), wg)
+		default:
+			return
+		}
+	}
+}
+
+// publishFull publishes a group larger than an envelope of maxItems in
+// full envelopes and returns its remainder, which starts the next (the
+// group itself when it fits).
+func (c *coalescer) publishFull(group []*ticket, maxItems int, wg *sync.WaitGroup) []*ticket {
+	if len(group) <= maxItems {
+		return group
+	}
+	full := len(group) - len(group)%maxItems
+	if full == len(group) {
+		full -= maxItems
+	}
+	c.publishChunks(group[:full], maxItems, wg)
+	return group[full:]
+}
+
+// fill grows an envelope from its first group with the groups submitted
+// for the same model until it holds maxItems items or EnvelopeMaxBytes,
+// its first item has waited EnvelopeWait, ctx ends, or no envelope is
+// awaiting its PubAck and no group is waiting (then it goes at once).
+// It returns the envelope and the group that did not join it (nil if
+// none), which starts the next.
+func (c *coalescer) fill(ctx context.Context, first []*ticket, maxItems int) (batch, carry []*ticket) {
+	model := first[0].model
+	batch, bytes := first, groupBytes(first)
+	var timer *time.Timer
+	// take adds g to the envelope, or keeps it for the next one when
+	// it is for another model or does not fit; false: flush now.
+	take := func(g []*ticket) bool {
+		size := groupBytes(g)
+		if g[0].model != model || len(batch)+len(g) > maxItems || bytes+size > c.in.cfg.EnvelopeMaxBytes {
+			carry = g
+			return false
+		}
+		batch, bytes = append(batch, g...), bytes+size
+		return true
+	}
+fill:
+	for len(batch) < maxItems && bytes < c.in.cfg.EnvelopeMaxBytes {
+		select {
+		case g := <-c.submit:
+			if !take(g) {
+				break fill
+			}
+			continue
+		default:
+		}
+		if c.inflight.Load() == 0 {
+			break // nothing being stored and nothing waiting: go now
+		}
+		if timer == nil {
+			timer = time.NewTimer(c.in.cfg.EnvelopeWait - c.in.now().Sub(time.Unix(0, first[0].item.AdmittedUnixNano)))
+		}
+		select {
+		case g := <-c.submit:
+			if !take(g) {
+				break fill
+			}
+		case <-c.acked:
+		case <-timer.C:
+			break fill
+		case <-ctx.Done():
+			break fill
+		}
+	}
+	if timer != nil {
+		timer.Stop()
+	}
+	return batch, carry
 }
 
 // publishChunks publishes tickets as envelopes of at most n items.

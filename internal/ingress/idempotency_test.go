@@ -2,9 +2,6 @@ package ingress_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -14,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cascadeserve/cascadeserve/internal/ingress"
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
@@ -110,18 +108,6 @@ func TestNATSIdempotencyKey(t *testing.T) {
 	}
 }
 
-// testFingerprint is the ingress's fingerprint of a request's input, to
-// forge records in tests.
-func testFingerprint(r *wire.Request) string {
-	h := sha256.New()
-	h.Write([]byte(r.Input.Datatype))
-	for _, d := range r.Input.Shape {
-		h.Write(binary.LittleEndian.AppendUint64(nil, uint64(d)))
-	}
-	h.Write(r.Input.Data)
-	return hex.EncodeToString(h.Sum(nil)[:16])
-}
-
 // TestIdempotencyRecordsOfLostRequests: a record left pending by an
 // ingress that died is taken over once it is stale, and the request is
 // admitted; a record whose result could not be kept answers duplicate.
@@ -138,7 +124,7 @@ func TestIdempotencyRecordsOfLostRequests(t *testing.T) {
 	req := validRequest("lost")
 	put := func(key string, rec map[string]any) {
 		t.Helper()
-		rec["key"], rec["fingerprint"] = key, testFingerprint(req)
+		rec["key"], rec["fingerprint"] = key, ingress.Fingerprint(req)
 		b, _ := json.Marshal(rec)
 		if _, err := kv.Put(ctx, wire.IdempotencyRecordKey(wire.DefaultClient, key), b); err != nil {
 			t.Fatal(err)

@@ -74,65 +74,23 @@ type ingress struct {
 // returns nil. See the package documentation for what it does and its
 // shutdown order.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	d, err := deps.WithDefaults("ingress")
+	in, err := newIngress(cfg, deps)
 	if err != nil {
 		return err
-	}
-	in := &ingress{cfg: cfg, instance: cfg.Instance, logger: d.Logger, now: d.Now, nc: d.Conn,
-		codec: wire.NewCodec(), slots: make(chan struct{}, cfg.MaxInFlight), abort: make(chan struct{})}
-	if in.instance == "" {
-		in.instance = nuid.Next()
-	}
-	in.logger = in.logger.With("instance", in.instance)
-	in.metrics = newMetrics(d.Registerer)
-	js, err := jetstream.New(d.Conn)
-	if err != nil {
-		return fmt.Errorf("ingress: jetstream: %w", err)
-	}
-	in.js = js
-	in.ctl = newWatcher(cfg.Pipeline, in.logger, in.metrics)
-	if in.overloaded, err = newOverloadedReply(in.codec, cfg.Pipeline, in.instance); err != nil {
-		return fmt.Errorf("ingress: %w", err)
-	}
-
-	if in.replies, err = newReplyMux(d.Conn, cfg.InboxPrefixes[0]+in.instance+"."); err != nil {
-		return fmt.Errorf("ingress: %w", err)
 	}
 	defer func() { _ = in.replies.close() }()
-
 	// The HTTP endpoint answers at once (live, and ready=false until the
 	// plan and topology are there).
-	ln := deps.HTTPListener
-	if ln == nil && cfg.HTTPAddr != "" {
-		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-			return fmt.Errorf("ingress: http listener: %w", err)
-		}
-	}
-	var srv *http.Server
-	if ln != nil {
-		srv = &http.Server{
-			Handler:           cfg.HTTP.Wrap(in.handler()),
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       30 * time.Second,
-			WriteTimeout:      cfg.MaxTimeout + cfg.ReplyGrace + 10*time.Second,
-			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
-		}
-		in.logger.Info("serving Open Inference Protocol v2 over HTTP", "addr", ln.Addr().String(),
-			"tls", cfg.HTTP.TLS(), "bearer_token", cfg.HTTP.BearerToken != "")
+	srv, ln, err := in.httpServer(deps.HTTPListener)
+	if err != nil {
+		return err
 	}
 
-	in.envelopes = newCoalescer(in)
 	g, gctx := errgroup.WithContext(ctx)
 	// The coalescer outlives intake: it stops after every door has closed,
 	// publishing what is queued (its callers wait for it).
-	envCtx, stopEnvelopes := context.WithCancel(context.Background())
-	envDone := make(chan struct{})
-	go func() { defer close(envDone); in.envelopes.run(envCtx) }()
-	defer func() { stopEnvelopes(); <-envDone }()
+	stopEnvelopes := in.startEnvelopes()
+	defer stopEnvelopes()
 	if srv != nil {
 		g.Go(func() error {
 			if err := cfg.HTTP.Serve(srv, ln); !errors.Is(err, http.ErrServerClosed) {
@@ -144,34 +102,111 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	g.Go(func() error { in.publishStats(gctx); return nil })
 	g.Go(func() error {
 		// Waits for the bucket, and binds it again if it is recreated.
-		return natsbus.WatchControl(gctx, js, wire.KVBucket(cfg.Pipeline), cfg.PollInterval, in.logger, in.ctl.Apply)
+		return natsbus.WatchControl(gctx, in.js, wire.KVBucket(cfg.Pipeline), cfg.PollInterval, in.logger, in.ctl.Apply)
 	})
 	g.Go(func() error { return in.intake(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
-		in.logger.Info("ingress stopping")
-		in.ready.Store(false)
-		in.updateReady()
-		if srv == nil {
-			return nil
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			in.logger.Warn("HTTP requests still in flight at the shutdown bound; answering them unavailable", "err", err)
-			in.abortWaiters()
-			// Give the woken handlers a moment to write their answers.
-			actx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if err := srv.Shutdown(actx); err != nil {
-				_ = srv.Close()
-			}
-		}
+		in.stop(srv)
 		return nil
 	})
 	err = g.Wait()
 	in.logger.Info("ingress stopped", "admitted", in.admittedN.Load(), "rejected", in.rejectedN.Load())
 	return err
+}
+
+// newIngress validates cfg and builds an ingress from deps: its instance
+// name, metrics, JetStream handle, control follower, prepared overload
+// answer and reply multiplexer (the caller closes in.replies). It serves
+// nothing yet.
+func newIngress(cfg Config, deps Deps) (*ingress, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d, err := deps.WithDefaults("ingress")
+	if err != nil {
+		return nil, err
+	}
+	in := &ingress{cfg: cfg, instance: cfg.Instance, logger: d.Logger, now: d.Now, nc: d.Conn,
+		codec: wire.NewCodec(), slots: make(chan struct{}, cfg.MaxInFlight), abort: make(chan struct{})}
+	if in.instance == "" {
+		in.instance = nuid.Next()
+	}
+	in.logger = in.logger.With("instance", in.instance)
+	in.metrics = newMetrics(d.Registerer)
+	if in.js, err = jetstream.New(d.Conn); err != nil {
+		return nil, fmt.Errorf("ingress: jetstream: %w", err)
+	}
+	in.ctl = newWatcher(cfg.Pipeline, in.logger, in.metrics)
+	if in.overloaded, err = newOverloadedReply(in.codec, cfg.Pipeline, in.instance); err != nil {
+		return nil, fmt.Errorf("ingress: %w", err)
+	}
+	if in.replies, err = newReplyMux(d.Conn, cfg.InboxPrefixes[0]+in.instance+"."); err != nil {
+		return nil, fmt.Errorf("ingress: %w", err)
+	}
+	return in, nil
+}
+
+// httpServer returns the HTTP server of the Open Inference Protocol and
+// the listener it serves on: ln if set, else one on cfg.HTTPAddr; a nil
+// server when there is neither (the HTTP door is off).
+func (in *ingress) httpServer(ln net.Listener) (*http.Server, net.Listener, error) {
+	cfg := in.cfg
+	if ln == nil && cfg.HTTPAddr != "" {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, nil, fmt.Errorf("ingress: http listener: %w", err)
+		}
+	}
+	if ln == nil {
+		return nil, nil, nil
+	}
+	srv := &http.Server{
+		Handler:           cfg.HTTP.Wrap(in.handler()),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      cfg.MaxTimeout + cfg.ReplyGrace + 10*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
+	}
+	in.logger.Info("serving Open Inference Protocol v2 over HTTP", "addr", ln.Addr().String(),
+		"tls", cfg.HTTP.TLS(), "bearer_token", cfg.HTTP.BearerToken != "")
+	return srv, ln, nil
+}
+
+// startEnvelopes starts the coalescer on a context of its own and returns
+// the function that stops it and waits until it has published what was
+// queued.
+func (in *ingress) startEnvelopes() (stop func()) {
+	in.envelopes = newCoalescer(in)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); in.envelopes.run(ctx) }()
+	return func() { cancel(); <-done }
+}
+
+// stop closes intake's readiness and shuts the HTTP server (if any) down
+// within ShutdownTimeout; requests still in flight then are answered
+// unavailable and get a second to be written.
+func (in *ingress) stop(srv *http.Server) {
+	in.logger.Info("ingress stopping")
+	in.ready.Store(false)
+	in.updateReady()
+	if srv == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		in.logger.Warn("HTTP requests still in flight at the shutdown bound; answering them unavailable", "err", err)
+		in.abortWaiters()
+		// Give the woken handlers a moment to write their answers.
+		actx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if err := srv.Shutdown(actx); err != nil {
+			_ = srv.Close()
+		}
+	}
 }
 
 // intake opens the NATS doors once the plan and topology are known, and

@@ -310,7 +310,7 @@ func TestOverloaded(t *testing.T) {
 	if res, hdr := natsRequest(t, nc, []byte(oipBody("", "FP32", "[2,2]", "[1,1,1,1]", "")), true); res.Error == nil || res.Error.Code != wire.CodeOverloaded || hdr != "overloaded" {
 		t.Fatalf("NATS JSON on a full queue: %+v %q", res.Error, hdr)
 	}
-	if got := e.streamMsgs(t, wire.ModelStream(pipeline, "small")); got != 2 {
+	if got := e.srv.StreamMsgs(t, wire.ModelStream(pipeline, "small")); got != 2 {
 		t.Fatalf("queue holds %d messages, want the 2 fillers", got)
 	}
 	if got := ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "overloaded"); got != 2 {
@@ -372,12 +372,19 @@ func TestIDIsACorrelationID(t *testing.T) {
 	}
 }
 
+// startInAccurate starts an ingress in gear accurate (first model small)
+// with a responder of each model.
+func startInAccurate(t *testing.T) (e *testEnv, ti *testIngress, small, big *responder) {
+	t.Helper()
+	e = startEnv(t)
+	e.putGear(t, "accurate")
+	ti = e.ready(t, nil)
+	return e, ti, e.respond(t, "small"), e.respond(t, "big")
+}
+
 // TestGearSwitch: requests go to the first model of the gear in force.
 func TestGearSwitch(t *testing.T) {
-	e := startEnv(t)
-	e.putGear(t, "accurate")
-	ti := e.ready(t, nil)
-	small, big := e.respond(t, "small"), e.respond(t, "big")
+	e, ti, small, big := startInAccurate(t)
 	body := oipBody("", "FP32", "[2,2]", "[1,1,1,1]", "")
 	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "small" || res.AdmittedGear != "accurate" {
 		t.Fatalf("before the switch: %+v", res)
@@ -402,10 +409,7 @@ func TestGearSwitch(t *testing.T) {
 // ingress keeps admitting with its last gear meanwhile, and then follows
 // the gear written into the new bucket.
 func TestGearSwitchAfterBucketRecreated(t *testing.T) {
-	e := startEnv(t)
-	e.putGear(t, "accurate")
-	ti := e.ready(t, nil)
-	small, big := e.respond(t, "small"), e.respond(t, "big")
+	e, ti, small, big := startInAccurate(t)
 	body := oipBody("", "FP32", "[2,2]", "[1,1,1,1]", "")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -416,11 +420,7 @@ func TestGearSwitchAfterBucketRecreated(t *testing.T) {
 	if _, res, _ := httpInfer(t, ti.url, pipeline, body); res.AnsweredBy != "small" || res.AdmittedGear != "accurate" {
 		t.Fatalf("without a bucket: %+v, want the last gear accurate", res)
 	}
-	kv, err := natsbus.EnsureTopology(ctx, e.srv.JS, e.plan, natsbus.TopologyConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.kv = kv
+	e.kv = e.srv.Topology(t, e.plan, natsbus.TopologyConfig{})
 	e.putPlan(t)
 	e.putGear(t, "fast")
 	natstest.WaitFor(t, "gear fast applied from the new bucket", 20*time.Second, func() bool { return ti.counter(t, "cascade_ingress_gear_index") == 1 })

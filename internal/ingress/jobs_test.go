@@ -79,14 +79,14 @@ func TestJobs(t *testing.T) {
 	wants["job-retried"] = want{label: 2}
 	// Another client's results go to its own subject.
 	e.publishJob(t, "other", encodeRequest(t, validRequest("job-other")), false, "")
-	if got := e.streamMsgs(t, wire.JobsStream(pipeline)); got != 10 {
+	if got := e.srv.StreamMsgs(t, wire.JobsStream(pipeline)); got != 10 {
 		t.Fatalf("jobs stream holds %d jobs, want 10", got)
 	}
 
 	ti := e.ready(t, nil)
 	small := e.respond(t, "small")
-	natstest.WaitFor(t, "jobs routed", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
-	natstest.WaitFor(t, "queue drained", 20*time.Second, func() bool { return e.streamMsgs(t, wire.ModelStream(pipeline, "small")) == 0 })
+	natstest.WaitFor(t, "jobs routed", 20*time.Second, func() bool { return e.srv.StreamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+	natstest.WaitFor(t, "queue drained", 20*time.Second, func() bool { return e.srv.StreamMsgs(t, wire.ModelStream(pipeline, "small")) == 0 })
 	natstest.WaitFor(t, "10 results", 20*time.Second, func() bool {
 		return len(e.results(t, "batch"))+len(e.results(t, "other")) >= 10
 	})
@@ -196,7 +196,7 @@ func TestJobsOverloaded(t *testing.T) {
 		natstest.WaitFor(t, "job deferred twice", 20*time.Second, func() bool {
 			return ti.counter(t, "cascade_ingress_requests_total", "door", "jobs", "outcome", "deferred") >= 2
 		})
-		if got := e.streamMsgs(t, wire.JobsStream(pipeline)); got != 1 {
+		if got := e.srv.StreamMsgs(t, wire.JobsStream(pipeline)); got != 1 {
 			t.Fatalf("jobs stream holds %d, want the deferred job", got)
 		}
 		if got := len(e.results(t, "c")); got != 0 {
@@ -208,7 +208,7 @@ func TestJobsOverloaded(t *testing.T) {
 		if r := e.results(t, "c")[0]; r.ID != "job-wait" || r.Error != nil || r.Label != 2 {
 			t.Fatalf("result %+v", r)
 		}
-		natstest.WaitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+		natstest.WaitFor(t, "job acked", 10*time.Second, func() bool { return e.srv.StreamMsgs(t, wire.JobsStream(pipeline)) == 0 })
 	})
 	t.Run("last delivery answers overloaded", func(t *testing.T) {
 		e := startEnvWith(t, natsbus.TopologyConfig{MaxQueue: 1, MaxDeliver: 3})
@@ -219,8 +219,8 @@ func TestJobsOverloaded(t *testing.T) {
 		if r := e.results(t, "c")[0]; r.ID != "job-full" || r.Error == nil || r.Error.Code != wire.CodeOverloaded {
 			t.Fatalf("result %+v", r)
 		}
-		natstest.WaitFor(t, "job acked", 10*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
-		if got := e.streamMsgs(t, wire.ModelStream(pipeline, "small")); got != 1 {
+		natstest.WaitFor(t, "job acked", 10*time.Second, func() bool { return e.srv.StreamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+		if got := e.srv.StreamMsgs(t, wire.ModelStream(pipeline, "small")); got != 1 {
 			t.Fatalf("queue holds %d, want only the filler", got)
 		}
 	})
@@ -274,7 +274,7 @@ func TestJobsResultFormat(t *testing.T) {
 	for _, j := range jobs {
 		e.publishJob(t, j.client, j.body, j.asJSON, "")
 	}
-	natstest.WaitFor(t, "jobs settled", 20*time.Second, func() bool { return e.streamMsgs(t, wire.JobsStream(pipeline)) == 0 })
+	natstest.WaitFor(t, "jobs settled", 20*time.Second, func() bool { return e.srv.StreamMsgs(t, wire.JobsStream(pipeline)) == 0 })
 	for _, j := range jobs {
 		t.Run(j.client, func(t *testing.T) {
 			var msgs []*nats.Msg

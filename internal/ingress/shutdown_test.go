@@ -13,7 +13,7 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
-// answer is what a request sent by sendBoth got: an HTTP status or, over
+// answer is what a request sent by startInFlight got: an HTTP status or, over
 // NATS, the Cascade-Error header, and the result.
 type answer struct {
 	status int
@@ -21,11 +21,17 @@ type answer struct {
 	res    *wire.Result
 }
 
-// sendBoth sends a request with input data over HTTP and one with
-// natsData over NATS request-reply on nc, both with the OIP parameters
-// params, and returns where their answers arrive once both are admitted.
-func sendBoth(t *testing.T, ti *testIngress, nc *nats.Conn, data, natsData, params string) (httpDone, natsDone <-chan answer) {
+// startInFlight starts an ingress with the shutdown bound and a responder
+// of model small that holds every item until gate is closed. It sends a
+// request with input data over HTTP and one with natsData over NATS
+// request-reply on nc, both with the OIP parameters params, and returns
+// once both are admitted: the ingress, nc, and where the answers arrive.
+func startInFlight(t *testing.T, bound time.Duration, gate <-chan struct{}, data, natsData, params string) (ti *testIngress, nc *nats.Conn, httpDone, natsDone <-chan answer) {
 	t.Helper()
+	e := startEnv(t)
+	ti = e.ready(t, func(c *ingress.Config) { c.ShutdownTimeout = bound })
+	e.respondAfter(t, "small", gate)
+	nc = e.srv.Connect(t)
 	h, n := make(chan answer, 1), make(chan answer, 1)
 	go func() {
 		status, res, _ := httpInfer(t, ti.url, pipeline, oipBody("", "FP32", "[2,2]", data, params))
@@ -39,20 +45,15 @@ func sendBoth(t *testing.T, ti *testIngress, nc *nats.Conn, data, natsData, para
 		return ti.counter(t, "cascade_ingress_requests_total", "door", "http", "outcome", "admitted") == 1 &&
 			ti.counter(t, "cascade_ingress_requests_total", "door", "nats", "outcome", "admitted") == 1
 	})
-	return h, n
+	return ti, nc, h, n
 }
 
 // TestGracefulShutdown: cancelling Run closes intake at once (HTTP stops
 // accepting, request-reply has no responder) while requests in flight
 // still get their results; then Run returns nil.
 func TestGracefulShutdown(t *testing.T) {
-	e := startEnv(t)
-	ti := e.ready(t, func(c *ingress.Config) { c.ShutdownTimeout = 30 * time.Second })
 	gate := make(chan struct{})
-	e.respondAfter(t, "small", gate)
-	nc := e.srv.Connect(t)
-
-	httpDone, natsDone := sendBoth(t, ti, nc, "[1,1,1,1]", "[1,0,0,0]", "")
+	ti, nc, httpDone, natsDone := startInFlight(t, 30*time.Second, gate, "[1,1,1,1]", "[1,0,0,0]", "")
 
 	ti.cancel()
 	natstest.WaitFor(t, "intake closed", 10*time.Second, func() bool {
@@ -85,13 +86,8 @@ func TestGracefulShutdown(t *testing.T) {
 // TestShutdownBound: requests whose results do not come by the shutdown
 // bound are answered unavailable, and Run returns.
 func TestShutdownBound(t *testing.T) {
-	e := startEnv(t)
-	ti := e.ready(t, func(c *ingress.Config) { c.ShutdownTimeout = 200 * time.Millisecond })
 	never := make(chan struct{})
-	e.respondAfter(t, "small", never)
-	nc := e.srv.Connect(t)
-
-	httpDone, natsDone := sendBoth(t, ti, nc, "[1,1,1,1]", "[1,1,1,1]", `{"timeout_ms":60000}`)
+	ti, _, httpDone, natsDone := startInFlight(t, 200*time.Millisecond, never, "[1,1,1,1]", "[1,1,1,1]", `{"timeout_ms":60000}`)
 	ti.cancel()
 	if a := <-httpDone; a.status != http.StatusServiceUnavailable || a.res.Error == nil || a.res.Error.Code != wire.CodeUnavailable {
 		t.Errorf("HTTP at the bound: %d %+v", a.status, a.res.Error)

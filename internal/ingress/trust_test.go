@@ -37,7 +37,7 @@ func TestReplySubjectsAreInboxesOnly(t *testing.T) {
 	}
 	e.putGear(t, "accurate")
 	planRev, gearRev := revision(wire.KeyPlan), revision(wire.KeyGear)
-	queued := e.streamMsgs(t, wire.ModelStream(pipeline, "small"))
+	queued := e.srv.StreamMsgs(t, wire.ModelStream(pipeline, "small"))
 
 	valid := encodeRequest(t, validRequest("victim-1"))
 	cases := []struct {
@@ -78,7 +78,7 @@ func TestReplySubjectsAreInboxesOnly(t *testing.T) {
 	if got := revision(wire.KeyGear); got != gearRev {
 		t.Errorf("gear key revision %d, want %d", got, gearRev)
 	}
-	if got := e.streamMsgs(t, wire.ModelStream(pipeline, "small")); got > queued {
+	if got := e.srv.StreamMsgs(t, wire.ModelStream(pipeline, "small")); got > queued {
 		t.Errorf("model queue grew from %d to %d", queued, got)
 	}
 	if _, err := e.srv.JS.Stream(ctx, wire.JobsStream(pipeline)); err != nil {
@@ -139,9 +139,7 @@ func TestJobsConsumerDeletedUnderLoad(t *testing.T) {
 	// A second ingress started now waits instead of exiting.
 	second := e.startIngress(t, nil)
 	wg.Wait()
-	if _, err := natsbus.EnsureTopology(ctx, e.srv.JS, e.plan, natsbus.TopologyConfig{}); err != nil {
-		t.Fatal(err)
-	}
+	e.srv.Topology(t, e.plan, natsbus.TopologyConfig{})
 	natstest.WaitFor(t, "ingress ready again", 10*time.Second, func() bool {
 		return getJSON(t, ti.url+"/v2/health/ready", nil) == http.StatusOK
 	})

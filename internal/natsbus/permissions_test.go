@@ -45,12 +45,10 @@ func startDeployed(t *testing.T) *deployed {
 	srv := natstest.StartConfigFile(t, "../../deploy/nats/single.conf")
 	d := &deployed{url: srv.ClientURL()}
 	ctl := d.connect(t, "controller", "")
-	var err error
-	if d.js, err = jetstream.New(ctl.nc); err != nil {
-		t.Fatal(err)
-	}
+	d.js = ctl.jetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	var err error
 	if d.kv, err = natsbus.EnsureTopology(ctx, d.js, natstest.TinyPlan(t), natsbus.TopologyConfig{Storage: jetstream.MemoryStorage, MaxQueueBytes: 16 << 20, MaxJobsBytes: 16 << 20, ResultsMaxBytes: 16 << 20, DLQMaxBytes: 16 << 20}); err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +79,16 @@ func (d *deployed) connect(t *testing.T, user, inboxPrefix string) *client {
 	c := &client{errs: make(chan error, 64)}
 	c.nc = natstest.ConnectAs(t, d.url, user, inboxPrefix, c.errs)
 	return c
+}
+
+// jetStream is c's JetStream handle.
+func (c *client) jetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
 
 // expectRefused fails t unless the server refuses subject to c (a
@@ -223,10 +231,7 @@ func TestProducerPermissionsDenyEverythingButItsOwn(t *testing.T) {
 
 	// billing's own results consumer, holding one result.
 	billing := d.connect(t, "billing", "_INBOX.billing")
-	bjs, err := jetstream.New(billing.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bjs := billing.jetStream(t)
 	if _, err := bjs.CreateOrUpdateConsumer(ctx, wire.ResultsStream, jetstream.ConsumerConfig{
 		Durable: "billing", FilterSubject: wire.ResultSubject("tiny", "billing"), AckPolicy: jetstream.AckExplicitPolicy,
 	}); err != nil {
@@ -365,10 +370,7 @@ func TestProducerPermissionsAllowOwnTraffic(t *testing.T) {
 	// subjects are the server's _R_. ones, which lead back to the
 	// requester's account from any connection of CASCADE.
 	worker := d.connect(t, "worker", "")
-	wjs, err := jetstream.New(worker.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	wjs := worker.jetStream(t)
 	ingress := d.connect(t, "ingress", "")
 	if _, err := ingress.nc.QueueSubscribe(wire.InferSubject("tiny"), wire.IngressQueue, func(m *nats.Msg) {
 		answer := append([]byte("answer to "), m.Data...)
@@ -404,10 +406,7 @@ func TestProducerPermissionsAllowOwnTraffic(t *testing.T) {
 				}
 			}
 
-			js, err := jetstream.New(c.nc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			js := c.jetStream(t)
 			ack, err := js.Publish(ctx, wire.JobsSubject("tiny", tc.client), []byte("job"), jetstream.WithMsgID(tc.client+"-job-1"))
 			if err != nil {
 				t.Fatalf("publish a job: %v", err)
@@ -583,10 +582,7 @@ func TestProducerCannotAimJetStreamReplies(t *testing.T) {
 func TestIngressKeepsIdempotencyRecords(t *testing.T) {
 	d := startDeployed(t)
 	ing := d.connect(t, "ingress", "")
-	js, err := jetstream.New(ing.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := ing.jetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, wire.IdempotencyBucket("tiny"))

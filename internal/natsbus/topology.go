@@ -136,18 +136,8 @@ func ModelPartitionStreamConfig(pipeline, model string, part, partitions int, c 
 	if partitions > 1 {
 		desc += fmt.Sprintf(", partition %d of %d", part, partitions)
 	}
-	return jetstream.StreamConfig{
-		Name:        wire.ModelPartitionStream(pipeline, model, part, partitions),
-		Description: desc,
-		Subjects:    []string{wire.ModelPartitionSubject(pipeline, model, part, partitions)},
-		Retention:   jetstream.WorkQueuePolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxMsgs:     c.MaxQueue,
-		MaxBytes:    c.MaxQueueBytes,
-		Storage:     c.Storage,
-		Replicas:    c.Replicas,
-		Duplicates:  c.Duplicates,
-	}
+	return workQueueStream(wire.ModelPartitionStream(pipeline, model, part, partitions), desc,
+		wire.ModelPartitionSubject(pipeline, model, part, partitions), c.MaxQueue, c.MaxQueueBytes, c)
 }
 
 // ModelConsumerConfig is the durable pull consumer of one model's stream.
@@ -167,18 +157,8 @@ func ModelConsumerConfig(model string, c TopologyConfig) jetstream.ConsumerConfi
 // JobsStreamConfig is the durable jobs intake of a pipeline.
 func JobsStreamConfig(pipeline string, c TopologyConfig) jetstream.StreamConfig {
 	c = c.WithDefaults()
-	return jetstream.StreamConfig{
-		Name:        wire.JobsStream(pipeline),
-		Description: fmt.Sprintf("CascadeServe durable jobs of pipeline %q", pipeline),
-		Subjects:    []string{wire.JobsSubject(pipeline, ">")},
-		Retention:   jetstream.WorkQueuePolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxMsgs:     c.MaxJobs,
-		MaxBytes:    c.MaxJobsBytes,
-		Storage:     c.Storage,
-		Replicas:    c.Replicas,
-		Duplicates:  c.Duplicates,
-	}
+	return workQueueStream(wire.JobsStream(pipeline), fmt.Sprintf("CascadeServe durable jobs of pipeline %q", pipeline),
+		wire.JobsSubject(pipeline, ">"), c.MaxJobs, c.MaxJobsBytes, c)
 }
 
 // JobsConsumerConfig is the durable consumer ingress instances share.
@@ -196,31 +176,41 @@ func JobsConsumerConfig(c TopologyConfig) jetstream.ConsumerConfig {
 // ResultsStreamConfig is the results stream shared by all pipelines.
 func ResultsStreamConfig(c TopologyConfig) jetstream.StreamConfig {
 	c = c.WithDefaults()
-	return jetstream.StreamConfig{
-		Name:        wire.ResultsStream,
-		Description: "CascadeServe results of durable jobs, bounded by age",
-		Subjects:    []string{wire.ResultsWildcard},
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      c.ResultsMaxAge,
-		MaxBytes:    c.ResultsMaxBytes,
-		Discard:     jetstream.DiscardOld,
-		Storage:     c.Storage,
-		Replicas:    c.Replicas,
-		Duplicates:  c.Duplicates,
-	}
+	// No bound on the count: results are bounded by age and bytes.
+	return boundedStream(wire.ResultsStream, "CascadeServe results of durable jobs, bounded by age",
+		wire.ResultsWildcard, c.ResultsMaxAge, 0, c.ResultsMaxBytes, c)
 }
 
 // DLQStreamConfig holds a pipeline's dead letters.
 func DLQStreamConfig(pipeline string, c TopologyConfig) jetstream.StreamConfig {
 	c = c.WithDefaults()
+	return boundedStream(wire.DLQStream(pipeline), fmt.Sprintf("CascadeServe dead letters of pipeline %q", pipeline),
+		wire.DLQSubject(pipeline, "*"), c.DLQMaxAge, c.DLQMaxMsgs, c.DLQMaxBytes, c)
+}
+
+// workQueueStream is a stream on subject that hands each message to one
+// consumer and, holding maxMsgs or maxBytes, refuses new publishes
+// (DiscardNew): nothing it accepted is dropped. It has no age limit;
+// storage, replicas and the deduplication window are c's.
+func workQueueStream(name, desc, subject string, maxMsgs, maxBytes int64, c TopologyConfig) jetstream.StreamConfig {
+	s := boundedStream(name, desc, subject, 0, maxMsgs, maxBytes, c)
+	s.Retention, s.Discard = jetstream.WorkQueuePolicy, jetstream.DiscardNew
+	return s
+}
+
+// boundedStream is a stream on subject that keeps messages for maxAge (0:
+// no limit) and up to maxMsgs (0: no limit) and maxBytes, dropping the
+// oldest first (DiscardOld). Storage, replicas and the deduplication window
+// are c's (with its defaults applied).
+func boundedStream(name, desc, subject string, maxAge time.Duration, maxMsgs, maxBytes int64, c TopologyConfig) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        wire.DLQStream(pipeline),
-		Description: fmt.Sprintf("CascadeServe dead letters of pipeline %q", pipeline),
-		Subjects:    []string{wire.DLQSubject(pipeline, "*")},
+		Name:        name,
+		Description: desc,
+		Subjects:    []string{subject},
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      c.DLQMaxAge,
-		MaxMsgs:     c.DLQMaxMsgs,
-		MaxBytes:    c.DLQMaxBytes,
+		MaxAge:      maxAge,
+		MaxMsgs:     maxMsgs,
+		MaxBytes:    maxBytes,
 		Discard:     jetstream.DiscardOld,
 		Storage:     c.Storage,
 		Replicas:    c.Replicas,
@@ -231,13 +221,7 @@ func DLQStreamConfig(pipeline string, c TopologyConfig) jetstream.StreamConfig {
 // KVConfig is the control bucket of a pipeline (keys plan and gear).
 func KVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 	c = c.WithDefaults()
-	return jetstream.KeyValueConfig{
-		Bucket:      wire.KVBucket(pipeline),
-		Description: fmt.Sprintf("CascadeServe control state of pipeline %q", pipeline),
-		History:     10,
-		Storage:     c.Storage,
-		Replicas:    c.Replicas,
-	}
+	return bucket(wire.KVBucket(pipeline), fmt.Sprintf("CascadeServe control state of pipeline %q", pipeline), 10, c)
 }
 
 // IdempotencyKVConfig is the idempotency bucket of a pipeline: one record
@@ -247,12 +231,18 @@ func KVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 // results; when it is full, keyed requests are answered unavailable).
 func IdempotencyKVConfig(pipeline string, c TopologyConfig) jetstream.KeyValueConfig {
 	c = c.WithDefaults()
+	kv := bucket(wire.IdempotencyBucket(pipeline), fmt.Sprintf("CascadeServe idempotency records of pipeline %q", pipeline), 1, c)
+	kv.TTL, kv.MaxBytes = c.IdempotencyWindow, c.ResultsMaxBytes
+	return kv
+}
+
+// bucket is a key-value bucket keeping history values of each key, with
+// c's storage and replicas, without expiry or size limit.
+func bucket(name, desc string, history uint8, c TopologyConfig) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
-		Bucket:      wire.IdempotencyBucket(pipeline),
-		Description: fmt.Sprintf("CascadeServe idempotency records of pipeline %q", pipeline),
-		History:     1,
-		TTL:         c.IdempotencyWindow,
-		MaxBytes:    c.ResultsMaxBytes,
+		Bucket:      name,
+		Description: desc,
+		History:     history,
 		Storage:     c.Storage,
 		Replicas:    c.Replicas,
 	}

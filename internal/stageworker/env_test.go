@@ -7,7 +7,6 @@ import (
 	"math"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -102,6 +101,16 @@ func gear(id string, qps float64, maxBatch int, delayMs float64, stages ...any) 
 		g.Cascade = append(g.Cascade, s)
 	}
 	return g
+}
+
+// switchGears are the gears of the gear-switch tests: "acc", a
+// three-stage cascade, and "fast", a cheaper two-stage one with larger
+// batches.
+func switchGears() []plan.Gear {
+	return []plan.Gear{
+		gear("acc", 100, 16, 2, "linear", 0.9, "mlp_small", 0.8, "mlp"),
+		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
+	}
 }
 
 // testEnv is a NATS server with the pipeline's topology and control keys.
@@ -350,41 +359,7 @@ func (e *testEnv) durableResults(t testing.TB, client string) (map[string][]*wir
 // durableMsgs reads every message stored for client on the results stream.
 func (e *testEnv) durableMsgs(t testing.TB, client string) []*nats.Msg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	subject := wire.ResultSubject(e.plan.Pipeline, client)
-	stream, err := e.js.Stream(ctx, wire.ResultsStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := int(info.State.Subjects[subject])
-	if total == 0 {
-		return nil
-	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*nats.Msg
-	for len(out) < total {
-		b, err := cons.Fetch(total-len(out), jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := 0
-		for m := range b.Messages() {
-			out = append(out, &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
-			got++
-		}
-		if got == 0 {
-			t.Fatalf("read %d of %d results", len(out), total)
-		}
-	}
-	return out
+	return e.srv.StoredMsgs(t, wire.ResultsStream, wire.ResultSubject(e.plan.Pipeline, client))
 }
 
 // decodeResultMsg decodes a result message by its Content-Type header,
@@ -408,26 +383,12 @@ func decodeResultMsg(h nats.Header, data []byte, res *wire.Result) error {
 	return nil
 }
 
-// streamMsgs returns the number of messages in a stream.
-func (e *testEnv) streamMsgs(t testing.TB, name string) uint64 {
-	t.Helper()
-	s, err := e.js.Stream(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
-}
-
 // queuesEmpty reports whether every model's work queue is empty and
 // nothing is awaiting an ack.
 func (e *testEnv) queuesEmpty(t testing.TB) bool {
 	t.Helper()
 	for _, m := range e.plan.UsedModels() {
-		if e.streamMsgs(t, wire.ModelStream(e.plan.Pipeline, m)) != 0 {
+		if e.srv.StreamMsgs(t, wire.ModelStream(e.plan.Pipeline, m)) != 0 {
 			return false
 		}
 	}
@@ -497,18 +458,6 @@ func (o *oracle) cascade(g plan.Gear, i int) (model string, ambiguous bool) {
 	panic("unreachable: the last stage answers")
 }
 
-// testLogger logs to t.Log (shown for failed tests and with -v).
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
-
 // planRevision is the control bucket's plan key revision.
 func (e *testEnv) planRevision(t testing.TB) uint64 {
 	t.Helper()
@@ -518,3 +467,7 @@ func (e *testEnv) planRevision(t testing.TB) uint64 {
 	}
 	return en.Revision()
 }
+
+// testLogger is the logger of the workers the tests run: info and above, to
+// the test log.
+func testLogger(t testing.TB) *slog.Logger { return natstest.Logger(t, slog.LevelInfo) }

@@ -250,10 +250,21 @@ func (r *runner) process(i int, tasks []*task) {
 // bad item cannot fail its neighbours; an item that fails alone goes back
 // to its queue for another try (dead-lettered at the queue's MaxDeliver).
 func (r *runner) infer(i int, c *control, run []*itemTask) {
+	run = r.buildInput(i, c, run)
+	if len(run) == 0 {
+		return
+	}
+	failed := make([]error, len(run))
+	start, end := r.runBatch(i, run, failed)
+	r.decide(i, c, run, failed, start, end)
+}
+
+// buildInput fills the runner's input buffer with the items of run, in
+// the form model i takes, and returns those that fit; an item that does
+// not is answered invalid_input here.
+func (r *runner) buildInput(i int, c *control, run []*itemTask) []*itemTask {
 	w := r.w
 	h := w.models[i]
-	sess := r.sessions[i]
-	classes := w.classes
 	// The model's input, built by the transform replay and profile use.
 	tr := h.input
 	r.in.Reset()
@@ -269,19 +280,28 @@ func (r *runner) infer(i int, c *control, run []*itemTask) {
 		}
 		kept = append(kept, it)
 	}
-	run = kept
-	if len(run) == 0 {
-		return
-	}
+	return kept
+}
+
+// runBatch runs model i on the input buffer (the items of run) into the
+// output buffer, falling back to one item at a time if the batch fails.
+// It sets failed[k] (parallel to run) to item k's error and leaves it nil
+// when the item's output is in r.out; start and end bound the compute,
+// which it records in the metrics.
+func (r *runner) runBatch(i int, run []*itemTask, failed []error) (start, end time.Time) {
+	w := r.w
+	h := w.models[i]
+	sess := r.sessions[i]
+	classes := w.classes
+	tr := h.input
 	if need := len(run) * classes; cap(r.out) < need {
 		r.out = make([]float32, need)
 	}
-	start := w.now()
+	start = w.now()
 	_, err := tr.Run(sess, &r.in, r.out[:len(run)*classes])
 	for k := 0; err == nil && w.hooks.runError != nil && k < len(run); k++ {
 		err = w.hooks.runError(h.name, run[k].item.ID)
 	}
-	failed := make([]error, len(run))
 	if err != nil {
 		w.logger.Warn("batch inference failed; running its items one by one", "model", h.name, "batch", len(run), "err", err)
 		for k := range run {
@@ -295,11 +315,21 @@ func (r *runner) infer(i int, c *control, run []*itemTask) {
 			}
 		}
 	}
-	end := w.now()
-	computeNs := end.Sub(start).Nanoseconds()
+	end = w.now()
 	w.metrics.compute.WithLabelValues(h.name).Observe(end.Sub(start).Seconds())
 	w.metrics.batchSize.WithLabelValues(h.name).Observe(float64(len(run)))
+	return start, end
+}
 
+// decide turns each item's output of model i (in r.out, parallel to run)
+// into its visit and route: calibrated confidence, then escalate or
+// answer. An item whose run failed is retried, one whose output is not
+// finite fails for good.
+func (r *runner) decide(i int, c *control, run []*itemTask, failed []error, start, end time.Time) {
+	w := r.w
+	h := w.models[i]
+	classes := w.classes
+	computeNs := end.Sub(start).Nanoseconds()
 	// What every item's decision needs of the plan and the gear, once.
 	metric := c.Plan.Confidence
 	var temperature float64

@@ -73,10 +73,7 @@ func admitEnvelopes(t *testing.T, e *testEnv, model, admittedGear string, n, siz
 // (controller write → worker applied) percentiles. There is no timed
 // assertion: the numbers are for the report.
 func TestGearSwitchTwoWorkers(t *testing.T) {
-	gears := []plan.Gear{
-		gear("acc", 100, 16, 2, "linear", 0.9, "mlp_small", 0.8, "mlp"),
-		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
-	}
+	gears := switchGears()
 	p := testPlan(t, gears)
 	e := startEnv(t, p)
 	e.setGear(t, "acc")
@@ -214,11 +211,7 @@ func TestGearSwitchTwoWorkers(t *testing.T) {
 // worker binds the new bucket, applies the gear written there, and items
 // follow it.
 func TestGearSwitchAfterBucketRecreated(t *testing.T) {
-	gears := []plan.Gear{
-		gear("acc", 100, 16, 2, "linear", 0.9, "mlp_small", 0.8, "mlp"),
-		gear("fast", 200, 32, 1, "linear", 0.5, "mlp_small"),
-	}
-	p := testPlan(t, gears)
+	p := testPlan(t, switchGears())
 	e := startEnv(t, p)
 	first := e.setGear(t, "acc")
 	events := make(chan wire.GearState, 64)
@@ -244,18 +237,8 @@ func TestGearSwitchAfterBucketRecreated(t *testing.T) {
 	if err := e.js.DeleteKeyValue(ctx, wire.KVBucket(p.Pipeline)); err != nil {
 		t.Fatal(err)
 	}
-	kv, err := natsbus.EnsureTopology(ctx, e.js, p, natsbus.TopologyConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.kv = kv
-	b, err := p.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, wire.KeyPlan, b); err != nil {
-		t.Fatal(err)
-	}
+	e.kv = e.srv.Topology(t, p, natsbus.TopologyConfig{})
+	natstest.PutPlan(t, e.kv, p)
 	waitApplied(e.setGear(t, "fast"))
 
 	rep := e.listen(t, replySubject)
@@ -511,7 +494,7 @@ func TestPoisonAndUndecodable(t *testing.T) {
 	}
 
 	// The dead-letter stream holds the poison item and the garbage.
-	natstest.WaitFor(t, "dead letters", 10*time.Second, func() bool { return e.streamMsgs(t, wire.DLQStream(p.Pipeline)) == 2 })
+	natstest.WaitFor(t, "dead letters", 10*time.Second, func() bool { return e.srv.StreamMsgs(t, wire.DLQStream(p.Pipeline)) == 2 })
 	ctx := context.Background()
 	dlq, err := e.js.Stream(ctx, wire.DLQStream(p.Pipeline))
 	if err != nil {
@@ -663,7 +646,7 @@ func TestDeadlineAwareEscalation(t *testing.T) {
 	if got := w.settledCounter(t, float64(degraded), "cascade_worker_degraded_total", "model", "linear", "reason", "deadline"); got != float64(degraded) {
 		t.Errorf("degraded counter %v, want %d", got, degraded)
 	}
-	if e.streamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")) != 0 {
+	if e.srv.StreamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")) != 0 {
 		t.Error("something was escalated")
 	}
 }
@@ -698,13 +681,13 @@ func TestFullNextQueueDegrades(t *testing.T) {
 	w := e.startWorker(t, func(c *Config) { c.Models = []string{"linear"} }, hooks{})
 	natstest.WaitFor(t, "replies", 60*time.Second, func() bool { _, k := rep.snapshot(); return k >= n-1 })
 	natstest.WaitFor(t, "linear drained", 30*time.Second, func() bool {
-		return e.streamMsgs(t, wire.ModelStream(p.Pipeline, "linear")) == 0
+		return e.srv.StreamMsgs(t, wire.ModelStream(p.Pipeline, "linear")) == 0
 	})
 	got, k := rep.snapshot()
 	if k != n-1 {
 		t.Errorf("%d replies, want %d (one item waits in mlp_small's queue)", k, n-1)
 	}
-	if m := e.streamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")); m != 1 {
+	if m := e.srv.StreamMsgs(t, wire.ModelStream(p.Pipeline, "mlp_small")); m != 1 {
 		t.Errorf("mlp_small holds %d items, want 1", m)
 	}
 	degraded := 0
@@ -770,7 +753,7 @@ func TestGracefulDrain(t *testing.T) {
 		info, err = cons.Info(context.Background())
 		return err == nil && info.NumAckPending == 0
 	})
-	queued := e.streamMsgs(t, wire.ModelStream(p.Pipeline, "linear"))
+	queued := e.srv.StreamMsgs(t, wire.ModelStream(p.Pipeline, "linear"))
 	natstest.WaitFor(t, "replies of acked items", 10*time.Second, func() bool { _, k := rep.snapshot(); return uint64(k)+queued == n })
 	_, k := rep.snapshot()
 	t.Logf("batch in hand %d; answered %d; left queued %d", inBatch, k, queued)

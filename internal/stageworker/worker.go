@@ -115,97 +115,35 @@ func (h *hosted) setBacklog(n int64) {
 // nil. It waits for the controller's control bucket, plan and topology
 // first, then loads every hosted model once per runner.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	d, err := deps.WithDefaults("stage worker")
+	w, err := newWorker(cfg, deps)
 	if err != nil {
 		return err
 	}
-	if deps.Models == nil {
-		return fmt.Errorf("stage worker: %w: Deps.Models is nil", ErrNoModels)
-	}
-	w := &worker{cfg: cfg, logger: d.Logger, now: d.Now, hooks: deps.hooks, nc: d.Conn, codec: wire.NewCodec(), files: deps.Models}
-	w.metrics = newMetrics(d.Registerer)
-	js, err := jetstream.New(d.Conn)
-	if err != nil {
-		return fmt.Errorf("stage worker: jetstream: %w", err)
-	}
-	w.js = js
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w.ctl = newWatcher(w.logger, w.metrics, w.now, w.hooks.gearApplied)
 	g, gctx := errgroup.WithContext(ctx)
 	// The watch waits for the control bucket, and binds it again if it is
 	// recreated.
-	g.Go(func() error { return w.ctl.run(gctx, js, wire.KVBucket(cfg.Pipeline)) })
+	g.Go(func() error { return w.ctl.run(gctx, w.js, wire.KVBucket(cfg.Pipeline)) })
 	fail := func(err error) error {
 		cancel()
 		_ = g.Wait()
 		return fmt.Errorf("stage worker: %w", err)
 	}
 
-	w.logger.Info("waiting for the plan", "bucket", wire.KVBucket(cfg.Pipeline))
-	select {
-	case <-w.ctl.ready:
-	case <-gctx.Done():
+	c, names, err := w.start(gctx)
+	if errors.Is(err, errStopping) {
+		cancel()
 		return g.Wait()
 	}
-	c := w.ctl.load()
-	if c.Plan.Pipeline != cfg.Pipeline {
-		return fail(fmt.Errorf("the plan in bucket %s is for pipeline %q, not %q", wire.KVBucket(cfg.Pipeline), c.Plan.Pipeline, cfg.Pipeline))
-	}
-	names := cfg.Models
-	if len(names) == 0 {
-		names = c.Plan.UsedModels()
-	}
-	names, err = ladderOrder(c.Plan, names)
 	if err != nil {
-		return fail(err)
-	}
-	if err := natsbus.WaitTopology(gctx, js, cfg.Pipeline, names, c.Plan.QueuePartitions(), pollInterval); err != nil {
-		if gctx.Err() != nil {
-			cancel()
-			return g.Wait()
-		}
-		return fail(err)
-	}
-
-	w.itemSize, w.classes = c.Plan.Input.Elements(), c.Plan.Input.Classes
-	w.uint8Scale = float32(c.Plan.Input.UINT8Scale)
-	w.partitions = c.Plan.QueuePartitions()
-	for _, name := range names {
-		h := &hosted{name: name, backlogGage: w.metrics.host(name)}
-		for part := range w.partitions {
-			stream := wire.ModelPartitionStream(cfg.Pipeline, name, part, w.partitions)
-			cons, err := js.Consumer(gctx, stream, wire.ModelConsumer(name))
-			if err != nil {
-				return fail(fmt.Errorf("consumer of model %q on %s: %w", name, stream, err))
-			}
-			if info := cons.CachedInfo(); info != nil && part == 0 {
-				h.maxDeliver = info.Config.MaxDeliver
-			}
-			h.consumers = append(h.consumers, cons)
-		}
-		w.models = append(w.models, h)
-	}
-
-	if err := checkProvider(c.Plan, names, cfg.Provider, cfg.AllowProviderMismatch, w.logger); err != nil {
 		return fail(err)
 	}
 	rt, sessions, err := w.load(c.Plan)
 	if err != nil {
 		return fail(err)
 	}
-	defer func() {
-		for _, ss := range sessions {
-			for _, s := range ss {
-				_ = s.Close()
-			}
-		}
-		_ = rt.Close()
-	}()
+	defer closeSessions(rt, sessions)
 
 	w.metrics.Ready.Set(1)
 	w.logger.Info("stage worker ready", "pipeline", cfg.Pipeline, "models", names, "runners", cfg.Runners,
@@ -223,6 +161,96 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	w.logger.Info("stage worker stopped")
 	return err
+}
+
+// errStopping means ctx ended while the worker was still starting: Run
+// then returns what its supervisor returns, with no error of its own.
+var errStopping = errors.New("stopping before ready")
+
+// newWorker validates cfg and builds a worker from deps, with its metrics
+// registered, its JetStream handle and its control watcher (not yet
+// running). It connects to nothing new.
+func newWorker(cfg Config, deps Deps) (*worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d, err := deps.WithDefaults("stage worker")
+	if err != nil {
+		return nil, err
+	}
+	if deps.Models == nil {
+		return nil, fmt.Errorf("stage worker: %w: Deps.Models is nil", ErrNoModels)
+	}
+	w := &worker{cfg: cfg, logger: d.Logger, now: d.Now, hooks: deps.hooks, nc: d.Conn, codec: wire.NewCodec(), files: deps.Models}
+	w.metrics = newMetrics(d.Registerer)
+	if w.js, err = jetstream.New(d.Conn); err != nil {
+		return nil, fmt.Errorf("stage worker: jetstream: %w", err)
+	}
+	w.ctl = newWatcher(w.logger, w.metrics, w.now, w.hooks.gearApplied)
+	return w, nil
+}
+
+// start waits for the plan (the control watch must be running) and the
+// topology, then binds the hosted models' consumers and checks their
+// provider. It returns the control state it started from and the hosted
+// models in ladder order; errStopping if ctx ended first.
+func (w *worker) start(ctx context.Context) (*control, []string, error) {
+	bucket := wire.KVBucket(w.cfg.Pipeline)
+	w.logger.Info("waiting for the plan", "bucket", bucket)
+	select {
+	case <-w.ctl.ready:
+	case <-ctx.Done():
+		return nil, nil, errStopping
+	}
+	c := w.ctl.load()
+	if c.Plan.Pipeline != w.cfg.Pipeline {
+		return nil, nil, fmt.Errorf("the plan in bucket %s is for pipeline %q, not %q", bucket, c.Plan.Pipeline, w.cfg.Pipeline)
+	}
+	names := w.cfg.Models
+	if len(names) == 0 {
+		names = c.Plan.UsedModels()
+	}
+	names, err := ladderOrder(c.Plan, names)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := natsbus.WaitTopology(ctx, w.js, w.cfg.Pipeline, names, c.Plan.QueuePartitions(), pollInterval); err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, errStopping
+		}
+		return nil, nil, err
+	}
+	if err := w.bind(ctx, c.Plan, names); err != nil {
+		return nil, nil, err
+	}
+	if err := checkProvider(c.Plan, names, w.cfg.Provider, w.cfg.AllowProviderMismatch, w.logger); err != nil {
+		return nil, nil, err
+	}
+	return c, names, nil
+}
+
+// bind records the plan's input and partitions and adds a hosted model
+// for each of names, with the consumers of its queue's partitions.
+func (w *worker) bind(ctx context.Context, p *plan.Plan, names []string) error {
+	w.itemSize, w.classes = p.Input.Elements(), p.Input.Classes
+	w.uint8Scale = float32(p.Input.UINT8Scale)
+	w.partitions = p.QueuePartitions()
+	for _, name := range names {
+		h := &hosted{name: name, backlogGage: w.metrics.host(name)}
+		for part := range w.partitions {
+			stream := wire.ModelPartitionStream(w.cfg.Pipeline, name, part, w.partitions)
+			cons, err := w.js.Consumer(ctx, stream, wire.ModelConsumer(name))
+			if err != nil {
+				return fmt.Errorf("consumer of model %q on %s: %w", name, stream, err)
+			}
+			if info := cons.CachedInfo(); info != nil && part == 0 {
+				h.maxDeliver = info.Config.MaxDeliver
+			}
+			h.consumers = append(h.consumers, cons)
+		}
+		w.models = append(w.models, h)
+	}
+	return nil
 }
 
 // ladderOrder checks that every name is a model of the plan and returns
@@ -296,14 +324,7 @@ func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error
 		return nil, nil, err
 	}
 	sessions := make([][]*onnxrt.Session, w.cfg.Runners)
-	closeAll := func() {
-		for _, ss := range sessions {
-			for _, s := range ss {
-				_ = s.Close()
-			}
-		}
-		_ = rt.Close()
-	}
+	closeAll := func() { closeSessions(rt, sessions) }
 	version, libPath := rt.Version(), rt.LibraryPath()
 	// The plan from the control bucket knows no folder: its model files
 	// resolve against the worker's own.
@@ -339,4 +360,14 @@ func (w *worker) load(p *plan.Plan) (*onnxrt.Runtime, [][]*onnxrt.Session, error
 		}
 	}
 	return rt, sessions, nil
+}
+
+// closeSessions closes every session, then the runtime.
+func closeSessions(rt *onnxrt.Runtime, sessions [][]*onnxrt.Session) {
+	for _, ss := range sessions {
+		for _, s := range ss {
+			_ = s.Close()
+		}
+	}
+	_ = rt.Close()
 }

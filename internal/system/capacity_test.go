@@ -79,27 +79,12 @@ func TestGearsFollowLiveCapacity(t *testing.T) {
 	images := testImages(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	stopLoad := make(chan struct{})
-	loadDone := make(chan loadgen.Report, 1)
-	go func() {
-		lctx, lcancel := context.WithCancel(ctx)
-		defer lcancel()
-		go func() {
-			select {
-			case <-stopLoad:
-				lcancel()
-			case <-lctx.Done():
-			}
-		}()
-		rep, err := loadgen.Run(lctx, sys.Conn, loadgen.Config{
-			Pipeline: sys.Plan.Pipeline, Items: images, Schedule: loadgen.Constant(rate), Duration: 2 * time.Minute,
-			Timeout: 10 * time.Second, Seed: 11, Client: "capacity",
-		})
-		if err != nil {
-			t.Error(err)
-		}
-		loadDone <- rep
-	}()
+	lctx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	loadDone := startLoad(lctx, t, sys, loadgen.Config{
+		Pipeline: sys.Plan.Pipeline, Items: images, Schedule: loadgen.Constant(rate), Duration: 2 * time.Minute,
+		Timeout: 10 * time.Second, Seed: 11, Client: "capacity",
+	})
 
 	var b *browser
 	if shot != "" {
@@ -182,7 +167,7 @@ func TestGearsFollowLiveCapacity(t *testing.T) {
 		}
 	}
 
-	close(stopLoad)
+	stopLoad()
 	rep := <-loadDone
 	if rep.Lost != 0 || rep.Duplicates != 0 || len(rep.ErrorCounts()) != 0 {
 		t.Errorf("load: sent %d, lost %d, duplicates %d, errors %v", rep.Sent, rep.Lost, rep.Duplicates, rep.ErrorCounts())

@@ -107,17 +107,10 @@ func TestDashboardInChromium(t *testing.T) {
 	images := testImages(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	loadDone := make(chan loadgen.Report, 1)
-	go func() {
-		rep, err := loadgen.Run(ctx, sys.Conn, loadgen.Config{
-			Pipeline: sys.Plan.Pipeline, Items: images, Schedule: loadgen.Constant(rate), Duration: 20 * time.Second,
-			Timeout: 10 * time.Second, Seed: 3, Client: "dashboard",
-		})
-		if err != nil {
-			t.Error(err)
-		}
-		loadDone <- rep
-	}()
+	loadDone := startLoad(ctx, t, sys, loadgen.Config{
+		Pipeline: sys.Plan.Pipeline, Items: images, Schedule: loadgen.Constant(rate), Duration: 20 * time.Second,
+		Timeout: 10 * time.Second, Seed: 3, Client: "dashboard",
+	})
 
 	b := startBrowser(t, 1400, 1100)
 	// Load for longer than the served-statistics window (5 s) first: the

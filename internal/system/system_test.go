@@ -184,6 +184,21 @@ func gauges(reg *prometheus.Registry) (float64, []float64) {
 	return metrictest.Sum(reg, "cascade_controller_gear_index"), metrictest.Values(reg, "cascade_worker_gear_index")
 }
 
+// startLoad runs the load generator against sys in the background until
+// cfg's load is sent or ctx ends; the report arrives on the channel
+// returned. An error of the run fails the test.
+func startLoad(ctx context.Context, t *testing.T, sys *system.System, cfg loadgen.Config) <-chan loadgen.Report {
+	done := make(chan loadgen.Report, 1)
+	go func() {
+		rep, err := loadgen.Run(ctx, sys.Conn, cfg)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rep
+	}()
+	return done
+}
+
 // runLoad runs the load generator against sys and fails the test unless
 // every request sent got exactly one result and none was an error.
 func runLoad(ctx context.Context, t *testing.T, sys *system.System, cfg loadgen.Config) loadgen.Report {
