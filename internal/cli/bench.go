@@ -117,14 +117,6 @@ load per system) and of --trace (offered load, p95 and gear per second).
 
 The verdicts are a report: the command fails only if it cannot measure.`
 
-func benchCommand() command {
-	return command{
-		name:    "bench",
-		summary: "benchmark the pipeline end to end (--check-plan: predictions vs reality)",
-		run:     runBench,
-	}
-}
-
 // benchFlags are bench's flags: shared by every mode, of the end-to-end
 // benchmark, and of --check-plan (with or without --knee).
 type benchFlags struct {

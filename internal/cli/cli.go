@@ -32,18 +32,19 @@ type command struct {
 // ErrUsage marks errors caused by how the command was called; main exits 2.
 var ErrUsage = errors.New("usage")
 
+// commands are the CLI's subcommands, in the order help lists them.
 func commands() []command {
 	return []command{
-		upCommand(),
-		sendCommand(),
-		replayCommand(),
-		profileCommand(),
-		planCommand(),
-		simulateCommand(),
-		benchCommand(),
-		demoCommand(),
-		healthCommand(),
-		versionCommand(),
+		{name: "up", summary: "run everything in one process: embedded nats-server, controller, ingress, workers", run: runUp},
+		{name: "send", summary: "send MNIST test images (or an image file) and print the results", run: runSend},
+		{name: "replay", summary: "run a model ladder over a labeled data set and write replay data", run: runReplay},
+		{name: "profile", summary: "measure model latency per batch size and the NATS hop cost", run: runProfile},
+		{name: "plan", summary: "plan gears from replay data and a profile (plan show: inspect a plan)", run: runPlan},
+		{name: "simulate", summary: "simulate a plan's gears at scale", run: runSimulate},
+		{name: "bench", summary: "benchmark the pipeline end to end (--check-plan: predictions vs reality)", run: runBench},
+		{name: "demo", summary: "run the whole system on MNIST under a load that rises past the accurate gear and falls back", run: runDemo},
+		{name: "health", summary: "probe a service's readiness (/readyz); exit 0 when ready: a Docker HEALTHCHECK", run: runHealth},
+		{name: "version", summary: "print the build: module version, VCS revision, Go version (also --version)", run: runVersion},
 	}
 }
 
@@ -143,10 +144,6 @@ func parseCommandFlags(env Env, name, usage string, register func(*flag.FlagSet)
 	fs := newFlagSet(env, name, usage)
 	register(fs)
 	return fs, parseFlags(fs, args)
-}
-
-func versionCommand() command {
-	return command{name: "version", summary: "print the build: module version, VCS revision, Go version (also --version)", run: runVersion}
 }
 
 func runVersion(_ context.Context, env Env, args []string) error {

@@ -24,10 +24,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
-func demoCommand() command {
-	return command{name: "demo", summary: "run the whole system on MNIST under a load that rises past the accurate gear and falls back", run: runDemo}
-}
-
 func runDemo(ctx context.Context, env Env, args []string) error {
 	fs := newFlagSet(env, "demo", "demo [flags]")
 	var sf systemFlags

@@ -10,10 +10,6 @@ import (
 	"time"
 )
 
-func healthCommand() command {
-	return command{name: "health", summary: "probe a service's readiness (/readyz); exit 0 when ready: a Docker HEALTHCHECK", run: runHealth}
-}
-
 // runHealth GETs a service's readiness endpoint and fails unless it answers
 // 2xx. Without --url it probes the metrics address of the service in the
 // same container (CASCADE_METRICS_ADDR, as the service reads it), so a

@@ -46,14 +46,6 @@ when --pipeline is mnist; the profile comes from 'cascadeserve profile'.
 front and its accuracy and cost against load (format from the file
 extension: svg, png, pdf, ...).`
 
-func planCommand() command {
-	return command{
-		name:    "plan",
-		summary: "plan gears from replay data and a profile (plan show: inspect a plan)",
-		run:     runPlan,
-	}
-}
-
 // planFlags is the parsed command line of cascadeserve plan.
 type planFlags struct {
 	replay, profile, out  string

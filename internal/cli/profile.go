@@ -50,14 +50,6 @@ simulator charges every request on top of its model. Measure where they
 will share the machine (cascadeserve up), at loads the system keeps up
 with; leave it out where they run elsewhere.`
 
-func profileCommand() command {
-	return command{
-		name:    "profile",
-		summary: "measure model latency per batch size and the NATS hop cost",
-		run:     runProfile,
-	}
-}
-
 // profileFlags are profile's flags.
 type profileFlags struct {
 	out, models, modelDir, ladder   string

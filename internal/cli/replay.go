@@ -91,14 +91,6 @@ type replayConfig struct {
 	allowChance bool
 }
 
-func replayCommand() command {
-	return command{
-		name:    "replay",
-		summary: "run a model ladder over a labeled data set and write replay data",
-		run:     runReplay,
-	}
-}
-
 // register defines replay's flags on fs, stored in c.
 func (c *replayConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.out, "out", "", "replay file to write (required)")

@@ -21,10 +21,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
-func sendCommand() command {
-	return command{name: "send", summary: "send MNIST test images (or an image file) and print the results", run: runSend}
-}
-
 func runSend(ctx context.Context, env Env, args []string) error {
 	fs := newFlagSet(env, "send", "send [flags]")
 	natsURL := fs.String("nats", envOr(env, "CASCADE_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")

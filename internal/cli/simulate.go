@@ -30,14 +30,6 @@ with every simulation's full result.
 LOADS (unscaled requests/s) is a comma-separated list (100,500,900) or a
 range MIN:MAX:N of N evenly spaced loads.`
 
-func simulateCommand() command {
-	return command{
-		name:    "simulate",
-		summary: "simulate a plan's gears at scale",
-		run:     runSimulate,
-	}
-}
-
 // maxSimRequests bounds one simulation (about a second of CPU).
 const maxSimRequests = 2_000_000
 

@@ -17,10 +17,6 @@ import (
 	"github.com/cascadeserve/cascadeserve/pkg/wire"
 )
 
-func upCommand() command {
-	return command{name: "up", summary: "run everything in one process: embedded nats-server, controller, ingress, workers", run: runUp}
-}
-
 // systemFlags are the flags `up`, `demo` and `bench` share.
 type systemFlags struct {
 	natsURL, planFile, dataDir, gear string
