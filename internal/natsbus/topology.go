@@ -9,6 +9,7 @@
 package natsbus
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -73,51 +74,21 @@ type TopologyConfig struct {
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c TopologyConfig) WithDefaults() TopologyConfig {
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.MaxQueue == 0 {
-		c.MaxQueue = 20000
-	}
-	if c.MaxQueueBytes == 0 {
-		c.MaxQueueBytes = 256 << 20
-	}
-	if c.MaxJobs == 0 {
-		c.MaxJobs = 100000
-	}
-	if c.MaxJobsBytes == 0 {
-		c.MaxJobsBytes = 1 << 30
-	}
-	if c.ResultsMaxBytes == 0 {
-		c.ResultsMaxBytes = 1 << 30
-	}
-	if c.DLQMaxMsgs == 0 {
-		c.DLQMaxMsgs = 100000
-	}
-	if c.DLQMaxBytes == 0 {
-		c.DLQMaxBytes = 1 << 30
-	}
-	if c.ResultsMaxAge == 0 {
-		c.ResultsMaxAge = time.Hour
-	}
-	if c.DLQMaxAge == 0 {
-		c.DLQMaxAge = 7 * 24 * time.Hour
-	}
-	if c.Duplicates == 0 {
-		c.Duplicates = 2 * time.Minute
-	}
-	if c.AckWait == 0 {
-		c.AckWait = 30 * time.Second
-	}
-	if c.MaxDeliver == 0 {
-		c.MaxDeliver = 5
-	}
-	if c.MaxAckPending == 0 {
-		c.MaxAckPending = 4096
-	}
-	if c.IdempotencyWindow == 0 {
-		c.IdempotencyWindow = 2 * time.Minute
-	}
+	c.Replicas = cmp.Or(c.Replicas, 1)
+	c.MaxQueue = cmp.Or(c.MaxQueue, 20000)
+	c.MaxQueueBytes = cmp.Or(c.MaxQueueBytes, 256<<20)
+	c.MaxJobs = cmp.Or(c.MaxJobs, 100000)
+	c.MaxJobsBytes = cmp.Or(c.MaxJobsBytes, 1<<30)
+	c.ResultsMaxBytes = cmp.Or(c.ResultsMaxBytes, 1<<30)
+	c.DLQMaxMsgs = cmp.Or(c.DLQMaxMsgs, 100000)
+	c.DLQMaxBytes = cmp.Or(c.DLQMaxBytes, 1<<30)
+	c.ResultsMaxAge = cmp.Or(c.ResultsMaxAge, time.Hour)
+	c.DLQMaxAge = cmp.Or(c.DLQMaxAge, 7*24*time.Hour)
+	c.Duplicates = cmp.Or(c.Duplicates, 2*time.Minute)
+	c.AckWait = cmp.Or(c.AckWait, 30*time.Second)
+	c.MaxDeliver = cmp.Or(c.MaxDeliver, 5)
+	c.MaxAckPending = cmp.Or(c.MaxAckPending, 4096)
+	c.IdempotencyWindow = cmp.Or(c.IdempotencyWindow, 2*time.Minute)
 	return c
 }
 
