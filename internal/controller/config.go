@@ -33,8 +33,10 @@ type Config struct {
 	Gear string `env:"GEAR"`
 	// UpshiftBacklog is the longest acceptable time for the current gear's
 	// spare capacity to drain the items waiting at its models; beyond it the
-	// controller moves to a cheaper gear at once (see Policy). Default 1s.
-	UpshiftBacklog time.Duration `env:"UPSHIFT_BACKLOG" envDefault:"1s"`
+	// controller moves to a cheaper gear at once (see Policy). Default
+	// 250ms: a burst over the gear's capacity is seen within a sample or
+	// two, before the rate window has caught up with it.
+	UpshiftBacklog time.Duration `env:"UPSHIFT_BACKLOG" envDefault:"250ms"`
 
 	// QueuePartitions splits each model's work queue into this many
 	// partitions, a stream each (CASCADE_QUEUE_PARTITIONS, default 0: the

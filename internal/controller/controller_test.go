@@ -424,7 +424,11 @@ func TestRunSwitchesUpAtOnceAndDownAfterDrain(t *testing.T) {
 }
 
 func TestRunUpOnBacklog(t *testing.T) {
-	srv, p, _, kv := startFastPlan(t)
+	srv := natstest.Start(t)
+	file, p := fastPlanFile(t)
+	startController(t, srv, testConfig(t, file, map[string]string{"CASCADE_UPSHIFT_BACKLOG": "1s"}))
+	kv := controlBucket(t, srv, p.Pipeline)
+	waitGear(t, kv, "accurate")
 	startFakeIngress(t, srv.Connect(t), p.Pipeline, "ing-1", 20)
 	// 20 qps + 150 waiting at medium / 1 s = 170 qps required: balanced.
 	ctx := context.Background()
@@ -586,7 +590,7 @@ func TestConfigFromEnv(t *testing.T) {
 	if topo != want {
 		t.Errorf("default topology %+v, want %+v", topo, want)
 	}
-	if cfg.Pipeline != "mnist" || cfg.MetricsAddr != "127.0.0.1:9091" || cfg.UpshiftBacklog != time.Second || cfg.NATSURL != "nats://127.0.0.1:4222" {
+	if cfg.Pipeline != "mnist" || cfg.MetricsAddr != "127.0.0.1:9091" || cfg.UpshiftBacklog != 250*time.Millisecond || cfg.NATSURL != "nats://127.0.0.1:4222" {
 		t.Errorf("defaults: %+v", cfg)
 	}
 
