@@ -132,7 +132,7 @@ func (c *control) stageTime(model string, batch int) time.Duration {
 // its batches do not wait to fill.
 func (c *control) policy(model string, idle time.Duration) batching.Policy {
 	p := batching.Policy{MaxBatch: c.maxBatch(model), MaxDelay: c.Gear.Batching.MaxDelay(), IdleWait: idle}
-	if _, ok := c.Gear.StageOf(model); !ok {
+	if !c.inGear(model) {
 		p.MaxDelay = 0
 	}
 	return p
@@ -154,7 +154,7 @@ func (c *control) weight(model string) float64 {
 		return s
 	}
 	n := float64(len(c.Gear.Cascade))
-	if _, ok := c.Gear.StageOf(model); ok {
+	if c.inGear(model) {
 		return 1 / n
 	}
 	least := 1 / n

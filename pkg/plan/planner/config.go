@@ -366,7 +366,13 @@ func (cfg *Config) checkLadder(ps *problems) {
 // the per-item messaging overhead.
 func (cfg *Config) itemCost(model string, b int) float64 {
 	b = max(b, 1)
-	return cfg.Profile.Models[model].ItemCostMs(b) + cfg.Profile.ItemOverheadMs + cfg.Profile.BatchOverheadMs/float64(b)
+	return cfg.computeCost(model, b) + cfg.Profile.ItemOverheadMs + cfg.Profile.BatchOverheadMs/float64(b)
+}
+
+// computeCost is the CPU time per item of a model's own compute in batches
+// of b: its share of the batch latency, without the messaging overheads.
+func (cfg *Config) computeCost(model string, b int) float64 {
+	return cfg.Profile.Models[model].ItemCostMs(max(b, 1))
 }
 
 // requestShare is the share of the capacity's cores that the profile's

@@ -328,7 +328,7 @@ func (pl *walker) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	for j, s := range c.Stages {
 		// The cores count the model's compute only: the CPU that moving
 		// messages costs is part of the overhead measured as rho.
-		total += q / 1000 * c.Reach[j] * pl.cfg.Profile.Models[s.Model].ItemCostMs(max(b, 1)) / float64(pl.cfg.Capacity)
+		total += q / 1000 * c.Reach[j] * pl.cfg.computeCost(s.Model, b) / float64(pl.cfg.Capacity)
 		// Shared runners lend each other their time: only the total counts.
 		work := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b)
 		if pl.cfg.RunnerPool == plan.RunnerPoolPerModel && work/float64(runners[j])/(1-rho) > pl.cfg.Headroom {
