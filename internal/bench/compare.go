@@ -46,23 +46,15 @@ type CompareConfig struct {
 	// RequestItems > 1 sends that many items per request; loads stay in
 	// items/s.
 	RequestItems int
-	// Each probe is open-loop Poisson at its load for Warmup (default 2s,
-	// Quick 1s; < 0: none; the controller of an unpinned system settles
-	// in it) then Duration (default 5s, Quick 1s). Budget bounds each
-	// system's capacity search (default 90s, Quick 10s; model switching
-	// gets 70%). The single model's search starts at its planned
-	// capacity (half of it with Quick), every other system's at its plan's
-	// figure scaled by the single model's measured over planned capacity:
-	// the machine's speed relative to the plan's. Factor and Resolution are its step (default 1.5, Quick 2)
-	// and resolution (default 0.05, Quick 0.25).
-	Warmup     time.Duration
-	Duration   time.Duration
-	Budget     time.Duration
-	Factor     float64
-	Resolution float64
-	// MaxErrorRate is the largest fraction of typed errors a probe may have
-	// (default 0.001); none may be lost.
-	MaxErrorRate float64
+	// Probing is each probe's length and the search's bounds: Warmup 2s
+	// (Quick 1s; the controller of an unpinned system settles in it),
+	// Duration 5s (Quick 1s), Budget 90s per system (Quick 10s; model
+	// switching gets 70%), Factor 1.5 (Quick 2), Resolution 0.05 (Quick
+	// 0.25), MaxErrorRate 0.001 by default. The single model's search starts
+	// at its planned capacity (half of it with Quick), every other
+	// system's at its plan's figure scaled by the single model's measured
+	// over planned capacity: the machine's speed relative to the plan's.
+	Probing
 	// AccuracyDrop is how far below the single model's accuracy a probe's
 	// accuracy may be and pass (default 0.001: 0.1 point).
 	AccuracyDrop float64
@@ -85,28 +77,11 @@ type CompareConfig struct {
 }
 
 func (c *CompareConfig) defaults() error {
-	quick := func(normal, q time.Duration) time.Duration {
-		if c.Quick {
-			return q
-		}
-		return normal
+	def := Probing{Warmup: 2 * time.Second, Duration: 5 * time.Second, Budget: 90 * time.Second, Factor: 1.5, Resolution: 0.05}
+	if c.Quick {
+		def = Probing{Warmup: time.Second, Duration: time.Second, Budget: 10 * time.Second, Factor: 2, Resolution: 0.25}
 	}
-	c.Warmup = warmupOr(c.Warmup, quick(2*time.Second, time.Second))
-	orDefault(&c.Duration, quick(5*time.Second, time.Second))
-	orDefault(&c.Budget, quick(90*time.Second, 10*time.Second))
-	if !(c.Factor > 1) {
-		c.Factor = 1.5
-		if c.Quick {
-			c.Factor = 2
-		}
-	}
-	if !(c.Resolution > 0) {
-		c.Resolution = 0.05
-		if c.Quick {
-			c.Resolution = 0.25
-		}
-	}
-	orDefault(&c.MaxErrorRate, 0.001)
+	c.Probing.defaults(def)
 	orDefault(&c.AccuracyDrop, 0.001)
 	if len(c.Multiples) == 0 {
 		c.Multiples = []float64{1, 2, 4}

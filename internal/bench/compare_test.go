@@ -43,9 +43,7 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 	c, err := Compare(ctx, CompareConfig{
 		Live:      Live{Runners: 2, ONNXRuntimeLib: lib, Items: testImages(t, 2000), TempDir: t.TempDir(), Progress: &progress},
 		Quick:     true,
-		Warmup:    200 * time.Millisecond,
-		Duration:  300 * time.Millisecond,
-		Budget:    1500 * time.Millisecond,
+		Probing:   Probing{Warmup: 200 * time.Millisecond, Duration: 300 * time.Millisecond, Budget: 1500 * time.Millisecond},
 		Multiples: []float64{1, 2},
 	})
 	if err != nil {

@@ -7,6 +7,33 @@ import (
 	"time"
 )
 
+// Probing is how a capacity search probes: each probe is open-loop
+// Poisson at its load for Warmup (discarded; < 0: none), then Duration
+// measured, and it passes with at most MaxErrorRate of its items answered
+// with a typed error (none may be lost). Budget bounds one search; Factor
+// and Resolution are its step and resolution (see KneeSearch). The
+// configurations that embed it give the defaults of its zero values.
+type Probing struct {
+	Warmup       time.Duration
+	Duration     time.Duration
+	Budget       time.Duration
+	Factor       float64
+	Resolution   float64
+	MaxErrorRate float64
+}
+
+// defaults sets p's zero values to def's (MaxErrorRate: 0.001).
+func (p *Probing) defaults(def Probing) {
+	p.Warmup = warmupOr(p.Warmup, def.Warmup)
+	orDefault(&p.Duration, def.Duration)
+	orDefault(&p.Budget, def.Budget)
+	if !(p.Factor > 1) {
+		p.Factor = def.Factor
+	}
+	orDefault(&p.Resolution, def.Resolution)
+	orDefault(&p.MaxErrorRate, 0.001)
+}
+
 // KneeSearch configures SearchKnee: the search for the highest load a
 // system serves within its objective, by probes at chosen loads. Zero
 // values take the defaults in the comments.

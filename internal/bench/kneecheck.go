@@ -27,33 +27,17 @@ type KneeConfig struct {
 	// Start is the first load probed, items/s (default: the gear's
 	// max_qps in the plan).
 	Start float64
-	// Each probe is open-loop Poisson at its load for Warmup (default 2s,
-	// discarded; < 0: none), then Duration (default 5s) measured. Budget
-	// bounds each gear's search (default 90s); Factor and Resolution are
-	// the search's step and resolution (KneeSearch's defaults).
-	Warmup     time.Duration
-	Duration   time.Duration
-	Budget     time.Duration
-	Factor     float64
-	Resolution float64
-	// MaxErrorRate is the largest fraction of items answered with a typed
-	// error that a probe may have and pass (default 0.001); none may be
-	// lost.
-	MaxErrorRate float64
+	// Probing is each probe's length and the search's bounds (Warmup 2s,
+	// Duration 5s, Budget 90s per gear, Factor 1.5, Resolution 0.05,
+	// MaxErrorRate 0.001 by default).
+	Probing
 	// Tolerance is the largest acceptable |measured / planned − 1| (default
 	// 0.15).
 	Tolerance float64
 }
 
 func (c *KneeConfig) defaults() error {
-	c.Warmup = warmupOr(c.Warmup, 2*time.Second)
-	orDefault(&c.Duration, 5*time.Second)
-	orDefault(&c.Budget, 90*time.Second)
-	if !(c.Factor > 1) {
-		c.Factor = 1.5
-	}
-	orDefault(&c.Resolution, 0.05)
-	orDefault(&c.MaxErrorRate, 0.001)
+	c.Probing.defaults(Probing{Warmup: 2 * time.Second, Duration: 5 * time.Second, Budget: 90 * time.Second, Factor: 1.5, Resolution: 0.05})
 	orDefault(&c.Tolerance, 0.15)
 	if c.RequestItems < 1 {
 		c.RequestItems = 1

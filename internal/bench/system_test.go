@@ -213,9 +213,7 @@ func TestCheckKneesReportsEachGear(t *testing.T) {
 		Live:         Live{PlanFile: file, ONNXRuntimeLib: lib, Items: testImages(t, 500), TempDir: t.TempDir(), Progress: &progress},
 		Gears:        []string{"one"},
 		RequestItems: 4,
-		Warmup:       -1,
-		Duration:     time.Second,
-		Budget:       budget,
+		Probing:      Probing{Warmup: -1, Duration: time.Second, Budget: budget},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -267,9 +267,7 @@ func (f *benchFlags) kneeConfig(sh benchShared) bench.KneeConfig {
 		Gears:        f.gearList(),
 		RequestItems: f.reqItems,
 		Start:        f.kneeStart,
-		Warmup:       sh.warmup,
-		Duration:     f.kneeDuration,
-		Budget:       f.kneeBudget,
+		Probing:      bench.Probing{Warmup: sh.warmup, Duration: f.kneeDuration, Budget: f.kneeBudget},
 	}
 	if cfg.Gears == nil && f.gear != "" {
 		cfg.Gears = []string{f.gear}

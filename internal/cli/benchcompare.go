@@ -54,7 +54,7 @@ func (f *benchFlags) compareRun(ctx context.Context, fs *flag.FlagSet, sh benchS
 		return nil, fmt.Errorf("%w: --multiples: %w", ErrUsage, err)
 	}
 	cc := bench.CompareConfig{
-		Live: sh.live, Systems: systems, Quick: f.quick, RequestItems: f.reqItems, Warmup: sh.warmup, Multiples: mult,
+		Live: sh.live, Systems: systems, Quick: f.quick, RequestItems: f.reqItems, Probing: bench.Probing{Warmup: sh.warmup}, Multiples: mult,
 	}
 	if set["knee-duration"] {
 		cc.Duration = f.kneeDuration
