@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 )
 
 // TestUpReportsBusyPorts: `up` names a taken port as an error before it
@@ -47,17 +49,12 @@ func TestUpReportsBusyPorts(t *testing.T) {
 }
 
 func TestCheckListenAddrs(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := natstest.FreeAddr(t)
 	if err := checkListenAddrs([]listenAddr{{"a", addr}}); err != nil {
 		t.Errorf("free address: %v", err)
 	}
 	// The same address twice is a conflict too, and both problems are named.
-	err = checkListenAddrs([]listenAddr{{"a", addr}, {"b", addr}, {"c", "256.0.0.1:1"}})
+	err := checkListenAddrs([]listenAddr{{"a", addr}, {"b", addr}, {"c", "256.0.0.1:1"}})
 	if err == nil || !strings.Contains(err.Error(), "b address") || !strings.Contains(err.Error(), "c address") || strings.Contains(err.Error(), "a address") {
 		t.Errorf("err = %v, want b and c named", err)
 	}

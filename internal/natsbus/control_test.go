@@ -132,14 +132,7 @@ func TestWatchControlFollowsRecreatedBucket(t *testing.T) {
 			}()
 			t.Cleanup(func() {
 				cancel()
-				select {
-				case err := <-done:
-					if err != nil {
-						t.Errorf("WatchControl = %v, want nil when ctx ends", err)
-					}
-				case <-time.After(10 * time.Second):
-					t.Error("WatchControl did not return after ctx ended")
-				}
+				natstest.Returned(t, "WatchControl after its ctx ended", 10*time.Second, done)
 			})
 
 			if tt.late {

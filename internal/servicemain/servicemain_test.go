@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/natsembed"
 )
 
@@ -21,16 +21,6 @@ type fakeConfig struct {
 }
 
 func (c fakeConfig) MetricsAddress() string { return c.metricsAddr }
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 func get(url string) (int, string) {
 	resp, err := http.Get(url)
@@ -46,7 +36,7 @@ func get(url string) (int, string) {
 // it keeps waiting (its probe answers not ready) instead of exiting, runs
 // once the server is started on that port, and is then ready.
 func TestServiceWaitsForNATS(t *testing.T) {
-	natsPort, metricsPort := freePort(t), freePort(t)
+	natsPort, metricsPort := natstest.FreePort(t), natstest.FreePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", metricsPort)
 	cfg := fakeConfig{Process{
 		NATSURL:  fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
@@ -115,14 +105,7 @@ func TestServiceWaitsForNATS(t *testing.T) {
 		t.Errorf("a route the service added: %d %q", code, body)
 	}
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not return after cancel")
-	}
+	natstest.Returned(t, "serve after cancel", 10*time.Second, done)
 }
 
 // TestProcessValidate: the settings every service shares are checked in one

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/cascadeserve/cascadeserve/internal/cli"
 	"github.com/cascadeserve/cascadeserve/internal/dataset"
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 	"github.com/cascadeserve/cascadeserve/internal/system"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 	"github.com/cascadeserve/cascadeserve/pkg/plan/plantest"
@@ -117,12 +117,7 @@ func TestBringYourOwnModels(t *testing.T) {
 
 	// Online: the all-in-one system serving the plan (models resolved
 	// relative to the plan's folder), gear pinned.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := natstest.FreeAddr(t)
 	sys := startConfig(t, system.Config{DataDir: t.TempDir(), NATSPort: -1, PlanFile: planFile,
 		Env: map[string]string{"CASCADE_GEAR": gear.ID, "CASCADE_HTTP_ADDR": addr}})
 	set, err := dataset.ReadIDXFiles(digitsImages, digitsLabels, nil)

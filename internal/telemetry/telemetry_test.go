@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/cascadeserve/cascadeserve/internal/natsbus/natstest"
 )
 
 func TestReadyzFollowsReadinessGaugesAndChecks(t *testing.T) {
@@ -63,12 +64,7 @@ func TestReadyzFollowsReadinessGaugesAndChecks(t *testing.T) {
 // event stream) sees its request context end when the server shuts down,
 // so Serve returns at once and without error.
 func TestServeEndsStreamsOnShutdown(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := natstest.FreeAddr(t)
 	mux := Handler(prometheus.NewRegistry())
 	streaming := make(chan struct{})
 	mux.HandleFunc("GET /stream", func(w http.ResponseWriter, r *http.Request) {
@@ -82,6 +78,7 @@ func TestServeEndsStreamsOnShutdown(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, addr, HTTPSecurity{}, mux, slog.New(slog.DiscardHandler)) }()
 	var resp *http.Response
+	var err error
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if resp, err = http.Get("http://" + addr + "/stream"); err == nil {
 			break
@@ -93,14 +90,7 @@ func TestServeEndsStreamsOnShutdown(t *testing.T) {
 	defer resp.Body.Close()
 	<-streaming
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	case <-time.After(1500 * time.Millisecond):
-		t.Fatal("Serve waited for the open stream")
-	}
+	natstest.Returned(t, "Serve with a stream open", 1500*time.Millisecond, done)
 }
 
 // TestServiceMetrics: a gear switch replaces the gear's info series, and

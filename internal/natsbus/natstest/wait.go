@@ -35,3 +35,18 @@ func WaitForState(t testing.TB, what string, timeout time.Duration, cond func() 
 		time.Sleep(pollEvery)
 	}
 }
+
+// Returned waits up to within for what a goroutine returned on done, and
+// fails t if it is an error or does not come: for a service's Run or
+// Serve after its context is cancelled.
+func Returned(t testing.TB, what string, within time.Duration, done <-chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s returned %v, want nil", what, err)
+		}
+	case <-time.After(within):
+		t.Errorf("%s did not return within %v", what, within)
+	}
+}
