@@ -66,6 +66,7 @@ type planFlags struct {
 	metric                string
 	models, modelsDir     string
 	headroom              float64
+	latencySlack          float64
 	costBatch             int
 	batches, delays       string
 	simRequests, maxQueue int
@@ -99,6 +100,7 @@ func (f *planFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.models, "models", "", "comma-separated ladder, cheapest first (default: the replay's models)")
 	fs.StringVar(&f.modelsDir, "models-dir", "", "folder of <model>.onnx files; plan model files are written relative to the plan's folder")
 	fs.Float64Var(&f.headroom, "headroom", 0.8, "highest utilisation of a model's runners, and highest share of the cores the whole system's CPU demand may take, in a feasible gear")
+	fs.Float64Var(&f.latencySlack, "latency-slack", 0.1, "share of a gear's load range its batching may give up for a lower p95 at its lowest load (a shorter max delay); the top of the range gets the longer delay as a gear of its own; negative: none")
 	fs.IntVar(&f.costBatch, "cost-batch", 8, "reference batch size of the per-item cost")
 	fs.StringVar(&f.batches, "batches", "", "max batch sizes to search (default 1,2,4,...,128)")
 	fs.StringVar(&f.delays, "delays", "", "max delays to search, e.g. 0,1ms,5ms (default 0 and 2%,5%,10%,20% of the SLO)")
@@ -224,6 +226,7 @@ func (f *planFlags) config(replay *plan.Replay) (planner.Config, error) {
 		Search:         planner.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
 		CostBatch:      f.costBatch,
 		Headroom:       f.headroom,
+		LatencySlack:   f.latencySlack,
 		BatchSizes:     batches,
 		DelaysMs:       delays,
 		SimRequests:    f.simRequests,

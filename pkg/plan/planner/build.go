@@ -111,6 +111,7 @@ func (pl *walker) metadata(res *Result, edges []float64) map[string]any {
 		"max_stages":           cfg.Search.MaxStages,
 		"cost_batch":           cfg.CostBatch,
 		"headroom":             cfg.Headroom,
+		"latency_slack":        cfg.LatencySlack,
 		"batch_sizes":          cfg.BatchSizes,
 		"delays_ms":            cfg.DelaysMs,
 		"sim_requests":         cfg.SimRequests,

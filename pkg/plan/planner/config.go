@@ -169,6 +169,14 @@ type Config struct {
 	// work may keep busy together. Lower it on a machine that other work
 	// shares.
 	Headroom float64
+	// LatencySlack is the share of a gear's load range that its batching
+	// may give up for a lower latency (default 0.1; negative: none): of the
+	// batchings that fit, those that fit up to (1 − LatencySlack) of the
+	// widest one's top load compete on p95 at the gear's lowest load, so a
+	// long max delay that buys a few percent of capacity does not cost
+	// every load below it its wait. The top of the range gets a gear of
+	// its own, the same cascade with the longer delay.
+	LatencySlack float64
 	// BatchSizes are the max batch sizes searched (default 1, 2, 4, …, 128).
 	BatchSizes []int
 	// DelaysMs are the max delays searched (default 0 and 2%, 5%, 10%, 20%
@@ -204,6 +212,7 @@ func (cfg *Config) defaults() {
 	cfg.Metric = cmp.Or(cfg.Metric, plan.MetricMargin)
 	cfg.CostBatch = cmp.Or(cfg.CostBatch, 8)
 	cfg.Headroom = cmp.Or(cfg.Headroom, 0.8)
+	cfg.LatencySlack = cmp.Or(cfg.LatencySlack, 0.1)
 	if len(cfg.BatchSizes) == 0 {
 		cfg.BatchSizes = []int{1, 2, 4, 8, 16, 32, 64, 128}
 	}

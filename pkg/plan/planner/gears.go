@@ -190,21 +190,9 @@ func (pl *walker) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error)
 		pl.checked[key] = nil
 		return nil, nil
 	}
-	// Find the highest bucket at which some of them still fit, by binary
-	// search (a batching that fits a load is taken to fit lower loads too;
-	// the walk re-checks every bucket anyway), and keep those.
-	lo, hi := b, len(pl.edges)-1
-	for lo < hi && len(alive) > 1 {
-		mid := (lo + hi + 1) / 2
-		survivors, err := pl.fitting(cand, mid, configs, alive, runners)
-		if err != nil {
-			return nil, err
-		}
-		if len(survivors) == 0 {
-			hi = mid - 1
-			continue
-		}
-		lo, alive = mid, survivors
+	alive, err = pl.widest(cand, b, configs, alive, runners)
+	if err != nil {
+		return nil, err
 	}
 	// Lowest p95 here; ties keep the earlier (smaller batch, shorter delay).
 	best := alive[0]
@@ -216,6 +204,48 @@ func (pl *walker) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error)
 	g := &gearChoice{cand: cand, batching: configs[best], runners: runners, sim: results[best], p95Max: results[best].P95Ms}
 	pl.checked[key] = g
 	return g, nil
+}
+
+// widest returns those of configs[alive], all fitting candidate cand at
+// bucket b, that cover the widest load range from b, within the latency
+// slack: those that still fit the highest bucket at which any of them
+// fits, or, with LatencySlack s, the highest bucket at or below (1 − s) ×
+// that bucket's load (unless b is already above it). Which of them serves is then a matter of latency:
+// a batching that waits longer to fill its batches may carry a little more
+// load, and the slack keeps it from winning when that little costs every
+// lower load its wait (the walk gives the top of the range a gear of its
+// own, with the longer wait, where the shorter one stops fitting).
+func (pl *walker) widest(cand, b int, configs []plan.Batching, alive []int, runners []int) ([]int, error) {
+	// The highest bucket at which some still fit, by binary search (a
+	// batching that fits a load is taken to fit lower loads too; the walk
+	// re-checks every bucket anyway).
+	all := alive
+	lo, hi := b, len(pl.edges)-1
+	for lo < hi && (len(alive) > 1 || pl.cfg.LatencySlack > 0) {
+		mid := (lo + hi + 1) / 2
+		survivors, err := pl.fitting(cand, mid, configs, alive, runners)
+		if err != nil {
+			return nil, err
+		}
+		if len(survivors) == 0 {
+			hi = mid - 1
+			continue
+		}
+		lo, alive = mid, survivors
+	}
+	if pl.cfg.LatencySlack <= 0 || len(all) == len(alive) {
+		return alive, nil
+	}
+	target := b
+	for target < lo && pl.edges[target+1] <= (1-pl.cfg.LatencySlack)*pl.edges[lo] {
+		target++
+	}
+	if target == b {
+		// Already within the slack of the top: the widest, so the range
+		// splits once, not at every batching that stops fitting.
+		return alive, nil
+	}
+	return pl.fitting(cand, target, configs, all, runners)
 }
 
 // fitting returns those of configs[alive] that fit candidate cand at the

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -309,6 +310,49 @@ func TestPlanUsesMoreAccurateGearsAtLowLoad(t *testing.T) {
 	for _, key := range []string{"mode", "grid_points", "candidates_evaluated", "simulations", "elapsed_ms", "pareto"} {
 		if _, ok := p.Planner[key]; !ok {
 			t.Errorf("planner metadata lacks %q", key)
+		}
+	}
+}
+
+// TestPlanLatencySlackSplitsARangeByLatency: with LatencySlack the lower
+// part of a cascade's range takes the batching with the lowest p95 there,
+// the top keeps the batching that carries the most, and no load gets a
+// less accurate cascade for it.
+func TestPlanLatencySlackSplitsARangeByLatency(t *testing.T) {
+	plans := map[float64]*Result{}
+	for _, slack := range []float64{-1, 0.1} {
+		cfg := smallConfig(t)
+		cfg.LatencySlack = slack
+		res := mustMake(t, cfg)
+		checkPlanInvariants(t, cfg, res)
+		plans[slack] = res
+	}
+	widest, slack := plans[-1], plans[0.1]
+	if len(slack.Plan.Gears) <= len(widest.Plan.Gears) {
+		t.Fatalf("%d gears with the slack, %d without: no range was split", len(slack.Plan.Gears), len(widest.Plan.Gears))
+	}
+	changed, lower := 0, 0
+	for i, b := range slack.Buckets {
+		w := widest.Buckets[i]
+		if b.Candidate != w.Candidate {
+			t.Fatalf("at %.0f qps cascade %d with the slack, %d without: accuracy given up", b.QPS, b.Candidate, w.Candidate)
+		}
+		if b.Batching != w.Batching && b.Feasible() {
+			changed++
+			if b.Sim.P95Ms < w.Sim.P95Ms {
+				lower++
+			}
+			if b.Sim.P95Ms > w.Sim.P95Ms {
+				t.Errorf("at %.0f qps the slack's batching %+v has p95 %.2f ms, the widest %+v %.2f ms", b.QPS, b.Batching, b.Sim.P95Ms, w.Batching, w.Sim.P95Ms)
+			}
+		}
+	}
+	if changed == 0 || lower == 0 {
+		t.Errorf("%d buckets took another batching, %d of them with a lower p95", changed, lower)
+	}
+	for _, g := range widest.Plan.Gears {
+		if !slices.ContainsFunc(slack.Plan.Gears, func(s plan.Gear) bool { return s.MaxQPS == g.MaxQPS && s.Batching == g.Batching }) {
+			t.Errorf("gear %s (up to %.0f qps, %+v) has no twin at the top of its range with the slack", g.ID, g.MaxQPS, g.Batching)
 		}
 	}
 }
