@@ -315,14 +315,17 @@ func TestPlanUsesMoreAccurateGearsAtLowLoad(t *testing.T) {
 }
 
 // TestPlanLatencySlackSplitsARangeByLatency: with LatencySlack the lower
-// part of a cascade's range takes the batching with the lowest p95 there,
-// the top keeps the batching that carries the most, and no load gets a
-// less accurate cascade for it.
+// part of a cascade's range takes the batching with the same max batch and
+// a shorter delay that has the lowest p95 there, the top keeps the batching
+// that carries the most, and no load gets a less accurate cascade for it.
 func TestPlanLatencySlackSplitsARangeByLatency(t *testing.T) {
 	plans := map[float64]*Result{}
 	for _, slack := range []float64{-1, 0.1} {
 		cfg := smallConfig(t)
 		cfg.LatencySlack = slack
+		// Batches that cost enough to be worth a wait, and load steps
+		// fine enough for 10% of a range to be a bucket or more.
+		cfg.SLOP95Ms, cfg.Profile.BatchOverheadMs, cfg.Load.Buckets = 30, 0.5, 80
 		res := mustMake(t, cfg)
 		checkPlanInvariants(t, cfg, res)
 		plans[slack] = res
@@ -341,6 +344,9 @@ func TestPlanLatencySlackSplitsARangeByLatency(t *testing.T) {
 			changed++
 			if b.Sim.P95Ms < w.Sim.P95Ms {
 				lower++
+			}
+			if b.Batching.MaxBatch != w.Batching.MaxBatch || !(b.Batching.MaxDelayMs < w.Batching.MaxDelayMs) {
+				t.Errorf("at %.0f qps the slack took %+v for %+v: it may only shorten the delay", b.QPS, b.Batching, w.Batching)
 			}
 			if b.Sim.P95Ms > w.Sim.P95Ms {
 				t.Errorf("at %.0f qps the slack's batching %+v has p95 %.2f ms, the widest %+v %.2f ms", b.QPS, b.Batching, b.Sim.P95Ms, w.Batching, w.Sim.P95Ms)
