@@ -105,6 +105,7 @@ func newController(cfg Config, d servicemain.Deps, p *plan.Plan) (*controller, e
 		now:     d.Now,
 		m:       newMetrics(d.Registerer, p),
 		meter:   NewRateMeter(p.Hysteresis.RateWindow()),
+		peak:    PeakHold{Hold: p.Hysteresis.DownshiftHold()},
 		backlog: map[string]Backlog{},
 		cons:    map[string]jetstream.Consumer{},
 		latches: map[string]string{},
@@ -149,6 +150,7 @@ type controller struct {
 	gears   *GearStore
 	state   State
 	started time.Time
+	peak    PeakHold // the intake rates of the plan's downshift hold
 	backlog map[string]Backlog
 	cons    map[string]jetstream.Consumer
 	reapply bool              // the topology vanished (e.g. memory streams after a server restart)
@@ -337,6 +339,7 @@ func (c *controller) observe(ctx context.Context) Observation {
 	obs := Observation{
 		Now:          now,
 		QPS:          qps,
+		PeakQPS:      c.peak.Add(now, qps),
 		Backlog:      c.backlog,
 		Warm:         now.Sub(c.started) >= c.plan.Hysteresis.RateWindow(),
 		Runners:      runners,

@@ -39,6 +39,9 @@ type Observation struct {
 	// QPS is the intake rate: requests admitted per second over the plan's
 	// rate window, summed over every ingress instance.
 	QPS float64
+	// PeakQPS is the highest QPS measured over the plan's downshift hold;
+	// the policy moves down only when it too allows (0: QPS alone).
+	PeakQPS float64
 	// Backlog is per model; models that are missing count as empty.
 	Backlog map[string]Backlog
 	// Warm reports that the rate window has been observed in full since the
@@ -101,7 +104,8 @@ var ErrUnknownGear = errors.New("unknown gear")
 //     Items count as one request each at any stage (a later stage sees only
 //     the escalated fraction, so this errs on the side of going cheaper).
 //   - Down only with hysteresis: the policy moves to the most accurate gear
-//     t < c for which (1) q < DownshiftFactor × MaxQPS(t), (2) the whole
+//     t < c for which (1) q < DownshiftFactor × MaxQPS(t), where q is the
+//     highest rate of the plan's DownshiftHoldMs (Observation.PeakQPS), (2) the whole
 //     backlog (Pending + AckPending over every model, including models of
 //     older gears that still drain) is at most DrainedBacklogSeconds ×
 //     MaxQPS(t), and (3) the current gear has been held for MinDwellMs. It may
@@ -237,14 +241,18 @@ func (p Policy) decide(s State, o Observation) Decision {
 		return Decision{Gear: gearFor(gears, required), Direction: Up, Reason: why}
 	}
 
-	// Down with hysteresis.
+	// Down with hysteresis, on the highest load of the hold.
 	if s.Gear == 0 {
 		return Decision{Gear: 0, Direction: Hold, Reason: "most accurate gear"}
+	}
+	load, held := o.QPS, ""
+	if o.PeakQPS > o.QPS {
+		load, held = o.PeakQPS, fmt.Sprintf(" (the peak of the last %v)", p.h.DownshiftHold())
 	}
 	// The most accurate gear the load allows with margin.
 	t := -1
 	for i := 0; i < s.Gear; i++ {
-		if o.QPS < p.h.DownshiftFactor*gears[i].MaxQPS {
+		if load < p.h.DownshiftFactor*gears[i].MaxQPS {
 			t = i
 			break
 		}
@@ -252,7 +260,7 @@ func (p Policy) decide(s State, o Observation) Decision {
 	if t < 0 {
 		below := gears[s.Gear-1]
 		return Decision{Gear: s.Gear, Direction: Hold,
-			Reason: fmt.Sprintf("load %.1f qps not below %.2f × %.1f of %s", o.QPS, p.h.DownshiftFactor, below.MaxQPS, below.ID)}
+			Reason: fmt.Sprintf("load %.1f qps%s not below %.2f × %.1f of %s", load, held, p.h.DownshiftFactor, below.MaxQPS, below.ID)}
 	}
 	if !o.Warm {
 		return Decision{Gear: s.Gear, Direction: Hold, Reason: "warming up: rate window not yet observed"}
@@ -268,10 +276,10 @@ func (p Policy) decide(s State, o Observation) Decision {
 	for ; t < s.Gear; t++ {
 		tg := gears[t]
 		limit := p.h.DrainedBacklogSeconds * tg.MaxQPS
-		if o.QPS < p.h.DownshiftFactor*tg.MaxQPS && float64(total) <= limit {
+		if load < p.h.DownshiftFactor*tg.MaxQPS && float64(total) <= limit {
 			return Decision{Gear: t, Direction: Down,
-				Reason: fmt.Sprintf("load %.1f qps < %.2f × %.1f of %s, backlog %d ≤ %.0f, held %s for %v",
-					o.QPS, p.h.DownshiftFactor, tg.MaxQPS, tg.ID, total, limit, cur.ID, o.Now.Sub(s.Since).Round(time.Millisecond))}
+				Reason: fmt.Sprintf("load %.1f qps%s < %.2f × %.1f of %s, backlog %d ≤ %.0f, held %s for %v",
+					load, held, p.h.DownshiftFactor, tg.MaxQPS, tg.ID, total, limit, cur.ID, o.Now.Sub(s.Since).Round(time.Millisecond))}
 		}
 	}
 	below := gears[s.Gear-1]

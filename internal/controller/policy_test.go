@@ -436,3 +436,33 @@ func BenchmarkPolicyDecide(b *testing.B) {
 		_ = pol.Decide(st, obs)
 	}
 }
+
+// TestPolicyMovesDownOnThePeakOfTheHold: a dip of the measured rate shorter
+// than the plan's downshift hold (PeakQPS still high) keeps the gear; the
+// current rate alone still moves it up.
+func TestPolicyMovesDownOnThePeakOfTheHold(t *testing.T) {
+	p := loadTestPlan(t)
+	p.Hysteresis.DownshiftHoldMs = 3000
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(100, 0)
+	long := State{Gear: 2, Since: now.Add(-time.Hour)} // cheap, held long
+	d := pol.Decide(long, Observation{Now: now, QPS: 20, PeakQPS: 380, Warm: true})
+	if d.Gear != 2 || d.Direction != Hold || !strings.Contains(d.Reason, "load 380.0 qps (the peak of the last 3s) not below") {
+		t.Errorf("dip within the hold: %+v, want cheap held on the peak", d)
+	}
+	d = pol.Decide(long, Observation{Now: now, QPS: 20, PeakQPS: 150, Warm: true})
+	if d.Gear != 1 || d.Direction != Down || !strings.Contains(d.Reason, "load 150.0 qps (the peak of the last 3s) < 0.80 × 200.0 of balanced") {
+		t.Errorf("peak 150: %+v, want down to balanced only", d)
+	}
+	d = pol.Decide(long, Observation{Now: now, QPS: 20, PeakQPS: 20, Warm: true})
+	if d.Gear != 0 || d.Direction != Down {
+		t.Errorf("the whole hold low: %+v, want down to accurate", d)
+	}
+	d = pol.Decide(State{Gear: 0, Since: now.Add(-time.Hour)}, Observation{Now: now, QPS: 150, PeakQPS: 150, Warm: true})
+	if d.Gear != 1 || d.Direction != Up {
+		t.Errorf("up at 150: %+v, want balanced", d)
+	}
+}

@@ -95,3 +95,35 @@ func (m *RateMeter) Rate(now time.Time) (qps float64, instances int) {
 	}
 	return qps, instances
 }
+
+// PeakHold keeps the intake rates of the last Hold and gives their highest:
+// the load the policy moves down on (Observation.PeakQPS). The zero value,
+// with no hold, gives each rate back as it is. A plain value: the caller
+// passes the times and guards concurrent use.
+type PeakHold struct {
+	Hold    time.Duration
+	samples []heldRate // ascending at
+}
+
+type heldRate struct {
+	at  time.Time
+	qps float64
+}
+
+// Add records qps measured at now and returns the highest rate recorded
+// within Hold of now, qps included.
+func (h *PeakHold) Add(now time.Time, qps float64) float64 {
+	if h.Hold <= 0 {
+		return qps
+	}
+	keep := 0
+	for keep < len(h.samples) && now.Sub(h.samples[keep].at) > h.Hold {
+		keep++
+	}
+	h.samples = append(h.samples[keep:], heldRate{at: now, qps: qps})
+	peak := qps
+	for _, s := range h.samples {
+		peak = max(peak, s.qps)
+	}
+	return peak
+}

@@ -126,3 +126,29 @@ func TestRateMeter(t *testing.T) {
 		})
 	}
 }
+
+// TestPeakHold: the highest rate within the hold, older ones forgotten;
+// without a hold, each rate as it is.
+func TestPeakHold(t *testing.T) {
+	t0 := time.Unix(100, 0)
+	h := PeakHold{Hold: 3 * time.Second}
+	for i, tt := range []struct {
+		at        time.Duration
+		qps, want float64
+	}{
+		{0, 100, 100},
+		{time.Second, 300, 300},
+		{2 * time.Second, 50, 300},
+		{4 * time.Second, 40, 300}, // 300 at 1s is 3s old: still held
+		{4*time.Second + time.Millisecond, 30, 50},
+		{9 * time.Second, 10, 10},
+	} {
+		if got := h.Add(t0.Add(tt.at), tt.qps); got != tt.want {
+			t.Errorf("step %d at %v: peak %v, want %v", i, tt.at, got, tt.want)
+		}
+	}
+	var none PeakHold
+	if got := none.Add(t0, 7); got != 7 {
+		t.Errorf("no hold: %v, want 7", got)
+	}
+}

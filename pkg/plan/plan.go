@@ -278,6 +278,13 @@ type Hysteresis struct {
 	SampleIntervalMs float64 `json:"sample_interval_ms"`
 	// RateWindowMs is the window over which the intake rate is averaged.
 	RateWindowMs float64 `json:"rate_window_ms"`
+	// DownshiftHoldMs: the controller moves to a more accurate gear only
+	// on the highest intake rate it measured over this long, so a dip of
+	// the measured rate shorter than it, as when an overloaded ingress or
+	// producer falls behind for a moment, does not take it down into a gear
+	// that the real load overruns. Moves up still follow the current rate.
+	// 0 (the value in a plan file without it): the current rate.
+	DownshiftHoldMs float64 `json:"downshift_hold_ms,omitempty"`
 }
 
 // MinDwell returns MinDwellMs as a duration.
@@ -285,6 +292,9 @@ func (h Hysteresis) MinDwell() time.Duration { return msDuration(h.MinDwellMs) }
 
 // SampleInterval returns SampleIntervalMs as a duration.
 func (h Hysteresis) SampleInterval() time.Duration { return msDuration(h.SampleIntervalMs) }
+
+// DownshiftHold returns DownshiftHoldMs as a duration.
+func (h Hysteresis) DownshiftHold() time.Duration { return msDuration(h.DownshiftHoldMs) }
 
 // RateWindow returns RateWindowMs as a duration.
 func (h Hysteresis) RateWindow() time.Duration { return msDuration(h.RateWindowMs) }
@@ -294,7 +304,7 @@ func msDuration(ms float64) time.Duration { return time.Duration(ms * float64(ti
 
 // DefaultHysteresis returns the settings used when a plan leaves them zero.
 func DefaultHysteresis() Hysteresis {
-	return Hysteresis{DownshiftFactor: 0.8, DrainedBacklogSeconds: 0.05, MinDwellMs: 1000, SampleIntervalMs: 250, RateWindowMs: 1000}
+	return Hysteresis{DownshiftFactor: 0.8, DrainedBacklogSeconds: 0.05, MinDwellMs: 1000, SampleIntervalMs: 250, RateWindowMs: 1000, DownshiftHoldMs: 3000}
 }
 
 // Model returns the named model.
@@ -490,6 +500,9 @@ func marshalIndent(v any) ([]byte, error) {
 func (p *Plan) applyDefaults() {
 	d := DefaultHysteresis()
 	h := &p.Hysteresis
+	if *h == (Hysteresis{}) {
+		*h = d // no hysteresis at all: every default, the hold too
+	}
 	if h.DownshiftFactor == 0 {
 		h.DownshiftFactor = d.DownshiftFactor
 	}
@@ -750,5 +763,8 @@ func (h Hysteresis) check(ps *problems) {
 	}
 	if h.RateWindowMs < h.SampleIntervalMs {
 		ps.add("hysteresis.rate_window_ms must be >= sample_interval_ms")
+	}
+	if h.DownshiftHoldMs < 0 || h.DownshiftHoldMs > 60000 {
+		ps.add("hysteresis.downshift_hold_ms must be in [0,60000], got %v", h.DownshiftHoldMs)
 	}
 }
