@@ -194,7 +194,9 @@ func (pl *walker) feasible(cand, b int, sticky *gearChoice) (*gearChoice, error)
 	if err != nil {
 		return nil, err
 	}
-	// Lowest p95 here; ties keep the earlier (smaller batch, shorter delay).
+	// Lowest p95 here; ties keep the earlier: among the widest the smaller
+	// batch and shorter delay, and a latency-slack alternative (listed
+	// after them) only with a strictly lower p95.
 	best := alive[0]
 	for _, i := range alive[1:] {
 		if results[i].P95Ms < results[best].P95Ms {
