@@ -29,6 +29,13 @@ func SwitchingPlan(ctx context.Context, p *plan.Plan, prof *plan.ProfileFile, re
 		prof = profileOf(p)
 	}
 	cfg.Profile, cfg.Replay = prof, replay
+	if p.Planner["accuracy_from"] == "holdout replay" && p.Pipeline == "mnist" {
+		// Predict the one-model gears' accuracy on the same held-out items
+		// as p's.
+		if cfg.Holdout, err = mnist.TestReplay(); err != nil {
+			return nil, err
+		}
+	}
 	cfg.Search.MaxStages = 1
 	cfg.Description = "Model switching (one-model gears switched by load), planned by bench --compare with the settings of the plan " +
 		p.Pipeline + " was made with, cascades restricted to one stage."
@@ -64,6 +71,7 @@ func plannerConfigOf(p *plan.Plan) (planner.Config, error) {
 	cfg.Search.GridPoints = int(metaFloat(meta, "grid_points"))
 	cfg.CostBatch = int(metaFloat(meta, "cost_batch"))
 	cfg.Headroom = metaFloat(meta, "headroom")
+	cfg.CPUHeadroom = metaFloat(meta, "cpu_headroom")
 	cfg.SimRequests = int(metaFloat(meta, "sim_requests"))
 	cfg.SimSeconds = metaFloat(meta, "sim_seconds")
 	cfg.Seed = uint64(metaFloat(meta, "seed"))

@@ -41,6 +41,9 @@ reason that model is out of reach (too slow for the SLO, too costly for the
 capacity). The pipeline input (item shape, UINT8 scale) is the one the replay
 recorded, so the plan serves its models what the replay measured them on. The replay defaults to the embedded MNIST validation replay
 when --pipeline is mnist; the profile comes from 'cascadeserve profile'.
+Thresholds are chosen on the replay; each gear's predicted accuracy is
+then measured on --holdout-replay, items the choice never saw (for mnist
+the embedded test replay), with its validation accuracy kept beside it.
 
 'plan show' prints a plan's gears (--json: as JSON) and can plot its Pareto
 front and its accuracy and cost against load (format from the file
@@ -49,6 +52,7 @@ extension: svg, png, pdf, ...).`
 // planFlags is the parsed command line of cascadeserve plan.
 type planFlags struct {
 	replay, profile, out  string
+	holdout               string
 	pipeline, description string
 	slo                   time.Duration
 	capacity              int
@@ -65,7 +69,7 @@ type planFlags struct {
 	calibrate             bool
 	metric                string
 	models, modelsDir     string
-	headroom              float64
+	headroom, cpuHeadroom float64
 	latencySlack          float64
 	costBatch             int
 	batches, delays       string
@@ -79,6 +83,7 @@ type planFlags struct {
 // register defines plan's flags on fs, stored in f.
 func (f *planFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.replay, "replay", "", "replay file (default for --pipeline mnist: the embedded validation replay)")
+	fs.StringVar(&f.holdout, "holdout-replay", "", "replay of held-out items (not used to choose thresholds) on which each gear's predicted accuracy is measured; its validation-replay accuracy is kept beside it (default for --pipeline mnist: the embedded test replay; none: predict on the validation replay)")
 	fs.StringVar(&f.profile, "profile", "", "profile file written by 'cascadeserve profile' (required)")
 	fs.StringVar(&f.out, "out", "", "plan file to write (required)")
 	fs.StringVar(&f.pipeline, "pipeline", "mnist", "pipeline name")
@@ -100,6 +105,7 @@ func (f *planFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.models, "models", "", "comma-separated ladder, cheapest first (default: the replay's models)")
 	fs.StringVar(&f.modelsDir, "models-dir", "", "folder of <model>.onnx files; plan model files are written relative to the plan's folder")
 	fs.Float64Var(&f.headroom, "headroom", 0.8, "highest utilisation of a model's runners, and highest share of the cores the whole system's CPU demand may take, in a feasible gear")
+	fs.Float64Var(&f.cpuHeadroom, "cpu-headroom", 0, "highest share of the cores the overhead CPU curve and the models' compute may keep busy together (0: --headroom); the curve is measured up to where the live p95 leaves the SLO, so it holds the queueing near saturation already")
 	fs.Float64Var(&f.latencySlack, "latency-slack", 0.1, "share of a gear's load range its batching may give up for a lower p95 at its lowest load (a shorter max delay); the top of the range gets the longer delay as a gear of its own; negative: none")
 	fs.IntVar(&f.costBatch, "cost-batch", 8, "reference batch size of the per-item cost")
 	fs.StringVar(&f.batches, "batches", "", "max batch sizes to search (default 1,2,4,...,128)")
@@ -130,6 +136,9 @@ func runPlan(ctx context.Context, env Env, args []string) error {
 		return fmt.Errorf("%w: plan: %w", ErrUsage, err)
 	}
 	cfg.Replay = replay
+	if cfg.Holdout, err = f.loadHoldout(); err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
 	if cfg.Profile, err = plan.LoadProfileFile(f.profile); err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
@@ -226,6 +235,7 @@ func (f *planFlags) config(replay *plan.Replay) (planner.Config, error) {
 		Search:         planner.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
 		CostBatch:      f.costBatch,
 		Headroom:       f.headroom,
+		CPUHeadroom:    f.cpuHeadroom,
 		LatencySlack:   f.latencySlack,
 		BatchSizes:     batches,
 		DelaysMs:       delays,
@@ -289,6 +299,26 @@ func (f *planFlags) loadReplay() (*plan.Replay, error) {
 	r, err := mnist.ValidationReplay()
 	if err != nil {
 		return nil, fmt.Errorf("embedded MNIST validation replay: %w", err)
+	}
+	return r, nil
+}
+
+// loadHoldout reads --holdout-replay: nil for none, the embedded MNIST
+// test replay by default for the mnist pipeline.
+func (f *planFlags) loadHoldout() (*plan.Replay, error) {
+	switch {
+	case f.holdout == "none" || (f.holdout == "" && f.pipeline != "mnist"):
+		return nil, nil
+	case f.holdout != "":
+		r, err := plan.ReadReplayFile(f.holdout)
+		if err != nil {
+			return nil, fmt.Errorf("--holdout-replay: %w", err)
+		}
+		return r, nil
+	}
+	r, err := mnist.TestReplay()
+	if err != nil {
+		return nil, fmt.Errorf("embedded MNIST test replay: %w", err)
 	}
 	return r, nil
 }
@@ -472,7 +502,12 @@ func writeJSON(w io.Writer, v any) error {
 // printGears writes the table of a plan's gears.
 func printGears(w io.Writer, p *plan.Plan) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "gear\tload qps\tcascade (model@threshold)\tbatch\tdelay ms\trunners\taccuracy %\tp95 ms\tcost ms/item")
+	holdout := p.Planner["accuracy_from"] == "holdout replay"
+	if holdout {
+		fmt.Fprintln(tw, "gear\tload qps\tcascade (model@threshold)\tbatch\tdelay ms\trunners\taccuracy % (holdout / validation)\tp95 ms\tcost ms/item")
+	} else {
+		fmt.Fprintln(tw, "gear\tload qps\tcascade (model@threshold)\tbatch\tdelay ms\trunners\taccuracy %\tp95 ms\tcost ms/item")
+	}
 	lo := 0.0
 	for i, g := range p.Gears {
 		hi := fmt.Sprintf("%.6g", g.MaxQPS)
@@ -483,9 +518,13 @@ func printGears(w io.Writer, p *plan.Plan) {
 		for _, s := range g.Cascade {
 			runners = append(runners, strconv.Itoa(g.RunnerCount(s.Model, p.Capacity)))
 		}
-		fmt.Fprintf(tw, "%s\t%.6g-%s\t%s\t%d\t%g\t%s\t%.2f\t%.3g\t%.4g\n",
+		acc := fmt.Sprintf("%.2f", 100*g.Predicted.Accuracy)
+		if holdout {
+			acc += fmt.Sprintf(" / %.2f", 100*g.Predicted.ValidationAccuracy)
+		}
+		fmt.Fprintf(tw, "%s\t%.6g-%s\t%s\t%d\t%g\t%s\t%s\t%.3g\t%.4g\n",
 			g.ID, lo, hi, plan.CascadeString(g.Cascade), g.Batching.MaxBatch, g.Batching.MaxDelayMs,
-			strings.Join(runners, "/"), 100*g.Predicted.Accuracy, g.Predicted.P95Ms, g.Predicted.CostMsPerItem)
+			strings.Join(runners, "/"), acc, g.Predicted.P95Ms, g.Predicted.CostMsPerItem)
 		lo = g.MaxQPS
 	}
 	tw.Flush()

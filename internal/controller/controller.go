@@ -330,20 +330,23 @@ func (c *controller) observe(ctx context.Context) Observation {
 	now := c.now()
 	c.mu.Lock()
 	qps, instances := c.meter.Rate(now)
+	perEnvelope := c.meter.ItemsPerEnvelope(now)
 	c.mu.Unlock()
 	c.m.intakeQPS.Set(qps)
+	c.m.envelopeItems.Set(perEnvelope)
 	c.m.ingresses.Set(float64(instances))
 	c.ingresses = instances
 	c.pollBacklog(ctx)
 	workers, runners, known := c.capacity(now)
 	obs := Observation{
-		Now:          now,
-		QPS:          qps,
-		PeakQPS:      c.peak.Add(now, qps),
-		Backlog:      c.backlog,
-		Warm:         now.Sub(c.started) >= c.plan.Hysteresis.RateWindow(),
-		Runners:      runners,
-		RunnersKnown: known,
+		Now:              now,
+		QPS:              qps,
+		PeakQPS:          c.peak.Add(now, qps),
+		Backlog:          c.backlog,
+		ItemsPerEnvelope: perEnvelope,
+		Warm:             now.Sub(c.started) >= c.plan.Hysteresis.RateWindow(),
+		Runners:          runners,
+		RunnersKnown:     known,
 	}
 	c.lastObs, c.lastWorkers = obs, workers
 	return obs

@@ -16,6 +16,7 @@ type metrics struct {
 	// ServiceMetrics are cascade_controller_ready and the gear in force.
 	*telemetry.ServiceMetrics
 	intakeQPS      prometheus.Gauge
+	envelopeItems  prometheus.Gauge
 	ingresses      prometheus.Gauge
 	liveRunners    prometheus.Gauge
 	liveWorkers    prometheus.Gauge
@@ -43,6 +44,8 @@ func newMetrics(reg prometheus.Registerer, p *plan.Plan) *metrics {
 			"1 once the topology is applied and a gear is in force.", "the gear in force"),
 		intakeQPS: f.Gauge("cascade_controller_intake_requests_per_second",
 			"Measured intake rate: requests admitted per second over the rate window, all ingress instances."),
+		envelopeItems: f.Gauge("cascade_controller_items_per_envelope",
+			"Mean items per envelope the ingress instances published to first stages over the rate window (0: none published): what one message of a first stage's queue holds."),
 		ingresses: f.Gauge("cascade_controller_ingress_instances",
 			"Ingress instances whose stats arrived recently."),
 		liveRunners: f.Gauge("cascade_controller_live_runners",
@@ -50,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, p *plan.Plan) *metrics {
 		liveWorkers: f.Gauge("cascade_controller_live_workers",
 			"Stage workers whose heartbeats are current."),
 		backlog: f.GaugeVec("cascade_controller_backlog_messages",
-			"Items queued per model: state=pending (not delivered) or ack_pending (delivered, not acked).", "model", "state"),
+			"Messages (envelopes of items) queued per model: state=pending (not delivered) or ack_pending (delivered, not acked).", "model", "state"),
 		switches: f.CounterVec("cascade_controller_gear_switches_total",
 			"Gear switches written, by direction (up = cheaper, down = more accurate).", "direction"),
 		casConflicts: f.Counter("cascade_controller_gear_cas_conflicts_total",

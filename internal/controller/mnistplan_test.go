@@ -55,7 +55,7 @@ func TestMNISTPlan(t *testing.T) {
 		if len(g.Predicted.Reach) != len(g.Cascade) {
 			t.Errorf("gear %s: reach has %d entries for %d stages", g.ID, len(g.Predicted.Reach), len(g.Cascade))
 		}
-		if i > 0 && g.Predicted.Accuracy > p.Gears[i-1].Predicted.Accuracy {
+		if i > 0 && g.Predicted.PlannedAccuracy() > p.Gears[i-1].Predicted.PlannedAccuracy() {
 			t.Errorf("gear %s predicts more accuracy than the gear before it", g.ID)
 		}
 	}

@@ -3,6 +3,7 @@ package controller
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
@@ -42,8 +43,17 @@ type Observation struct {
 	// PeakQPS is the highest QPS measured over the plan's downshift hold;
 	// the policy moves down only when it too allows (0: QPS alone).
 	PeakQPS float64
-	// Backlog is per model; models that are missing count as empty.
+	// Backlog is per model; models that are missing count as empty. It
+	// counts messages, each an envelope of items.
 	Backlog map[string]Backlog
+	// ItemsPerEnvelope is the mean number of items in the envelopes the
+	// ingress instances published to first stages over the rate window
+	// (RateMeter.ItemsPerEnvelope; 0 or less: unknown, read as 1). The
+	// policy multiplies the current gear's first-stage backlog by it, so
+	// that the backlog rule weighs items against MaxQPS, which counts
+	// items. Later stages' queues hold escalation envelopes of unknown size
+	// and count one item a message: a lower bound.
+	ItemsPerEnvelope float64
 	// Warm reports that the rate window has been observed in full since the
 	// controller started. Until then QPS may be an underestimate, so the
 	// policy does not move to a more accurate gear.
@@ -94,7 +104,10 @@ var ErrUnknownGear = errors.New("unknown gear")
 //   - Up at once on load: if q > MaxQPS(c), switch straight to
 //     plan.GearFor(q), however many gears that skips.
 //   - Up at once on backlog: let W be the items waiting (Backlog.Pending) at
-//     the models of c's cascade. The spare capacity MaxQPS(c) - q drains them
+//     the models of c's cascade. A queue's messages are envelopes of items:
+//     the first stage's count is multiplied by the items per envelope the
+//     ingress instances publish (Observation.ItemsPerEnvelope), so W counts
+//     items, as MaxQPS does. The spare capacity MaxQPS(c) - q drains them
 //     in W / (MaxQPS(c) - q) seconds; if that exceeds UpshiftBacklog, c cannot
 //     keep up. Equivalently the required rate R = q + W/UpshiftBacklog exceeds
 //     MaxQPS(c); the policy then switches to plan.GearFor(R). Only undelivered
@@ -102,7 +115,8 @@ var ErrUnknownGear = errors.New("unknown gear")
 //     in hand, which at high load are up to max batch per worker even when the
 //     gear keeps up, and counting them would upshift on full batches alone.
 //     Items count as one request each at any stage (a later stage sees only
-//     the escalated fraction, so this errs on the side of going cheaper).
+//     the escalated fraction, so this errs on the side of going cheaper);
+//     a later stage's escalation envelopes count one item each.
 //   - Down only with hysteresis: the policy moves to the most accurate gear
 //     t < c for which (1) q < DownshiftFactor × MaxQPS(t), where q is the
 //     highest rate of the plan's DownshiftHoldMs (Observation.PeakQPS), (2) the whole
@@ -226,7 +240,7 @@ func (p Policy) decide(s State, o Observation) Decision {
 	}
 
 	// Up on backlog.
-	waiting := p.waiting(cur, o.Backlog)
+	waiting := p.waiting(cur, o.Backlog, o.ItemsPerEnvelope)
 	required := o.QPS + float64(waiting)/p.upshiftBacklog.Seconds()
 	if required > cur.MaxQPS {
 		drain := "never (no spare capacity)"
@@ -287,11 +301,17 @@ func (p Policy) decide(s State, o Observation) Decision {
 		Reason: fmt.Sprintf("backlog %d not drained: > %.0f for %s", total, p.h.DrainedBacklogSeconds*below.MaxQPS, below.ID)}
 }
 
-// waiting sums the undelivered items at the models of g's cascade.
-func (p Policy) waiting(g plan.Gear, b map[string]Backlog) int64 {
+// waiting estimates the undelivered items at the models of g's cascade:
+// the first stage's messages times perEnvelope (at least 1), one item a
+// message at the later stages.
+func (p Policy) waiting(g plan.Gear, b map[string]Backlog, perEnvelope float64) int64 {
 	var n int64
-	for _, s := range g.Cascade {
-		n += b[s.Model].Pending
+	for j, s := range g.Cascade {
+		pending := b[s.Model].Pending
+		if j == 0 && perEnvelope > 1 {
+			pending = int64(math.Round(float64(pending) * perEnvelope))
+		}
+		n += pending
 	}
 	return n
 }

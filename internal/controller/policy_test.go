@@ -466,3 +466,33 @@ func TestPolicyMovesDownOnThePeakOfTheHold(t *testing.T) {
 		t.Errorf("up at 150: %+v, want balanced", d)
 	}
 }
+
+func TestPolicyCountsFirstStageBacklogInItems(t *testing.T) {
+	p := loadTestPlan(t)
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(100, 0)
+	in := State{Gear: 0, Since: now.Add(-time.Hour)}
+	for _, tt := range []struct {
+		name        string
+		backlog     map[string]Backlog
+		perEnvelope float64
+		want        int
+	}{
+		// accurate (medium → large) carries 100 qps; at 80 qps 8 waiting
+		// items drain in 0.4 s, 32 in 1.6 s > the 1 s allowed.
+		{"messages as items when the envelope size is unknown", map[string]Backlog{"medium": {Pending: 8}}, 0, 0},
+		{"a smaller mean than one item is read as one", map[string]Backlog{"medium": {Pending: 8}}, 0.5, 0},
+		{"envelopes of four items are four times the backlog", map[string]Backlog{"medium": {Pending: 8}}, 4, 1},
+		{"a later stage's messages count one item each", map[string]Backlog{"large": {Pending: 8}}, 4, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := pol.Decide(in, Observation{Now: now, QPS: 80, Warm: true, Backlog: tt.backlog, ItemsPerEnvelope: tt.perEnvelope})
+			if d.Gear != tt.want {
+				t.Errorf("gear %d (%s: %s), want %d", d.Gear, d.Direction, d.Reason, tt.want)
+			}
+		})
+	}
+}

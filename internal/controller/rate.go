@@ -28,13 +28,24 @@ type RateMeter struct {
 type instanceSeries struct {
 	samples  []rateSample // ascending at; adjusted counts are monotonic
 	lastRaw  uint64
-	offset   uint64
+	offset   counters
 	received time.Time // controller clock of the last message
 }
 
 type rateSample struct {
-	at    int64 // instance clock, unix ns
-	count uint64
+	at int64 // instance clock, unix ns
+	counters
+}
+
+// counters are an instance's cumulative counters, kept monotonic across
+// restarts: requests admitted, envelopes published to first stages and the
+// items in them.
+type counters struct {
+	count, envelopes, items uint64
+}
+
+func (c counters) plus(o counters) counters {
+	return counters{count: c.count + o.count, envelopes: c.envelopes + o.envelopes, items: c.items + o.items}
 }
 
 // NewRateMeter returns a meter averaging over window.
@@ -54,16 +65,17 @@ func (m *RateMeter) Observe(s wire.IngressStats, now time.Time) {
 	if n := len(in.samples); n > 0 && s.AtUnixNano <= in.samples[n-1].at {
 		if s.AtUnixNano < in.samples[n-1].at && s.Admitted < in.lastRaw {
 			// Restart with a clock that went backwards too: start over.
-			in.samples, in.offset = nil, 0
+			in.samples, in.offset = nil, counters{}
 		} else {
 			return
 		}
 	}
 	if len(in.samples) > 0 && s.Admitted < in.lastRaw {
-		in.offset = in.samples[len(in.samples)-1].count
+		in.offset = in.samples[len(in.samples)-1].counters
 	}
 	in.lastRaw = s.Admitted
-	in.samples = append(in.samples, rateSample{at: s.AtUnixNano, count: in.offset + s.Admitted})
+	raw := counters{count: s.Admitted, envelopes: s.Envelopes, items: s.EnvelopeItems}
+	in.samples = append(in.samples, rateSample{at: s.AtUnixNano, counters: in.offset.plus(raw)})
 	// Keep the samples within the window of the newest one, plus the newest
 	// sample before it, so the rate spans the whole window.
 	cut := s.AtUnixNano - m.window.Nanoseconds()
@@ -94,6 +106,27 @@ func (m *RateMeter) Rate(now time.Time) (qps float64, instances int) {
 		qps += float64(last.count-first.count) / span
 	}
 	return qps, instances
+}
+
+// ItemsPerEnvelope returns the mean number of items in the envelopes the
+// live ingress instances published to first stages over the window (0
+// when none was published, or the instances do not report envelopes): what
+// one message of a first stage's queue holds, to turn its backlog in
+// messages into items.
+func (m *RateMeter) ItemsPerEnvelope(now time.Time) float64 {
+	var envelopes, items uint64
+	for _, in := range m.instances {
+		if now.Sub(in.received) > 2*m.window || len(in.samples) < 2 {
+			continue
+		}
+		first, last := in.samples[0], in.samples[len(in.samples)-1]
+		envelopes += last.envelopes - first.envelopes
+		items += last.items - first.items
+	}
+	if envelopes == 0 {
+		return 0
+	}
+	return float64(items) / float64(envelopes)
 }
 
 // PeakHold keeps the intake rates of the last Hold and gives their highest:

@@ -152,3 +152,32 @@ func TestPeakHold(t *testing.T) {
 		t.Errorf("no hold: %v, want 7", got)
 	}
 }
+
+func TestRateMeterItemsPerEnvelope(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	m := NewRateMeter(time.Second)
+	observe := func(inst string, atMs int64, envelopes, items uint64) {
+		at := t0.Add(time.Duration(atMs) * time.Millisecond)
+		m.Observe(wire.IngressStats{Instance: inst, Admitted: items, Envelopes: envelopes, EnvelopeItems: items, AtUnixNano: at.UnixNano()}, at)
+	}
+	now := t0.Add(3 * time.Second)
+	if got := m.ItemsPerEnvelope(now); got != 0 {
+		t.Errorf("no instance: %v items per envelope, want 0 (unknown)", got)
+	}
+	// a: 100 envelopes of 2 items in its first second, then 50 of 8 within
+	// the window of its newest sample; b: 10 envelopes of 3 items.
+	observe("a", 0, 0, 0)
+	observe("a", 1000, 100, 200)
+	observe("a", 2000, 150, 600)
+	observe("a", 3000, 200, 1000)
+	observe("b", 2000, 40, 120)
+	observe("b", 3000, 50, 150)
+	if got, want := m.ItemsPerEnvelope(now), float64(400+30)/float64(50+10); math.Abs(got-want) > 1e-9 {
+		t.Errorf("items per envelope %v, want %v: the window's items over its envelopes, over every instance", got, want)
+	}
+	// A restart keeps the series monotonic: 5 envelopes of 4 items since.
+	observe("a", 3500, 5, 20)
+	if got, want := m.ItemsPerEnvelope(now.Add(500*time.Millisecond)), float64(20+50*8+30)/float64(5+50+10); math.Abs(got-want) > 1e-9 {
+		t.Errorf("after a restart: %v items per envelope, want %v", got, want)
+	}
+}

@@ -270,6 +270,8 @@ func (c *coalescer) publish(batch []*ticket, wg *sync.WaitGroup) {
 		return
 	}
 	in.metrics.envelopeItems.Observe(float64(len(batch)))
+	in.envelopesN.Add(1)
+	in.envelopeItemsN.Add(uint64(len(batch)))
 	c.inflight.Add(1)
 	wg.Add(1)
 	go func() {

@@ -54,6 +54,9 @@ type ingress struct {
 	readyMu sync.Mutex
 	// admittedN and rejectedN are the cumulative counters of IngressStats.
 	admittedN, rejectedN atomic.Uint64
+	// envelopesN and envelopeItemsN count the envelopes published to first
+	// stages and their items (IngressStats.Envelopes, EnvelopeItems).
+	envelopesN, envelopeItemsN atomic.Uint64
 
 	// overloaded is the prepared answer of requests shed at intake.
 	overloaded overloadedReply
@@ -329,7 +332,8 @@ func (in *ingress) publishStats(ctx context.Context) {
 	subject := wire.StatsSubject(in.cfg.Pipeline, in.instance)
 	publish := func() {
 		b, _ := json.Marshal(wire.IngressStats{Instance: in.instance, Admitted: in.admittedN.Load(),
-			Rejected: in.rejectedN.Load(), AtUnixNano: in.now().UnixNano()})
+			Rejected: in.rejectedN.Load(), Envelopes: in.envelopesN.Load(), EnvelopeItems: in.envelopeItemsN.Load(),
+			AtUnixNano: in.now().UnixNano()})
 		if err := in.nc.Publish(subject, b); err != nil {
 			in.logger.Debug("publish ingress stats", "err", err)
 		}

@@ -44,7 +44,7 @@ func TestPlanFiles(t *testing.T) {
 				t.Errorf("%d gears, want at least 3", len(p.Gears))
 			}
 			for i := 1; i < len(p.Gears); i++ {
-				if p.Gears[i].Predicted.Accuracy > p.Gears[i-1].Predicted.Accuracy {
+				if p.Gears[i].Predicted.PlannedAccuracy() > p.Gears[i-1].Predicted.PlannedAccuracy() {
 					t.Errorf("gear %s predicts more accuracy than gear %s before it", p.Gears[i].ID, p.Gears[i-1].ID)
 				}
 			}
@@ -123,6 +123,18 @@ func TestBuiltinPlanIsTheGeneratedOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	test, err := TestReplay()
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := planner.NewEvaluator(test, planner.EvaluatorConfig{Ladder: p.Ladder, Metric: p.Confidence, Temperatures: temps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Planner["accuracy_from"] != "holdout replay" || p.Planner["holdout_items"] != float64(test.Len()) {
+		t.Errorf("plan accuracy from %v on %v items: want the embedded test replay's %d items as the holdout",
+			p.Planner["accuracy_from"], p.Planner["holdout_items"], test.Len())
+	}
 	const eps = 1e-12
 	for _, m := range p.Models {
 		if got := ev.ModelAccuracy(m.Name); math.Abs(got-m.Accuracy) > eps {
@@ -134,8 +146,15 @@ func TestBuiltinPlanIsTheGeneratedOne(t *testing.T) {
 		if err != nil {
 			t.Fatalf("gear %s: %v", g.ID, err)
 		}
-		if math.Abs(e.Accuracy-g.Predicted.Accuracy) > eps || len(e.Reach) != len(g.Predicted.Reach) {
-			t.Errorf("gear %s: predicted accuracy %v, replay %v", g.ID, g.Predicted.Accuracy, e.Accuracy)
+		h, err := held.Evaluate(g.Cascade)
+		if err != nil {
+			t.Fatalf("gear %s on the test replay: %v", g.ID, err)
+		}
+		if math.Abs(h.Accuracy-g.Predicted.Accuracy) > eps {
+			t.Errorf("gear %s: predicted accuracy %v, test replay %v", g.ID, g.Predicted.Accuracy, h.Accuracy)
+		}
+		if math.Abs(e.Accuracy-g.Predicted.ValidationAccuracy) > eps || len(e.Reach) != len(g.Predicted.Reach) {
+			t.Errorf("gear %s: validation accuracy %v, validation replay %v", g.ID, g.Predicted.ValidationAccuracy, e.Accuracy)
 			continue
 		}
 		for j := range e.Reach {

@@ -251,13 +251,30 @@ func (b Batching) MaxDelay() time.Duration { return msDuration(b.MaxDelayMs) }
 // Prediction is the planner's expectation for a gear, from the validation
 // replay and the simulator.
 type Prediction struct {
+	// Accuracy is the gear's accuracy on the planner's holdout replay when
+	// it had one (Planner["accuracy_from"] says so), else on the
+	// validation replay it chose the thresholds on.
 	Accuracy float64 `json:"accuracy"`
-	P95Ms    float64 `json:"p95_ms"`
+	// ValidationAccuracy is the accuracy on the validation replay when
+	// Accuracy is the holdout's (0 otherwise).
+	ValidationAccuracy float64 `json:"validation_accuracy,omitempty"`
+	P95Ms              float64 `json:"p95_ms"`
 	// CostMsPerItem is the expected compute per request, summed over the
 	// stages it reaches, in runner-milliseconds.
 	CostMsPerItem float64 `json:"cost_ms_per_item"`
 	// Reach is the fraction of requests that reach each stage.
 	Reach []float64 `json:"reach,omitempty"`
+}
+
+// PlannedAccuracy is the accuracy the planner chose the gear on: the
+// validation accuracy when Accuracy is a holdout's, else Accuracy. Gears
+// are ordered by it; on a holdout two neighbours may swap by a few
+// hundredths of a point.
+func (p Prediction) PlannedAccuracy() float64 {
+	if p.ValidationAccuracy > 0 {
+		return p.ValidationAccuracy
+	}
+	return p.Accuracy
 }
 
 // Hysteresis tunes the controller's gear choice. Moving to a cheaper gear

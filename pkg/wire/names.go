@@ -211,9 +211,15 @@ type IngressStats struct {
 	Instance string `json:"instance"`
 	// Admitted counts requests published to a first stage since the
 	// instance started; Rejected counts typed-error answers at intake.
-	Admitted   uint64 `json:"admitted"`
-	Rejected   uint64 `json:"rejected"`
-	AtUnixNano int64  `json:"at_ns"`
+	Admitted uint64 `json:"admitted"`
+	Rejected uint64 `json:"rejected"`
+	// Envelopes counts the envelopes published to first stages and
+	// EnvelopeItems the items in them, since the instance started: their
+	// ratio is what one message of a first stage's queue holds, which the
+	// controller needs to read the queue's backlog in items.
+	Envelopes     uint64 `json:"envelopes,omitempty"`
+	EnvelopeItems uint64 `json:"envelope_items,omitempty"`
+	AtUnixNano    int64  `json:"at_ns"`
 }
 
 // DefaultInboxPrefix is the prefix of the clients' inboxes: the services

@@ -1,6 +1,7 @@
 package planner
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -111,6 +112,7 @@ func (pl *walker) metadata(res *Result, edges []float64) map[string]any {
 		"max_stages":           cfg.Search.MaxStages,
 		"cost_batch":           cfg.CostBatch,
 		"headroom":             cfg.Headroom,
+		"cpu_headroom":         cmp.Or(cfg.CPUHeadroom, cfg.Headroom),
 		"latency_slack":        cfg.LatencySlack,
 		"batch_sizes":          cfg.BatchSizes,
 		"delays_ms":            cfg.DelaysMs,
@@ -162,4 +164,31 @@ func frontSummary(front []Candidate, n int) []FrontPoint {
 		out = append(out, FrontPoint{Accuracy: c.Accuracy, CostMsPerItem: roundSig(c.CostMsPerItem, 6), Cascade: c.String()})
 	}
 	return out
+}
+
+// predictHoldout replaces each gear's predicted accuracy by its accuracy on
+// the holdout replay, keeping the planning replay's as
+// ValidationAccuracy, and records the holdout's size in the metadata.
+// Nothing changes without a holdout.
+func (cfg *Config) predictHoldout(p *plan.Plan, ladder []string, temps map[string]float64) error {
+	if cfg.Holdout == nil {
+		return nil
+	}
+	ev, err := NewEvaluator(cfg.Holdout, EvaluatorConfig{Ladder: ladder, Metric: cfg.Metric, Temperatures: temps})
+	if err != nil {
+		return fmt.Errorf("holdout replay: %w", err)
+	}
+	for i := range p.Gears {
+		g := &p.Gears[i]
+		e, err := ev.Evaluate(g.Cascade)
+		if err != nil {
+			return fmt.Errorf("holdout replay, gear %s: %w", g.ID, err)
+		}
+		g.Predicted.ValidationAccuracy = g.Predicted.Accuracy
+		g.Predicted.Accuracy = e.Accuracy
+	}
+	p.Planner["accuracy_from"] = "holdout replay"
+	p.Planner["holdout_items"] = cfg.Holdout.Len()
+	p.Planner["validation_items"] = cfg.Replay.Len()
+	return nil
 }

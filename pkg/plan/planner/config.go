@@ -127,6 +127,15 @@ type Config struct {
 	Ladder []LadderModel
 	// Replay has every ladder model's probabilities on the validation set.
 	Replay *plan.Replay
+	// Holdout, when set, has every ladder model's probabilities on items
+	// the planner does not choose on (the MNIST test set): each gear's
+	// predicted accuracy is then its accuracy there, and its accuracy on
+	// Replay is kept as Prediction.ValidationAccuracy. Thresholds chosen on
+	// Replay fit Replay's items best, and Replay may be drawn unlike the
+	// traffic (MNIST's validation split is 0.4–1.6 points easier than its
+	// test set for the cheap models); a held-out estimate is what the
+	// served accuracy should be held to.
+	Holdout *plan.Replay
 	// Profile has every ladder model's latency per batch size.
 	Profile *plan.ProfileFile
 	// SLOP95Ms is the p95 latency objective in ms.
@@ -169,6 +178,15 @@ type Config struct {
 	// work may keep busy together. Lower it on a machine that other work
 	// shares.
 	Headroom float64
+	// CPUHeadroom, when > 0, replaces Headroom in the second check: the
+	// highest share of the cores that the overhead curve and the models'
+	// compute may keep busy together. The overhead curve (Overheads.CPULoad)
+	// is measured up to the loads where the live p95 leaves the SLO, so it
+	// already holds the CPU that queueing near saturation costs; a gear
+	// bound by it alone (a cheap cascade) reaches its knee where that sum
+	// nears 1, while Headroom keeps its margin for the runners'
+	// utilisation, which binds the gears of a costly model.
+	CPUHeadroom float64
 	// LatencySlack is the share of a gear's load range that its batching
 	// may give up for a lower latency (default 0.1; negative: none): of the
 	// batchings that fit, those that fit up to (1 − LatencySlack) of the
@@ -275,6 +293,13 @@ func (cfg *Config) checkInputs(ps *problems) {
 	} else if err := cfg.Replay.Validate(); err != nil {
 		*ps = append(*ps, err)
 	}
+	if cfg.Holdout != nil {
+		if err := cfg.Holdout.Validate(); err != nil {
+			*ps = append(*ps, fmt.Errorf("holdout replay: %w", err))
+		} else if cfg.Replay != nil && cfg.Holdout.Classes != cfg.Replay.Classes {
+			*ps = append(*ps, fmt.Errorf("%w: the holdout replay has %d classes, the replay %d", plan.ErrBadReplay, cfg.Holdout.Classes, cfg.Replay.Classes))
+		}
+	}
 	if cfg.Profile == nil {
 		*ps = append(*ps, fmt.Errorf("%w: no profile", plan.ErrBadProfile))
 	} else if err := cfg.Profile.Validate(); err != nil {
@@ -320,6 +345,9 @@ func (cfg *Config) checkGrids(ps *problems) {
 	}
 	if !(cfg.Headroom > 0 && cfg.Headroom <= 1) {
 		ps.add("headroom must be in (0,1], got %v", cfg.Headroom)
+	}
+	if !(cfg.CPUHeadroom >= 0 && cfg.CPUHeadroom <= 1) {
+		ps.add("cpu headroom must be in [0,1] (0: the headroom), got %v", cfg.CPUHeadroom)
 	}
 	for _, b := range cfg.BatchSizes {
 		if b < 1 || b > 4096 {

@@ -1,6 +1,7 @@
 package planner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -374,8 +375,8 @@ func (pl *walker) simulate(cand int, q float64, configs []plan.Batching, runners
 // canKeepUp is the compute check: even if every batch were full, would
 // each stage's utilisation, slowed down by the per-request overhead's share
 // of the cores, stay within the headroom, and would the whole CPU demand
-// (per-request overhead plus every stage's work) stay within the headroom's
-// share of the capacity's cores? Without a per-request overhead the second
+// (per-request overhead plus every stage's work) stay within the CPU
+// headroom's share of the capacity's cores (Config.CPUHeadroom)? Without a per-request overhead the second
 // check follows from the first.
 func (pl *walker) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	c := pl.cands[cand]
@@ -394,5 +395,5 @@ func (pl *walker) canKeepUp(cand int, q float64, b int, runners []int) bool {
 			return false
 		}
 	}
-	return total <= pl.cfg.Headroom
+	return total <= cmp.Or(pl.cfg.CPUHeadroom, pl.cfg.Headroom)
 }

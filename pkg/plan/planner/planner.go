@@ -87,6 +87,9 @@ func makePlan(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	p := pl.buildPlan(res, ev, edges)
+	if err := cfg.predictHoldout(p, ev.Ladder(), res.Temperatures); err != nil {
+		return nil, err
+	}
 	res.Elapsed = cfg.Now().Sub(start)
 	p.Planner["elapsed_ms"] = math.Round(float64(res.Elapsed.Microseconds())/100) / 10
 	if err := p.Validate(); err != nil {

@@ -698,3 +698,87 @@ func TestProfileFileProvider(t *testing.T) {
 		t.Fatalf("Validate = %v, want a bad provider name", err)
 	}
 }
+
+// replayedAccuracy is the share of r's items gear g answers right, decided
+// item by item the way workers decide.
+func replayedAccuracy(p *plan.Plan, g plan.Gear, r *plan.Replay) float64 {
+	temps := map[string]float64{}
+	for _, m := range p.Models {
+		temps[m.Name] = m.Temperature
+	}
+	correct := 0
+	for item := range r.Len() {
+		if _, label := workerAnswer(r, g.Cascade, p.Confidence, temps, item); label == int(r.Labels[item]) {
+			correct++
+		}
+	}
+	return float64(correct) / float64(r.Len())
+}
+
+func TestPlanPredictsAccuracyOnTheHoldout(t *testing.T) {
+	cfg := smallConfig(t)
+	without := mustMake(t, cfg).Plan
+	cfg.Holdout = plantest.Replay(t, 22, 600, 10, plantest.Ladder()[1:])
+	with := mustMake(t, cfg).Plan
+
+	if len(with.Gears) != len(without.Gears) {
+		t.Fatalf("%d gears with a holdout, %d without: the holdout must not change what is chosen", len(with.Gears), len(without.Gears))
+	}
+	differs := false
+	for i, g := range with.Gears {
+		w := without.Gears[i]
+		if plan.CascadeString(g.Cascade) != plan.CascadeString(w.Cascade) || g.MaxQPS != w.MaxQPS || g.Batching != w.Batching {
+			t.Errorf("gear %s: %s up to %v with a holdout, %s up to %v without", g.ID, plan.CascadeString(g.Cascade), g.MaxQPS, plan.CascadeString(w.Cascade), w.MaxQPS)
+		}
+		if want := replayedAccuracy(with, g, cfg.Holdout); g.Predicted.Accuracy != want {
+			t.Errorf("gear %s: predicted accuracy %v, the holdout replays %v", g.ID, g.Predicted.Accuracy, want)
+		}
+		if g.Predicted.ValidationAccuracy != w.Predicted.Accuracy {
+			t.Errorf("gear %s: validation accuracy %v, the plan without a holdout predicts %v", g.ID, g.Predicted.ValidationAccuracy, w.Predicted.Accuracy)
+		}
+		if w.Predicted.ValidationAccuracy != 0 {
+			t.Errorf("gear %s: validation accuracy %v in a plan without a holdout", g.ID, w.Predicted.ValidationAccuracy)
+		}
+		differs = differs || g.Predicted.Accuracy != w.Predicted.Accuracy
+	}
+	if !differs {
+		t.Error("every gear predicts the same accuracy on the holdout as on the validation replay: the test shows nothing")
+	}
+	if with.Planner["accuracy_from"] != "holdout replay" || with.Planner["holdout_items"] != 600 {
+		t.Errorf("planner metadata %v / %v, want the holdout named with its 600 items", with.Planner["accuracy_from"], with.Planner["holdout_items"])
+	}
+	if _, ok := without.Planner["accuracy_from"]; ok {
+		t.Error("a plan without a holdout names one")
+	}
+
+	cfg.Holdout = plantest.Replay(t, 22, 600, 7, plantest.Ladder()[1:])
+	if _, err := Make(context.Background(), cfg); !errors.Is(err, plan.ErrBadReplay) || !strings.Contains(err.Error(), "holdout") {
+		t.Errorf("a holdout with 7 classes against 10: %v, want ErrBadReplay naming the holdout", err)
+	}
+}
+
+func TestPlanCPUHeadroomBoundsTheCoresAlone(t *testing.T) {
+	cfg := smallConfig(t)
+	prof := *cfg.Profile
+	// 0.1 ms per request on 4 cores: half of them at 20000 qps.
+	prof.RequestOverheadMs = 0.1
+	cfg.Profile = &prof
+	cfg.Headroom = 0.5
+	bound := mustMake(t, cfg).Plan
+	cfg.CPUHeadroom = 0.9
+	loose := mustMake(t, cfg)
+	checkPlanInvariants(t, cfg, loose)
+	top := func(p *plan.Plan) float64 { f, _ := p.Planner["max_feasible_qps"].(float64); return f }
+	if !(top(loose.Plan) > top(bound)) {
+		t.Errorf("feasible up to %v qps with a CPU headroom of 0.9, %v with the headroom's 0.5: the cores' bound should move", top(loose.Plan), top(bound))
+	}
+	if top(loose.Plan) >= 36000 {
+		t.Errorf("feasible up to %v qps; the request overhead alone takes 0.9 of the cores at 36000", top(loose.Plan))
+	}
+	if got := loose.Plan.Planner["cpu_headroom"]; got != 0.9 {
+		t.Errorf("planner metadata cpu_headroom %v, want 0.9", got)
+	}
+	if got := bound.Planner["cpu_headroom"]; got != 0.5 {
+		t.Errorf("planner metadata cpu_headroom %v without one, want the headroom's 0.5", got)
+	}
+}
