@@ -330,6 +330,10 @@ func (c *controller) observe(ctx context.Context) Observation {
 	now := c.now()
 	c.mu.Lock()
 	qps, instances := c.meter.Rate(now)
+	var recent float64
+	if w := c.plan.Hysteresis.UpshiftWindow(); w > 0 {
+		recent, _ = c.meter.RateOver(now, w)
+	}
 	perEnvelope := c.meter.ItemsPerEnvelope(now)
 	c.mu.Unlock()
 	c.m.intakeQPS.Set(qps)
@@ -342,6 +346,7 @@ func (c *controller) observe(ctx context.Context) Observation {
 		Now:              now,
 		QPS:              qps,
 		PeakQPS:          c.peak.Add(now, qps),
+		RecentQPS:        recent,
 		Backlog:          c.backlog,
 		ItemsPerEnvelope: perEnvelope,
 		Warm:             now.Sub(c.started) >= c.plan.Hysteresis.RateWindow(),

@@ -43,6 +43,9 @@ type Observation struct {
 	// PeakQPS is the highest QPS measured over the plan's downshift hold;
 	// the policy moves down only when it too allows (0: QPS alone).
 	PeakQPS float64
+	// RecentQPS is the intake rate over the plan's short upshift window
+	// (0: none); the policy moves up on it too when it is above QPS.
+	RecentQPS float64
 	// Backlog is per model; models that are missing count as empty. It
 	// counts messages, each an envelope of items.
 	Backlog map[string]Backlog
@@ -102,7 +105,10 @@ var ErrUnknownGear = errors.New("unknown gear")
 // Rules, for the current gear c with capacity MaxQPS(c) and load q:
 //
 //   - Up at once on load: if q > MaxQPS(c), switch straight to
-//     plan.GearFor(q), however many gears that skips.
+//     plan.GearFor(q), however many gears that skips. Here q is the higher
+//     of the rate window's rate and the plan's short upshift window's
+//     (Observation.RecentQPS), so a burst moves the gear up before the
+//     longer window has averaged it in.
 //   - Up at once on backlog: let W be the items waiting (Backlog.Pending) at
 //     the models of c's cascade. A queue's messages are envelopes of items:
 //     the first stage's count is multiplied by the items per envelope the
@@ -116,7 +122,11 @@ var ErrUnknownGear = errors.New("unknown gear")
 //     gear keeps up, and counting them would upshift on full batches alone.
 //     Items count as one request each at any stage (a later stage sees only
 //     the escalated fraction, so this errs on the side of going cheaper);
-//     a later stage's escalation envelopes count one item each.
+//     a later stage's escalation envelopes count one item each. With shared
+//     runners, W also holds the queues of models c does not use, times the
+//     items per envelope: what the gear before left there, which the same
+//     runners drain first (a switch to a gear whose first model differs
+//     would otherwise hide the backlog that made it).
 //   - Down only with hysteresis: the policy moves to the most accurate gear
 //     t < c for which (1) q < DownshiftFactor × MaxQPS(t), where q is the
 //     highest rate of the plan's DownshiftHoldMs (Observation.PeakQPS), (2) the whole
@@ -132,8 +142,9 @@ type Policy struct {
 	gears          []plan.Gear
 	h              plan.Hysteresis
 	upshiftBacklog time.Duration
-	pinned         int // -1: not pinned
-	capacity       int // the plan's runners
+	pinned         int  // -1: not pinned
+	capacity       int  // the plan's runners
+	shared         bool // every runner serves every model (plan.SharedRunners)
 }
 
 // NewPolicy returns the policy for p. upshiftBacklog is the longest
@@ -146,7 +157,7 @@ func NewPolicy(p *plan.Plan, upshiftBacklog time.Duration, pin string) (Policy, 
 	if upshiftBacklog <= 0 {
 		return Policy{}, fmt.Errorf("policy: upshift backlog %v must be > 0", upshiftBacklog)
 	}
-	pol := Policy{gears: p.Gears, h: p.Hysteresis, upshiftBacklog: upshiftBacklog, pinned: -1, capacity: max(p.Capacity, 1)}
+	pol := Policy{gears: p.Gears, h: p.Hysteresis, upshiftBacklog: upshiftBacklog, pinned: -1, capacity: max(p.Capacity, 1), shared: p.SharedRunners()}
 	if pin != "" {
 		pol.pinned = p.GearByID(pin)
 		if pol.pinned < 0 {
@@ -228,15 +239,19 @@ func (p Policy) decide(s State, o Observation) Decision {
 	cur := gears[s.Gear]
 	last := len(gears) - 1
 
-	// Up on load.
-	if o.QPS > cur.MaxQPS {
+	// Up on load: the rate window's, or the short window's when higher.
+	up, recent := o.QPS, ""
+	if o.RecentQPS > o.QPS {
+		up, recent = o.RecentQPS, fmt.Sprintf(" (the last %v)", p.h.UpshiftWindow())
+	}
+	if up > cur.MaxQPS {
 		if s.Gear == last {
 			return Decision{Gear: s.Gear, Direction: Hold,
-				Reason: fmt.Sprintf("overloaded: load %.1f qps > max %.1f of %s, the cheapest gear", o.QPS, cur.MaxQPS, cur.ID)}
+				Reason: fmt.Sprintf("overloaded: load %.1f qps%s > max %.1f of %s, the cheapest gear", up, recent, cur.MaxQPS, cur.ID)}
 		}
-		t := gearFor(gears, o.QPS)
+		t := gearFor(gears, up)
 		return Decision{Gear: t, Direction: Up,
-			Reason: fmt.Sprintf("load %.1f qps > max %.1f of %s", o.QPS, cur.MaxQPS, cur.ID)}
+			Reason: fmt.Sprintf("load %.1f qps%s > max %.1f of %s", up, recent, cur.MaxQPS, cur.ID)}
 	}
 
 	// Up on backlog.
@@ -284,7 +299,9 @@ func (p Policy) decide(s State, o Observation) Decision {
 		return Decision{Gear: s.Gear, Direction: Hold,
 			Reason: fmt.Sprintf("dwell: held %s for %v < %v", cur.ID, held.Round(time.Millisecond), dwell)}
 	}
-	total := totalBacklog(o.Backlog)
+	// The drained check weighs items as the backlog rule up does, so that a
+	// move down does not leave more waiting than sends the gear back up.
+	total := itemsBacklog(o.Backlog, o.ItemsPerEnvelope)
 	// A smaller target capacity needs a more thoroughly drained backlog, so
 	// try t first, then the gears between t and the current one.
 	for ; t < s.Gear; t++ {
@@ -301,17 +318,33 @@ func (p Policy) decide(s State, o Observation) Decision {
 		Reason: fmt.Sprintf("backlog %d not drained: > %.0f for %s", total, p.h.DrainedBacklogSeconds*below.MaxQPS, below.ID)}
 }
 
-// waiting estimates the undelivered items at the models of g's cascade:
-// the first stage's messages times perEnvelope (at least 1), one item a
-// message at the later stages.
+// waiting estimates the undelivered items the current gear g's runners
+// must get through: the messages at the models of g's cascade, the first
+// stage's times perEnvelope (at least 1), one item a message at the later
+// stages. With shared runners (plan.SharedRunners) the queues of models
+// g does not use count too, times perEnvelope: what an older gear left
+// there, mostly the ingress's envelopes to its first stage, which the
+// same runners drain first.
 func (p Policy) waiting(g plan.Gear, b map[string]Backlog, perEnvelope float64) int64 {
+	perEnvelope = max(perEnvelope, 1)
+	items := func(pending int64) int64 { return int64(math.Round(float64(pending) * perEnvelope)) }
 	var n int64
+	used := map[string]bool{}
 	for j, s := range g.Cascade {
-		pending := b[s.Model].Pending
-		if j == 0 && perEnvelope > 1 {
-			pending = int64(math.Round(float64(pending) * perEnvelope))
+		used[s.Model] = true
+		if j == 0 {
+			n += items(b[s.Model].Pending)
+		} else {
+			n += b[s.Model].Pending
 		}
-		n += pending
+	}
+	if !p.shared {
+		return n
+	}
+	for m, bl := range b {
+		if !used[m] {
+			n += items(bl.Pending)
+		}
 	}
 	return n
 }
@@ -321,6 +354,18 @@ func totalBacklog(b map[string]Backlog) int64 {
 	var n int64
 	for _, v := range b {
 		n += v.Total()
+	}
+	return n
+}
+
+// itemsBacklog is totalBacklog with every model's undelivered messages
+// counted as perEnvelope items (at least 1): an upper estimate of the items
+// queued, for the drained check of a move down.
+func itemsBacklog(b map[string]Backlog, perEnvelope float64) int64 {
+	perEnvelope = max(perEnvelope, 1)
+	var n int64
+	for _, v := range b {
+		n += int64(math.Round(float64(v.Pending)*perEnvelope)) + v.AckPending
 	}
 	return n
 }

@@ -96,9 +96,12 @@ func TestPolicyScenarios(t *testing.T) {
 			steps: []step{{at: 0, qps: 60, backlog: inFlight("medium", 500), want: "accurate", dir: Hold}},
 		},
 		{
-			name:  "waiting items of models outside the gear are not a reason to go up",
+			// The shared runners drain what an older gear left at small
+			// before anything else (TestPolicyPerModelPoolsWeighTheirOwnQueues:
+			// not with per-model pools).
+			name:  "waiting items of models outside the gear are a reason to go up",
 			start: "accurate",
-			steps: []step{{at: 0, qps: 60, backlog: pending("small", 500), want: "accurate", dir: Hold}},
+			steps: []step{{at: 0, qps: 60, backlog: pending("small", 500), want: "cheap", dir: Up, reason: "backlog 500 waiting at accurate"}},
 		},
 		{
 			name:  "plateau holds the gear",
@@ -494,5 +497,65 @@ func TestPolicyCountsFirstStageBacklogInItems(t *testing.T) {
 				t.Errorf("gear %d (%s: %s), want %d", d.Gear, d.Direction, d.Reason, tt.want)
 			}
 		})
+	}
+}
+
+func TestPolicyMovesUpOnTheShortWindow(t *testing.T) {
+	p := loadTestPlan(t)
+	p.Hysteresis.UpshiftWindowMs = 250
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(100, 0)
+	in := State{Gear: 0, Since: now.Add(-time.Hour)}
+	// accurate carries 100 qps, balanced 200: a burst to 150 qps seen by
+	// the short window before the 1 s window reaches it.
+	d := pol.Decide(in, Observation{Now: now, QPS: 70, RecentQPS: 150, Warm: true})
+	if d.Gear != 1 || d.Direction != Up || !strings.Contains(d.Reason, "the last 250ms") {
+		t.Errorf("burst in the short window: %+v, want up to balanced, naming the short window", d)
+	}
+	// A short window below the long one changes nothing.
+	if d := pol.Decide(in, Observation{Now: now, QPS: 70, RecentQPS: 20, Warm: true}); d.Gear != 0 {
+		t.Errorf("lull in the short window: %+v, want accurate held", d)
+	}
+	// Moves down never follow it: balanced with a quiet short window and a
+	// long window at the downshift margin holds.
+	if d := pol.Decide(State{Gear: 1, Since: now.Add(-time.Hour)}, Observation{Now: now, QPS: 90, RecentQPS: 10, Warm: true}); d.Gear != 1 {
+		t.Errorf("quiet short window in balanced at 90 qps: %+v, want balanced held (90 is not below 0.8 × 100)", d)
+	}
+}
+
+func TestPolicyPerModelPoolsWeighTheirOwnQueues(t *testing.T) {
+	p := loadTestPlan(t)
+	p.RunnerPool = plan.RunnerPoolPerModel
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(100, 0)
+	d := pol.Decide(State{Gear: 0, Since: now.Add(-time.Hour)}, Observation{Now: now, QPS: 60, Warm: true,
+		Backlog: map[string]Backlog{"small": {Pending: 500}}})
+	if d.Gear != 0 {
+		t.Errorf("500 waiting at small, which accurate does not use, with per-model runners: %+v, want accurate held", d)
+	}
+}
+
+func TestPolicyDrainedCheckCountsItems(t *testing.T) {
+	p := loadTestPlan(t)
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(100, 0)
+	// balanced → accurate at 50 qps needs at most 0.05 s × 100 = 5 items
+	// queued: 4 envelopes are 4 items, or 12 at 3 items each.
+	in := State{Gear: 1, Since: now.Add(-time.Hour)}
+	backlog := map[string]Backlog{"small": {Pending: 4}}
+	if d := pol.Decide(in, Observation{Now: now, QPS: 50, Warm: true, Backlog: backlog}); d.Gear != 0 {
+		t.Errorf("4 envelopes of unknown size: %+v, want down to accurate", d)
+	}
+	if d := pol.Decide(in, Observation{Now: now, QPS: 50, Warm: true, Backlog: backlog, ItemsPerEnvelope: 3}); d.Gear != 1 {
+		t.Errorf("4 envelopes of 3 items: %+v, want balanced held until they drain", d)
 	}
 }

@@ -89,6 +89,13 @@ func (m *RateMeter) Observe(s wire.IngressStats, now time.Time) {
 // Rate returns the summed intake rate (requests/s) at now and the number of
 // live instances, forgetting instances that have gone quiet.
 func (m *RateMeter) Rate(now time.Time) (qps float64, instances int) {
+	return m.RateOver(now, m.window)
+}
+
+// RateOver is Rate over the last d of each instance's samples (at most the
+// meter's window): from the newest sample at least d older than the
+// instance's newest, or its oldest.
+func (m *RateMeter) RateOver(now time.Time, d time.Duration) (qps float64, instances int) {
 	for id, in := range m.instances {
 		if now.Sub(in.received) > 2*m.window {
 			delete(m.instances, id)
@@ -98,7 +105,14 @@ func (m *RateMeter) Rate(now time.Time) (qps float64, instances int) {
 		if len(in.samples) < 2 {
 			continue
 		}
-		first, last := in.samples[0], in.samples[len(in.samples)-1]
+		last := in.samples[len(in.samples)-1]
+		first := in.samples[0]
+		for _, s := range in.samples[1:] {
+			if last.at-s.at < d.Nanoseconds() {
+				break
+			}
+			first = s
+		}
 		span := time.Duration(last.at - first.at).Seconds()
 		if span <= 0 {
 			continue

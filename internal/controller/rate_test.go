@@ -181,3 +181,29 @@ func TestRateMeterItemsPerEnvelope(t *testing.T) {
 		t.Errorf("after a restart: %v items per envelope, want %v", got, want)
 	}
 }
+
+func TestRateMeterRateOverAShortWindow(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	m := NewRateMeter(time.Second)
+	// 1000 qps for a second, then 4000 qps for 250 ms, a sample every 50 ms.
+	count := uint64(0)
+	for at := int64(0); at <= 1250; at += 50 {
+		if at > 0 {
+			if at <= 1000 {
+				count += 50
+			} else {
+				count += 200
+			}
+		}
+		ts := t0.Add(time.Duration(at) * time.Millisecond)
+		m.Observe(wire.IngressStats{Instance: "a", Admitted: count, AtUnixNano: ts.UnixNano()}, ts)
+	}
+	now := t0.Add(1250 * time.Millisecond)
+	if got, _ := m.RateOver(now, 250*time.Millisecond); math.Abs(got-4000) > 1e-6 {
+		t.Errorf("rate over the last 250ms %v, want 4000", got)
+	}
+	long, _ := m.Rate(now)
+	if want := float64(750*1+250*4) / 1.0; math.Abs(long-want) > 1e-6 {
+		t.Errorf("rate over the window %v, want %v", long, want)
+	}
+}
