@@ -104,6 +104,11 @@ var ErrUnknownGear = errors.New("unknown gear")
 //
 // Rules, for the current gear c with capacity MaxQPS(c) and load q:
 //
+//   - Margin: with the plan's UpshiftFactor u (< 1), every rule up below
+//     reads u × MaxQPS(c) for MaxQPS(c) and moves to plan.GearFor(x / u)
+//     for plan.GearFor(x), except in the cheapest gear: a gear's MaxQPS is
+//     the load at which its p95 reaches the SLO, and the margin keeps the
+//     gear in force below it, with room for the plan's error.
 //   - Up at once on load: if q > MaxQPS(c), switch straight to
 //     plan.GearFor(q), however many gears that skips. Here q is the higher
 //     of the rate window's rate and the plan's short upshift window's
@@ -132,7 +137,9 @@ var ErrUnknownGear = errors.New("unknown gear")
 //     highest rate of the plan's DownshiftHoldMs (Observation.PeakQPS), (2) the whole
 //     backlog (Pending + AckPending over every model, including models of
 //     older gears that still drain) is at most DrainedBacklogSeconds ×
-//     MaxQPS(t), and (3) the current gear has been held for MinDwellMs. It may
+//     MaxQPS(t), and no more than t's backlog rule up would move straight
+//     back on (UpshiftBacklog × (u × MaxQPS(t) − q)), and (3) the current
+//     gear has been held for MinDwellMs. It may
 //     jump several gears in one step, as the paper's controller does: the
 //     margin of (1) already keeps the target gear below its capacity. No move
 //     down happens before the rate window has been observed once (Warm).
@@ -244,30 +251,40 @@ func (p Policy) decide(s State, o Observation) Decision {
 	if o.RecentQPS > o.QPS {
 		up, recent = o.RecentQPS, fmt.Sprintf(" (the last %v)", p.h.UpshiftWindow())
 	}
-	if up > cur.MaxQPS {
+	// The margin: a gear is left above UpshiftFactor of its MaxQPS, for the
+	// one whose MaxQPS × UpshiftFactor holds the load.
+	// The cheapest gear has none to move to: its limit is its MaxQPS.
+	share := p.h.UpshiftShare()
+	limit, margin := cur.MaxQPS*share, ""
+	if share < 1 && s.Gear < last {
+		margin = fmt.Sprintf(" × %.2f", share)
+	} else {
+		limit = cur.MaxQPS
+	}
+	if up > limit {
 		if s.Gear == last {
 			return Decision{Gear: s.Gear, Direction: Hold,
 				Reason: fmt.Sprintf("overloaded: load %.1f qps%s > max %.1f of %s, the cheapest gear", up, recent, cur.MaxQPS, cur.ID)}
 		}
-		t := gearFor(gears, up)
+		t := gearFor(gears, up/share)
 		return Decision{Gear: t, Direction: Up,
-			Reason: fmt.Sprintf("load %.1f qps%s > max %.1f of %s", up, recent, cur.MaxQPS, cur.ID)}
+			Reason: fmt.Sprintf("load %.1f qps%s > max %.1f%s of %s", up, recent, cur.MaxQPS, margin, cur.ID)}
 	}
 
 	// Up on backlog.
 	waiting := p.waiting(cur, o.Backlog, o.ItemsPerEnvelope)
 	required := o.QPS + float64(waiting)/p.upshiftBacklog.Seconds()
-	if required > cur.MaxQPS {
+	if required > limit {
 		drain := "never (no spare capacity)"
-		if spare := cur.MaxQPS - o.QPS; spare > 0 {
+		if spare := limit - o.QPS; spare > 0 {
 			drain = fmt.Sprintf("%.2fs", float64(waiting)/spare)
 		}
-		why := fmt.Sprintf("backlog %d waiting at %s drains in %s > %v at load %.1f qps (max %.1f)",
-			waiting, cur.ID, drain, p.upshiftBacklog, o.QPS, cur.MaxQPS)
+		why := fmt.Sprintf("backlog %d waiting at %s drains in %s > %v at load %.1f qps (max %.1f%s)",
+			waiting, cur.ID, drain, p.upshiftBacklog, o.QPS, cur.MaxQPS, margin)
 		if s.Gear == last {
 			return Decision{Gear: s.Gear, Direction: Hold, Reason: "overloaded: " + why + ", the cheapest gear"}
 		}
-		return Decision{Gear: gearFor(gears, required), Direction: Up, Reason: why}
+		return Decision{Gear: gearFor(gears, required/share), Direction: Up, Reason: why}
 	}
 
 	// Down with hysteresis, on the highest load of the hold.
@@ -306,7 +323,9 @@ func (p Policy) decide(s State, o Observation) Decision {
 	// try t first, then the gears between t and the current one.
 	for ; t < s.Gear; t++ {
 		tg := gears[t]
-		limit := p.h.DrainedBacklogSeconds * tg.MaxQPS
+		// At most DrainedBacklogSeconds of t's capacity, and no more than
+		// t's backlog rule would move straight back up on.
+		limit := min(p.h.DrainedBacklogSeconds*tg.MaxQPS, p.upshiftBacklog.Seconds()*(p.h.UpshiftShare()*tg.MaxQPS-load))
 		if load < p.h.DownshiftFactor*tg.MaxQPS && float64(total) <= limit {
 			return Decision{Gear: t, Direction: Down,
 				Reason: fmt.Sprintf("load %.1f qps%s < %.2f × %.1f of %s, backlog %d ≤ %.0f, held %s for %v",

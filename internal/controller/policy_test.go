@@ -559,3 +559,64 @@ func TestPolicyDrainedCheckCountsItems(t *testing.T) {
 		t.Errorf("4 envelopes of 3 items: %+v, want balanced held until they drain", d)
 	}
 }
+
+func TestPolicyUpshiftFactorKeepsAMargin(t *testing.T) {
+	p := loadTestPlan(t)
+	p.Hysteresis.UpshiftFactor = 0.9
+	pol, err := NewPolicy(p, time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(100, 0)
+	for _, tt := range []struct {
+		name string
+		from int
+		qps  float64
+		want int
+		dir  Direction
+	}{
+		// accurate ≤ 100, balanced ≤ 200, cheap ≤ 400.
+		{"below the margin the gear holds", 0, 89, 0, Hold},
+		{"above 0.9 of its max the gear moves up", 0, 95, 1, Up},
+		{"to the gear whose max × 0.9 holds the load", 0, 185, 2, Up},
+		{"the cheapest gear keeps its whole max", 2, 390, 2, Hold},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := pol.Decide(State{Gear: tt.from, Since: now}, Observation{Now: now, QPS: tt.qps, Warm: true})
+			if d.Gear != tt.want || d.Direction != tt.dir {
+				t.Errorf("%v qps from gear %d: %+v, want gear %d %s", tt.qps, tt.from, d, tt.want, tt.dir)
+			}
+			if tt.dir == Up && !strings.Contains(d.Reason, "× 0.90") {
+				t.Errorf("reason %q does not name the margin", d.Reason)
+			}
+		})
+	}
+	// The backlog rule reads the margin too: at 80 qps, 15 waiting items
+	// need 95 > 0.9 × 100.
+	d := pol.Decide(State{Gear: 0, Since: now}, Observation{Now: now, QPS: 80, Warm: true, Backlog: map[string]Backlog{"medium": {Pending: 15}}})
+	if d.Gear != 1 {
+		t.Errorf("backlog over the margin: %+v, want balanced", d)
+	}
+}
+
+func TestPolicyDoesNotMoveDownIntoItsOwnBacklogRule(t *testing.T) {
+	p := loadTestPlan(t)
+	p.Hysteresis.UpshiftFactor = 0.9
+	pol, err := NewPolicy(p, 100*time.Millisecond, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(100, 0)
+	in := State{Gear: 1, Since: now.Add(-time.Hour)}
+	backlog := map[string]Backlog{"small": {Pending: 4}}
+	// accurate (max 100) at 50 qps: 4 waiting items drain in 0.1 s at the
+	// 40 qps left below 0.9 × 100, so the move down is safe.
+	if d := pol.Decide(in, Observation{Now: now, QPS: 50, Warm: true, Backlog: backlog}); d.Gear != 0 {
+		t.Errorf("at 50 qps: %+v, want down to accurate", d)
+	}
+	// At 79 qps only 11 qps are left: the 4 items would take 0.36 s, and
+	// accurate's backlog rule would send the gear straight back up.
+	if d := pol.Decide(in, Observation{Now: now, QPS: 79, Warm: true, Backlog: backlog}); d.Gear != 1 {
+		t.Errorf("at 79 qps: %+v, want balanced held", d)
+	}
+}

@@ -310,6 +310,21 @@ type Hysteresis struct {
 	// up about 0.5 s sooner in the bursty trace but missed no fewer
 	// seconds (docs/benchmarks.md), so the plans leave it off.
 	UpshiftWindowMs float64 `json:"upshift_window_ms,omitempty"`
+	// UpshiftFactor is the share (DownshiftFactor, 1] of a gear's MaxQPS
+	// above which the controller moves up, to the gear whose MaxQPS ×
+	// UpshiftFactor holds the load: a margin for the plan's error, since a
+	// gear's MaxQPS is the highest load its p95 meets the SLO at, and a
+	// gear run at it sits on the SLO. 0 (the value in a plan file without
+	// it): 1, no margin.
+	UpshiftFactor float64 `json:"upshift_factor,omitempty"`
+}
+
+// UpshiftShare returns UpshiftFactor, or 1 when it is 0.
+func (h Hysteresis) UpshiftShare() float64 {
+	if h.UpshiftFactor == 0 {
+		return 1
+	}
+	return h.UpshiftFactor
 }
 
 // MinDwell returns MinDwellMs as a duration.
@@ -332,7 +347,7 @@ func msDuration(ms float64) time.Duration { return time.Duration(ms * float64(ti
 
 // DefaultHysteresis returns the settings used when a plan leaves them zero.
 func DefaultHysteresis() Hysteresis {
-	return Hysteresis{DownshiftFactor: 0.8, DrainedBacklogSeconds: 0.05, MinDwellMs: 1000, SampleIntervalMs: 250, RateWindowMs: 1000, DownshiftHoldMs: 3000}
+	return Hysteresis{DownshiftFactor: 0.8, DrainedBacklogSeconds: 0.05, MinDwellMs: 1000, SampleIntervalMs: 250, RateWindowMs: 1000, DownshiftHoldMs: 3000, UpshiftFactor: 0.9}
 }
 
 // Model returns the named model.
@@ -794,6 +809,9 @@ func (h Hysteresis) check(ps *problems) {
 	}
 	if h.DownshiftHoldMs < 0 || h.DownshiftHoldMs > 60000 {
 		ps.add("hysteresis.downshift_hold_ms must be in [0,60000], got %v", h.DownshiftHoldMs)
+	}
+	if h.UpshiftFactor != 0 && !(h.UpshiftFactor > h.DownshiftFactor && h.UpshiftFactor <= 1) {
+		ps.add("hysteresis.upshift_factor must be 0 (none) or in (downshift_factor %v, 1], got %v", h.DownshiftFactor, h.UpshiftFactor)
 	}
 	if h.UpshiftWindowMs < 0 || h.UpshiftWindowMs > h.RateWindowMs {
 		ps.add("hysteresis.upshift_window_ms must be in [0, rate_window_ms %v], got %v", h.RateWindowMs, h.UpshiftWindowMs)

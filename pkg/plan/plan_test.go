@@ -46,6 +46,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		{"profile", func(p *plan.Plan) { p.Models[0].Profile.Points = nil }, []string{`model "small" has no profile points`}},
 		{"hysteresis", func(p *plan.Plan) { p.Hysteresis.SampleIntervalMs = 10 }, []string{"sample_interval_ms must be in [50,5000]"}},
 		{"downshift hold", func(p *plan.Plan) { p.Hysteresis.DownshiftHoldMs = -1 }, []string{"downshift_hold_ms must be in [0,60000]"}},
+		{"upshift factor", func(p *plan.Plan) { p.Hysteresis.UpshiftFactor = p.Hysteresis.DownshiftFactor }, []string{"upshift_factor must be 0 (none) or in (downshift_factor"}},
 		{"upshift window", func(p *plan.Plan) { p.Hysteresis.UpshiftWindowMs = 2 * p.Hysteresis.RateWindowMs }, []string{"upshift_window_ms must be in [0, rate_window_ms"}},
 		{"overheads", func(p *plan.Plan) {
 			p.HopOverheadMs, p.ItemOverheadMs, p.BatchOverheadMs, p.RequestOverheadMs = -1, math.NaN(), -2, math.Inf(1)
