@@ -52,10 +52,11 @@ type Observation struct {
 	// ItemsPerEnvelope is the mean number of items in the envelopes the
 	// ingress instances published to first stages over the rate window
 	// (RateMeter.ItemsPerEnvelope; 0 or less: unknown, read as 1). The
-	// policy multiplies the current gear's first-stage backlog by it, so
-	// that the backlog rule weighs items against MaxQPS, which counts
-	// items. Later stages' queues hold escalation envelopes of unknown size
-	// and count one item a message: a lower bound.
+	// policy multiplies the current gear's first-stage backlog by it (and,
+	// with shared runners, the queues of models the gear does not use), so
+	// that the backlog rules weigh items against MaxQPS, which counts items.
+	// The gear's later stages hold escalation envelopes of unknown size and
+	// count one item a message: a lower bound.
 	ItemsPerEnvelope float64
 	// Warm reports that the rate window has been observed in full since the
 	// controller started. Until then QPS may be an underestimate, so the
@@ -252,8 +253,8 @@ func (p Policy) decide(s State, o Observation) Decision {
 		up, recent = o.RecentQPS, fmt.Sprintf(" (the last %v)", p.h.UpshiftWindow())
 	}
 	// The margin: a gear is left above UpshiftFactor of its MaxQPS, for the
-	// one whose MaxQPS × UpshiftFactor holds the load.
-	// The cheapest gear has none to move to: its limit is its MaxQPS.
+	// one whose MaxQPS × UpshiftFactor holds the load. The cheapest gear has
+	// none to move to: its limit is its MaxQPS.
 	share := p.h.UpshiftShare()
 	limit, margin := cur.MaxQPS*share, ""
 	if share < 1 && s.Gear < last {
