@@ -44,7 +44,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		c.hub.Mount(d.HTTP)
 		defer c.hub.Close()
 	}
-	if err := c.ensure(ctx); err != nil {
+	if err := c.ensureAtStart(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
@@ -193,6 +193,39 @@ func (c *controller) ensure(ctx context.Context) error {
 	clear(c.cons)
 	c.reapply = false
 	return nil
+}
+
+// ensureAtStart is ensure, tried again while it fails for a reason that
+// passes (transientNATS): a server still starting JetStream, or one too
+// busy to answer an API request in time, must not stop the controller. Any
+// other error, or ctx's end, returns at once.
+func (c *controller) ensureAtStart(ctx context.Context) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := c.ensure(ctx)
+		if err == nil {
+			c.ok("apply_topology")
+			return nil
+		}
+		if !transientNATS(err) || ctx.Err() != nil {
+			return err
+		}
+		c.fail("apply_topology", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// transientNATS reports whether err is a NATS failure that may pass by
+// itself: a request that timed out, or no responder yet (JetStream still
+// starting).
+func transientNATS(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
 }
 
 // start reads the gear key: a value left by an earlier controller is adopted

@@ -797,3 +797,22 @@ func TestRunRepairsJobsConsumerAndPlanKey(t *testing.T) {
 		return bytes.Equal(e.Value(), want), string(e.Value())
 	})
 }
+
+func TestTransientNATSErrors(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("ensure stream of model %q (partition 0): %w", "small", context.DeadlineExceeded), true},
+		{fmt.Errorf("put plan: %w", nats.ErrTimeout), true},
+		{fmt.Errorf("ensure stream: %w", nats.ErrNoResponders), true},
+		{fmt.Errorf("ensure stream: %w", jetstream.ErrNoStreamResponse), true},
+		{fmt.Errorf("ensure stream: %w", jetstream.ErrStreamNameAlreadyInUse), false},
+		{context.Canceled, false},
+		{errors.New("nats: permissions violation"), false},
+	} {
+		if got := transientNATS(tt.err); got != tt.want {
+			t.Errorf("transientNATS(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
