@@ -471,11 +471,7 @@ func TestPolicyMovesDownOnThePeakOfTheHold(t *testing.T) {
 }
 
 func TestPolicyCountsFirstStageBacklogInItems(t *testing.T) {
-	p := loadTestPlan(t)
-	pol, err := NewPolicy(p, time.Second, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, time.Second, nil)
 	now := time.Unix(100, 0)
 	in := State{Gear: 0, Since: now.Add(-time.Hour)}
 	for _, tt := range []struct {
@@ -501,12 +497,7 @@ func TestPolicyCountsFirstStageBacklogInItems(t *testing.T) {
 }
 
 func TestPolicyMovesUpOnTheShortWindow(t *testing.T) {
-	p := loadTestPlan(t)
-	p.Hysteresis.UpshiftWindowMs = 250
-	pol, err := NewPolicy(p, time.Second, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, time.Second, func(p *plan.Plan) { p.Hysteresis.UpshiftWindowMs = 250 })
 	now := time.Unix(100, 0)
 	in := State{Gear: 0, Since: now.Add(-time.Hour)}
 	// accurate carries 100 qps, balanced 200: a burst to 150 qps seen by
@@ -527,12 +518,7 @@ func TestPolicyMovesUpOnTheShortWindow(t *testing.T) {
 }
 
 func TestPolicyPerModelPoolsWeighTheirOwnQueues(t *testing.T) {
-	p := loadTestPlan(t)
-	p.RunnerPool = plan.RunnerPoolPerModel
-	pol, err := NewPolicy(p, time.Second, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, time.Second, func(p *plan.Plan) { p.RunnerPool = plan.RunnerPoolPerModel })
 	now := time.Unix(100, 0)
 	d := pol.Decide(State{Gear: 0, Since: now.Add(-time.Hour)}, Observation{Now: now, QPS: 60, Warm: true,
 		Backlog: map[string]Backlog{"small": {Pending: 500}}})
@@ -542,11 +528,7 @@ func TestPolicyPerModelPoolsWeighTheirOwnQueues(t *testing.T) {
 }
 
 func TestPolicyDrainedCheckCountsItems(t *testing.T) {
-	p := loadTestPlan(t)
-	pol, err := NewPolicy(p, time.Second, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, time.Second, nil)
 	now := time.Unix(100, 0)
 	// balanced → accurate at 50 qps needs at most 0.05 s × 100 = 5 items
 	// queued: 4 envelopes are 4 items, or 12 at 3 items each.
@@ -561,12 +543,7 @@ func TestPolicyDrainedCheckCountsItems(t *testing.T) {
 }
 
 func TestPolicyUpshiftFactorKeepsAMargin(t *testing.T) {
-	p := loadTestPlan(t)
-	p.Hysteresis.UpshiftFactor = 0.9
-	pol, err := NewPolicy(p, time.Second, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, time.Second, func(p *plan.Plan) { p.Hysteresis.UpshiftFactor = 0.9 })
 	now := time.Unix(100, 0)
 	for _, tt := range []struct {
 		name string
@@ -600,12 +577,7 @@ func TestPolicyUpshiftFactorKeepsAMargin(t *testing.T) {
 }
 
 func TestPolicyDoesNotMoveDownIntoItsOwnBacklogRule(t *testing.T) {
-	p := loadTestPlan(t)
-	p.Hysteresis.UpshiftFactor = 0.9
-	pol, err := NewPolicy(p, 100*time.Millisecond, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, 100*time.Millisecond, func(p *plan.Plan) { p.Hysteresis.UpshiftFactor = 0.9 })
 	now := time.Unix(100, 0)
 	in := State{Gear: 1, Since: now.Add(-time.Hour)}
 	backlog := map[string]Backlog{"small": {Pending: 4}}
@@ -619,4 +591,19 @@ func TestPolicyDoesNotMoveDownIntoItsOwnBacklogRule(t *testing.T) {
 	if d := pol.Decide(in, Observation{Now: now, QPS: 79, Warm: true, Backlog: backlog}); d.Gear != 1 {
 		t.Errorf("at 79 qps: %+v, want balanced held", d)
 	}
+}
+
+// testPolicy is the policy of the three-gear test plan, edited by edit
+// (nil: as it is), with upshiftBacklog.
+func testPolicy(t *testing.T, upshiftBacklog time.Duration, edit func(p *plan.Plan)) Policy {
+	t.Helper()
+	p := loadTestPlan(t)
+	if edit != nil {
+		edit(p)
+	}
+	pol, err := NewPolicy(p, upshiftBacklog, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pol
 }

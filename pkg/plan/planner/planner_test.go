@@ -458,13 +458,21 @@ func TestPlanChargesBatchAndRequestOverhead(t *testing.T) {
 	}
 }
 
-func TestPlanKeepsWholeCPUDemandWithinHeadroom(t *testing.T) {
+// overheadBoundConfig is smallConfig with a request overhead of 0.1 ms on
+// its 4 cores (half of them at 20000 qps) and a headroom of 0.5.
+func overheadBoundConfig(t *testing.T) Config {
+	t.Helper()
 	cfg := smallConfig(t)
 	prof := *cfg.Profile
-	// 0.1 ms per request on 4 cores: half of them at 20000 qps.
 	prof.RequestOverheadMs = 0.1
 	cfg.Profile = &prof
 	cfg.Headroom = 0.5
+	return cfg
+}
+
+func TestPlanKeepsWholeCPUDemandWithinHeadroom(t *testing.T) {
+	cfg := overheadBoundConfig(t)
+	prof := *cfg.Profile
 	res := mustMake(t, cfg)
 	checkPlanInvariants(t, cfg, res)
 	if f, _ := res.Plan.Planner["max_feasible_qps"].(float64); !(f > 0) || f >= 20000 {
@@ -758,12 +766,7 @@ func TestPlanPredictsAccuracyOnTheHoldout(t *testing.T) {
 }
 
 func TestPlanCPUHeadroomBoundsTheCoresAlone(t *testing.T) {
-	cfg := smallConfig(t)
-	prof := *cfg.Profile
-	// 0.1 ms per request on 4 cores: half of them at 20000 qps.
-	prof.RequestOverheadMs = 0.1
-	cfg.Profile = &prof
-	cfg.Headroom = 0.5
+	cfg := overheadBoundConfig(t)
 	bound := mustMake(t, cfg).Plan
 	cfg.CPUHeadroom = 0.9
 	loose := mustMake(t, cfg)
