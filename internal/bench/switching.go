@@ -29,7 +29,7 @@ func SwitchingPlan(ctx context.Context, p *plan.Plan, prof *plan.ProfileFile, re
 		prof = profileOf(p)
 	}
 	cfg.Profile, cfg.Replay = prof, replay
-	if p.Planner["accuracy_from"] == "holdout replay" && p.Pipeline == "mnist" {
+	if p.HoldoutAccuracy() && p.Pipeline == "mnist" {
 		// Predict the one-model gears' accuracy on the same held-out items
 		// as p's.
 		if cfg.Holdout, err = mnist.TestReplay(); err != nil {

@@ -502,7 +502,7 @@ func writeJSON(w io.Writer, v any) error {
 // printGears writes the table of a plan's gears.
 func printGears(w io.Writer, p *plan.Plan) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	holdout := p.Planner["accuracy_from"] == "holdout replay"
+	holdout := p.HoldoutAccuracy()
 	if holdout {
 		fmt.Fprintln(tw, "gear\tload qps\tcascade (model@threshold)\tbatch\tdelay ms\trunners\taccuracy % (holdout / validation)\tp95 ms\tcost ms/item")
 	} else {

@@ -324,9 +324,7 @@ func (p Policy) decide(s State, o Observation) Decision {
 	// try t first, then the gears between t and the current one.
 	for ; t < s.Gear; t++ {
 		tg := gears[t]
-		// At most DrainedBacklogSeconds of t's capacity, and no more than
-		// t's backlog rule would move straight back up on.
-		limit := min(p.h.DrainedBacklogSeconds*tg.MaxQPS, p.upshiftBacklog.Seconds()*(p.h.UpshiftShare()*tg.MaxQPS-load))
+		limit := p.drainedLimit(tg, load)
 		if load < p.h.DownshiftFactor*tg.MaxQPS && float64(total) <= limit {
 			return Decision{Gear: t, Direction: Down,
 				Reason: fmt.Sprintf("load %.1f qps%s < %.2f × %.1f of %s, backlog %d ≤ %.0f, held %s for %v",
@@ -335,7 +333,7 @@ func (p Policy) decide(s State, o Observation) Decision {
 	}
 	below := gears[s.Gear-1]
 	return Decision{Gear: s.Gear, Direction: Hold,
-		Reason: fmt.Sprintf("backlog %d not drained: > %.0f for %s", total, p.h.DrainedBacklogSeconds*below.MaxQPS, below.ID)}
+		Reason: fmt.Sprintf("backlog %d not drained: > %.0f for %s", total, p.drainedLimit(below, load), below.ID)}
 }
 
 // waiting estimates the undelivered items the current gear g's runners
@@ -376,6 +374,13 @@ func totalBacklog(b map[string]Backlog) int64 {
 		n += v.Total()
 	}
 	return n
+}
+
+// drainedLimit is the most items a move down to gear g at load may leave
+// queued: DrainedBacklogSeconds of g's capacity, and no more than g's
+// backlog rule would move straight back up on.
+func (p Policy) drainedLimit(g plan.Gear, load float64) float64 {
+	return min(p.h.DrainedBacklogSeconds*g.MaxQPS, p.upshiftBacklog.Seconds()*(p.h.UpshiftShare()*g.MaxQPS-load))
 }
 
 // itemsBacklog is totalBacklog with every model's undelivered messages

@@ -266,6 +266,15 @@ type Prediction struct {
 	Reach []float64 `json:"reach,omitempty"`
 }
 
+// AccuracyFromHoldout is the value of the planner metadata key
+// "accuracy_from" when the gears' predicted accuracy is a holdout's.
+const AccuracyFromHoldout = "holdout replay"
+
+// HoldoutAccuracy reports whether the gears' predicted accuracy was
+// measured on a holdout replay (Prediction.ValidationAccuracy is then the
+// validation replay's).
+func (p *Plan) HoldoutAccuracy() bool { return p.Planner["accuracy_from"] == AccuracyFromHoldout }
+
 // PlannedAccuracy is the accuracy the planner chose the gear on: the
 // validation accuracy when Accuracy is a holdout's, else Accuracy. Gears
 // are ordered by it; on a holdout two neighbours may swap by a few

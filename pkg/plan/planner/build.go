@@ -187,7 +187,7 @@ func (cfg *Config) predictHoldout(p *plan.Plan, ladder []string, temps map[strin
 		g.Predicted.ValidationAccuracy = g.Predicted.Accuracy
 		g.Predicted.Accuracy = e.Accuracy
 	}
-	p.Planner["accuracy_from"] = "holdout replay"
+	p.Planner["accuracy_from"] = plan.AccuracyFromHoldout
 	p.Planner["holdout_items"] = cfg.Holdout.Len()
 	p.Planner["validation_items"] = cfg.Replay.Len()
 	return nil
