@@ -18,6 +18,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -226,6 +227,18 @@ type pending struct {
 	sent    time.Time
 }
 
+// record is an Outcome as a run keeps it until its report: without
+// pointers (names as indexes into run.names, times as offsets from the
+// start), so that a long run's outcomes, held in the process that also
+// hosts the measured system in bench and tests, add nothing to what the
+// garbage collector scans.
+type record struct {
+	index, label              int32
+	sent, latency             time.Duration // sent: since run.start
+	gear, answeredBy, code    uint16        // into run.names; 0: ""
+	correct, degraded, warmup bool
+}
+
 // Run sends load to the pipeline over nc until the duration or request
 // budget is spent (or ctx ends), waits for outstanding replies, and reports.
 func Run(ctx context.Context, nc *nats.Conn, cfg Config) (Report, error) {
@@ -281,7 +294,7 @@ type run struct {
 	// slots holds a token per request in flight in a closed loop.
 	slots chan struct{}
 	rng   *rand.Rand
-	seq   int64
+	seq   uint64
 	// bytesOf caches each item's 8-bit form, made once (a producer of
 	// images has them); empty: not 8-bit.
 	bytesOf [][]byte
@@ -291,36 +304,42 @@ type run struct {
 	lastTick time.Time
 	lastSent int
 
-	mu           sync.Mutex
-	inflight     map[string]pending
-	answeredKeys map[string]bool
-	outcomes     []Outcome
+	mu       sync.Mutex
+	inflight map[uint64]pending
+	// answered has bit k set once request k has its result.
+	answered []uint64
+	outcomes []record
+	// names holds the gear, model and error code names outcomes refer to,
+	// names[0] = ""; nameIndex finds them.
+	names     []string
+	nameIndex map[string]uint16
 	// window holds the latencies since the last snapshot, winAns the
 	// answers.
-	window                  []time.Duration
-	winAns                  int
-	answered, correct, errs int
-	dups                    int
-	lastGear                string
-	errCount                map[wire.Code]int
+	window                 []time.Duration
+	winAns                 int
+	answers, correct, errs int
+	dups                   int
+	lastGear               string
+	errCount               map[wire.Code]int
 }
 
 func newRun(nc *nats.Conn, cfg Config) *run {
 	start := time.Now()
 	return &run{
-		cfg:          cfg,
-		nc:           nc,
-		codec:        wire.NewCodec(),
-		inbox:        nc.NewInbox(),
-		start:        start,
-		batch:        max(cfg.BatchItems, 1),
-		slots:        make(chan struct{}, max(cfg.Concurrency, 1)),
-		rng:          rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
-		bytesOf:      make([][]byte, cfg.Items.Len()),
-		lastTick:     start,
-		inflight:     map[string]pending{},
-		answeredKeys: map[string]bool{},
-		errCount:     map[wire.Code]int{},
+		cfg:       cfg,
+		nc:        nc,
+		codec:     wire.NewCodec(),
+		inbox:     nc.NewInbox(),
+		start:     start,
+		batch:     max(cfg.BatchItems, 1),
+		slots:     make(chan struct{}, max(cfg.Concurrency, 1)),
+		rng:       rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		bytesOf:   make([][]byte, cfg.Items.Len()),
+		lastTick:  start,
+		inflight:  map[uint64]pending{},
+		names:     []string{""},
+		nameIndex: map[string]uint16{"": 0},
+		errCount:  map[wire.Code]int{},
 	}
 }
 
@@ -330,18 +349,18 @@ func (r *run) receive(m *nats.Msg) {
 	now := time.Now()
 	var res wire.Result
 	decodeErr := wire.DecodeResult(m.Data, &res)
-	key := m.Subject[len(r.inbox)+1:]
+	key, keyErr := strconv.ParseUint(m.Subject[len(r.inbox)+1:], 10, 64)
 	r.mu.Lock()
 	p, ok := r.inflight[key]
 	if !ok {
-		if r.answeredKeys[key] {
+		if keyErr == nil && r.wasAnswered(key) {
 			r.dups++
 		}
 		r.mu.Unlock()
 		return
 	}
 	delete(r.inflight, key)
-	r.answeredKeys[key] = true
+	r.markAnswered(key)
 	for _, o := range r.outcomesOf(p, &res, decodeErr, now) {
 		r.record(o)
 	}
@@ -386,15 +405,44 @@ func (r *run) outcomesOf(p pending, res *wire.Result, decodeErr error, now time.
 	return out
 }
 
+// markAnswered and wasAnswered keep request key's answered bit; r.mu is
+// held.
+func (r *run) markAnswered(key uint64) {
+	for uint64(len(r.answered)) <= key/64 {
+		r.answered = append(r.answered, 0)
+	}
+	r.answered[key/64] |= 1 << (key % 64)
+}
+
+func (r *run) wasAnswered(key uint64) bool {
+	return key/64 < uint64(len(r.answered)) && r.answered[key/64]&(1<<(key%64)) != 0
+}
+
+// name is the index of s in r.names, added if new; r.mu is held.
+func (r *run) name(s string) uint16 {
+	if i, ok := r.nameIndex[s]; ok {
+		return i
+	}
+	i := uint16(len(r.names))
+	r.names = append(r.names, s)
+	r.nameIndex[s] = i
+	return i
+}
+
 // record counts an outcome; r.mu is held.
 func (r *run) record(o Outcome) {
-	r.outcomes = append(r.outcomes, o)
+	r.outcomes = append(r.outcomes, record{
+		index: int32(o.Index), label: int32(o.Label),
+		sent: o.Sent.Sub(r.start), latency: o.Latency,
+		gear: r.name(o.Gear), answeredBy: r.name(o.AnsweredBy), code: r.name(string(o.Code)),
+		correct: o.Correct, degraded: o.Degraded, warmup: o.Warmup,
+	})
 	if o.Code != "" {
 		r.errs++
 		r.errCount[o.Code]++
 		return
 	}
-	r.answered++
+	r.answers++
 	r.winAns++
 	r.lastGear = o.Gear
 	if o.Correct {
@@ -472,11 +520,11 @@ func (r *run) send() error {
 		return err
 	}
 	r.seq++
-	key := fmt.Sprint(r.seq)
+	key := r.seq
 	r.mu.Lock()
 	r.inflight[key] = pending{indexes: indexes, sent: time.Now()}
 	r.mu.Unlock()
-	if err := r.nc.PublishMsg(&nats.Msg{Subject: wire.InferSubject(r.cfg.Pipeline), Reply: r.inbox + "." + key, Data: b}); err != nil {
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: wire.InferSubject(r.cfg.Pipeline), Reply: r.inbox + "." + strconv.FormatUint(key, 10), Data: b}); err != nil {
 		return err
 	}
 	r.sent += r.batch
@@ -533,7 +581,7 @@ func (r *run) tick(now time.Time) {
 	}
 	r.mu.Lock()
 	s := Snapshot{
-		Elapsed: now.Sub(r.start), Sent: r.sent, Answered: r.answered, Errors: r.errs, Correct: r.correct,
+		Elapsed: now.Sub(r.start), Sent: r.sent, Answered: r.answers, Errors: r.errs, Correct: r.correct,
 		LastGear: r.lastGear, ServedQPS: float64(r.winAns) / now.Sub(r.lastTick).Seconds(),
 		P50: percentile(r.window, 0.5), P95: percentile(r.window, 0.95), ErrorCounts: maps.Clone(r.errCount),
 	}
@@ -576,16 +624,22 @@ func (r *run) report(sendEnd time.Time) Report {
 	for _, p := range r.inflight {
 		lost += len(p.indexes)
 	}
-	rep := Report{Duration: sendEnd.Sub(r.start), Sent: r.sent, Answered: r.answered, Lost: lost, Duplicates: r.dups, Outcomes: slices.Clone(r.outcomes)}
-	if r.answered > 0 {
-		// Served throughput counts until the last answer arrived.
-		last := r.start
-		for _, o := range r.outcomes {
-			if t := o.Sent.Add(o.Latency); t.After(last) {
-				last = t
-			}
+	rep := Report{Duration: sendEnd.Sub(r.start), Sent: r.sent, Answered: r.answers, Lost: lost, Duplicates: r.dups, Outcomes: make([]Outcome, len(r.outcomes))}
+	for i, o := range r.outcomes {
+		rep.Outcomes[i] = Outcome{
+			Index: int(o.index), Label: int(o.label),
+			Sent: r.start.Add(o.sent), Latency: o.latency,
+			Gear: r.names[o.gear], AnsweredBy: r.names[o.answeredBy], Code: wire.Code(r.names[o.code]),
+			Correct: o.correct, Degraded: o.degraded, Warmup: o.warmup,
 		}
-		rep.Duration = last.Sub(r.start)
+	}
+	if r.answers > 0 {
+		// Served throughput counts until the last answer arrived.
+		last := time.Duration(0)
+		for _, o := range r.outcomes {
+			last = max(last, o.sent+o.latency)
+		}
+		rep.Duration = last
 	}
 	return rep
 }

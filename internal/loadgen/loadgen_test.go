@@ -15,7 +15,10 @@ import (
 
 // respond stands in for a pipeline: it answers every request with the
 // first input value as the label, and an overloaded error for value 9.
-func respond(t *testing.T, srv *natstest.Server) {
+func respond(t *testing.T, srv *natstest.Server) { respondTimes(t, srv, 1) }
+
+// respondTimes is respond sending each answer n times.
+func respondTimes(t *testing.T, srv *natstest.Server, n int) {
 	t.Helper()
 	nc := srv.Connect(t)
 	codec := wire.NewCodec()
@@ -31,7 +34,9 @@ func respond(t *testing.T, srv *natstest.Server) {
 			res.Error = wire.Errorf(wire.CodeOverloaded, "full")
 		}
 		b, _ := codec.EncodeResult(&res)
-		m.Respond(b)
+		for range n {
+			m.Respond(b)
+		}
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -84,5 +89,36 @@ func TestRunCountsEveryOutcome(t *testing.T) {
 				t.Errorf("by gear %v, p95 %v, ticks %d", rep.ByGear(), rep.Percentile(0.95), ticks)
 			}
 		})
+	}
+}
+
+func TestRunCountsRepliesToAnsweredRequestsAsDuplicates(t *testing.T) {
+	srv := natstest.Start(t)
+	respondTimes(t, srv, 2)
+	start := time.Now()
+	rep, err := loadgen.Run(context.Background(), srv.Conn, loadgen.Config{
+		Pipeline: "p", Items: items(), Timeout: 2 * time.Second,
+		Concurrency: 4, MaxRequests: 100, Duration: 10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One subscription delivers the replies in order: every second copy
+	// but perhaps the last is handled before the run ends.
+	if rep.Sent != 100 || len(rep.Outcomes) != 100 || rep.Duplicates < 99 || rep.Duplicates > 100 {
+		t.Fatalf("sent %d, outcomes %d, duplicates %d; want 100, 100, 99 or 100", rep.Sent, len(rep.Outcomes), rep.Duplicates)
+	}
+	// Outcomes keep every field through the run's compact records.
+	for _, o := range rep.Outcomes {
+		wantCode := wire.Code("")
+		if o.Index == 9 {
+			wantCode = wire.CodeOverloaded
+		}
+		if o.Code != wantCode || o.Sent.Before(start) || o.Latency <= 0 {
+			t.Fatalf("outcome %+v", o)
+		}
+		if o.Code == "" && (o.Gear != "g" || o.AnsweredBy != "m" || o.Label != o.Index || o.Correct != (o.Index%5 == o.Index)) {
+			t.Fatalf("outcome %+v: label or score wrong", o)
+		}
 	}
 }
