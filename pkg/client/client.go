@@ -360,8 +360,9 @@ func (c *Client) Results(ctx context.Context, handle func(*wire.Result) error, o
 		return fmt.Errorf("client: read results: %w", err)
 	}
 	defer it.Stop()
-	// Drain, not Stop: results already pulled are handed back (negatively
-	// acknowledged) at once instead of waiting out the ack wait.
+	// Drain, not Stop: results already pulled come out of Next and are
+	// handed back (negatively acknowledged) at once instead of waiting out
+	// the ack wait.
 	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
 	var failure error
@@ -369,6 +370,17 @@ func (c *Client) Results(ctx context.Context, handle func(*wire.Result) error, o
 		failure = err
 		it.Drain()
 	}
+	// handBack holds the results to hand back. They are negatively
+	// acknowledged only once the drained iterator has ended, that is once
+	// the server has dropped this reader's pull: a result handed back
+	// while the pull is open is delivered again to the same pull, and one
+	// delivered after its subscription is gone would wait out the ack wait.
+	var handBack []jetstream.Msg
+	defer func() {
+		for _, m := range handBack {
+			_ = m.Nak()
+		}
+	}()
 	for {
 		m, err := it.Next()
 		if err != nil {
@@ -381,7 +393,7 @@ func (c *Client) Results(ctx context.Context, handle func(*wire.Result) error, o
 			return fmt.Errorf("client: read results: %w", err)
 		}
 		if failure != nil || ctx.Err() != nil {
-			_ = m.Nak()
+			handBack = append(handBack, m)
 			continue
 		}
 		var res wire.Result
@@ -391,7 +403,7 @@ func (c *Client) Results(ctx context.Context, handle func(*wire.Result) error, o
 			continue
 		}
 		if err := handle(&res); err != nil {
-			_ = m.Nak()
+			handBack = append(handBack, m)
 			fail(err)
 			continue
 		}
