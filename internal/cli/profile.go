@@ -46,7 +46,11 @@ CPU = idle_cpu_ms_per_s + load × request_overhead_ms. Then it runs at
 --floor-qps and records what the live latency exceeds the simulated latency
 of the same run by (median and p95) as latency_floor_ms and
 latency_floor_p95_ms: client, ingress and JetStream round trips that the
-simulator charges every request on top of its model. Measure where they
+simulator charges every request on top of its model. With --system-curve
+(the default) each load's point of the cpu_load curve carries the floor
+measured there too (floor_ms, floor_p95_ms): every hop waits for a core, so
+the floor grows as the cores fill, and the simulator reads it at the share
+of the cores its configuration keeps busy. Measure where they
 will share the machine (cascadeserve up), at loads the system keeps up
 with; leave it out where they run elsewhere.`
 
@@ -258,6 +262,8 @@ func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Mod
 			r.QPS, ms[0].Name, f.systemRunners, r.CPUMsPerRequest, r.ModelMsPerRequest, r.RequestOverheadMs, r.Answered, r.P50.Round(100*time.Microsecond), r.P95.Round(100*time.Microsecond))
 		if f.curveCPU && pastSaturation(r, f.systemMaxP95) {
 			fmt.Fprintf(w, "  left out of the overhead CPU curve: p95 %v > --system-max-p95 %v, past saturation\n", r.P95.Round(100*time.Microsecond), f.systemMaxP95)
+		} else if f.curveCPU {
+			fmt.Fprintf(w, "  latency floor there (live less simulated, p50/p95): %.3g/%.3g ms\n", r.FloorMs, r.FloorP95Ms)
 		}
 	}
 	if len(sys.loads) > 0 {

@@ -60,6 +60,18 @@ func TestProfileSystem(t *testing.T) {
 	if f.LatencyFloorMs < 0 || f.LatencyFloorP95Ms < f.LatencyFloorMs {
 		t.Errorf("latency floor %v ms, p95 %v ms; want >= 0 and p95 >= median", f.LatencyFloorMs, f.LatencyFloorP95Ms)
 	}
+	// Each load of the curve carries its own floor, measured the same way.
+	if len(f.CPULoad) != 2 {
+		t.Fatalf("cpu_load %+v: want the two loads", f.CPULoad)
+	}
+	for _, p := range f.CPULoad {
+		if p.FloorMs < 0 || p.FloorP95Ms < p.FloorMs {
+			t.Errorf("cpu_load point %+v: want a floor >= 0 with p95 >= median", p)
+		}
+	}
+	if n := strings.Count(stdout, "latency floor there"); n != 2 {
+		t.Errorf("output has %d loads' floors, want 2:\n%s", n, stdout)
+	}
 	for _, want := range []string{"system at 40 req/s", "system at 60 req/s", "request overhead", "latency floor at 20 req/s", "wrote " + out} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)

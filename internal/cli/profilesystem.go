@@ -69,6 +69,11 @@ type systemResult struct {
 	QPS               float64
 	Sent, Answered    int
 	P50, P95          time.Duration
+	// FloorMs and FloorP95Ms (with systemMeasurement.Curve, for loads
+	// within MaxP95) are what the live median and p95 exceeded the
+	// simulated ones of the same run by: the latency floor at this load,
+	// on plan.CPUPoint.
+	FloorMs, FloorP95Ms float64
 }
 
 // floorResult is the low-load run that measures the latency floor.
@@ -115,6 +120,11 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 			return nil, floorResult{}, err
 		}
 		results = append(results, res)
+	}
+	if m.Curve {
+		if err := loadFloors(results, m); err != nil {
+			return nil, floorResult{}, err
+		}
 	}
 	if m.FloorQPS <= 0 {
 		return results, floorResult{}, nil
@@ -224,25 +234,7 @@ func (ms *measuredSystem) measureFloor(m systemMeasurement, results []systemResu
 	if err != nil {
 		return floorResult{}, err
 	}
-	o := m.Overheads
-	o.RequestOverheadMs, o.IdleCPUMsPerS = systemCPU(results, m.FitCPU)
-	if m.Curve {
-		o.CPULoad = cpuCurve(results, m.MaxP95)
-	}
-	o.LatencyFloorMs, o.LatencyFloorP95Ms = 0, 0
-	sim, err := simulate.Run(simulate.Config{
-		QPS:       m.FloorQPS,
-		Requests:  max(rep.Answered, 2000),
-		Seed:      1,
-		Overheads: o,
-		// One worker hosts the model on every runner, as in the run.
-		SharedRunners: true,
-		Stages: []simulate.Stage{{
-			Model: m.Model.Name, Profile: m.Profile, Runners: m.Runners,
-			MaxBatch: m.Batching.MaxBatch, MaxDelayMs: m.Batching.MaxDelayMs,
-		}},
-		AnsweredBy: []float64{1},
-	})
+	sim, err := simulateSystemRun(m, results, m.FloorQPS, rep.Answered)
 	if err != nil {
 		return floorResult{}, fmt.Errorf("simulate the floor run: %w", err)
 	}
@@ -257,6 +249,53 @@ func (ms *measuredSystem) measureFloor(m systemMeasurement, results []systemResu
 	return fl, nil
 }
 
+// simulateSystemRun simulates the measured system's run at qps, answered
+// requests of it, charged the overheads the loads measured (systemCPU, and
+// the curve with m.Curve) but no latency floor: what the live run exceeds
+// it by is the floor.
+func simulateSystemRun(m systemMeasurement, results []systemResult, qps float64, answered int) (simulate.Result, error) {
+	o := m.Overheads
+	o.RequestOverheadMs, o.IdleCPUMsPerS = systemCPU(results, m.FitCPU)
+	if m.Curve {
+		o.CPULoad = cpuCurve(results, m.MaxP95)
+		for k := range o.CPULoad {
+			o.CPULoad[k].FloorMs, o.CPULoad[k].FloorP95Ms = 0, 0
+		}
+	}
+	o.LatencyFloorMs, o.LatencyFloorP95Ms = 0, 0
+	return simulate.Run(simulate.Config{
+		QPS:       qps,
+		Requests:  min(max(answered, 2000), 200000),
+		Seed:      1,
+		Overheads: o,
+		// One worker hosts the model on every runner, as in the run.
+		SharedRunners: true,
+		Stages: []simulate.Stage{{
+			Model: m.Model.Name, Profile: m.Profile, Runners: m.Runners,
+			MaxBatch: m.Batching.MaxBatch, MaxDelayMs: m.Batching.MaxDelayMs,
+		}},
+		AnsweredBy: []float64{1},
+	})
+}
+
+// loadFloors sets the latency floor of every load within m.MaxP95: its
+// live median and p95 less the simulated ones of the same run.
+func loadFloors(results []systemResult, m systemMeasurement) error {
+	for k, r := range results {
+		if pastSaturation(r, m.MaxP95) {
+			continue
+		}
+		sim, err := simulateSystemRun(m, results, r.QPS, r.Answered)
+		if err != nil {
+			return fmt.Errorf("simulate the run at %v requests/s: %w", r.QPS, err)
+		}
+		ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+		results[k].FloorMs = max(ms(r.P50)-sim.P50Ms, 0)
+		results[k].FloorP95Ms = max(ms(r.P95)-sim.P95Ms, results[k].FloorMs)
+	}
+	return nil
+}
+
 // cpuCurve is the overhead's CPU time per second at each measured load, in
 // increasing load order (plan.Overheads.CPULoad), leaving out the loads
 // past saturation (pastSaturation with maxP95); nil with fewer than two
@@ -265,7 +304,7 @@ func cpuCurve(results []systemResult, maxP95 time.Duration) []plan.CPUPoint {
 	var pts []plan.CPUPoint
 	for _, r := range results {
 		if !pastSaturation(r, maxP95) {
-			pts = append(pts, plan.CPUPoint{QPS: r.QPS, CPUMsPerS: roundSig4(r.QPS * r.RequestOverheadMs)})
+			pts = append(pts, plan.CPUPoint{QPS: r.QPS, CPUMsPerS: roundSig4(r.QPS * r.RequestOverheadMs), FloorMs: roundSig4(r.FloorMs), FloorP95Ms: roundSig4(r.FloorP95Ms)})
 		}
 	}
 	if len(pts) < 2 {

@@ -1,9 +1,11 @@
 package plan
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // Overheads are the measured costs of the live path outside the models:
@@ -61,16 +63,70 @@ type Overheads struct {
 	// load minus the simulated latency of the same configuration. The
 	// simulator draws it for each request from the log-normal law with that
 	// median and 95th percentile (a constant LatencyFloorMs when the two
-	// are equal or the p95 is 0).
+	// are equal or the p95 is 0). Where CPULoad's points carry floors of
+	// their own, those replace it (LatencyFloorAt).
 	LatencyFloorMs    float64 `json:"latency_floor_ms,omitempty"`
 	LatencyFloorP95Ms float64 `json:"latency_floor_p95_ms,omitempty"`
 }
 
 // CPUPoint is the overhead's CPU time per second (ms/s, the model's compute
-// taken out) measured at a load of QPS requests/s.
+// taken out) measured at a load of QPS requests/s, and, where measured,
+// the latency floor there.
 type CPUPoint struct {
 	QPS       float64 `json:"qps"`
 	CPUMsPerS float64 `json:"cpu_ms_per_s"`
+	// FloorMs and FloorP95Ms are the median and p95 of what the live
+	// latency at this load exceeded the simulated latency of the same run
+	// by (`profile --system-qps`), in ms; 0 when not measured. Every path
+	// of the live system waits for a core, so the floor grows as the cores
+	// fill: the simulator reads it at the share of the cores its own
+	// configuration keeps busy (LatencyFloorAt).
+	FloorMs    float64 `json:"floor_ms,omitempty"`
+	FloorP95Ms float64 `json:"floor_p95_ms,omitempty"`
+}
+
+// LatencyFloorAt is the latency floor (median and p95, ms) where the cores
+// are busy a share busy of the time, cores being as many as CPULoad's
+// share refers to (the runners the simulator counts; the profile measured
+// with as many). Each CPULoad point with a floor sits at the share
+// CPUMsPerS / (1000 × cores); the floor is read between them by linear
+// interpolation, below the first as the first's, and above the last along
+// the last segment (never falling). With fewer than two such points it is
+// LatencyFloorMs and LatencyFloorP95Ms, whatever the load.
+func (o Overheads) LatencyFloorAt(busy float64, cores int) (median, p95 float64) {
+	type point struct{ busy, median, p95 float64 }
+	var pts []point
+	for _, p := range o.CPULoad {
+		if p.FloorP95Ms > 0 && cores > 0 {
+			pts = append(pts, point{p.CPUMsPerS / (1000 * float64(cores)), p.FloorMs, p.FloorP95Ms})
+		}
+	}
+	if len(pts) < 2 {
+		return o.LatencyFloorMs, o.LatencyFloorP95Ms
+	}
+	slices.SortStableFunc(pts, func(a, b point) int { return cmp.Compare(a.busy, b.busy) })
+	if busy <= pts[0].busy {
+		return pts[0].median, pts[0].p95
+	}
+	for k := 1; k < len(pts); k++ {
+		a, b := pts[k-1], pts[k]
+		if busy > b.busy && k < len(pts)-1 {
+			continue
+		}
+		f := 0.0
+		if b.busy > a.busy {
+			f = (busy - a.busy) / (b.busy - a.busy)
+		}
+		at := func(x, y float64) float64 {
+			if f > 1 {
+				return y + max(y-x, 0)*(f-1) // past the last: along the segment, never falling
+			}
+			return x + (y-x)*f
+		}
+		median, p95 = at(a.median, b.median), at(a.p95, b.p95)
+		return median, max(p95, median)
+	}
+	return 0, 0 // not reached
 }
 
 // OverheadCPUMsPerS is the CPU time per second, in ms, that the overhead
@@ -114,7 +170,7 @@ func (o Overheads) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be a finite number >= 0, got %v", f.name, f.v))
 		}
 	}
-	errs = append(errs, validFloor(o.LatencyFloorMs, o.LatencyFloorP95Ms))
+	errs = append(errs, validFloor(o.LatencyFloorMs, o.LatencyFloorP95Ms, "latency_floor_ms", "latency_floor_p95_ms"))
 	for k, p := range o.CPULoad {
 		finite := !math.IsNaN(p.QPS) && !math.IsInf(p.QPS, 0) && !math.IsNaN(p.CPUMsPerS) && !math.IsInf(p.CPUMsPerS, 0)
 		switch {
@@ -123,17 +179,21 @@ func (o Overheads) Validate() error {
 		case k > 0 && p.QPS <= o.CPULoad[k-1].QPS:
 			errs = append(errs, fmt.Errorf("cpu_load[%d]: loads must increase, got %v after %v", k, p.QPS, o.CPULoad[k-1].QPS))
 		}
+		if err := validFloor(p.FloorMs, p.FloorP95Ms, "floor_ms", "floor_p95_ms"); err != nil {
+			errs = append(errs, fmt.Errorf("cpu_load[%d]: %w", k, err))
+		}
 	}
 	return errors.Join(errs...)
 }
 
-// validFloor checks a latency floor's median and p95.
-func validFloor(median, p95 float64) error {
+// validFloor checks a latency floor's median and p95, named by their JSON
+// keys.
+func validFloor(median, p95 float64, medianKey, p95Key string) error {
 	if median < 0 || math.IsNaN(median) || math.IsInf(median, 0) || p95 < 0 || math.IsNaN(p95) || math.IsInf(p95, 0) {
-		return fmt.Errorf("latency_floor_ms and latency_floor_p95_ms must be finite numbers >= 0, got %v and %v", median, p95)
+		return fmt.Errorf("%s and %s must be finite numbers >= 0, got %v and %v", medianKey, p95Key, median, p95)
 	}
 	if p95 > 0 && p95 < median {
-		return fmt.Errorf("latency_floor_p95_ms %v is below latency_floor_ms %v", p95, median)
+		return fmt.Errorf("%s %v is below %s %v", p95Key, p95, medianKey, median)
 	}
 	return nil
 }

@@ -116,6 +116,11 @@ type Result struct {
 	// DurationMs runs from the first arrival to the last completion.
 	DurationMs float64       `json:"duration_ms"`
 	Stages     []StageResult `json:"stages"`
+	// Busy is Config.Busy, and FloorMs and FloorP95Ms the latency floor
+	// charged at it (plan.Overheads.LatencyFloorAt).
+	Busy       float64 `json:"busy"`
+	FloorMs    float64 `json:"floor_ms"`
+	FloorP95Ms float64 `json:"floor_p95_ms"`
 }
 
 // MaxUtilisation returns the highest utilisation of a runner pool: the
@@ -195,6 +200,29 @@ func floorSigma(median, p95 float64) float64 {
 		return 0
 	}
 	return math.Log(p95/median) / 1.6448536269514722
+}
+
+// Busy is the share of the cores (one per runner) that the config keeps
+// busy: the overhead's CPU at its load (ρ) plus the models' compute, every
+// stage's items at its max batch's cost per item. It places the config on
+// the latency floor's curve (plan.Overheads.LatencyFloorAt).
+func (c Config) Busy() float64 {
+	n := c.totalRunners()
+	if n < 1 {
+		return 0
+	}
+	total := 0.0
+	for _, p := range c.AnsweredBy {
+		total += p
+	}
+	computeMsPerS, reach := 0.0, 1.0
+	for j, st := range c.Stages {
+		computeMsPerS += c.QPS * reach * st.Profile.ItemCostMs(st.MaxBatch)
+		if j < len(c.AnsweredBy) && total > 0 {
+			reach = max(reach-c.AnsweredBy[j]/total, 0)
+		}
+	}
+	return c.requestShare() + computeMsPerS/1000/float64(n)
 }
 
 // requestShare is ρ, the share of the runners' cores that the per-request
@@ -341,9 +369,12 @@ type sim struct {
 	cum              []float64 // cumulative answered-by
 	// slowdown stretches every batch's compute time: 1/(1−ρ).
 	slowdown float64
-	// floor draws each request's latency floor; floorSigma is its σ.
-	floor      *rand.Rand
-	floorSigma float64
+	// floor draws each request's latency floor: log-normal with median
+	// floorMedian and σ floorSigma.
+	floor                 *rand.Rand
+	floorMedian, floorP95 float64
+	floorSigma            float64
+	busy                  float64
 }
 
 func newSim(cfg Config) *sim {
@@ -357,9 +388,11 @@ func newSim(cfg Config) *sim {
 		slowdown: 1 / (1 - cfg.requestShare()),
 		// A stream of its own, so that a floor leaves arrivals and
 		// escalations as they were.
-		floor:      rand.New(rand.NewPCG(cfg.Seed, 3)),
-		floorSigma: floorSigma(cfg.LatencyFloorMs, cfg.LatencyFloorP95Ms),
+		floor: rand.New(rand.NewPCG(cfg.Seed, 3)),
 	}
+	s.busy = cfg.Busy()
+	s.floorMedian, s.floorP95 = cfg.LatencyFloorAt(s.busy, cfg.totalRunners())
+	s.floorSigma = floorSigma(s.floorMedian, s.floorP95)
 	if cfg.WarmupFraction > 0 {
 		s.warmup = int(cfg.WarmupFraction * float64(cfg.Requests))
 	}
@@ -666,9 +699,9 @@ func (s *sim) nextBatch(r int32, t float64) {
 // floorMs draws one request's latency floor.
 func (s *sim) floorMs() float64 {
 	if s.floorSigma == 0 {
-		return s.cfg.LatencyFloorMs
+		return s.floorMedian
 	}
-	return s.cfg.LatencyFloorMs * math.Exp(s.floorSigma*s.floor.NormFloat64())
+	return s.floorMedian * math.Exp(s.floorSigma*s.floor.NormFloat64())
 }
 
 // finish records request i as completed at time t.
@@ -697,6 +730,7 @@ func (s *sim) result() Result {
 		Dropped:   s.dropped,
 		Measured:  len(s.latency),
 		Aborted:   s.aborted,
+		Busy:      s.busy, FloorMs: s.floorMedian, FloorP95Ms: s.floorP95,
 
 		SharedRunners: s.cfg.SharedRunners,
 	}

@@ -405,3 +405,34 @@ func BenchmarkSimulate(b *testing.B) {
 		}
 	}
 }
+
+// TestSimulateReadsTheFloorWhereItsCoresAreBusy: with floors on the CPU
+// curve, a config's floor is the one measured where the cores were as busy
+// as the config keeps them, its overhead plus its models' compute.
+func TestSimulateReadsTheFloorWhereItsCoresAreBusy(t *testing.T) {
+	prof := plantest.LinearProfile(0.1, 0.4) // 0.4 ms per item at any batch
+	cfg := oneStage(1000, prof, 2, 8, 1)
+	cfg.Requests = 20000
+	cfg.CPULoad = []plan.CPUPoint{
+		{QPS: 1000, CPUMsPerS: 200, FloorMs: 1, FloorP95Ms: 2},   // busy 0.1 of the 2 runners' cores
+		{QPS: 8000, CPUMsPerS: 1000, FloorMs: 3, FloorP95Ms: 20}, // 0.5
+	}
+	// 1000/s: overhead 200 ms/s + compute 1000 × 0.4125 ms = 612.5 ms/s of
+	// 2000: busy 0.30625, halfway between the points by share.
+	r := mustRun(t, cfg)
+	if want := (200 + 1000*(0.1/8+0.4)) / 2000; math.Abs(r.Busy-want) > 1e-9 {
+		t.Fatalf("busy %v, want %v", r.Busy, want)
+	}
+	f := (r.Busy - 0.1) / 0.4
+	if wantMedian, wantP95 := 1+2*f, 2+18*f; math.Abs(r.FloorMs-wantMedian) > 1e-9 || math.Abs(r.FloorP95Ms-wantP95) > 1e-9 {
+		t.Fatalf("floor %v / %v, want %v / %v", r.FloorMs, r.FloorP95Ms, wantMedian, wantP95)
+	}
+	// A busier config (three times the load) is charged a higher floor,
+	// and its p95 shows it.
+	busier := cfg
+	busier.QPS = 3000
+	b := mustRun(t, busier)
+	if !(b.FloorP95Ms > r.FloorP95Ms+5) || !(b.P95Ms > r.P95Ms+5) {
+		t.Errorf("at 3000/s floor p95 %v, p95 %v; at 1000/s %v, %v: want both well higher", b.FloorP95Ms, b.P95Ms, r.FloorP95Ms, r.P95Ms)
+	}
+}
