@@ -409,6 +409,9 @@ func runPlanShow(env Env, args []string) error {
 		fmt.Fprintf(env.Stdout, "latency floor: %.3gms median, %.3gms p95 per request (live path outside the model)\n",
 			p.LatencyFloorMs, p.LatencyFloorP95Ms)
 	}
+	if floors := formatFloorCurve(p.Overheads, p.Capacity); floors != "" {
+		fmt.Fprintf(env.Stdout, "latency floor by share of the cores busy (replaces the one above): %s\n", floors)
+	}
 	if p.Description != "" {
 		fmt.Fprintln(env.Stdout, p.Description)
 	}
@@ -620,4 +623,21 @@ func shapeSize(shape []int64) int64 {
 		n *= d
 	}
 	return n
+}
+
+// formatFloorCurve lists the latency floor of each cpu_load point that
+// carries one, at its share of the cores busy: "busy 0.31: 0.3/1.2ms, ...";
+// empty when fewer than two carry one (the simulator then charges the
+// constant floor).
+func formatFloorCurve(o plan.Overheads, cores int) string {
+	var parts []string
+	for _, p := range o.CPULoad {
+		if p.FloorP95Ms > 0 && cores > 0 {
+			parts = append(parts, fmt.Sprintf("busy %.2f: %.3g/%.3gms", p.CPUMsPerS/1000/float64(cores), p.FloorMs, p.FloorP95Ms))
+		}
+	}
+	if len(parts) < 2 {
+		return ""
+	}
+	return strings.Join(parts, ", ")
 }

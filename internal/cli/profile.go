@@ -255,7 +255,7 @@ func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Mod
 		fmt.Fprintln(tw, line+fmt.Sprintf("%.3g\t", p.ItemCostMs(p.MaxBatch())))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "latency in ms per batch (median of %d); NATS hop %.3g ms, messaging %.3g ms/item + %.3g ms/batch\n",
+	fmt.Fprintf(w, "latency in ms per batch (the lowest of three rounds' medians, %d runs in all); NATS hop %.3g ms, messaging %.3g ms/item + %.3g ms/batch\n",
 		pf.Repetitions, pf.HopOverheadMs, pf.ItemOverheadMs, pf.BatchOverheadMs)
 	for _, r := range sys.loads {
 		fmt.Fprintf(w, "system at %g req/s (%s alone, %d runners): %.3g ms CPU per request, %.3g ms of it the model: overhead %.3g ms (%d answered, p50 %v, p95 %v)\n",

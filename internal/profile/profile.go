@@ -55,8 +55,11 @@ type Config struct {
 	// MaxBatch is the largest batch size measured; sizes are 1, 2, 4, …
 	// up to it (default 128).
 	MaxBatch int
-	// Repetitions is the number of timed runs per batch size; the median is
-	// kept (default 15).
+	// Repetitions is the number of timed runs per batch size (default 15),
+	// made in three rounds over every batch size (a third each, at least
+	// one); each round's median is taken and the lowest of them kept, so a
+	// slow spell of the machine while one size is measured spoils one
+	// round, not the point.
 	Repetitions int
 	// Warmup is the number of untimed runs before them (default 3).
 	Warmup int
@@ -200,34 +203,60 @@ func measureModel(ctx context.Context, rt *onnxrt.Runtime, m Model, c Config, ba
 	}
 	prof := plan.Profile{Threads: c.Threads, Provider: c.Provider}
 	dst := make([]float32, batches[len(batches)-1]*info.NumClasses)
-	times := make([]time.Duration, c.Repetitions)
-	for _, b := range batches {
-		in := tr.Slice(&input, 0, b)
-		for range c.Warmup {
-			if _, err := tr.Run(sess, &in, dst); err != nil {
-				return plan.Profile{}, 0, fmt.Errorf("batch %d: %w", b, err)
+	times := make([]time.Duration, max(c.Repetitions/profileRounds, 1))
+	best := make([]time.Duration, len(batches))
+	for round := range profileRounds {
+		for k, b := range batches {
+			in := tr.Slice(&input, 0, b)
+			for range c.Warmup {
+				if _, err := tr.Run(sess, &in, dst); err != nil {
+					return plan.Profile{}, 0, fmt.Errorf("batch %d: %w", b, err)
+				}
+			}
+			for r := range times {
+				if err := ctx.Err(); err != nil {
+					return plan.Profile{}, 0, err
+				}
+				start := time.Now()
+				if _, err := tr.Run(sess, &in, dst); err != nil {
+					return plan.Profile{}, 0, fmt.Errorf("batch %d: %w", b, err)
+				}
+				times[r] = time.Since(start)
+			}
+			if m := median(times); round == 0 || m < best[k] {
+				best[k] = m
+			}
+			if round == profileRounds-1 {
+				progress(b)
 			}
 		}
-		for r := range times {
-			if err := ctx.Err(); err != nil {
-				return plan.Profile{}, 0, err
-			}
-			start := time.Now()
-			if _, err := tr.Run(sess, &in, dst); err != nil {
-				return plan.Profile{}, 0, fmt.Errorf("batch %d: %w", b, err)
-			}
-			times[r] = time.Since(start)
-		}
-		ms := roundSig(float64(median(times))/float64(time.Millisecond), 4)
-		// A larger batch never takes less time; a lower median is noise.
-		if n := len(prof.Points); n > 0 {
-			ms = max(ms, prof.Points[n-1].LatencyMs)
-		}
-		prof.Points = append(prof.Points, plan.ProfilePoint{Batch: b, LatencyMs: max(ms, 1e-6)})
-		progress(b)
 	}
+	prof.Points = profilePoints(batches, best)
 	return prof, item, nil
 }
+
+// profilePoints turns the best median of each batch size (ascending) into
+// profile points, in ms rounded to 4 significant digits. A larger batch
+// never takes less time than a smaller one (a lower median is noise), nor
+// longer than the smaller one run as many times as it takes to cover it (a
+// runner could split it; a higher median is a slow spell of the machine).
+func profilePoints(batches []int, best []time.Duration) []plan.ProfilePoint {
+	var pts []plan.ProfilePoint
+	for k, b := range batches {
+		ms := roundSig(float64(best[k])/float64(time.Millisecond), 4)
+		if n := len(pts); n > 0 {
+			prev := pts[n-1]
+			ms = max(ms, prev.LatencyMs)
+			ms = min(ms, prev.LatencyMs*math.Ceil(float64(b)/float64(prev.Batch)))
+		}
+		pts = append(pts, plan.ProfilePoint{Batch: b, LatencyMs: max(ms, 1e-6)})
+	}
+	return pts
+}
+
+// profileRounds is how many rounds Measure spreads a model's timed runs
+// over (Config.Repetitions).
+const profileRounds = 3
 
 // NATSCost is what messaging costs a stage worker.
 type NATSCost struct {
