@@ -20,6 +20,12 @@ type Probing struct {
 	Factor       float64
 	Resolution   float64
 	MaxErrorRate float64
+	// Retries is how often a probe that misses without being cut short
+	// (overloaded) is run again at the same load; the load passes if one
+	// run does (default 0). A slow spell of the machine then spoils one run
+	// of a probe, not the knee, as profile's rounds keep one from spoiling
+	// the plan's costs.
+	Retries int
 }
 
 // defaults sets p's zero values to def's (MaxErrorRate: 0.001).

@@ -197,22 +197,32 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sy
 		// flight; the p95 is lost, and waiting longer only grows the
 		// backlog the next probe would inherit.
 		limit := load * max(1, 20*slo/1000)
-		run, err := Load(ctx, sys.Conn, LoadConfig{
-			Pipeline: p.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale,
-			Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: uint64(len(runs) + 1), Stages: stages,
-			Abort: abortAbove(limit),
-		})
-		if err != nil {
-			return KneeProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
+		var pr KneeProbe
+		for try := 0; try <= cfg.Retries; try++ {
+			run, err := Load(ctx, sys.Conn, LoadConfig{
+				Pipeline: p.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale,
+				Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: uint64(len(runs) + 1 + try), Stages: stages,
+				Abort: abortAbove(limit),
+			})
+			if err != nil {
+				return KneeProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
+			}
+			runs[load] = run
+			pr = probeVerdict(run, slo, cfg.MaxErrorRate)
+			state := "within SLO"
+			if !pr.OK {
+				state = "MISS: " + pr.Reason
+			}
+			again := ""
+			if try > 0 {
+				again = " (again)"
+			}
+			progress("  gear %s probe %d%s: %.0f items/s offered, %.0f/s served, p95 %.1f ms, %s errors, %d lost: %s",
+				g.ID, len(runs), again, load, run.Throughput, run.P95Ms, errorText(run.Errors), run.Lost, state)
+			if pr.OK || run.Aborted {
+				break
+			}
 		}
-		runs[load] = run
-		pr := probeVerdict(run, slo, cfg.MaxErrorRate)
-		state := "within SLO"
-		if !pr.OK {
-			state = "MISS: " + pr.Reason
-		}
-		progress("  gear %s probe %d: %.0f items/s offered, %.0f/s served, p95 %.1f ms, %s errors, %d lost: %s",
-			g.ID, len(runs), load, run.Throughput, run.P95Ms, errorText(run.Errors), run.Lost, state)
 		return pr, nil
 	}
 	res, err := SearchKnee(ctx, KneeSearch{

@@ -69,8 +69,10 @@ errors stay ≤ 0.1%. Probes of --warmup (default 2s, discarded) and then
 --knee-duration measured, on the same system, start at the gear's max_qps
 (or --knee-start), step up ×1.5 while within the SLO (down while not), then
 bisect between the last good and the first bad load to 5%; a probe with a
-second of its load in flight is cut short; --knee-budget bounds each gear's
-search. Verdict: measured knee within ±15% of max_qps. --request-items N
+second of its load in flight is cut short; a probe that misses otherwise is
+run once more (--knee-retries) and the load passes if one run does, since a
+slow spell of the machine should spoil one run, not the knee; --knee-budget
+bounds each gear's search. Verdict: measured knee within ±15% of max_qps. --request-items N
 sends N-item requests (loads stay in items/s); inputs go as UINT8 when the
 plan takes them.
 
@@ -144,6 +146,7 @@ type benchFlags struct {
 	capacity, kneeStart      float64
 	fractions                string
 	kneeDuration, kneeBudget time.Duration
+	kneeRetries              int
 }
 
 func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
@@ -182,6 +185,7 @@ func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
 	fs.BoolVar(&f.knee, "knee", false, "with --check-plan: measure each gear's capacity (the highest Poisson load within the SLO) against its max_qps instead")
 	fs.DurationVar(&f.kneeDuration, "knee-duration", 5*time.Second, "measured phase of each --knee (and --compare) probe, after --warmup")
 	fs.DurationVar(&f.kneeBudget, "knee-budget", 90*time.Second, "time bound of each gear's --knee search (of each system's with --compare)")
+	fs.IntVar(&f.kneeRetries, "knee-retries", 1, "with --knee: how often a probe that misses without being cut short is run again at the same load; the load passes if one run does (a slow spell of the machine spoils one run, not the knee)")
 	// --compare and --trace
 	fs.BoolVar(&f.compare, "compare", false, "measure the iso-accuracy capacity of the single model, model switching, the static cascade and CascadeServe instead")
 	fs.BoolVar(&f.quick, "quick", false, "with --compare: short probes and a coarse search, about a minute (CI)")
@@ -225,8 +229,8 @@ func (f *benchFlags) check() error {
 		return errors.New("--quick goes with --compare")
 	case f.traceDuration <= 0 || f.traceCapacity < 0 || !(f.traceBase > 0) || !(f.traceBurst > 0) || f.traceBurstLen < 0 || f.traceBurstEvery <= 0 || f.traceRamp < 0 || f.traceRamp > 0.5:
 		return errors.New("--trace-duration, --trace-base, --trace-burst and --trace-burst-every must be positive, --trace-capacity and --trace-burst-length not negative, --trace-ramp in [0, 0.5]")
-	case f.kneeDuration <= 0 || f.kneeBudget <= 0 || f.kneeStart < 0:
-		return errors.New("--knee-duration and --knee-budget must be positive, --knee-start not negative")
+	case f.kneeDuration <= 0 || f.kneeBudget <= 0 || f.kneeStart < 0 || f.kneeRetries < 0:
+		return errors.New("--knee-duration and --knee-budget must be positive, --knee-start and --knee-retries not negative")
 	case f.concurrency < 0 || f.warmup < 0 || f.duration < 0 || f.compute < 0 || f.capacity < 0 || f.halfLoad < 0 || f.idle < 0:
 		return errors.New("--concurrency, --warmup, --duration, --compute, --capacity, --half-load and --idle cannot be negative")
 	}
@@ -267,7 +271,7 @@ func (f *benchFlags) kneeConfig(sh benchShared) bench.KneeConfig {
 		Gears:        f.gearList(),
 		RequestItems: f.reqItems,
 		Start:        f.kneeStart,
-		Probing:      bench.Probing{Warmup: sh.warmup, Duration: f.kneeDuration, Budget: f.kneeBudget},
+		Probing:      bench.Probing{Warmup: sh.warmup, Duration: f.kneeDuration, Budget: f.kneeBudget, Retries: f.kneeRetries},
 	}
 	if cfg.Gears == nil && f.gear != "" {
 		cfg.Gears = []string{f.gear}

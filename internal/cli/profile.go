@@ -65,6 +65,7 @@ type profileFlags struct {
 	fitCPU, curveCPU                bool
 	floorQPS                        float64
 	systemTime, systemDelay         time.Duration
+	systemRounds                    int
 	systemMaxP95                    time.Duration
 	systemRunners, systemBatch      int
 }
@@ -87,6 +88,7 @@ func (f *profileFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.fitCPU, "system-fit", false, "with several --system-qps loads, fit CPU = idle + load × per-request overhead instead of keeping the highest per-request overhead")
 	fs.Float64Var(&f.floorQPS, "floor-qps", 200, "with --system-qps, the low load at which the latency floor is measured (0: skip)")
 	fs.DurationVar(&f.systemTime, "system-duration", 10*time.Second, "timed length of the --system-qps run (after a 3s warm-up)")
+	fs.IntVar(&f.systemRounds, "system-rounds", 2, "rounds over the --system-qps loads; each load keeps the round with the lower live p95, so a slow spell of the machine spoils one round, not the curve")
 	fs.IntVar(&f.systemRunners, "runners", 2, "runners of the stage worker in the --system-qps run")
 	fs.IntVar(&f.systemBatch, "system-batch", 32, "max batch of the --system-qps run's gear")
 	fs.DurationVar(&f.systemDelay, "system-delay", 2*time.Millisecond, "max delay of the --system-qps run's gear")
@@ -121,8 +123,8 @@ func (f *profileFlags) check() ([]float64, error) {
 	if f.systemMaxP95 < 0 {
 		errs = append(errs, errors.New("--system-max-p95 cannot be negative"))
 	}
-	if f.systemTime <= 0 || f.systemRunners < 1 || f.systemBatch < 1 || f.systemDelay < 0 {
-		errs = append(errs, errors.New("--system-duration, --runners and --system-batch must be > 0, --system-delay >= 0"))
+	if f.systemTime <= 0 || f.systemRunners < 1 || f.systemBatch < 1 || f.systemDelay < 0 || f.systemRounds < 1 {
+		errs = append(errs, errors.New("--system-duration, --runners, --system-batch and --system-rounds must be > 0, --system-delay >= 0"))
 	}
 	return systemQPS, errors.Join(errs...)
 }
@@ -211,7 +213,7 @@ func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, 
 	var err error
 	sys.loads, sys.floor, err = measureRequestOverhead(ctx, systemMeasurement{
 		Model: m, Profile: pf.Models[m.Name], QPS: loads, FloorQPS: f.floorQPS,
-		Warmup: 3 * time.Second, Duration: f.systemTime,
+		Warmup: 3 * time.Second, Duration: f.systemTime, Rounds: f.systemRounds,
 		Runners: f.systemRunners, Threads: f.threads, Lib: lib, WorkerEnv: f.pf.workerEnv(),
 		Batching:  plan.Batching{MaxBatch: f.systemBatch, MaxDelayMs: float64(f.systemDelay) / float64(time.Millisecond)},
 		Overheads: pf.Overheads,

@@ -26,6 +26,7 @@ func TestProfileUsageErrors(t *testing.T) {
 		{"--out", out, "--system-qps", "100", "--floor-qps", "-1"},
 		{"--out", out, "--system-qps", "10", "--models", "a=a.onnx"},
 		{"--out", out, "--system-qps", "10", "--runners", "0"},
+		{"--out", out, "--system-qps", "10", "--system-rounds", "0"},
 		{"--out", out, "--system-duration", "0s"},
 	} {
 		if _, err := runProfileCLI(t, args...); !errors.Is(err, ErrUsage) {
