@@ -69,10 +69,10 @@ errors stay ≤ 0.1%. Probes of --warmup (default 2s, discarded) and then
 --knee-duration measured, on the same system, start at the gear's max_qps
 (or --knee-start), step up ×1.5 while within the SLO (down while not), then
 bisect between the last good and the first bad load to 5%; a probe with a
-second of its load in flight is cut short; a probe that misses otherwise is
-run once more (--knee-retries) and the load passes if one run does, since a
-slow spell of the machine should spoil one run, not the knee; --knee-budget
-bounds each gear's search. Verdict: measured knee within ±15% of max_qps. --request-items N
+second of its load in flight is cut short; with --knee-retries N a probe that
+misses otherwise is run up to N times more and the load passes if one run
+does (a slow spell of the machine then spoils one run, not the knee; raise
+--knee-budget with it); --knee-budget bounds each gear's search. Verdict: measured knee within ±15% of max_qps. --request-items N
 sends N-item requests (loads stay in items/s); inputs go as UINT8 when the
 plan takes them.
 
@@ -185,7 +185,7 @@ func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
 	fs.BoolVar(&f.knee, "knee", false, "with --check-plan: measure each gear's capacity (the highest Poisson load within the SLO) against its max_qps instead")
 	fs.DurationVar(&f.kneeDuration, "knee-duration", 5*time.Second, "measured phase of each --knee (and --compare) probe, after --warmup")
 	fs.DurationVar(&f.kneeBudget, "knee-budget", 90*time.Second, "time bound of each gear's --knee search (of each system's with --compare)")
-	fs.IntVar(&f.kneeRetries, "knee-retries", 1, "with --knee: how often a probe that misses without being cut short is run again at the same load; the load passes if one run does (a slow spell of the machine spoils one run, not the knee)")
+	fs.IntVar(&f.kneeRetries, "knee-retries", 0, "with --knee: how often a probe that misses without being cut short is run again at the same load; the load passes if one run does (a slow spell of the machine spoils one run, not the knee)")
 	// --compare and --trace
 	fs.BoolVar(&f.compare, "compare", false, "measure the iso-accuracy capacity of the single model, model switching, the static cascade and CascadeServe instead")
 	fs.BoolVar(&f.quick, "quick", false, "with --compare: short probes and a coarse search, about a minute (CI)")

@@ -65,6 +65,15 @@ type Config struct {
 	// counted from the record's last write): a repeat within it gets the
 	// first request's result.
 	IdempotencyWindow time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"2m"`
+	// DedupeWindow is every stream's deduplication window (Nats-Msg-Id):
+	// an envelope, escalation or result published again within it is
+	// stored once. It must exceed AckWait, so that a batch redelivered
+	// after a worker died between publishing and acking is deduplicated.
+	// nats-server keeps every id of the window in memory, and the
+	// collector scans them: on the 2-core box a long-running system at
+	// 40,000 req/s went from p95 10 to 24 ms as a 2-minute window filled,
+	// and stayed at 10–13 ms with 10 s. Default 2m (NATS's).
+	DedupeWindow time.Duration `env:"DEDUPE_WINDOW" envDefault:"2m"`
 }
 
 // ConfigFromEnv parses the configuration from environ (names with the
@@ -97,6 +106,7 @@ func (c Config) Validate() error {
 	problems.If(c.MaxDeliver < 1, "CASCADE_MAX_DELIVER must be >= 1, got %d", c.MaxDeliver)
 	problems.If(c.MaxAckPending < 1, "CASCADE_MAX_ACK_PENDING must be >= 1, got %d", c.MaxAckPending)
 	problems.If(c.IdempotencyWindow < time.Second, "CASCADE_IDEMPOTENCY_WINDOW must be >= 1s, got %v", c.IdempotencyWindow)
+	problems.If(c.DedupeWindow <= c.AckWait, "CASCADE_DEDUPE_WINDOW must exceed CASCADE_ACK_WAIT (%v), got %v: a batch redelivered after a worker died between publishing and acking would publish its escalations and results twice", c.AckWait, c.DedupeWindow)
 	return problems.Err(ErrInvalidConfig)
 }
 
@@ -114,6 +124,7 @@ func (c Config) Topology() (natsbus.TopologyConfig, error) {
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
+		Duplicates:    c.DedupeWindow,
 
 		IdempotencyWindow: c.IdempotencyWindow,
 	}, nil

@@ -12,8 +12,11 @@
 // per-request overhead's share of the cores and any idle CPU) plus the
 // messaging overheads per item and per batch, a hop overhead per hop,
 // a latency floor per request drawn from a log-normal law (the live path's
-// client, ingress and JetStream round trips that the rest leaves out,
-// measured by profile at low load; plan.Overheads.LatencyFloorMs), and
+// client, ingress and JetStream round trips that the rest leaves out, and
+// their waits for a core: measured by profile at each load of the overhead
+// curve and read at the share of the cores the config keeps busy,
+// Config.Busy and plan.Overheads.LatencyFloorAt; a constant one measured
+// at low load, plan.Overheads.LatencyFloorMs, for profiles without), and
 // escalations drawn from the replay's answered-by distribution. It is pure
 // Go and deterministic given its Config.
 package simulate
