@@ -249,14 +249,13 @@ func (ms *measuredSystem) measureFloor(m systemMeasurement, results []systemResu
 	if err != nil {
 		return floorResult{}, fmt.Errorf("simulate the floor run: %w", err)
 	}
-	msOf := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	p50, p95 := rep.Percentile(0.5), rep.Percentile(0.95)
 	fl := floorResult{
 		QPS:           m.FloorQPS,
-		MeasuredP50Ms: msOf(rep.Percentile(0.5)), MeasuredP95Ms: msOf(rep.Percentile(0.95)),
+		MeasuredP50Ms: millis(p50), MeasuredP95Ms: millis(p95),
 		SimulatedP50Ms: sim.P50Ms, SimulatedP95Ms: sim.P95Ms,
 	}
-	fl.FloorMs = max(fl.MeasuredP50Ms-fl.SimulatedP50Ms, 0)
-	fl.FloorP95Ms = max(fl.MeasuredP95Ms-fl.SimulatedP95Ms, fl.FloorMs)
+	fl.FloorMs, fl.FloorP95Ms = floorOver(p50, p95, sim)
 	return fl, nil
 }
 
@@ -300,12 +299,21 @@ func loadFloors(results []systemResult, m systemMeasurement) error {
 		if err != nil {
 			return fmt.Errorf("simulate the run at %v requests/s: %w", r.QPS, err)
 		}
-		ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-		results[k].FloorMs = max(ms(r.P50)-sim.P50Ms, 0)
-		results[k].FloorP95Ms = max(ms(r.P95)-sim.P95Ms, results[k].FloorMs)
+		results[k].FloorMs, results[k].FloorP95Ms = floorOver(r.P50, r.P95, sim)
 	}
 	return nil
 }
+
+// floorOver is the latency floor of a live run with median p50 and 95th
+// percentile p95 over its simulation sim, in ms: the live less the
+// simulated, at least 0, the p95 at least the median.
+func floorOver(p50, p95 time.Duration, sim simulate.Result) (median, p95Ms float64) {
+	median = max(millis(p50)-sim.P50Ms, 0)
+	return median, max(millis(p95)-sim.P95Ms, median)
+}
+
+// millis is d in milliseconds.
+func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // cpuCurve is the overhead's CPU time per second at each measured load, in
 // increasing load order (plan.Overheads.CPULoad), leaving out the loads

@@ -124,7 +124,7 @@ func Measure(ctx context.Context, rt *onnxrt.Runtime, c Config) (*plan.ProfileFi
 		Host:        hostDescription(),
 		Runtime:     "onnxruntime " + rt.Version(),
 		MeasuredAt:  time.Now().UTC().Truncate(time.Second),
-		Repetitions: c.Repetitions,
+		Repetitions: profileRounds * max(c.Repetitions/profileRounds, 1),
 		Models:      map[string]plan.Profile{},
 	}
 	if c.Provider == onnxrt.ProviderCUDA {

@@ -45,7 +45,8 @@ type ProfileFile struct {
 	Runtime string `json:"runtime,omitempty"`
 	// MeasuredAt is when the profile was taken.
 	MeasuredAt time.Time `json:"measured_at,omitzero"`
-	// Repetitions is how many timed runs each point is the median of.
+	// Repetitions is how many timed runs each point was measured with (in
+	// rounds: the point is the lowest of the rounds' medians).
 	Repetitions int `json:"repetitions,omitempty"`
 	// Models maps a model name to its latency profile.
 	Models map[string]Profile `json:"models"`
