@@ -344,14 +344,12 @@ func (p Policy) decide(s State, o Observation) Decision {
 // there, mostly the ingress's envelopes to its first stage, which the
 // same runners drain first.
 func (p Policy) waiting(g plan.Gear, b map[string]Backlog, perEnvelope float64) int64 {
-	perEnvelope = max(perEnvelope, 1)
-	items := func(pending int64) int64 { return int64(math.Round(float64(pending) * perEnvelope)) }
 	var n int64
 	used := map[string]bool{}
 	for j, s := range g.Cascade {
 		used[s.Model] = true
 		if j == 0 {
-			n += items(b[s.Model].Pending)
+			n += envelopeItems(b[s.Model].Pending, perEnvelope)
 		} else {
 			n += b[s.Model].Pending
 		}
@@ -361,7 +359,7 @@ func (p Policy) waiting(g plan.Gear, b map[string]Backlog, perEnvelope float64) 
 	}
 	for m, bl := range b {
 		if !used[m] {
-			n += items(bl.Pending)
+			n += envelopeItems(bl.Pending, perEnvelope)
 		}
 	}
 	return n
@@ -387,12 +385,17 @@ func (p Policy) drainedLimit(g plan.Gear, load float64) float64 {
 // counted as perEnvelope items (at least 1): an upper estimate of the items
 // queued, for the drained check of a move down.
 func itemsBacklog(b map[string]Backlog, perEnvelope float64) int64 {
-	perEnvelope = max(perEnvelope, 1)
 	var n int64
 	for _, v := range b {
-		n += int64(math.Round(float64(v.Pending)*perEnvelope)) + v.AckPending
+		n += envelopeItems(v.Pending, perEnvelope) + v.AckPending
 	}
 	return n
+}
+
+// envelopeItems is the items in pending envelopes of perEnvelope items
+// each (at least 1), rounded.
+func envelopeItems(pending int64, perEnvelope float64) int64 {
+	return int64(math.Round(float64(pending) * max(perEnvelope, 1)))
 }
 
 // gearFor is plan.GearFor over a gear slice.
