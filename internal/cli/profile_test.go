@@ -2,13 +2,19 @@ package cli
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt"
 	"github.com/cascadeserve/cascadeserve/internal/onnxrt/orttest"
+	"github.com/cascadeserve/cascadeserve/internal/profile"
+	"github.com/cascadeserve/cascadeserve/models/mnist"
 	"github.com/cascadeserve/cascadeserve/pkg/plan"
 )
 
@@ -104,4 +110,82 @@ func TestFitSystemCPU(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSystemSourceFresh checks that --system-fresh measures every run on a
+// system of its own, whose streams hold nothing of the runs before, and that
+// without it one system serves every run.
+func TestSystemSourceFresh(t *testing.T) {
+	lib := orttest.Library(t, onnxrt.FindLibrary)
+	name := mnist.Ladder()[0]
+	onnx, err := mnist.Model(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := systemMeasurement{
+		Model: profile.Model{Name: name, ONNX: onnx}, Profile: plan.Profile{Points: []plan.ProfilePoint{{Batch: 1, LatencyMs: 0.01}}},
+		QPS: []float64{20}, Warmup: 100 * time.Millisecond, Duration: 300 * time.Millisecond,
+		Runners: 1, Threads: 1, Lib: lib, Batching: plan.Batching{MaxBatch: 4, MaxDelayMs: 1},
+	}
+	for _, fresh := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fresh=%v", fresh), func(t *testing.T) {
+			m.Fresh = fresh
+			src := systemSource{ctx: t.Context(), dir: t.TempDir(), m: m}
+			defer src.stop()
+			first, err := src.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := first.measureLoad(20, m); err != nil {
+				t.Fatal(err)
+			}
+			before := queueStored(t, first)
+			second, err := src.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := second != first; got != fresh {
+				t.Fatalf("second run on a new system: %v, want %v", got, fresh)
+			}
+			if fresh && second.seed == first.seed {
+				t.Errorf("both systems' load generators start from seed %d: want other requests", first.seed)
+			}
+			// A fresh system's queues hold nothing of the first run (only
+			// the start's readiness probe).
+			stored := queueStored(t, second)
+			if fresh && stored >= before {
+				t.Errorf("fresh system's queues stored %d messages before its run, the first system %d: want fewer", stored, before)
+			}
+			if !fresh && stored != before {
+				t.Errorf("the one system's queues stored %d messages, %d after the first run: want the same", stored, before)
+			}
+		})
+	}
+}
+
+// queueStored sums the last sequence of every stream of ms's server but the
+// key-value buckets' (the controller writes its plan and gear at start): the
+// messages its queues and results ever stored.
+func queueStored(t *testing.T, ms *measuredSystem) uint64 {
+	t.Helper()
+	js, err := jetstream.New(ms.sys.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored uint64
+	names := js.StreamNames(t.Context())
+	for name := range names.Name() {
+		if strings.HasPrefix(name, "KV_") {
+			continue
+		}
+		s, err := js.Stream(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored += s.CachedInfo().State.LastSeq
+	}
+	if err := names.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return stored
 }

@@ -32,6 +32,12 @@ type systemMeasurement struct {
 	// before each, Warmup runs untimed, then Duration is timed.
 	QPS              []float64
 	Warmup, Duration time.Duration
+	// Fresh starts a new system for every timed run, the way the knee
+	// search measures each gear: the streams' deduplication windows, which
+	// nats-server holds in memory, start empty each time. Without it one
+	// system serves every run, and the later loads meet the message ids of
+	// the earlier ones.
+	Fresh bool
 	// Rounds (at least 1) go over QPS one after the other; each load keeps
 	// the round with the lower live p95, so a slow spell of the machine
 	// spoils one round of a load, not the curve.
@@ -112,14 +118,15 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 		return nil, floorResult{}, err
 	}
 	defer os.RemoveAll(dir)
-	ms, err := startMeasuredSystem(ctx, dir, m)
-	if err != nil {
-		return nil, floorResult{}, err
-	}
-	defer ms.sys.Stop()
+	systems := systemSource{ctx: ctx, dir: dir, m: m}
+	defer systems.stop()
 	results := make([]systemResult, len(m.QPS))
 	for round := range max(m.Rounds, 1) {
 		for k, qps := range m.QPS {
+			ms, err := systems.next()
+			if err != nil {
+				return nil, floorResult{}, err
+			}
 			res, err := ms.measureLoad(qps, m)
 			switch {
 			case err != nil && round > 0 && errors.Is(err, errSystemBehind):
@@ -140,11 +147,53 @@ func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemR
 	if m.FloorQPS <= 0 {
 		return results, floorResult{}, nil
 	}
+	ms, err := systems.next()
+	if err != nil {
+		return nil, floorResult{}, err
+	}
 	fl, err := ms.measureFloor(m, results)
 	if err != nil {
 		return nil, floorResult{}, err
 	}
 	return results, fl, nil
+}
+
+// systemSource hands measureRequestOverhead the system of each timed run:
+// with m.Fresh a new one every time, as the knee search of `bench
+// --check-plan --knee` measures each gear on a fresh system; otherwise the
+// same one throughout.
+type systemSource struct {
+	ctx context.Context
+	dir string
+	m   systemMeasurement
+	cur *measuredSystem
+	n   int
+}
+
+// next returns the system the next run measures.
+func (s *systemSource) next() (*measuredSystem, error) {
+	if s.cur != nil && !s.m.Fresh {
+		return s.cur, nil
+	}
+	s.stop()
+	s.n++
+	ms, err := startMeasuredSystem(s.ctx, filepath.Join(s.dir, strconv.Itoa(s.n)), s.m)
+	if err != nil {
+		return nil, err
+	}
+	ms.seed = uint64(s.n) << 32 // every run its own requests, as on one system
+	s.cur = ms
+	return ms, nil
+}
+
+// stop stops the current system and removes its store.
+func (s *systemSource) stop() {
+	if s.cur == nil {
+		return
+	}
+	s.cur.sys.Stop()
+	_ = os.RemoveAll(filepath.Join(s.dir, strconv.Itoa(s.n)))
+	s.cur = nil
 }
 
 // measuredSystem is the all-in-one system measureRequestOverhead drives and
@@ -159,6 +208,9 @@ type measuredSystem struct {
 // startMeasuredSystem starts the all-in-one system serving m's model alone
 // from a plan written into dir, with its store there too.
 func startMeasuredSystem(ctx context.Context, dir string, m systemMeasurement) (*measuredSystem, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	planFile, err := writeMeasurementPlan(dir, m)
 	if err != nil {
 		return nil, err
