@@ -71,6 +71,7 @@ type planFlags struct {
 	models, modelsDir     string
 	headroom, cpuHeadroom float64
 	latencySlack          float64
+	stageBatchShare       float64
 	costBatch             int
 	batches, delays       string
 	simRequests, maxQueue int
@@ -108,6 +109,7 @@ func (f *planFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.cpuHeadroom, "cpu-headroom", 0, "highest share of the cores the overhead CPU curve and the models' compute may keep busy together (0: --headroom); the curve is measured up to where the live p95 leaves the SLO, so it holds the queueing near saturation already")
 	fs.Float64Var(&f.latencySlack, "latency-slack", 0.1, "share of a gear's load range its batching may give up for a lower p95 at its lowest load (a shorter max delay); the top of the range gets the longer delay as a gear of its own; negative: none")
 	fs.IntVar(&f.costBatch, "cost-batch", 8, "reference batch size of the per-item cost")
+	fs.Float64Var(&f.stageBatchShare, "stage-batch-share", 0.25, "cap each stage's max batch at the largest (halving from the gear's) whose profiled compute takes at most this share of the SLO, so a costly model's batch holds a runner for a fraction of the SLO, not more than all of it; 0: no cap")
 	fs.StringVar(&f.batches, "batches", "", "max batch sizes to search (default 1,2,4,...,128)")
 	fs.StringVar(&f.delays, "delays", "", "max delays to search, e.g. 0,1ms,5ms (default 0 and 2%,5%,10%,20% of the SLO)")
 	fs.IntVar(&f.simRequests, "sim-requests", 3000, "requests per simulation")
@@ -234,6 +236,7 @@ func (f *planFlags) config(replay *plan.Replay) (planner.Config, error) {
 		Calibrate:      f.calibrate,
 		Search:         planner.SearchOptions{GridPoints: f.grid, GridSpacing: f.gridSpacing, MaxStages: f.maxStages},
 		CostBatch:      f.costBatch,
+		StageBatchShare: f.stageBatchShare,
 		Headroom:       f.headroom,
 		CPUHeadroom:    f.cpuHeadroom,
 		LatencySlack:   f.latencySlack,
@@ -447,6 +450,21 @@ type planShow struct {
 	Gears        []planShowGear     `json:"gears"`
 }
 
+// stageBatches writes a gear's max batch, or each stage's where one has a
+// cap of its own (plan.Stage.MaxBatch), e.g. "64/8".
+func stageBatches(g plan.Gear) string {
+	batches := make([]string, len(g.Cascade))
+	capped := false
+	for j, s := range g.Cascade {
+		batches[j] = strconv.Itoa(g.MaxBatch(s.Model))
+		capped = capped || s.MaxBatch > 0
+	}
+	if !capped {
+		return strconv.Itoa(g.Batching.MaxBatch)
+	}
+	return strings.Join(batches, "/")
+}
+
 // planShowGear is one row of the gear table.
 type planShowGear struct {
 	ID string `json:"id"`
@@ -525,8 +543,8 @@ func printGears(w io.Writer, p *plan.Plan) {
 		if holdout {
 			acc += fmt.Sprintf(" / %.2f", 100*g.Predicted.ValidationAccuracy)
 		}
-		fmt.Fprintf(tw, "%s\t%.6g-%s\t%s\t%d\t%g\t%s\t%s\t%.3g\t%.4g\n",
-			g.ID, lo, hi, plan.CascadeString(g.Cascade), g.Batching.MaxBatch, g.Batching.MaxDelayMs,
+		fmt.Fprintf(tw, "%s\t%.6g-%s\t%s\t%s\t%g\t%s\t%s\t%.3g\t%.4g\n",
+			g.ID, lo, hi, plan.CascadeString(g.Cascade), stageBatches(g), g.Batching.MaxDelayMs,
 			strings.Join(runners, "/"), acc, g.Predicted.P95Ms, g.Predicted.CostMsPerItem)
 		lo = g.MaxQPS
 	}

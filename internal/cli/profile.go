@@ -209,16 +209,15 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 
 // profileSystem is what --system-qps measured.
 type profileSystem struct {
-	loads []systemResult
-	floor floorResult
+	loads  []systemResult
+	behind error
+	floor  floorResult
 }
 
 // measureSystem runs the all-in-one system serving model m alone and
 // records the request overhead and the latency floor in pf.
 func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, m profile.Model, loads []float64, lib string) (profileSystem, error) {
-	var sys profileSystem
-	var err error
-	sys.loads, sys.floor, err = measureRequestOverhead(ctx, systemMeasurement{
+	runs, err := measureRequestOverhead(ctx, systemMeasurement{
 		Model: m, Profile: pf.Models[m.Name], QPS: loads, FloorQPS: f.floorQPS,
 		Warmup: 3 * time.Second, Duration: f.systemTime, Rounds: f.systemRounds,
 		Runners: f.systemRunners, Threads: f.threads, Lib: lib, WorkerEnv: f.pf.workerEnv(),
@@ -230,8 +229,9 @@ func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, 
 		MaxP95:    f.systemMaxP95,
 	})
 	if err != nil {
-		return sys, err
+		return profileSystem{}, err
 	}
+	sys := profileSystem{loads: runs.Loads, behind: runs.Behind, floor: runs.Floor}
 	perRequest, idle := systemCPU(sys.loads, f.fitCPU)
 	pf.RequestOverheadMs, pf.IdleCPUMsPerS = roundSig4(perRequest), roundSig4(idle)
 	if f.curveCPU {
@@ -275,6 +275,9 @@ func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Mod
 		} else if f.curveCPU {
 			fmt.Fprintf(w, "  latency floor there (live less simulated, p50/p95): %.3g/%.3g ms\n", r.FloorMs, r.FloorP95Ms)
 		}
+	}
+	if sys.behind != nil {
+		fmt.Fprintf(w, "saturated: %v; that load and the higher ones stay out\n", sys.behind)
 	}
 	if len(sys.loads) > 0 {
 		how := "the highest per request"

@@ -189,3 +189,31 @@ func queueStored(t *testing.T, ms *measuredSystem) uint64 {
 	}
 	return stored
 }
+
+// TestProfileSystemStopsAtSaturation checks that a load the system cannot
+// keep up with ends the list of loads instead of the profile.
+func TestProfileSystemStopsAtSaturation(t *testing.T) {
+	orttest.Library(t, onnxrt.FindLibrary)
+	out := filepath.Join(t.TempDir(), "profile.json")
+	stdout, err := runProfileCLI(t, "--out", out, "--quiet", "--max-batch", "2", "--reps", "1", "--warmup", "1",
+		"--hop-samples", "20", "--system-qps", "40,200000,300000", "--system-rounds", "2", "--floor-qps", "0",
+		"--system-duration", "1s", "--runners", "1")
+	if err != nil {
+		t.Fatalf("profile: %v\n%s", err, stdout)
+	}
+	f, err := plan.LoadProfileFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(f.RequestOverheadMs > 0) {
+		t.Errorf("request overhead %v ms: want the 40 req/s load measured", f.RequestOverheadMs)
+	}
+	for _, want := range []string{"system at 40 req/s", "saturated: the system did not keep up at 200000 requests/s"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+	if strings.Contains(stdout, "300000") {
+		t.Errorf("output mentions the load above the saturated one:\n%s", stdout)
+	}
+}

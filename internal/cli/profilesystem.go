@@ -112,50 +112,71 @@ var errSystemBehind = errors.New("the system did not keep up")
 // same run, which charges the overheads measured so far (systemCPU): the
 // difference is the latency of the live path that
 // the simulator does not model (plan.ProfileFile.LatencyFloorMs).
-func measureRequestOverhead(ctx context.Context, m systemMeasurement) ([]systemResult, floorResult, error) {
+// The loads go up to saturation: the first (above the lowest) that the
+// system falls behind at in the first round ends the list (systemRuns.Behind).
+func measureRequestOverhead(ctx context.Context, m systemMeasurement) (systemRuns, error) {
 	dir, err := os.MkdirTemp("", "cascadeserve-profile-system-")
 	if err != nil {
-		return nil, floorResult{}, err
+		return systemRuns{}, err
 	}
 	defer os.RemoveAll(dir)
 	systems := systemSource{ctx: ctx, dir: dir, m: m}
 	defer systems.stop()
-	results := make([]systemResult, len(m.QPS))
+	var runs systemRuns
+	loads := m.QPS
+	results := make([]systemResult, len(loads))
 	for round := range max(m.Rounds, 1) {
-		for k, qps := range m.QPS {
+		for k := 0; k < len(loads); k++ {
 			ms, err := systems.next()
 			if err != nil {
-				return nil, floorResult{}, err
+				return systemRuns{}, err
 			}
-			res, err := ms.measureLoad(qps, m)
+			res, err := ms.measureLoad(loads[k], m)
 			switch {
 			case err != nil && round > 0 && errors.Is(err, errSystemBehind):
 				continue // the earlier round stands
+			case err != nil && k > 0 && errors.Is(err, errSystemBehind):
+				// Saturated: this load and the higher ones stay out.
+				runs.Behind = err
+				loads, results = loads[:k], results[:k]
+				continue
 			case err != nil:
-				return nil, floorResult{}, err
+				return systemRuns{}, err
 			}
 			if round == 0 || res.P95 < results[k].P95 {
 				results[k] = res
 			}
 		}
 	}
+	runs.Loads = results
 	if m.Curve {
 		if err := loadFloors(results, m); err != nil {
-			return nil, floorResult{}, err
+			return systemRuns{}, err
 		}
 	}
 	if m.FloorQPS <= 0 {
-		return results, floorResult{}, nil
+		return runs, nil
 	}
 	ms, err := systems.next()
 	if err != nil {
-		return nil, floorResult{}, err
+		return systemRuns{}, err
 	}
-	fl, err := ms.measureFloor(m, results)
-	if err != nil {
-		return nil, floorResult{}, err
+	if runs.Floor, err = ms.measureFloor(m, results); err != nil {
+		return systemRuns{}, err
 	}
-	return results, fl, nil
+	return runs, nil
+}
+
+// systemRuns is what measureRequestOverhead measured.
+type systemRuns struct {
+	// Loads are the measured loads, lowest first: the requested ones up to
+	// the first the system fell behind at in the first round.
+	Loads []systemResult
+	// Behind says, when not nil, at which load the system fell behind:
+	// it and the loads above it stay out of Loads.
+	Behind error
+	// Floor is the low-load run of the latency floor.
+	Floor floorResult
 }
 
 // systemSource hands measureRequestOverhead the system of each timed run:

@@ -81,6 +81,11 @@ func (pl *walker) gear(i int, g *gearChoice, maxQPS float64) plan.Gear {
 	c := pl.cands[g.cand]
 	stages := slices.Clone(c.Stages)
 	stages[len(stages)-1].Threshold = 0
+	for j := range stages {
+		if b := pl.cfg.stageBatch(stages[j].Model, g.batching.MaxBatch); b < g.batching.MaxBatch {
+			stages[j].MaxBatch = b
+		}
+	}
 	return plan.Gear{
 		ID:       fmt.Sprintf("g%d", i+1),
 		MaxQPS:   maxQPS,
@@ -111,6 +116,7 @@ func (pl *walker) metadata(res *Result, edges []float64) map[string]any {
 		"grid_spacing":         cfg.Search.withDefaults().GridSpacing,
 		"max_stages":           cfg.Search.MaxStages,
 		"cost_batch":           cfg.CostBatch,
+		"stage_batch_share":    cfg.StageBatchShare,
 		"headroom":             cfg.Headroom,
 		"cpu_headroom":         cmp.Or(cfg.CPUHeadroom, cfg.Headroom),
 		"latency_slack":        cfg.LatencySlack,

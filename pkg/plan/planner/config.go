@@ -195,6 +195,15 @@ type Config struct {
 	// every load below it its wait. The top of the range gets a gear of
 	// its own, the same cascade with the longer delay.
 	LatencySlack float64
+	// StageBatchShare caps each stage's max batch (plan.Stage.MaxBatch) at
+	// the largest batch, halving from the gear's, whose profiled compute
+	// takes at most this share of the SLO (0: no cap; at least batch 1).
+	// A costly last model in batches of the gear's size holds one runner
+	// for longer than the SLO (the MNIST ladder's resnet: ~180 ms for 64
+	// items on one thread), so the few items that reach it wait that long
+	// and every other model's queue loses that runner meanwhile; in
+	// smaller batches its per-item cost barely rises.
+	StageBatchShare float64
 	// BatchSizes are the max batch sizes searched (default 1, 2, 4, …, 128).
 	BatchSizes []int
 	// DelaysMs are the max delays searched (default 0 and 2%, 5%, 10%, 20%
@@ -343,6 +352,9 @@ func (cfg *Config) checkGrids(ps *problems) {
 	if cfg.CostBatch < 1 {
 		ps.add("cost batch must be >= 1, got %d", cfg.CostBatch)
 	}
+	if !(cfg.StageBatchShare >= 0 && cfg.StageBatchShare <= 1) {
+		ps.add("stage batch share must be in [0,1] (0: no cap), got %v", cfg.StageBatchShare)
+	}
 	if !(cfg.Headroom > 0 && cfg.Headroom <= 1) {
 		ps.add("headroom must be in (0,1], got %v", cfg.Headroom)
 	}
@@ -404,6 +416,21 @@ func (cfg *Config) checkLadder(ps *problems) {
 func (cfg *Config) itemCost(model string, b int) float64 {
 	b = max(b, 1)
 	return cfg.computeCost(model, b) + cfg.Profile.ItemOverheadMs + cfg.Profile.BatchOverheadMs/float64(b)
+}
+
+// stageBatch is the max batch of model in a gear whose max batch is b:
+// b halved until the model's profiled batch latency is within
+// StageBatchShare of the SLO (b itself without a cap).
+func (cfg *Config) stageBatch(model string, b int) int {
+	if cfg.StageBatchShare <= 0 {
+		return b
+	}
+	limit := cfg.StageBatchShare * cfg.SLOP95Ms
+	prof := cfg.Profile.Models[model]
+	for b > 1 && prof.LatencyMs(b) > limit {
+		b /= 2
+	}
+	return max(b, 1)
 }
 
 // computeCost is the CPU time per item of a model's own compute in batches

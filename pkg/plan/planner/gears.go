@@ -106,7 +106,7 @@ func (pl *walker) simConfig(cand int, q float64, b plan.Batching, runners []int)
 			Model:      s.Model,
 			Profile:    pl.cfg.Profile.Models[s.Model],
 			Runners:    runners[j],
-			MaxBatch:   b.MaxBatch,
+			MaxBatch:   pl.cfg.stageBatch(s.Model, b.MaxBatch),
 			MaxDelayMs: b.MaxDelayMs,
 			MaxQueue:   pl.cfg.MaxQueue,
 		})
@@ -388,9 +388,10 @@ func (pl *walker) canKeepUp(cand int, q float64, b int, runners []int) bool {
 	for j, s := range c.Stages {
 		// The cores count the model's compute only: the CPU that moving
 		// messages costs is part of the overhead measured as rho.
-		total += q / 1000 * c.Reach[j] * pl.cfg.computeCost(s.Model, b) / float64(pl.cfg.Capacity)
+		sb := pl.cfg.stageBatch(s.Model, b)
+		total += q / 1000 * c.Reach[j] * pl.cfg.computeCost(s.Model, sb) / float64(pl.cfg.Capacity)
 		// Shared runners lend each other their time: only the total counts.
-		work := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, b)
+		work := q / 1000 * c.Reach[j] * pl.cfg.itemCost(s.Model, sb)
 		if pl.cfg.RunnerPool == plan.RunnerPoolPerModel && work/float64(runners[j])/(1-rho) > pl.cfg.Headroom {
 			return false
 		}

@@ -785,3 +785,56 @@ func TestPlanCPUHeadroomBoundsTheCoresAlone(t *testing.T) {
 		t.Errorf("planner metadata cpu_headroom %v without one, want the headroom's 0.5", got)
 	}
 }
+
+// TestPlanCapsACostlyStagesBatch checks Config.StageBatchShare: every
+// stage's batch in the plan runs within the share of the SLO (or is down to
+// one item), stages within it keep the gear's batch without an override,
+// and a simulation made from the plan's gear runs the capped batches.
+func TestPlanCapsACostlyStagesBatch(t *testing.T) {
+	cfg := smallConfig(t)
+	costly := cfg.Replay.Models[len(cfg.Replay.Models)-1]
+	// A share at which the costliest model's batches of 4 are the most
+	// that fit.
+	share := cfg.Profile.Models[costly].LatencyMs(4) / cfg.SLOP95Ms
+	uncapped := mustMake(t, cfg)
+	for _, g := range uncapped.Plan.Gears {
+		for _, s := range g.Cascade {
+			if s.MaxBatch != 0 {
+				t.Fatalf("without a share gear %s caps %s at %d", g.ID, s.Model, s.MaxBatch)
+			}
+		}
+	}
+	cfg.StageBatchShare = share
+	res := mustMake(t, cfg)
+	checkPlanInvariants(t, cfg, res)
+	capped := 0
+	for i, g := range res.Plan.Gears {
+		sc, err := simulate.GearConfig(res.Plan, i, g.MaxQPS, simulate.GearOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, s := range g.Cascade {
+			if got := sc.Stages[j].MaxBatch; got != g.MaxBatch(s.Model) {
+				t.Errorf("gear %s: the simulation of the plan runs %s in batches of %d, the plan says %d", g.ID, s.Model, got, g.MaxBatch(s.Model))
+			}
+			b := g.MaxBatch(s.Model)
+			lat := cfg.Profile.Models[s.Model].LatencyMs(b)
+			if b > 1 && lat > share*cfg.SLOP95Ms {
+				t.Errorf("gear %s: %s in batches of %d takes %.3g ms, over %.3g ms", g.ID, s.Model, b, lat, share*cfg.SLOP95Ms)
+			}
+			if s.MaxBatch == 0 {
+				continue
+			}
+			capped++
+			if s.MaxBatch >= g.Batching.MaxBatch {
+				t.Errorf("gear %s: %s capped at %d, not below the gear's %d", g.ID, s.Model, s.MaxBatch, g.Batching.MaxBatch)
+			}
+			if twice := cfg.Profile.Models[s.Model].LatencyMs(2 * s.MaxBatch); 2*s.MaxBatch <= g.Batching.MaxBatch && twice <= share*cfg.SLOP95Ms {
+				t.Errorf("gear %s: %s capped at %d, but %d items take %.3g ms, within the share", g.ID, s.Model, s.MaxBatch, 2*s.MaxBatch, twice)
+			}
+		}
+	}
+	if capped == 0 {
+		t.Fatalf("no stage capped at share %.3g: the test checks nothing; gears %+v", share, res.Plan.Gears)
+	}
+}
