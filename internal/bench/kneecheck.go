@@ -34,6 +34,13 @@ type KneeConfig struct {
 	// Tolerance is the largest acceptable |measured / planned − 1| (default
 	// 0.15).
 	Tolerance float64
+	// SharedProbes runs all of a gear's probes on one system, each after
+	// the ones before; by default every probe gets a fresh system, as
+	// `profile --system-qps` measures each load: a probe does not inherit
+	// what an overloaded one before it left behind (backlog, and the
+	// message ids of the streams' deduplication windows, which nats-server
+	// holds in memory for CASCADE_DEDUPE_WINDOW).
+	SharedProbes bool
 }
 
 func (c *KneeConfig) defaults() error {
@@ -62,6 +69,7 @@ type KneeSettings struct {
 	Factor          float64 `json:"factor"`
 	Resolution      float64 `json:"resolution"`
 	Tolerance       float64 `json:"tolerance"`
+	SharedProbes    bool    `json:"shared_probes,omitempty"`
 	RequestItems    int     `json:"request_items"`
 	UINT8           bool    `json:"uint8_inputs"`
 }
@@ -96,6 +104,9 @@ type GearKnee struct {
 	Stopped string    `json:"stopped"`
 	Seconds float64   `json:"seconds"`
 	Probes  []KneeRun `json:"probes"`
+	// Systems is how many systems the probes ran on: one per probe run,
+	// or one in all with KneeConfig.SharedProbes.
+	Systems int `json:"systems"`
 }
 
 // KneeRun is one probe: its verdict and the run.
@@ -162,16 +173,29 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 		Settings: KneeSettings{
 			SLOP95Ms: p.SLO.P95Ms, MaxErrorRate: cfg.MaxErrorRate, WarmupSeconds: cfg.Warmup.Seconds(),
 			DurationSeconds: cfg.Duration.Seconds(), BudgetSeconds: cfg.Budget.Seconds(), Factor: cfg.Factor,
-			Resolution: cfg.Resolution, Tolerance: cfg.Tolerance, RequestItems: cfg.RequestItems, UINT8: p.Input.UINT8Scale > 0,
+			Resolution: cfg.Resolution, Tolerance: cfg.Tolerance, SharedProbes: cfg.SharedProbes,
+			RequestItems: cfg.RequestItems, UINT8: p.Input.UINT8Scale > 0,
 		},
 	}
 	progress := cfg.progressf
 	sc := cfg.Live
 	for _, gi := range gears {
 		g := p.Gears[gi]
-		gk, err := withSystem(ctx, cfg.TempDir, sc.systemConfig(g.ID), func(sys *system.System) (GearKnee, error) {
-			return gearKnee(ctx, cfg, p, g, sys, progress)
-		})
+		search := func(on probeSystems) (GearKnee, error) { return gearKnee(ctx, cfg, p, g, on, progress) }
+		var gk GearKnee
+		systems := 0
+		if cfg.SharedProbes {
+			gk, err = withSystem(ctx, cfg.TempDir, sc.systemConfig(g.ID), func(sys *system.System) (GearKnee, error) {
+				systems++
+				return search(func(f func(*system.System) (LoadRun, error)) (LoadRun, error) { return f(sys) })
+			})
+		} else {
+			gk, err = search(func(f func(*system.System) (LoadRun, error)) (LoadRun, error) {
+				systems++
+				return withSystem(ctx, cfg.TempDir, sc.systemConfig(g.ID), f)
+			})
+		}
+		gk.Systems = systems
 		if err != nil {
 			return nil, fmt.Errorf("capacity of gear %s: %w", g.ID, err)
 		}
@@ -180,8 +204,21 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 	return out, nil
 }
 
-// gearKnee searches one gear's knee on a system serving it.
-func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sys *system.System, progress func(string, ...any)) (GearKnee, error) {
+// probeStartTime is what a probe takes besides its load, for the search's
+// budget: a second, and two more to start a fresh system.
+func probeStartTime(shared bool) time.Duration {
+	if shared {
+		return time.Second
+	}
+	return 3 * time.Second
+}
+
+// probeSystems runs a probe on a system serving the gear: a fresh one, or
+// the one every probe of the gear shares (KneeConfig.SharedProbes).
+type probeSystems func(probe func(*system.System) (LoadRun, error)) (LoadRun, error)
+
+// gearKnee searches one gear's knee on the systems serving it.
+func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, on probeSystems, progress func(string, ...any)) (GearKnee, error) {
 	out := GearKnee{Gear: g.ID, Cascade: plan.CascadeString(g.Cascade), PlannedQPS: g.MaxQPS, PredictedAccuracy: g.Predicted.Accuracy}
 	start := cfg.Start
 	if !(start > 0) {
@@ -199,10 +236,12 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sy
 		limit := load * max(1, 20*slo/1000)
 		var pr KneeProbe
 		for try := 0; try <= cfg.Retries; try++ {
-			run, err := Load(ctx, sys.Conn, LoadConfig{
-				Pipeline: p.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale,
-				Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: uint64(len(runs) + 1 + try), Stages: stages,
-				Abort: abortAbove(limit),
+			run, err := on(func(sys *system.System) (LoadRun, error) {
+				return Load(ctx, sys.Conn, LoadConfig{
+					Pipeline: p.Pipeline, Items: cfg.Items, QPS: load, RequestItems: cfg.RequestItems, UINT8Scale: p.Input.UINT8Scale,
+					Warmup: cfg.Warmup, Duration: cfg.Duration, Seed: uint64(len(runs) + 1 + try), Stages: stages,
+					Abort: abortAbove(limit),
+				})
 			})
 			if err != nil {
 				return KneeProbe{}, fmt.Errorf("probe at %.0f/s: %w", load, err)
@@ -227,7 +266,7 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, sy
 	}
 	res, err := SearchKnee(ctx, KneeSearch{
 		Start: start, Factor: cfg.Factor, Resolution: cfg.Resolution, Budget: cfg.Budget,
-		ProbeTime: cfg.Warmup + cfg.Duration + time.Second,
+		ProbeTime: cfg.Warmup + cfg.Duration + probeStartTime(cfg.SharedProbes),
 	}, probe)
 	if err != nil {
 		return out, err
@@ -305,8 +344,12 @@ func (k *KneeCheck) writeBody(b *strings.Builder) {
 	}
 	fmt.Fprintf(b, "\nCapacity: highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms, nothing lost, typed errors ≤ %.1f%%;\n",
 		s.SLOP95Ms, 100*s.MaxErrorRate)
-	fmt.Fprintf(b, "gear pinned on a fresh system; probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per gear; %d %s item(s) per request\n",
-		s.WarmupSeconds, s.DurationSeconds, s.Factor, 100*s.Resolution, s.BudgetSeconds, s.RequestItems, input)
+	where := "every probe on a fresh system"
+	if s.SharedProbes {
+		where = "one fresh system per gear, its probes one after the other"
+	}
+	fmt.Fprintf(b, "gear pinned, %s; probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per gear; %d %s item(s) per request\n",
+		where, s.WarmupSeconds, s.DurationSeconds, s.Factor, 100*s.Resolution, s.BudgetSeconds, s.RequestItems, input)
 	tw := newTable(b)
 	fmt.Fprintln(tw, "GEAR\tCASCADE\tPLANNED MAX_QPS\tMEASURED KNEE\tMEASURED/PLANNED\tFIRST MISS\tP95 MS AT KNEE\tACCURACY\tPREDICTED\tPROBES\tSECONDS\tSTOPPED\tVERDICT")
 	for _, g := range k.Gears {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -199,8 +200,15 @@ func TestCheckPlanServesLikeTheInProcessCascade(t *testing.T) {
 }
 
 // TestCheckKneesReportsEachGear runs a tiny knee search on the real
-// system: the report's shape and sanity only, no performance.
+// system, every probe on a fresh system and all on one: the report's shape
+// and sanity only, no performance.
 func TestCheckKneesReportsEachGear(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shared=%v", shared), func(t *testing.T) { testCheckKnees(t, shared) })
+	}
+}
+
+func testCheckKnees(t *testing.T, shared bool) {
 	ctx, lib := wholeSystemTest(t, "a whole system", 2*time.Minute)
 	file := smallPlanFile(t)
 	p, err := plan.LoadFile(file)
@@ -214,11 +222,15 @@ func TestCheckKneesReportsEachGear(t *testing.T) {
 		Gears:        []string{"one"},
 		RequestItems: 4,
 		Probing:      Probing{Warmup: -1, Duration: time.Second, Budget: budget},
+		SharedProbes: shared,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := k.Settings
+	if s.SharedProbes != shared {
+		t.Errorf("settings say shared probes %v, want %v", s.SharedProbes, shared)
+	}
 	if s.SLOP95Ms != p.SLO.P95Ms || s.RequestItems != 4 || s.UINT8 != (p.Input.UINT8Scale > 0) || s.WarmupSeconds != 0 || s.DurationSeconds != 1 ||
 		s.Factor != 1.5 || s.Resolution != 0.05 || s.Tolerance != 0.15 || s.MaxErrorRate != 0.001 {
 		t.Errorf("settings %+v", s)
@@ -234,6 +246,9 @@ func TestCheckKneesReportsEachGear(t *testing.T) {
 	// overloaded is cut short.
 	if g.Seconds > (budget + 10*time.Second).Seconds() {
 		t.Errorf("search took %.1fs with a budget of %v", g.Seconds, budget)
+	}
+	if want := len(g.Probes); shared && g.Systems != 1 || !shared && g.Systems != want {
+		t.Errorf("%d probes ran on %d systems (shared %v)", want, g.Systems, shared)
 	}
 	for _, pr := range g.Probes {
 		r := pr.Run
