@@ -37,15 +37,6 @@ type Config struct {
 	// Threads is the number of intra-op threads per session
 	// (CASCADE_WORKER_THREADS, default 1).
 	Threads int `env:"WORKER_THREADS" envDefault:"1"`
-	// RunnerNice, when > 0, runs every runner on an OS thread of its own
-	// with this nice value (Linux; 1-19), below the rest of the process:
-	// the ingress, nats-server and the workers' messaging then take a core
-	// from a computing runner as soon as they wake, instead of waiting out
-	// its time slice, and the models get every cycle the messaging leaves.
-	// With CASCADE_WORKER_THREADS 1 the model runs on that thread; more
-	// intra-op threads are ONNX Runtime's own and keep their priority.
-	// (CASCADE_WORKER_RUNNER_NICE, default 0: the process's priority.)
-	RunnerNice int `env:"WORKER_RUNNER_NICE" envDefault:"0"`
 	// Provider is the ONNX Runtime execution provider, cpu or cuda
 	// (CASCADE_WORKER_PROVIDER, default cpu). With cuda every hosted model
 	// is loaded on the GPU at start; a missing CUDA library or no usable GPU
@@ -203,7 +194,6 @@ func (c Config) Validate() error {
 	}
 	problems.If(c.Runners < 1 || c.Runners > 256, "CASCADE_WORKER_RUNNERS must be in [1,256], got %d", c.Runners)
 	problems.If(c.Threads < 1 || c.Threads > 256, "CASCADE_WORKER_THREADS must be in [1,256], got %d", c.Threads)
-	problems.If(c.RunnerNice < 0 || c.RunnerNice > 19, "CASCADE_WORKER_RUNNER_NICE must be in [0,19], got %d", c.RunnerNice)
 	problems.If(c.Provider != onnxrt.ProviderCPU && c.Provider != onnxrt.ProviderCUDA, "CASCADE_WORKER_PROVIDER %q: want %s or %s", c.Provider, onnxrt.ProviderCPU, onnxrt.ProviderCUDA)
 	// The CUDA settings are checked whatever the provider: a typo should
 	// not wait for the day the provider changes.

@@ -65,11 +65,6 @@ func newRunner(w *worker, id int, sessions []*onnxrt.Session) *runner {
 // publishes, acks and returns.
 func (r *runner) run(ctx context.Context) error {
 	defer r.forwarders.Wait()
-	if nice := r.w.cfg.RunnerNice; nice > 0 {
-		if err := lowerThreadPriority(nice); err != nil && r.id == 0 {
-			r.w.logger.Warn("runners keep the process's priority", "nice", nice, "err", err)
-		}
-	}
 	for {
 		r.reap()
 		if ctx.Err() != nil {
