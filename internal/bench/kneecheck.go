@@ -34,13 +34,13 @@ type KneeConfig struct {
 	// Tolerance is the largest acceptable |measured / planned − 1| (default
 	// 0.15).
 	Tolerance float64
-	// SharedProbes runs all of a gear's probes on one system, each after
-	// the ones before; by default every probe gets a fresh system, as
-	// `profile --system-qps` measures each load: a probe does not inherit
+	// FreshProbes gives every probe a fresh system, as `profile
+	// --system-qps --system-fresh` measures each load: no probe inherits
 	// what an overloaded one before it left behind (backlog, and the
 	// message ids of the streams' deduplication windows, which nats-server
-	// holds in memory for CASCADE_DEDUPE_WINDOW).
-	SharedProbes bool
+	// holds in memory for CASCADE_DEDUPE_WINDOW). By default a gear's
+	// probes run one after the other on one fresh system.
+	FreshProbes bool
 }
 
 func (c *KneeConfig) defaults() error {
@@ -69,7 +69,7 @@ type KneeSettings struct {
 	Factor          float64 `json:"factor"`
 	Resolution      float64 `json:"resolution"`
 	Tolerance       float64 `json:"tolerance"`
-	SharedProbes    bool    `json:"shared_probes,omitempty"`
+	FreshProbes     bool    `json:"fresh_probes,omitempty"`
 	RequestItems    int     `json:"request_items"`
 	UINT8           bool    `json:"uint8_inputs"`
 }
@@ -104,8 +104,8 @@ type GearKnee struct {
 	Stopped string    `json:"stopped"`
 	Seconds float64   `json:"seconds"`
 	Probes  []KneeRun `json:"probes"`
-	// Systems is how many systems the probes ran on: one per probe run,
-	// or one in all with KneeConfig.SharedProbes.
+	// Systems is how many systems the probes ran on: one in all, or one
+	// per probe run with KneeConfig.FreshProbes.
 	Systems int `json:"systems"`
 }
 
@@ -173,7 +173,7 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 		Settings: KneeSettings{
 			SLOP95Ms: p.SLO.P95Ms, MaxErrorRate: cfg.MaxErrorRate, WarmupSeconds: cfg.Warmup.Seconds(),
 			DurationSeconds: cfg.Duration.Seconds(), BudgetSeconds: cfg.Budget.Seconds(), Factor: cfg.Factor,
-			Resolution: cfg.Resolution, Tolerance: cfg.Tolerance, SharedProbes: cfg.SharedProbes,
+			Resolution: cfg.Resolution, Tolerance: cfg.Tolerance, FreshProbes: cfg.FreshProbes,
 			RequestItems: cfg.RequestItems, UINT8: p.Input.UINT8Scale > 0,
 		},
 	}
@@ -184,7 +184,7 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 		search := func(on probeSystems) (GearKnee, error) { return gearKnee(ctx, cfg, p, g, on, progress) }
 		var gk GearKnee
 		systems := 0
-		if cfg.SharedProbes {
+		if !cfg.FreshProbes {
 			gk, err = withSystem(ctx, cfg.TempDir, sc.systemConfig(g.ID), func(sys *system.System) (GearKnee, error) {
 				systems++
 				return search(func(f func(*system.System) (LoadRun, error)) (LoadRun, error) { return f(sys) })
@@ -214,7 +214,7 @@ func probeStartTime(shared bool) time.Duration {
 }
 
 // probeSystems runs a probe on a system serving the gear: a fresh one, or
-// the one every probe of the gear shares (KneeConfig.SharedProbes).
+// the one every probe of the gear shares (without KneeConfig.FreshProbes).
 type probeSystems func(probe func(*system.System) (LoadRun, error)) (LoadRun, error)
 
 // gearKnee searches one gear's knee on the systems serving it.
@@ -266,7 +266,7 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, on
 	}
 	res, err := SearchKnee(ctx, KneeSearch{
 		Start: start, Factor: cfg.Factor, Resolution: cfg.Resolution, Budget: cfg.Budget,
-		ProbeTime: cfg.Warmup + cfg.Duration + probeStartTime(cfg.SharedProbes),
+		ProbeTime: cfg.Warmup + cfg.Duration + probeStartTime(!cfg.FreshProbes),
 	}, probe)
 	if err != nil {
 		return out, err
@@ -344,9 +344,9 @@ func (k *KneeCheck) writeBody(b *strings.Builder) {
 	}
 	fmt.Fprintf(b, "\nCapacity: highest open-loop Poisson load (items/s) with live p95 ≤ %.0f ms, nothing lost, typed errors ≤ %.1f%%;\n",
 		s.SLOP95Ms, 100*s.MaxErrorRate)
-	where := "every probe on a fresh system"
-	if s.SharedProbes {
-		where = "one fresh system per gear, its probes one after the other"
+	where := "one fresh system per gear, its probes one after the other"
+	if s.FreshProbes {
+		where = "every probe on a fresh system"
 	}
 	fmt.Fprintf(b, "gear pinned, %s; probes of %.0fs warm-up + %.0fs, ×%.2g steps then bisection to %.0f%%, ≤ %.0fs per gear; %d %s item(s) per request\n",
 		where, s.WarmupSeconds, s.DurationSeconds, s.Factor, 100*s.Resolution, s.BudgetSeconds, s.RequestItems, input)

@@ -200,15 +200,15 @@ func TestCheckPlanServesLikeTheInProcessCascade(t *testing.T) {
 }
 
 // TestCheckKneesReportsEachGear runs a tiny knee search on the real
-// system, every probe on a fresh system and all on one: the report's shape
+// system, all probes on one system and every probe on a fresh one: the report's shape
 // and sanity only, no performance.
 func TestCheckKneesReportsEachGear(t *testing.T) {
-	for _, shared := range []bool{false, true} {
-		t.Run(fmt.Sprintf("shared=%v", shared), func(t *testing.T) { testCheckKnees(t, shared) })
+	for _, fresh := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fresh=%v", fresh), func(t *testing.T) { testCheckKnees(t, fresh) })
 	}
 }
 
-func testCheckKnees(t *testing.T, shared bool) {
+func testCheckKnees(t *testing.T, fresh bool) {
 	ctx, lib := wholeSystemTest(t, "a whole system", 2*time.Minute)
 	file := smallPlanFile(t)
 	p, err := plan.LoadFile(file)
@@ -222,14 +222,14 @@ func testCheckKnees(t *testing.T, shared bool) {
 		Gears:        []string{"one"},
 		RequestItems: 4,
 		Probing:      Probing{Warmup: -1, Duration: time.Second, Budget: budget},
-		SharedProbes: shared,
+		FreshProbes:  fresh,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := k.Settings
-	if s.SharedProbes != shared {
-		t.Errorf("settings say shared probes %v, want %v", s.SharedProbes, shared)
+	if s.FreshProbes != fresh {
+		t.Errorf("settings say fresh probes %v, want %v", s.FreshProbes, fresh)
 	}
 	if s.SLOP95Ms != p.SLO.P95Ms || s.RequestItems != 4 || s.UINT8 != (p.Input.UINT8Scale > 0) || s.WarmupSeconds != 0 || s.DurationSeconds != 1 ||
 		s.Factor != 1.5 || s.Resolution != 0.05 || s.Tolerance != 0.15 || s.MaxErrorRate != 0.001 {
@@ -247,8 +247,8 @@ func testCheckKnees(t *testing.T, shared bool) {
 	if g.Seconds > (budget + 10*time.Second).Seconds() {
 		t.Errorf("search took %.1fs with a budget of %v", g.Seconds, budget)
 	}
-	if want := len(g.Probes); shared && g.Systems != 1 || !shared && g.Systems != want {
-		t.Errorf("%d probes ran on %d systems (shared %v)", want, g.Systems, shared)
+	if want := len(g.Probes); !fresh && g.Systems != 1 || fresh && g.Systems != want {
+		t.Errorf("%d probes ran on %d systems (fresh probes %v)", want, g.Systems, fresh)
 	}
 	for _, pr := range g.Probes {
 		r := pr.Run

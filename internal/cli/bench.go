@@ -64,13 +64,12 @@ With --check-plan: predictions checked against reality for one gear
 With --check-plan --knee: each gear's capacity instead, planned vs
 measured, for --gears (default: every gear of the plan), each pinned: the
 highest open-loop Poisson load (items/s) at which the live p95 stays within
-the plan's SLO, nothing is lost and typed errors stay ≤ 0.1%. Every probe
-runs on a fresh all-in-one system, as 'profile --system-qps' measures each
-load, so no probe inherits an overloaded one's backlog or the message ids
-nats-server keeps for the streams' deduplication windows
-(--knee-shared-system: one system per gear, probes one after the other).
-Probes of --warmup (default 2s, discarded) and then
---knee-duration measured start at the gear's max_qps
+the plan's SLO, nothing is lost and typed errors stay ≤ 0.1%, each gear on
+a fresh all-in-one system (--knee-fresh-probes: a fresh one for every
+probe, so that no probe inherits an overloaded one's backlog or the message
+ids nats-server keeps for the streams' deduplication windows). Probes of
+--warmup (default 2s, discarded) and then --knee-duration measured, on the
+same system, start at the gear's max_qps
 (or --knee-start), step up ×1.5 while within the SLO (down while not), then
 bisect between the last good and the first bad load to 5%; a probe with a
 second of its load in flight is cut short; with --knee-retries N a probe that
@@ -151,7 +150,7 @@ type benchFlags struct {
 	fractions                string
 	kneeDuration, kneeBudget time.Duration
 	kneeRetries              int
-	kneeShared               bool
+	kneeFresh                bool
 }
 
 func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
@@ -190,7 +189,7 @@ func (f *benchFlags) register(fs *flag.FlagSet, env Env) {
 	fs.BoolVar(&f.knee, "knee", false, "with --check-plan: measure each gear's capacity (the highest Poisson load within the SLO) against its max_qps instead")
 	fs.DurationVar(&f.kneeDuration, "knee-duration", 5*time.Second, "measured phase of each --knee (and --compare) probe, after --warmup")
 	fs.DurationVar(&f.kneeBudget, "knee-budget", 90*time.Second, "time bound of each gear's --knee search (of each system's with --compare)")
-	fs.BoolVar(&f.kneeShared, "knee-shared-system", false, "with --knee: run a gear's probes one after the other on one system instead of each on a fresh one")
+	fs.BoolVar(&f.kneeFresh, "knee-fresh-probes", false, "with --knee: give every probe a fresh system instead of running a gear's probes one after the other on one")
 	fs.IntVar(&f.kneeRetries, "knee-retries", 0, "with --knee: how often a probe that misses without being cut short is run again at the same load; the load passes if one run does (a slow spell of the machine spoils one run, not the knee)")
 	// --compare and --trace
 	fs.BoolVar(&f.compare, "compare", false, "measure the iso-accuracy capacity of the single model, model switching, the static cascade and CascadeServe instead")
@@ -278,7 +277,7 @@ func (f *benchFlags) kneeConfig(sh benchShared) bench.KneeConfig {
 		RequestItems: f.reqItems,
 		Start:        f.kneeStart,
 		Probing:      bench.Probing{Warmup: sh.warmup, Duration: f.kneeDuration, Budget: f.kneeBudget, Retries: f.kneeRetries},
-		SharedProbes: f.kneeShared,
+		FreshProbes:  f.kneeFresh,
 	}
 	if cfg.Gears == nil && f.gear != "" {
 		cfg.Gears = []string{f.gear}

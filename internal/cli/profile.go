@@ -50,12 +50,13 @@ simulator charges every request on top of its model. With --system-curve
 (the default) each load's point of the cpu_load curve carries the floor
 measured there too (floor_ms, floor_p95_ms): every hop waits for a core, so
 the floor grows as the cores fill, and the simulator reads it at the share
-of the cores its configuration keeps busy. Every run has a fresh system
-(--system-fresh, the default), as the knee search of 'bench --check-plan
---knee' measures each gear: nats-server keeps every message id of a
-stream's deduplication window in memory, and a system that has run at a
-high load for longer than the window (CASCADE_DEDUPE_WINDOW, 2m) spends
-more per request than a young one. Measure where they
+of the cores its configuration keeps busy. The loads run one after the
+other on one system, as a deployed system keeps running: nats-server keeps
+every message id of a stream's deduplication window in memory
+(CASCADE_DEDUPE_WINDOW, 2m), and a system that has run at a high load for
+longer than the window spends more per request than a young one
+(--system-fresh: a fresh system for every run). A load the system falls
+behind at ends the list. Measure where they
 will share the machine (cascadeserve up), at loads the system keeps up
 with; leave it out where they run elsewhere.`
 
@@ -95,7 +96,7 @@ func (f *profileFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.floorQPS, "floor-qps", 200, "with --system-qps, the low load at which the latency floor is measured (0: skip)")
 	fs.DurationVar(&f.systemTime, "system-duration", 10*time.Second, "timed length of the --system-qps run (after a 3s warm-up)")
 	fs.IntVar(&f.systemRounds, "system-rounds", 2, "rounds over the --system-qps loads; each load keeps the round with the lower live p95, so a slow spell of the machine spoils one round, not the curve")
-	fs.BoolVar(&f.systemFresh, "system-fresh", true, "measure every --system-qps run on a fresh all-in-one system, as `bench --check-plan --knee` measures each gear; false: one system for all, whose streams keep the earlier runs' message ids (deduplication windows, CASCADE_DEDUPE_WINDOW)")
+	fs.BoolVar(&f.systemFresh, "system-fresh", false, "measure every --system-qps run on a fresh all-in-one system instead of all on one system that keeps running, as a deployed one does (its streams keep the earlier runs' message ids for CASCADE_DEDUPE_WINDOW, which costs a long-running system at high loads)")
 	fs.IntVar(&f.systemRunners, "runners", 2, "runners of the stage worker in the --system-qps run")
 	fs.IntVar(&f.systemBatch, "system-batch", 32, "max batch of the --system-qps run's gear")
 	fs.DurationVar(&f.systemDelay, "system-delay", 2*time.Millisecond, "max delay of the --system-qps run's gear")
