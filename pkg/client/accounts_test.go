@@ -306,8 +306,8 @@ func TestSubmitAndResultsAsAClientUser(t *testing.T) {
 	}
 
 	// The next Results gets the refused result and the one pulled ahead
-	// at once (handed back, not left to the ack wait of a minute), in
-	// either order.
+	// within seconds (handed back, not left to the ack wait of a minute),
+	// in either order.
 	rctx, stop := context.WithCancel(ctx)
 	results := map[string]wire.Result{}
 	start := time.Now()

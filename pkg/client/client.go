@@ -317,6 +317,14 @@ func WithAckWait(d time.Duration) ResultsOption { return func(o *resultsOptions)
 // ackTimeout bounds the acknowledgement of one result.
 const ackTimeout = 5 * time.Second
 
+// resultsPullExpiry is how long each pull request of Results lives on the
+// server; handBackDelay, past it, is when a result handed back becomes
+// deliverable again (see Results).
+const (
+	resultsPullExpiry = 5 * time.Second
+	handBackDelay     = resultsPullExpiry + time.Second
+)
+
 // Results reads the client's results of durable jobs until ctx ends, and
 // then returns ctx's error. It creates (or updates) the durable pull
 // consumer named after the client on CASCADE_RESULTS, filtered to
@@ -328,12 +336,13 @@ const ackTimeout = 5 * time.Second
 // the OIP v2 JSON body of a job sent as JSON) and handed to handle, one at a
 // time, in the order delivered (stream order, but for results delivered
 // again). A result is acknowledged once handle returns nil. If handle
-// returns an error, the result is negatively acknowledged (to be delivered
-// again) and Results returns that error. A result that cannot be decoded is
-// terminated (never delivered again) and Results returns an error naming
-// it. When Results returns, the results it pulled ahead (WithPrefetch) but
-// did not hand over are negatively acknowledged; any still in transit come
-// again after the ack wait. Delivery is at least once: after a crash before
+// returns an error, the result is negatively acknowledged, to be delivered
+// again after 6 s (past the 5 s life of Results' pull requests, which the
+// server keeps after their reader has gone), and Results returns that error.
+// A result that cannot be decoded is terminated (never delivered again) and
+// Results returns an error naming it. When Results returns, the results it
+// pulled ahead (WithPrefetch) but did not hand over are handed back the same
+// way; any still in transit come again after the ack wait. Delivery is at least once: after a crash before
 // an acknowledgement, a result comes again (its ID joins it to its job).
 func (c *Client) Results(ctx context.Context, handle func(*wire.Result) error, opts ...ResultsOption) error {
 	o := resultsOptions{prefetch: 16}
@@ -355,7 +364,7 @@ func (c *Client) Results(ctx context.Context, handle func(*wire.Result) error, o
 		}
 		return fmt.Errorf("client: results consumer %q on %s: %w", c.client, wire.ResultsStream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(o.prefetch))
+	it, err := cons.Messages(jetstream.PullMaxMessages(o.prefetch), jetstream.PullExpiry(resultsPullExpiry))
 	if err != nil {
 		return fmt.Errorf("client: read results: %w", err)
 	}
@@ -371,14 +380,15 @@ func (c *Client) Results(ctx context.Context, handle func(*wire.Result) error, o
 		it.Drain()
 	}
 	// handBack holds the results to hand back. They are negatively
-	// acknowledged only once the drained iterator has ended, that is once
-	// the server has dropped this reader's pull: a result handed back
-	// while the pull is open is delivered again to the same pull, and one
-	// delivered after its subscription is gone would wait out the ack wait.
+	// acknowledged once the drained iterator has ended, with a delay past
+	// the pull's expiry: the server keeps a pull request until it expires,
+	// even after the reader has unsubscribed, and a result redelivered to
+	// that stale request would be lost until the ack wait. After the delay
+	// the next reader's pull gets it.
 	var handBack []jetstream.Msg
 	defer func() {
 		for _, m := range handBack {
-			_ = m.Nak()
+			_ = m.NakWithDelay(handBackDelay)
 		}
 	}()
 	for {
