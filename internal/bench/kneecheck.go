@@ -206,11 +206,11 @@ func CheckKnees(ctx context.Context, cfg KneeConfig) (*KneeCheck, error) {
 
 // probeStartTime is what a probe takes besides its load, for the search's
 // budget: a second, and two more to start a fresh system.
-func probeStartTime(shared bool) time.Duration {
-	if shared {
-		return time.Second
+func probeStartTime(fresh bool) time.Duration {
+	if fresh {
+		return 3 * time.Second
 	}
-	return 3 * time.Second
+	return time.Second
 }
 
 // probeSystems runs a probe on a system serving the gear: a fresh one, or
@@ -266,7 +266,7 @@ func gearKnee(ctx context.Context, cfg KneeConfig, p *plan.Plan, g plan.Gear, on
 	}
 	res, err := SearchKnee(ctx, KneeSearch{
 		Start: start, Factor: cfg.Factor, Resolution: cfg.Resolution, Budget: cfg.Budget,
-		ProbeTime: cfg.Warmup + cfg.Duration + probeStartTime(!cfg.FreshProbes),
+		ProbeTime: cfg.Warmup + cfg.Duration + probeStartTime(cfg.FreshProbes),
 	}, probe)
 	if err != nil {
 		return out, err

@@ -191,7 +191,7 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var sys profileSystem
+	var sys systemRuns
 	if len(systemQPS) > 0 {
 		if sys, err = f.measureSystem(ctx, pf, ms[0], systemQPS, lib); err != nil {
 			return fmt.Errorf("profile: system: %w", err)
@@ -208,16 +208,9 @@ func runProfile(ctx context.Context, env Env, args []string) error {
 	return nil
 }
 
-// profileSystem is what --system-qps measured.
-type profileSystem struct {
-	loads  []systemResult
-	behind error
-	floor  floorResult
-}
-
 // measureSystem runs the all-in-one system serving model m alone and
 // records the request overhead and the latency floor in pf.
-func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, m profile.Model, loads []float64, lib string) (profileSystem, error) {
+func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, m profile.Model, loads []float64, lib string) (systemRuns, error) {
 	runs, err := measureRequestOverhead(ctx, systemMeasurement{
 		Model: m, Profile: pf.Models[m.Name], QPS: loads, FloorQPS: f.floorQPS,
 		Warmup: 3 * time.Second, Duration: f.systemTime, Rounds: f.systemRounds,
@@ -230,22 +223,21 @@ func (f *profileFlags) measureSystem(ctx context.Context, pf *plan.ProfileFile, 
 		MaxP95:    f.systemMaxP95,
 	})
 	if err != nil {
-		return profileSystem{}, err
+		return systemRuns{}, err
 	}
-	sys := profileSystem{loads: runs.Loads, behind: runs.Behind, floor: runs.Floor}
-	perRequest, idle := systemCPU(sys.loads, f.fitCPU)
+	perRequest, idle := systemCPU(runs.Loads, f.fitCPU)
 	pf.RequestOverheadMs, pf.IdleCPUMsPerS = roundSig4(perRequest), roundSig4(idle)
 	if f.curveCPU {
-		pf.CPULoad = cpuCurve(sys.loads, f.systemMaxP95)
+		pf.CPULoad = cpuCurve(runs.Loads, f.systemMaxP95)
 	}
-	pf.LatencyFloorMs = roundSig4(sys.floor.FloorMs)
-	pf.LatencyFloorP95Ms = roundSig4(sys.floor.FloorP95Ms)
-	return sys, nil
+	pf.LatencyFloorMs = roundSig4(runs.Floor.FloorMs)
+	pf.LatencyFloorP95Ms = roundSig4(runs.Floor.FloorP95Ms)
+	return runs, nil
 }
 
 // print writes what was measured: a table of the models' latencies, the
 // messaging costs and what --system-qps found.
-func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Model, sys profileSystem) {
+func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Model, sys systemRuns) {
 	fmt.Fprintf(w, "%s, %s, %d intra-op threads, provider %s", pf.Host, pf.Runtime, pf.Threads, pf.Provider)
 	if len(pf.ProviderOptions) > 0 {
 		fmt.Fprintf(w, " %v", pf.ProviderOptions)
@@ -268,7 +260,7 @@ func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Mod
 	tw.Flush()
 	fmt.Fprintf(w, "latency in ms per batch (the lowest of three rounds' medians, %d runs in all); NATS hop %.3g ms, messaging %.3g ms/item + %.3g ms/batch\n",
 		pf.Repetitions, pf.HopOverheadMs, pf.ItemOverheadMs, pf.BatchOverheadMs)
-	for _, r := range sys.loads {
+	for _, r := range sys.Loads {
 		fmt.Fprintf(w, "system at %g req/s (%s alone, %d runners): %.3g ms CPU per request, %.3g ms of it the model: overhead %.3g ms (%d answered, p50 %v, p95 %v)\n",
 			r.QPS, ms[0].Name, f.systemRunners, r.CPUMsPerRequest, r.ModelMsPerRequest, r.RequestOverheadMs, r.Answered, r.P50.Round(100*time.Microsecond), r.P95.Round(100*time.Microsecond))
 		if f.curveCPU && pastSaturation(r, f.systemMaxP95) {
@@ -277,10 +269,10 @@ func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Mod
 			fmt.Fprintf(w, "  latency floor there (live less simulated, p50/p95): %.3g/%.3g ms\n", r.FloorMs, r.FloorP95Ms)
 		}
 	}
-	if sys.behind != nil {
-		fmt.Fprintf(w, "saturated: %v; that load and the higher ones stay out\n", sys.behind)
+	if sys.Behind != nil {
+		fmt.Fprintf(w, "saturated: %v; that load and the higher ones stay out\n", sys.Behind)
 	}
-	if len(sys.loads) > 0 {
+	if len(sys.Loads) > 0 {
 		how := "the highest per request"
 		if f.fitCPU {
 			how = "a line fitted over the loads"
@@ -290,7 +282,7 @@ func (f *profileFlags) print(w io.Writer, pf *plan.ProfileFile, ms []profile.Mod
 			fmt.Fprintf(w, "overhead CPU curve (the planner interpolates it): %v\n", pf.CPULoad)
 		}
 	}
-	if floor := sys.floor; floor.QPS > 0 {
+	if floor := sys.Floor; floor.QPS > 0 {
 		fmt.Fprintf(w, "latency floor at %g req/s: measured p50/p95 %.3g/%.3g ms, simulated %.3g/%.3g ms: floor %.3g/%.3g ms\n",
 			floor.QPS, floor.MeasuredP50Ms, floor.MeasuredP95Ms, floor.SimulatedP50Ms, floor.SimulatedP95Ms, pf.LatencyFloorMs, pf.LatencyFloorP95Ms)
 	}
