@@ -33,11 +33,12 @@ type systemMeasurement struct {
 	// before each, Warmup runs untimed, then Duration is timed.
 	QPS              []float64
 	Warmup, Duration time.Duration
-	// Fresh starts a new system for every timed run, the way the knee
-	// search measures each gear: the streams' deduplication windows, which
-	// nats-server holds in memory, start empty each time. Without it one
-	// system serves every run, and the later loads meet the message ids of
-	// the earlier ones.
+	// Fresh starts a new system for every timed run, as `bench
+	// --check-plan --knee --knee-fresh-probes` does for every probe: the
+	// streams' deduplication windows, which nats-server holds in memory,
+	// start empty each time. Without it (the default) one system serves
+	// every run, as a deployed system keeps running, and the later loads
+	// meet the message ids of the earlier ones.
 	Fresh bool
 	// Rounds (at least 1) go over QPS one after the other; each load keeps
 	// the round with the lower live p95, so a slow spell of the machine
@@ -181,9 +182,7 @@ type systemRuns struct {
 }
 
 // systemSource hands measureRequestOverhead the system of each timed run:
-// with m.Fresh a new one every time, as the knee search of `bench
-// --check-plan --knee` measures each gear on a fresh system; otherwise the
-// same one throughout.
+// with m.Fresh a new one every time; otherwise the same one throughout.
 type systemSource struct {
 	ctx context.Context
 	dir string

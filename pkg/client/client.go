@@ -342,8 +342,9 @@ const (
 // A result that cannot be decoded is terminated (never delivered again) and
 // Results returns an error naming it. When Results returns, the results it
 // pulled ahead (WithPrefetch) but did not hand over are handed back the same
-// way; any still in transit come again after the ack wait. Delivery is at least once: after a crash before
-// an acknowledgement, a result comes again (its ID joins it to its job).
+// way; any still in transit come again after the ack wait. Delivery is at
+// least once: after a crash before an acknowledgement, a result comes again
+// (its ID joins it to its job).
 func (c *Client) Results(ctx context.Context, handle func(*wire.Result) error, opts ...ResultsOption) error {
 	o := resultsOptions{prefetch: 16}
 	for _, f := range opts {

@@ -199,7 +199,7 @@ type Config struct {
 	// the largest batch, halving from the gear's, whose profiled compute
 	// takes at most this share of the SLO (0: no cap; at least batch 1).
 	// A costly last model in batches of the gear's size holds one runner
-	// for longer than the SLO (the MNIST ladder's resnet: ~180 ms for 64
+	// for longer than the SLO (the MNIST ladder's resnet: ~156 ms for 64
 	// items on one thread), so the few items that reach it wait that long
 	// and every other model's queue loses that runner meanwhile; in
 	// smaller batches its per-item cost barely rises.
