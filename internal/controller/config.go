@@ -53,8 +53,10 @@ type Config struct {
 	Storage string `env:"STORAGE" envDefault:"file"`
 	// Replicas of every stream (1 on a single server, 3 in a cluster).
 	Replicas int `env:"REPLICAS" envDefault:"1"`
-	// AckWait is how long a delivered, unacked item waits before redelivery.
-	AckWait time.Duration `env:"ACK_WAIT" envDefault:"30s"`
+	// AckWait is how long a delivered, unacked item waits before redelivery:
+	// how long a dead worker's batch waits for another worker. A worker whose
+	// batch takes longer tells the server it is still in progress.
+	AckWait time.Duration `env:"ACK_WAIT" envDefault:"2s"`
 	// MaxDeliver is how often an item is delivered before it is dead-lettered.
 	MaxDeliver int `env:"MAX_DELIVER" envDefault:"5"`
 	// MaxAckPending caps un-acked items per model consumer over all workers
@@ -65,15 +67,21 @@ type Config struct {
 	// counted from the record's last write): a repeat within it gets the
 	// first request's result.
 	IdempotencyWindow time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"2m"`
-	// DedupeWindow is every stream's deduplication window (Nats-Msg-Id):
-	// an envelope, escalation or result published again within it is
-	// stored once. It must exceed AckWait, so that a batch redelivered
-	// after a worker died between publishing and acking is deduplicated.
-	// nats-server keeps every id of the window in memory, and the
-	// collector scans them: on the 2-core box a long-running system at
-	// 40,000 req/s went from p95 10 to 24 ms as a 2-minute window filled,
-	// and stayed at 10–13 ms with 10 s. Default 2m (NATS's).
+	// DedupeWindow is the deduplication window (Nats-Msg-Id) of the jobs,
+	// results and dead-letter streams: a producer's job or a result
+	// published again within it is stored once. It must exceed
+	// (MaxDeliver−1) × AckWait, so that a result published again by a batch
+	// redelivered after a worker died between publishing and acking is
+	// deduplicated. Default 2m (NATS's).
 	DedupeWindow time.Duration `env:"DEDUPE_WINDOW" envDefault:"2m"`
+	// QueueDedupeWindow is the deduplication window of the models' work
+	// queues (envelopes and escalations). It must exceed (MaxDeliver−1) ×
+	// AckWait, every redelivery of one batch. nats-server keeps every id
+	// of the window in memory, and a long window slows a long-running
+	// system: on the 2-core box, after two minutes at 40,000 req/s, p95 read
+	// 40–56 ms with a 2-minute window, 26–30 ms with 30 s and 13–20 ms with
+	// 10 s. Default (0): MaxDeliver × AckWait, 10s.
+	QueueDedupeWindow time.Duration `env:"QUEUE_DEDUPE_WINDOW"`
 }
 
 // ConfigFromEnv parses the configuration from environ (names with the
@@ -106,7 +114,9 @@ func (c Config) Validate() error {
 	problems.If(c.MaxDeliver < 1, "CASCADE_MAX_DELIVER must be >= 1, got %d", c.MaxDeliver)
 	problems.If(c.MaxAckPending < 1, "CASCADE_MAX_ACK_PENDING must be >= 1, got %d", c.MaxAckPending)
 	problems.If(c.IdempotencyWindow < time.Second, "CASCADE_IDEMPOTENCY_WINDOW must be >= 1s, got %v", c.IdempotencyWindow)
-	problems.If(c.DedupeWindow <= c.AckWait, "CASCADE_DEDUPE_WINDOW must exceed CASCADE_ACK_WAIT (%v), got %v: a batch redelivered after a worker died between publishing and acking would publish its escalations and results twice", c.AckWait, c.DedupeWindow)
+	redeliveries := c.AckWait * time.Duration(max(c.MaxDeliver-1, 1))
+	problems.If(c.DedupeWindow <= redeliveries, "CASCADE_DEDUPE_WINDOW must exceed (CASCADE_MAX_DELIVER−1) × CASCADE_ACK_WAIT (%v), got %v: a batch redelivered after a worker died between publishing and acking would publish its results twice", redeliveries, c.DedupeWindow)
+	problems.If(c.QueueDedupeWindow < 0 || (c.QueueDedupeWindow > 0 && c.QueueDedupeWindow <= redeliveries), "CASCADE_QUEUE_DEDUPE_WINDOW must be 0 (MaxDeliver × AckWait) or exceed (CASCADE_MAX_DELIVER−1) × CASCADE_ACK_WAIT (%v), got %v: a batch redelivered after a worker died between publishing and acking would queue its escalations twice", redeliveries, c.QueueDedupeWindow)
 	return problems.Err(ErrInvalidConfig)
 }
 
@@ -117,14 +127,15 @@ func (c Config) Topology() (natsbus.TopologyConfig, error) {
 		return natsbus.TopologyConfig{}, err
 	}
 	return natsbus.TopologyConfig{
-		Storage:       st,
-		Replicas:      c.Replicas,
-		MaxQueue:      c.QueueMaxMsgs,
-		MaxQueueBytes: c.QueueMaxBytes,
-		AckWait:       c.AckWait,
-		MaxDeliver:    c.MaxDeliver,
-		MaxAckPending: c.MaxAckPending,
-		Duplicates:    c.DedupeWindow,
+		Storage:         st,
+		Replicas:        c.Replicas,
+		MaxQueue:        c.QueueMaxMsgs,
+		MaxQueueBytes:   c.QueueMaxBytes,
+		AckWait:         c.AckWait,
+		MaxDeliver:      c.MaxDeliver,
+		MaxAckPending:   c.MaxAckPending,
+		Duplicates:      c.DedupeWindow,
+		QueueDuplicates: c.QueueDedupeWindow,
 
 		IdempotencyWindow: c.IdempotencyWindow,
 	}, nil

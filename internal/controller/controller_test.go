@@ -586,7 +586,7 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := natsbus.TopologyConfig{Storage: jetstream.FileStorage, Replicas: 1, MaxQueue: 20000, MaxQueueBytes: 256 << 20,
-		AckWait: 30 * time.Second, MaxDeliver: 5, MaxAckPending: 4096, Duplicates: 2 * time.Minute, IdempotencyWindow: 2 * time.Minute}
+		AckWait: 2 * time.Second, MaxDeliver: 5, MaxAckPending: 4096, Duplicates: 2 * time.Minute, IdempotencyWindow: 2 * time.Minute}
 	if topo != want {
 		t.Errorf("default topology %+v, want %+v", topo, want)
 	}
@@ -595,12 +595,12 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 
 	cfg, err = ConfigFromEnv(map[string]string{"CASCADE_STORAGE": "memory", "CASCADE_REPLICAS": "3", "CASCADE_QUEUE_MAX_MSGS": "7",
-		"CASCADE_ACK_WAIT": "1m", "CASCADE_MAX_DELIVER": "2", "CASCADE_GEAR": "cheap", "CASCADE_PLAN": "/p.json", "CASCADE_IDEMPOTENCY_WINDOW": "10m", "CASCADE_DEDUPE_WINDOW": "90s"})
+		"CASCADE_ACK_WAIT": "1m", "CASCADE_MAX_DELIVER": "2", "CASCADE_GEAR": "cheap", "CASCADE_PLAN": "/p.json", "CASCADE_IDEMPOTENCY_WINDOW": "10m", "CASCADE_DEDUPE_WINDOW": "90s", "CASCADE_QUEUE_DEDUPE_WINDOW": "61s"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if topo, _ := cfg.Topology(); topo.Storage != jetstream.MemoryStorage || topo.Replicas != 3 || topo.MaxQueue != 7 ||
-		topo.AckWait != time.Minute || topo.MaxDeliver != 2 || cfg.Gear != "cheap" || cfg.Plan != "/p.json" || topo.IdempotencyWindow != 10*time.Minute || topo.Duplicates != 90*time.Second {
+		topo.AckWait != time.Minute || topo.MaxDeliver != 2 || cfg.Gear != "cheap" || cfg.Plan != "/p.json" || topo.IdempotencyWindow != 10*time.Minute || topo.Duplicates != 90*time.Second || topo.QueueDuplicates != 61*time.Second {
 		t.Errorf("parsed %+v / %+v", cfg, topo)
 	}
 
@@ -610,11 +610,11 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 
 	_, err = ConfigFromEnv(map[string]string{"CASCADE_STORAGE": "tape", "CASCADE_REPLICAS": "0", "CASCADE_UPSHIFT_BACKLOG": "0s",
-		"CASCADE_LOG_LEVEL": "loud", "CASCADE_PIPELINE": "a.b", "CASCADE_DEDUPE_WINDOW": "30s"})
+		"CASCADE_LOG_LEVEL": "loud", "CASCADE_PIPELINE": "a.b", "CASCADE_DEDUPE_WINDOW": "8s", "CASCADE_QUEUE_DEDUPE_WINDOW": "5s"})
 	if !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("bad config: err %v, want ErrInvalidConfig", err)
 	}
-	for _, want := range []string{"CASCADE_STORAGE", "CASCADE_REPLICAS", "CASCADE_UPSHIFT_BACKLOG", "CASCADE_LOG_LEVEL", "CASCADE_PIPELINE", "CASCADE_DEDUPE_WINDOW must exceed CASCADE_ACK_WAIT"} {
+	for _, want := range []string{"CASCADE_STORAGE", "CASCADE_REPLICAS", "CASCADE_UPSHIFT_BACKLOG", "CASCADE_LOG_LEVEL", "CASCADE_PIPELINE", "CASCADE_DEDUPE_WINDOW must exceed (CASCADE_MAX_DELIVER−1) × CASCADE_ACK_WAIT (8s), got 8s", "CASCADE_QUEUE_DEDUPE_WINDOW must be 0 (MaxDeliver × AckWait) or exceed (CASCADE_MAX_DELIVER−1) × CASCADE_ACK_WAIT (8s), got 5s"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

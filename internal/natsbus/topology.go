@@ -51,10 +51,21 @@ type TopologyConfig struct {
 	ResultsMaxAge time.Duration
 	// DLQMaxAge is how long dead letters are kept (default 7 days).
 	DLQMaxAge time.Duration
-	// Duplicates is the deduplication window of every stream (default 2m).
+	// Duplicates is the deduplication window of the jobs, results and
+	// dead-letter streams (default 2m, NATS's): a producer's retried job
+	// and a result published again are stored once.
 	Duplicates time.Duration
+	// QueueDuplicates is the deduplication window of the models' work
+	// queues (default MaxDeliver × AckWait): an envelope or escalation
+	// published again by a redelivered batch is stored once. It must cover
+	// every redelivery of one message, (MaxDeliver−1) × AckWait. nats-server
+	// holds every id of the window in memory; a short window keeps a
+	// long-running system as fast as a young one.
+	QueueDuplicates time.Duration
 	// AckWait is how long a delivered, unacked message waits before
-	// redelivery (default 30s, far above any batch's compute time).
+	// redelivery (default 2s, far above any batch's compute time; a stage
+	// worker whose batch takes longer tells the server it is still in
+	// progress). It is how long a dead worker's batch waits for another.
 	AckWait time.Duration
 	// MaxDeliver is how often a message is delivered before it goes to the
 	// dead-letter subject (default 5).
@@ -85,8 +96,9 @@ func (c TopologyConfig) WithDefaults() TopologyConfig {
 	c.ResultsMaxAge = cmp.Or(c.ResultsMaxAge, time.Hour)
 	c.DLQMaxAge = cmp.Or(c.DLQMaxAge, 7*24*time.Hour)
 	c.Duplicates = cmp.Or(c.Duplicates, 2*time.Minute)
-	c.AckWait = cmp.Or(c.AckWait, 30*time.Second)
+	c.AckWait = cmp.Or(c.AckWait, 2*time.Second)
 	c.MaxDeliver = cmp.Or(c.MaxDeliver, 5)
+	c.QueueDuplicates = cmp.Or(c.QueueDuplicates, time.Duration(max(c.MaxDeliver, 2))*c.AckWait)
 	c.MaxAckPending = cmp.Or(c.MaxAckPending, 4096)
 	c.IdempotencyWindow = cmp.Or(c.IdempotencyWindow, 2*time.Minute)
 	return c
@@ -107,8 +119,10 @@ func ModelPartitionStreamConfig(pipeline, model string, part, partitions int, c 
 	if partitions > 1 {
 		desc += fmt.Sprintf(", partition %d of %d", part, partitions)
 	}
-	return workQueueStream(wire.ModelPartitionStream(pipeline, model, part, partitions), desc,
+	s := workQueueStream(wire.ModelPartitionStream(pipeline, model, part, partitions), desc,
 		wire.ModelPartitionSubject(pipeline, model, part, partitions), c.MaxQueue, c.MaxQueueBytes, c)
+	s.Duplicates = c.QueueDuplicates
+	return s
 }
 
 // ModelConsumerConfig is the durable pull consumer of one model's stream.

@@ -83,6 +83,52 @@ func TestTopologyBoundsEveryStream(t *testing.T) {
 	}
 }
 
+// TestDeduplicationWindows: the models' work queues keep message ids for
+// MaxDeliver × AckWait by default, long enough for every redelivery of a
+// batch and no longer (nats-server holds each id in memory); jobs, results
+// and dead letters keep them for the producers' window; the consumers
+// redeliver after AckWait. Set windows are taken as they are.
+func TestDeduplicationWindows(t *testing.T) {
+	for _, c := range []struct {
+		name               string
+		cfg                natsbus.TopologyConfig
+		queue, other, wait time.Duration
+	}{
+		{"defaults", natsbus.TopologyConfig{}, 10 * time.Second, 2 * time.Minute, 2 * time.Second},
+		{"derived from ack wait", natsbus.TopologyConfig{AckWait: 3 * time.Second, MaxDeliver: 3}, 9 * time.Second, 2 * time.Minute, 3 * time.Second},
+		{"set", natsbus.TopologyConfig{QueueDuplicates: 45 * time.Second, Duplicates: 5 * time.Minute}, 45 * time.Second, 5 * time.Minute, 2 * time.Second},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := natstest.Start(t)
+			ctx := context.Background()
+			p := natstest.TinyPlan(t)
+			if _, err := natsbus.EnsureTopology(ctx, srv.JS, p, c.cfg); err != nil {
+				t.Fatal(err)
+			}
+			windows := map[string]time.Duration{wire.JobsStream(p.Pipeline): c.other, wire.ResultsStream: c.other, wire.DLQStream(p.Pipeline): c.other}
+			for _, m := range p.Models {
+				windows[wire.ModelStream(p.Pipeline, m.Name)] = c.queue
+			}
+			for stream, want := range windows {
+				s, err := srv.JS.Stream(ctx, stream)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := s.CachedInfo().Config.Duplicates; got != want {
+					t.Errorf("%s: deduplication window %v, want %v", stream, got, want)
+				}
+			}
+			cons, err := srv.JS.Consumer(ctx, wire.ModelStream(p.Pipeline, p.Models[0].Name), wire.ModelConsumer(p.Models[0].Name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cons.CachedInfo().Config.AckWait; got != c.wait {
+				t.Errorf("ack wait %v, want %v", got, c.wait)
+			}
+		})
+	}
+}
+
 // TestIdempotencyBucket: the topology has the idempotency bucket, its TTL
 // the configured window (2 minutes by default), bounded in bytes.
 func TestIdempotencyBucket(t *testing.T) {

@@ -118,6 +118,11 @@
 // inference fails is rerun item by item, so one bad item cannot take its
 // neighbours to the dead-letter subject.
 //
+// While a batch is in hand, the worker tells the server every half AckWait
+// that its messages are in progress, so a slow batch is not redelivered
+// while it is worked on and AckWait can stay short (2 s by default): it is
+// how long a dead worker's batch waits for another.
+//
 // A worker that dies after publishing but before acking leaves its inputs to
 // be redelivered after the consumer's AckWait; the next worker republishes
 // with the same message ids, which JetStream deduplicates within the

@@ -192,6 +192,8 @@ func (r *runner) process(i int, tasks []*task) {
 	h := w.models[i]
 	c := w.ctl.load()
 	now := w.now()
+	stillWorking := keepInProgress(h.ackWait, tasks)
+	defer stillWorking.Stop()
 
 	var run []*itemTask
 	for _, t := range tasks {
@@ -240,8 +242,53 @@ func (r *runner) process(i int, tasks []*task) {
 	if w.hooks.beforeSettle != nil {
 		w.hooks.beforeSettle(h.name, len(tasks))
 	}
+	stillWorking.Stop()
 	for _, t := range tasks {
 		w.settle(h, c, t)
+	}
+}
+
+// progressKeeper tells the server, every half AckWait until stopped, that
+// the messages of a batch are still being worked on, so a batch slower than
+// the consumer's AckWait (a slow model, a slow PubAck) is not redelivered to
+// another worker while this one finishes it. A short AckWait then costs
+// nothing but a quick takeover of a dead worker's batch.
+type progressKeeper struct {
+	mu      sync.Mutex
+	stopped bool
+	timer   *time.Timer
+}
+
+// keepInProgress starts a progressKeeper for tasks; ackWait ≤ 0 starts none.
+func keepInProgress(ackWait time.Duration, tasks []*task) *progressKeeper {
+	k := &progressKeeper{}
+	every := ackWait / 2
+	if every <= 0 {
+		return k
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.timer = time.AfterFunc(every, func() {
+		for _, t := range tasks {
+			// A message settled meanwhile answers ErrMsgAlreadyAckd.
+			_ = t.msg.InProgress()
+		}
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if !k.stopped {
+			k.timer.Reset(every)
+		}
+	})
+	return k
+}
+
+// Stop ends the progress reports; it may be called more than once.
+func (k *progressKeeper) Stop() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.stopped = true
+	if k.timer != nil {
+		k.timer.Stop()
 	}
 }
 

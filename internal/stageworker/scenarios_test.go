@@ -764,3 +764,50 @@ func TestGracefulDrain(t *testing.T) {
 		t.Error("the worker kept pulling after shutdown")
 	}
 }
+
+// TestSlowBatchIsNotRedelivered holds a batch three times the consumer's
+// AckWait while a second worker waits on the same queue: the first worker
+// reports the batch in progress, so the server does not hand it to the
+// second, and every item is answered once, by the first.
+func TestSlowBatchIsNotRedelivered(t *testing.T) {
+	g := gear("solo", 100, 8, 1, "linear")
+	p := testPlan(t, []plan.Gear{g})
+	const ackWait = time.Second
+	e := startEnvWith(t, p, natsbus.TopologyConfig{AckWait: ackWait})
+	rep := e.listen(t, replySubject)
+	const n = 8
+	admitImages(t, e, "linear", g.ID, n, time.Now().Add(time.Minute), nil)
+
+	var once sync.Once
+	held := make(chan int, 1)
+	slow := e.startWorker(t, func(c *Config) { c.Runners = 1 }, hooks{beforePublish: func(_ string, k int) {
+		once.Do(func() {
+			held <- k
+			time.Sleep(3 * ackWait)
+		})
+	}})
+	var inBatch int
+	select {
+	case inBatch = <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no batch")
+	}
+	other := e.startWorker(t, func(c *Config) { c.Runners = 1 }, hooks{})
+	natstest.WaitFor(t, "every item answered", 30*time.Second, func() bool { _, k := rep.snapshot(); return k >= n })
+	got, k := rep.snapshot()
+	for id, rs := range got {
+		if len(rs) != 1 {
+			t.Errorf("item %s answered %d times", id, len(rs))
+		}
+	}
+	if k != n {
+		t.Errorf("%d replies for %d items", k, n)
+	}
+	slow.settledCounter(t, float64(inBatch), "cascade_worker_acks_total", "model", "linear", "action", "ack")
+	for name, w := range map[string]*testWorker{"slow": slow, "other": other} {
+		if got := w.counter("cascade_worker_redeliveries_total", "model", "linear"); got != 0 {
+			t.Errorf("%s worker saw %v redeliveries, want 0", name, got)
+		}
+	}
+	t.Logf("held a batch of %d messages for %v with AckWait %v", inBatch, 3*ackWait, ackWait)
+}

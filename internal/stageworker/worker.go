@@ -65,6 +65,9 @@ type hosted struct {
 	consumers  []jetstream.Consumer
 	next       atomic.Uint32
 	maxDeliver int
+	// ackWait is the consumer's AckWait: a batch still in hand after half
+	// of it tells the server it is in progress (0: never).
+	ackWait time.Duration
 	// backlog is the last NumPending seen on the model's queue (0 after a
 	// pull that found it empty); seen is when this worker last pulled from
 	// it (unix ns).
@@ -244,7 +247,7 @@ func (w *worker) bind(ctx context.Context, p *plan.Plan, names []string) error {
 				return fmt.Errorf("consumer of model %q on %s: %w", name, stream, err)
 			}
 			if info := cons.CachedInfo(); info != nil && part == 0 {
-				h.maxDeliver = info.Config.MaxDeliver
+				h.maxDeliver, h.ackWait = info.Config.MaxDeliver, info.Config.AckWait
 			}
 			h.consumers = append(h.consumers, cons)
 		}
