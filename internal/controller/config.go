@@ -79,7 +79,7 @@ type Config struct {
 	// AckWait, every redelivery of one batch. nats-server keeps every id
 	// of the window in memory, and a long window slows a long-running
 	// system: on the 2-core box, after two minutes at 40,000 req/s, p95 read
-	// 40–56 ms with a 2-minute window, 26–30 ms with 30 s and 13–20 ms with
+	// 37–56 ms with a 2-minute window, 26–30 ms with 30 s and 13–20 ms with
 	// 10 s. Default (0): MaxDeliver × AckWait, 10s.
 	QueueDedupeWindow time.Duration `env:"QUEUE_DEDUPE_WINDOW"`
 }
