@@ -114,7 +114,7 @@ func (c Config) Validate() error {
 	problems.If(c.MaxDeliver < 1, "CASCADE_MAX_DELIVER must be >= 1, got %d", c.MaxDeliver)
 	problems.If(c.MaxAckPending < 1, "CASCADE_MAX_ACK_PENDING must be >= 1, got %d", c.MaxAckPending)
 	problems.If(c.IdempotencyWindow < time.Second, "CASCADE_IDEMPOTENCY_WINDOW must be >= 1s, got %v", c.IdempotencyWindow)
-	redeliveries := c.AckWait * time.Duration(max(c.MaxDeliver-1, 1))
+	redeliveries := natsbus.RedeliverySpan(c.AckWait, c.MaxDeliver)
 	problems.If(c.DedupeWindow <= redeliveries, "CASCADE_DEDUPE_WINDOW must exceed (CASCADE_MAX_DELIVER−1) × CASCADE_ACK_WAIT (%v), got %v: a batch redelivered after a worker died between publishing and acking would publish its results twice", redeliveries, c.DedupeWindow)
 	problems.If(c.QueueDedupeWindow < 0 || (c.QueueDedupeWindow > 0 && c.QueueDedupeWindow <= redeliveries), "CASCADE_QUEUE_DEDUPE_WINDOW must be 0 (MaxDeliver × AckWait) or exceed (CASCADE_MAX_DELIVER−1) × CASCADE_ACK_WAIT (%v), got %v: a batch redelivered after a worker died between publishing and acking would queue its escalations twice", redeliveries, c.QueueDedupeWindow)
 	return problems.Err(ErrInvalidConfig)

@@ -98,10 +98,18 @@ func (c TopologyConfig) WithDefaults() TopologyConfig {
 	c.Duplicates = cmp.Or(c.Duplicates, 2*time.Minute)
 	c.AckWait = cmp.Or(c.AckWait, 2*time.Second)
 	c.MaxDeliver = cmp.Or(c.MaxDeliver, 5)
-	c.QueueDuplicates = cmp.Or(c.QueueDuplicates, time.Duration(max(c.MaxDeliver, 2))*c.AckWait)
+	c.QueueDuplicates = cmp.Or(c.QueueDuplicates, RedeliverySpan(c.AckWait, c.MaxDeliver)+c.AckWait)
 	c.MaxAckPending = cmp.Or(c.MaxAckPending, 4096)
 	c.IdempotencyWindow = cmp.Or(c.IdempotencyWindow, 2*time.Minute)
 	return c
+}
+
+// RedeliverySpan is how long after a message's first delivery its last
+// redelivery can come, (maxDeliver−1) × ackWait (one ackWait at least): a
+// deduplication window must exceed it, or a batch redelivered after a
+// worker died between publishing and acking publishes its outputs twice.
+func RedeliverySpan(ackWait time.Duration, maxDeliver int) time.Duration {
+	return ackWait * time.Duration(max(maxDeliver-1, 1))
 }
 
 // ModelStreamConfig is the work-queue stream of one model whose queue is
